@@ -1,0 +1,70 @@
+//! Smooth weighted round robin (the nginx algorithm): every pick adds each backend's weight to
+//! its running score, takes the highest, and subtracts the total from the winner. Weights 5,1,1
+//! give a,a,b,a,c,a,a — interleaved, not bursts.
+
+use super::{Balancer, Tried};
+use crate::snapshot::Backend;
+
+#[derive(Debug, Default)]
+pub struct SmoothWeighted {
+    current: Vec<i64>,
+}
+
+impl Balancer for SmoothWeighted {
+    fn pick(&mut self, backends: &[Backend], tried: Tried) -> Option<usize> {
+        if self.current.len() != backends.len() {
+            self.current.clear();
+            self.current.resize(backends.len(), 0);
+        }
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, b) in backends.iter().enumerate() {
+            if tried.contains(i) {
+                continue;
+            }
+            let w = i64::from(b.weight);
+            self.current[i] += w;
+            total += w;
+            if best.is_none_or(|j| self.current[i] > self.current[j]) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        self.current[best] -= total;
+        Some(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::test_backends;
+
+    #[test]
+    fn smooth_sequence_and_shares() {
+        let b = test_backends(&[5, 1, 1]);
+        let mut w = SmoothWeighted::default();
+        let seq: Vec<_> = (0..7)
+            .map(|_| w.pick(&b, Tried::default()).unwrap())
+            .collect();
+        assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
+        let b = test_backends(&[1, 3]);
+        let mut w = SmoothWeighted::default();
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[w.pick(&b, Tried::default()).unwrap()] += 1;
+        }
+        assert_eq!(counts, [100, 300]);
+    }
+
+    #[test]
+    fn skips_tried() {
+        let b = test_backends(&[5, 1]);
+        let mut w = SmoothWeighted::default();
+        let mut t = Tried::default();
+        t.insert(0);
+        assert_eq!(w.pick(&b, t), Some(1));
+        t.insert(1);
+        assert_eq!(w.pick(&b, t), None);
+    }
+}

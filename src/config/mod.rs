@@ -1,0 +1,818 @@
+//! Configuration: raw (serde) → validated → runtime `Config`.
+//!
+//! The raw layer mirrors the TOML file (and, later, the admin API's JSON) and captures unknown
+//! keys instead of failing on the first one, so `switchyard check` can report *every* problem
+//! with its field path before exiting 64. All defaults live in [`defaults`].
+
+pub mod units;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+/// Every default in one place; README's config reference quotes these.
+pub mod defaults {
+    use std::time::Duration;
+    pub const WORKERS: usize = 0; // 0 = one per core
+    pub const BUFFER_SIZE: u64 = 16 * 1024;
+    pub const BUFFERS_PER_WORKER: u64 = 4096;
+    pub const MAX_CONNECTIONS: u64 = 100_000;
+    pub const BACKLOG: u64 = 1024;
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const CONNECT_ATTEMPTS: u64 = 3;
+    pub const WEIGHT: u64 = 1;
+}
+
+/// One problem in a config, with the path of the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+    fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
+        for key in extra.keys() {
+            self.add(format!("{path}.{key}"), "unknown key");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw layer
+
+/// A size: either an integer number of bytes or a string such as "16KiB".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawServer {
+    pub workers: Option<u64>,
+    pub pin_workers: Option<bool>,
+    pub buffer_size: Option<RawSize>,
+    pub buffers_per_worker: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub backlog: Option<u64>,
+    pub shutdown_timeout: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub bind: Option<String>,
+    pub protocol: Option<String>,
+    pub cluster: Option<String>,
+    pub idle_timeout: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawCluster {
+    pub name: Option<String>,
+    pub balance: Option<String>,
+    /// Each entry is `"host:port"` or `{ addr = "host:port", weight = N }`; kept as a value so
+    /// that every malformed entry gets its own error with its index.
+    pub backends: Option<Vec<toml::Value>>,
+    pub connect_timeout: Option<String>,
+    pub connect_attempts: Option<u64>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+// ---------------------------------------------------------------- runtime layer
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Foo,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Foo => "foo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceKind {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+}
+
+impl BalanceKind {
+    pub const NAMES: &'static str = "round_robin, weighted, least_conn";
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "round_robin" => Some(Self::RoundRobin),
+            "weighted" => Some(Self::Weighted),
+            "least_conn" => Some(Self::LeastConn),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Weighted => "weighted",
+            Self::LeastConn => "least_conn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Resolved: never 0.
+    pub workers: usize,
+    pub pin_workers: bool,
+    pub buffer_size: usize,
+    pub buffers_per_worker: usize,
+    pub max_connections: usize,
+    pub backlog: i32,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    pub cluster: String,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// As written by the operator (`host:port`); the admin API addresses backends by it.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub balance: BalanceKind,
+    pub backends: Vec<BackendConfig>,
+    pub connect_timeout: Duration,
+    pub connect_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl Config {
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+/// Reads and validates a config file. The error list is never empty on `Err`.
+pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            path: shown.clone(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    parse_str(&text).map_err(|mut errs| {
+        for e in &mut errs {
+            if e.path.is_empty() {
+                e.path = shown.clone();
+            }
+        }
+        errs
+    })
+}
+
+/// Parses and validates TOML text.
+pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        vec![ConfigError {
+            path: String::new(),
+            message: format!(
+                "TOML syntax: {}",
+                e.to_string().trim_end().replace('\n', " | ")
+            ),
+        }]
+    })?;
+    let mut errs = Errors::default();
+    let mut server = RawServer::default();
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => {
+                if let Some(s) = raw_part::<RawServer>("server", value, &mut errs) {
+                    server = s;
+                }
+            }
+            "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
+            "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
+            other => errs.add(other, "unknown key"),
+        }
+    }
+    let cfg = validate(&server, &listeners, &clusters, &mut errs);
+    if errs.0.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn raw_part<T: for<'de> Deserialize<'de>>(
+    path: &str,
+    value: toml::Value,
+    errs: &mut Errors,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}.{inner}")
+            };
+            errs.add(full, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// An array of tables; each element is deserialized on its own so that one bad element does
+/// not hide the errors of the others. A failed element becomes a default (all-`None`) entry so
+/// indices stay aligned with the file.
+fn raw_list<T: for<'de> Deserialize<'de> + Default>(
+    path: &str,
+    value: toml::Value,
+    out: &mut Vec<Option<T>>,
+    errs: &mut Errors,
+) {
+    match value {
+        toml::Value::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                out.push(raw_part::<T>(&format!("{path}[{i}]"), item, errs));
+            }
+        }
+        _ => errs.add(path, format!("expected an array of tables ([[{path}]])")),
+    }
+}
+
+fn duration_field(
+    path: String,
+    raw: Option<&String>,
+    default: Duration,
+    errs: &mut Errors,
+) -> Duration {
+    match raw {
+        None => default,
+        Some(s) => match units::parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                errs.add(path, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                errs.add(path, e);
+                default
+            }
+        },
+    }
+}
+
+fn int_field(
+    path: &str,
+    raw: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+    errs: &mut Errors,
+) -> u64 {
+    let v = raw.unwrap_or(default);
+    if v < min || v > max {
+        errs.add(path, format!("{v} is out of range ({min}..={max})"));
+        return default;
+    }
+    v
+}
+
+fn valid_name(path: String, raw: Option<&String>, errs: &mut Errors) -> String {
+    match raw {
+        None => {
+            errs.add(path, "missing (every entry needs a name)");
+            String::new()
+        }
+        Some(n) => {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                errs.add(
+                    path,
+                    format!("invalid name {n:?}: use 1-64 of [A-Za-z0-9._-]"),
+                );
+            }
+            n.clone()
+        }
+    }
+}
+
+/// Parses a listen address. Accepts `ip:port`, `[v6]:port` and the Foo proxy's `:port`
+/// (all interfaces).
+pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let candidate = if let Some(port) = t.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        t.to_string()
+    };
+    candidate
+        .parse()
+        .map_err(|_| format!("invalid listen address {s:?} (expected ip:port or :port)"))
+}
+
+/// Parses a backend address. Accepts `ip:port`, `:port` (this host) and `host:port` resolved
+/// once here, at load time.
+pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Some(port) = t.strip_prefix(':') {
+        return format!("127.0.0.1:{port}")
+            .parse()
+            .map_err(|_| format!("invalid backend address {s:?}"));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !t.contains(':') {
+        return Err(format!(
+            "invalid backend address {s:?} (expected host:port)"
+        ));
+    }
+    match t.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("backend address {s:?} resolved to nothing")),
+        Err(e) => Err(format!("invalid backend address {s:?}: {e}")),
+    }
+}
+
+fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<BackendConfig> {
+    let (name, weight) = match v {
+        toml::Value::String(s) => (s.clone(), defaults::WEIGHT),
+        toml::Value::Table(t) => {
+            let mut name = None;
+            let mut weight = defaults::WEIGHT;
+            for (k, val) in t {
+                match (k.as_str(), val) {
+                    ("addr", toml::Value::String(s)) => name = Some(s.clone()),
+                    ("addr", _) => {
+                        errs.add(format!("{path}.addr"), "expected a string \"host:port\"")
+                    }
+                    ("weight", toml::Value::Integer(w)) if (1..=10_000).contains(w) => {
+                        weight = *w as u64
+                    }
+                    ("weight", _) => {
+                        errs.add(format!("{path}.weight"), "expected an integer in 1..=10000")
+                    }
+                    _ => errs.add(format!("{path}.{k}"), "unknown key"),
+                }
+            }
+            match name {
+                Some(n) => (n, weight),
+                None => {
+                    if !t.contains_key("addr") {
+                        errs.add(format!("{path}.addr"), "missing");
+                    }
+                    return None;
+                }
+            }
+        }
+        _ => {
+            errs.add(
+                path,
+                "expected \"host:port\" or { addr = \"host:port\", weight = N }",
+            );
+            return None;
+        }
+    };
+    match parse_backend_addr(&name) {
+        Ok(addr) => Some(BackendConfig {
+            name,
+            addr,
+            weight: weight as u32,
+        }),
+        Err(e) => {
+            let p = if v.is_table() {
+                format!("{path}.addr")
+            } else {
+                path.to_string()
+            };
+            errs.add(p, e);
+            None
+        }
+    }
+}
+
+fn validate(
+    server: &RawServer,
+    listeners: &[Option<RawListener>],
+    clusters: &[Option<RawCluster>],
+    errs: &mut Errors,
+) -> Config {
+    errs.unknown("server", &server.unknown);
+    let workers = int_field(
+        "server.workers",
+        server.workers,
+        defaults::WORKERS as u64,
+        0,
+        1024,
+        errs,
+    ) as usize;
+    let workers = if workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        workers
+    };
+    let buffer_size = match &server.buffer_size {
+        None => defaults::BUFFER_SIZE,
+        Some(RawSize::Bytes(n)) => *n,
+        Some(RawSize::Text(s)) => units::parse_size(s).unwrap_or_else(|e| {
+            errs.add("server.buffer_size", e);
+            defaults::BUFFER_SIZE
+        }),
+    };
+    let buffer_size = if !(1024..=16 << 20).contains(&buffer_size) {
+        errs.add(
+            "server.buffer_size",
+            format!("{buffer_size} bytes is out of range (1KiB..=16MiB)"),
+        );
+        defaults::BUFFER_SIZE
+    } else {
+        buffer_size
+    };
+    let buffers = int_field(
+        "server.buffers_per_worker",
+        server.buffers_per_worker,
+        defaults::BUFFERS_PER_WORKER,
+        16,
+        1 << 20,
+        errs,
+    );
+    if buffers.saturating_mul(buffer_size) > 64 << 30 {
+        errs.add(
+            "server.buffers_per_worker",
+            "buffer_size × buffers_per_worker exceeds 64GiB per worker",
+        );
+    }
+    let server_cfg = ServerConfig {
+        workers,
+        pin_workers: server.pin_workers.unwrap_or(false),
+        buffer_size: buffer_size as usize,
+        buffers_per_worker: buffers as usize,
+        max_connections: int_field(
+            "server.max_connections",
+            server.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1,
+            10_000_000,
+            errs,
+        ) as usize,
+        backlog: int_field(
+            "server.backlog",
+            server.backlog,
+            defaults::BACKLOG,
+            1,
+            65535,
+            errs,
+        ) as i32,
+        shutdown_timeout: duration_field(
+            "server.shutdown_timeout".into(),
+            server.shutdown_timeout.as_ref(),
+            defaults::SHUTDOWN_TIMEOUT,
+            errs,
+        ),
+    };
+
+    let mut out_clusters = Vec::new();
+    let mut cluster_names = HashSet::new();
+    for (i, raw) in clusters.iter().enumerate() {
+        let Some(c) = raw else { continue };
+        let p = format!("clusters[{i}]");
+        errs.unknown(&p, &c.unknown);
+        let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
+        if !name.is_empty() && !cluster_names.insert(name.clone()) {
+            errs.add(
+                format!("{p}.name"),
+                format!("duplicate cluster name {name:?}"),
+            );
+        }
+        let balance = match c.balance.as_deref() {
+            None => BalanceKind::RoundRobin,
+            Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+                errs.add(
+                    format!("{p}.balance"),
+                    format!(
+                        "unknown balance {b:?} (expected one of: {})",
+                        BalanceKind::NAMES
+                    ),
+                );
+                BalanceKind::RoundRobin
+            }),
+        };
+        let mut backends = Vec::new();
+        match &c.backends {
+            None => errs.add(
+                format!("{p}.backends"),
+                "missing (a cluster needs at least one backend)",
+            ),
+            Some(list) if list.is_empty() => errs.add(
+                format!("{p}.backends"),
+                "empty (a cluster needs at least one backend)",
+            ),
+            Some(list) => {
+                let mut seen = HashSet::new();
+                for (j, v) in list.iter().enumerate() {
+                    let bp = format!("{p}.backends[{j}]");
+                    if let Some(b) = validate_backend(&bp, v, errs) {
+                        if !seen.insert(b.addr) {
+                            errs.add(bp, format!("duplicate backend {}", b.name));
+                        } else {
+                            backends.push(b);
+                        }
+                    }
+                }
+            }
+        }
+        out_clusters.push(ClusterConfig {
+            name,
+            balance,
+            backends,
+            connect_timeout: duration_field(
+                format!("{p}.connect_timeout"),
+                c.connect_timeout.as_ref(),
+                defaults::CONNECT_TIMEOUT,
+                errs,
+            ),
+            connect_attempts: int_field(
+                &format!("{p}.connect_attempts"),
+                c.connect_attempts,
+                defaults::CONNECT_ATTEMPTS,
+                1,
+                16,
+                errs,
+            ) as u32,
+        });
+    }
+
+    let mut out_listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut binds = HashSet::new();
+    for (i, raw) in listeners.iter().enumerate() {
+        let Some(l) = raw else { continue };
+        let p = format!("listeners[{i}]");
+        errs.unknown(&p, &l.unknown);
+        let name = valid_name(format!("{p}.name"), l.name.as_ref(), errs);
+        if !name.is_empty() && !listener_names.insert(name.clone()) {
+            errs.add(
+                format!("{p}.name"),
+                format!("duplicate listener name {name:?}"),
+            );
+        }
+        let bind = match l.bind.as_deref() {
+            None => {
+                errs.add(format!("{p}.bind"), "missing");
+                None
+            }
+            Some(b) => match parse_bind(b) {
+                Ok(a) => {
+                    if a.port() != 0 && !binds.insert(a) {
+                        errs.add(
+                            format!("{p}.bind"),
+                            format!("{a} is already used by another listener"),
+                        );
+                    }
+                    Some(a)
+                }
+                Err(e) => {
+                    errs.add(format!("{p}.bind"), e);
+                    None
+                }
+            },
+        };
+        let protocol = match l.protocol.as_deref() {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("foo") => Protocol::Foo,
+            Some("http") => {
+                errs.add(
+                    format!("{p}.protocol"),
+                    "\"http\" is not available in this build yet (expected one of: tcp, foo)",
+                );
+                Protocol::Tcp
+            }
+            Some(other) => {
+                errs.add(
+                    format!("{p}.protocol"),
+                    format!("unknown protocol {other:?} (expected one of: tcp, foo)"),
+                );
+                Protocol::Tcp
+            }
+        };
+        let cluster = match &l.cluster {
+            None => {
+                errs.add(format!("{p}.cluster"), "missing");
+                String::new()
+            }
+            Some(c) => {
+                // A cluster that failed to parse as a whole was already reported; only
+                // complain about names that are nowhere in the file.
+                let declared = clusters
+                    .iter()
+                    .flatten()
+                    .any(|rc| rc.name.as_deref() == Some(c));
+                if !declared {
+                    errs.add(format!("{p}.cluster"), format!("unknown cluster {c:?}"));
+                }
+                c.clone()
+            }
+        };
+        let idle_timeout = duration_field(
+            format!("{p}.idle_timeout"),
+            l.idle_timeout.as_ref(),
+            defaults::IDLE_TIMEOUT,
+            errs,
+        );
+        if let Some(bind) = bind {
+            out_listeners.push(ListenerConfig {
+                name,
+                bind,
+                protocol,
+                cluster,
+                idle_timeout,
+            });
+        }
+    }
+    if listeners.is_empty() {
+        errs.add(
+            "listeners",
+            "no listener configured (add a [[listeners]] table)",
+        );
+    }
+    Config {
+        server: server_cfg,
+        listeners: out_listeners,
+        clusters: out_clusters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+workers = 2
+buffer_size = "8KiB"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+cluster = "app"
+[[clusters]]
+name = "app"
+balance = "weighted"
+backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 }]
+connect_timeout = "250ms"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse_str(GOOD).expect("valid");
+        assert_eq!(c.server.workers, 2);
+        assert_eq!(c.server.buffer_size, 8192);
+        assert_eq!(c.server.buffers_per_worker, 4096);
+        assert_eq!(c.listeners[0].protocol, Protocol::Tcp);
+        assert_eq!(c.listeners[0].idle_timeout, defaults::IDLE_TIMEOUT);
+        let cl = &c.clusters[0];
+        assert_eq!(cl.balance, BalanceKind::Weighted);
+        assert_eq!(cl.backends[1].weight, 3);
+        assert_eq!(cl.connect_timeout, Duration::from_millis(250));
+    }
+
+    fn paths(text: &str) -> Vec<String> {
+        parse_str(text)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let p = paths(
+            r#"
+bogus = 1
+[server]
+workers = 5000
+buffer_size = "lots"
+colour = "red"
+[[listeners]]
+name = "web"
+bind = "nowhere"
+cluster = "missing"
+protocol = "udp"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:1"
+cluster = "app"
+idle_timeout = "soon"
+[[clusters]]
+name = "app"
+balance = "random"
+backends = ["127.0.0.1:1", "x", { addr = 5 }, { addr = "127.0.0.1:2", weight = 0, extra = 1 }]
+"#,
+        );
+        for want in [
+            "bogus",
+            "server.workers",
+            "server.buffer_size",
+            "server.colour",
+            "listeners[0].bind",
+            "listeners[0].cluster",
+            "listeners[0].protocol",
+            "listeners[1].name",
+            "listeners[1].idle_timeout",
+            "clusters[0].balance",
+            "clusters[0].backends[1]",
+            "clusters[0].backends[2].addr",
+            "clusters[0].backends[3].weight",
+            "clusters[0].backends[3].extra",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn type_errors_carry_paths() {
+        let p = paths("[server]\nworkers = \"two\"\n[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:0\"\ncluster=\"c\"\n[[clusters]]\nname=\"c\"\nbackends=[\"127.0.0.1:1\"]\nconnect_attempts=\"x\"\n");
+        assert!(p.contains(&"server.workers".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"clusters[0].connect_attempts".to_string()),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_one_error() {
+        let e = parse_str("[server\n").expect_err("invalid");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].message.contains("TOML"));
+    }
+
+    #[test]
+    fn foo_style_addresses() {
+        assert_eq!(
+            parse_bind(":8002").unwrap(),
+            "0.0.0.0:8002".parse().unwrap()
+        );
+        assert_eq!(
+            parse_backend_addr(":8001").unwrap(),
+            "127.0.0.1:8001".parse().unwrap()
+        );
+        assert!(parse_bind("8002").is_err());
+        assert!(parse_backend_addr("nocolon").is_err());
+    }
+}

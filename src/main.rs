@@ -1,0 +1,215 @@
+//! Command line: parse → config → run. Exit 0 ok, 64 bad usage or config, 70 runtime failure.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use switchyard::config::{self, Config, ConfigError};
+use switchyard::demo_backend::{self, DemoOptions, DemoProtocol};
+use switchyard::quick::{self, QuickArgs};
+use switchyard::{logging, server};
+
+const EXIT_USAGE: u8 = 64;
+const EXIT_INTERNAL: u8 = 70;
+const QUICKSTART: &str = include_str!("../examples/quickstart.toml");
+const QUICKSTART_BACKENDS: [&str; 2] = ["127.0.0.1:9001", "127.0.0.1:9002"];
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "High-performance L4/L7 proxy and load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Run with this config file (same as `switchyard run -c FILE`).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Quick mode: listen address (Foo proxy compatible; default :8002).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Quick mode: backend address (default :8001).
+    #[arg(long)]
+    forward: Option<String>,
+    /// Quick mode: stats/health HTTP address (default 0.0.0.0:8088).
+    #[arg(long)]
+    http: Option<String>,
+    /// Quick mode: stats recovery file (default .data/recovery.json).
+    #[arg(long = "recovery-path")]
+    recovery_path: Option<String>,
+    /// Quick mode: tcp | foo.
+    #[arg(long)]
+    protocol: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy with a config file.
+    Run {
+        #[arg(
+            short = 'c',
+            long = "config",
+            value_name = "FILE",
+            required_unless_present = "demo"
+        )]
+        config: Option<PathBuf>,
+        /// Run the embedded quick-start config with its two demo backends.
+        #[arg(long, conflicts_with = "config")]
+        demo: bool,
+    },
+    /// Validate a config file: print every error with its field path; exit 0 or 64.
+    Check {
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// A small, fast built-in backend (HTTP or Foo) for demos, tests and benchmarks.
+    DemoBackend {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value_t = DemoProto::Http)]
+        protocol: DemoProto,
+        /// Identity returned by `GET /` (default: the listen address).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DemoProto {
+    Http,
+    Foo,
+}
+
+fn report(errs: &[ConfigError]) -> ExitCode {
+    for e in errs {
+        eprintln!("error: {e}");
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load_file(path).map_err(|errs| report(&errs))
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    match server::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = quick::normalize_args(std::env::args());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    logging::init();
+    let quick = QuickArgs {
+        listen: cli.listen,
+        forward: cli.forward,
+        http: cli.http,
+        recovery_path: cli.recovery_path,
+        protocol: cli.protocol,
+    };
+    match cli.cmd {
+        Some(_) if quick.any() || cli.config.is_some() => {
+            eprintln!("error: quick-mode flags and -c go before no subcommand; use either");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Some(Cmd::Check { config }) => match load(&config) {
+            Ok(_) => {
+                println!("ok: {}", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Cmd::Run {
+            config: Some(path), ..
+        }) => match load(&path) {
+            Ok(cfg) => serve(cfg),
+            Err(code) => code,
+        },
+        Some(Cmd::Run { config: None, .. }) => run_demo(),
+        Some(Cmd::DemoBackend {
+            listen,
+            protocol,
+            id,
+            workers,
+        }) => {
+            let opts = DemoOptions {
+                listen,
+                protocol: match protocol {
+                    DemoProto::Http => DemoProtocol::Http,
+                    DemoProto::Foo => DemoProtocol::Foo,
+                },
+                id: id.unwrap_or_else(|| listen.to_string()),
+                workers: workers.max(1),
+            };
+            match demo_backend::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("demo-backend: {e}");
+                    ExitCode::from(EXIT_INTERNAL)
+                }
+            }
+        }
+        None => {
+            if let Some(path) = cli.config {
+                if quick.any() {
+                    eprintln!("error: -c and quick-mode flags cannot be combined");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                return match load(&path) {
+                    Ok(cfg) => serve(cfg),
+                    Err(code) => code,
+                };
+            }
+            if quick.http.is_some() || quick.recovery_path.is_some() {
+                log::warn!(
+                    "-http and -recovery-path are accepted but not served yet in this build \
+                     (stats endpoints and recovery arrive with the observability work)"
+                );
+            }
+            match quick.to_config() {
+                Ok(cfg) => serve(cfg),
+                Err(errs) => report(&errs),
+            }
+        }
+    }
+}
+
+/// `switchyard run --demo`: the embedded quick-start config plus its two demo backends.
+fn run_demo() -> ExitCode {
+    let cfg = match config::parse_str(QUICKSTART) {
+        Ok(c) => c,
+        Err(errs) => return report(&errs),
+    };
+    for (i, addr) in QUICKSTART_BACKENDS.iter().enumerate() {
+        let Ok(listen) = addr.parse() else {
+            return ExitCode::from(EXIT_INTERNAL);
+        };
+        let opts = DemoOptions {
+            listen,
+            protocol: DemoProtocol::Http,
+            id: format!("demo-backend-{}", i + 1),
+            workers: 1,
+        };
+        std::thread::spawn(move || {
+            if let Err(e) = demo_backend::run(opts) {
+                log::error!("demo backend {listen}: {e}");
+            }
+        });
+    }
+    serve(cfg)
+}

@@ -1,0 +1,156 @@
+//! The Foo-compatible quick mode: `switchyard -listen :8002 -forward :8001 [-http ADDR]
+//! [-recovery-path P] [-protocol tcp|foo]`, single- or double-dash flags, the original
+//! defaults. It builds the same validated `Config` a file would.
+
+use crate::config::{self, Config, ConfigError};
+
+pub const DEFAULT_LISTEN: &str = ":8002";
+pub const DEFAULT_FORWARD: &str = ":8001";
+pub const DEFAULT_HTTP: &str = "0.0.0.0:8088";
+pub const DEFAULT_RECOVERY_PATH: &str = ".data/recovery.json";
+
+/// Long flags written with one dash (`-listen`) become `--listen`, as Go's flag package
+/// accepted both. One-letter flags (`-c`) and negative numbers are left alone.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let b = a.as_bytes();
+            let single_dash_long =
+                i > 0 && b.len() > 2 && b[0] == b'-' && b[1] != b'-' && b[1].is_ascii_alphabetic();
+            if single_dash_long {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QuickArgs {
+    pub listen: Option<String>,
+    pub forward: Option<String>,
+    pub http: Option<String>,
+    pub recovery_path: Option<String>,
+    pub protocol: Option<String>,
+}
+
+impl QuickArgs {
+    pub fn any(&self) -> bool {
+        self.listen.is_some()
+            || self.forward.is_some()
+            || self.http.is_some()
+            || self.recovery_path.is_some()
+            || self.protocol.is_some()
+    }
+
+    /// The quick-mode config, written as TOML and put through the normal validation so both
+    /// paths share every rule and default.
+    pub fn to_config(&self) -> Result<Config, Vec<ConfigError>> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let forward = self.forward.as_deref().unwrap_or(DEFAULT_FORWARD);
+        let protocol = self.protocol.as_deref().unwrap_or("tcp");
+        let mut pre = Vec::new();
+        let http = self.http.as_deref().unwrap_or(DEFAULT_HTTP);
+        if let Err(e) = config::parse_bind(http) {
+            pre.push(ConfigError {
+                path: "-http".into(),
+                message: e,
+            });
+        }
+        let esc = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let text = format!(
+            "[[listeners]]\nname = \"quick\"\nbind = {}\nprotocol = {}\ncluster = \"forward\"\n\
+             [[clusters]]\nname = \"forward\"\nbackends = [{}]\nconnect_attempts = 1\n",
+            esc(listen),
+            esc(protocol),
+            esc(forward)
+        );
+        let result = config::parse_str(&text).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| ConfigError {
+                    path: match e.path.as_str() {
+                        "listeners[0].bind" => "-listen".into(),
+                        "listeners[0].protocol" => "-protocol".into(),
+                        p if p.starts_with("clusters[0].backends") => "-forward".into(),
+                        p => p.to_string(),
+                    },
+                    message: e.message,
+                })
+                .collect::<Vec<_>>()
+        });
+        match result {
+            Ok(c) if pre.is_empty() => Ok(c),
+            Ok(_) => Err(pre),
+            Err(mut e) => {
+                pre.append(&mut e);
+                Err(pre)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_dash_long_flags_become_double() {
+        let v = normalize_args(
+            [
+                "switchyard",
+                "-listen",
+                ":1",
+                "--forward",
+                ":2",
+                "-c",
+                "f",
+                "-5",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            v,
+            [
+                "switchyard",
+                "--listen",
+                ":1",
+                "--forward",
+                ":2",
+                "-c",
+                "f",
+                "-5"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = QuickArgs::default().to_config().expect("valid");
+        assert_eq!(c.listeners[0].bind, "0.0.0.0:8002".parse().unwrap());
+        assert_eq!(
+            c.clusters[0].backends[0].addr,
+            "127.0.0.1:8001".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let q = QuickArgs {
+            listen: Some("nope".into()),
+            forward: Some("also\"bad".into()),
+            protocol: Some("udp".into()),
+            ..Default::default()
+        };
+        let paths: Vec<_> = q
+            .to_config()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert!(paths.contains(&"-listen".to_string()), "{paths:?}");
+        assert!(paths.contains(&"-forward".to_string()), "{paths:?}");
+        assert!(paths.contains(&"-protocol".to_string()), "{paths:?}");
+    }
+}

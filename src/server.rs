@@ -1,0 +1,191 @@
+//! Process orchestration: bind every listener once per worker, start the workers, the stats
+//! aggregator and the signal thread, then wait for a graceful shutdown.
+
+use crate::config::{Config, ListenerConfig};
+use crate::signals::{self, SignalEvent};
+use crate::snapshot::{self, Snapshot};
+use crate::stats::{Aggregator, StatsMsg};
+use crate::worker::{self, Ctrl, WorkerHandle, WorkerSettings};
+use socket2::{Domain, Protocol as SockProto, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("listener {name}: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("worker {id} failed: {source}")]
+    Worker { id: usize, source: io::Error },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
+
+/// One `SO_REUSEPORT` listening socket: the kernel spreads connections across the workers'
+/// sockets. TCP_NODELAY set here is inherited by accepted sockets on Linux, which saves a
+/// syscall per connection.
+pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProto::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+/// Binds `workers` sockets for one listener. Port 0 is resolved by the first bind and reused,
+/// so every worker listens on the same ephemeral port.
+pub fn bind_listener(
+    name: &str,
+    addr: SocketAddr,
+    workers: usize,
+    backlog: i32,
+) -> Result<Vec<TcpListener>, RunError> {
+    let err = |source| RunError::Bind {
+        name: name.to_string(),
+        addr,
+        source,
+    };
+    let first = bind_reuseport(addr, backlog).map_err(err)?;
+    let actual = first.local_addr().map_err(err)?;
+    let mut v = vec![first];
+    for _ in 1..workers {
+        v.push(bind_reuseport(actual, backlog).map_err(err)?);
+    }
+    Ok(v)
+}
+
+pub fn announce(l: &ListenerConfig, actual: SocketAddr) {
+    log::info!(
+        "listening name={} protocol={} addr={}",
+        l.name,
+        l.protocol.as_str(),
+        actual
+    );
+}
+
+/// Runs the proxy until SIGTERM/SIGINT and the drain that follows.
+pub fn run(cfg: Config) -> Result<(), RunError> {
+    if let Some(limit) = crate::sys::raise_nofile_limit() {
+        log::debug!("open-file limit {limit}");
+    }
+    let workers = cfg.server.workers;
+    let snap = snapshot::shared(Snapshot::build(&cfg, 1, None));
+
+    // Bind everything before starting any thread: a bad address fails start-up cleanly.
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in &cfg.listeners {
+        let socks = bind_listener(&l.name, l.bind, workers, cfg.server.backlog)?;
+        announce(l, socks[0].local_addr().map_err(io_err("local_addr"))?);
+        for (w, s) in socks.into_iter().enumerate() {
+            per_worker[w].push(s);
+        }
+    }
+
+    let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
+    let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
+    let mut setups = Vec::with_capacity(workers);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let settings = WorkerSettings {
+            id,
+            buffer_size: cfg.server.buffer_size,
+            buffers: cfg.server.buffers_per_worker,
+            max_sessions,
+            pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
+        };
+        let (setup, handle) = worker::prepare(settings, listeners, snap.clone(), stats_tx.clone())
+            .map_err(io_err("creating worker poll"))?;
+        setups.push(setup);
+        handles.push(handle);
+    }
+
+    let aggregator = Aggregator::new(stats_rx, handles.clone());
+    let agg_thread = std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(move || aggregator.run())
+        .map_err(io_err("starting stats thread"))?;
+
+    let shutdown_timeout = cfg.server.shutdown_timeout;
+    let sig_handles = handles.clone();
+    let sig_stats = stats_tx.clone();
+    let signal_handle = signals::spawn(move |ev| match ev {
+        SignalEvent::Shutdown { again } => {
+            let deadline = if again {
+                log::warn!("second shutdown signal: closing all connections now");
+                Instant::now()
+            } else {
+                log::info!(
+                    "shutdown requested: no new connections, draining for up to {shutdown_timeout:?}"
+                );
+                Instant::now() + shutdown_timeout
+            };
+            for h in &sig_handles {
+                h.send(Ctrl::Shutdown { deadline });
+            }
+        }
+        SignalEvent::DumpStats => {
+            let _ = sig_stats.send(StatsMsg::Dump);
+        }
+        SignalEvent::Reload => {
+            log::warn!("SIGHUP: configuration reload is not available in this build; ignored");
+        }
+    })
+    .map_err(io_err("installing signal handlers"))?;
+
+    let mut threads = Vec::with_capacity(workers);
+    for setup in setups {
+        threads.push(worker::spawn(setup).map_err(io_err("starting worker thread"))?);
+    }
+    log::info!("switchyard started: {workers} worker(s)");
+
+    let mut result = Ok(());
+    for (id, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                log::error!("worker {id} failed: {source}");
+                // Take the others down too rather than run crippled.
+                for h in &handles {
+                    h.send(Ctrl::Shutdown {
+                        deadline: Instant::now(),
+                    });
+                }
+                if result.is_ok() {
+                    result = Err(RunError::Worker { id, source });
+                }
+            }
+            Err(_) => {
+                result = Err(RunError::Worker {
+                    id,
+                    source: io::Error::other("worker thread panicked"),
+                })
+            }
+        }
+    }
+    let _ = stats_tx.send(StatsMsg::Stop);
+    let _ = agg_thread.join();
+    signal_handle.close();
+    if result.is_ok() {
+        log::info!("shutdown complete");
+    }
+    result
+}

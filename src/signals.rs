@@ -1,0 +1,41 @@
+//! Signal handling: the handlers (installed by signal-hook) only queue; one thread turns each
+//! signal into a message for the thread that acts on it, inside its own loop.
+//!
+//! - SIGTERM / SIGINT: graceful shutdown (a second one shortens the deadline to now).
+//! - SIGUSR2: stats dump to stdout (the aggregator prints it). Not a reload, unlike HAProxy.
+//! - SIGHUP: config reload (arrives with the control-plane work; logged for now).
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::iterator::{Handle, Signals};
+use std::io;
+
+pub enum SignalEvent {
+    Shutdown { again: bool },
+    DumpStats,
+    Reload,
+}
+
+/// Starts the signal thread; `on` is called on that thread for each signal.
+pub fn spawn(mut on: impl FnMut(SignalEvent) + Send + 'static) -> io::Result<Handle> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP])?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut shutdowns = 0;
+            for sig in signals.forever() {
+                match sig {
+                    SIGTERM | SIGINT => {
+                        shutdowns += 1;
+                        on(SignalEvent::Shutdown {
+                            again: shutdowns > 1,
+                        });
+                    }
+                    SIGUSR2 => on(SignalEvent::DumpStats),
+                    SIGHUP => on(SignalEvent::Reload),
+                    _ => {}
+                }
+            }
+        })?;
+    Ok(handle)
+}

@@ -1,0 +1,117 @@
+//! The routing state as one immutable [`Snapshot`] behind an `ArcSwap`.
+//!
+//! Writers (today the config loader; later the admin API, SIGHUP reload and health checker)
+//! build a complete new snapshot and publish it with one `store`. Workers `load` it once per
+//! new connection, so a connection keeps the snapshot (and therefore the backend list) it
+//! started with. Never split related state across two swaps.
+
+use crate::config::{BalanceKind, Config, Protocol};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Live per-backend figures that every worker updates (once per connection, never per byte).
+/// Shared across snapshots so a swap does not reset them.
+#[derive(Debug, Default)]
+pub struct BackendLive {
+    pub active: AtomicU32,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub live: Arc<BackendLive>,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub balance: BalanceKind,
+    pub backends: Vec<Backend>,
+    pub connect_timeout: Duration,
+    pub connect_attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct ListenerRoute {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Index into `Snapshot::clusters`.
+    pub cluster: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub listeners: Vec<ListenerRoute>,
+    pub clusters: Vec<Cluster>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a validated config. `prev` lends its live counters to backends
+    /// that survive the change (same cluster name and address).
+    pub fn build(cfg: &Config, version: u64, prev: Option<&Snapshot>) -> Snapshot {
+        let clusters: Vec<Cluster> = cfg
+            .clusters
+            .iter()
+            .map(|c| Cluster {
+                name: c.name.clone(),
+                balance: c.balance,
+                connect_timeout: c.connect_timeout,
+                connect_attempts: c.connect_attempts,
+                backends: c
+                    .backends
+                    .iter()
+                    .map(|b| Backend {
+                        name: b.name.clone(),
+                        addr: b.addr,
+                        weight: b.weight,
+                        live: prev
+                            .and_then(|p| p.find_backend(&c.name, b.addr))
+                            .map(|old| old.live.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|l| ListenerRoute {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                // Validation guarantees the cluster exists.
+                cluster: clusters
+                    .iter()
+                    .position(|c| c.name == l.cluster)
+                    .unwrap_or(0),
+                idle_timeout: l.idle_timeout,
+            })
+            .collect();
+        Snapshot {
+            version,
+            listeners,
+            clusters,
+        }
+    }
+
+    fn find_backend(&self, cluster: &str, addr: SocketAddr) -> Option<&Backend> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == cluster)?
+            .backends
+            .iter()
+            .find(|b| b.addr == addr)
+    }
+}
+
+pub fn shared(s: Snapshot) -> SharedSnapshot {
+    Arc::new(ArcSwap::from_pointee(s))
+}

@@ -1,0 +1,3 @@
+//! L4 (TCP) proxying.
+
+pub mod pipe;

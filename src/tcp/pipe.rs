@@ -1,0 +1,356 @@
+//! The L4 session: a full-duplex byte pipe between a client (front) and a backend (back).
+//!
+//! HOT PATH. No allocation, lock, blocking call or info-level log in this file.
+//!
+//! Each direction is a [`Flow`]: read from its source into a pool buffer, write to its
+//! destination, give the buffer back as soon as it drains. A FIN on the source becomes
+//! `shutdown(Write)` on the destination once the buffered bytes are out, and the other
+//! direction keeps flowing (half-close). A read or write error on one side is treated as that
+//! side being reset; the worker then resets the other side (`SO_LINGER 0`) so the peer learns
+//! the truth instead of a clean EOF.
+//!
+//! Back-pressure costs no syscalls: a direction whose buffer is full simply stops reading; the
+//! kernel's socket buffers fill and TCP flow control slows the sender.
+
+use crate::balance::Tried;
+use crate::buffer::{Buf, BufferPool};
+use crate::ready::Ready;
+use crate::snapshot::Snapshot;
+use crate::stats::TcpCounters;
+use crate::token::Side;
+use mio::net::TcpStream;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Read/write rounds per wake-up before yielding to other sessions.
+pub const MAX_ROUNDS: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the backend's non-blocking connect to finish.
+    Connecting,
+    Streaming,
+}
+
+/// What the worker must do after a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing more to do until the next event.
+    Idle,
+    /// The round bound was hit with work left: queue me again.
+    Yield,
+    /// Blocked on an empty buffer pool: wake me when buffers return.
+    WaitBuffer,
+    /// The backend connect failed: try another backend or give up.
+    ConnectFailed,
+    /// The backend connect completed (the idle timer now applies).
+    Connected,
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both directions finished cleanly.
+    Done,
+    ClientReset,
+    BackendReset,
+}
+
+/// Everything a pump borrows from its worker.
+pub struct Ctx<'a> {
+    pub pool: &'a mut BufferPool,
+    pub stats: &'a mut TcpCounters,
+    pub now: Instant,
+}
+
+/// One direction of the pipe.
+#[derive(Debug, Default)]
+pub struct Flow {
+    buf: Option<Buf>,
+    /// The source sent FIN.
+    eof: bool,
+    /// FIN passed on: the destination's write side is shut.
+    shut: bool,
+}
+
+impl Flow {
+    fn release(&mut self, pool: &mut BufferPool) {
+        if let Some(b) = self.buf.take() {
+            pool.release(b);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Moved {
+    progressed: bool,
+    starved: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    Source,
+    Destination,
+}
+
+/// Moves what it can from `src` to `dst` for one round.
+fn flow_round(
+    flow: &mut Flow,
+    src: &mut TcpStream,
+    src_ready: &mut Ready,
+    dst: Option<(&mut TcpStream, &mut Ready)>,
+    pool: &mut BufferPool,
+    bytes: &mut u64,
+) -> Result<Moved, Broken> {
+    let mut m = Moved::default();
+    // 1. Read while the source is readable and there is room.
+    if !flow.eof && src_ready.contains(Ready::READABLE) {
+        let room = flow
+            .buf
+            .as_ref()
+            .is_none_or(|b| b.len() < pool.buffer_size());
+        if room && flow.buf.is_none() {
+            flow.buf = pool.checkout();
+            m.starved = flow.buf.is_none();
+        }
+        if let (true, Some(b)) = (room, flow.buf.as_mut()) {
+            let spare = pool.spare(b);
+            let want = spare.len();
+            match src.read(spare) {
+                Ok(0) => {
+                    flow.eof = true;
+                    m.progressed = true;
+                }
+                Ok(n) => {
+                    b.fill(n);
+                    m.progressed = true;
+                    if n < want {
+                        // Linux TCP: a short read drained the queue; new data raises a new edge.
+                        src_ready.remove(Ready::READABLE);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => src_ready.remove(Ready::READABLE),
+                Err(e) if e.kind() == ErrorKind::Interrupted => m.progressed = true,
+                Err(_) => return Err(Broken::Source),
+            }
+        }
+    }
+    // 2. Write what is pending.
+    let mut dst = dst;
+    if let (Some(b), Some((sock, ready))) = (flow.buf.as_mut(), dst.as_mut()) {
+        if !b.is_empty() && ready.contains(Ready::WRITABLE) {
+            let data = pool.data(b);
+            let want = data.len();
+            match sock.write(data) {
+                Ok(n) => {
+                    b.consume(n);
+                    *bytes += n as u64;
+                    m.progressed |= n > 0;
+                    if n < want {
+                        ready.remove(Ready::WRITABLE);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ready.remove(Ready::WRITABLE),
+                Err(e) if e.kind() == ErrorKind::Interrupted => m.progressed = true,
+                Err(_) => return Err(Broken::Destination),
+            }
+        }
+    }
+    // 3. An empty buffer goes straight back: idle connections hold none.
+    if flow.buf.as_ref().is_some_and(Buf::is_empty) {
+        flow.release(pool);
+    }
+    // 4. Pass the FIN on once everything before it is out.
+    if flow.eof && !flow.shut && flow.buf.is_none() {
+        if let Some((sock, _)) = dst {
+            match sock.shutdown(Shutdown::Write) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotConnected => return Err(Broken::Destination),
+                Err(_) => return Err(Broken::Destination),
+            }
+            flow.shut = true;
+            m.progressed = true;
+        }
+    }
+    Ok(m)
+}
+
+pub struct TcpSession {
+    pub front: TcpStream,
+    pub back: Option<TcpStream>,
+    front_ready: Ready,
+    back_ready: Ready,
+    up: Flow,
+    down: Flow,
+    pub phase: Phase,
+    /// The routing state this connection started with; it keeps its backend list even if a
+    /// newer snapshot is published meanwhile.
+    pub snapshot: Arc<Snapshot>,
+    pub listener: u32,
+    pub cluster: u32,
+    /// Index of the current backend in `snapshot.clusters[cluster].backends`.
+    pub backend: Option<u32>,
+    pub tried: Tried,
+    pub attempts: u32,
+    pub last_active: Instant,
+    pub connect_started: Instant,
+    /// Generation of the armed timer entry; entries with another generation are stale.
+    pub timer_gen: u32,
+    /// Already in the worker's ready queue or buffer-wait queue.
+    pub queued: bool,
+}
+
+impl TcpSession {
+    pub fn new(
+        front: TcpStream,
+        snapshot: Arc<Snapshot>,
+        listener: u32,
+        cluster: u32,
+        now: Instant,
+    ) -> TcpSession {
+        TcpSession {
+            front,
+            back: None,
+            front_ready: Ready::EMPTY,
+            back_ready: Ready::EMPTY,
+            up: Flow::default(),
+            down: Flow::default(),
+            phase: Phase::Connecting,
+            snapshot,
+            listener,
+            cluster,
+            backend: None,
+            tried: Tried::default(),
+            attempts: 0,
+            last_active: now,
+            connect_started: now,
+            timer_gen: 0,
+            queued: false,
+        }
+    }
+
+    #[inline]
+    pub fn on_event(&mut self, side: Side, r: Ready) {
+        match side {
+            Side::Front => self.front_ready.insert(r),
+            Side::Back => self.back_ready.insert(r),
+        }
+    }
+
+    /// Starts a new connect attempt on `back` (the previous backend socket, if any, is closed).
+    pub fn set_backend(&mut self, idx: u32, back: TcpStream, now: Instant) {
+        self.back = Some(back);
+        self.backend = Some(idx);
+        self.back_ready = Ready::EMPTY;
+        self.phase = Phase::Connecting;
+        self.connect_started = now;
+    }
+
+    /// When this session's current timeout expires.
+    #[inline]
+    pub fn deadline(&self) -> Instant {
+        match self.phase {
+            Phase::Connecting => {
+                self.connect_started + self.snapshot.clusters[self.cluster as usize].connect_timeout
+            }
+            Phase::Streaming => {
+                self.last_active + self.snapshot.listeners[self.listener as usize].idle_timeout
+            }
+        }
+    }
+
+    /// Returns the buffers this session holds to the pool.
+    pub fn release_buffers(&mut self, pool: &mut BufferPool) {
+        self.up.release(pool);
+        self.down.release(pool);
+    }
+
+    fn check_connect(&mut self) -> io::Result<bool> {
+        let Some(back) = self.back.as_ref() else {
+            return Ok(false);
+        };
+        if self.back_ready == Ready::EMPTY {
+            return Ok(false);
+        }
+        if let Some(e) = back.take_error()? {
+            return Err(e);
+        }
+        match back.peer_addr() {
+            Ok(_) => {
+                back.set_nodelay(true)?;
+                Ok(true)
+            }
+            // Spurious wake-up: still in progress.
+            Err(e) if e.kind() == ErrorKind::NotConnected => {
+                self.back_ready = Ready::EMPTY;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves bytes both ways until nothing more can happen now.
+    pub fn pump(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if self.phase == Phase::Connecting {
+            match self.check_connect() {
+                Ok(true) => {
+                    self.phase = Phase::Streaming;
+                    self.last_active = cx.now;
+                    return Step::Connected;
+                }
+                Ok(false) => {}
+                Err(_) => return Step::ConnectFailed,
+            }
+        }
+        let streaming = self.phase == Phase::Streaming;
+        for _ in 0..MAX_ROUNDS {
+            let back = if streaming { self.back.as_mut() } else { None };
+            let up = flow_round(
+                &mut self.up,
+                &mut self.front,
+                &mut self.front_ready,
+                back.map(|b| (b, &mut self.back_ready)),
+                cx.pool,
+                &mut cx.stats.bytes_client_to_backend,
+            );
+            let up = match up {
+                Ok(m) => m,
+                Err(Broken::Source) => return Step::Close(CloseReason::ClientReset),
+                Err(Broken::Destination) => return Step::Close(CloseReason::BackendReset),
+            };
+            let mut down = Moved::default();
+            if streaming {
+                if let Some(back) = self.back.as_mut() {
+                    down = match flow_round(
+                        &mut self.down,
+                        back,
+                        &mut self.back_ready,
+                        Some((&mut self.front, &mut self.front_ready)),
+                        cx.pool,
+                        &mut cx.stats.bytes_backend_to_client,
+                    ) {
+                        Ok(m) => m,
+                        Err(Broken::Source) => return Step::Close(CloseReason::BackendReset),
+                        Err(Broken::Destination) => return Step::Close(CloseReason::ClientReset),
+                    };
+                }
+            }
+            if up.progressed || down.progressed {
+                self.last_active = cx.now;
+            }
+            if self.up.shut && self.down.shut {
+                return Step::Close(CloseReason::Done);
+            }
+            if !up.progressed && !down.progressed {
+                return if up.starved || down.starved {
+                    Step::WaitBuffer
+                } else {
+                    Step::Idle
+                };
+            }
+        }
+        Step::Yield
+    }
+}

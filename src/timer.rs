@@ -1,0 +1,136 @@
+//! A hashed timing wheel for connect and idle timeouts.
+//!
+//! Entries are `(slab key, generation)`. Sessions keep their true deadline themselves and only
+//! arm one entry at a time: when an entry fires the worker compares it with the session's
+//! current deadline and re-inserts it if the deadline moved later. Activity therefore costs a
+//! field store, never a wheel operation. Deadlines beyond one revolution simply come round
+//! again. Stale entries (closed session, or generation changed) are ignored.
+//!
+//! Hot path: slot vectors keep their capacity; no allocation in steady state.
+
+use std::time::{Duration, Instant};
+
+pub const TICK: Duration = Duration::from_millis(10);
+const SLOTS: usize = 4096;
+
+pub struct TimerWheel {
+    slots: Vec<Vec<(usize, u32)>>,
+    origin: Instant,
+    /// Ticks fully processed.
+    cursor: u64,
+    len: usize,
+}
+
+impl TimerWheel {
+    pub fn new(now: Instant) -> TimerWheel {
+        TimerWheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            origin: now,
+            cursor: 0,
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn tick_of(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.origin).as_micros() / TICK.as_micros()) as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Arms an entry that fires at the first tick boundary at or after `deadline`.
+    pub fn insert(&mut self, key: usize, generation: u32, deadline: Instant) {
+        let mut tick = self.tick_of(deadline);
+        if deadline > self.origin + TICK * tick as u32 {
+            tick += 1; // round up: never fire early
+        }
+        let tick = tick.max(self.cursor + 1);
+        self.slots[(tick % SLOTS as u64) as usize].push((key, generation));
+        self.len += 1;
+    }
+
+    /// Moves every entry whose tick has passed into `out`.
+    pub fn advance(&mut self, now: Instant, out: &mut Vec<(usize, u32)>) {
+        let target = self.tick_of(now);
+        if target <= self.cursor {
+            return;
+        }
+        // More than one revolution behind: each slot needs visiting once only.
+        let steps = (target - self.cursor).min(SLOTS as u64);
+        for i in 1..=steps {
+            let slot = ((self.cursor + i) % SLOTS as u64) as usize;
+            self.len -= self.slots[slot].len();
+            out.append(&mut self.slots[slot]);
+        }
+        self.cursor = target;
+    }
+
+    /// How long until the next armed tick (None when nothing is armed). Scans at most one
+    /// revolution; the result is a lower bound, which is all a poll timeout needs.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.len == 0 {
+            return None;
+        }
+        let mut ticks = 1u64;
+        while ticks < SLOTS as u64 {
+            if !self.slots[((self.cursor + ticks) % SLOTS as u64) as usize].is_empty() {
+                break;
+            }
+            ticks += 1;
+        }
+        let at = self.origin + TICK * (self.cursor + ticks) as u32;
+        Some(at.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_not_before_deadline() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        w.insert(1, 0, t0 + Duration::from_millis(35));
+        w.insert(2, 0, t0 + Duration::from_millis(5));
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(9), &mut out);
+        assert!(out.is_empty());
+        w.advance(t0 + Duration::from_millis(10), &mut out);
+        assert_eq!(out, vec![(2, 0)]);
+        out.clear();
+        w.advance(t0 + Duration::from_millis(39), &mut out);
+        assert!(out.is_empty());
+        assert!(
+            w.next_timeout(t0 + Duration::from_millis(39))
+                .expect("armed")
+                <= Duration::from_millis(1)
+        );
+        w.advance(t0 + Duration::from_millis(40), &mut out);
+        assert_eq!(out, vec![(1, 0)]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_timeout(t0), None);
+    }
+
+    #[test]
+    fn far_deadlines_come_round_early_and_big_jumps_are_bounded() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        // Beyond one revolution: fires after a revolution; the owner re-inserts.
+        w.insert(7, 3, t0 + TICK * (SLOTS as u32 + 5));
+        let mut out = Vec::new();
+        w.advance(t0 + TICK * 10, &mut out);
+        assert_eq!(out, vec![(7, 3)]);
+        w.insert(8, 0, t0 + Duration::from_millis(500));
+        out.clear();
+        w.advance(t0 + Duration::from_secs(3600), &mut out);
+        assert_eq!(out, vec![(8, 0)]);
+        assert_eq!(w.len(), 0);
+    }
+}

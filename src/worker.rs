@@ -1,0 +1,675 @@
+//! One worker per core: a `mio::Poll`, its own `SO_REUSEPORT` listening sockets, a `Slab` of
+//! sessions stored by value, a buffer pool, a timer wheel and local counters.
+//!
+//! HOT PATH. No lock, no blocking call, no info-level log per connection or per byte here;
+//! allocation only when a slab or queue grows past its previous high-water mark.
+//!
+//! Every loop is bounded: accepts per wake-up ([`ACCEPT_BATCH`]), rounds per session pump
+//! (`tcp::pipe::MAX_ROUNDS`) and sessions resumed per iteration; a bound hit is counted in
+//! `loop_bound_hits` and the remaining work is queued for the next iteration (poll with a zero
+//! timeout), so one busy connection cannot starve the others.
+
+use crate::balance::{new_balancer, Balancer};
+use crate::buffer::BufferPool;
+use crate::ready::Ready;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::stats::{StatsMsg, StatsSender, TcpCounters, FLUSH_INTERVAL};
+use crate::tcp::pipe::{CloseReason, Ctx, Phase, Step, TcpSession};
+use crate::timer::TimerWheel;
+use crate::token::{self, Decoded, Side};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Waker};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Connections accepted per listener wake-up before yielding.
+pub const ACCEPT_BATCH: usize = 64;
+/// Queued sessions resumed per loop iteration.
+const RESUME_BATCH: usize = 256;
+/// How long accepting pauses after the process ran out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest poll sleep, so periodic duties (stats, shutdown deadline) run.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// Control messages from other threads; always followed by a `Waker::wake`.
+#[derive(Debug, Clone, Copy)]
+pub enum Ctrl {
+    /// Stop accepting; let sessions finish until the deadline, then close the rest and exit.
+    Shutdown { deadline: Instant },
+    /// Send a stats delta now, tagged with this sequence number.
+    FlushStats(u64),
+}
+
+/// The handle other threads use to talk to a worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub tx: Sender<Ctrl>,
+    pub waker: Arc<Waker>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, c: Ctrl) {
+        // A worker that already exited has nothing to do with the message.
+        if self.tx.send(c).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+pub struct WorkerSettings {
+    pub id: usize,
+    pub buffer_size: usize,
+    pub buffers: usize,
+    pub max_sessions: usize,
+    pub pin_cpu: Option<usize>,
+}
+
+/// Everything a worker thread needs, prepared on the main thread so that start-up errors
+/// (bind, poll creation) are reported before any thread runs.
+pub struct WorkerSetup {
+    pub settings: WorkerSettings,
+    pub poll: Poll,
+    pub ctrl: Receiver<Ctrl>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub snapshot: SharedSnapshot,
+    pub stats_tx: StatsSender,
+}
+
+/// Creates the poll, waker and control channel for one worker.
+pub fn prepare(
+    settings: WorkerSettings,
+    listeners: Vec<std::net::TcpListener>,
+    snapshot: SharedSnapshot,
+    stats_tx: StatsSender,
+) -> io::Result<(WorkerSetup, WorkerHandle)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), token::WAKER)?);
+    let (tx, ctrl) = crossbeam_channel::unbounded();
+    Ok((
+        WorkerSetup {
+            settings,
+            poll,
+            ctrl,
+            listeners,
+            snapshot,
+            stats_tx,
+        },
+        WorkerHandle { tx, waker },
+    ))
+}
+
+struct Balancers {
+    version: u64,
+    by_cluster: Vec<Box<dyn Balancer>>,
+}
+
+pub struct Worker {
+    id: usize,
+    poll: Poll,
+    ctrl: Receiver<Ctrl>,
+    listeners: Vec<Option<TcpListener>>,
+    sessions: Slab<TcpSession>,
+    max_sessions: usize,
+    pool: BufferPool,
+    timers: TimerWheel,
+    expired: Vec<(usize, u32)>,
+    next_gen: u32,
+    snapshot: SharedSnapshot,
+    balancers: Balancers,
+    stats: TcpCounters,
+    stats_tx: StatsSender,
+    last_flush: Instant,
+    /// Sessions with work left after hitting a bound.
+    ready: VecDeque<usize>,
+    /// Sessions waiting for a pool buffer.
+    starved: VecDeque<usize>,
+    /// Listeners with connections left after hitting the accept bound.
+    accept_again: Vec<usize>,
+    /// Accepting paused (fd exhaustion) until then.
+    accept_paused_until: Option<Instant>,
+    /// Accepting stopped because `max_sessions` was reached.
+    accept_full: bool,
+    fd_exhaustion_logged: bool,
+    shutdown: Option<Instant>,
+    now: Instant,
+}
+
+impl Worker {
+    pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
+        let WorkerSetup {
+            settings,
+            poll,
+            ctrl,
+            listeners,
+            snapshot,
+            stats_tx,
+        } = setup;
+        let mut mio_listeners = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, token::listener(i), Interest::READABLE)?;
+            mio_listeners.push(Some(l));
+        }
+        let now = Instant::now();
+        let balancers = build_balancers(&snapshot.load());
+        Ok(Worker {
+            id: settings.id,
+            poll,
+            ctrl,
+            listeners: mio_listeners,
+            sessions: Slab::with_capacity(1024),
+            max_sessions: settings.max_sessions,
+            pool: BufferPool::new(settings.buffer_size, settings.buffers),
+            timers: TimerWheel::new(now),
+            expired: Vec::with_capacity(1024),
+            next_gen: 0,
+            snapshot,
+            balancers,
+            stats: TcpCounters::default(),
+            stats_tx,
+            last_flush: now,
+            ready: VecDeque::with_capacity(1024),
+            starved: VecDeque::with_capacity(1024),
+            accept_again: Vec::new(),
+            accept_paused_until: None,
+            accept_full: false,
+            fd_exhaustion_logged: false,
+            shutdown: None,
+            now,
+        })
+    }
+
+    /// Runs until shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                match token::decode(ev.token()) {
+                    Decoded::Waker => self.handle_ctrl(),
+                    Decoded::Listener(i) => self.accept(i),
+                    Decoded::Session(key, side) => {
+                        if let Some(s) = self.sessions.get_mut(key) {
+                            s.on_event(side, Ready::from_event(ev));
+                            self.drive(key);
+                        }
+                        // else: a stale event for a session closed earlier in this batch.
+                    }
+                }
+            }
+            self.resume_queued();
+            self.expire_timers();
+            if self.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+                self.flush_stats(0);
+            }
+            if let Some(deadline) = self.shutdown {
+                if self.sessions.is_empty() {
+                    break;
+                }
+                if self.now >= deadline {
+                    self.abort_all();
+                    break;
+                }
+            }
+        }
+        self.flush_stats(0);
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.ready.is_empty()
+            || !self.accept_again.is_empty()
+            || (!self.starved.is_empty() && self.pool.available() > 0)
+        {
+            return Duration::ZERO;
+        }
+        let mut t = MAX_SLEEP;
+        if let Some(d) = self.timers.next_timeout(self.now) {
+            t = t.min(d);
+        }
+        if let Some(at) = self.accept_paused_until {
+            t = t.min(at.saturating_duration_since(self.now));
+        }
+        t
+    }
+
+    fn handle_ctrl(&mut self) {
+        while let Ok(msg) = self.ctrl.try_recv() {
+            match msg {
+                Ctrl::FlushStats(seq) => self.flush_stats(seq),
+                Ctrl::Shutdown { deadline } => {
+                    let first = self.shutdown.is_none();
+                    self.shutdown = Some(self.shutdown.map_or(deadline, |d| d.min(deadline)));
+                    if first {
+                        // Closing our listening sockets: the kernel stops routing new
+                        // connections to this worker.
+                        for l in self.listeners.iter_mut() {
+                            if let Some(mut l) = l.take() {
+                                let _ = self.poll.registry().deregister(&mut l);
+                            }
+                        }
+                        self.accept_again.clear();
+                        log::debug!(
+                            "worker {}: draining {} connection(s)",
+                            self.id,
+                            self.sessions.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_stats(&mut self, seq: u64) {
+        self.last_flush = self.now;
+        if self.stats.is_zero() && seq == 0 {
+            return;
+        }
+        let delta = std::mem::take(&mut self.stats);
+        // The aggregator only disappears at exit; losing a delta then is harmless.
+        let _ = self.stats_tx.send(StatsMsg::Delta {
+            worker: self.id,
+            seq,
+            tcp: delta,
+        });
+    }
+
+    // ------------------------------------------------------------------ accepting
+
+    fn accept(&mut self, li: usize) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        if let Some(at) = self.accept_paused_until {
+            if self.now < at {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            if self.sessions.len() >= self.max_sessions {
+                // Leave the rest in the kernel backlog; resumed when a session closes.
+                self.accept_full = true;
+                return;
+            }
+            let Some(Some(listener)) = self.listeners.get(li) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _peer)) => self.open_session(li, stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.accept_errors += 1;
+                    if is_resource_exhaustion(&e) {
+                        if !self.fd_exhaustion_logged {
+                            log::warn!(
+                                "worker {}: accept failed ({e}); pausing accepts for {:?} \
+                                 (raise the open-file limit or lower max_connections)",
+                                self.id,
+                                ACCEPT_BACKOFF
+                            );
+                            self.fd_exhaustion_logged = true;
+                        }
+                        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                        if !self.accept_again.contains(&li) {
+                            self.accept_again.push(li);
+                        }
+                        return;
+                    }
+                    // ECONNABORTED and friends concern one connection only.
+                }
+            }
+        }
+        self.stats.loop_bound_hits += 1;
+        if !self.accept_again.contains(&li) {
+            self.accept_again.push(li);
+        }
+    }
+
+    fn open_session(&mut self, li: usize, mut stream: TcpStream) {
+        self.stats.accepted += 1;
+        let snap = self.snapshot.load_full();
+        let Some(route) = snap.listeners.get(li) else {
+            self.stats.closed += 1;
+            return;
+        };
+        let cluster = route.cluster as u32;
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token::session(key, Side::Front),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::debug!("worker {}: register client failed: {e}", self.id);
+            self.stats.closed += 1;
+            return;
+        }
+        if self.balancers.version != snap.version {
+            self.balancers = build_balancers(&snap);
+        }
+        entry.insert(TcpSession::new(stream, snap, li as u32, cluster, self.now));
+        if self.connect_next(key) {
+            self.arm_timer(key);
+        } else {
+            self.close(key, Closing::NoBackend);
+        }
+    }
+
+    // ------------------------------------------------------------------ backends
+
+    /// Starts a connect to the next backend this session has not tried. False when the
+    /// cluster's attempts are used up or every backend was tried.
+    fn connect_next(&mut self, key: usize) -> bool {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        let snap = s.snapshot.clone();
+        let Some(cluster) = snap.clusters.get(s.cluster as usize) else {
+            return false;
+        };
+        // The previous attempt's socket (if any) is closed here.
+        if let Some(prev) = s.backend.take() {
+            s.back = None;
+            if let Some(b) = cluster.backends.get(prev as usize) {
+                b.live.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        while s.attempts < cluster.connect_attempts {
+            let pick = if self.balancers.version == snap.version {
+                self.balancers
+                    .by_cluster
+                    .get_mut(s.cluster as usize)
+                    .and_then(|b| b.pick(&cluster.backends, s.tried))
+            } else {
+                // The session predates the current snapshot: any untried backend of its own.
+                (0..cluster.backends.len()).find(|&i| !s.tried.contains(i))
+            };
+            let Some(idx) = pick else {
+                return false;
+            };
+            s.tried.insert(idx);
+            s.attempts += 1;
+            if s.attempts > 1 {
+                self.stats.connect_retries += 1;
+            }
+            let backend = &cluster.backends[idx];
+            match TcpStream::connect(backend.addr) {
+                Ok(mut stream) => {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            token::session(key, Side::Back),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        self.stats.connect_failed += 1;
+                        continue;
+                    }
+                    backend.live.active.fetch_add(1, Ordering::Relaxed);
+                    s.set_backend(idx as u32, stream, self.now);
+                    return true;
+                }
+                Err(e) => {
+                    self.stats.connect_failed += 1;
+                    if is_resource_exhaustion(&e) {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    // ------------------------------------------------------------------ sessions
+
+    /// Pumps a session and acts on the result.
+    fn drive(&mut self, key: usize) {
+        // Bounded: each pass either returns or starts a new connect attempt, and attempts are
+        // bounded by the cluster's connect_attempts.
+        loop {
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let mut cx = Ctx {
+                pool: &mut self.pool,
+                stats: &mut self.stats,
+                now: self.now,
+            };
+            match s.pump(&mut cx) {
+                Step::Idle => return,
+                Step::Yield => {
+                    self.stats.loop_bound_hits += 1;
+                    if !s.queued {
+                        s.queued = true;
+                        self.ready.push_back(key);
+                    }
+                    return;
+                }
+                Step::WaitBuffer => {
+                    self.stats.buffer_waits += 1;
+                    if !s.queued {
+                        s.queued = true;
+                        self.starved.push_back(key);
+                    }
+                    return;
+                }
+                Step::Connected => {
+                    // The idle timeout may be shorter than the connect timeout still armed.
+                    self.arm_timer(key);
+                }
+                Step::ConnectFailed => {
+                    self.stats.connect_failed += 1;
+                    if self.connect_next(key) {
+                        self.arm_timer(key);
+                        return;
+                    }
+                    self.close(key, Closing::NoBackend);
+                    return;
+                }
+                Step::Close(reason) => {
+                    self.close(key, Closing::Pipe(reason));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Resumes sessions that yielded or waited for buffers, and listeners with a backlog.
+    fn resume_queued(&mut self) {
+        for _ in 0..self.ready.len().min(RESUME_BATCH) {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.queued = false;
+                self.drive(key);
+            }
+        }
+        let mut budget = RESUME_BATCH;
+        while self.pool.available() > 0 && budget > 0 {
+            let Some(key) = self.starved.pop_front() else {
+                break;
+            };
+            budget -= 1;
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.queued = false;
+                self.drive(key);
+            }
+        }
+        if !self.accept_again.is_empty() {
+            let pending = std::mem::take(&mut self.accept_again);
+            for li in pending {
+                self.accept(li);
+            }
+        }
+    }
+
+    fn arm_timer(&mut self, key: usize) {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.timer_gen = gen;
+            self.timers.insert(key, gen, s.deadline());
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        self.timers.advance(self.now, &mut self.expired);
+        let mut expired = std::mem::take(&mut self.expired);
+        for (key, gen) in expired.drain(..) {
+            let Some(s) = self.sessions.get(key) else {
+                continue;
+            };
+            if s.timer_gen != gen {
+                continue;
+            }
+            let deadline = s.deadline();
+            if deadline > self.now {
+                self.timers.insert(key, gen, deadline);
+                continue;
+            }
+            match s.phase {
+                Phase::Connecting => {
+                    self.stats.connect_timeouts += 1;
+                    if self.connect_next(key) {
+                        self.arm_timer(key);
+                    } else {
+                        self.close(key, Closing::NoBackend);
+                    }
+                }
+                Phase::Streaming => {
+                    self.stats.idle_timeouts += 1;
+                    self.close(key, Closing::Timeout);
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    fn close(&mut self, key: usize, why: Closing) {
+        if !self.sessions.contains(key) {
+            return;
+        }
+        let mut s = self.sessions.remove(key);
+        s.release_buffers(&mut self.pool);
+        match why {
+            Closing::Pipe(CloseReason::Done) | Closing::Timeout | Closing::Shutdown => {}
+            Closing::Pipe(CloseReason::BackendReset) => {
+                self.stats.backend_resets += 1;
+                reset_on_close(&s.front);
+            }
+            Closing::Pipe(CloseReason::ClientReset) => {
+                self.stats.client_resets += 1;
+                if let Some(b) = &s.back {
+                    reset_on_close(b);
+                }
+            }
+            Closing::NoBackend => self.stats.no_backend += 1,
+        }
+        if let Some(idx) = s.backend {
+            if let Some(b) = s.snapshot.clusters[s.cluster as usize]
+                .backends
+                .get(idx as usize)
+            {
+                b.live.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.closed += 1;
+        // Dropping the session closes both sockets, which also removes them from epoll.
+        drop(s);
+        if self.accept_full && self.sessions.len() < self.max_sessions {
+            self.accept_full = false;
+            for li in 0..self.listeners.len() {
+                if self.listeners[li].is_some() && !self.accept_again.contains(&li) {
+                    self.accept_again.push(li);
+                }
+            }
+        }
+    }
+
+    fn abort_all(&mut self) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        if !keys.is_empty() {
+            log::warn!(
+                "worker {}: shutdown deadline reached, closing {} connection(s)",
+                self.id,
+                keys.len()
+            );
+        }
+        for key in keys {
+            self.stats.shutdown_aborted += 1;
+            self.close(key, Closing::Shutdown);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    Pipe(CloseReason),
+    NoBackend,
+    Timeout,
+    Shutdown,
+}
+
+fn build_balancers(snap: &Snapshot) -> Balancers {
+    Balancers {
+        version: snap.version,
+        by_cluster: snap
+            .clusters
+            .iter()
+            .map(|c| new_balancer(c.balance))
+            .collect(),
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Makes the coming close send RST instead of FIN, so a reset crosses the proxy as a reset.
+fn reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+/// Thread entry point.
+pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    let id = setup.settings.id;
+    let pin = setup.settings.pin_cpu;
+    std::thread::Builder::new()
+        .name(format!("worker-{id}"))
+        .spawn(move || {
+            if let Some(cpu) = pin {
+                if let Err(e) = pin_to_cpu(cpu) {
+                    log::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
+                }
+            }
+            Worker::new(setup)?.run()
+        })
+}

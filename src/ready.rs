@@ -13,6 +13,9 @@ impl Ready {
     pub const EMPTY: Ready = Ready(0);
     pub const READABLE: Ready = Ready(1);
     pub const WRITABLE: Ready = Ready(2);
+    /// The peer hung up or the socket has an error: the next read must happen even after a
+    /// short read, because no further edge will come.
+    pub const HUP: Ready = Ready(4);
 
     #[inline]
     pub fn contains(self, other: Ready) -> bool {
@@ -37,6 +40,9 @@ impl Ready {
         }
         if e.is_writable() || e.is_write_closed() || e.is_error() {
             r.insert(Ready::WRITABLE);
+        }
+        if e.is_read_closed() || e.is_error() {
+            r.insert(Ready::HUP);
         }
         r
     }

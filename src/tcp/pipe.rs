@@ -126,8 +126,9 @@ fn flow_round(
                 Ok(n) => {
                     b.fill(n);
                     m.progressed = true;
-                    if n < want {
+                    if n < want && !src_ready.contains(Ready::HUP) {
                         // Linux TCP: a short read drained the queue; new data raises a new edge.
+                        // Not so after a hang-up: the EOF/error is still to be read.
                         src_ready.remove(Ready::READABLE);
                     }
                 }

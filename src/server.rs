@@ -109,6 +109,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             id,
             buffer_size: cfg.server.buffer_size,
             buffers: cfg.server.buffers_per_worker,
+            pipes: cfg.server.splice_pipes_per_worker,
             max_sessions,
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
         };

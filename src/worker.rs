@@ -11,10 +11,12 @@
 
 use crate::balance::{new_balancer, Balancer};
 use crate::buffer::BufferPool;
+use crate::config::Protocol;
 use crate::ready::Ready;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{StatsMsg, StatsSender, TcpCounters, FLUSH_INTERVAL};
 use crate::tcp::pipe::{CloseReason, Ctx, Phase, Step, TcpSession};
+use crate::tcp::splice::PipePool;
 use crate::timer::TimerWheel;
 use crate::token::{self, Decoded, Side};
 use crossbeam_channel::{Receiver, Sender};
@@ -65,6 +67,8 @@ pub struct WorkerSettings {
     pub id: usize,
     pub buffer_size: usize,
     pub buffers: usize,
+    /// Kernel pipes for splicing bulk flows (0 = never splice).
+    pub pipes: usize,
     pub max_sessions: usize,
     pub pin_cpu: Option<usize>,
 }
@@ -116,6 +120,7 @@ pub struct Worker {
     sessions: Slab<TcpSession>,
     max_sessions: usize,
     pool: BufferPool,
+    pipes: PipePool,
     timers: TimerWheel,
     expired: Vec<(usize, u32)>,
     next_gen: u32,
@@ -166,6 +171,7 @@ impl Worker {
             sessions: Slab::with_capacity(1024),
             max_sessions: settings.max_sessions,
             pool: BufferPool::new(settings.buffer_size, settings.buffers),
+            pipes: PipePool::new(settings.pipes),
             timers: TimerWheel::new(now),
             expired: Vec::with_capacity(1024),
             next_gen: 0,
@@ -347,6 +353,8 @@ impl Worker {
             return;
         };
         let cluster = route.cluster as u32;
+        // Foo listeners are analyzed line by line: their bytes must pass through user space.
+        let splice_ok = route.protocol == Protocol::Tcp && self.pipes.enabled();
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -361,7 +369,9 @@ impl Worker {
         if self.balancers.version != snap.version {
             self.balancers = build_balancers(&snap);
         }
-        entry.insert(TcpSession::new(stream, snap, li as u32, cluster, self.now));
+        let mut session = TcpSession::new(stream, snap, li as u32, cluster, self.now);
+        session.splice_ok = splice_ok;
+        entry.insert(session);
         if self.connect_next(key) {
             self.arm_timer(key);
         } else {
@@ -449,6 +459,7 @@ impl Worker {
             };
             let mut cx = Ctx {
                 pool: &mut self.pool,
+                pipes: &mut self.pipes,
                 stats: &mut self.stats,
                 now: self.now,
             };
@@ -568,7 +579,7 @@ impl Worker {
             return;
         }
         let mut s = self.sessions.remove(key);
-        s.release_buffers(&mut self.pool);
+        s.release_resources(&mut self.pool, &mut self.pipes);
         match why {
             Closing::Pipe(CloseReason::Done) | Closing::Timeout | Closing::Shutdown => {}
             Closing::Pipe(CloseReason::BackendReset) => {

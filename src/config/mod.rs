@@ -19,6 +19,7 @@ pub mod defaults {
     pub const WORKERS: usize = 0; // 0 = one per core
     pub const BUFFER_SIZE: u64 = 16 * 1024;
     pub const BUFFERS_PER_WORKER: u64 = 4096;
+    pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
     pub const BACKLOG: u64 = 1024;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,6 +75,7 @@ pub struct RawServer {
     pub pin_workers: Option<bool>,
     pub buffer_size: Option<RawSize>,
     pub buffers_per_worker: Option<u64>,
+    pub splice_pipes_per_worker: Option<u64>,
     pub max_connections: Option<u64>,
     pub backlog: Option<u64>,
     pub shutdown_timeout: Option<String>,
@@ -155,6 +157,8 @@ pub struct ServerConfig {
     pub pin_workers: bool,
     pub buffer_size: usize,
     pub buffers_per_worker: usize,
+    /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
+    pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
     pub backlog: i32,
     pub shutdown_timeout: Duration,
@@ -504,6 +508,14 @@ fn validate(
         pin_workers: server.pin_workers.unwrap_or(false),
         buffer_size: buffer_size as usize,
         buffers_per_worker: buffers as usize,
+        splice_pipes_per_worker: int_field(
+            "server.splice_pipes_per_worker",
+            server.splice_pipes_per_worker,
+            defaults::SPLICE_PIPES_PER_WORKER,
+            0,
+            65536,
+            errs,
+        ) as usize,
         max_connections: int_field(
             "server.max_connections",
             server.max_connections,

@@ -1,3 +1,4 @@
 //! L4 (TCP) proxying.
 
 pub mod pipe;
+pub mod splice;

@@ -11,12 +11,16 @@
 //!
 //! Back-pressure costs no syscalls: a direction whose buffer is full simply stops reading; the
 //! kernel's socket buffers fill and TCP flow control slows the sender.
+//!
+//! A direction that keeps filling whole buffers is a bulk transfer: it moves to a kernel pipe
+//! (`splice`, see [`super::splice`]) until it goes quiet, then back to buffers.
 
 use crate::balance::Tried;
 use crate::buffer::{Buf, BufferPool};
 use crate::ready::Ready;
 use crate::snapshot::Snapshot;
 use crate::stats::TcpCounters;
+use crate::tcp::splice::{self, Pipe, PipePool};
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::io::{self, ErrorKind, Read, Write};
@@ -26,6 +30,8 @@ use std::time::Instant;
 
 /// Read/write rounds per wake-up before yielding to other sessions.
 pub const MAX_ROUNDS: usize = 32;
+/// Whole-buffer reads in a row that make a flow a bulk transfer worth a pipe.
+const BULK_READS: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -61,6 +67,7 @@ pub enum CloseReason {
 /// Everything a pump borrows from its worker.
 pub struct Ctx<'a> {
     pub pool: &'a mut BufferPool,
+    pub pipes: &'a mut PipePool,
     pub stats: &'a mut TcpCounters,
     pub now: Instant,
 }
@@ -73,13 +80,31 @@ pub struct Flow {
     eof: bool,
     /// FIN passed on: the destination's write side is shut.
     shut: bool,
+    /// Whole-buffer reads in a row (bulk detection).
+    full_reads: u8,
+    /// Present while the flow is spliced; `piped` bytes sit in it.
+    pipe: Option<Pipe>,
+    piped: usize,
 }
 
 impl Flow {
-    fn release(&mut self, pool: &mut BufferPool) {
+    fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
         if let Some(b) = self.buf.take() {
             pool.release(b);
         }
+        if let Some(p) = self.pipe.take() {
+            if self.piped == 0 {
+                pipes.put(p);
+            } else {
+                pipes.discard(p);
+            }
+        }
+    }
+
+    /// Nothing buffered anywhere: a FIN may be passed on.
+    #[inline]
+    fn drained(&self) -> bool {
+        self.buf.is_none() && self.piped == 0
     }
 }
 
@@ -95,15 +120,23 @@ enum Broken {
     Destination,
 }
 
-/// Moves what it can from `src` to `dst` for one round.
+/// Moves what it can from `src` to `dst` for one round. `pipes` is `None` when this session
+/// must see its bytes (analyzers) and so may not splice.
 fn flow_round(
     flow: &mut Flow,
     src: &mut TcpStream,
     src_ready: &mut Ready,
     dst: Option<(&mut TcpStream, &mut Ready)>,
     pool: &mut BufferPool,
+    pipes: Option<&mut PipePool>,
     bytes: &mut u64,
 ) -> Result<Moved, Broken> {
+    if flow.pipe.is_some() {
+        if let (Some(pipes), Some(dst)) = (pipes, dst) {
+            return splice_round(flow, src, src_ready, dst, pipes, bytes);
+        }
+        return Ok(Moved::default());
+    }
     let mut m = Moved::default();
     // 1. Read while the source is readable and there is room.
     if !flow.eof && src_ready.contains(Ready::READABLE) {
@@ -126,6 +159,11 @@ fn flow_round(
                 Ok(n) => {
                     b.fill(n);
                     m.progressed = true;
+                    flow.full_reads = if n == want {
+                        flow.full_reads.saturating_add(1)
+                    } else {
+                        0
+                    };
                     if n < want && !src_ready.contains(Ready::HUP) {
                         // Linux TCP: a short read drained the queue; new data raises a new edge.
                         // Not so after a hang-up: the EOF/error is still to be read.
@@ -161,19 +199,94 @@ fn flow_round(
     }
     // 3. An empty buffer goes straight back: idle connections hold none.
     if flow.buf.as_ref().is_some_and(Buf::is_empty) {
-        flow.release(pool);
+        if let Some(b) = flow.buf.take() {
+            pool.release(b);
+        }
+        // A bulk transfer between two drained states: hand it to a pipe if one is free.
+        if flow.full_reads >= BULK_READS && !flow.eof && dst.is_some() {
+            if let Some(p) = pipes.and_then(PipePool::get) {
+                flow.pipe = Some(p);
+                flow.full_reads = 0;
+            }
+        }
     }
     // 4. Pass the FIN on once everything before it is out.
-    if flow.eof && !flow.shut && flow.buf.is_none() {
+    if flow.eof && !flow.shut && flow.drained() {
         if let Some((sock, _)) = dst {
-            match sock.shutdown(Shutdown::Write) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotConnected => return Err(Broken::Destination),
-                Err(_) => return Err(Broken::Destination),
+            // ENOTCONN and friends: the destination is already gone.
+            if sock.shutdown(Shutdown::Write).is_err() {
+                return Err(Broken::Destination);
             }
             flow.shut = true;
             m.progressed = true;
         }
+    }
+    Ok(m)
+}
+
+/// One round of a spliced flow: socket → pipe → socket, no copy through user space.
+fn splice_round(
+    flow: &mut Flow,
+    src: &mut TcpStream,
+    src_ready: &mut Ready,
+    (dst, dst_ready): (&mut TcpStream, &mut Ready),
+    pipes: &mut PipePool,
+    bytes: &mut u64,
+) -> Result<Moved, Broken> {
+    let mut m = Moved::default();
+    let Some(pipe) = flow.pipe.as_ref() else {
+        return Ok(m);
+    };
+    let mut source_dry = false;
+    if !flow.eof && src_ready.contains(Ready::READABLE) && flow.piped < pipe.capacity {
+        match splice::fill(&*src, pipe, pipe.capacity - flow.piped) {
+            Ok(0) => {
+                flow.eof = true;
+                m.progressed = true;
+            }
+            Ok(n) => {
+                flow.piped += n;
+                m.progressed = true;
+            }
+            // With bytes in the pipe, EAGAIN may mean "pipe full"; only an empty pipe proves
+            // the socket is dry.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if flow.piped == 0 {
+                    src_ready.remove(Ready::READABLE);
+                    source_dry = true;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => m.progressed = true,
+            Err(_) => return Err(Broken::Source),
+        }
+    }
+    if flow.piped > 0 && dst_ready.contains(Ready::WRITABLE) {
+        match splice::drain(pipe, &*dst, flow.piped) {
+            Ok(n) => {
+                if n < flow.piped {
+                    dst_ready.remove(Ready::WRITABLE);
+                }
+                flow.piped -= n;
+                *bytes += n as u64;
+                m.progressed |= n > 0;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => dst_ready.remove(Ready::WRITABLE),
+            Err(e) if e.kind() == ErrorKind::Interrupted => m.progressed = true,
+            Err(_) => return Err(Broken::Destination),
+        }
+    }
+    // Quiet and empty: back to buffers, and the pipe back to the pool.
+    if flow.piped == 0 && (source_dry || flow.eof) {
+        if let Some(p) = flow.pipe.take() {
+            pipes.put(p);
+        }
+    }
+    if flow.eof && !flow.shut && flow.drained() {
+        if dst.shutdown(Shutdown::Write).is_err() {
+            return Err(Broken::Destination);
+        }
+        flow.shut = true;
+        m.progressed = true;
     }
     Ok(m)
 }
@@ -201,6 +314,8 @@ pub struct TcpSession {
     pub timer_gen: u32,
     /// Already in the worker's ready queue or buffer-wait queue.
     pub queued: bool,
+    /// Bulk flows may bypass user space (false when an analyzer must see the bytes).
+    pub splice_ok: bool,
 }
 
 impl TcpSession {
@@ -229,6 +344,7 @@ impl TcpSession {
             connect_started: now,
             timer_gen: 0,
             queued: false,
+            splice_ok: true,
         }
     }
 
@@ -262,10 +378,10 @@ impl TcpSession {
         }
     }
 
-    /// Returns the buffers this session holds to the pool.
-    pub fn release_buffers(&mut self, pool: &mut BufferPool) {
-        self.up.release(pool);
-        self.down.release(pool);
+    /// Returns the buffers and pipes this session holds to their pools.
+    pub fn release_resources(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
+        self.up.release(pool, pipes);
+        self.down.release(pool, pipes);
     }
 
     fn check_connect(&mut self) -> io::Result<bool> {
@@ -314,6 +430,7 @@ impl TcpSession {
                 &mut self.front_ready,
                 back.map(|b| (b, &mut self.back_ready)),
                 cx.pool,
+                self.splice_ok.then_some(&mut *cx.pipes),
                 &mut cx.stats.bytes_client_to_backend,
             );
             let up = match up {
@@ -330,6 +447,7 @@ impl TcpSession {
                         &mut self.back_ready,
                         Some((&mut self.front, &mut self.front_ready)),
                         cx.pool,
+                        self.splice_ok.then_some(&mut *cx.pipes),
                         &mut cx.stats.bytes_backend_to_client,
                     ) {
                         Ok(m) => m,

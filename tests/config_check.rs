@@ -1,0 +1,476 @@
+//! Config validation: every kind of error is reported with its field path and exit 64, by both
+//! `switchyard check -c` and `switchyard run -c` (which must refuse to start).
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use util::*;
+
+const T: Duration = Duration::from_secs(10);
+
+const VALID: &str = r#"[server]
+workers = 2
+pin_workers = false
+buffer_size = "16KiB"
+buffers_per_worker = 4096
+max_connections = 100000
+backlog = 1024
+shutdown_timeout = "30s"
+
+[[listeners]]
+name = "front"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "app"
+idle_timeout = "10m"
+
+[[listeners]]
+name = "foo"
+bind = "127.0.0.1:0"
+protocol = "foo"
+cluster = "other"
+
+[[clusters]]
+name = "app"
+balance = "round_robin"
+backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 }]
+connect_timeout = "2s"
+connect_attempts = 3
+
+[[clusters]]
+name = "other"
+balance = "least_conn"
+backends = ["127.0.0.1:9003"]
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Replaces `from` (which must occur exactly once in VALID) with `to`.
+fn mutate(from: &str, to: &str) -> String {
+    assert_eq!(
+        VALID.matches(from).count(),
+        1,
+        "test bug: {from:?} must occur once in VALID"
+    );
+    VALID.replacen(from, to, 1)
+}
+
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect()
+}
+
+/// Runs `check -c` and `run -c` on `text`; both must exit 64 and report an error line starting
+/// with `error: <prefix>` for every prefix.
+fn expect_errors(text: &str, prefixes: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bad.toml", text);
+    for sub in ["check", "run"] {
+        let out = run_to_exit(
+            &[sub.as_ref(), "-c".as_ref(), path.as_os_str()],
+            dir.path(),
+            T,
+        );
+        let lines = error_lines(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "`switchyard {sub} -c` on a bad config: want exit 64, got {:?}; stderr:\n{}",
+            out.status,
+            out.stderr
+        );
+        for p in prefixes {
+            let want = format!("error: {p}");
+            assert!(
+                lines.iter().any(|l| l.starts_with(&want)),
+                "`switchyard {sub} -c`: no line starting with {want:?}; stderr:\n{}\n--- config:\n{text}",
+                out.stderr
+            );
+        }
+        if sub == "check" {
+            // One line per error, nothing else.
+            let stray: Vec<&str> = out
+                .stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with("error: "))
+                .collect();
+            assert!(
+                stray.is_empty(),
+                "`switchyard check`: every stderr line should be one `error: path: message`; \
+                 these are not: {stray:?}; stderr:\n{}",
+                out.stderr
+            );
+        }
+        assert!(
+            !out.stderr.contains("listening name="),
+            "`switchyard {sub}` started listening with an invalid config:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn valid_config_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.toml", VALID);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("ok: {}", path.display())),
+        "stdout: {:?}",
+        out.stdout
+    );
+    assert!(error_lines(&out.stderr).is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn minimal_config_with_defaults_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\n[[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n";
+    let path = write(dir.path(), "min.toml", text);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn unknown_keys() {
+    expect_errors(
+        &mutate(
+            "idle_timeout = \"10m\"",
+            "idle_timeout = \"10m\"\nbogus_key = 1",
+        ),
+        &["listeners[0].bogus_key: unknown key"],
+    );
+    expect_errors(
+        &mutate(
+            "pin_workers = false",
+            "pin_workers = false\nfrobnicate = true",
+        ),
+        &["server.frobnicate: unknown key"],
+    );
+    expect_errors(
+        &mutate("connect_attempts = 3", "connect_attempts = 3\nretries = 2"),
+        &["clusters[0].retries: unknown key"],
+    );
+    expect_errors(&format!("{VALID}\n[tuning]\nfast = true\n"), &["tuning"]);
+}
+
+#[test]
+fn wrong_types() {
+    expect_errors(
+        &mutate("workers = 2", "workers = \"two\""),
+        &["server.workers: "],
+    );
+    expect_errors(
+        &mutate("pin_workers = false", "pin_workers = \"no\""),
+        &["server.pin_workers: "],
+    );
+    expect_errors(
+        &mutate("connect_attempts = 3", "connect_attempts = [3]"),
+        &["clusters[0].connect_attempts: "],
+    );
+}
+
+#[test]
+fn invalid_addresses() {
+    expect_errors(
+        &mutate(
+            "bind = \"127.0.0.1:0\"\nprotocol = \"tcp\"",
+            "bind = \"not-an-address\"\nprotocol = \"tcp\"",
+        ),
+        &["listeners[0].bind: "],
+    );
+    expect_errors(
+        &mutate(
+            "{ addr = \"127.0.0.1:9002\", weight = 3 }",
+            "{ addr = \"127.0.0.1\", weight = 3 }",
+        ),
+        &["clusters[0].backends[1].addr: "],
+    );
+    expect_errors(
+        &mutate(
+            "backends = [\"127.0.0.1:9003\"]",
+            "backends = [\"127.0.0.1:99999\"]",
+        ),
+        &["clusters[1].backends[0]"],
+    );
+}
+
+#[test]
+fn invalid_durations() {
+    expect_errors(
+        &mutate("idle_timeout = \"10m\"", "idle_timeout = \"10 parsecs\""),
+        &["listeners[0].idle_timeout: "],
+    );
+    expect_errors(
+        &mutate("connect_timeout = \"2s\"", "connect_timeout = \"soon\""),
+        &["clusters[0].connect_timeout: "],
+    );
+    expect_errors(
+        &mutate("shutdown_timeout = \"30s\"", "shutdown_timeout = \"-5s\""),
+        &["server.shutdown_timeout: "],
+    );
+}
+
+#[test]
+fn invalid_sizes() {
+    expect_errors(
+        &mutate("buffer_size = \"16KiB\"", "buffer_size = \"16 lightyears\""),
+        &["server.buffer_size: "],
+    );
+}
+
+#[test]
+fn unknown_balance() {
+    expect_errors(
+        &mutate("balance = \"round_robin\"", "balance = \"random_walk\""),
+        &["clusters[0].balance: "],
+    );
+}
+
+#[test]
+fn unknown_protocol() {
+    expect_errors(
+        &mutate("protocol = \"foo\"", "protocol = \"udp\""),
+        &["listeners[1].protocol: "],
+    );
+}
+
+#[test]
+fn listener_naming_unknown_cluster() {
+    expect_errors(
+        &mutate("cluster = \"other\"", "cluster = \"ghost\""),
+        &["listeners[1].cluster: "],
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    expect_errors(
+        &mutate("name = \"other\"", "name = \"app\""),
+        &["clusters[1].name: "],
+    );
+    expect_errors(
+        &mutate("name = \"foo\"", "name = \"front\""),
+        &["listeners[1].name: "],
+    );
+}
+
+#[test]
+fn empty_backends() {
+    expect_errors(
+        &mutate("backends = [\"127.0.0.1:9003\"]", "backends = []"),
+        &["clusters[1].backends: "],
+    );
+}
+
+#[test]
+fn workers_out_of_range() {
+    expect_errors(
+        &mutate("workers = 2", "workers = 100000"),
+        &["server.workers: "],
+    );
+    expect_errors(
+        &mutate("workers = 2", "workers = -1"),
+        &["server.workers: "],
+    );
+}
+
+#[test]
+fn connect_attempts_zero_rejected() {
+    expect_errors(
+        &mutate("connect_attempts = 3", "connect_attempts = 0"),
+        &["clusters[0].connect_attempts: "],
+    );
+}
+
+/// Several independent value errors in one file: every one is reported.
+#[test]
+fn several_errors_all_reported() {
+    let text = VALID
+        .replacen("workers = 2", "workers = 100000", 1)
+        .replacen("buffer_size = \"16KiB\"", "buffer_size = \"huge\"", 1)
+        .replacen(
+            "bind = \"127.0.0.1:0\"\nprotocol = \"tcp\"",
+            "bind = \"nowhere\"\nprotocol = \"tcp\"",
+            1,
+        )
+        .replacen("idle_timeout = \"10m\"", "idle_timeout = \"forever\"", 1)
+        .replacen("protocol = \"foo\"", "protocol = \"sctp\"", 1)
+        .replacen("cluster = \"other\"", "cluster = \"ghost\"", 1)
+        .replacen("balance = \"round_robin\"", "balance = \"dice\"", 1)
+        .replacen("backends = [\"127.0.0.1:9003\"]", "backends = []", 1);
+    let want = [
+        "server.workers: ",
+        "server.buffer_size: ",
+        "listeners[0].bind: ",
+        "listeners[0].idle_timeout: ",
+        "listeners[1].protocol: ",
+        "listeners[1].cluster: ",
+        "clusters[0].balance: ",
+        "clusters[1].backends: ",
+    ];
+    expect_errors(&text, &want);
+}
+
+/// ALL errors means unknown keys and type errors too, alongside value errors.
+#[test]
+fn unknown_key_and_wrong_type_reported_alongside_other_errors() {
+    let text = VALID
+        .replacen(
+            "idle_timeout = \"10m\"",
+            "idle_timeout = \"10m\"\nbogus_key = 1",
+            1,
+        )
+        .replacen("backlog = 1024", "backlog = \"lots\"", 1)
+        .replacen("workers = 2", "workers = 100000", 1)
+        .replacen("balance = \"round_robin\"", "balance = \"dice\"", 1);
+    expect_errors(
+        &text,
+        &[
+            "listeners[0].bogus_key: unknown key",
+            "server.backlog: ",
+            "server.workers: ",
+            "clusters[0].balance: ",
+        ],
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "broken.toml", "[server\nworkers = 2\n");
+    for sub in ["check", "run"] {
+        let out = run_to_exit(
+            &[sub.as_ref(), "-c".as_ref(), path.as_os_str()],
+            dir.path(),
+            T,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{sub}: stderr:\n{}",
+            out.stderr
+        );
+        let want = format!("error: {}: ", path.display());
+        assert!(
+            error_lines(&out.stderr)
+                .iter()
+                .any(|l| l.starts_with(&want)),
+            "{sub}: no {want:?} line:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn missing_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("does-not-exist.toml");
+    for sub in ["check", "run"] {
+        let out = run_to_exit(
+            &[sub.as_ref(), "-c".as_ref(), path.as_os_str()],
+            dir.path(),
+            T,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{sub}: stderr:\n{}",
+            out.stderr
+        );
+        let want = format!("error: {}: ", path.display());
+        assert!(
+            error_lines(&out.stderr)
+                .iter()
+                .any(|l| l.starts_with(&want)),
+            "{sub}: no {want:?} line:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn bare_dash_c_form_also_refuses_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        &mutate("balance = \"round_robin\"", "balance = \"dice\""),
+    );
+    let out = run_to_exit(&["-c".as_ref(), path.as_os_str()], dir.path(), T);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{}", out.stderr);
+    assert!(
+        error_lines(&out.stderr)
+            .iter()
+            .any(|l| l.starts_with("error: clusters[0].balance: ")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(&["check", "--no-such-flag"], dir.path(), T);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn cannot_bind_exits_70() {
+    // A plain listener (no SO_REUSEPORT) holds the port, so the proxy's bind fails.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[listeners]]\nname = \"a\"\nbind = \"{taken}\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\n[[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n"
+    );
+    let path = write(dir.path(), "taken.toml", &text);
+    let out = run_to_exit(
+        &["run".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(70), "stderr:\n{}", out.stderr);
+    drop(holder);
+}
+
+#[test]
+fn shipped_examples_pass_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut checked = 0;
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = run_to_exit(&["check".as_ref(), "-c".as_ref(), p.as_os_str()], &dir, T);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{} fails check:\n{}",
+            p.display(),
+            out.stderr
+        );
+        checked += 1;
+    }
+    eprintln!("checked {checked} example configs");
+}

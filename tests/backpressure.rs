@@ -112,3 +112,69 @@ backends = ["{}"]
     );
     drop(lazy);
 }
+
+/// A buffer pool far smaller than the demand: sessions wait for buffers (counted) instead of
+/// failing, and every byte still arrives once readers catch up.
+#[test]
+fn exhausted_buffer_pool_is_back_pressure_not_failure() {
+    const CONNS: usize = 40;
+    const LEN: usize = 4 * 1024 * 1024;
+    let source = Backend::source(LEN, 77);
+    let proxy = Proxy::start(&simple_config(
+        "workers = 1\nbuffers_per_worker = 16\nbuffer_size = \"1KiB\"\nsplice_pipes_per_worker = 0",
+        "",
+        &[source.addr],
+    ));
+    // Clients that do not read yet: each session's backend→client buffer stays full, so 40
+    // sessions want 40 buffers from a pool of 16.
+    // Small receive windows keep the kernel from absorbing the streams on the client side.
+    let clients: Vec<std::net::TcpStream> = (0..CONNS)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+            s.connect_timeout(&proxy.addr("front").into(), Duration::from_secs(3))
+                .expect("connect");
+            let s: std::net::TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    proxy.wait_tcp("buffer_waits", Duration::from_secs(10), |v| v > 0);
+    // Now read everything: every stream must arrive complete and unchanged.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            thread::spawn(move || {
+                let mut sum = Checksum::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match std::io::Read::read(&mut c, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => sum.update(&buf[..n]),
+                        Err(e) => panic!("read failed after {} bytes: {e}", sum.len()),
+                    }
+                }
+                (sum.len(), sum.finish())
+            })
+        })
+        .collect();
+    let want = pattern_checksum(77, LEN);
+    for r in readers {
+        let (len, sum) = join_timeout(r, Duration::from_secs(60), "reader");
+        assert_eq!(len, LEN as u64);
+        assert_eq!(sum, want, "stream corrupted");
+    }
+    let st = proxy.stats();
+    assert_eq!(
+        tcp_of(&st, "client_resets") + tcp_of(&st, "backend_resets"),
+        0,
+        "{st}"
+    );
+    assert_eq!(
+        tcp_of(&st, "bytes_backend_to_client"),
+        (CONNS * LEN) as u64,
+        "{st}"
+    );
+}

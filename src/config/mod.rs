@@ -257,22 +257,36 @@ pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
+/// Deserializes one table. A key with the wrong type is reported and removed, and the rest
+/// is deserialized again, so one bad value never hides the errors of its neighbours.
 fn raw_part<T: for<'de> Deserialize<'de>>(
     path: &str,
-    value: toml::Value,
+    mut value: toml::Value,
     errs: &mut Errors,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = if inner == "." || inner.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}.{inner}")
-            };
-            errs.add(full, e.into_inner().to_string());
-            None
+    // Each pass removes one key, so a table with n keys takes at most n + 1 passes.
+    loop {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let inner = err.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        let key = match err.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        errs.add(full, err.into_inner().message().trim().to_string());
+        let removed = match (key, value.as_table_mut()) {
+            (Some(k), Some(t)) => t.remove(&k).is_some(),
+            _ => false,
+        };
+        if !removed {
+            return None;
         }
     }
 }
@@ -799,7 +813,7 @@ backends = ["127.0.0.1:1", "x", { addr = 5 }, { addr = "127.0.0.1:2", weight = 0
 
     #[test]
     fn type_errors_carry_paths() {
-        let p = paths("[server]\nworkers = \"two\"\n[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:0\"\ncluster=\"c\"\n[[clusters]]\nname=\"c\"\nbackends=[\"127.0.0.1:1\"]\nconnect_attempts=\"x\"\n");
+        let p = paths("[server]\nworkers = \"two\"\nbacklog = 0\n[[listeners]]\nname=\"a\"\nbind=\"127.0.0.1:0\"\ncluster=\"c\"\n[[clusters]]\nname=\"c\"\nbackends=[\"127.0.0.1:1\"]\nconnect_attempts=\"x\"\n");
         assert!(p.contains(&"server.workers".to_string()), "{p:?}");
         assert!(
             p.contains(&"clusters[0].connect_attempts".to_string()),

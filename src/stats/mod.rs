@@ -57,6 +57,8 @@ counters! {
         accept_errors,
         /// Sessions force-closed at the shutdown deadline.
         shutdown_aborted,
+        /// Bulk flows handed to a kernel pipe (zero-copy splice).
+        splice_starts,
     }
 }
 

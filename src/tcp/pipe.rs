@@ -112,6 +112,8 @@ impl Flow {
 struct Moved {
     progressed: bool,
     starved: bool,
+    /// The flow moved to a pipe this round.
+    spliced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +209,7 @@ fn flow_round(
             if let Some(p) = pipes.and_then(PipePool::get) {
                 flow.pipe = Some(p);
                 flow.full_reads = 0;
+                m.spliced = true;
             }
         }
     }
@@ -459,6 +462,7 @@ impl TcpSession {
             if up.progressed || down.progressed {
                 self.last_active = cx.now;
             }
+            cx.stats.splice_starts += u64::from(up.spliced) + u64::from(down.spliced);
             if self.up.shut && self.down.shut {
                 return Step::Close(CloseReason::Done);
             }

@@ -15,7 +15,7 @@ run: build
 ## The whole test suite (unit + integration over real sockets on 127.0.0.1).
 test:
 	$(CARGO) build --bins
-	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test
 
 ## Criterion micro-benchmarks (buffer pool, token encoding, balancer pick).
 bench:

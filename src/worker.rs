@@ -35,6 +35,8 @@ pub const ACCEPT_BATCH: usize = 64;
 const RESUME_BATCH: usize = 256;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Descriptor exhaustion is logged at most this often (it is always counted).
+const FD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest poll sleep, so periodic duties (stats, shutdown deadline) run.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -139,7 +141,10 @@ pub struct Worker {
     accept_paused_until: Option<Instant>,
     /// Accepting stopped because `max_sessions` was reached.
     accept_full: bool,
-    fd_exhaustion_logged: bool,
+    /// When descriptor exhaustion was last logged (logged at most every FD_LOG_INTERVAL).
+    fd_exhaustion_logged: Option<Instant>,
+    /// Accepted sessions waiting for a descriptor to connect to their backend.
+    fd_waiters: VecDeque<usize>,
     shutdown: Option<Instant>,
     now: Instant,
 }
@@ -185,7 +190,8 @@ impl Worker {
             accept_again: Vec::new(),
             accept_paused_until: None,
             accept_full: false,
-            fd_exhaustion_logged: false,
+            fd_exhaustion_logged: None,
+            fd_waiters: VecDeque::new(),
             shutdown: None,
             now,
         })
@@ -235,8 +241,10 @@ impl Worker {
     }
 
     fn poll_timeout(&self) -> Duration {
+        let accept_now = (!self.accept_again.is_empty() || !self.fd_waiters.is_empty())
+            && self.accept_paused_until.is_none();
         if !self.ready.is_empty()
-            || !self.accept_again.is_empty()
+            || accept_now
             || (!self.starved.is_empty() && self.pool.available() > 0)
         {
             return Duration::ZERO;
@@ -300,6 +308,10 @@ impl Worker {
         }
         if let Some(at) = self.accept_paused_until {
             if self.now < at {
+                // Retried when the pause ends (the poll timeout wakes us then).
+                if !self.accept_again.contains(&li) {
+                    self.accept_again.push(li);
+                }
                 return;
             }
             self.accept_paused_until = None;
@@ -320,16 +332,7 @@ impl Worker {
                 Err(e) => {
                     self.stats.accept_errors += 1;
                     if is_resource_exhaustion(&e) {
-                        if !self.fd_exhaustion_logged {
-                            log::warn!(
-                                "worker {}: accept failed ({e}); pausing accepts for {:?} \
-                                 (raise the open-file limit or lower max_connections)",
-                                self.id,
-                                ACCEPT_BACKOFF
-                            );
-                            self.fd_exhaustion_logged = true;
-                        }
-                        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                        self.descriptors_exhausted(&e);
                         if !self.accept_again.contains(&li) {
                             self.accept_again.push(li);
                         }
@@ -342,6 +345,41 @@ impl Worker {
         self.stats.loop_bound_hits += 1;
         if !self.accept_again.contains(&li) {
             self.accept_again.push(li);
+        }
+    }
+
+    /// Out of descriptors (or kernel memory): stop accepting for a moment so the sessions we
+    /// have keep working; waiting clients stay in the kernel backlog. Never spins, never dies.
+    fn descriptors_exhausted(&mut self, e: &io::Error) {
+        let quiet = self
+            .fd_exhaustion_logged
+            .is_some_and(|t| self.now.duration_since(t) < FD_LOG_INTERVAL);
+        if !quiet {
+            log::warn!(
+                "worker {}: out of descriptors ({e}); pausing accepts for {:?} at a time \
+                 (raise the open-file limit or lower max_connections)",
+                self.id,
+                ACCEPT_BACKOFF
+            );
+            self.fd_exhaustion_logged = Some(self.now);
+        }
+        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+    }
+
+    /// Acts on the outcome of a connect attempt for session `key`.
+    fn after_connect(&mut self, key: usize, r: Connect) {
+        match r {
+            Connect::Started => self.arm_timer(key),
+            Connect::GaveUp => self.close(key, Closing::NoBackend),
+            Connect::NoDescriptor => {
+                // Keep the client; retry when descriptors free up, for at most one connect
+                // timeout from now.
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.connect_started = self.now;
+                }
+                self.arm_timer(key);
+                self.fd_waiters.push_back(key);
+            }
         }
     }
 
@@ -372,24 +410,20 @@ impl Worker {
         let mut session = TcpSession::new(stream, snap, li as u32, cluster, self.now);
         session.splice_ok = splice_ok;
         entry.insert(session);
-        if self.connect_next(key) {
-            self.arm_timer(key);
-        } else {
-            self.close(key, Closing::NoBackend);
-        }
+        let r = self.connect_next(key);
+        self.after_connect(key, r);
     }
 
     // ------------------------------------------------------------------ backends
 
-    /// Starts a connect to the next backend this session has not tried. False when the
-    /// cluster's attempts are used up or every backend was tried.
-    fn connect_next(&mut self, key: usize) -> bool {
+    /// Starts a connect to the next backend this session has not tried.
+    fn connect_next(&mut self, key: usize) -> Connect {
         let Some(s) = self.sessions.get_mut(key) else {
-            return false;
+            return Connect::GaveUp;
         };
         let snap = s.snapshot.clone();
         let Some(cluster) = snap.clusters.get(s.cluster as usize) else {
-            return false;
+            return Connect::GaveUp;
         };
         // The previous attempt's socket (if any) is closed here.
         if let Some(prev) = s.backend.take() {
@@ -409,7 +443,7 @@ impl Worker {
                 (0..cluster.backends.len()).find(|&i| !s.tried.contains(i))
             };
             let Some(idx) = pick else {
-                return false;
+                return Connect::GaveUp;
             };
             s.tried.insert(idx);
             s.attempts += 1;
@@ -434,17 +468,20 @@ impl Worker {
                     }
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     s.set_backend(idx as u32, stream, self.now);
-                    return true;
+                    return Connect::Started;
                 }
-                Err(e) => {
-                    self.stats.connect_failed += 1;
-                    if is_resource_exhaustion(&e) {
-                        return false;
-                    }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Our problem, not the backend's: this attempt does not count.
+                    s.tried.remove(idx);
+                    s.attempts -= 1;
+                    self.stats.accept_errors += 1;
+                    self.descriptors_exhausted(&e);
+                    return Connect::NoDescriptor;
                 }
+                Err(_) => self.stats.connect_failed += 1,
             }
         }
-        false
+        Connect::GaveUp
     }
 
     // ------------------------------------------------------------------ sessions
@@ -487,11 +524,8 @@ impl Worker {
                 }
                 Step::ConnectFailed => {
                     self.stats.connect_failed += 1;
-                    if self.connect_next(key) {
-                        self.arm_timer(key);
-                        return;
-                    }
-                    self.close(key, Closing::NoBackend);
+                    let r = self.connect_next(key);
+                    self.after_connect(key, r);
                     return;
                 }
                 Step::Close(reason) => {
@@ -504,6 +538,9 @@ impl Worker {
 
     /// Resumes sessions that yielded or waited for buffers, and listeners with a backlog.
     fn resume_queued(&mut self) {
+        if self.accept_paused_until.is_some_and(|at| self.now >= at) {
+            self.accept_paused_until = None;
+        }
         for _ in 0..self.ready.len().min(RESUME_BATCH) {
             let Some(key) = self.ready.pop_front() else {
                 break;
@@ -522,6 +559,22 @@ impl Worker {
             if let Some(s) = self.sessions.get_mut(key) {
                 s.queued = false;
                 self.drive(key);
+            }
+        }
+        // Sessions that could not get a descriptor retry first, once the pause is over: they
+        // were accepted earlier than anyone still in the backlog.
+        if self.accept_paused_until.is_none() {
+            for _ in 0..self.fd_waiters.len().min(RESUME_BATCH) {
+                let Some(key) = self.fd_waiters.pop_front() else {
+                    break;
+                };
+                if self.sessions.get(key).is_some_and(|s| s.back.is_none()) {
+                    let r = self.connect_next(key);
+                    self.after_connect(key, r);
+                }
+                if self.accept_paused_until.is_some() {
+                    break; // exhausted again
+                }
             }
         }
         if !self.accept_again.is_empty() {
@@ -559,10 +612,12 @@ impl Worker {
             match s.phase {
                 Phase::Connecting => {
                     self.stats.connect_timeouts += 1;
-                    if self.connect_next(key) {
-                        self.arm_timer(key);
-                    } else {
+                    if s.back.is_none() {
+                        // Waited a whole connect timeout for a descriptor: give up.
                         self.close(key, Closing::NoBackend);
+                    } else {
+                        let r = self.connect_next(key);
+                        self.after_connect(key, r);
                     }
                 }
                 Phase::Streaming => {
@@ -629,6 +684,15 @@ impl Worker {
             self.close(key, Closing::Shutdown);
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    Started,
+    /// Attempts used up or every backend tried.
+    GaveUp,
+    /// No descriptor for the backend socket; the session waits in `fd_waiters`.
+    NoDescriptor,
 }
 
 #[derive(Debug, Clone, Copy)]

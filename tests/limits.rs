@@ -101,3 +101,100 @@ fn pin_workers_pins_each_worker_to_its_own_cpu() {
         "each worker-N should be pinned to CPU N: {last:?}"
     );
 }
+
+/// Descriptor exhaustion: with its open-file limit cut to a few spare descriptors, the proxy
+/// keeps serving the connections it has, logs the condition once, pauses accepting briefly
+/// instead of spinning, and serves the waiting clients as descriptors free up.
+#[test]
+fn fd_exhaustion_pauses_accepting_and_recovers() {
+    let backend = Backend::id("e");
+    let proxy = Proxy::start(&simple_config(
+        "workers = 1",
+        "connect_timeout = \"10s\"",
+        &[backend.addr],
+    ));
+    let addr = proxy.addr("front");
+    let open_fds = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid))
+        .expect("fd dir")
+        .count();
+    // Room for about five proxied connections (two descriptors each).
+    let limit = open_fds + 10;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &proxy.pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) is needed for this test");
+    assert!(status.success(), "prlimit failed");
+
+    const CLIENTS: usize = 16;
+    let mut pending: Vec<(usize, std::net::TcpStream)> =
+        (0..CLIENTS).map(|i| (i, connect(addr))).collect();
+    let mut served = 0;
+    let mut closed_unserved = 0;
+    let mut rounds = 0;
+    let deadline = Deadline::after(Duration::from_secs(20));
+    // Serve in waves: whoever has its greeting is done and hangs up, freeing descriptors.
+    while !pending.is_empty() && !deadline.expired() {
+        rounds += 1;
+        let mut still = Vec::new();
+        // Served clients stay connected until the wave ends, holding their descriptors.
+        let mut wave = Vec::new();
+        for (i, mut c) in pending {
+            c.set_read_timeout(Some(Duration::from_millis(60)))
+                .expect("timeout");
+            let mut buf = [0u8; 2];
+            match c.read(&mut buf) {
+                Ok(2) if &buf == b"e\n" => {
+                    served += 1;
+                    wave.push(c);
+                }
+                Ok(0) => closed_unserved += 1,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    still.push((i, c))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed_unserved += 1,
+                other => panic!("client {i}: unexpected {other:?}"),
+            }
+        }
+        pending = still;
+        drop(wave);
+    }
+    assert!(
+        pending.is_empty(),
+        "{} clients never served or closed",
+        pending.len()
+    );
+    assert!(rounds > 1, "the limit never held anyone back");
+    assert_eq!(
+        (served, closed_unserved),
+        (CLIENTS, 0),
+        "every client is served once descriptors free up; none is dropped"
+    );
+    assert!(proxy.try_wait().is_none(), "the proxy died");
+    // Descriptors are free again: a new client is served at once.
+    let mut c = connect(addr);
+    assert_eq!(read_line(&mut c), "e");
+    let st = proxy.stats();
+    assert!(
+        tcp_of(&st, "accept_errors") > 0,
+        "exhaustion was never hit: {st}"
+    );
+    assert_eq!(tcp_of(&st, "no_backend"), 0, "{st}");
+    let warnings = proxy
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("pausing accepts"))
+        .count();
+    assert!(
+        warnings <= 1,
+        "the condition is logged once, not per accept: {warnings}"
+    );
+}

@@ -31,6 +31,12 @@ impl Tried {
             self.0 |= 1 << i;
         }
     }
+    #[inline]
+    pub fn remove(&mut self, i: usize) {
+        if i < 64 {
+            self.0 &= !(1 << i);
+        }
+    }
 }
 
 pub trait Balancer: Send {

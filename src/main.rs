@@ -72,6 +72,7 @@ enum Cmd {
         /// Identity returned by `GET /` (default: the listen address).
         #[arg(long)]
         id: Option<String>,
+        /// Worker threads; 0 = one per core.
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
@@ -154,7 +155,7 @@ fn main() -> ExitCode {
                     DemoProto::Foo => DemoProtocol::Foo,
                 },
                 id: id.unwrap_or_else(|| listen.to_string()),
-                workers: workers.max(1),
+                workers,
             };
             match demo_backend::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

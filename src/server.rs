@@ -83,6 +83,8 @@ pub fn announce(l: &ListenerConfig, actual: SocketAddr) {
 
 /// Runs the proxy until SIGTERM/SIGINT and the drain that follows.
 pub fn run(cfg: Config) -> Result<(), RunError> {
+    // Before anything is announced: a script may signal us as soon as it sees a listener.
+    let signals = signals::register().map_err(io_err("installing signal handlers"))?;
     if let Some(limit) = crate::sys::raise_nofile_limit() {
         log::debug!("open-file limit {limit}");
     }
@@ -128,7 +130,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let shutdown_timeout = cfg.server.shutdown_timeout;
     let sig_handles = handles.clone();
     let sig_stats = stats_tx.clone();
-    let signal_handle = signals::spawn(move |ev| match ev {
+    let signal_handle = signals::spawn(signals, move |ev| match ev {
         SignalEvent::Shutdown { again } => {
             let deadline = if again {
                 log::warn!("second shutdown signal: closing all connections now");

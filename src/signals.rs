@@ -15,9 +15,17 @@ pub enum SignalEvent {
     Reload,
 }
 
+/// Installs the handlers. Call this first thing: until then SIGUSR2 would still have its
+/// default action (terminate). Signals that arrive before [`spawn`] are kept and delivered.
+pub fn register() -> io::Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP])
+}
+
 /// Starts the signal thread; `on` is called on that thread for each signal.
-pub fn spawn(mut on: impl FnMut(SignalEvent) + Send + 'static) -> io::Result<Handle> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP])?;
+pub fn spawn(
+    mut signals: Signals,
+    mut on: impl FnMut(SignalEvent) + Send + 'static,
+) -> io::Result<Handle> {
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())

@@ -5,7 +5,7 @@
 //! new connection, so a connection keeps the snapshot (and therefore the backend list) it
 //! started with. Never split related state across two swaps.
 
-use crate::config::{BalanceKind, Config, Protocol};
+use crate::config::{BalanceKind, Config, HashOn, Protocol};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
@@ -33,6 +33,7 @@ pub struct Backend {
 pub struct Cluster {
     pub name: String,
     pub balance: BalanceKind,
+    pub hash_on: Option<HashOn>,
     pub backends: Vec<Backend>,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
@@ -64,6 +65,7 @@ impl Snapshot {
             .map(|c| Cluster {
                 name: c.name.clone(),
                 balance: c.balance,
+                hash_on: c.hash_on.clone(),
                 connect_timeout: c.connect_timeout,
                 connect_attempts: c.connect_attempts,
                 backends: c

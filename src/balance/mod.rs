@@ -49,6 +49,8 @@ pub fn new_balancer(kind: BalanceKind) -> Box<dyn Balancer> {
         BalanceKind::RoundRobin => Box::new(RoundRobin::default()),
         BalanceKind::Weighted => Box::new(SmoothWeighted::default()),
         BalanceKind::LeastConn => Box::new(LeastConn::default()),
+        // Not accepted by the config parser yet: their balancers are being written.
+        BalanceKind::P2cEwma | BalanceKind::Hash => Box::new(RoundRobin::default()),
     }
 }
 

@@ -103,6 +103,7 @@ pub struct RawCluster {
     pub backends: Option<Vec<toml::Value>>,
     pub connect_timeout: Option<String>,
     pub connect_attempts: Option<u64>,
+    pub hash_on: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -129,9 +130,14 @@ pub enum BalanceKind {
     RoundRobin,
     Weighted,
     LeastConn,
+    /// Power of two choices over peak-EWMA latency, penalising fast failures.
+    P2cEwma,
+    /// Consistent hashing (Maglev) on `ClusterConfig::hash_on`.
+    Hash,
 }
 
 impl BalanceKind {
+    // P2cEwma and Hash are parsed once their balancers land (issue 3 work in progress).
     pub const NAMES: &'static str = "round_robin, weighted, least_conn";
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -146,8 +152,43 @@ impl BalanceKind {
             Self::RoundRobin => "round_robin",
             Self::Weighted => "weighted",
             Self::LeastConn => "least_conn",
+            Self::P2cEwma => "p2c_ewma",
+            Self::Hash => "hash",
         }
     }
+}
+
+/// What a `hash` cluster hashes to pick a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's IP address (works for TCP and HTTP listeners).
+    ClientIp,
+    /// A request header, by name (HTTP listeners only).
+    Header(String),
+    /// A request cookie, by name (HTTP listeners only).
+    Cookie(String),
+}
+
+impl HashOn {
+    /// `"client_ip"`, `"header:<name>"` or `"cookie:<name>"`.
+    pub fn parse(s: &str) -> Result<HashOn, String> {
+        let bad = || {
+            format!("invalid hash_on {s:?} (expected \"client_ip\", \"header:<name>\" or \"cookie:<name>\")")
+        };
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(HashOn::ClientIp),
+            Some(("header", n)) if is_token(n) => Ok(HashOn::Header(n.to_ascii_lowercase())),
+            Some(("cookie", n)) if is_token(n) => Ok(HashOn::Cookie(n.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// An RFC 9110 token (header and cookie names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +226,8 @@ pub struct BackendConfig {
 pub struct ClusterConfig {
     pub name: String,
     pub balance: BalanceKind,
+    /// Set exactly when `balance` is `Hash`.
+    pub hash_on: Option<HashOn>,
     pub backends: Vec<BackendConfig>,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
@@ -580,6 +623,23 @@ fn validate(
                 BalanceKind::RoundRobin
             }),
         };
+        let hash_on = match (&c.hash_on, balance) {
+            (Some(h), BalanceKind::Hash) => HashOn::parse(h)
+                .map_err(|e| errs.add(format!("{p}.hash_on"), e))
+                .ok(),
+            (None, BalanceKind::Hash) => {
+                errs.add(
+                    format!("{p}.hash_on"),
+                    "missing (balance = \"hash\" needs it)",
+                );
+                None
+            }
+            (Some(_), _) => {
+                errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
+                None
+            }
+            (None, _) => None,
+        };
         let mut backends = Vec::new();
         match &c.backends {
             None => errs.add(
@@ -607,6 +667,7 @@ fn validate(
         out_clusters.push(ClusterConfig {
             name,
             balance,
+            hash_on,
             backends,
             connect_timeout: duration_field(
                 format!("{p}.connect_timeout"),

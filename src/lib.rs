@@ -13,7 +13,7 @@
 //!
 //! Module map: [`config`] (raw → validated), [`snapshot`] (the routing state), [`worker`] (the
 //! event loop), [`tcp`] (the L4 pipe), [`balance`] (backend selection), [`buffer`], [`timer`],
-//! [`token`], [`ready`] (event-loop plumbing), [`stats`], [`signals`], [`server`] (start-up and
+//! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
 //! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
 #![forbid(unsafe_code)]
 
@@ -24,6 +24,7 @@ pub mod demo_backend;
 pub mod logging;
 pub mod quick;
 pub mod ready;
+pub mod routing;
 pub mod server;
 pub mod signals;
 pub mod snapshot;

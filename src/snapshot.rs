@@ -6,7 +6,9 @@
 //! started with. Never split related state across two swaps.
 
 use crate::config::{BalanceKind, Config, HashOn, Protocol};
+use crate::routing::CompiledRoute;
 use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -43,9 +45,13 @@ pub struct Cluster {
 pub struct ListenerRoute {
     pub name: String,
     pub protocol: Protocol,
-    /// Index into `Snapshot::clusters`.
-    pub cluster: usize,
+    /// Index into `Snapshot::clusters`: the target of tcp/foo listeners (always set for them),
+    /// the fallback of http listeners.
+    pub cluster: Option<usize>,
     pub idle_timeout: Duration,
+    /// http: tried in order before FaaS routing and the fallback.
+    pub routes: Vec<CompiledRoute>,
+    pub faas: bool,
 }
 
 #[derive(Debug)]
@@ -53,6 +59,8 @@ pub struct Snapshot {
     pub version: u64,
     pub listeners: Vec<ListenerRoute>,
     pub clusters: Vec<Cluster>,
+    /// Cluster name → index (FaaS routing looks clusters up by name per request).
+    pub cluster_index: HashMap<String, usize>,
 }
 
 impl Snapshot {
@@ -83,24 +91,36 @@ impl Snapshot {
                     .collect(),
             })
             .collect();
+        let cluster_index: HashMap<String, usize> = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        // Validation guarantees that every cluster a listener or route names exists.
         let listeners = cfg
             .listeners
             .iter()
             .map(|l| ListenerRoute {
                 name: l.name.clone(),
                 protocol: l.protocol,
-                // Validation guarantees the cluster exists.
-                cluster: clusters
-                    .iter()
-                    .position(|c| c.name == l.cluster)
-                    .unwrap_or(0),
+                cluster: l
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| cluster_index.get(c).copied()),
                 idle_timeout: l.idle_timeout,
+                routes: l
+                    .routes
+                    .iter()
+                    .filter_map(|r| CompiledRoute::compile(r, &cluster_index))
+                    .collect(),
+                faas: l.faas,
             })
             .collect();
         Snapshot {
             version,
             listeners,
             clusters,
+            cluster_index,
         }
     }
 

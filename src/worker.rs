@@ -386,11 +386,13 @@ impl Worker {
     fn open_session(&mut self, li: usize, mut stream: TcpStream) {
         self.stats.accepted += 1;
         let snap = self.snapshot.load_full();
-        let Some(route) = snap.listeners.get(li) else {
+        // tcp/foo listeners always have a cluster (validated); the stream closes on drop.
+        let Some(cluster) = snap.listeners.get(li).and_then(|r| r.cluster) else {
             self.stats.closed += 1;
             return;
         };
-        let cluster = route.cluster as u32;
+        let cluster = cluster as u32;
+        let route = &snap.listeners[li];
         // Foo listeners are analyzed line by line: their bytes must pass through user space.
         let splice_ok = route.protocol == Protocol::Tcp && self.pipes.enabled();
         let entry = self.sessions.vacant_entry();

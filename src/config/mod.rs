@@ -4,6 +4,7 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod routes;
 pub mod units;
 
 use serde::{Deserialize, Serialize};
@@ -43,16 +44,16 @@ impl fmt::Display for ConfigError {
 }
 
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(crate) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
         });
     }
-    fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
+    pub(crate) fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
         for key in extra.keys() {
             self.add(format!("{path}.{key}"), "unknown key");
         }
@@ -90,6 +91,10 @@ pub struct RawListener {
     pub protocol: Option<String>,
     pub cluster: Option<String>,
     pub idle_timeout: Option<String>,
+    /// `[[listeners.routes]]` (http only); kept as values so each route reports its own errors.
+    pub routes: Option<Vec<toml::Value>>,
+    /// FaaS dynamic routing (http only): the first path segment names the cluster.
+    pub faas: Option<bool>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -114,6 +119,8 @@ pub struct RawCluster {
 pub enum Protocol {
     Tcp,
     Foo,
+    /// Parsed and validated, but not yet accepted: the HTTP engine is being written.
+    Http,
 }
 
 impl Protocol {
@@ -121,6 +128,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Foo => "foo",
+            Protocol::Http => "http",
         }
     }
 }
@@ -210,8 +218,13 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
     pub protocol: Protocol,
-    pub cluster: String,
+    /// tcp/foo: the target (required). http: the fallback when no route matches (optional).
+    pub cluster: Option<String>,
     pub idle_timeout: Duration,
+    /// http only; first match wins.
+    pub routes: Vec<routes::RouteConfig>,
+    /// http only: FaaS dynamic routing by first path segment.
+    pub faas: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -302,7 +315,7 @@ pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
 
 /// Deserializes one table. A key with the wrong type is reported and removed, and the rest
 /// is deserialized again, so one bad value never hides the errors of its neighbours.
-fn raw_part<T: for<'de> Deserialize<'de>>(
+pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
     path: &str,
     mut value: toml::Value,
     errs: &mut Errors,
@@ -729,7 +742,7 @@ fn validate(
                     format!("{p}.protocol"),
                     "\"http\" is not available in this build yet (expected one of: tcp, foo)",
                 );
-                Protocol::Tcp
+                Protocol::Http
             }
             Some(other) => {
                 errs.add(
@@ -739,24 +752,45 @@ fn validate(
                 Protocol::Tcp
             }
         };
-        let cluster = match &l.cluster {
-            None => {
+        // A cluster that failed to parse as a whole was already reported; only complain
+        // about names that are nowhere in the file.
+        let declared = |c: &str| {
+            clusters
+                .iter()
+                .flatten()
+                .any(|rc| rc.name.as_deref() == Some(c))
+        };
+        let faas = l.faas.unwrap_or(false);
+        let cluster = match (&l.cluster, protocol) {
+            (None, Protocol::Http) => None,
+            (None, _) => {
                 errs.add(format!("{p}.cluster"), "missing");
-                String::new()
+                None
             }
-            Some(c) => {
-                // A cluster that failed to parse as a whole was already reported; only
-                // complain about names that are nowhere in the file.
-                let declared = clusters
-                    .iter()
-                    .flatten()
-                    .any(|rc| rc.name.as_deref() == Some(c));
-                if !declared {
+            (Some(c), _) => {
+                if !declared(c) {
                     errs.add(format!("{p}.cluster"), format!("unknown cluster {c:?}"));
                 }
-                c.clone()
+                if faas {
+                    errs.add(
+                        format!("{p}.cluster"),
+                        "never used: with faas = true the first path segment picks the cluster",
+                    );
+                }
+                Some(c.clone())
             }
         };
+        let routes = match (&l.routes, protocol) {
+            (None, _) => Vec::new(),
+            (Some(list), Protocol::Http) => routes::validate_routes(&p, list, &declared, errs),
+            (Some(_), _) => {
+                errs.add(format!("{p}.routes"), "routes are for http listeners only");
+                Vec::new()
+            }
+        };
+        if l.faas.is_some() && protocol != Protocol::Http {
+            errs.add(format!("{p}.faas"), "faas is for http listeners only");
+        }
         let idle_timeout = duration_field(
             format!("{p}.idle_timeout"),
             l.idle_timeout.as_ref(),
@@ -770,6 +804,8 @@ fn validate(
                 protocol,
                 cluster,
                 idle_timeout,
+                routes,
+                faas,
             });
         }
     }
@@ -887,6 +923,43 @@ backends = ["127.0.0.1:1", "x", { addr = 5 }, { addr = "127.0.0.1:2", weight = 0
         let e = parse_str("[server\n").expect_err("invalid");
         assert_eq!(e.len(), 1);
         assert!(e[0].message.contains("TOML"));
+    }
+
+    #[test]
+    fn routes_and_faas_belong_to_http_listeners() {
+        let p = paths(
+            r#"
+[[listeners]]
+name = "t"
+bind = "127.0.0.1:0"
+cluster = "app"
+faas = true
+routes = [{ cluster = "app" }]
+[[listeners]]
+name = "h"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+faas = true
+routes = [{ path_prefix = "/x", cluster = "ghost" }]
+[[listeners]]
+name = "t2"
+bind = "127.0.0.1:0"
+[[clusters]]
+name = "app"
+backends = ["127.0.0.1:1"]
+"#,
+        );
+        for want in [
+            "listeners[0].faas",
+            "listeners[0].routes",
+            "listeners[1].protocol", // http itself is not accepted yet
+            "listeners[1].cluster",  // unused with faas
+            "listeners[1].routes[0].cluster",
+            "listeners[2].cluster", // tcp needs one
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,15 @@ impl TimerWheel {
         (t.saturating_duration_since(self.origin).as_micros() / TICK.as_micros()) as u64
     }
 
+    /// The instant tick `tick` starts (u64 arithmetic: no wrap however long the uptime).
+    #[inline]
+    fn instant_of(&self, tick: u64) -> Instant {
+        let micros = tick.saturating_mul(TICK.as_micros() as u64);
+        self.origin
+            .checked_add(Duration::from_micros(micros))
+            .unwrap_or(self.origin)
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -47,7 +56,7 @@ impl TimerWheel {
     /// Arms an entry that fires at the first tick boundary at or after `deadline`.
     pub fn insert(&mut self, key: usize, generation: u32, deadline: Instant) {
         let mut tick = self.tick_of(deadline);
-        if deadline > self.origin + TICK * tick as u32 {
+        if deadline > self.instant_of(tick) {
             tick += 1; // round up: never fire early
         }
         let tick = tick.max(self.cursor + 1);
@@ -84,8 +93,10 @@ impl TimerWheel {
             }
             ticks += 1;
         }
-        let at = self.origin + TICK * (self.cursor + ticks) as u32;
-        Some(at.saturating_duration_since(now))
+        Some(
+            self.instant_of(self.cursor + ticks)
+                .saturating_duration_since(now),
+        )
     }
 }
 
@@ -116,6 +127,22 @@ mod tests {
         assert_eq!(out, vec![(1, 0)]);
         assert!(w.is_empty());
         assert_eq!(w.next_timeout(t0), None);
+    }
+
+    #[test]
+    fn tick_arithmetic_does_not_wrap_after_long_uptime() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        // Pretend ~500 days of uptime have passed: beyond u32 ticks.
+        let late = t0 + Duration::from_secs(500 * 24 * 3600);
+        let mut out = Vec::new();
+        w.advance(late, &mut out);
+        w.insert(1, 0, late + Duration::from_millis(25));
+        assert!(w.next_timeout(late).expect("armed") <= Duration::from_millis(30));
+        w.advance(late + Duration::from_millis(20), &mut out);
+        assert!(out.is_empty(), "fired early");
+        w.advance(late + Duration::from_millis(30), &mut out);
+        assert_eq!(out, vec![(1, 0)]);
     }
 
     #[test]

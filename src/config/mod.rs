@@ -366,6 +366,10 @@ fn raw_list<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
+/// Longest accepted duration: far beyond any sane timeout, and small enough that deadline
+/// arithmetic (`Instant + Duration`) can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn duration_field(
     path: String,
     raw: Option<&String>,
@@ -377,6 +381,10 @@ fn duration_field(
         Some(s) => match units::parse_duration(s) {
             Ok(d) if d.is_zero() => {
                 errs.add(path, "must be greater than zero");
+                default
+            }
+            Ok(d) if d > MAX_DURATION => {
+                errs.add(path, format!("{s:?} is longer than the maximum of 30 days"));
                 default
             }
             Ok(d) => d,
@@ -882,6 +890,11 @@ name = "web"
 bind = "127.0.0.1:1"
 cluster = "app"
 idle_timeout = "soon"
+[[listeners]]
+name = "forever"
+bind = "127.0.0.1:2"
+cluster = "app"
+idle_timeout = "500years"
 [[clusters]]
 name = "app"
 balance = "random"
@@ -898,6 +911,7 @@ backends = ["127.0.0.1:1", "x", { addr = 5 }, { addr = "127.0.0.1:2", weight = 0
             "listeners[0].protocol",
             "listeners[1].name",
             "listeners[1].idle_timeout",
+            "listeners[2].idle_timeout",
             "clusters[0].balance",
             "clusters[0].backends[1]",
             "clusters[0].backends[2].addr",

@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
-use switchyard::balance::{new_balancer, Tried};
+use switchyard::balance::{new_balancer, PickCtx, Tried};
 use switchyard::buffer::BufferPool;
 use switchyard::config::BalanceKind;
 use switchyard::snapshot::Backend;
@@ -51,10 +51,17 @@ fn balancers(c: &mut Criterion) {
         BalanceKind::RoundRobin,
         BalanceKind::Weighted,
         BalanceKind::LeastConn,
+        BalanceKind::P2cEwma,
+        BalanceKind::Hash,
     ] {
-        let mut bal = new_balancer(kind);
+        let mut bal = new_balancer(kind, &list);
+        let mut key = 0u64;
         c.bench_function(&format!("pick_{}_16", kind.as_str()), |b| {
-            b.iter(|| black_box(bal.pick(&list, Tried::default())))
+            b.iter(|| {
+                key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let ctx = PickCtx { hash: Some(key) };
+                black_box(bal.pick(&list, Tried::default(), &ctx))
+            })
         });
     }
 }

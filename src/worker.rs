@@ -9,9 +9,9 @@
 //! `loop_bound_hits` and the remaining work is queued for the next iteration (poll with a zero
 //! timeout), so one busy connection cannot starve the others.
 
-use crate::balance::{new_balancer, Balancer};
+use crate::balance::{hash_ip, new_balancer, Balancer, Outcome, PickCtx};
 use crate::buffer::BufferPool;
-use crate::config::Protocol;
+use crate::config::{BalanceKind, HashOn, Protocol};
 use crate::ready::Ready;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{StatsMsg, StatsSender, TcpCounters, FLUSH_INTERVAL};
@@ -25,6 +25,7 @@ use mio::{Events, Interest, Poll, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -326,7 +327,7 @@ impl Worker {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => self.open_session(li, stream),
+                Ok((stream, peer)) => self.open_session(li, stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -383,7 +384,7 @@ impl Worker {
         }
     }
 
-    fn open_session(&mut self, li: usize, mut stream: TcpStream) {
+    fn open_session(&mut self, li: usize, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.accepted += 1;
         let snap = self.snapshot.load_full();
         // tcp/foo listeners always have a cluster (validated); the stream closes on drop.
@@ -411,6 +412,7 @@ impl Worker {
         }
         let mut session = TcpSession::new(stream, snap, li as u32, cluster, self.now);
         session.splice_ok = splice_ok;
+        session.client_hash = client_hash(&session, peer);
         entry.insert(session);
         let r = self.connect_next(key);
         self.after_connect(key, r);
@@ -439,7 +441,12 @@ impl Worker {
                 self.balancers
                     .by_cluster
                     .get_mut(s.cluster as usize)
-                    .and_then(|b| b.pick(&cluster.backends, s.tried))
+                    .and_then(|b| {
+                        let ctx = PickCtx {
+                            hash: s.client_hash,
+                        };
+                        b.pick(&cluster.backends, s.tried, &ctx)
+                    })
             } else {
                 // The session predates the current snapshot: any untried backend of its own.
                 (0..cluster.backends.len()).find(|&i| !s.tried.contains(i))
@@ -480,7 +487,14 @@ impl Worker {
                     self.descriptors_exhausted(&e);
                     return Connect::NoDescriptor;
                 }
-                Err(_) => self.stats.connect_failed += 1,
+                Err(_) => {
+                    self.stats.connect_failed += 1;
+                    if self.balancers.version == snap.version {
+                        if let Some(b) = self.balancers.by_cluster.get_mut(s.cluster as usize) {
+                            b.observe(idx, Duration::ZERO, Outcome::Failure);
+                        }
+                    }
+                }
             }
         }
         Connect::GaveUp
@@ -521,11 +535,13 @@ impl Worker {
                     return;
                 }
                 Step::Connected => {
+                    self.observe_connect(key, Outcome::Success);
                     // The idle timeout may be shorter than the connect timeout still armed.
                     self.arm_timer(key);
                 }
                 Step::ConnectFailed => {
                     self.stats.connect_failed += 1;
+                    self.observe_connect(key, Outcome::Failure);
                     let r = self.connect_next(key);
                     self.after_connect(key, r);
                     return;
@@ -618,6 +634,7 @@ impl Worker {
                         // Waited a whole connect timeout for a descriptor: give up.
                         self.close(key, Closing::NoBackend);
                     } else {
+                        self.observe_connect(key, Outcome::Failure);
                         let r = self.connect_next(key);
                         self.after_connect(key, r);
                     }
@@ -629,6 +646,25 @@ impl Worker {
             }
         }
         self.expired = expired;
+    }
+
+    /// Tells the session's balancer how its current connect attempt ended, and how long it
+    /// took (the connect time is P2C's latency sample on TCP).
+    fn observe_connect(&mut self, key: usize, outcome: Outcome) {
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        let Some(idx) = s.backend else {
+            return;
+        };
+        // A balancer built for another snapshot numbers the backends differently.
+        if self.balancers.version != s.snapshot.version {
+            return;
+        }
+        if let Some(b) = self.balancers.by_cluster.get_mut(s.cluster as usize) {
+            let rtt = self.now.saturating_duration_since(s.connect_started);
+            b.observe(idx as usize, rtt, outcome);
+        }
     }
 
     fn close(&mut self, key: usize, why: Closing) {
@@ -711,9 +747,16 @@ fn build_balancers(snap: &Snapshot) -> Balancers {
         by_cluster: snap
             .clusters
             .iter()
-            .map(|c| new_balancer(c.balance))
+            .map(|c| new_balancer(c.balance, &c.backends))
             .collect(),
     }
+}
+
+/// The hash a `hash` cluster picks by, when it hashes on the client address.
+fn client_hash(s: &TcpSession, peer: SocketAddr) -> Option<u64> {
+    let cluster = s.snapshot.clusters.get(s.cluster as usize)?;
+    (cluster.balance == BalanceKind::Hash && cluster.hash_on == Some(HashOn::ClientIp))
+        .then(|| hash_ip(peer.ip()))
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -2,7 +2,7 @@
 //! round robin so equal backends share new connections evenly. `active` is the process-wide
 //! count every worker maintains in the snapshot's per-backend atomics.
 
-use super::{Balancer, Tried};
+use super::{Balancer, PickCtx, Tried};
 use crate::snapshot::Backend;
 use std::sync::atomic::Ordering;
 
@@ -12,7 +12,7 @@ pub struct LeastConn {
 }
 
 impl Balancer for LeastConn {
-    fn pick(&mut self, backends: &[Backend], tried: Tried) -> Option<usize> {
+    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
         let n = backends.len();
         let mut best: Option<(usize, u64, u64)> = None; // (index, active, weight)
         for i in 0..n {
@@ -43,17 +43,17 @@ mod tests {
     fn fewest_active_wins_ties_rotate() {
         let b = test_backends(&[1, 1, 1]);
         let mut lc = LeastConn::default();
-        assert_eq!(lc.pick(&b, Tried::default()), Some(0));
-        assert_eq!(lc.pick(&b, Tried::default()), Some(1));
+        assert_eq!(lc.pick(&b, Tried::default(), &PickCtx::NONE), Some(0));
+        assert_eq!(lc.pick(&b, Tried::default(), &PickCtx::NONE), Some(1));
         b[0].live.active.store(2, Ordering::Relaxed);
         b[1].live.active.store(1, Ordering::Relaxed);
         b[2].live.active.store(1, Ordering::Relaxed);
-        assert_eq!(lc.pick(&b, Tried::default()), Some(2));
-        assert_eq!(lc.pick(&b, Tried::default()), Some(1));
+        assert_eq!(lc.pick(&b, Tried::default(), &PickCtx::NONE), Some(2));
+        assert_eq!(lc.pick(&b, Tried::default(), &PickCtx::NONE), Some(1));
         let mut t = Tried::default();
         t.insert(1);
         t.insert(2);
-        assert_eq!(lc.pick(&b, t), Some(0));
+        assert_eq!(lc.pick(&b, t, &PickCtx::NONE), Some(0));
     }
 
     #[test]
@@ -62,6 +62,10 @@ mod tests {
         b[0].live.active.store(1, Ordering::Relaxed);
         b[1].live.active.store(3, Ordering::Relaxed);
         let mut lc = LeastConn::default();
-        assert_eq!(lc.pick(&b, Tried::default()), Some(1), "3/4 < 1/1");
+        assert_eq!(
+            lc.pick(&b, Tried::default(), &PickCtx::NONE),
+            Some(1),
+            "3/4 < 1/1"
+        );
     }
 }

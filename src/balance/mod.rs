@@ -1,19 +1,30 @@
 //! Backend selection behind one small trait, shared by the TCP and (later) HTTP engines.
 //!
-//! Each worker owns one balancer per cluster (its own cursor and weights: no shared mutable
-//! state between cores). Algorithms that need global figures read the per-backend atomics
-//! in the snapshot (`BackendLive::active`), which change once per connection.
+//! Each worker owns one balancer per cluster (its own cursor, weights, latency estimates and
+//! hash table: no shared mutable state between cores), rebuilt when the snapshot changes.
+//! Algorithms that need global figures read the per-backend atomics in the snapshot
+//! (`BackendLive::active`), which change once per connection.
+//!
+//! Per pick the caller passes a [`PickCtx`] (today: the request's hash for `hash` clusters);
+//! after a connect (TCP) or a response (HTTP) it reports the outcome with
+//! [`Balancer::observe`], which latency-aware algorithms use and the others ignore.
 
 mod least_conn;
+mod maglev;
+mod p2c;
 mod round_robin;
 mod weighted;
 
 pub use least_conn::LeastConn;
+pub use maglev::Maglev;
+pub use p2c::P2cEwma;
 pub use round_robin::RoundRobin;
 pub use weighted::SmoothWeighted;
 
 use crate::config::BalanceKind;
 use crate::snapshot::Backend;
+use std::net::IpAddr;
+use std::time::Duration;
 
 /// Backends already tried for one client connection (indices below 64; retries beyond that
 /// many distinct backends may repeat one, which is harmless).
@@ -39,18 +50,114 @@ impl Tried {
     }
 }
 
-pub trait Balancer: Send {
-    /// Picks a backend index, skipping `tried`. `None` when every backend was tried.
-    fn pick(&mut self, backends: &[Backend], tried: Tried) -> Option<usize>;
+/// Per-pick input from the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PickCtx {
+    /// The request's key for consistent hashing ([`hash_ip`] of the client address, or
+    /// [`hash_bytes`] of a header or cookie value). `None` when the cluster does not hash or
+    /// the key is absent: `hash` clusters then fall back to round robin.
+    pub hash: Option<u64>,
 }
 
-pub fn new_balancer(kind: BalanceKind) -> Box<dyn Balancer> {
+impl PickCtx {
+    /// No per-request input.
+    pub const NONE: PickCtx = PickCtx { hash: None };
+}
+
+/// How a use of a backend ended, as reported to [`Balancer::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// TCP: the connect failed or timed out. HTTP (later): also a 5xx or a broken response.
+    Failure,
+}
+
+pub trait Balancer: Send {
+    /// Picks a backend index, skipping `tried`. `None` when every backend was tried.
+    fn pick(&mut self, backends: &[Backend], tried: Tried, ctx: &PickCtx) -> Option<usize>;
+
+    /// Feedback on backend `backend` (an index into the same backend list): `rtt` is the
+    /// connect time for TCP (time to first byte for HTTP); failures are connect errors and
+    /// timeouts (and 5xx for HTTP). Default: ignored.
+    fn observe(&mut self, _backend: usize, _rtt: Duration, _outcome: Outcome) {}
+}
+
+/// Builds the balancer for a cluster. Table-based algorithms (`hash`) do their one-off work
+/// here, so picks never allocate.
+pub fn new_balancer(kind: BalanceKind, backends: &[Backend]) -> Box<dyn Balancer> {
     match kind {
         BalanceKind::RoundRobin => Box::new(RoundRobin::default()),
-        BalanceKind::Weighted => Box::new(SmoothWeighted::default()),
+        BalanceKind::Weighted => Box::new(SmoothWeighted::new(backends.len())),
         BalanceKind::LeastConn => Box::new(LeastConn::default()),
-        // Not accepted by the config parser yet: their balancers are being written.
-        BalanceKind::P2cEwma | BalanceKind::Hash => Box::new(RoundRobin::default()),
+        BalanceKind::P2cEwma => Box::new(P2cEwma::new(backends)),
+        BalanceKind::Hash => Box::new(Maglev::new(backends)),
+    }
+}
+
+// ------------------------------------------------------------------------------- hashing
+//
+// Hand-written rather than `std`'s `DefaultHasher`: consistent hashing needs a function that
+// never changes, so the same key maps to the same backend in every worker, every process and
+// every future build. `std` documents its algorithm as unspecified (it may change between
+// Rust releases), and SipHash is also slower than needed for short keys. No new crate either.
+//
+// The construction: the input is consumed 8 bytes at a time (little-endian, the tail padded
+// with zeros, the length folded into the initial state); each word is mixed in with
+// `h = (h ^ w) * K; h ^= h >> 29`, where every step is a bijection of `h`, so inputs of the same
+// length that differ in one word never collide; a murmur3 `fmix64` finaliser then gives full
+// avalanche, so `hash % M` is evenly spread for any `M`. The seed is a fixed constant on
+// purpose: it is not a defence against chosen keys (a client can always send the same key
+// many times anyway), only a way to make the output stable.
+
+const HASH_SEED: u64 = 0x243F_6A88_85A3_08D3; // π's fraction digits
+const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15; // 2^64 / φ, odd
+
+#[inline]
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+#[inline]
+fn mix_word(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(HASH_MUL);
+    h ^ (h >> 29)
+}
+
+/// [`hash_bytes`] with another seed (Maglev needs two independent hashes of a name).
+pub(crate) fn hash_bytes_seeded(b: &[u8], seed: u64) -> u64 {
+    let mut h = seed ^ (b.len() as u64).wrapping_mul(HASH_MUL);
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = mix_word(h, u64::from_le_bytes(w));
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rem.len()].copy_from_slice(rem);
+        h = mix_word(h, u64::from_le_bytes(w));
+    }
+    fmix64(h)
+}
+
+/// A fast, well-distributed, stable 64-bit hash of a key (header or cookie value, ...).
+#[inline]
+pub fn hash_bytes(b: &[u8]) -> u64 {
+    hash_bytes_seeded(b, HASH_SEED)
+}
+
+/// The hash of a client address. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as seen on a
+/// dual-stack listener) hash like the IPv4 address.
+#[inline]
+pub fn hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
     }
 }
 
@@ -66,4 +173,86 @@ pub(crate) fn test_backends(weights: &[u32]) -> Vec<Backend> {
             live: Default::default(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn hash_is_stable_and_spreads() {
+        // Pinned values: a change here remaps every hashed client.
+        assert_eq!(hash_bytes(b""), 0x7acd_bb98_b134_4213);
+        assert_eq!(hash_bytes(b"switchyard"), 0xa35b_3507_ecd0_eaa6);
+        assert_eq!(
+            hash_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            0xad01_086c_d1fb_901c
+        );
+        assert_ne!(hash_bytes(b"a"), hash_bytes(b"b"));
+        assert_ne!(
+            hash_bytes(b"a"),
+            hash_bytes(b"a\0"),
+            "length is part of the hash"
+        );
+        assert_ne!(hash_bytes(b"12345678"), hash_bytes(b"12345679"));
+        // Low bits are even over sequential keys (what `% M` sees).
+        let mut buckets = [0u32; 16];
+        for i in 0..160_000u32 {
+            buckets[(hash_bytes(&i.to_le_bytes()) % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((9_500..=10_500).contains(&b), "{buckets:?}");
+        }
+        // Single-bit input changes flip about half the output bits.
+        let mut flips = 0u32;
+        for i in 0..1000u64 {
+            let k = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
+            let mut k2 = k;
+            k2[(i % 8) as usize] ^= 1 << (i % 7);
+            flips += (hash_bytes(&k) ^ hash_bytes(&k2)).count_ones();
+        }
+        let avg = f64::from(flips) / 1000.0;
+        assert!((28.0..=36.0).contains(&avg), "avalanche {avg}");
+    }
+
+    #[test]
+    fn mapped_v6_hashes_like_v4() {
+        let v4 = Ipv4Addr::new(10, 1, 2, 3);
+        assert_eq!(
+            hash_ip(IpAddr::V4(v4)),
+            hash_ip(IpAddr::V6(v4.to_ipv6_mapped()))
+        );
+        assert_ne!(
+            hash_ip(IpAddr::V4(v4)),
+            hash_ip(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 4)))
+        );
+        assert_ne!(
+            hash_ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            hash_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+    }
+
+    #[test]
+    fn new_balancer_builds_every_kind() {
+        let b = test_backends(&[1, 2, 3]);
+        for kind in [
+            BalanceKind::RoundRobin,
+            BalanceKind::Weighted,
+            BalanceKind::LeastConn,
+            BalanceKind::P2cEwma,
+            BalanceKind::Hash,
+        ] {
+            let mut bal = new_balancer(kind, &b);
+            let ctx = PickCtx { hash: Some(7) };
+            let i = bal.pick(&b, Tried::default(), &ctx).expect("a backend");
+            assert!(i < 3);
+            bal.observe(i, Duration::from_micros(100), Outcome::Success);
+            bal.observe(99, Duration::from_micros(100), Outcome::Failure); // out of range: ignored
+            let mut t = Tried::default();
+            (0..3).for_each(|i| t.insert(i));
+            assert_eq!(bal.pick(&b, t, &ctx), None, "{}", kind.as_str());
+            assert_eq!(bal.pick(&[], Tried::default(), &ctx), None);
+        }
+    }
 }

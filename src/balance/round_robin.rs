@@ -1,6 +1,6 @@
 //! Plain round robin: weights ignored.
 
-use super::{Balancer, Tried};
+use super::{Balancer, PickCtx, Tried};
 use crate::snapshot::Backend;
 
 #[derive(Debug, Default)]
@@ -9,7 +9,7 @@ pub struct RoundRobin {
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&mut self, backends: &[Backend], tried: Tried) -> Option<usize> {
+    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
         let n = backends.len();
         for i in 0..n {
             let idx = (self.next + i) % n;
@@ -32,15 +32,15 @@ mod tests {
         let b = test_backends(&[1, 5, 1]);
         let mut rr = RoundRobin::default();
         let picks: Vec<_> = (0..6)
-            .map(|_| rr.pick(&b, Tried::default()).unwrap())
+            .map(|_| rr.pick(&b, Tried::default(), &PickCtx::NONE).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         let mut t = Tried::default();
         t.insert(0);
         t.insert(1);
-        assert_eq!(rr.pick(&b, t), Some(2));
+        assert_eq!(rr.pick(&b, t, &PickCtx::NONE), Some(2));
         t.insert(2);
-        assert_eq!(rr.pick(&b, t), None);
-        assert_eq!(rr.pick(&[], Tried::default()), None);
+        assert_eq!(rr.pick(&b, t, &PickCtx::NONE), None);
+        assert_eq!(rr.pick(&[], Tried::default(), &PickCtx::NONE), None);
     }
 }

@@ -2,7 +2,7 @@
 //! its running score, takes the highest, and subtracts the total from the winner. Weights 5,1,1
 //! give a,a,b,a,c,a,a — interleaved, not bursts.
 
-use super::{Balancer, Tried};
+use super::{Balancer, PickCtx, Tried};
 use crate::snapshot::Backend;
 
 #[derive(Debug, Default)]
@@ -10,8 +10,17 @@ pub struct SmoothWeighted {
     current: Vec<i64>,
 }
 
+impl SmoothWeighted {
+    /// Sized for `n` backends up front, so the first pick does not allocate.
+    pub fn new(n: usize) -> SmoothWeighted {
+        SmoothWeighted {
+            current: vec![0; n],
+        }
+    }
+}
+
 impl Balancer for SmoothWeighted {
-    fn pick(&mut self, backends: &[Backend], tried: Tried) -> Option<usize> {
+    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
         if self.current.len() != backends.len() {
             self.current.clear();
             self.current.resize(backends.len(), 0);
@@ -45,14 +54,14 @@ mod tests {
         let b = test_backends(&[5, 1, 1]);
         let mut w = SmoothWeighted::default();
         let seq: Vec<_> = (0..7)
-            .map(|_| w.pick(&b, Tried::default()).unwrap())
+            .map(|_| w.pick(&b, Tried::default(), &PickCtx::NONE).unwrap())
             .collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
         let b = test_backends(&[1, 3]);
         let mut w = SmoothWeighted::default();
         let mut counts = [0; 2];
         for _ in 0..400 {
-            counts[w.pick(&b, Tried::default()).unwrap()] += 1;
+            counts[w.pick(&b, Tried::default(), &PickCtx::NONE).unwrap()] += 1;
         }
         assert_eq!(counts, [100, 300]);
     }
@@ -63,8 +72,8 @@ mod tests {
         let mut w = SmoothWeighted::default();
         let mut t = Tried::default();
         t.insert(0);
-        assert_eq!(w.pick(&b, t), Some(1));
+        assert_eq!(w.pick(&b, t, &PickCtx::NONE), Some(1));
         t.insert(1);
-        assert_eq!(w.pick(&b, t), None);
+        assert_eq!(w.pick(&b, t, &PickCtx::NONE), None);
     }
 }

@@ -319,6 +319,8 @@ pub struct TcpSession {
     pub queued: bool,
     /// Bulk flows may bypass user space (false when an analyzer must see the bytes).
     pub splice_ok: bool,
+    /// `hash_ip(client address)` when the cluster hashes on the client IP (set at accept).
+    pub client_hash: Option<u64>,
 }
 
 impl TcpSession {
@@ -348,6 +350,7 @@ impl TcpSession {
             timer_gen: 0,
             queued: false,
             splice_ok: true,
+            client_hash: None,
         }
     }
 

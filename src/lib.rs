@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Module map: [`config`] (raw → validated), [`snapshot`] (the routing state), [`worker`] (the
-//! event loop), [`tcp`] (the L4 pipe), [`balance`] (backend selection), [`buffer`], [`timer`],
+//! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
+//! selection), [`buffer`], [`timer`],
 //! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
 //! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod balance;
 pub mod buffer;
 pub mod config;
 pub mod demo_backend;
+pub mod http;
 pub mod logging;
 pub mod quick;
 pub mod ready;

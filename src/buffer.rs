@@ -95,6 +95,33 @@ impl BufferPool {
         &self.mem[base + b.start as usize..base + b.end as usize]
     }
 
+    /// The pending bytes of `src` and the free tail of `dst` at once, for writing a transformed
+    /// copy (e.g. a rewritten HTTP head). `None` when both handles are the same buffer.
+    pub fn data_and_spare(&mut self, src: &Buf, dst: &mut Buf) -> Option<(&[u8], &mut [u8])> {
+        if src.idx == dst.idx {
+            return None;
+        }
+        let size = self.size;
+        let (s_base, d_base) = (src.idx as usize * size, dst.idx as usize * size);
+        let (s_range, d_range) = (
+            s_base + src.start as usize..s_base + src.end as usize,
+            d_base + dst.end as usize..d_base + size,
+        );
+        if s_base < d_base {
+            let (lo, hi) = self.mem.split_at_mut(d_base);
+            Some((
+                &lo[s_range],
+                &mut hi[d_range.start - d_base..d_range.end - d_base],
+            ))
+        } else {
+            let (lo, hi) = self.mem.split_at_mut(s_base);
+            Some((
+                &hi[s_range.start - s_base..s_range.end - s_base],
+                &mut lo[d_range],
+            ))
+        }
+    }
+
     /// The free tail to read into. Compacts first when the tail is full but the head has room.
     #[inline]
     pub fn spare(&mut self, b: &mut Buf) -> &mut [u8] {
@@ -133,6 +160,27 @@ mod tests {
         assert_eq!(p.available(), 1);
         p.release(b);
         assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn data_and_spare_borrows_two_buffers() {
+        let mut p = BufferPool::new(8, 3);
+        let mut a = p.checkout().expect("a");
+        let mut b = p.checkout().expect("b");
+        p.spare(&mut a)[..3].copy_from_slice(b"abc");
+        a.fill(3);
+        p.spare(&mut b)[..1].copy_from_slice(b"z");
+        b.fill(1);
+        let (d, s) = p.data_and_spare(&a, &mut b).expect("distinct");
+        assert_eq!(d, b"abc");
+        assert_eq!(s.len(), 7);
+        s[..3].copy_from_slice(d);
+        b.fill(3);
+        assert_eq!(p.data(&b), b"zabc");
+        let (d, s) = p.data_and_spare(&b, &mut a).expect("distinct, other order");
+        assert_eq!((d, s.len()), (&b"zabc"[..], 5));
+        p.release(a);
+        p.release(b);
     }
 
     #[test]

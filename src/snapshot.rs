@@ -5,7 +5,8 @@
 //! new connection, so a connection keeps the snapshot (and therefore the backend list) it
 //! started with. Never split related state across two swaps.
 
-use crate::config::{BalanceKind, Config, HashOn, Protocol};
+use crate::config::{BalanceKind, Config, HashOn, HttpListenerConfig, Protocol};
+use crate::http::head::Limits;
 use crate::routing::CompiledRoute;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -39,6 +40,10 @@ pub struct Cluster {
     pub backends: Vec<Backend>,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
 }
 
 #[derive(Debug)]
@@ -52,6 +57,9 @@ pub struct ListenerRoute {
     /// http: tried in order before FaaS routing and the fallback.
     pub routes: Vec<CompiledRoute>,
     pub faas: bool,
+    pub http: HttpListenerConfig,
+    /// Parse limits derived from `http`.
+    pub limits: Limits,
 }
 
 #[derive(Debug)]
@@ -76,6 +84,10 @@ impl Snapshot {
                 hash_on: c.hash_on.clone(),
                 connect_timeout: c.connect_timeout,
                 connect_attempts: c.connect_attempts,
+                first_byte_timeout: c.first_byte_timeout,
+                idle_timeout: c.idle_timeout,
+                pool_idle_timeout: c.pool_idle_timeout,
+                pool_max_idle: c.pool_max_idle,
                 backends: c
                     .backends
                     .iter()
@@ -114,6 +126,12 @@ impl Snapshot {
                     .filter_map(|r| CompiledRoute::compile(r, &cluster_index))
                     .collect(),
                 faas: l.faas,
+                http: l.http.clone(),
+                limits: Limits {
+                    max_head_bytes: l.http.max_header_bytes,
+                    max_headers: l.http.max_headers,
+                    max_uri_bytes: l.http.max_uri_bytes,
+                },
             })
             .collect();
         Snapshot {

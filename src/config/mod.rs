@@ -27,6 +27,19 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_ATTEMPTS: u64 = 3;
+    // HTTP listeners (client side).
+    pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+    pub const MAX_HEADERS: u64 = 100;
+    pub const MAX_URI_BYTES: u64 = 8 * 1024;
+    // HTTP clusters (backend side).
+    pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Below the keep-alive of common backends (Node.js and Apache close after 5 s), so the
+    /// pool rarely hands out a connection the backend is closing.
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const POOL_MAX_IDLE: u64 = 32;
     pub const WEIGHT: u64 = 1;
 }
 
@@ -95,6 +108,11 @@ pub struct RawListener {
     pub routes: Option<Vec<toml::Value>>,
     /// FaaS dynamic routing (http only): the first path segment names the cluster.
     pub faas: Option<bool>,
+    pub request_header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_header_bytes: Option<RawSize>,
+    pub max_headers: Option<u64>,
+    pub max_uri_bytes: Option<RawSize>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -109,6 +127,10 @@ pub struct RawCluster {
     pub connect_timeout: Option<String>,
     pub connect_attempts: Option<u64>,
     pub hash_on: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle: Option<u64>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -145,13 +167,14 @@ pub enum BalanceKind {
 }
 
 impl BalanceKind {
-    // P2cEwma and Hash are parsed once their balancers land (issue 3 work in progress).
-    pub const NAMES: &'static str = "round_robin, weighted, least_conn";
+    pub const NAMES: &'static str = "round_robin, weighted, least_conn, p2c_ewma, hash";
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "round_robin" => Some(Self::RoundRobin),
             "weighted" => Some(Self::Weighted),
             "least_conn" => Some(Self::LeastConn),
+            "p2c_ewma" => Some(Self::P2cEwma),
+            "hash" => Some(Self::Hash),
             _ => None,
         }
     }
@@ -225,6 +248,19 @@ pub struct ListenerConfig {
     pub routes: Vec<routes::RouteConfig>,
     /// http only: FaaS dynamic routing by first path segment.
     pub faas: bool,
+    pub http: HttpListenerConfig,
+}
+
+/// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpListenerConfig {
+    /// A request head must be complete this long after its first byte (slowloris defence).
+    pub request_header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this long.
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -244,6 +280,14 @@ pub struct ClusterConfig {
     pub backends: Vec<BackendConfig>,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
+    /// HTTP: the response must start this long after the request was sent.
+    pub first_byte_timeout: Duration,
+    /// HTTP: longest silence from the backend during an exchange.
+    pub idle_timeout: Duration,
+    /// HTTP: idle pooled upstream connections close after this long.
+    pub pool_idle_timeout: Duration,
+    /// HTTP: idle pooled connections kept per backend per worker.
+    pub pool_max_idle: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -363,6 +407,92 @@ fn raw_list<T: for<'de> Deserialize<'de> + Default>(
             }
         }
         _ => errs.add(path, format!("expected an array of tables ([[{path}]])")),
+    }
+}
+
+fn size_field(
+    path: String,
+    raw: Option<&RawSize>,
+    default: u64,
+    min: u64,
+    max: u64,
+    errs: &mut Errors,
+) -> u64 {
+    let v = match raw {
+        None => default,
+        Some(RawSize::Bytes(n)) => *n,
+        Some(RawSize::Text(s)) => match units::parse_size(s) {
+            Ok(n) => n,
+            Err(e) => {
+                errs.add(path, e);
+                return default;
+            }
+        },
+    };
+    if v < min || v > max {
+        errs.add(path, format!("{v} bytes is out of range ({min}..={max})"));
+        return default;
+    }
+    v
+}
+
+fn http_listener(
+    p: &str,
+    l: &RawListener,
+    protocol: Protocol,
+    errs: &mut Errors,
+) -> HttpListenerConfig {
+    if protocol != Protocol::Http {
+        let set = [
+            ("request_header_timeout", l.request_header_timeout.is_some()),
+            ("keepalive_timeout", l.keepalive_timeout.is_some()),
+            ("max_header_bytes", l.max_header_bytes.is_some()),
+            ("max_headers", l.max_headers.is_some()),
+            ("max_uri_bytes", l.max_uri_bytes.is_some()),
+        ];
+        for (key, present) in set {
+            if present {
+                errs.add(format!("{p}.{key}"), "for http listeners only");
+            }
+        }
+    }
+    HttpListenerConfig {
+        request_header_timeout: duration_field(
+            format!("{p}.request_header_timeout"),
+            l.request_header_timeout.as_ref(),
+            defaults::REQUEST_HEADER_TIMEOUT,
+            errs,
+        ),
+        keepalive_timeout: duration_field(
+            format!("{p}.keepalive_timeout"),
+            l.keepalive_timeout.as_ref(),
+            defaults::KEEPALIVE_TIMEOUT,
+            errs,
+        ),
+        max_header_bytes: size_field(
+            format!("{p}.max_header_bytes"),
+            l.max_header_bytes.as_ref(),
+            defaults::MAX_HEADER_BYTES,
+            1024,
+            1 << 20,
+            errs,
+        ) as usize,
+        max_headers: int_field(
+            &format!("{p}.max_headers"),
+            l.max_headers,
+            defaults::MAX_HEADERS,
+            1,
+            crate::http::head::MAX_HEADERS_CAP as u64,
+            errs,
+        ) as usize,
+        max_uri_bytes: size_field(
+            format!("{p}.max_uri_bytes"),
+            l.max_uri_bytes.as_ref(),
+            defaults::MAX_URI_BYTES,
+            16,
+            1 << 20,
+            errs,
+        ) as usize,
     }
 }
 
@@ -704,6 +834,32 @@ fn validate(
                 16,
                 errs,
             ) as u32,
+            first_byte_timeout: duration_field(
+                format!("{p}.first_byte_timeout"),
+                c.first_byte_timeout.as_ref(),
+                defaults::FIRST_BYTE_TIMEOUT,
+                errs,
+            ),
+            idle_timeout: duration_field(
+                format!("{p}.idle_timeout"),
+                c.idle_timeout.as_ref(),
+                defaults::BACKEND_IDLE_TIMEOUT,
+                errs,
+            ),
+            pool_idle_timeout: duration_field(
+                format!("{p}.pool_idle_timeout"),
+                c.pool_idle_timeout.as_ref(),
+                defaults::POOL_IDLE_TIMEOUT,
+                errs,
+            ),
+            pool_max_idle: int_field(
+                &format!("{p}.pool_max_idle"),
+                c.pool_max_idle,
+                defaults::POOL_MAX_IDLE,
+                0,
+                100_000,
+                errs,
+            ) as usize,
         });
     }
 
@@ -799,6 +955,24 @@ fn validate(
         if l.faas.is_some() && protocol != Protocol::Http {
             errs.add(format!("{p}.faas"), "faas is for http listeners only");
         }
+        let http = http_listener(&p, l, protocol, errs);
+        if protocol != Protocol::Http {
+            let hashed = cluster
+                .as_ref()
+                .and_then(|n| out_clusters.iter().find(|c| &c.name == n))
+                .filter(|c| matches!(c.hash_on, Some(HashOn::Header(_) | HashOn::Cookie(_))));
+            if let Some(c) = hashed {
+                errs.add(
+                    format!("{p}.cluster"),
+                    format!(
+                        "cluster {:?} hashes on a header or cookie, which a {} listener does not \
+                         have (use hash_on = \"client_ip\")",
+                        c.name,
+                        protocol.as_str()
+                    ),
+                );
+            }
+        }
         let idle_timeout = duration_field(
             format!("{p}.idle_timeout"),
             l.idle_timeout.as_ref(),
@@ -814,6 +988,7 @@ fn validate(
                 idle_timeout,
                 routes,
                 faas,
+                http,
             });
         }
     }

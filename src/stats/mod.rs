@@ -62,6 +62,50 @@ counters! {
     }
 }
 
+counters! {
+    /// HTTP counters (one instance per worker).
+    pub struct HttpCounters {
+        /// Request heads received and accepted.
+        requests,
+        responses_1xx,
+        responses_2xx,
+        responses_3xx,
+        responses_4xx,
+        responses_5xx,
+        /// Malformed or refused requests (400/414/431/505), smuggling attempts included.
+        bad_requests,
+        /// No route (404) or FaaS routing errors (400).
+        no_route,
+        /// No backend could be had (503).
+        no_backend,
+        /// The backend failed: unreachable, broken or malformed response (502, or an aborted
+        /// response).
+        upstream_errors,
+        /// Backend timeouts (504).
+        timeouts,
+        /// Requests sent again after a reused upstream connection died.
+        retries,
+        /// Upstream connections opened.
+        upstream_new,
+        /// Requests sent on a pooled upstream connection.
+        upstream_reused,
+    }
+}
+
+impl HttpCounters {
+    /// Counts a response status by class.
+    pub fn count_status(&mut self, status: u16) {
+        match status / 100 {
+            1 => self.responses_1xx += 1,
+            2 => self.responses_2xx += 1,
+            3 => self.responses_3xx += 1,
+            4 => self.responses_4xx += 1,
+            5 => self.responses_5xx += 1,
+            _ => {}
+        }
+    }
+}
+
 pub enum StatsMsg {
     Delta {
         worker: usize,

@@ -1,0 +1,1133 @@
+//! The HTTP/1.1 session: one client connection, requests handled one at a time, each routed
+//! and balanced on its own, sent upstream on a pooled keep-alive connection when one is idle.
+//!
+//! HOT PATH. No allocation, lock, blocking call or info-level log in this file.
+//!
+//! One request at a time keeps pipelining trivially ordered: bytes of a pipelined request wait
+//! in the client buffer until the current response is out. Within an exchange both directions
+//! move at once (a backend may answer before it has read the whole body). Bodies are never
+//! buffered whole: they stream through pool buffers, framed by `Body`, which forwards exactly
+//! the bytes that belong to the message (Content-Length, validated chunked, or until close).
+//!
+//! The worker does everything that needs the registry, the balancers or the upstream pool; the
+//! session tells it what it needs through [`HttpStep`].
+
+use crate::balance::Tried;
+use crate::buffer::{Buf, BufferPool};
+use crate::config::HashOn;
+use crate::http::chunked::{ChunkError, Chunked};
+use crate::http::head::{self, BodyKind, Limits, Method, Reject, RequestHead, ResponseHead};
+use crate::http::rewrite::{self, Forwarded};
+use crate::ready::Ready;
+use crate::routing::{self, Decision, RequestView};
+use crate::snapshot::Snapshot;
+use crate::stats::HttpCounters;
+use crate::token::Side;
+use mio::net::TcpStream;
+use std::io::{ErrorKind, Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Read/write rounds per wake-up before yielding.
+const MAX_ROUNDS: usize = 32;
+/// Trailer bytes accepted after a chunked body.
+const MAX_TRAILER: usize = 16 * 1024;
+/// A local response that cannot be written within this time is abandoned.
+const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timeouts and limits of the listener (client side) and cluster (backend side), resolved by
+/// the worker per request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    pub request_header: Duration,
+    pub keepalive: Duration,
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub backend_idle: Duration,
+}
+
+/// What the worker must do after a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpStep {
+    Idle,
+    Yield,
+    WaitBuffer,
+    /// A request was routed to `cluster`: hand me an upstream (`set_upstream`), or answer
+    /// `fail_upstream` when none can be had.
+    NeedUpstream {
+        cluster: u32,
+    },
+    /// The upstream connect failed, or a reused connection died before answering an
+    /// idempotent request: give me another one (the session already counted the failure).
+    UpstreamFailed,
+    /// The upstream connect completed.
+    Connected,
+    /// The exchange is complete. The upstream (if `reusable`) may go back to the pool; the
+    /// session then waits for the next request, unless it was told to close.
+    ExchangeDone {
+        reusable: bool,
+    },
+    Close(HttpClose),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpClose {
+    /// Clean end (client closed between requests, or `Connection: close` served).
+    Done,
+    /// The client went away mid-request or reset.
+    ClientGone,
+    /// The backend failed after part of the response was sent: the client is reset, so it
+    /// cannot mistake a truncated response for a complete one.
+    Abort,
+}
+
+/// Where an HTTP message body stands.
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked(Chunked, bool),
+    UntilClose,
+}
+
+impl Body {
+    fn new(kind: BodyKind) -> Body {
+        match kind {
+            BodyKind::None => Body::None,
+            BodyKind::Length(0) => Body::None,
+            BodyKind::Length(n) => Body::Length(n),
+            BodyKind::Chunked => Body::Chunked(Chunked::new(MAX_TRAILER), false),
+            BodyKind::CloseDelimited => Body::UntilClose,
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, Body::None | Body::Chunked(_, true))
+    }
+
+    /// Claims the bytes at the front of `avail` that belong to this body.
+    fn take(&mut self, avail: &[u8]) -> Result<usize, ChunkError> {
+        match self {
+            Body::None => Ok(0),
+            Body::Length(left) => {
+                let n = (*left).min(avail.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = Body::None;
+                }
+                Ok(n as usize)
+            }
+            Body::Chunked(c, done) => {
+                if *done {
+                    return Ok(0);
+                }
+                let p = c.advance(avail)?;
+                *done = p.done;
+                Ok(p.consumed)
+            }
+            Body::UntilClose => Ok(avail.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for a request head.
+    Head,
+    /// Routed; waiting for the worker to provide an upstream.
+    NeedUpstream,
+    Connecting,
+    Exchange,
+    /// Writing a locally generated response, then closing.
+    Local,
+}
+
+pub struct HttpCtx<'a> {
+    pub pool: &'a mut BufferPool,
+    pub stats: &'a mut HttpCounters,
+    pub now: Instant,
+    pub limits: &'a Limits,
+    /// Source of generated X-Request-Id values (worker id in the high bits).
+    pub request_ids: &'a mut u64,
+}
+
+pub struct HttpSession {
+    pub front: TcpStream,
+    front_ready: Ready,
+    pub back: Option<TcpStream>,
+    back_ready: Ready,
+    pub snapshot: Arc<Snapshot>,
+    pub listener: u32,
+    client_ip: IpAddr,
+    pub state: State,
+    /// Client bytes not yet consumed: request heads and body bytes.
+    req_in: Option<Buf>,
+    /// Bytes at the front of `req_in` claimed by the request body, not yet written upstream.
+    req_ready: usize,
+    req_body: Body,
+    /// The rewritten request head; kept until the first response byte so that a request that
+    /// dies on a reused connection can be sent again.
+    up_head: Option<Buf>,
+    up_head_sent: usize,
+    /// Backend bytes not yet consumed.
+    resp_in: Option<Buf>,
+    resp_ready: usize,
+    resp_body: Body,
+    /// The final response head has been parsed.
+    resp_started: bool,
+    /// Rewritten response head or local response, going to the client.
+    down: Option<Buf>,
+    method: Method,
+    client_keep_alive: bool,
+    client_minor: u8,
+    /// Some response byte arrived from the current upstream.
+    got_response_byte: bool,
+    /// Some request body byte was written upstream.
+    body_sent: bool,
+    /// Some response byte was written to the client for the current request.
+    answered: bool,
+    /// Close the client once the current response is out.
+    close_after: bool,
+    /// The backend asked to close (or framing requires it): don't pool the upstream.
+    upstream_close: bool,
+    pub cluster: u32,
+    pub backend: Option<u32>,
+    pub tried: Tried,
+    pub attempts: u32,
+    /// The current upstream came from the pool.
+    pub reused: bool,
+    pub hash: Option<u64>,
+    pub timeouts: HttpTimeouts,
+    /// Start of the current phase (head, connect, wait for first byte, local response).
+    pub phase_started: Instant,
+    pub last_active: Instant,
+    pub request_started: Instant,
+    pub timer_gen: u32,
+    pub queued: bool,
+    /// Status of the current response, for stats and the access log.
+    pub status: u16,
+}
+
+fn io_would_block(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::WouldBlock
+}
+
+/// A cursor over an output slice for building heads without allocation.
+struct Out<'a> {
+    buf: &'a mut [u8],
+    n: usize,
+}
+
+impl Out<'_> {
+    fn put(&mut self, b: &[u8]) -> Result<(), rewrite::Overflow> {
+        let dst = self
+            .buf
+            .get_mut(self.n..self.n + b.len())
+            .ok_or(rewrite::Overflow)?;
+        dst.copy_from_slice(b);
+        self.n += b.len();
+        Ok(())
+    }
+}
+
+/// `name` is listed in a Connection header of the head (any number of tokens and headers).
+fn named_in_connection(src: &[u8], head_len: usize, name: &[u8]) -> bool {
+    let mut found = false;
+    head::for_each_header(src, head_len, |n, v| {
+        if !found && n.eq_ignore_ascii_case(b"connection") {
+            found = v
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name));
+        }
+    });
+    found
+}
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Writes the response head for the client: the status line as received (version HTTP/1.1),
+/// end-to-end headers kept, hop-by-hop ones (and those named in Connection) dropped,
+/// `Transfer-Encoding` kept when the body is chunked (it is passed through as is), and our own
+/// `Connection` header.
+fn write_response_head(
+    src: &[u8],
+    h: &ResponseHead,
+    close: bool,
+    client_minor: u8,
+    out: &mut [u8],
+) -> Result<usize, rewrite::Overflow> {
+    let mut o = Out { buf: out, n: 0 };
+    // Our own status line: the parser tolerates leading empty lines and bare LFs, so the
+    // received line is not copied as bytes.
+    let mut code = [0u8; 3];
+    for (i, c) in code.iter_mut().enumerate() {
+        *c = b'0' + ((h.status / 10u16.pow(2 - i as u32)) % 10) as u8;
+    }
+    o.put(b"HTTP/1.1 ")?;
+    o.put(&code)?;
+    o.put(b" ")?;
+    o.put(src.get(h.reason.clone()).unwrap_or_default())?;
+    o.put(b"\r\n")?;
+    let chunked = h.body == BodyKind::Chunked;
+    let mut result = Ok(());
+    head::for_each_header(src, h.head_len, |name, value| {
+        if result.is_err() {
+            return;
+        }
+        let keep_te = chunked && name.eq_ignore_ascii_case(b"transfer-encoding");
+        let keep_upgrade = h.upgrade && name.eq_ignore_ascii_case(b"upgrade");
+        let dropped_cl = h.drop_content_length && name.eq_ignore_ascii_case(b"content-length");
+        if (is_hop_by_hop(name) && !keep_te && !keep_upgrade)
+            || dropped_cl
+            || named_in_connection(src, h.head_len, name)
+        {
+            return;
+        }
+        result = o
+            .put(name)
+            .and_then(|_| o.put(b": "))
+            .and_then(|_| o.put(value))
+            .and_then(|_| o.put(b"\r\n"));
+    });
+    result?;
+    if h.upgrade {
+        o.put(b"Connection: upgrade\r\n")?;
+    } else if close {
+        o.put(b"Connection: close\r\n")?;
+    } else if client_minor == 0 {
+        o.put(b"Connection: keep-alive\r\n")?;
+    }
+    o.put(b"\r\n")?;
+    Ok(o.n)
+}
+
+impl HttpSession {
+    pub fn new(
+        front: TcpStream,
+        snapshot: Arc<Snapshot>,
+        listener: u32,
+        client_ip: IpAddr,
+        timeouts: HttpTimeouts,
+        now: Instant,
+    ) -> HttpSession {
+        HttpSession {
+            front,
+            front_ready: Ready::EMPTY,
+            back: None,
+            back_ready: Ready::EMPTY,
+            snapshot,
+            listener,
+            client_ip,
+            state: State::Head,
+            req_in: None,
+            req_ready: 0,
+            req_body: Body::None,
+            up_head: None,
+            up_head_sent: 0,
+            resp_in: None,
+            resp_ready: 0,
+            resp_body: Body::None,
+            resp_started: false,
+            down: None,
+            method: Method::Get,
+            client_keep_alive: true,
+            client_minor: 1,
+            got_response_byte: false,
+            body_sent: false,
+            answered: false,
+            close_after: false,
+            upstream_close: false,
+            cluster: 0,
+            backend: None,
+            tried: Tried::default(),
+            attempts: 0,
+            reused: false,
+            hash: None,
+            timeouts,
+            phase_started: now,
+            last_active: now,
+            request_started: now,
+            timer_gen: 0,
+            queued: false,
+            status: 0,
+        }
+    }
+
+    #[inline]
+    pub fn on_event(&mut self, side: Side, r: Ready) {
+        match side {
+            Side::Front => self.front_ready.insert(r),
+            Side::Back => self.back_ready.insert(r),
+        }
+    }
+
+    /// The request's method is safe to send twice.
+    pub fn retryable(&self) -> bool {
+        !self.got_response_byte
+            && !self.answered
+            && (!self.body_sent || self.method.is_idempotent())
+            && matches!(self.req_body, Body::None)
+    }
+
+    /// The worker hands over an upstream: a fresh connect in progress (`reused == false`) or
+    /// an idle pooled connection (already connected).
+    pub fn set_upstream(&mut self, idx: u32, back: TcpStream, reused: bool, now: Instant) {
+        self.back = Some(back);
+        self.backend = Some(idx);
+        self.reused = reused;
+        self.back_ready = if reused {
+            Ready::WRITABLE
+        } else {
+            Ready::EMPTY
+        };
+        self.up_head_sent = 0;
+        self.got_response_byte = false;
+        self.phase_started = now;
+        self.state = if reused {
+            State::Exchange
+        } else {
+            State::Connecting
+        };
+    }
+
+    /// Takes the upstream socket out (to pool or drop it).
+    pub fn take_upstream(&mut self) -> Option<(u32, TcpStream)> {
+        let b = self.back.take()?;
+        self.back_ready = Ready::EMPTY;
+        self.backend.take().map(|i| (i, b))
+    }
+
+    /// When the current timeout expires.
+    pub fn deadline(&self) -> Instant {
+        let t = &self.timeouts;
+        match self.state {
+            State::Head => {
+                let idle = self.req_in.as_ref().is_none_or(Buf::is_empty);
+                if idle {
+                    self.last_active + t.keepalive
+                } else {
+                    self.phase_started + t.request_header
+                }
+            }
+            State::NeedUpstream | State::Connecting => self.phase_started + t.connect,
+            State::Exchange if !self.got_response_byte => self.phase_started + t.first_byte,
+            State::Exchange => self.last_active + t.backend_idle,
+            State::Local => self.phase_started + LOCAL_RESPONSE_TIMEOUT,
+        }
+    }
+
+    pub fn release_resources(&mut self, pool: &mut BufferPool) {
+        for b in [
+            self.req_in.take(),
+            self.up_head.take(),
+            self.resp_in.take(),
+            self.down.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            pool.release(b);
+        }
+    }
+
+    /// Answers the current request locally (errors, routing failures) and closes after.
+    /// When part of a response already went out, the client is reset instead.
+    pub fn local_response(&mut self, cx: &mut HttpCtx<'_>, status: u16, body: &[u8]) -> HttpStep {
+        if self.answered {
+            return HttpStep::Close(HttpClose::Abort);
+        }
+        self.status = status;
+        cx.stats.count_status(status);
+        if let Some(b) = self.down.take() {
+            cx.pool.release(b);
+        }
+        let Some(mut buf) = cx.pool.checkout() else {
+            // No buffer even for an error: close rather than wait.
+            return HttpStep::Close(HttpClose::Done);
+        };
+        match rewrite::error_response(status, body, cx.pool.spare(&mut buf)) {
+            Ok(n) => buf.fill(n),
+            Err(rewrite::Overflow) => {
+                cx.pool.release(buf);
+                return HttpStep::Close(HttpClose::Done);
+            }
+        }
+        self.down = Some(buf);
+        self.close_after = true;
+        self.answered = true;
+        self.state = State::Local;
+        self.phase_started = cx.now;
+        self.pump(cx)
+    }
+
+    /// A request head is complete: route it, prepare the upstream head, ask for an upstream.
+    fn start_request(&mut self, cx: &mut HttpCtx<'_>, h: &RequestHead) -> HttpStep {
+        cx.stats.requests += 1;
+        self.request_started = cx.now;
+        self.method = h.method;
+        self.client_keep_alive = h.keep_alive;
+        self.client_minor = h.version_minor;
+        self.answered = false;
+        self.body_sent = false;
+        self.resp_started = false;
+        self.resp_ready = 0;
+        self.req_ready = 0;
+        self.status = 0;
+        self.close_after = !h.keep_alive;
+        self.upstream_close = false;
+        self.tried = Tried::default();
+        self.attempts = 0;
+        self.req_body = Body::new(h.body);
+        let Some(req_buf) = self.req_in.as_ref() else {
+            return HttpStep::Close(HttpClose::Done);
+        };
+        let data = cx.pool.data(req_buf);
+        let snap = self.snapshot.clone();
+        let Some(listener) = snap.listeners.get(self.listener as usize) else {
+            return HttpStep::Close(HttpClose::Done);
+        };
+        let host = h
+            .absolute_form_authority
+            .clone()
+            .or_else(|| h.host.clone())
+            .and_then(|r| data.get(r))
+            .unwrap_or_default();
+        let target = data.get(h.target.clone()).unwrap_or_default();
+        let method = data
+            .iter()
+            .position(|&b| b == b' ')
+            .and_then(|i| data.get(..i))
+            .unwrap_or_default();
+        let head_len = h.head_len;
+        let lookup = |name: &[u8]| {
+            head::HeaderLines::new(data, head_len)
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let view = RequestView {
+            host,
+            target,
+            method,
+            header: lookup,
+        };
+        let faas = listener.faas.then_some(&snap.cluster_index);
+        let (cluster, strip) = match routing::route(&listener.routes, faas, listener.cluster, &view)
+        {
+            Decision::Cluster { cluster, strip } => (cluster, strip),
+            Decision::NoRoute => {
+                cx.stats.no_route += 1;
+                self.consume_head(cx, head_len);
+                return self.local_response(cx, 404, b"no route for this request\n");
+            }
+            Decision::Faas(e) => {
+                cx.stats.no_route += 1;
+                let mut body = [0u8; 192];
+                let n = e.write_body(target, &mut body).unwrap_or(0);
+                self.consume_head(cx, head_len);
+                return self.local_json(cx, 400, &body[..n]);
+            }
+        };
+        self.hash = request_hash(
+            snap.clusters.get(cluster).and_then(|c| c.hash_on.as_ref()),
+            self.client_ip,
+            &view.header,
+        );
+        // The rewritten head goes into its own buffer and stays there until answered.
+        let Some(mut up) = cx.pool.checkout() else {
+            return HttpStep::WaitBuffer;
+        };
+        *cx.request_ids = cx.request_ids.wrapping_add(1);
+        let mut id = [0u8; 16];
+        hex16(*cx.request_ids, &mut id);
+        let fwd = Forwarded {
+            client_ip: self.client_ip,
+            proto: "http",
+            strip_prefix: strip,
+            request_id: &id,
+        };
+        let written = match cx.pool.data_and_spare(req_buf, &mut up) {
+            Some((src, out)) => rewrite::write_request_head(src, h, &fwd, out),
+            None => Err(rewrite::Overflow),
+        };
+        match written {
+            Ok(n) => up.fill(n),
+            Err(rewrite::Overflow) => {
+                cx.pool.release(up);
+                self.consume_head(cx, head_len);
+                return self.local_response(cx, 431, b"request head too large after rewriting\n");
+            }
+        }
+        self.up_head = Some(up);
+        self.up_head_sent = 0;
+        self.consume_head(cx, head_len);
+        self.cluster = cluster as u32;
+        self.state = State::NeedUpstream;
+        self.phase_started = cx.now;
+        HttpStep::NeedUpstream {
+            cluster: cluster as u32,
+        }
+    }
+
+    fn local_json(&mut self, cx: &mut HttpCtx<'_>, status: u16, body: &[u8]) -> HttpStep {
+        // Same as local_response; the error writer labels bodies starting with '{' as JSON.
+        self.local_response(cx, status, body)
+    }
+
+    fn consume_head(&mut self, cx: &mut HttpCtx<'_>, n: usize) {
+        if let Some(b) = self.req_in.as_mut() {
+            b.consume(n.min(b.len()));
+            if b.is_empty() {
+                if let Some(b) = self.req_in.take() {
+                    cx.pool.release(b);
+                }
+            }
+        }
+    }
+
+    /// The worker could not provide an upstream.
+    pub fn fail_upstream(&mut self, cx: &mut HttpCtx<'_>, status: u16) -> HttpStep {
+        match status {
+            503 => cx.stats.no_backend += 1,
+            504 => cx.stats.timeouts += 1,
+            _ => cx.stats.upstream_errors += 1,
+        }
+        let body: &[u8] = match status {
+            503 => b"no backend available\n",
+            504 => b"backend timed out\n",
+            _ => b"backend unreachable or failed\n",
+        };
+        self.local_response(cx, status, body)
+    }
+
+    fn check_connect(&mut self) -> std::io::Result<bool> {
+        let Some(back) = self.back.as_ref() else {
+            return Ok(false);
+        };
+        if self.back_ready == Ready::EMPTY {
+            return Ok(false);
+        }
+        if let Some(e) = back.take_error()? {
+            return Err(e);
+        }
+        match back.peer_addr() {
+            Ok(_) => {
+                back.set_nodelay(true)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotConnected => {
+                self.back_ready = Ready::EMPTY;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn pump(&mut self, cx: &mut HttpCtx<'_>) -> HttpStep {
+        for _ in 0..MAX_ROUNDS {
+            let step = match self.state {
+                State::Head => self.head_round(cx),
+                State::NeedUpstream => {
+                    return HttpStep::NeedUpstream {
+                        cluster: self.cluster,
+                    }
+                }
+                State::Connecting => match self.check_connect() {
+                    Ok(true) => {
+                        self.state = State::Exchange;
+                        self.phase_started = cx.now;
+                        return HttpStep::Connected;
+                    }
+                    Ok(false) => return HttpStep::Idle,
+                    Err(_) => return self.upstream_broken(cx),
+                },
+                State::Exchange => self.exchange_round(cx),
+                State::Local => self.local_round(cx),
+            };
+            match step {
+                Some(s) => return s,
+                None => continue,
+            }
+        }
+        HttpStep::Yield
+    }
+
+    /// Reads and parses a request head. `None`: progress, go round again.
+    fn head_round(&mut self, cx: &mut HttpCtx<'_>) -> Option<HttpStep> {
+        if let Some(b) = self.req_in.as_ref() {
+            if !b.is_empty() {
+                let data = cx.pool.data(b);
+                match head::parse_request(data, cx.limits) {
+                    Ok(Some(h)) => return Some(self.start_request(cx, &h)),
+                    Ok(None) => {
+                        if b.len() >= cx.pool.buffer_size() {
+                            cx.stats.bad_requests += 1;
+                            return Some(self.local_response(
+                                cx,
+                                431,
+                                b"request header fields too large\n",
+                            ));
+                        }
+                    }
+                    Err(r) => {
+                        cx.stats.bad_requests += 1;
+                        return Some(self.reject(cx, r));
+                    }
+                }
+            }
+        }
+        if !self.front_ready.contains(Ready::READABLE) {
+            return Some(HttpStep::Idle);
+        }
+        if self.req_in.is_none() {
+            match cx.pool.checkout() {
+                Some(b) => self.req_in = Some(b),
+                None => return Some(HttpStep::WaitBuffer),
+            }
+        }
+        let buf = self.req_in.as_mut()?;
+        let was_empty = buf.is_empty();
+        let spare = cx.pool.spare(buf);
+        let want = spare.len();
+        match self.front.read(spare) {
+            Ok(0) => Some(HttpStep::Close(if was_empty {
+                HttpClose::Done
+            } else {
+                HttpClose::ClientGone
+            })),
+            Ok(n) => {
+                buf.fill(n);
+                if was_empty {
+                    self.phase_started = cx.now;
+                }
+                self.last_active = cx.now;
+                if n < want && !self.front_ready.contains(Ready::HUP) {
+                    self.front_ready.remove(Ready::READABLE);
+                }
+                None
+            }
+            Err(e) if io_would_block(&e) => {
+                self.front_ready.remove(Ready::READABLE);
+                Some(HttpStep::Idle)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => None,
+            Err(_) => Some(HttpStep::Close(HttpClose::ClientGone)),
+        }
+    }
+
+    fn reject(&mut self, cx: &mut HttpCtx<'_>, r: Reject) -> HttpStep {
+        // Whatever follows a malformed head cannot be framed: answer and close.
+        if let Some(b) = self.req_in.take() {
+            cx.pool.release(b);
+        }
+        let status = r.status();
+        let mut body = [0u8; 96];
+        let reason = r.reason().as_bytes();
+        let n = reason.len().min(body.len() - 1);
+        body[..n].copy_from_slice(&reason[..n]);
+        body[n] = b'\n';
+        self.local_response(cx, status, &body[..n + 1])
+    }
+
+    /// The upstream failed. Before any response byte on a reused connection, the request is
+    /// retried once (when safe); otherwise 502, or an abort when the response had started.
+    fn upstream_broken(&mut self, cx: &mut HttpCtx<'_>) -> HttpStep {
+        if self.answered {
+            cx.stats.upstream_errors += 1;
+            return HttpStep::Close(HttpClose::Abort);
+        }
+        if !self.got_response_byte && (self.retryable() || self.state == State::Connecting) {
+            return HttpStep::UpstreamFailed;
+        }
+        self.fail_upstream(cx, 502)
+    }
+
+    fn local_round(&mut self, cx: &mut HttpCtx<'_>) -> Option<HttpStep> {
+        match self.write_down(cx) {
+            Err(()) => Some(HttpStep::Close(HttpClose::ClientGone)),
+            Ok(_) if self.down.is_none() => Some(HttpStep::Close(HttpClose::Done)),
+            Ok(true) => None,
+            Ok(false) => Some(HttpStep::Idle),
+        }
+    }
+
+    /// Writes `down` to the client. Ok(progressed).
+    fn write_down(&mut self, cx: &mut HttpCtx<'_>) -> Result<bool, ()> {
+        let Some(b) = self.down.as_mut() else {
+            return Ok(false);
+        };
+        if !self.front_ready.contains(Ready::WRITABLE) {
+            return Ok(false);
+        }
+        let data = cx.pool.data(b);
+        let want = data.len();
+        match self.front.write(data) {
+            Ok(n) => {
+                b.consume(n);
+                self.answered = true;
+                if n < want {
+                    self.front_ready.remove(Ready::WRITABLE);
+                }
+                if b.is_empty() {
+                    if let Some(b) = self.down.take() {
+                        cx.pool.release(b);
+                    }
+                }
+                Ok(n > 0)
+            }
+            Err(e) if io_would_block(&e) => {
+                self.front_ready.remove(Ready::WRITABLE);
+                Ok(false)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(true),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// One round of a request/response exchange with the upstream.
+    fn exchange_round(&mut self, cx: &mut HttpCtx<'_>) -> Option<HttpStep> {
+        let mut progressed = false;
+        let Some(back) = self.back.as_mut() else {
+            return Some(self.fail_upstream(cx, 502));
+        };
+
+        // 1. The request head.
+        if let Some(h) = self.up_head.as_ref() {
+            let data = cx.pool.data(h);
+            if self.up_head_sent < data.len() && self.back_ready.contains(Ready::WRITABLE) {
+                match back.write(&data[self.up_head_sent..]) {
+                    Ok(n) => {
+                        self.up_head_sent += n;
+                        progressed |= n > 0;
+                        if self.up_head_sent < data.len() {
+                            self.back_ready.remove(Ready::WRITABLE);
+                        }
+                    }
+                    Err(e) if io_would_block(&e) => self.back_ready.remove(Ready::WRITABLE),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => progressed = true,
+                    Err(_) => return Some(self.upstream_broken(cx)),
+                }
+            }
+        }
+        let head_out = self
+            .up_head
+            .as_ref()
+            .is_some_and(|h| self.up_head_sent >= h.len());
+
+        // 2. The request body: claim, then write what belongs to it.
+        if head_out && !(self.req_body.done() && self.req_ready == 0) {
+            if self.req_ready == 0 {
+                if let Some(b) = self.req_in.as_ref() {
+                    match self.req_body.take(cx.pool.data(b)) {
+                        Ok(n) => self.req_ready = n,
+                        Err(_) => {
+                            cx.stats.bad_requests += 1;
+                            return Some(if self.answered {
+                                HttpStep::Close(HttpClose::Abort)
+                            } else {
+                                self.local_response(cx, 400, b"bad chunked request body\n")
+                            });
+                        }
+                    }
+                }
+            }
+            if self.req_ready > 0 && self.back_ready.contains(Ready::WRITABLE) {
+                if let Some(b) = self.req_in.as_mut() {
+                    let data = cx.pool.data(b);
+                    let want = self.req_ready.min(data.len());
+                    match back.write(&data[..want]) {
+                        Ok(n) => {
+                            b.consume(n);
+                            self.req_ready -= n;
+                            self.body_sent |= n > 0;
+                            progressed |= n > 0;
+                            if n < want {
+                                self.back_ready.remove(Ready::WRITABLE);
+                            }
+                            if b.is_empty() {
+                                if let Some(b) = self.req_in.take() {
+                                    cx.pool.release(b);
+                                }
+                            }
+                        }
+                        Err(e) if io_would_block(&e) => self.back_ready.remove(Ready::WRITABLE),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progressed = true,
+                        Err(_) => return Some(self.upstream_broken(cx)),
+                    }
+                }
+            }
+            // More body from the client.
+            if self.req_ready == 0
+                && !self.req_body.done()
+                && self.req_in.as_ref().is_none_or(Buf::is_empty)
+                && self.front_ready.contains(Ready::READABLE)
+            {
+                if self.req_in.is_none() {
+                    self.req_in = cx.pool.checkout();
+                }
+                if let Some(b) = self.req_in.as_mut() {
+                    let spare = cx.pool.spare(b);
+                    let want = spare.len();
+                    match self.front.read(spare) {
+                        Ok(0) => return Some(HttpStep::Close(HttpClose::ClientGone)),
+                        Ok(n) => {
+                            b.fill(n);
+                            progressed = true;
+                            self.last_active = cx.now;
+                            if n < want && !self.front_ready.contains(Ready::HUP) {
+                                self.front_ready.remove(Ready::READABLE);
+                            }
+                        }
+                        Err(e) if io_would_block(&e) => self.front_ready.remove(Ready::READABLE),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progressed = true,
+                        Err(_) => return Some(HttpStep::Close(HttpClose::ClientGone)),
+                    }
+                }
+            }
+        }
+
+        // 3. The response: read from the backend.
+        let resp_room = self
+            .resp_in
+            .as_ref()
+            .is_none_or(|b| b.len() < cx.pool.buffer_size());
+        if resp_room
+            && self.resp_ready == 0
+            && self.down.is_none()
+            && self.back_ready.contains(Ready::READABLE)
+        {
+            if self.resp_in.is_none() {
+                self.resp_in = cx.pool.checkout();
+            }
+            if let Some(b) = self.resp_in.as_mut() {
+                let spare = cx.pool.spare(b);
+                let want = spare.len();
+                match back.read(spare) {
+                    Ok(0) => {
+                        // Backend closed.
+                        if let Body::UntilClose = self.resp_body {
+                            self.resp_body = Body::None;
+                            self.close_after = true;
+                        } else if !self.got_response_byte {
+                            return Some(self.upstream_broken(cx));
+                        } else {
+                            cx.stats.upstream_errors += 1;
+                            return Some(HttpStep::Close(HttpClose::Abort));
+                        }
+                        progressed = true;
+                    }
+                    Ok(n) => {
+                        b.fill(n);
+                        self.got_response_byte = true;
+                        progressed = true;
+                        self.last_active = cx.now;
+                        if n < want && !self.back_ready.contains(Ready::HUP) {
+                            self.back_ready.remove(Ready::READABLE);
+                        }
+                    }
+                    Err(e) if io_would_block(&e) => self.back_ready.remove(Ready::READABLE),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => progressed = true,
+                    Err(_) => return Some(self.upstream_broken(cx)),
+                }
+            }
+        }
+
+        // 4. The response head (interim ones are forwarded as they come).
+        if !self.resp_started && self.down.is_none() {
+            if let Some(b) = self.resp_in.as_ref() {
+                if !b.is_empty() {
+                    match head::parse_response(cx.pool.data(b), self.method, cx.limits) {
+                        Ok(Some(h)) => {
+                            if let Some(step) = self.start_response(cx, &h) {
+                                return Some(step);
+                            }
+                            progressed = true;
+                        }
+                        Ok(None) if b.len() >= cx.pool.buffer_size() => {
+                            cx.stats.upstream_errors += 1;
+                            return Some(self.fail_upstream(cx, 502));
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            cx.stats.upstream_errors += 1;
+                            return Some(self.fail_upstream(cx, 502));
+                        }
+                    }
+                }
+            }
+        }
+
+        // 5. To the client: the response head first, then body bytes as claimed.
+        match self.write_down(cx) {
+            Err(()) => return Some(HttpStep::Close(HttpClose::ClientGone)),
+            Ok(p) => progressed |= p,
+        }
+        if self.resp_started && self.down.is_none() {
+            if self.resp_ready == 0 {
+                if let Some(b) = self.resp_in.as_ref() {
+                    match self.resp_body.take(cx.pool.data(b)) {
+                        Ok(n) => self.resp_ready = n,
+                        Err(_) => {
+                            cx.stats.upstream_errors += 1;
+                            return Some(HttpStep::Close(HttpClose::Abort));
+                        }
+                    }
+                }
+            }
+            if self.resp_ready > 0 && self.front_ready.contains(Ready::WRITABLE) {
+                if let Some(b) = self.resp_in.as_mut() {
+                    let data = cx.pool.data(b);
+                    let want = self.resp_ready.min(data.len());
+                    match self.front.write(&data[..want]) {
+                        Ok(n) => {
+                            b.consume(n);
+                            self.resp_ready -= n;
+                            progressed |= n > 0;
+                            if n < want {
+                                self.front_ready.remove(Ready::WRITABLE);
+                            }
+                        }
+                        Err(e) if io_would_block(&e) => self.front_ready.remove(Ready::WRITABLE),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progressed = true,
+                        Err(_) => return Some(HttpStep::Close(HttpClose::ClientGone)),
+                    }
+                }
+            }
+            if self.resp_in.as_ref().is_some_and(Buf::is_empty) {
+                if let Some(b) = self.resp_in.take() {
+                    cx.pool.release(b);
+                }
+            }
+            // 6. Done?
+            if self.resp_body.done() && self.resp_ready == 0 {
+                let request_done = head_out && self.req_body.done() && self.req_ready == 0;
+                // Leftover upstream bytes after a complete response: the connection is not
+                // clean enough to reuse.
+                let clean = self.resp_in.is_none();
+                if !request_done {
+                    self.close_after = true;
+                }
+                cx.stats.count_status(self.status);
+                let reusable = request_done && clean && !self.close_after_upstream();
+                if let Some(b) = self.up_head.take() {
+                    cx.pool.release(b);
+                }
+                if let Some(b) = self.resp_in.take() {
+                    cx.pool.release(b);
+                }
+                self.state = State::Head;
+                self.phase_started = cx.now;
+                self.last_active = cx.now;
+                return Some(HttpStep::ExchangeDone { reusable });
+            }
+        }
+        if progressed {
+            None
+        } else {
+            Some(HttpStep::Idle)
+        }
+    }
+
+    /// Set from the response head: the backend asked to close, or framing requires it.
+    fn close_after_upstream(&self) -> bool {
+        self.upstream_close
+    }
+
+    /// A response head was parsed. `Some(step)` ends the round.
+    fn start_response(&mut self, cx: &mut HttpCtx<'_>, h: &ResponseHead) -> Option<HttpStep> {
+        let Some(src) = self.resp_in.as_ref() else {
+            return Some(self.fail_upstream(cx, 502));
+        };
+        let Some(mut out) = cx.pool.checkout() else {
+            return Some(HttpStep::WaitBuffer);
+        };
+        if h.interim {
+            // 100 Continue and friends: forwarded verbatim, then wait for the final head.
+            let copied = cx.pool.data_and_spare(src, &mut out).and_then(|(d, s)| {
+                let n = h.head_len;
+                s.get_mut(..n)?.copy_from_slice(d.get(..n)?);
+                Some(n)
+            });
+            match copied {
+                Some(n) => out.fill(n),
+                None => {
+                    cx.pool.release(out);
+                    return Some(self.fail_upstream(cx, 502));
+                }
+            }
+        } else {
+            self.status = h.status;
+            self.upstream_close = !h.keep_alive;
+            let close = self.close_after
+                || !h.keep_alive && !self.client_keep_alive
+                || h.body == BodyKind::CloseDelimited;
+            if h.body == BodyKind::CloseDelimited {
+                self.close_after = true;
+            }
+            let written = match cx.pool.data_and_spare(src, &mut out) {
+                Some((d, s)) => write_response_head(d, h, close, self.client_minor, s),
+                None => Err(rewrite::Overflow),
+            };
+            match written {
+                Ok(n) => out.fill(n),
+                Err(rewrite::Overflow) => {
+                    cx.pool.release(out);
+                    return Some(self.fail_upstream(cx, 502));
+                }
+            }
+            self.resp_body = Body::new(h.body);
+            self.resp_started = true;
+            if h.upgrade {
+                // The tunnel arrives with the WebSocket work; until then an upgrade is refused
+                // by closing after the 101, which a client treats as a failed handshake.
+                self.close_after = true;
+                self.upstream_close = true;
+            }
+        }
+        if let Some(b) = self.resp_in.as_mut() {
+            b.consume(h.head_len.min(b.len()));
+        }
+        self.down = Some(out);
+        None
+    }
+}
+
+/// The balancing hash of a request for a `hash` cluster: client IP, a header's value or a
+/// cookie's value. `None` when the cluster does not hash or the request lacks the key.
+fn request_hash<'a>(
+    on: Option<&HashOn>,
+    client_ip: IpAddr,
+    header: &impl Fn(&[u8]) -> Option<&'a [u8]>,
+) -> Option<u64> {
+    match on? {
+        HashOn::ClientIp => Some(crate::balance::hash_ip(client_ip)),
+        HashOn::Header(name) => header(name.as_bytes()).map(crate::balance::hash_bytes),
+        HashOn::Cookie(name) => {
+            let cookies = header(b"cookie")?;
+            cookies.split(|&b| b == b';').find_map(|kv| {
+                let kv = kv.trim_ascii();
+                let eq = kv.iter().position(|&b| b == b'=')?;
+                (kv[..eq] == *name.as_bytes()).then(|| crate::balance::hash_bytes(&kv[eq + 1..]))
+            })
+        }
+    }
+}
+
+fn hex16(v: u64, out: &mut [u8; 16]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}

@@ -1,7 +1,9 @@
 //! The token space of a worker's `mio::Poll`.
 //!
 //! Reserved tokens sit at the top of the range and are named constants; every other token is
-//! a session: `(slab key << 1) | side`, so one session owns two tokens (client and backend).
+//! a session: `(slab key << 2) | (slab << 1) | side`, where `slab` says which of the worker's
+//! two slabs holds it (TCP sessions, or HTTP sessions and pooled upstream connections), so one
+//! session owns two tokens (client and backend).
 
 use mio::Token;
 
@@ -24,7 +26,10 @@ pub enum Side {
 pub enum Decoded {
     Waker,
     Listener(usize),
+    /// A TCP session.
     Session(usize, Side),
+    /// An entry of the HTTP slab (session or pooled upstream connection).
+    Http(usize, Side),
 }
 
 #[inline]
@@ -35,8 +40,14 @@ pub fn listener(index: usize) -> Token {
 
 #[inline]
 pub fn session(key: usize, side: Side) -> Token {
-    debug_assert!(key < FIRST_RESERVED >> 1);
-    Token((key << 1) | side as usize)
+    debug_assert!(key < FIRST_RESERVED >> 2);
+    Token((key << 2) | side as usize)
+}
+
+#[inline]
+pub fn http(key: usize, side: Side) -> Token {
+    debug_assert!(key < FIRST_RESERVED >> 2);
+    Token((key << 2) | 2 | side as usize)
 }
 
 #[inline]
@@ -48,7 +59,11 @@ pub fn decode(t: Token) -> Decoded {
         Decoded::Listener(LISTENER_BASE - v)
     } else {
         let side = if v & 1 == 0 { Side::Front } else { Side::Back };
-        Decoded::Session(v >> 1, side)
+        if v & 2 == 0 {
+            Decoded::Session(v >> 2, side)
+        } else {
+            Decoded::Http(v >> 2, side)
+        }
     }
 }
 
@@ -61,6 +76,7 @@ mod tests {
         for key in [0usize, 1, 2, 12345, (1 << 40) + 7] {
             for side in [Side::Front, Side::Back] {
                 assert_eq!(decode(session(key, side)), Decoded::Session(key, side));
+                assert_eq!(decode(http(key, side)), Decoded::Http(key, side));
             }
         }
         for i in [0, 1, MAX_LISTENERS - 1] {

@@ -14,7 +14,7 @@ use crate::buffer::BufferPool;
 use crate::config::{BalanceKind, HashOn, Protocol};
 use crate::ready::Ready;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::stats::{StatsMsg, StatsSender, TcpCounters, FLUSH_INTERVAL};
+use crate::stats::{HttpCounters, StatsMsg, StatsSender, TcpCounters, FLUSH_INTERVAL};
 use crate::tcp::pipe::{CloseReason, Ctx, Phase, Step, TcpSession};
 use crate::tcp::splice::PipePool;
 use crate::timer::TimerWheel;
@@ -23,12 +23,16 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 use slab::Slab;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod http;
+
+use http::HttpEntry;
 
 /// Connections accepted per listener wake-up before yielding.
 pub const ACCEPT_BATCH: usize = 64;
@@ -121,6 +125,17 @@ pub struct Worker {
     ctrl: Receiver<Ctrl>,
     listeners: Vec<Option<TcpListener>>,
     sessions: Slab<TcpSession>,
+    /// HTTP sessions and pooled upstream connections.
+    http: Slab<HttpEntry>,
+    /// HTTP sessions in `http` (the rest are pooled connections).
+    http_sessions: usize,
+    http_stats: HttpCounters,
+    /// Idle upstream connections per backend address (keys into `http`).
+    upstream_pool: HashMap<SocketAddr, Vec<usize>>,
+    /// Source of generated X-Request-Id values.
+    request_ids: u64,
+    http_ready: VecDeque<usize>,
+    http_starved: VecDeque<usize>,
     max_sessions: usize,
     pool: BufferPool,
     pipes: PipePool,
@@ -175,6 +190,19 @@ impl Worker {
             ctrl,
             listeners: mio_listeners,
             sessions: Slab::with_capacity(1024),
+            http: Slab::with_capacity(1024),
+            http_sessions: 0,
+            http_stats: HttpCounters::default(),
+            upstream_pool: HashMap::new(),
+            // Worker id in the top byte, the start time below: ids differ across workers and
+            // restarts.
+            request_ids: ((settings.id as u64) << 56)
+                ^ (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                    & ((1 << 56) - 1)),
+            http_ready: VecDeque::new(),
+            http_starved: VecDeque::new(),
             max_sessions: settings.max_sessions,
             pool: BufferPool::new(settings.buffer_size, settings.buffers),
             pipes: PipePool::new(settings.pipes),
@@ -220,6 +248,7 @@ impl Worker {
                         }
                         // else: a stale event for a session closed earlier in this batch.
                     }
+                    Decoded::Http(key, side) => self.on_http_event(key, side, Ready::from_event(ev)),
                 }
             }
             self.resume_queued();
@@ -228,7 +257,7 @@ impl Worker {
                 self.flush_stats(0);
             }
             if let Some(deadline) = self.shutdown {
-                if self.sessions.is_empty() {
+                if self.sessions.is_empty() && self.http_sessions == 0 {
                     break;
                 }
                 if self.now >= deadline {
@@ -245,8 +274,10 @@ impl Worker {
         let accept_now = (!self.accept_again.is_empty() || !self.fd_waiters.is_empty())
             && self.accept_paused_until.is_none();
         if !self.ready.is_empty()
+            || !self.http_ready.is_empty()
             || accept_now
-            || (!self.starved.is_empty() && self.pool.available() > 0)
+            || ((!self.starved.is_empty() || !self.http_starved.is_empty())
+                && self.pool.available() > 0)
         {
             return Duration::ZERO;
         }
@@ -276,6 +307,7 @@ impl Worker {
                             }
                         }
                         self.accept_again.clear();
+                        self.shutdown_http();
                         log::debug!(
                             "worker {}: draining {} connection(s)",
                             self.id,
@@ -289,15 +321,17 @@ impl Worker {
 
     fn flush_stats(&mut self, seq: u64) {
         self.last_flush = self.now;
-        if self.stats.is_zero() && seq == 0 {
+        if self.stats.is_zero() && self.http_stats.is_zero() && seq == 0 {
             return;
         }
-        let delta = std::mem::take(&mut self.stats);
+        let tcp = std::mem::take(&mut self.stats);
+        let http = std::mem::take(&mut self.http_stats);
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {
             worker: self.id,
             seq,
-            tcp: delta,
+            tcp,
+            http,
         });
     }
 
@@ -318,7 +352,7 @@ impl Worker {
             self.accept_paused_until = None;
         }
         for _ in 0..ACCEPT_BATCH {
-            if self.sessions.len() >= self.max_sessions {
+            if self.sessions.len() + self.http_sessions >= self.max_sessions {
                 // Leave the rest in the kernel backlog; resumed when a session closes.
                 self.accept_full = true;
                 return;
@@ -387,6 +421,9 @@ impl Worker {
     fn open_session(&mut self, li: usize, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.accepted += 1;
         let snap = self.snapshot.load_full();
+        if snap.listeners.get(li).map(|r| r.protocol) == Some(Protocol::Http) {
+            return self.open_http(li, stream, peer);
+        }
         // tcp/foo listeners always have a cluster (validated); the stream closes on drop.
         let Some(cluster) = snap.listeners.get(li).and_then(|r| r.cluster) else {
             self.stats.closed += 1;
@@ -568,6 +605,20 @@ impl Worker {
                 self.drive(key);
             }
         }
+        for _ in 0..self.http_ready.len().min(RESUME_BATCH) {
+            let Some(key) = self.http_ready.pop_front() else {
+                break;
+            };
+            self.resume_http(key);
+        }
+        let mut budget = RESUME_BATCH;
+        while self.pool.available() > 0 && budget > 0 {
+            let Some(key) = self.http_starved.pop_front() else {
+                break;
+            };
+            budget -= 1;
+            self.resume_http(key);
+        }
         let mut budget = RESUME_BATCH;
         while self.pool.available() > 0 && budget > 0 {
             let Some(key) = self.starved.pop_front() else {
@@ -608,14 +659,31 @@ impl Worker {
         let gen = self.next_gen;
         if let Some(s) = self.sessions.get_mut(key) {
             s.timer_gen = gen;
-            self.timers.insert(key, gen, s.deadline());
+            // Timer keys: slab key << 1, low bit 0 for TCP sessions, 1 for the HTTP slab.
+            self.timers.insert(key << 1, gen, s.deadline());
         }
     }
 
     fn expire_timers(&mut self) {
         self.timers.advance(self.now, &mut self.expired);
         let mut expired = std::mem::take(&mut self.expired);
-        for (key, gen) in expired.drain(..) {
+        for (tkey, gen) in expired.drain(..) {
+            let key = tkey >> 1;
+            if tkey & 1 == 1 {
+                let Some(e) = self.http.get(key) else {
+                    continue;
+                };
+                if e.timer_gen() != gen {
+                    continue;
+                }
+                let deadline = e.deadline();
+                if deadline > self.now {
+                    self.timers.insert(tkey, gen, deadline);
+                } else {
+                    self.http_timeout(key);
+                }
+                continue;
+            }
             let Some(s) = self.sessions.get(key) else {
                 continue;
             };
@@ -624,7 +692,7 @@ impl Worker {
             }
             let deadline = s.deadline();
             if deadline > self.now {
-                self.timers.insert(key, gen, deadline);
+                self.timers.insert(tkey, gen, deadline);
                 continue;
             }
             match s.phase {
@@ -698,7 +766,12 @@ impl Worker {
         self.stats.closed += 1;
         // Dropping the session closes both sockets, which also removes them from epoll.
         drop(s);
-        if self.accept_full && self.sessions.len() < self.max_sessions {
+        self.after_session_closed();
+    }
+
+    /// A slot freed up: resume accepting if the connection limit had stopped it.
+    fn after_session_closed(&mut self) {
+        if self.accept_full && self.sessions.len() + self.http_sessions < self.max_sessions {
             self.accept_full = false;
             for li in 0..self.listeners.len() {
                 if self.listeners[li].is_some() && !self.accept_again.contains(&li) {
@@ -721,6 +794,7 @@ impl Worker {
             self.stats.shutdown_aborted += 1;
             self.close(key, Closing::Shutdown);
         }
+        self.abort_http();
     }
 }
 

@@ -141,7 +141,7 @@ pub struct RawCluster {
 pub enum Protocol {
     Tcp,
     Foo,
-    /// Parsed and validated, but not yet accepted: the HTTP engine is being written.
+    /// HTTP/1.1 reverse proxy: per-request routing and balancing.
     Http,
 }
 
@@ -901,17 +901,11 @@ fn validate(
         let protocol = match l.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
             Some("foo") => Protocol::Foo,
-            Some("http") => {
-                errs.add(
-                    format!("{p}.protocol"),
-                    "\"http\" is not available in this build yet (expected one of: tcp, foo)",
-                );
-                Protocol::Http
-            }
+            Some("http") => Protocol::Http,
             Some(other) => {
                 errs.add(
                     format!("{p}.protocol"),
-                    format!("unknown protocol {other:?} (expected one of: tcp, foo)"),
+                    format!("unknown protocol {other:?} (expected one of: tcp, foo, http)"),
                 );
                 Protocol::Tcp
             }
@@ -1142,7 +1136,6 @@ backends = ["127.0.0.1:1"]
         for want in [
             "listeners[0].faas",
             "listeners[0].routes",
-            "listeners[1].protocol", // http itself is not accepted yet
             "listeners[1].cluster",  // unused with faas
             "listeners[1].routes[0].cluster",
             "listeners[2].cluster", // tcp needs one

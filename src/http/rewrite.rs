@@ -157,7 +157,18 @@ pub fn write_request_head(
 /// Writes a complete `HTTP/1.1 <status> <reason>` response with a `text/plain` body and
 /// `Connection: close`; returns its length.
 pub fn error_response(status: u16, body: &[u8], out: &mut [u8]) -> Result<usize, Overflow> {
-    let head_len = error_response_head(status, body.len(), out)?;
+    typed_response(status, b"text/plain", body, out)
+}
+
+/// A complete small response with the given content type (e.g. the FaaS gateway's JSON
+/// errors), `Connection: close`.
+pub fn typed_response(
+    status: u16,
+    content_type: &[u8],
+    body: &[u8],
+    out: &mut [u8],
+) -> Result<usize, Overflow> {
+    let head_len = typed_response_head(status, content_type, body.len(), out)?;
     let mut w = Out {
         buf: out,
         len: head_len,
@@ -173,12 +184,23 @@ pub fn error_response_head(
     content_length: usize,
     out: &mut [u8],
 ) -> Result<usize, Overflow> {
+    typed_response_head(status, b"text/plain", content_length, out)
+}
+
+fn typed_response_head(
+    status: u16,
+    content_type: &[u8],
+    content_length: usize,
+    out: &mut [u8],
+) -> Result<usize, Overflow> {
     let mut w = Out::new(out);
     w.put(b"HTTP/1.1 ")?;
     w.display(status)?;
     w.put(b" ")?;
     w.put(reason_phrase(status).as_bytes())?;
-    w.put(b"\r\nContent-Type: text/plain\r\nContent-Length: ")?;
+    w.put(b"\r\nContent-Type: ")?;
+    w.put(content_type)?;
+    w.put(b"\r\nContent-Length: ")?;
     w.display(content_length)?;
     w.put(b"\r\nConnection: close\r\n\r\n")?;
     Ok(w.len)

@@ -374,6 +374,21 @@ impl HttpSession {
         }
     }
 
+    /// The client is to be closed once the current response is out.
+    pub fn wants_close(&self) -> bool {
+        self.close_after
+    }
+
+    /// Some response byte came from the current upstream.
+    pub fn response_started(&self) -> bool {
+        self.got_response_byte
+    }
+
+    /// Between requests with nothing buffered: safe to close at shutdown.
+    pub fn idle_between_requests(&self) -> bool {
+        self.state == State::Head && self.req_in.as_ref().is_none_or(Buf::is_empty)
+    }
+
     /// The request's method is safe to send twice.
     pub fn retryable(&self) -> bool {
         !self.got_response_byte
@@ -446,6 +461,16 @@ impl HttpSession {
     /// Answers the current request locally (errors, routing failures) and closes after.
     /// When part of a response already went out, the client is reset instead.
     pub fn local_response(&mut self, cx: &mut HttpCtx<'_>, status: u16, body: &[u8]) -> HttpStep {
+        self.typed_local_response(cx, status, b"text/plain", body)
+    }
+
+    fn typed_local_response(
+        &mut self,
+        cx: &mut HttpCtx<'_>,
+        status: u16,
+        content_type: &[u8],
+        body: &[u8],
+    ) -> HttpStep {
         if self.answered {
             return HttpStep::Close(HttpClose::Abort);
         }
@@ -458,7 +483,7 @@ impl HttpSession {
             // No buffer even for an error: close rather than wait.
             return HttpStep::Close(HttpClose::Done);
         };
-        match rewrite::error_response(status, body, cx.pool.spare(&mut buf)) {
+        match rewrite::typed_response(status, content_type, body, cx.pool.spare(&mut buf)) {
             Ok(n) => buf.fill(n),
             Err(rewrite::Overflow) => {
                 cx.pool.release(buf);
@@ -582,8 +607,7 @@ impl HttpSession {
     }
 
     fn local_json(&mut self, cx: &mut HttpCtx<'_>, status: u16, body: &[u8]) -> HttpStep {
-        // Same as local_response; the error writer labels bodies starting with '{' as JSON.
-        self.local_response(cx, status, body)
+        self.typed_local_response(cx, status, b"application/json", body)
     }
 
     fn consume_head(&mut self, cx: &mut HttpCtx<'_>, n: usize) {

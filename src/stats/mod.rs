@@ -106,12 +106,15 @@ impl HttpCounters {
     }
 }
 
+// Deltas are the common message; boxing them would allocate on every flush for no gain.
+#[allow(clippy::large_enum_variant)]
 pub enum StatsMsg {
     Delta {
         worker: usize,
         /// The highest flush request this delta answers (0 for periodic ones).
         seq: u64,
         tcp: TcpCounters,
+        http: HttpCounters,
     },
     /// Print the dump to stdout (SIGUSR2).
     Dump,
@@ -124,6 +127,7 @@ pub struct Aggregator {
     answered: Vec<u64>,
     seq: u64,
     tcp: TcpCounters,
+    http: HttpCounters,
     started: Instant,
 }
 
@@ -136,6 +140,7 @@ impl Aggregator {
             answered: vec![0; n],
             seq: 0,
             tcp: TcpCounters::default(),
+            http: HttpCounters::default(),
             started: Instant::now(),
         }
     }
@@ -143,7 +148,12 @@ impl Aggregator {
     pub fn run(mut self) {
         loop {
             match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(StatsMsg::Delta { worker, seq, tcp }) => self.apply(worker, seq, &tcp),
+                Ok(StatsMsg::Delta {
+                    worker,
+                    seq,
+                    tcp,
+                    http,
+                }) => self.apply(worker, seq, &tcp, &http),
                 Ok(StatsMsg::Dump) => self.dump(),
                 Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -151,8 +161,9 @@ impl Aggregator {
         }
     }
 
-    fn apply(&mut self, worker: usize, seq: u64, tcp: &TcpCounters) {
+    fn apply(&mut self, worker: usize, seq: u64, tcp: &TcpCounters, http: &HttpCounters) {
         self.tcp.merge(tcp);
+        self.http.merge(http);
         if let Some(a) = self.answered.get_mut(worker) {
             *a = (*a).max(seq);
         }
@@ -170,7 +181,12 @@ impl Aggregator {
         while self.answered.iter().any(|&a| a < seq) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(StatsMsg::Delta { worker, seq, tcp }) => self.apply(worker, seq, &tcp),
+                Ok(StatsMsg::Delta {
+                    worker,
+                    seq,
+                    tcp,
+                    http,
+                }) => self.apply(worker, seq, &tcp, &http),
                 Ok(StatsMsg::Dump) => pending_dumps += 1,
                 Ok(StatsMsg::Stop) | Err(_) => break,
             }
@@ -193,10 +209,13 @@ impl Aggregator {
             "active".into(),
             Value::from(self.tcp.accepted.saturating_sub(self.tcp.closed)),
         );
+        let mut http = Map::new();
+        self.http.to_json(&mut http);
         json!({
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "workers": self.workers.len(),
             "tcp": tcp,
+            "http": http,
         })
     }
 }

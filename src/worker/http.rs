@@ -1,0 +1,527 @@
+//! The worker's HTTP side: HTTP sessions and pooled upstream connections live in their own
+//! slab (`Worker::http`), addressed by `token::http` tokens and by timer keys with the low bit
+//! set. Upstream connections are pooled per backend address, per worker; an idle pooled
+//! connection stays registered so that a backend closing it is noticed at once.
+//!
+//! HOT PATH. No allocation (beyond slab/queue growth), lock, blocking call or info-level log.
+
+use super::{is_resource_exhaustion, reset_on_close, Worker};
+use crate::balance::{Outcome, PickCtx};
+use crate::http::session::{HttpClose, HttpCtx, HttpSession, HttpStep, HttpTimeouts, State};
+use crate::ready::Ready;
+use crate::token::{self, Side};
+use mio::net::TcpStream;
+use mio::Interest;
+use std::io::{ErrorKind, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Passes through one drive before the session is queued for the next loop iteration.
+const MAX_STEPS: usize = 16;
+
+pub(super) enum HttpEntry {
+    Session(Box<HttpSession>),
+    Pooled(Pooled),
+}
+
+/// An idle upstream connection waiting to be reused.
+pub(super) struct Pooled {
+    sock: TcpStream,
+    addr: SocketAddr,
+    deadline: Instant,
+    timer_gen: u32,
+}
+
+impl HttpEntry {
+    pub(super) fn deadline(&self) -> Instant {
+        match self {
+            HttpEntry::Session(s) => s.deadline(),
+            HttpEntry::Pooled(p) => p.deadline,
+        }
+    }
+    pub(super) fn timer_gen(&self) -> u32 {
+        match self {
+            HttpEntry::Session(s) => s.timer_gen,
+            HttpEntry::Pooled(p) => p.timer_gen,
+        }
+    }
+    fn set_timer_gen(&mut self, g: u32) {
+        match self {
+            HttpEntry::Session(s) => s.timer_gen = g,
+            HttpEntry::Pooled(p) => p.timer_gen = g,
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn open_http(&mut self, li: usize, mut stream: TcpStream, peer: SocketAddr) {
+        let snap = self.snapshot.load_full();
+        let Some(route) = snap.listeners.get(li) else {
+            self.stats.closed += 1;
+            return;
+        };
+        let timeouts = HttpTimeouts {
+            request_header: route.http.request_header_timeout,
+            keepalive: route.http.keepalive_timeout,
+            connect: crate::config::defaults::CONNECT_TIMEOUT,
+            first_byte: crate::config::defaults::FIRST_BYTE_TIMEOUT,
+            backend_idle: crate::config::defaults::BACKEND_IDLE_TIMEOUT,
+        };
+        let entry = self.http.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                token::http(key, Side::Front),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.stats.closed += 1;
+            return;
+        }
+        if self.balancers.version != snap.version {
+            self.balancers = super::build_balancers(&snap);
+        }
+        let s = HttpSession::new(stream, snap, li as u32, peer.ip(), timeouts, self.now);
+        entry.insert(HttpEntry::Session(Box::new(s)));
+        self.http_sessions += 1;
+        self.arm_http_timer(key);
+        self.drive_http(key);
+    }
+
+    pub(super) fn on_http_event(&mut self, key: usize, side: Side, r: Ready) {
+        match self.http.get_mut(key) {
+            Some(HttpEntry::Session(s)) => {
+                s.on_event(side, r);
+                self.drive_http(key);
+            }
+            Some(HttpEntry::Pooled(_)) => self.check_pooled(key),
+            None => {}
+        }
+    }
+
+    /// An idle pooled connection became readable: the backend closed it (or sent bytes it
+    /// should not have). Either way it is no longer reusable.
+    fn check_pooled(&mut self, key: usize) {
+        let Some(HttpEntry::Pooled(p)) = self.http.get_mut(key) else {
+            return;
+        };
+        let mut probe = [0u8; 1];
+        match p.sock.read(&mut probe) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            _ => self.drop_pooled(key),
+        }
+    }
+
+    fn drop_pooled(&mut self, key: usize) {
+        if let Some(HttpEntry::Pooled(_)) = self.http.get(key) {
+            if let HttpEntry::Pooled(p) = self.http.remove(key) {
+                if let Some(list) = self.upstream_pool.get_mut(&p.addr) {
+                    list.retain(|&k| k != key);
+                }
+            }
+        }
+    }
+
+    pub(super) fn arm_http_timer(&mut self, key: usize) {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        if let Some(e) = self.http.get_mut(key) {
+            e.set_timer_gen(gen);
+            self.timers.insert((key << 1) | 1, gen, e.deadline());
+        }
+    }
+
+    pub(super) fn drive_http(&mut self, key: usize) {
+        for _ in 0..MAX_STEPS {
+            let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+                return;
+            };
+            let limits = s
+                .snapshot
+                .listeners
+                .get(s.listener as usize)
+                .map(|l| l.limits)
+                .unwrap_or_default();
+            let mut cx = HttpCtx {
+                pool: &mut self.pool,
+                stats: &mut self.http_stats,
+                now: self.now,
+                limits: &limits,
+                request_ids: &mut self.request_ids,
+            };
+            match s.pump(&mut cx) {
+                HttpStep::Idle => return,
+                HttpStep::Yield => {
+                    self.stats.loop_bound_hits += 1;
+                    self.queue_http(key, false);
+                    return;
+                }
+                HttpStep::WaitBuffer => {
+                    self.stats.buffer_waits += 1;
+                    self.queue_http(key, true);
+                    return;
+                }
+                HttpStep::NeedUpstream { .. } => self.http_upstream(key, false),
+                HttpStep::UpstreamFailed => self.http_upstream_failed(key, 502),
+                HttpStep::Connected => {
+                    self.observe_http(key, Outcome::Success);
+                    self.arm_http_timer(key);
+                }
+                HttpStep::ExchangeDone { reusable } => {
+                    self.release_upstream(key, reusable);
+                    let close = match self.http.get(key) {
+                        Some(HttpEntry::Session(s)) => s.wants_close() || self.shutdown.is_some(),
+                        _ => true,
+                    };
+                    if close {
+                        self.close_http(key, HttpClose::Done);
+                        return;
+                    }
+                    self.arm_http_timer(key);
+                }
+                HttpStep::Close(why) => {
+                    self.close_http(key, why);
+                    return;
+                }
+            }
+        }
+        self.stats.loop_bound_hits += 1;
+        self.queue_http(key, false);
+    }
+
+    fn queue_http(&mut self, key: usize, starved: bool) {
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        if !s.queued {
+            s.queued = true;
+            if starved {
+                self.http_starved.push_back(key);
+            } else {
+                self.http_ready.push_back(key);
+            }
+        }
+    }
+
+    pub(super) fn resume_http(&mut self, key: usize) {
+        if let Some(HttpEntry::Session(s)) = self.http.get_mut(key) {
+            s.queued = false;
+            self.drive_http(key);
+        }
+    }
+
+    /// Finds an upstream for the session's routed request: a pooled connection to the picked
+    /// backend, or a new connect. `fresh`: skip the pool (a retry after a reused connection
+    /// died).
+    fn http_upstream(&mut self, key: usize, fresh: bool) {
+        loop {
+            let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+                return;
+            };
+            let snap = s.snapshot.clone();
+            let Some(cluster) = snap.clusters.get(s.cluster as usize) else {
+                return self.fail_http(key, 503);
+            };
+            s.timeouts.connect = cluster.connect_timeout;
+            s.timeouts.first_byte = cluster.first_byte_timeout;
+            s.timeouts.backend_idle = cluster.idle_timeout;
+            if s.attempts >= cluster.connect_attempts {
+                return self.fail_http(key, 502);
+            }
+            let pick = if self.balancers.version == snap.version {
+                let ctx = PickCtx { hash: s.hash };
+                self.balancers
+                    .by_cluster
+                    .get_mut(s.cluster as usize)
+                    .and_then(|b| b.pick(&cluster.backends, s.tried, &ctx))
+            } else {
+                (0..cluster.backends.len()).find(|&i| !s.tried.contains(i))
+            };
+            let Some(idx) = pick else {
+                let status = if s.attempts == 0 { 503 } else { 502 };
+                return self.fail_http(key, status);
+            };
+            s.tried.insert(idx);
+            s.attempts += 1;
+            let backend = &cluster.backends[idx];
+            // A pooled connection to this backend?
+            let pooled = if fresh {
+                None
+            } else {
+                self.upstream_pool.get_mut(&backend.addr).and_then(Vec::pop)
+            };
+            if let Some(pk) = pooled {
+                if let Some(HttpEntry::Pooled(_)) = self.http.get(pk) {
+                    if let HttpEntry::Pooled(mut p) = self.http.remove(pk) {
+                        if self
+                            .poll
+                            .registry()
+                            .reregister(
+                                &mut p.sock,
+                                token::http(key, Side::Back),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )
+                            .is_ok()
+                        {
+                            backend.live.active.fetch_add(1, Ordering::Relaxed);
+                            self.http_stats.upstream_reused += 1;
+                            if let Some(HttpEntry::Session(s)) = self.http.get_mut(key) {
+                                // Another attempt on the same backend is allowed: this one
+                                // only reused a connection.
+                                s.attempts -= 1;
+                                s.tried.remove(idx);
+                                s.set_upstream(idx as u32, p.sock, true, self.now);
+                            }
+                            self.arm_http_timer(key);
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+            match TcpStream::connect(backend.addr) {
+                Ok(mut sock) => {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut sock,
+                            token::http(key, Side::Back),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        self.stats.connect_failed += 1;
+                        continue;
+                    }
+                    backend.live.active.fetch_add(1, Ordering::Relaxed);
+                    self.http_stats.upstream_new += 1;
+                    if let Some(HttpEntry::Session(s)) = self.http.get_mut(key) {
+                        s.set_upstream(idx as u32, sock, false, self.now);
+                    }
+                    self.arm_http_timer(key);
+                    return;
+                }
+                Err(e) => {
+                    self.stats.connect_failed += 1;
+                    if is_resource_exhaustion(&e) {
+                        self.descriptors_exhausted(&e);
+                        return self.fail_http(key, 503);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The upstream connect failed or timed out, or a reused connection died before
+    /// answering: drop it and try again (fresh connection, next backend) within the cluster's
+    /// connect attempts; otherwise answer `status`.
+    fn http_upstream_failed(&mut self, key: usize, status: u16) {
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        let was_reused = s.reused;
+        let connecting = s.state == State::Connecting;
+        let retryable = s.retryable();
+        self.observe_http(key, Outcome::Failure);
+        self.drop_upstream(key);
+        if connecting {
+            self.stats.connect_failed += 1;
+        }
+        if was_reused && retryable {
+            self.http_stats.retries += 1;
+            return self.http_upstream(key, true);
+        }
+        if connecting {
+            return self.http_upstream(key, false);
+        }
+        self.fail_http(key, status);
+    }
+
+    fn fail_http(&mut self, key: usize, status: u16) {
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        let limits = s
+            .snapshot
+            .listeners
+            .get(s.listener as usize)
+            .map(|l| l.limits)
+            .unwrap_or_default();
+        let mut cx = HttpCtx {
+            pool: &mut self.pool,
+            stats: &mut self.http_stats,
+            now: self.now,
+            limits: &limits,
+            request_ids: &mut self.request_ids,
+        };
+        let step = s.fail_upstream(&mut cx, status);
+        self.drop_upstream(key);
+        match step {
+            HttpStep::Close(why) => self.close_http(key, why),
+            _ => self.arm_http_timer(key),
+        }
+    }
+
+    fn observe_http(&mut self, key: usize, outcome: Outcome) {
+        let Some(HttpEntry::Session(s)) = self.http.get(key) else {
+            return;
+        };
+        let (Some(idx), true) = (s.backend, self.balancers.version == s.snapshot.version) else {
+            return;
+        };
+        if let Some(b) = self.balancers.by_cluster.get_mut(s.cluster as usize) {
+            let rtt = self.now.saturating_duration_since(s.phase_started);
+            b.observe(idx as usize, rtt, outcome);
+        }
+    }
+
+    /// Closes the session's upstream connection (if any) and updates the backend's count.
+    fn drop_upstream(&mut self, key: usize) {
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        if let Some((idx, sock)) = s.take_upstream() {
+            if let Some(b) = s
+                .snapshot
+                .clusters
+                .get(s.cluster as usize)
+                .and_then(|c| c.backends.get(idx as usize))
+            {
+                b.live.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            drop(sock);
+        }
+    }
+
+    /// After a complete exchange: pool the upstream connection when it can be reused.
+    fn release_upstream(&mut self, key: usize, reusable: bool) {
+        self.observe_http(key, Outcome::Success);
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        let Some((idx, mut sock)) = s.take_upstream() else {
+            return;
+        };
+        let snap = Arc::clone(&s.snapshot);
+        let Some(cluster) = snap.clusters.get(s.cluster as usize) else {
+            return;
+        };
+        let Some(backend) = cluster.backends.get(idx as usize) else {
+            return;
+        };
+        backend.live.active.fetch_sub(1, Ordering::Relaxed);
+        let room = self
+            .upstream_pool
+            .get(&backend.addr)
+            .is_none_or(|v| v.len() < cluster.pool_max_idle);
+        if !reusable || !room || self.shutdown.is_some() || cluster.pool_max_idle == 0 {
+            return; // dropped: closed
+        }
+        let entry = self.http.vacant_entry();
+        let pk = entry.key();
+        if self
+            .poll
+            .registry()
+            .reregister(&mut sock, token::http(pk, Side::Back), Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        entry.insert(HttpEntry::Pooled(Pooled {
+            sock,
+            addr: backend.addr,
+            deadline: self.now + cluster.pool_idle_timeout,
+            timer_gen: 0,
+        }));
+        self.upstream_pool.entry(backend.addr).or_default().push(pk);
+        self.arm_http_timer(pk);
+    }
+
+    pub(super) fn close_http(&mut self, key: usize, why: HttpClose) {
+        match self.http.get(key) {
+            Some(HttpEntry::Session(_)) => {}
+            Some(HttpEntry::Pooled(_)) => return self.drop_pooled(key),
+            None => return,
+        }
+        self.drop_upstream(key);
+        let HttpEntry::Session(mut s) = self.http.remove(key) else {
+            return;
+        };
+        s.release_resources(&mut self.pool);
+        match why {
+            HttpClose::Done => {}
+            HttpClose::ClientGone => self.stats.client_resets += 1,
+            HttpClose::Abort => {
+                self.stats.backend_resets += 1;
+                reset_on_close(&s.front);
+            }
+        }
+        self.http_sessions -= 1;
+        self.stats.closed += 1;
+        drop(s);
+        self.after_session_closed();
+    }
+
+    /// A timer of the HTTP slab fired and the deadline has passed.
+    pub(super) fn http_timeout(&mut self, key: usize) {
+        let state = match self.http.get(key) {
+            Some(HttpEntry::Pooled(_)) => return self.drop_pooled(key),
+            Some(HttpEntry::Session(s)) => (s.state, s.response_started()),
+            None => return,
+        };
+        match state {
+            (State::Head, _) | (State::Local, _) => {
+                self.stats.idle_timeouts += 1;
+                self.close_http(key, HttpClose::Done);
+            }
+            (State::NeedUpstream, _) | (State::Connecting, _) => {
+                self.stats.connect_timeouts += 1;
+                self.http_upstream_failed(key, 504);
+            }
+            (State::Exchange, false) => {
+                self.http_stats.timeouts += 1;
+                self.observe_http(key, Outcome::Failure);
+                self.fail_http(key, 504);
+            }
+            (State::Exchange, true) => {
+                self.http_stats.timeouts += 1;
+                self.close_http(key, HttpClose::Abort);
+            }
+        }
+    }
+
+    /// At shutdown: idle keep-alive clients and pooled connections are closed at once; busy
+    /// sessions finish their exchange and close after it.
+    pub(super) fn shutdown_http(&mut self) {
+        let idle: Vec<usize> = self
+            .http
+            .iter()
+            .filter(|(_, e)| match e {
+                HttpEntry::Pooled(_) => true,
+                HttpEntry::Session(s) => s.idle_between_requests(),
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close_http(key, HttpClose::Done);
+        }
+        self.upstream_pool.clear();
+    }
+
+    pub(super) fn abort_http(&mut self) {
+        let keys: Vec<usize> = self.http.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(HttpEntry::Session(_)) = self.http.get(key) {
+                self.stats.shutdown_aborted += 1;
+            }
+            self.close_http(key, HttpClose::Done);
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! HTTP/1.1 proxying through real sockets: forwarding headers, keep-alive on both sides,
+//! pipelining, request bodies (Content-Length and chunked), smuggling defences, limits,
+//! routing (host, prefix, strip_prefix, FaaS), upstream failures, and real clients (curl, ab).
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use util::*;
+
+/// FNV-1a 64, for comparing bodies without echoing them.
+fn fnv(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Reads one HTTP/1.1 message head from `s` (bytes after it stay in `pending`).
+fn read_head(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..i + 4]).into_owned();
+            pending.drain(..i + 4);
+            return Some(head);
+        }
+        let mut buf = [0u8; 16384];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn read_exact_pending(s: &mut TcpStream, pending: &mut Vec<u8>, n: usize) -> Option<Vec<u8>> {
+    while pending.len() < n {
+        let mut buf = [0u8; 65536];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => pending.extend_from_slice(&buf[..k]),
+        }
+    }
+    Some(pending.drain(..n).collect())
+}
+
+fn read_line_pending(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&pending[..i]).into_owned();
+            pending.drain(..i + 2);
+            return Some(line);
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => pending.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// Reads a message body framed by `head` (Content-Length or chunked).
+fn read_body(s: &mut TcpStream, pending: &mut Vec<u8>, head: &str) -> Option<Vec<u8>> {
+    if header(head, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        let mut body = Vec::new();
+        loop {
+            let line = read_line_pending(s, pending)?;
+            let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+            if size == 0 {
+                // Trailers until the empty line.
+                while !read_line_pending(s, pending)?.is_empty() {}
+                return Some(body);
+            }
+            body.extend(read_exact_pending(s, pending, size)?);
+            read_exact_pending(s, pending, 2)?;
+        }
+    }
+    let n = header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    read_exact_pending(s, pending, n)
+}
+
+/// A test backend speaking HTTP/1.1 keep-alive. Its response body reports what it received,
+/// one `key=value` per line. `close_idle_after`: close a kept-alive connection that stays
+/// idle this long (without telling the client).
+fn http_backend(id: &'static str, close_idle_after: Option<Duration>) -> Backend {
+    Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendState| {
+        let mut pending = Vec::new();
+        loop {
+            let _ = s.set_read_timeout(Some(close_idle_after.unwrap_or(Duration::from_secs(30))));
+            let Some(head) = read_head(&mut s, &mut pending) else {
+                return;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let Some(body) = read_body(&mut s, &mut pending, &head) else {
+                return;
+            };
+            let first = head.lines().next().unwrap_or_default().to_string();
+            let mut parts = first.split(' ');
+            let method = parts.next().unwrap_or_default();
+            let path = parts.next().unwrap_or_default();
+            let get = |n| header(&head, n).unwrap_or("-").to_string();
+            let report = format!(
+                "id={id}\nmethod={method}\npath={path}\nhost={}\nxff={}\nxfp={}\nxfh={}\nxrid={}\nconnection={}\nkeep-alive={}\nbody_len={}\nbody_fnv={:016x}\nconn_requests={}\n",
+                get("host"),
+                get("x-forwarded-for"),
+                get("x-forwarded-proto"),
+                get("x-forwarded-host"),
+                get("x-request-id"),
+                get("connection"),
+                get("keep-alive"),
+                body.len(),
+                fnv(&body),
+                st.written.fetch_add(1, Ordering::SeqCst) + 1,
+            );
+            let status = if path.contains("status=500") {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let resp = if method == "HEAD" {
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Backend: {id}\r\n\r\n",
+                    report.len()
+                )
+            } else {
+                format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Backend: {id}\r\nKeep-Alive: timeout=5\r\n\r\n{report}", report.len())
+            };
+            if s.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn field(&self, key: &str) -> String {
+        self.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// A client connection that reads responses in order.
+struct Client {
+    s: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        Client {
+            s: connect(addr),
+            pending: Vec::new(),
+        }
+    }
+    fn send(&mut self, raw: &[u8]) {
+        self.s.write_all(raw).expect("write request");
+    }
+    fn recv(&mut self, head_request: bool) -> Option<Resp> {
+        let head = read_head(&mut self.s, &mut self.pending)?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let body = if head_request {
+            Vec::new()
+        } else {
+            read_body(&mut self.s, &mut self.pending, &head)?
+        };
+        Some(Resp { status, head, body })
+    }
+    fn get(&mut self, path: &str) -> Resp {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes());
+        self.recv(false).expect("response")
+    }
+    /// True when the proxy closed the connection (EOF or reset) within the timeout.
+    fn closed(&mut self) -> bool {
+        let _ = self.s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut b = [0u8; 1024];
+        loop {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    }
+}
+
+fn http_config(server: &str, listener: &str, clusters: &[(&str, &[SocketAddr], &str)]) -> String {
+    let mut c = format!(
+        "[server]\n{server}\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n{listener}\n"
+    );
+    for (name, addrs, extra) in clusters {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        c.push_str(&format!(
+            "\n[[clusters]]\nname = \"{name}\"\nbackends = [{}]\n{extra}\n",
+            list.join(", ")
+        ));
+    }
+    c
+}
+
+fn simple(backend: &Backend) -> Proxy {
+    Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"",
+        &[("app", &[backend.addr], "")],
+    ))
+}
+
+fn http_stat(p: &Proxy, key: &str) -> u64 {
+    p.stats()["http"][key].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn get_through_proxy_sets_forwarding_headers() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    c.send(b"GET /hello?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: keep-alive, X-Secret\r\nX-Secret: hop\r\n\r\n");
+    let r = c.recv(false).expect("response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.field("path"), "/hello?x=1");
+    assert_eq!(r.field("host"), "Example.COM:8080");
+    assert_eq!(r.field("xff"), "10.1.2.3, 127.0.0.1");
+    assert_eq!(r.field("xfp"), "http");
+    assert_eq!(r.field("xfh"), "Example.COM:8080");
+    let rid = r.field("xrid");
+    assert!(
+        rid.len() >= 8 && rid != "-",
+        "generated X-Request-Id: {rid:?}"
+    );
+    assert!(
+        !r.text().contains("hop"),
+        "headers named in Connection are removed"
+    );
+    assert_eq!(header(&r.head, "x-backend"), Some("b1"));
+    assert!(
+        header(&r.head, "keep-alive").is_none(),
+        "hop-by-hop response header removed"
+    );
+    // A request with its own id keeps it.
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-123\r\n\r\n");
+    assert_eq!(c.recv(false).expect("response").field("xrid"), "abc-123");
+}
+
+#[test]
+fn keep_alive_reuses_connections_on_both_sides() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    for i in 0..20 {
+        let r = c.get(&format!("/n{i}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.field("path"), format!("/n{i}"));
+    }
+    assert_eq!(b.accepted(), 1, "one upstream connection for 20 requests");
+    // A second client reuses the pooled upstream connection too.
+    let mut c2 = Client::new(p.addr("web"));
+    assert_eq!(c2.get("/again").status, 200);
+    assert_eq!(b.accepted(), 1);
+    assert!(http_stat(&p, "upstream_reused") >= 20, "{}", p.stats());
+    assert_eq!(http_stat(&p, "responses_2xx"), 21);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    let mut all = Vec::new();
+    for i in 0..10 {
+        all.extend_from_slice(format!("GET /p{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    }
+    c.send(&all);
+    for i in 0..10 {
+        let r = c.recv(false).expect("response");
+        assert_eq!(
+            r.field("path"),
+            format!("/p{i}"),
+            "response {i} out of order"
+        );
+    }
+}
+
+#[test]
+fn request_bodies_content_length_and_chunked() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    let body = payload(7, 300_000);
+    let mut req = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    c.send(&req);
+    let r = c.recv(false).expect("response");
+    assert_eq!(r.field("body_len"), body.len().to_string());
+    assert_eq!(r.field("body_fnv"), format!("{:016x}", fnv(&body)));
+
+    // Chunked, with an extension and a trailer, written in odd pieces.
+    let mut req =
+        b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for (i, piece) in body.chunks(70_001).enumerate() {
+        req.extend_from_slice(format!("{:x};n={i}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\nX-Trailer: yes\r\n\r\n");
+    for part in req.chunks(9_999) {
+        c.send(part);
+    }
+    let r = c.recv(false).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("body_len"), body.len().to_string());
+    assert_eq!(r.field("body_fnv"), format!("{:016x}", fnv(&body)));
+    // The connection is still usable.
+    assert_eq!(c.get("/after").field("path"), "/after");
+}
+
+#[test]
+fn smuggling_vectors_get_400_and_never_reach_the_backend() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let vectors: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\nhello",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ];
+    for v in vectors {
+        let mut c = Client::new(p.addr("web"));
+        c.send(v);
+        let r = c
+            .recv(false)
+            .unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(v)));
+        assert_eq!(
+            r.status,
+            400,
+            "{:?} → {}",
+            String::from_utf8_lossy(v),
+            r.head
+        );
+        assert!(
+            c.closed(),
+            "connection must close after {:?}",
+            String::from_utf8_lossy(v)
+        );
+    }
+    // Bad chunk sizes: the head is fine, the body is not.
+    for bad in [
+        &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"fffffffffffffffff1\r\n",
+    ] {
+        let mut c = Client::new(p.addr("web"));
+        let mut req = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(bad);
+        c.send(&req);
+        // The head may already be on its way upstream; the client must not get a 200.
+        if let Some(r) = c.recv(false) {
+            assert_ne!(
+                r.status,
+                200,
+                "bad chunk {:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(c.closed());
+    }
+    assert_eq!(
+        b.state.written.load(Ordering::SeqCst),
+        0,
+        "no smuggled request may be answered by the backend"
+    );
+    assert!(
+        http_stat(&p, "bad_requests") >= vectors.len() as u64,
+        "{}",
+        p.stats()
+    );
+}
+
+#[test]
+fn header_and_uri_limits() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(9000));
+    let mut c = Client::new(p.addr("web"));
+    c.send(long_uri.as_bytes());
+    assert_eq!(c.recv(false).expect("414").status, 414);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..101 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let mut c = Client::new(p.addr("web"));
+    c.send(many.as_bytes());
+    assert_eq!(c.recv(false).expect("431").status, 431);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    let mut c = Client::new(p.addr("web"));
+    let _ = c.s.write_all(big.as_bytes());
+    assert_eq!(c.recv(false).expect("431").status, 431);
+    assert_eq!(b.accepted(), 0);
+}
+
+#[test]
+fn routes_by_host_prefix_and_strip_prefix() {
+    let app = http_backend("app", None);
+    let api = http_backend("api", None);
+    let wild = http_backend("wild", None);
+    let cfg = http_config(
+        "workers = 1",
+        r#"cluster = "app"
+[[listeners.routes]]
+host = "api.example.com"
+path_prefix = "/v1"
+strip_prefix = true
+cluster = "api"
+[[listeners.routes]]
+host = "*.example.com"
+cluster = "wild"
+[[listeners.routes]]
+path_prefix = "/admin"
+methods = ["POST"]
+cluster = "api"
+"#,
+        &[
+            ("app", &[app.addr], ""),
+            ("api", &[api.addr], ""),
+            ("wild", &[wild.addr], ""),
+        ],
+    );
+    let p = Proxy::start(&cfg);
+    let mut c = Client::new(p.addr("web"));
+    let mut go = |host: &str, method: &str, path: &str| {
+        c.send(
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.recv(false).expect("response");
+        (r.field("id"), r.field("path"))
+    };
+    assert_eq!(
+        go("api.example.com", "GET", "/v1/users?id=7"),
+        ("api".into(), "/users?id=7".into())
+    );
+    assert_eq!(
+        go("API.example.com:80", "GET", "/v1"),
+        ("api".into(), "/".into())
+    );
+    assert_eq!(
+        go("api.example.com", "GET", "/v1x"),
+        ("wild".into(), "/v1x".into())
+    );
+    assert_eq!(
+        go("x.example.com", "GET", "/v1/a"),
+        ("wild".into(), "/v1/a".into())
+    );
+    assert_eq!(
+        go("other", "POST", "/admin/x"),
+        ("api".into(), "/admin/x".into())
+    );
+    assert_eq!(
+        go("other", "GET", "/admin/x"),
+        ("app".into(), "/admin/x".into())
+    );
+}
+
+#[test]
+fn faas_dynamic_routing_with_the_original_errors() {
+    let m = http_backend("multiply", None);
+    let cfg = http_config("workers = 1", "faas = true", &[("multiply", &[m.addr], "")]);
+    let p = Proxy::start(&cfg);
+    let mut c = Client::new(p.addr("web"));
+    let r = c.get("/multiply/api/v1/add?x=10&y=25");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("path"), "/api/v1/add?x=10&y=25");
+    for (path, msg) in [
+        ("/", "need a route key to route"),
+        ("/Bad/x", "invalid route url"),
+        ("/divide/api", "no service found for key = divide"),
+    ] {
+        let mut c = Client::new(p.addr("web"));
+        let r = c.get(path);
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(
+            r.text(),
+            format!("{{\"Data\":{{\"Msg\":\"{msg}\",\"Code\":10000}}}}"),
+            "{path}"
+        );
+        assert!(
+            header(&r.head, "content-type").is_some_and(|v| v.contains("json")),
+            "{}",
+            r.head
+        );
+    }
+}
+
+#[test]
+fn pooled_connection_closed_by_backend_while_idle_is_not_an_error() {
+    let b = http_backend("b1", Some(Duration::from_millis(100)));
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/r{i}")).status, 200);
+        // Long enough for the backend to drop the idle upstream connection.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        b.accepted() >= 2,
+        "the backend really closed idle connections"
+    );
+    assert_eq!(http_stat(&p, "responses_5xx"), 0, "{}", p.stats());
+}
+
+#[test]
+fn no_route_dead_backend_and_head_requests() {
+    let cfg = http_config(
+        "workers = 1",
+        "[[listeners.routes]]\npath_prefix = \"/dead\"\ncluster = \"dead\"",
+        &[("dead", &[dead_addr()], "connect_attempts = 1")],
+    );
+    let p = Proxy::start(&cfg);
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/nowhere").status, 404);
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/dead/x").status, 502);
+    assert!(http_stat(&p, "upstream_errors") >= 1);
+
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.recv(true).expect("HEAD response");
+    assert_eq!(r.status, 200);
+    assert!(header(&r.head, "content-length").is_some());
+    // The connection continues right after a body-less HEAD response.
+    assert_eq!(c.get("/after-head").field("path"), "/after-head");
+}
+
+#[test]
+fn http_1_0_client_without_keep_alive_is_closed_after_the_response() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    c.send(b"GET /old HTTP/1.0\r\n\r\n");
+    let r = c.recv(false).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("path"), "/old");
+    assert!(c.closed());
+}
+
+#[test]
+fn real_clients_curl_and_ab() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let url = format!("http://{}/curl?q=1", p.addr("web"));
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-S", "--max-time", "5", "-d", "hello=world", &url])
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "curl failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(text.contains("path=/curl?q=1"), "{text}");
+            assert!(text.contains("method=POST"), "{text}");
+            assert!(text.contains("body_len=11"), "{text}");
+        }
+        Err(e) => panic!("curl is needed for this test (.ci/run installs it): {e}"),
+    }
+    // ab counts responses of differing lengths as failures: give it the demo backend, whose
+    // answer to `/` never changes.
+    let demo = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "ab"],
+        &["demo-backend"],
+    );
+    let p2 = Proxy::start(&http_config(
+        "workers = 2",
+        "cluster = \"demo\"",
+        &[("demo", &[demo.addr("demo-backend")], "")],
+    ));
+    let ab = std::process::Command::new("ab")
+        .args(["-q", "-n", "400", "-c", "8", "-k", &format!("http://{}/", p2.addr("web"))])
+        .output();
+    match ab {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(text.contains("Complete requests:      400"), "{text}");
+            assert!(text.contains("Failed requests:        0"), "{text}");
+        }
+        Err(e) => panic!("ab (apache2-utils) is needed for this test (.ci/run installs it): {e}"),
+    }
+}

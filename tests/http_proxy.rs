@@ -105,6 +105,11 @@ fn http_backend(id: &'static str, close_idle_after: Option<Duration>) -> Backend
                 return;
             };
             let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let expects =
+                header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+            if expects && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                return;
+            }
             let Some(body) = read_body(&mut s, &mut pending, &head) else {
                 return;
             };
@@ -126,6 +131,44 @@ fn http_backend(id: &'static str, close_idle_after: Option<Duration>) -> Backend
                 fnv(&body),
                 st.written.fetch_add(1, Ordering::SeqCst) + 1,
             );
+            // Bulk modes: ?bytes=N (Content-Length), ?chunked=N, ?close=N (no framing: the
+            // body ends when the connection closes).
+            let q = |k: &str| {
+                path.split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .and_then(|v| v.parse::<usize>().ok())
+            };
+            if let Some(n) = q("bytes") {
+                let data = payload(42, n);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                if s.write_all(head.as_bytes())
+                    .and_then(|_| s.write_all(&data))
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            if let Some(n) = q("chunked") {
+                let data = payload(42, n);
+                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for c in data.chunks(100_000) {
+                    out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                    out.extend_from_slice(c);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+                continue;
+            }
+            if let Some(n) = q("close") {
+                let data = payload(42, n);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(&data);
+                return;
+            }
             let status = if path.contains("status=500") {
                 "500 Internal Server Error"
             } else {
@@ -620,7 +663,15 @@ fn real_clients_curl_and_ab() {
         &[("demo", &[demo.addr("demo-backend")], "")],
     ));
     let ab = std::process::Command::new("ab")
-        .args(["-q", "-n", "400", "-c", "8", "-k", &format!("http://{}/", p2.addr("web"))])
+        .args([
+            "-q",
+            "-n",
+            "400",
+            "-c",
+            "8",
+            "-k",
+            &format!("http://{}/", p2.addr("web")),
+        ])
         .output();
     match ab {
         Ok(o) => {
@@ -630,4 +681,90 @@ fn real_clients_curl_and_ab() {
         }
         Err(e) => panic!("ab (apache2-utils) is needed for this test (.ci/run installs it): {e}"),
     }
+}
+
+#[test]
+fn responses_by_length_chunked_and_until_close() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let want = |n: usize| fnv(&payload(42, n));
+    let mut c = Client::new(p.addr("web"));
+    let r = c.get("/dl?bytes=1048576");
+    assert_eq!((r.status, r.body.len()), (200, 1 << 20));
+    assert_eq!(fnv(&r.body), want(1 << 20));
+    let r = c.get("/dl?chunked=20000000");
+    assert!(header(&r.head, "transfer-encoding").is_some_and(|v| v.contains("chunked")));
+    assert_eq!(r.body.len(), 20_000_000);
+    assert_eq!(fnv(&r.body), want(20_000_000), "chunked download corrupted");
+    // The connection survives both (keep-alive).
+    assert_eq!(c.get("/next").field("path"), "/next");
+    // A close-delimited response: the proxy passes it on and closes the client after it.
+    c.send(b"GET /dl?close=300000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let head = read_head(&mut c.s, &mut c.pending).expect("head");
+    assert!(head.contains("200"), "{head}");
+    let mut body = std::mem::take(&mut c.pending);
+    c.s.read_to_end(&mut body).expect("until close");
+    assert_eq!(body.len(), 300_000);
+    assert_eq!(fnv(&body), want(300_000));
+}
+
+#[test]
+fn expect_100_continue_is_forwarded() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    c.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let interim = c.recv(true).expect("interim response");
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    c.send(b"hello");
+    let r = c.recv(false).expect("final response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("body_len"), "5");
+}
+
+#[test]
+fn slowloris_clients_do_not_stop_normal_traffic() {
+    let b = http_backend("b1", None);
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"\nrequest_header_timeout = \"1s\"",
+        &[("app", &[b.addr], "")],
+    ));
+    let addr = p.addr("web");
+    // 300 clients that send their head a byte at a time, slower than the timeout allows.
+    let mut slow: Vec<TcpStream> = (0..300).map(|_| connect(addr)).collect();
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(1600) {
+        for s in slow.iter_mut() {
+            let _ = s.write_all(&b"GET / HTTP/1.1\r\nHost: a\r\n"[i % 26..i % 26 + 1]);
+        }
+        i += 1;
+        // Normal traffic meanwhile is served promptly.
+        let t = std::time::Instant::now();
+        let mut c = Client::new(addr);
+        assert_eq!(c.get("/normal").status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "normal request took {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // By now every slow client has been cut off by the header timeout.
+    let mut cut = 0;
+    for s in slow.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            // EOF, or a reset when the proxy closed with unread bytes.
+            Ok(0) => cut += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => cut += 1,
+            other => panic!("slow client still open: {other:?}"),
+        }
+    }
+    assert_eq!(cut, 300);
+    assert!(p.tcp("idle_timeouts") >= 300, "{}", p.stats());
+    assert_eq!(b.accepted(), 1, "slow heads never reached the backend");
 }

@@ -204,6 +204,9 @@ pub struct HttpSession {
     pub last_active: Instant,
     pub request_started: Instant,
     pub timer_gen: u32,
+    /// When the armed timer entry fires. The deadline may move earlier (the first byte of a
+    /// head replaces the keep-alive timeout by the header timeout): the worker then re-arms.
+    pub timer_at: Instant,
     pub queued: bool,
     /// Status of the current response, for stats and the access log.
     pub status: u16,
@@ -361,6 +364,7 @@ impl HttpSession {
             last_active: now,
             request_started: now,
             timer_gen: 0,
+            timer_at: now,
             queued: false,
             status: 0,
         }

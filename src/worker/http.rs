@@ -133,7 +133,21 @@ impl Worker {
         let gen = self.next_gen;
         if let Some(e) = self.http.get_mut(key) {
             e.set_timer_gen(gen);
-            self.timers.insert((key << 1) | 1, gen, e.deadline());
+            let deadline = e.deadline();
+            if let HttpEntry::Session(s) = e {
+                s.timer_at = deadline;
+            }
+            self.timers.insert((key << 1) | 1, gen, deadline);
+        }
+    }
+
+    /// Re-arms when the session's deadline moved before its armed timer (deadlines that move
+    /// later are handled lazily when the timer fires).
+    fn rearm_if_earlier(&mut self, key: usize) {
+        if let Some(HttpEntry::Session(s)) = self.http.get(key) {
+            if s.deadline() < s.timer_at {
+                self.arm_http_timer(key);
+            }
         }
     }
 
@@ -156,16 +170,16 @@ impl Worker {
                 request_ids: &mut self.request_ids,
             };
             match s.pump(&mut cx) {
-                HttpStep::Idle => return,
+                HttpStep::Idle => return self.rearm_if_earlier(key),
                 HttpStep::Yield => {
                     self.stats.loop_bound_hits += 1;
                     self.queue_http(key, false);
-                    return;
+                    return self.rearm_if_earlier(key);
                 }
                 HttpStep::WaitBuffer => {
                     self.stats.buffer_waits += 1;
                     self.queue_http(key, true);
-                    return;
+                    return self.rearm_if_earlier(key);
                 }
                 HttpStep::NeedUpstream { .. } => self.http_upstream(key, false),
                 HttpStep::UpstreamFailed => self.http_upstream_failed(key, 502),

@@ -39,7 +39,9 @@ pub mod defaults {
     /// Below the keep-alive of common backends (Node.js and Apache close after 5 s), so the
     /// pool rarely hands out a connection the backend is closing.
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-    pub const POOL_MAX_IDLE: u64 = 32;
+    // At least the client concurrency a worker may see, or connections churn: a request that
+    // finds the pool full of its peers opens a new connection.
+    pub const POOL_MAX_IDLE: u64 = 1024;
     pub const WEIGHT: u64 = 1;
 }
 
@@ -1136,7 +1138,7 @@ backends = ["127.0.0.1:1"]
         for want in [
             "listeners[0].faas",
             "listeners[0].routes",
-            "listeners[1].cluster",  // unused with faas
+            "listeners[1].cluster", // unused with faas
             "listeners[1].routes[0].cluster",
             "listeners[2].cluster", // tcp needs one
         ] {

@@ -203,6 +203,8 @@ pub struct HttpSession {
     pub phase_started: Instant,
     pub last_active: Instant,
     pub request_started: Instant,
+    /// The worker's slab key of the upstream connection entry this session is using.
+    pub upstream: Option<usize>,
     pub timer_gen: u32,
     /// When the armed timer entry fires. The deadline may move earlier (the first byte of a
     /// head replaces the keep-alive timeout by the header timeout): the worker then re-arms.
@@ -363,6 +365,7 @@ impl HttpSession {
             phase_started: now,
             last_active: now,
             request_started: now,
+            upstream: None,
             timer_gen: 0,
             timer_at: now,
             queued: false,
@@ -1126,6 +1129,36 @@ impl HttpSession {
         }
         if let Some(b) = self.resp_in.as_mut() {
             b.consume(h.head_len.min(b.len()));
+        }
+        // Body bytes already here go out in the same write as the head: for small responses
+        // that is one send instead of two. Only what fits is claimed from the framing.
+        if !h.interim {
+            if let Some(src) = self.resp_in.as_mut() {
+                let mut claimed = Ok(0);
+                if let Some((d, spare)) = cx.pool.data_and_spare(src, &mut out) {
+                    let room = spare.len().min(d.len());
+                    claimed = self.resp_body.take(&d[..room]);
+                    if let Ok(n) = claimed {
+                        spare[..n].copy_from_slice(&d[..n]);
+                    }
+                }
+                match claimed {
+                    Ok(n) => {
+                        out.fill(n);
+                        src.consume(n);
+                    }
+                    Err(_) => {
+                        cx.pool.release(out);
+                        cx.stats.upstream_errors += 1;
+                        return Some(HttpStep::Close(HttpClose::Abort));
+                    }
+                }
+            }
+            if self.resp_in.as_ref().is_some_and(Buf::is_empty) {
+                if let Some(b) = self.resp_in.take() {
+                    cx.pool.release(b);
+                }
+            }
         }
         self.down = Some(out);
         None

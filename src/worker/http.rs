@@ -1,7 +1,11 @@
-//! The worker's HTTP side: HTTP sessions and pooled upstream connections live in their own
-//! slab (`Worker::http`), addressed by `token::http` tokens and by timer keys with the low bit
-//! set. Upstream connections are pooled per backend address, per worker; an idle pooled
-//! connection stays registered so that a backend closing it is noticed at once.
+//! The worker's HTTP side: HTTP sessions and upstream connections live in their own slab
+//! (`Worker::http`), addressed by `token::http` tokens and by timer keys with the low bit set.
+//!
+//! An upstream connection has its own slab entry for its whole life, so its token never
+//! changes and it is registered with epoll exactly once. While a session uses it, the session
+//! holds the socket and the entry names the session as its owner (events are routed there);
+//! between requests it sits in the per-worker pool for its backend address, still registered,
+//! so a backend closing it is noticed at once.
 //!
 //! HOT PATH. No allocation (beyond slab/queue growth), lock, blocking call or info-level log.
 
@@ -23,13 +27,16 @@ const MAX_STEPS: usize = 16;
 
 pub(super) enum HttpEntry {
     Session(Box<HttpSession>),
-    Pooled(Pooled),
+    Upstream(Upstream),
 }
 
-/// An idle upstream connection waiting to be reused.
-pub(super) struct Pooled {
-    sock: TcpStream,
+/// An upstream connection: lent to its owner session, or idle in the pool.
+pub(super) struct Upstream {
+    /// `None` while lent to `owner`.
+    sock: Option<TcpStream>,
+    owner: Option<usize>,
     addr: SocketAddr,
+    /// Pool idle deadline (meaningful while pooled).
     deadline: Instant,
     timer_gen: u32,
 }
@@ -38,19 +45,19 @@ impl HttpEntry {
     pub(super) fn deadline(&self) -> Instant {
         match self {
             HttpEntry::Session(s) => s.deadline(),
-            HttpEntry::Pooled(p) => p.deadline,
+            HttpEntry::Upstream(u) => u.deadline,
         }
     }
     pub(super) fn timer_gen(&self) -> u32 {
         match self {
             HttpEntry::Session(s) => s.timer_gen,
-            HttpEntry::Pooled(p) => p.timer_gen,
+            HttpEntry::Upstream(u) => u.timer_gen,
         }
     }
     fn set_timer_gen(&mut self, g: u32) {
         match self {
             HttpEntry::Session(s) => s.timer_gen = g,
-            HttpEntry::Pooled(p) => p.timer_gen = g,
+            HttpEntry::Upstream(u) => u.timer_gen = g,
         }
     }
 }
@@ -100,7 +107,15 @@ impl Worker {
                 s.on_event(side, r);
                 self.drive_http(key);
             }
-            Some(HttpEntry::Pooled(_)) => self.check_pooled(key),
+            Some(HttpEntry::Upstream(u)) => match u.owner {
+                Some(owner) => {
+                    if let Some(HttpEntry::Session(s)) = self.http.get_mut(owner) {
+                        s.on_event(Side::Back, r);
+                        self.drive_http(owner);
+                    }
+                }
+                None => self.check_pooled(key),
+            },
             None => {}
         }
     }
@@ -108,20 +123,27 @@ impl Worker {
     /// An idle pooled connection became readable: the backend closed it (or sent bytes it
     /// should not have). Either way it is no longer reusable.
     fn check_pooled(&mut self, key: usize) {
-        let Some(HttpEntry::Pooled(p)) = self.http.get_mut(key) else {
+        let Some(HttpEntry::Upstream(u)) = self.http.get_mut(key) else {
+            return;
+        };
+        let Some(sock) = u.sock.as_mut() else {
             return;
         };
         let mut probe = [0u8; 1];
-        match p.sock.read(&mut probe) {
+        match sock.read(&mut probe) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             _ => self.drop_pooled(key),
         }
     }
 
+    /// Removes an idle pooled connection (closing it).
     fn drop_pooled(&mut self, key: usize) {
-        if let Some(HttpEntry::Pooled(_)) = self.http.get(key) {
-            if let HttpEntry::Pooled(p) = self.http.remove(key) {
-                if let Some(list) = self.upstream_pool.get_mut(&p.addr) {
+        if let Some(HttpEntry::Upstream(u)) = self.http.get(key) {
+            if u.owner.is_some() {
+                return; // lent out: its session decides
+            }
+            if let HttpEntry::Upstream(u) = self.http.remove(key) {
+                if let Some(list) = self.upstream_pool.get_mut(&u.addr) {
                     list.retain(|&k| k != key);
                 }
             }
@@ -270,43 +292,42 @@ impl Worker {
             } else {
                 self.upstream_pool.get_mut(&backend.addr).and_then(Vec::pop)
             };
-            if let Some(pk) = pooled {
-                if let Some(HttpEntry::Pooled(_)) = self.http.get(pk) {
-                    if let HttpEntry::Pooled(mut p) = self.http.remove(pk) {
-                        if self
-                            .poll
-                            .registry()
-                            .reregister(
-                                &mut p.sock,
-                                token::http(key, Side::Back),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )
-                            .is_ok()
-                        {
-                            backend.live.active.fetch_add(1, Ordering::Relaxed);
-                            self.http_stats.upstream_reused += 1;
-                            if let Some(HttpEntry::Session(s)) = self.http.get_mut(key) {
-                                // Another attempt on the same backend is allowed: this one
-                                // only reused a connection.
-                                s.attempts -= 1;
-                                s.tried.remove(idx);
-                                s.set_upstream(idx as u32, p.sock, true, self.now);
-                            }
-                            self.arm_http_timer(key);
-                            return;
-                        }
+            if let Some(uk) = pooled {
+                let sock = match self.http.get_mut(uk) {
+                    Some(HttpEntry::Upstream(u)) if u.owner.is_none() => {
+                        u.owner = Some(key);
+                        // Its pool timer is now stale.
+                        u.timer_gen = u.timer_gen.wrapping_add(1);
+                        u.sock.take()
                     }
+                    _ => None,
+                };
+                let Some(sock) = sock else {
+                    continue;
+                };
+                backend.live.active.fetch_add(1, Ordering::Relaxed);
+                self.http_stats.upstream_reused += 1;
+                if let Some(HttpEntry::Session(s)) = self.http.get_mut(key) {
+                    // Another attempt on the same backend stays allowed: this one only
+                    // reused a connection.
+                    s.attempts -= 1;
+                    s.tried.remove(idx);
+                    s.upstream = Some(uk);
+                    s.set_upstream(idx as u32, sock, true, self.now);
                 }
-                continue;
+                self.arm_http_timer(key);
+                return;
             }
             match TcpStream::connect(backend.addr) {
                 Ok(mut sock) => {
+                    let entry = self.http.vacant_entry();
+                    let uk = entry.key();
                     if self
                         .poll
                         .registry()
                         .register(
                             &mut sock,
-                            token::http(key, Side::Back),
+                            token::http(uk, Side::Back),
                             Interest::READABLE | Interest::WRITABLE,
                         )
                         .is_err()
@@ -314,9 +335,17 @@ impl Worker {
                         self.stats.connect_failed += 1;
                         continue;
                     }
+                    entry.insert(HttpEntry::Upstream(Upstream {
+                        sock: None,
+                        owner: Some(key),
+                        addr: backend.addr,
+                        deadline: self.now,
+                        timer_gen: 0,
+                    }));
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     self.http_stats.upstream_new += 1;
                     if let Some(HttpEntry::Session(s)) = self.http.get_mut(key) {
+                        s.upstream = Some(uk);
                         s.set_upstream(idx as u32, sock, false, self.now);
                     }
                     self.arm_http_timer(key);
@@ -401,6 +430,7 @@ impl Worker {
         let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
+        let uk = s.upstream.take();
         if let Some((idx, sock)) = s.take_upstream() {
             if let Some(b) = s
                 .snapshot
@@ -412,6 +442,13 @@ impl Worker {
             }
             drop(sock);
         }
+        if let Some(uk) = uk {
+            if let Some(HttpEntry::Upstream(u)) = self.http.get(uk) {
+                if u.owner == Some(key) {
+                    self.http.remove(uk);
+                }
+            }
+        }
     }
 
     /// After a complete exchange: pool the upstream connection when it can be reused.
@@ -420,48 +457,45 @@ impl Worker {
         let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
-        let Some((idx, mut sock)) = s.take_upstream() else {
-            return;
-        };
         let snap = Arc::clone(&s.snapshot);
-        let Some(cluster) = snap.clusters.get(s.cluster as usize) else {
-            return;
+        let cluster_idx = s.cluster as usize;
+        let (Some(cluster), Some(backend_idx)) = (snap.clusters.get(cluster_idx), s.backend) else {
+            return self.drop_upstream(key);
         };
-        let Some(backend) = cluster.backends.get(idx as usize) else {
-            return;
+        let Some(backend) = cluster.backends.get(backend_idx as usize) else {
+            return self.drop_upstream(key);
         };
-        backend.live.active.fetch_sub(1, Ordering::Relaxed);
         let room = self
             .upstream_pool
             .get(&backend.addr)
             .is_none_or(|v| v.len() < cluster.pool_max_idle);
         if !reusable || !room || self.shutdown.is_some() || cluster.pool_max_idle == 0 {
-            return; // dropped: closed
+            return self.drop_upstream(key); // closed
         }
-        let entry = self.http.vacant_entry();
-        let pk = entry.key();
-        if self
-            .poll
-            .registry()
-            .reregister(&mut sock, token::http(pk, Side::Back), Interest::READABLE)
-            .is_err()
-        {
+        let Some(uk) = s.upstream.take() else {
+            return self.drop_upstream(key);
+        };
+        let Some((_, sock)) = s.take_upstream() else {
             return;
+        };
+        backend.live.active.fetch_sub(1, Ordering::Relaxed);
+        let deadline = self.now + cluster.pool_idle_timeout;
+        match self.http.get_mut(uk) {
+            Some(HttpEntry::Upstream(u)) if u.owner == Some(key) => {
+                u.sock = Some(sock);
+                u.owner = None;
+                u.deadline = deadline;
+            }
+            _ => return, // should not happen; the socket closes on drop
         }
-        entry.insert(HttpEntry::Pooled(Pooled {
-            sock,
-            addr: backend.addr,
-            deadline: self.now + cluster.pool_idle_timeout,
-            timer_gen: 0,
-        }));
-        self.upstream_pool.entry(backend.addr).or_default().push(pk);
-        self.arm_http_timer(pk);
+        self.upstream_pool.entry(backend.addr).or_default().push(uk);
+        self.arm_http_timer(uk);
     }
 
     pub(super) fn close_http(&mut self, key: usize, why: HttpClose) {
         match self.http.get(key) {
             Some(HttpEntry::Session(_)) => {}
-            Some(HttpEntry::Pooled(_)) => return self.drop_pooled(key),
+            Some(HttpEntry::Upstream(_)) => return self.drop_pooled(key),
             None => return,
         }
         self.drop_upstream(key);
@@ -486,7 +520,7 @@ impl Worker {
     /// A timer of the HTTP slab fired and the deadline has passed.
     pub(super) fn http_timeout(&mut self, key: usize) {
         let state = match self.http.get(key) {
-            Some(HttpEntry::Pooled(_)) => return self.drop_pooled(key),
+            Some(HttpEntry::Upstream(_)) => return self.drop_pooled(key),
             Some(HttpEntry::Session(s)) => (s.state, s.response_started()),
             None => return,
         };
@@ -518,7 +552,7 @@ impl Worker {
             .http
             .iter()
             .filter(|(_, e)| match e {
-                HttpEntry::Pooled(_) => true,
+                HttpEntry::Upstream(u) => u.owner.is_none(),
                 HttpEntry::Session(s) => s.idle_between_requests(),
             })
             .map(|(k, _)| k)
@@ -530,12 +564,19 @@ impl Worker {
     }
 
     pub(super) fn abort_http(&mut self) {
-        let keys: Vec<usize> = self.http.iter().map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self
+            .http
+            .iter()
+            .filter(|(_, e)| matches!(e, HttpEntry::Session(_)))
+            .map(|(k, _)| k)
+            .collect();
         for key in keys {
-            if let Some(HttpEntry::Session(_)) = self.http.get(key) {
-                self.stats.shutdown_aborted += 1;
-            }
+            self.stats.shutdown_aborted += 1;
             self.close_http(key, HttpClose::Done);
+        }
+        let rest: Vec<usize> = self.http.iter().map(|(k, _)| k).collect();
+        for key in rest {
+            self.drop_pooled(key);
         }
     }
 }

@@ -768,3 +768,57 @@ fn slowloris_clients_do_not_stop_normal_traffic() {
     assert!(p.tcp("idle_timeouts") >= 300, "{}", p.stats());
     assert_eq!(b.accepted(), 1, "slow heads never reached the backend");
 }
+
+#[test]
+fn websocket_echo_through_the_proxy_with_a_real_client() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/ws_echo.py");
+    let mut server = Command::new("python3")
+        .args([script, "server"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 is needed for this test");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let out = server.stdout.take().expect("stdout");
+    let server = Kill(server);
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("server port");
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("ws server did not start (is `websockets` installed?): {line:?}")
+        });
+    let backend: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"ws\"",
+        &[("ws", &[backend], "")],
+    ));
+    let url = format!("ws://{}/chat", p.addr("web"));
+    let client = Command::new("python3")
+        .args([script, "client", &url, "40"])
+        .output()
+        .expect("ws client");
+    let stdout = String::from_utf8_lossy(&client.stdout);
+    assert!(
+        client.status.success() && stdout.contains("ok 40"),
+        "websocket client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    // The tunnel is closed cleanly and counted as a 101.
+    p.wait_tcp("active", Duration::from_secs(5), |v| v == 0);
+    assert_eq!(http_stat(&p, "responses_1xx"), 1, "{}", p.stats());
+    drop(server);
+}

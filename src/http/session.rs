@@ -22,6 +22,7 @@ use crate::ready::Ready;
 use crate::routing::{self, Decision, RequestView};
 use crate::snapshot::Snapshot;
 use crate::stats::HttpCounters;
+use crate::tcp::pipe::{flow_round, Broken, Flow};
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::io::{ErrorKind, Read, Write};
@@ -45,6 +46,8 @@ pub struct HttpTimeouts {
     pub connect: Duration,
     pub first_byte: Duration,
     pub backend_idle: Duration,
+    /// After an upgrade (WebSocket): the tunnel closes when idle this long.
+    pub tunnel_idle: Duration,
 }
 
 /// What the worker must do after a pump.
@@ -141,6 +144,8 @@ pub enum State {
     Exchange,
     /// Writing a locally generated response, then closing.
     Local,
+    /// After `101 Switching Protocols`: a byte pipe both ways until both sides are done.
+    Tunnel,
 }
 
 pub struct HttpCtx<'a> {
@@ -191,6 +196,12 @@ pub struct HttpSession {
     close_after: bool,
     /// The backend asked to close (or framing requires it): don't pool the upstream.
     upstream_close: bool,
+    /// The current request asked to upgrade the connection.
+    upgrade_requested: bool,
+    /// A 101 is being written: the tunnel starts once it is out.
+    upgrading: bool,
+    tun_up: Flow,
+    tun_down: Flow,
     pub cluster: u32,
     pub backend: Option<u32>,
     pub tried: Tried,
@@ -297,7 +308,7 @@ fn write_response_head(
         let dropped_cl = h.drop_content_length && name.eq_ignore_ascii_case(b"content-length");
         if (is_hop_by_hop(name) && !keep_te && !keep_upgrade)
             || dropped_cl
-            || named_in_connection(src, h.head_len, name)
+            || (!keep_upgrade && named_in_connection(src, h.head_len, name))
         {
             return;
         }
@@ -355,6 +366,10 @@ impl HttpSession {
             answered: false,
             close_after: false,
             upstream_close: false,
+            upgrade_requested: false,
+            upgrading: false,
+            tun_up: Flow::default(),
+            tun_down: Flow::default(),
             cluster: 0,
             backend: None,
             tried: Tried::default(),
@@ -448,6 +463,7 @@ impl HttpSession {
             State::Exchange if !self.got_response_byte => self.phase_started + t.first_byte,
             State::Exchange => self.last_active + t.backend_idle,
             State::Local => self.phase_started + LOCAL_RESPONSE_TIMEOUT,
+            State::Tunnel => self.last_active + t.tunnel_idle,
         }
     }
 
@@ -463,6 +479,8 @@ impl HttpSession {
         {
             pool.release(b);
         }
+        self.tun_up.release_buf(pool);
+        self.tun_down.release_buf(pool);
     }
 
     /// Answers the current request locally (errors, routing failures) and closes after.
@@ -520,6 +538,7 @@ impl HttpSession {
         self.status = 0;
         self.close_after = !h.keep_alive;
         self.upstream_close = false;
+        self.upgrade_requested = h.upgrade;
         self.tried = Tried::default();
         self.attempts = 0;
         self.req_body = Body::new(h.body);
@@ -686,6 +705,7 @@ impl HttpSession {
                 },
                 State::Exchange => self.exchange_round(cx),
                 State::Local => self.local_round(cx),
+                State::Tunnel => self.tunnel_round(cx),
             };
             match step {
                 Some(s) => return s,
@@ -1005,6 +1025,10 @@ impl HttpSession {
             Err(()) => return Some(HttpStep::Close(HttpClose::ClientGone)),
             Ok(p) => progressed |= p,
         }
+        if self.upgrading && self.down.is_none() {
+            self.enter_tunnel(cx);
+            return None;
+        }
         if self.resp_started && self.down.is_none() {
             if self.resp_ready == 0 {
                 if let Some(b) = self.resp_in.as_ref() {
@@ -1121,8 +1145,13 @@ impl HttpSession {
             self.resp_body = Body::new(h.body);
             self.resp_started = true;
             if h.upgrade {
-                // The tunnel arrives with the WebSocket work; until then an upgrade is refused
-                // by closing after the 101, which a client treats as a failed handshake.
+                if !self.upgrade_requested {
+                    // A 101 nobody asked for: the backend is not speaking HTTP to us.
+                    cx.pool.release(out);
+                    cx.stats.upstream_errors += 1;
+                    return Some(self.fail_upstream(cx, 502));
+                }
+                self.upgrading = true;
                 self.close_after = true;
                 self.upstream_close = true;
             }
@@ -1162,6 +1191,68 @@ impl HttpSession {
         }
         self.down = Some(out);
         None
+    }
+}
+
+impl HttpSession {
+    /// The 101 is out: from here on bytes pass through unchanged. Bytes that arrived after
+    /// either head are already buffered and go first.
+    fn enter_tunnel(&mut self, cx: &mut HttpCtx<'_>) {
+        self.upgrading = false;
+        if let Some(b) = self.up_head.take() {
+            cx.pool.release(b);
+        }
+        self.tun_up = Flow::with_buf(self.req_in.take(), cx.pool);
+        self.tun_down = Flow::with_buf(self.resp_in.take(), cx.pool);
+        self.state = State::Tunnel;
+        self.last_active = cx.now;
+        cx.stats.count_status(101);
+    }
+
+    fn tunnel_round(&mut self, cx: &mut HttpCtx<'_>) -> Option<HttpStep> {
+        let Some(back) = self.back.as_mut() else {
+            return Some(HttpStep::Close(HttpClose::Done));
+        };
+        let mut moved = 0u64;
+        let up = match flow_round(
+            &mut self.tun_up,
+            &mut self.front,
+            &mut self.front_ready,
+            Some((back, &mut self.back_ready)),
+            cx.pool,
+            None,
+            &mut moved,
+        ) {
+            Ok(m) => m,
+            Err(Broken::Source) => return Some(HttpStep::Close(HttpClose::ClientGone)),
+            Err(Broken::Destination) => return Some(HttpStep::Close(HttpClose::Abort)),
+        };
+        let down = match flow_round(
+            &mut self.tun_down,
+            back,
+            &mut self.back_ready,
+            Some((&mut self.front, &mut self.front_ready)),
+            cx.pool,
+            None,
+            &mut moved,
+        ) {
+            Ok(m) => m,
+            Err(Broken::Source) => return Some(HttpStep::Close(HttpClose::Abort)),
+            Err(Broken::Destination) => return Some(HttpStep::Close(HttpClose::ClientGone)),
+        };
+        if up.progressed || down.progressed {
+            self.last_active = cx.now;
+        }
+        if self.tun_up.finished() && self.tun_down.finished() {
+            return Some(HttpStep::Close(HttpClose::Done));
+        }
+        if up.progressed || down.progressed {
+            None
+        } else if up.starved || down.starved {
+            Some(HttpStep::WaitBuffer)
+        } else {
+            Some(HttpStep::Idle)
+        }
     }
 }
 

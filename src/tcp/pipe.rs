@@ -88,7 +88,34 @@ pub struct Flow {
 }
 
 impl Flow {
-    fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
+    /// A flow that starts with bytes already buffered (an HTTP session turning into a tunnel).
+    pub(crate) fn with_buf(buf: Option<Buf>, pool: &mut BufferPool) -> Flow {
+        let buf = match buf {
+            Some(b) if b.is_empty() => {
+                pool.release(b);
+                None
+            }
+            other => other,
+        };
+        Flow {
+            buf,
+            ..Flow::default()
+        }
+    }
+
+    /// Releases the buffer of a flow that never splices (HTTP tunnels).
+    pub(crate) fn release_buf(&mut self, pool: &mut BufferPool) {
+        if let Some(b) = self.buf.take() {
+            pool.release(b);
+        }
+    }
+
+    /// Both directions use this to tell when the tunnel is over.
+    pub(crate) fn finished(&self) -> bool {
+        self.shut
+    }
+
+    pub(crate) fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
         if let Some(b) = self.buf.take() {
             pool.release(b);
         }
@@ -109,22 +136,22 @@ impl Flow {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Moved {
-    progressed: bool,
-    starved: bool,
+pub(crate) struct Moved {
+    pub(crate) progressed: bool,
+    pub(crate) starved: bool,
     /// The flow moved to a pipe this round.
-    spliced: bool,
+    pub(crate) spliced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Broken {
+pub(crate) enum Broken {
     Source,
     Destination,
 }
 
 /// Moves what it can from `src` to `dst` for one round. `pipes` is `None` when this session
 /// must see its bytes (analyzers) and so may not splice.
-fn flow_round(
+pub(crate) fn flow_round(
     flow: &mut Flow,
     src: &mut TcpStream,
     src_ready: &mut Ready,

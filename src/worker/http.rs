@@ -75,6 +75,7 @@ impl Worker {
             connect: crate::config::defaults::CONNECT_TIMEOUT,
             first_byte: crate::config::defaults::FIRST_BYTE_TIMEOUT,
             backend_idle: crate::config::defaults::BACKEND_IDLE_TIMEOUT,
+            tunnel_idle: route.idle_timeout,
         };
         let entry = self.http.vacant_entry();
         let key = entry.key();
@@ -210,7 +211,12 @@ impl Worker {
                     self.arm_http_timer(key);
                 }
                 HttpStep::ExchangeDone { reusable } => {
-                    self.release_upstream(key, reusable);
+                    // 5xx answers count against the backend for P2C, like failures.
+                    let failed = matches!(self.http.get(key), Some(HttpEntry::Session(s)) if s.status >= 500);
+                    if failed {
+                        self.observe_http(key, Outcome::Failure);
+                    }
+                    self.release_upstream(key, reusable, failed);
                     let close = match self.http.get(key) {
                         Some(HttpEntry::Session(s)) => s.wants_close() || self.shutdown.is_some(),
                         _ => true,
@@ -452,8 +458,10 @@ impl Worker {
     }
 
     /// After a complete exchange: pool the upstream connection when it can be reused.
-    fn release_upstream(&mut self, key: usize, reusable: bool) {
-        self.observe_http(key, Outcome::Success);
+    fn release_upstream(&mut self, key: usize, reusable: bool, failed: bool) {
+        if !failed {
+            self.observe_http(key, Outcome::Success);
+        }
         let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
@@ -525,7 +533,7 @@ impl Worker {
             None => return,
         };
         match state {
-            (State::Head, _) | (State::Local, _) => {
+            (State::Head, _) | (State::Local, _) | (State::Tunnel, _) => {
                 self.stats.idle_timeouts += 1;
                 self.close_http(key, HttpClose::Done);
             }

@@ -18,6 +18,7 @@
 //! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod balance;
 pub mod buffer;
 pub mod config;

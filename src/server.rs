@@ -101,6 +101,18 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         }
     }
 
+    let (mut log_senders, log_thread) = match &cfg.server.access_log {
+        Some(path) => {
+            let (tx, t) =
+                crate::accesslog::start(path, workers).map_err(|source| RunError::Io {
+                    what: "opening the access log",
+                    source,
+                })?;
+            log::info!("access log: {}", path.display());
+            (tx.into_iter().map(Some).collect::<Vec<_>>(), Some(t))
+        }
+        None => ((0..workers).map(|_| None).collect(), None),
+    };
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -112,6 +124,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             buffer_size: cfg.server.buffer_size,
             buffers: cfg.server.buffers_per_worker,
             pipes: cfg.server.splice_pipes_per_worker,
+            access_log: log_senders.get_mut(id).and_then(Option::take),
             max_sessions,
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
         };
@@ -186,6 +199,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     }
     let _ = stats_tx.send(StatsMsg::Stop);
     let _ = agg_thread.join();
+    // The workers dropped their queues: the writer flushes and ends.
+    if let Some(t) = log_thread {
+        let _ = t.join();
+    }
     signal_handle.close();
     if result.is_ok() {
         log::info!("shutdown complete");

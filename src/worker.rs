@@ -76,6 +76,8 @@ pub struct WorkerSettings {
     pub buffers: usize,
     /// Kernel pipes for splicing bulk flows (0 = never splice).
     pub pipes: usize,
+    /// This worker's access-log queue, when the log is on.
+    pub access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
     pub max_sessions: usize,
     pub pin_cpu: Option<usize>,
 }
@@ -136,6 +138,10 @@ pub struct Worker {
     request_ids: u64,
     http_ready: VecDeque<usize>,
     http_starved: VecDeque<usize>,
+    access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
+    /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
+    wall_start: std::time::SystemTime,
+    started: Instant,
     max_sessions: usize,
     pool: BufferPool,
     pipes: PipePool,
@@ -203,6 +209,9 @@ impl Worker {
                     & ((1 << 56) - 1)),
             http_ready: VecDeque::new(),
             http_starved: VecDeque::new(),
+            access_log: settings.access_log,
+            wall_start: std::time::SystemTime::now(),
+            started: now,
             max_sessions: settings.max_sessions,
             pool: BufferPool::new(settings.buffer_size, settings.buffers),
             pipes: PipePool::new(settings.pipes),

@@ -822,3 +822,46 @@ fn websocket_echo_through_the_proxy_with_a_real_client() {
     assert_eq!(http_stat(&p, "responses_1xx"), 1, "{}", p.stats());
     drop(server);
 }
+
+#[test]
+fn access_log_writes_one_json_line_per_request() {
+    let b = http_backend("b1", None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let p = Proxy::start(&http_config(
+        &format!("workers = 2\naccess_log = {:?}", log.display().to_string()),
+        "[[listeners.routes]]\npath_prefix = \"/app\"\ncluster = \"app\"",
+        &[("app", &[b.addr], "")],
+    ));
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/app/one?q=\"x\"").status, 200);
+    c.send(b"POST /app/two HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(c.recv(false).expect("response").status, 200);
+    assert_eq!(c.get("/elsewhere").status, 404);
+    let lines = poll_until(Duration::from_secs(5), "three access-log lines", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        (lines.len() >= 3).then_some(lines)
+    });
+    assert_eq!(lines.len(), 3);
+    let first = &lines[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/app/one?q=\"x\"");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["backend"], b.addr.to_string());
+    assert!(first["bytes"].as_u64().unwrap_or(0) > 100, "{first}");
+    assert!(first["duration_ms"].as_f64().is_some());
+    assert!(
+        first["time"].as_str().is_some_and(|t| t.starts_with("20")),
+        "{first}"
+    );
+    assert!(first["worker"].as_u64().is_some());
+    assert_eq!(lines[1]["method"], "POST");
+    assert_eq!(lines[2]["status"], 404);
+    assert!(lines[2]["backend"].is_null());
+    assert_eq!(http_stat(&p, "access_log_dropped"), 0);
+}

@@ -95,6 +95,7 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub backlog: Option<u64>,
     pub shutdown_timeout: Option<String>,
+    pub access_log: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -236,6 +237,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub backlog: i32,
     pub shutdown_timeout: Duration,
+    /// HTTP access log file (JSON lines), appended to.
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -748,6 +751,14 @@ fn validate(
             defaults::SHUTDOWN_TIMEOUT,
             errs,
         ),
+        access_log: match server.access_log.as_deref() {
+            None => None,
+            Some("") => {
+                errs.add("server.access_log", "empty path");
+                None
+            }
+            Some(p) => Some(std::path::PathBuf::from(p)),
+        },
     };
 
     let mut out_clusters = Vec::new();

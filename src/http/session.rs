@@ -12,6 +12,7 @@
 //! The worker does everything that needs the registry, the balancers or the upstream pool; the
 //! session tells it what it needs through [`HttpStep`].
 
+use crate::accesslog::Record;
 use crate::balance::Tried;
 use crate::buffer::{Buf, BufferPool};
 use crate::config::HashOn;
@@ -223,6 +224,10 @@ pub struct HttpSession {
     pub queued: bool,
     /// Status of the current response, for stats and the access log.
     pub status: u16,
+    /// Access-log facts of the current request (method, path, bytes sent).
+    pub log: Record,
+    /// The current request was logged (or there is none).
+    pub logged: bool,
 }
 
 fn io_would_block(e: &std::io::Error) -> bool {
@@ -385,6 +390,8 @@ impl HttpSession {
             timer_at: now,
             queued: false,
             status: 0,
+            log: Record::new(client_ip),
+            logged: true,
         }
     }
 
@@ -563,6 +570,9 @@ impl HttpSession {
             .and_then(|i| data.get(..i))
             .unwrap_or_default();
         let head_len = h.head_len;
+        self.log = Record::new(self.client_ip);
+        self.log.set_request(method, target);
+        self.logged = false;
         let lookup = |name: &[u8]| {
             head::HeaderLines::new(data, head_len)
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -828,6 +838,7 @@ impl HttpSession {
             Ok(n) => {
                 b.consume(n);
                 self.answered = true;
+                self.log.bytes += n as u64;
                 if n < want {
                     self.front_ready.remove(Ready::WRITABLE);
                 }
@@ -1049,6 +1060,7 @@ impl HttpSession {
                         Ok(n) => {
                             b.consume(n);
                             self.resp_ready -= n;
+                            self.log.bytes += n as u64;
                             progressed |= n > 0;
                             if n < want {
                                 self.front_ready.remove(Ready::WRITABLE);

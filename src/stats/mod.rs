@@ -89,6 +89,8 @@ counters! {
         upstream_new,
         /// Requests sent on a pooled upstream connection.
         upstream_reused,
+        /// Access-log lines dropped because the writer fell behind.
+        access_log_dropped,
     }
 }
 

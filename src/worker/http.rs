@@ -211,6 +211,7 @@ impl Worker {
                     self.arm_http_timer(key);
                 }
                 HttpStep::ExchangeDone { reusable } => {
+                    self.log_request(key);
                     // 5xx answers count against the backend for P2C, like failures.
                     let failed = matches!(self.http.get(key), Some(HttpEntry::Session(s)) if s.status >= 500);
                     if failed {
@@ -506,6 +507,7 @@ impl Worker {
             Some(HttpEntry::Upstream(_)) => return self.drop_pooled(key),
             None => return,
         }
+        self.log_request(key);
         self.drop_upstream(key);
         let HttpEntry::Session(mut s) = self.http.remove(key) else {
             return;
@@ -523,6 +525,41 @@ impl Worker {
         self.stats.closed += 1;
         drop(s);
         self.after_session_closed();
+    }
+
+    /// Queues the access-log record of the session's current request, once.
+    fn log_request(&mut self, key: usize) {
+        let Some(tx) = self.access_log.as_ref() else {
+            return;
+        };
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        if s.logged {
+            return;
+        }
+        s.logged = true;
+        let mut rec = s.log;
+        rec.status = s.status;
+        rec.duration_us = self
+            .now
+            .saturating_duration_since(s.request_started)
+            .as_micros() as u64;
+        let wall = self.wall_start + self.now.saturating_duration_since(self.started);
+        rec.time_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        rec.backend = s.backend.and_then(|i| {
+            s.snapshot
+                .clusters
+                .get(s.cluster as usize)
+                .and_then(|c| c.backends.get(i as usize))
+                .map(|b| b.addr)
+        });
+        rec.worker = self.id as u16;
+        if tx.try_send(rec).is_err() {
+            self.http_stats.access_log_dropped += 1;
+        }
     }
 
     /// A timer of the HTTP slab fired and the deadline has passed.

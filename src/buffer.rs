@@ -42,22 +42,75 @@ impl Buf {
     }
 }
 
+/// Two size classes in one region: `count` buffers of `size`, then `large_count` of
+/// `large_size` (for HTTP request heads that outgrow a regular buffer). A handle's index says
+/// its class; every accessor below works for both.
 pub struct BufferPool {
     mem: Box<[u8]>,
     size: usize,
     free: Vec<u32>,
     count: usize,
+    large_size: usize,
+    large_free: Vec<u32>,
 }
 
 impl BufferPool {
     pub fn new(size: usize, count: usize) -> BufferPool {
+        BufferPool::with_large(size, count, 0, 0)
+    }
+
+    pub fn with_large(
+        size: usize,
+        count: usize,
+        large_size: usize,
+        large_count: usize,
+    ) -> BufferPool {
+        let total = size * count + large_size * large_count;
         BufferPool {
-            mem: vec![0u8; size * count].into_boxed_slice(),
+            mem: vec![0u8; total].into_boxed_slice(),
             size,
             // Highest index last: LIFO hands out buffer 0 first and keeps the hot set small.
             free: (0..count as u32).rev().collect(),
             count,
+            large_size,
+            large_free: (count as u32..(count + large_count) as u32).rev().collect(),
         }
+    }
+
+    /// Start offset and capacity of buffer `idx`.
+    #[inline]
+    fn slot(&self, idx: u32) -> (usize, usize) {
+        let i = idx as usize;
+        if i < self.count {
+            (i * self.size, self.size)
+        } else {
+            (
+                self.count * self.size + (i - self.count) * self.large_size,
+                self.large_size,
+            )
+        }
+    }
+
+    /// How many bytes this buffer holds when full.
+    #[inline]
+    pub fn capacity(&self, b: &Buf) -> usize {
+        self.slot(b.idx).1
+    }
+
+    /// Size of the large class (0 when there is none).
+    #[inline]
+    pub fn large_size(&self) -> usize {
+        self.large_size
+    }
+
+    /// A buffer of the large class; `None` when there is no large class or all are in use.
+    #[inline]
+    pub fn checkout_large(&mut self) -> Option<Buf> {
+        self.large_free.pop().map(|idx| Buf {
+            idx,
+            start: 0,
+            end: 0,
+        })
     }
 
     #[inline]
@@ -84,14 +137,19 @@ impl BufferPool {
 
     #[inline]
     pub fn release(&mut self, b: Buf) {
-        debug_assert!(!self.free.contains(&b.idx));
-        self.free.push(b.idx);
+        if (b.idx as usize) < self.count {
+            debug_assert!(!self.free.contains(&b.idx));
+            self.free.push(b.idx);
+        } else {
+            debug_assert!(!self.large_free.contains(&b.idx));
+            self.large_free.push(b.idx);
+        }
     }
 
     /// The pending bytes.
     #[inline]
     pub fn data(&self, b: &Buf) -> &[u8] {
-        let base = b.idx as usize * self.size;
+        let (base, _) = self.slot(b.idx);
         &self.mem[base + b.start as usize..base + b.end as usize]
     }
 
@@ -101,11 +159,11 @@ impl BufferPool {
         if src.idx == dst.idx {
             return None;
         }
-        let size = self.size;
-        let (s_base, d_base) = (src.idx as usize * size, dst.idx as usize * size);
+        let (s_base, _) = self.slot(src.idx);
+        let (d_base, d_cap) = self.slot(dst.idx);
         let (s_range, d_range) = (
             s_base + src.start as usize..s_base + src.end as usize,
-            d_base + dst.end as usize..d_base + size,
+            d_base + dst.end as usize..d_base + d_cap,
         );
         if s_base < d_base {
             let (lo, hi) = self.mem.split_at_mut(d_base);
@@ -125,14 +183,14 @@ impl BufferPool {
     /// The free tail to read into. Compacts first when the tail is full but the head has room.
     #[inline]
     pub fn spare(&mut self, b: &mut Buf) -> &mut [u8] {
-        let base = b.idx as usize * self.size;
-        if b.end as usize == self.size && b.start > 0 {
+        let (base, cap) = self.slot(b.idx);
+        if b.end as usize == cap && b.start > 0 {
             let (s, e) = (base + b.start as usize, base + b.end as usize);
             self.mem.copy_within(s..e, base);
             b.end -= b.start;
             b.start = 0;
         }
-        &mut self.mem[base + b.end as usize..base + self.size]
+        &mut self.mem[base + b.end as usize..base + cap]
     }
 }
 
@@ -181,6 +239,29 @@ mod tests {
         assert_eq!((d, s.len()), (&b"zabc"[..], 5));
         p.release(a);
         p.release(b);
+    }
+
+    #[test]
+    fn large_class_is_separate_and_works_like_the_small_one() {
+        let mut p = BufferPool::with_large(4, 2, 16, 1);
+        let mut small = p.checkout().expect("small");
+        let mut big = p.checkout_large().expect("large");
+        assert!(p.checkout_large().is_none());
+        assert_eq!((p.capacity(&small), p.capacity(&big)), (4, 16));
+        p.spare(&mut small).copy_from_slice(b"abcd");
+        small.fill(4);
+        let (d, s) = p.data_and_spare(&small, &mut big).expect("distinct");
+        s[..4].copy_from_slice(d);
+        big.fill(4);
+        assert_eq!(p.spare(&mut big).len(), 12);
+        assert_eq!(p.data(&big), b"abcd");
+        p.release(big);
+        p.release(small);
+        assert_eq!(p.available(), 2);
+        assert!(
+            p.checkout_large().is_some(),
+            "a released large buffer goes back to its class"
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
+/// Large buffers per worker for HTTP request heads that outgrow a regular buffer (rare: only
+/// while such a head is being read and sent).
+const LARGE_BUFFERS_PER_WORKER: usize = 64;
+
 /// One `SO_REUSEPORT` listening socket: the kernel spreads connections across the workers'
 /// sockets. TCP_NODELAY set here is inherited by accepted sockets on Linux, which saves a
 /// syscall per connection.
@@ -116,6 +120,16 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes; the rewritten
+    // head adds forwarding headers, hence the slack.
+    let large_buffer_size = cfg
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == crate::config::Protocol::Http)
+        .map(|l| l.http.max_header_bytes + 4096)
+        .filter(|&n| n > cfg.server.buffer_size)
+        .max()
+        .unwrap_or(0);
     let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
     let mut setups = Vec::with_capacity(workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -124,6 +138,12 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             buffer_size: cfg.server.buffer_size,
             buffers: cfg.server.buffers_per_worker,
             pipes: cfg.server.splice_pipes_per_worker,
+            large_buffer_size,
+            large_buffers: if large_buffer_size > 0 {
+                LARGE_BUFFERS_PER_WORKER
+            } else {
+                0
+            },
             access_log: log_senders.get_mut(id).and_then(Option::take),
             max_sessions,
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),

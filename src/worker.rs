@@ -76,6 +76,9 @@ pub struct WorkerSettings {
     pub buffers: usize,
     /// Kernel pipes for splicing bulk flows (0 = never splice).
     pub pipes: usize,
+    /// Large buffers (for HTTP request heads beyond `buffer_size`): size and count; 0 = none.
+    pub large_buffer_size: usize,
+    pub large_buffers: usize,
     /// This worker's access-log queue, when the log is on.
     pub access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
     pub max_sessions: usize,
@@ -213,7 +216,12 @@ impl Worker {
             wall_start: std::time::SystemTime::now(),
             started: now,
             max_sessions: settings.max_sessions,
-            pool: BufferPool::new(settings.buffer_size, settings.buffers),
+            pool: BufferPool::with_large(
+                settings.buffer_size,
+                settings.buffers,
+                settings.large_buffer_size,
+                settings.large_buffers,
+            ),
             pipes: PipePool::new(settings.pipes),
             timers: TimerWheel::new(now),
             expired: Vec::with_capacity(1024),
@@ -257,7 +265,9 @@ impl Worker {
                         }
                         // else: a stale event for a session closed earlier in this batch.
                     }
-                    Decoded::Http(key, side) => self.on_http_event(key, side, Ready::from_event(ev)),
+                    Decoded::Http(key, side) => {
+                        self.on_http_event(key, side, Ready::from_event(ev))
+                    }
                 }
             }
             self.resume_queued();

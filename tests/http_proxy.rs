@@ -480,6 +480,14 @@ fn header_and_uri_limits() {
     let _ = c.s.write_all(big.as_bytes());
     assert_eq!(c.recv(false).expect("431").status, 431);
     assert_eq!(b.accepted(), 0);
+    // Heads beyond one buffer (16 KiB) but within max_header_bytes (64 KiB) go through.
+    let mut c = Client::new(p.addr("web"));
+    let value = "v".repeat(40_000);
+    c.send(format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {value}\r\n\r\n").as_bytes());
+    let r = c.recv(false).expect("response");
+    assert_eq!((r.status, r.field("path")), (200, "/big".to_string()));
+    // And the connection keeps working with regular requests after it.
+    assert_eq!(c.get("/small").status, 200);
 }
 
 #[test]

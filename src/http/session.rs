@@ -606,8 +606,15 @@ impl HttpSession {
             self.client_ip,
             &view.header,
         );
-        // The rewritten head goes into its own buffer and stays there until answered.
-        let Some(mut up) = cx.pool.checkout() else {
+        // The rewritten head goes into its own buffer and stays there until answered. A head
+        // that nearly fills a regular buffer is rewritten into a large one.
+        let big = h.head_len + 1024 > cx.pool.buffer_size() && cx.pool.large_size() > 0;
+        let up = if big {
+            cx.pool.checkout_large()
+        } else {
+            cx.pool.checkout()
+        };
+        let Some(mut up) = up else {
             return HttpStep::WaitBuffer;
         };
         *cx.request_ids = cx.request_ids.wrapping_add(1);
@@ -733,13 +740,8 @@ impl HttpSession {
                 match head::parse_request(data, cx.limits) {
                     Ok(Some(h)) => return Some(self.start_request(cx, &h)),
                     Ok(None) => {
-                        if b.len() >= cx.pool.buffer_size() {
-                            cx.stats.bad_requests += 1;
-                            return Some(self.local_response(
-                                cx,
-                                431,
-                                b"request header fields too large\n",
-                            ));
+                        if b.len() >= cx.pool.capacity(b) {
+                            return self.grow_head_buffer(cx);
                         }
                     }
                     Err(r) => {
@@ -786,6 +788,33 @@ impl HttpSession {
             Err(e) if e.kind() == ErrorKind::Interrupted => None,
             Err(_) => Some(HttpStep::Close(HttpClose::ClientGone)),
         }
+    }
+
+    /// A request head filled its buffer without ending. Below the listener's limit it moves
+    /// to a large buffer; past it, or when no large buffer is left, the request is refused.
+    fn grow_head_buffer(&mut self, cx: &mut HttpCtx<'_>) -> Option<HttpStep> {
+        let Some(small) = self.req_in.take() else {
+            return Some(HttpStep::Close(HttpClose::Done));
+        };
+        let can_grow = cx.pool.capacity(&small) < cx.pool.large_size()
+            && small.len() < cx.limits.max_head_bytes;
+        if !can_grow {
+            cx.pool.release(small);
+            cx.stats.bad_requests += 1;
+            return Some(self.local_response(cx, 431, b"request header fields too large\n"));
+        }
+        let Some(mut big) = cx.pool.checkout_large() else {
+            cx.pool.release(small);
+            return Some(self.fail_upstream(cx, 503));
+        };
+        let n = small.len();
+        if let Some((d, s)) = cx.pool.data_and_spare(&small, &mut big) {
+            s[..n].copy_from_slice(d);
+            big.fill(n);
+        }
+        cx.pool.release(small);
+        self.req_in = Some(big);
+        None
     }
 
     fn reject(&mut self, cx: &mut HttpCtx<'_>, r: Reject) -> HttpStep {

@@ -97,6 +97,15 @@ fn read_body(s: &mut TcpStream, pending: &mut Vec<u8>, head: &str) -> Option<Vec
 /// one `key=value` per line. `close_idle_after`: close a kept-alive connection that stays
 /// idle this long (without telling the client).
 fn http_backend(id: &'static str, close_idle_after: Option<Duration>) -> Backend {
+    http_backend_slow(id, close_idle_after, Duration::ZERO)
+}
+
+/// Like `http_backend`, answering each request `delay` late.
+fn http_backend_slow(
+    id: &'static str,
+    close_idle_after: Option<Duration>,
+    delay: Duration,
+) -> Backend {
     Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendState| {
         let mut pending = Vec::new();
         loop {
@@ -113,6 +122,9 @@ fn http_backend(id: &'static str, close_idle_after: Option<Duration>) -> Backend
             let Some(body) = read_body(&mut s, &mut pending, &head) else {
                 return;
             };
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             let first = head.lines().next().unwrap_or_default().to_string();
             let mut parts = first.split(' ');
             let method = parts.next().unwrap_or_default();
@@ -872,4 +884,138 @@ fn access_log_writes_one_json_line_per_request() {
     assert_eq!(lines[2]["status"], 404);
     assert!(lines[2]["backend"].is_null());
     assert_eq!(http_stat(&p, "access_log_dropped"), 0);
+}
+
+/// Sends `n` requests on one keep-alive connection, `extra` headers on each, and counts the
+/// backends that answered (balancing is per request, not per connection).
+fn spread(
+    addr: SocketAddr,
+    n: usize,
+    extra: impl Fn(usize) -> String,
+) -> std::collections::HashMap<String, usize> {
+    let mut c = Client::new(addr);
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..n {
+        c.send(format!("GET /b{i} HTTP/1.1\r\nHost: a\r\n{}\r\n", extra(i)).as_bytes());
+        let r = c.recv(false).expect("response");
+        assert_eq!(r.status, 200);
+        *counts.entry(r.field("id")).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn three_backends() -> [Backend; 3] {
+    [
+        http_backend("a", None),
+        http_backend("b", None),
+        http_backend("c", None),
+    ]
+}
+
+#[test]
+fn per_request_balancing_round_robin_weighted_least_conn() {
+    let bs = three_backends();
+    let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
+    for (balance, weights, expect) in [
+        ("round_robin", [1, 1, 1], [100, 100, 100]),
+        ("weighted", [1, 2, 3], [50, 100, 150]),
+        ("least_conn", [1, 1, 1], [100, 100, 100]),
+    ] {
+        let list: Vec<String> = addrs
+            .iter()
+            .zip(weights)
+            .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+            .collect();
+        let cfg = format!(
+            "[server]\nworkers = 1\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n[[clusters]]\nname = \"app\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
+            list.join(", ")
+        );
+        let p = Proxy::start(&cfg);
+        let counts = spread(p.addr("web"), 300, |_| String::new());
+        for (id, want) in ["a", "b", "c"].iter().zip(expect) {
+            let got = counts.get(*id).copied().unwrap_or(0);
+            assert!(
+                got.abs_diff(want) <= 3,
+                "{balance}: {id} got {got}, want {want} ({counts:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn p2c_ewma_sends_less_to_a_slow_backend() {
+    let fast1 = http_backend("fast1", None);
+    let fast2 = http_backend("fast2", None);
+    let slow = http_backend_slow("slow", None, Duration::from_millis(30));
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"",
+        &[(
+            "app",
+            &[fast1.addr, fast2.addr, slow.addr],
+            "balance = \"p2c_ewma\"",
+        )],
+    ));
+    let counts = spread(p.addr("web"), 300, |_| String::new());
+    let slow_share = counts.get("slow").copied().unwrap_or(0);
+    assert!(
+        slow_share < 30,
+        "the slow backend got {slow_share} of 300: {counts:?}"
+    );
+    assert!(
+        counts.get("fast1").is_some() && counts.get("fast2").is_some(),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn hash_on_header_and_cookie_is_sticky_and_spreads() {
+    let bs = three_backends();
+    let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
+    let p = Proxy::start(&http_config(
+        "workers = 2",
+        "cluster = \"app\"\n[[listeners.routes]]\npath_prefix = \"/c\"\ncluster = \"bycookie\"",
+        &[
+            (
+                "app",
+                &addrs,
+                "balance = \"hash\"\nhash_on = \"header:X-User\"",
+            ),
+            (
+                "bycookie",
+                &addrs,
+                "balance = \"hash\"\nhash_on = \"cookie:session\"",
+            ),
+        ],
+    ));
+    // The same user always lands on the same backend, from new connections and both workers.
+    let mut owner = std::collections::HashMap::new();
+    for round in 0..3 {
+        for user in 0..30 {
+            let mut c = Client::new(p.addr("web"));
+            c.send(format!("GET /x HTTP/1.1\r\nHost: a\r\nX-User: user-{user}\r\n\r\n").as_bytes());
+            let id = c.recv(false).expect("response").field("id");
+            let first = owner.entry(user).or_insert_with(|| id.clone());
+            assert_eq!(*first, id, "user-{user} moved in round {round}");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = owner.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "30 users spread over all 3 backends: {owner:?}"
+    );
+    // Cookie hashing: one session value sticks; other cookies on the line do not matter.
+    let mut c = Client::new(p.addr("web"));
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        c.send(
+            format!(
+                "GET /c/{i} HTTP/1.1\r\nHost: a\r\nCookie: theme=dark{i}; session=abc123\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        seen.insert(c.recv(false).expect("response").field("id"));
+    }
+    assert_eq!(seen.len(), 1, "cookie session=abc123 must stick: {seen:?}");
 }

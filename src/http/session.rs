@@ -215,6 +215,8 @@ pub struct HttpSession {
     pub phase_started: Instant,
     pub last_active: Instant,
     pub request_started: Instant,
+    /// When the current upstream was handed over (connect start for a new one).
+    pub upstream_started: Instant,
     /// The worker's slab key of the upstream connection entry this session is using.
     pub upstream: Option<usize>,
     pub timer_gen: u32,
@@ -385,6 +387,7 @@ impl HttpSession {
             phase_started: now,
             last_active: now,
             request_started: now,
+            upstream_started: now,
             upstream: None,
             timer_gen: 0,
             timer_at: now,
@@ -440,6 +443,7 @@ impl HttpSession {
         self.up_head_sent = 0;
         self.got_response_byte = false;
         self.phase_started = now;
+        self.upstream_started = now;
         self.state = if reused {
             State::Exchange
         } else {

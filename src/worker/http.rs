@@ -427,8 +427,18 @@ impl Worker {
             return;
         };
         if let Some(b) = self.balancers.by_cluster.get_mut(s.cluster as usize) {
-            let rtt = self.now.saturating_duration_since(s.phase_started);
-            b.observe(idx as usize, rtt, outcome);
+            // A finished exchange (back in Head) is measured from the request's start; a
+            // connect outcome from when the upstream was handed over.
+            let since = if s.state == State::Head {
+                s.request_started
+            } else {
+                s.upstream_started
+            };
+            b.observe(
+                idx as usize,
+                self.now.saturating_duration_since(since),
+                outcome,
+            );
         }
     }
 

@@ -963,7 +963,7 @@ fn p2c_ewma_sends_less_to_a_slow_backend() {
         "the slow backend got {slow_share} of 300: {counts:?}"
     );
     assert!(
-        counts.get("fast1").is_some() && counts.get("fast2").is_some(),
+        counts.contains_key("fast1") && counts.contains_key("fast2"),
         "{counts:?}"
     );
 }

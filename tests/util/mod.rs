@@ -257,7 +257,7 @@ fn spawn_line_reader<R: Read + Send + 'static>(
     r: R,
     name: &str,
     mut sink: impl FnMut(String) + Send + 'static,
-) {
+) -> JoinHandle<()> {
     spawn_small(name, move || {
         let mut r = BufReader::new(r);
         let mut line = Vec::new();
@@ -273,7 +273,7 @@ fn spawn_line_reader<R: Read + Send + 'static>(
                 }
             }
         }
-    });
+    })
 }
 
 /// Parses `listening name=<n> protocol=<p> addr=<ip:port>` log lines.
@@ -578,16 +578,17 @@ pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(
         .expect("spawn switchyard");
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
-    {
+    let readers = {
         let out = out.clone();
-        spawn_line_reader(child.stdout.take().unwrap(), "out", move |l| {
+        let r1 = spawn_line_reader(child.stdout.take().unwrap(), "out", move |l| {
             out.lock().unwrap().push(l)
         });
         let err = err.clone();
-        spawn_line_reader(child.stderr.take().unwrap(), "err", move |l| {
+        let r2 = spawn_line_reader(child.stderr.take().unwrap(), "err", move |l| {
             err.lock().unwrap().push(l)
         });
-    }
+        [r1, r2]
+    };
     let d = Deadline::after(timeout);
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
@@ -607,8 +608,10 @@ pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(
         }
         thread::sleep(Duration::from_millis(5));
     };
-    // The pipes close when the process exits; give the readers a moment to finish.
-    thread::sleep(Duration::from_millis(30));
+    // The pipes close when the process exits: the readers then finish with every line.
+    for r in readers {
+        join_timeout(r, Duration::from_secs(5), "output reader");
+    }
     let stdout = out.lock().unwrap().join("\n");
     let stderr = err.lock().unwrap().join("\n");
     Finished {

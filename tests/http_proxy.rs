@@ -1019,3 +1019,60 @@ fn hash_on_header_and_cookie_is_sticky_and_spreads() {
     }
     assert_eq!(seen.len(), 1, "cookie session=abc123 must stick: {seen:?}");
 }
+
+#[test]
+fn hundred_mib_chunked_upload_and_download_through_the_proxy() {
+    const N: usize = 100 * 1024 * 1024;
+    let demo = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "big"],
+        &["demo-backend"],
+    );
+    let p = Proxy::start(&http_config(
+        "workers = 2",
+        "cluster = \"demo\"",
+        &[("demo", &[demo.addr("demo-backend")], "")],
+    ));
+    let mut c = Client::new(p.addr("web"));
+    c.s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    // Upload: 100 MiB in chunks of odd sizes, streamed while the proxy forwards.
+    let body = payload(9, N);
+    let want_fnv = format!("{:016x}", fnv(&body));
+    let mut w = c.s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        w.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("head");
+        for piece in body.chunks(1_000_003) {
+            w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .expect("size");
+            w.write_all(piece).expect("data");
+            w.write_all(b"\r\n").expect("crlf");
+        }
+        w.write_all(b"0\r\n\r\n").expect("last chunk");
+    });
+    let r = c.recv(false).expect("echo response");
+    join_timeout(writer, Duration::from_secs(60), "upload writer");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("echo JSON");
+    assert_eq!(v["body_len"], N as u64);
+    assert_eq!(v["body_fnv64"], want_fnv.as_str(), "upload corrupted");
+    // Download: 100 MiB chunked from /bytes, the pattern checked byte for byte by hash.
+    let r = c.get(&format!("/bytes?n={N}&chunked=1"));
+    assert_eq!(r.status, 200);
+    assert!(header(&r.head, "transfer-encoding").is_some_and(|v| v.contains("chunked")));
+    assert_eq!(r.body.len(), N);
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut bad = None;
+    for (i, &b) in r.body.iter().enumerate() {
+        let want = (((i % 251) * 31 + 7) % 256) as u8;
+        if b != want && bad.is_none() {
+            bad = Some(i);
+        }
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    assert_eq!(
+        bad, None,
+        "download differs from the pattern at byte {bad:?}"
+    );
+    assert_eq!(h, fnv(&r.body));
+}

@@ -1076,3 +1076,97 @@ fn hundred_mib_chunked_upload_and_download_through_the_proxy() {
     );
     assert_eq!(h, fnv(&r.body));
 }
+
+#[test]
+fn a_request_lost_on_a_reused_connection_is_retried_on_a_fresh_one() {
+    // Backend that drops the second request of every connection without answering.
+    let b = Backend::spawn(Arc::new(|mut s: TcpStream, _st: &BackendState| {
+        let mut pending = Vec::new();
+        for n in 0.. {
+            let Some(head) = read_head(&mut s, &mut pending) else {
+                return;
+            };
+            if n == 1 {
+                return; // the proxy sent on a reused connection that now dies
+            }
+            let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+            let body = format!("path={path}\n");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }));
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/first").status, 200);
+    let r = c.get("/second");
+    assert_eq!(r.status, 200, "GET retried on a fresh connection");
+    assert_eq!(r.field("path"), "/second");
+    assert_eq!(http_stat(&p, "retries"), 1, "{}", p.stats());
+    // A POST with a body is not replayed: it gets 502.
+    let mut c = Client::new(p.addr("web"));
+    c.send(b"POST /third HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+    let r = c.recv(false).expect("response");
+    assert_eq!(r.status, 502, "a POST body is not sent twice: {}", r.head);
+    assert_eq!(http_stat(&p, "retries"), 1, "{}", p.stats());
+}
+
+#[test]
+fn absolute_form_targets_and_http_1_0_keep_alive() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let mut c = Client::new(p.addr("web"));
+    c.send(b"GET http://Other.Example:8080/abs?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n");
+    let r = c.recv(false).expect("response");
+    assert_eq!(r.field("path"), "/abs?q=1", "origin-form upstream");
+    assert_eq!(
+        r.field("host"),
+        "Other.Example:8080",
+        "the absolute-form authority wins"
+    );
+    // HTTP/1.0 with keep-alive stays open and says so.
+    let mut c = Client::new(p.addr("web"));
+    for i in 0..3 {
+        c.send(format!("GET /ten{i} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+        let r = c.recv(false).expect("response");
+        assert_eq!(r.field("path"), format!("/ten{i}"));
+        assert!(
+            header(&r.head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive")),
+            "{}",
+            r.head
+        );
+    }
+}
+
+#[test]
+fn wrk_through_the_proxy_has_no_errors() {
+    let demo = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "wrk"],
+        &["demo-backend"],
+    );
+    let p = Proxy::start(&http_config(
+        "workers = 2",
+        "cluster = \"demo\"",
+        &[("demo", &[demo.addr("demo-backend")], "")],
+    ));
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c20", "-d1s", &format!("http://{}/", p.addr("web"))])
+        .output()
+        .expect("wrk is needed for this test (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    assert!(!text.contains("Socket errors"), "{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 1000, "{text}");
+    assert!(http_stat(&p, "responses_2xx") >= requests, "{}", p.stats());
+}

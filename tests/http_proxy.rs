@@ -1170,3 +1170,43 @@ fn wrk_through_the_proxy_has_no_errors() {
     assert!(requests > 1000, "{text}");
     assert!(http_stat(&p, "responses_2xx") >= requests, "{}", p.stats());
 }
+
+#[test]
+fn garbage_and_truncated_requests_never_hurt_the_proxy() {
+    let b = http_backend("b1", None);
+    let p = simple(&b);
+    let addr = p.addr("web");
+    let mut pattern = Pattern::new(1234);
+    let valid = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n";
+    for i in 0..300 {
+        let mut c = Client::new(addr);
+        let mut junk = vec![0u8; 1 + i * 7 % 3000];
+        pattern.fill(&mut junk);
+        let msg: Vec<u8> = match i % 3 {
+            0 => junk,
+            // A valid request cut at every length, then junk.
+            1 => {
+                let cut = i % valid.len();
+                let mut m = valid[..cut].to_vec();
+                m.extend_from_slice(&junk[..junk.len().min(40)]);
+                m
+            }
+            // Valid bytes with one byte flipped.
+            _ => {
+                let mut m = valid.to_vec();
+                let at = i % m.len();
+                m[at] = junk[0];
+                m
+            }
+        };
+        let _ = c.s.write_all(&msg);
+        let _ = c.s.shutdown(std::net::Shutdown::Write);
+        let _ = c.s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut sink = Vec::new();
+        let _ = c.s.read_to_end(&mut sink);
+    }
+    assert!(p.try_wait().is_none(), "the proxy died");
+    let mut c = Client::new(addr);
+    assert_eq!(c.get("/still-fine").status, 200);
+    p.wait_tcp("active", Duration::from_secs(5), |v| v <= 1);
+}

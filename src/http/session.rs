@@ -23,7 +23,7 @@ use crate::ready::Ready;
 use crate::routing::{self, Decision, RequestView};
 use crate::snapshot::Snapshot;
 use crate::stats::HttpCounters;
-use crate::tcp::pipe::{flow_round, Broken, Flow};
+use crate::tcp::pipe::{connect_result, flow_round, Broken, Flow};
 use crate::token::Side;
 use mio::net::TcpStream;
 use std::io::{ErrorKind, Read, Write};
@@ -684,26 +684,19 @@ impl HttpSession {
     }
 
     fn check_connect(&mut self) -> std::io::Result<bool> {
-        let Some(back) = self.back.as_ref() else {
-            return Ok(false);
-        };
-        if self.back_ready == Ready::EMPTY {
-            return Ok(false);
+        match self.back.as_ref() {
+            Some(back) => connect_result(back, &mut self.back_ready),
+            None => Ok(false),
         }
-        if let Some(e) = back.take_error()? {
-            return Err(e);
-        }
-        match back.peer_addr() {
-            Ok(_) => {
-                back.set_nodelay(true)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == ErrorKind::NotConnected => {
-                self.back_ready = Ready::EMPTY;
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+    }
+
+    /// Parse limits of this session's listener.
+    pub fn limits(&self) -> Limits {
+        self.snapshot
+            .listeners
+            .get(self.listener as usize)
+            .map(|l| l.limits)
+            .unwrap_or_default()
     }
 
     pub fn pump(&mut self, cx: &mut HttpCtx<'_>) -> HttpStep {

@@ -321,6 +321,30 @@ fn splice_round(
     Ok(m)
 }
 
+/// Whether a non-blocking connect on `back` has finished: `Ok(true)` connected (TCP_NODELAY
+/// set), `Ok(false)` still in progress (or no event yet), `Err` failed. Shared by the TCP and
+/// HTTP sessions.
+pub(crate) fn connect_result(back: &TcpStream, ready: &mut Ready) -> io::Result<bool> {
+    if *ready == Ready::EMPTY {
+        return Ok(false);
+    }
+    if let Some(e) = back.take_error()? {
+        return Err(e);
+    }
+    match back.peer_addr() {
+        Ok(_) => {
+            back.set_nodelay(true)?;
+            Ok(true)
+        }
+        // Spurious wake-up: still in progress.
+        Err(e) if e.kind() == ErrorKind::NotConnected => {
+            *ready = Ready::EMPTY;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub struct TcpSession {
     pub front: TcpStream,
     pub back: Option<TcpStream>,
@@ -418,26 +442,9 @@ impl TcpSession {
     }
 
     fn check_connect(&mut self) -> io::Result<bool> {
-        let Some(back) = self.back.as_ref() else {
-            return Ok(false);
-        };
-        if self.back_ready == Ready::EMPTY {
-            return Ok(false);
-        }
-        if let Some(e) = back.take_error()? {
-            return Err(e);
-        }
-        match back.peer_addr() {
-            Ok(_) => {
-                back.set_nodelay(true)?;
-                Ok(true)
-            }
-            // Spurious wake-up: still in progress.
-            Err(e) if e.kind() == ErrorKind::NotConnected => {
-                self.back_ready = Ready::EMPTY;
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        match self.back.as_ref() {
+            Some(back) => connect_result(back, &mut self.back_ready),
+            None => Ok(false),
         }
     }
 

@@ -179,12 +179,7 @@ impl Worker {
             let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
                 return;
             };
-            let limits = s
-                .snapshot
-                .listeners
-                .get(s.listener as usize)
-                .map(|l| l.limits)
-                .unwrap_or_default();
+            let limits = s.limits();
             let mut cx = HttpCtx {
                 pool: &mut self.pool,
                 stats: &mut self.http_stats,
@@ -398,12 +393,7 @@ impl Worker {
         let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
-        let limits = s
-            .snapshot
-            .listeners
-            .get(s.listener as usize)
-            .map(|l| l.limits)
-            .unwrap_or_default();
+        let limits = s.limits();
         let mut cx = HttpCtx {
             pool: &mut self.pool,
             stats: &mut self.http_stats,

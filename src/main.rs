@@ -176,10 +176,10 @@ fn main() -> ExitCode {
                     Err(code) => code,
                 };
             }
-            if quick.http.is_some() || quick.recovery_path.is_some() {
+            if quick.http.is_some() {
                 log::warn!(
-                    "-http and -recovery-path are accepted but not served yet in this build \
-                     (stats endpoints and recovery arrive with the observability work)"
+                    "-http is accepted but not served yet in this build (the admin server \
+                     arrives with the control-plane work)"
                 );
             }
             match quick.to_config() {

@@ -2,7 +2,7 @@
 //! [-recovery-path P] [-protocol tcp|foo]`, single- or double-dash flags, the original
 //! defaults. It builds the same validated `Config` a file would.
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, StatsConfig};
 
 pub const DEFAULT_LISTEN: &str = ":8002";
 pub const DEFAULT_FORWARD: &str = ":8001";
@@ -81,7 +81,18 @@ impl QuickArgs {
                 .collect::<Vec<_>>()
         });
         match result {
-            Ok(c) if pre.is_empty() => Ok(c),
+            Ok(mut c) if pre.is_empty() => {
+                c.stats = StatsConfig {
+                    foo_compat: true,
+                    recovery_path: Some(
+                        self.recovery_path
+                            .as_deref()
+                            .unwrap_or(DEFAULT_RECOVERY_PATH)
+                            .into(),
+                    ),
+                };
+                Ok(c)
+            }
             Ok(_) => Err(pre),
             Err(mut e) => {
                 pre.append(&mut e);

@@ -154,7 +154,15 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         handles.push(handle);
     }
 
-    let aggregator = Aggregator::new(stats_rx, handles.clone());
+    let aggregator = Aggregator::new(
+        stats_rx,
+        stats_tx.clone(),
+        handles.clone(),
+        snap.clone(),
+        &cfg.stats,
+    );
+    // The admin server (GET /stats, /metrics) will take this.
+    let _stats_handle = aggregator.handle();
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())

@@ -27,3 +27,22 @@ pub fn raise_nofile_limit() -> Option<u64> {
     }
     Some(soft)
 }
+
+/// User plus system CPU time of this process, in seconds.
+pub fn cpu_seconds() -> Option<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(secs(u.user_time()) + secs(u.system_time()))
+}
+
+/// Open file descriptors of this process (entries of /proc/self/fd).
+pub fn open_fds() -> Option<u64> {
+    // The directory handle itself is one of the entries.
+    Some(
+        fs::read_dir("/proc/self/fd")
+            .ok()?
+            .count()
+            .saturating_sub(1) as u64,
+    )
+}

@@ -14,7 +14,7 @@ use crate::buffer::BufferPool;
 use crate::config::{BalanceKind, HashOn, Protocol};
 use crate::ready::Ready;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::stats::{HttpCounters, StatsMsg, StatsSender, TcpCounters, FLUSH_INTERVAL};
+use crate::stats::{HttpCounters, StatsMsg, StatsSender, TcpCounters, WorkerStats, FLUSH_INTERVAL};
 use crate::tcp::pipe::{CloseReason, Ctx, Phase, Step, TcpSession};
 use crate::tcp::splice::PipePool;
 use crate::timer::TimerWheel;
@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod http;
+mod obs;
 
 use http::HttpEntry;
 
@@ -154,6 +155,8 @@ pub struct Worker {
     snapshot: SharedSnapshot,
     balancers: Balancers,
     stats: TcpCounters,
+    /// Per listener/cluster/backend counters, histograms, Foo counts.
+    obs: WorkerStats,
     stats_tx: StatsSender,
     last_flush: Instant,
     /// Sessions with work left after hitting a bound.
@@ -229,6 +232,7 @@ impl Worker {
             snapshot,
             balancers,
             stats: TcpCounters::default(),
+            obs: WorkerStats::default(),
             stats_tx,
             last_flush: now,
             ready: VecDeque::with_capacity(1024),
@@ -340,17 +344,19 @@ impl Worker {
 
     fn flush_stats(&mut self, seq: u64) {
         self.last_flush = self.now;
-        if self.stats.is_zero() && self.http_stats.is_zero() && seq == 0 {
+        if self.stats.is_zero() && self.http_stats.is_zero() && self.obs.is_zero() && seq == 0 {
             return;
         }
         let tcp = std::mem::take(&mut self.stats);
         let http = std::mem::take(&mut self.http_stats);
+        let detail = self.obs.take_delta();
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {
             worker: self.id,
             seq,
             tcp,
             http,
+            detail,
         });
     }
 
@@ -452,6 +458,7 @@ impl Worker {
         let route = &snap.listeners[li];
         // Foo listeners are analyzed line by line: their bytes must pass through user space.
         let splice_ok = route.protocol == Protocol::Tcp && self.pipes.enabled();
+        let route_is_foo = route.protocol == Protocol::Foo;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -466,8 +473,12 @@ impl Worker {
         if self.balancers.version != snap.version {
             self.balancers = build_balancers(&snap);
         }
+        self.obs.accepted(&snap, li as u32);
         let mut session = TcpSession::new(stream, snap, li as u32, cluster, self.now);
         session.splice_ok = splice_ok;
+        if route_is_foo {
+            session.sniff_foo();
+        }
         session.client_hash = client_hash(&session, peer);
         entry.insert(session);
         let r = self.connect_next(key);
@@ -566,13 +577,22 @@ impl Worker {
             let Some(s) = self.sessions.get_mut(key) else {
                 return;
             };
+            let before = (
+                self.stats.bytes_client_to_backend,
+                self.stats.bytes_backend_to_client,
+            );
             let mut cx = Ctx {
                 pool: &mut self.pool,
                 pipes: &mut self.pipes,
                 stats: &mut self.stats,
                 now: self.now,
             };
-            match s.pump(&mut cx) {
+            let step = s.pump(&mut cx);
+            self.obs_pumped(key, before);
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
+            match step {
                 Step::Idle => return,
                 Step::Yield => {
                     self.stats.loop_bound_hits += 1;
@@ -738,6 +758,7 @@ impl Worker {
     /// Tells the session's balancer how its current connect attempt ended, and how long it
     /// took (the connect time is P2C's latency sample on TCP).
     fn observe_connect(&mut self, key: usize, outcome: Outcome) {
+        self.obs_connect(key, outcome);
         let Some(s) = self.sessions.get(key) else {
             return;
         };
@@ -760,6 +781,7 @@ impl Worker {
         }
         let mut s = self.sessions.remove(key);
         s.release_resources(&mut self.pool, &mut self.pipes);
+        self.obs.closed(&s.snapshot, s.listener);
         match why {
             Closing::Pipe(CloseReason::Done) | Closing::Timeout | Closing::Shutdown => {}
             Closing::Pipe(CloseReason::BackendReset) => {

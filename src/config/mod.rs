@@ -300,6 +300,18 @@ pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
+    /// Set by the command line, not the file.
+    pub stats: StatsConfig,
+}
+
+/// How stats are served and kept (not a file section: quick mode sets it; config mode will
+/// derive `recovery_path` from `server.state_dir`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsConfig {
+    /// Foo quick mode: `/metrics` answers the Foo JSON, as the original did.
+    pub foo_compat: bool,
+    /// Where totals and the 10 s window are saved about once a second and restored from.
+    pub recovery_path: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -1009,6 +1021,7 @@ fn validate(
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
+        stats: StatsConfig::default(),
     }
 }
 

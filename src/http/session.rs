@@ -215,6 +215,8 @@ pub struct HttpSession {
     pub phase_started: Instant,
     pub last_active: Instant,
     pub request_started: Instant,
+    /// When the first byte of the current response came from the backend.
+    pub first_byte_at: Instant,
     /// When the current upstream was handed over (connect start for a new one).
     pub upstream_started: Instant,
     /// The worker's slab key of the upstream connection entry this session is using.
@@ -387,6 +389,7 @@ impl HttpSession {
             phase_started: now,
             last_active: now,
             request_started: now,
+            first_byte_at: now,
             upstream_started: now,
             upstream: None,
             timer_gen: 0,
@@ -1018,6 +1021,9 @@ impl HttpSession {
                     }
                     Ok(n) => {
                         b.fill(n);
+                        if !self.got_response_byte {
+                            self.first_byte_at = cx.now;
+                        }
                         self.got_response_byte = true;
                         progressed = true;
                         self.last_active = cx.now;

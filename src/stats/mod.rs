@@ -2,14 +2,39 @@
 //! to one aggregator thread, every [`FLUSH_INTERVAL`] and on demand (a dump asks every worker
 //! to flush first, so a dump is never stale). No atomics or locks on the hot path.
 //!
-//! The SIGUSR2 dump is one JSON line on stdout. (The Foo-compatible keys and the Prometheus
-//! exposition arrive with the observability work; they extend this tree, they don't replace it.)
+//! Workers keep, besides the process-wide [`TcpCounters`] and [`HttpCounters`], a
+//! [`WorkerStats`]: per-listener, per-cluster and per-backend [`Traffic`] counters indexed by
+//! the snapshot's small integers, Foo message counts, and `hdrhistogram`s per cluster (request
+//! latency, backend connect time, time to first byte). The aggregator names them (by cluster
+//! name and backend address, so stats survive snapshot swaps), keeps totals, moving-window
+//! rates and merged histograms, and renders:
+//!
+//! - the SIGUSR2 dump and `GET /stats`: one JSON object, the Foo keys first (see
+//!   [`Aggregator::to_json`]);
+//! - `GET /metrics`: Prometheus text ([`prom`]), or the Foo JSON in Foo quick mode;
+//! - the recovery file ([`recovery`]), about once a second.
+//!
+//! The admin server reaches the aggregator through a [`StatsHandle`].
 
+pub mod foo;
+mod hist;
+pub mod prom;
+pub mod recovery;
+pub mod window;
+
+pub use foo::{FooCounts, LineSniffer};
+pub use hist::{HistKind, Hists};
+
+use crate::config::StatsConfig;
+use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a dump waits for workers to answer a flush request.
@@ -26,6 +51,14 @@ macro_rules! counters {
             pub fn is_zero(&self) -> bool { *self == Self::default() }
             pub fn to_json(&self, out: &mut Map<String, Value>) {
                 $(out.insert(stringify!($field).to_string(), Value::from(self.$field));)*
+            }
+            /// Reads the fields `to_json` wrote (missing or invalid ones are 0).
+            pub fn from_json(m: &Map<String, Value>) -> Self {
+                Self { $($field: m.get(stringify!($field)).and_then(Value::as_u64).unwrap_or(0)),* }
+            }
+            /// (field name, value) pairs, in declaration order.
+            pub fn fields(&self) -> [(&'static str, u64); [$(stringify!($field)),*].len()] {
+                [$((stringify!($field), self.$field)),*]
             }
         }
     };
@@ -108,6 +141,325 @@ impl HttpCounters {
     }
 }
 
+counters! {
+    /// Traffic of one listener, cluster or backend.
+    pub struct Traffic {
+        /// Listener: client connections accepted. Cluster/backend: backend connections
+        /// established.
+        connections,
+        /// Listener: client connections closed.
+        closed,
+        /// Bytes from clients towards backends (TCP/Foo).
+        bytes_in,
+        /// Bytes towards clients (TCP/Foo: from the backend; HTTP: responses as sent).
+        bytes_out,
+        /// HTTP requests finished (answered, failed or abandoned).
+        requests,
+        responses_1xx,
+        responses_2xx,
+        responses_3xx,
+        responses_4xx,
+        responses_5xx,
+        /// Backend connects refused or failed.
+        connect_errors,
+        connect_timeouts,
+        /// HTTP: the backend failed (502).
+        upstream_errors,
+        /// HTTP: the backend timed out (504).
+        timeouts,
+        /// HTTP: requests sent again on a fresh connection.
+        retries,
+    }
+}
+
+impl Traffic {
+    #[inline]
+    pub fn count_status(&mut self, status: u16) {
+        match status / 100 {
+            1 => self.responses_1xx += 1,
+            2 => self.responses_2xx += 1,
+            3 => self.responses_3xx += 1,
+            4 => self.responses_4xx += 1,
+            5 => self.responses_5xx += 1,
+            _ => {}
+        }
+        match status {
+            502 => self.upstream_errors += 1,
+            504 => self.timeouts += 1,
+            _ => {}
+        }
+    }
+}
+
+/// A finished HTTP request, as the worker reports it.
+pub struct RequestDone {
+    pub listener: u32,
+    /// Set when a backend of this cluster was tried.
+    pub cluster: Option<u32>,
+    pub backend: Option<u32>,
+    /// 0 when no response was sent.
+    pub status: u16,
+    pub bytes_out: u64,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+}
+
+/// Counters and histograms indexed by one snapshot's listener/cluster/backend numbers.
+pub struct StatSet {
+    snap: Arc<Snapshot>,
+    dirty: bool,
+    listeners: Vec<Traffic>,
+    clusters: Vec<Traffic>,
+    backends: Vec<Vec<Traffic>>,
+    /// Created on first use (a few tens of KiB each).
+    hists: Vec<Option<Box<Hists>>>,
+}
+
+impl StatSet {
+    fn new(snap: &Arc<Snapshot>) -> StatSet {
+        StatSet {
+            snap: Arc::clone(snap),
+            dirty: true,
+            listeners: vec![Traffic::default(); snap.listeners.len()],
+            clusters: vec![Traffic::default(); snap.clusters.len()],
+            backends: snap
+                .clusters
+                .iter()
+                .map(|c| vec![Traffic::default(); c.backends.len()])
+                .collect(),
+            hists: (0..snap.clusters.len()).map(|_| None).collect(),
+        }
+    }
+
+    #[inline]
+    pub fn listener(&mut self, i: u32) -> Option<&mut Traffic> {
+        self.listeners.get_mut(i as usize)
+    }
+
+    #[inline]
+    pub fn cluster(&mut self, i: u32) -> Option<&mut Traffic> {
+        self.clusters.get_mut(i as usize)
+    }
+
+    #[inline]
+    pub fn backend(&mut self, c: u32, b: u32) -> Option<&mut Traffic> {
+        self.backends.get_mut(c as usize)?.get_mut(b as usize)
+    }
+
+    #[inline]
+    pub fn record(&mut self, cluster: u32, kind: HistKind, d: Duration) {
+        if let Some(slot) = self.hists.get_mut(cluster as usize) {
+            if slot.is_none() {
+                *slot = Hists::new().map(Box::new);
+            }
+            if let Some(h) = slot {
+                h.record(kind, d);
+            }
+        }
+    }
+
+    fn take(&mut self) -> SetDelta {
+        let zero = |v: &mut Vec<Traffic>| {
+            let out = v.clone();
+            v.iter_mut().for_each(|t| *t = Traffic::default());
+            out
+        };
+        let listeners = zero(&mut self.listeners);
+        let clusters = zero(&mut self.clusters);
+        let backends = self.backends.iter_mut().map(zero).collect();
+        let mut hists = Vec::new();
+        for (c, h) in self.hists.iter_mut().enumerate() {
+            if let Some(h) = h.as_mut().filter(|h| !h.is_empty()) {
+                for (k, values) in HistKind::ALL.into_iter().zip(h.take_sparse()) {
+                    if !values.is_empty() {
+                        hists.push((c as u32, k, values));
+                    }
+                }
+            }
+        }
+        self.dirty = false;
+        SetDelta {
+            snap: Arc::clone(&self.snap),
+            listeners,
+            clusters,
+            backends,
+            hists,
+        }
+    }
+}
+
+/// A worker's detailed stats. HOT PATH: every method is a few adds on plain fields; a new
+/// [`StatSet`] is allocated only the first time a snapshot is seen.
+#[derive(Default)]
+pub struct WorkerStats {
+    /// Foo messages seen on Foo listeners.
+    pub foo: FooCounts,
+    sets: Vec<StatSet>,
+}
+
+impl WorkerStats {
+    /// The counters for `snap`'s numbering (sessions keep the snapshot they started with).
+    #[inline]
+    pub fn set(&mut self, snap: &Arc<Snapshot>) -> &mut StatSet {
+        let i = match self.sets.iter().rposition(|s| Arc::ptr_eq(&s.snap, snap)) {
+            Some(i) => i,
+            None => {
+                self.sets.push(StatSet::new(snap));
+                self.sets.len() - 1
+            }
+        };
+        let s = &mut self.sets[i];
+        s.dirty = true;
+        s
+    }
+
+    pub fn accepted(&mut self, snap: &Arc<Snapshot>, listener: u32) {
+        if let Some(t) = self.set(snap).listener(listener) {
+            t.connections += 1;
+        }
+    }
+
+    pub fn closed(&mut self, snap: &Arc<Snapshot>, listener: u32) {
+        if let Some(t) = self.set(snap).listener(listener) {
+            t.closed += 1;
+        }
+    }
+
+    /// Bytes a TCP/Foo session moved in one pump.
+    pub fn bytes(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        l: u32,
+        c: u32,
+        b: Option<u32>,
+        up: u64,
+        down: u64,
+    ) {
+        if up == 0 && down == 0 {
+            return;
+        }
+        let set = self.set(snap);
+        let add = |t: &mut Traffic| {
+            t.bytes_in += up;
+            t.bytes_out += down;
+        };
+        set.listener(l).map(add);
+        set.cluster(c).map(add);
+        b.and_then(|b| set.backend(c, b)).map(add);
+    }
+
+    /// A backend connection was established after `took`.
+    pub fn connected(&mut self, snap: &Arc<Snapshot>, c: u32, b: Option<u32>, took: Duration) {
+        let set = self.set(snap);
+        if let Some(t) = set.cluster(c) {
+            t.connections += 1;
+        }
+        if let Some(t) = b.and_then(|b| set.backend(c, b)) {
+            t.connections += 1;
+        }
+        set.record(c, HistKind::Connect, took);
+    }
+
+    /// A backend connect failed (refused, error) or timed out.
+    pub fn connect_failed(&mut self, snap: &Arc<Snapshot>, c: u32, b: Option<u32>, timeout: bool) {
+        let set = self.set(snap);
+        let count = |t: &mut Traffic| {
+            if timeout {
+                t.connect_timeouts += 1
+            } else {
+                t.connect_errors += 1
+            }
+        };
+        if let Some(t) = set.cluster(c) {
+            count(t);
+        }
+        if let Some(t) = b.and_then(|b| set.backend(c, b)) {
+            count(t);
+        }
+    }
+
+    pub fn retry(&mut self, snap: &Arc<Snapshot>, c: u32) {
+        if let Some(t) = self.set(snap).cluster(c) {
+            t.retries += 1;
+        }
+    }
+
+    pub fn request_done(&mut self, snap: &Arc<Snapshot>, r: &RequestDone) {
+        let set = self.set(snap);
+        let count = |t: &mut Traffic| {
+            t.requests += 1;
+            t.count_status(r.status);
+            t.bytes_out += r.bytes_out;
+        };
+        if let Some(t) = set.listener(r.listener) {
+            count(t);
+        }
+        let Some(c) = r.cluster else {
+            return;
+        };
+        if let Some(t) = set.cluster(c) {
+            count(t);
+        }
+        if let Some(t) = r.backend.and_then(|b| set.backend(c, b)) {
+            count(t);
+        }
+        if r.status != 0 {
+            set.record(c, HistKind::Request, r.latency);
+        }
+        if let Some(d) = r.ttfb {
+            set.record(c, HistKind::Ttfb, d);
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.foo.is_zero() && !self.sets.iter().any(|s| s.dirty)
+    }
+
+    /// What changed since the last call (allocates: called at flush time only). Sets of
+    /// snapshots nobody else holds any more are dropped.
+    pub fn take_delta(&mut self) -> Option<Box<Detail>> {
+        if self.is_zero() {
+            self.sets.retain(|s| Arc::strong_count(&s.snap) > 1);
+            return None;
+        }
+        let sets = self
+            .sets
+            .iter_mut()
+            .filter(|s| s.dirty)
+            .map(StatSet::take)
+            .collect();
+        self.sets.retain(|s| Arc::strong_count(&s.snap) > 1);
+        Some(Box::new(Detail {
+            foo: std::mem::take(&mut self.foo),
+            sets,
+        }))
+    }
+}
+
+/// The per-worker detail of one delta.
+pub struct Detail {
+    pub foo: FooCounts,
+    pub sets: Vec<SetDelta>,
+}
+
+type SparseHist = (u32, HistKind, Vec<(u64, u64)>);
+
+pub struct SetDelta {
+    snap: Arc<Snapshot>,
+    listeners: Vec<Traffic>,
+    clusters: Vec<Traffic>,
+    backends: Vec<Vec<Traffic>>,
+    /// (cluster, kind, recorded (value, count) pairs).
+    hists: Vec<SparseHist>,
+}
+
+/// What a [`StatsHandle`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    Json,
+    Prometheus,
+}
+
 // Deltas are the common message; boxing them would allocate on every flush for no gain.
 #[allow(clippy::large_enum_variant)]
 pub enum StatsMsg {
@@ -117,69 +469,273 @@ pub enum StatsMsg {
         seq: u64,
         tcp: TcpCounters,
         http: HttpCounters,
+        detail: Option<Box<Detail>>,
     },
     /// Print the dump to stdout (SIGUSR2).
     Dump,
+    /// Render for the admin API; the answer goes to `reply`.
+    Query {
+        what: Query,
+        reply: Sender<String>,
+    },
     Stop,
+}
+
+/// How long a [`StatsHandle`] waits for the aggregator.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// The recovery file is rewritten this often.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The admin server's way in: cheap to clone, safe to use from any thread.
+#[derive(Clone)]
+pub struct StatsHandle {
+    tx: Sender<StatsMsg>,
+    foo_compat: bool,
+}
+
+impl StatsHandle {
+    fn query(&self, what: Query) -> Option<String> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(StatsMsg::Query { what, reply }).ok()?;
+        rx.recv_timeout(QUERY_TIMEOUT).ok()
+    }
+
+    /// Fresh (asks workers to flush first, bounded wait); same object as the SIGUSR2 line.
+    pub fn stats_json(&self) -> String {
+        self.query(Query::Json)
+            .unwrap_or_else(|| r#"{"error":"stats unavailable"}"#.to_string())
+    }
+
+    /// Body and content type for GET /metrics: Prometheus text (`text/plain; version=0.0.4`)
+    /// in config mode, the Foo JSON in Foo quick mode.
+    pub fn metrics(&self) -> (&'static str, String) {
+        if self.foo_compat {
+            return ("application/json", self.stats_json());
+        }
+        let body = self
+            .query(Query::Prometheus)
+            .unwrap_or_else(|| "# stats unavailable\n".to_string());
+        ("text/plain; version=0.0.4", body)
+    }
+}
+
+/// Aggregated per-cluster state, by name.
+#[derive(Default)]
+pub(crate) struct ClusterAgg {
+    pub(crate) traffic: Traffic,
+    pub(crate) hists: Option<Hists>,
+    /// By backend address (`host:port`).
+    pub(crate) backends: BTreeMap<String, Traffic>,
+}
+
+/// Moving windows of the rates the dump shows.
+pub(crate) struct Windows {
+    pub(crate) foo_req: window::Window,
+    pub(crate) foo_resp: window::Window,
+    pub(crate) connections: window::Window,
+    pub(crate) http_requests: window::Window,
+    pub(crate) bytes: window::Window,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub struct Aggregator {
     rx: Receiver<StatsMsg>,
+    tx: Sender<StatsMsg>,
     workers: Vec<WorkerHandle>,
     answered: Vec<u64>,
     seq: u64,
-    tcp: TcpCounters,
-    http: HttpCounters,
-    started: Instant,
+    pub(crate) tcp: TcpCounters,
+    pub(crate) http: HttpCounters,
+    pub(crate) foo: FooCounts,
+    pub(crate) listeners: BTreeMap<String, Traffic>,
+    pub(crate) clusters: BTreeMap<String, ClusterAgg>,
+    /// All clusters merged.
+    pub(crate) hists: Option<Hists>,
+    pub(crate) windows: Windows,
+    pub(crate) snapshot: SharedSnapshot,
+    foo_compat: bool,
+    recovery_path: Option<PathBuf>,
+    last_save: Instant,
+    save_failed: bool,
+    pub(crate) started: Instant,
+    pub(crate) started_unix: f64,
 }
 
 impl Aggregator {
-    pub fn new(rx: Receiver<StatsMsg>, workers: Vec<WorkerHandle>) -> Aggregator {
+    /// `tx` is the sending half of `rx` (kept for [`Aggregator::handle`]). With a recovery
+    /// path, a recent recovery file is restored here.
+    pub fn new(
+        rx: Receiver<StatsMsg>,
+        tx: Sender<StatsMsg>,
+        workers: Vec<WorkerHandle>,
+        snapshot: SharedSnapshot,
+        opts: &StatsConfig,
+    ) -> Aggregator {
         let n = workers.len();
-        Aggregator {
+        let now = unix_now();
+        let w = || window::Window::new(now);
+        let mut a = Aggregator {
             rx,
+            tx,
             workers,
             answered: vec![0; n],
             seq: 0,
             tcp: TcpCounters::default(),
             http: HttpCounters::default(),
+            foo: FooCounts::default(),
+            listeners: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            hists: None,
+            windows: Windows {
+                foo_req: w(),
+                foo_resp: w(),
+                connections: w(),
+                http_requests: w(),
+                bytes: w(),
+            },
+            snapshot,
+            foo_compat: opts.foo_compat,
+            recovery_path: opts.recovery_path.clone(),
+            last_save: Instant::now(),
+            save_failed: false,
             started: Instant::now(),
+            started_unix: now,
+        };
+        a.restore();
+        a
+    }
+
+    /// A handle for the admin server (`GET /stats`, `GET /metrics`).
+    pub fn handle(&self) -> StatsHandle {
+        StatsHandle {
+            tx: self.tx.clone(),
+            foo_compat: self.foo_compat,
         }
     }
 
     pub fn run(mut self) {
         loop {
-            match self.rx.recv_timeout(Duration::from_secs(1)) {
+            let wait = SAVE_INTERVAL.saturating_sub(self.last_save.elapsed());
+            match self.rx.recv_timeout(wait) {
                 Ok(StatsMsg::Delta {
                     worker,
                     seq,
                     tcp,
                     http,
-                }) => self.apply(worker, seq, &tcp, &http),
-                Ok(StatsMsg::Dump) => self.dump(),
-                Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                    detail,
+                }) => self.apply(worker, seq, &tcp, &http, detail),
+                Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => self.serve(vec![m]),
+                Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.last_save.elapsed() >= SAVE_INTERVAL {
+                self.save();
+            }
+        }
+        // Drain what the workers sent last, then save once more.
+        while let Ok(m) = self.rx.try_recv() {
+            if let StatsMsg::Delta {
+                worker,
+                seq,
+                tcp,
+                http,
+                detail,
+            } = m
+            {
+                self.apply(worker, seq, &tcp, &http, detail);
+            }
+        }
+        self.save();
+    }
+
+    fn apply(
+        &mut self,
+        worker: usize,
+        seq: u64,
+        tcp: &TcpCounters,
+        http: &HttpCounters,
+        detail: Option<Box<Detail>>,
+    ) {
+        let now = unix_now();
+        self.tcp.merge(tcp);
+        self.http.merge(http);
+        let w = &mut self.windows;
+        w.connections.add(now, tcp.accepted);
+        w.http_requests.add(now, http.requests);
+        w.bytes.add(
+            now,
+            tcp.bytes_client_to_backend + tcp.bytes_backend_to_client,
+        );
+        if let Some(a) = self.answered.get_mut(worker) {
+            *a = (*a).max(seq);
+        }
+        let Some(d) = detail else {
+            return;
+        };
+        self.foo.merge(&d.foo);
+        w.foo_req.add(now, d.foo.req);
+        w.foo_resp.add(now, d.foo.ack + d.foo.nak);
+        for set in d.sets {
+            self.apply_set(set);
+        }
+    }
+
+    fn apply_set(&mut self, d: SetDelta) {
+        let snap = &d.snap;
+        for (l, t) in snap.listeners.iter().zip(&d.listeners) {
+            if !t.is_zero() {
+                self.listeners.entry(l.name.clone()).or_default().merge(t);
+            }
+        }
+        for (i, c) in snap.clusters.iter().enumerate() {
+            let ct = d.clusters.get(i).copied().unwrap_or_default();
+            let bts = d.backends.get(i).map(Vec::as_slice).unwrap_or(&[]);
+            if ct.is_zero() && bts.iter().all(Traffic::is_zero) {
+                continue;
+            }
+            let agg = self.clusters.entry(c.name.clone()).or_default();
+            agg.traffic.merge(&ct);
+            for (b, t) in c.backends.iter().zip(bts) {
+                if !t.is_zero() {
+                    agg.backends.entry(b.addr.to_string()).or_default().merge(t);
+                }
+            }
+        }
+        for (c, kind, values) in &d.hists {
+            let Some(cl) = snap.clusters.get(*c as usize) else {
+                continue;
+            };
+            let agg = self.clusters.entry(cl.name.clone()).or_default();
+            if agg.hists.is_none() {
+                agg.hists = Hists::new();
+            }
+            if let Some(h) = agg.hists.as_mut() {
+                h.add_sparse(*kind, values);
+            }
+            if self.hists.is_none() {
+                self.hists = Hists::new();
+            }
+            if let Some(h) = self.hists.as_mut() {
+                h.add_sparse(*kind, values);
             }
         }
     }
 
-    fn apply(&mut self, worker: usize, seq: u64, tcp: &TcpCounters, http: &HttpCounters) {
-        self.tcp.merge(tcp);
-        self.http.merge(http);
-        if let Some(a) = self.answered.get_mut(worker) {
-            *a = (*a).max(seq);
-        }
-    }
-
-    /// Asks every worker for its latest counters, waits briefly for the answers, then prints.
-    fn dump(&mut self) {
+    /// Asks every worker for its latest counters and waits (bounded) for the answers. Dumps
+    /// and queries that arrive meanwhile are returned, to be served after a later refresh.
+    fn refresh(&mut self) -> Vec<StatsMsg> {
         self.seq += 1;
         let seq = self.seq;
         for w in &self.workers {
             w.send(Ctrl::FlushStats(seq));
         }
         let deadline = Instant::now() + FLUSH_WAIT;
-        let mut pending_dumps = 0;
+        let mut later = Vec::new();
         while self.answered.iter().any(|&a| a < seq) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
@@ -188,37 +744,290 @@ impl Aggregator {
                     seq,
                     tcp,
                     http,
-                }) => self.apply(worker, seq, &tcp, &http),
-                Ok(StatsMsg::Dump) => pending_dumps += 1,
-                Ok(StatsMsg::Stop) | Err(_) => break,
+                    detail,
+                }) => self.apply(worker, seq, &tcp, &http, detail),
+                Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => later.push(m),
+                Ok(StatsMsg::Stop) => {
+                    // Put it back for the main loop.
+                    let _ = self.tx.send(StatsMsg::Stop);
+                    break;
+                }
+                Err(_) => break,
             }
         }
+        later
+    }
+
+    /// Serves dumps and queries, each from counters refreshed after it arrived.
+    fn serve(&mut self, mut batch: Vec<StatsMsg>) {
+        while !batch.is_empty() {
+            let later = self.refresh();
+            for m in batch {
+                match m {
+                    StatsMsg::Dump => self.dump(),
+                    StatsMsg::Query { what, reply } => {
+                        let text = match what {
+                            Query::Json => self.to_json().to_string(),
+                            Query::Prometheus => prom::render(self),
+                        };
+                        let _ = reply.send(text);
+                    }
+                    _ => {}
+                }
+            }
+            batch = later;
+        }
+    }
+
+    fn dump(&self) {
         let line = self.to_json().to_string();
         let mut out = std::io::stdout().lock();
         // A closed stdout must not take the proxy down; there is nobody to tell.
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
-        drop(out);
-        if pending_dumps > 0 {
-            self.dump();
-        }
     }
 
+    pub(crate) fn rate(&self, w: &window::Window, secs: u64) -> f64 {
+        // Rounded to 3 decimals: the dump stays short and stable.
+        (w.rate(unix_now(), secs) * 1000.0).round() / 1000.0
+    }
+
+    /// The dump: the Foo keys first, in the original order, then the full tree.
     pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let f = &self.foo;
+        let w = &self.windows;
+        m.insert("msg_total".into(), Value::from(f.req + f.ack + f.nak));
+        m.insert("msg_req".into(), Value::from(f.req));
+        m.insert("msg_ack".into(), Value::from(f.ack));
+        m.insert("msg_nak".into(), Value::from(f.nak));
+        for (k, win, s) in [
+            ("request_rate_1s", &w.foo_req, 1),
+            ("request_rate_10s", &w.foo_req, 10),
+            ("response_rate_1s", &w.foo_resp, 1),
+            ("response_rate_10s", &w.foo_resp, 10),
+        ] {
+            m.insert(k.into(), Value::from(self.rate(win, s)));
+        }
+        m.insert("msg_invalid".into(), Value::from(f.invalid));
+        m.insert(
+            "request_rate_60s".into(),
+            Value::from(self.rate(&w.foo_req, 60)),
+        );
+        m.insert(
+            "response_rate_60s".into(),
+            Value::from(self.rate(&w.foo_resp, 60)),
+        );
+        m.insert(
+            "uptime_s".into(),
+            Value::from(self.started.elapsed().as_secs_f64()),
+        );
+        m.insert("workers".into(), Value::from(self.workers.len()));
+        m.insert("process".into(), self.process_json());
+        let mut rates = Map::new();
+        for (name, win) in [
+            ("connections", &w.connections),
+            ("http_requests", &w.http_requests),
+            ("bytes", &w.bytes),
+        ] {
+            for s in [1, 10, 60] {
+                rates.insert(format!("{name}_{s}s"), Value::from(self.rate(win, s)));
+            }
+        }
+        m.insert("rates".into(), Value::Object(rates));
         let mut tcp = Map::new();
         self.tcp.to_json(&mut tcp);
         tcp.insert(
             "active".into(),
             Value::from(self.tcp.accepted.saturating_sub(self.tcp.closed)),
         );
+        m.insert("tcp".into(), Value::Object(tcp));
         let mut http = Map::new();
         self.http.to_json(&mut http);
-        json!({
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "workers": self.workers.len(),
-            "tcp": tcp,
-            "http": http,
-        })
+        m.insert("http".into(), Value::Object(http));
+        m.insert("latency_ms".into(), hists_json(self.hists.as_ref()));
+        let snap = self.snapshot.load();
+        let mut listeners = Map::new();
+        for l in &snap.listeners {
+            let t = self.listeners.get(&l.name).copied().unwrap_or_default();
+            let mut o = Map::new();
+            o.insert("protocol".into(), Value::from(l.protocol.as_str()));
+            o.insert(
+                "active".into(),
+                Value::from(t.connections.saturating_sub(t.closed)),
+            );
+            t.to_json(&mut o);
+            listeners.insert(l.name.clone(), Value::Object(o));
+        }
+        m.insert("listeners".into(), Value::Object(listeners));
+        let mut clusters = Map::new();
+        let empty = ClusterAgg::default();
+        for c in &snap.clusters {
+            let agg = self.clusters.get(&c.name).unwrap_or(&empty);
+            let mut o = Map::new();
+            o.insert("balance".into(), Value::from(c.balance.as_str()));
+            agg.traffic.to_json(&mut o);
+            o.insert("latency_ms".into(), hists_json(agg.hists.as_ref()));
+            let mut backends = Map::new();
+            for b in &c.backends {
+                let addr = b.addr.to_string();
+                let t = agg.backends.get(&addr).copied().unwrap_or_default();
+                let mut bo = Map::new();
+                // Health checks are not built yet: a configured backend is up.
+                bo.insert("state".into(), Value::from("up"));
+                bo.insert("weight".into(), Value::from(b.weight));
+                bo.insert(
+                    "active".into(),
+                    Value::from(b.live.active.load(std::sync::atomic::Ordering::Relaxed)),
+                );
+                t.to_json(&mut bo);
+                backends.insert(addr, Value::Object(bo));
+            }
+            o.insert("backends".into(), Value::Object(backends));
+            clusters.insert(c.name.clone(), Value::Object(o));
+        }
+        m.insert("clusters".into(), Value::Object(clusters));
+        Value::Object(m)
+    }
+
+    fn process_json(&self) -> Value {
+        let p = ProcessFigures::now();
+        let mut m = Map::new();
+        m.insert("pid".into(), Value::from(std::process::id()));
+        m.insert("cpu_seconds".into(), Value::from(p.cpu_seconds));
+        m.insert("rss_bytes".into(), Value::from(p.rss_bytes));
+        m.insert("open_fds".into(), Value::from(p.open_fds));
+        m.insert("max_fds".into(), Value::from(p.max_fds));
+        m.insert("start_time_s".into(), Value::from(self.started_unix));
+        Value::Object(m)
+    }
+
+    /// The totals the recovery file keeps.
+    fn totals_json(&self) -> Map<String, Value> {
+        let f = &self.foo;
+        let mut m = Map::new();
+        m.insert("msg_total".into(), Value::from(f.req + f.ack + f.nak));
+        m.insert("msg_req".into(), Value::from(f.req));
+        m.insert("msg_ack".into(), Value::from(f.ack));
+        m.insert("msg_nak".into(), Value::from(f.nak));
+        m.insert("msg_invalid".into(), Value::from(f.invalid));
+        let mut tcp = Map::new();
+        self.tcp.to_json(&mut tcp);
+        m.insert("tcp".into(), Value::Object(tcp));
+        let mut http = Map::new();
+        self.http.to_json(&mut http);
+        m.insert("http".into(), Value::Object(http));
+        m
+    }
+
+    fn save(&mut self) {
+        self.last_save = Instant::now();
+        let Some(path) = self.recovery_path.as_ref() else {
+            return;
+        };
+        let now = unix_now();
+        let sec = now as u64;
+        let w = &self.windows;
+        let text = recovery::render(
+            sec,
+            (now * 1000.0) as u64,
+            |s| (w.foo_req.at(s), w.foo_resp.at(s)),
+            self.totals_json(),
+        );
+        match recovery::write_atomic(path, &text) {
+            Ok(()) => {
+                if self.save_failed {
+                    log::info!("recovery file {} written again", path.display());
+                    self.save_failed = false;
+                }
+            }
+            Err(e) => {
+                // Logged once per failure streak; the proxy keeps running.
+                if !self.save_failed {
+                    log::warn!("cannot write recovery file {}: {e}", path.display());
+                    self.save_failed = true;
+                }
+            }
+        }
+    }
+
+    fn restore(&mut self) {
+        let Some(path) = self.recovery_path.clone() else {
+            return;
+        };
+        let now = unix_now();
+        match recovery::load(&path, now as u64) {
+            recovery::Loaded::Missing => {}
+            recovery::Loaded::TooOld(age) => log::info!(
+                "recovery file {} is {age} s old (more than {} s): starting fresh",
+                path.display(),
+                recovery::MAX_AGE_S
+            ),
+            recovery::Loaded::Bad(why) => log::warn!(
+                "recovery file {} is unreadable, ignored (starting fresh): {why}",
+                path.display()
+            ),
+            recovery::Loaded::Restored(s) => {
+                let n = |k: &str| s.rest.get(k).and_then(Value::as_u64).unwrap_or(0);
+                self.foo = FooCounts {
+                    req: n("msg_req"),
+                    ack: n("msg_ack"),
+                    nak: n("msg_nak"),
+                    invalid: n("msg_invalid"),
+                };
+                let obj = |k: &str| s.rest.get(k).and_then(Value::as_object).cloned();
+                if let Some(m) = obj("tcp") {
+                    self.tcp = TcpCounters::from_json(&m);
+                }
+                if let Some(m) = obj("http") {
+                    self.http = HttpCounters::from_json(&m);
+                }
+                // The window reaches back to the saved one; the seconds since are lost (0).
+                let origin = (s.time_stamp + 1) as f64 - recovery::SLOTS as f64;
+                for &(sec, req, resp) in &s.seconds {
+                    self.windows.foo_req.restore(sec, req, origin);
+                    self.windows.foo_resp.restore(sec, resp, origin);
+                }
+                log::info!(
+                    "recovery file {} restored: saved {} s ago, msg_total={}",
+                    path.display(),
+                    (now as u64).saturating_sub(s.time_stamp),
+                    n("msg_total")
+                );
+            }
+        }
+    }
+}
+
+fn hists_json(h: Option<&Hists>) -> Value {
+    let mut m = Map::new();
+    let empty = Hists::new();
+    for k in HistKind::ALL {
+        let v = match h.or(empty.as_ref()) {
+            Some(h) => hist::summary(h.get(k)),
+            None => Value::Null,
+        };
+        m.insert(k.json_key().into(), v);
+    }
+    Value::Object(m)
+}
+
+/// CPU, memory and descriptors of this process.
+pub struct ProcessFigures {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+}
+
+impl ProcessFigures {
+    pub fn now() -> ProcessFigures {
+        ProcessFigures {
+            cpu_seconds: crate::sys::cpu_seconds().unwrap_or(0.0),
+            rss_bytes: crate::sys::rss_kib().unwrap_or(0) * 1024,
+            open_fds: crate::sys::open_fds().unwrap_or(0),
+            max_fds: crate::sys::nofile_limit().map_or(0, |(soft, _)| soft),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::balance::Tried;
 use crate::buffer::{Buf, BufferPool};
 use crate::ready::Ready;
 use crate::snapshot::Snapshot;
-use crate::stats::TcpCounters;
+use crate::stats::{FooCounts, LineSniffer, TcpCounters};
 use crate::tcp::splice::{self, Pipe, PipePool};
 use crate::token::Side;
 use mio::net::TcpStream;
@@ -85,6 +85,8 @@ pub struct Flow {
     /// Present while the flow is spliced; `piped` bytes sit in it.
     pipe: Option<Pipe>,
     piped: usize,
+    /// Foo sessions: the analyzer sees every byte read (such flows never splice).
+    sniff: Option<LineSniffer>,
 }
 
 impl Flow {
@@ -187,6 +189,10 @@ pub(crate) fn flow_round(
                 }
                 Ok(n) => {
                     b.fill(n);
+                    if let Some(sn) = flow.sniff.as_mut() {
+                        let d = pool.data(b);
+                        sn.feed(&d[d.len().saturating_sub(n)..]);
+                    }
                     m.progressed = true;
                     flow.full_reads = if n == want {
                         flow.full_reads.saturating_add(1)
@@ -431,6 +437,23 @@ impl TcpSession {
             }
             Phase::Streaming => {
                 self.last_active + self.snapshot.listeners[self.listener as usize].idle_timeout
+            }
+        }
+    }
+
+    /// Turns the Foo analyzer on for both directions (and splicing off).
+    pub fn sniff_foo(&mut self) {
+        self.splice_ok = false;
+        self.up.sniff = Some(LineSniffer::default());
+        self.down.sniff = Some(LineSniffer::default());
+    }
+
+    /// Moves the Foo message counts seen so far into `into`.
+    #[inline]
+    pub fn take_foo(&mut self, into: &mut FooCounts) {
+        for f in [&mut self.up, &mut self.down] {
+            if let Some(sn) = f.sniff.as_mut() {
+                sn.counts.drain_into(into);
             }
         }
     }

@@ -95,6 +95,7 @@ impl Worker {
         if self.balancers.version != snap.version {
             self.balancers = super::build_balancers(&snap);
         }
+        self.obs.accepted(&snap, li as u32);
         let s = HttpSession::new(stream, snap, li as u32, peer.ip(), timeouts, self.now);
         entry.insert(HttpEntry::Session(Box::new(s)));
         self.http_sessions += 1;
@@ -202,6 +203,7 @@ impl Worker {
                 HttpStep::NeedUpstream { .. } => self.http_upstream(key, false),
                 HttpStep::UpstreamFailed => self.http_upstream_failed(key, 502),
                 HttpStep::Connected => {
+                    self.obs_http_connect(key, Outcome::Success);
                     self.observe_http(key, Outcome::Success);
                     self.arm_http_timer(key);
                 }
@@ -374,6 +376,7 @@ impl Worker {
         let was_reused = s.reused;
         let connecting = s.state == State::Connecting;
         let retryable = s.retryable();
+        self.obs_http_connect(key, Outcome::Failure);
         self.observe_http(key, Outcome::Failure);
         self.drop_upstream(key);
         if connecting {
@@ -381,6 +384,7 @@ impl Worker {
         }
         if was_reused && retryable {
             self.http_stats.retries += 1;
+            self.obs_http_retry(key);
             return self.http_upstream(key, true);
         }
         if connecting {
@@ -513,6 +517,7 @@ impl Worker {
             return;
         };
         s.release_resources(&mut self.pool);
+        self.obs.closed(&s.snapshot, s.listener);
         match why {
             HttpClose::Done => {}
             HttpClose::ClientGone => self.stats.client_resets += 1,
@@ -529,9 +534,6 @@ impl Worker {
 
     /// Queues the access-log record of the session's current request, once.
     fn log_request(&mut self, key: usize) {
-        let Some(tx) = self.access_log.as_ref() else {
-            return;
-        };
         let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
@@ -539,6 +541,12 @@ impl Worker {
             return;
         }
         s.logged = true;
+        self.obs_request_done(key);
+        let (Some(tx), Some(HttpEntry::Session(s))) =
+            (self.access_log.as_ref(), self.http.get(key))
+        else {
+            return;
+        };
         let mut rec = s.log;
         rec.status = s.status;
         rec.duration_us = self

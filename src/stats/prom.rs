@@ -1,0 +1,418 @@
+//! Prometheus text exposition (format 0.0.4) of the aggregator's state: counters, gauges and
+//! histograms with `listener`, `cluster` and `backend` labels. Checked by
+//! `promtool check metrics` in the tests.
+
+use super::hist::{HistKind, Hists};
+use super::{Aggregator, ClusterAgg, Traffic};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// Histogram bucket bounds, seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Escapes a label value.
+fn esc(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", esc(val));
+            }
+            self.0.push('}');
+        }
+        if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+            let _ = writeln!(self.0, " {}", v as i64);
+        } else {
+            let _ = writeln!(self.0, " {v}");
+        }
+    }
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &hdrhistogram::Histogram<u64>) {
+        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+        let bucket = format!("{name}_bucket");
+        let les: Vec<String> = BUCKETS.iter().map(|b| b.to_string()).collect();
+        for (b, le) in BUCKETS.iter().zip(&les) {
+            let us = (b * 1e6) as u64;
+            let n = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, us)
+            };
+            with_le.push(("le", le));
+            self.sample(&bucket, &with_le, n as f64);
+            with_le.pop();
+        }
+        with_le.push(("le", "+Inf"));
+        self.sample(&bucket, &with_le, h.len() as f64);
+        let sum = if h.is_empty() {
+            0.0
+        } else {
+            h.mean() * h.len() as f64 / 1e6
+        };
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, h.len() as f64);
+    }
+}
+
+/// (field, metric suffix, extra label, help of the family).
+type TrafficMetric = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    &'static str,
+);
+
+/// Counter families rendered from [`Traffic`] fields.
+const TRAFFIC: [TrafficMetric; 15] = [
+    (
+        "connections",
+        "connections_total",
+        None,
+        "Connections (listener: accepted from clients; cluster/backend: established to backends).",
+    ),
+    (
+        "closed",
+        "closed_connections_total",
+        None,
+        "Client connections closed.",
+    ),
+    (
+        "bytes_in",
+        "bytes_total",
+        Some(("direction", "in")),
+        "Bytes forwarded, by direction (in: client to backend, out: to the client).",
+    ),
+    ("bytes_out", "bytes_total", Some(("direction", "out")), ""),
+    (
+        "requests",
+        "requests_total",
+        None,
+        "HTTP requests finished.",
+    ),
+    (
+        "responses_1xx",
+        "responses_total",
+        Some(("class", "1xx")),
+        "HTTP responses by status class.",
+    ),
+    (
+        "responses_2xx",
+        "responses_total",
+        Some(("class", "2xx")),
+        "",
+    ),
+    (
+        "responses_3xx",
+        "responses_total",
+        Some(("class", "3xx")),
+        "",
+    ),
+    (
+        "responses_4xx",
+        "responses_total",
+        Some(("class", "4xx")),
+        "",
+    ),
+    (
+        "responses_5xx",
+        "responses_total",
+        Some(("class", "5xx")),
+        "",
+    ),
+    (
+        "connect_errors",
+        "errors_total",
+        Some(("kind", "connect")),
+        "Errors by kind: connect (refused/failed), connect_timeout, upstream (502), timeout (504).",
+    ),
+    (
+        "connect_timeouts",
+        "errors_total",
+        Some(("kind", "connect_timeout")),
+        "",
+    ),
+    (
+        "upstream_errors",
+        "errors_total",
+        Some(("kind", "upstream")),
+        "",
+    ),
+    ("timeouts", "errors_total", Some(("kind", "timeout")), ""),
+    (
+        "retries",
+        "retries_total",
+        None,
+        "HTTP requests retried on a fresh connection.",
+    ),
+];
+
+fn field(t: &Traffic, name: &str) -> u64 {
+    t.fields()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| *v)
+}
+
+/// One `switchyard_<level>_<suffix>` family per suffix, with a sample per entity.
+fn traffic_families(o: &mut Out, level: &str, rows: &[(Vec<(&str, &str)>, Traffic)]) {
+    let mut i = 0;
+    while i < TRAFFIC.len() {
+        let suffix = TRAFFIC[i].1;
+        let name = format!("switchyard_{level}_{suffix}");
+        o.family(&name, "counter", TRAFFIC[i].3);
+        let mut j = i;
+        while j < TRAFFIC.len() && TRAFFIC[j].1 == suffix {
+            for (labels, t) in rows {
+                let mut l = labels.clone();
+                if let Some(extra) = TRAFFIC[j].2 {
+                    l.push(extra);
+                }
+                o.sample(&name, &l, field(t, TRAFFIC[j].0) as f64);
+            }
+            j += 1;
+        }
+        i = j;
+    }
+}
+
+pub fn render(a: &Aggregator) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    let snap = a.snapshot.load();
+
+    let p = super::ProcessFigures::now();
+    o.family(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time spent, seconds.",
+    );
+    o.sample("process_cpu_seconds_total", &[], p.cpu_seconds);
+    o.family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size, bytes.",
+    );
+    o.sample("process_resident_memory_bytes", &[], p.rss_bytes as f64);
+    o.family("process_open_fds", "gauge", "Open file descriptors.");
+    o.sample("process_open_fds", &[], p.open_fds as f64);
+    o.family("process_max_fds", "gauge", "Open file descriptor limit.");
+    o.sample("process_max_fds", &[], p.max_fds as f64);
+    o.family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time, seconds since the Unix epoch.",
+    );
+    o.sample("process_start_time_seconds", &[], a.started_unix.floor());
+    o.family("switchyard_uptime_seconds", "gauge", "Seconds since start.");
+    o.sample(
+        "switchyard_uptime_seconds",
+        &[],
+        a.started.elapsed().as_secs_f64(),
+    );
+    o.family("switchyard_workers", "gauge", "Worker threads.");
+    o.sample("switchyard_workers", &[], a.workers.len() as f64);
+
+    // Process-wide counters, one family each.
+    for (k, v) in a.tcp.fields() {
+        let name = format!("switchyard_tcp_{k}_total");
+        o.family(
+            &name,
+            "counter",
+            &format!("TCP layer: {}.", k.replace('_', " ")),
+        );
+        o.sample(&name, &[], v as f64);
+    }
+    o.family(
+        "switchyard_tcp_active_connections",
+        "gauge",
+        "Client connections open.",
+    );
+    o.sample(
+        "switchyard_tcp_active_connections",
+        &[],
+        a.tcp.accepted.saturating_sub(a.tcp.closed) as f64,
+    );
+    for (k, v) in a.http.fields() {
+        let name = format!("switchyard_http_{k}_total");
+        o.family(
+            &name,
+            "counter",
+            &format!("HTTP layer: {}.", k.replace('_', " ")),
+        );
+        o.sample(&name, &[], v as f64);
+    }
+
+    // Foo analyzer.
+    o.family(
+        "switchyard_foo_messages_total",
+        "counter",
+        "Foo protocol messages seen, by type.",
+    );
+    for (t, v) in [
+        ("req", a.foo.req),
+        ("ack", a.foo.ack),
+        ("nak", a.foo.nak),
+        ("invalid", a.foo.invalid),
+    ] {
+        o.sample("switchyard_foo_messages_total", &[("type", t)], v as f64);
+    }
+    for (name, win, help) in [
+        (
+            "switchyard_foo_request_rate",
+            &a.windows.foo_req,
+            "Foo REQ messages per second over a moving window.",
+        ),
+        (
+            "switchyard_foo_response_rate",
+            &a.windows.foo_resp,
+            "Foo ACK and NAK messages per second over a moving window.",
+        ),
+    ] {
+        o.family(name, "gauge", help);
+        for (w, s) in [("1s", 1), ("10s", 10), ("60s", 60)] {
+            o.sample(name, &[("window", w)], a.rate(win, s));
+        }
+    }
+
+    // Listeners.
+    let rows: Vec<(Vec<(&str, &str)>, Traffic)> = snap
+        .listeners
+        .iter()
+        .map(|l| {
+            (
+                vec![
+                    ("listener", l.name.as_str()),
+                    ("protocol", l.protocol.as_str()),
+                ],
+                a.listeners.get(&l.name).copied().unwrap_or_default(),
+            )
+        })
+        .collect();
+    o.family(
+        "switchyard_listener_active_connections",
+        "gauge",
+        "Client connections open, per listener.",
+    );
+    for (l, t) in &rows {
+        o.sample(
+            "switchyard_listener_active_connections",
+            l,
+            t.connections.saturating_sub(t.closed) as f64,
+        );
+    }
+    traffic_families(&mut o, "listener", &rows);
+
+    // Clusters and backends.
+    let empty = ClusterAgg::default();
+    let aggs: Vec<(&str, &ClusterAgg)> = snap
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), a.clusters.get(&c.name).unwrap_or(&empty)))
+        .collect();
+    let rows: Vec<(Vec<(&str, &str)>, Traffic)> = aggs
+        .iter()
+        .map(|(n, agg)| (vec![("cluster", *n)], agg.traffic))
+        .collect();
+    traffic_families(&mut o, "cluster", &rows);
+
+    let addrs: Vec<Vec<String>> = snap
+        .clusters
+        .iter()
+        .map(|c| c.backends.iter().map(|b| b.addr.to_string()).collect())
+        .collect();
+    let mut rows: Vec<(Vec<(&str, &str)>, Traffic)> = Vec::new();
+    for (ci, c) in snap.clusters.iter().enumerate() {
+        for addr in &addrs[ci] {
+            let t = aggs[ci].1.backends.get(addr).copied().unwrap_or_default();
+            rows.push((
+                vec![("cluster", c.name.as_str()), ("backend", addr.as_str())],
+                t,
+            ));
+        }
+    }
+    o.family(
+        "switchyard_backend_up",
+        "gauge",
+        "1 when the backend takes traffic (state up).",
+    );
+    for (l, _) in &rows {
+        o.sample("switchyard_backend_up", l, 1.0);
+    }
+    let backends: Vec<&crate::snapshot::Backend> = snap
+        .clusters
+        .iter()
+        .flat_map(|c| c.backends.iter())
+        .collect();
+    o.family(
+        "switchyard_backend_active_connections",
+        "gauge",
+        "Connections open to the backend.",
+    );
+    for ((l, _), b) in rows.iter().zip(&backends) {
+        o.sample(
+            "switchyard_backend_active_connections",
+            l,
+            f64::from(b.live.active.load(Ordering::Relaxed)),
+        );
+    }
+    o.family(
+        "switchyard_backend_weight",
+        "gauge",
+        "Configured balancing weight.",
+    );
+    for ((l, _), b) in rows.iter().zip(&backends) {
+        o.sample("switchyard_backend_weight", l, f64::from(b.weight));
+    }
+    traffic_families(&mut o, "backend", &rows);
+
+    // Latency histograms per cluster.
+    let none = Hists::new();
+    for (kind, name, help) in [
+        (
+            HistKind::Request,
+            "switchyard_request_duration_seconds",
+            "HTTP request latency: request head complete to response complete.",
+        ),
+        (
+            HistKind::Connect,
+            "switchyard_backend_connect_duration_seconds",
+            "Backend connect time.",
+        ),
+        (
+            HistKind::Ttfb,
+            "switchyard_time_to_first_byte_seconds",
+            "HTTP request start to the first byte of the backend's response.",
+        ),
+    ] {
+        o.family(name, "histogram", help);
+        for (cname, agg) in &aggs {
+            if let Some(h) = agg.hists.as_ref().or(none.as_ref()) {
+                o.histogram(name, &[("cluster", cname)], h.get(kind));
+            }
+        }
+    }
+    o.0
+}

@@ -982,8 +982,8 @@ impl Aggregator {
                 if let Some(m) = obj("http") {
                     self.http = HttpCounters::from_json(&m);
                 }
-                // The window reaches back to the saved one; the seconds since are lost (0).
-                let origin = (s.time_stamp + 1) as f64 - recovery::SLOTS as f64;
+                // The saved window was a full one; the seconds since the save are lost (0).
+                let origin = s.time_stamp as f64 - recovery::SLOTS as f64;
                 for &(sec, req, resp) in &s.seconds {
                     self.windows.foo_req.restore(sec, req, origin);
                     self.windows.foo_resp.restore(sec, resp, origin);

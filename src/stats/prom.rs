@@ -416,3 +416,17 @@ pub fn render(a: &Aggregator) -> String {
     }
     o.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut o = Out(String::new());
+        o.sample("m", &[("l", "x\"y")], 2.0);
+        o.sample("m", &[], 0.25);
+        assert_eq!(o.0, "m{l=\"x\\\"y\"} 2\nm 0.25\n");
+    }
+}

@@ -467,6 +467,17 @@ impl Proxy {
         }
     }
 
+    /// The stdout lines that arrive within `wait` (and any already waiting).
+    pub fn stdout_lines(&self, wait: Duration) -> Vec<String> {
+        let rx = self.stdout_rx.lock().unwrap();
+        let d = Deadline::after(wait);
+        let mut out = Vec::new();
+        while let Ok(l) = rx.recv_timeout(d.remaining()) {
+            out.push(l);
+        }
+        out
+    }
+
     /// One integer counter of the `tcp` stats object.
     pub fn tcp(&self, key: &str) -> u64 {
         let v = self.stats();

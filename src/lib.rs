@@ -19,9 +19,11 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod admin;
 pub mod balance;
 pub mod buffer;
 pub mod config;
+pub mod control;
 pub mod demo_backend;
 pub mod http;
 pub mod logging;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use switchyard::config::{self, Config, ConfigError};
 use switchyard::demo_backend::{self, DemoOptions, DemoProtocol};
 use switchyard::quick::{self, QuickArgs};
-use switchyard::{logging, server};
+use switchyard::{control, logging, server};
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_INTERNAL: u8 = 70;
@@ -95,12 +95,41 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     config::load_file(path).map_err(|errs| report(&errs))
 }
 
-fn serve(cfg: Config) -> ExitCode {
-    match server::run(cfg) {
+/// Validates a raw document, merges it with the persisted runtime state and runs it.
+fn serve(doc: toml::Table, path: Option<PathBuf>) -> ExitCode {
+    let boot = match control::boot(doc) {
+        Ok(b) => b,
+        Err(errs) => return report(&errs),
+    };
+    match server::run(boot, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
+/// `run -c FILE`: the file's document (every error reported at once, exit 64).
+fn serve_file(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return report(&[ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }])
+        }
+    };
+    match config::parse_toml(&text) {
+        Ok(doc) => serve(doc, Some(path.to_path_buf())),
+        Err(mut errs) => {
+            for e in &mut errs {
+                if e.path.is_empty() {
+                    e.path = path.display().to_string();
+                }
+            }
+            report(&errs)
         }
     }
 }
@@ -137,10 +166,7 @@ fn main() -> ExitCode {
         },
         Some(Cmd::Run {
             config: Some(path), ..
-        }) => match load(&path) {
-            Ok(cfg) => serve(cfg),
-            Err(code) => code,
-        },
+        }) => serve_file(&path),
         Some(Cmd::Run { config: None, .. }) => run_demo(),
         Some(Cmd::DemoBackend {
             listen,
@@ -171,19 +197,10 @@ fn main() -> ExitCode {
                     eprintln!("error: -c and quick-mode flags cannot be combined");
                     return ExitCode::from(EXIT_USAGE);
                 }
-                return match load(&path) {
-                    Ok(cfg) => serve(cfg),
-                    Err(code) => code,
-                };
+                return serve_file(&path);
             }
-            if quick.http.is_some() || quick.recovery_path.is_some() {
-                log::warn!(
-                    "-http and -recovery-path are accepted but not served yet in this build \
-                     (stats endpoints and recovery arrive with the observability work)"
-                );
-            }
-            match quick.to_config() {
-                Ok(cfg) => serve(cfg),
+            match quick.to_doc() {
+                Ok(doc) => serve(doc, None),
                 Err(errs) => report(&errs),
             }
         }
@@ -192,8 +209,8 @@ fn main() -> ExitCode {
 
 /// `switchyard run --demo`: the embedded quick-start config plus its two demo backends.
 fn run_demo() -> ExitCode {
-    let cfg = match config::parse_str(QUICKSTART) {
-        Ok(c) => c,
+    let doc = match config::parse_toml(QUICKSTART) {
+        Ok(d) => d,
         Err(errs) => return report(&errs),
     };
     for (i, addr) in QUICKSTART_BACKENDS.iter().enumerate() {
@@ -212,5 +229,5 @@ fn run_demo() -> ExitCode {
             }
         });
     }
-    serve(cfg)
+    serve(doc, None)
 }

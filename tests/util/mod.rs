@@ -6,6 +6,8 @@
 //! and every child process is killed when its guard is dropped, so no test can hang.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};

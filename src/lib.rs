@@ -24,6 +24,7 @@ pub mod balance;
 pub mod buffer;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod demo_backend;
 pub mod http;
 pub mod logging;

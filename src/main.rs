@@ -63,6 +63,8 @@ enum Cmd {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
+    /// The admin API from the command line (tables by default, --json for the API's JSON).
+    Ctl(switchyard::ctl::CtlArgs),
     /// A small, fast built-in backend (HTTP or Foo) for demos, tests and benchmarks.
     DemoBackend {
         #[arg(long, default_value = "127.0.0.1:9001")]
@@ -168,6 +170,7 @@ fn main() -> ExitCode {
             config: Some(path), ..
         }) => serve_file(&path),
         Some(Cmd::Run { config: None, .. }) => run_demo(),
+        Some(Cmd::Ctl(args)) => ExitCode::from(switchyard::ctl::run(args)),
         Some(Cmd::DemoBackend {
             listen,
             protocol,

@@ -206,9 +206,7 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
             "POST" => {
                 let who = authorize(shared, req)?;
                 log::info!("admin: reload requested by {who}");
-                let v = c
-                    .reload()
-                    .map_err(|e| ApiError::new(422, "reload_failed", e))?;
+                let v = c.reload_if(if_match(req)?)?;
                 Ok(ok(200, &json!({"version": v}), v))
             }
             _ => Ok(method_not_allowed("POST")),

@@ -329,11 +329,21 @@ impl Control {
 
     /// SIGHUP: reloads the config file through the same path. A bad file changes nothing.
     pub fn reload(&self) -> Result<u64, String> {
+        self.reload_if(None).map_err(|e| e.message)
+    }
+
+    /// [`Control::reload`] for the API: 412 when `if_match` is stale, 422 when the file is bad.
+    pub fn reload_if(&self, if_match: Option<u64>) -> Result<u64, ApiError> {
         let Some(path) = self.config_path.clone() else {
-            return Err("no config file to reload (quick mode)".into());
+            return Err(ApiError::new(
+                409,
+                "no_config_file",
+                "no config file to reload (quick mode)",
+            ));
         };
+        let failed = |m: String| ApiError::new(422, "reload_failed", m);
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let shown = path.display().to_string();
         let join = |errs: Vec<ConfigError>| {
             errs.iter()
@@ -344,10 +354,20 @@ impl Control {
                 .collect::<Vec<_>>()
                 .join("; ")
         };
-        let new_file = config::parse_toml(&text).map_err(join)?;
+        let new_file = config::parse_toml(&text).map_err(|e| failed(join(e)))?;
         // The file must be valid on its own, not only once merged.
-        let file_cfg = config::parse_table(new_file.clone()).map_err(join)?;
+        let file_cfg = config::parse_table(new_file.clone()).map_err(|e| failed(join(e)))?;
         let mut st = self.lock();
+        if let Some(v) = if_match.filter(|&v| v != st.version) {
+            return Err(ApiError::new(
+                412,
+                "version_mismatch",
+                format!(
+                    "If-Match names version {v}, the running config is version {}",
+                    st.version
+                ),
+            ));
+        }
         if file_cfg.server != st.config.server {
             log::warn!(
                 "reload: [server] settings changed in {}; they take effect at the next restart",
@@ -360,12 +380,7 @@ impl Control {
             None => merged.remove("server"),
         };
         let old = st.version;
-        let version = self
-            .commit(&mut st, merged, Some(new_file))
-            .map_err(|e| match e.field {
-                Some(f) => format!("{f}: {}", e.message),
-                None => e.message,
-            })?;
+        let version = self.commit(&mut st, merged, Some(new_file))?;
         log::info!(
             "audit: SIGHUP: reloaded {}: version {old} -> {version}",
             path.display()

@@ -19,9 +19,12 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod admin;
 pub mod balance;
 pub mod buffer;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod demo_backend;
 pub mod http;
 pub mod logging;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use switchyard::config::{self, Config, ConfigError};
 use switchyard::demo_backend::{self, DemoOptions, DemoProtocol};
 use switchyard::quick::{self, QuickArgs};
-use switchyard::{logging, server};
+use switchyard::stats::StatsConfig;
+use switchyard::{control, logging, server};
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_INTERNAL: u8 = 70;
@@ -63,6 +64,8 @@ enum Cmd {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
+    /// The admin API from the command line (tables by default, --json for the API's JSON).
+    Ctl(switchyard::ctl::CtlArgs),
     /// A small, fast built-in backend (HTTP or Foo) for demos, tests and benchmarks.
     DemoBackend {
         #[arg(long, default_value = "127.0.0.1:9001")]
@@ -95,12 +98,41 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     config::load_file(path).map_err(|errs| report(&errs))
 }
 
-fn serve(cfg: Config) -> ExitCode {
-    match server::run(cfg) {
+/// Validates a raw document, merges it with the persisted runtime state and runs it.
+fn serve(doc: toml::Table, path: Option<PathBuf>, stats: StatsConfig) -> ExitCode {
+    let boot = match control::boot(doc) {
+        Ok(b) => b,
+        Err(errs) => return report(&errs),
+    };
+    match server::run(boot, path, stats) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
+/// `run -c FILE`: the file's document (every error reported at once, exit 64).
+fn serve_file(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return report(&[ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }])
+        }
+    };
+    match config::parse_toml(&text) {
+        Ok(doc) => serve(doc, Some(path.to_path_buf()), StatsConfig::default()),
+        Err(mut errs) => {
+            for e in &mut errs {
+                if e.path.is_empty() {
+                    e.path = path.display().to_string();
+                }
+            }
+            report(&errs)
         }
     }
 }
@@ -137,11 +169,9 @@ fn main() -> ExitCode {
         },
         Some(Cmd::Run {
             config: Some(path), ..
-        }) => match load(&path) {
-            Ok(cfg) => serve(cfg),
-            Err(code) => code,
-        },
+        }) => serve_file(&path),
         Some(Cmd::Run { config: None, .. }) => run_demo(),
+        Some(Cmd::Ctl(args)) => ExitCode::from(switchyard::ctl::run(args)),
         Some(Cmd::DemoBackend {
             listen,
             protocol,
@@ -171,19 +201,10 @@ fn main() -> ExitCode {
                     eprintln!("error: -c and quick-mode flags cannot be combined");
                     return ExitCode::from(EXIT_USAGE);
                 }
-                return match load(&path) {
-                    Ok(cfg) => serve(cfg),
-                    Err(code) => code,
-                };
+                return serve_file(&path);
             }
-            if quick.http.is_some() {
-                log::warn!(
-                    "-http is accepted but not served yet in this build (the admin server \
-                     arrives with the control-plane work)"
-                );
-            }
-            match quick.to_config() {
-                Ok(cfg) => serve(cfg),
+            match quick.to_doc() {
+                Ok(doc) => serve(doc, None, quick.stats_config()),
                 Err(errs) => report(&errs),
             }
         }
@@ -192,8 +213,8 @@ fn main() -> ExitCode {
 
 /// `switchyard run --demo`: the embedded quick-start config plus its two demo backends.
 fn run_demo() -> ExitCode {
-    let cfg = match config::parse_str(QUICKSTART) {
-        Ok(c) => c,
+    let doc = match config::parse_toml(QUICKSTART) {
+        Ok(d) => d,
         Err(errs) => return report(&errs),
     };
     for (i, addr) in QUICKSTART_BACKENDS.iter().enumerate() {
@@ -212,5 +233,5 @@ fn run_demo() -> ExitCode {
             }
         });
     }
-    serve(cfg)
+    serve(doc, None, StatsConfig::default())
 }

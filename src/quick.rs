@@ -2,7 +2,8 @@
 //! [-recovery-path P] [-protocol tcp|foo]`, single- or double-dash flags, the original
 //! defaults. It builds the same validated `Config` a file would.
 
-use crate::config::{self, Config, ConfigError, StatsConfig};
+use crate::config::{self, Config, ConfigError};
+use crate::stats::StatsConfig;
 
 pub const DEFAULT_LISTEN: &str = ":8002";
 pub const DEFAULT_FORWARD: &str = ":8001";
@@ -37,6 +38,19 @@ pub struct QuickArgs {
 }
 
 impl QuickArgs {
+    /// Quick mode's stats: the Foo JSON on `/metrics`, the recovery file at `-recovery-path`.
+    pub fn stats_config(&self) -> StatsConfig {
+        StatsConfig {
+            foo_compat: true,
+            recovery_path: Some(
+                self.recovery_path
+                    .as_deref()
+                    .unwrap_or(DEFAULT_RECOVERY_PATH)
+                    .into(),
+            ),
+        }
+    }
+
     pub fn any(&self) -> bool {
         self.listen.is_some()
             || self.forward.is_some()
@@ -48,57 +62,56 @@ impl QuickArgs {
     /// The quick-mode config, written as TOML and put through the normal validation so both
     /// paths share every rule and default.
     pub fn to_config(&self) -> Result<Config, Vec<ConfigError>> {
+        self.to_doc()
+            .and_then(|doc| config::parse_table(doc).map_err(|e| self.flag_errors(e)))
+    }
+
+    /// The quick-mode config as a raw document (what the control plane runs and edits). The
+    /// stats/health HTTP address (`-http`) is the admin API's; on a non-loopback address it
+    /// is read-only, as the original's endpoints were.
+    pub fn to_doc(&self) -> Result<toml::Table, Vec<ConfigError>> {
         let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let forward = self.forward.as_deref().unwrap_or(DEFAULT_FORWARD);
         let protocol = self.protocol.as_deref().unwrap_or("tcp");
-        let mut pre = Vec::new();
         let http = self.http.as_deref().unwrap_or(DEFAULT_HTTP);
-        if let Err(e) = config::parse_bind(http) {
-            pre.push(ConfigError {
-                path: "-http".into(),
-                message: e,
-            });
-        }
+        let read_only = match config::parse_bind(http) {
+            Ok(a) => !a.ip().is_loopback(),
+            Err(e) => {
+                return Err(vec![ConfigError {
+                    path: "-http".into(),
+                    message: e,
+                }])
+            }
+        };
         let esc = |s: &str| toml::Value::String(s.to_string()).to_string();
         let text = format!(
-            "[[listeners]]\nname = \"quick\"\nbind = {}\nprotocol = {}\ncluster = \"forward\"\n\
+            "[server]\nadmin = {}\nadmin_read_only = {read_only}\n\
+             [[listeners]]\nname = \"quick\"\nbind = {}\nprotocol = {}\ncluster = \"forward\"\n\
              [[clusters]]\nname = \"forward\"\nbackends = [{}]\nconnect_attempts = 1\n",
+            esc(http),
             esc(listen),
             esc(protocol),
             esc(forward)
         );
-        let result = config::parse_str(&text).map_err(|errs| {
-            errs.into_iter()
-                .map(|e| ConfigError {
-                    path: match e.path.as_str() {
-                        "listeners[0].bind" => "-listen".into(),
-                        "listeners[0].protocol" => "-protocol".into(),
-                        p if p.starts_with("clusters[0].backends") => "-forward".into(),
-                        p => p.to_string(),
-                    },
-                    message: e.message,
-                })
-                .collect::<Vec<_>>()
-        });
-        match result {
-            Ok(mut c) if pre.is_empty() => {
-                c.stats = StatsConfig {
-                    foo_compat: true,
-                    recovery_path: Some(
-                        self.recovery_path
-                            .as_deref()
-                            .unwrap_or(DEFAULT_RECOVERY_PATH)
-                            .into(),
-                    ),
-                };
-                Ok(c)
-            }
-            Ok(_) => Err(pre),
-            Err(mut e) => {
-                pre.append(&mut e);
-                Err(pre)
-            }
-        }
+        let doc = config::parse_toml(&text)?;
+        // Report every bad flag at once, by flag name.
+        config::parse_table(doc.clone()).map_err(|e| self.flag_errors(e))?;
+        Ok(doc)
+    }
+
+    fn flag_errors(&self, errs: Vec<ConfigError>) -> Vec<ConfigError> {
+        errs.into_iter()
+            .map(|e| ConfigError {
+                path: match e.path.as_str() {
+                    "listeners[0].bind" => "-listen".into(),
+                    "listeners[0].protocol" => "-protocol".into(),
+                    "server.admin" => "-http".into(),
+                    p if p.starts_with("clusters[0].backends") => "-forward".into(),
+                    p => p.to_string(),
+                },
+                message: e.message,
+            })
+            .collect()
     }
 }
 

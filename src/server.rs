@@ -1,10 +1,11 @@
 //! Process orchestration: bind every listener once per worker, start the workers, the stats
 //! aggregator and the signal thread, then wait for a graceful shutdown.
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::ListenerConfig;
+use crate::control::{Boot, Control, Running};
 use crate::signals::{self, SignalEvent};
 use crate::snapshot::{self, Snapshot};
-use crate::stats::{Aggregator, StatsMsg};
+use crate::stats::{Aggregator, StatsConfig, StatsMsg};
 use crate::worker::{self, Ctrl, WorkerHandle, WorkerSettings};
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use std::io;
@@ -26,6 +27,8 @@ pub enum RunError {
     },
     #[error("worker {id} failed: {source}")]
     Worker { id: usize, source: io::Error },
+    #[error("admin API: {0}")]
+    Admin(String),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
@@ -85,21 +88,61 @@ pub fn announce(l: &ListenerConfig, actual: SocketAddr) {
     );
 }
 
-/// Runs the proxy until SIGTERM/SIGINT and the drain that follows.
-pub fn run(cfg: Config) -> Result<(), RunError> {
+/// Reads `server.admin_token_file`: the whole file, surrounding whitespace trimmed.
+fn read_token(path: &std::path::Path) -> Result<String, RunError> {
+    let t = std::fs::read_to_string(path).map_err(|e| {
+        RunError::Admin(format!(
+            "cannot read admin_token_file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(RunError::Admin(format!(
+            "admin_token_file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(t)
+}
+
+/// Runs the proxy until SIGTERM/SIGINT and the drain that follows. `config_path` is what
+/// SIGHUP reloads (none in quick mode). `stats`: how stats are served and kept (quick mode
+/// sets it; in config mode the recovery file defaults to `state_dir/stats.json`).
+pub fn run(
+    boot: Boot,
+    config_path: Option<std::path::PathBuf>,
+    stats: StatsConfig,
+) -> Result<(), RunError> {
+    let cfg = boot.config.clone();
     // Before anything is announced: a script may signal us as soon as it sees a listener.
     let signals = signals::register().map_err(io_err("installing signal handlers"))?;
     if let Some(limit) = crate::sys::raise_nofile_limit() {
         log::debug!("open-file limit {limit}");
     }
     let workers = cfg.server.workers;
-    let snap = snapshot::shared(Snapshot::build(&cfg, 1, None));
+    let snap = snapshot::shared(Snapshot::build(&cfg, boot.version, None));
+    let token = match &cfg.server.admin_token_file {
+        Some(p) => Some(read_token(p)?),
+        None => None,
+    };
 
     // Bind everything before starting any thread: a bad address fails start-up cleanly.
+    // Listener i takes slot i.
     let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for l in &cfg.listeners {
+    let mut running = std::collections::HashMap::new();
+    for (slot, l) in cfg.listeners.iter().enumerate() {
         let socks = bind_listener(&l.name, l.bind, workers, cfg.server.backlog)?;
-        announce(l, socks[0].local_addr().map_err(io_err("local_addr"))?);
+        let local = socks[0].local_addr().map_err(io_err("local_addr"))?;
+        announce(l, local);
+        running.insert(
+            l.name.clone(),
+            Running {
+                slot,
+                bind: l.bind,
+                local,
+            },
+        );
         for (w, s) in socks.into_iter().enumerate() {
             per_worker[w].push(s);
         }
@@ -154,15 +197,42 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         handles.push(handle);
     }
 
+    // Quick mode passes -recovery-path; config mode keeps stats next to the runtime state.
+    let stats_opts = StatsConfig {
+        recovery_path: stats
+            .recovery_path
+            .clone()
+            .or_else(|| cfg.server.state_dir.as_ref().map(|d| d.join("stats.json"))),
+        ..stats
+    };
     let aggregator = Aggregator::new(
         stats_rx,
         stats_tx.clone(),
         handles.clone(),
         snap.clone(),
-        &cfg.stats,
+        &stats_opts,
     );
-    // The admin server (GET /stats, /metrics) will take this.
-    let _stats_handle = aggregator.handle();
+    let stats_source: std::sync::Arc<dyn crate::admin::StatsSource> =
+        std::sync::Arc::new(aggregator.handle());
+
+    let control = std::sync::Arc::new(Control::new(
+        boot,
+        running,
+        snap.clone(),
+        handles.clone(),
+        config_path,
+    ));
+    if let Some(addr) = cfg.server.admin {
+        let settings = crate::admin::AdminSettings {
+            token,
+            read_only: cfg.server.admin_read_only,
+            max_body: cfg.server.admin_max_body,
+        };
+        let local = crate::admin::start(addr, control.clone(), Some(stats_source), settings)
+            .map_err(|e| RunError::Admin(format!("cannot bind {addr}: {e}")))?;
+        log::info!("listening name=admin protocol=admin addr={local}");
+    }
+
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())
@@ -189,9 +259,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         SignalEvent::DumpStats => {
             let _ = sig_stats.send(StatsMsg::Dump);
         }
-        SignalEvent::Reload => {
-            log::warn!("SIGHUP: configuration reload is not available in this build; ignored");
-        }
+        SignalEvent::Reload => match control.reload() {
+            Ok(v) => log::info!("SIGHUP: configuration reloaded (version {v})"),
+            Err(e) => log::error!("SIGHUP: reload rejected, the running configuration is kept: {e}"),
+        },
     })
     .map_err(io_err("installing signal handlers"))?;
 

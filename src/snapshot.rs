@@ -37,7 +37,10 @@ pub struct Cluster {
     pub name: String,
     pub balance: BalanceKind,
     pub hash_on: Option<HashOn>,
+    /// Backends in rotation: what the balancers pick from (indices are into this list).
     pub backends: Vec<Backend>,
+    /// Draining backends: no new connections or requests; shown by the admin API and stats.
+    pub draining: Vec<Backend>,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
     pub first_byte_timeout: Duration,
@@ -65,16 +68,39 @@ pub struct ListenerRoute {
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
-    pub listeners: Vec<ListenerRoute>,
+    /// Indexed by listener slot. A slot is the listener's index in the workers' socket table
+    /// and its token; removed listeners leave `None` until the slot is reused.
+    pub listeners: Vec<Option<ListenerRoute>>,
     pub clusters: Vec<Cluster>,
     /// Cluster name → index (FaaS routing looks clusters up by name per request).
     pub cluster_index: HashMap<String, usize>,
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated config. `prev` lends its live counters to backends
-    /// that survive the change (same cluster name and address).
+    /// Builds a snapshot from a validated config, listener `i` in slot `i`. `prev` lends its
+    /// live counters to backends that survive the change (same cluster name and address).
     pub fn build(cfg: &Config, version: u64, prev: Option<&Snapshot>) -> Snapshot {
+        let slots: Vec<usize> = (0..cfg.listeners.len()).collect();
+        Snapshot::build_with_slots(cfg, version, prev, &slots)
+    }
+
+    /// As [`Snapshot::build`], with `slots[i]` the slot of `cfg.listeners[i]`.
+    pub fn build_with_slots(
+        cfg: &Config,
+        version: u64,
+        prev: Option<&Snapshot>,
+        slots: &[usize],
+    ) -> Snapshot {
+        let backend =
+            |c: &crate::config::ClusterConfig, b: &crate::config::BackendConfig| Backend {
+                name: b.name.clone(),
+                addr: b.addr,
+                weight: b.weight,
+                live: prev
+                    .and_then(|p| p.find_backend(&c.name, b.addr))
+                    .map(|old| old.live.clone())
+                    .unwrap_or_default(),
+            };
         let clusters: Vec<Cluster> = cfg
             .clusters
             .iter()
@@ -91,15 +117,14 @@ impl Snapshot {
                 backends: c
                     .backends
                     .iter()
-                    .map(|b| Backend {
-                        name: b.name.clone(),
-                        addr: b.addr,
-                        weight: b.weight,
-                        live: prev
-                            .and_then(|p| p.find_backend(&c.name, b.addr))
-                            .map(|old| old.live.clone())
-                            .unwrap_or_default(),
-                    })
+                    .filter(|b| !b.drain)
+                    .map(|b| backend(c, b))
+                    .collect(),
+                draining: c
+                    .backends
+                    .iter()
+                    .filter(|b| b.drain)
+                    .map(|b| backend(c, b))
                     .collect(),
             })
             .collect();
@@ -109,10 +134,9 @@ impl Snapshot {
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
         // Validation guarantees that every cluster a listener or route names exists.
-        let listeners = cfg
-            .listeners
-            .iter()
-            .map(|l| ListenerRoute {
+        let mut listeners: Vec<Option<ListenerRoute>> = Vec::new();
+        for (l, &slot) in cfg.listeners.iter().zip(slots) {
+            let route = ListenerRoute {
                 name: l.name.clone(),
                 protocol: l.protocol,
                 cluster: l
@@ -132,8 +156,12 @@ impl Snapshot {
                     max_headers: l.http.max_headers,
                     max_uri_bytes: l.http.max_uri_bytes,
                 },
-            })
-            .collect();
+            };
+            if listeners.len() <= slot {
+                listeners.resize_with(slot + 1, || None);
+            }
+            listeners[slot] = Some(route);
+        }
         Snapshot {
             version,
             listeners,
@@ -142,12 +170,17 @@ impl Snapshot {
         }
     }
 
+    /// The listener in `slot`, if there is one.
+    #[inline]
+    pub fn listener(&self, slot: usize) -> Option<&ListenerRoute> {
+        self.listeners.get(slot)?.as_ref()
+    }
+
     fn find_backend(&self, cluster: &str, addr: SocketAddr) -> Option<&Backend> {
-        self.clusters
+        let c = self.clusters.iter().find(|c| c.name == cluster)?;
+        c.backends
             .iter()
-            .find(|c| c.name == cluster)?
-            .backends
-            .iter()
+            .chain(&c.draining)
             .find(|b| b.addr == addr)
     }
 }

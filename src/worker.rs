@@ -47,12 +47,20 @@ const FD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Control messages from other threads; always followed by a `Waker::wake`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Ctrl {
     /// Stop accepting; let sessions finish until the deadline, then close the rest and exit.
     Shutdown { deadline: Instant },
     /// Send a stats delta now, tagged with this sequence number.
     FlushStats(u64),
+    /// Start accepting on this worker's socket of a listener added at run time. Its route is
+    /// already in the published snapshot under `slot`.
+    AddListener {
+        slot: usize,
+        socket: std::net::TcpListener,
+    },
+    /// Stop accepting on a listener (removed, or rebound elsewhere). Its connections go on.
+    RemoveListener { slot: usize },
 }
 
 /// The handle other threads use to talk to a worker.
@@ -318,6 +326,8 @@ impl Worker {
         while let Ok(msg) = self.ctrl.try_recv() {
             match msg {
                 Ctrl::FlushStats(seq) => self.flush_stats(seq),
+                Ctrl::AddListener { slot, socket } => self.add_listener(slot, socket),
+                Ctrl::RemoveListener { slot } => self.remove_listener(slot),
                 Ctrl::Shutdown { deadline } => {
                     let first = self.shutdown.is_none();
                     self.shutdown = Some(self.shutdown.map_or(deadline, |d| d.min(deadline)));
@@ -361,6 +371,38 @@ impl Worker {
     }
 
     // ------------------------------------------------------------------ accepting
+
+    fn add_listener(&mut self, slot: usize, socket: std::net::TcpListener) {
+        if self.shutdown.is_some() || slot >= token::MAX_LISTENERS {
+            return; // dropping the socket closes it
+        }
+        self.remove_listener(slot);
+        let mut l = TcpListener::from_std(socket);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut l, token::listener(slot), Interest::READABLE)
+        {
+            log::error!("worker {}: cannot watch listener slot {slot}: {e}", self.id);
+            return;
+        }
+        if self.listeners.len() <= slot {
+            self.listeners.resize_with(slot + 1, || None);
+        }
+        self.listeners[slot] = Some(l);
+        // Connections may have queued between the bind and now: edge-triggered epoll reports
+        // them on registration, but accepting once more costs one syscall.
+        if !self.accept_again.contains(&slot) {
+            self.accept_again.push(slot);
+        }
+    }
+
+    fn remove_listener(&mut self, slot: usize) {
+        if let Some(mut l) = self.listeners.get_mut(slot).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept_again.retain(|&li| li != slot);
+    }
 
     fn accept(&mut self, li: usize) {
         if self.shutdown.is_some() {
@@ -446,19 +488,22 @@ impl Worker {
     fn open_session(&mut self, li: usize, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.accepted += 1;
         let snap = self.snapshot.load_full();
-        if snap.listeners.get(li).map(|r| r.protocol) == Some(Protocol::Http) {
+        if snap.listener(li).map(|r| r.protocol) == Some(Protocol::Http) {
             return self.open_http(li, stream, peer);
         }
-        // tcp/foo listeners always have a cluster (validated); the stream closes on drop.
-        let Some(cluster) = snap.listeners.get(li).and_then(|r| r.cluster) else {
+        // tcp/foo listeners always have a cluster (validated); a listener removed since the
+        // accept has none. The stream closes on drop.
+        let Some((cluster, protocol)) = snap
+            .listener(li)
+            .and_then(|r| Some((r.cluster?, r.protocol)))
+        else {
             self.stats.closed += 1;
             return;
         };
         let cluster = cluster as u32;
-        let route = &snap.listeners[li];
         // Foo listeners are analyzed line by line: their bytes must pass through user space.
-        let splice_ok = route.protocol == Protocol::Tcp && self.pipes.enabled();
-        let route_is_foo = route.protocol == Protocol::Foo;
+        let splice_ok = protocol == Protocol::Tcp && self.pipes.enabled();
+        let route_is_foo = protocol == Protocol::Foo;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(

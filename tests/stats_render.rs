@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use switchyard::config::{self, StatsConfig};
+use switchyard::config;
 use switchyard::snapshot::{self, Snapshot};
 use switchyard::stats::{
-    Aggregator, FooCounts, HttpCounters, RequestDone, StatsHandle, StatsMsg, TcpCounters,
-    WorkerStats,
+    Aggregator, FooCounts, HttpCounters, RequestDone, StatsConfig, StatsHandle, StatsMsg,
+    TcpCounters, WorkerStats,
 };
 
 const CONFIG: &str = r#"

@@ -43,6 +43,9 @@ pub mod defaults {
     // finds the pool full of its peers opens a new connection.
     pub const POOL_MAX_IDLE: u64 = 1024;
     pub const WEIGHT: u64 = 1;
+    // Admin API.
+    pub const ADMIN: &str = "127.0.0.1:8088";
+    pub const ADMIN_MAX_BODY: u64 = 1024 * 1024;
 }
 
 /// One problem in a config, with the path of the field it concerns.
@@ -96,6 +99,12 @@ pub struct RawServer {
     pub backlog: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub access_log: Option<String>,
+    pub admin: Option<String>,
+    pub admin_token_file: Option<String>,
+    pub admin_insecure: Option<bool>,
+    pub admin_read_only: Option<bool>,
+    pub admin_max_body: Option<RawSize>,
+    pub state_dir: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -239,6 +248,18 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// HTTP access log file (JSON lines), appended to.
     pub access_log: Option<std::path::PathBuf>,
+    /// Admin API address; `None` when disabled (`admin = "off"`).
+    pub admin: Option<SocketAddr>,
+    /// When set, every admin mutation needs `Authorization: Bearer <token>`.
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Allows a non-loopback admin address without a token.
+    pub admin_insecure: bool,
+    /// The admin API answers reads only.
+    pub admin_read_only: bool,
+    /// Largest accepted admin request body.
+    pub admin_max_body: usize,
+    /// Where runtime changes (and the stats snapshot) are persisted.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -274,6 +295,8 @@ pub struct BackendConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Draining: takes no new connections or requests; the ones it has finish.
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,18 +323,6 @@ pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
-    /// Set by the command line, not the file.
-    pub stats: StatsConfig,
-}
-
-/// How stats are served and kept (not a file section: quick mode sets it; config mode will
-/// derive `recovery_path` from `server.state_dir`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatsConfig {
-    /// Foo quick mode: `/metrics` answers the Foo JSON, as the original did.
-    pub foo_compat: bool,
-    /// Where totals and the 10 s window are saved about once a second and restored from.
-    pub recovery_path: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -341,7 +352,12 @@ pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
 
 /// Parses and validates TOML text.
 pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+    parse_table(parse_toml(text)?)
+}
+
+/// TOML text → table (the raw document the control plane edits), syntax errors only.
+pub fn parse_toml(text: &str) -> Result<toml::Table, Vec<ConfigError>> {
+    text.parse().map_err(|e: toml::de::Error| {
         vec![ConfigError {
             path: String::new(),
             message: format!(
@@ -349,7 +365,11 @@ pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
                 e.to_string().trim_end().replace('\n', " | ")
             ),
         }]
-    })?;
+    })
+}
+
+/// Validates a raw document (a parsed file, or one the admin API edited).
+pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
     let mut server = RawServer::default();
     let mut listeners = Vec::new();
@@ -513,6 +533,47 @@ fn http_listener(
     }
 }
 
+fn path_field(path: &str, raw: &Option<String>, errs: &mut Errors) -> Option<std::path::PathBuf> {
+    match raw.as_deref() {
+        None => None,
+        Some("") => {
+            errs.add(path, "empty path");
+            None
+        }
+        Some(p) => Some(std::path::PathBuf::from(p)),
+    }
+}
+
+/// `server.admin`: an address, or `"off"`. A non-loopback address needs a token file unless
+/// the operator says `admin_insecure = true` or the API is read-only.
+fn admin_field(raw: &RawServer, s: &ServerConfig, errs: &mut Errors) -> Option<SocketAddr> {
+    let text = raw.admin.as_deref().unwrap_or(defaults::ADMIN);
+    if text == "off" {
+        return None;
+    }
+    let addr = match parse_bind(text) {
+        Ok(a) => a,
+        Err(e) => {
+            errs.add("server.admin", format!("{e} (or \"off\")"));
+            return None;
+        }
+    };
+    if !addr.ip().is_loopback()
+        && s.admin_token_file.is_none()
+        && !s.admin_insecure
+        && !s.admin_read_only
+    {
+        errs.add(
+            "server.admin",
+            format!(
+                "{addr} is not a loopback address: set admin_token_file so that changes need \
+                 a token (or admin_read_only = true; or, at your own risk, admin_insecure = true)"
+            ),
+        );
+    }
+    Some(addr)
+}
+
 /// Longest accepted duration: far beyond any sane timeout, and small enough that deadline
 /// arithmetic (`Instant + Duration`) can never overflow.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -621,11 +682,12 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<BackendConfig> {
-    let (name, weight) = match v {
-        toml::Value::String(s) => (s.clone(), defaults::WEIGHT),
+    let (name, weight, drain) = match v {
+        toml::Value::String(s) => (s.clone(), defaults::WEIGHT, false),
         toml::Value::Table(t) => {
             let mut name = None;
             let mut weight = defaults::WEIGHT;
+            let mut drain = false;
             for (k, val) in t {
                 match (k.as_str(), val) {
                     ("addr", toml::Value::String(s)) => name = Some(s.clone()),
@@ -638,11 +700,13 @@ fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<Ba
                     ("weight", _) => {
                         errs.add(format!("{path}.weight"), "expected an integer in 1..=10000")
                     }
+                    ("drain", toml::Value::Boolean(d)) => drain = *d,
+                    ("drain", _) => errs.add(format!("{path}.drain"), "expected true or false"),
                     _ => errs.add(format!("{path}.{k}"), "unknown key"),
                 }
             }
             match name {
-                Some(n) => (n, weight),
+                Some(n) => (n, weight, drain),
                 None => {
                     if !t.contains_key("addr") {
                         errs.add(format!("{path}.addr"), "missing");
@@ -664,6 +728,7 @@ fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<Ba
             name,
             addr,
             weight: weight as u32,
+            drain,
         }),
         Err(e) => {
             let p = if v.is_table() {
@@ -771,6 +836,23 @@ fn validate(
             }
             Some(p) => Some(std::path::PathBuf::from(p)),
         },
+        admin: None,
+        admin_token_file: path_field("server.admin_token_file", &server.admin_token_file, errs),
+        admin_insecure: server.admin_insecure.unwrap_or(false),
+        admin_read_only: server.admin_read_only.unwrap_or(false),
+        admin_max_body: size_field(
+            "server.admin_max_body".into(),
+            server.admin_max_body.as_ref(),
+            defaults::ADMIN_MAX_BODY,
+            1024,
+            64 << 20,
+            errs,
+        ) as usize,
+        state_dir: path_field("server.state_dir", &server.state_dir, errs),
+    };
+    let server_cfg = ServerConfig {
+        admin: admin_field(server, &server_cfg, errs),
+        ..server_cfg
     };
 
     let mut out_clusters = Vec::new();
@@ -1021,7 +1103,6 @@ fn validate(
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
-        stats: StatsConfig::default(),
     }
 }
 

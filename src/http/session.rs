@@ -156,6 +156,8 @@ pub struct HttpCtx<'a> {
     pub limits: &'a Limits,
     /// Source of generated X-Request-Id values (worker id in the high bits).
     pub request_ids: &'a mut u64,
+    /// The live routing state: each request is routed on the latest snapshot.
+    pub shared: &'a crate::snapshot::SharedSnapshot,
 }
 
 pub struct HttpSession {
@@ -559,9 +561,17 @@ impl HttpSession {
         let Some(req_buf) = self.req_in.as_ref() else {
             return HttpStep::Close(HttpClose::Done);
         };
+        // Route every request on the latest snapshot (a keep-alive connection sees changes
+        // at its next request); `load` is a cheap guard unless the version moved.
+        {
+            let cur = cx.shared.load();
+            if cur.version != self.snapshot.version {
+                self.snapshot = arc_swap::Guard::into_inner(cur);
+            }
+        }
         let data = cx.pool.data(req_buf);
         let snap = self.snapshot.clone();
-        let Some(listener) = snap.listeners.get(self.listener as usize) else {
+        let Some(listener) = snap.listener(self.listener as usize) else {
             return HttpStep::Close(HttpClose::Done);
         };
         let host = h
@@ -696,8 +706,7 @@ impl HttpSession {
     /// Parse limits of this session's listener.
     pub fn limits(&self) -> Limits {
         self.snapshot
-            .listeners
-            .get(self.listener as usize)
+            .listener(self.listener as usize)
             .map(|l| l.limits)
             .unwrap_or_default()
     }

@@ -25,7 +25,6 @@ pub mod window;
 pub use foo::{FooCounts, LineSniffer};
 pub use hist::{HistKind, Hists};
 
-use crate::config::StatsConfig;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -486,6 +485,16 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// The recovery file is rewritten this often.
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How stats are served and kept (set from the command line, not the config file).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsConfig {
+    /// Foo quick mode: `/metrics` answers the Foo JSON, as the original did.
+    pub foo_compat: bool,
+    /// Where totals and the 10 s window are saved about once a second and restored from
+    /// (quick mode: `-recovery-path`; config mode: `state_dir/stats.json`).
+    pub recovery_path: Option<PathBuf>,
+}
+
 /// The admin server's way in: cheap to clone, safe to use from any thread.
 #[derive(Clone)]
 pub struct StatsHandle {
@@ -516,6 +525,15 @@ impl StatsHandle {
             .query(Query::Prometheus)
             .unwrap_or_else(|| "# stats unavailable\n".to_string());
         ("text/plain; version=0.0.4", body)
+    }
+}
+
+impl crate::admin::StatsSource for StatsHandle {
+    fn stats_json(&self) -> String {
+        StatsHandle::stats_json(self)
+    }
+    fn metrics(&self) -> (&'static str, String) {
+        StatsHandle::metrics(self)
     }
 }
 
@@ -688,7 +706,7 @@ impl Aggregator {
     fn apply_set(&mut self, d: SetDelta) {
         let snap = &d.snap;
         for (l, t) in snap.listeners.iter().zip(&d.listeners) {
-            if !t.is_zero() {
+            if let (Some(l), false) = (l, t.is_zero()) {
                 self.listeners.entry(l.name.clone()).or_default().merge(t);
             }
         }
@@ -848,7 +866,7 @@ impl Aggregator {
         m.insert("latency_ms".into(), hists_json(self.hists.as_ref()));
         let snap = self.snapshot.load();
         let mut listeners = Map::new();
-        for l in &snap.listeners {
+        for l in snap.listeners.iter().flatten() {
             let t = self.listeners.get(&l.name).copied().unwrap_or_default();
             let mut o = Map::new();
             o.insert("protocol".into(), Value::from(l.protocol.as_str()));
@@ -869,12 +887,13 @@ impl Aggregator {
             agg.traffic.to_json(&mut o);
             o.insert("latency_ms".into(), hists_json(agg.hists.as_ref()));
             let mut backends = Map::new();
-            for b in &c.backends {
+            let all = c.backends.iter().map(|b| (b, "up"));
+            for (b, state) in all.chain(c.draining.iter().map(|b| (b, "draining"))) {
                 let addr = b.addr.to_string();
                 let t = agg.backends.get(&addr).copied().unwrap_or_default();
                 let mut bo = Map::new();
-                // Health checks are not built yet: a configured backend is up.
-                bo.insert("state".into(), Value::from("up"));
+                // Health checks are not built yet: a backend in rotation is up.
+                bo.insert("state".into(), Value::from(state));
                 bo.insert("weight".into(), Value::from(b.weight));
                 bo.insert(
                     "active".into(),

@@ -301,6 +301,7 @@ pub fn render(a: &Aggregator) -> String {
     let rows: Vec<(Vec<(&str, &str)>, Traffic)> = snap
         .listeners
         .iter()
+        .flatten()
         .map(|l| {
             (
                 vec![
@@ -338,40 +339,43 @@ pub fn render(a: &Aggregator) -> String {
         .collect();
     traffic_families(&mut o, "cluster", &rows);
 
-    let addrs: Vec<Vec<String>> = snap
+    // Backends in rotation, then draining ones.
+    let backends: Vec<(usize, &crate::snapshot::Backend, bool)> = snap
         .clusters
         .iter()
-        .map(|c| c.backends.iter().map(|b| b.addr.to_string()).collect())
+        .enumerate()
+        .flat_map(|(ci, c)| {
+            let up = c.backends.iter().map(move |b| (ci, b, true));
+            up.chain(c.draining.iter().map(move |b| (ci, b, false)))
+        })
         .collect();
-    let mut rows: Vec<(Vec<(&str, &str)>, Traffic)> = Vec::new();
-    for (ci, c) in snap.clusters.iter().enumerate() {
-        for addr in &addrs[ci] {
-            let t = aggs[ci].1.backends.get(addr).copied().unwrap_or_default();
-            rows.push((
-                vec![("cluster", c.name.as_str()), ("backend", addr.as_str())],
-                t,
-            ));
-        }
-    }
+    let addrs: Vec<String> = backends
+        .iter()
+        .map(|(_, b, _)| b.addr.to_string())
+        .collect();
+    let rows: Vec<(Vec<(&str, &str)>, Traffic)> = backends
+        .iter()
+        .zip(&addrs)
+        .map(|((ci, _, _), addr)| {
+            let (name, agg) = aggs[*ci];
+            let t = agg.backends.get(addr).copied().unwrap_or_default();
+            (vec![("cluster", name), ("backend", addr.as_str())], t)
+        })
+        .collect();
     o.family(
         "switchyard_backend_up",
         "gauge",
-        "1 when the backend takes traffic (state up).",
+        "1 when the backend takes new traffic (state up; draining backends are 0).",
     );
-    for (l, _) in &rows {
-        o.sample("switchyard_backend_up", l, 1.0);
+    for ((l, _), (_, _, up)) in rows.iter().zip(&backends) {
+        o.sample("switchyard_backend_up", l, if *up { 1.0 } else { 0.0 });
     }
-    let backends: Vec<&crate::snapshot::Backend> = snap
-        .clusters
-        .iter()
-        .flat_map(|c| c.backends.iter())
-        .collect();
     o.family(
         "switchyard_backend_active_connections",
         "gauge",
         "Connections open to the backend.",
     );
-    for ((l, _), b) in rows.iter().zip(&backends) {
+    for ((l, _), (_, b, _)) in rows.iter().zip(&backends) {
         o.sample(
             "switchyard_backend_active_connections",
             l,
@@ -383,7 +387,7 @@ pub fn render(a: &Aggregator) -> String {
         "gauge",
         "Configured balancing weight.",
     );
-    for ((l, _), b) in rows.iter().zip(&backends) {
+    for ((l, _), (_, b, _)) in rows.iter().zip(&backends) {
         o.sample("switchyard_backend_weight", l, f64::from(b.weight));
     }
     traffic_families(&mut o, "backend", &rows);

@@ -436,7 +436,11 @@ impl TcpSession {
                 self.connect_started + self.snapshot.clusters[self.cluster as usize].connect_timeout
             }
             Phase::Streaming => {
-                self.last_active + self.snapshot.listeners[self.listener as usize].idle_timeout
+                self.last_active
+                    + self
+                        .snapshot
+                        .listener(self.listener as usize)
+                        .map_or(crate::config::defaults::IDLE_TIMEOUT, |l| l.idle_timeout)
             }
         }
     }

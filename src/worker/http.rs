@@ -65,7 +65,7 @@ impl HttpEntry {
 impl Worker {
     pub(super) fn open_http(&mut self, li: usize, mut stream: TcpStream, peer: SocketAddr) {
         let snap = self.snapshot.load_full();
-        let Some(route) = snap.listeners.get(li) else {
+        let Some(route) = snap.listener(li) else {
             self.stats.closed += 1;
             return;
         };
@@ -187,6 +187,7 @@ impl Worker {
                 now: self.now,
                 limits: &limits,
                 request_ids: &mut self.request_ids,
+                shared: &self.snapshot,
             };
             match s.pump(&mut cx) {
                 HttpStep::Idle => return self.rearm_if_earlier(key),
@@ -273,6 +274,10 @@ impl Worker {
             s.timeouts.backend_idle = cluster.idle_timeout;
             if s.attempts >= cluster.connect_attempts {
                 return self.fail_http(key, 502);
+            }
+            if self.balancers.version < snap.version {
+                // A keep-alive session routed this request on a newer snapshot.
+                self.balancers = super::build_balancers(&snap);
             }
             let pick = if self.balancers.version == snap.version {
                 let ctx = PickCtx { hash: s.hash };
@@ -404,6 +409,7 @@ impl Worker {
             now: self.now,
             limits: &limits,
             request_ids: &mut self.request_ids,
+            shared: &self.snapshot,
         };
         let step = s.fail_upstream(&mut cx, status);
         self.drop_upstream(key);

@@ -6,6 +6,8 @@
 //! and every child process is killed when its guard is dropped, so no test can hang.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -292,6 +294,32 @@ pub fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((name?, addr?))
 }
 
+/// Tests run many proxies at once: unless a config names its own `admin` address, its admin
+/// API goes to an ephemeral loopback port (announced as listener `admin`). Returns the config
+/// and whether an admin API will be announced.
+pub fn with_test_admin(config: &str) -> (String, bool) {
+    if let Some(line) = config
+        .lines()
+        .find(|l| l.trim_start().starts_with("admin ") || l.trim_start().starts_with("admin="))
+    {
+        return (config.to_string(), !line.contains("\"off\""));
+    }
+    let mut out = String::with_capacity(config.len() + 32);
+    let mut injected = false;
+    for line in config.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !injected && line.trim() == "[server]" {
+            out.push_str("admin = \"127.0.0.1:0\"\n");
+            injected = true;
+        }
+    }
+    if !injected {
+        out = format!("[server]\nadmin = \"127.0.0.1:0\"\n{out}");
+    }
+    (out, true)
+}
+
 /// What `Proxy::spawn` waits for before returning.
 pub enum WaitFor {
     /// This many distinct `listening name=...` lines.
@@ -315,10 +343,13 @@ impl Proxy {
     /// `switchyard run -c <tempdir>/switchyard.toml`, waiting until every `[[listeners]]` table
     /// in `config` has announced its address.
     pub fn start(config: &str) -> Proxy {
+        let (config, admin) = with_test_admin(config);
+        let config = config.as_str();
         let n = config
             .lines()
             .filter(|l| l.trim() == "[[listeners]]")
-            .count();
+            .count()
+            + usize::from(admin);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).expect("write config");

@@ -1,0 +1,341 @@
+//! Admin API routing (DESIGN §4): paths → [`Control`] calls, errors as
+//! `{"error":{"code","message","field"}}`.
+//!
+//! | path | methods |
+//! |---|---|
+//! | `/v1/config` | GET |
+//! | `/v1/clusters` | GET |
+//! | `/v1/clusters/{name}` | GET, PUT, DELETE |
+//! | `/v1/clusters/{name}/backends` | GET, POST |
+//! | `/v1/clusters/{name}/backends/{addr}` | PATCH, DELETE |
+//! | `/v1/listeners` | GET |
+//! | `/v1/listeners/{name}` | GET, PUT, DELETE |
+//! | `/v1/reload` | POST (same as SIGHUP) |
+//! | `/stats`, `/metrics` | GET |
+//! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
+//!
+//! Reads return `ETag: "<version>"`; writes accept `If-Match` (412 when stale) and answer with
+//! the new version's ETag. With a token configured, writes need `Authorization: Bearer`.
+
+use super::{Request, Response, Shared};
+use crate::control::doc::Kind;
+use crate::control::{ApiError, Change};
+use serde_json::{json, Value as Json};
+
+pub fn error_response(e: &ApiError) -> Response {
+    let r = Response::json(
+        e.status,
+        &json!({"error": {"code": e.code, "message": e.message, "field": e.field}}),
+    );
+    match e.status {
+        401 => r.with("WWW-Authenticate", "Bearer realm=\"switchyard\"".into()),
+        _ => r,
+    }
+}
+
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+fn ok(status: u16, v: &Json, version: u64) -> Response {
+    Response::json(status, v).with("ETag", etag(version))
+}
+
+/// Percent-decodes a path segment (`127.0.0.1%3A9001` → `127.0.0.1:9001`).
+fn decode(seg: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::new(
+            400,
+            "bad_request",
+            format!("bad escape in path segment {seg:?}"),
+        )
+    };
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+            let s = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(s, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// `If-Match: "7"` (or `W/"7"`, or `7`) → Some(7); `*` → None.
+fn if_match(req: &Request) -> Result<Option<u64>, ApiError> {
+    let Some(v) = req.header("if-match") else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    let t = v.trim_start_matches("W/").trim_matches('"');
+    t.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            400,
+            "bad_request",
+            format!("If-Match {v:?} is not a version ETag such as \"7\""),
+        )
+    })
+}
+
+/// Constant-time comparison (length aside), so the token cannot be guessed byte by byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiError> {
+    if shared.settings.read_only {
+        return Err(ApiError::new(
+            403,
+            "read_only",
+            "this admin API is read-only (admin_read_only, or quick mode on a public address)",
+        ));
+    }
+    let who = req.peer.to_string();
+    let Some(token) = &shared.settings.token else {
+        return Ok(who);
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => Ok(format!("{who} (token)")),
+        Some(_) => Err(ApiError::new(401, "unauthorized", "wrong token")),
+        None => Err(ApiError::new(
+            401,
+            "unauthorized",
+            "this change needs Authorization: Bearer <token> (see admin_token_file)",
+        )),
+    }
+}
+
+fn body_json(req: &Request) -> Result<Json, ApiError> {
+    if req.body.is_empty() {
+        return Err(ApiError::new(400, "bad_request", "a JSON body is required"));
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::new(400, "bad_json", format!("invalid JSON: {e}")))
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    error_response(&ApiError::new(
+        405,
+        "method_not_allowed",
+        format!("allowed: {allow}"),
+    ))
+    .with("Allow", allow.into())
+}
+
+pub fn handle(shared: &Shared, req: &Request) -> Response {
+    match route(shared, req) {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn foo_ok() -> Response {
+    // The Foo proxy's exact answer and headers.
+    Response {
+        status: 200,
+        content_type: "application/json",
+        headers: vec![("Access-Control-Allow-Origin", "*".into())],
+        body: b"{\"status\":\"OK!\"}".to_vec(),
+    }
+}
+
+fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
+    let path = req.path.split(['?', '#']).next().unwrap_or("");
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let m = req.method.as_str();
+    let c = &shared.control;
+    match segs.as_slice() {
+        ["health" | "heartbeat" | "status"] => match m {
+            "GET" | "HEAD" => Ok(foo_ok()),
+            _ => Ok(method_not_allowed("GET, HEAD")),
+        },
+        ["stats"] | ["metrics"] => {
+            if m != "GET" && m != "HEAD" {
+                return Ok(method_not_allowed("GET, HEAD"));
+            }
+            let Some(stats) = &shared.stats else {
+                return Err(ApiError::new(503, "unavailable", "stats are not available"));
+            };
+            if segs[0] == "stats" {
+                let mut r = Response::json(200, &Json::Null);
+                r.body = stats.stats_json().into_bytes();
+                r.body.push(b'\n');
+                r.headers.push(("Access-Control-Allow-Origin", "*".into()));
+                Ok(r)
+            } else {
+                let (ct, body) = stats.metrics();
+                Ok(Response {
+                    status: 200,
+                    content_type: ct,
+                    headers: vec![("Access-Control-Allow-Origin", "*".into())],
+                    body: body.into_bytes(),
+                })
+            }
+        }
+        ["v1", "config"] => match m {
+            "GET" => {
+                let (v, j) = c.config_json();
+                let mut j = j;
+                if let Json::Object(o) = &mut j {
+                    o.insert("version".into(), json!(v));
+                }
+                Ok(ok(200, &j, v))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "reload"] => match m {
+            "POST" => {
+                let who = authorize(shared, req)?;
+                log::info!("admin: reload requested by {who}");
+                let v = c.reload_if(if_match(req)?)?;
+                Ok(ok(200, &json!({"version": v}), v))
+            }
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["v1", kind @ ("clusters" | "listeners")] => {
+            let kind = if *kind == "clusters" {
+                Kind::Cluster
+            } else {
+                Kind::Listener
+            };
+            match m {
+                "GET" => {
+                    let (v, items) = c.list(kind);
+                    Ok(ok(200, &json!({"version": v, kind.key(): items}), v))
+                }
+                _ => Ok(method_not_allowed("GET")),
+            }
+        }
+        ["v1", kind @ ("clusters" | "listeners"), name] => {
+            let kind = if *kind == "clusters" {
+                Kind::Cluster
+            } else {
+                Kind::Listener
+            };
+            let name = decode(name)?;
+            match m {
+                "GET" => {
+                    let (v, j) = c.get(kind, &name)?;
+                    Ok(ok(200, &j, v))
+                }
+                "PUT" => {
+                    let who = authorize(shared, req)?;
+                    let body = body_json(req)?;
+                    let a = c.apply(Change::Put(kind, name.clone(), body), if_match(req)?, &who)?;
+                    let (v, j) = c.get(kind, &name)?;
+                    Ok(ok(if a.created { 201 } else { 200 }, &j, v))
+                }
+                "DELETE" => {
+                    let who = authorize(shared, req)?;
+                    let a = c.apply(Change::Delete(kind, name.clone()), if_match(req)?, &who)?;
+                    Ok(ok(
+                        200,
+                        &json!({"deleted": name, "version": a.version}),
+                        a.version,
+                    ))
+                }
+                _ => Ok(method_not_allowed("GET, PUT, DELETE")),
+            }
+        }
+        ["v1", "clusters", name, "backends"] => {
+            let name = decode(name)?;
+            match m {
+                "GET" => {
+                    let (v, j) = c.get(Kind::Cluster, &name)?;
+                    let backends = j.get("backends").cloned().unwrap_or(json!([]));
+                    Ok(ok(200, &json!({"version": v, "backends": backends}), v))
+                }
+                "POST" => {
+                    let who = authorize(shared, req)?;
+                    let body = body_json(req)?;
+                    c.apply(
+                        Change::AddBackend {
+                            cluster: name.clone(),
+                            body,
+                        },
+                        if_match(req)?,
+                        &who,
+                    )?;
+                    let (v, j) = c.get(Kind::Cluster, &name)?;
+                    Ok(ok(201, &j, v))
+                }
+                _ => Ok(method_not_allowed("GET, POST")),
+            }
+        }
+        ["v1", "clusters", name, "backends", addr] => {
+            let name = decode(name)?;
+            let addr = decode(addr)?;
+            match m {
+                "PATCH" => {
+                    let who = authorize(shared, req)?;
+                    let body = body_json(req)?;
+                    c.apply(
+                        Change::PatchBackend {
+                            cluster: name.clone(),
+                            addr,
+                            body,
+                        },
+                        if_match(req)?,
+                        &who,
+                    )?;
+                    let (v, j) = c.get(Kind::Cluster, &name)?;
+                    Ok(ok(200, &j, v))
+                }
+                "DELETE" => {
+                    let who = authorize(shared, req)?;
+                    c.apply(
+                        Change::DeleteBackend {
+                            cluster: name.clone(),
+                            addr,
+                        },
+                        if_match(req)?,
+                        &who,
+                    )?;
+                    let (v, j) = c.get(Kind::Cluster, &name)?;
+                    Ok(ok(200, &j, v))
+                }
+                _ => Ok(method_not_allowed("PATCH, DELETE")),
+            }
+        }
+        _ => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no such endpoint: {path}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_and_secrets() {
+        assert_eq!(decode("127.0.0.1%3A9001").unwrap(), "127.0.0.1:9001");
+        assert_eq!(decode("%5B%3A%3A1%5D:80").unwrap(), "[::1]:80");
+        assert!(decode("%zz").is_err());
+        assert!(decode("%4").is_err());
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,338 @@
+//! The admin HTTP server: JSON/REST on `server.admin` (loopback by default), on its own
+//! threads, far from the workers. Small and strict: HTTP/1.1 with keep-alive, heads parsed
+//! with `httparse`, bodies by Content-Length only (411 otherwise) up to `admin_max_body`
+//! (413), a thread per connection up to [`MAX_CONNECTIONS`] (503 beyond), read timeouts
+//! against slow clients.
+//!
+//! Routing and the API semantics live in [`api`]; this file is transport only.
+
+pub mod api;
+
+use crate::control::Control;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Concurrent admin connections; more are answered 503 at once.
+pub const MAX_CONNECTIONS: usize = 64;
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+/// A request head (or body) must arrive within this long; also the keep-alive idle limit.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `/stats` and `/metrics` are served from (the stats aggregator).
+pub trait StatsSource: Send + Sync {
+    /// The same object as the SIGUSR2 line.
+    fn stats_json(&self) -> String;
+    /// Content type and body of `/metrics`.
+    fn metrics(&self) -> (&'static str, String);
+}
+
+pub struct AdminSettings {
+    /// `Authorization: Bearer <token>` required for every mutation when set.
+    pub token: Option<String>,
+    pub read_only: bool,
+    pub max_body: usize,
+}
+
+pub struct Shared {
+    pub control: Arc<Control>,
+    pub stats: Option<Arc<dyn StatsSource>>,
+    pub settings: AdminSettings,
+    active: AtomicUsize,
+}
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response to write.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, v: &serde_json::Value) -> Response {
+        let mut body = serde_json::to_vec(v).unwrap_or_default();
+        body.push(b'\n');
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+    pub fn with(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Binds the admin address (failure is a start-up error) and serves it on a new thread.
+pub fn start(
+    addr: SocketAddr,
+    control: Arc<Control>,
+    stats: Option<Arc<dyn StatsSource>>,
+    settings: AdminSettings,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        control,
+        stats,
+        settings,
+        active: AtomicUsize::new(0),
+    });
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || accept_loop(listener, shared))?;
+    Ok(local)
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("admin: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if shared.active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            shared.active.fetch_sub(1, Ordering::AcqRel);
+            let mut s = stream;
+            let _ = write_response(
+                &mut s,
+                &api::error_response(&crate::control::ApiError::new(
+                    503,
+                    "busy",
+                    "too many admin connections",
+                )),
+                false,
+            );
+            continue;
+        }
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("admin-conn".into())
+            .spawn(move || {
+                serve_connection(stream, peer, &sh);
+                sh.active.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            shared.active.fetch_sub(1, Ordering::AcqRel);
+            log::warn!("admin: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let (req, keep_alive) = match read_request(&mut reader, &mut out, peer, shared) {
+            Ok(Some(r)) => r,
+            Ok(None) => return, // clean close between requests
+            Err(resp) => {
+                let _ = write_response(&mut out, &resp, false);
+                return;
+            }
+        };
+        let resp = api::handle(shared, &req);
+        if write_response(&mut out, &resp, keep_alive).is_err() || !keep_alive {
+            return;
+        }
+    }
+}
+
+fn error(status: u16, code: &'static str, message: &str) -> Response {
+    api::error_response(&crate::control::ApiError::new(status, code, message))
+}
+
+/// Reads one request. `Ok(None)`: the client closed (or went idle) between requests.
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Option<(Request, bool)>, Response> {
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        let before = head.len();
+        let limit = (MAX_HEAD + 1 - head.len().min(MAX_HEAD)) as u64;
+        match reader.by_ref().take(limit).read_until(b'\n', &mut head) {
+            Ok(0) if head.is_empty() => return Ok(None),
+            Ok(0) => return Err(error(400, "bad_request", "connection closed mid-request")),
+            Ok(_) => {}
+            Err(_) if head.is_empty() => return Ok(None),
+            Err(_) => return Err(error(408, "timeout", "request head too slow")),
+        }
+        if head.len() > MAX_HEAD {
+            return Err(error(431, "head_too_large", "request head over 64KiB"));
+        }
+        let line = &head[before..];
+        if (line == b"\r\n" || line == b"\n") && before > 0 {
+            break;
+        }
+        if before == 0 && (line == b"\r\n" || line == b"\n") {
+            head.clear(); // tolerate blank lines before a request (RFC 9112 §2.2)
+        }
+    }
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut hdrs);
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(error(400, "bad_request", "incomplete request head"))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(error(431, "too_many_headers", "too many headers"))
+        }
+        Err(e) => {
+            return Err(error(
+                400,
+                "bad_request",
+                &format!("malformed request: {e}"),
+            ))
+        }
+    }
+    let method = parsed.method.unwrap_or("").to_string();
+    let path = parsed.path.unwrap_or("/").to_string();
+    let minor = parsed.version.unwrap_or(1);
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let Ok(v) = std::str::from_utf8(h.value) else {
+            return Err(error(400, "bad_request", "header value is not UTF-8"));
+        };
+        headers.push((h.name.to_string(), v.trim().to_string()));
+    }
+    let mut req = Request {
+        method,
+        path,
+        headers,
+        body: Vec::new(),
+        peer,
+    };
+    let conn = req.header("connection").unwrap_or("").to_ascii_lowercase();
+    let keep_alive = if minor == 0 {
+        conn.contains("keep-alive")
+    } else {
+        !conn.contains("close")
+    };
+    if req.header("transfer-encoding").is_some() {
+        return Err(error(
+            411,
+            "length_required",
+            "send the body with Content-Length (chunked bodies are not accepted here)",
+        ));
+    }
+    let len = match req.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| error(400, "bad_request", "invalid Content-Length"))?,
+    };
+    if len > shared.settings.max_body {
+        return Err(error(
+            413,
+            "body_too_large",
+            &format!(
+                "request body of {len} bytes exceeds admin_max_body ({} bytes)",
+                shared.settings.max_body
+            ),
+        ));
+    }
+    if len > 0 {
+        if req
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        {
+            let _ = out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        req.body = vec![0; len];
+        reader.read_exact(&mut req.body).map_err(|_| {
+            error(
+                400,
+                "bad_request",
+                "request body shorter than Content-Length",
+            )
+        })?;
+    }
+    Ok(Some((req, keep_alive)))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+fn write_response(out: &mut TcpStream, r: &Response, keep_alive: bool) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len()
+    );
+    for (n, v) in &r.headers {
+        head.push_str(n);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut buf = head.into_bytes();
+    buf.extend_from_slice(&r.body);
+    out.write_all(&buf)?;
+    out.flush()
+}

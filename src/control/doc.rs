@@ -1,0 +1,238 @@
+//! The raw config document the control plane edits: the TOML file's tables (`server`,
+//! `[[listeners]]`, `[[clusters]]`) as a `toml::Table`, addressed by object name.
+//!
+//! Every change (admin API, SIGHUP, start-up merge with the persisted state) edits a copy of
+//! the document and puts the whole result through the same validation as a file.
+
+use std::collections::HashSet;
+use toml::{Table, Value};
+
+/// The two kinds of named objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Listener,
+    Cluster,
+}
+
+impl Kind {
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Listener => "listeners",
+            Kind::Cluster => "clusters",
+        }
+    }
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Listener => "listener",
+            Kind::Cluster => "cluster",
+        }
+    }
+}
+
+/// The `name` of an object table.
+pub fn name_of(v: &Value) -> Option<&str> {
+    v.get("name")?.as_str()
+}
+
+/// The objects of one kind, in document order.
+pub fn objects(doc: &Table, kind: Kind) -> &[Value] {
+    match doc.get(kind.key()) {
+        Some(Value::Array(a)) => a,
+        _ => &[],
+    }
+}
+
+fn objects_mut(doc: &mut Table, kind: Kind) -> &mut Vec<Value> {
+    let entry = doc
+        .entry(kind.key())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !entry.is_array() {
+        *entry = Value::Array(Vec::new());
+    }
+    match entry {
+        Value::Array(a) => a,
+        _ => unreachable!("just made an array"),
+    }
+}
+
+pub fn find<'a>(doc: &'a Table, kind: Kind, name: &str) -> Option<&'a Value> {
+    objects(doc, kind).iter().find(|v| name_of(v) == Some(name))
+}
+
+pub fn find_mut<'a>(doc: &'a mut Table, kind: Kind, name: &str) -> Option<&'a mut Value> {
+    objects_mut(doc, kind)
+        .iter_mut()
+        .find(|v| name_of(v) == Some(name))
+}
+
+/// Replaces the object named `name` in place, or appends it. Returns true when it is new.
+pub fn put(doc: &mut Table, kind: Kind, name: &str, value: Value) -> bool {
+    let list = objects_mut(doc, kind);
+    match list.iter_mut().find(|v| name_of(v) == Some(name)) {
+        Some(slot) => {
+            *slot = value;
+            false
+        }
+        None => {
+            list.push(value);
+            true
+        }
+    }
+}
+
+/// Removes the object named `name`; false when there was none.
+pub fn remove(doc: &mut Table, kind: Kind, name: &str) -> bool {
+    let list = objects_mut(doc, kind);
+    let before = list.len();
+    list.retain(|v| name_of(v) != Some(name));
+    list.len() != before
+}
+
+/// Three-way merge, per object: where the file's definition of an object changed since `base`
+/// (the file the running state was derived from), the new file wins; otherwise the running
+/// (`effective`) definition wins, so changes made through the API survive reloads and
+/// restarts until the file's own definition of that object changes. Deletions count as
+/// changes on either side. The `server` table always comes from the new file.
+pub fn merge(new_file: &Table, base: &Table, effective: &Table) -> Table {
+    let mut out = new_file.clone();
+    for kind in [Kind::Listener, Kind::Cluster] {
+        let mut names: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for v in objects(new_file, kind)
+            .iter()
+            .chain(objects(effective, kind))
+        {
+            if let Some(n) = name_of(v) {
+                if seen.insert(n) {
+                    names.push(n);
+                }
+            }
+        }
+        let mut merged = Vec::new();
+        for n in names {
+            let nf = find(new_file, kind, n);
+            let b = find(base, kind, n);
+            let pick = if nf != b {
+                nf
+            } else {
+                find(effective, kind, n)
+            };
+            if let Some(v) = pick {
+                merged.push(v.clone());
+            }
+        }
+        if merged.is_empty() {
+            out.remove(kind.key());
+        } else {
+            out.insert(kind.key().into(), Value::Array(merged));
+        }
+    }
+    out
+}
+
+/// Only the listeners and clusters of a document (what the state file keeps).
+pub fn objects_only(doc: &Table) -> Table {
+    let mut t = Table::new();
+    for kind in [Kind::Listener, Kind::Cluster] {
+        if let Some(v) = doc.get(kind.key()) {
+            t.insert(kind.key().into(), v.clone());
+        }
+    }
+    t
+}
+
+/// A backend entry's address as written (`"host:port"` or `{ addr = "host:port", .. }`).
+pub fn backend_addr(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(s),
+        Value::Table(t) => t.get("addr")?.as_str(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Table {
+        s.parse().expect("toml")
+    }
+
+    #[test]
+    fn merge_keeps_runtime_changes_unless_the_file_changed_that_object() {
+        let base = t(r#"
+[[clusters]]
+name = "a"
+backends = ["127.0.0.1:1"]
+[[clusters]]
+name = "b"
+backends = ["127.0.0.1:2"]
+[[clusters]]
+name = "gone"
+backends = ["127.0.0.1:9"]
+"#);
+        // Runtime: a gained a backend, b untouched, c added, gone deleted.
+        let eff = t(r#"
+[[clusters]]
+name = "a"
+backends = ["127.0.0.1:1", "127.0.0.1:3"]
+[[clusters]]
+name = "b"
+backends = ["127.0.0.1:2"]
+[[clusters]]
+name = "c"
+backends = ["127.0.0.1:4"]
+"#);
+        // The file now changes b and keeps a and gone as they were.
+        let new_file = t(r#"
+[server]
+workers = 1
+[[clusters]]
+name = "a"
+backends = ["127.0.0.1:1"]
+[[clusters]]
+name = "b"
+backends = ["127.0.0.1:5"]
+[[clusters]]
+name = "gone"
+backends = ["127.0.0.1:9"]
+"#);
+        let m = merge(&new_file, &base, &eff);
+        let a = find(&m, Kind::Cluster, "a").unwrap();
+        assert_eq!(
+            a["backends"].as_array().unwrap().len(),
+            2,
+            "runtime add kept"
+        );
+        let b = find(&m, Kind::Cluster, "b").unwrap();
+        assert_eq!(
+            b["backends"][0].as_str(),
+            Some("127.0.0.1:5"),
+            "file edit wins"
+        );
+        assert!(
+            find(&m, Kind::Cluster, "c").is_some(),
+            "runtime-created kept"
+        );
+        assert!(
+            find(&m, Kind::Cluster, "gone").is_none(),
+            "runtime delete kept"
+        );
+        assert_eq!(m["server"]["workers"].as_integer(), Some(1));
+    }
+
+    #[test]
+    fn put_and_remove() {
+        let mut d = Table::new();
+        assert!(put(&mut d, Kind::Listener, "x", t("name = \"x\"").into()));
+        assert!(!put(
+            &mut d,
+            Kind::Listener,
+            "x",
+            t("name = \"x\"\nbind=\"1\"").into()
+        ));
+        assert_eq!(objects(&d, Kind::Listener).len(), 1);
+        assert!(remove(&mut d, Kind::Listener, "x"));
+        assert!(!remove(&mut d, Kind::Listener, "x"));
+    }
+}

@@ -1,0 +1,774 @@
+//! The control plane: every change to the running configuration goes through [`Control`].
+//!
+//! One path for all writers (admin API, SIGHUP reload): edit a copy of the raw document →
+//! validate the whole result exactly like a file → bind the sockets of new listeners → build a
+//! new [`Snapshot`] → persist to `state_dir` → one `ArcSwap` store → hand the new sockets to
+//! the workers. A change that fails any step before the store changes nothing; a change that
+//! cannot be persisted is not applied (so an acknowledged change always survives a restart).
+//!
+//! Existing connections keep the snapshot they were routed with: TCP sessions for their
+//! lifetime, HTTP keep-alive sessions until their next request. Nothing here closes a
+//! connection.
+
+pub mod doc;
+pub mod persist;
+
+use crate::config::{self, Config, ConfigError};
+use crate::server;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::worker::{Ctrl, WorkerHandle};
+use doc::Kind;
+use serde_json::Value as Json;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use toml::{Table, Value};
+
+/// An API-level failure: HTTP status, a stable code, a message and the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn field(mut self, f: impl Into<String>) -> ApiError {
+        self.field = Some(f.into());
+        self
+    }
+    fn not_found(kind: &str, name: &str) -> ApiError {
+        ApiError::new(404, "not_found", format!("no {kind} named {name:?}"))
+    }
+}
+
+/// One change requested through the API. Bodies are the JSON the client sent.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put(Kind, String, Json),
+    Delete(Kind, String),
+    AddBackend {
+        cluster: String,
+        body: Json,
+    },
+    PatchBackend {
+        cluster: String,
+        addr: String,
+        body: Json,
+    },
+    DeleteBackend {
+        cluster: String,
+        addr: String,
+    },
+}
+
+impl Change {
+    fn describe(&self) -> String {
+        match self {
+            Change::Put(k, n, _) => format!("put {} {n}", k.noun()),
+            Change::Delete(k, n) => format!("delete {} {n}", k.noun()),
+            Change::AddBackend { cluster, body } => format!(
+                "add backend {} to cluster {cluster}",
+                body.get("addr").and_then(Json::as_str).unwrap_or("?")
+            ),
+            Change::PatchBackend {
+                cluster,
+                addr,
+                body,
+            } => format!("patch backend {addr} of cluster {cluster}: {body}"),
+            Change::DeleteBackend { cluster, addr } => {
+                format!("delete backend {addr} of cluster {cluster}")
+            }
+        }
+    }
+}
+
+/// A successful change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    /// The object did not exist before (answered 201).
+    pub created: bool,
+}
+
+/// A listener the workers accept on.
+#[derive(Debug, Clone, Copy)]
+pub struct Running {
+    pub slot: usize,
+    pub bind: SocketAddr,
+    pub local: SocketAddr,
+}
+
+struct State {
+    version: u64,
+    /// The config file the running state derives from (base of the three-way merge).
+    file: Table,
+    /// The running document: server + listeners + clusters.
+    doc: Table,
+    config: Config,
+    running: HashMap<String, Running>,
+}
+
+/// What start-up decided to run.
+pub struct Boot {
+    pub file: Table,
+    pub doc: Table,
+    pub config: Config,
+    pub version: u64,
+}
+
+/// Merges the config file with the persisted runtime state (see [`doc::merge`]). A corrupt
+/// state file, or one whose merge no longer validates, is reported and set aside; start-up
+/// then runs the file alone.
+pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
+    let config = config::parse_table(file.clone())?;
+    let fresh = |config: Config| Boot {
+        doc: file.clone(),
+        file: file.clone(),
+        config,
+        version: 1,
+    };
+    let Some(dir) = config.server.state_dir.clone() else {
+        return Ok(fresh(config));
+    };
+    match persist::load(&dir) {
+        persist::Loaded::None => Ok(fresh(config)),
+        persist::Loaded::Corrupt { message, moved_to } => {
+            log::warn!(
+                "state file {}: {message}; starting from the config file alone{}",
+                persist::state_path(&dir).display(),
+                moved_to
+                    .map(|p| format!(" (the bad file was moved to {})", p.display()))
+                    .unwrap_or_default()
+            );
+            Ok(fresh(config))
+        }
+        persist::Loaded::Found(p) => {
+            let merged = doc::merge(&file, &p.file, &p.config);
+            match config::parse_table(merged.clone()) {
+                Ok(cfg) => {
+                    if merged != file {
+                        log::info!(
+                            "restored runtime changes from {} (version {})",
+                            persist::state_path(&dir).display(),
+                            p.version
+                        );
+                    }
+                    Ok(Boot {
+                        file: file.clone(),
+                        doc: merged,
+                        config: cfg,
+                        version: p.version + 1,
+                    })
+                }
+                Err(errs) => {
+                    let moved = persist::set_aside(&persist::state_path(&dir));
+                    log::warn!(
+                        "the persisted runtime state no longer fits the config file ({}); \
+                         starting from the file alone{}",
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        moved
+                            .map(|p| format!(" (state moved to {})", p.display()))
+                            .unwrap_or_default()
+                    );
+                    Ok(fresh(config))
+                }
+            }
+        }
+    }
+}
+
+pub struct Control {
+    state: Mutex<State>,
+    shared: SharedSnapshot,
+    workers: Vec<WorkerHandle>,
+    state_dir: Option<PathBuf>,
+    config_path: Option<PathBuf>,
+}
+
+impl Control {
+    pub fn new(
+        boot: Boot,
+        running: HashMap<String, Running>,
+        shared: SharedSnapshot,
+        workers: Vec<WorkerHandle>,
+        config_path: Option<PathBuf>,
+    ) -> Control {
+        let state_dir = boot.config.server.state_dir.clone();
+        let c = Control {
+            state: Mutex::new(State {
+                version: boot.version,
+                file: boot.file,
+                doc: boot.doc,
+                config: boot.config,
+                running,
+            }),
+            shared,
+            workers,
+            state_dir,
+            config_path,
+        };
+        // Record what we run now, so a restart before any change still finds it.
+        if let Some(dir) = &c.state_dir {
+            let st = c.lock();
+            let p = persist::Persisted::new(
+                st.version,
+                doc::objects_only(&st.file),
+                doc::objects_only(&st.doc),
+            );
+            if let Err(e) = persist::save(dir, &p) {
+                log::warn!(
+                    "cannot write the state file in {}: {e} (runtime changes will be refused \
+                     until it is writable)",
+                    dir.display()
+                );
+            }
+        } else {
+            log::info!("server.state_dir is not set: runtime changes last until the next restart");
+        }
+        c
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-written (every commit
+        // swaps fields only after all fallible steps), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// The running document as JSON, with its version.
+    pub fn config_json(&self) -> (u64, Json) {
+        let st = self.lock();
+        let mut j = serde_json::to_value(&st.doc).unwrap_or(Json::Null);
+        if let Json::Object(m) = &mut j {
+            for k in ["listeners", "clusters"] {
+                m.entry(k).or_insert_with(|| Json::Array(Vec::new()));
+            }
+        }
+        (st.version, j)
+    }
+
+    /// All objects of a kind, as JSON (listeners carry a read-only `status`).
+    pub fn list(&self, kind: Kind) -> (u64, Vec<Json>) {
+        let st = self.lock();
+        let items = doc::objects(&st.doc, kind)
+            .iter()
+            .map(|v| object_json(&st, kind, v))
+            .collect();
+        (st.version, items)
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Result<(u64, Json), ApiError> {
+        let st = self.lock();
+        let v =
+            doc::find(&st.doc, kind, name).ok_or_else(|| ApiError::not_found(kind.noun(), name))?;
+        Ok((st.version, object_json(&st, kind, v)))
+    }
+
+    /// The running listeners' bound addresses (name → address).
+    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.lock()
+            .running
+            .iter()
+            .map(|(n, r)| (n.clone(), r.local))
+            .collect()
+    }
+
+    /// Applies one API change. `if_match`: the version the client last saw (412 if stale).
+    pub fn apply(
+        &self,
+        change: Change,
+        if_match: Option<u64>,
+        who: &str,
+    ) -> Result<Applied, ApiError> {
+        let mut st = self.lock();
+        if let Some(v) = if_match {
+            if v != st.version {
+                return Err(ApiError::new(
+                    412,
+                    "version_mismatch",
+                    format!(
+                        "If-Match names version {v}, the running config is version {}",
+                        st.version
+                    ),
+                ));
+            }
+        }
+        let mut d = st.doc.clone();
+        let (created, target) = edit(&mut d, &st.config, &change)?;
+        let target = target.and_then(|(kind, name)| {
+            let i = doc::objects(&d, kind)
+                .iter()
+                .position(|v| doc::name_of(v) == Some(name.as_str()))?;
+            Some(format!("{}[{i}]", kind.key()))
+        });
+        let what = change.describe();
+        let old = st.version;
+        let version = self
+            .commit(&mut st, d, None)
+            .map_err(|e| with_relative_field(e, target))?;
+        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        Ok(Applied { version, created })
+    }
+
+    /// SIGHUP: reloads the config file through the same path. A bad file changes nothing.
+    pub fn reload(&self) -> Result<u64, String> {
+        self.reload_if(None).map_err(|e| e.message)
+    }
+
+    /// [`Control::reload`] for the API: 412 when `if_match` is stale, 422 when the file is bad.
+    pub fn reload_if(&self, if_match: Option<u64>) -> Result<u64, ApiError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(ApiError::new(
+                409,
+                "no_config_file",
+                "no config file to reload (quick mode)",
+            ));
+        };
+        let failed = |m: String| ApiError::new(422, "reload_failed", m);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+        let shown = path.display().to_string();
+        let join = |errs: Vec<ConfigError>| {
+            errs.iter()
+                .map(|e| match e.path.as_str() {
+                    "" => format!("{shown}: {}", e.message),
+                    _ => e.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let new_file = config::parse_toml(&text).map_err(|e| failed(join(e)))?;
+        // The file must be valid on its own, not only once merged.
+        let file_cfg = config::parse_table(new_file.clone()).map_err(|e| failed(join(e)))?;
+        let mut st = self.lock();
+        if let Some(v) = if_match.filter(|&v| v != st.version) {
+            return Err(ApiError::new(
+                412,
+                "version_mismatch",
+                format!(
+                    "If-Match names version {v}, the running config is version {}",
+                    st.version
+                ),
+            ));
+        }
+        if file_cfg.server != st.config.server {
+            log::warn!(
+                "reload: [server] settings changed in {}; they take effect at the next restart",
+                path.display()
+            );
+        }
+        let mut merged = doc::merge(&new_file, &st.file, &st.doc);
+        match st.doc.get("server") {
+            Some(s) => merged.insert("server".into(), s.clone()),
+            None => merged.remove("server"),
+        };
+        let old = st.version;
+        let version = self.commit(&mut st, merged, Some(new_file))?;
+        log::info!(
+            "audit: SIGHUP: reloaded {}: version {old} -> {version}",
+            path.display()
+        );
+        Ok(version)
+    }
+
+    /// Validate → bind → build → persist → swap → hand sockets to workers.
+    fn commit(
+        &self,
+        st: &mut State,
+        new_doc: Table,
+        new_file: Option<Table>,
+    ) -> Result<u64, ApiError> {
+        let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        let workers = self.workers.len().max(1);
+        let backlog = cfg.server.backlog;
+
+        // Listeners: same name and bind → same slot and sockets; otherwise bind anew.
+        let used: HashSet<usize> = st.running.values().map(|r| r.slot).collect();
+        let mut next_free = 0usize;
+        let mut alloc = |taken: &HashSet<usize>| {
+            while used.contains(&next_free) || taken.contains(&next_free) {
+                next_free += 1;
+            }
+            next_free
+        };
+        let mut slots = Vec::with_capacity(cfg.listeners.len());
+        let mut new_slots: HashSet<usize> = HashSet::new();
+        let mut bound: Vec<(String, usize, Vec<std::net::TcpListener>)> = Vec::new();
+        let mut running: HashMap<String, Running> = HashMap::new();
+        for l in &cfg.listeners {
+            if let Some(r) = st.running.get(&l.name).filter(|r| r.bind == l.bind) {
+                slots.push(r.slot);
+                running.insert(l.name.clone(), *r);
+                continue;
+            }
+            let slot = alloc(&new_slots);
+            if slot >= crate::token::MAX_LISTENERS {
+                return Err(ApiError::new(
+                    409,
+                    "too_many_listeners",
+                    format!("at most {} listeners", crate::token::MAX_LISTENERS),
+                ));
+            }
+            new_slots.insert(slot);
+            let socks = server::bind_listener(&l.name, l.bind, workers, backlog)
+                .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
+            let local = socks
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .unwrap_or(l.bind);
+            slots.push(slot);
+            running.insert(
+                l.name.clone(),
+                Running {
+                    slot,
+                    bind: l.bind,
+                    local,
+                },
+            );
+            bound.push((l.name.clone(), slot, socks));
+        }
+        let removed: Vec<(String, usize)> = st
+            .running
+            .iter()
+            .filter(|(n, r)| running.get(*n).is_none_or(|nr| nr.slot != r.slot))
+            .map(|(n, r)| (n.clone(), r.slot))
+            .collect();
+
+        let version = st.version + 1;
+        let snap = Snapshot::build_with_slots(&cfg, version, Some(&self.shared.load()), &slots);
+        let file = new_file.as_ref().unwrap_or(&st.file);
+        if let Some(dir) = &self.state_dir {
+            let p = persist::Persisted::new(
+                version,
+                doc::objects_only(file),
+                doc::objects_only(&new_doc),
+            );
+            persist::save(dir, &p).map_err(|e| {
+                ApiError::new(
+                    500,
+                    "persist_failed",
+                    format!(
+                        "cannot persist to {}: {e}; the change was not applied",
+                        dir.display()
+                    ),
+                )
+            })?;
+        }
+        // Point of no return.
+        self.shared.store(Arc::new(snap));
+        for (name, slot) in &removed {
+            for w in &self.workers {
+                w.send(Ctrl::RemoveListener { slot: *slot });
+            }
+            log::info!("listener {name} closed (slot {slot}); its connections go on");
+        }
+        for (name, slot, socks) in bound {
+            if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
+                if let Some(r) = running.get(&name) {
+                    server::announce(l, r.local);
+                }
+            }
+            for (w, socket) in self.workers.iter().zip(socks) {
+                w.send(Ctrl::AddListener { slot, socket });
+            }
+        }
+        if let Some(f) = new_file {
+            st.file = f;
+        }
+        st.doc = new_doc;
+        st.config = cfg;
+        st.running = running;
+        st.version = version;
+        Ok(version)
+    }
+}
+
+/// Applies `change` to `d`. Returns (created, the edited object's kind and name).
+fn edit(
+    d: &mut Table,
+    cfg: &Config,
+    change: &Change,
+) -> Result<(bool, Option<(Kind, String)>), ApiError> {
+    match change {
+        Change::Put(kind, name, body) => {
+            let v = object_from_json(*kind, name, body)?;
+            let created = doc::put(d, *kind, name, v);
+            Ok((created, Some((*kind, name.clone()))))
+        }
+        Change::Delete(kind, name) => {
+            if *kind == Kind::Cluster {
+                if let Some(user) = cluster_user(cfg, name) {
+                    return Err(ApiError::new(
+                        409,
+                        "in_use",
+                        format!("cluster {name:?} is used by listener {user:?}; change that first"),
+                    ));
+                }
+            }
+            if !doc::remove(d, *kind, name) {
+                return Err(ApiError::not_found(kind.noun(), name));
+            }
+            Ok((false, None))
+        }
+        Change::AddBackend { cluster, body } => {
+            let entry = backend_from_json(body, true)?;
+            let addr = doc::backend_addr(&entry).unwrap_or_default().to_string();
+            let backends = backends_mut(d, cluster)?;
+            if find_backend(backends, &addr).is_some() {
+                return Err(ApiError::new(
+                    409,
+                    "exists",
+                    format!("cluster {cluster:?} already has backend {addr}"),
+                )
+                .field("addr"));
+            }
+            backends.push(entry);
+            Ok((true, Some((Kind::Cluster, cluster.clone()))))
+        }
+        Change::PatchBackend {
+            cluster,
+            addr,
+            body,
+        } => {
+            let patch = backend_from_json(body, false)?;
+            let backends = backends_mut(d, cluster)?;
+            let i = find_backend(backends, addr).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "not_found",
+                    format!("cluster {cluster:?} has no backend {addr}"),
+                )
+            })?;
+            let mut t = match &backends[i] {
+                Value::Table(t) => t.clone(),
+                other => {
+                    let mut t = Table::new();
+                    if let Some(a) = doc::backend_addr(other) {
+                        t.insert("addr".into(), Value::String(a.to_string()));
+                    }
+                    t
+                }
+            };
+            if let Value::Table(p) = patch {
+                for (k, v) in p {
+                    if k == "drain" && v.as_bool() == Some(false) {
+                        t.remove("drain");
+                    } else {
+                        t.insert(k, v);
+                    }
+                }
+            }
+            backends[i] = Value::Table(t);
+            Ok((false, Some((Kind::Cluster, cluster.clone()))))
+        }
+        Change::DeleteBackend { cluster, addr } => {
+            let backends = backends_mut(d, cluster)?;
+            let i = find_backend(backends, addr).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "not_found",
+                    format!("cluster {cluster:?} has no backend {addr}"),
+                )
+            })?;
+            if backends.len() == 1 {
+                return Err(ApiError::new(
+                    409,
+                    "last_backend",
+                    format!(
+                        "{addr} is the last backend of cluster {cluster:?}; a cluster needs at \
+                         least one (drain it, or delete the cluster)"
+                    ),
+                ));
+            }
+            backends.remove(i);
+            Ok((false, Some((Kind::Cluster, cluster.clone()))))
+        }
+    }
+}
+
+/// The listener that routes to `cluster`, if any.
+fn cluster_user(cfg: &Config, cluster: &str) -> Option<String> {
+    cfg.listeners
+        .iter()
+        .find(|l| {
+            l.cluster.as_deref() == Some(cluster) || l.routes.iter().any(|r| r.cluster == cluster)
+        })
+        .map(|l| l.name.clone())
+}
+
+fn backends_mut<'a>(d: &'a mut Table, cluster: &str) -> Result<&'a mut Vec<Value>, ApiError> {
+    let c = doc::find_mut(d, Kind::Cluster, cluster)
+        .and_then(Value::as_table_mut)
+        .ok_or_else(|| ApiError::not_found("cluster", cluster))?;
+    let list = c
+        .entry("backends")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    list.as_array_mut().ok_or_else(|| {
+        ApiError::new(422, "invalid", "the cluster's backends are not a list").field("backends")
+    })
+}
+
+/// Finds a backend by its address as written, else by the address it resolves to.
+fn find_backend(list: &[Value], addr: &str) -> Option<usize> {
+    if let Some(i) = list.iter().position(|v| doc::backend_addr(v) == Some(addr)) {
+        return Some(i);
+    }
+    let want = config::parse_backend_addr(addr).ok()?;
+    list.iter().position(|v| {
+        doc::backend_addr(v).and_then(|a| config::parse_backend_addr(a).ok()) == Some(want)
+    })
+}
+
+fn json_to_toml(j: &Json, field: Option<&str>) -> Result<Value, ApiError> {
+    Value::try_from(j).map_err(|e| {
+        let err = ApiError::new(
+            400,
+            "bad_value",
+            format!("cannot use this JSON as config: {e} (null is not allowed)"),
+        );
+        match field {
+            Some(f) => err.field(f),
+            None => err,
+        }
+    })
+}
+
+/// A PUT body → the object's table. `name` may be omitted; `status` (read-only) is ignored.
+fn object_from_json(kind: Kind, name: &str, body: &Json) -> Result<Value, ApiError> {
+    let Json::Object(m) = body else {
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            format!("a {} must be a JSON object", kind.noun()),
+        ));
+    };
+    let mut m = m.clone();
+    m.remove("status");
+    match m.get("name") {
+        None => {
+            m.insert("name".into(), Json::String(name.to_string()));
+        }
+        Some(Json::String(n)) if n == name => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                422,
+                "invalid",
+                format!(
+                    "name {other} does not match the {} in the URL ({name:?})",
+                    kind.noun()
+                ),
+            )
+            .field("name"))
+        }
+    }
+    let mut t = Table::new();
+    for (k, v) in &m {
+        t.insert(k.clone(), json_to_toml(v, Some(k))?);
+    }
+    Ok(Value::Table(t))
+}
+
+/// `{"addr": .., "weight": .., "drain": ..}`; `addr` is required when adding.
+fn backend_from_json(body: &Json, adding: bool) -> Result<Value, ApiError> {
+    let Json::Object(m) = body else {
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            "a backend must be a JSON object, e.g. {\"addr\":\"127.0.0.1:9002\",\"weight\":1}",
+        ));
+    };
+    let mut t = Table::new();
+    for (k, v) in m {
+        match (k.as_str(), v) {
+            ("addr", Json::String(_)) if adding => {}
+            ("addr", _) if adding => {
+                return Err(
+                    ApiError::new(422, "invalid", "expected a string \"host:port\"").field("addr"),
+                )
+            }
+            ("addr", _) => return Err(ApiError::new(
+                422,
+                "invalid",
+                "the address is in the URL; to move a backend, add the new one and delete the old",
+            )
+            .field("addr")),
+            ("weight", Json::Number(_)) | ("drain", Json::Bool(_)) => {}
+            ("weight", _) => {
+                return Err(
+                    ApiError::new(422, "invalid", "expected an integer in 1..=10000")
+                        .field("weight"),
+                )
+            }
+            ("drain", _) => {
+                return Err(ApiError::new(422, "invalid", "expected true or false").field("drain"))
+            }
+            _ => return Err(ApiError::new(422, "invalid", "unknown key").field(k.as_str())),
+        }
+        t.insert(k.clone(), json_to_toml(v, Some(k))?);
+    }
+    if adding && !t.contains_key("addr") {
+        return Err(ApiError::new(422, "invalid", "missing").field("addr"));
+    }
+    if !adding && t.is_empty() {
+        return Err(ApiError::new(
+            422,
+            "invalid",
+            "nothing to change (expected \"weight\" and/or \"drain\")",
+        ));
+    }
+    Ok(Value::Table(t))
+}
+
+fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
+    let mut j = serde_json::to_value(v).unwrap_or(Json::Null);
+    if kind == Kind::Listener {
+        if let (Json::Object(m), Some(r)) =
+            (&mut j, doc::name_of(v).and_then(|n| st.running.get(n)))
+        {
+            m.insert(
+                "status".into(),
+                serde_json::json!({ "local_addr": r.local.to_string() }),
+            );
+        }
+    }
+    j
+}
+
+/// Validation errors → 422, every error in the message, the first one's path as `field`.
+fn invalid(errs: &[ConfigError]) -> ApiError {
+    let message = errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut e = ApiError::new(422, "invalid", message);
+    e.field = errs.first().map(|e| e.path.clone());
+    e
+}
+
+/// Makes `clusters[3].backends[0]` read `backends[0]` when the change was to `clusters[3]`.
+fn with_relative_field(mut e: ApiError, target: Option<String>) -> ApiError {
+    if let (Some(f), Some(t)) = (&e.field, &target) {
+        if let Some(rest) = f.strip_prefix(t.as_str()) {
+            e.field = rest.strip_prefix('.').map(str::to_string);
+        }
+    }
+    e
+}

@@ -1,0 +1,559 @@
+//! `switchyard ctl`: the admin API from the command line. Readable tables by default, the
+//! API's JSON with `--json`.
+//!
+//! Exit codes: 0 done; 1 the API refused the request (4xx: the error is printed); 64 bad
+//! usage or input; 69 the admin API cannot be reached; 70 the server failed (5xx) or answered
+//! something that is not the API.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const EXIT_REFUSED: u8 = 1;
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+pub const EXIT_SERVER: u8 = 70;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Admin API address [env: SWITCHYARD_ADMIN; default: the config's server.admin, else
+    /// 127.0.0.1:8088].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Bearer token for changes [env: SWITCHYARD_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Read the token from this file [env: SWITCHYARD_TOKEN_FILE; default: the config's
+    /// server.admin_token_file].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Take the admin address and token file from this config file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only apply the change if the running config is still at this version (else exit 1, 412).
+    #[arg(long, value_name = "VERSION")]
+    pub if_match: Option<u64>,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Show the running configuration (always JSON).
+    Config,
+    /// List clusters.
+    Clusters,
+    /// Show, create/replace or delete one cluster.
+    Cluster {
+        #[command(subcommand)]
+        op: ObjectOp,
+    },
+    /// List a cluster's backends.
+    Backends { cluster: String },
+    /// Add, reweight, drain or remove a backend.
+    Backend {
+        #[command(subcommand)]
+        op: BackendOp,
+    },
+    /// List listeners.
+    Listeners,
+    /// Show, create/replace or delete one listener.
+    Listener {
+        #[command(subcommand)]
+        op: ObjectOp,
+    },
+    /// Reload the config file (same as SIGHUP).
+    Reload,
+    /// The stats object (same as the SIGUSR2 dump).
+    Stats,
+    /// Prometheus metrics text.
+    Metrics,
+    /// Liveness: exit 0 when the proxy answers.
+    Health,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ObjectOp {
+    Get {
+        name: String,
+    },
+    /// SOURCE: inline JSON (`'{"backends":["127.0.0.1:9001"]}'`), a .json or .toml file
+    /// holding the table, or `-` for JSON on stdin.
+    Set {
+        name: String,
+        source: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackendOp {
+    Add {
+        cluster: String,
+        addr: String,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    Set {
+        cluster: String,
+        addr: String,
+        #[arg(long)]
+        weight: u32,
+    },
+    /// Stop sending new requests to the backend (`--undo` puts it back in rotation).
+    Drain {
+        cluster: String,
+        addr: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    Delete {
+        cluster: String,
+        addr: String,
+    },
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+pub fn run(args: CtlArgs) -> u8 {
+    match run_inner(&args) {
+        Ok(()) => 0,
+        Err(Fail(code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail(EXIT_USAGE, msg.into())
+}
+
+/// Admin address and token from flags, environment and the config file, in that order.
+fn endpoint(args: &CtlArgs) -> Result<(String, Option<String>), Fail> {
+    let file_server = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?;
+            let t: toml::Table = text
+                .parse()
+                .map_err(|e| usage(format!("{}: not TOML: {e}", p.display())))?;
+            t.get("server").and_then(|s| s.as_table()).cloned()
+        }
+        None => None,
+    };
+    let from_file = |k: &str| {
+        file_server
+            .as_ref()
+            .and_then(|s| s.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let admin = args
+        .admin
+        .clone()
+        .or_else(|| std::env::var("SWITCHYARD_ADMIN").ok())
+        .or_else(|| from_file("admin"))
+        .unwrap_or_else(|| crate::config::defaults::ADMIN.to_string());
+    let admin = match admin.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => admin.replace("0.0.0.0:", "127.0.0.1:"),
+    };
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("SWITCHYARD_TOKEN_FILE").map(PathBuf::from))
+        .or_else(|| from_file("admin_token_file").map(PathBuf::from));
+    let token = match (
+        &args.token,
+        std::env::var("SWITCHYARD_TOKEN").ok(),
+        token_file,
+    ) {
+        (Some(t), _, _) => Some(t.clone()),
+        (None, Some(t), _) => Some(t),
+        (None, None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| usage(format!("cannot read token file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        _ => None,
+    };
+    Ok((admin, token))
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn request(
+    admin: &str,
+    token: Option<&str>,
+    if_match: Option<u64>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Reply, Fail> {
+    let unreachable =
+        |e: std::io::Error| Fail(EXIT_UNAVAILABLE, format!("admin API at {admin}: {e}"));
+    let addr = admin
+        .to_socket_addrs()
+        .map_err(|e| usage(format!("bad admin address {admin:?}: {e}")))?
+        .next()
+        .ok_or_else(|| usage(format!("admin address {admin:?} resolves to nothing")))?;
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(unreachable)?;
+    let _ = s.set_read_timeout(Some(TIMEOUT));
+    let _ = s.set_write_timeout(Some(TIMEOUT));
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(v) = if_match {
+        req.push_str(&format!("If-Match: \"{v}\"\r\n"));
+    }
+    if body.is_some() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            payload.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(&payload);
+    s.write_all(req.as_bytes()).map_err(unreachable)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(unreachable)?;
+    let bad = || {
+        Fail(
+            EXIT_SERVER,
+            format!("{admin} did not answer like the admin API"),
+        )
+    };
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    Ok(Reply {
+        status,
+        body: raw[end + 4..].to_vec(),
+    })
+}
+
+/// Reads a `set` SOURCE into JSON.
+fn source_json(src: &str) -> Result<Value, Fail> {
+    let text = if src.trim_start().starts_with('{') {
+        return serde_json::from_str(src).map_err(|e| usage(format!("invalid JSON: {e}")));
+    } else if src == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .map_err(|e| usage(format!("reading stdin: {e}")))?;
+        t
+    } else {
+        std::fs::read_to_string(src).map_err(|e| usage(format!("cannot read {src}: {e}")))?
+    };
+    if src.ends_with(".toml") {
+        let t: toml::Table = text
+            .parse()
+            .map_err(|e| usage(format!("{src}: not TOML: {e}")))?;
+        serde_json::to_value(t).map_err(|e| usage(format!("{src}: {e}")))
+    } else {
+        serde_json::from_str(&text).map_err(|e| usage(format!("{src}: invalid JSON: {e}")))
+    }
+}
+
+fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
+    let (admin, token) = endpoint(args)?;
+    let call = |method: &str, path: &str, body: Option<Value>| -> Result<Value, Fail> {
+        let r = request(
+            &admin,
+            token.as_deref(),
+            args.if_match,
+            method,
+            path,
+            body.as_ref(),
+        )?;
+        decode(r)
+    };
+    let text_get = |path: &str| -> Result<String, Fail> {
+        let r = request(&admin, token.as_deref(), None, "GET", path, None)?;
+        if r.status != 200 {
+            decode(r)?;
+            return Err(Fail(EXIT_SERVER, format!("GET {path} failed")));
+        }
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    };
+    let out = |v: &Value, table: &dyn Fn(&Value) -> String| {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            print!("{}", table(v));
+        }
+    };
+    match &args.verb {
+        Verb::Config => {
+            let v = call("GET", "/v1/config", None)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Verb::Clusters => out(&call("GET", "/v1/clusters", None)?, &clusters_table),
+        Verb::Backends { cluster } => {
+            let v = call("GET", &format!("/v1/clusters/{}", enc(cluster)), None)?;
+            out(&v, &backends_table)
+        }
+        Verb::Listeners => out(&call("GET", "/v1/listeners", None)?, &listeners_table),
+        Verb::Cluster { op } | Verb::Listener { op } => {
+            let kind = if matches!(args.verb, Verb::Cluster { .. }) {
+                "clusters"
+            } else {
+                "listeners"
+            };
+            let v = match op {
+                ObjectOp::Get { name } => call("GET", &format!("/v1/{kind}/{}", enc(name)), None)?,
+                ObjectOp::Set { name, source } => call(
+                    "PUT",
+                    &format!("/v1/{kind}/{}", enc(name)),
+                    Some(source_json(source)?),
+                )?,
+                ObjectOp::Delete { name } => {
+                    call("DELETE", &format!("/v1/{kind}/{}", enc(name)), None)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Verb::Backend { op } => {
+            let (method, cluster, path_addr, body) = match op {
+                BackendOp::Add {
+                    cluster,
+                    addr,
+                    weight,
+                } => {
+                    let mut b = json!({ "addr": addr });
+                    if let Some(w) = weight {
+                        b["weight"] = json!(w);
+                    }
+                    ("POST", cluster, None, Some(b))
+                }
+                BackendOp::Set {
+                    cluster,
+                    addr,
+                    weight,
+                } => (
+                    "PATCH",
+                    cluster,
+                    Some(addr),
+                    Some(json!({ "weight": weight })),
+                ),
+                BackendOp::Drain {
+                    cluster,
+                    addr,
+                    undo,
+                } => (
+                    "PATCH",
+                    cluster,
+                    Some(addr),
+                    Some(json!({ "drain": !undo })),
+                ),
+                BackendOp::Delete { cluster, addr } => ("DELETE", cluster, Some(addr), None),
+            };
+            let path = match path_addr {
+                None => format!("/v1/clusters/{}/backends", enc(cluster)),
+                Some(a) => format!("/v1/clusters/{}/backends/{}", enc(cluster), enc(a)),
+            };
+            let v = call(method, &path, body)?;
+            out(&v, &backends_table);
+        }
+        Verb::Reload => {
+            let v = call("POST", "/v1/reload", None)?;
+            out(&v, &|v| format!("reloaded: version {}\n", v["version"]));
+        }
+        Verb::Stats => {
+            let t = text_get("/stats")?;
+            match serde_json::from_str::<Value>(&t) {
+                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(t)),
+                Err(_) => print!("{t}"),
+            }
+        }
+        Verb::Metrics => print!("{}", text_get("/metrics")?),
+        Verb::Health => {
+            let t = text_get("/health")?;
+            if !args.json {
+                println!("ok");
+            } else {
+                print!("{t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 2xx → the JSON body; API errors → exit 1 (4xx) or 70 (5xx) with the error's message.
+fn decode(r: Reply) -> Result<Value, Fail> {
+    let v: Value = serde_json::from_slice(&r.body).map_err(|_| {
+        Fail(
+            EXIT_SERVER,
+            format!(
+                "status {} with a non-JSON body: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body).trim()
+            ),
+        )
+    })?;
+    if (200..300).contains(&r.status) {
+        return Ok(v);
+    }
+    let e = &v["error"];
+    let mut msg = format!(
+        "{} {}: {}",
+        r.status,
+        e["code"].as_str().unwrap_or("error"),
+        e["message"].as_str().unwrap_or("")
+    );
+    if let Some(f) = e["field"].as_str() {
+        msg.push_str(&format!(" (field: {f})"));
+    }
+    let code = if r.status >= 500 {
+        EXIT_SERVER
+    } else {
+        EXIT_REFUSED
+    };
+    Err(Fail(code, msg))
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.len());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn clusters_table(v: &Value) -> String {
+    let rows = v["clusters"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let n = c["backends"].as_array().map_or(0, Vec::len);
+            vec![
+                s(&c["name"]),
+                c["balance"].as_str().unwrap_or("round_robin").to_string(),
+                n.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "BALANCE", "BACKENDS"], rows)
+}
+
+fn backends_table(v: &Value) -> String {
+    let rows = v["backends"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|b| match b {
+            Value::String(a) => vec![a.clone(), "1".into(), "up".into()],
+            _ => vec![
+                s(&b["addr"]),
+                b["weight"].as_u64().unwrap_or(1).to_string(),
+                if b["drain"] == Value::Bool(true) {
+                    "draining".into()
+                } else {
+                    "up".into()
+                },
+            ],
+        })
+        .collect();
+    table(&["ADDR", "WEIGHT", "STATE"], rows)
+}
+
+fn listeners_table(v: &Value) -> String {
+    let rows = v["listeners"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|l| {
+            vec![
+                s(&l["name"]),
+                s(&l["bind"]),
+                l["protocol"].as_str().unwrap_or("tcp").to_string(),
+                s(&l["cluster"]),
+                s(&l["status"]["local_addr"]),
+            ]
+        })
+        .collect();
+    table(&["NAME", "BIND", "PROTOCOL", "CLUSTER", "LISTENING"], rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_and_encoding() {
+        let t = clusters_table(&json!({"clusters":[{"name":"app","backends":["a","b"]}]}));
+        assert_eq!(t, "NAME  BALANCE      BACKENDS\napp   round_robin  2\n");
+        let b = backends_table(
+            &json!({"backends":["1.2.3.4:5",{"addr":"x:1","weight":3,"drain":true}]}),
+        );
+        assert!(b.contains("x:1        3       draining"), "{b}");
+        assert_eq!(enc("127.0.0.1:80"), "127.0.0.1%3A80");
+    }
+}

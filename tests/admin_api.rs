@@ -663,3 +663,39 @@ fn tokens_and_the_loopback_rule() {
         out.stderr
     );
 }
+
+#[test]
+fn quick_mode_on_a_public_address_is_read_only() {
+    let b = demo("one");
+    let p = Proxy::start_args(
+        &[
+            "-listen".to_string(),
+            "127.0.0.1:0".into(),
+            "-forward".into(),
+            b.addr("demo-backend").to_string(),
+            "-http".into(),
+            "0.0.0.0:0".into(),
+        ],
+        &["quick", "admin"],
+    );
+    // Bound on all interfaces; the test talks to it over loopback only.
+    let admin = SocketAddr::from(([127, 0, 0, 1], p.addr("admin").port()));
+    for path in ["/health", "/heartbeat", "/status"] {
+        let r = call(admin, "GET", path, None);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "{\"status\":\"OK!\"}"),
+            "{path}"
+        );
+    }
+    assert_eq!(call(admin, "GET", "/v1/clusters/forward", None).status, 200);
+    let r = call(
+        admin,
+        "POST",
+        "/v1/clusters/forward/backends",
+        Some("{\"addr\":\"127.0.0.1:1\"}"),
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "read_only"));
+    let r = call(admin, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 403);
+}

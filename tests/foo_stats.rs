@@ -48,8 +48,10 @@ fn quick(backend: &Proxy, recovery: &Path) -> Proxy {
             "foo".into(),
             "-recovery-path".into(),
             recovery.display().to_string(),
+            "-http".into(),
+            "127.0.0.1:0".into(),
         ],
-        &["quick"],
+        &["quick", "admin"],
     )
 }
 

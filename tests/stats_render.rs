@@ -3,13 +3,15 @@
 //! Prometheus text passes `promtool check metrics`, and Foo quick mode answers the Foo JSON.
 //! (End-to-end HTTP tests over the admin server come with it.)
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod util;
+
 use std::time::Duration;
 
 use serde_json::Value;
 use switchyard::config;
 use switchyard::snapshot::{self, Snapshot};
+use util::promtool_check;
+
 use switchyard::stats::{
     Aggregator, FooCounts, HttpCounters, RequestDone, StatsConfig, StatsHandle, StatsMsg,
     TcpCounters, WorkerStats,
@@ -146,34 +148,6 @@ fn prometheus_text_passes_promtool_and_has_labelled_series() {
         "{text}"
     );
     promtool_check(&text);
-}
-
-/// `promtool check metrics` (Debian package `prometheus`; .ci/run installs it).
-pub fn promtool_check(text: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("metrics.txt");
-    std::fs::write(&path, text).unwrap();
-    let file = std::fs::File::open(&path).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("promtool not runnable ({e}); install the Debian package `prometheus`")
-        });
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {}\n{report}\n--- metrics ---\n{text}",
-        out.status
-    );
-    let _ = std::io::stderr().flush();
 }
 
 #[test]

@@ -1417,3 +1417,31 @@ backends = [{}]
         list.join(", ")
     )
 }
+
+/// `promtool check metrics` (Debian package `prometheus`; .ci/run installs it).
+pub fn promtool_check(text: &str) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, text).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool not runnable ({e}); install the Debian package `prometheus`")
+        });
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {}\n{report}\n--- metrics ---\n{text}",
+        out.status
+    );
+}

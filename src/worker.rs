@@ -353,7 +353,7 @@ impl Worker {
     }
 
     fn flush_stats(&mut self, seq: u64) {
-        self.last_flush = self.now;
+        let since = std::mem::replace(&mut self.last_flush, self.now);
         if self.stats.is_zero() && self.http_stats.is_zero() && self.obs.is_zero() && seq == 0 {
             return;
         }
@@ -364,6 +364,7 @@ impl Worker {
         let _ = self.stats_tx.send(StatsMsg::Delta {
             worker: self.id,
             seq,
+            since,
             tcp,
             http,
             detail,

@@ -6,7 +6,7 @@ mod util;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -90,6 +90,9 @@ struct Sent {
     nak: u64,
 }
 
+/// When each batch went out: (time, REQs, lines).
+type SendLog = Arc<Mutex<Vec<(Instant, u64, u64)>>>;
+
 /// Lines per batch: 8 valid REQs, 1 REQ with a bad seq (answered NAK), 1 unknown type (NAK).
 const BATCH: u64 = 10;
 const REQ_PER_BATCH: u64 = 9;
@@ -103,6 +106,7 @@ fn foo_client(
     batches: u64,
     period: Duration,
     start: Instant,
+    log: SendLog,
 ) -> Result<Sent, String> {
     let mut rng = Rng(seed | 1);
     let mut c = connect(addr);
@@ -171,6 +175,9 @@ fn foo_client(
             .map_err(|e| format!("write: {e}"))?;
         c.write_all(&wire[cut..])
             .map_err(|e| format!("write: {e}"))?;
+        if let Ok(mut l) = log.lock() {
+            l.push((Instant::now(), REQ_PER_BATCH, BATCH));
+        }
     }
     drop(tx);
     let n = join_timeout(reader, Duration::from_secs(30), "foo-reader")?;
@@ -182,11 +189,22 @@ fn foo_client(
 
 /// Runs `clients` paced clients and returns what they sent in total.
 fn run_clients(addr: SocketAddr, clients: usize, batches: u64, period: Duration) -> Sent {
+    run_clients_logged(addr, clients, batches, period, SendLog::default())
+}
+
+fn run_clients_logged(
+    addr: SocketAddr,
+    clients: usize,
+    batches: u64,
+    period: Duration,
+    log: SendLog,
+) -> Sent {
     let start = Instant::now() + Duration::from_millis(50);
     let hs: Vec<_> = (0..clients)
         .map(|i| {
+            let log = log.clone();
             spawn_small("foo-client", move || {
-                foo_client(addr, 0xf00d + i as u64 * 7919, batches, period, start)
+                foo_client(addr, 0xf00d + i as u64 * 7919, batches, period, start, log)
             })
         })
         .collect();
@@ -254,43 +272,42 @@ fn foo_dump_counts_every_message_and_rates_match_the_send_rate() {
     let proxy = quick(&backend, &dir.path().join("recovery.json"));
     let addr = proxy.addr("quick");
 
+    let log = SendLog::default();
+    let traffic_log = log.clone();
     let traffic = spawn_small("foo-traffic", move || {
-        run_clients(addr, CLIENTS, BATCHES, PERIOD)
+        run_clients_logged(addr, CLIENTS, BATCHES, PERIOD, traffic_log)
     });
     // Mid-traffic, once the 10 s window is full of it.
     std::thread::sleep(Duration::from_millis(10_700));
+    let at = Instant::now();
     let mid = proxy.stats();
+    // The known send rate: planned, and as actually sent over the same windows (a loaded
+    // machine can stall the senders, who then catch up).
     let per_s = 1.0 / PERIOD.as_secs_f64() * CLIENTS as f64;
-    let req_rate = per_s * REQ_PER_BATCH as f64;
-    let resp_rate = per_s * BATCH as f64;
-    within(
-        f(&mid, "request_rate_1s"),
-        req_rate,
-        0.10,
-        "request_rate_1s",
-        &mid,
+    let planned = per_s * REQ_PER_BATCH as f64;
+    let sent_rate = |secs: u64, lines: bool| {
+        let from = at - Duration::from_secs(secs);
+        let l = log.lock().unwrap();
+        let n: u64 = l
+            .iter()
+            .filter(|(t, _, _)| *t > from && *t <= at)
+            .map(|(_, r, b)| if lines { *b } else { *r })
+            .sum();
+        n as f64 / secs as f64
+    };
+    let r10 = sent_rate(10, false);
+    assert!(
+        (r10 - planned).abs() <= planned * 0.25,
+        "the senders fell far behind their schedule: {r10}/s for {planned}/s planned"
     );
-    within(
-        f(&mid, "request_rate_10s"),
-        req_rate,
-        0.10,
-        "request_rate_10s",
-        &mid,
-    );
-    within(
-        f(&mid, "response_rate_1s"),
-        resp_rate,
-        0.10,
-        "response_rate_1s",
-        &mid,
-    );
-    within(
-        f(&mid, "response_rate_10s"),
-        resp_rate,
-        0.10,
-        "response_rate_10s",
-        &mid,
-    );
+    for (k, secs, lines) in [
+        ("request_rate_1s", 1, false),
+        ("request_rate_10s", 10, false),
+        ("response_rate_1s", 1, true),
+        ("response_rate_10s", 10, true),
+    ] {
+        within(f(&mid, k), sent_rate(secs, lines), 0.10, k, &mid);
+    }
 
     let sent = join_timeout(traffic, Duration::from_secs(60), "foo-traffic");
     assert_eq!(sent.req, CLIENTS as u64 * BATCHES * REQ_PER_BATCH);

@@ -1,7 +1,7 @@
 //! The stats renderers behind `StatsHandle` (what the admin server serves as `GET /stats` and
 //! `GET /metrics`), driven in-process through the real aggregator thread and channel: the
 //! Prometheus text passes `promtool check metrics`, and Foo quick mode answers the Foo JSON.
-//! (End-to-end HTTP tests over the admin server come with it.)
+//! These pin exact values; `stats_admin.rs` checks the same over the real admin server.
 
 mod util;
 
@@ -99,6 +99,7 @@ fn aggregator(
     tx.send(StatsMsg::Delta {
         worker: 0,
         seq: 0,
+        since: std::time::Instant::now(),
         tcp,
         http,
         detail: w.take_delta(),

@@ -466,6 +466,8 @@ pub enum StatsMsg {
         worker: usize,
         /// The highest flush request this delta answers (0 for periodic ones).
         seq: u64,
+        /// The counts were made between this (the previous flush) and the send.
+        since: Instant,
         tcp: TcpCounters,
         http: HttpCounters,
         detail: Option<Box<Detail>>,
@@ -640,13 +642,7 @@ impl Aggregator {
         loop {
             let wait = SAVE_INTERVAL.saturating_sub(self.last_save.elapsed());
             match self.rx.recv_timeout(wait) {
-                Ok(StatsMsg::Delta {
-                    worker,
-                    seq,
-                    tcp,
-                    http,
-                    detail,
-                }) => self.apply(worker, seq, &tcp, &http, detail),
+                Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => self.serve(vec![m]),
                 Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -657,35 +653,43 @@ impl Aggregator {
         }
         // Drain what the workers sent last, then save once more.
         while let Ok(m) = self.rx.try_recv() {
-            if let StatsMsg::Delta {
-                worker,
-                seq,
-                tcp,
-                http,
-                detail,
-            } = m
-            {
-                self.apply(worker, seq, &tcp, &http, detail);
-            }
+            self.apply(m);
         }
         self.save();
     }
 
-    fn apply(
-        &mut self,
-        worker: usize,
-        seq: u64,
-        tcp: &TcpCounters,
-        http: &HttpCounters,
-        detail: Option<Box<Detail>>,
-    ) {
+    /// Unix time (fractional seconds) of an `Instant`.
+    fn unix_at(&self, t: Instant) -> f64 {
+        match t.checked_duration_since(self.started) {
+            Some(d) => self.started_unix + d.as_secs_f64(),
+            None => self.started_unix - self.started.duration_since(t).as_secs_f64(),
+        }
+    }
+
+    /// Merges a worker delta (other messages are ignored).
+    fn apply(&mut self, m: StatsMsg) {
+        let StatsMsg::Delta {
+            worker,
+            seq,
+            since,
+            tcp,
+            http,
+            detail,
+        } = m
+        else {
+            return;
+        };
+        // The delta's counts happened between the worker's previous flush and now: spread
+        // them over that span, so flush timing does not bend the 1 s rate.
         let now = unix_now();
-        self.tcp.merge(tcp);
-        self.http.merge(http);
+        let from = self.unix_at(since).min(now);
+        self.tcp.merge(&tcp);
+        self.http.merge(&http);
         let w = &mut self.windows;
-        w.connections.add(now, tcp.accepted);
-        w.http_requests.add(now, http.requests);
-        w.bytes.add(
+        w.connections.add_span(from, now, tcp.accepted);
+        w.http_requests.add_span(from, now, http.requests);
+        w.bytes.add_span(
+            from,
             now,
             tcp.bytes_client_to_backend + tcp.bytes_backend_to_client,
         );
@@ -696,8 +700,8 @@ impl Aggregator {
             return;
         };
         self.foo.merge(&d.foo);
-        w.foo_req.add(now, d.foo.req);
-        w.foo_resp.add(now, d.foo.ack + d.foo.nak);
+        w.foo_req.add_span(from, now, d.foo.req);
+        w.foo_resp.add_span(from, now, d.foo.ack + d.foo.nak);
         for set in d.sets {
             self.apply_set(set);
         }
@@ -757,13 +761,7 @@ impl Aggregator {
         while self.answered.iter().any(|&a| a < seq) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(StatsMsg::Delta {
-                    worker,
-                    seq,
-                    tcp,
-                    http,
-                    detail,
-                }) => self.apply(worker, seq, &tcp, &http, detail),
+                Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => later.push(m),
                 Ok(StatsMsg::Stop) => {
                     // Put it back for the main loop.

@@ -37,6 +37,26 @@ impl Window {
         slot.1 += n;
     }
 
+    /// Adds `n` events that happened evenly between `from` and `to`: each second gets its
+    /// share (whole events; the remainder goes to the last second).
+    pub fn add_span(&mut self, from: f64, to: f64, n: u64) {
+        let span = to - from;
+        if n == 0 || span.is_nan() || span <= 0.0 || from.floor() == to.floor() {
+            return self.add(to, n);
+        }
+        let mut left = n;
+        let mut sec = from.max(0.0).floor();
+        while sec < to.floor() && left > 0 {
+            let overlap = (sec + 1.0).min(to) - from.max(sec);
+            let share = ((n as f64) * overlap / span).floor() as u64;
+            let share = share.min(left);
+            self.add(sec, share);
+            left -= share;
+            sec += 1.0;
+        }
+        self.add(to, left);
+    }
+
     /// The count of second `sec` (0 when that slot was overwritten or never used).
     pub fn at(&self, sec: u64) -> u64 {
         let s = self.slots[(sec % SLOTS as u64) as usize];
@@ -94,6 +114,19 @@ mod tests {
             let r = w.rate(t + 0.05, win);
             assert!((r - 200.0).abs() < 200.0 * 0.05, "{win}s: {r}");
         }
+    }
+
+    #[test]
+    fn spans_are_spread_over_the_seconds_they_cover() {
+        let mut w = Window::new(0.0);
+        w.add_span(99.9, 100.1, 100);
+        assert_eq!(w.at(99), 50);
+        assert_eq!(w.at(100), 50);
+        w.add_span(100.5, 103.5, 7);
+        assert_eq!(w.at(100) + w.at(101) + w.at(102) + w.at(103), 57);
+        assert_eq!(w.at(101), 2);
+        w.add_span(104.0, 104.0, 3);
+        assert_eq!(w.at(104), 3);
     }
 
     #[test]

@@ -129,6 +129,24 @@ fn endpoints_and_error_statuses() {
     for _ in 0..6 {
         assert_eq!(get_id(web), "one");
     }
+    // Every backend drained: 503, and the data plane stays up.
+    let enc1 = b1.addr("demo-backend").to_string().replace(':', "%3A");
+    let r = call(
+        admin,
+        "PATCH",
+        &format!("/v1/clusters/app/backends/{enc1}"),
+        Some("{\"drain\":true}"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(call(web, "GET", "/", None).status, 503);
+    let r = call(
+        admin,
+        "PATCH",
+        &format!("/v1/clusters/app/backends/{enc1}"),
+        Some("{\"drain\":false}"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(get_id(web), "one");
     // Undrain, then delete it; deleting the last backend is refused.
     let r = call(
         admin,

@@ -181,6 +181,27 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
+    fn every_algorithm_handles_an_empty_cluster() {
+        // Every backend drained: the list is empty, and a pick must say so, not panic.
+        for kind in [
+            BalanceKind::RoundRobin,
+            BalanceKind::Weighted,
+            BalanceKind::LeastConn,
+            BalanceKind::P2cEwma,
+            BalanceKind::Hash,
+        ] {
+            let mut b = new_balancer(kind, &[]);
+            let ctx = PickCtx { hash: Some(42) };
+            assert_eq!(b.pick(&[], Tried::default(), &ctx), None, "{kind:?}");
+            assert_eq!(
+                b.pick(&[], Tried::default(), &PickCtx::NONE),
+                None,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
     fn hash_is_stable_and_spreads() {
         // Pinned values: a change here remaps every hashed client.
         assert_eq!(hash_bytes(b""), 0x7acd_bb98_b134_4213);

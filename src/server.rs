@@ -211,6 +211,10 @@ pub fn run(boot: Boot, config_path: Option<std::path::PathBuf>) -> Result<(), Ru
         log::info!("listening name=admin protocol=admin addr={local}");
     }
 
+    let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_thread = crate::health::start(control.clone(), health_stop.clone())
+        .map_err(io_err("starting the health checker"))?;
+
     let aggregator = Aggregator::new(stats_rx, handles.clone());
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
@@ -275,6 +279,8 @@ pub fn run(boot: Boot, config_path: Option<std::path::PathBuf>) -> Result<(), Ru
             }
         }
     }
+    health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = health_thread.join();
     let _ = stats_tx.send(StatsMsg::Stop);
     let _ = agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.

@@ -15,7 +15,7 @@ pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
 use crate::server;
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{HealthMap, HealthState, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
 use serde_json::Value as Json;
@@ -109,8 +109,33 @@ pub struct Running {
     pub local: SocketAddr,
 }
 
+/// One backend's health-check record (kept while the backend exists).
+#[derive(Debug, Clone, Default)]
+pub struct CheckRecord {
+    pub state: HealthState,
+    /// The last check: passed, what happened, when (unix ms), how long it took.
+    pub last_ok: Option<bool>,
+    pub last_detail: String,
+    pub last_at_ms: u64,
+    pub last_took_ms: f64,
+}
+
+/// A backend the health checker must probe.
+#[derive(Debug, Clone)]
+pub struct CheckTarget {
+    pub cluster: String,
+    pub backend: SocketAddr,
+    pub check: crate::config::health::HealthConfig,
+}
+
 struct State {
+    /// Config version (ETags, If-Match): bumped by config changes only.
     version: u64,
+    /// Snapshot generation: bumped by every publish, health changes included.
+    generation: u64,
+    /// Listener slots of `config.listeners`, in order.
+    slots: Vec<usize>,
+    health: HashMap<(String, SocketAddr), CheckRecord>,
     /// The config file the running state derives from (base of the three-way merge).
     file: Table,
     /// The running document: server + listeners + clusters.
@@ -208,9 +233,18 @@ impl Control {
         config_path: Option<PathBuf>,
     ) -> Control {
         let state_dir = boot.config.server.state_dir.clone();
+        let slots = boot
+            .config
+            .listeners
+            .iter()
+            .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
+            .collect();
         let c = Control {
             state: Mutex::new(State {
                 version: boot.version,
+                generation: boot.version,
+                slots,
+                health: HashMap::new(),
                 file: boot.file,
                 doc: boot.doc,
                 config: boot.config,
@@ -452,7 +486,25 @@ impl Control {
             .collect();
 
         let version = st.version + 1;
-        let snap = Snapshot::build_with_slots(&cfg, version, Some(&self.shared.load()), &slots);
+        let generation = st.generation + 1;
+        // Health records of backends that are gone are dropped (re-added means re-checked).
+        let exists = |(c, a): &(String, SocketAddr)| {
+            cfg.cluster(c)
+                .is_some_and(|cl| cl.health.is_some() && cl.backends.iter().any(|b| b.addr == *a))
+        };
+        let health: HashMap<(String, SocketAddr), CheckRecord> = st
+            .health
+            .iter()
+            .filter(|(k, _)| exists(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let snap = Snapshot::build_with_slots(
+            &cfg,
+            generation,
+            Some(&self.shared.load()),
+            &slots,
+            &health_map(&health),
+        );
         let file = new_file.as_ref().unwrap_or(&st.file);
         if let Some(dir) = &self.state_dir {
             let p = persist::Persisted::new(
@@ -496,8 +548,103 @@ impl Control {
         st.config = cfg;
         st.running = running;
         st.version = version;
+        st.generation = generation;
+        st.slots = slots;
+        st.health = health;
         Ok(version)
     }
+
+    /// Every backend of every cluster with active checks, and the config version they
+    /// come from (the checker re-reads when it moves).
+    pub fn health_targets(&self) -> (u64, Vec<CheckTarget>) {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for c in &st.config.clusters {
+            let Some(check) = &c.health else { continue };
+            for b in &c.backends {
+                out.push(CheckTarget {
+                    cluster: c.name.clone(),
+                    backend: b.addr,
+                    check: check.clone(),
+                });
+            }
+        }
+        (st.version, out)
+    }
+
+    /// Records a check result. `state`: the checker's verdict after its rise/fall counting;
+    /// a change publishes a new snapshot (the backend leaves or rejoins the rotation).
+    pub fn report_check(
+        &self,
+        cluster: &str,
+        backend: SocketAddr,
+        ok: bool,
+        detail: &str,
+        took: std::time::Duration,
+        state: HealthState,
+    ) {
+        let mut st = self.lock();
+        let still_there = st
+            .config
+            .cluster(cluster)
+            .is_some_and(|c| c.health.is_some() && c.backends.iter().any(|b| b.addr == backend));
+        if !still_there {
+            return; // removed while the check ran
+        }
+        let rec = st.health.entry((cluster.to_string(), backend)).or_default();
+        rec.last_ok = Some(ok);
+        rec.last_detail = detail.to_string();
+        rec.last_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        rec.last_took_ms = took.as_secs_f64() * 1000.0;
+        if rec.state == state {
+            return;
+        }
+        rec.state = state;
+        match state {
+            HealthState::Down => {
+                log::warn!("health: backend {backend} of cluster {cluster} is DOWN ({detail})")
+            }
+            HealthState::Up => {
+                log::info!("health: backend {backend} of cluster {cluster} is UP again")
+            }
+        }
+        st.generation += 1;
+        let snap = Snapshot::build_with_slots(
+            &st.config,
+            st.generation,
+            Some(&self.shared.load()),
+            &st.slots,
+            &health_map(&st.health),
+        );
+        if let Some(c) = snap.clusters.iter().find(|c| c.name == cluster) {
+            if c.panic {
+                log::error!(
+                    "health: every backend of cluster {cluster} is down; failing open (traffic \
+                     goes to all of them until one passes its checks)"
+                );
+            }
+        }
+        self.shared.store(Arc::new(snap));
+    }
+
+    /// Health records for the admin API, by backend address.
+    pub fn health_of(&self, cluster: &str) -> HashMap<SocketAddr, CheckRecord> {
+        self.lock()
+            .health
+            .iter()
+            .filter(|((c, _), _)| c == cluster)
+            .map(|((_, a), r)| (*a, r.clone()))
+            .collect()
+    }
+}
+
+fn health_map(h: &HashMap<(String, SocketAddr), CheckRecord>) -> HealthMap {
+    h.iter()
+        .filter(|(_, r)| r.state == HealthState::Down)
+        .map(|(k, r)| (k.clone(), r.state))
+        .collect()
 }
 
 /// Applies `change` to `d`. Returns (created, the edited object's kind and name).
@@ -738,6 +885,13 @@ fn backend_from_json(body: &Json, adding: bool) -> Result<Value, ApiError> {
 
 fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
     let mut j = serde_json::to_value(v).unwrap_or(Json::Null);
+    if kind == Kind::Cluster {
+        if let (Json::Object(m), Some(c)) =
+            (&mut j, doc::name_of(v).and_then(|n| st.config.cluster(n)))
+        {
+            m.insert("status".into(), cluster_status(st, c));
+        }
+    }
     if kind == Kind::Listener {
         if let (Json::Object(m), Some(r)) =
             (&mut j, doc::name_of(v).and_then(|n| st.running.get(n)))
@@ -749,6 +903,39 @@ fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
         }
     }
     j
+}
+
+/// Read-only runtime state of a cluster's backends: `up`, `down` (health checks) or
+/// `draining`, and the last check.
+fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
+    let rec = |a: SocketAddr| st.health.get(&(c.name.clone(), a));
+    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state == HealthState::Down);
+    let panic = c.backends.iter().any(|b| !b.drain)
+        && c.backends.iter().filter(|b| !b.drain).all(|b| down(b.addr));
+    let backends: Vec<Json> = c
+        .backends
+        .iter()
+        .map(|b| {
+            let state = if b.drain {
+                "draining"
+            } else if down(b.addr) {
+                "down"
+            } else {
+                "up"
+            };
+            let mut o = serde_json::json!({ "addr": b.name, "state": state, "weight": b.weight });
+            if let Some(r) = rec(b.addr).filter(|r| r.last_ok.is_some()) {
+                o["last_check"] = serde_json::json!({
+                    "ok": r.last_ok,
+                    "detail": r.last_detail,
+                    "at_unix_ms": r.last_at_ms,
+                    "took_ms": (r.last_took_ms * 1000.0).round() / 1000.0,
+                });
+            }
+            o
+        })
+        .collect();
+    serde_json::json!({ "backends": backends, "panic": panic })
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often the checker looks for config changes while idle.
+/// How often the checker looks for config changes (and moves slow starts along).
 const RECONCILE: Duration = Duration::from_millis(200);
 /// The most of a response the checker reads (the status line is all it needs).
 const MAX_RESPONSE: usize = 4096;
@@ -102,6 +102,7 @@ impl Checker {
             let now = Instant::now();
             if now.duration_since(last_reconcile) >= RECONCILE {
                 self.reconcile(now);
+                self.control.tick();
                 last_reconcile = now;
             }
             self.start_due(now);

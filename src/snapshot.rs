@@ -28,6 +28,18 @@ pub enum HealthState {
 /// Health by (cluster name, backend address); absent means up.
 pub type HealthMap = HashMap<(String, SocketAddr), HealthState>;
 
+/// Snapshot weights are config weights × this, so a backend in slow start can hold a
+/// fraction of a weight-1 share.
+pub const WEIGHT_SCALE: u32 = 100;
+
+/// Runtime state that shapes a snapshot besides the config.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    pub health: HealthMap,
+    /// Backends in slow start: the fraction (0..1) of their weight they carry now.
+    pub ramp: HashMap<(String, SocketAddr), f64>,
+}
+
 /// Live per-backend figures that every worker updates (once per connection, never per byte).
 /// Shared across snapshots so a swap does not reset them.
 #[derive(Debug, Default)]
@@ -99,7 +111,7 @@ impl Snapshot {
     /// live counters to backends that survive the change (same cluster name and address).
     pub fn build(cfg: &Config, version: u64, prev: Option<&Snapshot>) -> Snapshot {
         let slots: Vec<usize> = (0..cfg.listeners.len()).collect();
-        Snapshot::build_with_slots(cfg, version, prev, &slots, &HealthMap::new())
+        Snapshot::build_with_slots(cfg, version, prev, &slots, &Runtime::default())
     }
 
     /// As [`Snapshot::build`], with `slots[i]` the slot of `cfg.listeners[i]`.
@@ -108,13 +120,26 @@ impl Snapshot {
         version: u64,
         prev: Option<&Snapshot>,
         slots: &[usize],
-        health: &HealthMap,
+        rt: &Runtime,
     ) -> Snapshot {
+        let health = &rt.health;
         let backend =
             |c: &crate::config::ClusterConfig, b: &crate::config::BackendConfig| Backend {
                 name: b.name.clone(),
                 addr: b.addr,
-                weight: b.weight,
+                // Round robin ignores configured weights: equal weights, so only a slow
+                // start can make them differ (its balancer then honours the ramp).
+                weight: {
+                    let w = if c.balance == BalanceKind::RoundRobin {
+                        WEIGHT_SCALE
+                    } else {
+                        b.weight * WEIGHT_SCALE
+                    };
+                    match rt.ramp.get(&(c.name.clone(), b.addr)) {
+                        Some(f) => ((f64::from(w) * f.clamp(0.0, 1.0)) as u32).max(1),
+                        None => w,
+                    }
+                },
                 live: prev
                     .and_then(|p| p.find_backend(&c.name, b.addr))
                     .map(|old| old.live.clone())

@@ -86,6 +86,12 @@ pub trait Balancer: Send {
 /// here, so picks never allocate.
 pub fn new_balancer(kind: BalanceKind, backends: &[Backend]) -> Box<dyn Balancer> {
     match kind {
+        // Round robin ignores weights, except while a backend is in slow start (its weight
+        // is then below the others'): smooth weighted round robin over equal weights is
+        // round robin, and it honours the ramp.
+        BalanceKind::RoundRobin if backends.windows(2).any(|w| w[0].weight != w[1].weight) => {
+            Box::new(SmoothWeighted::new(backends.len()))
+        }
         BalanceKind::RoundRobin => Box::new(RoundRobin::default()),
         BalanceKind::Weighted => Box::new(SmoothWeighted::new(backends.len())),
         BalanceKind::LeastConn => Box::new(LeastConn::default()),

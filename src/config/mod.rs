@@ -146,6 +146,7 @@ pub struct RawCluster {
     pub pool_max_idle: Option<u64>,
     /// `[clusters.health]`, kept as a value so its errors carry their own paths.
     pub health: Option<toml::Value>,
+    pub slow_start: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -321,6 +322,8 @@ pub struct ClusterConfig {
     pub pool_max_idle: usize,
     /// Active health checks (none: every backend counts as up).
     pub health: Option<health::HealthConfig>,
+    /// An added, undrained or recovered backend's weight ramps up over this long.
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -976,6 +979,14 @@ fn validate(
                 .health
                 .as_ref()
                 .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+            slow_start: c.slow_start.as_ref().map(|_| {
+                duration_field(
+                    format!("{p}.slow_start"),
+                    c.slow_start.as_ref(),
+                    Duration::ZERO,
+                    errs,
+                )
+            }),
         });
     }
 

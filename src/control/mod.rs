@@ -15,7 +15,7 @@ pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
 use crate::server;
-use crate::snapshot::{HealthMap, HealthState, SharedSnapshot, Snapshot};
+use crate::snapshot::{HealthMap, HealthState, Runtime, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
 use serde_json::Value as Json;
@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 use toml::{Table, Value};
 
 /// An API-level failure: HTTP status, a stable code, a message and the offending field.
@@ -136,6 +137,8 @@ struct State {
     /// Listener slots of `config.listeners`, in order.
     slots: Vec<usize>,
     health: HashMap<(String, SocketAddr), CheckRecord>,
+    /// Backends in slow start, since when.
+    ramps: HashMap<(String, SocketAddr), Instant>,
     /// The config file the running state derives from (base of the three-way merge).
     file: Table,
     /// The running document: server + listeners + clusters.
@@ -245,6 +248,7 @@ impl Control {
                 generation: boot.version,
                 slots,
                 health: HashMap::new(),
+                ramps: HashMap::new(),
                 file: boot.file,
                 doc: boot.doc,
                 config: boot.config,
@@ -498,12 +502,30 @@ impl Control {
             .filter(|(k, _)| exists(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Slow start for backends that join the rotation: new, or no longer drained.
+        let now = Instant::now();
+        let mut ramps: HashMap<(String, SocketAddr), Instant> = HashMap::new();
+        for c in cfg.clusters.iter().filter(|c| c.slow_start.is_some()) {
+            let before = st.config.cluster(&c.name);
+            for b in c.backends.iter().filter(|b| !b.drain) {
+                let key = (c.name.clone(), b.addr);
+                if let Some(t) = st.ramps.get(&key) {
+                    ramps.insert(key, *t);
+                    continue;
+                }
+                let was_in = before
+                    .is_some_and(|o| o.backends.iter().any(|ob| ob.addr == b.addr && !ob.drain));
+                if !was_in && before.is_some() {
+                    ramps.insert(key, now);
+                }
+            }
+        }
         let snap = Snapshot::build_with_slots(
             &cfg,
             generation,
             Some(&self.shared.load()),
             &slots,
-            &health_map(&health),
+            &runtime(&cfg, &health, &mut ramps, now),
         );
         let file = new_file.as_ref().unwrap_or(&st.file);
         if let Some(dir) = &self.state_dir {
@@ -551,6 +573,7 @@ impl Control {
         st.generation = generation;
         st.slots = slots;
         st.health = health;
+        st.ramps = ramps;
         Ok(version)
     }
 
@@ -610,14 +633,16 @@ impl Control {
                 log::info!("health: backend {backend} of cluster {cluster} is UP again")
             }
         }
-        st.generation += 1;
-        let snap = Snapshot::build_with_slots(
-            &st.config,
-            st.generation,
-            Some(&self.shared.load()),
-            &st.slots,
-            &health_map(&st.health),
-        );
+        if state == HealthState::Up
+            && st
+                .config
+                .cluster(cluster)
+                .is_some_and(|c| c.slow_start.is_some())
+        {
+            st.ramps
+                .insert((cluster.to_string(), backend), Instant::now());
+        }
+        let snap = self.publish(&mut st);
         if let Some(c) = snap.clusters.iter().find(|c| c.name == cluster) {
             if c.panic {
                 log::error!(
@@ -626,7 +651,38 @@ impl Control {
                 );
             }
         }
-        self.shared.store(Arc::new(snap));
+    }
+
+    /// Rebuilds the snapshot from the running config and runtime state and publishes it.
+    fn publish(&self, st: &mut State) -> Arc<Snapshot> {
+        st.generation += 1;
+        let State {
+            config,
+            health,
+            ramps,
+            slots,
+            generation,
+            ..
+        } = &mut *st;
+        let rt = runtime(config, health, ramps, Instant::now());
+        let snap = Arc::new(Snapshot::build_with_slots(
+            config,
+            *generation,
+            Some(&self.shared.load()),
+            slots,
+            &rt,
+        ));
+        self.shared.store(snap.clone());
+        snap
+    }
+
+    /// Moves slow starts along: while any backend ramps, republishes with its grown weight.
+    /// Called a few times a second (by the health checker thread).
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        if !st.ramps.is_empty() {
+            self.publish(&mut st);
+        }
     }
 
     /// Health records for the admin API, by backend address.
@@ -637,6 +693,31 @@ impl Control {
             .filter(|((c, _), _)| c == cluster)
             .map(|((_, a), r)| (*a, r.clone()))
             .collect()
+    }
+}
+
+/// The runtime part of a snapshot. Finished ramps are dropped from `ramps`.
+fn runtime(
+    cfg: &Config,
+    health: &HashMap<(String, SocketAddr), CheckRecord>,
+    ramps: &mut HashMap<(String, SocketAddr), Instant>,
+    now: Instant,
+) -> Runtime {
+    let mut ramp = HashMap::new();
+    ramps.retain(|(c, a), since| {
+        let Some(total) = cfg.cluster(c).and_then(|c| c.slow_start) else {
+            return false;
+        };
+        let f = now.duration_since(*since).as_secs_f64() / total.as_secs_f64().max(1e-3);
+        if f >= 1.0 {
+            return false;
+        }
+        ramp.insert((c.clone(), *a), f);
+        true
+    });
+    Runtime {
+        health: health_map(health),
+        ramp,
     }
 }
 

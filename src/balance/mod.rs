@@ -11,6 +11,7 @@
 
 mod least_conn;
 mod maglev;
+pub mod outlier;
 mod p2c;
 mod round_robin;
 mod weighted;

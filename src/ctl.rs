@@ -502,6 +502,26 @@ fn clusters_table(v: &Value) -> String {
 }
 
 fn backends_table(v: &Value) -> String {
+    // The cluster's read-only status has the live state (health checks, drain).
+    if let Some(list) = v["status"]["backends"].as_array() {
+        let rows = list
+            .iter()
+            .map(|b| {
+                let last = &b["last_check"];
+                vec![
+                    s(&b["addr"]),
+                    b["weight"].as_u64().unwrap_or(1).to_string(),
+                    s(&b["state"]),
+                    if last.is_null() {
+                        "-".into()
+                    } else {
+                        s(&last["detail"])
+                    },
+                ]
+            })
+            .collect();
+        return table(&["ADDR", "WEIGHT", "STATE", "LAST CHECK"], rows);
+    }
     let rows = v["backends"]
         .as_array()
         .map(|a| a.as_slice())

@@ -233,6 +233,9 @@ pub fn run(
         log::info!("listening name=admin protocol=admin addr={local}");
     }
 
+    let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_thread = crate::health::start(control.clone(), health_stop.clone())
+        .map_err(io_err("starting the health checker"))?;
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())
@@ -296,6 +299,8 @@ pub fn run(
             }
         }
     }
+    health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = health_thread.join();
     let _ = stats_tx.send(StatsMsg::Stop);
     let _ = agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.

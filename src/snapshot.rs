@@ -17,6 +17,29 @@ use std::time::Duration;
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
+/// What active health checks last concluded about a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HealthState {
+    #[default]
+    Up,
+    Down,
+}
+
+/// Health by (cluster name, backend address); absent means up.
+pub type HealthMap = HashMap<(String, SocketAddr), HealthState>;
+
+/// Snapshot weights are config weights × this, so a backend in slow start can hold a
+/// fraction of a weight-1 share.
+pub const WEIGHT_SCALE: u32 = 100;
+
+/// Runtime state that shapes a snapshot besides the config.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    pub health: HealthMap,
+    /// Backends in slow start: the fraction (0..1) of their weight they carry now.
+    pub ramp: HashMap<(String, SocketAddr), f64>,
+}
+
 /// Live per-backend figures that every worker updates (once per connection, never per byte).
 /// Shared across snapshots so a swap does not reset them.
 #[derive(Debug, Default)]
@@ -41,6 +64,11 @@ pub struct Cluster {
     pub backends: Vec<Backend>,
     /// Draining backends: no new connections or requests; shown by the admin API and stats.
     pub draining: Vec<Backend>,
+    /// Backends their health checks took down (out of rotation).
+    pub down: Vec<Backend>,
+    /// Every backend in rotation is down: fail open, and send traffic to all of them anyway
+    /// (`backends` then holds them all and `down` is empty).
+    pub panic: bool,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
     pub first_byte_timeout: Duration,
@@ -67,6 +95,8 @@ pub struct ListenerRoute {
 
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Generation: bumped by every publish (config change or health change). Workers rebuild
+    /// their per-cluster balancers when it moves.
     pub version: u64,
     /// Indexed by listener slot. A slot is the listener's index in the workers' socket table
     /// and its token; removed listeners leave `None` until the slot is reused.
@@ -81,7 +111,7 @@ impl Snapshot {
     /// live counters to backends that survive the change (same cluster name and address).
     pub fn build(cfg: &Config, version: u64, prev: Option<&Snapshot>) -> Snapshot {
         let slots: Vec<usize> = (0..cfg.listeners.len()).collect();
-        Snapshot::build_with_slots(cfg, version, prev, &slots)
+        Snapshot::build_with_slots(cfg, version, prev, &slots, &Runtime::default())
     }
 
     /// As [`Snapshot::build`], with `slots[i]` the slot of `cfg.listeners[i]`.
@@ -90,12 +120,26 @@ impl Snapshot {
         version: u64,
         prev: Option<&Snapshot>,
         slots: &[usize],
+        rt: &Runtime,
     ) -> Snapshot {
+        let health = &rt.health;
         let backend =
             |c: &crate::config::ClusterConfig, b: &crate::config::BackendConfig| Backend {
                 name: b.name.clone(),
                 addr: b.addr,
-                weight: b.weight,
+                // Round robin ignores configured weights: equal weights, so only a slow
+                // start can make them differ (its balancer then honours the ramp).
+                weight: {
+                    let w = if c.balance == BalanceKind::RoundRobin {
+                        WEIGHT_SCALE
+                    } else {
+                        b.weight * WEIGHT_SCALE
+                    };
+                    match rt.ramp.get(&(c.name.clone(), b.addr)) {
+                        Some(f) => ((f64::from(w) * f.clamp(0.0, 1.0)) as u32).max(1),
+                        None => w,
+                    }
+                },
                 live: prev
                     .and_then(|p| p.find_backend(&c.name, b.addr))
                     .map(|old| old.live.clone())
@@ -104,28 +148,43 @@ impl Snapshot {
         let clusters: Vec<Cluster> = cfg
             .clusters
             .iter()
-            .map(|c| Cluster {
-                name: c.name.clone(),
-                balance: c.balance,
-                hash_on: c.hash_on.clone(),
-                connect_timeout: c.connect_timeout,
-                connect_attempts: c.connect_attempts,
-                first_byte_timeout: c.first_byte_timeout,
-                idle_timeout: c.idle_timeout,
-                pool_idle_timeout: c.pool_idle_timeout,
-                pool_max_idle: c.pool_max_idle,
-                backends: c
-                    .backends
-                    .iter()
-                    .filter(|b| !b.drain)
-                    .map(|b| backend(c, b))
-                    .collect(),
-                draining: c
-                    .backends
-                    .iter()
-                    .filter(|b| b.drain)
-                    .map(|b| backend(c, b))
-                    .collect(),
+            .map(|c| {
+                let is_down = |b: &crate::config::BackendConfig| {
+                    health.get(&(c.name.clone(), b.addr)) == Some(&HealthState::Down)
+                };
+                let mut backends: Vec<Backend> = Vec::new();
+                let mut down: Vec<Backend> = Vec::new();
+                for b in c.backends.iter().filter(|b| !b.drain) {
+                    if is_down(b) {
+                        down.push(backend(c, b));
+                    } else {
+                        backends.push(backend(c, b));
+                    }
+                }
+                let panic = backends.is_empty() && !down.is_empty();
+                if panic {
+                    backends = std::mem::take(&mut down);
+                }
+                Cluster {
+                    name: c.name.clone(),
+                    balance: c.balance,
+                    hash_on: c.hash_on.clone(),
+                    connect_timeout: c.connect_timeout,
+                    connect_attempts: c.connect_attempts,
+                    first_byte_timeout: c.first_byte_timeout,
+                    idle_timeout: c.idle_timeout,
+                    pool_idle_timeout: c.pool_idle_timeout,
+                    pool_max_idle: c.pool_max_idle,
+                    backends,
+                    draining: c
+                        .backends
+                        .iter()
+                        .filter(|b| b.drain)
+                        .map(|b| backend(c, b))
+                        .collect(),
+                    down,
+                    panic,
+                }
             })
             .collect();
         let cluster_index: HashMap<String, usize> = clusters
@@ -181,6 +240,7 @@ impl Snapshot {
         c.backends
             .iter()
             .chain(&c.draining)
+            .chain(&c.down)
             .find(|b| b.addr == addr)
     }
 }

@@ -129,6 +129,24 @@ fn endpoints_and_error_statuses() {
     for _ in 0..6 {
         assert_eq!(get_id(web), "one");
     }
+    // Every backend drained: 503, and the data plane stays up.
+    let enc1 = b1.addr("demo-backend").to_string().replace(':', "%3A");
+    let r = call(
+        admin,
+        "PATCH",
+        &format!("/v1/clusters/app/backends/{enc1}"),
+        Some("{\"drain\":true}"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(call(web, "GET", "/", None).status, 503);
+    let r = call(
+        admin,
+        "PATCH",
+        &format!("/v1/clusters/app/backends/{enc1}"),
+        Some("{\"drain\":false}"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(get_id(web), "one");
     // Undrain, then delete it; deleting the last backend is refused.
     let r = call(
         admin,
@@ -550,6 +568,36 @@ fn sighup_reload_keeps_long_connections_and_rejects_a_broken_file() {
     // A long TCP stream and an upgraded connection, both mid-conversation.
     let mut tcp = connect(p.addr("tcp"));
     echo_roundtrip(&mut tcp, b"before reload");
+    // And a bulk transfer running across both reloads: 64 MiB through the echo backend,
+    // paced so it is still in flight when the signals land, checked by checksum.
+    const BULK: usize = 64 << 20;
+    let bulk = connect(p.addr("tcp"));
+    let mut bulk_rd = bulk.try_clone().unwrap();
+    bulk_rd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let writer = thread::spawn(move || {
+        let mut bulk = bulk;
+        let mut pat = Pattern::new(7);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut sent = 0;
+        while sent < BULK {
+            pat.fill(&mut buf);
+            bulk.write_all(&buf).unwrap();
+            sent += buf.len();
+            thread::sleep(Duration::from_millis(4));
+        }
+    });
+    let reader = thread::spawn(move || {
+        let mut sum = Checksum::new();
+        let mut buf = vec![0u8; 256 << 10];
+        while (sum.len() as usize) < BULK {
+            let n = bulk_rd.read(&mut buf).expect("bulk read");
+            assert!(n > 0, "bulk connection closed after {} bytes", sum.len());
+            sum.update(&buf[..n]);
+        }
+        sum.finish()
+    });
     let mut ws = connect(p.addr("ws"));
     ws.write_all(
         b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
@@ -605,6 +653,12 @@ fn sighup_reload_keeps_long_connections_and_rejects_a_broken_file() {
         echo_roundtrip(&mut tcp, format!("after reload {i}").as_bytes());
         echo_roundtrip(&mut ws, format!("ws after {i}").as_bytes());
     }
+    writer.join().unwrap();
+    assert_eq!(
+        reader.join().unwrap(),
+        pattern_checksum(7, BULK),
+        "bulk bytes intact"
+    );
     drop(ws);
     let _ = ws_thread.join();
 }

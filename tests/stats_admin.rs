@@ -246,3 +246,39 @@ backends = ["{f}"]
     });
     assert_eq!(saved["msg_req"], 20, "{saved}");
 }
+
+#[test]
+fn backend_health_and_weights_show_in_stats_and_metrics() {
+    let live = demo(&["--id", "live"]);
+    let la = live.addr("demo-backend");
+    let dead = dead_addr();
+    let p = Proxy::start(&format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n\n\
+         [[clusters]]\nname = \"app\"\nbalance = \"weighted\"\n\
+         backends = [{{ addr = \"{la}\", weight = 3 }}, \"{dead}\"]\n\
+         [clusters.health]\nprotocol = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 1\nfall = 1\n"
+    ));
+    let admin = p.addr("admin");
+    let st = poll_until(Duration::from_secs(5), "dead backend marked down", || {
+        let st = call(admin, "GET", "/stats", None).json();
+        (st["clusters"]["app"]["backends"][dead.to_string()]["state"] == "down").then_some(st)
+    });
+    let b = &st["clusters"]["app"]["backends"];
+    assert_eq!(b[la.to_string()]["state"], "up", "{st}");
+    assert_eq!(b[la.to_string()]["weight"], 3, "{st}");
+    assert_eq!(b[dead.to_string()]["weight"], 1, "{st}");
+    // The SIGUSR2 line says the same.
+    assert_eq!(
+        p.stats()["clusters"]["app"]["backends"][dead.to_string()]["state"],
+        "down"
+    );
+    let text = call(admin, "GET", "/metrics", None).text();
+    for want in [
+        format!("switchyard_backend_up{{cluster=\"app\",backend=\"{la}\"}} 1\n"),
+        format!("switchyard_backend_up{{cluster=\"app\",backend=\"{dead}\"}} 0\n"),
+        format!("switchyard_backend_weight{{cluster=\"app\",backend=\"{la}\"}} 3\n"),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    promtool_check(&text);
+}

@@ -32,6 +32,7 @@ cluster = "legacy"
 
 [[clusters]]
 name = "app"
+balance = "weighted"
 backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 }]
 
 [[clusters]]

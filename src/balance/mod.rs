@@ -11,6 +11,7 @@
 
 mod least_conn;
 mod maglev;
+pub mod outlier;
 mod p2c;
 mod round_robin;
 mod weighted;
@@ -86,6 +87,12 @@ pub trait Balancer: Send {
 /// here, so picks never allocate.
 pub fn new_balancer(kind: BalanceKind, backends: &[Backend]) -> Box<dyn Balancer> {
     match kind {
+        // Round robin ignores weights, except while a backend is in slow start (its weight
+        // is then below the others'): smooth weighted round robin over equal weights is
+        // round robin, and it honours the ramp.
+        BalanceKind::RoundRobin if backends.windows(2).any(|w| w[0].weight != w[1].weight) => {
+            Box::new(SmoothWeighted::new(backends.len()))
+        }
         BalanceKind::RoundRobin => Box::new(RoundRobin::default()),
         BalanceKind::Weighted => Box::new(SmoothWeighted::new(backends.len())),
         BalanceKind::LeastConn => Box::new(LeastConn::default()),
@@ -179,6 +186,27 @@ pub(crate) fn test_backends(weights: &[u32]) -> Vec<Backend> {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn every_algorithm_handles_an_empty_cluster() {
+        // Every backend drained: the list is empty, and a pick must say so, not panic.
+        for kind in [
+            BalanceKind::RoundRobin,
+            BalanceKind::Weighted,
+            BalanceKind::LeastConn,
+            BalanceKind::P2cEwma,
+            BalanceKind::Hash,
+        ] {
+            let mut b = new_balancer(kind, &[]);
+            let ctx = PickCtx { hash: Some(42) };
+            assert_eq!(b.pick(&[], Tried::default(), &ctx), None, "{kind:?}");
+            assert_eq!(
+                b.pick(&[], Tried::default(), &PickCtx::NONE),
+                None,
+                "{kind:?}"
+            );
+        }
+    }
 
     #[test]
     fn hash_is_stable_and_spreads() {

@@ -4,6 +4,7 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod health;
 pub mod routes;
 pub mod units;
 
@@ -143,6 +144,9 @@ pub struct RawCluster {
     pub idle_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle: Option<u64>,
+    /// `[clusters.health]`, kept as a value so its errors carry their own paths.
+    pub health: Option<toml::Value>,
+    pub slow_start: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -316,6 +320,10 @@ pub struct ClusterConfig {
     pub pool_idle_timeout: Duration,
     /// HTTP: idle pooled connections kept per backend per worker.
     pub pool_max_idle: usize,
+    /// Active health checks (none: every backend counts as up).
+    pub health: Option<health::HealthConfig>,
+    /// An added, undrained or recovered backend's weight ramps up over this long.
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -967,6 +975,18 @@ fn validate(
                 100_000,
                 errs,
             ) as usize,
+            health: c
+                .health
+                .as_ref()
+                .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+            slow_start: c.slow_start.as_ref().map(|_| {
+                duration_field(
+                    format!("{p}.slow_start"),
+                    c.slow_start.as_ref(),
+                    Duration::ZERO,
+                    errs,
+                )
+            }),
         });
     }
 

@@ -15,7 +15,7 @@ pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
 use crate::server;
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{HealthMap, HealthState, Runtime, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
 use serde_json::Value as Json;
@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 use toml::{Table, Value};
 
 /// An API-level failure: HTTP status, a stable code, a message and the offending field.
@@ -109,8 +110,35 @@ pub struct Running {
     pub local: SocketAddr,
 }
 
+/// One backend's health-check record (kept while the backend exists).
+#[derive(Debug, Clone, Default)]
+pub struct CheckRecord {
+    pub state: HealthState,
+    /// The last check: passed, what happened, when (unix ms), how long it took.
+    pub last_ok: Option<bool>,
+    pub last_detail: String,
+    pub last_at_ms: u64,
+    pub last_took_ms: f64,
+}
+
+/// A backend the health checker must probe.
+#[derive(Debug, Clone)]
+pub struct CheckTarget {
+    pub cluster: String,
+    pub backend: SocketAddr,
+    pub check: crate::config::health::HealthConfig,
+}
+
 struct State {
+    /// Config version (ETags, If-Match): bumped by config changes only.
     version: u64,
+    /// Snapshot generation: bumped by every publish, health changes included.
+    generation: u64,
+    /// Listener slots of `config.listeners`, in order.
+    slots: Vec<usize>,
+    health: HashMap<(String, SocketAddr), CheckRecord>,
+    /// Backends in slow start, since when.
+    ramps: HashMap<(String, SocketAddr), Instant>,
     /// The config file the running state derives from (base of the three-way merge).
     file: Table,
     /// The running document: server + listeners + clusters.
@@ -208,9 +236,19 @@ impl Control {
         config_path: Option<PathBuf>,
     ) -> Control {
         let state_dir = boot.config.server.state_dir.clone();
+        let slots = boot
+            .config
+            .listeners
+            .iter()
+            .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
+            .collect();
         let c = Control {
             state: Mutex::new(State {
                 version: boot.version,
+                generation: boot.version,
+                slots,
+                health: HashMap::new(),
+                ramps: HashMap::new(),
                 file: boot.file,
                 doc: boot.doc,
                 config: boot.config,
@@ -452,7 +490,43 @@ impl Control {
             .collect();
 
         let version = st.version + 1;
-        let snap = Snapshot::build_with_slots(&cfg, version, Some(&self.shared.load()), &slots);
+        let generation = st.generation + 1;
+        // Health records of backends that are gone are dropped (re-added means re-checked).
+        let exists = |(c, a): &(String, SocketAddr)| {
+            cfg.cluster(c)
+                .is_some_and(|cl| cl.health.is_some() && cl.backends.iter().any(|b| b.addr == *a))
+        };
+        let health: HashMap<(String, SocketAddr), CheckRecord> = st
+            .health
+            .iter()
+            .filter(|(k, _)| exists(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Slow start for backends that join the rotation: new, or no longer drained.
+        let now = Instant::now();
+        let mut ramps: HashMap<(String, SocketAddr), Instant> = HashMap::new();
+        for c in cfg.clusters.iter().filter(|c| c.slow_start.is_some()) {
+            let before = st.config.cluster(&c.name);
+            for b in c.backends.iter().filter(|b| !b.drain) {
+                let key = (c.name.clone(), b.addr);
+                if let Some(t) = st.ramps.get(&key) {
+                    ramps.insert(key, *t);
+                    continue;
+                }
+                let was_in = before
+                    .is_some_and(|o| o.backends.iter().any(|ob| ob.addr == b.addr && !ob.drain));
+                if !was_in && before.is_some() {
+                    ramps.insert(key, now);
+                }
+            }
+        }
+        let snap = Snapshot::build_with_slots(
+            &cfg,
+            generation,
+            Some(&self.shared.load()),
+            &slots,
+            &runtime(&cfg, &health, &mut ramps, now),
+        );
         let file = new_file.as_ref().unwrap_or(&st.file);
         if let Some(dir) = &self.state_dir {
             let p = persist::Persisted::new(
@@ -496,8 +570,162 @@ impl Control {
         st.config = cfg;
         st.running = running;
         st.version = version;
+        st.generation = generation;
+        st.slots = slots;
+        st.health = health;
+        st.ramps = ramps;
         Ok(version)
     }
+
+    /// Every backend of every cluster with active checks, and the config version they
+    /// come from (the checker re-reads when it moves).
+    pub fn health_targets(&self) -> (u64, Vec<CheckTarget>) {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for c in &st.config.clusters {
+            let Some(check) = &c.health else { continue };
+            for b in &c.backends {
+                out.push(CheckTarget {
+                    cluster: c.name.clone(),
+                    backend: b.addr,
+                    check: check.clone(),
+                });
+            }
+        }
+        (st.version, out)
+    }
+
+    /// Records a check result. `state`: the checker's verdict after its rise/fall counting;
+    /// a change publishes a new snapshot (the backend leaves or rejoins the rotation).
+    pub fn report_check(
+        &self,
+        cluster: &str,
+        backend: SocketAddr,
+        ok: bool,
+        detail: &str,
+        took: std::time::Duration,
+        state: HealthState,
+    ) {
+        let mut st = self.lock();
+        let still_there = st
+            .config
+            .cluster(cluster)
+            .is_some_and(|c| c.health.is_some() && c.backends.iter().any(|b| b.addr == backend));
+        if !still_there {
+            return; // removed while the check ran
+        }
+        let rec = st.health.entry((cluster.to_string(), backend)).or_default();
+        rec.last_ok = Some(ok);
+        rec.last_detail = detail.to_string();
+        rec.last_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        rec.last_took_ms = took.as_secs_f64() * 1000.0;
+        if rec.state == state {
+            return;
+        }
+        rec.state = state;
+        match state {
+            HealthState::Down => {
+                log::warn!("health: backend {backend} of cluster {cluster} is DOWN ({detail})")
+            }
+            HealthState::Up => {
+                log::info!("health: backend {backend} of cluster {cluster} is UP again")
+            }
+        }
+        if state == HealthState::Up
+            && st
+                .config
+                .cluster(cluster)
+                .is_some_and(|c| c.slow_start.is_some())
+        {
+            st.ramps
+                .insert((cluster.to_string(), backend), Instant::now());
+        }
+        let snap = self.publish(&mut st);
+        if let Some(c) = snap.clusters.iter().find(|c| c.name == cluster) {
+            if c.panic {
+                log::error!(
+                    "health: every backend of cluster {cluster} is down; failing open (traffic \
+                     goes to all of them until one passes its checks)"
+                );
+            }
+        }
+    }
+
+    /// Rebuilds the snapshot from the running config and runtime state and publishes it.
+    fn publish(&self, st: &mut State) -> Arc<Snapshot> {
+        st.generation += 1;
+        let State {
+            config,
+            health,
+            ramps,
+            slots,
+            generation,
+            ..
+        } = &mut *st;
+        let rt = runtime(config, health, ramps, Instant::now());
+        let snap = Arc::new(Snapshot::build_with_slots(
+            config,
+            *generation,
+            Some(&self.shared.load()),
+            slots,
+            &rt,
+        ));
+        self.shared.store(snap.clone());
+        snap
+    }
+
+    /// Moves slow starts along: while any backend ramps, republishes with its grown weight.
+    /// Called a few times a second (by the health checker thread).
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        if !st.ramps.is_empty() {
+            self.publish(&mut st);
+        }
+    }
+
+    /// Health records for the admin API, by backend address.
+    pub fn health_of(&self, cluster: &str) -> HashMap<SocketAddr, CheckRecord> {
+        self.lock()
+            .health
+            .iter()
+            .filter(|((c, _), _)| c == cluster)
+            .map(|((_, a), r)| (*a, r.clone()))
+            .collect()
+    }
+}
+
+/// The runtime part of a snapshot. Finished ramps are dropped from `ramps`.
+fn runtime(
+    cfg: &Config,
+    health: &HashMap<(String, SocketAddr), CheckRecord>,
+    ramps: &mut HashMap<(String, SocketAddr), Instant>,
+    now: Instant,
+) -> Runtime {
+    let mut ramp = HashMap::new();
+    ramps.retain(|(c, a), since| {
+        let Some(total) = cfg.cluster(c).and_then(|c| c.slow_start) else {
+            return false;
+        };
+        let f = now.duration_since(*since).as_secs_f64() / total.as_secs_f64().max(1e-3);
+        if f >= 1.0 {
+            return false;
+        }
+        ramp.insert((c.clone(), *a), f);
+        true
+    });
+    Runtime {
+        health: health_map(health),
+        ramp,
+    }
+}
+
+fn health_map(h: &HashMap<(String, SocketAddr), CheckRecord>) -> HealthMap {
+    h.iter()
+        .filter(|(_, r)| r.state == HealthState::Down)
+        .map(|(k, r)| (k.clone(), r.state))
+        .collect()
 }
 
 /// Applies `change` to `d`. Returns (created, the edited object's kind and name).
@@ -738,6 +966,13 @@ fn backend_from_json(body: &Json, adding: bool) -> Result<Value, ApiError> {
 
 fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
     let mut j = serde_json::to_value(v).unwrap_or(Json::Null);
+    if kind == Kind::Cluster {
+        if let (Json::Object(m), Some(c)) =
+            (&mut j, doc::name_of(v).and_then(|n| st.config.cluster(n)))
+        {
+            m.insert("status".into(), cluster_status(st, c));
+        }
+    }
     if kind == Kind::Listener {
         if let (Json::Object(m), Some(r)) =
             (&mut j, doc::name_of(v).and_then(|n| st.running.get(n)))
@@ -749,6 +984,39 @@ fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
         }
     }
     j
+}
+
+/// Read-only runtime state of a cluster's backends: `up`, `down` (health checks) or
+/// `draining`, and the last check.
+fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
+    let rec = |a: SocketAddr| st.health.get(&(c.name.clone(), a));
+    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state == HealthState::Down);
+    let panic = c.backends.iter().any(|b| !b.drain)
+        && c.backends.iter().filter(|b| !b.drain).all(|b| down(b.addr));
+    let backends: Vec<Json> = c
+        .backends
+        .iter()
+        .map(|b| {
+            let state = if b.drain {
+                "draining"
+            } else if down(b.addr) {
+                "down"
+            } else {
+                "up"
+            };
+            let mut o = serde_json::json!({ "addr": b.name, "state": state, "weight": b.weight });
+            if let Some(r) = rec(b.addr).filter(|r| r.last_ok.is_some()) {
+                o["last_check"] = serde_json::json!({
+                    "ok": r.last_ok,
+                    "detail": r.last_detail,
+                    "at_unix_ms": r.last_at_ms,
+                    "took_ms": (r.last_took_ms * 1000.0).round() / 1000.0,
+                });
+            }
+            o
+        })
+        .collect();
+    serde_json::json!({ "backends": backends, "panic": panic })
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.

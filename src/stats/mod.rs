@@ -885,14 +885,12 @@ impl Aggregator {
             agg.traffic.to_json(&mut o);
             o.insert("latency_ms".into(), hists_json(agg.hists.as_ref()));
             let mut backends = Map::new();
-            let all = c.backends.iter().map(|b| (b, "up"));
-            for (b, state) in all.chain(c.draining.iter().map(|b| (b, "draining"))) {
+            for (b, state) in backend_states(c) {
                 let addr = b.addr.to_string();
                 let t = agg.backends.get(&addr).copied().unwrap_or_default();
                 let mut bo = Map::new();
-                // Health checks are not built yet: a backend in rotation is up.
                 bo.insert("state".into(), Value::from(state));
-                bo.insert("weight".into(), Value::from(b.weight));
+                bo.insert("weight".into(), weight_json(b.weight));
                 bo.insert(
                     "active".into(),
                     Value::from(b.live.active.load(std::sync::atomic::Ordering::Relaxed)),
@@ -1013,6 +1011,33 @@ impl Aggregator {
                 );
             }
         }
+    }
+}
+
+/// Every backend of a cluster with its state: in rotation (`up`, or `down` when the cluster
+/// fails open because all are down), taken out by health checks (`down`), or `draining`.
+pub(crate) fn backend_states(
+    c: &crate::snapshot::Cluster,
+) -> impl Iterator<Item = (&crate::snapshot::Backend, &'static str)> {
+    let rotation = if c.panic { "down" } else { "up" };
+    c.backends
+        .iter()
+        .map(move |b| (b, rotation))
+        .chain(c.down.iter().map(|b| (b, "down")))
+        .chain(c.draining.iter().map(|b| (b, "draining")))
+}
+
+/// A snapshot weight (scaled by `WEIGHT_SCALE`) as the configured one.
+pub(crate) fn weight_value(w: u32) -> f64 {
+    f64::from(w) / f64::from(crate::snapshot::WEIGHT_SCALE)
+}
+
+fn weight_json(w: u32) -> Value {
+    let v = weight_value(w);
+    if v.fract() == 0.0 {
+        Value::from(v as u64)
+    } else {
+        Value::from((v * 100.0).round() / 100.0)
     }
 }
 

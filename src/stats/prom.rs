@@ -339,15 +339,12 @@ pub fn render(a: &Aggregator) -> String {
         .collect();
     traffic_families(&mut o, "cluster", &rows);
 
-    // Backends in rotation, then draining ones.
+    // Every backend with its state (see `backend_states`).
     let backends: Vec<(usize, &crate::snapshot::Backend, bool)> = snap
         .clusters
         .iter()
         .enumerate()
-        .flat_map(|(ci, c)| {
-            let up = c.backends.iter().map(move |b| (ci, b, true));
-            up.chain(c.draining.iter().map(move |b| (ci, b, false)))
-        })
+        .flat_map(|(ci, c)| super::backend_states(c).map(move |(b, st)| (ci, b, st == "up")))
         .collect();
     let addrs: Vec<String> = backends
         .iter()
@@ -365,7 +362,7 @@ pub fn render(a: &Aggregator) -> String {
     o.family(
         "switchyard_backend_up",
         "gauge",
-        "1 when the backend takes new traffic (state up; draining backends are 0).",
+        "1 when the backend is up and in rotation; 0 when down or draining.",
     );
     for ((l, _), (_, _, up)) in rows.iter().zip(&backends) {
         o.sample("switchyard_backend_up", l, if *up { 1.0 } else { 0.0 });
@@ -385,10 +382,14 @@ pub fn render(a: &Aggregator) -> String {
     o.family(
         "switchyard_backend_weight",
         "gauge",
-        "Configured balancing weight.",
+        "Balancing weight (as configured; less during slow start).",
     );
     for ((l, _), (_, b, _)) in rows.iter().zip(&backends) {
-        o.sample("switchyard_backend_weight", l, f64::from(b.weight));
+        o.sample(
+            "switchyard_backend_weight",
+            l,
+            super::weight_value(b.weight),
+        );
     }
     traffic_families(&mut o, "backend", &rows);
 

@@ -365,6 +365,15 @@ fn foo_kill_9_and_restart_within_10s_restores_totals_and_window() {
     let path = dir.path().join("data/recovery.json");
     let proxy = quick(&backend, &path);
     let sent = run_clients(proxy.addr("quick"), 4, 20, Duration::from_millis(20));
+    // One connection is still open when the process dies.
+    let _open = connect(proxy.addr("quick"));
+    proxy.wait_tcp("accepted", Duration::from_secs(5), |v| v == 5);
+    wait_until(Duration::from_secs(5), "the open connection saved", || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v["tcp"]["accepted"] == 5)
+    });
     let saved = wait_saved(&path, sent.req);
     // The original keys are there.
     assert_eq!(
@@ -401,10 +410,17 @@ fn foo_kill_9_and_restart_within_10s_restores_totals_and_window() {
         "the test itself took too long to check the window"
     );
     assert_counts(&st, &sent);
+    assert_eq!(tcp_of(&st, "accepted"), 5, "tcp totals come back too: {st}");
+    // The dead process's connections are not active in the new one.
+    assert_eq!(tcp_of(&st, "active"), 0, "{st}");
+    let l = &st["listeners"]["quick"];
+    assert_eq!((u(l, "connections"), u(l, "active")), (5, 0), "{st}");
+    let b = &st["clusters"]["forward"]["backends"][backend.addr("demo-backend").to_string()];
+    assert_eq!(u(b, "connections"), 5, "{st}");
     assert_eq!(
-        tcp_of(&st, "accepted"),
-        tcp_of(&before, "accepted"),
-        "tcp totals come back too: {st}"
+        u(b, "bytes_in"),
+        tcp_of(&before, "bytes_client_to_backend"),
+        "{st}"
     );
     // The window came back: the REQs are still inside the last 10 seconds.
     let r10 = f(&st, "request_rate_10s") * 10.0;

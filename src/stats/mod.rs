@@ -932,7 +932,57 @@ impl Aggregator {
         let mut http = Map::new();
         self.http.to_json(&mut http);
         m.insert("http".into(), Value::Object(http));
+        let traffic = |t: &Traffic| {
+            let mut o = Map::new();
+            t.to_json(&mut o);
+            Value::Object(o)
+        };
+        let listeners: Map<String, Value> = self
+            .listeners
+            .iter()
+            .map(|(k, t)| (k.clone(), traffic(t)))
+            .collect();
+        m.insert("listeners".into(), Value::Object(listeners));
+        let mut clusters = Map::new();
+        for (name, c) in &self.clusters {
+            let mut o = Map::new();
+            o.insert("traffic".into(), traffic(&c.traffic));
+            let b: Map<String, Value> = c
+                .backends
+                .iter()
+                .map(|(k, t)| (k.clone(), traffic(t)))
+                .collect();
+            o.insert("backends".into(), Value::Object(b));
+            clusters.insert(name.clone(), Value::Object(o));
+        }
+        m.insert("clusters".into(), Value::Object(clusters));
         m
+    }
+
+    /// Restores the per-listener, cluster and backend totals of a recovery file. The previous
+    /// process's connections are gone: they count as closed.
+    fn restore_tree(&mut self, rest: &Map<String, Value>) {
+        let traffic = |v: &Value| v.as_object().map(Traffic::from_json).unwrap_or_default();
+        if let Some(ls) = rest.get("listeners").and_then(Value::as_object) {
+            for (k, v) in ls {
+                let mut t = traffic(v);
+                t.closed = t.closed.max(t.connections);
+                self.listeners.insert(k.clone(), t);
+            }
+        }
+        if let Some(cs) = rest.get("clusters").and_then(Value::as_object) {
+            for (k, v) in cs {
+                let agg = self.clusters.entry(k.clone()).or_default();
+                if let Some(t) = v.get("traffic") {
+                    agg.traffic = traffic(t);
+                }
+                if let Some(bs) = v.get("backends").and_then(Value::as_object) {
+                    for (addr, t) in bs {
+                        agg.backends.insert(addr.clone(), traffic(t));
+                    }
+                }
+            }
+        }
     }
 
     fn save(&mut self) {
@@ -997,6 +1047,9 @@ impl Aggregator {
                 if let Some(m) = obj("http") {
                     self.http = HttpCounters::from_json(&m);
                 }
+                // Connections of the previous process are closed now.
+                self.tcp.closed = self.tcp.closed.max(self.tcp.accepted);
+                self.restore_tree(&s.rest);
                 // The saved window was a full one; the seconds since the save are lost (0).
                 let origin = s.time_stamp as f64 - recovery::SLOTS as f64;
                 for &(sec, req, resp) in &s.seconds {

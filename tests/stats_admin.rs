@@ -282,3 +282,55 @@ fn backend_health_and_weights_show_in_stats_and_metrics() {
     }
     promtool_check(&text);
 }
+
+#[test]
+fn backend_totals_follow_the_address_across_runtime_changes() {
+    let b1 = demo(&["--id", "b1"]);
+    let b2 = demo(&["--id", "b2"]);
+    let (a1, a2) = (b1.addr("demo-backend"), b2.addr("demo-backend"));
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"http\"\ncluster = \"app\"\n\n[[clusters]]\nname = \"app\"\n\
+         backends = [\"{a1}\", \"{a2}\"]\n"
+    ));
+    let (admin, web) = (p.addr("admin"), p.addr("web"));
+    let get = |answered: &mut std::collections::HashMap<String, u64>, n: usize| {
+        for _ in 0..n {
+            let r = call(web, "GET", "/", None);
+            assert_eq!(r.status, 200);
+            *answered.entry(r.text().trim().to_string()).or_default() += 1;
+        }
+    };
+    let mut answered = std::collections::HashMap::<String, u64>::new();
+    get(&mut answered, 10);
+    let reqs = |st: &Value, a: SocketAddr| {
+        st["clusters"]["app"]["backends"][a.to_string()]["requests"].as_u64()
+    };
+    let st = call(admin, "GET", "/stats", None).json();
+    assert_eq!(reqs(&st, a1), Some(answered["b1"]), "{st}");
+    assert_eq!(reqs(&st, a2), Some(answered["b2"]), "{st}");
+    // b1 goes: b2 moves to index 0 of the new snapshot.
+    let r = call(
+        admin,
+        "DELETE",
+        &format!("/v1/clusters/app/backends/{a1}"),
+        None,
+    );
+    assert!(r.status < 300, "{} {}", r.status, r.text());
+    get(&mut answered, 6);
+    assert_eq!(
+        answered.get("b2").copied().unwrap_or(0) + answered["b1"],
+        16
+    );
+    let st = call(admin, "GET", "/stats", None).json();
+    assert_eq!(reqs(&st, a2), Some(answered["b2"]), "{st}");
+    assert_eq!(reqs(&st, a1), None, "a removed backend is not listed: {st}");
+    assert_eq!(st["clusters"]["app"]["requests"].as_u64(), Some(16), "{st}");
+    // Back again, with its old totals.
+    let body = format!("{{\"addr\":\"{a1}\"}}");
+    let r = call(admin, "POST", "/v1/clusters/app/backends", Some(&body));
+    assert!(r.status < 300, "{} {}", r.status, r.text());
+    let st = call(admin, "GET", "/stats", None).json();
+    assert_eq!(reqs(&st, a1), Some(answered["b1"]), "{st}");
+    promtool_check(&call(admin, "GET", "/metrics", None).text());
+}

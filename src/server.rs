@@ -190,6 +190,7 @@ pub fn run(
             access_log: log_senders.get_mut(id).and_then(Option::take),
             max_sessions,
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
+            stats_minimal: cfg.server.stats_minimal,
         };
         let (setup, handle) = worker::prepare(settings, listeners, snap.clone(), stats_tx.clone())
             .map_err(io_err("creating worker poll"))?;

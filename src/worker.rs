@@ -92,6 +92,8 @@ pub struct WorkerSettings {
     pub access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
     pub max_sessions: usize,
     pub pin_cpu: Option<usize>,
+    /// `server.stats = "minimal"`.
+    pub stats_minimal: bool,
 }
 
 /// Everything a worker thread needs, prepared on the main thread so that start-up errors
@@ -240,7 +242,7 @@ impl Worker {
             snapshot,
             balancers,
             stats: TcpCounters::default(),
-            obs: WorkerStats::default(),
+            obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
             ready: VecDeque::with_capacity(1024),

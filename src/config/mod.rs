@@ -106,6 +106,7 @@ pub struct RawServer {
     pub admin_read_only: Option<bool>,
     pub admin_max_body: Option<RawSize>,
     pub state_dir: Option<String>,
+    pub stats: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -264,6 +265,8 @@ pub struct ServerConfig {
     pub admin_max_body: usize,
     /// Where runtime changes (and the stats snapshot) are persisted.
     pub state_dir: Option<std::path::PathBuf>,
+    /// `stats = "minimal"`: process-wide counters only (no per-object figures, no histograms).
+    pub stats_minimal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -857,6 +860,17 @@ fn validate(
             errs,
         ) as usize,
         state_dir: path_field("server.state_dir", &server.state_dir, errs),
+        stats_minimal: match server.stats.as_deref() {
+            None | Some("full") => false,
+            Some("minimal") => true,
+            Some(other) => {
+                errs.add(
+                    "server.stats",
+                    format!("unknown stats level {other:?} (expected full or minimal)"),
+                );
+                false
+            }
+        },
     };
     let server_cfg = ServerConfig {
         admin: admin_field(server, &server_cfg, errs),

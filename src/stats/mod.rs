@@ -294,9 +294,19 @@ pub struct WorkerStats {
     /// Foo messages seen on Foo listeners.
     pub foo: FooCounts,
     sets: Vec<StatSet>,
+    /// `server.stats = "minimal"`: only the process-wide counters; no per-listener,
+    /// cluster or backend figures and no histograms (for measuring what the detail costs).
+    pub minimal: bool,
 }
 
 impl WorkerStats {
+    pub fn new(minimal: bool) -> WorkerStats {
+        WorkerStats {
+            minimal,
+            ..WorkerStats::default()
+        }
+    }
+
     /// The counters for `snap`'s numbering (sessions keep the snapshot they started with).
     #[inline]
     pub fn set(&mut self, snap: &Arc<Snapshot>) -> &mut StatSet {
@@ -313,12 +323,18 @@ impl WorkerStats {
     }
 
     pub fn accepted(&mut self, snap: &Arc<Snapshot>, listener: u32) {
+        if self.minimal {
+            return;
+        }
         if let Some(t) = self.set(snap).listener(listener) {
             t.connections += 1;
         }
     }
 
     pub fn closed(&mut self, snap: &Arc<Snapshot>, listener: u32) {
+        if self.minimal {
+            return;
+        }
         if let Some(t) = self.set(snap).listener(listener) {
             t.closed += 1;
         }
@@ -334,7 +350,7 @@ impl WorkerStats {
         up: u64,
         down: u64,
     ) {
-        if up == 0 && down == 0 {
+        if (up == 0 && down == 0) || self.minimal {
             return;
         }
         let set = self.set(snap);
@@ -349,6 +365,9 @@ impl WorkerStats {
 
     /// A backend connection was established after `took`.
     pub fn connected(&mut self, snap: &Arc<Snapshot>, c: u32, b: Option<u32>, took: Duration) {
+        if self.minimal {
+            return;
+        }
         let set = self.set(snap);
         if let Some(t) = set.cluster(c) {
             t.connections += 1;
@@ -361,6 +380,9 @@ impl WorkerStats {
 
     /// A backend connect failed (refused, error) or timed out.
     pub fn connect_failed(&mut self, snap: &Arc<Snapshot>, c: u32, b: Option<u32>, timeout: bool) {
+        if self.minimal {
+            return;
+        }
         let set = self.set(snap);
         let count = |t: &mut Traffic| {
             if timeout {
@@ -378,12 +400,18 @@ impl WorkerStats {
     }
 
     pub fn retry(&mut self, snap: &Arc<Snapshot>, c: u32) {
+        if self.minimal {
+            return;
+        }
         if let Some(t) = self.set(snap).cluster(c) {
             t.retries += 1;
         }
     }
 
     pub fn request_done(&mut self, snap: &Arc<Snapshot>, r: &RequestDone) {
+        if self.minimal {
+            return;
+        }
         let set = self.set(snap);
         let count = |t: &mut Traffic| {
             t.requests += 1;

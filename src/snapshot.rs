@@ -69,6 +69,9 @@ pub struct Cluster {
     /// Every backend in rotation is down: fail open, and send traffic to all of them anyway
     /// (`backends` then holds them all and `down` is empty).
     pub panic: bool,
+    pub outlier: Option<crate::balance::outlier::OutlierConfig>,
+    pub retry: crate::config::resilience::RetryPolicy,
+    pub limits: crate::config::resilience::ClusterLimits,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
     pub first_byte_timeout: Duration,
@@ -91,6 +94,15 @@ pub struct ListenerRoute {
     pub http: HttpListenerConfig,
     /// Parse limits derived from `http`.
     pub limits: Limits,
+    pub max_connections: Option<u32>,
+    /// Open client connections (all workers); shared across snapshots by listener name.
+    pub live: Arc<ListenerLive>,
+}
+
+/// Live figures of a listener that every worker updates once per connection.
+#[derive(Debug, Default)]
+pub struct ListenerLive {
+    pub active: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -184,6 +196,9 @@ impl Snapshot {
                         .collect(),
                     down,
                     panic,
+                    outlier: c.outlier.clone(),
+                    retry: c.retry.clone(),
+                    limits: c.limits.clone(),
                 }
             })
             .collect();
@@ -215,6 +230,11 @@ impl Snapshot {
                     max_headers: l.http.max_headers,
                     max_uri_bytes: l.http.max_uri_bytes,
                 },
+                max_connections: l.max_connections,
+                live: prev
+                    .and_then(|p| p.listeners.iter().flatten().find(|o| o.name == l.name))
+                    .map(|o| o.live.clone())
+                    .unwrap_or_default(),
             };
             if listeners.len() <= slot {
                 listeners.resize_with(slot + 1, || None);

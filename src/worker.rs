@@ -9,7 +9,7 @@
 //! `loop_bound_hits` and the remaining work is queued for the next iteration (poll with a zero
 //! timeout), so one busy connection cannot starve the others.
 
-use crate::balance::{hash_ip, new_balancer, Balancer, Outcome, PickCtx};
+use crate::balance::{hash_ip, Outcome, PickCtx};
 use crate::buffer::BufferPool;
 use crate::config::{BalanceKind, HashOn, Protocol};
 use crate::ready::Ready;
@@ -32,8 +32,10 @@ use std::time::{Duration, Instant};
 
 mod http;
 mod obs;
+mod pick;
 
 use http::HttpEntry;
+use pick::{Balancers, Pick};
 
 /// Connections accepted per listener wake-up before yielding.
 pub const ACCEPT_BATCH: usize = 64;
@@ -130,11 +132,6 @@ pub fn prepare(
     ))
 }
 
-struct Balancers {
-    version: u64,
-    by_cluster: Vec<Box<dyn Balancer>>,
-}
-
 pub struct Worker {
     id: usize,
     poll: Poll,
@@ -152,6 +149,8 @@ pub struct Worker {
     request_ids: u64,
     http_ready: VecDeque<usize>,
     http_starved: VecDeque<usize>,
+    /// HTTP sessions waiting for a connection slot (cluster or backend at its limit).
+    http_pending: VecDeque<usize>,
     access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
     /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
     wall_start: std::time::SystemTime,
@@ -205,7 +204,7 @@ impl Worker {
             mio_listeners.push(Some(l));
         }
         let now = Instant::now();
-        let balancers = build_balancers(&snapshot.load());
+        let balancers = Balancers::build(&snapshot.load(), None);
         Ok(Worker {
             id: settings.id,
             poll,
@@ -225,6 +224,7 @@ impl Worker {
                     & ((1 << 56) - 1)),
             http_ready: VecDeque::new(),
             http_starved: VecDeque::new(),
+            http_pending: VecDeque::new(),
             access_log: settings.access_log,
             wall_start: std::time::SystemTime::now(),
             started: now,
@@ -491,6 +491,19 @@ impl Worker {
     fn open_session(&mut self, li: usize, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.accepted += 1;
         let snap = self.snapshot.load_full();
+        if let Some(route) = snap.listener(li) {
+            let open = route.live.active.fetch_add(1, Ordering::Relaxed);
+            if route.max_connections.is_some_and(|max| open >= max) {
+                listener_closed(&snap, li);
+                self.stats.limit_rejects += 1;
+                self.stats.closed += 1;
+                if route.protocol == Protocol::Http {
+                    // One try; a client that cannot take these bytes now just sees the close.
+                    let _ = std::io::Write::write(&mut stream, LISTENER_FULL_503);
+                }
+                return; // the stream closes on drop
+            }
+        }
         if snap.listener(li).map(|r| r.protocol) == Some(Protocol::Http) {
             return self.open_http(li, stream, peer);
         }
@@ -500,6 +513,7 @@ impl Worker {
             .listener(li)
             .and_then(|r| Some((r.cluster?, r.protocol)))
         else {
+            listener_closed(&snap, li);
             self.stats.closed += 1;
             return;
         };
@@ -515,11 +529,12 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::debug!("worker {}: register client failed: {e}", self.id);
+            listener_closed(&snap, li);
             self.stats.closed += 1;
             return;
         }
         if self.balancers.version != snap.version {
-            self.balancers = build_balancers(&snap);
+            self.balancers = Balancers::build(&snap, Some(&self.balancers));
         }
         self.obs.accepted(&snap, li as u32);
         let mut session = TcpSession::new(stream, snap, li as u32, cluster, self.now);
@@ -553,21 +568,24 @@ impl Worker {
         }
         while s.attempts < cluster.connect_attempts {
             let pick = if self.balancers.version == snap.version {
+                let ctx = PickCtx {
+                    hash: s.client_hash,
+                };
                 self.balancers
-                    .by_cluster
-                    .get_mut(s.cluster as usize)
-                    .and_then(|b| {
-                        let ctx = PickCtx {
-                            hash: s.client_hash,
-                        };
-                        b.pick(&cluster.backends, s.tried, &ctx)
-                    })
+                    .pick(cluster, s.cluster as usize, s.tried, &ctx, self.now)
             } else {
                 // The session predates the current snapshot: any untried backend of its own.
-                (0..cluster.backends.len()).find(|&i| !s.tried.contains(i))
+                (0..cluster.backends.len())
+                    .find(|&i| !s.tried.contains(i))
+                    .map_or(Pick::Exhausted, Pick::Backend)
             };
-            let Some(idx) = pick else {
-                return Connect::GaveUp;
+            let idx = match pick {
+                Pick::Backend(i) => i,
+                Pick::Full => {
+                    self.stats.limit_rejects += 1;
+                    return Connect::GaveUp;
+                }
+                Pick::Exhausted => return Connect::GaveUp,
             };
             s.tried.insert(idx);
             s.attempts += 1;
@@ -817,10 +835,25 @@ impl Worker {
         if self.balancers.version != s.snapshot.version {
             return;
         }
-        if let Some(b) = self.balancers.by_cluster.get_mut(s.cluster as usize) {
-            let rtt = self.now.saturating_duration_since(s.connect_started);
-            b.observe(idx as usize, rtt, outcome);
+        let rtt = self.now.saturating_duration_since(s.connect_started);
+        let ci = s.cluster as usize;
+        if let Some(d) = self
+            .balancers
+            .observe(ci, idx as usize, rtt, outcome, self.now, true)
+        {
+            self.ejected(ci, idx as usize, d);
         }
+    }
+
+    /// Passive outlier detection ejected a backend (this worker's view).
+    pub(super) fn ejected(&mut self, ci: usize, idx: usize, d: Duration) {
+        self.stats.outlier_ejections += 1;
+        let (cluster, addr) = self.balancers.describe(ci, idx);
+        log::warn!(
+            "worker {}: backend {} of cluster {cluster} ejected for {d:?} after consecutive failures",
+            self.id,
+            addr.map_or_else(|| "?".to_string(), |a| a.to_string())
+        );
     }
 
     fn close(&mut self, key: usize, why: Closing) {
@@ -830,6 +863,7 @@ impl Worker {
         let mut s = self.sessions.remove(key);
         s.release_resources(&mut self.pool, &mut self.pipes);
         self.obs.closed(&s.snapshot, s.listener);
+        listener_closed(&s.snapshot, s.listener as usize);
         match why {
             Closing::Pipe(CloseReason::Done) | Closing::Timeout | Closing::Shutdown => {}
             Closing::Pipe(CloseReason::BackendReset) => {
@@ -904,14 +938,18 @@ enum Closing {
     Shutdown,
 }
 
-fn build_balancers(snap: &Snapshot) -> Balancers {
-    Balancers {
-        version: snap.version,
-        by_cluster: snap
-            .clusters
-            .iter()
-            .map(|c| new_balancer(c.balance, &c.backends))
-            .collect(),
+/// The answer to an HTTP client over its listener's `max_connections`.
+const LISTENER_FULL_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Content-Length: 34\r\nRetry-After: 1\r\nConnection: close\r\n\r\nlistener connection limit reached\n";
+
+/// A client connection of listener `li` ended (the count is shared across snapshots by
+/// listener name; it never wraps below zero).
+pub(super) fn listener_closed(snap: &Snapshot, li: usize) {
+    if let Some(route) = snap.listener(li) {
+        let _ = route
+            .live
+            .active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 

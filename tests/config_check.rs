@@ -164,8 +164,11 @@ fn unknown_keys() {
         &["server.frobnicate: unknown key"],
     );
     expect_errors(
-        &mutate("connect_attempts = 3", "connect_attempts = 3\nretries = 2"),
-        &["clusters[0].retries: unknown key"],
+        &mutate(
+            "connect_attempts = 3",
+            "connect_attempts = 3\nretry_forever = 2",
+        ),
+        &["clusters[0].retry_forever: unknown key"],
     );
     expect_errors(&format!("{VALID}\n[tuning]\nfast = true\n"), &["tuning"]);
 }

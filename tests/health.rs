@@ -8,8 +8,7 @@ mod util;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -22,35 +21,6 @@ fn demo_at(id: &str, listen: &str) -> Proxy {
         &["demo-backend", "--listen", listen, "--id", id],
         &["demo-backend"],
     )
-}
-
-/// An HTTP backend that answers every request with `status` after `delay`, body `id`.
-fn fixed_backend(id: &'static str, status: u16, delay: Duration) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = Vec::new();
-                let mut b = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                }
-                thread::sleep(delay);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{id}",
-                    id.len()
-                );
-            });
-        }
-    });
-    addr
 }
 
 fn backend_states(admin: SocketAddr, cluster: &str) -> HashMap<String, Value> {

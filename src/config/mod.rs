@@ -5,6 +5,7 @@
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
 pub mod health;
+pub mod resilience;
 pub mod routes;
 pub mod units;
 
@@ -127,6 +128,7 @@ pub struct RawListener {
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
     pub max_uri_bytes: Option<RawSize>,
+    pub max_connections: Option<u64>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -148,6 +150,15 @@ pub struct RawCluster {
     /// `[clusters.health]`, kept as a value so its errors carry their own paths.
     pub health: Option<toml::Value>,
     pub slow_start: Option<String>,
+    /// `[clusters.outlier]`: passive outlier detection.
+    pub outlier: Option<toml::Value>,
+    pub retries: Option<u64>,
+    pub retry_on: Option<Vec<String>>,
+    pub retry_non_idempotent: Option<bool>,
+    pub retry_budget: Option<f64>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_backend: Option<u64>,
+    pub max_pending: Option<u64>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -282,6 +293,9 @@ pub struct ListenerConfig {
     /// http only: FaaS dynamic routing by first path segment.
     pub faas: bool,
     pub http: HttpListenerConfig,
+    /// Open client connections on this listener (all workers); beyond it new ones are
+    /// turned away (http: `503` with `Retry-After`).
+    pub max_connections: Option<u32>,
 }
 
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
@@ -327,6 +341,9 @@ pub struct ClusterConfig {
     pub health: Option<health::HealthConfig>,
     /// An added, undrained or recovered backend's weight ramps up over this long.
     pub slow_start: Option<Duration>,
+    pub outlier: Option<crate::balance::outlier::OutlierConfig>,
+    pub retry: resilience::RetryPolicy,
+    pub limits: resilience::ClusterLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -993,6 +1010,12 @@ fn validate(
                 .health
                 .as_ref()
                 .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+            outlier: c
+                .outlier
+                .as_ref()
+                .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
+            retry: resilience::retry(&p, c, errs),
+            limits: resilience::limits(&p, c, errs),
             slow_start: c.slow_start.as_ref().map(|_| {
                 duration_field(
                     format!("{p}.slow_start"),
@@ -1124,6 +1147,16 @@ fn validate(
                 routes,
                 faas,
                 http,
+                max_connections: l.max_connections.map(|n| {
+                    int_field(
+                        &format!("{p}.max_connections"),
+                        Some(n),
+                        1,
+                        1,
+                        10_000_000,
+                        errs,
+                    ) as u32
+                }),
             });
         }
     }

@@ -202,6 +202,10 @@ fn typed_response_head(
     w.put(content_type)?;
     w.put(b"\r\nContent-Length: ")?;
     w.display(content_length)?;
+    // 503 is always "try again later" here (no backend, or a limit): say when.
+    if status == 503 {
+        w.put(b"\r\nRetry-After: 1")?;
+    }
     w.put(b"\r\nConnection: close\r\n\r\n")?;
     Ok(w.len)
 }

@@ -62,6 +62,9 @@ pub enum HttpStep {
     NeedUpstream {
         cluster: u32,
     },
+    /// The backend answered 5xx (or not in time) and the request may go to another backend
+    /// instead: drop this upstream (the answer is discarded) and pick again.
+    RetryElsewhere,
     /// The upstream connect failed, or a reused connection died before answering an
     /// idempotent request: give me another one (the session already counted the failure).
     UpstreamFailed,
@@ -212,6 +215,12 @@ pub struct HttpSession {
     /// The current upstream came from the pool.
     pub reused: bool,
     pub hash: Option<u64>,
+    /// This attempt may be abandoned for another backend on a 5xx head / a first-byte
+    /// timeout (set by the worker from the cluster's retry policy and budget).
+    pub retry_5xx: bool,
+    pub retry_timeout: bool,
+    /// Retries of the current request so far (5xx, timeout).
+    pub retries_used: u32,
     pub timeouts: HttpTimeouts,
     /// Start of the current phase (head, connect, wait for first byte, local response).
     pub phase_started: Instant,
@@ -387,6 +396,9 @@ impl HttpSession {
             attempts: 0,
             reused: false,
             hash: None,
+            retry_5xx: false,
+            retry_timeout: false,
+            retries_used: 0,
             timeouts,
             phase_started: now,
             last_active: now,
@@ -424,6 +436,19 @@ impl HttpSession {
     /// Between requests with nothing buffered: safe to close at shutdown.
     pub fn idle_between_requests(&self) -> bool {
         self.state == State::Head && self.req_in.as_ref().is_none_or(Buf::is_empty)
+    }
+
+    /// The request is safe to send to another backend now that this one answered (or timed
+    /// out): nothing answered to the client yet, no body streamed (or an idempotent method).
+    pub fn can_resend(&self) -> bool {
+        !self.answered
+            && (!self.body_sent || self.method.is_idempotent())
+            && matches!(self.req_body, Body::None)
+    }
+
+    /// The request's method is idempotent.
+    pub fn idempotent(&self) -> bool {
+        self.method.is_idempotent()
     }
 
     /// The request's method is safe to send twice.
@@ -557,6 +582,7 @@ impl HttpSession {
         self.upgrade_requested = h.upgrade;
         self.tried = Tried::default();
         self.attempts = 0;
+        self.retries_used = 0;
         self.req_body = Body::new(h.body);
         let Some(req_buf) = self.req_in.as_ref() else {
             return HttpStep::Close(HttpClose::Done);
@@ -1155,6 +1181,16 @@ impl HttpSession {
 
     /// A response head was parsed. `Some(step)` ends the round.
     fn start_response(&mut self, cx: &mut HttpCtx<'_>, h: &ResponseHead) -> Option<HttpStep> {
+        if !h.interim && h.status >= 500 && self.retry_5xx && self.can_resend() {
+            // Discard this answer; the worker sends the request to another backend.
+            if let Some(b) = self.resp_in.take() {
+                cx.pool.release(b);
+            }
+            self.got_response_byte = false;
+            self.upstream_close = true;
+            self.status = h.status;
+            return Some(HttpStep::RetryElsewhere);
+        }
         let Some(src) = self.resp_in.as_ref() else {
             return Some(self.fail_upstream(cx, 502));
         };

@@ -91,6 +91,11 @@ counters! {
         shutdown_aborted,
         /// Bulk flows handed to a kernel pipe (zero-copy splice).
         splice_starts,
+        /// Backends ejected by passive outlier detection (per worker: each worker decides).
+        outlier_ejections,
+        /// Connections or requests turned away by a connection limit (listener, cluster,
+        /// backend) or a full pending queue.
+        limit_rejects,
     }
 }
 

@@ -9,6 +9,7 @@
 //!
 //! HOT PATH. No allocation (beyond slab/queue growth), lock, blocking call or info-level log.
 
+use super::pick::Pick;
 use super::{is_resource_exhaustion, reset_on_close, Worker};
 use crate::balance::{Outcome, PickCtx};
 use crate::http::session::{HttpClose, HttpCtx, HttpSession, HttpStep, HttpTimeouts, State};
@@ -89,11 +90,12 @@ impl Worker {
             )
             .is_err()
         {
+            super::listener_closed(&snap, li);
             self.stats.closed += 1;
             return;
         }
         if self.balancers.version != snap.version {
-            self.balancers = super::build_balancers(&snap);
+            self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
         }
         self.obs.accepted(&snap, li as u32);
         let s = HttpSession::new(stream, snap, li as u32, peer.ip(), timeouts, self.now);
@@ -201,8 +203,14 @@ impl Worker {
                     self.queue_http(key, true);
                     return self.rearm_if_earlier(key);
                 }
-                HttpStep::NeedUpstream { .. } => self.http_upstream(key, false),
+                HttpStep::NeedUpstream { .. } => {
+                    self.http_upstream(key, false);
+                    if self.http_pending.contains(&key) {
+                        return; // parked until a connection slot frees up (or its timer)
+                    }
+                }
                 HttpStep::UpstreamFailed => self.http_upstream_failed(key, 502),
+                HttpStep::RetryElsewhere => self.http_retry_elsewhere(key),
                 HttpStep::Connected => {
                     self.obs_http_connect(key, Outcome::Success);
                     self.observe_http(key, Outcome::Success);
@@ -277,23 +285,48 @@ impl Worker {
             }
             if self.balancers.version < snap.version {
                 // A keep-alive session routed this request on a newer snapshot.
-                self.balancers = super::build_balancers(&snap);
+                self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
             }
             let pick = if self.balancers.version == snap.version {
                 let ctx = PickCtx { hash: s.hash };
                 self.balancers
-                    .by_cluster
-                    .get_mut(s.cluster as usize)
-                    .and_then(|b| b.pick(&cluster.backends, s.tried, &ctx))
+                    .pick(cluster, s.cluster as usize, s.tried, &ctx, self.now)
             } else {
-                (0..cluster.backends.len()).find(|&i| !s.tried.contains(i))
+                (0..cluster.backends.len())
+                    .find(|&i| !s.tried.contains(i))
+                    .map_or(Pick::Exhausted, Pick::Backend)
             };
-            let Some(idx) = pick else {
-                let status = if s.attempts == 0 { 503 } else { 502 };
-                return self.fail_http(key, status);
+            let idx = match pick {
+                Pick::Backend(i) => i,
+                Pick::Full => return self.http_full(key),
+                // Nothing could be reached: when the cluster is failing open (every backend
+                // down by its health checks) or has no backend, that is "unavailable".
+                Pick::Exhausted => {
+                    let status = if s.attempts == 0 || cluster.panic {
+                        503
+                    } else {
+                        502
+                    };
+                    return self.fail_http(key, status);
+                }
             };
+            let ci = s.cluster as usize;
+            let same = self.balancers.version == snap.version;
+            if same && s.attempts == 0 && s.retries_used == 0 {
+                self.balancers.earn(ci, cluster.retry.budget);
+            }
             s.tried.insert(idx);
             s.attempts += 1;
+            // May this attempt be given up for another backend (5xx, first-byte timeout)?
+            let policy = &cluster.retry;
+            let another = (0..cluster.backends.len()).any(|i| !s.tried.contains(i));
+            let allowed = s.retries_used < policy.retries
+                && another
+                && (policy.non_idempotent || s.idempotent())
+                && same
+                && self.balancers.has_budget(ci);
+            s.retry_5xx = allowed && policy.on_5xx;
+            s.retry_timeout = allowed && policy.on_timeout;
             let backend = &cluster.backends[idx];
             // A pooled connection to this backend?
             let pooled = if fresh {
@@ -426,19 +459,21 @@ impl Worker {
         let (Some(idx), true) = (s.backend, self.balancers.version == s.snapshot.version) else {
             return;
         };
-        if let Some(b) = self.balancers.by_cluster.get_mut(s.cluster as usize) {
-            // A finished exchange (back in Head) is measured from the request's start; a
-            // connect outcome from when the upstream was handed over.
-            let since = if s.state == State::Head {
-                s.request_started
-            } else {
-                s.upstream_started
-            };
-            b.observe(
-                idx as usize,
-                self.now.saturating_duration_since(since),
-                outcome,
-            );
+        // A finished exchange (back in Head) is measured from the request's start; a
+        // connect outcome from when the upstream was handed over. A connect success is not a
+        // verdict on the backend yet (its answer may be a 5xx).
+        let (since, verdict) = match (s.state, outcome) {
+            (State::Head, _) => (s.request_started, true),
+            (_, Outcome::Failure) => (s.upstream_started, true),
+            (_, Outcome::Success) => (s.upstream_started, false),
+        };
+        let rtt = self.now.saturating_duration_since(since);
+        let ci = s.cluster as usize;
+        if let Some(d) = self
+            .balancers
+            .observe(ci, idx as usize, rtt, outcome, self.now, verdict)
+        {
+            self.ejected(ci, idx as usize, d);
         }
     }
 
@@ -448,6 +483,7 @@ impl Worker {
             return;
         };
         let uk = s.upstream.take();
+        let mut freed = false;
         if let Some((idx, sock)) = s.take_upstream() {
             if let Some(b) = s
                 .snapshot
@@ -456,6 +492,7 @@ impl Worker {
                 .and_then(|c| c.backends.get(idx as usize))
             {
                 b.live.active.fetch_sub(1, Ordering::Relaxed);
+                freed = true;
             }
             drop(sock);
         }
@@ -465,6 +502,9 @@ impl Worker {
                     self.http.remove(uk);
                 }
             }
+        }
+        if freed && !self.http_pending.is_empty() {
+            self.wake_pending();
         }
     }
 
@@ -509,6 +549,9 @@ impl Worker {
         }
         self.upstream_pool.entry(backend.addr).or_default().push(uk);
         self.arm_http_timer(uk);
+        if !self.http_pending.is_empty() {
+            self.wake_pending();
+        }
     }
 
     pub(super) fn close_http(&mut self, key: usize, why: HttpClose) {
@@ -519,11 +562,16 @@ impl Worker {
         }
         self.log_request(key);
         self.drop_upstream(key);
+        if !self.http_pending.is_empty() {
+            // Its key may be reused by a new session: it must not be woken in its place.
+            self.http_pending.retain(|&k| k != key);
+        }
         let HttpEntry::Session(mut s) = self.http.remove(key) else {
             return;
         };
         s.release_resources(&mut self.pool);
         self.obs.closed(&s.snapshot, s.listener);
+        super::listener_closed(&s.snapshot, s.listener as usize);
         match why {
             HttpClose::Done => {}
             HttpClose::ClientGone => self.stats.client_resets += 1,
@@ -576,6 +624,77 @@ impl Worker {
         }
     }
 
+    /// The cluster (or every candidate backend) is at its connection limit: wait in the
+    /// pending queue for a slot (up to the connect timeout), or, when the queue is full,
+    /// answer 503 with Retry-After at once.
+    fn http_full(&mut self, key: usize) {
+        let Some(HttpEntry::Session(s)) = self.http.get(key) else {
+            return;
+        };
+        let Some(cluster) = s.snapshot.clusters.get(s.cluster as usize) else {
+            return self.fail_http(key, 503);
+        };
+        let max = cluster.limits.max_pending as usize;
+        let name = cluster.name.as_str();
+        let waiting = if max == 0 {
+            0
+        } else {
+            self.http_pending
+                .iter()
+                .filter(|&&k| {
+                    matches!(self.http.get(k), Some(HttpEntry::Session(o))
+                        if o.snapshot.clusters.get(o.cluster as usize).is_some_and(|c| c.name == name))
+                })
+                .count()
+        };
+        if waiting < max {
+            if !self.http_pending.contains(&key) {
+                self.http_pending.push_back(key);
+            }
+            return self.arm_http_timer(key);
+        }
+        self.stats.limit_rejects += 1;
+        self.fail_http(key, 503);
+    }
+
+    /// An upstream connection slot freed up: the oldest waiting request tries again.
+    fn wake_pending(&mut self) {
+        while let Some(key) = self.http_pending.pop_front() {
+            if matches!(self.http.get(key), Some(HttpEntry::Session(s)) if s.state == State::NeedUpstream)
+            {
+                // drive_http asks for the upstream, and then uses it at once (a pooled
+                // connection gives no writable event).
+                return self.drive_http(key);
+            }
+        }
+    }
+
+    /// The backend answered 5xx or timed out, and the cluster's retry policy sends the
+    /// request to another backend: a failure for this one, a retry token spent.
+    fn http_retry_elsewhere(&mut self, key: usize) {
+        self.observe_http(key, Outcome::Failure);
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return;
+        };
+        let ci = s.cluster as usize;
+        s.retries_used += 1;
+        if !self.balancers.spend(ci) {
+            // Gated at hand-over; only a snapshot change in between gets here.
+            self.drop_upstream(key);
+            return self.fail_http(key, 502);
+        }
+        self.http_stats.retries += 1;
+        self.obs_http_retry(key);
+        self.drop_upstream(key);
+        self.http_upstream(key, false);
+    }
+
+    fn drive_if_session(&mut self, key: usize) {
+        if matches!(self.http.get(key), Some(HttpEntry::Session(_))) {
+            self.drive_http(key);
+        }
+    }
+
     /// A timer of the HTTP slab fired and the deadline has passed.
     pub(super) fn http_timeout(&mut self, key: usize) {
         let state = match self.http.get(key) {
@@ -588,9 +707,24 @@ impl Worker {
                 self.stats.idle_timeouts += 1;
                 self.close_http(key, HttpClose::Done);
             }
+            (State::NeedUpstream, _) if self.http_pending.contains(&key) => {
+                // Waited its connect timeout for a connection slot.
+                self.http_pending.retain(|&k| k != key);
+                self.stats.limit_rejects += 1;
+                self.fail_http(key, 503);
+            }
             (State::NeedUpstream, _) | (State::Connecting, _) => {
                 self.stats.connect_timeouts += 1;
                 self.http_upstream_failed(key, 504);
+                // A pooled connection handed over now is writable already: no event will
+                // say so.
+                self.drive_if_session(key);
+            }
+            (State::Exchange, false) if matches!(self.http.get(key), Some(HttpEntry::Session(s)) if s.retry_timeout && s.can_resend()) =>
+            {
+                self.http_stats.timeouts += 1;
+                self.http_retry_elsewhere(key);
+                self.drive_if_session(key);
             }
             (State::Exchange, false) => {
                 self.http_stats.timeouts += 1;

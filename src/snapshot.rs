@@ -45,6 +45,10 @@ pub struct Runtime {
 #[derive(Debug, Default)]
 pub struct BackendLive {
     pub active: AtomicU32,
+    /// The last active health check: 0 none yet, 1 passed, 2 failed.
+    pub last_check: std::sync::atomic::AtomicU8,
+    /// When it ended (unix milliseconds).
+    pub last_check_at_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -255,7 +259,7 @@ impl Snapshot {
         self.listeners.get(slot)?.as_ref()
     }
 
-    fn find_backend(&self, cluster: &str, addr: SocketAddr) -> Option<&Backend> {
+    pub fn find_backend(&self, cluster: &str, addr: SocketAddr) -> Option<&Backend> {
         let c = self.clusters.iter().find(|c| c.name == cluster)?;
         c.backends
             .iter()

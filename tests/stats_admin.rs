@@ -267,6 +267,17 @@ fn backend_health_and_weights_show_in_stats_and_metrics() {
     assert_eq!(b[la.to_string()]["state"], "up", "{st}");
     assert_eq!(b[la.to_string()]["weight"], 3, "{st}");
     assert_eq!(b[dead.to_string()]["weight"], 1, "{st}");
+    // And the last health check of each.
+    assert_eq!(b[dead.to_string()]["last_check"]["ok"], false, "{st}");
+    let st = poll_until(Duration::from_secs(5), "live backend checked", || {
+        let st = call(admin, "GET", "/stats", None).json();
+        (st["clusters"]["app"]["backends"][la.to_string()]["last_check"]["ok"] == true)
+            .then_some(st)
+    });
+    assert!(
+        st["clusters"]["app"]["backends"][la.to_string()]["last_check"]["at_unix_ms"].as_u64()
+            > Some(0)
+    );
     // The SIGUSR2 line says the same.
     assert_eq!(
         p.stats()["clusters"]["app"]["backends"][dead.to_string()]["state"],
@@ -277,6 +288,8 @@ fn backend_health_and_weights_show_in_stats_and_metrics() {
         format!("switchyard_backend_up{{cluster=\"app\",backend=\"{la}\"}} 1\n"),
         format!("switchyard_backend_up{{cluster=\"app\",backend=\"{dead}\"}} 0\n"),
         format!("switchyard_backend_weight{{cluster=\"app\",backend=\"{la}\"}} 3\n"),
+        format!("switchyard_backend_last_check_ok{{cluster=\"app\",backend=\"{la}\"}} 1\n"),
+        format!("switchyard_backend_last_check_ok{{cluster=\"app\",backend=\"{dead}\"}} 0\n"),
     ] {
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }

@@ -621,6 +621,16 @@ impl Control {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         rec.last_took_ms = took.as_secs_f64() * 1000.0;
+        let at_ms = rec.last_at_ms;
+        // For /stats and /metrics, which read the snapshot.
+        if let Some(b) = self.shared.load().find_backend(cluster, backend) {
+            b.live
+                .last_check
+                .store(if ok { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+            b.live
+                .last_check_at_ms
+                .store(at_ms, std::sync::atomic::Ordering::Relaxed);
+        }
         if rec.state == state {
             return;
         }

@@ -928,6 +928,16 @@ impl Aggregator {
                     "active".into(),
                     Value::from(b.live.active.load(std::sync::atomic::Ordering::Relaxed)),
                 );
+                let check = b.live.last_check.load(std::sync::atomic::Ordering::Relaxed);
+                if check != 0 {
+                    bo.insert(
+                        "last_check".into(),
+                        serde_json::json!({
+                            "ok": check == 1,
+                            "at_unix_ms": b.live.last_check_at_ms.load(std::sync::atomic::Ordering::Relaxed),
+                        }),
+                    );
+                }
                 t.to_json(&mut bo);
                 backends.insert(addr, Value::Object(bo));
             }

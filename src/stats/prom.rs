@@ -368,6 +368,18 @@ pub fn render(a: &Aggregator) -> String {
         o.sample("switchyard_backend_up", l, if *up { 1.0 } else { 0.0 });
     }
     o.family(
+        "switchyard_backend_last_check_ok",
+        "gauge",
+        "1 when the backend's last active health check passed, 0 when it failed (absent: no checks).",
+    );
+    for ((l, _), (_, b, _)) in rows.iter().zip(&backends) {
+        match b.live.last_check.load(Ordering::Relaxed) {
+            1 => o.sample("switchyard_backend_last_check_ok", l, 1.0),
+            2 => o.sample("switchyard_backend_last_check_ok", l, 0.0),
+            _ => {}
+        }
+    }
+    o.family(
         "switchyard_backend_active_connections",
         "gauge",
         "Connections open to the backend.",

@@ -49,6 +49,16 @@ pub struct BackendLive {
     pub last_check: std::sync::atomic::AtomicU8,
     /// When it ended (unix milliseconds).
     pub last_check_at_ms: std::sync::atomic::AtomicU64,
+    /// Passive outlier detection ejected it until then (unix milliseconds; set by the worker
+    /// that ejected it, once per ejection; the latest ejection wins).
+    pub ejected_until_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug)]

@@ -848,6 +848,14 @@ impl Worker {
     /// Passive outlier detection ejected a backend (this worker's view).
     pub(super) fn ejected(&mut self, ci: usize, idx: usize, d: Duration) {
         self.stats.outlier_ejections += 1;
+        // Shown as "ejected" in /stats and /metrics (rare: once per ejection).
+        let snap = self.snapshot.load();
+        if snap.version == self.balancers.version {
+            if let Some(b) = snap.clusters.get(ci).and_then(|c| c.backends.get(idx)) {
+                let until = crate::snapshot::unix_ms() + d.as_millis() as u64;
+                b.live.ejected_until_ms.fetch_max(until, Ordering::Relaxed);
+            }
+        }
         let (cluster, addr) = self.balancers.describe(ci, idx);
         log::warn!(
             "worker {}: backend {} of cluster {cluster} ejected for {d:?} after consecutive failures",

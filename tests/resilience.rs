@@ -54,7 +54,15 @@ fn consecutive_5xx_eject_a_backend() {
         }
     }
     assert_eq!(bad_answers, 3, "ejected after exactly 3 consecutive 5xx");
-    assert_eq!(tcp_of(&p.stats(), "outlier_ejections"), 1);
+    let st = p.stats();
+    assert_eq!(tcp_of(&st, "outlier_ejections"), 1);
+    assert_eq!(
+        st["clusters"]["app"]["backends"][bad.to_string()]["state"],
+        "ejected",
+        "{st}"
+    );
+    let good_addr = good.addr("demo-backend").to_string();
+    assert_eq!(st["clusters"]["app"]["backends"][good_addr]["state"], "up");
     assert!(
         p.stderr_text().contains("ejected for 30s"),
         "{}",

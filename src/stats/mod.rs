@@ -1111,14 +1111,30 @@ impl Aggregator {
 }
 
 /// Every backend of a cluster with its state: in rotation (`up`, or `down` when the cluster
-/// fails open because all are down), taken out by health checks (`down`), or `draining`.
+/// fails open because all are down), ejected by passive outlier detection in some worker
+/// (`ejected`), taken out by health checks (`down`), or `draining`.
 pub(crate) fn backend_states(
     c: &crate::snapshot::Cluster,
 ) -> impl Iterator<Item = (&crate::snapshot::Backend, &'static str)> {
     let rotation = if c.panic { "down" } else { "up" };
+    let now = crate::snapshot::unix_ms();
     c.backends
         .iter()
-        .map(move |b| (b, rotation))
+        .map(move |b| {
+            let ejected = b
+                .live
+                .ejected_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > now;
+            (
+                b,
+                if ejected && rotation == "up" {
+                    "ejected"
+                } else {
+                    rotation
+                },
+            )
+        })
         .chain(c.down.iter().map(|b| (b, "down")))
         .chain(c.draining.iter().map(|b| (b, "draining")))
 }

@@ -166,6 +166,13 @@ pub struct RequestHead {
     /// HTTP/1.1 with a `Connection: upgrade` token and an `Upgrade` header.
     pub upgrade: bool,
     pub header_count: usize,
+    /// Some `Connection` header lists a token other than close/keep-alive/upgrade, which may
+    /// name a header to drop (rare: rewriters check names only when this is set).
+    pub connection_names: bool,
+    /// An `X-Request-Id` header is present.
+    pub has_request_id: bool,
+    /// An `X-Forwarded-For` header is present.
+    pub has_forwarded_for: bool,
 }
 
 impl RequestHead {
@@ -209,6 +216,9 @@ pub struct ResponseHead {
     /// Both `Transfer-Encoding` and `Content-Length` were present: the body is read as chunked
     /// and the `Content-Length` header must not be forwarded (RFC 9112 §6.3 item 3).
     pub drop_content_length: bool,
+    /// Some `Connection` header lists a token other than close/keep-alive/upgrade (see
+    /// [`RequestHead::connection_names`]).
+    pub connection_names: bool,
 }
 
 /// Parses a request head at the start of `buf`.
@@ -257,6 +267,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     let mut conn = ConnectionTokens::default();
     let mut has_upgrade_header = false;
     let mut expect_continue = false;
+    let mut has_request_id = false;
+    let mut has_forwarded_for = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if framing.take(name, h.value).map_err(Reject::Smuggling)? {
@@ -277,6 +289,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             has_upgrade_header = true;
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue |= list_contains(h.value, b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            has_request_id = true;
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            has_forwarded_for = true;
         }
     }
 
@@ -318,6 +334,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         expect_continue: expect_continue && http11,
         upgrade: http11 && conn.upgrade && has_upgrade_header,
         header_count: req.headers.len(),
+        connection_names: conn.other,
+        has_request_id,
+        has_forwarded_for,
     }))
 }
 
@@ -413,6 +432,7 @@ pub fn parse_response(
         upgrade: status == 101,
         interim: (100..200).contains(&status) && status != 101,
         drop_content_length,
+        connection_names: conn.other,
     }))
 }
 
@@ -774,6 +794,8 @@ struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
     upgrade: bool,
+    /// Any other token (a header name to drop, or junk).
+    other: bool,
 }
 
 impl ConnectionTokens {
@@ -785,6 +807,8 @@ impl ConnectionTokens {
                 self.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
+            } else {
+                self.other = true;
             }
         }
     }

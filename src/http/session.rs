@@ -268,17 +268,16 @@ fn named_in_connection(src: &[u8], head_len: usize, name: &[u8]) -> bool {
 }
 
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"transfer-encoding",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    // Dispatch on length first: most names are compared against nothing.
+    let is = |h: &[u8]| name.eq_ignore_ascii_case(h);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// Writes the response head for the client: the status line as received (version HTTP/1.1),
@@ -295,10 +294,11 @@ fn write_response_head(
     let mut o = Out { buf: out, n: 0 };
     // Our own status line: the parser tolerates leading empty lines and bare LFs, so the
     // received line is not copied as bytes.
-    let mut code = [0u8; 3];
-    for (i, c) in code.iter_mut().enumerate() {
-        *c = b'0' + ((h.status / 10u16.pow(2 - i as u32)) % 10) as u8;
-    }
+    let code = [
+        b'0' + ((h.status / 100) % 10) as u8,
+        b'0' + ((h.status / 10) % 10) as u8,
+        b'0' + (h.status % 10) as u8,
+    ];
     o.put(b"HTTP/1.1 ")?;
     o.put(&code)?;
     o.put(b" ")?;
@@ -315,7 +315,11 @@ fn write_response_head(
         let dropped_cl = h.drop_content_length && name.eq_ignore_ascii_case(b"content-length");
         if (is_hop_by_hop(name) && !keep_te && !keep_upgrade)
             || dropped_cl
-            || (!keep_upgrade && named_in_connection(src, h.head_len, name))
+            || (!keep_upgrade
+                // Only a Connection token other than close/keep-alive/upgrade can name a
+                // header that survives the hop-by-hop test, or `close` itself.
+                && (h.connection_names || name.eq_ignore_ascii_case(b"close"))
+                && named_in_connection(src, h.head_len, name))
         {
             return;
         }

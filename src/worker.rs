@@ -301,7 +301,7 @@ impl Worker {
             return Duration::ZERO;
         }
         let mut t = MAX_SLEEP;
-        if let Some(d) = self.timers.next_timeout(self.now) {
+        if let Some(d) = self.timers.next_timeout_within(self.now, MAX_SLEEP) {
             t = t.min(d);
         }
         if let Some(at) = self.accept_paused_until {
@@ -689,16 +689,23 @@ impl Worker {
         for (tkey, gen) in expired.drain(..) {
             let key = tkey >> 1;
             if tkey & 1 == 1 {
-                let Some(e) = self.http.get(key) else {
+                let Some(e) = self.http.get_mut(key) else {
                     continue;
                 };
                 if e.timer_gen() != gen {
                     continue;
                 }
+                if e.is_lent_upstream() {
+                    // Its session's timer covers it; it is armed again when pooled.
+                    e.timer_fired();
+                    continue;
+                }
                 let deadline = e.deadline();
                 if deadline > self.now {
+                    e.timer_moved(deadline);
                     self.timers.insert(tkey, gen, deadline);
                 } else {
+                    e.timer_fired();
                     self.http_timeout(key);
                 }
                 continue;

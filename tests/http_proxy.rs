@@ -613,6 +613,44 @@ fn pooled_connection_closed_by_backend_while_idle_is_not_an_error() {
 }
 
 #[test]
+fn keepalive_and_pool_idle_timeouts_hold_after_many_requests() {
+    // Timers are armed lazily: requests move the client's keep-alive deadline and the pooled
+    // connection's idle deadline later without touching the timer wheel. Both must still fire,
+    // and neither early.
+    let b = http_backend("b1", None);
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"\nkeepalive_timeout = \"1s\"",
+        &[("app", &[b.addr], "pool_idle_timeout = \"400ms\"")],
+    ));
+    let mut c = Client::new(p.addr("web"));
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    // Longer than both timeouts, with gaps shorter than either.
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(c.get(&format!("/k{i}")).status, 200);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(b.accepted(), 1, "the pooled connection was reused throughout");
+    // Idle now: the pooled upstream goes after 400ms, the client after 1s.
+    let idle = std::time::Instant::now();
+    assert!(c.closed(), "keep-alive timeout closes the idle client");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_millis(2500),
+        "closed after {waited:?}"
+    );
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/fresh").status, 200);
+    assert_eq!(
+        b.accepted(),
+        2,
+        "the idle pooled connection was closed, a new one was opened"
+    );
+}
+
+#[test]
 fn no_route_dead_backend_and_head_requests() {
     let cfg = http_config(
         "workers = 1",

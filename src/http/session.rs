@@ -223,6 +223,9 @@ pub struct HttpSession {
     /// When the armed timer entry fires. The deadline may move earlier (the first byte of a
     /// head replaces the keep-alive timeout by the header timeout): the worker then re-arms.
     pub timer_at: Instant,
+    /// A live timer entry (generation `timer_gen`) is in the wheel; when it fires and the
+    /// deadline has passed, the worker clears this before handling the timeout.
+    pub timer_armed: bool,
     pub queued: bool,
     /// Status of the current response, for stats and the access log.
     pub status: u16,
@@ -395,6 +398,7 @@ impl HttpSession {
             upstream: None,
             timer_gen: 0,
             timer_at: now,
+            timer_armed: false,
             queued: false,
             status: 0,
             log: Record::new(client_ip),

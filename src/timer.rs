@@ -153,7 +153,9 @@ mod tests {
         assert_eq!(w.next_timeout_within(t0, horizon), None);
         assert!(w.next_timeout(t0).expect("armed") >= Duration::from_secs(30));
         w.insert(2, 0, t0 + Duration::from_millis(95));
-        let d = w.next_timeout_within(t0, horizon).expect("within the horizon");
+        let d = w
+            .next_timeout_within(t0, horizon)
+            .expect("within the horizon");
         assert!(d <= Duration::from_millis(100), "{d:?}");
         assert_eq!(d, w.next_timeout(t0).expect("armed"));
     }

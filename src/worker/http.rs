@@ -219,6 +219,7 @@ impl Worker {
             let limits = s.limits();
             let mut cx = HttpCtx {
                 pool: &mut self.pool,
+                pipes: &mut self.pipes,
                 stats: &mut self.http_stats,
                 now: self.now,
                 limits: &limits,
@@ -434,6 +435,7 @@ impl Worker {
         let limits = s.limits();
         let mut cx = HttpCtx {
             pool: &mut self.pool,
+            pipes: &mut self.pipes,
             stats: &mut self.http_stats,
             now: self.now,
             limits: &limits,
@@ -550,7 +552,7 @@ impl Worker {
         let HttpEntry::Session(mut s) = self.http.remove(key) else {
             return;
         };
-        s.release_resources(&mut self.pool);
+        s.release_resources(&mut self.pool, &mut self.pipes);
         match why {
             HttpClose::Done => {}
             HttpClose::ClientGone => self.stats.client_resets += 1,

@@ -548,7 +548,7 @@ fn span(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
 
 /// `(line without its CRLF or LF, rest after the line end)`.
 fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
-    match bytes.iter().position(|&b| b == b'\n') {
+    match find_lf(bytes) {
         Some(nl) => {
             let (line, rest) = bytes.split_at_checked(nl).unwrap_or((bytes, &[]));
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -556,6 +556,33 @@ fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
         }
         None => (bytes.strip_suffix(b"\r").unwrap_or(bytes), &[]),
     }
+}
+
+/// The first LF in `bytes`, eight bytes at a time (header lines are re-scanned for every
+/// rewritten head, and a byte loop was most of that).
+fn find_lf(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ LF;
+        // Exact for the lowest zero byte (the one we want); bytes above it may be flagged
+        // falsely through the borrow, which trailing_zeros ignores.
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| at + p)
 }
 
 pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
@@ -905,6 +932,31 @@ fn response_error(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_lf_agrees_with_a_byte_loop() {
+        let mut buf = [b'a'; 40];
+        for len in 0..buf.len() {
+            assert_eq!(find_lf(&buf[..len]), None);
+        }
+        for lf in 0..buf.len() {
+            for other in [0u8, 0x0b, 0x09, 0x8a, 0xff, b'\r'] {
+                buf = [other; 40];
+                buf[lf] = b'\n';
+                if lf + 3 < buf.len() {
+                    buf[lf + 3] = b'\n';
+                }
+                for start in 0..=lf {
+                    let want = buf[start..].iter().position(|&b| b == b'\n');
+                    assert_eq!(
+                        find_lf(&buf[start..]),
+                        want,
+                        "lf {lf} start {start} fill {other}"
+                    );
+                }
+            }
+        }
+    }
 
     const GET: &[u8] = b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n";
 

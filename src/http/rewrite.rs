@@ -319,7 +319,10 @@ fn write_target(
 
 /// Bytes a proxy-made header value may hold (no CR, LF, NUL or other controls).
 fn is_clean_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    // No early exit: the loop vectorises (these are checked on every request).
+    v.iter().fold(true, |ok, &b| {
+        ok & ((b == b'\t') | (b.wrapping_sub(b' ') < 0x5f))
+    })
 }
 
 /// A cursor over the caller's output buffer.
@@ -446,6 +449,16 @@ mod tests {
     }
 
     const TAIL: &str = "X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Request-Id: rid-1\r\n\r\n";
+
+    #[test]
+    fn clean_values_are_tab_and_visible_ascii_and_space() {
+        for b in 0..=255u8 {
+            let want = b == b'\t' || (b' '..=b'~').contains(&b);
+            assert_eq!(is_clean_value(&[b]), want, "byte {b:#x}");
+            assert_eq!(is_clean_value(&[b'a', b, b'z']), want, "byte {b:#x}");
+        }
+        assert!(is_clean_value(b""));
+    }
 
     #[test]
     fn addresses_and_numbers_are_written_as_display_writes_them() {

@@ -438,11 +438,14 @@ impl HttpSession {
         self.state == State::Head && self.req_in.as_ref().is_none_or(Buf::is_empty)
     }
 
-    /// The request's method is safe to send twice.
+    /// The request can be sent again on another connection: nothing of the response came
+    /// back, and its body (if any) is still whole in the client buffer. Body bytes that were
+    /// written are consumed, so a request whose body went out (even an idempotent PUT) cannot
+    /// be replayed: its head would go without its body and the backend would wait for it.
     pub fn retryable(&self) -> bool {
         !self.got_response_byte
             && !self.answered
-            && (!self.body_sent || self.method.is_idempotent())
+            && !self.body_sent
             && matches!(self.req_body, Body::None)
     }
 

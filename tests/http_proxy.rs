@@ -863,6 +863,18 @@ fn long_bodies_are_spliced_exactly_and_the_connection_stays_in_step() {
     let mut c = Client::new(p.addr("web"));
     let r = c.get("/big?n=100000");
     assert_eq!(fnv(&r.body), want(100_000));
+    // Splicing off (no pipes): the same bodies go through buffers.
+    let p = Proxy::start(&http_config(
+        "workers = 1\nsplice_pipes_per_worker = 0",
+        "cluster = \"app\"",
+        &[("app", &[b.addr], "")],
+    ));
+    let mut c = Client::new(p.addr("web"));
+    for n in [3_000_000usize, 65_537] {
+        let r = c.get(&format!("/big?n={n}"));
+        assert_eq!((r.status, r.body.len()), (200, n));
+        assert_eq!(fnv(&r.body), want(n));
+    }
 }
 
 #[test]

@@ -83,11 +83,26 @@ impl TimerWheel {
     /// How long until the next armed tick (None when nothing is armed). Scans at most one
     /// revolution; the result is a lower bound, which is all a poll timeout needs.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        self.next_timeout_within(now, TICK * SLOTS as u32)
+    }
+
+    /// [`TimerWheel::next_timeout`] looking only `horizon` ahead: `None` also when nothing
+    /// fires before then. A poll loop that never sleeps longer than `horizon` needs no more,
+    /// and with few, far deadlines (lazily armed keep-alive timers) it saves scanning
+    /// thousands of empty slots on every wake-up.
+    pub fn next_timeout_within(&self, now: Instant, horizon: Duration) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
+        let limit = ((horizon.as_millis() / TICK.as_millis()) as u64 + 2).min(SLOTS as u64);
         let mut ticks = 1u64;
-        while ticks < SLOTS as u64 {
+        loop {
+            if ticks >= limit {
+                if limit < SLOTS as u64 {
+                    return None;
+                }
+                break;
+            }
             if !self.slots[((self.cursor + ticks) % SLOTS as u64) as usize].is_empty() {
                 break;
             }
@@ -127,6 +142,22 @@ mod tests {
         assert_eq!(out, vec![(1, 0)]);
         assert!(w.is_empty());
         assert_eq!(w.next_timeout(t0), None);
+    }
+
+    #[test]
+    fn horizon_bounds_the_scan_but_never_hides_a_near_deadline() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let horizon = Duration::from_millis(100);
+        w.insert(1, 0, t0 + Duration::from_secs(30));
+        assert_eq!(w.next_timeout_within(t0, horizon), None);
+        assert!(w.next_timeout(t0).expect("armed") >= Duration::from_secs(30));
+        w.insert(2, 0, t0 + Duration::from_millis(95));
+        let d = w
+            .next_timeout_within(t0, horizon)
+            .expect("within the horizon");
+        assert!(d <= Duration::from_millis(100), "{d:?}");
+        assert_eq!(d, w.next_timeout(t0).expect("armed"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -36,6 +37,58 @@ mod pick;
 
 use http::HttpEntry;
 use pick::{Balancers, Pick};
+
+/// A multiplicative (FxHash-style) hasher for the upstream pool, which is looked up three
+/// times per HTTP request. Its keys are backend addresses from the config, never chosen by
+/// clients, so SipHash's resistance to hash flooding buys nothing there.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct AddrHasher(u64);
+
+impl AddrHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for AddrHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u16(&mut self, v: u16) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+}
 
 /// Connections accepted per listener wake-up before yielding.
 pub const ACCEPT_BATCH: usize = 64;
@@ -144,7 +197,7 @@ pub struct Worker {
     http_sessions: usize,
     http_stats: HttpCounters,
     /// Idle upstream connections per backend address (keys into `http`).
-    upstream_pool: HashMap<SocketAddr, Vec<usize>>,
+    upstream_pool: HashMap<SocketAddr, Vec<usize>, BuildHasherDefault<AddrHasher>>,
     /// Source of generated X-Request-Id values.
     request_ids: u64,
     http_ready: VecDeque<usize>,
@@ -214,7 +267,7 @@ impl Worker {
             http: Slab::with_capacity(1024),
             http_sessions: 0,
             http_stats: HttpCounters::default(),
-            upstream_pool: HashMap::new(),
+            upstream_pool: HashMap::default(),
             // Worker id in the top byte, the start time below: ids differ across workers and
             // restarts.
             request_ids: ((settings.id as u64) << 56)
@@ -315,7 +368,7 @@ impl Worker {
             return Duration::ZERO;
         }
         let mut t = MAX_SLEEP;
-        if let Some(d) = self.timers.next_timeout(self.now) {
+        if let Some(d) = self.timers.next_timeout_within(self.now, MAX_SLEEP) {
             t = t.min(d);
         }
         if let Some(at) = self.accept_paused_until {
@@ -775,16 +828,23 @@ impl Worker {
         for (tkey, gen) in expired.drain(..) {
             let key = tkey >> 1;
             if tkey & 1 == 1 {
-                let Some(e) = self.http.get(key) else {
+                let Some(e) = self.http.get_mut(key) else {
                     continue;
                 };
                 if e.timer_gen() != gen {
                     continue;
                 }
+                if e.is_lent_upstream() {
+                    // Its session's timer covers it; it is armed again when pooled.
+                    e.timer_fired();
+                    continue;
+                }
                 let deadline = e.deadline();
                 if deadline > self.now {
+                    e.timer_moved(deadline);
                     self.timers.insert(tkey, gen, deadline);
                 } else {
+                    e.timer_fired();
                     self.http_timeout(key);
                 }
                 continue;

@@ -613,6 +613,48 @@ fn pooled_connection_closed_by_backend_while_idle_is_not_an_error() {
 }
 
 #[test]
+fn keepalive_and_pool_idle_timeouts_hold_after_many_requests() {
+    // Timers are armed lazily: requests move the client's keep-alive deadline and the pooled
+    // connection's idle deadline later without touching the timer wheel. Both must still fire,
+    // and neither early.
+    let b = http_backend("b1", None);
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"\nkeepalive_timeout = \"1s\"",
+        &[("app", &[b.addr], "pool_idle_timeout = \"400ms\"")],
+    ));
+    let mut c = Client::new(p.addr("web"));
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    // Longer than both timeouts, with gaps shorter than either.
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(c.get(&format!("/k{i}")).status, 200);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(
+        b.accepted(),
+        1,
+        "the pooled connection was reused throughout"
+    );
+    // Idle now: the pooled upstream goes after 400ms, the client after 1s.
+    let idle = std::time::Instant::now();
+    assert!(c.closed(), "keep-alive timeout closes the idle client");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_millis(2500),
+        "closed after {waited:?}"
+    );
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/fresh").status, 200);
+    assert_eq!(
+        b.accepted(),
+        2,
+        "the idle pooled connection was closed, a new one was opened"
+    );
+}
+
+#[test]
 fn no_route_dead_backend_and_head_requests() {
     let cfg = http_config(
         "workers = 1",
@@ -726,6 +768,113 @@ fn responses_by_length_chunked_and_until_close() {
     c.s.read_to_end(&mut body).expect("until close");
     assert_eq!(body.len(), 300_000);
     assert_eq!(fnv(&body), want(300_000));
+}
+
+/// A backend for long Content-Length bodies (which the proxy splices): `/big?n=N` answers N
+/// pattern bytes; `&junk=1` writes stray bytes right behind the body in the same write;
+/// `&cut=M` sends only M of the N bytes, then closes.
+fn big_body_backend() -> Backend {
+    Backend::spawn(Arc::new(|mut s: TcpStream, _st: &BackendState| {
+        let mut pending = Vec::new();
+        loop {
+            let Some(head) = read_head(&mut s, &mut pending) else {
+                return;
+            };
+            let target = head.split(' ').nth(1).unwrap_or_default().to_string();
+            let param = |k: &str| {
+                target
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<usize>().ok())
+            };
+            let n = param("n").unwrap_or(3);
+            let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+            let body = payload(42, n);
+            match param("cut") {
+                Some(m) => {
+                    out.extend_from_slice(&body[..m.min(n)]);
+                    let _ = s.write_all(&out);
+                    return;
+                }
+                None => out.extend_from_slice(&body),
+            }
+            if param("junk").is_some() {
+                out.extend_from_slice(b"JUNK JUNK JUNK\r\n\r\n");
+            }
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+#[test]
+fn long_bodies_are_spliced_exactly_and_the_connection_stays_in_step() {
+    let b = big_body_backend();
+    let p = simple(&b);
+    let want = |n: usize| fnv(&payload(42, n));
+    let mut c = Client::new(p.addr("web"));
+    c.s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    for n in [3_000_000usize, 65_537, 40_000, 1 << 20] {
+        let r = c.get(&format!("/big?n={n}"));
+        assert_eq!((r.status, r.body.len()), (200, n));
+        assert_eq!(fnv(&r.body), want(n), "body of {n} bytes corrupted");
+    }
+    assert_eq!(
+        b.accepted(),
+        1,
+        "the upstream was reused after each spliced body"
+    );
+    // Pipelined: two long bodies and a short one in one write, answered in order.
+    c.send(b"GET /big?n=200000 HTTP/1.1\r\nHost: a\r\n\r\nGET /big?n=100001 HTTP/1.1\r\nHost: a\r\n\r\nGET /big?n=5 HTTP/1.1\r\nHost: a\r\n\r\n");
+    for n in [200_000usize, 100_001, 5] {
+        let r = c.recv(false).expect("pipelined response");
+        assert_eq!((r.status, r.body.len()), (200, n));
+        assert_eq!(fnv(&r.body), want(n));
+    }
+    // A client that reads slowly: the body waits in the pipe and the socket buffers.
+    c.send(b"GET /big?n=4000000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c.recv(false).expect("slow-read response");
+    assert_eq!((r.status, r.body.len()), (200, 4_000_000));
+    assert_eq!(fnv(&r.body), want(4_000_000));
+    // Stray bytes behind a spliced body: that upstream must not go back to the pool, or the
+    // next response on it would be the junk.
+    let r = c.get("/big?n=300000&junk=1");
+    assert_eq!((r.status, r.body.len()), (200, 300_000));
+    assert_eq!(fnv(&r.body), want(300_000));
+    for _ in 0..3 {
+        let r = c.get("/big?n=7");
+        assert_eq!((r.status, r.body.len()), (200, 7), "{}", r.head);
+    }
+    assert_eq!(
+        b.accepted(),
+        2,
+        "the connection with junk was closed, not pooled"
+    );
+    assert_eq!(http_stat(&p, "responses_5xx"), 0, "{}", p.stats());
+    // The backend dies in the middle of a spliced body: the client is cut off, not left
+    // waiting, and a new client is served.
+    c.send(b"GET /big?n=2000000&cut=500000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let head = read_head(&mut c.s, &mut c.pending).expect("head");
+    assert!(head.contains("200"), "{head}");
+    assert!(c.closed(), "client cut off after a truncated body");
+    let mut c = Client::new(p.addr("web"));
+    let r = c.get("/big?n=100000");
+    assert_eq!(fnv(&r.body), want(100_000));
+    // Splicing off (no pipes): the same bodies go through buffers.
+    let p = Proxy::start(&http_config(
+        "workers = 1\nsplice_pipes_per_worker = 0",
+        "cluster = \"app\"",
+        &[("app", &[b.addr], "")],
+    ));
+    let mut c = Client::new(p.addr("web"));
+    for n in [3_000_000usize, 65_537] {
+        let r = c.get(&format!("/big?n={n}"));
+        assert_eq!((r.status, r.body.len()), (200, n));
+        assert_eq!(fnv(&r.body), want(n));
+    }
 }
 
 #[test]
@@ -1089,6 +1238,9 @@ fn a_request_lost_on_a_reused_connection_is_retried_on_a_fresh_one() {
             if n == 1 {
                 return; // the proxy sent on a reused connection that now dies
             }
+            let Some(_body) = read_body(&mut s, &mut pending, &head) else {
+                return;
+            };
             let path = head.split(' ').nth(1).unwrap_or_default().to_string();
             let body = format!("path={path}\n");
             let resp = format!(
@@ -1112,6 +1264,18 @@ fn a_request_lost_on_a_reused_connection_is_retried_on_a_fresh_one() {
     c.send(b"POST /third HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
     let r = c.recv(false).expect("response");
     assert_eq!(r.status, 502, "a POST body is not sent twice: {}", r.head);
+    assert_eq!(http_stat(&p, "retries"), 1, "{}", p.stats());
+    // Nor is an idempotent PUT whose body already went out: its bytes are consumed, and a
+    // replayed head without them would leave the backend waiting for the body.
+    let mut c = Client::new(p.addr("web"));
+    assert_eq!(c.get("/warm").status, 200);
+    c.s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.send(b"PUT /fourth HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+    let r = c
+        .recv(false)
+        .expect("a prompt response, not a stalled replay");
+    assert_eq!(r.status, 502, "{}", r.head);
     assert_eq!(http_stat(&p, "retries"), 1, "{}", p.stats());
 }
 

@@ -166,6 +166,13 @@ pub struct RequestHead {
     /// HTTP/1.1 with a `Connection: upgrade` token and an `Upgrade` header.
     pub upgrade: bool,
     pub header_count: usize,
+    /// Some `Connection` header lists a token other than close/keep-alive/upgrade, which may
+    /// name a header to drop (rare: rewriters check names only when this is set).
+    pub connection_names: bool,
+    /// An `X-Request-Id` header is present.
+    pub has_request_id: bool,
+    /// An `X-Forwarded-For` header is present.
+    pub has_forwarded_for: bool,
 }
 
 impl RequestHead {
@@ -209,6 +216,9 @@ pub struct ResponseHead {
     /// Both `Transfer-Encoding` and `Content-Length` were present: the body is read as chunked
     /// and the `Content-Length` header must not be forwarded (RFC 9112 §6.3 item 3).
     pub drop_content_length: bool,
+    /// Some `Connection` header lists a token other than close/keep-alive/upgrade (see
+    /// [`RequestHead::connection_names`]).
+    pub connection_names: bool,
 }
 
 /// Parses a request head at the start of `buf`.
@@ -257,6 +267,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     let mut conn = ConnectionTokens::default();
     let mut has_upgrade_header = false;
     let mut expect_continue = false;
+    let mut has_request_id = false;
+    let mut has_forwarded_for = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if framing.take(name, h.value).map_err(Reject::Smuggling)? {
@@ -277,6 +289,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             has_upgrade_header = true;
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue |= list_contains(h.value, b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            has_request_id = true;
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            has_forwarded_for = true;
         }
     }
 
@@ -318,6 +334,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         expect_continue: expect_continue && http11,
         upgrade: http11 && conn.upgrade && has_upgrade_header,
         header_count: req.headers.len(),
+        connection_names: conn.other,
+        has_request_id,
+        has_forwarded_for,
     }))
 }
 
@@ -413,6 +432,7 @@ pub fn parse_response(
         upgrade: status == 101,
         interim: (100..200).contains(&status) && status != 101,
         drop_content_length,
+        connection_names: conn.other,
     }))
 }
 
@@ -528,7 +548,7 @@ fn span(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
 
 /// `(line without its CRLF or LF, rest after the line end)`.
 fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
-    match bytes.iter().position(|&b| b == b'\n') {
+    match find_lf(bytes) {
         Some(nl) => {
             let (line, rest) = bytes.split_at_checked(nl).unwrap_or((bytes, &[]));
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -536,6 +556,33 @@ fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
         }
         None => (bytes.strip_suffix(b"\r").unwrap_or(bytes), &[]),
     }
+}
+
+/// The first LF in `bytes`, eight bytes at a time (header lines are re-scanned for every
+/// rewritten head, and a byte loop was most of that).
+fn find_lf(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ LF;
+        // Exact for the lowest zero byte (the one we want); bytes above it may be flagged
+        // falsely through the borrow, which trailing_zeros ignores.
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| at + p)
 }
 
 pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
@@ -774,6 +821,8 @@ struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
     upgrade: bool,
+    /// Any other token (a header name to drop, or junk).
+    other: bool,
 }
 
 impl ConnectionTokens {
@@ -785,6 +834,8 @@ impl ConnectionTokens {
                 self.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
+            } else {
+                self.other = true;
             }
         }
     }
@@ -881,6 +932,31 @@ fn response_error(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_lf_agrees_with_a_byte_loop() {
+        let mut buf = [b'a'; 40];
+        for len in 0..buf.len() {
+            assert_eq!(find_lf(&buf[..len]), None);
+        }
+        for lf in 0..buf.len() {
+            for other in [0u8, 0x0b, 0x09, 0x8a, 0xff, b'\r'] {
+                buf = [other; 40];
+                buf[lf] = b'\n';
+                if lf + 3 < buf.len() {
+                    buf[lf + 3] = b'\n';
+                }
+                for start in 0..=lf {
+                    let want = buf[start..].iter().position(|&b| b == b'\n');
+                    assert_eq!(
+                        find_lf(&buf[start..]),
+                        want,
+                        "lf {lf} start {start} fill {other}"
+                    );
+                }
+            }
+        }
+    }
 
     const GET: &[u8] = b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n";
 

@@ -53,24 +53,10 @@ pub fn write_request_head(
     let host_value = head.host.as_ref().map(|r| slice(buf, r));
     let effective_host = absolute_authority.or(host_value).unwrap_or_default();
 
-    // First pass: what the second pass must know before it writes.
-    let mut has_host = false;
-    let mut has_request_id = false;
-    let mut connection_names_headers = false;
-    for (name, value) in HeaderLines::new(buf, head.head_len) {
-        match Class::of(name) {
-            Class::Host => has_host = true,
-            Class::RequestId => has_request_id = true,
-            Class::Connection => {
-                connection_names_headers |= list_elements(value).any(|t| {
-                    !(t.eq_ignore_ascii_case(b"close")
-                        || t.eq_ignore_ascii_case(b"keep-alive")
-                        || t.eq_ignore_ascii_case(b"upgrade"))
-                });
-            }
-            _ => {}
-        }
-    }
+    // What the parser saw of the headers (one pass over them, not two).
+    let has_host = head.host.is_some();
+    let has_request_id = head.has_request_id;
+    let connection_names_headers = head.connection_names;
 
     let mut w = Out::new(out);
     w.put(slice(buf, &head.method_range))?;
@@ -101,7 +87,7 @@ pub fn write_request_head(
                         BodyKind::Length(n) => {
                             w.put(name)?;
                             w.put(b": ")?;
-                            w.display(n)?;
+                            w.decimal(n)?;
                             w.put(b"\r\n")?;
                         }
                         _ => w.header(name, value)?,
@@ -133,10 +119,10 @@ pub fn write_request_head(
     }
 
     w.put(b"X-Forwarded-For: ")?;
-    if w.join_values(buf, head.head_len, Class::ForwardedFor)? {
+    if head.has_forwarded_for && w.join_values(buf, head.head_len, Class::ForwardedFor)? {
         w.put(b", ")?;
     }
-    w.display(fwd.client_ip)?;
+    w.ip(fwd.client_ip)?;
     w.put(b"\r\n")?;
     if is_clean_value(fwd.proto.as_bytes()) {
         w.header(b"X-Forwarded-Proto", fwd.proto.as_bytes())?;
@@ -337,7 +323,10 @@ fn write_target(
 
 /// Bytes a proxy-made header value may hold (no CR, LF, NUL or other controls).
 fn is_clean_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    // No early exit: the loop vectorises (these are checked on every request).
+    v.iter().fold(true, |ok, &b| {
+        ok & ((b == b'\t') | (b.wrapping_sub(b' ') < 0x5f))
+    })
 }
 
 /// A cursor over the caller's output buffer.
@@ -370,6 +359,38 @@ impl<'o> Out<'o> {
 
     fn display(&mut self, v: impl fmt::Display) -> Result<(), Overflow> {
         fmt::Write::write_fmt(self, format_args!("{v}")).map_err(|_| Overflow)
+    }
+
+    /// `v` in decimal, without going through `core::fmt` (hot: every Content-Length).
+    fn decimal(&mut self, mut v: u64) -> Result<(), Overflow> {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..])
+    }
+
+    /// A client address as `Display` writes it; IPv4 without `core::fmt` (hot: every
+    /// X-Forwarded-For).
+    fn ip(&mut self, ip: IpAddr) -> Result<(), Overflow> {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.put(b".")?;
+                    }
+                    self.decimal(u64::from(octet))?;
+                }
+                Ok(())
+            }
+            IpAddr::V6(_) => self.display(ip),
+        }
     }
 
     /// Writes the non-empty values of every header of class `class`, joined with ", ";
@@ -432,6 +453,46 @@ mod tests {
     }
 
     const TAIL: &str = "X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Request-Id: rid-1\r\n\r\n";
+
+    #[test]
+    fn clean_values_are_tab_and_visible_ascii_and_space() {
+        for b in 0..=255u8 {
+            let want = b == b'\t' || (b' '..=b'~').contains(&b);
+            assert_eq!(is_clean_value(&[b]), want, "byte {b:#x}");
+            assert_eq!(is_clean_value(&[b'a', b, b'z']), want, "byte {b:#x}");
+        }
+        assert!(is_clean_value(b""));
+    }
+
+    #[test]
+    fn addresses_and_numbers_are_written_as_display_writes_them() {
+        let ips: [IpAddr; 6] = [
+            IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)),
+            IpAddr::V4(Ipv4Addr::new(255, 255, 255, 255)),
+            IpAddr::V4(Ipv4Addr::new(10, 1, 20, 100)),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 9, 1)),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()),
+        ];
+        for ip in ips {
+            let mut buf = [0u8; 64];
+            let mut w = Out::new(&mut buf);
+            w.ip(ip).unwrap();
+            let n = w.len;
+            assert_eq!(&buf[..n], ip.to_string().as_bytes());
+        }
+        for v in [0u64, 7, 10, 1024, 1_048_576, u64::MAX] {
+            let mut buf = [0u8; 32];
+            let mut w = Out::new(&mut buf);
+            w.decimal(v).unwrap();
+            let n = w.len;
+            assert_eq!(&buf[..n], v.to_string().as_bytes());
+        }
+        // Too small a buffer is an overflow, not a panic.
+        let mut buf = [0u8; 6];
+        let mut w = Out::new(&mut buf);
+        assert_eq!(w.ip(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))), Err(Overflow));
+    }
 
     #[test]
     fn simple_get() {

@@ -40,6 +40,9 @@ pub(super) struct Upstream {
     /// Pool idle deadline (meaningful while pooled).
     deadline: Instant,
     timer_gen: u32,
+    /// When the live timer entry (generation `timer_gen`) fires, if one is armed. The entry
+    /// stays in the wheel while the connection is lent: reuse costs no wheel operation.
+    timer_at: Option<Instant>,
 }
 
 impl HttpEntry {
@@ -55,11 +58,41 @@ impl HttpEntry {
             HttpEntry::Upstream(u) => u.timer_gen,
         }
     }
-    fn set_timer_gen(&mut self, g: u32) {
+    /// Records the live timer entry: generation `g`, firing at `at`.
+    fn set_timer(&mut self, g: u32, at: Instant) {
         match self {
-            HttpEntry::Session(s) => s.timer_gen = g,
-            HttpEntry::Upstream(u) => u.timer_gen = g,
+            HttpEntry::Session(s) => {
+                s.timer_gen = g;
+                s.timer_at = at;
+                s.timer_armed = true;
+            }
+            HttpEntry::Upstream(u) => {
+                u.timer_gen = g;
+                u.timer_at = Some(at);
+            }
         }
+    }
+
+    /// The live timer entry was re-inserted to fire at `at`.
+    pub(super) fn timer_moved(&mut self, at: Instant) {
+        match self {
+            HttpEntry::Session(s) => s.timer_at = at,
+            HttpEntry::Upstream(u) => u.timer_at = Some(at),
+        }
+    }
+
+    /// The live timer entry fired and is not re-inserted.
+    pub(super) fn timer_fired(&mut self) {
+        match self {
+            HttpEntry::Session(s) => s.timer_armed = false,
+            HttpEntry::Upstream(u) => u.timer_at = None,
+        }
+    }
+
+    /// A lent upstream connection: its timer entry is meaningless until it is pooled again
+    /// (the owning session's timer covers the exchange).
+    pub(super) fn is_lent_upstream(&self) -> bool {
+        matches!(self, HttpEntry::Upstream(u) if u.owner.is_some())
     }
 }
 
@@ -154,26 +187,30 @@ impl Worker {
         }
     }
 
+    /// Arms a new timer entry at the entry's deadline (the previous one goes stale).
     pub(super) fn arm_http_timer(&mut self, key: usize) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         if let Some(e) = self.http.get_mut(key) {
-            e.set_timer_gen(gen);
             let deadline = e.deadline();
-            if let HttpEntry::Session(s) = e {
-                s.timer_at = deadline;
-            }
+            e.set_timer(gen, deadline);
             self.timers.insert((key << 1) | 1, gen, deadline);
         }
     }
 
-    /// Re-arms when the session's deadline moved before its armed timer (deadlines that move
-    /// later are handled lazily when the timer fires).
-    fn rearm_if_earlier(&mut self, key: usize) {
-        if let Some(HttpEntry::Session(s)) = self.http.get(key) {
-            if s.deadline() < s.timer_at {
-                self.arm_http_timer(key);
+    /// Arms a timer only when none is armed or the deadline moved before the armed one.
+    /// Deadlines that move later (every request on a keep-alive connection) are handled
+    /// lazily when the entry fires, so steady traffic costs no wheel operation.
+    pub(super) fn rearm_if_earlier(&mut self, key: usize) {
+        let arm = match self.http.get(key) {
+            Some(HttpEntry::Session(s)) => !s.timer_armed || s.deadline() < s.timer_at,
+            Some(HttpEntry::Upstream(u)) => {
+                u.owner.is_none() && u.timer_at.is_none_or(|at| u.deadline < at)
             }
+            None => false,
+        };
+        if arm {
+            self.arm_http_timer(key);
         }
     }
 
@@ -185,6 +222,7 @@ impl Worker {
             let limits = s.limits();
             let mut cx = HttpCtx {
                 pool: &mut self.pool,
+                pipes: &mut self.pipes,
                 stats: &mut self.http_stats,
                 now: self.now,
                 limits: &limits,
@@ -214,7 +252,7 @@ impl Worker {
                 HttpStep::Connected => {
                     self.obs_http_connect(key, Outcome::Success);
                     self.observe_http(key, Outcome::Success);
-                    self.arm_http_timer(key);
+                    self.rearm_if_earlier(key);
                 }
                 HttpStep::ExchangeDone { reusable } => {
                     self.log_request(key);
@@ -232,7 +270,7 @@ impl Worker {
                         self.close_http(key, HttpClose::Done);
                         return;
                     }
-                    self.arm_http_timer(key);
+                    self.rearm_if_earlier(key);
                 }
                 HttpStep::Close(why) => {
                     self.close_http(key, why);
@@ -338,8 +376,8 @@ impl Worker {
                 let sock = match self.http.get_mut(uk) {
                     Some(HttpEntry::Upstream(u)) if u.owner.is_none() => {
                         u.owner = Some(key);
-                        // Its pool timer is now stale.
-                        u.timer_gen = u.timer_gen.wrapping_add(1);
+                        // Its pool timer entry stays armed: when it fires while the
+                        // connection is lent it is dropped, otherwise re-checked.
                         u.sock.take()
                     }
                     _ => None,
@@ -357,7 +395,7 @@ impl Worker {
                     s.upstream = Some(uk);
                     s.set_upstream(idx as u32, sock, true, self.now);
                 }
-                self.arm_http_timer(key);
+                self.rearm_if_earlier(key);
                 return;
             }
             match TcpStream::connect(backend.addr) {
@@ -383,6 +421,7 @@ impl Worker {
                         addr: backend.addr,
                         deadline: self.now,
                         timer_gen: 0,
+                        timer_at: None,
                     }));
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     self.http_stats.upstream_new += 1;
@@ -390,7 +429,7 @@ impl Worker {
                         s.upstream = Some(uk);
                         s.set_upstream(idx as u32, sock, false, self.now);
                     }
-                    self.arm_http_timer(key);
+                    self.rearm_if_earlier(key);
                     return;
                 }
                 Err(e) => {
@@ -438,6 +477,7 @@ impl Worker {
         let limits = s.limits();
         let mut cx = HttpCtx {
             pool: &mut self.pool,
+            pipes: &mut self.pipes,
             stats: &mut self.http_stats,
             now: self.now,
             limits: &limits,
@@ -548,7 +588,7 @@ impl Worker {
             _ => return, // should not happen; the socket closes on drop
         }
         self.upstream_pool.entry(backend.addr).or_default().push(uk);
-        self.arm_http_timer(uk);
+        self.rearm_if_earlier(uk);
         if !self.http_pending.is_empty() {
             self.wake_pending();
         }
@@ -569,7 +609,7 @@ impl Worker {
         let HttpEntry::Session(mut s) = self.http.remove(key) else {
             return;
         };
-        s.release_resources(&mut self.pool);
+        s.release_resources(&mut self.pool, &mut self.pipes);
         self.obs.closed(&s.snapshot, s.listener);
         super::listener_closed(&s.snapshot, s.listener as usize);
         match why {

@@ -130,6 +130,11 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
     /// Cluster name → index (FaaS routing looks clusters up by name per request).
     pub cluster_index: HashMap<String, usize>,
+    /// Identifies the numbering of listeners, clusters and backends in rotation: snapshots
+    /// with the same layout index them the same way (a weight change or a slow-start step
+    /// keeps it; adding, removing, draining a backend or a health verdict changes it). Per
+    /// worker stats are kept per layout rather than per snapshot.
+    pub layout: u64,
 }
 
 impl Snapshot {
@@ -255,11 +260,13 @@ impl Snapshot {
             }
             listeners[slot] = Some(route);
         }
+        let layout = layout_of(&listeners, &clusters);
         Snapshot {
             version,
             listeners,
             clusters,
             cluster_index,
+            layout,
         }
     }
 
@@ -277,6 +284,28 @@ impl Snapshot {
             .chain(&c.down)
             .find(|b| b.addr == addr)
     }
+}
+
+/// FNV-1a over the names and addresses that decide the indices (see [`Snapshot::layout`]).
+fn layout_of(listeners: &[Option<ListenerRoute>], clusters: &[Cluster]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h = (h ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3); // separator
+    };
+    for l in listeners {
+        eat(l.as_ref().map_or(b"-", |l| l.name.as_bytes()));
+    }
+    for c in clusters {
+        eat(c.name.as_bytes());
+        for b in &c.backends {
+            eat(b.addr.to_string().as_bytes());
+        }
+        eat(if c.panic { b"panic" } else { b"ok" });
+    }
+    h
 }
 
 pub fn shared(s: Snapshot) -> SharedSnapshot {

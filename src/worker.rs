@@ -634,6 +634,10 @@ impl Worker {
             };
             let idx = match pick {
                 Pick::Backend(i) => i,
+                Pick::FailOpen(i) => {
+                    self.stats.fail_open += 1;
+                    i
+                }
                 Pick::Full => {
                     self.stats.limit_rejects += 1;
                     return Connect::GaveUp;

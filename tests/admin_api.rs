@@ -484,10 +484,13 @@ fn kill_9_after_ack_then_restart_keeps_the_change_and_torn_state_is_set_aside() 
     p.wait_exit(Duration::from_secs(5)).expect("killed");
     drop(p);
 
-    // A torn state file: start-up succeeds from the file alone, warns, moves the file aside.
-    let sf = state.join("state.json");
-    let bytes = std::fs::read(&sf).unwrap();
-    std::fs::write(&sf, &bytes[..bytes.len() / 2]).unwrap();
+    // Torn state files (both of them): start-up succeeds from the config file alone, warns,
+    // and moves them aside.
+    for name in ["state.0.json", "state.1.json"] {
+        let sf = state.join(name);
+        let bytes = std::fs::read(&sf).unwrap();
+        std::fs::write(&sf, &bytes[..bytes.len() / 2]).unwrap();
+    }
     let p = start_file(&path, &["web", "admin"]);
     assert!(p.stderr_text().contains("WARN"), "{}", p.stderr_text());
     let moved = std::fs::read_dir(&state)
@@ -496,7 +499,7 @@ fn kill_9_after_ack_then_restart_keeps_the_change_and_torn_state_is_set_aside() 
         .any(|e| {
             e.file_name()
                 .to_string_lossy()
-                .starts_with("state.json.corrupt-")
+                .contains(".json.corrupt-")
         });
     assert!(moved, "torn file not set aside");
     for _ in 0..4 {

@@ -224,6 +224,10 @@ fn all_backends_down_is_a_clear_counted_503() {
     assert_eq!(r.text(), "no backend available\n");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(http_stat(&p, "no_backend") >= 1);
+    assert!(
+        tcp_of(&p.stats(), "fail_open") >= 1,
+        "fail-open picks are counted"
+    );
     let mut s = connect(p.addr("web"));
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
 }

@@ -139,6 +139,8 @@ struct State {
     health: HashMap<(String, SocketAddr), CheckRecord>,
     /// Backends in slow start, since when.
     ramps: HashMap<(String, SocketAddr), Instant>,
+    /// The state files (with `server.state_dir`).
+    store: Option<persist::Store>,
     /// The config file the running state derives from (base of the three-way merge).
     file: Table,
     /// The running document: server + listeners + clusters.
@@ -153,6 +155,8 @@ pub struct Boot {
     pub doc: Table,
     pub config: Config,
     pub version: u64,
+    /// Which state file holds the state restored (the next write goes to the other).
+    pub newest_slot: Option<usize>,
 }
 
 /// Merges the config file with the persisted runtime state (see [`doc::merge`]). A corrupt
@@ -165,56 +169,53 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
         file: file.clone(),
         config,
         version: 1,
+        newest_slot: None,
     };
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
     };
-    match persist::load(&dir) {
-        persist::Loaded::None => Ok(fresh(config)),
-        persist::Loaded::Corrupt { message, moved_to } => {
+    let loaded = persist::load(&dir);
+    for problem in &loaded.problems {
+        log::warn!("state file {problem}");
+    }
+    let Some((p, slot)) = loaded.found else {
+        if !loaded.problems.is_empty() {
+            log::warn!("no usable runtime state: starting from the config file alone");
+        }
+        return Ok(fresh(config));
+    };
+    let merged = doc::merge(&file, &p.file, &p.config);
+    match config::parse_table(merged.clone()) {
+        Ok(cfg) => {
+            if merged != file {
+                log::info!(
+                    "restored runtime changes from {} (version {})",
+                    persist::state_path(&dir, slot).display(),
+                    p.version
+                );
+            }
+            Ok(Boot {
+                file: file.clone(),
+                doc: merged,
+                config: cfg,
+                version: p.version + 1,
+                newest_slot: Some(slot),
+            })
+        }
+        Err(errs) => {
+            let moved = persist::set_aside(&persist::state_path(&dir, slot));
             log::warn!(
-                "state file {}: {message}; starting from the config file alone{}",
-                persist::state_path(&dir).display(),
-                moved_to
-                    .map(|p| format!(" (the bad file was moved to {})", p.display()))
+                "the persisted runtime state no longer fits the config file ({}); \
+                 starting from the file alone{}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                moved
+                    .map(|p| format!(" (state moved to {})", p.display()))
                     .unwrap_or_default()
             );
             Ok(fresh(config))
-        }
-        persist::Loaded::Found(p) => {
-            let merged = doc::merge(&file, &p.file, &p.config);
-            match config::parse_table(merged.clone()) {
-                Ok(cfg) => {
-                    if merged != file {
-                        log::info!(
-                            "restored runtime changes from {} (version {})",
-                            persist::state_path(&dir).display(),
-                            p.version
-                        );
-                    }
-                    Ok(Boot {
-                        file: file.clone(),
-                        doc: merged,
-                        config: cfg,
-                        version: p.version + 1,
-                    })
-                }
-                Err(errs) => {
-                    let moved = persist::set_aside(&persist::state_path(&dir));
-                    log::warn!(
-                        "the persisted runtime state no longer fits the config file ({}); \
-                         starting from the file alone{}",
-                        errs.iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        moved
-                            .map(|p| format!(" (state moved to {})", p.display()))
-                            .unwrap_or_default()
-                    );
-                    Ok(fresh(config))
-                }
-            }
         }
     }
 }
@@ -236,6 +237,9 @@ impl Control {
         config_path: Option<PathBuf>,
     ) -> Control {
         let state_dir = boot.config.server.state_dir.clone();
+        let store = state_dir
+            .as_ref()
+            .map(|d| persist::Store::new(d, boot.newest_slot));
         let slots = boot
             .config
             .listeners
@@ -249,6 +253,7 @@ impl Control {
                 slots,
                 health: HashMap::new(),
                 ramps: HashMap::new(),
+                store,
                 file: boot.file,
                 doc: boot.doc,
                 config: boot.config,
@@ -261,13 +266,17 @@ impl Control {
         };
         // Record what we run now, so a restart before any change still finds it.
         if let Some(dir) = &c.state_dir {
-            let st = c.lock();
+            let mut st = c.lock();
             let p = persist::Persisted::new(
                 st.version,
                 doc::objects_only(&st.file),
                 doc::objects_only(&st.doc),
             );
-            if let Err(e) = persist::save(dir, &p) {
+            let saved = match st.store.as_mut() {
+                Some(store) => store.save(&p),
+                None => Ok(()),
+            };
+            if let Err(e) = saved {
                 log::warn!(
                     "cannot write the state file in {}: {e} (runtime changes will be refused \
                      until it is writable)",
@@ -528,13 +537,13 @@ impl Control {
             &runtime(&cfg, &health, &mut ramps, now),
         );
         let file = new_file.as_ref().unwrap_or(&st.file);
-        if let Some(dir) = &self.state_dir {
+        if let (Some(dir), Some(store)) = (&self.state_dir, st.store.as_mut()) {
             let p = persist::Persisted::new(
                 version,
                 doc::objects_only(file),
                 doc::objects_only(&new_doc),
             );
-            persist::save(dir, &p).map_err(|e| {
+            store.save(&p).map_err(|e| {
                 ApiError::new(
                     500,
                     "persist_failed",

@@ -1,17 +1,23 @@
-//! The runtime state file, `<state_dir>/state.json`: the listeners and clusters the proxy
-//! runs (`config`) and those of the file they were derived from (`file`), so a restart can
-//! merge a since-edited config file with the changes made at run time ([`super::doc::merge`]).
+//! The runtime state in `state_dir`: the listeners and clusters the proxy runs (`config`) and
+//! those of the config file they were derived from (`file`), so a restart can merge a
+//! since-edited config file with the changes made at run time ([`super::doc::merge`]).
 //!
-//! Written atomically: temp file in the same directory, fsync, rename, fsync of the directory.
+//! Two files, `state.0.json` and `state.1.json`, written alternately, each write rewriting the
+//! older one in place and `fdatasync`ing it before the change is acknowledged. Reading takes
+//! the valid one with the higher version. A crash in the middle of a write tears only the file
+//! being written; the other still holds the previous version. One flush per change and no
+//! directory operations, so persisting a change is cheap (about a quarter of the CPU of
+//! temp file + fsync + rename + directory fsync on this machine).
+//!
 //! A torn or corrupt file is reported and moved aside; it never stops start-up.
 
 use serde::{Deserialize, Serialize};
-use std::fs;
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use toml::Table;
 
-pub const STATE_FILE: &str = "state.json";
+pub const STATE_FILES: [&str; 2] = ["state.0.json", "state.1.json"];
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,75 +47,118 @@ impl Persisted {
     }
 }
 
-pub fn state_path(dir: &Path) -> PathBuf {
-    dir.join(STATE_FILE)
+pub fn state_path(dir: &Path, slot: usize) -> PathBuf {
+    dir.join(STATE_FILES[slot % 2])
 }
 
-/// Writes `bytes` to `path` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // The rename itself must survive a crash too.
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Writes the state files of one directory, alternately.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    files: [Option<File>; 2],
+    /// The slot the next write goes to (the one not holding the newest version).
+    next: usize,
+}
+
+impl Store {
+    /// `newest`: the slot that holds the newest valid state, if any (from [`load`]).
+    pub fn new(dir: &Path, newest: Option<usize>) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+            files: [None, None],
+            next: newest.map_or(0, |s| 1 - s % 2),
+        }
     }
-    result
-}
 
-pub fn save(dir: &Path, p: &Persisted) -> io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(p).map_err(io::Error::other)?;
-    write_atomic(&state_path(dir), &bytes)
+    /// Persists `p` durably (fdatasync) before returning.
+    pub fn save(&mut self, p: &Persisted) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec(p).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let slot = self.next;
+        if self.files[slot].is_none() {
+            fs::create_dir_all(&self.dir)?;
+            let path = state_path(&self.dir, slot);
+            let created = !path.exists();
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            if created {
+                // The new file's name must survive a crash too.
+                File::open(&self.dir)?.sync_all()?;
+            }
+            self.files[slot] = Some(f);
+        }
+        let Some(f) = self.files[slot].as_mut() else {
+            return Err(io::Error::other("state file not open"));
+        };
+        let result = (|| {
+            f.set_len(0)?;
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&bytes)?;
+            f.sync_data()
+        })();
+        if result.is_err() {
+            // Reopen next time rather than trust a file in an unknown state.
+            self.files[slot] = None;
+        } else {
+            self.next = 1 - slot;
+        }
+        result
+    }
 }
 
 /// What start-up found in the state directory.
-#[derive(Debug)]
-pub enum Loaded {
-    None,
-    Found(Persisted),
-    /// Unreadable: the message says why; the file was moved to `moved_to` (if that worked).
-    Corrupt {
-        message: String,
-        moved_to: Option<PathBuf>,
-    },
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The newest valid state and its slot.
+    pub found: Option<(Persisted, usize)>,
+    /// Files that could not be used: why, and where they were moved.
+    pub problems: Vec<String>,
 }
 
 pub fn load(dir: &Path) -> Loaded {
-    let path = state_path(dir);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::None,
-        Err(e) => {
-            return Loaded::Corrupt {
-                message: format!("cannot read {}: {e}", path.display()),
-                moved_to: None,
+    let mut out = Loaded::default();
+    for slot in 0..2 {
+        let path = state_path(dir, slot);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.problems
+                    .push(format!("cannot read {}: {e}", path.display()));
+                continue;
             }
+        };
+        if bytes.is_empty() {
+            continue; // created, never completed a write: nothing to keep
         }
-    };
-    let message = match serde_json::from_slice::<Persisted>(&bytes) {
-        Ok(p) if p.format == FORMAT => return Loaded::Found(p),
-        Ok(p) => format!("unknown format {} (expected {FORMAT})", p.format),
-        Err(e) => format!("not valid state JSON: {e}"),
-    };
-    Loaded::Corrupt {
-        message,
-        moved_to: set_aside(&path),
+        let why = match serde_json::from_slice::<Persisted>(&bytes) {
+            Ok(p) if p.format == FORMAT => {
+                if out
+                    .found
+                    .as_ref()
+                    .is_none_or(|(f, _)| p.version > f.version)
+                {
+                    out.found = Some((p, slot));
+                }
+                continue;
+            }
+            Ok(p) => format!("unknown format {} (expected {FORMAT})", p.format),
+            Err(e) => format!("not valid state JSON: {e}"),
+        };
+        let moved = set_aside(&path);
+        out.problems.push(format!(
+            "{}: {why}{}",
+            path.display(),
+            moved
+                .map(|m| format!(" (moved to {})", m.display()))
+                .unwrap_or_default()
+        ));
     }
+    out
 }
 
 /// Renames a bad state file to `<name>.corrupt-<unix time>` so the next write starts clean
@@ -128,30 +177,43 @@ pub fn set_aside(path: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_torn_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg: Table = "[[clusters]]\nname = \"a\"\nbackends = [\"127.0.0.1:1\"]\n"
+    fn cfg(n: u16) -> Table {
+        format!("[[clusters]]\nname = \"a\"\nbackends = [\"127.0.0.1:{n}\"]\n")
             .parse()
-            .unwrap();
-        save(dir.path(), &Persisted::new(7, Table::new(), cfg.clone())).unwrap();
-        match load(dir.path()) {
-            Loaded::Found(p) => {
-                assert_eq!(p.version, 7);
-                assert_eq!(p.config, cfg);
-            }
-            other => panic!("{other:?}"),
+            .unwrap()
+    }
+
+    #[test]
+    fn alternating_files_newest_wins_and_a_torn_write_leaves_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::new(dir.path(), None);
+        for v in 1..=5 {
+            s.save(&Persisted::new(v, Table::new(), cfg(v as u16)))
+                .unwrap();
         }
-        let path = state_path(dir.path());
+        let l = load(dir.path());
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        let (p, slot) = l.found.unwrap();
+        assert_eq!((p.version, p.config), (5, cfg(5)));
+        // Version 5 went to slot 0 (1, 3, 5 alternate with 2, 4): tear it.
+        assert_eq!(slot, 0);
+        let path = state_path(dir.path(), 0);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        match load(dir.path()) {
-            Loaded::Corrupt { moved_to, .. } => {
-                assert!(moved_to.unwrap().exists());
-                assert!(!path.exists());
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(load(dir.path()), Loaded::None));
+        let l = load(dir.path());
+        assert_eq!(l.found.as_ref().map(|(p, _)| p.version), Some(4));
+        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+        assert!(!path.exists(), "the torn file was moved aside");
+        // A store resumed from there writes over the older slot next.
+        let mut s = Store::new(dir.path(), Some(1));
+        s.save(&Persisted::new(6, Table::new(), cfg(6))).unwrap();
+        assert_eq!(load(dir.path()).found.map(|(p, _)| p.version), Some(6));
+    }
+
+    #[test]
+    fn nothing_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = load(&dir.path().join("absent"));
+        assert!(l.found.is_none() && l.problems.is_empty());
     }
 }

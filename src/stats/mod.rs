@@ -96,6 +96,9 @@ counters! {
         /// Connections or requests turned away by a connection limit (listener, cluster,
         /// backend) or a full pending queue.
         limit_rejects,
+        /// Picks made while every candidate was out of rotation (all ejected, or all down by
+        /// their health checks): traffic went to one of them anyway (fail open).
+        fail_open,
     }
 }
 
@@ -315,7 +318,13 @@ impl WorkerStats {
     /// The counters for `snap`'s numbering (sessions keep the snapshot they started with).
     #[inline]
     pub fn set(&mut self, snap: &Arc<Snapshot>) -> &mut StatSet {
-        let i = match self.sets.iter().rposition(|s| Arc::ptr_eq(&s.snap, snap)) {
+        // Same layout, same numbering: a weight change or a slow-start step (a new snapshot
+        // each) does not start a new set.
+        let i = match self
+            .sets
+            .iter()
+            .rposition(|s| Arc::ptr_eq(&s.snap, snap) || s.snap.layout == snap.layout)
+        {
             Some(i) => i,
             None => {
                 self.sets.push(StatSet::new(snap));

@@ -336,6 +336,10 @@ impl Worker {
             };
             let idx = match pick {
                 Pick::Backend(i) => i,
+                Pick::FailOpen(i) => {
+                    self.stats.fail_open += 1;
+                    i
+                }
                 Pick::Full => return self.http_full(key),
                 // Nothing could be reached: when the cluster is failing open (every backend
                 // down by its health checks) or has no backend, that is "unavailable".

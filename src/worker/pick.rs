@@ -26,6 +26,9 @@ pub(super) struct Balancers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pick {
     Backend(usize),
+    /// Every candidate is out of rotation (ejected by outlier detection, or all down by
+    /// their health checks): this one is used anyway rather than none (fail open).
+    FailOpen(usize),
     /// Every remaining candidate is at its connection limit (or the cluster is).
     Full,
     /// Nothing left to try.
@@ -121,10 +124,14 @@ impl Balancers {
                 ejected_fallback.get_or_insert(i);
                 continue;
             }
-            return Pick::Backend(i);
+            return if c.panic {
+                Pick::FailOpen(i)
+            } else {
+                Pick::Backend(i)
+            };
         }
         match ejected_fallback {
-            Some(i) => Pick::Backend(i),
+            Some(i) => Pick::FailOpen(i),
             None if saw_full => Pick::Full,
             None => Pick::Exhausted,
         }

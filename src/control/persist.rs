@@ -3,11 +3,12 @@
 //! since-edited config file with the changes made at run time ([`super::doc::merge`]).
 //!
 //! Two files, `state.0.json` and `state.1.json`, written alternately, each write rewriting the
-//! older one in place and `fdatasync`ing it before the change is acknowledged. Reading takes
-//! the valid one with the higher version. A crash in the middle of a write tears only the file
-//! being written; the other still holds the previous version. One flush per change and no
-//! directory operations, so persisting a change is cheap (about a quarter of the CPU of
-//! temp file + fsync + rename + directory fsync on this machine).
+//! older one in place (same size: padded, so only data blocks change) and `fdatasync`ing it
+//! before the change is acknowledged. Each holds the JSON, then a line with its checksum.
+//! Reading takes the valid one with the higher version. A crash in the middle of a write tears
+//! only the file being written (the checksum tells); the other still holds the previous
+//! version. One data flush per change and no directory operations, so persisting a change is
+//! cheap.
 //!
 //! A torn or corrupt file is reported and moved aside; it never stops start-up.
 
@@ -71,9 +72,15 @@ impl Store {
     }
 
     /// Persists `p` durably (fdatasync) before returning.
+    ///
+    /// The file keeps its size from write to write (the content is padded with spaces up to a
+    /// capacity that only grows), so `fdatasync` flushes the data block alone, with no
+    /// journal commit for a size change. A checksum line after the JSON tells a torn write
+    /// from a whole one.
     pub fn save(&mut self, p: &Persisted) -> io::Result<()> {
-        let mut bytes = serde_json::to_vec(p).map_err(io::Error::other)?;
-        bytes.push(b'\n');
+        let json = serde_json::to_vec(p).map_err(io::Error::other)?;
+        let mut bytes = json.clone();
+        bytes.extend_from_slice(format!("\n{:016x}\n", fnv64(&json)).as_bytes());
         let slot = self.next;
         if self.files[slot].is_none() {
             fs::create_dir_all(&self.dir)?;
@@ -95,7 +102,15 @@ impl Store {
             return Err(io::Error::other("state file not open"));
         };
         let result = (|| {
-            f.set_len(0)?;
+            let capacity = f.metadata()?.len() as usize;
+            if bytes.len() > capacity {
+                // Grow (rarely): room for twice this state, in whole pages.
+                let cap = (bytes.len() * 2).div_ceil(4096) * 4096;
+                f.set_len(cap as u64)?;
+                bytes.resize(cap, b' ');
+            } else {
+                bytes.resize(capacity, b' ');
+            }
             f.seek(SeekFrom::Start(0))?;
             f.write_all(&bytes)?;
             f.sync_data()
@@ -132,10 +147,12 @@ pub fn load(dir: &Path) -> Loaded {
                 continue;
             }
         };
-        if bytes.is_empty() {
+        if bytes.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
             continue; // created, never completed a write: nothing to keep
         }
-        let why = match serde_json::from_slice::<Persisted>(&bytes) {
+        let why = match checked_json(&bytes).and_then(|j| {
+            serde_json::from_slice::<Persisted>(j).map_err(|e| format!("not valid state JSON: {e}"))
+        }) {
             Ok(p) if p.format == FORMAT => {
                 if out
                     .found
@@ -147,7 +164,7 @@ pub fn load(dir: &Path) -> Loaded {
                 continue;
             }
             Ok(p) => format!("unknown format {} (expected {FORMAT})", p.format),
-            Err(e) => format!("not valid state JSON: {e}"),
+            Err(e) => e,
         };
         let moved = set_aside(&path);
         out.problems.push(format!(
@@ -159,6 +176,28 @@ pub fn load(dir: &Path) -> Loaded {
         ));
     }
     out
+}
+
+/// FNV-1a, 64 bits: a checksum against torn writes (not against tampering).
+fn fnv64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The JSON of a state file whose checksum line matches it.
+fn checked_json(bytes: &[u8]) -> Result<&[u8], String> {
+    let torn = || "torn or damaged (checksum missing or wrong)".to_string();
+    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(torn)?;
+    let (json, rest) = (&bytes[..nl], &bytes[nl + 1..]);
+    let sum = rest
+        .get(..16)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(torn)?;
+    match u64::from_str_radix(sum, 16) {
+        Ok(v) if v == fnv64(json) => Ok(json),
+        _ => Err(torn()),
+    }
 }
 
 /// Renames a bad state file to `<name>.corrupt-<unix time>` so the next write starts clean
@@ -198,8 +237,11 @@ mod tests {
         // Version 5 went to slot 0 (1, 3, 5 alternate with 2, 4): tear it.
         assert_eq!(slot, 0);
         let path = state_path(dir.path(), 0);
-        let bytes = fs::read(&path).unwrap();
-        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        // A write that stopped half way: the first half new, the rest still old.
+        let mut bytes = fs::read(&path).unwrap();
+        let end = bytes.iter().position(|&b| b == b'\n').unwrap();
+        bytes[end / 2..end].fill(b'x');
+        fs::write(&path, &bytes).unwrap();
         let l = load(dir.path());
         assert_eq!(l.found.as_ref().map(|(p, _)| p.version), Some(4));
         assert_eq!(l.problems.len(), 1, "{:?}", l.problems);

@@ -752,3 +752,53 @@ fn quick_mode_on_a_public_address_is_read_only() {
     let r = call(admin, "POST", "/v1/reload", None);
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn connections_of_a_removed_listener_keep_its_routes_when_its_slot_is_reused() {
+    let b1 = demo("one");
+    let b2 = demo("two");
+    let p = Proxy::start(&http_config("", &[b1.addr("demo-backend")]));
+    let admin = p.addr("admin");
+    let put = |name: &str, cluster: &str| {
+        let r = call(
+            admin,
+            "PUT",
+            &format!("/v1/listeners/{name}"),
+            Some(&format!(
+                "{{\"bind\":\"127.0.0.1:0\",\"protocol\":\"http\",\"cluster\":\"{cluster}\"}}"
+            )),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["status"]["local_addr"]
+            .as_str()
+            .unwrap()
+            .parse::<SocketAddr>()
+            .unwrap()
+    };
+    let b2a = b2.addr("demo-backend");
+    let r = call(
+        admin,
+        "PUT",
+        "/v1/clusters/other",
+        Some(&format!("{{\"backends\":[\"{b2a}\"]}}")),
+    );
+    assert_eq!(r.status, 201);
+    // A keep-alive client on listener x (cluster app → "one").
+    let x = put("x", "app");
+    let mut c = Client::new(x);
+    assert_eq!(
+        c.request("GET", "/", &[], None).unwrap().text().trim(),
+        "one"
+    );
+    // x goes away and y takes its slot, routing to another cluster.
+    assert_eq!(call(admin, "DELETE", "/v1/listeners/x", None).status, 200);
+    let y = put("y", "other");
+    assert_eq!(get_id(y), "two");
+    // The old connection still belongs to x: its requests keep x's routes.
+    for _ in 0..3 {
+        assert_eq!(
+            c.request("GET", "/", &[], None).unwrap().text().trim(),
+            "one"
+        );
+    }
+}

@@ -617,10 +617,19 @@ impl HttpSession {
         };
         // Route every request on the latest snapshot (a keep-alive connection sees changes
         // at its next request); `load` is a cheap guard unless the version moved.
+        // A listener removed since this connection was accepted may have left its slot to
+        // another listener: then the connection keeps the snapshot of its own listener.
         {
             let cur = cx.shared.load();
             if cur.version != self.snapshot.version {
-                self.snapshot = arc_swap::Guard::into_inner(cur);
+                let li = self.listener as usize;
+                let same = match (self.snapshot.listener(li), cur.listener(li)) {
+                    (Some(a), Some(b)) => a.name == b.name,
+                    _ => false,
+                };
+                if same {
+                    self.snapshot = arc_swap::Guard::into_inner(cur);
+                }
             }
         }
         let data = cx.pool.data(req_buf);

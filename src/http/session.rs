@@ -1321,6 +1321,8 @@ impl HttpSession {
                     cx.pool.release(b);
                 }
                 self.state = State::Head;
+                // Per-request: a malformed next head must get its 400/414/431, not a reset.
+                self.answered = false;
                 self.phase_started = cx.now;
                 self.last_active = cx.now;
                 return Some(HttpStep::ExchangeDone { reusable });

@@ -771,7 +771,7 @@ impl Worker {
                 self.drive_if_session(key);
             }
             (State::Exchange, false) => {
-                self.http_stats.timeouts += 1;
+                // fail_http(504) counts the timeout (once).
                 self.observe_http(key, Outcome::Failure);
                 self.fail_http(key, 504);
             }

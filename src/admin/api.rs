@@ -281,13 +281,21 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 "PUT" => {
                     let who = authorize(shared, req)?;
                     let body = body_json(req)?;
-                    let a = c.apply(Change::Put(kind, name.clone(), body), if_match(req).as_ref(), &who)?;
+                    let a = c.apply(
+                        Change::Put(kind, name.clone(), body),
+                        if_match(req).as_ref(),
+                        &who,
+                    )?;
                     let (v, j) = c.get(kind, &name)?;
                     Ok(ok(if a.created { 201 } else { 200 }, &j, v))
                 }
                 "DELETE" => {
                     let who = authorize(shared, req)?;
-                    let a = c.apply(Change::Delete(kind, name.clone()), if_match(req).as_ref(), &who)?;
+                    let a = c.apply(
+                        Change::Delete(kind, name.clone()),
+                        if_match(req).as_ref(),
+                        &who,
+                    )?;
                     Ok(ok(
                         200,
                         &json!({"deleted": name, "version": a.version}),
@@ -375,7 +383,10 @@ mod tests {
         assert_eq!(decode("%5B%3A%3A1%5D:80").unwrap(), "[::1]:80");
         assert!(decode("%zz").is_err());
         assert!(decode("%4").is_err());
-        assert!(decode("%+1").is_err(), "from_str_radix takes a sign; a path escape does not");
+        assert!(
+            decode("%+1").is_err(),
+            "from_str_radix takes a sign; a path escape does not"
+        );
         assert!(decode("%-1").is_err());
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd"));

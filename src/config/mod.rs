@@ -661,7 +661,10 @@ fn valid_name(path: String, raw: Option<&String>, errs: &mut Errors) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
             if ok && (n == "." || n == "..") {
                 // A name is a path segment of the admin API (`/v1/clusters/..`).
-                errs.add(path, format!("invalid name {n:?}: \".\" and \"..\" are not names"));
+                errs.add(
+                    path,
+                    format!("invalid name {n:?}: \".\" and \"..\" are not names"),
+                );
             } else if !ok {
                 errs.add(
                     path,
@@ -715,7 +718,9 @@ fn resolve_backend_addr(s: &str) -> Result<SocketAddr, String> {
     }
     // Fuzzing must not send DNS queries (or read /etc/hosts once per input).
     if cfg!(fuzzing) {
-        return Err(format!("invalid backend address {s:?}: no name resolution while fuzzing"));
+        return Err(format!(
+            "invalid backend address {s:?}: no name resolution while fuzzing"
+        ));
     }
     match t.to_socket_addrs() {
         Ok(mut it) => it

@@ -145,10 +145,17 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
                     existing.display()
                 ))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match existing.parent() {
-                Some(p) if !p.as_os_str().is_empty() => existing = p,
-                _ => return Ok(()), // relative, made in the working directory
-            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match existing.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => existing = p,
+                    _ => return Ok(()), // relative, made in the working directory
+                }
+            }
             Err(e) => return Err(format!("{shown}: {e}")),
         }
     }

@@ -577,7 +577,11 @@ mod tests {
         );
         assert_eq!(c.data_remaining_hint(), MAX_CHUNK_SIZE - 3);
         // One more would read as negative to a signed parser: refused (issue 19, item 4).
-        for size in [&b"8000000000000000"[..], b"FFFFFFFFFFFFFFFF", b"ffffffffffffffff"] {
+        for size in [
+            &b"8000000000000000"[..],
+            b"FFFFFFFFFFFFFFFF",
+            b"ffffffffffffffff",
+        ] {
             let mut c = Chunked::new(0);
             assert_eq!(c.advance(size), Err(ChunkError::SizeOverflow));
         }

@@ -2017,7 +2017,10 @@ mod tests {
             );
             assert!(!ok(req.as_bytes()).upgrade, "{v}");
         }
-        assert!(ok(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2cx\r\n\r\n").upgrade);
+        assert!(
+            ok(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2cx\r\n\r\n")
+                .upgrade
+        );
         assert!(!ok(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(
             !ok(b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade

@@ -648,3 +648,247 @@ fn after_a_crash_left_a_torn_access_log_line_the_next_process_starts_a_fresh_lin
         assert_eq!(v["path"], "/?after-crash");
     }
 }
+
+// ---- Data-plane behaviour the session-core rewrite must bring (failing today) ---------------
+
+/// Item 6. Two health-checked backends under keep-alive load; one is killed (SIGKILL) while it
+/// holds requests in flight. Expected: every request gets a 2xx — the ones in flight on the
+/// dead backend are sent again to the other one (`retry_on = ["reset"]`, the default: "the
+/// connection broke before any response byte"; GETs without a body). Three rounds.
+///
+/// Root cause today: `RetryPolicy::on_reset` is parsed and never read. A reset before any
+/// response byte is retried only when the upstream connection came from the pool
+/// (`http_upstream_failed`: `was_reused && retryable`); on a fresh connection it is a 502.
+/// wrk hit the window in one run of four because most of its requests ride pooled
+/// connections; `?delay_ms` here keeps requests in flight on fresh ones too.
+#[test]
+#[ignore = "needs session core: retry_on = reset must retry a reset on a fresh upstream connection"]
+fn killing_one_of_two_health_checked_backends_under_load_fails_no_request() {
+    for round in 0..3 {
+        let a = demo("a");
+        let b = demo("b");
+        let p = http_proxy(
+            "",
+            // No pooling: every request on a fresh upstream connection, the case wrk hits
+            // whenever its concurrency outgrows the pool.
+            "pool_max_idle = 0\n[clusters.health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfall = 1\nrise = 1",
+            &[a.addr("demo-backend"), b.addr("demo-backend")],
+        );
+        let web = p.addr("web");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut c = util::client::Client::new(web);
+                    let (mut ok, mut bad) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match c.request("GET", "/?delay_ms=20", &[], None) {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => bad.push(format!("{} {}", r.status, r.text().trim())),
+                            Err(e) => bad.push(format!("transport: {e}")),
+                        }
+                    }
+                    (ok, bad)
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(700));
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut ok = 0;
+        let mut bad = Vec::new();
+        for c in clients {
+            let (o, b) = join_timeout(c, Duration::from_secs(20), "client");
+            ok += o;
+            bad.extend(b);
+        }
+        assert!(ok > 50, "round {round}: only {ok} answers");
+        assert!(bad.is_empty(), "round {round}: {ok} ok, failed: {bad:?}");
+    }
+}
+
+/// Item 8. A request head not complete within `request_header_timeout` is answered `408
+/// Request Timeout` (as HAProxy does), then the connection closes cleanly. Today it is closed
+/// without a word.
+#[test]
+#[ignore = "needs session core: 408 on the request-header timeout"]
+fn a_request_head_too_slow_gets_408() {
+    let b = demo("b");
+    let p = http_proxy(
+        "request_header_timeout = \"1s\"",
+        "",
+        &[b.addr("demo-backend")],
+    );
+    let mut s = connect(p.addr("web"));
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.as_ref().map(|r| r.0), Some(408), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(4));
+    assert_eq!(end_of(&mut s, Duration::from_secs(3)), End::Clean);
+}
+
+/// Item 8. A 431 or 414 refuses a request while the client is still sending it. Expected: the
+/// whole error response, then a *lingering* close — the proxy shuts down its sending side and
+/// reads (and discards) what the client still sends for a short while, as nginx's
+/// `lingering_close` does — so the client reads the answer and a FIN. Today the socket is
+/// closed with unread bytes in it: the kernel sends a RST, which can destroy the response
+/// before the client reads it.
+#[test]
+#[ignore = "needs session core: lingering close after 431/414"]
+fn a_431_or_414_is_followed_by_a_lingering_close_not_a_reset() {
+    let b = demo("b");
+    let p = http_proxy(
+        "max_header_bytes = \"16KiB\"",
+        "",
+        &[b.addr("demo-backend")],
+    );
+    let web = p.addr("web");
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}",
+        (0..4000)
+            .map(|i| format!("X-Filler-{i}: vvvvvvvvvvvvvvvvvvvvvvvv\r\n"))
+            .collect::<String>()
+    );
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(150_000));
+    for (what, req, want) in [("431", big_head, 431), ("414", long_uri, 414)] {
+        let mut s = connect(web);
+        let mut w = s.try_clone().unwrap();
+        let req = req.into_bytes();
+        let writer = thread::spawn(move || {
+            // The client keeps sending the rest of its request for a moment.
+            w.write_all(&req)?;
+            for _ in 0..4 {
+                thread::sleep(Duration::from_millis(150));
+                w.write_all(&[b'z'; 16 * 1024])?;
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        thread::sleep(Duration::from_millis(400));
+        let r = read_response(&mut s);
+        assert_eq!(
+            r.map(|r| r.0),
+            Some(want),
+            "{what}: the whole error response"
+        );
+        assert_eq!(
+            end_of(&mut s, Duration::from_secs(5)),
+            End::Clean,
+            "{what}: then a FIN"
+        );
+        // The proxy read and dropped the rest of the request instead of resetting: on Linux
+        // the reset shows to the sender (the reader may still find the answer queued).
+        let sent = writer.join().unwrap();
+        assert!(
+            sent.is_ok(),
+            "{what}: the client's sending was reset: {sent:?}"
+        );
+    }
+}
+
+/// A backend that counts connections and records, per connection, the bytes it received and
+/// whether it saw the end of the stream; it answers 200 once `want` body bytes arrived.
+struct BodySink {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    eofs: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BodySink {
+    fn new(want: usize) -> BodySink {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let eofs = Arc::new(AtomicUsize::new(0));
+        let (acc, eo) = (accepted.clone(), eofs.clone());
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                acc.fetch_add(1, SeqCst);
+                let eo = eo.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut got = Vec::new();
+                    let mut b = [0u8; 65536];
+                    loop {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => {
+                                eo.fetch_add(1, SeqCst);
+                                return;
+                            }
+                            Ok(n) => got.extend_from_slice(&b[..n]),
+                        }
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if got.len() - (i + 4) >= want {
+                                let _ =
+                                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                                got.clear();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        BodySink {
+            addr,
+            accepted,
+            eofs,
+        }
+    }
+}
+
+/// Item 8. `request_body_timeout` (listener): a request body that stalls this long is answered
+/// `408` and its upstream connection is closed, instead of holding a backend connection until
+/// the cluster's `first_byte_timeout` (60 s by default).
+#[test]
+#[ignore = "needs session core: request_body_timeout"]
+fn a_stalled_request_body_is_408_after_request_body_timeout_and_frees_the_backend() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let sink = BodySink::new(100_000);
+    let p = http_proxy("request_body_timeout = \"1s\"", "", &[sink.addr]);
+    let mut s = connect(p.addr("web"));
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .unwrap();
+    let start = Instant::now();
+    let r = read_response(&mut s);
+    assert_eq!(r.map(|r| r.0), Some(408));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(3),
+        "the backend connection closed",
+        || sink.eofs.load(SeqCst) >= sink.accepted.load(SeqCst),
+    );
+}
+
+/// Item 8. Bounded request buffering (listener `request_buffering = "64KiB"`, as nginx's
+/// `proxy_request_buffering on` with a bounded buffer): a body up to that size is read whole
+/// before a backend is picked, so a slow client holds no backend connection; the request then
+/// goes up with its body in one piece.
+#[test]
+#[ignore = "needs session core: bounded request buffering"]
+fn a_slow_body_within_the_buffering_limit_holds_no_backend_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let sink = BodySink::new(10_000);
+    let p = http_proxy("request_buffering = \"64KiB\"", "", &[sink.addr]);
+    let mut s = connect(p.addr("web"));
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'a'; 5000]).unwrap();
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        sink.accepted.load(SeqCst),
+        0,
+        "a backend connection while the body trickles"
+    );
+    s.write_all(&[b'b'; 5000]).unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.map(|r| r.0), Some(200));
+    assert_eq!(sink.accepted.load(SeqCst), 1);
+}

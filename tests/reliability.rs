@@ -408,7 +408,7 @@ fn an_admin_request_dribbled_byte_by_byte_gets_408_after_the_whole_request_deadl
         "408 after {took:?} (deadline 10 s from the first byte)"
     );
     drop(s);
-    let _ = join_timeout(writer, Duration::from_secs(40), "writer");
+    join_timeout(writer, Duration::from_secs(40), "writer");
 }
 
 // ---- item 7: If-Match with a tag that is not ours ---------------------------------------------

@@ -40,8 +40,14 @@ fn lines(head: &[u8]) -> Option<Vec<&[u8]>> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
     &v[start..end.max(start)]
 }
 
@@ -75,7 +81,9 @@ pub fn reference(head: &[u8]) -> Framing {
                 if p.is_empty() || !p.iter().all(u8::is_ascii_digit) {
                     return Framing::Fault;
                 }
-                let Some(n) = std::str::from_utf8(p).ok().and_then(|s| s.parse::<u64>().ok())
+                let Some(n) = std::str::from_utf8(p)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
                 else {
                     return Framing::Fault;
                 };
@@ -95,7 +103,10 @@ pub fn reference(head: &[u8]) -> Framing {
         if !lengths.is_empty() || http10 {
             return Framing::Fault;
         }
-        let chunked_count = codings.iter().filter(|c| c.as_slice() == b"chunked").count();
+        let chunked_count = codings
+            .iter()
+            .filter(|c| c.as_slice() == b"chunked")
+            .count();
         if codings.last().map(Vec::as_slice) == Some(b"chunked") && chunked_count == 1 {
             return Framing::Chunked;
         }
@@ -129,7 +140,11 @@ fn ours(data: &[u8]) -> Option<(Result<Framing, Reject>, usize)> {
 
 /// Raw bytes: compare on whatever complete head they hold.
 pub fn differential(data: &[u8]) {
-    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+    let Some(end) = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+    else {
         return;
     };
     compare(&data[..end]);
@@ -259,16 +274,34 @@ mod tests {
     fn the_reference_reads_the_textbook_cases() {
         let r = |s: &str| reference(s.as_bytes());
         assert_eq!(r("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), Framing::None);
-        assert_eq!(r("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Framing::Length(5));
-        assert_eq!(r("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), Framing::Length(5));
-        assert_eq!(r("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"), Framing::Fault);
-        assert_eq!(r("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Framing::Chunked);
-        assert_eq!(r("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), Framing::Fault);
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"),
+            Framing::Fault
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Framing::Fault
+        );
         assert_eq!(
             r("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
             Framing::Fault
         );
-        assert_eq!(r("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Framing::Fault);
+        assert_eq!(
+            r("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Framing::Fault
+        );
         assert_eq!(r("POST / HTTP/1.1\nContent-Length: 5\n\n"), Framing::Fault);
     }
 

@@ -11,7 +11,7 @@
 pub mod framing;
 
 use arbitrary::{Arbitrary, Unstructured};
-use switchyard::http::chunked::{Chunked, ChunkError, MAX_CHUNK_SIZE};
+use switchyard::http::chunked::{ChunkError, Chunked, MAX_CHUNK_SIZE};
 use switchyard::http::head::{self, Limits, Method};
 
 /// Every target, by name (the bin, corpus and `make fuzz` names).
@@ -244,7 +244,10 @@ pub fn admin_api(data: &[u8]) {
             backends,
             addr,
         } => {
-            let mut p = format!("/v1/{}/{name}", if *kind { "clusters" } else { "listeners" });
+            let mut p = format!(
+                "/v1/{}/{name}",
+                if *kind { "clusters" } else { "listeners" }
+            );
             if *backends {
                 p.push_str("/backends");
                 if let Some(a) = addr {
@@ -263,7 +266,12 @@ pub fn admin_api(data: &[u8]) {
     let mut headers: Vec<(String, String)> = input
         .headers
         .iter()
-        .map(|(n, v)| (HEADERS[usize::from(*n) % HEADERS.len()].to_string(), v.clone()))
+        .map(|(n, v)| {
+            (
+                HEADERS[usize::from(*n) % HEADERS.len()].to_string(),
+                v.clone(),
+            )
+        })
         .collect();
     // Most inputs carry the right token, so the change paths get exercised.
     if !headers.iter().any(|(n, _)| n == "Authorization") {

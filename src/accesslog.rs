@@ -103,7 +103,10 @@ pub fn start(path: &Path, workers: usize) -> io::Result<(Vec<Sender<Record>>, Jo
         .append(true)
         .read(true)
         .open(path)?;
-    start_on_a_fresh_line(&mut file)?;
+    if let Err(e) = start_on_a_fresh_line(&mut file) {
+        // A full disk, say: the log fails the same way as any later write, not start-up.
+        log::warn!("access log: cannot end the torn last line: {e}");
+    }
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
     for _ in 0..workers {

@@ -74,7 +74,17 @@ pub fn reference(head: &[u8]) -> Framing {
         if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
             return Framing::Fault; // "Transfer-Encoding : chunked"
         }
-        let value = trim(&line[colon + 1..]);
+        // A field line two parsers could split differently: a name that is not a token (a
+        // space, a NUL: "Content-Length\0: 5"), a control character in a value.
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.iter().all(|&b| tchar(b)) {
+            return Framing::Fault;
+        }
+        let raw_value = &line[colon + 1..];
+        if raw_value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Framing::Fault;
+        }
+        let value = trim(raw_value);
         if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
                 let p = trim(part);
@@ -93,9 +103,10 @@ pub fn reference(head: &[u8]) -> Framing {
             saw_te = true;
             for part in value.split(|&b| b == b',') {
                 let p = trim(part);
-                if !p.is_empty() {
-                    codings.push(p.to_ascii_lowercase());
+                if p.is_empty() {
+                    return Framing::Fault; // our policy: no empty elements (",chunked")
                 }
+                codings.push(p.to_ascii_lowercase());
             }
         }
     }
@@ -165,6 +176,9 @@ fn compare(head_bytes: &[u8]) {
                 String::from_utf8_lossy(head_bytes)
             );
         }
+        // Host rules (one Host, a valid one) are request smuggling of routing, not framing:
+        // the reference does not model them.
+        Err(Reject::Smuggling(why)) if why.contains("Host") => {}
         Err(Reject::Smuggling(why)) => assert_eq!(
             theirs,
             Framing::Fault,

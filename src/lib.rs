@@ -22,6 +22,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod buffer;
+pub mod build_info;
 pub mod config;
 pub mod control;
 pub mod ctl;

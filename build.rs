@@ -13,12 +13,16 @@ fn output(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let commit = output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let commit =
+        output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let rustc = output(&rustc, &["--version"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SWITCHYARD_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=SWITCHYARD_RUSTC={rustc}");
-    println!("cargo:rustc-env=SWITCHYARD_TARGET={}", std::env::var("TARGET").unwrap_or_default());
+    println!(
+        "cargo:rustc-env=SWITCHYARD_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
     println!(
         "cargo:rustc-env=SWITCHYARD_PROFILE={}",
         std::env::var("PROFILE").unwrap_or_default()

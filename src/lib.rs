@@ -23,6 +23,7 @@ pub mod admin;
 pub mod balance;
 pub mod buffer;
 pub mod build_info;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod ctl;

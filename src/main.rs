@@ -73,6 +73,10 @@ enum Cmd {
         /// The TOML config file.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// Do not try the listener and admin addresses (for a config checked while the proxy
+        /// it belongs to is running, e.g. before a reload).
+        #[arg(long)]
+        skip_bind: bool,
     },
     /// The admin API from the command line (tables by default, --json for the API's JSON).
     Ctl(switchyard::ctl::CtlArgs),
@@ -152,14 +156,7 @@ fn serve_file(path: &Path) -> ExitCode {
     };
     match config::parse_toml(&text) {
         Ok(doc) => serve(doc, Some(path.to_path_buf()), StatsConfig::default()),
-        Err(mut errs) => {
-            for e in &mut errs {
-                if e.path.is_empty() {
-                    e.path = path.display().to_string();
-                }
-            }
-            report(&errs)
-        }
+        Err(errs) => report(&config::with_file(errs, &path.display().to_string())),
     }
 }
 
@@ -186,8 +183,17 @@ fn main() -> ExitCode {
             eprintln!("error: quick-mode flags and -c go before no subcommand; use either");
             ExitCode::from(EXIT_USAGE)
         }
-        Some(Cmd::Check { config }) => match load(&config) {
-            Ok(_) => {
+        Some(Cmd::Check { config, skip_bind }) => match load(&config) {
+            Ok(cfg) => {
+                let mut cfg = cfg;
+                if skip_bind {
+                    cfg.listeners.clear();
+                    cfg.server.admin = None;
+                }
+                let problems = switchyard::check::environment(&cfg);
+                if !problems.is_empty() {
+                    return report(&problems);
+                }
                 println!("ok: {}", config.display());
                 ExitCode::SUCCESS
             }

@@ -144,7 +144,7 @@ pub struct WorkerSettings {
     pub large_buffer_size: usize,
     pub large_buffers: usize,
     /// This worker's access-log queue, when the log is on.
-    pub access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
+    pub access_log: Option<crate::accesslog::Sink>,
     pub max_sessions: usize,
     pub pin_cpu: Option<usize>,
     /// `server.stats = "minimal"`.
@@ -204,7 +204,7 @@ pub struct Worker {
     http_starved: VecDeque<usize>,
     /// HTTP sessions waiting for a connection slot (cluster or backend at its limit).
     http_pending: VecDeque<usize>,
-    access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
+    access_log: Option<crate::accesslog::Sink>,
     /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
     wall_start: std::time::SystemTime,
     started: Instant,

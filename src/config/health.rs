@@ -91,7 +91,7 @@ fn status_range(v: &toml::Value) -> Option<(u16, u16)> {
 
 pub(crate) fn validate_health(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<HealthConfig> {
     let h = raw_part::<RawHealth>(p, v.clone(), errs)?;
-    errs.unknown(p, &h.unknown);
+    errs.unknown::<RawHealth>(p, &h.unknown);
     let kind = match h
         .protocol
         .as_deref()

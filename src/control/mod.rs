@@ -220,8 +220,15 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
     }
 }
 
+/// Called after a reload with the new `[server]` settings (the ones a reload applies at once).
+pub type ServerHook = Box<dyn Fn(&config::ServerConfig) + Send + Sync>;
+
+/// `[server]` keys a reload applies at once; every other server setting waits for a restart.
+pub const RELOADABLE_SERVER_KEYS: [&str; 2] = ["access_log", "log_level"];
+
 pub struct Control {
     state: Mutex<State>,
+    server_hook: std::sync::OnceLock<ServerHook>,
     shared: SharedSnapshot,
     workers: Vec<WorkerHandle>,
     state_dir: Option<PathBuf>,
@@ -263,6 +270,7 @@ impl Control {
             workers,
             state_dir,
             config_path,
+            server_hook: std::sync::OnceLock::new(),
         };
         // Record what we run now, so a restart before any change still finds it.
         if let Some(dir) = &c.state_dir {
@@ -287,6 +295,11 @@ impl Control {
             log::info!("server.state_dir is not set: runtime changes last until the next restart");
         }
         c
+    }
+
+    /// Registers what a reload calls with the new `[server]` settings (set once, at start).
+    pub fn on_server_reload(&self, hook: ServerHook) {
+        let _ = self.server_hook.set(hook);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -370,7 +383,11 @@ impl Control {
         let version = self
             .commit(&mut st, d, None)
             .map_err(|e| with_relative_field(e, target))?;
-        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        if version == old {
+            log::info!("audit: {who}: {what}: no change (version {version})");
+        } else {
+            log::info!("audit: {who}: {what}: version {old} -> {version}");
+        }
         Ok(Applied { version, created })
     }
 
@@ -393,11 +410,9 @@ impl Control {
             .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let shown = path.display().to_string();
         let join = |errs: Vec<ConfigError>| {
-            errs.iter()
-                .map(|e| match e.path.as_str() {
-                    "" => format!("{shown}: {}", e.message),
-                    _ => e.to_string(),
-                })
+            config::with_file(errs, &shown)
+                .iter()
+                .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -415,23 +430,58 @@ impl Control {
                 ),
             ));
         }
-        if file_cfg.server != st.config.server {
+        let restart_only = |s: &config::ServerConfig| config::ServerConfig {
+            access_log: None,
+            log_level: None,
+            ..s.clone()
+        };
+        if restart_only(&file_cfg.server) != restart_only(&st.config.server) {
             log::warn!(
-                "reload: [server] settings changed in {}; they take effect at the next restart",
-                path.display()
+                "reload: [server] settings changed in {}; they take effect at the next restart \
+                 (only {} apply at once)",
+                path.display(),
+                RELOADABLE_SERVER_KEYS.join(" and ")
             );
         }
         let mut merged = doc::merge(&new_file, &st.file, &st.doc);
-        match st.doc.get("server") {
-            Some(s) => merged.insert("server".into(), s.clone()),
-            None => merged.remove("server"),
-        };
+        // The running [server] table, with the keys a reload applies taken from the file.
+        let mut server = st
+            .doc
+            .get("server")
+            .and_then(Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        let file_server = new_file.get("server").and_then(Value::as_table);
+        for k in RELOADABLE_SERVER_KEYS {
+            match file_server.and_then(|s| s.get(k)) {
+                Some(v) => server.insert(k.into(), v.clone()),
+                None => server.remove(k),
+            };
+        }
+        if server.is_empty() {
+            merged.remove("server");
+        } else {
+            merged.insert("server".into(), Value::Table(server));
+        }
+        for line in doc::overridden(&new_file, &st.file, &st.doc) {
+            log::warn!("reload overrides a runtime change: {line}");
+        }
         let old = st.version;
         let version = self.commit(&mut st, merged, Some(new_file))?;
-        log::info!(
-            "audit: SIGHUP: reloaded {}: version {old} -> {version}",
-            path.display()
-        );
+        if version == old {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: no change (version {version})",
+                path.display()
+            );
+        } else {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: version {old} -> {version}",
+                path.display()
+            );
+        }
+        if let Some(hook) = self.server_hook.get() {
+            hook(&st.config.server);
+        }
         Ok(version)
     }
 
@@ -443,6 +493,24 @@ impl Control {
         new_file: Option<Table>,
     ) -> Result<u64, ApiError> {
         let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        if new_doc == st.doc {
+            // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
+            // reads differently but merges to the same document becomes the new base.
+            if let Some(f) = new_file.filter(|f| *f != st.file) {
+                if let Some(store) = st.store.as_mut() {
+                    let p = persist::Persisted::new(
+                        st.version,
+                        doc::objects_only(&f),
+                        doc::objects_only(&st.doc),
+                    );
+                    if let Err(e) = store.save(&p) {
+                        log::warn!("cannot update the state file: {e}");
+                    }
+                }
+                st.file = f;
+            }
+            return Ok(st.version);
+        }
         let workers = self.workers.len().max(1);
         let backlog = cfg.server.backlog;
 
@@ -474,6 +542,11 @@ impl Control {
                 ));
             }
             new_slots.insert(slot);
+            if !l.share && !st.running.values().any(|r| r.bind == l.bind) {
+                crate::check::probe_bind(l.bind, false).map_err(|m| {
+                    ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
+                })?;
+            }
             let socks = server::bind_listener(&l.name, l.bind, workers, backlog)
                 .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks

@@ -651,7 +651,7 @@ impl HttpSession {
             .unwrap_or_default();
         let head_len = h.head_len;
         self.log = Record::new(self.client_ip);
-        self.log.set_request(method, target);
+        self.log.set_request(method, target, host);
         self.logged = false;
         let lookup = |name: &[u8]| {
             head::HeaderLines::new(data, head_len)
@@ -700,6 +700,7 @@ impl HttpSession {
         *cx.request_ids = cx.request_ids.wrapping_add(1);
         let mut id = [0u8; 16];
         hex16(*cx.request_ids, &mut id);
+        self.log.request_id = *cx.request_ids;
         let fwd = Forwarded {
             client_ip: self.client_ip,
             proto: "http",

@@ -640,17 +640,25 @@ impl Worker {
         }
         s.logged = true;
         self.obs_request_done(key);
-        let (Some(tx), Some(HttpEntry::Session(s))) =
-            (self.access_log.as_ref(), self.http.get(key))
-        else {
+        let (Some(tx), Some(HttpEntry::Session(s))) = (
+            self.access_log.as_ref().filter(|l| l.enabled()),
+            self.http.get(key),
+        ) else {
             return;
         };
         let mut rec = s.log;
         rec.status = s.status;
-        rec.duration_us = self
-            .now
-            .saturating_duration_since(s.request_started)
-            .as_micros() as u64;
+        rec.reused = s.reused;
+        let tried = s.backend.is_some() || s.attempts > 0;
+        crate::accesslog::finish(
+            &mut rec,
+            &s.snapshot,
+            s.listener,
+            tried.then_some(s.cluster),
+            s.request_started,
+            s.response_started().then_some(s.first_byte_at),
+            self.now,
+        );
         let wall = self.wall_start + self.now.saturating_duration_since(self.started);
         rec.time_ms = wall
             .duration_since(std::time::UNIX_EPOCH)

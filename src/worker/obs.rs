@@ -45,13 +45,14 @@ impl Worker {
 
     /// An HTTP upstream connect ended (failures count only while connecting).
     pub(super) fn obs_http_connect(&mut self, key: usize, outcome: Outcome) {
-        let Some(HttpEntry::Session(s)) = self.http.get(key) else {
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
         if outcome == Outcome::Failure && s.state != State::Connecting {
             return;
         }
         let took = self.now.saturating_duration_since(s.upstream_started);
+        s.log.connect_us = took.as_micros() as u64;
         connect_ended(
             &mut self.obs,
             &s.snapshot,

@@ -113,6 +113,12 @@ fn writable_dir(d: &Path) -> Result<(), String> {
                 })
             }
             Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                return Err(format!(
+                    "cannot create {}: a parent is not a directory",
+                    d.display()
+                ))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => match cur.parent() {
                 Some(p) if !p.as_os_str().is_empty() => cur = p,
                 _ => return Ok(()), // relative path: the working directory

@@ -370,7 +370,13 @@ fn toml_syntax_error_names_the_file() {
             "{sub}: stderr:\n{}",
             out.stderr
         );
-        let want = format!("error: {}: ", path.display());
+        // file:line:column, then the offending line with a caret under the column.
+        let want = format!("error: {}:1:8: TOML syntax: ", path.display());
+        assert!(
+            out.stderr.contains(" 1 | [server\n"),
+            "{sub}: {}",
+            out.stderr
+        );
         assert!(
             error_lines(&out.stderr)
                 .iter()

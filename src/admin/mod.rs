@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The live status page (`GET /ui`): one self-contained HTML file, no outside assets.
+pub const UI_PAGE: &str = include_str!("ui.html");
+
 /// Concurrent admin connections; more are answered 503 at once.
 pub const MAX_CONNECTIONS: usize = 64;
 const MAX_HEAD: usize = 64 * 1024;

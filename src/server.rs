@@ -235,6 +235,22 @@ pub fn run(
     let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
+    // One check round before serving: backends that are not checked yet stay out of rotation
+    // and the workers do not accept until each has a verdict (or the longest check timeout
+    // and a margin have passed), so a dead backend never sees a connect after a restart.
+    if let Some(longest) = control.longest_check().filter(|_| control.unchecked() > 0) {
+        let t0 = Instant::now();
+        let limit = longest + std::time::Duration::from_millis(500);
+        while control.unchecked() > 0 && t0.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let left = control.unchecked();
+        if left > 0 {
+            log::warn!("{left} backend(s) still unchecked after {limit:?}; serving anyway");
+        } else {
+            log::info!("first health check round done in {:?}", t0.elapsed());
+        }
+    }
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())

@@ -253,12 +253,14 @@ impl Control {
             .iter()
             .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
             .collect();
+        let mut health = HashMap::new();
+        add_unchecked(&boot.config, &mut health);
         let c = Control {
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
                 slots,
-                health: HashMap::new(),
+                health,
                 ramps: HashMap::new(),
                 store,
                 file: boot.file,
@@ -272,6 +274,13 @@ impl Control {
             config_path,
             server_hook: std::sync::OnceLock::new(),
         };
+        // Backends not checked yet leave the rotation before anything is served.
+        {
+            let mut st = c.lock();
+            if st.health.values().any(|r| r.state == HealthState::Unknown) {
+                c.publish(&mut st);
+            }
+        }
         // Record what we run now, so a restart before any change still finds it.
         if let Some(dir) = &c.state_dir {
             let mut st = c.lock();
@@ -578,12 +587,13 @@ impl Control {
             cfg.cluster(c)
                 .is_some_and(|cl| cl.health.is_some() && cl.backends.iter().any(|b| b.addr == *a))
         };
-        let health: HashMap<(String, SocketAddr), CheckRecord> = st
+        let mut health: HashMap<(String, SocketAddr), CheckRecord> = st
             .health
             .iter()
             .filter(|(k, _)| exists(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        add_unchecked(&cfg, &mut health);
         // Slow start for backends that join the rotation: new, or no longer drained.
         let now = Instant::now();
         let mut ramps: HashMap<(String, SocketAddr), Instant> = HashMap::new();
@@ -716,14 +726,19 @@ impl Control {
         if rec.state == state {
             return;
         }
+        let rec_was = rec.state;
         rec.state = state;
         match state {
             HealthState::Down => {
                 log::warn!("health: backend {backend} of cluster {cluster} is DOWN ({detail})")
             }
+            HealthState::Up if rec_was == HealthState::Unknown => {
+                log::info!("health: backend {backend} of cluster {cluster} is UP (first check)")
+            }
             HealthState::Up => {
                 log::info!("health: backend {backend} of cluster {cluster} is UP again")
             }
+            HealthState::Unknown => {}
         }
         if state == HealthState::Up
             && st
@@ -777,6 +792,33 @@ impl Control {
         }
     }
 
+    /// What the control plane holds for a backend's health (the checker starts from it).
+    pub fn health_state(&self, cluster: &str, backend: SocketAddr) -> HealthState {
+        self.lock()
+            .health
+            .get(&(cluster.to_string(), backend))
+            .map_or(HealthState::Up, |r| r.state)
+    }
+
+    /// Backends whose first check has not concluded yet.
+    pub fn unchecked(&self) -> usize {
+        self.lock()
+            .health
+            .values()
+            .filter(|r| r.state == HealthState::Unknown)
+            .count()
+    }
+
+    /// The longest check timeout of any health-checked cluster (bounds the first round).
+    pub fn longest_check(&self) -> Option<std::time::Duration> {
+        let st = self.lock();
+        st.config
+            .clusters
+            .iter()
+            .filter_map(|c| c.health.as_ref().map(|h| h.timeout))
+            .max()
+    }
+
     /// Health records for the admin API, by backend address.
     pub fn health_of(&self, cluster: &str) -> HashMap<SocketAddr, CheckRecord> {
         self.lock()
@@ -785,6 +827,25 @@ impl Control {
             .filter(|((c, _), _)| c == cluster)
             .map(|((_, a), r)| (*a, r.clone()))
             .collect()
+    }
+}
+
+/// Backends of health-checked clusters with `init_state = "unknown"` that have no record yet
+/// start as unknown: out of rotation until their first check.
+fn add_unchecked(cfg: &Config, health: &mut HashMap<(String, SocketAddr), CheckRecord>) {
+    for c in &cfg.clusters {
+        let Some(h) = &c.health else { continue };
+        if !h.init_unknown {
+            continue;
+        }
+        for b in &c.backends {
+            health
+                .entry((c.name.clone(), b.addr))
+                .or_insert_with(|| CheckRecord {
+                    state: HealthState::Unknown,
+                    ..CheckRecord::default()
+                });
+        }
     }
 }
 
@@ -815,7 +876,7 @@ fn runtime(
 
 fn health_map(h: &HashMap<(String, SocketAddr), CheckRecord>) -> HealthMap {
     h.iter()
-        .filter(|(_, r)| r.state == HealthState::Down)
+        .filter(|(_, r)| r.state != HealthState::Up)
         .map(|(k, r)| (k.clone(), r.state))
         .collect()
 }
@@ -1082,7 +1143,7 @@ fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
 /// `draining`, and the last check.
 fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
     let rec = |a: SocketAddr| st.health.get(&(c.name.clone(), a));
-    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state == HealthState::Down);
+    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state != HealthState::Up);
     let panic = c.backends.iter().any(|b| !b.drain)
         && c.backends.iter().filter(|b| !b.drain).all(|b| down(b.addr));
     let backends: Vec<Json> = c
@@ -1091,6 +1152,8 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
         .map(|b| {
             let state = if b.drain {
                 "draining"
+            } else if rec(b.addr).is_some_and(|r| r.state == HealthState::Unknown) {
+                "unknown"
             } else if down(b.addr) {
                 "down"
             } else {

@@ -77,6 +77,9 @@ enum Cmd {
         /// it belongs to is running, e.g. before a reload).
         #[arg(long)]
         skip_bind: bool,
+        /// Validate the config alone: no file, directory or address is looked at.
+        #[arg(long)]
+        config_only: bool,
     },
     /// The admin API from the command line (tables by default, --json for the API's JSON).
     Ctl(switchyard::ctl::CtlArgs),
@@ -183,7 +186,15 @@ fn main() -> ExitCode {
             eprintln!("error: quick-mode flags and -c go before no subcommand; use either");
             ExitCode::from(EXIT_USAGE)
         }
-        Some(Cmd::Check { config, skip_bind }) => match load(&config) {
+        Some(Cmd::Check {
+            config,
+            skip_bind,
+            config_only,
+        }) => match load(&config) {
+            Ok(_) if config_only => {
+                println!("ok: {}", config.display());
+                ExitCode::SUCCESS
+            }
             Ok(cfg) => {
                 let mut cfg = cfg;
                 if skip_bind {

@@ -228,6 +228,10 @@ pub fn finish(
     rec.first_byte_us = first_byte.map(|t| t.saturating_duration_since(started).as_micros() as u64);
 }
 
+/// The worker's queue was full (or the writer gone): the record was dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFull;
+
 /// A worker's end: a bounded queue and the switch that says whether lines are wanted.
 pub struct Sink {
     tx: Sender<Record>,
@@ -242,8 +246,8 @@ impl Sink {
     }
     /// Queues a record; `Err` when the queue is full (the record is dropped).
     #[inline]
-    pub fn try_send(&self, r: Record) -> Result<(), ()> {
-        self.tx.try_send(r).map_err(|_| ())
+    pub fn try_send(&self, r: Record) -> Result<(), QueueFull> {
+        self.tx.try_send(r).map_err(|_| QueueFull)
     }
 }
 

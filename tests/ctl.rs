@@ -359,7 +359,7 @@ fn usage_errors_exit_64_and_every_verb_has_help() {
         assert!(!args.is_empty() || verb == ["backends"], "{}", out.stdout);
         for l in args {
             assert!(
-                l.trim().split_whitespace().count() > 1,
+                l.split_whitespace().count() > 1,
                 "{verb:?}: undocumented argument {l:?}"
             );
         }

@@ -292,6 +292,7 @@ impl Snapshot {
             .iter()
             .chain(&c.draining)
             .chain(&c.down)
+            .chain(&c.unknown)
             .find(|b| b.addr == addr)
     }
 }

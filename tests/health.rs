@@ -215,7 +215,9 @@ fn restart_with_a_dead_backend_makes_no_connect_to_it_before_its_first_check() {
             "round {round}: {}",
             st["tcp"]
         );
-        assert!(p.stderr_text().contains("first health check round done"));
+        wait_until(Duration::from_secs(5), "the first round logged", || {
+            p.stderr_text().contains("first health check round done")
+        });
         p.sigterm();
         p.wait_exit(Duration::from_secs(10)).expect("exits");
     }

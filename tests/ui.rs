@@ -118,7 +118,11 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
         .iter()
         .map(|s| s["polls"].as_u64().unwrap_or(0))
         .collect();
-    assert!(polls.windows(2).all(|w| w[1] > w[0]), "polls: {polls:?}");
+    // It keeps polling (a poll may take longer than its second on a busy machine).
+    assert!(
+        polls.windows(2).all(|w| w[1] >= w[0]) && polls[polls.len() - 1] >= polls[0] + 2,
+        "polls: {polls:?}"
+    );
     let last = samples.last().unwrap();
     assert_eq!(last["external"], 0, "no outside assets");
     assert!(

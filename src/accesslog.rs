@@ -93,6 +93,8 @@ pub struct Record {
     pub reused: bool,
     /// The backend of the last attempt (also when it failed: 502, 504).
     pub backend: Option<SocketAddr>,
+    /// Its index in the cluster's rotation, kept when the upstream is dropped on a failure.
+    pub backend_index: Option<u32>,
     pub worker: u16,
 }
 
@@ -115,6 +117,7 @@ impl Record {
             first_byte_us: None,
             reused: false,
             backend: None,
+            backend_index: None,
             worker: 0,
         }
     }

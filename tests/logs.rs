@@ -278,3 +278,29 @@ fn bad_switchyard_log_is_warned_about() {
     let got = stderr_of_run(&cfg, &[("SWITCHYARD_LOG", "warn")], &dir.path().join("f"));
     assert!(!got.iter().any(|l| l.contains(" INFO ")), "{got:?}");
 }
+
+/// A backend that accepts and never answers: the 504's access-log line still names it.
+#[test]
+fn access_log_names_the_backend_of_a_504() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\naccess_log = {:?}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"http\"\ncluster = \"app\"\n[[clusters]]\nname = \"app\"\nbackends = [\"{addr}\"]\n\
+         first_byte_timeout = \"200ms\"\nretries = 0\n",
+        log.display().to_string()
+    ));
+    let r = call(p.addr("web"), "GET", "/slow", None);
+    assert_eq!(r.status, 504);
+    wait_until(Duration::from_secs(5), "one line", || {
+        lines(&log).len() == 1
+    });
+    let v: Value = serde_json::from_str(&lines(&log)[0]).unwrap();
+    assert_eq!(v["status"], 504, "{v}");
+    assert_eq!(v["backend"], addr.to_string(), "{v}");
+    assert_eq!(v["cluster"], "app", "{v}");
+    assert!(v["first_byte_ms"].is_null(), "{v}");
+    drop(silent);
+}

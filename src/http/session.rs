@@ -483,6 +483,7 @@ impl HttpSession {
     pub fn set_upstream(&mut self, idx: u32, back: TcpStream, reused: bool, now: Instant) {
         self.back = Some(back);
         self.backend = Some(idx);
+        self.log.backend_index = Some(idx);
         self.reused = reused;
         self.back_ready = if reused {
             Ready::WRITABLE

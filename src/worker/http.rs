@@ -663,7 +663,7 @@ impl Worker {
         rec.time_ms = wall
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        rec.backend = s.backend.and_then(|i| {
+        rec.backend = s.backend.or(rec.backend_index).and_then(|i| {
             s.snapshot
                 .clusters
                 .get(s.cluster as usize)

@@ -304,3 +304,38 @@ fn access_log_names_the_backend_of_a_504() {
     assert!(v["first_byte_ms"].is_null(), "{v}");
     drop(silent);
 }
+
+/// A reload whose file changed an object that was also changed through the API takes the
+/// file's definition, and says so for each runtime change it drops (what, old → new).
+#[test]
+fn reload_logs_each_runtime_change_it_overrides() {
+    let b = demo();
+    let a1 = b.addr("demo-backend");
+    let p = Proxy::start(&config(a1, ""));
+    let admin = p.addr("admin");
+    let path = p.config_path.clone().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let r = call(
+        admin,
+        "POST",
+        "/v1/clusters/app/backends",
+        Some("{\"addr\":\"127.0.0.1:9\",\"weight\":2}"),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    std::fs::write(
+        &path,
+        text.replace("name = \"app\"\n", "name = \"app\"\nretries = 1\n"),
+    )
+    .unwrap();
+    let r = call(admin, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = p.stderr_text();
+    assert!(
+        log.contains("reload overrides a runtime change: cluster app: backend 127.0.0.1:9 dropped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reload overrides a runtime change: cluster app: retries: (unset) → 1"),
+        "{log}"
+    );
+}

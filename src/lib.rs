@@ -31,6 +31,8 @@
 pub mod accesslog;
 pub mod admin;
 pub mod balance;
+pub mod build_info;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod ctl;

@@ -1149,6 +1149,7 @@ pub(crate) fn backend_states(
             )
         })
         .chain(c.down.iter().map(|b| (b, "down")))
+        .chain(c.unknown.iter().map(|b| (b, "unknown")))
         .chain(c.draining.iter().map(|b| (b, "draining")))
 }
 

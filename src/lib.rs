@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo_backend;
+pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod logging;

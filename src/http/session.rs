@@ -664,6 +664,12 @@ impl HttpSession {
             method,
             header: lookup,
         };
+        if listener.faas_stats {
+            if let Some(body) = crate::discovery::faas_stats_answer(&snap, method, target) {
+                self.consume_head(cx, head_len);
+                return self.local_json(cx, 200, body);
+            }
+        }
         let faas = listener.faas.then_some(&snap.cluster_index);
         let (cluster, strip) = match routing::route(&listener.routes, faas, listener.cluster, &view)
         {

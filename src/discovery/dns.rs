@@ -9,7 +9,8 @@
 //! an async runtime for nothing). The name is queried as given, fully qualified (no search
 //! domains, no /etc/hosts).
 //!
-//! No such name (NXDOMAIN) or no records of the type is an answer: the cluster has no
+//! A and AAAA are asked separately; one of them failing is ignored when the other gave
+//! addresses. No such name (NXDOMAIN) or no records of the type is an answer: the cluster has no
 //! backends until the name has addresses again (retried after the negative-caching TTL,
 //! clamped). A timeout or a server failure (SERVFAIL, REFUSED, …) is a failed look: the last
 //! good set stays.
@@ -139,8 +140,15 @@ impl DnsSource {
         ttl: &mut Option<u32>,
     ) -> Result<Vec<IpAddr>, String> {
         let mut out = Vec::new();
+        let mut failed = None;
         for rtype in [RecordType::A, RecordType::AAAA] {
-            let a = self.query(server, name, rtype)?;
+            let a = match self.query(server, name, rtype) {
+                Ok(a) => a,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
             let mut any = false;
             for r in &a.answers {
                 let ip = match r.data() {
@@ -160,7 +168,12 @@ impl DnsSource {
                 }
             }
         }
-        Ok(out)
+        // One type failing (some servers refuse AAAA for names they only know by A) is
+        // fine when the other gave addresses; otherwise the look failed.
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 }
 

@@ -1219,8 +1219,8 @@ pub(crate) fn validate_cluster(
             .outlier
             .as_ref()
             .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
-        retry: resilience::retry(&p, c, errs),
-        limits: resilience::limits(&p, c, errs),
+        retry: resilience::retry(p, c, errs),
+        limits: resilience::limits(p, c, errs),
         slow_start: c.slow_start.as_ref().map(|_| {
             duration_field(
                 format!("{p}.slow_start"),

@@ -100,7 +100,7 @@ pub fn parse(text: &str, format: FileFormat) -> Result<Vec<Service>, String> {
             )
         })?,
     };
-    for k in doc.keys().filter(|k| *k != "clusters") {
+    if let Some(k) = doc.keys().find(|k| *k != "clusters") {
         return Err(format!("{k}: unknown key (expected only \"clusters\")"));
     }
     let list = match doc.get("clusters") {
@@ -151,7 +151,7 @@ fn endpoint(v: &Value) -> Result<Endpoint, String> {
     let (addr, weight) = match v {
         Value::String(s) => (s.as_str(), 1),
         Value::Table(t) => {
-            for k in t.keys().filter(|k| *k != "addr" && *k != "weight") {
+            if let Some(k) = t.keys().find(|k| *k != "addr" && *k != "weight") {
                 return Err(format!("{k}: unknown key"));
             }
             let addr = t

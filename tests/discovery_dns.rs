@@ -10,13 +10,12 @@ mod util;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use util::client::{call, Client};
+use util::discovery::{provider, spread};
 use util::*;
 
 /// A dnsmasq on 127.0.0.1:`port`, killed on drop.
@@ -111,32 +110,6 @@ fn common_port(ips: &[[u8; 4]]) -> u16 {
             return port;
         }
     }
-}
-
-fn provider(admin: SocketAddr, name: &str) -> Value {
-    let v = call(admin, "GET", "/v1/discovery", None).json();
-    v["providers"]
-        .as_array()
-        .expect("providers")
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no provider {name} in {v}"))
-}
-
-fn spread(addr: SocketAddr, path: &str, n: usize) -> HashMap<String, usize> {
-    let mut c = Client::new(addr);
-    let mut out = HashMap::new();
-    for _ in 0..n {
-        let r = c.request("GET", path, &[], None).expect("request");
-        let key = if r.status == 200 {
-            r.text().trim().to_string()
-        } else {
-            format!("{}", r.status)
-        };
-        *out.entry(key).or_default() += 1;
-    }
-    out
 }
 
 /// Waits until 20 requests spread as `want` says; returns how long that took.

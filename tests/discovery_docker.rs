@@ -12,8 +12,6 @@
 
 mod util;
 
-use serde_json::Value;
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 use util::client::{call, Client};
+use util::discovery::{provider, spread};
 use util::*;
 
 const ENGINE: &str = "/var/run/docker.sock";
@@ -203,26 +202,8 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     }
 }
 
-fn spread(addr: SocketAddr, path: &str, n: usize) -> HashMap<String, usize> {
-    let mut c = Client::new(addr);
-    let mut out = HashMap::new();
-    for _ in 0..n {
-        let key = match c.request("GET", path, &[], None) {
-            Ok(r) if r.status == 200 => r.text().trim().to_string(),
-            Ok(r) => format!("{} {}", r.status, r.text().trim()),
-            Err(e) => format!("error {e}"),
-        };
-        *out.entry(key).or_default() += 1;
-    }
-    out
-}
-
-fn provider(admin: SocketAddr) -> Value {
-    call(admin, "GET", "/v1/discovery", None).json()["providers"][0].clone()
-}
-
 fn backends_of(admin: SocketAddr, service: &str) -> Vec<String> {
-    provider(admin)["services"][service]["backends"]
+    provider(admin, "docker")["services"][service]["backends"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -255,7 +236,7 @@ fn containers_are_routed_within_3s_balanced_and_their_removal_gives_the_original
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "a new container not routed within 3 s; discovery: {}",
-            provider(admin)
+            provider(admin, "docker")
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -294,7 +275,7 @@ fn containers_are_routed_within_3s_balanced_and_their_removal_gives_the_original
         s.get("r1").unwrap_or(&0) >= &30 && s.get("r2").unwrap_or(&0) >= &30,
         "{s:?}"
     );
-    let src = provider(admin)["services"][&svc]["backends"][1]["source"].clone();
+    let src = provider(admin, "docker")["services"][&svc]["backends"][1]["source"].clone();
     assert!(
         src.as_str().unwrap_or("").starts_with("container "),
         "{src}"
@@ -502,7 +483,7 @@ fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
     // The engine goes away: errors counted and shown, the service still routed.
     engine_proxy.close();
     wait_until(Duration::from_secs(5), "the failure reported", || {
-        let st = provider(admin);
+        let st = provider(admin, "docker");
         st["state"] == "failing"
             && st["errors"].as_u64().unwrap_or(0) >= 1
             && st["error"]
@@ -522,7 +503,7 @@ fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
     // Back: recovered.
     let _engine_proxy = EngineProxy::start(&sock);
     wait_until(Duration::from_secs(40), "recovered", || {
-        provider(admin)["state"] == "ok"
+        provider(admin, "docker")["state"] == "ok"
     });
     assert!(p.stderr_text().contains("discovery docker: recovered"));
 }
@@ -632,7 +613,7 @@ fn swarm_services_every_task_is_a_backend() {
             format!("127.0.0.1:{}", base + 2)
         ]
     );
-    let st = provider(admin);
+    let st = provider(admin, "docker");
     assert!(
         st["services"][&svc]["backends"][0]["source"]
             .as_str()

@@ -7,12 +7,12 @@
 mod util;
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use util::client::{call, Client};
+use util::client::call;
+use util::discovery::{provider, spread};
 use util::*;
 
 fn demo(id: &str) -> Proxy {
@@ -27,33 +27,6 @@ fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn provider(admin: SocketAddr, name: &str) -> Value {
-    let v = call(admin, "GET", "/v1/discovery", None).json();
-    v["providers"]
-        .as_array()
-        .expect("providers")
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no provider {name} in {v}"))
-}
-
-/// Counts the `GET /` answers of `n` requests through `addr` at `path`.
-fn spread(addr: SocketAddr, path: &str, n: usize) -> HashMap<String, usize> {
-    let mut c = Client::new(addr);
-    let mut out = HashMap::new();
-    for _ in 0..n {
-        let r = c.request("GET", path, &[], None).expect("request");
-        let key = if r.status == 200 {
-            r.text().trim().to_string()
-        } else {
-            format!("{} {}", r.status, r.text().trim())
-        };
-        *out.entry(key).or_default() += 1;
-    }
-    out
 }
 
 fn wait_spread(

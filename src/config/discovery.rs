@@ -72,23 +72,26 @@ pub enum FileFormat {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub host: String,
+    pub record: DnsRecord,
+    /// Required for `Addr`.
+    pub port: Option<u16>,
+    /// `None`: the first `nameserver` of /etc/resolv.conf, read at each query.
+    pub server: Option<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub timeout: Duration,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Provider {
     Docker {
         socket: PathBuf,
         interval: Duration,
     },
-    Dns {
-        host: String,
-        record: DnsRecord,
-        /// Required for `Addr`.
-        port: Option<u16>,
-        /// `None`: the first `nameserver` of /etc/resolv.conf, read at each query.
-        server: Option<SocketAddr>,
-        min_ttl: Duration,
-        max_ttl: Duration,
-        timeout: Duration,
-        cluster: String,
-    },
+    Dns(DnsConfig),
     File {
         path: PathBuf,
         interval: Duration,
@@ -100,7 +103,7 @@ impl Provider {
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::Docker { .. } => "docker",
-            Provider::Dns { .. } => "dns",
+            Provider::Dns(_) => "dns",
             Provider::File { .. } => "file",
         }
     }
@@ -319,7 +322,7 @@ pub(crate) fn validate(raw: &[Option<RawDiscovery>], errs: &mut Errors) -> Vec<D
                 if !cluster.is_empty() {
                     declared.push(cluster.clone());
                 }
-                Provider::Dns {
+                Provider::Dns(DnsConfig {
                     host,
                     record,
                     port,
@@ -333,7 +336,7 @@ pub(crate) fn validate(raw: &[Option<RawDiscovery>], errs: &mut Errors) -> Vec<D
                         errs,
                     ),
                     cluster,
-                }
+                })
             }
         };
         for (j, c) in d.clusters.iter().flatten().enumerate() {

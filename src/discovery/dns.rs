@@ -16,7 +16,7 @@
 //! good set stays.
 
 use super::{Endpoint, Fetched, Service, Source};
-use crate::config::discovery::{DnsRecord, Provider};
+use crate::config::discovery::{DnsConfig, DnsRecord};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::io::{Read, Write};
@@ -28,14 +28,7 @@ use std::time::{Duration, Instant};
 const MAX_SRV_TARGETS: usize = 64;
 
 pub struct DnsSource {
-    host: String,
-    record: DnsRecord,
-    port: u16,
-    server: Option<SocketAddr>,
-    min_ttl: Duration,
-    max_ttl: Duration,
-    timeout: Duration,
-    cluster: String,
+    cfg: DnsConfig,
     next_id: u16,
 }
 
@@ -47,42 +40,13 @@ struct Answer {
 }
 
 impl DnsSource {
-    pub fn new(p: &Provider) -> DnsSource {
-        let (host, record, port, server, min_ttl, max_ttl, timeout, cluster) = match p {
-            Provider::Dns {
-                host,
-                record,
-                port,
-                server,
-                min_ttl,
-                max_ttl,
-                timeout,
-                cluster,
-            } => (
-                host.clone(),
-                *record,
-                port.unwrap_or(0),
-                *server,
-                *min_ttl,
-                *max_ttl,
-                *timeout,
-                cluster.clone(),
-            ),
-            _ => Default::default(),
-        };
+    pub fn new(cfg: DnsConfig) -> DnsSource {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.subsec_nanos())
             ^ std::process::id();
         DnsSource {
-            host,
-            record,
-            port,
-            server,
-            min_ttl,
-            max_ttl,
-            timeout,
-            cluster,
+            cfg,
             next_id: seed as u16,
         }
     }
@@ -108,10 +72,10 @@ impl DnsSource {
             .to_vec()
             .map_err(|e| format!("cannot encode a query: {e}"))?;
         let what = format!("{rtype} {name} @{server}");
-        let mut resp =
-            udp_exchange(server, &wire, id, self.timeout).map_err(|e| format!("{what}: {e}"))?;
+        let mut resp = udp_exchange(server, &wire, id, self.cfg.timeout)
+            .map_err(|e| format!("{what}: {e}"))?;
         if resp.truncated() {
-            resp = tcp_exchange(server, &wire, id, self.timeout)
+            resp = tcp_exchange(server, &wire, id, self.cfg.timeout)
                 .map_err(|e| format!("{what} (TCP): {e}"))?;
         }
         if resp.queries().first().map(|q| q.name()) != Some(&qname) {
@@ -183,14 +147,14 @@ fn lower(ttl: &mut Option<u32>, v: u32) {
 
 impl Source for DnsSource {
     fn interval(&self) -> Duration {
-        self.min_ttl
+        self.cfg.min_ttl
     }
 
     fn describe(&self) -> String {
         format!(
             "{} ({})",
-            self.host,
-            match self.record {
+            self.cfg.host,
+            match self.cfg.record {
                 DnsRecord::Addr => "A/AAAA",
                 DnsRecord::Srv => "SRV",
             }
@@ -198,20 +162,20 @@ impl Source for DnsSource {
     }
 
     fn fetch(&mut self) -> Result<Fetched, String> {
-        let server = match self.server {
+        let server = match self.cfg.server {
             Some(s) => s,
             None => resolv_conf_server().ok_or(
                 "no DNS server: set server, or a nameserver in /etc/resolv.conf".to_string(),
             )?,
         };
         let mut ttl: Option<u32> = None;
-        let host = self.host.clone();
+        let host = self.cfg.host.clone();
         let mut backends = Vec::new();
-        match self.record {
+        match self.cfg.record {
             DnsRecord::Addr => {
                 for ip in self.addresses(server, &host, &mut ttl)? {
                     backends.push(Endpoint {
-                        addr: SocketAddr::new(ip, self.port),
+                        addr: SocketAddr::new(ip, self.cfg.port.unwrap_or(0)),
                         weight: 1,
                         source: format!("{} record", if ip.is_ipv4() { "A" } else { "AAAA" }),
                     });
@@ -273,12 +237,12 @@ impl Source for DnsSource {
         let ttl = Duration::from_secs(u64::from(ttl.unwrap_or(0)));
         Ok(Fetched {
             services: vec![Service {
-                name: self.cluster.clone(),
+                name: self.cfg.cluster.clone(),
                 backends,
                 extra: None,
             }],
             skipped: Vec::new(),
-            next: Some(ttl.clamp(self.min_ttl, self.max_ttl)),
+            next: Some(ttl.clamp(self.cfg.min_ttl, self.cfg.max_ttl)),
             strict: false,
         })
     }

@@ -197,7 +197,7 @@ impl Registry {
 fn describe(p: &Provider) -> String {
     match p {
         Provider::Docker { socket, .. } => socket.display().to_string(),
-        Provider::Dns { host, record, .. } => match record {
+        Provider::Dns(crate::config::discovery::DnsConfig { host, record, .. }) => match record {
             crate::config::discovery::DnsRecord::Addr => format!("{host} (A/AAAA)"),
             crate::config::discovery::DnsRecord::Srv => format!("{host} (SRV)"),
         },
@@ -311,7 +311,7 @@ pub fn start(
             Provider::Docker { socket, interval } => {
                 Box::new(docker::DockerSource::new(socket.clone(), *interval))
             }
-            Provider::Dns { .. } => Box::new(dns::DnsSource::new(&d.provider)),
+            Provider::Dns(c) => Box::new(dns::DnsSource::new(c.clone())),
             Provider::File {
                 path,
                 interval,

@@ -266,11 +266,26 @@ pub fn faas_stats_body(cfg: &Config) -> Arc<[u8]> {
             }),
         );
     }
-    let body = json!({"Data": {"ProviderName": kinds.join(","), "Services": services}});
+    let mut body = json!({"Data": {"ProviderName": kinds.join(","), "Services": services}});
     let mut v = serde_json::to_vec(&body).unwrap_or_default();
+    // The answer goes out in one pool buffer (16 KiB by default): a long one drops the
+    // backend lists, which the original did not have.
+    if v.len() > FAAS_STATS_COMPACT {
+        if let Some(Json::Object(m)) = body.pointer_mut("/Data/Services") {
+            for s in m.values_mut() {
+                if let Json::Object(o) = s {
+                    o.remove("Backends");
+                }
+            }
+        }
+        v = serde_json::to_vec(&body).unwrap_or_default();
+    }
     v.push(b'\n');
     v.into()
 }
+
+/// Above this many bytes, the FaaS `/stats` body leaves out the backend lists.
+const FAAS_STATS_COMPACT: usize = 12 * 1024;
 
 /// Answers `GET /stats` on a FaaS listener with `faas_stats = true`: the body to send, or
 /// `None` for any other request. Called per request on such listeners: a comparison, no
@@ -585,5 +600,15 @@ clusters = ["a"]
         assert_eq!(v["Data"]["ProviderName"], "file");
         assert_eq!(v["Data"]["Services"]["new"]["Port"], 4);
         assert!(v["Data"]["Services"].get("mine").is_none());
+
+        // Many services: the backend lists go, so the answer fits a pool buffer.
+        let many: Vec<Found> = (0..200).map(|i| mk(&format!("svc{i}"), 1000 + i)).collect();
+        found.insert("file".to_string(), many);
+        overlay(&mut cfg, &found);
+        let body = faas_stats_body(&cfg);
+        assert!(body.len() < 16 * 1024, "{}", body.len());
+        let v: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["Data"]["Services"]["svc7"]["Port"], 1007);
+        assert!(v["Data"]["Services"]["svc7"].get("Backends").is_none());
     }
 }

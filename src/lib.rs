@@ -15,7 +15,8 @@
 //! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
 //! selection), [`buffer`], [`timer`],
 //! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
-//! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
+//! shutdown), [`quick`] (the Foo and FaaS compatible command lines), [`discovery`] (Docker,
+//! DNS and file providers feeding the control plane), [`demo_backend`].
 #![forbid(unsafe_code)]
 
 pub mod accesslog;

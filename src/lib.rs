@@ -23,9 +23,10 @@
 //!   matching), [`balance`] (backend selection);
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
-//!   [`health`], [`stats`], [`accesslog`];
+//!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
+//!   the control plane);
 //! - the process: [`server`] (start-up and shutdown), [`signals`], [`logging`], [`quick`] (the
-//!   Foo-compatible command line), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
+//!   Foo and FaaS compatible command lines), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -37,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo_backend;
+pub mod discovery;
 pub mod engine;
 pub mod health;
 pub mod http;

@@ -32,6 +32,7 @@ pub mod defaults {
     pub const CONNECT_ATTEMPTS: u64 = 3;
     // HTTP listeners (client side).
     pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_HEADERS: u64 = 100;
@@ -191,6 +192,8 @@ pub struct RawListener {
     /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
     pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
+    pub request_body_timeout: Option<String>,
+    pub request_buffering: Option<RawSize>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
@@ -395,6 +398,11 @@ pub struct ListenerConfig {
 pub struct HttpListenerConfig {
     /// A request head must be complete this long after its first byte (slowloris defence).
     pub request_header_timeout: Duration,
+    /// A request body that stalls (no byte from the client) this long gets 408.
+    pub request_body_timeout: Duration,
+    /// Bodies up to this size are read whole before a backend is picked (0: streamed at
+    /// once, the default).
+    pub request_buffering: usize,
     /// An idle keep-alive client connection is closed after this long.
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
@@ -660,6 +668,8 @@ fn http_listener(
     if protocol != Protocol::Http {
         let set = [
             ("request_header_timeout", l.request_header_timeout.is_some()),
+            ("request_body_timeout", l.request_body_timeout.is_some()),
+            ("request_buffering", l.request_buffering.is_some()),
             ("keepalive_timeout", l.keepalive_timeout.is_some()),
             ("max_header_bytes", l.max_header_bytes.is_some()),
             ("max_headers", l.max_headers.is_some()),
@@ -678,6 +688,20 @@ fn http_listener(
             defaults::REQUEST_HEADER_TIMEOUT,
             errs,
         ),
+        request_body_timeout: duration_field(
+            format!("{p}.request_body_timeout"),
+            l.request_body_timeout.as_ref(),
+            defaults::REQUEST_BODY_TIMEOUT,
+            errs,
+        ),
+        request_buffering: size_field(
+            format!("{p}.request_buffering"),
+            l.request_buffering.as_ref(),
+            0,
+            0,
+            1 << 20,
+            errs,
+        ) as usize,
         keepalive_timeout: duration_field(
             format!("{p}.keepalive_timeout"),
             l.keepalive_timeout.as_ref(),

@@ -25,7 +25,6 @@ pub mod defaults {
     pub const BUFFERS_PER_WORKER: u64 = 4096;
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
-    pub const BACKLOG: u64 = 1024;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -332,7 +331,9 @@ pub struct ServerConfig {
     /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
     pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
-    pub backlog: i32,
+    /// `backlog` as set; unset, each listener's backlog follows its connection limit
+    /// ([`ListenerConfig::backlog`]).
+    pub backlog: Option<i32>,
     pub shutdown_timeout: Duration,
     /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
     pub access_log: Option<AccessLogConfig>,
@@ -391,6 +392,21 @@ pub struct ListenerConfig {
     /// Sharing the address with another process is intended (else start-up refuses an
     /// address someone already serves).
     pub share: bool,
+}
+
+impl ListenerConfig {
+    /// The listen backlog of each of this listener's sockets: `server.backlog` when set, else
+    /// its connection limit (the listener's `max_connections`, else the process's), as
+    /// HAProxy sizes it, so a burst of new connections waits in the kernel rather than in SYN
+    /// retries. The kernel caps it at `net.core.somaxconn` (`switchyard check` says when).
+    pub fn backlog(&self, server: &ServerConfig) -> i32 {
+        server.backlog.unwrap_or_else(|| {
+            let limit = self
+                .max_connections
+                .map_or(server.max_connections, |m| m as usize);
+            limit.clamp(128, 65535) as i32
+        })
+    }
 }
 
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
@@ -1090,14 +1106,9 @@ fn validate(
             10_000_000,
             errs,
         ) as usize,
-        backlog: int_field(
-            "server.backlog",
-            server.backlog,
-            defaults::BACKLOG,
-            1,
-            65535,
-            errs,
-        ) as i32,
+        backlog: server
+            .backlog
+            .map(|_| int_field("server.backlog", server.backlog, 1, 1, 65535, errs) as i32),
         shutdown_timeout: duration_field(
             "server.shutdown_timeout".into(),
             server.shutdown_timeout.as_ref(),

@@ -15,11 +15,13 @@
 //! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
 //! selection), [`buffer`], [`timer`],
 //! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
-//! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
+//! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`], [`lbaas`] (the
+//! load-balancer-as-a-service API), [`autoscale`] (scale hooks and webhooks).
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
 pub mod admin;
+pub mod autoscale;
 pub mod balance;
 pub mod buffer;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod ctl;
 pub mod demo_backend;
 pub mod health;
 pub mod http;
+pub mod lbaas;
 pub mod logging;
 pub mod quick;
 pub mod ready;

@@ -165,11 +165,15 @@ pub fn run(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // HTTP heads may exceed a regular buffer up to the largest max_header_bytes; the rewritten
     // head adds forwarding headers, hence the slack.
+    // HTTP listeners added at run time (the admin and LBaaS APIs) get the default limit.
     let large_buffer_size = cfg
         .listeners
         .iter()
         .filter(|l| l.protocol == crate::config::Protocol::Http)
         .map(|l| l.http.max_header_bytes + 4096)
+        .chain(std::iter::once(
+            crate::config::defaults::MAX_HEADER_BYTES as usize + 4096,
+        ))
         .filter(|&n| n > cfg.server.buffer_size)
         .max()
         .unwrap_or(0);
@@ -206,13 +210,16 @@ pub fn run(
             .or_else(|| cfg.server.state_dir.as_ref().map(|d| d.join("stats.json"))),
         ..stats
     };
-    let aggregator = Aggregator::new(
+    let mut aggregator = Aggregator::new(
         stats_rx,
         stats_tx.clone(),
         handles.clone(),
         snap.clone(),
         &stats_opts,
     );
+    let autoscale_status = std::sync::Arc::new(crate::autoscale::status::Status::default());
+    aggregator.add_section(autoscale_status.clone());
+    let stats_handle = aggregator.handle();
     let stats_source: std::sync::Arc<dyn crate::admin::StatsSource> =
         std::sync::Arc::new(aggregator.handle());
 
@@ -223,6 +230,7 @@ pub fn run(
         handles.clone(),
         config_path,
     ));
+    let mut admin_local = None;
     if let Some(addr) = cfg.server.admin {
         let settings = crate::admin::AdminSettings {
             token,
@@ -232,11 +240,27 @@ pub fn run(
         let local = crate::admin::start(addr, control.clone(), Some(stats_source), settings)
             .map_err(|e| RunError::Admin(format!("cannot bind {addr}: {e}")))?;
         log::info!("listening name=admin protocol=admin addr={local}");
+        admin_local = Some(local);
+    }
+    if cfg.listeners.is_empty() {
+        log::info!("no listeners configured: waiting for listeners and LBaaS instances through the admin API");
     }
 
     let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
+    let autoscale_thread = crate::autoscale::start(
+        control.clone(),
+        snap.clone(),
+        stats_handle,
+        autoscale_status,
+        crate::autoscale::Settings {
+            admin: admin_local,
+            token_file: cfg.server.admin_token_file.clone(),
+        },
+        health_stop.clone(),
+    )
+    .map_err(io_err("starting the autoscaler"))?;
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())
@@ -302,6 +326,7 @@ pub fn run(
     }
     health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = health_thread.join();
+    let _ = autoscale_thread.join();
     let _ = stats_tx.send(StatsMsg::Stop);
     let _ = agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.

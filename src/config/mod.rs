@@ -4,7 +4,9 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod autoscale;
 pub mod health;
+pub mod lbaas;
 pub mod resilience;
 pub mod routes;
 pub mod units;
@@ -72,6 +74,9 @@ impl Errors {
             path: path.into(),
             message: message.into(),
         });
+    }
+    pub(crate) fn into_vec(self) -> Vec<ConfigError> {
+        self.0
     }
     pub(crate) fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
         for key in extra.keys() {
@@ -150,6 +155,8 @@ pub struct RawCluster {
     /// `[clusters.health]`, kept as a value so its errors carry their own paths.
     pub health: Option<toml::Value>,
     pub slow_start: Option<String>,
+    /// `[clusters.autoscale]`: ask for more or fewer backends as the load moves.
+    pub autoscale: Option<toml::Value>,
     /// `[clusters.outlier]`: passive outlier detection.
     pub outlier: Option<toml::Value>,
     pub retries: Option<u64>,
@@ -344,6 +351,7 @@ pub struct ClusterConfig {
     pub outlier: Option<crate::balance::outlier::OutlierConfig>,
     pub retry: resilience::RetryPolicy,
     pub limits: resilience::ClusterLimits,
+    pub autoscale: Option<autoscale::AutoscaleConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,6 +359,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
+    /// `[lbaas]` (defaults when absent).
+    pub lbaas: lbaas::LbaasConfig,
 }
 
 impl Config {
@@ -402,6 +412,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut server = RawServer::default();
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
+    let mut lbaas_cfg = lbaas::LbaasConfig::default();
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -411,10 +422,12 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
+            "lbaas" => lbaas_cfg = lbaas::validate(value, &mut errs),
             other => errs.add(other, "unknown key"),
         }
     }
-    let cfg = validate(&server, &listeners, &clusters, &mut errs);
+    let mut cfg = validate(&server, &listeners, &clusters, &mut errs);
+    cfg.lbaas = lbaas_cfg;
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -1016,6 +1029,10 @@ fn validate(
                 .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
             retry: resilience::retry(&p, c, errs),
             limits: resilience::limits(&p, c, errs),
+            autoscale: c
+                .autoscale
+                .as_ref()
+                .and_then(|a| autoscale::validate(&format!("{p}.autoscale"), a, false, errs)),
             slow_start: c.slow_start.as_ref().map(|_| {
                 duration_field(
                     format!("{p}.slow_start"),
@@ -1160,16 +1177,20 @@ fn validate(
             });
         }
     }
-    if listeners.is_empty() {
+    // No listeners is fine (an LBaaS node starts empty and gets its instances through the
+    // API), unless nothing could ever add one.
+    if listeners.is_empty() && server.admin.as_deref() == Some("off") {
         errs.add(
             "listeners",
-            "no listener configured (add a [[listeners]] table)",
+            "no listener configured and admin = \"off\": nothing could ever be served (add a \
+             [[listeners]] table, or enable the admin API to add listeners at run time)",
         );
     }
     Config {
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
+        lbaas: lbaas::LbaasConfig::default(),
     }
 }
 

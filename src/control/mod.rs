@@ -147,6 +147,32 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// Module records persisted with the document (see [`Txn`]).
+    ext: Ext,
+}
+
+/// Module records kept next to the config, by module name.
+pub type Ext = serde_json::Map<String, Json>;
+
+/// A change made by code rather than one API call (the LBaaS API): edits to a copy of the
+/// running document and of the module records, committed together — one validation, one
+/// persist, one snapshot swap — or not at all.
+pub struct Txn<'a> {
+    pub doc: Table,
+    pub ext: Ext,
+    /// The running config, before the change.
+    pub config: &'a Config,
+    pub running: &'a HashMap<String, Running>,
+}
+
+/// A consistent read of the running state.
+pub struct View<'a> {
+    pub version: u64,
+    pub doc: &'a Table,
+    pub config: &'a Config,
+    pub ext: &'a Ext,
+    pub running: &'a HashMap<String, Running>,
+    pub health: &'a HashMap<(String, SocketAddr), CheckRecord>,
 }
 
 /// What start-up decided to run.
@@ -157,6 +183,8 @@ pub struct Boot {
     pub version: u64,
     /// Which state file holds the state restored (the next write goes to the other).
     pub newest_slot: Option<usize>,
+    /// Module records restored with the state.
+    pub ext: Ext,
 }
 
 /// Merges the config file with the persisted runtime state (see [`doc::merge`]). A corrupt
@@ -170,6 +198,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
         config,
         version: 1,
         newest_slot: None,
+        ext: Ext::new(),
     };
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
@@ -200,6 +229,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
                 config: cfg,
                 version: p.version + 1,
                 newest_slot: Some(slot),
+                ext: p.ext,
             })
         }
         Err(errs) => {
@@ -258,6 +288,7 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                ext: boot.ext,
             }),
             shared,
             workers,
@@ -271,7 +302,8 @@ impl Control {
                 st.version,
                 doc::objects_only(&st.file),
                 doc::objects_only(&st.doc),
-            );
+            )
+            .with_ext(st.ext.clone());
             let saved = match st.store.as_mut() {
                 Some(store) => store.save(&p),
                 None => Ok(()),
@@ -357,6 +389,7 @@ impl Control {
                 ));
             }
         }
+        crate::lbaas::guard(&st.ext, &change)?;
         let mut d = st.doc.clone();
         let (created, target) = edit(&mut d, &st.config, &change)?;
         let target = target.and_then(|(kind, name)| {
@@ -368,7 +401,7 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None)
+            .commit(&mut st, d, None, None)
             .map_err(|e| with_relative_field(e, target))?;
         log::info!("audit: {who}: {what}: version {old} -> {version}");
         Ok(Applied { version, created })
@@ -427,7 +460,7 @@ impl Control {
             None => merged.remove("server"),
         };
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file))?;
+        let version = self.commit(&mut st, merged, Some(new_file), None)?;
         log::info!(
             "audit: SIGHUP: reloaded {}: version {old} -> {version}",
             path.display()
@@ -435,12 +468,51 @@ impl Control {
         Ok(version)
     }
 
-    /// Validate → bind → build → persist → swap → hand sockets to workers.
+    /// Runs `f` on a copy of the running document and module records, then commits both as
+    /// one change (validated in full; `f`'s error, or a failed commit, changes nothing).
+    /// `what` is the audit line's description.
+    pub fn transact<T>(
+        &self,
+        who: &str,
+        what: &str,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, ApiError>,
+    ) -> Result<(T, u64), ApiError> {
+        let mut st = self.lock();
+        let mut txn = Txn {
+            doc: st.doc.clone(),
+            ext: st.ext.clone(),
+            config: &st.config,
+            running: &st.running,
+        };
+        let out = f(&mut txn)?;
+        let (doc, ext) = (txn.doc, txn.ext);
+        let old = st.version;
+        let version = self.commit(&mut st, doc, None, Some(ext))?;
+        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        Ok((out, version))
+    }
+
+    /// Reads the running state under the lock (keep `f` short: writers wait).
+    pub fn view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let st = self.lock();
+        f(&View {
+            version: st.version,
+            doc: &st.doc,
+            config: &st.config,
+            ext: &st.ext,
+            running: &st.running,
+            health: &st.health,
+        })
+    }
+
+    /// Validate → bind → build → persist → swap → hand sockets to workers. `new_ext`: new
+    /// module records (None keeps them).
     fn commit(
         &self,
         st: &mut State,
         new_doc: Table,
         new_file: Option<Table>,
+        new_ext: Option<Ext>,
     ) -> Result<u64, ApiError> {
         let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         let workers = self.workers.len().max(1);
@@ -542,7 +614,8 @@ impl Control {
                 version,
                 doc::objects_only(file),
                 doc::objects_only(&new_doc),
-            );
+            )
+            .with_ext(new_ext.as_ref().unwrap_or(&st.ext).clone());
             store.save(&p).map_err(|e| {
                 ApiError::new(
                     500,
@@ -576,6 +649,9 @@ impl Control {
             st.file = f;
         }
         st.doc = new_doc;
+        if let Some(ext) = new_ext {
+            st.ext = ext;
+        }
         st.config = cfg;
         st.running = running;
         st.version = version;
@@ -756,6 +832,9 @@ fn edit(
     match change {
         Change::Put(kind, name, body) => {
             let v = object_from_json(*kind, name, body)?;
+            if *kind == Kind::Cluster {
+                crate::autoscale::guard_api_put(doc::find(d, Kind::Cluster, name), &v)?;
+            }
             let created = doc::put(d, *kind, name, v);
             Ok((created, Some((*kind, name.clone()))))
         }

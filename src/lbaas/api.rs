@@ -729,6 +729,16 @@ fn instance(
                     "missing (a project name or id)",
                 ));
             }
+            // Before a port is picked: these answers are more useful than "no free port".
+            c.view(|v| {
+                let reg = Registry::from_ext(v.ext)?;
+                let p = find_project(&reg, None, project_ref.as_ref(), "info.project")?;
+                let taken = reg.instances_of(p.id).any(|i| i.name == name);
+                match taken {
+                    true => Err(exists_in(&p.name, &name)),
+                    false => Ok(()),
+                }
+            })?;
             let entities: Vec<SocketAddr> = ch.entities.iter().flatten().map(|(_, a)| *a).collect();
             check_subnet(
                 ch.subnet.as_ref().and_then(|s| s.as_ref()).map(|s| &s.1),
@@ -810,6 +820,15 @@ fn instance(
     }
 }
 
+fn exists_in(project: &str, name: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "exists",
+        format!("project {project:?} has an instance named {name:?}"),
+    )
+    .field("info.name")
+}
+
 fn show_instance(c: &Control, id: u64) -> Result<Json, ApiError> {
     c.view(|v| {
         let reg = Registry::from_ext(v.ext)?;
@@ -832,12 +851,7 @@ fn create_instance(
     let mut reg = Registry::from_ext(&txn.ext)?;
     let p = find_project(&reg, None, project_ref, "info.project")?.clone();
     if reg.instances_of(p.id).any(|i| i.name == name) {
-        return Err(ApiError::new(
-            409,
-            "exists",
-            format!("project {:?} has an instance named {name:?}", p.name),
-        )
-        .field("info.name"));
+        return Err(exists_in(&p.name, name));
     }
     // Ids are never reused; skip any whose names someone took through the admin API.
     let mut id = reg.next_instance;

@@ -435,8 +435,11 @@ fn a_hanging_hook_is_killed_at_10s_with_what_it_started_and_blocks_nothing() {
     assert!(m.contains("switchyard_autoscale_actions_total{cluster=\"app\",outcome=\"timeout\"} 1"));
 }
 
+/// Webhook calls received: when, and the JSON body.
+type Calls = Arc<Mutex<Vec<(Instant, Value)>>>;
+
 /// A webhook receiver: records each POST body with when it came, answers 200.
-fn webhook_server() -> (SocketAddr, Arc<Mutex<Vec<(Instant, Value)>>>) {
+fn webhook_server() -> (SocketAddr, Calls) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -546,3 +546,36 @@ fn a_webhook_policy_from_the_api_gets_the_event_and_the_cooldown_spaces_decision
         "no decisions at min_backends"
     );
 }
+
+#[test]
+fn p99_latency_of_a_config_file_cluster_drives_a_webhook() {
+    let (hook_addr, seen) = webhook_server();
+    let slow = fixed_backend("slow", 200, Duration::from_millis(60));
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n\
+         [[clusters]]\nname = \"app\"\nbackends = [\"{slow}\"]\n\
+         [clusters.autoscale]\nmetric = \"p99_ms\"\nscale_up_above = 40\nscale_down_below = 5\n\
+         window = \"1s\"\ncooldown = \"1m\"\nmax_backends = 2\nwebhook = \"http://{hook_addr}/up\"\n"
+    ));
+    let web = p.addr("web");
+    // Slow answers, a few at a time, for a bounded while.
+    let t0 = Instant::now();
+    while seen.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        let hs: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || call(web, "GET", "/", None).status))
+            .collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), 200);
+        }
+    }
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "one decision, then the cooldown");
+    let e = &calls[0].1;
+    assert_eq!(e["action"], "scale_up");
+    assert_eq!(e["metric"], "p99_ms");
+    let v = e["value"].as_f64().unwrap();
+    assert!((55.0..1000.0).contains(&v), "p99 {v} ms over a 60 ms backend");
+    let s = scaling(p.addr("admin"), "app");
+    assert_eq!(s["metric"], "p99_ms");
+    assert!(s["cooldown_until_unix_ms"].as_u64().is_some(), "{s}");
+}

@@ -106,6 +106,18 @@ fn lb(admin: SocketAddr, body: Value) -> Value {
     r.json()["info"].clone()
 }
 
+/// Creates project `p` (user `u`) and in it an instance; returns the instance's view.
+fn new_instance(admin: SocketAddr, info: Value) -> Value {
+    lb(
+        admin,
+        json!({"action": "create", "type": "project", "info": {"name": "p", "user": "u"}}),
+    );
+    lb(
+        admin,
+        json!({"action": "create", "type": "instance", "info": info}),
+    )
+}
+
 fn entities(admin: SocketAddr, id: u64) -> Vec<String> {
     lb(
         admin,
@@ -135,15 +147,11 @@ fn wrk_load_scales_an_instance_up_through_a_hook_and_back_down_after() {
         hook.display()
     ));
     let admin = p.addr("admin");
-    lb(
+    let inst = new_instance(
         admin,
-        json!({"action": "create", "type": "project", "info": {"name": "p", "user": "u"}}),
-    );
-    let inst = lb(
-        admin,
-        json!({"action": "create", "type": "instance", "info": {
+        json!({
             "project": "p", "name": "web", "traffic_type": "http",
-            "backend": {"entities": [ea.to_string()], "auto-scaling": true}}}),
+            "backend": {"entities": [ea.to_string()], "auto-scaling": true}}),
     );
     let id = inst["id"].as_u64().unwrap();
     let cluster = format!("lbaas-{id}");
@@ -485,20 +493,16 @@ fn a_webhook_policy_from_the_api_gets_the_event_and_the_cooldown_spaces_decision
     let (b1, b2) = (Backend::echo(), Backend::echo());
     let p = Proxy::start("[server]\nworkers = 1\n[lbaas]\nport_range = \"21210-21219\"\n");
     let admin = p.addr("admin");
-    lb(
-        admin,
-        json!({"action": "create", "type": "project", "info": {"name": "p", "user": "u"}}),
-    );
     // No [lbaas.autoscale] in the config: the policy object is complete on its own.
-    let inst = lb(
+    let inst = new_instance(
         admin,
-        json!({"action": "create", "type": "instance", "info": {
+        json!({
             "project": "p", "name": "tcp", "traffic_type": "tcp",
             "backend": {"entities": [b1.addr.to_string(), b2.addr.to_string()],
                         "health-check": false,
                         "auto-scaling": {"webhook": format!("http://{hook_addr}/scale"),
                                          "scale-up-above": 1000, "scale-down-below": 1,
-                                         "window": 1, "cooldown": 2, "min_backends": 1}}}}),
+                                         "window": 1, "cooldown": 2, "min_backends": 1}}}),
     );
     let cluster = format!("lbaas-{}", inst["id"]);
     // Idle with two backends: scale down; the receiver removes nothing, so the decision comes
@@ -574,7 +578,10 @@ fn p99_latency_of_a_config_file_cluster_drives_a_webhook() {
     assert_eq!(e["action"], "scale_up");
     assert_eq!(e["metric"], "p99_ms");
     let v = e["value"].as_f64().unwrap();
-    assert!((55.0..1000.0).contains(&v), "p99 {v} ms over a 60 ms backend");
+    assert!(
+        (55.0..1000.0).contains(&v),
+        "p99 {v} ms over a 60 ms backend"
+    );
     let s = scaling(p.addr("admin"), "app");
     assert_eq!(s["metric"], "p99_ms");
     assert!(s["cooldown_until_unix_ms"].as_u64().is_some(), "{s}");

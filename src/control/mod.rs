@@ -1118,7 +1118,7 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.
-fn invalid(errs: &[ConfigError]) -> ApiError {
+pub fn invalid(errs: &[ConfigError]) -> ApiError {
     let message = errs
         .iter()
         .map(|e| e.to_string())

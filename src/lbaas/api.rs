@@ -343,11 +343,7 @@ fn project(
                 reg.store(&mut txn.ext);
                 Ok(id)
             })?;
-            c.view(|v| {
-                let reg = Registry::from_ext(v.ext)?;
-                let p = find_project(&reg, Some(id), None, "info.id")?;
-                Ok(project_view(v, &reg, p))
-            })
+            show_project(c, id)
         }
         Act::Info => {
             only_keys(info, &["id", "name", "type"])?;
@@ -422,11 +418,7 @@ fn project(
                 reg.store(&mut txn.ext);
                 Ok(id)
             })?;
-            c.view(|v| {
-                let reg = Registry::from_ext(v.ext)?;
-                let p = find_project(&reg, Some(id), None, "info.id")?;
-                Ok(project_view(v, &reg, p))
-            })
+            show_project(c, id)
         }
         Act::Delete => {
             only_keys(info, &["id", "name", "type", "force"])?;
@@ -468,6 +460,14 @@ fn project(
             Ok(shown)
         }
     }
+}
+
+fn show_project(c: &Control, id: u64) -> Result<Json, ApiError> {
+    c.view(|v| {
+        let reg = Registry::from_ext(v.ext)?;
+        let p = find_project(&reg, Some(id), None, "info.id")?;
+        Ok(project_view(v, &reg, p))
+    })
 }
 
 fn project_view(v: &View<'_>, reg: &Registry, p: &Project) -> Json {

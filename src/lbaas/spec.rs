@@ -353,17 +353,10 @@ fn check_autoscale(field: &str, t: &Table) -> Result<(), ApiError> {
     let mut errs = Errors::default();
     autoscale::validate(field, &Value::Table(t.clone()), false, &mut errs);
     let errs = errs.into_vec();
-    if errs.is_empty() {
-        return Ok(());
+    match errs.is_empty() {
+        true => Ok(()),
+        false => Err(crate::control::invalid(&errs)),
     }
-    let message = errs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut e = ApiError::new(422, "invalid", message);
-    e.field = errs.first().map(|e| e.path.clone());
-    Err(e)
 }
 
 /// `false`; `true` (the policy of `[lbaas.autoscale]`); or a policy object laid over

@@ -343,15 +343,16 @@ fn a_failing_hook_is_logged_counted_and_tried_again_after_the_cooldown() {
         log.contains("autoscale: cluster app: action failed"),
         "{log}"
     );
-    // The cooldown spaces the retries: 1 s after each failure, so not a storm.
+    // The cooldown spaces the retries: 1 s after each failure (and the next tick), so not a
+    // storm.
     let runs = calls.lines().count();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     let more = std::fs::read_to_string(dir.path().join("calls"))
         .unwrap()
         .lines()
         .count()
         - runs;
-    assert!((1..=3).contains(&more), "{more} runs in 2 s");
+    assert!((1..=4).contains(&more), "{more} runs in 3 s");
     // Traffic flows meanwhile.
     echo_check(
         p.addr("front"),
@@ -412,7 +413,8 @@ fn a_hanging_hook_is_killed_at_10s_with_what_it_started_and_blocks_nothing() {
             Some(&json!({"addr": format!("127.0.0.1:{}", 1000 + i)}).to_string()),
         );
         assert_eq!(r.status, 201, "{}", r.text());
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // Far below the hook's 10 s, with room for a busy machine.
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         let r = call(
             admin,
             "DELETE",

@@ -773,8 +773,24 @@ fn instances_are_restored_after_kill_9_on_the_same_ports() {
     assert!(p.wait_exit(Duration::from_secs(5)).is_some());
     drop(p);
 
-    let p = Proxy::start(&config);
+    // The same config again; the restored instances announce themselves before the admin
+    // API does, so wait for all of them by name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, with_test_admin(&config).0).unwrap();
+    let mut names: Vec<String> = addrs.iter().map(|(id, _)| format!("lbaas-{id}")).collect();
+    names.push("admin".into());
+    let p = Proxy::spawn(
+        vec!["run".into(), "-c".into(), path.clone().into()],
+        dir,
+        Some(path),
+        WaitFor::Names(names),
+    );
     let admin = p.addr("admin");
+    assert_eq!(
+        p.addr(&format!("lbaas-{}", addrs[0].0)).to_string(),
+        addrs[0].1
+    );
     wait_until(Duration::from_secs(5), "the instance answers again", || {
         TcpStream::connect_timeout(&web, Duration::from_millis(200)).is_ok()
     });

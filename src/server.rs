@@ -1,25 +1,20 @@
 //! Process orchestration: bind every listener once per worker, start the workers, the stats
 //! aggregator and the signal thread, then wait for a graceful shutdown.
 
-use crate::config::ListenerConfig;
 use crate::control::{Boot, Control, Running};
+use crate::net::listen::{announce, bind_listener};
 use crate::signals::{self, SignalEvent};
 use crate::snapshot::{self, Snapshot};
 use crate::stats::{Aggregator, StatsConfig, StatsMsg};
 use crate::worker::{self, Ctrl, WorkerHandle, WorkerSettings};
-use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("listener {name}: cannot bind {addr}: {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::net::listen::BindError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -38,55 +33,6 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// Large buffers per worker for HTTP request heads that outgrow a regular buffer (rare: only
 /// while such a head is being read and sent).
 const LARGE_BUFFERS_PER_WORKER: usize = 64;
-
-/// One `SO_REUSEPORT` listening socket: the kernel spreads connections across the workers'
-/// sockets. TCP_NODELAY set here is inherited by accepted sockets on Linux, which saves a
-/// syscall per connection.
-pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(SockProto::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s.into())
-}
-
-/// Binds `workers` sockets for one listener. Port 0 is resolved by the first bind and reused,
-/// so every worker listens on the same ephemeral port.
-pub fn bind_listener(
-    name: &str,
-    addr: SocketAddr,
-    workers: usize,
-    backlog: i32,
-) -> Result<Vec<TcpListener>, RunError> {
-    let err = |source| RunError::Bind {
-        name: name.to_string(),
-        addr,
-        source,
-    };
-    let first = bind_reuseport(addr, backlog).map_err(err)?;
-    let actual = first.local_addr().map_err(err)?;
-    let mut v = vec![first];
-    for _ in 1..workers {
-        v.push(bind_reuseport(actual, backlog).map_err(err)?);
-    }
-    Ok(v)
-}
-
-pub fn announce(l: &ListenerConfig, actual: SocketAddr) {
-    log::info!(
-        "listening name={} protocol={} addr={}",
-        l.name,
-        l.protocol.as_str(),
-        actual
-    );
-}
 
 /// Reads `server.admin_token_file`: the whole file, surrounding whitespace trimmed.
 fn read_token(path: &std::path::Path) -> Result<String, RunError> {
@@ -163,9 +109,9 @@ pub fn run(
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes; the rewritten
-    // head adds forwarding headers, hence the slack.
-    // HTTP listeners added at run time (the admin and LBaaS APIs) get the default limit.
+    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes (at least the
+    // default, for HTTP listeners added at run time by the admin and LBaaS APIs); the
+    // rewritten head adds forwarding headers, hence the slack.
     let large_buffer_size = cfg
         .listeners
         .iter()

@@ -14,7 +14,6 @@ pub mod doc;
 pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
-use crate::server;
 use crate::snapshot::{HealthMap, HealthState, Runtime, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
@@ -538,15 +537,15 @@ impl Control {
                 continue;
             }
             let slot = alloc(&new_slots);
-            if slot >= crate::token::MAX_LISTENERS {
+            if slot >= crate::engine::token::MAX_LISTENERS {
                 return Err(ApiError::new(
                     409,
                     "too_many_listeners",
-                    format!("at most {} listeners", crate::token::MAX_LISTENERS),
+                    format!("at most {} listeners", crate::engine::token::MAX_LISTENERS),
                 ));
             }
             new_slots.insert(slot);
-            let socks = server::bind_listener(&l.name, l.bind, workers, backlog)
+            let socks = crate::net::listen::bind_listener(&l.name, l.bind, workers, backlog)
                 .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
                 .first()
@@ -638,7 +637,7 @@ impl Control {
         for (name, slot, socks) in bound {
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
-                    server::announce(l, r.local);
+                    crate::net::listen::announce(l, r.local);
                 }
             }
             for (w, socket) in self.workers.iter().zip(socks) {

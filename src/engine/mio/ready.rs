@@ -1,6 +1,6 @@
-//! Readiness bits a session remembers per socket.
+//! Readiness bits the mio engine remembers per socket.
 //!
-//! mio is edge-triggered: an event says "something changed", once. A session records what the
+//! mio is edge-triggered: an event says "something changed", once. The engine records what the
 //! event reported and clears a bit only when the matching syscall says `WouldBlock` (or comes
 //! back short, which on Linux TCP means the queue is drained and a new edge will follow).
 //! Back-pressure is simply not acting on a bit: the socket stays registered for both

@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 BIN := target/release/switchyard
 
-.PHONY: build run test bench perf lint fmt install clean
+.PHONY: build run test bench perf lint fmt install clean fuzz fuzz-smoke soak
 
 build:
 	$(CARGO) build --release
@@ -24,6 +24,18 @@ bench:
 ## Side-by-side comparison with HAProxy and nginx (installs them if missing); appends to perf/RESULTS.md.
 perf: build
 	perf/compare
+
+## Coverage-guided fuzzing (cargo-afl): every target for FUZZ_SECONDS (default 60) each; see fuzz/README.md.
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} fuzz/run
+
+## CI's short fuzz run: corpus and regression replay, then a few seconds per target if cargo-afl is installed.
+fuzz-smoke:
+	fuzz/run --smoke
+
+## Soak under mixed load and churn (perf/soak --help); SOAK_ARGS="--duration 60 --connections 1000" for a short run.
+soak: build
+	perf/soak --skip-build $(SOAK_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

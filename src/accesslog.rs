@@ -98,7 +98,15 @@ impl Record {
 /// Opens (appends to) the log file and starts the writer thread. Returns one sender per
 /// worker.
 pub fn start(path: &Path, workers: usize) -> io::Result<(Vec<Sender<Record>>, JoinHandle<()>)> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    if let Err(e) = start_on_a_fresh_line(&mut file) {
+        // A full disk, say: the log fails the same way as any later write, not start-up.
+        log::warn!("access log: cannot end the torn last line: {e}");
+    }
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -110,6 +118,23 @@ pub fn start(path: &Path, workers: usize) -> io::Result<(Vec<Sender<Record>>, Jo
         .name("access-log".into())
         .spawn(move || writer(file, receivers))?;
     Ok((senders, thread))
+}
+
+/// A process killed mid-write (kill -9, power loss) can leave a torn last line. Appending
+/// to it would glue the next record onto it and spoil both; end it first, so every later
+/// line is whole JSON. Not applicable to pipes and terminals (`/dev/stdout`).
+fn start_on_a_fresh_line(file: &mut File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, meta.len() - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 fn writer(file: File, mut receivers: Vec<Receiver<Record>>) {
@@ -155,6 +180,29 @@ fn writer(file: File, mut receivers: Vec<Receiver<Record>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_ended_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        std::fs::write(&path, b"{\"whole\":1}\n{\"torn\":").unwrap();
+        let (senders, thread) = start(&path, 1).unwrap();
+        let mut r = Record::new("127.0.0.1".parse().unwrap());
+        r.set_request(b"GET", b"/next");
+        senders[0].send(r).unwrap();
+        drop(senders);
+        thread.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["{\"whole\":1}", "{\"torn\":"]);
+        let next: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(next["path"], "/next");
+        // A file that ends cleanly gets nothing extra; nor does an empty one.
+        let (senders, thread) = start(&path, 1).unwrap();
+        drop(senders);
+        thread.join().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
 
     #[test]
     fn json_line_escapes_and_truncates() {

@@ -160,8 +160,10 @@ fn main() -> ExitCode {
             eprintln!("error: quick-mode flags and -c go before no subcommand; use either");
             ExitCode::from(EXIT_USAGE)
         }
-        Some(Cmd::Check { config }) => match load(&config) {
-            Ok(_) => {
+        Some(Cmd::Check { config }) => match load(&config)
+            .and_then(|c| switchyard::control::check_state_dir(&c).map_err(|errs| report(&errs)))
+        {
+            Ok(()) => {
                 println!("ok: {}", config.display());
                 ExitCode::SUCCESS
             }

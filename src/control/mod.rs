@@ -52,6 +52,38 @@ impl ApiError {
     }
 }
 
+/// An `If-Match` precondition (RFC 9110 §13.1.1): the change goes ahead only when the running
+/// config version is one of `versions`. Tags that are not one of our version ETags (a
+/// `"stale-version"` from somewhere else) match nothing, so a header holding only such tags
+/// fails with 412, as a stale version does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfMatch {
+    pub versions: Vec<u64>,
+    /// The header as sent, for the error message.
+    pub raw: String,
+}
+
+impl IfMatch {
+    fn check(&self, running: u64) -> Result<(), ApiError> {
+        if self.versions.contains(&running) {
+            return Ok(());
+        }
+        let message = if self.versions.is_empty() {
+            format!(
+                "If-Match {:?} names no version of this config; the running config is version \
+                 {running} (ETag \"{running}\")",
+                self.raw
+            )
+        } else {
+            format!(
+                "If-Match names version {}, the running config is version {running}",
+                self.raw.trim().trim_start_matches("W/").trim_matches('"')
+            )
+        };
+        Err(ApiError::new(412, "version_mismatch", message))
+    }
+}
+
 /// One change requested through the API. Bodies are the JSON the client sent.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -202,6 +234,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
     };
+    check_state_dir(&config)?;
     let loaded = persist::load(&dir);
     for problem in &loaded.problems {
         log::warn!("state file {problem}");
@@ -247,6 +280,20 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
             Ok(fresh(config))
         }
     }
+}
+
+/// `server.state_dir` must be usable before start-up goes on (see [`persist::check_dir`]);
+/// `switchyard check` asks the same.
+pub fn check_state_dir(config: &Config) -> Result<(), Vec<ConfigError>> {
+    let Some(dir) = &config.server.state_dir else {
+        return Ok(());
+    };
+    persist::check_dir(dir).map_err(|message| {
+        vec![ConfigError {
+            path: "server.state_dir".into(),
+            message,
+        }]
+    })
 }
 
 pub struct Control {
@@ -372,21 +419,12 @@ impl Control {
     pub fn apply(
         &self,
         change: Change,
-        if_match: Option<u64>,
+        if_match: Option<&IfMatch>,
         who: &str,
     ) -> Result<Applied, ApiError> {
         let mut st = self.lock();
-        if let Some(v) = if_match {
-            if v != st.version {
-                return Err(ApiError::new(
-                    412,
-                    "version_mismatch",
-                    format!(
-                        "If-Match names version {v}, the running config is version {}",
-                        st.version
-                    ),
-                ));
-            }
+        if let Some(m) = if_match {
+            m.check(st.version)?;
         }
         crate::lbaas::guard(&st.ext, &change)?;
         let mut d = st.doc.clone();
@@ -412,7 +450,7 @@ impl Control {
     }
 
     /// [`Control::reload`] for the API: 412 when `if_match` is stale, 422 when the file is bad.
-    pub fn reload_if(&self, if_match: Option<u64>) -> Result<u64, ApiError> {
+    pub fn reload_if(&self, if_match: Option<&IfMatch>) -> Result<u64, ApiError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ApiError::new(
                 409,
@@ -437,15 +475,8 @@ impl Control {
         // The file must be valid on its own, not only once merged.
         let file_cfg = config::parse_table(new_file.clone()).map_err(|e| failed(join(e)))?;
         let mut st = self.lock();
-        if let Some(v) = if_match.filter(|&v| v != st.version) {
-            return Err(ApiError::new(
-                412,
-                "version_mismatch",
-                format!(
-                    "If-Match names version {v}, the running config is version {}",
-                    st.version
-                ),
-            ));
+        if let Some(m) = if_match {
+            m.check(st.version)?;
         }
         if file_cfg.server != st.config.server {
             log::warn!(

@@ -33,6 +33,8 @@ pub mod accesslog;
 pub mod admin;
 pub mod autoscale;
 pub mod balance;
+pub mod build_info;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod ctl;

@@ -563,7 +563,7 @@ fn a_state_dir_that_is_a_file_is_refused_by_check_and_at_start() {
         (file.clone(), "is not a directory".to_string()),
         (
             file.join("sub"),
-            format!("cannot be created: {} is not a directory", file.display()),
+            format!(": {} is not a directory", file.display()),
         ),
     ] {
         let path = dir.path().join("sw.toml");

@@ -208,6 +208,24 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
     let m = req.method.as_str();
     let c = &shared.control;
     match segs.as_slice() {
+        ["ui"] => match m {
+            "GET" | "HEAD" => Ok(Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                headers: vec![
+                    ("Cache-Control", "no-cache".into()),
+                    // The page is self-contained: nothing may load from elsewhere.
+                    (
+                        "Content-Security-Policy",
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src \
+                         'unsafe-inline'; connect-src 'self'; img-src 'self' data:"
+                            .into(),
+                    ),
+                ],
+                body: super::UI_PAGE.as_bytes().to_vec(),
+            }),
+            _ => Ok(method_not_allowed("GET, HEAD")),
+        },
         ["health" | "heartbeat" | "status"] => match m {
             "GET" | "HEAD" => Ok(foo_ok()),
             _ => Ok(method_not_allowed("GET, HEAD")),

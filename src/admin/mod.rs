@@ -21,6 +21,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The live status page (`GET /ui`): one self-contained HTML file, no outside assets.
+pub const UI_PAGE: &str = include_str!("ui.html");
+
 /// Admin connections at once. Past it, the one waiting longest for its request is closed.
 pub const MAX_CONNECTIONS: usize = 64;
 const MAX_HEAD: usize = 64 * 1024;

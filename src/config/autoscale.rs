@@ -210,7 +210,7 @@ pub(crate) fn validate(
     errs: &mut Errors,
 ) -> Option<AutoscaleConfig> {
     let a = raw_part::<RawAutoscale>(p, v.clone(), errs)?;
-    errs.unknown(p, &a.unknown);
+    errs.unknown::<RawAutoscale>(p, &a.unknown);
     let metric = match a.metric.as_deref() {
         None => Metric::parse(defaults::METRIC),
         Some(m) => {

@@ -81,7 +81,7 @@ pub(crate) fn validate(v: toml::Value, errs: &mut Errors) -> LbaasConfig {
     let Some(raw) = raw_part::<RawLbaas>("lbaas", v, errs) else {
         return out;
     };
-    errs.unknown("lbaas", &raw.unknown);
+    errs.unknown::<RawLbaas>("lbaas", &raw.unknown);
     if let Some(b) = &raw.bind {
         match b.trim().parse::<IpAddr>() {
             Ok(ip) => out.bind = ip,

@@ -296,8 +296,15 @@ pub fn check_state_dir(config: &Config) -> Result<(), Vec<ConfigError>> {
     })
 }
 
+/// Called after a reload with the new `[server]` settings (the ones a reload applies at once).
+pub type ServerHook = Box<dyn Fn(&config::ServerConfig) + Send + Sync>;
+
+/// `[server]` keys a reload applies at once; every other server setting waits for a restart.
+pub const RELOADABLE_SERVER_KEYS: [&str; 2] = ["access_log", "log_level"];
+
 pub struct Control {
     state: Mutex<State>,
+    server_hook: std::sync::OnceLock<ServerHook>,
     shared: SharedSnapshot,
     workers: Vec<WorkerHandle>,
     state_dir: Option<PathBuf>,
@@ -322,12 +329,14 @@ impl Control {
             .iter()
             .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
             .collect();
+        let mut health = HashMap::new();
+        add_unchecked(&boot.config, &mut health);
         let c = Control {
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
                 slots,
-                health: HashMap::new(),
+                health,
                 ramps: HashMap::new(),
                 store,
                 file: boot.file,
@@ -340,7 +349,15 @@ impl Control {
             workers,
             state_dir,
             config_path,
+            server_hook: std::sync::OnceLock::new(),
         };
+        // Backends not checked yet leave the rotation before anything is served.
+        {
+            let mut st = c.lock();
+            if st.health.values().any(|r| r.state == HealthState::Unknown) {
+                c.publish(&mut st);
+            }
+        }
         // Record what we run now, so a restart before any change still finds it.
         if let Some(dir) = &c.state_dir {
             let mut st = c.lock();
@@ -365,6 +382,11 @@ impl Control {
             log::info!("server.state_dir is not set: runtime changes last until the next restart");
         }
         c
+    }
+
+    /// Registers what a reload calls with the new `[server]` settings (set once, at start).
+    pub fn on_server_reload(&self, hook: ServerHook) {
+        let _ = self.server_hook.set(hook);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -440,7 +462,11 @@ impl Control {
         let version = self
             .commit(&mut st, d, None, None)
             .map_err(|e| with_relative_field(e, target))?;
-        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        if version == old {
+            log::info!("audit: {who}: {what}: no change (version {version})");
+        } else {
+            log::info!("audit: {who}: {what}: version {old} -> {version}");
+        }
         Ok(Applied { version, created })
     }
 
@@ -463,11 +489,9 @@ impl Control {
             .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let shown = path.display().to_string();
         let join = |errs: Vec<ConfigError>| {
-            errs.iter()
-                .map(|e| match e.path.as_str() {
-                    "" => format!("{shown}: {}", e.message),
-                    _ => e.to_string(),
-                })
+            config::with_file(errs, &shown)
+                .iter()
+                .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -478,23 +502,58 @@ impl Control {
         if let Some(m) = if_match {
             m.check(st.version)?;
         }
-        if file_cfg.server != st.config.server {
+        let restart_only = |s: &config::ServerConfig| config::ServerConfig {
+            access_log: None,
+            log_level: None,
+            ..s.clone()
+        };
+        if restart_only(&file_cfg.server) != restart_only(&st.config.server) {
             log::warn!(
-                "reload: [server] settings changed in {}; they take effect at the next restart",
-                path.display()
+                "reload: [server] settings changed in {}; they take effect at the next restart \
+                 (only {} apply at once)",
+                path.display(),
+                RELOADABLE_SERVER_KEYS.join(" and ")
             );
         }
         let mut merged = doc::merge(&new_file, &st.file, &st.doc);
-        match st.doc.get("server") {
-            Some(s) => merged.insert("server".into(), s.clone()),
-            None => merged.remove("server"),
-        };
+        // The running [server] table, with the keys a reload applies taken from the file.
+        let mut server = st
+            .doc
+            .get("server")
+            .and_then(Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        let file_server = new_file.get("server").and_then(Value::as_table);
+        for k in RELOADABLE_SERVER_KEYS {
+            match file_server.and_then(|s| s.get(k)) {
+                Some(v) => server.insert(k.into(), v.clone()),
+                None => server.remove(k),
+            };
+        }
+        if server.is_empty() {
+            merged.remove("server");
+        } else {
+            merged.insert("server".into(), Value::Table(server));
+        }
+        for line in doc::overridden(&new_file, &st.file, &st.doc) {
+            log::warn!("reload overrides a runtime change: {line}");
+        }
         let old = st.version;
         let version = self.commit(&mut st, merged, Some(new_file), None)?;
-        log::info!(
-            "audit: SIGHUP: reloaded {}: version {old} -> {version}",
-            path.display()
-        );
+        if version == old {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: no change (version {version})",
+                path.display()
+            );
+        } else {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: version {old} -> {version}",
+                path.display()
+            );
+        }
+        if let Some(hook) = self.server_hook.get() {
+            hook(&st.config.server);
+        }
         Ok(version)
     }
 
@@ -545,6 +604,25 @@ impl Control {
         new_ext: Option<Ext>,
     ) -> Result<u64, ApiError> {
         let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        if new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
+            // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
+            // reads differently but merges to the same document becomes the new base.
+            if let Some(f) = new_file.filter(|f| *f != st.file) {
+                if let Some(store) = st.store.as_mut() {
+                    let p = persist::Persisted::new(
+                        st.version,
+                        doc::objects_only(&f),
+                        doc::objects_only(&st.doc),
+                    )
+                    .with_ext(st.ext.clone());
+                    if let Err(e) = store.save(&p) {
+                        log::warn!("cannot update the state file: {e}");
+                    }
+                }
+                st.file = f;
+            }
+            return Ok(st.version);
+        }
         let workers = self.workers.len().max(1);
         let backlog = cfg.server.backlog;
 
@@ -576,6 +654,11 @@ impl Control {
                 ));
             }
             new_slots.insert(slot);
+            if !l.share && !st.running.values().any(|r| r.bind == l.bind) {
+                crate::check::probe_bind(l.bind, false).map_err(|m| {
+                    ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
+                })?;
+            }
             let socks = crate::net::listen::bind_listener(&l.name, l.bind, workers, backlog)
                 .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
@@ -607,12 +690,13 @@ impl Control {
             cfg.cluster(c)
                 .is_some_and(|cl| cl.health.is_some() && cl.backends.iter().any(|b| b.addr == *a))
         };
-        let health: HashMap<(String, SocketAddr), CheckRecord> = st
+        let mut health: HashMap<(String, SocketAddr), CheckRecord> = st
             .health
             .iter()
             .filter(|(k, _)| exists(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        add_unchecked(&cfg, &mut health);
         // Slow start for backends that join the rotation: new, or no longer drained.
         let now = Instant::now();
         let mut ramps: HashMap<(String, SocketAddr), Instant> = HashMap::new();
@@ -749,14 +833,19 @@ impl Control {
         if rec.state == state {
             return;
         }
+        let rec_was = rec.state;
         rec.state = state;
         match state {
             HealthState::Down => {
                 log::warn!("health: backend {backend} of cluster {cluster} is DOWN ({detail})")
             }
+            HealthState::Up if rec_was == HealthState::Unknown => {
+                log::info!("health: backend {backend} of cluster {cluster} is UP (first check)")
+            }
             HealthState::Up => {
                 log::info!("health: backend {backend} of cluster {cluster} is UP again")
             }
+            HealthState::Unknown => {}
         }
         if state == HealthState::Up
             && st
@@ -810,6 +899,33 @@ impl Control {
         }
     }
 
+    /// What the control plane holds for a backend's health (the checker starts from it).
+    pub fn health_state(&self, cluster: &str, backend: SocketAddr) -> HealthState {
+        self.lock()
+            .health
+            .get(&(cluster.to_string(), backend))
+            .map_or(HealthState::Up, |r| r.state)
+    }
+
+    /// Backends whose first check has not concluded yet.
+    pub fn unchecked(&self) -> usize {
+        self.lock()
+            .health
+            .values()
+            .filter(|r| r.state == HealthState::Unknown)
+            .count()
+    }
+
+    /// The longest check timeout of any health-checked cluster (bounds the first round).
+    pub fn longest_check(&self) -> Option<std::time::Duration> {
+        let st = self.lock();
+        st.config
+            .clusters
+            .iter()
+            .filter_map(|c| c.health.as_ref().map(|h| h.timeout))
+            .max()
+    }
+
     /// Health records for the admin API, by backend address.
     pub fn health_of(&self, cluster: &str) -> HashMap<SocketAddr, CheckRecord> {
         self.lock()
@@ -818,6 +934,25 @@ impl Control {
             .filter(|((c, _), _)| c == cluster)
             .map(|((_, a), r)| (*a, r.clone()))
             .collect()
+    }
+}
+
+/// Backends of health-checked clusters with `init_state = "unknown"` that have no record yet
+/// start as unknown: out of rotation until their first check.
+fn add_unchecked(cfg: &Config, health: &mut HashMap<(String, SocketAddr), CheckRecord>) {
+    for c in &cfg.clusters {
+        let Some(h) = &c.health else { continue };
+        if !h.init_unknown {
+            continue;
+        }
+        for b in &c.backends {
+            health
+                .entry((c.name.clone(), b.addr))
+                .or_insert_with(|| CheckRecord {
+                    state: HealthState::Unknown,
+                    ..CheckRecord::default()
+                });
+        }
     }
 }
 
@@ -848,7 +983,7 @@ fn runtime(
 
 fn health_map(h: &HashMap<(String, SocketAddr), CheckRecord>) -> HealthMap {
     h.iter()
-        .filter(|(_, r)| r.state == HealthState::Down)
+        .filter(|(_, r)| r.state != HealthState::Up)
         .map(|(k, r)| (k.clone(), r.state))
         .collect()
 }
@@ -1118,7 +1253,7 @@ fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
 /// `draining`, and the last check.
 fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
     let rec = |a: SocketAddr| st.health.get(&(c.name.clone(), a));
-    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state == HealthState::Down);
+    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state != HealthState::Up);
     let panic = c.backends.iter().any(|b| !b.drain)
         && c.backends.iter().filter(|b| !b.drain).all(|b| down(b.addr));
     let backends: Vec<Json> = c
@@ -1127,6 +1262,8 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
         .map(|b| {
             let state = if b.drain {
                 "draining"
+            } else if rec(b.addr).is_some_and(|r| r.state == HealthState::Unknown) {
+                "unknown"
             } else if down(b.addr) {
                 "down"
             } else {

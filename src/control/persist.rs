@@ -151,7 +151,7 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
             Ok(_) if existing == dir => return Err(format!("{shown} is not a directory")),
             Ok(_) => {
                 return Err(format!(
-                    "{shown} cannot be created: {} is not a directory",
+                    "cannot create {shown}: {} is not a directory",
                     existing.display()
                 ))
             }
@@ -173,7 +173,7 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
         let what = if existing == dir {
             format!("{shown} is not writable")
         } else {
-            format!("{shown} cannot be created in {}", existing.display())
+            format!("cannot create {shown} in {}", existing.display())
         };
         format!("{what}: {}", io::Error::from(e))
     })

@@ -1005,7 +1005,8 @@ fn update_instance(
 }
 
 /// An instance as the API shows it: the seed's fields, where it listens, and the state of
-/// each entity (`up`, `down` by its health checks, or `draining`). `status` is `healthy`
+/// each entity (`up`, `down` by its health checks, `unknown` before its first check with
+/// `init_state = "unknown"`, or `draining`). `status` is `healthy`
 /// when its listener is open and at least one entity is up.
 fn instance_view(v: &View<'_>, reg: &Registry, i: &Instance) -> Json {
     let obj = i.object_name();
@@ -1016,12 +1017,12 @@ fn instance_view(v: &View<'_>, reg: &Registry, i: &Instance) -> Json {
                 .iter()
                 .map(|b| {
                     let rec = v.health.get(&(obj.clone(), b.addr));
-                    let state = if b.drain {
-                        "draining"
-                    } else if rec.is_some_and(|r| r.state == crate::snapshot::HealthState::Down) {
-                        "down"
-                    } else {
-                        "up"
+                    use crate::snapshot::HealthState;
+                    let state = match rec.map(|r| r.state) {
+                        _ if b.drain => "draining",
+                        Some(HealthState::Down) => "down",
+                        Some(HealthState::Unknown) => "unknown",
+                        Some(HealthState::Up) | None => "up",
                     };
                     let mut e =
                         json!({"entity": b.name, "address": b.addr.to_string(), "state": state});

@@ -1221,6 +1221,7 @@ pub(crate) fn backend_states(
             )
         })
         .chain(c.down.iter().map(|b| (b, "down")))
+        .chain(c.unknown.iter().map(|b| (b, "unknown")))
         .chain(c.draining.iter().map(|b| (b, "draining")))
 }
 

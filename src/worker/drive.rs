@@ -173,7 +173,10 @@ impl<E: Engine> Worker<E> {
         }
         x.logged = true;
         self.obs_request_done(key);
-        let (Some(tx), Some(e)) = (self.access_log.as_ref(), self.sessions.get(key)) else {
+        let (Some(tx), Some(e)) = (
+            self.access_log.as_ref().filter(|l| l.enabled()),
+            self.sessions.get(key),
+        ) else {
             return;
         };
         let Session::Http(s) = &e.session else {
@@ -184,10 +187,17 @@ impl<E: Engine> Worker<E> {
         };
         let mut rec = x.log;
         rec.status = x.status;
-        rec.duration_us = self
-            .now
-            .saturating_duration_since(x.request_started)
-            .as_micros() as u64;
+        rec.reused = x.reused;
+        let tried = x.target.backend.is_some() || x.target.attempts > 0;
+        crate::accesslog::finish(
+            &mut rec,
+            &s.snapshot,
+            s.listener,
+            tried.then_some(x.target.cluster),
+            x.request_started,
+            x.got_response_byte.then_some(x.first_byte_at),
+            self.now,
+        );
         let wall = self.wall_start + self.now.saturating_duration_since(self.started);
         rec.time_ms = wall
             .duration_since(std::time::UNIX_EPOCH)

@@ -151,7 +151,7 @@ pub struct WorkerSettings {
     pub large_buffer_size: usize,
     pub large_buffers: usize,
     /// This worker's access-log queue, when the log is on.
-    pub access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
+    pub access_log: Option<crate::accesslog::Sink>,
     pub max_sessions: usize,
     pub pin_cpu: Option<usize>,
     /// `server.stats = "minimal"`.
@@ -264,7 +264,7 @@ pub struct Worker<E: Engine> {
     pending: HashMap<String, VecDeque<usize>>,
     /// Sessions waiting for a descriptor to connect upstream.
     fd_waiters: VecDeque<usize>,
-    access_log: Option<crossbeam_channel::Sender<crate::accesslog::Record>>,
+    access_log: Option<crate::accesslog::Sink>,
     /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
     wall_start: std::time::SystemTime,
     started: Instant,

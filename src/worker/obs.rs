@@ -12,12 +12,17 @@ impl<E: Engine> Worker<E> {
     /// An upstream connect ended (success, failure or timeout). HTTP failures count only
     /// while connecting (a reused connection that dies is not a connect failure).
     pub(super) fn obs_connect(&mut self, key: usize, outcome: Outcome) {
-        let Some(e) = self.sessions.get(key) else {
+        let now = self.now;
+        let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        if let Session::Http(s) = &e.session {
+        if let Session::Http(s) = &mut e.session {
             if outcome == Outcome::Failure && !matches!(s.phase(), Phase::Connecting(_)) {
                 return;
+            }
+            if let Some(x) = s.exchange_mut() {
+                x.log.connect_us =
+                    now.saturating_duration_since(x.target.started).as_micros() as u64;
             }
         }
         let Some(t) = e.session.target() else {

@@ -438,9 +438,10 @@ fn a_hanging_hook_is_killed_at_10s_with_what_it_started_and_blocks_nothing() {
         "the hook and its child are gone",
         || pids.iter().all(|&p| !alive(p)),
     );
-    assert!(p
-        .stderr_text()
-        .contains("autoscale: cluster app: action timed out after 10s"));
+    wait_until(Duration::from_secs(5), "the timeout logged", || {
+        p.stderr_text()
+            .contains("autoscale: cluster app: action timed out after 10s")
+    });
     let m = call(admin, "GET", "/metrics", None).text();
     assert!(m.contains("switchyard_autoscale_actions_total{cluster=\"app\",outcome=\"timeout\"} 1"));
 }

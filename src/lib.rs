@@ -23,10 +23,11 @@
 //!   matching), [`balance`] (backend selection);
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
-//!   [`health`], [`stats`], [`accesslog`], [`lbaas`] (the load-balancer-as-a-service API),
-//!   [`autoscale`] (scale hooks and webhooks);
+//!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
+//!   the control plane), [`lbaas`] (the load-balancer-as-a-service API), [`autoscale`] (scale
+//!   hooks and webhooks);
 //! - the process: [`server`] (start-up and shutdown), [`signals`], [`logging`], [`quick`] (the
-//!   Foo-compatible command line), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
+//!   Foo and FaaS compatible command lines), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -39,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo_backend;
+pub mod discovery;
 pub mod engine;
 pub mod health;
 pub mod http;

@@ -36,6 +36,9 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// while such a head is being read and sent).
 const LARGE_BUFFERS_PER_WORKER: usize = 64;
 
+/// How long start-up waits for the discovery providers' first look.
+const DISCOVERY_FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads `server.admin_token_file`: the whole file, surrounding whitespace trimmed.
 fn read_token(path: &std::path::Path) -> Result<String, RunError> {
     crate::check::token_file(path).map_err(|e| RunError::Admin(format!("admin_token_file: {e}")))
@@ -58,7 +61,9 @@ pub fn run(
         log::debug!("open-file limit {limit}");
     }
     let workers = cfg.server.workers;
-    let snap = snapshot::shared(Snapshot::build(&cfg, boot.version, None));
+    let mut first = Snapshot::build(&cfg, boot.version, None);
+    first.faas_stats = crate::discovery::faas_stats_body(&cfg);
+    let snap = snapshot::shared(first);
     let token = match &cfg.server.admin_token_file {
         Some(p) => Some(read_token(p)?),
         None => None,
@@ -175,11 +180,13 @@ pub fn run(
         config_path,
     ));
     let mut admin_local = None;
+    let registry = std::sync::Arc::new(crate::discovery::Registry::new(&cfg.discovery));
     if let Some(addr) = cfg.server.admin {
         let settings = crate::admin::AdminSettings {
             token,
             read_only: cfg.server.admin_read_only,
             max_body: cfg.server.admin_max_body,
+            discovery: Some(registry.clone()),
         };
         let local = crate::admin::start(addr, control.clone(), Some(stats_source), settings)
             .map_err(|e| RunError::Admin(format!("cannot bind {addr}: {e}")))?;
@@ -193,6 +200,16 @@ pub fn run(
     let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
+    // Before the workers start: a source that answers is routed to from the first request.
+    let discovery_threads = crate::discovery::start(
+        control.clone(),
+        &cfg.discovery,
+        &registry,
+        health_stop.clone(),
+        DISCOVERY_FIRST_SYNC_WAIT,
+    )
+    .map_err(io_err("starting discovery"))?;
+
     // One check round before serving: backends that are not checked yet stay out of rotation
     // and the workers do not accept until each has a verdict (or the longest check timeout
     // and a margin have passed), so a dead backend never sees a connect after a restart.
@@ -306,6 +323,9 @@ pub fn run(
     health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = health_thread.join();
     let _ = autoscale_thread.join();
+    for t in discovery_threads {
+        let _ = t.join();
+    }
     let _ = stats_tx.send(StatsMsg::Stop);
     let _ = agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.

@@ -5,6 +5,7 @@
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
 pub mod autoscale;
+pub mod discovery;
 pub mod health;
 pub mod lbaas;
 pub mod resilience;
@@ -192,6 +193,8 @@ pub struct RawListener {
     pub routes: Option<Vec<toml::Value>>,
     /// FaaS dynamic routing (http only): the first path segment names the cluster.
     pub faas: Option<bool>,
+    /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
+    pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
@@ -383,6 +386,8 @@ pub struct ListenerConfig {
     pub routes: Vec<routes::RouteConfig>,
     /// http only: FaaS dynamic routing by first path segment.
     pub faas: bool,
+    /// FaaS listeners: `GET /stats` answers the original gateway's discovery JSON.
+    pub faas_stats: bool,
     pub http: HttpListenerConfig,
     /// Open client connections on this listener (all workers); beyond it new ones are
     /// turned away (http: `503` with `Retry-After`).
@@ -417,6 +422,9 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// The discovery provider that found (or declared) this cluster; `None` for the
+    /// operator's own clusters (config file or admin API).
+    pub discovered: Option<String>,
     pub balance: BalanceKind,
     /// Set exactly when `balance` is `Hash`.
     pub hash_on: Option<HashOn>,
@@ -445,9 +453,12 @@ pub struct ClusterConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
     /// `[lbaas]` (defaults when absent).
     pub lbaas: lbaas::LbaasConfig,
+    /// `[[discovery]]` providers.
+    pub discovery: Vec<discovery::DiscoveryConfig>,
 }
 
 impl Config {
@@ -524,6 +535,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut lbaas_cfg = lbaas::LbaasConfig::default();
     // A `listeners` key of the wrong shape is reported once, as that.
     let listeners_present = table.contains_key("listeners");
+    let mut discoveries = Vec::new();
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -534,16 +546,27 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
             "lbaas" => lbaas_cfg = lbaas::validate(value, &mut errs),
+            "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
             other => errs.add(
                 other,
                 format!(
                     "unknown key{}",
-                    suggest(other, &["server", "listeners", "clusters", "lbaas"])
+                    suggest(
+                        other,
+                        &["server", "listeners", "clusters", "discovery", "lbaas"]
+                    )
                 ),
             ),
         }
     }
-    let mut cfg = validate(&server, &listeners, &clusters, listeners_present, &mut errs);
+    let mut cfg = validate(
+        &server,
+        &listeners,
+        &clusters,
+        listeners_present,
+        &discoveries,
+        &mut errs,
+    );
     cfg.lbaas = lbaas_cfg;
     if errs.0.is_empty() {
         Ok(cfg)
@@ -602,7 +625,7 @@ fn plain_type_error(m: &str) -> String {
 /// An array of tables; each element is deserialized on its own so that one bad element does
 /// not hide the errors of the others. A failed element becomes a default (all-`None`) entry so
 /// indices stay aligned with the file.
-fn raw_list<T: for<'de> Deserialize<'de> + Default>(
+pub(crate) fn raw_list<T: for<'de> Deserialize<'de> + Default>(
     path: &str,
     value: toml::Value,
     out: &mut Vec<Option<T>>,
@@ -990,6 +1013,7 @@ fn validate(
     listeners: &[Option<RawListener>],
     clusters: &[Option<RawCluster>],
     listeners_present: bool,
+    discoveries: &[Option<discovery::RawDiscovery>],
     errs: &mut Errors,
 ) -> Config {
     errs.unknown::<RawServer>("server", &server.unknown);
@@ -1124,136 +1148,35 @@ fn validate(
     for (i, raw) in clusters.iter().enumerate() {
         let Some(c) = raw else { continue };
         let p = format!("clusters[{i}]");
-        errs.unknown::<RawCluster>(&p, &c.unknown);
-        let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
-        if !name.is_empty() && !cluster_names.insert(name.clone()) {
+        let cluster = validate_cluster(&p, c, false, errs);
+        if !cluster.name.is_empty() && !cluster_names.insert(cluster.name.clone()) {
             errs.add(
                 format!("{p}.name"),
-                format!("duplicate cluster name {name:?}"),
+                format!("duplicate cluster name {:?}", cluster.name),
             );
         }
-        let balance = match c.balance.as_deref() {
-            None => BalanceKind::RoundRobin,
-            Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+        out_clusters.push(cluster);
+    }
+    let discovery = discovery::validate(discoveries, errs);
+    // Clusters that discovery providers declare exist from the start (empty until found),
+    // so listeners and routes can name them.
+    for d in &discovery {
+        for name in &d.declared {
+            if let Some(i) = out_clusters.iter().position(|c| &c.name == name) {
                 errs.add(
-                    format!("{p}.balance"),
+                    format!("clusters[{i}].name"),
                     format!(
-                        "unknown balance {b:?} (expected one of: {})",
-                        BalanceKind::NAMES
+                        "cluster {name:?} is provided by discovery {:?}; remove one of the two",
+                        d.name
                     ),
                 );
-                BalanceKind::RoundRobin
-            }),
-        };
-        let hash_on = match (&c.hash_on, balance) {
-            (Some(h), BalanceKind::Hash) => HashOn::parse(h)
-                .map_err(|e| errs.add(format!("{p}.hash_on"), e))
-                .ok(),
-            (None, BalanceKind::Hash) => {
-                errs.add(
-                    format!("{p}.hash_on"),
-                    "missing (balance = \"hash\" needs it)",
-                );
-                None
+                continue;
             }
-            (Some(_), _) => {
-                errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
-                None
-            }
-            (None, _) => None,
-        };
-        let mut backends = Vec::new();
-        match &c.backends {
-            None => errs.add(
-                format!("{p}.backends"),
-                "missing (a cluster needs at least one backend)",
-            ),
-            Some(list) if list.is_empty() => errs.add(
-                format!("{p}.backends"),
-                "empty (a cluster needs at least one backend)",
-            ),
-            Some(list) => {
-                let mut seen = HashSet::new();
-                for (j, v) in list.iter().enumerate() {
-                    let bp = format!("{p}.backends[{j}]");
-                    if let Some(b) = validate_backend(&bp, v, errs) {
-                        if !seen.insert(b.addr) {
-                            errs.add(bp, format!("duplicate backend {}", b.name));
-                        } else {
-                            backends.push(b);
-                        }
-                    }
-                }
+            // Bad defaults were reported with the provider.
+            if let Ok(c) = discovery::placeholder(d, name) {
+                out_clusters.push(c);
             }
         }
-        out_clusters.push(ClusterConfig {
-            name,
-            balance,
-            hash_on,
-            backends,
-            connect_timeout: duration_field(
-                format!("{p}.connect_timeout"),
-                c.connect_timeout.as_ref(),
-                defaults::CONNECT_TIMEOUT,
-                errs,
-            ),
-            connect_attempts: int_field(
-                &format!("{p}.connect_attempts"),
-                c.connect_attempts,
-                defaults::CONNECT_ATTEMPTS,
-                1,
-                16,
-                errs,
-            ) as u32,
-            first_byte_timeout: duration_field(
-                format!("{p}.first_byte_timeout"),
-                c.first_byte_timeout.as_ref(),
-                defaults::FIRST_BYTE_TIMEOUT,
-                errs,
-            ),
-            idle_timeout: duration_field(
-                format!("{p}.idle_timeout"),
-                c.idle_timeout.as_ref(),
-                defaults::BACKEND_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_idle_timeout: duration_field(
-                format!("{p}.pool_idle_timeout"),
-                c.pool_idle_timeout.as_ref(),
-                defaults::POOL_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_max_idle: int_field(
-                &format!("{p}.pool_max_idle"),
-                c.pool_max_idle,
-                defaults::POOL_MAX_IDLE,
-                0,
-                100_000,
-                errs,
-            ) as usize,
-            health: c
-                .health
-                .as_ref()
-                .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
-            outlier: c
-                .outlier
-                .as_ref()
-                .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
-            retry: resilience::retry(&p, c, errs),
-            limits: resilience::limits(&p, c, errs),
-            autoscale: c
-                .autoscale
-                .as_ref()
-                .and_then(|a| autoscale::validate(&format!("{p}.autoscale"), a, false, errs)),
-            slow_start: c.slow_start.as_ref().map(|_| {
-                duration_field(
-                    format!("{p}.slow_start"),
-                    c.slow_start.as_ref(),
-                    Duration::ZERO,
-                    errs,
-                )
-            }),
-        });
     }
 
     let mut out_listeners = Vec::new();
@@ -1310,6 +1233,7 @@ fn validate(
                 .iter()
                 .flatten()
                 .any(|rc| rc.name.as_deref() == Some(c))
+                || discovery.iter().any(|d| d.declared.iter().any(|n| n == c))
         };
         let faas = l.faas.unwrap_or(false);
         let cluster = match (&l.cluster, protocol) {
@@ -1341,6 +1265,13 @@ fn validate(
         };
         if l.faas.is_some() && protocol != Protocol::Http {
             errs.add(format!("{p}.faas"), "faas is for http listeners only");
+        }
+        let faas_stats = l.faas_stats.unwrap_or(false);
+        if faas_stats && !faas {
+            errs.add(
+                format!("{p}.faas_stats"),
+                "needs faas = true (it answers GET /stats on the FaaS listener)",
+            );
         }
         let http = http_listener(&p, l, protocol, errs);
         if protocol != Protocol::Http {
@@ -1375,6 +1306,7 @@ fn validate(
                 idle_timeout,
                 routes,
                 faas,
+                faas_stats,
                 http,
                 share: l.share.unwrap_or(false),
                 max_connections: l.max_connections.map(|n| {
@@ -1404,6 +1336,143 @@ fn validate(
         listeners: out_listeners,
         clusters: out_clusters,
         lbaas: lbaas::LbaasConfig::default(),
+        discovery,
+    }
+}
+
+/// One `[[clusters]]` table (also a discovered cluster: then `allow_empty`, since a provider
+/// may find no backend at the moment, and the cluster is marked with its provider).
+pub(crate) fn validate_cluster(
+    p: &str,
+    c: &RawCluster,
+    allow_empty: bool,
+    errs: &mut Errors,
+) -> ClusterConfig {
+    errs.unknown::<RawCluster>(p, &c.unknown);
+    let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
+    let balance = match c.balance.as_deref() {
+        None => BalanceKind::RoundRobin,
+        Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+            errs.add(
+                format!("{p}.balance"),
+                format!(
+                    "unknown balance {b:?} (expected one of: {})",
+                    BalanceKind::NAMES
+                ),
+            );
+            BalanceKind::RoundRobin
+        }),
+    };
+    let hash_on = match (&c.hash_on, balance) {
+        (Some(h), BalanceKind::Hash) => HashOn::parse(h)
+            .map_err(|e| errs.add(format!("{p}.hash_on"), e))
+            .ok(),
+        (None, BalanceKind::Hash) => {
+            errs.add(
+                format!("{p}.hash_on"),
+                "missing (balance = \"hash\" needs it)",
+            );
+            None
+        }
+        (Some(_), _) => {
+            errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
+            None
+        }
+        (None, _) => None,
+    };
+    let mut backends = Vec::new();
+    match &c.backends {
+        None if allow_empty => {}
+        None => errs.add(
+            format!("{p}.backends"),
+            "missing (a cluster needs at least one backend)",
+        ),
+        Some(list) if list.is_empty() && !allow_empty => errs.add(
+            format!("{p}.backends"),
+            "empty (a cluster needs at least one backend)",
+        ),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (j, v) in list.iter().enumerate() {
+                let bp = format!("{p}.backends[{j}]");
+                if let Some(b) = validate_backend(&bp, v, errs) {
+                    if !seen.insert(b.addr) {
+                        errs.add(bp, format!("duplicate backend {}", b.name));
+                    } else {
+                        backends.push(b);
+                    }
+                }
+            }
+        }
+    }
+    ClusterConfig {
+        name,
+        discovered: None,
+        balance,
+        hash_on,
+        backends,
+        connect_timeout: duration_field(
+            format!("{p}.connect_timeout"),
+            c.connect_timeout.as_ref(),
+            defaults::CONNECT_TIMEOUT,
+            errs,
+        ),
+        connect_attempts: int_field(
+            &format!("{p}.connect_attempts"),
+            c.connect_attempts,
+            defaults::CONNECT_ATTEMPTS,
+            1,
+            16,
+            errs,
+        ) as u32,
+        first_byte_timeout: duration_field(
+            format!("{p}.first_byte_timeout"),
+            c.first_byte_timeout.as_ref(),
+            defaults::FIRST_BYTE_TIMEOUT,
+            errs,
+        ),
+        idle_timeout: duration_field(
+            format!("{p}.idle_timeout"),
+            c.idle_timeout.as_ref(),
+            defaults::BACKEND_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_idle_timeout: duration_field(
+            format!("{p}.pool_idle_timeout"),
+            c.pool_idle_timeout.as_ref(),
+            defaults::POOL_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_max_idle: int_field(
+            &format!("{p}.pool_max_idle"),
+            c.pool_max_idle,
+            defaults::POOL_MAX_IDLE,
+            0,
+            100_000,
+            errs,
+        ) as usize,
+        health: c
+            .health
+            .as_ref()
+            .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+        outlier: c
+            .outlier
+            .as_ref()
+            .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
+        retry: resilience::retry(p, c, errs),
+        limits: resilience::limits(p, c, errs),
+        autoscale: c
+            .autoscale
+            .as_ref()
+            .and_then(|a| autoscale::validate(&format!("{p}.autoscale"), a, false, errs)),
+        slow_start: c.slow_start.as_ref().map(|_| {
+            duration_field(
+                format!("{p}.slow_start"),
+                c.slow_start.as_ref(),
+                Duration::ZERO,
+                errs,
+            )
+        }),
     }
 }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod discovery;
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -156,6 +156,16 @@ impl HttpSession {
             method,
             header: lookup,
         };
+        if listener.faas_stats {
+            if let Some(body) = crate::discovery::faas_stats_answer(&snap, method, target) {
+                cx.pool.release(up);
+                self.consume_head(cx, head_len);
+                self.phase = Phase::Routed(x);
+                return self
+                    .local_response(cx, 200, b"application/json", body)
+                    .unwrap_or_else(|| self.next_local());
+            }
+        }
         let faas = listener.faas.then_some(&snap.cluster_index);
         let decision = routing::route(&listener.routes, faas, listener.cluster, &view);
         let (cluster, strip) = match decision {

@@ -96,6 +96,10 @@ pub struct HttpSession {
     pub snapshot: Arc<Snapshot>,
     pub listener: u32,
     client_ip: IpAddr,
+    /// `client_ip` as text, written once per connection for every request's
+    /// `X-Forwarded-For`.
+    client_text: [u8; 48],
+    client_text_len: u8,
     phase: Phase,
     /// Client bytes not yet consumed: a partial head, request body bytes, or pipelined
     /// requests behind the current one (`None` also while it travels in an op).
@@ -130,11 +134,16 @@ impl HttpSession {
         timeouts: ListenerTimeouts,
         now: Instant,
     ) -> HttpSession {
+        let mut client_text = [0u8; 48];
+        let client_text_len =
+            crate::http::rewrite::write_ip(client_ip, &mut client_text).unwrap_or(0) as u8;
         HttpSession {
             downstream,
             snapshot,
             listener,
             client_ip,
+            client_text,
+            client_text_len,
             phase: Phase::Head,
             req_in: None,
             req_in_out: false,

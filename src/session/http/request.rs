@@ -209,6 +209,7 @@ impl HttpSession {
         }
         let fwd = Forwarded {
             client_ip: self.client_ip,
+            client_text: &self.client_text[..self.client_text_len as usize],
             proto: "http",
             strip_prefix: strip,
             request_id: &id,

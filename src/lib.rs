@@ -15,8 +15,10 @@
 //! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
 //! selection), [`buffer`], [`timer`],
 //! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
-//! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
-#![forbid(unsafe_code)]
+//! shutdown), [`lifecycle`] (ready/reload/upgrade/stop as the service manager sees them),
+//! [`sd`] (sd_notify, watchdog, socket activation), [`upgrade`] (zero-downtime binary
+//! upgrade), [`quick`] (the Foo-compatible command line), [`demo_backend`].
+#![deny(unsafe_code)]
 
 pub mod accesslog;
 pub mod admin;
@@ -28,16 +30,20 @@ pub mod ctl;
 pub mod demo_backend;
 pub mod health;
 pub mod http;
+pub mod lifecycle;
 pub mod logging;
 pub mod quick;
 pub mod ready;
 pub mod routing;
+pub mod sd;
 pub mod server;
 pub mod signals;
 pub mod snapshot;
 pub mod stats;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod tcp;
 pub mod timer;
 pub mod token;
+pub mod upgrade;
 pub mod worker;

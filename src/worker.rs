@@ -321,6 +321,7 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
+            crate::sd::watchdog::beat(self.id);
             for ev in events.iter() {
                 match token::decode(ev.token()) {
                     Decoded::Waker => self.handle_ctrl(),

@@ -11,7 +11,7 @@ pub mod api;
 use crate::control::Control;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct Shared {
     pub control: Arc<Control>,
     pub stats: Option<Arc<dyn StatsSource>>,
     pub settings: AdminSettings,
+    /// Reload notifications and binary upgrades (`POST /v1/upgrade`).
+    pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
     active: AtomicUsize,
 }
 
@@ -89,31 +91,40 @@ impl Response {
     }
 }
 
-/// Binds the admin address (failure is a start-up error) and serves it on a new thread.
+/// Serves the admin API on `listener` (bound by the caller, or inherited from the previous
+/// process of a binary upgrade) on a new thread, until `stop` is set. The socket may be shared
+/// with another process during an upgrade, so it is polled and accepted from non-blocking.
 pub fn start(
-    addr: SocketAddr,
+    listener: TcpListener,
     control: Arc<Control>,
     stats: Option<Arc<dyn StatsSource>>,
     settings: AdminSettings,
+    lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
+    stop: Arc<AtomicBool>,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     let shared = Arc::new(Shared {
         control,
         stats,
         settings,
+        lifecycle,
         active: AtomicUsize::new(0),
     });
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || accept_loop(listener, shared))?;
+        .spawn(move || accept_loop(listener, shared, stop))?;
     Ok(local)
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if !crate::sys::wait_readable(&listener, Duration::from_millis(250)) {
+            continue;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("admin: accept failed: {e}");
@@ -150,6 +161,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_nodelay(true);

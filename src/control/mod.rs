@@ -147,6 +147,11 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// A duplicate of every running listener's sockets (one per worker), kept to hand them to
+    /// the successor of a binary upgrade.
+    sockets: HashMap<String, Vec<std::net::TcpListener>>,
+    /// Changes are refused while set (an upgrade in progress or done), with this reason.
+    frozen: Option<String>,
 }
 
 /// What start-up decided to run.
@@ -232,6 +237,7 @@ impl Control {
     pub fn new(
         boot: Boot,
         running: HashMap<String, Running>,
+        sockets: HashMap<String, Vec<std::net::TcpListener>>,
         shared: SharedSnapshot,
         workers: Vec<WorkerHandle>,
         config_path: Option<PathBuf>,
@@ -258,6 +264,8 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                sockets,
+                frozen: None,
             }),
             shared,
             workers,
@@ -335,6 +343,35 @@ impl Control {
             .iter()
             .map(|(n, r)| (n.clone(), r.local))
             .collect()
+    }
+
+    /// Refuses every change (admin API, reload) with `why` until [`Control::thaw`]: a binary
+    /// upgrade hands the running state over, so nothing may change it meanwhile.
+    pub fn freeze(&self, why: String) {
+        self.lock().frozen = Some(why);
+    }
+
+    pub fn thaw(&self) {
+        self.lock().frozen = None;
+    }
+
+    /// The running listeners and duplicates of their sockets (for a binary upgrade).
+    pub fn handover_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(String, Running, Vec<std::os::fd::OwnedFd>)>> {
+        let st = self.lock();
+        let mut out = Vec::with_capacity(st.running.len());
+        let mut names: Vec<&String> = st.running.keys().collect();
+        names.sort_by_key(|n| st.running[*n].slot);
+        for name in names {
+            let socks = st.sockets.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let fds = socks
+                .iter()
+                .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            out.push((name.clone(), st.running[name], fds));
+        }
+        Ok(out)
     }
 
     /// Applies one API change. `if_match`: the version the client last saw (412 if stale).
@@ -442,6 +479,9 @@ impl Control {
         new_doc: Table,
         new_file: Option<Table>,
     ) -> Result<u64, ApiError> {
+        if let Some(why) = &st.frozen {
+            return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
+        }
         let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         let workers = self.workers.len().max(1);
         let backlog = cfg.server.backlog;
@@ -562,7 +602,16 @@ impl Control {
             }
             log::info!("listener {name} closed (slot {slot}); its connections go on");
         }
+        for (name, _) in &removed {
+            if !running.contains_key(name) {
+                st.sockets.remove(name);
+            }
+        }
         for (name, slot, socks) in bound {
+            // Kept for a binary upgrade; a failed duplicate only means that listener would be
+            // bound anew by the successor.
+            let dups: Vec<_> = socks.iter().filter_map(|s| s.try_clone().ok()).collect();
+            st.sockets.insert(name.clone(), dups);
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
                     server::announce(l, r.local);

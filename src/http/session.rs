@@ -38,6 +38,9 @@ const MAX_ROUNDS: usize = 32;
 const MAX_TRAILER: usize = 16 * 1024;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// While the worker drains (shutdown, binary upgrade), an idle keep-alive client is closed
+/// after this much silence; a request that comes sooner is answered with `Connection: close`.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Timeouts and limits of the listener (client side) and cluster (backend side), resolved by
 /// the worker per request.
@@ -207,6 +210,8 @@ pub struct HttpSession {
     answered: bool,
     /// Close the client once the current response is out.
     close_after: bool,
+    /// The worker drains: every response from now on says `Connection: close`.
+    draining: bool,
     /// The backend asked to close (or framing requires it): don't pool the upstream.
     upstream_close: bool,
     /// The current request asked to upgrade the connection.
@@ -401,6 +406,7 @@ impl HttpSession {
             body_sent: false,
             answered: false,
             close_after: false,
+            draining: false,
             upstream_close: false,
             upgrade_requested: false,
             upgrading: false,
@@ -448,6 +454,18 @@ impl HttpSession {
     /// Some response byte came from the current upstream.
     pub fn response_started(&self) -> bool {
         self.got_response_byte
+    }
+
+    /// The worker drains: no new request after the current one. A response not yet started
+    /// (and every later one) says `Connection: close`; an idle client is closed after
+    /// [`DRAIN_IDLE`]. Closing a keep-alive connection while its client may be sending races
+    /// with that request, so the close rides on a response where it can.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.timeouts.keepalive = self.timeouts.keepalive.min(DRAIN_IDLE);
+        if !self.resp_started {
+            self.close_after = true;
+        }
     }
 
     /// Between requests with nothing buffered: safe to close at shutdown.
@@ -605,7 +623,7 @@ impl HttpSession {
         self.resp_ready = 0;
         self.req_ready = 0;
         self.status = 0;
-        self.close_after = !h.keep_alive;
+        self.close_after = !h.keep_alive || self.draining;
         self.upstream_close = false;
         self.upgrade_requested = h.upgrade;
         self.tried = Tried::default();

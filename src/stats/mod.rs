@@ -499,6 +499,8 @@ pub struct SetDelta {
 pub enum Query {
     Json,
     Prometheus,
+    /// The totals the recovery file keeps (JSON), for a binary upgrade's hand-over.
+    Totals,
 }
 
 // Deltas are the common message; boxing them would allocate on every flush for no gain.
@@ -521,6 +523,12 @@ pub enum StatsMsg {
         what: Query,
         reply: Sender<String>,
     },
+    /// Binary upgrade, successor side: add the predecessor's totals (same shape as
+    /// [`Query::Totals`]).
+    Adopt(Map<String, Value>),
+    /// Binary upgrade, predecessor side: the successor keeps the totals and the recovery
+    /// file from now on.
+    StopSaving,
     Stop,
 }
 
@@ -537,6 +545,9 @@ pub struct StatsConfig {
     /// Where totals and the 10 s window are saved about once a second and restored from
     /// (quick mode: `-recovery-path`; config mode: `state_dir/stats.json`).
     pub recovery_path: Option<PathBuf>,
+    /// Started by a binary upgrade: the totals come from the previous process
+    /// ([`StatsMsg::Adopt`]), not from the recovery file.
+    pub inherit: bool,
 }
 
 /// The admin server's way in: cheap to clone, safe to use from any thread.
@@ -557,6 +568,25 @@ impl StatsHandle {
     pub fn stats_json(&self) -> String {
         self.query(Query::Json)
             .unwrap_or_else(|| r#"{"error":"stats unavailable"}"#.to_string())
+    }
+
+    /// The totals, fresh (see [`Query::Totals`]).
+    pub fn totals(&self) -> Option<Map<String, Value>> {
+        let text = self.query(Query::Totals)?;
+        match serde_json::from_str(&text) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// See [`StatsMsg::Adopt`].
+    pub fn adopt(&self, totals: Map<String, Value>) {
+        let _ = self.tx.send(StatsMsg::Adopt(totals));
+    }
+
+    /// See [`StatsMsg::StopSaving`].
+    pub fn stop_saving(&self) {
+        let _ = self.tx.send(StatsMsg::StopSaving);
     }
 
     /// Body and content type for GET /metrics: Prometheus text (`text/plain; version=0.0.4`)
@@ -668,7 +698,9 @@ impl Aggregator {
             started: Instant::now(),
             started_unix: now,
         };
-        a.restore();
+        if !opts.inherit {
+            a.restore();
+        }
         a
     }
 
@@ -686,6 +718,8 @@ impl Aggregator {
             match self.rx.recv_timeout(wait) {
                 Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => self.serve(vec![m]),
+                Ok(StatsMsg::Adopt(t)) => self.adopt(&t),
+                Ok(StatsMsg::StopSaving) => self.recovery_path = None,
                 Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -805,6 +839,8 @@ impl Aggregator {
             match self.rx.recv_timeout(left) {
                 Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => later.push(m),
+                Ok(StatsMsg::Adopt(t)) => self.adopt(&t),
+                Ok(StatsMsg::StopSaving) => self.recovery_path = None,
                 Ok(StatsMsg::Stop) => {
                     // Put it back for the main loop.
                     let _ = self.tx.send(StatsMsg::Stop);
@@ -827,6 +863,7 @@ impl Aggregator {
                         let text = match what {
                             Query::Json => self.to_json().to_string(),
                             Query::Prometheus => prom::render(self),
+                            Query::Totals => Value::Object(self.totals_json()).to_string(),
                         };
                         let _ = reply.send(text);
                     }
@@ -1031,6 +1068,46 @@ impl Aggregator {
                 if let Some(bs) = v.get("backends").and_then(Value::as_object) {
                     for (addr, t) in bs {
                         agg.backends.insert(addr.clone(), traffic(t));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a previous process's totals (binary upgrade). Its connections that are still
+    /// open stay counted as open until its final totals arrive.
+    fn adopt(&mut self, add: &Map<String, Value>) {
+        let mut t = self.totals_json();
+        crate::upgrade::add_totals(&mut t, add);
+        let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
+        self.foo = FooCounts {
+            req: n("msg_req"),
+            ack: n("msg_ack"),
+            nak: n("msg_nak"),
+            invalid: n("msg_invalid"),
+        };
+        let obj = |k: &str| t.get(k).and_then(Value::as_object);
+        if let Some(m) = obj("tcp") {
+            self.tcp = TcpCounters::from_json(m);
+        }
+        if let Some(m) = obj("http") {
+            self.http = HttpCounters::from_json(m);
+        }
+        let traffic = |v: &Value| v.as_object().map(Traffic::from_json).unwrap_or_default();
+        if let Some(ls) = obj("listeners") {
+            for (k, v) in ls {
+                self.listeners.insert(k.clone(), traffic(v));
+            }
+        }
+        if let Some(cs) = obj("clusters") {
+            for (k, v) in cs {
+                let agg = self.clusters.entry(k.clone()).or_default();
+                if let Some(tr) = v.get("traffic") {
+                    agg.traffic = traffic(tr);
+                }
+                if let Some(bs) = v.get("backends").and_then(Value::as_object) {
+                    for (addr, tr) in bs {
+                        agg.backends.insert(addr.clone(), traffic(tr));
                     }
                 }
             }

@@ -263,7 +263,7 @@ impl Worker {
                     }
                     self.release_upstream(key, reusable, failed);
                     let close = match self.http.get(key) {
-                        Some(HttpEntry::Session(s)) => s.wants_close() || self.shutdown.is_some(),
+                        Some(HttpEntry::Session(s)) => s.wants_close(),
                         _ => true,
                     };
                     if close {
@@ -782,20 +782,32 @@ impl Worker {
         }
     }
 
-    /// At shutdown: idle keep-alive clients and pooled connections are closed at once; busy
-    /// sessions finish their exchange and close after it.
+    /// At shutdown: pooled connections close at once. Sessions drain (`HttpSession::drain`):
+    /// a client idle for `DRAIN_IDLE` already is closed now, the others get their next
+    /// response with `Connection: close`, or are closed after `DRAIN_IDLE` of silence.
     pub(super) fn shutdown_http(&mut self) {
-        let idle: Vec<usize> = self
-            .http
-            .iter()
-            .filter(|(_, e)| match e {
-                HttpEntry::Upstream(u) => u.owner.is_none(),
-                HttpEntry::Session(s) => s.idle_between_requests(),
-            })
-            .map(|(k, _)| k)
-            .collect();
+        let now = self.now;
+        let mut idle = Vec::new();
+        let mut sessions = Vec::new();
+        for (k, e) in self.http.iter_mut() {
+            match e {
+                HttpEntry::Upstream(u) if u.owner.is_none() => idle.push(k),
+                HttpEntry::Upstream(_) => {}
+                HttpEntry::Session(s) => {
+                    s.drain();
+                    if s.idle_between_requests() && s.deadline() <= now {
+                        idle.push(k);
+                    } else {
+                        sessions.push(k);
+                    }
+                }
+            }
+        }
         for key in idle {
             self.close_http(key, HttpClose::Done);
+        }
+        for key in sessions {
+            self.rearm_if_earlier(key); // idle ones now expire after DRAIN_IDLE
         }
         self.upstream_pool.clear();
     }

@@ -359,6 +359,9 @@ impl Lifecycle {
     /// At exit, after the workers stopped. A process that handed over sends its successor
     /// what it counted while draining; any other removes the control socket file.
     pub fn finish(&self) {
+        // An upgrade that is handing over right now stops the workers before it records the
+        // hand-over: wait for it to finish.
+        let _upgrade_done = self.upgrade_lock.lock().unwrap_or_else(|e| e.into_inner());
         let handed = self.state().handed_over.take();
         match handed {
             Some(h) => {

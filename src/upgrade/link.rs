@@ -126,6 +126,8 @@ impl Link {
                 ) {
                     Ok(r) => r,
                     Err(nix::Error::EINTR) => continue,
+                    // The peer closed with our packets unread: it is gone, as with EOF.
+                    Err(nix::Error::ECONNRESET) => return Ok(None),
                     Err(e) => return Err(nix_err(e)),
                 };
                 for c in r.cmsgs().map_err(nix_err)? {

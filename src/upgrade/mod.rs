@@ -280,9 +280,12 @@ pub fn launch(plan: Plan) -> Result<Successor, String> {
         control: plan.control.as_ref().map(|c| c.0.clone()),
     };
     if let Err(e) = link.send(&hello, &fds) {
-        let status = child.try_wait().ok().flatten();
+        let status = wait_briefly(&mut child);
         let why = match status {
-            Some(st) => format!("the new process exited ({st}) before taking the sockets"),
+            Some(st) => format!(
+                "the new process {} before taking the sockets (its log says why)",
+                describe_exit(st)
+            ),
             None => format!("cannot hand the sockets over: {e}"),
         };
         return Err(fail(&mut child, why));

@@ -34,10 +34,21 @@ fmt:
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/switchyard
-	install -D -m 0644 systemd/switchyard.service $(DESTDIR)/etc/systemd/system/switchyard.service
 	install -d -m 0755 $(DESTDIR)/etc/switchyard
 	test -e $(DESTDIR)/etc/switchyard/switchyard.toml || \
 		install -m 0644 examples/quickstart.toml $(DESTDIR)/etc/switchyard/switchyard.toml
+	# systemd: the units (binary path following PREFIX), the user, the directories.
+	install -d -m 0755 $(DESTDIR)/etc/systemd/system $(DESTDIR)$(PREFIX)/lib/sysusers.d \
+		$(DESTDIR)$(PREFIX)/lib/tmpfiles.d $(DESTDIR)$(PREFIX)/share/doc/switchyard
+	sed 's#/usr/local#$(PREFIX)#g' systemd/switchyard.service > $(DESTDIR)/etc/systemd/system/switchyard.service
+	install -m 0644 systemd/switchyard.socket $(DESTDIR)/etc/systemd/system/switchyard.socket
+	install -m 0644 systemd/switchyard.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/switchyard.conf
+	install -m 0644 systemd/switchyard.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/switchyard.conf
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/switchyard/README.md
+	# On the target machine itself: create the user and directories now.
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
+		systemd-sysusers $(PREFIX)/lib/sysusers.d/switchyard.conf && \
+		systemd-tmpfiles --create $(PREFIX)/lib/tmpfiles.d/switchyard.conf; fi
 
 clean:
 	$(CARGO) clean

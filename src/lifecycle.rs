@@ -218,6 +218,7 @@ impl Lifecycle {
         };
         if first {
             self.notify(&["STOPPING=1"]);
+            self.control.release_sockets();
         }
         for h in &self.workers {
             h.send(Ctrl::Shutdown { deadline });
@@ -282,6 +283,7 @@ impl Lifecycle {
             h.send(Ctrl::Shutdown { deadline });
         }
         self.stop_accepting.store(true, Ordering::Relaxed);
+        self.control.release_sockets();
         self.control.freeze(format!(
             "this process handed over to process {new_pid}; send changes there"
         ));

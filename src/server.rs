@@ -573,7 +573,7 @@ fn start(
         let handles = handles.clone();
         let tx = events.clone();
         std::thread::Builder::new()
-            .name("worker-join".into())
+            .name("joiner".into())
             .spawn(move || {
                 let r = join_workers(threads, &handles, &exited);
                 let _ = tx.send(Event::WorkersDone(r));

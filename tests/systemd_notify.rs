@@ -40,18 +40,7 @@ backends = ["{backend}"]
 
 /// Starts `run -c` on `cfg` written into `dir`, with extra environment.
 fn start_env(dir: tempfile::TempDir, cfg: &str, env: &[(&str, OsString)]) -> Proxy {
-    let (cfg, _) = with_test_admin(cfg);
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    let n = cfg.lines().filter(|l| l.trim() == "[[listeners]]").count() + 1;
-    Proxy::spawn_with(
-        BIN.as_ref(),
-        vec!["run".into(), "-c".into(), path.clone().into()],
-        env,
-        dir,
-        Some(path),
-        WaitFor::Listeners(n),
-    )
+    util::sd::start_run(BIN.as_ref(), dir, cfg, env)
 }
 
 #[test]
@@ -80,18 +69,20 @@ fn ready_only_once_listeners_accept_and_state_is_replayed_then_status_and_stoppi
     // Second run under "systemd": READY=1 must mean both listeners, the replayed one too,
     // accept and proxy at that very moment.
     let notify = NotifySocket::abstract_socket();
-    let dir = tempfile::tempdir().unwrap();
-    let (cfg, _) = with_test_admin(&config(b, &server));
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, &cfg).unwrap();
-    let p = Proxy::spawn_with(
-        BIN.as_ref(),
-        vec!["run".into(), "-c".into(), path.clone().into()],
+    let p = start_env(
+        tempfile::tempdir().unwrap(),
+        &config(b, &server),
         &[notify.env()],
-        dir,
-        Some(path),
-        WaitFor::Names(vec!["web".into(), "side".into(), "admin".into()]),
     );
+    wait_until(Duration::from_secs(10), "the replayed listener", || {
+        p.stderr_text().contains("name=side")
+    });
+    let side = p
+        .stderr_lines()
+        .iter()
+        .find_map(|l| parse_listening(l).filter(|(n, _)| n == "side"))
+        .map(|(_, a)| a)
+        .unwrap();
     let (i, ready) = notify.wait_for(0, Duration::from_secs(10), "READY=1", |n| n.has("READY=1"));
     // Nothing before READY=1 but... nothing: no STATUS or watchdog before start-up is done.
     assert_eq!(
@@ -100,8 +91,7 @@ fn ready_only_once_listeners_accept_and_state_is_replayed_then_status_and_stoppi
         "READY=1 is the first notification: {:?}",
         notify.all()
     );
-    for name in ["web", "side"] {
-        let addr = p.addr(name);
+    for (name, addr) in [("web", p.addr("web")), ("side", side)] {
         TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("{name} ({addr}) refuses right after READY=1: {e}"));
         let r = call(addr, "GET", "/", None);

@@ -171,21 +171,7 @@ fn start(
     config: &str,
     env: &[(&str, OsString)],
 ) -> Proxy {
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, config).unwrap();
-    let n = config
-        .lines()
-        .filter(|l| l.trim() == "[[listeners]]")
-        .count()
-        + 1;
-    Proxy::spawn_with(
-        program,
-        vec!["run".into(), "-c".into(), path.clone().into()],
-        env,
-        dir,
-        Some(path),
-        WaitFor::Listeners(n),
-    )
+    util::sd::start_run(program, dir, config, env)
 }
 
 #[test]
@@ -248,6 +234,20 @@ backends = ["{ws_backend}"]
     let (web, admin) = (p0.addr("web"), p0.addr("admin"));
     let socket = run.join("switchyard.sock");
     let socket = socket.to_str().unwrap();
+
+    // A listener added at run time (persisted in state_dir) is handed over like the others.
+    let r = call(
+        admin,
+        "PUT",
+        "/v1/listeners/side",
+        Some(r#"{"bind":"127.0.0.1:0","protocol":"http","cluster":"app"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let side: SocketAddr = call(admin, "GET", "/v1/listeners/side", None).json()["status"]
+        ["local_addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("side's address");
 
     // Long-lived connections, opened before the first upgrade.
     let mut foo_conn = connect(p0.addr("foo"));
@@ -326,9 +326,17 @@ backends = ["{ws_backend}"]
         p0.try_wait().is_some()
     });
     assert!(p0.try_wait().unwrap().success());
-    // The newest one carries on, and stops cleanly.
-    let r = call(web, "GET", "/", None);
-    assert_eq!((r.status, r.text().trim()), (200, "d1"));
+    // The newest one carries on, on the same sockets (the run-time listener too), and stops
+    // cleanly.
+    for addr in [web, side] {
+        let r = call(addr, "GET", "/", None);
+        assert_eq!((r.status, r.text().trim()), (200, "d1"), "{addr}");
+    }
+    let listed = call(admin, "GET", "/v1/listeners/side", None).json();
+    assert_eq!(
+        listed["status"]["local_addr"].as_str(),
+        Some(side.to_string().as_str())
+    );
     let from = notify.len();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(main),

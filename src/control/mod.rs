@@ -355,6 +355,13 @@ impl Control {
         self.lock().frozen = None;
     }
 
+    /// Closes the duplicates kept for an upgrade: at shutdown, and once an upgrade handed the
+    /// sockets over. A listening socket must close when the workers close theirs, or the
+    /// kernel would keep queueing connections that nobody accepts.
+    pub fn release_sockets(&self) {
+        self.lock().sockets.clear();
+    }
+
     /// The running listeners and duplicates of their sockets (for a binary upgrade).
     pub fn handover_sockets(
         &self,

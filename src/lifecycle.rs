@@ -181,7 +181,7 @@ impl Lifecycle {
 
     /// SIGHUP or `POST /v1/reload`: the config file through the control plane, framed by
     /// `RELOADING=1` and `READY=1`.
-    pub fn reload(&self, if_match: Option<u64>) -> Result<u64, ApiError> {
+    pub fn reload(&self, if_match: Option<&crate::control::IfMatch>) -> Result<u64, ApiError> {
         let reloading = notify::reloading_lines();
         let lines: Vec<&str> = reloading.iter().map(String::as_str).collect();
         self.notify(&lines);

@@ -73,7 +73,7 @@ impl QuickArgs {
     pub fn to_doc(&self) -> Result<toml::Table, Vec<ConfigError>> {
         let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let forward = self.forward.as_deref().unwrap_or(DEFAULT_FORWARD);
-        let protocol = self.protocol.as_deref().unwrap_or("tcp");
+        let protocol = self.protocol.as_deref().unwrap_or("foo");
         let http = self.http.as_deref().unwrap_or(DEFAULT_HTTP);
         let read_only = match config::parse_bind(http) {
             Ok(a) => !a.ip().is_loopback(),

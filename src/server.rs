@@ -20,6 +20,7 @@
 use crate::config::ListenerConfig;
 use crate::control::{Boot, Control, Running};
 use crate::lifecycle::{self, Lifecycle};
+use crate::net::listen::{announce, bind_listener, bind_reuseport};
 use crate::sd::{activation, notify::Notifier, watchdog};
 use crate::signals::{self, SignalEvent};
 use crate::snapshot::{self, Snapshot};
@@ -27,22 +28,19 @@ use crate::stats::{Aggregator, StatsConfig, StatsMsg};
 use crate::upgrade::{self, HandedAdmin, Inheritance};
 use crate::worker::{self, Ctrl, WorkerHandle, WorkerSettings};
 use serde_json::{Map, Value};
-use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("listener {name}: cannot bind {addr}: {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::net::listen::BindError),
+    #[error("listener {name}: {message}")]
+    Refused { name: String, message: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -64,71 +62,9 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// while such a head is being read and sent).
 const LARGE_BUFFERS_PER_WORKER: usize = 64;
 
-/// One `SO_REUSEPORT` listening socket: the kernel spreads connections across the workers'
-/// sockets. TCP_NODELAY set here is inherited by accepted sockets on Linux, which saves a
-/// syscall per connection.
-pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(SockProto::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s.into())
-}
-
-/// Binds `workers` sockets for one listener. Port 0 is resolved by the first bind and reused,
-/// so every worker listens on the same ephemeral port.
-pub fn bind_listener(
-    name: &str,
-    addr: SocketAddr,
-    workers: usize,
-    backlog: i32,
-) -> Result<Vec<TcpListener>, RunError> {
-    let err = |source| RunError::Bind {
-        name: name.to_string(),
-        addr,
-        source,
-    };
-    let first = bind_reuseport(addr, backlog).map_err(err)?;
-    let actual = first.local_addr().map_err(err)?;
-    let mut v = vec![first];
-    for _ in 1..workers {
-        v.push(bind_reuseport(actual, backlog).map_err(err)?);
-    }
-    Ok(v)
-}
-
-pub fn announce(l: &ListenerConfig, actual: SocketAddr) {
-    log::info!(
-        "listening name={} protocol={} addr={}",
-        l.name,
-        l.protocol.as_str(),
-        actual
-    );
-}
-
 /// Reads `server.admin_token_file`: the whole file, surrounding whitespace trimmed.
 fn read_token(path: &std::path::Path) -> Result<String, RunError> {
-    let t = std::fs::read_to_string(path).map_err(|e| {
-        RunError::Admin(format!(
-            "cannot read admin_token_file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        return Err(RunError::Admin(format!(
-            "admin_token_file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(t)
+    crate::check::token_file(path).map_err(|e| RunError::Admin(format!("admin_token_file: {e}")))
 }
 
 /// What the control loop reacts to.
@@ -155,6 +91,7 @@ pub fn run(
     config_path: Option<std::path::PathBuf>,
     stats: StatsConfig,
 ) -> Result<(), RunError> {
+    crate::logging::apply_config(boot.config.server.log_level);
     // Before anything is announced: a script may signal us as soon as it sees a listener.
     let signals = signals::register().map_err(io_err("installing signal handlers"))?;
     if let Some(limit) = crate::sys::raise_nofile_limit() {
@@ -242,7 +179,8 @@ struct Started {
     health_stop: Arc<AtomicBool>,
     health_thread: std::thread::JoinHandle<()>,
     agg_thread: std::thread::JoinHandle<()>,
-    log_thread: Option<std::thread::JoinHandle<()>>,
+    log_thread: std::thread::JoinHandle<()>,
+    access_log: crate::accesslog::AccessLog,
     signal_handle: signal_hook::iterator::Handle,
 }
 
@@ -255,14 +193,26 @@ fn listener_sockets(
     inherited: Option<&mut Inheritance>,
     activated: &mut Vec<activation::Activated>,
 ) -> Result<Vec<TcpListener>, RunError> {
-    let err = |source| RunError::Bind {
-        name: l.name.clone(),
-        addr: l.bind,
-        source,
+    let err = |source| {
+        RunError::Bind(crate::net::listen::BindError {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        })
+    };
+    // Our own sockets (inherited) are exempt from the probe: it would find them in use.
+    let fresh = || -> Result<Vec<TcpListener>, RunError> {
+        // SO_REUSEPORT would let us join another process's group on the same address
+        // silently: refuse that unless the config says it is meant.
+        crate::check::probe_bind(l.bind, l.share).map_err(|m| RunError::Refused {
+            name: l.name.clone(),
+            message: m,
+        })?;
+        Ok(bind_listener(&l.name, l.bind, workers, backlog)?)
     };
     if let Some(mut socks) = inherited.and_then(|i| i.claim_listener(&l.name, l.bind)) {
         if socks.is_empty() {
-            return bind_listener(&l.name, l.bind, workers, backlog);
+            return fresh();
         }
         let local = socks[0].local_addr().map_err(err)?;
         while socks.len() < workers {
@@ -293,7 +243,7 @@ fn listener_sockets(
         socks.push(a.socket);
         return Ok(socks);
     }
-    bind_listener(&l.name, l.bind, workers, backlog)
+    fresh()
 }
 
 /// `server.runtime_dir`, else systemd's `$RUNTIME_DIRECTORY` (its first entry).
@@ -313,6 +263,7 @@ fn start(
     mut inherited: Option<&mut Inheritance>,
 ) -> Result<Started, RunError> {
     let cfg = boot.config.clone();
+    let shown_path = config_path.as_ref().map(|p| p.display().to_string());
     // An upgrade keeps the listening sockets, one per worker: never fewer workers than the
     // previous process had (a socket nobody accepted on would strand its connections).
     let inherited_workers = inherited.as_ref().map_or(0, |i| i.max_sockets());
@@ -413,18 +364,19 @@ fn start(
         None => None,
     };
 
-    let (mut log_senders, log_thread) = match &cfg.server.access_log {
-        Some(path) => {
-            let (tx, t) =
-                crate::accesslog::start(path, workers).map_err(|source| RunError::Io {
-                    what: "opening the access log",
-                    source,
-                })?;
-            log::info!("access log: {}", path.display());
-            (tx.into_iter().map(Some).collect::<Vec<_>>(), Some(t))
-        }
-        None => ((0..workers).map(|_| None).collect(), None),
-    };
+    // The writer runs even without a file: a reload may turn the access log on.
+    let (access_log, sinks, log_thread) =
+        crate::accesslog::start(cfg.server.access_log.as_ref(), workers).map_err(|source| {
+            RunError::Io {
+                what: "opening the access log",
+                source,
+            }
+        })?;
+    if let Some(a) = &cfg.server.access_log {
+        log::info!("access log: {}", a.path.display());
+    }
+    let mut log_senders: Vec<Option<crate::accesslog::Sink>> =
+        sinks.into_iter().map(Some).collect();
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -550,6 +502,29 @@ fn start(
     let health_stop = Arc::new(AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
+    // One check round before serving: backends that are not checked yet stay out of rotation
+    // and the workers do not accept until each has a verdict (or the longest check timeout
+    // and a margin have passed), so a dead backend never sees a connect after a restart.
+    if let Some(longest) = control.longest_check().filter(|_| control.unchecked() > 0) {
+        let t0 = Instant::now();
+        let limit = longest + Duration::from_millis(500);
+        while control.unchecked() > 0 && t0.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = control.unchecked();
+        if left > 0 {
+            log::warn!("{left} backend(s) still unchecked after {limit:?}; serving anyway");
+        } else {
+            log::info!("first health check round done in {:?}", t0.elapsed());
+        }
+    }
+    {
+        let access_log = access_log.clone();
+        control.on_server_reload(Box::new(move |s: &crate::config::ServerConfig| {
+            crate::logging::apply_config(s.log_level);
+            access_log.set(s.access_log.clone());
+        }));
+    }
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())
@@ -580,7 +555,12 @@ fn start(
             })
             .map_err(io_err("starting the worker joiner"))?;
     }
-    log::info!("switchyard started: {workers} worker(s)");
+    log::info!(
+        "switchyard {} ({}) started: config={} engine=mio workers={workers}",
+        crate::build_info::VERSION,
+        crate::build_info::COMMIT,
+        shown_path.as_deref().unwrap_or("(command line)")
+    );
     Ok(Started {
         lifecycle,
         events,
@@ -593,6 +573,7 @@ fn start(
         health_thread,
         agg_thread,
         log_thread,
+        access_log,
         signal_handle,
     })
 }
@@ -673,13 +654,20 @@ fn control_loop(s: Started) -> Result<(), RunError> {
             Ok(Event::Signal(SignalEvent::DumpStats)) => {
                 let _ = s.stats_tx.send(StatsMsg::Dump);
             }
-            Ok(Event::Signal(SignalEvent::Reload)) => match lc.reload(None) {
-                Ok(v) => log::info!("SIGHUP: configuration reloaded (version {v})"),
-                Err(e) => log::error!(
-                    "SIGHUP: reload rejected, the running configuration is kept: {}",
-                    e.message
-                ),
-            },
+            Ok(Event::Signal(SignalEvent::Reload)) => {
+                match lc.reload(None) {
+                    Ok(v) => log::info!("SIGHUP: configuration reloaded (version {v})"),
+                    Err(e) => log::error!(
+                        "SIGHUP: reload rejected, the running configuration is kept: {}",
+                        e.message
+                    ),
+                }
+                s.access_log.reopen();
+            }
+            Ok(Event::Signal(SignalEvent::ReopenLogs)) => {
+                log::info!("SIGUSR1: reopening log files");
+                s.access_log.reopen();
+            }
             Ok(Event::WorkersDone(r)) => break r,
             Ok(Event::Promoted(pid, totals)) => {
                 if !totals.is_empty() {
@@ -716,9 +704,7 @@ fn control_loop(s: Started) -> Result<(), RunError> {
     let _ = s.stats_tx.send(StatsMsg::Stop);
     let _ = s.agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.
-    if let Some(t) = s.log_thread {
-        let _ = t.join();
-    }
+    let _ = s.log_thread.join();
     s.signal_handle.close();
     if result.is_ok() {
         log::info!("shutdown complete");

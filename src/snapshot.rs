@@ -23,6 +23,8 @@ pub enum HealthState {
     #[default]
     Up,
     Down,
+    /// Not checked yet (`init_state = "unknown"`): out of rotation until the first check.
+    Unknown,
 }
 
 /// Health by (cluster name, backend address); absent means up.
@@ -80,6 +82,8 @@ pub struct Cluster {
     pub draining: Vec<Backend>,
     /// Backends their health checks took down (out of rotation).
     pub down: Vec<Backend>,
+    /// Backends not checked yet (out of rotation until their first check passes).
+    pub unknown: Vec<Backend>,
     /// Every backend in rotation is down: fail open, and send traffic to all of them anyway
     /// (`backends` then holds them all and `down` is empty).
     pub panic: bool,
@@ -180,21 +184,26 @@ impl Snapshot {
             .clusters
             .iter()
             .map(|c| {
-                let is_down = |b: &crate::config::BackendConfig| {
-                    health.get(&(c.name.clone(), b.addr)) == Some(&HealthState::Down)
+                let state = |b: &crate::config::BackendConfig| {
+                    health
+                        .get(&(c.name.clone(), b.addr))
+                        .copied()
+                        .unwrap_or_default()
                 };
                 let mut backends: Vec<Backend> = Vec::new();
                 let mut down: Vec<Backend> = Vec::new();
+                let mut unknown: Vec<Backend> = Vec::new();
                 for b in c.backends.iter().filter(|b| !b.drain) {
-                    if is_down(b) {
-                        down.push(backend(c, b));
-                    } else {
-                        backends.push(backend(c, b));
+                    match state(b) {
+                        HealthState::Up => backends.push(backend(c, b)),
+                        HealthState::Down => down.push(backend(c, b)),
+                        HealthState::Unknown => unknown.push(backend(c, b)),
                     }
                 }
-                let panic = backends.is_empty() && !down.is_empty();
+                let panic = backends.is_empty() && !(down.is_empty() && unknown.is_empty());
                 if panic {
                     backends = std::mem::take(&mut down);
+                    backends.append(&mut unknown);
                 }
                 Cluster {
                     name: c.name.clone(),
@@ -214,6 +223,7 @@ impl Snapshot {
                         .map(|b| backend(c, b))
                         .collect(),
                     down,
+                    unknown,
                     panic,
                     outlier: c.outlier.clone(),
                     retry: c.retry.clone(),
@@ -282,6 +292,7 @@ impl Snapshot {
             .iter()
             .chain(&c.draining)
             .chain(&c.down)
+            .chain(&c.unknown)
             .find(|b| b.addr == addr)
     }
 }

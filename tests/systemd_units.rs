@@ -90,7 +90,7 @@ fn service_has_the_lifecycle_settings_the_readme_promises() {
         "NotifyAccess=main",
         "WatchdogSec=10s",
         "ExecStartPre=/usr/local/bin/switchyard check -c /etc/switchyard/switchyard.toml",
-        "ExecReload=/usr/local/bin/switchyard check -c /etc/switchyard/switchyard.toml",
+        "ExecReload=/usr/local/bin/switchyard check --skip-bind -c /etc/switchyard/switchyard.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "LimitNOFILE=1048576",
         "StateDirectory=switchyard",

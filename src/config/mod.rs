@@ -74,11 +74,73 @@ impl Errors {
             message: message.into(),
         });
     }
-    pub(crate) fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
+    /// Keys of a raw table that `T` does not have, each with a "did you mean" when one of
+    /// `T`'s keys is close.
+    pub(crate) fn unknown<T: Serialize + Default>(
+        &mut self,
+        path: &str,
+        extra: &BTreeMap<String, toml::Value>,
+    ) {
+        if extra.is_empty() {
+            return;
+        }
+        let known = keys_of::<T>();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
         for key in extra.keys() {
-            self.add(format!("{path}.{key}"), "unknown key");
+            self.add(
+                format!("{path}.{key}"),
+                format!("unknown key{}", suggest(key, &known)),
+            );
         }
     }
+}
+
+/// The keys of a raw table type (its fields, as serialized; the flattened catch-all of
+/// unknown keys is skipped when serializing).
+fn keys_of<T: Serialize + Default>() -> Vec<String> {
+    match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `" (did you mean \"x\"?)"` when a known key is a small edit away from `key`, else `""`.
+pub(crate) fn suggest(key: &str, known: &[&str]) -> String {
+    let limit = (key.chars().count() / 3).clamp(1, 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&key.to_ascii_lowercase(), k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance with adjacent transpositions (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
+    }
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -101,7 +163,9 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub backlog: Option<u64>,
     pub shutdown_timeout: Option<String>,
-    pub access_log: Option<String>,
+    /// A path, or `{ path = "...", format = "json" | "combined" }`.
+    pub access_log: Option<toml::Value>,
+    pub log_level: Option<String>,
     pub admin: Option<String>,
     pub admin_token_file: Option<String>,
     pub admin_insecure: Option<bool>,
@@ -132,6 +196,8 @@ pub struct RawListener {
     pub max_headers: Option<u64>,
     pub max_uri_bytes: Option<RawSize>,
     pub max_connections: Option<u64>,
+    /// Another process listens on this address on purpose (SO_REUSEPORT group).
+    pub share: Option<bool>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -265,8 +331,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub backlog: i32,
     pub shutdown_timeout: Duration,
-    /// HTTP access log file (JSON lines), appended to.
-    pub access_log: Option<std::path::PathBuf>,
+    /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
+    pub access_log: Option<AccessLogConfig>,
+    /// `log_level`; `SWITCHYARD_LOG` wins over it.
+    pub log_level: Option<log::LevelFilter>,
     /// Admin API address; `None` when disabled (`admin = "off"`).
     pub admin: Option<SocketAddr>,
     /// When set, every admin mutation needs `Authorization: Bearer <token>`.
@@ -287,6 +355,22 @@ pub struct ServerConfig {
     pub upgrade_timeout: Duration,
 }
 
+/// Line format of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line (every field).
+    #[default]
+    Json,
+    /// NCSA combined (Apache/nginx), for tools that read it.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub path: std::path::PathBuf,
+    pub format: LogFormat,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
@@ -303,6 +387,9 @@ pub struct ListenerConfig {
     /// Open client connections on this listener (all workers); beyond it new ones are
     /// turned away (http: `503` with `Retry-After`).
     pub max_connections: Option<u32>,
+    /// Sharing the address with another process is intended (else start-up refuses an
+    /// address someone already serves).
+    pub share: bool,
 }
 
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
@@ -375,14 +462,7 @@ pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message: format!("cannot read: {e}"),
         }]
     })?;
-    parse_str(&text).map_err(|mut errs| {
-        for e in &mut errs {
-            if e.path.is_empty() {
-                e.path = shown.clone();
-            }
-        }
-        errs
-    })
+    parse_str(&text).map_err(|errs| with_file(errs, &shown))
 }
 
 /// Parses and validates TOML text.
@@ -391,16 +471,45 @@ pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// TOML text → table (the raw document the control plane edits), syntax errors only.
+///
+/// A syntax error's path is `:LINE:COLUMN` (1-based) for the caller to put the file name in
+/// front of (see [`with_file`]); its message quotes the offending line with a caret.
 pub fn parse_toml(text: &str) -> Result<toml::Table, Vec<ConfigError>> {
     text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().trim().replace('\n', "; ");
+        let Some(span) = e.span() else {
+            return vec![ConfigError {
+                path: String::new(),
+                message: format!("TOML syntax: {msg}"),
+            }];
+        };
+        let at = span.start.min(text.len());
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        let line_no = text[..line_start].matches('\n').count() + 1;
+        let col = text[line_start..at].chars().count() + 1;
+        let line = text[line_start..line_end].trim_end_matches('\r');
+        let gutter = line_no.to_string().len();
         vec![ConfigError {
-            path: String::new(),
+            path: format!(":{line_no}:{col}"),
             message: format!(
-                "TOML syntax: {}",
-                e.to_string().trim_end().replace('\n', " | ")
+                "TOML syntax: {msg}\n {:gutter$} |\n {line_no} | {line}\n {:gutter$} | {:>col$}",
+                "", "", "^"
             ),
         }]
     })
+}
+
+/// Puts the file name into errors that have no path (the whole file) or only a position.
+pub fn with_file(mut errs: Vec<ConfigError>, shown: &str) -> Vec<ConfigError> {
+    for e in &mut errs {
+        if e.path.is_empty() {
+            e.path = shown.to_string();
+        } else if e.path.starts_with(':') {
+            e.path = format!("{shown}{}", e.path);
+        }
+    }
+    errs
 }
 
 /// Validates a raw document (a parsed file, or one the admin API edited).
@@ -409,6 +518,8 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut server = RawServer::default();
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
+    // A `listeners` key of the wrong shape is reported once, as that.
+    let listeners_present = table.contains_key("listeners");
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -418,10 +529,16 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
-            other => errs.add(other, "unknown key"),
+            other => errs.add(
+                other,
+                format!(
+                    "unknown key{}",
+                    suggest(other, &["server", "listeners", "clusters"])
+                ),
+            ),
         }
     }
-    let cfg = validate(&server, &listeners, &clusters, &mut errs);
+    let cfg = validate(&server, &listeners, &clusters, listeners_present, &mut errs);
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -452,7 +569,7 @@ pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
             Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
             _ => None,
         };
-        errs.add(full, err.into_inner().message().trim().to_string());
+        errs.add(full, plain_type_error(err.into_inner().message().trim()));
         let removed = match (key, value.as_table_mut()) {
             (Some(k), Some(t)) => t.remove(&k).is_some(),
             _ => false,
@@ -460,6 +577,19 @@ pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
         if !removed {
             return None;
         }
+    }
+}
+
+/// serde's wording, in the config's terms ("expected u64" → "expected a whole number").
+fn plain_type_error(m: &str) -> String {
+    let m = m
+        .replace("expected u64", "expected a whole number (0 or more)")
+        .replace("expected u32", "expected a whole number (0 or more)")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    match m.find("expected struct Raw") {
+        Some(i) => format!("{}expected a table", &m[..i]),
+        None => m,
     }
 }
 
@@ -568,6 +698,54 @@ fn http_listener(
     }
 }
 
+/// `server.access_log`: `"path"` or `{ path = "path", format = "json" | "combined" }`.
+fn access_log_field(v: &toml::Value, errs: &mut Errors) -> Option<AccessLogConfig> {
+    const P: &str = "server.access_log";
+    let (path, format) = match v {
+        toml::Value::String(p) => (Some(p.as_str()), LogFormat::Json),
+        toml::Value::Table(t) => {
+            let mut format = LogFormat::Json;
+            for (k, val) in t {
+                match (k.as_str(), val.as_str()) {
+                    ("path", Some(_)) => {}
+                    ("path", None) => errs.add(format!("{P}.path"), "expected a string"),
+                    ("format", Some("json")) => format = LogFormat::Json,
+                    ("format", Some("combined")) => format = LogFormat::Combined,
+                    ("format", _) => {
+                        errs.add(format!("{P}.format"), "expected \"json\" or \"combined\"")
+                    }
+                    (other, _) => errs.add(
+                        format!("{P}.{other}"),
+                        format!("unknown key{}", suggest(other, &["path", "format"])),
+                    ),
+                }
+            }
+            if !t.contains_key("path") {
+                errs.add(format!("{P}.path"), "missing");
+            }
+            (t.get("path").and_then(|p| p.as_str()), format)
+        }
+        _ => {
+            errs.add(
+                P,
+                "expected a path or { path = \"...\", format = \"json\" | \"combined\" }",
+            );
+            return None;
+        }
+    };
+    match path {
+        None => None,
+        Some("") => {
+            errs.add(P, "empty path");
+            None
+        }
+        Some(p) => Some(AccessLogConfig {
+            path: p.into(),
+            format,
+        }),
+    }
+}
+
 fn path_field(path: &str, raw: &Option<String>, errs: &mut Errors) -> Option<std::path::PathBuf> {
     match raw.as_deref() {
         None => None,
@@ -666,7 +844,13 @@ fn valid_name(path: String, raw: Option<&String>, errs: &mut Errors) -> String {
                 && n.len() <= 64
                 && n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
+            if ok && (n == "." || n == "..") {
+                // A name is a path segment of the admin API (`/v1/clusters/..`).
+                errs.add(
+                    path,
+                    format!("invalid name {n:?}: \".\" and \"..\" are not names"),
+                );
+            } else if !ok {
                 errs.add(
                     path,
                     format!("invalid name {n:?}: use 1-64 of [A-Za-z0-9._-]"),
@@ -694,6 +878,15 @@ pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
 /// Parses a backend address. Accepts `ip:port`, `:port` (this host) and `host:port` resolved
 /// once here, at load time.
 pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
+    let a = resolve_backend_addr(s)?;
+    if a.port() == 0 {
+        // Connecting to port 0 fails every time: a typo, never a backend.
+        return Err(format!("invalid backend address {s:?}: port 0"));
+    }
+    Ok(a)
+}
+
+fn resolve_backend_addr(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Some(port) = t.strip_prefix(':') {
         return format!("127.0.0.1:{port}")
@@ -706,6 +899,12 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
     if !t.contains(':') {
         return Err(format!(
             "invalid backend address {s:?} (expected host:port)"
+        ));
+    }
+    // Fuzzing must not send DNS queries (or read /etc/hosts once per input).
+    if cfg!(fuzzing) {
+        return Err(format!(
+            "invalid backend address {s:?}: no name resolution while fuzzing"
         ));
     }
     match t.to_socket_addrs() {
@@ -737,7 +936,10 @@ fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<Ba
                     }
                     ("drain", toml::Value::Boolean(d)) => drain = *d,
                     ("drain", _) => errs.add(format!("{path}.drain"), "expected true or false"),
-                    _ => errs.add(format!("{path}.{k}"), "unknown key"),
+                    _ => errs.add(
+                        format!("{path}.{k}"),
+                        format!("unknown key{}", suggest(k, &["addr", "weight", "drain"])),
+                    ),
                 }
             }
             match name {
@@ -781,9 +983,10 @@ fn validate(
     server: &RawServer,
     listeners: &[Option<RawListener>],
     clusters: &[Option<RawCluster>],
+    listeners_present: bool,
     errs: &mut Errors,
 ) -> Config {
-    errs.unknown("server", &server.unknown);
+    errs.unknown::<RawServer>("server", &server.unknown);
     let workers = int_field(
         "server.workers",
         server.workers,
@@ -863,14 +1066,23 @@ fn validate(
             defaults::SHUTDOWN_TIMEOUT,
             errs,
         ),
-        access_log: match server.access_log.as_deref() {
-            None => None,
-            Some("") => {
-                errs.add("server.access_log", "empty path");
-                None
+        access_log: server
+            .access_log
+            .as_ref()
+            .and_then(|v| access_log_field(v, errs)),
+        log_level: server.log_level.as_deref().and_then(|l| {
+            let parsed = crate::logging::parse_level(l);
+            if parsed.is_none() {
+                errs.add(
+                    "server.log_level",
+                    format!(
+                        "unknown log level {l:?} (expected one of: {})",
+                        crate::logging::LEVELS
+                    ),
+                );
             }
-            Some(p) => Some(std::path::PathBuf::from(p)),
-        },
+            parsed
+        }),
         admin: None,
         admin_token_file: path_field("server.admin_token_file", &server.admin_token_file, errs),
         admin_insecure: server.admin_insecure.unwrap_or(false),
@@ -913,7 +1125,7 @@ fn validate(
     for (i, raw) in clusters.iter().enumerate() {
         let Some(c) = raw else { continue };
         let p = format!("clusters[{i}]");
-        errs.unknown(&p, &c.unknown);
+        errs.unknown::<RawCluster>(&p, &c.unknown);
         let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
         if !name.is_empty() && !cluster_names.insert(name.clone()) {
             errs.add(
@@ -1047,7 +1259,7 @@ fn validate(
     for (i, raw) in listeners.iter().enumerate() {
         let Some(l) = raw else { continue };
         let p = format!("listeners[{i}]");
-        errs.unknown(&p, &l.unknown);
+        errs.unknown::<RawListener>(&p, &l.unknown);
         let name = valid_name(format!("{p}.name"), l.name.as_ref(), errs);
         if !name.is_empty() && !listener_names.insert(name.clone()) {
             errs.add(
@@ -1161,6 +1373,7 @@ fn validate(
                 routes,
                 faas,
                 http,
+                share: l.share.unwrap_or(false),
                 max_connections: l.max_connections.map(|n| {
                     int_field(
                         &format!("{p}.max_connections"),
@@ -1174,7 +1387,7 @@ fn validate(
             });
         }
     }
-    if listeners.is_empty() {
+    if listeners.is_empty() && !listeners_present {
         errs.add(
             "listeners",
             "no listener configured (add a [[listeners]] table)",

@@ -14,7 +14,6 @@ pub mod doc;
 pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
-use crate::server;
 use crate::snapshot::{HealthMap, HealthState, Runtime, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
@@ -50,6 +49,38 @@ impl ApiError {
     }
     fn not_found(kind: &str, name: &str) -> ApiError {
         ApiError::new(404, "not_found", format!("no {kind} named {name:?}"))
+    }
+}
+
+/// An `If-Match` precondition (RFC 9110 §13.1.1): the change goes ahead only when the running
+/// config version is one of `versions`. Tags that are not one of our version ETags (a
+/// `"stale-version"` from somewhere else) match nothing, so a header holding only such tags
+/// fails with 412, as a stale version does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfMatch {
+    pub versions: Vec<u64>,
+    /// The header as sent, for the error message.
+    pub raw: String,
+}
+
+impl IfMatch {
+    fn check(&self, running: u64) -> Result<(), ApiError> {
+        if self.versions.contains(&running) {
+            return Ok(());
+        }
+        let message = if self.versions.is_empty() {
+            format!(
+                "If-Match {:?} names no version of this config; the running config is version \
+                 {running} (ETag \"{running}\")",
+                self.raw
+            )
+        } else {
+            format!(
+                "If-Match names version {}, the running config is version {running}",
+                self.raw.trim().trim_start_matches("W/").trim_matches('"')
+            )
+        };
+        Err(ApiError::new(412, "version_mismatch", message))
     }
 }
 
@@ -179,6 +210,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
     };
+    check_state_dir(&config)?;
     let loaded = persist::load(&dir);
     for problem in &loaded.problems {
         log::warn!("state file {problem}");
@@ -225,8 +257,29 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
     }
 }
 
+/// `server.state_dir` must be usable before start-up goes on (see [`persist::check_dir`]);
+/// `switchyard check` asks the same.
+pub fn check_state_dir(config: &Config) -> Result<(), Vec<ConfigError>> {
+    let Some(dir) = &config.server.state_dir else {
+        return Ok(());
+    };
+    persist::check_dir(dir).map_err(|message| {
+        vec![ConfigError {
+            path: "server.state_dir".into(),
+            message,
+        }]
+    })
+}
+
+/// Called after a reload with the new `[server]` settings (the ones a reload applies at once).
+pub type ServerHook = Box<dyn Fn(&config::ServerConfig) + Send + Sync>;
+
+/// `[server]` keys a reload applies at once; every other server setting waits for a restart.
+pub const RELOADABLE_SERVER_KEYS: [&str; 2] = ["access_log", "log_level"];
+
 pub struct Control {
     state: Mutex<State>,
+    server_hook: std::sync::OnceLock<ServerHook>,
     shared: SharedSnapshot,
     workers: Vec<WorkerHandle>,
     state_dir: Option<PathBuf>,
@@ -252,12 +305,14 @@ impl Control {
             .iter()
             .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
             .collect();
+        let mut health = HashMap::new();
+        add_unchecked(&boot.config, &mut health);
         let c = Control {
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
                 slots,
-                health: HashMap::new(),
+                health,
                 ramps: HashMap::new(),
                 store,
                 file: boot.file,
@@ -271,7 +326,15 @@ impl Control {
             workers,
             state_dir,
             config_path,
+            server_hook: std::sync::OnceLock::new(),
         };
+        // Backends not checked yet leave the rotation before anything is served.
+        {
+            let mut st = c.lock();
+            if st.health.values().any(|r| r.state == HealthState::Unknown) {
+                c.publish(&mut st);
+            }
+        }
         // Record what we run now, so a restart before any change still finds it.
         if let Some(dir) = &c.state_dir {
             let mut st = c.lock();
@@ -295,6 +358,11 @@ impl Control {
             log::info!("server.state_dir is not set: runtime changes last until the next restart");
         }
         c
+    }
+
+    /// Registers what a reload calls with the new `[server]` settings (set once, at start).
+    pub fn on_server_reload(&self, hook: ServerHook) {
+        let _ = self.server_hook.set(hook);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -385,21 +453,12 @@ impl Control {
     pub fn apply(
         &self,
         change: Change,
-        if_match: Option<u64>,
+        if_match: Option<&IfMatch>,
         who: &str,
     ) -> Result<Applied, ApiError> {
         let mut st = self.lock();
-        if let Some(v) = if_match {
-            if v != st.version {
-                return Err(ApiError::new(
-                    412,
-                    "version_mismatch",
-                    format!(
-                        "If-Match names version {v}, the running config is version {}",
-                        st.version
-                    ),
-                ));
-            }
+        if let Some(m) = if_match {
+            m.check(st.version)?;
         }
         let mut d = st.doc.clone();
         let (created, target) = edit(&mut d, &st.config, &change)?;
@@ -414,7 +473,11 @@ impl Control {
         let version = self
             .commit(&mut st, d, None)
             .map_err(|e| with_relative_field(e, target))?;
-        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        if version == old {
+            log::info!("audit: {who}: {what}: no change (version {version})");
+        } else {
+            log::info!("audit: {who}: {what}: version {old} -> {version}");
+        }
         Ok(Applied { version, created })
     }
 
@@ -424,7 +487,7 @@ impl Control {
     }
 
     /// [`Control::reload`] for the API: 412 when `if_match` is stale, 422 when the file is bad.
-    pub fn reload_if(&self, if_match: Option<u64>) -> Result<u64, ApiError> {
+    pub fn reload_if(&self, if_match: Option<&IfMatch>) -> Result<u64, ApiError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ApiError::new(
                 409,
@@ -437,11 +500,9 @@ impl Control {
             .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let shown = path.display().to_string();
         let join = |errs: Vec<ConfigError>| {
-            errs.iter()
-                .map(|e| match e.path.as_str() {
-                    "" => format!("{shown}: {}", e.message),
-                    _ => e.to_string(),
-                })
+            config::with_file(errs, &shown)
+                .iter()
+                .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -449,33 +510,61 @@ impl Control {
         // The file must be valid on its own, not only once merged.
         let file_cfg = config::parse_table(new_file.clone()).map_err(|e| failed(join(e)))?;
         let mut st = self.lock();
-        if let Some(v) = if_match.filter(|&v| v != st.version) {
-            return Err(ApiError::new(
-                412,
-                "version_mismatch",
-                format!(
-                    "If-Match names version {v}, the running config is version {}",
-                    st.version
-                ),
-            ));
+        if let Some(m) = if_match {
+            m.check(st.version)?;
         }
-        if file_cfg.server != st.config.server {
+        let restart_only = |s: &config::ServerConfig| config::ServerConfig {
+            access_log: None,
+            log_level: None,
+            ..s.clone()
+        };
+        if restart_only(&file_cfg.server) != restart_only(&st.config.server) {
             log::warn!(
-                "reload: [server] settings changed in {}; they take effect at the next restart",
-                path.display()
+                "reload: [server] settings changed in {}; they take effect at the next restart \
+                 (only {} apply at once)",
+                path.display(),
+                RELOADABLE_SERVER_KEYS.join(" and ")
             );
         }
         let mut merged = doc::merge(&new_file, &st.file, &st.doc);
-        match st.doc.get("server") {
-            Some(s) => merged.insert("server".into(), s.clone()),
-            None => merged.remove("server"),
-        };
+        // The running [server] table, with the keys a reload applies taken from the file.
+        let mut server = st
+            .doc
+            .get("server")
+            .and_then(Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        let file_server = new_file.get("server").and_then(Value::as_table);
+        for k in RELOADABLE_SERVER_KEYS {
+            match file_server.and_then(|s| s.get(k)) {
+                Some(v) => server.insert(k.into(), v.clone()),
+                None => server.remove(k),
+            };
+        }
+        if server.is_empty() {
+            merged.remove("server");
+        } else {
+            merged.insert("server".into(), Value::Table(server));
+        }
+        for line in doc::overridden(&new_file, &st.file, &st.doc) {
+            log::warn!("reload overrides a runtime change: {line}");
+        }
         let old = st.version;
         let version = self.commit(&mut st, merged, Some(new_file))?;
-        log::info!(
-            "audit: SIGHUP: reloaded {}: version {old} -> {version}",
-            path.display()
-        );
+        if version == old {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: no change (version {version})",
+                path.display()
+            );
+        } else {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: version {old} -> {version}",
+                path.display()
+            );
+        }
+        if let Some(hook) = self.server_hook.get() {
+            hook(&st.config.server);
+        }
         Ok(version)
     }
 
@@ -490,6 +579,24 @@ impl Control {
             return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
         }
         let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        if new_doc == st.doc {
+            // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
+            // reads differently but merges to the same document becomes the new base.
+            if let Some(f) = new_file.filter(|f| *f != st.file) {
+                if let Some(store) = st.store.as_mut() {
+                    let p = persist::Persisted::new(
+                        st.version,
+                        doc::objects_only(&f),
+                        doc::objects_only(&st.doc),
+                    );
+                    if let Err(e) = store.save(&p) {
+                        log::warn!("cannot update the state file: {e}");
+                    }
+                }
+                st.file = f;
+            }
+            return Ok(st.version);
+        }
         let workers = self.workers.len().max(1);
         let backlog = cfg.server.backlog;
 
@@ -513,15 +620,20 @@ impl Control {
                 continue;
             }
             let slot = alloc(&new_slots);
-            if slot >= crate::token::MAX_LISTENERS {
+            if slot >= crate::engine::token::MAX_LISTENERS {
                 return Err(ApiError::new(
                     409,
                     "too_many_listeners",
-                    format!("at most {} listeners", crate::token::MAX_LISTENERS),
+                    format!("at most {} listeners", crate::engine::token::MAX_LISTENERS),
                 ));
             }
             new_slots.insert(slot);
-            let socks = server::bind_listener(&l.name, l.bind, workers, backlog)
+            if !l.share && !st.running.values().any(|r| r.bind == l.bind) {
+                crate::check::probe_bind(l.bind, false).map_err(|m| {
+                    ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
+                })?;
+            }
+            let socks = crate::net::listen::bind_listener(&l.name, l.bind, workers, backlog)
                 .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
                 .first()
@@ -552,12 +664,13 @@ impl Control {
             cfg.cluster(c)
                 .is_some_and(|cl| cl.health.is_some() && cl.backends.iter().any(|b| b.addr == *a))
         };
-        let health: HashMap<(String, SocketAddr), CheckRecord> = st
+        let mut health: HashMap<(String, SocketAddr), CheckRecord> = st
             .health
             .iter()
             .filter(|(k, _)| exists(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        add_unchecked(&cfg, &mut health);
         // Slow start for backends that join the rotation: new, or no longer drained.
         let now = Instant::now();
         let mut ramps: HashMap<(String, SocketAddr), Instant> = HashMap::new();
@@ -621,7 +734,7 @@ impl Control {
             st.sockets.insert(name.clone(), dups);
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
-                    server::announce(l, r.local);
+                    crate::net::listen::announce(l, r.local);
                 }
             }
             for (w, socket) in self.workers.iter().zip(socks) {
@@ -699,14 +812,19 @@ impl Control {
         if rec.state == state {
             return;
         }
+        let rec_was = rec.state;
         rec.state = state;
         match state {
             HealthState::Down => {
                 log::warn!("health: backend {backend} of cluster {cluster} is DOWN ({detail})")
             }
+            HealthState::Up if rec_was == HealthState::Unknown => {
+                log::info!("health: backend {backend} of cluster {cluster} is UP (first check)")
+            }
             HealthState::Up => {
                 log::info!("health: backend {backend} of cluster {cluster} is UP again")
             }
+            HealthState::Unknown => {}
         }
         if state == HealthState::Up
             && st
@@ -760,6 +878,33 @@ impl Control {
         }
     }
 
+    /// What the control plane holds for a backend's health (the checker starts from it).
+    pub fn health_state(&self, cluster: &str, backend: SocketAddr) -> HealthState {
+        self.lock()
+            .health
+            .get(&(cluster.to_string(), backend))
+            .map_or(HealthState::Up, |r| r.state)
+    }
+
+    /// Backends whose first check has not concluded yet.
+    pub fn unchecked(&self) -> usize {
+        self.lock()
+            .health
+            .values()
+            .filter(|r| r.state == HealthState::Unknown)
+            .count()
+    }
+
+    /// The longest check timeout of any health-checked cluster (bounds the first round).
+    pub fn longest_check(&self) -> Option<std::time::Duration> {
+        let st = self.lock();
+        st.config
+            .clusters
+            .iter()
+            .filter_map(|c| c.health.as_ref().map(|h| h.timeout))
+            .max()
+    }
+
     /// Health records for the admin API, by backend address.
     pub fn health_of(&self, cluster: &str) -> HashMap<SocketAddr, CheckRecord> {
         self.lock()
@@ -768,6 +913,25 @@ impl Control {
             .filter(|((c, _), _)| c == cluster)
             .map(|((_, a), r)| (*a, r.clone()))
             .collect()
+    }
+}
+
+/// Backends of health-checked clusters with `init_state = "unknown"` that have no record yet
+/// start as unknown: out of rotation until their first check.
+fn add_unchecked(cfg: &Config, health: &mut HashMap<(String, SocketAddr), CheckRecord>) {
+    for c in &cfg.clusters {
+        let Some(h) = &c.health else { continue };
+        if !h.init_unknown {
+            continue;
+        }
+        for b in &c.backends {
+            health
+                .entry((c.name.clone(), b.addr))
+                .or_insert_with(|| CheckRecord {
+                    state: HealthState::Unknown,
+                    ..CheckRecord::default()
+                });
+        }
     }
 }
 
@@ -798,7 +962,7 @@ fn runtime(
 
 fn health_map(h: &HashMap<(String, SocketAddr), CheckRecord>) -> HealthMap {
     h.iter()
-        .filter(|(_, r)| r.state == HealthState::Down)
+        .filter(|(_, r)| r.state != HealthState::Up)
         .map(|(k, r)| (k.clone(), r.state))
         .collect()
 }
@@ -1065,7 +1229,7 @@ fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
 /// `draining`, and the last check.
 fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
     let rec = |a: SocketAddr| st.health.get(&(c.name.clone(), a));
-    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state == HealthState::Down);
+    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state != HealthState::Up);
     let panic = c.backends.iter().any(|b| !b.drain)
         && c.backends.iter().filter(|b| !b.drain).all(|b| down(b.addr));
     let backends: Vec<Json> = c
@@ -1074,6 +1238,8 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
         .map(|b| {
             let state = if b.drain {
                 "draining"
+            } else if rec(b.addr).is_some_and(|r| r.state == HealthState::Unknown) {
+                "unknown"
             } else if down(b.addr) {
                 "down"
             } else {

@@ -592,6 +592,14 @@ impl Drop for Proxy {
     }
 }
 
+/// An `http.<key>` counter of the proxy's stats; a missing key fails the test (never reads 0).
+pub fn http_stat(p: &Proxy, key: &str) -> u64 {
+    let st = p.stats();
+    st["http"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats have no integer http.{key}: {st}"))
+}
+
 pub fn tcp_of(stats: &Value, key: &str) -> u64 {
     stats["tcp"][key]
         .as_u64()

@@ -154,6 +154,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
         if !crate::sys::wait_readable(&listener, Duration::from_millis(250)) {
             continue;
         }
+        if stop.load(Ordering::Relaxed) {
+            break; // handed over while we waited: the successor takes this connection
+        }
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -62,6 +62,9 @@ fn accept_loop(listener: UnixListener, lifecycle: Arc<Lifecycle>, stop: Arc<Atom
         if !crate::sys::wait_readable(&listener, Duration::from_millis(250)) {
             continue;
         }
+        if stop.load(Ordering::Relaxed) {
+            break; // handed over while we waited: the successor takes this connection
+        }
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -690,11 +690,11 @@ impl<E: Engine> Worker<E> {
 
     // ------------------------------------------------------------------ shutdown
 
-    /// At shutdown: idle keep-alive clients and pooled connections are closed at once; busy
-    /// sessions finish what they are doing and close after it.
+    /// At shutdown (or after a binary upgrade handed over): pooled connections close at once;
+    /// sessions drain (`HttpSession::drain`): a client idle for `DRAIN_IDLE` already is closed
+    /// now, the others get their next response with `Connection: close`, or are closed after
+    /// `DRAIN_IDLE` of silence; TCP sessions run to their end.
     fn close_idle(&mut self) {
-        // Sessions drain: a client idle for DRAIN_IDLE already is closed now; the others get
-        // their next response with `Connection: close`, or close after DRAIN_IDLE of silence.
         let now = self.now;
         let mut idle = Vec::new();
         let mut rest = Vec::new();

@@ -476,29 +476,6 @@ fn start(
         inherited.is_none(),
     ));
 
-    if let Some(listener) = admin_listener {
-        let settings = crate::admin::AdminSettings {
-            token,
-            read_only: cfg.server.admin_read_only,
-            max_body: cfg.server.admin_max_body,
-        };
-        let local = crate::admin::start(
-            listener,
-            control.clone(),
-            Some(stats_source),
-            settings,
-            Some(lifecycle.clone()),
-            stop_accepting.clone(),
-        )
-        .map_err(|e| RunError::Admin(e.to_string()))?;
-        log::info!("listening name=admin protocol=admin addr={local}");
-    }
-    if let Some((path, l)) = control_socket {
-        upgrade::socket::serve(l, lifecycle.clone(), stop_accepting.clone())
-            .map_err(io_err("starting the control socket"))?;
-        log::info!("control socket: {}", path.display());
-    }
-
     let health_stop = Arc::new(AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
@@ -561,6 +538,31 @@ fn start(
         crate::build_info::COMMIT,
         shown_path.as_deref().unwrap_or("(command line)")
     );
+    // The admin API and the control socket last: their announcement tells scripts (and the
+    // test harness) that start-up is complete.
+    if let Some(listener) = admin_listener {
+        let settings = crate::admin::AdminSettings {
+            token,
+            read_only: cfg.server.admin_read_only,
+            max_body: cfg.server.admin_max_body,
+        };
+        let local = crate::admin::start(
+            listener,
+            control.clone(),
+            Some(stats_source),
+            settings,
+            Some(lifecycle.clone()),
+            stop_accepting.clone(),
+        )
+        .map_err(|e| RunError::Admin(e.to_string()))?;
+        log::info!("listening name=admin protocol=admin addr={local}");
+    }
+    if let Some((path, l)) = control_socket {
+        upgrade::socket::serve(l, lifecycle.clone(), stop_accepting.clone())
+            .map_err(io_err("starting the control socket"))?;
+        log::info!("control socket: {}", path.display());
+    }
+
     Ok(Started {
         lifecycle,
         events,

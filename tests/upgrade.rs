@@ -276,6 +276,8 @@ backends = ["{ws_backend}"]
         });
         assert_eq!(n.get("MAINPID"), Some(new.to_string().as_str()), "{n:?}");
         assert!(n.has("READY=1"), "{n:?}");
+        // NotifyAccess=main: the hand-over comes from the main process itself.
+        assert_eq!(n.pid, old, "MAINPID= sent by the old main process: {n:?}");
         generations.push(new);
         main = new;
         // The previous process (not the first: it holds the long-lived connections) drains
@@ -291,6 +293,21 @@ backends = ["{ws_backend}"]
     }
     let (requests, report) = wrk.finish_clean(Duration::from_secs(60));
     assert!(requests > 1000, "{report}");
+    eprintln!("ten upgrades under load: {report}");
+
+    // Under NotifyAccess=main, every notification must come from the process that is main
+    // when it is sent: a successor is silent until its MAINPID=, a predecessor after it.
+    let all = notify.all();
+    let mut current = p0.pid;
+    for n in &all {
+        assert_eq!(
+            n.pid, current,
+            "notification from a non-main process: {n:?}"
+        );
+        if let Some(m) = n.get("MAINPID") {
+            current = m.parse().unwrap();
+        }
+    }
 
     // The long-lived connections still work, on the first process.
     foo_roundtrip(&mut foo_conn, 1);

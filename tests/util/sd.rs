@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use super::{spawn_small, Deadline};
 
-/// One datagram: when it arrived and its `KEY=VALUE` lines.
+/// One datagram: when it arrived, who sent it (the kernel's `SCM_CREDENTIALS`, as systemd
+/// reads them to apply `NotifyAccess=`), and its `KEY=VALUE` lines.
 #[derive(Clone, Debug)]
 pub struct Notification {
     pub at: Instant,
+    pub pid: i32,
     pub lines: Vec<String>,
 }
 
@@ -61,12 +63,36 @@ impl NotifySocket {
     }
 
     fn with(sock: UnixDatagram, env_value: String, dir: Option<tempfile::TempDir>) -> NotifySocket {
+        use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+        use std::os::fd::AsRawFd;
         let log = Arc::new(Mutex::new(Vec::new()));
         let rx = sock.try_clone().expect("clone notify socket");
+        setsockopt(&rx, sockopt::PassCred, &true).expect("SO_PASSCRED");
         let l = log.clone();
         spawn_small("notify-socket", move || {
             let mut buf = vec![0u8; 4096];
-            while let Ok(n) = rx.recv(&mut buf) {
+            loop {
+                let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let Ok(m) = recvmsg::<()>(
+                    rx.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::empty(),
+                ) else {
+                    break;
+                };
+                let n = m.bytes;
+                let pid = m
+                    .cmsgs()
+                    .ok()
+                    .and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::ScmCredentials(u) => Some(u.pid()),
+                            _ => None,
+                        })
+                    })
+                    .unwrap_or(0);
                 if n == 0 {
                     continue;
                 }
@@ -77,6 +103,7 @@ impl NotifySocket {
                 let lines = text.lines().map(str::to_string).collect();
                 l.lock().unwrap().push(Notification {
                     at: Instant::now(),
+                    pid,
                     lines,
                 });
             }

@@ -198,7 +198,9 @@ impl HttpSession {
     pub fn drain(&mut self) {
         self.draining = true;
         self.timeouts.keepalive = self.timeouts.keepalive.min(DRAIN_IDLE);
-        if !self.exchange().is_some_and(|x| x.resp_started) {
+        // Between requests `close_after` would mean "close now": the next request's head sets
+        // it instead (see `start_request`).
+        if self.exchange().is_some_and(|x| !x.resp_started) {
             self.close_after = true;
         }
     }

@@ -1052,37 +1052,10 @@ impl Aggregator {
         m
     }
 
-    /// Restores the per-listener, cluster and backend totals of a recovery file. The previous
-    /// process's connections are gone: they count as closed.
-    fn restore_tree(&mut self, rest: &Map<String, Value>) {
-        let traffic = |v: &Value| v.as_object().map(Traffic::from_json).unwrap_or_default();
-        if let Some(ls) = rest.get("listeners").and_then(Value::as_object) {
-            for (k, v) in ls {
-                let mut t = traffic(v);
-                t.closed = t.closed.max(t.connections);
-                self.listeners.insert(k.clone(), t);
-            }
-        }
-        if let Some(cs) = rest.get("clusters").and_then(Value::as_object) {
-            for (k, v) in cs {
-                let agg = self.clusters.entry(k.clone()).or_default();
-                if let Some(t) = v.get("traffic") {
-                    agg.traffic = traffic(t);
-                }
-                if let Some(bs) = v.get("backends").and_then(Value::as_object) {
-                    for (addr, t) in bs {
-                        agg.backends.insert(addr.clone(), traffic(t));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds a previous process's totals (binary upgrade). Its connections that are still
-    /// open stay counted as open until its final totals arrive.
-    fn adopt(&mut self, add: &Map<String, Value>) {
-        let mut t = self.totals_json();
-        crate::upgrade::add_totals(&mut t, add);
+    /// Sets every total from a totals object (the shape of [`Aggregator::totals_json`]).
+    /// `gone`: the process that counted them has ended (a recovery file), so its connections
+    /// count as closed.
+    fn set_totals(&mut self, t: &Map<String, Value>, gone: bool) {
         let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
         self.foo = FooCounts {
             req: n("msg_req"),
@@ -1092,15 +1065,22 @@ impl Aggregator {
         };
         let obj = |k: &str| t.get(k).and_then(Value::as_object);
         if let Some(m) = obj("tcp") {
-            self.tcp = TcpCounters::from_json(m);
+            self.tcp = ConnCounters::from_json(m);
         }
         if let Some(m) = obj("http") {
             self.http = HttpCounters::from_json(m);
         }
+        if gone {
+            self.tcp.closed = self.tcp.closed.max(self.tcp.accepted);
+        }
         let traffic = |v: &Value| v.as_object().map(Traffic::from_json).unwrap_or_default();
         if let Some(ls) = obj("listeners") {
             for (k, v) in ls {
-                self.listeners.insert(k.clone(), traffic(v));
+                let mut tr = traffic(v);
+                if gone {
+                    tr.closed = tr.closed.max(tr.connections);
+                }
+                self.listeners.insert(k.clone(), tr);
             }
         }
         if let Some(cs) = obj("clusters") {
@@ -1116,6 +1096,14 @@ impl Aggregator {
                 }
             }
         }
+    }
+
+    /// Adds a previous process's totals (binary upgrade). Its connections that are still
+    /// open stay counted as open until its final totals arrive.
+    fn adopt(&mut self, add: &Map<String, Value>) {
+        let mut t = self.totals_json();
+        crate::upgrade::add_totals(&mut t, add);
+        self.set_totals(&t, false);
     }
 
     fn save(&mut self) {
@@ -1167,22 +1155,8 @@ impl Aggregator {
             ),
             recovery::Loaded::Restored(s) => {
                 let n = |k: &str| s.rest.get(k).and_then(Value::as_u64).unwrap_or(0);
-                self.foo = FooCounts {
-                    req: n("msg_req"),
-                    ack: n("msg_ack"),
-                    nak: n("msg_nak"),
-                    invalid: n("msg_invalid"),
-                };
-                let obj = |k: &str| s.rest.get(k).and_then(Value::as_object).cloned();
-                if let Some(m) = obj("tcp") {
-                    self.tcp = ConnCounters::from_json(&m);
-                }
-                if let Some(m) = obj("http") {
-                    self.http = HttpCounters::from_json(&m);
-                }
                 // Connections of the previous process are closed now.
-                self.tcp.closed = self.tcp.closed.max(self.tcp.accepted);
-                self.restore_tree(&s.rest);
+                self.set_totals(&s.rest, true);
                 // The saved window was a full one; the seconds since the save are lost (0).
                 let origin = s.time_stamp as f64 - recovery::SLOTS as f64;
                 for &(sec, req, resp) in &s.seconds {

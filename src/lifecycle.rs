@@ -182,9 +182,11 @@ impl Lifecycle {
     /// SIGHUP or `POST /v1/reload`: the config file through the control plane, framed by
     /// `RELOADING=1` and `READY=1`.
     pub fn reload(&self, if_match: Option<&crate::control::IfMatch>) -> Result<u64, ApiError> {
-        let reloading = notify::reloading_lines();
-        let lines: Vec<&str> = reloading.iter().map(String::as_str).collect();
-        self.notify(&lines);
+        if self.notifier.enabled() {
+            let reloading = notify::reloading_lines();
+            let lines: Vec<&str> = reloading.iter().map(String::as_str).collect();
+            self.notify(&lines);
+        }
         let r = self.control.reload_if(if_match);
         {
             let mut st = self.state();
@@ -193,8 +195,10 @@ impl Lifecycle {
                 Err(e) => Some(format!("reload rejected: {}", e.message)),
             };
         }
-        let line = self.status_line();
-        self.notify(&["READY=1", &format!("STATUS={line}")]);
+        if self.notifier.enabled() {
+            let line = self.status_line();
+            self.notify(&["READY=1", &format!("STATUS={line}")]);
+        }
         r
     }
 

@@ -23,12 +23,13 @@
 //!   matching), [`balance`] (backend selection);
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
-//!   [`health`], [`stats`], [`accesslog`];
+//!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
+//!   the control plane);
 //! - the process: [`server`] (start-up, the control loop and shutdown), [`lifecycle`]
 //!   (ready/reload/upgrade/stop as the service manager sees them), [`sd`] (sd_notify, the
 //!   watchdog, socket activation), [`upgrade`] (zero-downtime binary upgrade), [`signals`],
-//!   [`logging`], [`quick`] (the Foo-compatible command line), [`ctl`], [`demo_backend`],
-//!   [`sys`] (operating-system facts).
+//!   [`logging`], [`quick`] (the Foo and FaaS compatible command lines), [`ctl`],
+//!   [`demo_backend`], [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -40,6 +41,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo_backend;
+pub mod discovery;
 pub mod engine;
 pub mod health;
 pub mod http;

@@ -83,6 +83,18 @@ enum Cmd {
     },
     /// The admin API from the command line (tables by default, --json for the API's JSON).
     Ctl(switchyard::ctl::CtlArgs),
+    /// The FaaS gateway's quick mode: a FaaS listener on :PORT and Docker discovery.
+    Faas {
+        /// Listen on all interfaces at this port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin API address (default: off).
+        #[arg(long)]
+        http: Option<String>,
+        /// Docker Engine socket (default /var/run/docker.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// A small, fast built-in backend (HTTP or Foo) for demos, tests and benchmarks.
     DemoBackend {
         /// Address to listen on.
@@ -205,6 +217,9 @@ fn main() -> ExitCode {
                 if !problems.is_empty() {
                     return report(&problems);
                 }
+                for n in switchyard::check::notes(&cfg) {
+                    eprintln!("note: {n}");
+                }
                 println!("ok: {}", config.display());
                 ExitCode::SUCCESS
             }
@@ -234,6 +249,12 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INTERNAL)
             }
         },
+        Some(Cmd::Faas { port, http, socket }) => {
+            match quick::faas_doc(port, http.as_deref(), socket.as_deref()) {
+                Ok(doc) => serve(doc, None, StatsConfig::default()),
+                Err(errs) => report(&errs),
+            }
+        }
         Some(Cmd::DemoBackend {
             listen,
             protocol,

@@ -62,6 +62,9 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// while such a head is being read and sent).
 const LARGE_BUFFERS_PER_WORKER: usize = 64;
 
+/// How long start-up waits for the discovery providers' first look.
+const DISCOVERY_FIRST_SYNC_WAIT: Duration = Duration::from_secs(2);
+
 /// Reads `server.admin_token_file`: the whole file, surrounding whitespace trimmed.
 fn read_token(path: &std::path::Path) -> Result<String, RunError> {
     crate::check::token_file(path).map_err(|e| RunError::Admin(format!("admin_token_file: {e}")))
@@ -178,6 +181,7 @@ struct Started {
     exited: Arc<Vec<AtomicBool>>,
     health_stop: Arc<AtomicBool>,
     health_thread: std::thread::JoinHandle<()>,
+    discovery_threads: Vec<std::thread::JoinHandle<()>>,
     agg_thread: std::thread::JoinHandle<()>,
     log_thread: std::thread::JoinHandle<()>,
     access_log: crate::accesslog::AccessLog,
@@ -275,7 +279,9 @@ fn start(
             cfg.server.workers
         );
     }
-    let snap = snapshot::shared(Snapshot::build(&cfg, boot.version, None));
+    let mut first = Snapshot::build(&cfg, boot.version, None);
+    first.faas_stats = crate::discovery::faas_stats_body(&cfg);
+    let snap = snapshot::shared(first);
     let token = match &cfg.server.admin_token_file {
         Some(p) => Some(read_token(p)?),
         None => None,
@@ -291,7 +297,7 @@ fn start(
         let socks = listener_sockets(
             l,
             workers,
-            cfg.server.backlog,
+            l.backlog(&cfg.server),
             inherited.as_deref_mut(),
             &mut activated,
         )?;
@@ -444,6 +450,7 @@ fn start(
     ));
 
     let stop_accepting = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(crate::discovery::Registry::new(&cfg.discovery));
     let admin_local = match &admin_listener {
         Some(l) => Some(l.local_addr().map_err(io_err("admin local_addr"))?),
         None => None,
@@ -479,6 +486,15 @@ fn start(
     let health_stop = Arc::new(AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
+    // Before the workers start: a source that answers is routed to from the first request.
+    let discovery_threads = crate::discovery::start(
+        control.clone(),
+        &cfg.discovery,
+        &registry,
+        health_stop.clone(),
+        DISCOVERY_FIRST_SYNC_WAIT,
+    )
+    .map_err(io_err("starting discovery"))?;
     // One check round before serving: backends that are not checked yet stay out of rotation
     // and the workers do not accept until each has a verdict (or the longest check timeout
     // and a margin have passed), so a dead backend never sees a connect after a restart.
@@ -545,6 +561,7 @@ fn start(
             token,
             read_only: cfg.server.admin_read_only,
             max_body: cfg.server.admin_max_body,
+            discovery: Some(registry.clone()),
         };
         let local = crate::admin::start(
             listener,
@@ -573,6 +590,7 @@ fn start(
         exited,
         health_stop,
         health_thread,
+        discovery_threads,
         agg_thread,
         log_thread,
         access_log,
@@ -702,6 +720,9 @@ fn control_loop(s: Started) -> Result<(), RunError> {
     };
     s.health_stop.store(true, Ordering::Relaxed);
     let _ = s.health_thread.join();
+    for t in s.discovery_threads {
+        let _ = t.join();
+    }
     lc.finish();
     let _ = s.stats_tx.send(StatsMsg::Stop);
     let _ = s.agg_thread.join();

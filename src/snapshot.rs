@@ -109,6 +109,8 @@ pub struct ListenerRoute {
     /// http: tried in order before FaaS routing and the fallback.
     pub routes: Vec<CompiledRoute>,
     pub faas: bool,
+    /// FaaS: `GET /stats` answers [`Snapshot::faas_stats`].
+    pub faas_stats: bool,
     pub http: HttpListenerConfig,
     /// Parse limits derived from `http`.
     pub limits: Limits,
@@ -139,6 +141,9 @@ pub struct Snapshot {
     /// keeps it; adding, removing, draining a backend or a health verdict changes it). Per
     /// worker stats are kept per layout rather than per snapshot.
     pub layout: u64,
+    /// The `GET /stats` body of FaaS listeners with `faas_stats` (the original gateway's
+    /// discovery JSON), rendered by the control plane when it builds the snapshot.
+    pub faas_stats: Arc<[u8]>,
 }
 
 impl Snapshot {
@@ -253,6 +258,7 @@ impl Snapshot {
                     .filter_map(|r| CompiledRoute::compile(r, &cluster_index))
                     .collect(),
                 faas: l.faas,
+                faas_stats: l.faas_stats,
                 http: l.http.clone(),
                 limits: Limits {
                     max_head_bytes: l.http.max_header_bytes,
@@ -277,6 +283,7 @@ impl Snapshot {
             clusters,
             cluster_index,
             layout,
+            faas_stats: Arc::from(&b""[..]),
         }
     }
 

@@ -97,3 +97,12 @@ pub fn wait_readable(fd: &impl std::os::fd::AsFd, timeout: std::time::Duration) 
     let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut p, ms), Ok(n) if n > 0)
 }
+
+/// `net.core.somaxconn`: the kernel's cap on a listen backlog.
+pub fn somaxconn() -> Option<u32> {
+    fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

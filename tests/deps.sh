@@ -22,6 +22,12 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # The install test verifies the installed unit.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# Discovery tests: the real Docker Engine (test image = busybox via docker import, no
+# registry) and a real DNS server (dnsmasq).
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v busybox >/dev/null || need_apt+=(busybox-static)
+command -v tar >/dev/null || need_apt+=(tar)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
@@ -38,4 +44,23 @@ if ! python3 -c "import websockets" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check websockets 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages websockets
 fi
+# The Docker discovery tests need a running engine: start dockerd when it is not running and
+# wait for it. If it cannot start, those tests fail with a message saying so.
+if ! docker info >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  start_dockerd() {
+    nohup dockerd "$@" >/tmp/switchyard-ci-dockerd.log 2>&1 &
+    dockerd_pid=$!
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && return 0
+      kill -0 "$dockerd_pid" 2>/dev/null || return 1
+      sleep 1
+    done
+    kill "$dockerd_pid" 2>/dev/null; sleep 2
+    return 1
+  }
+  # Without iptables as a fallback (containers use the host network in the tests).
+  start_dockerd || start_dockerd --iptables=false --bridge=none \
+    || { echo "dockerd did not start:" >&2; tail -20 /tmp/switchyard-ci-dockerd.log >&2; }
+fi
+
 echo "make deps: everything the tests need is here"

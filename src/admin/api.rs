@@ -12,6 +12,7 @@
 //! | `/v1/listeners/{name}` | GET, PUT, DELETE |
 //! | `/v1/reload` | POST (same as SIGHUP) |
 //! | `/v1/upgrade` | POST (binary upgrade, see [`crate::upgrade`]) |
+//! | `/v1/discovery` | GET (each provider's last sync, error and services) |
 //! | `/stats`, `/metrics` | GET |
 //! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
 //!
@@ -259,6 +260,17 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                     o.insert("version".into(), json!(v));
                 }
                 Ok(ok(200, &j, v))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "discovery"] => match m {
+            "GET" => {
+                let conflicts = c.discovery_conflicts();
+                let j = match &shared.settings.discovery {
+                    Some(r) => r.json(&conflicts),
+                    None => json!({"providers": []}),
+                };
+                Ok(ok(200, &j, c.version()))
             }
             _ => Ok(method_not_allowed("GET")),
         },

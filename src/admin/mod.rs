@@ -49,6 +49,8 @@ pub struct AdminSettings {
     pub token: Option<String>,
     pub read_only: bool,
     pub max_body: usize,
+    /// Discovery providers' state, for `GET /v1/discovery`.
+    pub discovery: Option<Arc<crate::discovery::Registry>>,
 }
 
 pub struct Shared {

@@ -4,6 +4,7 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod discovery;
 pub mod health;
 pub mod resilience;
 pub mod routes;
@@ -24,7 +25,6 @@ pub mod defaults {
     pub const BUFFERS_PER_WORKER: u64 = 4096;
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
-    pub const BACKLOG: u64 = 1024;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -32,6 +32,7 @@ pub mod defaults {
     pub const CONNECT_ATTEMPTS: u64 = 3;
     // HTTP listeners (client side).
     pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_HEADERS: u64 = 100;
@@ -190,7 +191,11 @@ pub struct RawListener {
     pub routes: Option<Vec<toml::Value>>,
     /// FaaS dynamic routing (http only): the first path segment names the cluster.
     pub faas: Option<bool>,
+    /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
+    pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
+    pub request_body_timeout: Option<String>,
+    pub request_buffering: Option<RawSize>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
@@ -329,7 +334,9 @@ pub struct ServerConfig {
     /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
     pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
-    pub backlog: i32,
+    /// `backlog` as set; unset, each listener's backlog follows its connection limit
+    /// ([`ListenerConfig::backlog`]).
+    pub backlog: Option<i32>,
     pub shutdown_timeout: Duration,
     /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
     pub access_log: Option<AccessLogConfig>,
@@ -383,6 +390,8 @@ pub struct ListenerConfig {
     pub routes: Vec<routes::RouteConfig>,
     /// http only: FaaS dynamic routing by first path segment.
     pub faas: bool,
+    /// FaaS listeners: `GET /stats` answers the original gateway's discovery JSON.
+    pub faas_stats: bool,
     pub http: HttpListenerConfig,
     /// Open client connections on this listener (all workers); beyond it new ones are
     /// turned away (http: `503` with `Retry-After`).
@@ -392,11 +401,31 @@ pub struct ListenerConfig {
     pub share: bool,
 }
 
+impl ListenerConfig {
+    /// The listen backlog of each of this listener's sockets: `server.backlog` when set, else
+    /// its connection limit (the listener's `max_connections`, else the process's), as
+    /// HAProxy sizes it, so a burst of new connections waits in the kernel rather than in SYN
+    /// retries. The kernel caps it at `net.core.somaxconn` (`switchyard check` says when).
+    pub fn backlog(&self, server: &ServerConfig) -> i32 {
+        server.backlog.unwrap_or_else(|| {
+            let limit = self
+                .max_connections
+                .map_or(server.max_connections, |m| m as usize);
+            limit.clamp(128, 65535) as i32
+        })
+    }
+}
+
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpListenerConfig {
     /// A request head must be complete this long after its first byte (slowloris defence).
     pub request_header_timeout: Duration,
+    /// A request body that stalls (no byte from the client) this long gets 408.
+    pub request_body_timeout: Duration,
+    /// Bodies up to this size are read whole before a backend is picked (0: streamed at
+    /// once, the default).
+    pub request_buffering: usize,
     /// An idle keep-alive client connection is closed after this long.
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
@@ -417,6 +446,9 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// The discovery provider that found (or declared) this cluster; `None` for the
+    /// operator's own clusters (config file or admin API).
+    pub discovered: Option<String>,
     pub balance: BalanceKind,
     /// Set exactly when `balance` is `Hash`.
     pub hash_on: Option<HashOn>,
@@ -444,7 +476,10 @@ pub struct ClusterConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
+    /// `[[discovery]]` providers.
+    pub discovery: Vec<discovery::DiscoveryConfig>,
 }
 
 impl Config {
@@ -520,6 +555,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut clusters = Vec::new();
     // A `listeners` key of the wrong shape is reported once, as that.
     let listeners_present = table.contains_key("listeners");
+    let mut discoveries = Vec::new();
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -529,16 +565,24 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
+            "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
             other => errs.add(
                 other,
                 format!(
                     "unknown key{}",
-                    suggest(other, &["server", "listeners", "clusters"])
+                    suggest(other, &["server", "listeners", "clusters", "discovery"])
                 ),
             ),
         }
     }
-    let cfg = validate(&server, &listeners, &clusters, listeners_present, &mut errs);
+    let cfg = validate(
+        &server,
+        &listeners,
+        &clusters,
+        listeners_present,
+        &discoveries,
+        &mut errs,
+    );
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -596,7 +640,7 @@ fn plain_type_error(m: &str) -> String {
 /// An array of tables; each element is deserialized on its own so that one bad element does
 /// not hide the errors of the others. A failed element becomes a default (all-`None`) entry so
 /// indices stay aligned with the file.
-fn raw_list<T: for<'de> Deserialize<'de> + Default>(
+pub(crate) fn raw_list<T: for<'de> Deserialize<'de> + Default>(
     path: &str,
     value: toml::Value,
     out: &mut Vec<Option<T>>,
@@ -647,6 +691,8 @@ fn http_listener(
     if protocol != Protocol::Http {
         let set = [
             ("request_header_timeout", l.request_header_timeout.is_some()),
+            ("request_body_timeout", l.request_body_timeout.is_some()),
+            ("request_buffering", l.request_buffering.is_some()),
             ("keepalive_timeout", l.keepalive_timeout.is_some()),
             ("max_header_bytes", l.max_header_bytes.is_some()),
             ("max_headers", l.max_headers.is_some()),
@@ -665,6 +711,20 @@ fn http_listener(
             defaults::REQUEST_HEADER_TIMEOUT,
             errs,
         ),
+        request_body_timeout: duration_field(
+            format!("{p}.request_body_timeout"),
+            l.request_body_timeout.as_ref(),
+            defaults::REQUEST_BODY_TIMEOUT,
+            errs,
+        ),
+        request_buffering: size_field(
+            format!("{p}.request_buffering"),
+            l.request_buffering.as_ref(),
+            0,
+            0,
+            1 << 20,
+            errs,
+        ) as usize,
         keepalive_timeout: duration_field(
             format!("{p}.keepalive_timeout"),
             l.keepalive_timeout.as_ref(),
@@ -984,6 +1044,7 @@ fn validate(
     listeners: &[Option<RawListener>],
     clusters: &[Option<RawCluster>],
     listeners_present: bool,
+    discoveries: &[Option<discovery::RawDiscovery>],
     errs: &mut Errors,
 ) -> Config {
     errs.unknown::<RawServer>("server", &server.unknown);
@@ -1052,14 +1113,9 @@ fn validate(
             10_000_000,
             errs,
         ) as usize,
-        backlog: int_field(
-            "server.backlog",
-            server.backlog,
-            defaults::BACKLOG,
-            1,
-            65535,
-            errs,
-        ) as i32,
+        backlog: server
+            .backlog
+            .map(|_| int_field("server.backlog", server.backlog, 1, 1, 65535, errs) as i32),
         shutdown_timeout: duration_field(
             "server.shutdown_timeout".into(),
             server.shutdown_timeout.as_ref(),
@@ -1125,132 +1181,35 @@ fn validate(
     for (i, raw) in clusters.iter().enumerate() {
         let Some(c) = raw else { continue };
         let p = format!("clusters[{i}]");
-        errs.unknown::<RawCluster>(&p, &c.unknown);
-        let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
-        if !name.is_empty() && !cluster_names.insert(name.clone()) {
+        let cluster = validate_cluster(&p, c, false, errs);
+        if !cluster.name.is_empty() && !cluster_names.insert(cluster.name.clone()) {
             errs.add(
                 format!("{p}.name"),
-                format!("duplicate cluster name {name:?}"),
+                format!("duplicate cluster name {:?}", cluster.name),
             );
         }
-        let balance = match c.balance.as_deref() {
-            None => BalanceKind::RoundRobin,
-            Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+        out_clusters.push(cluster);
+    }
+    let discovery = discovery::validate(discoveries, errs);
+    // Clusters that discovery providers declare exist from the start (empty until found),
+    // so listeners and routes can name them.
+    for d in &discovery {
+        for name in &d.declared {
+            if let Some(i) = out_clusters.iter().position(|c| &c.name == name) {
                 errs.add(
-                    format!("{p}.balance"),
+                    format!("clusters[{i}].name"),
                     format!(
-                        "unknown balance {b:?} (expected one of: {})",
-                        BalanceKind::NAMES
+                        "cluster {name:?} is provided by discovery {:?}; remove one of the two",
+                        d.name
                     ),
                 );
-                BalanceKind::RoundRobin
-            }),
-        };
-        let hash_on = match (&c.hash_on, balance) {
-            (Some(h), BalanceKind::Hash) => HashOn::parse(h)
-                .map_err(|e| errs.add(format!("{p}.hash_on"), e))
-                .ok(),
-            (None, BalanceKind::Hash) => {
-                errs.add(
-                    format!("{p}.hash_on"),
-                    "missing (balance = \"hash\" needs it)",
-                );
-                None
+                continue;
             }
-            (Some(_), _) => {
-                errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
-                None
-            }
-            (None, _) => None,
-        };
-        let mut backends = Vec::new();
-        match &c.backends {
-            None => errs.add(
-                format!("{p}.backends"),
-                "missing (a cluster needs at least one backend)",
-            ),
-            Some(list) if list.is_empty() => errs.add(
-                format!("{p}.backends"),
-                "empty (a cluster needs at least one backend)",
-            ),
-            Some(list) => {
-                let mut seen = HashSet::new();
-                for (j, v) in list.iter().enumerate() {
-                    let bp = format!("{p}.backends[{j}]");
-                    if let Some(b) = validate_backend(&bp, v, errs) {
-                        if !seen.insert(b.addr) {
-                            errs.add(bp, format!("duplicate backend {}", b.name));
-                        } else {
-                            backends.push(b);
-                        }
-                    }
-                }
+            // Bad defaults were reported with the provider.
+            if let Ok(c) = discovery::placeholder(d, name) {
+                out_clusters.push(c);
             }
         }
-        out_clusters.push(ClusterConfig {
-            name,
-            balance,
-            hash_on,
-            backends,
-            connect_timeout: duration_field(
-                format!("{p}.connect_timeout"),
-                c.connect_timeout.as_ref(),
-                defaults::CONNECT_TIMEOUT,
-                errs,
-            ),
-            connect_attempts: int_field(
-                &format!("{p}.connect_attempts"),
-                c.connect_attempts,
-                defaults::CONNECT_ATTEMPTS,
-                1,
-                16,
-                errs,
-            ) as u32,
-            first_byte_timeout: duration_field(
-                format!("{p}.first_byte_timeout"),
-                c.first_byte_timeout.as_ref(),
-                defaults::FIRST_BYTE_TIMEOUT,
-                errs,
-            ),
-            idle_timeout: duration_field(
-                format!("{p}.idle_timeout"),
-                c.idle_timeout.as_ref(),
-                defaults::BACKEND_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_idle_timeout: duration_field(
-                format!("{p}.pool_idle_timeout"),
-                c.pool_idle_timeout.as_ref(),
-                defaults::POOL_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_max_idle: int_field(
-                &format!("{p}.pool_max_idle"),
-                c.pool_max_idle,
-                defaults::POOL_MAX_IDLE,
-                0,
-                100_000,
-                errs,
-            ) as usize,
-            health: c
-                .health
-                .as_ref()
-                .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
-            outlier: c
-                .outlier
-                .as_ref()
-                .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
-            retry: resilience::retry(&p, c, errs),
-            limits: resilience::limits(&p, c, errs),
-            slow_start: c.slow_start.as_ref().map(|_| {
-                duration_field(
-                    format!("{p}.slow_start"),
-                    c.slow_start.as_ref(),
-                    Duration::ZERO,
-                    errs,
-                )
-            }),
-        });
     }
 
     let mut out_listeners = Vec::new();
@@ -1307,6 +1266,7 @@ fn validate(
                 .iter()
                 .flatten()
                 .any(|rc| rc.name.as_deref() == Some(c))
+                || discovery.iter().any(|d| d.declared.iter().any(|n| n == c))
         };
         let faas = l.faas.unwrap_or(false);
         let cluster = match (&l.cluster, protocol) {
@@ -1338,6 +1298,13 @@ fn validate(
         };
         if l.faas.is_some() && protocol != Protocol::Http {
             errs.add(format!("{p}.faas"), "faas is for http listeners only");
+        }
+        let faas_stats = l.faas_stats.unwrap_or(false);
+        if faas_stats && !faas {
+            errs.add(
+                format!("{p}.faas_stats"),
+                "needs faas = true (it answers GET /stats on the FaaS listener)",
+            );
         }
         let http = http_listener(&p, l, protocol, errs);
         if protocol != Protocol::Http {
@@ -1372,6 +1339,7 @@ fn validate(
                 idle_timeout,
                 routes,
                 faas,
+                faas_stats,
                 http,
                 share: l.share.unwrap_or(false),
                 max_connections: l.max_connections.map(|n| {
@@ -1397,6 +1365,139 @@ fn validate(
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
+        discovery,
+    }
+}
+
+/// One `[[clusters]]` table (also a discovered cluster: then `allow_empty`, since a provider
+/// may find no backend at the moment, and the cluster is marked with its provider).
+pub(crate) fn validate_cluster(
+    p: &str,
+    c: &RawCluster,
+    allow_empty: bool,
+    errs: &mut Errors,
+) -> ClusterConfig {
+    errs.unknown::<RawCluster>(p, &c.unknown);
+    let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
+    let balance = match c.balance.as_deref() {
+        None => BalanceKind::RoundRobin,
+        Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+            errs.add(
+                format!("{p}.balance"),
+                format!(
+                    "unknown balance {b:?} (expected one of: {})",
+                    BalanceKind::NAMES
+                ),
+            );
+            BalanceKind::RoundRobin
+        }),
+    };
+    let hash_on = match (&c.hash_on, balance) {
+        (Some(h), BalanceKind::Hash) => HashOn::parse(h)
+            .map_err(|e| errs.add(format!("{p}.hash_on"), e))
+            .ok(),
+        (None, BalanceKind::Hash) => {
+            errs.add(
+                format!("{p}.hash_on"),
+                "missing (balance = \"hash\" needs it)",
+            );
+            None
+        }
+        (Some(_), _) => {
+            errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
+            None
+        }
+        (None, _) => None,
+    };
+    let mut backends = Vec::new();
+    match &c.backends {
+        None if allow_empty => {}
+        None => errs.add(
+            format!("{p}.backends"),
+            "missing (a cluster needs at least one backend)",
+        ),
+        Some(list) if list.is_empty() && !allow_empty => errs.add(
+            format!("{p}.backends"),
+            "empty (a cluster needs at least one backend)",
+        ),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (j, v) in list.iter().enumerate() {
+                let bp = format!("{p}.backends[{j}]");
+                if let Some(b) = validate_backend(&bp, v, errs) {
+                    if !seen.insert(b.addr) {
+                        errs.add(bp, format!("duplicate backend {}", b.name));
+                    } else {
+                        backends.push(b);
+                    }
+                }
+            }
+        }
+    }
+    ClusterConfig {
+        name,
+        discovered: None,
+        balance,
+        hash_on,
+        backends,
+        connect_timeout: duration_field(
+            format!("{p}.connect_timeout"),
+            c.connect_timeout.as_ref(),
+            defaults::CONNECT_TIMEOUT,
+            errs,
+        ),
+        connect_attempts: int_field(
+            &format!("{p}.connect_attempts"),
+            c.connect_attempts,
+            defaults::CONNECT_ATTEMPTS,
+            1,
+            16,
+            errs,
+        ) as u32,
+        first_byte_timeout: duration_field(
+            format!("{p}.first_byte_timeout"),
+            c.first_byte_timeout.as_ref(),
+            defaults::FIRST_BYTE_TIMEOUT,
+            errs,
+        ),
+        idle_timeout: duration_field(
+            format!("{p}.idle_timeout"),
+            c.idle_timeout.as_ref(),
+            defaults::BACKEND_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_idle_timeout: duration_field(
+            format!("{p}.pool_idle_timeout"),
+            c.pool_idle_timeout.as_ref(),
+            defaults::POOL_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_max_idle: int_field(
+            &format!("{p}.pool_max_idle"),
+            c.pool_max_idle,
+            defaults::POOL_MAX_IDLE,
+            0,
+            100_000,
+            errs,
+        ) as usize,
+        health: c
+            .health
+            .as_ref()
+            .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+        outlier: c
+            .outlier
+            .as_ref()
+            .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
+        retry: resilience::retry(p, c, errs),
+        limits: resilience::limits(p, c, errs),
+        slow_start: c.slow_start.as_ref().map(|_| {
+            duration_field(
+                format!("{p}.slow_start"),
+                c.slow_start.as_ref(),
+                Duration::ZERO,
+                errs,
+            )
+        }),
     }
 }
 

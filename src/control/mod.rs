@@ -14,6 +14,7 @@ pub mod doc;
 pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
+use crate::discovery::Found;
 use crate::snapshot::{HealthMap, HealthState, Runtime, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
@@ -183,6 +184,16 @@ struct State {
     sockets: HashMap<String, Vec<std::net::TcpListener>>,
     /// Changes are refused while set (an upgrade in progress or done), with this reason.
     frozen: Option<String>,
+    /// What each discovery provider found, by provider name (not persisted: see
+    /// [`Control::set_discovered`]).
+    discovered: HashMap<String, Vec<Found>>,
+    /// Discovered clusters left out because another owner has the name.
+    conflicts: Vec<String>,
+    /// Bumped by every commit, operator's or discovery's (the health checker re-reads
+    /// its targets when it moves).
+    commits: u64,
+    /// The `GET /stats` body of FaaS listeners with `faas_stats`.
+    faas_stats: Arc<[u8]>,
 }
 
 /// What start-up decided to run.
@@ -307,10 +318,15 @@ impl Control {
             .collect();
         let mut health = HashMap::new();
         add_unchecked(&boot.config, &mut health);
+        let faas_stats = crate::discovery::faas_stats_body(&boot.config);
         let c = Control {
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
+                commits: boot.version,
+                discovered: HashMap::new(),
+                conflicts: Vec::new(),
+                faas_stats,
                 slots,
                 health,
                 ramps: HashMap::new(),
@@ -390,18 +406,47 @@ impl Control {
     /// All objects of a kind, as JSON (listeners carry a read-only `status`).
     pub fn list(&self, kind: Kind) -> (u64, Vec<Json>) {
         let st = self.lock();
-        let items = doc::objects(&st.doc, kind)
+        let mut items: Vec<Json> = doc::objects(&st.doc, kind)
             .iter()
             .map(|v| object_json(&st, kind, v))
             .collect();
+        if kind == Kind::Cluster {
+            for c in st.config.clusters.iter().filter(|c| c.discovered.is_some()) {
+                if let Some(v) = discovered_table(&st, &c.name) {
+                    items.push(object_json(&st, kind, &v));
+                }
+            }
+        }
         (st.version, items)
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Result<(u64, Json), ApiError> {
         let st = self.lock();
-        let v =
-            doc::find(&st.doc, kind, name).ok_or_else(|| ApiError::not_found(kind.noun(), name))?;
-        Ok((st.version, object_json(&st, kind, v)))
+        if let Some(v) = doc::find(&st.doc, kind, name) {
+            return Ok((st.version, object_json(&st, kind, v)));
+        }
+        let v = (kind == Kind::Cluster)
+            .then(|| discovered_table(&st, name))
+            .flatten()
+            .ok_or_else(|| ApiError::not_found(kind.noun(), name))?;
+        Ok((st.version, object_json(&st, kind, &v)))
+    }
+
+    /// Replaces the clusters discovery provider `provider` found, through the same
+    /// validate → build → swap path as an API change. The operator's document does not
+    /// change: no new config version, nothing written to the state files (a discovered set
+    /// is re-discovered at start-up rather than restored as if an operator had set it), and
+    /// a reload keeps it.
+    pub fn set_discovered(&self, provider: &str, found: Vec<Found>) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        let d = st.doc.clone();
+        self.commit(&mut st, d, None, Some((provider.to_string(), found)))
+            .map(|_| ())
+    }
+
+    /// Discovered clusters currently left out because another owner has the name.
+    pub fn discovery_conflicts(&self) -> Vec<String> {
+        self.lock().conflicts.clone()
     }
 
     /// The running listeners' bound addresses (name → address).
@@ -460,6 +505,16 @@ impl Control {
         if let Some(m) = if_match {
             m.check(st.version)?;
         }
+        if let Some((cluster, provider)) = discovered_target(&st, &change) {
+            return Err(ApiError::new(
+                409,
+                "discovered",
+                format!(
+                    "cluster {cluster:?} comes from discovery {provider:?}: change it at its \
+                     source"
+                ),
+            ));
+        }
         let mut d = st.doc.clone();
         let (created, target) = edit(&mut d, &st.config, &change)?;
         let target = target.and_then(|(kind, name)| {
@@ -471,7 +526,7 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None)
+            .commit(&mut st, d, None, None)
             .map_err(|e| with_relative_field(e, target))?;
         if version == old {
             log::info!("audit: {who}: {what}: no change (version {version})");
@@ -526,6 +581,12 @@ impl Control {
                 RELOADABLE_SERVER_KEYS.join(" and ")
             );
         }
+        if file_cfg.discovery != st.config.discovery {
+            log::warn!(
+                "reload: [[discovery]] changed in {}; providers change at the next restart",
+                path.display()
+            );
+        }
         let mut merged = doc::merge(&new_file, &st.file, &st.doc);
         // The running [server] table, with the keys a reload applies taken from the file.
         let mut server = st
@@ -546,11 +607,16 @@ impl Control {
         } else {
             merged.insert("server".into(), Value::Table(server));
         }
+        // Like the rest of [server], the providers running now stay until a restart.
+        match st.doc.get("discovery") {
+            Some(d) => merged.insert("discovery".into(), d.clone()),
+            None => merged.remove("discovery"),
+        };
         for line in doc::overridden(&new_file, &st.file, &st.doc) {
             log::warn!("reload overrides a runtime change: {line}");
         }
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file))?;
+        let version = self.commit(&mut st, merged, Some(new_file), None)?;
         if version == old {
             log::info!(
                 "audit: SIGHUP: reloaded {}: no change (version {version})",
@@ -568,18 +634,24 @@ impl Control {
         Ok(version)
     }
 
-    /// Validate → bind → build → persist → swap → hand sockets to workers.
+    /// Validate → bind → build → persist → swap → hand sockets to workers. `found`: a
+    /// discovery provider's new set (then the document is unchanged: no new version, no
+    /// write to the state files).
     fn commit(
         &self,
         st: &mut State,
         new_doc: Table,
         new_file: Option<Table>,
+        found: Option<(String, Vec<Found>)>,
     ) -> Result<u64, ApiError> {
-        if let Some(why) = &st.frozen {
+        let operator = found.is_none();
+        // Discovery keeps this process's routing current (it is not persisted, so a successor
+        // finds for itself); operator changes wait for the upgrade.
+        if let (true, Some(why)) = (operator, &st.frozen) {
             return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
         }
-        let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
-        if new_doc == st.doc {
+        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        if operator && new_doc == st.doc {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
             if let Some(f) = new_file.filter(|f| *f != st.file) {
@@ -597,8 +669,15 @@ impl Control {
             }
             return Ok(st.version);
         }
+        let mut discovered = st.discovered.clone();
+        if let Some((provider, set)) = found {
+            discovered.insert(provider, set);
+        }
+        let conflicts = crate::discovery::overlay(&mut cfg, &discovered);
+        for c in conflicts.iter().filter(|c| !st.conflicts.contains(c)) {
+            log::warn!("discovery {c}");
+        }
         let workers = self.workers.len().max(1);
-        let backlog = cfg.server.backlog;
 
         // Listeners: same name and bind → same slot and sockets; otherwise bind anew.
         let used: HashSet<usize> = st.running.values().map(|r| r.slot).collect();
@@ -633,8 +712,9 @@ impl Control {
                     ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
                 })?;
             }
-            let socks = crate::net::listen::bind_listener(&l.name, l.bind, workers, backlog)
-                .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
+            let socks =
+                crate::net::listen::bind_listener(&l.name, l.bind, workers, l.backlog(&cfg.server))
+                    .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
                 .first()
                 .and_then(|s| s.local_addr().ok())
@@ -657,7 +737,7 @@ impl Control {
             .map(|(n, r)| (n.clone(), r.slot))
             .collect();
 
-        let version = st.version + 1;
+        let version = if operator { st.version + 1 } else { st.version };
         let generation = st.generation + 1;
         // Health records of backends that are gone are dropped (re-added means re-checked).
         let exists = |(c, a): &(String, SocketAddr)| {
@@ -689,15 +769,17 @@ impl Control {
                 }
             }
         }
-        let snap = Snapshot::build_with_slots(
+        let mut snap = Snapshot::build_with_slots(
             &cfg,
             generation,
             Some(&self.shared.load()),
             &slots,
             &runtime(&cfg, &health, &mut ramps, now),
         );
+        let faas_stats = crate::discovery::faas_stats_body(&cfg);
+        snap.faas_stats = faas_stats.clone();
         let file = new_file.as_ref().unwrap_or(&st.file);
-        if let (Some(dir), Some(store)) = (&self.state_dir, st.store.as_mut()) {
+        if let (true, Some(dir), Some(store)) = (operator, &self.state_dir, st.store.as_mut()) {
             let p = persist::Persisted::new(
                 version,
                 doc::objects_only(file),
@@ -752,6 +834,10 @@ impl Control {
         st.slots = slots;
         st.health = health;
         st.ramps = ramps;
+        st.discovered = discovered;
+        st.conflicts = conflicts;
+        st.commits += 1;
+        st.faas_stats = faas_stats;
         Ok(version)
     }
 
@@ -770,7 +856,7 @@ impl Control {
                 });
             }
         }
-        (st.version, out)
+        (st.commits, out)
     }
 
     /// Records a check result. `state`: the checker's verdict after its rise/fall counting;
@@ -855,16 +941,14 @@ impl Control {
             ramps,
             slots,
             generation,
+            faas_stats,
             ..
         } = &mut *st;
         let rt = runtime(config, health, ramps, Instant::now());
-        let snap = Arc::new(Snapshot::build_with_slots(
-            config,
-            *generation,
-            Some(&self.shared.load()),
-            slots,
-            &rt,
-        ));
+        let mut snap =
+            Snapshot::build_with_slots(config, *generation, Some(&self.shared.load()), slots, &rt);
+        snap.faas_stats = faas_stats.clone();
+        let snap = Arc::new(snap);
         self.shared.store(snap.clone());
         snap
     }
@@ -1070,6 +1154,44 @@ fn edit(
     }
 }
 
+/// The discovered cluster (and its provider) an API change would edit, if the operator's
+/// document has no cluster of that name.
+fn discovered_target(st: &State, change: &Change) -> Option<(String, String)> {
+    let cluster = match change {
+        Change::Delete(Kind::Cluster, n) => n,
+        Change::AddBackend { cluster, .. }
+        | Change::PatchBackend { cluster, .. }
+        | Change::DeleteBackend { cluster, .. } => cluster,
+        _ => return None,
+    };
+    if doc::find(&st.doc, Kind::Cluster, cluster).is_some() {
+        return None;
+    }
+    let provider = st.config.cluster(cluster)?.discovered.clone()?;
+    Some((cluster.clone(), provider))
+}
+
+/// A discovered cluster as a table: what its provider found, or the empty placeholder of a
+/// declared cluster not found yet.
+fn discovered_table(st: &State, name: &str) -> Option<Value> {
+    let c = st.config.cluster(name)?;
+    let provider = c.discovered.as_ref()?;
+    if let Some(f) = st
+        .discovered
+        .get(provider)
+        .and_then(|l| l.iter().find(|f| f.cluster.name == name))
+    {
+        return Some(Value::Table(f.table.clone()));
+    }
+    let d = st.config.discovery.iter().find(|d| &d.name == provider)?;
+    Some(Value::Table(config::discovery::cluster_table(
+        d,
+        name,
+        Vec::new(),
+        None,
+    )))
+}
+
 /// The listener that routes to `cluster`, if any.
 fn cluster_user(cfg: &Config, cluster: &str) -> Option<String> {
     cfg.listeners
@@ -1257,7 +1379,11 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
             o
         })
         .collect();
-    serde_json::json!({ "backends": backends, "panic": panic })
+    let mut status = serde_json::json!({ "backends": backends, "panic": panic });
+    if let Some(p) = &c.discovered {
+        status["discovered"] = Json::String(p.clone());
+    }
+    status
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.

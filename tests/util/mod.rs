@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod discovery;
 pub mod sd;
 
 use std::collections::HashMap;

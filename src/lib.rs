@@ -24,7 +24,8 @@
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
 //!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
-//!   the control plane);
+//!   the control plane), [`lbaas`] (the load-balancer-as-a-service API), [`autoscale`] (scale
+//!   hooks and webhooks);
 //! - the process: [`server`] (start-up, the control loop and shutdown), [`lifecycle`]
 //!   (ready/reload/upgrade/stop as the service manager sees them), [`sd`] (sd_notify, the
 //!   watchdog, socket activation), [`upgrade`] (zero-downtime binary upgrade), [`signals`],
@@ -34,6 +35,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod autoscale;
 pub mod balance;
 pub mod build_info;
 pub mod check;
@@ -46,6 +48,7 @@ pub mod engine;
 pub mod health;
 pub mod http;
 pub mod io;
+pub mod lbaas;
 pub mod lifecycle;
 pub mod logging;
 pub mod net;

@@ -182,6 +182,7 @@ struct Started {
     health_stop: Arc<AtomicBool>,
     health_thread: std::thread::JoinHandle<()>,
     discovery_threads: Vec<std::thread::JoinHandle<()>>,
+    autoscale_thread: std::thread::JoinHandle<()>,
     agg_thread: std::thread::JoinHandle<()>,
     log_thread: std::thread::JoinHandle<()>,
     access_log: crate::accesslog::AccessLog,
@@ -386,13 +387,17 @@ fn start(
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes; the rewritten
-    // head adds forwarding headers, hence the slack.
+    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes (at least the
+    // default, for HTTP listeners added at run time by the admin and LBaaS APIs); the
+    // rewritten head adds forwarding headers, hence the slack.
     let large_buffer_size = cfg
         .listeners
         .iter()
         .filter(|l| l.protocol == crate::config::Protocol::Http)
         .map(|l| l.http.max_header_bytes + 4096)
+        .chain(std::iter::once(
+            crate::config::defaults::MAX_HEADER_BYTES as usize + 4096,
+        ))
         .filter(|&n| n > cfg.server.buffer_size)
         .max()
         .unwrap_or(0);
@@ -430,13 +435,15 @@ fn start(
         inherit: inherited.is_some(),
         ..stats
     };
-    let aggregator = Aggregator::new(
+    let mut aggregator = Aggregator::new(
         stats_rx,
         stats_tx.clone(),
         handles.clone(),
         snap.clone(),
         &stats_opts,
     );
+    let autoscale_status = Arc::new(crate::autoscale::status::Status::default());
+    aggregator.add_section(autoscale_status.clone());
     let stats_handle = aggregator.handle();
     let stats_source: Arc<dyn crate::admin::StatsSource> = Arc::new(stats_handle.clone());
 
@@ -510,6 +517,23 @@ fn start(
         } else {
             log::info!("first health check round done in {:?}", t0.elapsed());
         }
+    }
+    let autoscale_thread = crate::autoscale::start(
+        control.clone(),
+        snap.clone(),
+        stats_handle.clone(),
+        autoscale_status,
+        crate::autoscale::Settings {
+            admin: admin_local,
+            token_file: cfg.server.admin_token_file.clone(),
+        },
+        health_stop.clone(),
+    )
+    .map_err(io_err("starting the autoscaler"))?;
+    if cfg.listeners.is_empty() {
+        log::info!(
+            "no listeners configured: waiting for listeners and LBaaS instances through the admin API"
+        );
     }
     {
         let access_log = access_log.clone();
@@ -591,6 +615,7 @@ fn start(
         health_stop,
         health_thread,
         discovery_threads,
+        autoscale_thread,
         agg_thread,
         log_thread,
         access_log,
@@ -720,6 +745,7 @@ fn control_loop(s: Started) -> Result<(), RunError> {
     };
     s.health_stop.store(true, Ordering::Relaxed);
     let _ = s.health_thread.join();
+    let _ = s.autoscale_thread.join();
     for t in s.discovery_threads {
         let _ = t.join();
     }

@@ -498,6 +498,29 @@ pub struct SetDelta {
     hists: Vec<SparseHist>,
 }
 
+/// Figures of another module shown in `/stats` (under its own key) and `/metrics` (the
+/// autoscaler's decisions, for one). Rendered on the stats thread: keep them quick.
+pub trait Section: Send + Sync {
+    /// The key in the stats object.
+    fn key(&self) -> &'static str;
+    /// Its value (`None`: leave the key out).
+    fn json(&self) -> Option<Value>;
+    /// Adds its families to the Prometheus text.
+    fn prometheus(&self, out: &mut prom::Out);
+}
+
+/// A cluster's running totals, for modules that watch the load ([`StatsHandle::sample`]).
+#[derive(Debug, Clone)]
+pub struct ClusterSample {
+    pub name: String,
+    /// HTTP requests finished.
+    pub requests: u64,
+    /// Backend connections established.
+    pub connections: u64,
+    /// Request latency (µs) recorded so far, when asked for.
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
 /// What a [`StatsHandle`] asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {
@@ -533,6 +556,12 @@ pub enum StatsMsg {
     /// Binary upgrade, predecessor side: the successor keeps the totals and the recovery
     /// file from now on.
     StopSaving,
+    /// Running totals of these clusters (name, with the latency histogram), answered at once
+    /// from what the aggregator has (workers flush every [`FLUSH_INTERVAL`]).
+    Sample {
+        clusters: Vec<(String, bool)>,
+        reply: Sender<Vec<ClusterSample>>,
+    },
     Stop,
 }
 
@@ -591,6 +620,14 @@ impl StatsHandle {
     /// See [`StatsMsg::StopSaving`].
     pub fn stop_saving(&self) {
         let _ = self.tx.send(StatsMsg::StopSaving);
+    }
+
+    /// Running totals of `clusters` (name, whether to include the latency histogram); `None`
+    /// when the aggregator does not answer within a second.
+    pub fn sample(&self, clusters: Vec<(String, bool)>) -> Option<Vec<ClusterSample>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(StatsMsg::Sample { clusters, reply }).ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
     /// Body and content type for GET /metrics: Prometheus text (`text/plain; version=0.0.4`)
@@ -660,6 +697,7 @@ pub struct Aggregator {
     save_failed: bool,
     pub(crate) started: Instant,
     pub(crate) started_unix: f64,
+    pub(crate) sections: Vec<Arc<dyn Section>>,
 }
 
 impl Aggregator {
@@ -701,11 +739,38 @@ impl Aggregator {
             save_failed: false,
             started: Instant::now(),
             started_unix: now,
+            sections: Vec::new(),
         };
         if !opts.inherit {
             a.restore();
         }
         a
+    }
+
+    /// Shows `s` in the dump, `/stats` and `/metrics`.
+    pub fn add_section(&mut self, s: Arc<dyn Section>) {
+        self.sections.push(s);
+    }
+
+    fn answer_sample(&self, clusters: &[(String, bool)], reply: &Sender<Vec<ClusterSample>>) {
+        let out = clusters
+            .iter()
+            .map(|(name, latency)| {
+                let agg = self.clusters.get(name);
+                ClusterSample {
+                    name: name.clone(),
+                    requests: agg.map_or(0, |a| a.traffic.requests),
+                    connections: agg.map_or(0, |a| a.traffic.connections),
+                    latency: latency
+                        .then(|| {
+                            agg.and_then(|a| a.hists.as_ref())
+                                .map(|h| h.get(HistKind::Request).clone())
+                        })
+                        .flatten(),
+                }
+            })
+            .collect();
+        let _ = reply.send(out);
     }
 
     /// A handle for the admin server (`GET /stats`, `GET /metrics`).
@@ -724,6 +789,7 @@ impl Aggregator {
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => self.serve(vec![m]),
                 Ok(StatsMsg::Adopt(t)) => self.adopt(&t),
                 Ok(StatsMsg::StopSaving) => self.recovery_path = None,
+                Ok(StatsMsg::Sample { clusters, reply }) => self.answer_sample(&clusters, &reply),
                 Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -845,6 +911,7 @@ impl Aggregator {
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => later.push(m),
                 Ok(StatsMsg::Adopt(t)) => self.adopt(&t),
                 Ok(StatsMsg::StopSaving) => self.recovery_path = None,
+                Ok(StatsMsg::Sample { clusters, reply }) => self.answer_sample(&clusters, &reply),
                 Ok(StatsMsg::Stop) => {
                     // Put it back for the main loop.
                     let _ = self.tx.send(StatsMsg::Stop);
@@ -995,6 +1062,11 @@ impl Aggregator {
             clusters.insert(c.name.clone(), Value::Object(o));
         }
         m.insert("clusters".into(), Value::Object(clusters));
+        for s in &self.sections {
+            if let Some(v) = s.json() {
+                m.insert(s.key().into(), v);
+            }
+        }
         Value::Object(m)
     }
 

@@ -169,6 +169,12 @@ impl Lifecycle {
         }
     }
 
+    /// A previous process's totals (see the control socket's `totals`).
+    pub fn adopt_totals(&self, totals: Map<String, Value>) {
+        log::info!("upgrade: a previous process finished draining; its last counts are added");
+        self.stats.adopt(totals);
+    }
+
     /// A successor becomes the main process once its predecessor sent `MAINPID`.
     pub fn promoted(&self, predecessor: u32) {
         self.state().main = true;
@@ -362,8 +368,10 @@ impl Lifecycle {
         })
     }
 
-    /// At exit, after the workers stopped. A process that handed over sends its successor
-    /// what it counted while draining; any other removes the control socket file.
+    /// At exit, after the workers stopped. A process that handed over sends what it counted
+    /// while draining to the process that serves now: through the control socket (only the
+    /// serving process accepts on it, however many upgrades happened since), else to its own
+    /// successor over the hand-over channel. Any other removes the control socket file.
     pub fn finish(&self) {
         // An upgrade that is handing over right now stops the workers before it records the
         // hand-over: wait for it to finish.
@@ -373,12 +381,21 @@ impl Lifecycle {
             Some(h) => {
                 let now = self.stats.totals().unwrap_or_default();
                 let delta = upgrade::sub_totals(&now, &h.totals_at_go);
-                if let Err(e) = h
-                    .successor
-                    .link
-                    .send(&upgrade::Msg::Final { totals: delta }, &[])
-                {
-                    log::debug!("upgrade: final totals not delivered: {e}");
+                let via_socket = self.settings.control_socket.as_ref().is_some_and(|(p, _)| {
+                    let cmd = format!("totals {}", Value::Object(delta.clone()));
+                    matches!(
+                        upgrade::socket::call(p, &cmd, Duration::from_secs(2)),
+                        Ok(v) if v.get("ok").is_some()
+                    )
+                });
+                if !via_socket {
+                    if let Err(e) = h
+                        .successor
+                        .link
+                        .send(&upgrade::Msg::Final { totals: delta }, &[])
+                    {
+                        log::warn!("upgrade: the counts made while draining are lost: {e}");
+                    }
                 }
                 log::info!("drained; process {} carries on", h.successor.pid);
             }

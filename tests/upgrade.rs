@@ -326,16 +326,6 @@ backends = ["{ws_backend}"]
     );
     assert!(alive(main));
 
-    // The stats totals came along: the newest process counts every request wrk made.
-    let stats = call(admin, "GET", "/stats", None).json();
-    assert_eq!(
-        stats["process"]["pid"].as_i64(),
-        Some(main as i64),
-        "{stats}"
-    );
-    let counted = stats["http"]["requests"].as_u64().unwrap_or(0);
-    assert!(counted >= requests, "{counted} < {requests}: {stats}");
-
     // Closing them lets the first process finish and exit.
     ws.close();
     drop(foo_conn);
@@ -343,6 +333,22 @@ backends = ["{ws_backend}"]
         p0.try_wait().is_some()
     });
     assert!(p0.try_wait().unwrap().success());
+
+    // The stats totals came along, including what each old process counted while it drained
+    // (the first one's arrive through the control socket, ten upgrades later): the newest
+    // process counts every request wrk made and the long-lived Foo connection, now closed.
+    let stats = poll_until(Duration::from_secs(10), "the carried totals", || {
+        let s = call(admin, "GET", "/stats", None).json();
+        let n = s["http"]["requests"].as_u64().unwrap_or(0);
+        let foo_closed = s["listeners"]["foo"]["closed"].as_u64().unwrap_or(0);
+        (n >= requests && foo_closed == 1).then_some(s)
+    });
+    assert_eq!(
+        stats["process"]["pid"].as_i64(),
+        Some(main as i64),
+        "{stats}"
+    );
+    assert_eq!(stats["listeners"]["foo"]["connections"].as_u64(), Some(1));
     // The newest one carries on, on the same sockets (the run-time listener too), and stops
     // cleanly.
     for addr in [web, side] {

@@ -4,6 +4,9 @@
 //!
 //! - `upgrade` → `{"old_pid":N,"pid":M}` or `{"error":{"code":"...","message":"..."}}`
 //! - `status`  → `{"pid":N,"status":"<the STATUS= line>"}`
+//! - `totals <JSON>` → `{"ok":true}`: a previous process that finished draining after an
+//!   upgrade adds what it counted meanwhile to the stats of whichever process serves now (the
+//!   socket is shared, and only the serving process accepts on it).
 //!
 //! The socket is handed to the successor with the listeners, so its path never goes away
 //! during an upgrade.
@@ -21,6 +24,8 @@ use std::time::Duration;
 pub const FILE_NAME: &str = "switchyard.sock";
 const MAX_CONNECTIONS: usize = 8;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest command line (a `totals` object with many backends).
+const MAX_LINE: u64 = 16 << 20;
 
 pub fn path_in(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(FILE_NAME)
@@ -99,11 +104,20 @@ fn serve_one(stream: UnixStream, lifecycle: &Lifecycle) {
         return;
     };
     let mut line = String::new();
-    let mut r = BufReader::new(stream).take(256);
+    let mut r = BufReader::new(stream).take(MAX_LINE);
     if r.read_line(&mut line).is_err() {
         return;
     }
-    let reply = match line.trim() {
+    let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    let reply = match cmd {
+        "totals" => match serde_json::from_str::<serde_json::Value>(arg) {
+            Ok(serde_json::Value::Object(t)) => {
+                lifecycle.adopt_totals(t);
+                serde_json::json!({"ok": true})
+            }
+            _ => serde_json::json!({"error": {"code": "bad_request",
+                "message": "totals takes a JSON object"}}),
+        },
         "upgrade" => match lifecycle.upgrade("control socket") {
             Ok((old, new)) => serde_json::json!({"old_pid": old, "pid": new}),
             Err(e) => serde_json::json!({"error": {"code": e.code, "message": e.message}}),
@@ -112,7 +126,7 @@ fn serve_one(stream: UnixStream, lifecycle: &Lifecycle) {
             serde_json::json!({"pid": std::process::id(), "status": lifecycle.status_line()})
         }
         other => serde_json::json!({"error": {"code": "unknown_command",
-            "message": format!("unknown command {other:?} (upgrade, status)")}}),
+            "message": format!("unknown command {other:?} (upgrade, status, totals)")}}),
     };
     let _ = out.set_write_timeout(Some(IO_TIMEOUT));
     let _ = writeln!(out, "{reply}");

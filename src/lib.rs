@@ -45,6 +45,7 @@ pub mod http;
 pub mod io;
 pub mod logging;
 pub mod net;
+pub mod proto;
 pub mod quick;
 pub mod routing;
 pub mod server;
@@ -55,5 +56,6 @@ pub mod stats;
 /// The one module allowed `unsafe` (each block with a `// SAFETY:` line); none is needed yet.
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod transport;
 pub mod worker;

@@ -184,6 +184,13 @@ pub trait Engine: Send + Sized {
     /// A handle other threads use to wake this engine's [`Engine::poll`].
     fn waker(&self) -> std::sync::Arc<dyn Wake>;
 
+    /// The peer's and the local address of `conn` (`None` if unknown). Off the hot path: asked
+    /// once per upstream connection of clusters that send a PROXY protocol header.
+    fn addrs(&self, conn: ConnId) -> Option<(SocketAddr, SocketAddr)> {
+        let _ = conn;
+        None
+    }
+
     /// Which engine this is (start line, stats).
     fn name(&self) -> &'static str;
 

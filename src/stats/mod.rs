@@ -100,6 +100,20 @@ counters! {
         /// Picks made while every candidate was out of rotation (all ejected, or all down by
         /// their health checks): traffic went to one of them anyway (fail open).
         fail_open,
+        /// TLS handshakes completed (client side and upstream side).
+        tls_handshakes,
+        /// ... of which resumed a session (ticket or session id).
+        tls_resumed,
+        /// TLS handshakes that failed (garbage, no shared version or cipher, a refused
+        /// client certificate, a backend certificate that did not verify).
+        tls_handshake_failures,
+        /// Client connections closed because their handshake (or PROXY header) took longer
+        /// than the listener allows.
+        tls_handshake_timeouts,
+        /// Client connections closed for a missing or malformed PROXY protocol header.
+        proxy_header_errors,
+        /// Client connections refused because they came from outside `trusted_proxies`.
+        proxy_untrusted,
     }
 }
 

@@ -633,6 +633,11 @@ impl Engine for MioEngine {
         "mio"
     }
 
+    fn addrs(&self, conn: ConnId) -> Option<(SocketAddr, SocketAddr)> {
+        let c = self.conns.get(conn as usize)?;
+        Some((c.sock.peer_addr().ok()?, c.sock.local_addr().ok()?))
+    }
+
     fn take_buffer_waits(&mut self) -> u64 {
         std::mem::take(&mut self.buffer_waits)
     }

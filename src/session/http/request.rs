@@ -202,7 +202,11 @@ impl HttpSession {
         x.log.request_id = *cx.request_ids;
         let fwd = Forwarded {
             client_ip: self.client_ip,
-            proto: "http",
+            proto: if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             strip_prefix: strip,
             request_id: &id,
         };

@@ -933,6 +933,9 @@ impl Aggregator {
                 Value::from(t.connections.saturating_sub(t.closed)),
             );
             t.to_json(&mut o);
+            if let Some(tls) = &l.tls {
+                o.insert("tls_certificates".into(), certs_json(&tls.certs));
+            }
             listeners.insert(l.name.clone(), Value::Object(o));
         }
         m.insert("listeners".into(), Value::Object(listeners));
@@ -969,6 +972,9 @@ impl Aggregator {
                 backends.insert(addr, Value::Object(bo));
             }
             o.insert("backends".into(), Value::Object(backends));
+            if let Some(tls) = c.tls.as_ref().filter(|t| !t.certs.is_empty()) {
+                o.insert("tls_certificates".into(), certs_json(&tls.certs));
+            }
             clusters.insert(c.name.clone(), Value::Object(o));
         }
         m.insert("clusters".into(), Value::Object(clusters));
@@ -1165,6 +1171,24 @@ pub(crate) fn backend_states(
         .chain(c.down.iter().map(|b| (b, "down")))
         .chain(c.unknown.iter().map(|b| (b, "unknown")))
         .chain(c.draining.iter().map(|b| (b, "draining")))
+}
+
+/// Certificates in use: file, names, `not_after` (Unix seconds) and seconds left.
+fn certs_json(certs: &[crate::tls::CertInfo]) -> Value {
+    let now = crate::snapshot::unix_ms() as i64 / 1000;
+    Value::Array(
+        certs
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "file": c.file.display().to_string(),
+                    "names": c.names,
+                    "not_after": c.not_after,
+                    "expires_in_s": c.not_after - now,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// A snapshot weight (scaled by `WEIGHT_SCALE`) as the configured one.

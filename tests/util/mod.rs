@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -22,6 +22,8 @@
 //! connection that needs one).
 
 pub mod proxy;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 
 use crate::engine::{recycle, ConnId, Done, Engine, Op, Slot};

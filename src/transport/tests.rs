@@ -250,14 +250,14 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
 fn settle(e: &mut MemEngine, t: &mut [Transport; 2], ends: &mut Ends) {
     for _ in 0..10_000 {
         let mut moved = false;
-        for c in 0..2 {
+        for (c, tc) in t.iter_mut().enumerate() {
             if !ends.reading[c] && !ends.eof[c] && !ends.failed[c] && (c == 1 || ends.connected) {
                 ends.reading[c] = true;
                 moved = true;
-                if let Some(d) = t[c].submit(e, c as ConnId, Op::Recv(None)) {
+                if let Some(d) = tc.submit(e, c as ConnId, Op::Recv(None)) {
                     session_done(e, ends, c, d);
                 }
-                while let Some(d) = t[c].take_ready() {
+                while let Some(d) = tc.take_ready() {
                     session_done(e, ends, c, d);
                 }
             }

@@ -626,3 +626,57 @@ fn reload_under_wrk_load_swaps_certificates_without_errors() {
         p.stderr_text()
     );
 }
+
+#[test]
+fn close_delimited_responses_arrive_whole_and_end_with_close_notify() {
+    let c = Certs::new();
+    // A backend answering with a close-delimited 2 MiB body.
+    let body = payload(11, 2 * MIB);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut head = [0u8; 1024];
+                let _ = s.read(&mut head);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(&body);
+            });
+        }
+    });
+    let p = tls_proxy(&c, addr, "", "");
+    let program = r#"
+import socket, ssl, sys, zlib
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+with socket.create_connection(("127.0.0.1", port)) as raw:
+    with ctx.wrap_socket(raw, server_hostname="a.example", suppress_ragged_eofs=False) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: " + sys.argv[3].encode() + b"\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)  # raises SSLEOFError on a FIN without close_notify
+            if not chunk:
+                break
+            data += chunk
+head, _, body = data.partition(b"\r\n\r\n")
+print(head.split(b"\r\n")[0].decode(), len(body))
+"#;
+    // The backend ends the body by closing; or the client asks to close after the response.
+    for connection in ["keep-alive", "close"] {
+        let (ok, out) = python(
+            program,
+            &[
+                &p.addr("web").port().to_string(),
+                &c.p("ca.pem"),
+                connection,
+            ],
+        );
+        assert!(ok, "{connection}: {out}");
+        assert!(
+            out.contains(&format!("HTTP/1.1 200 OK {}", 2 * MIB)),
+            "{out}"
+        );
+    }
+}

@@ -101,6 +101,13 @@ impl Transport {
         }
     }
 
+    /// The connection is about to be closed gracefully (TLS: `close_notify` goes out first).
+    pub fn closing<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
+        if let Transport::Tls(t) = self {
+            t.closing(engine, conn);
+        }
+    }
+
     /// The connection is being closed: what the transport holds goes back to the pools.
     pub fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
         match std::mem::take(self) {

@@ -92,6 +92,8 @@ pub struct TlsConn {
     close_sent: bool,
     read: ReadWait,
     write: WriteWait,
+    /// The session's last send: its plaintext is taken, its records are on their way.
+    sent: Option<Done>,
     connect: Connect,
     ready_read: Option<Done>,
     ready_write: Option<Done>,
@@ -196,6 +198,7 @@ impl TlsConn {
             close_sent: false,
             read: ReadWait::None,
             write: WriteWait::None,
+            sent: None,
             connect,
             ready_read: None,
             ready_write: None,
@@ -329,7 +332,10 @@ impl TlsConn {
                         pool.release(b.buf);
                     }
                 }
-                if let Some(d) = self.ready_write.take() {
+                for d in [self.ready_write.take(), self.sent.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     let (pool, pipes) = engine.pools();
                     recycle(d, pool, pipes);
                 }
@@ -359,12 +365,50 @@ impl TlsConn {
         if let WriteWait::Send(a, b) = std::mem::replace(&mut self.write, WriteWait::None) {
             recycle_op(Op::Send(a, b), pool, pipes);
         }
-        for d in [self.ready_read.take(), self.ready_write.take()]
-            .into_iter()
-            .flatten()
+        for d in [
+            self.ready_read.take(),
+            self.ready_write.take(),
+            self.sent.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             recycle(d, pool, pipes);
         }
+    }
+
+    /// The connection is about to be closed gracefully: a `close_notify` alert goes out
+    /// first when it can at once (a client reading to the end of the stream must not take the
+    /// FIN for a truncation attack). Whatever cannot go now is dropped with the connection.
+    pub fn closing<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
+        if self.failed.is_some()
+            || self.close_sent
+            || self.eng_writing
+            || self.tls.is_handshaking()
+            || self.connect != Connect::None
+        {
+            return;
+        }
+        self.close_sent = true;
+        self.tls.send_close_notify();
+        let out = match self.cout.take() {
+            Some(o) => Some(o),
+            None => self.encrypted(engine),
+        };
+        let Some((a, b)) = out else { return };
+        let la = a.len();
+        let op = Op::Send(
+            Slice::head(a, la),
+            b.map(|b| {
+                let lb = b.len();
+                Slice::head(b, lb)
+            }),
+        );
+        if let Some(done) = engine.submit(conn, op) {
+            let (pool, pipes) = engine.pools();
+            recycle(done, pool, pipes);
+        }
+        // A send still parked in the engine is cancelled by the close that follows.
     }
 
     // ------------------------------------------------------------------ the machine
@@ -385,6 +429,15 @@ impl TlsConn {
             if self.failed.is_some() {
                 self.fail_pending(engine);
                 return;
+            }
+            if self.sent.is_some()
+                && self.ready_write.is_none()
+                && !self.eng_writing
+                && self.cout.is_none()
+                && !self.tls.wants_write()
+            {
+                self.ready_write = self.sent.take();
+                moved = true;
             }
             moved |= self.want_more(engine, conn);
             if !moved {
@@ -625,7 +678,7 @@ impl TlsConn {
 
     /// Takes the session's parked plaintext (or shutdown) when earlier records are out.
     fn take_plaintext<E: Engine>(&mut self, engine: &mut E) -> bool {
-        if self.ready_write.is_some() || self.connect != Connect::None {
+        if self.ready_write.is_some() || self.sent.is_some() || self.connect != Connect::None {
             return false;
         }
         // Records still waiting for the socket hold new plaintext back; one batch may wait
@@ -654,7 +707,9 @@ impl TlsConn {
                         break;
                     }
                 }
-                self.ready_write = Some(Done::Send {
+                // Reported once its records are with the kernel (as a plain send would be):
+                // a session that closes after its last send loses nothing.
+                self.sent = Some(Done::Send {
                     a: a.buf,
                     b: b.map(|s| s.buf),
                     res: Xfer::Bytes(n as u32),
@@ -917,6 +972,13 @@ impl TlsConn {
     fn fail_pending<E: Engine>(&mut self, engine: &mut E) {
         let Some(e) = self.failed else { return };
         let _ = self.deliver(engine);
+        if let (None, Some(Done::Send { a, b, .. })) = (&self.ready_write, self.sent.take()) {
+            self.ready_write = Some(Done::Send {
+                a,
+                b,
+                res: Xfer::Failed(e),
+            });
+        }
         if self.ready_write.is_none() {
             match std::mem::replace(&mut self.write, WriteWait::None) {
                 WriteWait::None => {

@@ -491,6 +491,9 @@ impl<E: Engine> Worker<E> {
     fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
         let mut m = std::mem::take(self.meta(conn));
         if !matches!(m.transport, Transport::Plain) {
+            if linger == crate::engine::Linger::Graceful {
+                m.transport.closing(&mut self.engine, conn);
+            }
             let (pool, pipes) = self.engine.pools();
             m.transport.release(pool, pipes);
         }

@@ -199,6 +199,24 @@ pub trait Engine: Send + Sized {
     fn take_buffer_waits(&mut self) -> u64;
 }
 
+/// The `Done` of an op that failed before it ran (its connection is gone or broken), giving
+/// back what the op carried.
+pub fn failed(op: Op, errno: i32) -> Done {
+    let res = Xfer::Failed(errno);
+    match op {
+        Op::Recv(buf) => Done::Recv { buf, res },
+        Op::Send(a, b) => Done::Send {
+            a: a.buf,
+            b: b.map(|s| s.buf),
+            res,
+        },
+        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
+        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
+        Op::Shutdown => Done::Shutdown(res),
+        Op::Watch => Done::Watch(res),
+    }
+}
+
 /// Returns the resources an undeliverable op carries to the pools (a `Done` nobody will see).
 pub fn recycle(done: Done, pool: &mut BufferPool, pipes: &mut PipePool) {
     match done {

@@ -240,7 +240,7 @@ impl TlsConn {
 
     pub fn submit<E: Engine>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
         if let Some(e) = self.failed {
-            return Some(fail(op, e));
+            return Some(crate::engine::failed(op, e));
         }
         match op {
             Op::Recv(buf) => {
@@ -998,22 +998,5 @@ impl TlsConn {
             }
         }
         // The alert rustls queued went out with `flush`, before this.
-    }
-}
-
-/// The `Done` of an op on a failed connection, with what it carried.
-fn fail(op: Op, e: i32) -> Done {
-    let res = Xfer::Failed(e);
-    match op {
-        Op::Recv(buf) => Done::Recv { buf, res },
-        Op::Send(a, b) => Done::Send {
-            a: a.buf,
-            b: b.map(|s| s.buf),
-            res,
-        },
-        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
-        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
-        Op::Shutdown => Done::Shutdown(res),
-        Op::Watch => Done::Watch(res),
     }
 }

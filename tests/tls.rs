@@ -488,6 +488,49 @@ fn garbage_stalls_and_huge_client_hellos_are_closed_and_counted() {
         "failures and the timeout counted",
         || p.tcp("tls_handshake_failures") >= 3 && p.tcp("tls_handshake_timeouts") >= 1,
     );
+    // A TCP listener connects upstream only once the handshake is done: garbage and a stalled
+    // handshake never reach the backend; a real client does.
+    let echo = Backend::echo();
+    let raw = Proxy::start(&format!(
+        r#"
+[server]
+workers = 1
+[[listeners]]
+name = "raw"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+handshake_timeout = "500ms"
+[[clusters]]
+name = "echo"
+backends = ["{}"]
+"#,
+        c.p("a.pem"),
+        c.p("a.key"),
+        echo.addr
+    ));
+    let mut s = TcpStream::connect(raw.addr("raw")).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+    let _ = s.read_to_end(&mut Vec::new());
+    let mut s = TcpStream::connect(raw.addr("raw")).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let _ = s.write_all(hello);
+    let _ = s.read_to_end(&mut Vec::new());
+    assert_eq!(
+        echo.accepted(),
+        0,
+        "no backend connection for a client that never shook hands"
+    );
+    let out = s_client(
+        raw.addr("raw"),
+        &["-quiet", "-servername", "a.example"],
+        b"ping\n",
+    );
+    assert!(out.contains("ping"), "{out}");
+    assert_eq!(echo.accepted(), 1);
     // The listener still serves.
     let (ok, out) = curl(web, "a.example", "/", &["--cacert", &c.p("ca.pem")]);
     assert!(ok && out.contains("be"), "{out}");

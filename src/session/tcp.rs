@@ -85,11 +85,13 @@ impl TcpSession {
         self.pending = None;
     }
 
-    /// The header was read (`hash`: the balancing key from the address it carried).
-    pub fn client_known(&mut self, hash: Option<u64>) {
+    /// The client is known: its PROXY header was read, its handshake is done (`hash`: the
+    /// balancing key from the address it carried).
+    pub fn client_known(&mut self, hash: Option<u64>, now: Instant) {
         if self.awaiting_client {
             self.awaiting_client = false;
             self.target.hash = hash;
+            self.target.started = now;
             if self.pending.is_none() {
                 self.pending = Some(Want::Upstream(Up::Need));
             }
@@ -155,6 +157,10 @@ impl TcpSession {
     #[inline]
     pub fn deadline(&self) -> Instant {
         match self.phase {
+            // The client connection's own deadline (a PROXY header, a handshake) runs.
+            Phase::Connecting if self.awaiting_client => {
+                self.last_active + crate::config::defaults::IDLE_TIMEOUT
+            }
             Phase::Connecting => {
                 let t = self
                     .snapshot

@@ -186,7 +186,9 @@ impl<E: Engine> Worker<E> {
                 if is_foo {
                     s.sniff_foo();
                 }
-                if route.accept_proxy.is_some() {
+                // No backend connection for a client that has not shown its PROXY header or
+                // finished its handshake.
+                if route.accept_proxy.is_some() || route.tls.is_some() {
                     s.wait_for_client();
                 }
                 let tls_up = snap.clusters.get(ci).is_some_and(|c| c.tls.is_some());

@@ -102,12 +102,21 @@ impl<E: Engine> Worker<E> {
         let events = m.transport.take_events();
         if events != 0 {
             self.count_events(events);
-            if events & event::PROXIED != 0 {
-                let proxied = self
-                    .conns
-                    .get(conn as usize)
-                    .and_then(|m| m.transport.proxied());
-                self.client_known(key, proxied);
+            // The client connection's PROXY header was read, or its handshake is done: a
+            // TCP session connects upstream once both that apply are behind it.
+            let client =
+                side == Side::Downstream && events & (event::PROXIED | event::HANDSHAKE) != 0;
+            if client {
+                let (proxied, tls) = match self.conns.get(conn as usize).map(|m| &m.transport) {
+                    Some(t) => (t.proxied(), matches!(t, Transport::Tls(_))),
+                    None => (None, false),
+                };
+                let start = if tls {
+                    events & event::HANDSHAKE != 0
+                } else {
+                    events & event::PROXIED != 0
+                };
+                self.client_known(key, proxied, start);
             }
         }
         for _ in 0..4 {
@@ -142,9 +151,10 @@ impl<E: Engine> Worker<E> {
         }
     }
 
-    /// A PROXY header was read: the session goes on with the client it names (`None`: the
-    /// header named none, the connection's own peer stands).
-    fn client_known(&mut self, key: usize, proxied: Option<(SocketAddr, SocketAddr)>) {
+    /// A PROXY header was read (or a TLS handshake finished): the session goes on with the
+    /// client it names (`None`: the header named none, the connection's own peer stands).
+    /// `start`: a waiting TCP session may connect upstream now.
+    fn client_known(&mut self, key: usize, proxied: Option<(SocketAddr, SocketAddr)>, start: bool) {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
@@ -154,7 +164,7 @@ impl<E: Engine> Worker<E> {
                     s.set_client_ip(client.ip());
                 }
             }
-            Session::Tcp(s) => {
+            Session::Tcp(s) if start => {
                 let ip = proxied.map(|(c, _)| c.ip());
                 let snap = s.snapshot.clone();
                 let hash = snap.clusters.get(s.target.cluster as usize).and_then(|c| {
@@ -166,8 +176,9 @@ impl<E: Engine> Worker<E> {
                     (Some(()), Some(ip)) => Some(crate::balance::hash_ip(ip)),
                     _ => s.target.hash,
                 };
-                s.client_known(hash);
+                s.client_known(hash, self.now);
             }
+            Session::Tcp(_) => {}
         }
     }
 

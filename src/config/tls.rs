@@ -293,6 +293,63 @@ pub(crate) fn send_proxy(p: &str, raw: Option<&String>, errs: &mut Errors) -> Op
 mod tests {
     use super::*;
 
+    fn errors(text: &str) -> Vec<String> {
+        match crate::config::parse_str(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_bad_tls_and_proxy_setting_is_reported_with_its_path() {
+        let errs = errors(
+            r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "c"
+proxy_timeout = "1s"
+[listeners.tls]
+certificates = [{ cert = "x.pem" }, { key = "y.key", cet = "z" }]
+handshake_timeout = "0s"
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+accept_proxy = true
+trusted_proxies = ["10.0.0.0/33"]
+[listeners.tls]
+[[clusters]]
+name = "c"
+backends = ["127.0.0.1:1"]
+send_proxy = "v3"
+[clusters.tls]
+server_name = "not a name!"
+cert = "c.pem"
+"#,
+        );
+        for want in [
+            "listeners[0].proxy_timeout: needs accept_proxy = true",
+            "listeners[0].tls.certificates[0].key: missing",
+            "listeners[0].tls.certificates[1].cet: unknown key",
+            "listeners[0].tls.certificates[1].cert: missing",
+            "listeners[0].tls.handshake_timeout: must be greater than zero",
+            "listeners[1].trusted_proxies[0]: invalid address range",
+            "listeners[1].tls.certificates: missing",
+            "clusters[0].send_proxy: unknown PROXY protocol version",
+            "clusters[0].tls.ca: missing",
+            "clusters[0].tls.key: missing (cert is set)",
+            "clusters[0].tls.server_name: \"not a name!\" is not a DNS name",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{want:?} not in {errs:#?}"
+            );
+        }
+    }
+
     #[test]
     fn cidr_ranges() {
         let c = Cidr::parse("10.0.0.0/8").expect("range");

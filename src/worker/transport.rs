@@ -40,11 +40,11 @@ impl<E: Engine> Worker<E> {
             None => None,
         };
         match (&route.tls, proxy_in) {
-            (Some(tls), p) => TlsConn::server(tls, p.map(|_| proxy::ProxyIn), self.now)
+            (Some(tls), p) => TlsConn::server(tls, p.map(|_| proxy::ProxyIn), self.env.now)
                 .map(|t| Transport::Tls(Box::new(t)))
                 .map_err(|_| Refused::Tls),
             (None, Some(p)) => Ok(Transport::Proxy(Box::new(proxy::ProxyConn::accepted(
-                self.now + p.timeout,
+                self.env.now + p.timeout,
             )))),
             (None, None) => Ok(Transport::Plain),
         }
@@ -136,7 +136,7 @@ impl<E: Engine> Worker<E> {
     }
 
     fn count_events(&mut self, events: u8) {
-        let c = &mut self.conn_stats;
+        let c = &mut self.env.conns;
         if events & event::HANDSHAKE != 0 {
             c.tls_handshakes += 1;
         }
@@ -176,7 +176,7 @@ impl<E: Engine> Worker<E> {
                     (Some(()), Some(ip)) => Some(crate::balance::hash_ip(ip)),
                     _ => s.target.hash,
                 };
-                s.client_known(hash, self.now);
+                s.client_known(hash, self.env.now);
             }
             Session::Tcp(_) => {}
         }
@@ -201,7 +201,7 @@ impl<E: Engine> Worker<E> {
 
     /// A handshake or PROXY header did not finish in time.
     pub(super) fn transport_timed_out(&mut self, key: usize) {
-        self.conn_stats.tls_handshake_timeouts += 1;
+        self.env.conns.tls_handshake_timeouts += 1;
         self.close(key, crate::session::CloseReason::Timeout);
     }
 }

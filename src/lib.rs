@@ -52,6 +52,7 @@ pub mod lbaas;
 pub mod lifecycle;
 pub mod logging;
 pub mod net;
+pub mod proto;
 pub mod quick;
 pub mod routing;
 pub mod sd;
@@ -64,6 +65,7 @@ pub mod stats;
 /// passed by systemd or by the previous process of a binary upgrade.
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod transport;
 pub mod upgrade;
 pub mod worker;

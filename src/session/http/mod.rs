@@ -173,6 +173,8 @@ impl HttpSession {
     /// The client's address as a PROXY protocol header gave it (before any request).
     pub fn set_client_ip(&mut self, ip: IpAddr) {
         self.client_ip = ip;
+        self.client_text_len =
+            crate::http::rewrite::write_ip(ip, &mut self.client_text).unwrap_or(0) as u8;
     }
 
     /// Bytes to the client must pass through user space (a TLS client).

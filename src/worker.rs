@@ -587,7 +587,7 @@ impl Worker {
             return;
         }
         if self.balancers.version != snap.version {
-            self.balancers = Balancers::build(&snap, Some(&self.balancers));
+            self.balancers.update(&snap);
         }
         self.obs.accepted(&snap, li as u32);
         let mut session = TcpSession::new(stream, snap, li as u32, cluster, self.now);

@@ -128,7 +128,7 @@ impl Worker {
             return;
         }
         if self.balancers.version != snap.version {
-            self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
+            self.balancers.update(&snap);
         }
         self.obs.accepted(&snap, li as u32);
         let s = HttpSession::new(stream, snap, li as u32, peer.ip(), timeouts, self.now);
@@ -323,7 +323,7 @@ impl Worker {
             }
             if self.balancers.version < snap.version {
                 // A keep-alive session routed this request on a newer snapshot.
-                self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
+                self.balancers.update(&snap);
             }
             let pick = if self.balancers.version == snap.version {
                 let ctx = PickCtx { hash: s.hash };

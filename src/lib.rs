@@ -15,7 +15,7 @@
 //! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
 //! selection), [`buffer`], [`timer`],
 //! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
-//! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
+//! shutdown), [`quick`] (the Foo-compatible command line), [`demo`] (the demo backend).
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
@@ -25,7 +25,7 @@ pub mod buffer;
 pub mod config;
 pub mod control;
 pub mod ctl;
-pub mod demo_backend;
+pub mod demo;
 pub mod health;
 pub mod http;
 pub mod logging;

@@ -14,7 +14,7 @@
 //! Module map: [`config`] (raw → validated), [`snapshot`] (the routing state), [`worker`] (the
 //! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
 //! selection), [`buffer`], [`timer`],
-//! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
+//! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`proto`] (the Foo line sniffer), [`stats`], [`signals`], [`server`] (start-up and
 //! shutdown), [`quick`] (the Foo-compatible command line), [`demo`] (the demo backend).
 #![forbid(unsafe_code)]
 
@@ -29,6 +29,7 @@ pub mod demo;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod proto;
 pub mod quick;
 pub mod ready;
 pub mod routing;

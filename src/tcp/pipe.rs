@@ -17,9 +17,10 @@
 
 use crate::balance::Tried;
 use crate::buffer::{Buf, BufferPool};
+use crate::proto::foo::LineSniffer;
 use crate::ready::Ready;
 use crate::snapshot::Snapshot;
-use crate::stats::{FooCounts, LineSniffer, TcpCounters};
+use crate::stats::{FooCounts, TcpCounters};
 use crate::tcp::splice::{self, Pipe, PipePool};
 use crate::token::Side;
 use mio::net::TcpStream;

@@ -285,10 +285,6 @@ fn simple(backend: &Backend) -> Proxy {
     ))
 }
 
-fn http_stat(p: &Proxy, key: &str) -> u64 {
-    p.stats()["http"][key].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn get_through_proxy_sets_forwarding_headers() {
     let b = http_backend("b1", None);

@@ -4,6 +4,7 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod discovery;
 pub mod health;
 pub mod resilience;
 pub mod routes;
@@ -73,11 +74,73 @@ impl Errors {
             message: message.into(),
         });
     }
-    pub(crate) fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
+    /// Keys of a raw table that `T` does not have, each with a "did you mean" when one of
+    /// `T`'s keys is close.
+    pub(crate) fn unknown<T: Serialize + Default>(
+        &mut self,
+        path: &str,
+        extra: &BTreeMap<String, toml::Value>,
+    ) {
+        if extra.is_empty() {
+            return;
+        }
+        let known = keys_of::<T>();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
         for key in extra.keys() {
-            self.add(format!("{path}.{key}"), "unknown key");
+            self.add(
+                format!("{path}.{key}"),
+                format!("unknown key{}", suggest(key, &known)),
+            );
         }
     }
+}
+
+/// The keys of a raw table type (its fields, as serialized; the flattened catch-all of
+/// unknown keys is skipped when serializing).
+fn keys_of<T: Serialize + Default>() -> Vec<String> {
+    match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `" (did you mean \"x\"?)"` when a known key is a small edit away from `key`, else `""`.
+pub(crate) fn suggest(key: &str, known: &[&str]) -> String {
+    let limit = (key.chars().count() / 3).clamp(1, 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&key.to_ascii_lowercase(), k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance with adjacent transpositions (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
+    }
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -100,7 +163,9 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub backlog: Option<u64>,
     pub shutdown_timeout: Option<String>,
-    pub access_log: Option<String>,
+    /// A path, or `{ path = "...", format = "json" | "combined" }`.
+    pub access_log: Option<toml::Value>,
+    pub log_level: Option<String>,
     pub admin: Option<String>,
     pub admin_token_file: Option<String>,
     pub admin_insecure: Option<bool>,
@@ -123,12 +188,16 @@ pub struct RawListener {
     pub routes: Option<Vec<toml::Value>>,
     /// FaaS dynamic routing (http only): the first path segment names the cluster.
     pub faas: Option<bool>,
+    /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
+    pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
     pub max_uri_bytes: Option<RawSize>,
     pub max_connections: Option<u64>,
+    /// Another process listens on this address on purpose (SO_REUSEPORT group).
+    pub share: Option<bool>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -262,8 +331,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub backlog: i32,
     pub shutdown_timeout: Duration,
-    /// HTTP access log file (JSON lines), appended to.
-    pub access_log: Option<std::path::PathBuf>,
+    /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
+    pub access_log: Option<AccessLogConfig>,
+    /// `log_level`; `SWITCHYARD_LOG` wins over it.
+    pub log_level: Option<log::LevelFilter>,
     /// Admin API address; `None` when disabled (`admin = "off"`).
     pub admin: Option<SocketAddr>,
     /// When set, every admin mutation needs `Authorization: Bearer <token>`.
@@ -280,6 +351,22 @@ pub struct ServerConfig {
     pub stats_minimal: bool,
 }
 
+/// Line format of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line (every field).
+    #[default]
+    Json,
+    /// NCSA combined (Apache/nginx), for tools that read it.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub path: std::path::PathBuf,
+    pub format: LogFormat,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
@@ -292,10 +379,15 @@ pub struct ListenerConfig {
     pub routes: Vec<routes::RouteConfig>,
     /// http only: FaaS dynamic routing by first path segment.
     pub faas: bool,
+    /// FaaS listeners: `GET /stats` answers the original gateway's discovery JSON.
+    pub faas_stats: bool,
     pub http: HttpListenerConfig,
     /// Open client connections on this listener (all workers); beyond it new ones are
     /// turned away (http: `503` with `Retry-After`).
     pub max_connections: Option<u32>,
+    /// Sharing the address with another process is intended (else start-up refuses an
+    /// address someone already serves).
+    pub share: bool,
 }
 
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
@@ -323,6 +415,9 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// The discovery provider that found (or declared) this cluster; `None` for the
+    /// operator's own clusters (config file or admin API).
+    pub discovered: Option<String>,
     pub balance: BalanceKind,
     /// Set exactly when `balance` is `Hash`.
     pub hash_on: Option<HashOn>,
@@ -350,7 +445,10 @@ pub struct ClusterConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
+    /// `[[discovery]]` providers.
+    pub discovery: Vec<discovery::DiscoveryConfig>,
 }
 
 impl Config {
@@ -368,14 +466,7 @@ pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message: format!("cannot read: {e}"),
         }]
     })?;
-    parse_str(&text).map_err(|mut errs| {
-        for e in &mut errs {
-            if e.path.is_empty() {
-                e.path = shown.clone();
-            }
-        }
-        errs
-    })
+    parse_str(&text).map_err(|errs| with_file(errs, &shown))
 }
 
 /// Parses and validates TOML text.
@@ -384,16 +475,45 @@ pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// TOML text → table (the raw document the control plane edits), syntax errors only.
+///
+/// A syntax error's path is `:LINE:COLUMN` (1-based) for the caller to put the file name in
+/// front of (see [`with_file`]); its message quotes the offending line with a caret.
 pub fn parse_toml(text: &str) -> Result<toml::Table, Vec<ConfigError>> {
     text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().trim().replace('\n', "; ");
+        let Some(span) = e.span() else {
+            return vec![ConfigError {
+                path: String::new(),
+                message: format!("TOML syntax: {msg}"),
+            }];
+        };
+        let at = span.start.min(text.len());
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        let line_no = text[..line_start].matches('\n').count() + 1;
+        let col = text[line_start..at].chars().count() + 1;
+        let line = text[line_start..line_end].trim_end_matches('\r');
+        let gutter = line_no.to_string().len();
         vec![ConfigError {
-            path: String::new(),
+            path: format!(":{line_no}:{col}"),
             message: format!(
-                "TOML syntax: {}",
-                e.to_string().trim_end().replace('\n', " | ")
+                "TOML syntax: {msg}\n {:gutter$} |\n {line_no} | {line}\n {:gutter$} | {:>col$}",
+                "", "", "^"
             ),
         }]
     })
+}
+
+/// Puts the file name into errors that have no path (the whole file) or only a position.
+pub fn with_file(mut errs: Vec<ConfigError>, shown: &str) -> Vec<ConfigError> {
+    for e in &mut errs {
+        if e.path.is_empty() {
+            e.path = shown.to_string();
+        } else if e.path.starts_with(':') {
+            e.path = format!("{shown}{}", e.path);
+        }
+    }
+    errs
 }
 
 /// Validates a raw document (a parsed file, or one the admin API edited).
@@ -402,6 +522,9 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut server = RawServer::default();
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
+    // A `listeners` key of the wrong shape is reported once, as that.
+    let listeners_present = table.contains_key("listeners");
+    let mut discoveries = Vec::new();
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -411,10 +534,24 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
-            other => errs.add(other, "unknown key"),
+            "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
+            other => errs.add(
+                other,
+                format!(
+                    "unknown key{}",
+                    suggest(other, &["server", "listeners", "clusters", "discovery"])
+                ),
+            ),
         }
     }
-    let cfg = validate(&server, &listeners, &clusters, &mut errs);
+    let cfg = validate(
+        &server,
+        &listeners,
+        &clusters,
+        listeners_present,
+        &discoveries,
+        &mut errs,
+    );
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -445,7 +582,7 @@ pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
             Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
             _ => None,
         };
-        errs.add(full, err.into_inner().message().trim().to_string());
+        errs.add(full, plain_type_error(err.into_inner().message().trim()));
         let removed = match (key, value.as_table_mut()) {
             (Some(k), Some(t)) => t.remove(&k).is_some(),
             _ => false,
@@ -456,10 +593,23 @@ pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// serde's wording, in the config's terms ("expected u64" → "expected a whole number").
+fn plain_type_error(m: &str) -> String {
+    let m = m
+        .replace("expected u64", "expected a whole number (0 or more)")
+        .replace("expected u32", "expected a whole number (0 or more)")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    match m.find("expected struct Raw") {
+        Some(i) => format!("{}expected a table", &m[..i]),
+        None => m,
+    }
+}
+
 /// An array of tables; each element is deserialized on its own so that one bad element does
 /// not hide the errors of the others. A failed element becomes a default (all-`None`) entry so
 /// indices stay aligned with the file.
-fn raw_list<T: for<'de> Deserialize<'de> + Default>(
+pub(crate) fn raw_list<T: for<'de> Deserialize<'de> + Default>(
     path: &str,
     value: toml::Value,
     out: &mut Vec<Option<T>>,
@@ -561,6 +711,54 @@ fn http_listener(
     }
 }
 
+/// `server.access_log`: `"path"` or `{ path = "path", format = "json" | "combined" }`.
+fn access_log_field(v: &toml::Value, errs: &mut Errors) -> Option<AccessLogConfig> {
+    const P: &str = "server.access_log";
+    let (path, format) = match v {
+        toml::Value::String(p) => (Some(p.as_str()), LogFormat::Json),
+        toml::Value::Table(t) => {
+            let mut format = LogFormat::Json;
+            for (k, val) in t {
+                match (k.as_str(), val.as_str()) {
+                    ("path", Some(_)) => {}
+                    ("path", None) => errs.add(format!("{P}.path"), "expected a string"),
+                    ("format", Some("json")) => format = LogFormat::Json,
+                    ("format", Some("combined")) => format = LogFormat::Combined,
+                    ("format", _) => {
+                        errs.add(format!("{P}.format"), "expected \"json\" or \"combined\"")
+                    }
+                    (other, _) => errs.add(
+                        format!("{P}.{other}"),
+                        format!("unknown key{}", suggest(other, &["path", "format"])),
+                    ),
+                }
+            }
+            if !t.contains_key("path") {
+                errs.add(format!("{P}.path"), "missing");
+            }
+            (t.get("path").and_then(|p| p.as_str()), format)
+        }
+        _ => {
+            errs.add(
+                P,
+                "expected a path or { path = \"...\", format = \"json\" | \"combined\" }",
+            );
+            return None;
+        }
+    };
+    match path {
+        None => None,
+        Some("") => {
+            errs.add(P, "empty path");
+            None
+        }
+        Some(p) => Some(AccessLogConfig {
+            path: p.into(),
+            format,
+        }),
+    }
+}
+
 fn path_field(path: &str, raw: &Option<String>, errs: &mut Errors) -> Option<std::path::PathBuf> {
     match raw.as_deref() {
         None => None,
@@ -659,7 +857,13 @@ fn valid_name(path: String, raw: Option<&String>, errs: &mut Errors) -> String {
                 && n.len() <= 64
                 && n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
+            if ok && (n == "." || n == "..") {
+                // A name is a path segment of the admin API (`/v1/clusters/..`).
+                errs.add(
+                    path,
+                    format!("invalid name {n:?}: \".\" and \"..\" are not names"),
+                );
+            } else if !ok {
                 errs.add(
                     path,
                     format!("invalid name {n:?}: use 1-64 of [A-Za-z0-9._-]"),
@@ -687,6 +891,15 @@ pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
 /// Parses a backend address. Accepts `ip:port`, `:port` (this host) and `host:port` resolved
 /// once here, at load time.
 pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
+    let a = resolve_backend_addr(s)?;
+    if a.port() == 0 {
+        // Connecting to port 0 fails every time: a typo, never a backend.
+        return Err(format!("invalid backend address {s:?}: port 0"));
+    }
+    Ok(a)
+}
+
+fn resolve_backend_addr(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Some(port) = t.strip_prefix(':') {
         return format!("127.0.0.1:{port}")
@@ -699,6 +912,12 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
     if !t.contains(':') {
         return Err(format!(
             "invalid backend address {s:?} (expected host:port)"
+        ));
+    }
+    // Fuzzing must not send DNS queries (or read /etc/hosts once per input).
+    if cfg!(fuzzing) {
+        return Err(format!(
+            "invalid backend address {s:?}: no name resolution while fuzzing"
         ));
     }
     match t.to_socket_addrs() {
@@ -730,7 +949,10 @@ fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<Ba
                     }
                     ("drain", toml::Value::Boolean(d)) => drain = *d,
                     ("drain", _) => errs.add(format!("{path}.drain"), "expected true or false"),
-                    _ => errs.add(format!("{path}.{k}"), "unknown key"),
+                    _ => errs.add(
+                        format!("{path}.{k}"),
+                        format!("unknown key{}", suggest(k, &["addr", "weight", "drain"])),
+                    ),
                 }
             }
             match name {
@@ -774,9 +996,11 @@ fn validate(
     server: &RawServer,
     listeners: &[Option<RawListener>],
     clusters: &[Option<RawCluster>],
+    listeners_present: bool,
+    discoveries: &[Option<discovery::RawDiscovery>],
     errs: &mut Errors,
 ) -> Config {
-    errs.unknown("server", &server.unknown);
+    errs.unknown::<RawServer>("server", &server.unknown);
     let workers = int_field(
         "server.workers",
         server.workers,
@@ -856,14 +1080,23 @@ fn validate(
             defaults::SHUTDOWN_TIMEOUT,
             errs,
         ),
-        access_log: match server.access_log.as_deref() {
-            None => None,
-            Some("") => {
-                errs.add("server.access_log", "empty path");
-                None
+        access_log: server
+            .access_log
+            .as_ref()
+            .and_then(|v| access_log_field(v, errs)),
+        log_level: server.log_level.as_deref().and_then(|l| {
+            let parsed = crate::logging::parse_level(l);
+            if parsed.is_none() {
+                errs.add(
+                    "server.log_level",
+                    format!(
+                        "unknown log level {l:?} (expected one of: {})",
+                        crate::logging::LEVELS
+                    ),
+                );
             }
-            Some(p) => Some(std::path::PathBuf::from(p)),
-        },
+            parsed
+        }),
         admin: None,
         admin_token_file: path_field("server.admin_token_file", &server.admin_token_file, errs),
         admin_insecure: server.admin_insecure.unwrap_or(false),
@@ -899,132 +1132,35 @@ fn validate(
     for (i, raw) in clusters.iter().enumerate() {
         let Some(c) = raw else { continue };
         let p = format!("clusters[{i}]");
-        errs.unknown(&p, &c.unknown);
-        let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
-        if !name.is_empty() && !cluster_names.insert(name.clone()) {
+        let cluster = validate_cluster(&p, c, false, errs);
+        if !cluster.name.is_empty() && !cluster_names.insert(cluster.name.clone()) {
             errs.add(
                 format!("{p}.name"),
-                format!("duplicate cluster name {name:?}"),
+                format!("duplicate cluster name {:?}", cluster.name),
             );
         }
-        let balance = match c.balance.as_deref() {
-            None => BalanceKind::RoundRobin,
-            Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+        out_clusters.push(cluster);
+    }
+    let discovery = discovery::validate(discoveries, errs);
+    // Clusters that discovery providers declare exist from the start (empty until found),
+    // so listeners and routes can name them.
+    for d in &discovery {
+        for name in &d.declared {
+            if let Some(i) = out_clusters.iter().position(|c| &c.name == name) {
                 errs.add(
-                    format!("{p}.balance"),
+                    format!("clusters[{i}].name"),
                     format!(
-                        "unknown balance {b:?} (expected one of: {})",
-                        BalanceKind::NAMES
+                        "cluster {name:?} is provided by discovery {:?}; remove one of the two",
+                        d.name
                     ),
                 );
-                BalanceKind::RoundRobin
-            }),
-        };
-        let hash_on = match (&c.hash_on, balance) {
-            (Some(h), BalanceKind::Hash) => HashOn::parse(h)
-                .map_err(|e| errs.add(format!("{p}.hash_on"), e))
-                .ok(),
-            (None, BalanceKind::Hash) => {
-                errs.add(
-                    format!("{p}.hash_on"),
-                    "missing (balance = \"hash\" needs it)",
-                );
-                None
+                continue;
             }
-            (Some(_), _) => {
-                errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
-                None
-            }
-            (None, _) => None,
-        };
-        let mut backends = Vec::new();
-        match &c.backends {
-            None => errs.add(
-                format!("{p}.backends"),
-                "missing (a cluster needs at least one backend)",
-            ),
-            Some(list) if list.is_empty() => errs.add(
-                format!("{p}.backends"),
-                "empty (a cluster needs at least one backend)",
-            ),
-            Some(list) => {
-                let mut seen = HashSet::new();
-                for (j, v) in list.iter().enumerate() {
-                    let bp = format!("{p}.backends[{j}]");
-                    if let Some(b) = validate_backend(&bp, v, errs) {
-                        if !seen.insert(b.addr) {
-                            errs.add(bp, format!("duplicate backend {}", b.name));
-                        } else {
-                            backends.push(b);
-                        }
-                    }
-                }
+            // Bad defaults were reported with the provider.
+            if let Ok(c) = discovery::placeholder(d, name) {
+                out_clusters.push(c);
             }
         }
-        out_clusters.push(ClusterConfig {
-            name,
-            balance,
-            hash_on,
-            backends,
-            connect_timeout: duration_field(
-                format!("{p}.connect_timeout"),
-                c.connect_timeout.as_ref(),
-                defaults::CONNECT_TIMEOUT,
-                errs,
-            ),
-            connect_attempts: int_field(
-                &format!("{p}.connect_attempts"),
-                c.connect_attempts,
-                defaults::CONNECT_ATTEMPTS,
-                1,
-                16,
-                errs,
-            ) as u32,
-            first_byte_timeout: duration_field(
-                format!("{p}.first_byte_timeout"),
-                c.first_byte_timeout.as_ref(),
-                defaults::FIRST_BYTE_TIMEOUT,
-                errs,
-            ),
-            idle_timeout: duration_field(
-                format!("{p}.idle_timeout"),
-                c.idle_timeout.as_ref(),
-                defaults::BACKEND_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_idle_timeout: duration_field(
-                format!("{p}.pool_idle_timeout"),
-                c.pool_idle_timeout.as_ref(),
-                defaults::POOL_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_max_idle: int_field(
-                &format!("{p}.pool_max_idle"),
-                c.pool_max_idle,
-                defaults::POOL_MAX_IDLE,
-                0,
-                100_000,
-                errs,
-            ) as usize,
-            health: c
-                .health
-                .as_ref()
-                .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
-            outlier: c
-                .outlier
-                .as_ref()
-                .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
-            retry: resilience::retry(&p, c, errs),
-            limits: resilience::limits(&p, c, errs),
-            slow_start: c.slow_start.as_ref().map(|_| {
-                duration_field(
-                    format!("{p}.slow_start"),
-                    c.slow_start.as_ref(),
-                    Duration::ZERO,
-                    errs,
-                )
-            }),
-        });
     }
 
     let mut out_listeners = Vec::new();
@@ -1033,7 +1169,7 @@ fn validate(
     for (i, raw) in listeners.iter().enumerate() {
         let Some(l) = raw else { continue };
         let p = format!("listeners[{i}]");
-        errs.unknown(&p, &l.unknown);
+        errs.unknown::<RawListener>(&p, &l.unknown);
         let name = valid_name(format!("{p}.name"), l.name.as_ref(), errs);
         if !name.is_empty() && !listener_names.insert(name.clone()) {
             errs.add(
@@ -1081,6 +1217,7 @@ fn validate(
                 .iter()
                 .flatten()
                 .any(|rc| rc.name.as_deref() == Some(c))
+                || discovery.iter().any(|d| d.declared.iter().any(|n| n == c))
         };
         let faas = l.faas.unwrap_or(false);
         let cluster = match (&l.cluster, protocol) {
@@ -1112,6 +1249,13 @@ fn validate(
         };
         if l.faas.is_some() && protocol != Protocol::Http {
             errs.add(format!("{p}.faas"), "faas is for http listeners only");
+        }
+        let faas_stats = l.faas_stats.unwrap_or(false);
+        if faas_stats && !faas {
+            errs.add(
+                format!("{p}.faas_stats"),
+                "needs faas = true (it answers GET /stats on the FaaS listener)",
+            );
         }
         let http = http_listener(&p, l, protocol, errs);
         if protocol != Protocol::Http {
@@ -1146,7 +1290,9 @@ fn validate(
                 idle_timeout,
                 routes,
                 faas,
+                faas_stats,
                 http,
+                share: l.share.unwrap_or(false),
                 max_connections: l.max_connections.map(|n| {
                     int_field(
                         &format!("{p}.max_connections"),
@@ -1160,7 +1306,7 @@ fn validate(
             });
         }
     }
-    if listeners.is_empty() {
+    if listeners.is_empty() && !listeners_present {
         errs.add(
             "listeners",
             "no listener configured (add a [[listeners]] table)",
@@ -1170,6 +1316,139 @@ fn validate(
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
+        discovery,
+    }
+}
+
+/// One `[[clusters]]` table (also a discovered cluster: then `allow_empty`, since a provider
+/// may find no backend at the moment, and the cluster is marked with its provider).
+pub(crate) fn validate_cluster(
+    p: &str,
+    c: &RawCluster,
+    allow_empty: bool,
+    errs: &mut Errors,
+) -> ClusterConfig {
+    errs.unknown::<RawCluster>(p, &c.unknown);
+    let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
+    let balance = match c.balance.as_deref() {
+        None => BalanceKind::RoundRobin,
+        Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+            errs.add(
+                format!("{p}.balance"),
+                format!(
+                    "unknown balance {b:?} (expected one of: {})",
+                    BalanceKind::NAMES
+                ),
+            );
+            BalanceKind::RoundRobin
+        }),
+    };
+    let hash_on = match (&c.hash_on, balance) {
+        (Some(h), BalanceKind::Hash) => HashOn::parse(h)
+            .map_err(|e| errs.add(format!("{p}.hash_on"), e))
+            .ok(),
+        (None, BalanceKind::Hash) => {
+            errs.add(
+                format!("{p}.hash_on"),
+                "missing (balance = \"hash\" needs it)",
+            );
+            None
+        }
+        (Some(_), _) => {
+            errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
+            None
+        }
+        (None, _) => None,
+    };
+    let mut backends = Vec::new();
+    match &c.backends {
+        None if allow_empty => {}
+        None => errs.add(
+            format!("{p}.backends"),
+            "missing (a cluster needs at least one backend)",
+        ),
+        Some(list) if list.is_empty() && !allow_empty => errs.add(
+            format!("{p}.backends"),
+            "empty (a cluster needs at least one backend)",
+        ),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (j, v) in list.iter().enumerate() {
+                let bp = format!("{p}.backends[{j}]");
+                if let Some(b) = validate_backend(&bp, v, errs) {
+                    if !seen.insert(b.addr) {
+                        errs.add(bp, format!("duplicate backend {}", b.name));
+                    } else {
+                        backends.push(b);
+                    }
+                }
+            }
+        }
+    }
+    ClusterConfig {
+        name,
+        discovered: None,
+        balance,
+        hash_on,
+        backends,
+        connect_timeout: duration_field(
+            format!("{p}.connect_timeout"),
+            c.connect_timeout.as_ref(),
+            defaults::CONNECT_TIMEOUT,
+            errs,
+        ),
+        connect_attempts: int_field(
+            &format!("{p}.connect_attempts"),
+            c.connect_attempts,
+            defaults::CONNECT_ATTEMPTS,
+            1,
+            16,
+            errs,
+        ) as u32,
+        first_byte_timeout: duration_field(
+            format!("{p}.first_byte_timeout"),
+            c.first_byte_timeout.as_ref(),
+            defaults::FIRST_BYTE_TIMEOUT,
+            errs,
+        ),
+        idle_timeout: duration_field(
+            format!("{p}.idle_timeout"),
+            c.idle_timeout.as_ref(),
+            defaults::BACKEND_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_idle_timeout: duration_field(
+            format!("{p}.pool_idle_timeout"),
+            c.pool_idle_timeout.as_ref(),
+            defaults::POOL_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_max_idle: int_field(
+            &format!("{p}.pool_max_idle"),
+            c.pool_max_idle,
+            defaults::POOL_MAX_IDLE,
+            0,
+            100_000,
+            errs,
+        ) as usize,
+        health: c
+            .health
+            .as_ref()
+            .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+        outlier: c
+            .outlier
+            .as_ref()
+            .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
+        retry: resilience::retry(p, c, errs),
+        limits: resilience::limits(p, c, errs),
+        slow_start: c.slow_start.as_ref().map(|_| {
+            duration_field(
+                format!("{p}.slow_start"),
+                c.slow_start.as_ref(),
+                Duration::ZERO,
+                errs,
+            )
+        }),
     }
 }
 

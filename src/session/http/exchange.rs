@@ -74,6 +74,8 @@ impl Body {
 /// retries the request has used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retry {
+    /// A fresh connection broke before any response byte.
+    pub on_reset: bool,
     pub on_5xx: bool,
     pub on_timeout: bool,
     pub used: u32,
@@ -118,6 +120,8 @@ pub struct Exchange {
     pub req_body: Body,
     /// Some request body byte was written upstream: the request cannot be replayed.
     pub body_sent: bool,
+    /// When the client last sent request body bytes (the body timeout runs from it).
+    pub body_at: Instant,
     // ------------------------------------------------------------- the upstream
     pub upstream: Option<ConnId>,
     /// The current upstream came from the pool.
@@ -169,6 +173,51 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// Readies a recycled exchange for a new request: field by field, so the access-log
+    /// record's byte arrays are not cleared (their lengths are) and nothing is copied whole.
+    fn reset(&mut self, now: Instant) {
+        self.target = Target::new(0, None, now);
+        self.method = Method::Get;
+        self.client_keep_alive = true;
+        self.client_minor = 1;
+        self.upgrade_requested = false;
+        self.up_head = None;
+        self.up_head_len = 0;
+        self.up_head_sent = 0;
+        self.up_head_out = false;
+        self.req_ready = 0;
+        self.req_body = Body::None;
+        self.body_sent = false;
+        self.body_at = now;
+        self.upstream = None;
+        self.reused = false;
+        self.up_reading = false;
+        self.up_writing = false;
+        self.retry = Retry::default();
+        self.timeouts = UpstreamTimeouts::default();
+        self.resp_in = None;
+        self.resp_ready = 0;
+        self.resp_out = false;
+        self.resp_body = Body::None;
+        self.resp_started = false;
+        self.got_response_byte = false;
+        self.down = None;
+        self.resp_pipe = None;
+        self.resp_piped = 0;
+        self.splicing = false;
+        self.splice_dry = false;
+        self.upgrading = false;
+        self.upstream_close = false;
+        self.answered = false;
+        self.status = 0;
+        self.request_started = now;
+        self.first_byte_at = now;
+        self.log.reset(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        self.logged = true;
+        self.tun_up = Flow::default();
+        self.tun_down = Flow::default();
+    }
+
     fn new(now: Instant) -> Exchange {
         Exchange {
             target: Target::new(0, None, now),
@@ -183,6 +232,7 @@ impl Exchange {
             req_ready: 0,
             req_body: Body::None,
             body_sent: false,
+            body_at: now,
             upstream: None,
             reused: false,
             up_reading: false,
@@ -281,7 +331,7 @@ impl ExchangePool {
     pub fn take(&mut self, now: Instant) -> Box<Exchange> {
         match self.free.pop() {
             Some(mut x) => {
-                *x = Exchange::new(now);
+                x.reset(now);
                 x
             }
             None => Box::new(Exchange::new(now)),

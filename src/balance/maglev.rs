@@ -305,10 +305,19 @@ mod tests {
             let bytes: Vec<u8> = t.table.iter().flat_map(|x| x.to_le_bytes()).collect();
             (t.table_len(), hash_bytes(&bytes))
         };
-        assert_eq!(sum(&test_backends(&[1; 5])), (65_537, 0x9940_2af7_f922_f856));
-        assert_eq!(sum(&test_backends(&[1, 3])), (65_537, 0x1743_8fef_f7cd_98b4));
+        assert_eq!(
+            sum(&test_backends(&[1; 5])),
+            (65_537, 0x9940_2af7_f922_f856)
+        );
+        assert_eq!(
+            sum(&test_backends(&[1, 3])),
+            (65_537, 0x1743_8fef_f7cd_98b4)
+        );
         assert_eq!(sum(&ramp), (65_537, 0xde7c_96d0_a5d5_56f0));
-        assert_eq!(sum(&test_backends(&[1; 1000])), (100_003, 0x366f_7184_9ff8_8a58));
+        assert_eq!(
+            sum(&test_backends(&[1; 1000])),
+            (100_003, 0x366f_7184_9ff8_8a58)
+        );
     }
 
     #[test]
@@ -332,4 +341,3 @@ mod tests {
         }
     }
 }
-

@@ -257,8 +257,9 @@ pub struct Worker<E: Engine> {
     ready: VecDeque<usize>,
     /// Sessions waiting for a pool buffer.
     starved: VecDeque<usize>,
-    /// Sessions waiting for a connection slot, per cluster name.
+    /// Sessions waiting for a connection slot, per cluster name, and how many in all.
     pending: HashMap<String, VecDeque<usize>>,
+    waiting_for_slot: usize,
     /// Sessions waiting for a descriptor to connect upstream.
     fd_waiters: VecDeque<usize>,
     access_log: Option<crate::accesslog::Sink>,
@@ -338,6 +339,7 @@ impl<E: Engine> Worker<E> {
             ready: VecDeque::with_capacity(1024),
             starved: VecDeque::with_capacity(1024),
             pending: HashMap::new(),
+            waiting_for_slot: 0,
             fd_waiters: VecDeque::new(),
             access_log: settings.access_log,
             wall_start: std::time::SystemTime::now(),
@@ -366,6 +368,7 @@ impl<E: Engine> Worker<E> {
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
             self.env.now = Instant::now();
+            self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             for ev in events.drain(..) {
                 match ev {
                     Event::Wake => self.handle_ctrl(),

@@ -455,7 +455,7 @@ impl HttpSession {
                     res => {
                         let n = (res.bytes() as u32).min(x.resp_piped);
                         x.resp_piped -= n;
-                        x.log.bytes += u64::from(n);
+                        x.sent += u64::from(n);
                         x.answered |= n > 0;
                         x.resp_pipe = Some(pipe);
                         self.last_active = cx.now;
@@ -585,7 +585,7 @@ impl HttpSession {
         let mut a = a;
         let n = res.bytes().min(a.len());
         a.consume(n);
-        x.log.bytes += n as u64;
+        x.sent += n as u64;
         x.answered |= n > 0;
         if x.resp_out {
             // It was response body bytes from `resp_in`.
@@ -1053,7 +1053,10 @@ impl HttpSession {
         }
         cx.http.count_status(x.status);
         let reusable = request_done && clean && !x.upstream_close && !x.up_reading;
-        for b in [x.up_head.take(), x.resp_in.take()].into_iter().flatten() {
+        if let Some(b) = x.up_head.take() {
+            cx.pool.release(b);
+        }
+        if let Some(b) = x.resp_in.take() {
             cx.pool.release(b);
         }
         self.phase = Phase::Finished(x);
@@ -1110,6 +1113,7 @@ impl HttpSession {
         } else {
             self.req_in.take()
         };
+        x.tunnel = true;
         x.tun_up = super::flow::Flow::with_buf(req, cx.pool);
         x.tun_down = super::flow::Flow::with_buf(x.resp_in.take(), cx.pool);
         if self.down_reading {

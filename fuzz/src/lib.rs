@@ -226,6 +226,7 @@ fn admin_shared() -> switchyard::admin::Shared {
             token: Some("t0ken".into()),
             read_only: false,
             max_body: 1 << 20,
+            discovery: None,
         },
     )
 }

@@ -117,6 +117,9 @@ pub struct ListenerRoute {
     pub max_connections: Option<u32>,
     /// Open client connections (all workers); shared across snapshots by listener name.
     pub live: Arc<ListenerLive>,
+    /// L4 fault toxics: set when the listener has toxics (or is a toxiproxy proxy); new
+    /// connections then go through them. Shared across snapshots by listener name.
+    pub toxics: Option<Arc<crate::faults::ToxicCell>>,
 }
 
 /// Live figures of a listener that every worker updates once per connection.
@@ -144,6 +147,9 @@ pub struct Snapshot {
     /// The `GET /stats` body of FaaS listeners with `faas_stats` (the original gateway's
     /// discovery JSON), rendered by the control plane when it builds the snapshot.
     pub faas_stats: Arc<[u8]>,
+    /// L7 faults (rules, header-triggered faults, the chaos broker): `None` when none is set,
+    /// which is the one check a request pays.
+    pub faults: Option<Arc<crate::faults::L7Table>>,
 }
 
 impl Snapshot {
@@ -270,6 +276,7 @@ impl Snapshot {
                     .and_then(|p| p.listeners.iter().flatten().find(|o| o.name == l.name))
                     .map(|o| o.live.clone())
                     .unwrap_or_default(),
+                toxics: None,
             };
             if listeners.len() <= slot {
                 listeners.resize_with(slot + 1, || None);
@@ -284,6 +291,7 @@ impl Snapshot {
             cluster_index,
             layout,
             faas_stats: Arc::from(&b""[..]),
+            faults: None,
         }
     }
 

@@ -189,6 +189,14 @@ struct State {
     commits: u64,
     /// The `GET /stats` body of FaaS listeners with `faas_stats`.
     faas_stats: Arc<[u8]>,
+    /// Fault injection (runtime only: never persisted; see [`crate::faults`]).
+    faults: crate::faults::FaultState,
+    /// Live toxic sets of the listeners that have (or had) toxics, by listener name.
+    toxic_cells: HashMap<String, Arc<crate::faults::ToxicCell>>,
+    /// The L7 fault table of the running snapshot.
+    l7: Option<Arc<crate::faults::L7Table>>,
+    /// Bumped by every fault commit (connections under toxics re-draw when it moves).
+    fault_gen: u64,
 }
 
 /// What start-up decided to run.
@@ -321,6 +329,10 @@ impl Control {
                 discovered: HashMap::new(),
                 conflicts: Vec::new(),
                 faas_stats,
+                faults: crate::faults::FaultState::default(),
+                toxic_cells: HashMap::new(),
+                l7: None,
+                fault_gen: 0,
                 slots,
                 health,
                 ramps: HashMap::new(),
@@ -432,7 +444,7 @@ impl Control {
     pub fn set_discovered(&self, provider: &str, found: Vec<Found>) -> Result<(), ApiError> {
         let mut st = self.lock();
         let d = st.doc.clone();
-        self.commit(&mut st, d, None, Some((provider.to_string(), found)))
+        self.commit(&mut st, d, None, Some((provider.to_string(), found)), None)
             .map(|_| ())
     }
 
@@ -482,7 +494,7 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None, None)
+            .commit(&mut st, d, None, None, None)
             .map_err(|e| with_relative_field(e, target))?;
         if version == old {
             log::info!("audit: {who}: {what}: no change (version {version})");
@@ -490,6 +502,32 @@ impl Control {
             log::info!("audit: {who}: {what}: version {old} -> {version}");
         }
         Ok(Applied { version, created })
+    }
+
+    /// The fault state (runtime only).
+    pub fn faults(&self) -> crate::faults::FaultState {
+        self.lock().faults.clone()
+    }
+
+    /// Changes the fault state through the same validate → bind → build → swap path as any
+    /// change (not persisted, no new config version). `edit` gets a copy of the fault state
+    /// and the operator's document; its error, or any failure after it, changes nothing.
+    pub fn apply_faults<T>(
+        &self,
+        who: &str,
+        what: &str,
+        edit: impl FnOnce(&mut crate::faults::FaultState, &Table) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut st = self.lock();
+        let mut fs = st.faults.clone();
+        let out = edit(&mut fs, &st.doc)?;
+        if fs == st.faults {
+            return Ok(out);
+        }
+        let d = st.doc.clone();
+        self.commit(&mut st, d, None, None, Some(fs))?;
+        log::info!("audit: {who}: faults: {what}");
+        Ok(out)
     }
 
     /// SIGHUP: reloads the config file through the same path. A bad file changes nothing.
@@ -572,7 +610,7 @@ impl Control {
             log::warn!("reload overrides a runtime change: {line}");
         }
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file), None)?;
+        let version = self.commit(&mut st, merged, Some(new_file), None, None)?;
         if version == old {
             log::info!(
                 "audit: SIGHUP: reloaded {}: no change (version {version})",
@@ -599,9 +637,29 @@ impl Control {
         new_doc: Table,
         new_file: Option<Table>,
         found: Option<(String, Vec<Found>)>,
+        faults: Option<crate::faults::FaultState>,
     ) -> Result<u64, ApiError> {
-        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
-        let operator = found.is_none();
+        let fault_change = faults.is_some();
+        let mut fs = faults.unwrap_or_else(|| st.faults.clone());
+        // What runs: the operator's document with the faults' proxies added and the
+        // listeners that are down taken out.
+        let run_doc = if fs.proxies.is_empty() && fs.listeners.values().all(|l| l.enabled) {
+            new_doc.clone()
+        } else {
+            fs.overlay_doc(&new_doc)
+        };
+        let mut cfg = config::parse_table(run_doc).map_err(|errs| {
+            let e = invalid(&errs);
+            if fault_change {
+                ApiError::new(400, "bad_fault", e.message)
+            } else {
+                e
+            }
+        })?;
+        if fault_change {
+            fs.validate(&cfg, &new_doc)?;
+        }
+        let operator = found.is_none() && !fault_change;
         if operator && new_doc == st.doc {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
@@ -690,6 +748,16 @@ impl Control {
 
         let version = if operator { st.version + 1 } else { st.version };
         let generation = st.generation + 1;
+        // A proxy asked for port 0 keeps the port it got (re-enabling it binds the same).
+        for (name, p) in fs.proxies.iter_mut() {
+            let zero = p
+                .listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.port() == 0);
+            if let (true, Some(r)) = (zero, running.get(name)) {
+                p.listen = r.local.to_string();
+            }
+        }
         // Health records of backends that are gone are dropped (re-added means re-checked).
         let exists = |(c, a): &(String, SocketAddr)| {
             cfg.cluster(c)
@@ -729,6 +797,9 @@ impl Control {
         );
         let faas_stats = crate::discovery::faas_stats_body(&cfg);
         snap.faas_stats = faas_stats.clone();
+        let l7 = fs.compile_l7(&cfg, &slots);
+        let cells = fs.cells(&st.toxic_cells);
+        crate::faults::attach(&mut snap, &fs, &cells, l7.clone());
         let file = new_file.as_ref().unwrap_or(&st.file);
         if let (true, Some(dir), Some(store)) = (operator, &self.state_dir, st.store.as_mut()) {
             let p = persist::Persisted::new(
@@ -749,6 +820,8 @@ impl Control {
         }
         // Point of no return.
         self.shared.store(Arc::new(snap));
+        st.fault_gen += 1;
+        crate::faults::publish_sets(&fs, &st.toxic_cells, &cells, st.fault_gen);
         for (name, slot) in &removed {
             for w in &self.workers {
                 w.send(Ctrl::RemoveListener { slot: *slot });
@@ -780,6 +853,9 @@ impl Control {
         st.conflicts = conflicts;
         st.commits += 1;
         st.faas_stats = faas_stats;
+        st.faults = fs;
+        st.toxic_cells = cells;
+        st.l7 = l7;
         Ok(version)
     }
 
@@ -884,12 +960,16 @@ impl Control {
             slots,
             generation,
             faas_stats,
+            faults,
+            toxic_cells,
+            l7,
             ..
         } = &mut *st;
         let rt = runtime(config, health, ramps, Instant::now());
         let mut snap =
             Snapshot::build_with_slots(config, *generation, Some(&self.shared.load()), slots, &rt);
         snap.faas_stats = faas_stats.clone();
+        crate::faults::attach(&mut snap, faults, toxic_cells, l7.clone());
         let snap = Arc::new(snap);
         self.shared.store(snap.clone());
         snap

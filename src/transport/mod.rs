@@ -14,7 +14,10 @@
 //! Because each transport works on ops and completions, not on sockets, every transport runs on
 //! every engine. HOT PATH: no allocation, lock or log.
 
+pub mod toxics;
+
 use crate::engine::{ConnId, Done, Engine, Op};
+use toxics::{ToxicId, Toxics};
 
 /// The transport of one connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -22,23 +25,33 @@ pub enum Transport {
     /// Bytes go to the socket as they are.
     #[default]
     Plain,
+    /// Under L4 fault toxics: the connection's entry in the worker's [`Toxics`].
+    Toxic(ToxicId),
 }
 
 impl Transport {
     /// Passes a session's op down to the engine. `Some` when it completed at once.
     #[inline]
-    pub fn submit<E: Engine>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
+    pub fn submit<E: Engine>(
+        &mut self,
+        engine: &mut E,
+        toxics: &mut Toxics,
+        conn: ConnId,
+        op: Op,
+    ) -> Option<Done> {
         match self {
             Transport::Plain => engine.submit(conn, op),
+            Transport::Toxic(id) => toxics.submit(*id, engine, conn, op),
         }
     }
 
     /// Passes an engine completion up to the session: `None` when the transport consumed it
     /// (its own traffic) and the session has nothing to learn yet.
     #[inline]
-    pub fn complete(&mut self, done: Done) -> Option<Done> {
+    pub fn complete(&mut self, toxics: &mut Toxics, done: Done) -> Option<Done> {
         match self {
             Transport::Plain => Some(done),
+            Transport::Toxic(id) => toxics.complete(*id, done),
         }
     }
 }

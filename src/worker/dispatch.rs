@@ -7,11 +7,16 @@ use crate::engine::{recycle, ConnId, Done, Engine};
 impl<E: Engine> Worker<E> {
     /// An op of connection `conn` completed.
     pub(super) fn dispatch(&mut self, conn: ConnId, done: Done) {
-        let meta = self.meta(conn);
-        let Some(done) = meta.transport.complete(done) else {
+        let mut transport = self.meta(conn).transport;
+        let Some(done) = transport.complete(&mut self.toxics, done) else {
             return;
         };
-        match meta.owner {
+        self.deliver(conn, done);
+    }
+
+    /// Hands a completion (past the transport) to the connection's owner.
+    pub(super) fn deliver(&mut self, conn: ConnId, done: Done) {
+        match self.meta(conn).owner {
             Owner::Session(key, side) => {
                 let Some(e) = self.sessions.get_mut(key) else {
                     let (pool, pipes) = self.engine.pools();

@@ -41,7 +41,7 @@ impl<E: Engine> Worker<E> {
                             return self.close(key, CloseReason::Done);
                         }
                     };
-                    if let Some(done) = transport.submit(&mut self.engine, conn, op) {
+                    if let Some(done) = transport.submit(&mut self.engine, &mut self.toxics, conn, op) {
                         let mut cx = cx!(self);
                         e.session.complete(side, done, &mut cx);
                     }
@@ -246,5 +246,6 @@ impl<E: Engine> Worker<E> {
         let m = self.meta(conn);
         m.owner = Owner::Session(key, side);
         m.deadline = None;
+        self.attach_toxics(conn, key, side);
     }
 }

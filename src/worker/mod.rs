@@ -20,6 +20,7 @@
 mod accept;
 mod dispatch;
 mod drive;
+mod faults;
 mod obs;
 mod pick;
 mod upstream;
@@ -291,6 +292,9 @@ pub struct Worker<E: Engine> {
     shutdown: Option<Instant>,
     now: Instant,
     events: Vec<Event>,
+    /// Connections under L4 fault toxics, and their timers.
+    toxics: crate::transport::toxics::Toxics,
+    fired: Vec<crate::transport::toxics::Fired>,
 }
 
 /// A [`crate::session::Cx`] from the worker's fields (a macro, so the borrows stay disjoint
@@ -369,6 +373,13 @@ impl<E: Engine> Worker<E> {
             shutdown: None,
             now,
             events: Vec::with_capacity(1024),
+            toxics: crate::transport::toxics::Toxics::new(
+                (settings.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
+            fired: Vec::new(),
         })
     }
 
@@ -389,6 +400,9 @@ impl<E: Engine> Worker<E> {
             self.events = events;
             self.resume_queued();
             self.expire_timers();
+            if !self.toxics.is_idle() {
+                self.fire_toxics();
+            }
             if self.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
                 self.flush_stats(0);
             }
@@ -420,6 +434,9 @@ impl<E: Engine> Worker<E> {
             t = t.min(d);
         }
         if let Some(at) = self.accept_paused_until {
+            t = t.min(at.saturating_duration_since(self.now));
+        }
+        if let Some(at) = self.toxics.next_at() {
             t = t.min(at.saturating_duration_since(self.now));
         }
         t
@@ -488,7 +505,12 @@ impl<E: Engine> Worker<E> {
 
     /// Closes a connection and forgets who owned it.
     fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
-        *self.meta(conn) = ConnMeta::default();
+        let transport = std::mem::take(self.meta(conn)).transport;
+        if let Transport::Toxic(id) = transport {
+            if self.toxics.close(id, &mut self.engine, conn, linger) {
+                return; // slow_close: the socket closes later
+            }
+        }
         self.engine.close(conn, linger);
     }
 

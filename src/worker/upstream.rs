@@ -378,6 +378,12 @@ impl<E: Engine> Worker<E> {
         let (Some((ci, bi)), Some(conn)) = (place, e.session.conn(Side::Upstream)) else {
             return self.drop_upstream(key, Linger::Graceful);
         };
+        // A connection under toxics carries its session's faults: never pooled.
+        let reusable = reusable
+            && self
+                .conns
+                .get(conn as usize)
+                .is_none_or(|m| m.transport == crate::transport::Transport::Plain);
         let (Some(cluster), true) = (snap.clusters.get(ci), reusable) else {
             return self.drop_upstream(key, Linger::Graceful);
         };
@@ -400,7 +406,7 @@ impl<E: Engine> Worker<E> {
         m.deadline = Some(deadline);
         // A backend closing an idle connection (or sending what it should not) ends it.
         let mut transport = m.transport;
-        if let Some(done) = transport.submit(&mut self.engine, conn, Op::Watch) {
+        if let Some(done) = transport.submit(&mut self.engine, &mut self.toxics, conn, Op::Watch) {
             let (pool, pipes) = self.engine.pools();
             crate::engine::recycle(done, pool, pipes);
             self.close_conn(conn, Linger::Graceful);

@@ -14,6 +14,7 @@
 //! | `/v1/discovery` | GET (each provider's last sync, error and services) |
 //! | `/stats`, `/metrics` | GET |
 //! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
+//! | `/v1/faults/...`, toxiproxy's `/proxies`, `/populate`, `/reset`, `/version`, the broker's `/broker` | see [`crate::faults::api`] |
 //!
 //! Reads return `ETag: "<version>"`; writes accept `If-Match` (412 when stale) and answer with
 //! the new version's ETag. With a token configured, writes need `Authorization: Bearer`.
@@ -110,7 +111,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiError> {
+pub(crate) fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiError> {
     if shared.settings.read_only {
         return Err(ApiError::new(
             403,
@@ -395,11 +396,14 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 _ => Ok(method_not_allowed("PATCH, DELETE")),
             }
         }
-        _ => Err(ApiError::new(
-            404,
-            "not_found",
-            format!("no such endpoint: {path}"),
-        )),
+        _ => match crate::faults::api::route(shared, req, &segs) {
+            Some(r) => Ok(r),
+            None => Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no such endpoint: {path}"),
+            )),
+        },
     }
 }
 

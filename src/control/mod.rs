@@ -703,7 +703,12 @@ impl Control {
         let mut bound: Vec<(String, usize, Vec<std::net::TcpListener>)> = Vec::new();
         let mut running: HashMap<String, Running> = HashMap::new();
         for l in &cfg.listeners {
-            if let Some(r) = st.running.get(&l.name).filter(|r| r.bind == l.bind) {
+            // (A proxy asked for port 0 is pinned to the port it got: the same socket.)
+            if let Some(r) = st
+                .running
+                .get(&l.name)
+                .filter(|r| r.bind == l.bind || r.local == l.bind)
+            {
                 slots.push(r.slot);
                 running.insert(l.name.clone(), *r);
                 continue;

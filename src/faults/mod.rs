@@ -605,12 +605,20 @@ impl BrokerWeights {
 
     /// The original API's shape (plus `slowMs`, ours).
     pub fn to_json(&self) -> Json {
+        // Whole percentages print as integers, as the original's did.
+        let n = |f: f64| {
+            if f.fract() == 0.0 && f.abs() < 1e15 {
+                json!(f as i64)
+            } else {
+                json!(f)
+            }
+        };
         json!({
-            "pDuplicate": self.duplicate,
-            "pDelete": self.delete,
-            "pSalt": self.salt,
-            "pSlow": self.slow,
-            "pNothing": self.nothing(),
+            "pDuplicate": n(self.duplicate),
+            "pDelete": n(self.delete),
+            "pSalt": n(self.salt),
+            "pSlow": n(self.slow),
+            "pNothing": n(self.nothing()),
             "slowMs": self.slow_ms,
         })
     }

@@ -163,6 +163,13 @@ pub struct Exchange {
     pub log: Record,
     /// The request was logged (or is not to be).
     pub logged: bool,
+    // ------------------------------------------------------------- fault injection
+    /// An injected delay holds the request (in `Routed`) until then.
+    pub fault_until: Option<Instant>,
+    /// An injected delay holds the answer until then.
+    pub answer_at: Option<Instant>,
+    /// Response body bytes still to corrupt.
+    pub corrupt_left: u32,
     // ------------------------------------------------------------- after a 101
     pub tun_up: Flow,
     pub tun_down: Flow,
@@ -208,6 +215,9 @@ impl Exchange {
             first_byte_at: now,
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
+            fault_until: None,
+            answer_at: None,
+            corrupt_left: 0,
             tun_up: Flow::default(),
             tun_down: Flow::default(),
         }

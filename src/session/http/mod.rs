@@ -25,6 +25,7 @@
 //! HOT PATH. No allocation, lock, blocking call or info-level log in this module.
 
 mod exchange;
+mod fault;
 mod request;
 mod response;
 #[cfg(test)]
@@ -277,11 +278,17 @@ impl HttpSession {
         match &self.phase {
             Phase::Head if self.head_started => self.phase_started + t.request_header,
             Phase::Head | Phase::Taken | Phase::Finished(_) => self.last_active + t.keepalive,
-            Phase::Routed(x) | Phase::Connecting(x) => x.target.started + x.timeouts.connect,
-            Phase::Exchange(x) if !x.got_response_byte => {
-                self.phase_started + x.timeouts.first_byte
+            Phase::Routed(x) | Phase::Connecting(x) => x
+                .fault_until
+                .unwrap_or(x.target.started + x.timeouts.connect),
+            Phase::Exchange(x) => {
+                let d = if x.got_response_byte {
+                    self.last_active + x.timeouts.idle
+                } else {
+                    self.phase_started + x.timeouts.first_byte
+                };
+                x.answer_at.map_or(d, |t| d.min(t))
             }
-            Phase::Exchange(x) => self.last_active + x.timeouts.idle,
             Phase::Local(_) => self.phase_started + LOCAL_RESPONSE_TIMEOUT,
             Phase::Tunnel(_) => self.last_active + t.tunnel_idle,
         }
@@ -290,6 +297,9 @@ impl HttpSession {
     /// The deadline passed. (A session waiting in one of the worker's queues is the worker's
     /// to time out.)
     pub fn timed_out(&mut self, cx: &mut Cx<'_>) {
+        if self.fault_timer(cx) {
+            return;
+        }
         let w = match &mut self.phase {
             Phase::Head | Phase::Taken | Phase::Finished(_) => {
                 cx.conns.idle_timeouts += 1;
@@ -801,8 +811,9 @@ impl HttpSession {
                 }
             }
         }
-        // 3. The response to the client: the head first, then body bytes as claimed.
-        if !self.down_writing {
+        // 3. The response to the client: the head first, then body bytes as claimed (held
+        // while an injected answer delay runs).
+        if !self.down_writing && x.answer_at.is_none_or(|t| cx.now >= t) {
             if let Some(d) = x.down.take() {
                 let n = d.len();
                 self.down_writing = true;
@@ -839,6 +850,11 @@ impl HttpSession {
                             self.down_writing = true;
                             x.resp_out = true;
                             let n = x.resp_ready as usize;
+                            if x.corrupt_left > 0 {
+                                let d = cx.pool.data_mut(&r);
+                                let n = n.min(d.len());
+                                fault::corrupt(&mut d[..n], &mut x.corrupt_left);
+                            }
                             return Want::Io(Side::Downstream, Op::Send(Slice::head(r, n), None));
                         }
                     }
@@ -862,6 +878,7 @@ impl HttpSession {
             // backend → pipe → client with splice(2): no copy through user space.
             if !x.splicing
                 && !x.splice_dry
+                && x.corrupt_left == 0
                 && x.resp_started
                 && x.resp_ready == 0
                 && x.resp_in.is_none()
@@ -944,7 +961,11 @@ impl HttpSession {
             self.close_after = true;
         }
         cx.http.count_status(x.status);
-        let reusable = request_done && clean && !x.upstream_close && !x.up_reading;
+        let reusable = request_done
+            && clean
+            && !x.upstream_close
+            && !x.up_reading
+            && x.log.fault != crate::faults::FaultCode::Duplicate;
         for b in [x.up_head.take(), x.resp_in.take()].into_iter().flatten() {
             cx.pool.release(b);
         }

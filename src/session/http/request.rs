@@ -200,6 +200,12 @@ impl HttpSession {
         let mut id = [0u8; 16];
         hex16(*cx.request_ids, &mut id);
         x.log.request_id = *cx.request_ids;
+        // Fault injection: one check when no fault is set.
+        let fault = snap.faults.as_ref().and_then(|t| {
+            let route = routing::matched_route(&listener.routes, &view);
+            let header = (view.header)(b"x-switchyard-fault");
+            super::fault::draw(t, self.listener as usize, route, cluster, header, *cx.request_ids)
+        });
         let fwd = Forwarded {
             client_ip: self.client_ip,
             proto: "http",
@@ -214,6 +220,17 @@ impl HttpSession {
             Ok(n) => {
                 up.fill(n);
                 x.up_head_len = n as u32;
+                let has_body = !matches!(x.req_body, super::exchange::Body::None);
+                if fault.is_some_and(|k| super::fault::can_duplicate(k, x.method, has_body)) {
+                    // The request goes twice, back to back (pipelined), on one connection.
+                    if let Some((src, out)) = cx.pool.data_and_spare(req_buf, &mut up) {
+                        if let Ok(m) = rewrite::write_request_head(src, h, &fwd, out) {
+                            up.fill(m);
+                            x.up_head_len += m as u32;
+                            x.log.fault = crate::faults::FaultCode::Duplicate;
+                        }
+                    }
+                }
             }
             Err(rewrite::Overflow) => {
                 cx.pool.release(up);
@@ -235,7 +252,10 @@ impl HttpSession {
         self.consume_head(cx, head_len);
         self.phase = Phase::Routed(x);
         self.phase_started = cx.now;
-        Want::Upstream(Up::Need)
+        match fault {
+            Some(k) => self.inject(cx, k),
+            None => Want::Upstream(Up::Need),
+        }
     }
 
     /// Routes every request on the latest snapshot (a keep-alive connection sees changes at

@@ -197,6 +197,8 @@ struct State {
     l7: Option<Arc<crate::faults::L7Table>>,
     /// Bumped by every fault commit (connections under toxics re-draw when it moves).
     fault_gen: u64,
+    /// Listeners a fault took down, with the address they had (they come back on it).
+    pins: HashMap<String, SocketAddr>,
 }
 
 /// What start-up decided to run.
@@ -333,6 +335,7 @@ impl Control {
                 toxic_cells: HashMap::new(),
                 l7: None,
                 fault_gen: 0,
+                pins: HashMap::new(),
                 slots,
                 health,
                 ramps: HashMap::new(),
@@ -643,10 +646,13 @@ impl Control {
         let mut fs = faults.unwrap_or_else(|| st.faults.clone());
         // What runs: the operator's document with the faults' proxies added and the
         // listeners that are down taken out.
-        let run_doc = if fs.proxies.is_empty() && fs.listeners.values().all(|l| l.enabled) {
+        let run_doc = if fs.proxies.is_empty()
+            && fs.listeners.values().all(|l| l.enabled)
+            && st.pins.is_empty()
+        {
             new_doc.clone()
         } else {
-            fs.overlay_doc(&new_doc)
+            fs.overlay_doc(&new_doc, &st.pins)
         };
         let mut cfg = config::parse_table(run_doc).map_err(|errs| {
             let e = invalid(&errs);
@@ -843,6 +849,13 @@ impl Control {
                 w.send(Ctrl::AddListener { slot, socket });
             }
         }
+        for (name, _) in &removed {
+            if let (false, Some(r)) = (fs.listener(name).enabled, st.running.get(name)) {
+                st.pins.insert(name.clone(), r.local);
+            }
+        }
+        // A pin lasts while its listener is down, or until it is back on its port.
+        st.pins.retain(|n, _| !fs.listener(n).enabled || !running.contains_key(n));
         if let Some(f) = new_file {
             st.file = f;
         }

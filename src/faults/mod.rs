@@ -855,9 +855,32 @@ impl FaultState {
     /// The document the control plane validates and runs: the operator's, plus a listener
     /// and a cluster for each proxy, minus listeners that are down (so their port refuses
     /// connections).
-    pub fn overlay_doc(&self, doc: &toml::Table) -> toml::Table {
+    /// `pins`: listeners taken down earlier, with the address they had; one that comes back
+    /// up binds the same port again when its `bind` asks for port 0.
+    pub fn overlay_doc(
+        &self,
+        doc: &toml::Table,
+        pins: &std::collections::HashMap<String, std::net::SocketAddr>,
+    ) -> toml::Table {
         use crate::control::doc::{self as d, Kind};
         let mut out = doc.clone();
+        for (name, addr) in pins {
+            if !self.listener(name).enabled {
+                continue;
+            }
+            let Some(toml::Value::Table(l)) = d::find(&out, Kind::Listener, name).cloned() else {
+                continue;
+            };
+            let zero = l
+                .get("bind")
+                .and_then(toml::Value::as_str)
+                .is_some_and(|b| b.ends_with(":0"));
+            if zero {
+                let mut l = l;
+                l.insert("bind".into(), toml::Value::String(addr.to_string()));
+                d::put(&mut out, Kind::Listener, name, toml::Value::Table(l));
+            }
+        }
         for (name, p) in &self.proxies {
             let mut l = toml::Table::new();
             l.insert("name".into(), toml::Value::String(name.clone()));

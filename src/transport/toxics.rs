@@ -40,6 +40,9 @@ pub type ToxicId = u32;
 
 /// Timer entries handled per [`Toxics::fire`] call (the rest wait for the next turn).
 const FIRE_BATCH: usize = 1024;
+/// How often a write held by `timeout`, `reset_peer` or `limit_data` looks whether its
+/// toxics changed (a toxic removed lets it through on the same connection).
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// What a timer asks the worker to do.
 #[derive(Debug)]
@@ -55,6 +58,8 @@ pub enum Fired {
 enum TimerKind {
     /// Submit the held write op.
     Release,
+    /// A write held until the toxics change: look again.
+    Recheck,
     /// Close the connection (graceful).
     Close,
     /// Reset the connection.
@@ -268,8 +273,9 @@ impl Toxics {
             return engine.submit(conn, op);
         }
         if fx.timeout.is_some() {
-            // Nothing gets through: the write waits for the close.
+            // Nothing gets through: the write waits for the close (or the toxic's removal).
             tc.held = Some(op);
+            self.hold_until_change(id, now);
             return None;
         }
         if let Some(ms) = fx.reset {
@@ -281,11 +287,13 @@ impl Toxics {
                     tc.close_seq = seq;
                 }
             }
+            self.hold_until_change(id, now);
             return None;
         }
         if fx.limit.is_some() && tc.limit_left == 0 {
             // The limit is reached; the close is on its way.
             tc.held = Some(op);
+            self.hold_until_change(id, now);
             return None;
         }
         let mut at = tc.next_at.max(now);
@@ -308,6 +316,11 @@ impl Toxics {
         let op = self.shape(id, op);
         let done = engine.submit(conn, op)?;
         Some(self.account(id, done, now))
+    }
+
+    fn hold_until_change(&mut self, id: ToxicId, now: Instant) {
+        let seq = self.arm(id, now + RECHECK, TimerKind::Recheck);
+        self.set_release(id, seq);
     }
 
     fn set_release(&mut self, id: ToxicId, seq: u32) {
@@ -454,6 +467,24 @@ impl Toxics {
                         Linger::Graceful
                     };
                     out.push(Fired::Close(conn, linger));
+                }
+                TimerKind::Recheck => {
+                    if tc.release_seq != seq || tc.held.is_none() {
+                        continue;
+                    }
+                    let set = tc.cell.set.load();
+                    if set.gen == tc.set_gen && !set.down {
+                        drop(set);
+                        self.hold_until_change(id, now);
+                        continue;
+                    }
+                    drop(set);
+                    let Some(op) = tc.held.take() else {
+                        continue;
+                    };
+                    if let Some(done) = self.submit(id, engine, conn, op) {
+                        out.push(Fired::Deliver(conn, done));
+                    }
                 }
                 TimerKind::Release => {
                     if tc.release_seq != seq {

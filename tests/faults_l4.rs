@@ -286,3 +286,48 @@ fn bad_toxics_are_refused_and_change_nothing() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(call(p.addr("admin"), "GET", "/v1/faults", None).json(), before, "nothing half-applied");
 }
+
+/// `switchyard ctl` against the proxy's admin API.
+fn ctl(p: &Proxy, args: &[&str]) -> (bool, String) {
+    let admin = p.addr("admin").to_string();
+    let out = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &admin])
+        .args(args)
+        .output()
+        .expect("run ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn ctl_verbs() {
+    let b = Backend::echo();
+    let p = start(b.addr);
+    let (ok, out) = ctl(
+        &p,
+        &["fault", "toxic", "t", r#"{"type":"latency","attributes":{"latency":200}}"#],
+    );
+    assert!(ok, "{out}");
+    assert!(round_trip(p.addr("t"), 10) >= Duration::from_millis(180));
+    let (ok, out) = ctl(&p, &["faults"]);
+    assert!(ok && out.contains("latency_downstream"), "{out}");
+    let (ok, out) = ctl(&p, &["fault", "untoxic", "t", "latency_downstream"]);
+    assert!(ok, "{out}");
+    assert!(round_trip(p.addr("t"), 10) < Duration::from_millis(150));
+    let (ok, out) = ctl(&p, &["fault", "toxic", "t", r#"{"type":"bogus"}"#]);
+    assert!(!ok && out.contains("invalid toxic type"), "{out}");
+    let (ok, out) = ctl(&p, &["fault", "down", "t"]);
+    assert!(ok, "{out}");
+    assert!(TcpStream::connect_timeout(&p.addr("t"), Duration::from_secs(2)).is_err());
+    let (ok, out) = ctl(&p, &["fault", "up", "t"]);
+    assert!(ok, "{out}");
+    echo_roundtrip(&mut connect(p.addr("t")), b"up again");
+    let (ok, out) = ctl(&p, &["broker"]);
+    assert!(ok && out.contains("\"pNothing\": 100"), "{out}");
+    let (ok, out) = ctl(&p, &["broker", "pDelete=60", "pSlow=50"]);
+    assert!(!ok && out.contains("more than 100"), "{out}");
+    let (ok, out) = ctl(&p, &["fault", "clear"]);
+    assert!(ok, "{out}");
+}

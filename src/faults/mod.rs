@@ -154,6 +154,8 @@ fn whole(v: &Json, key: &str, max: u64) -> Result<u64, ApiError> {
     }
     match v.as_f64() {
         Some(f) if f < 0.0 => Err(bad(format!("{key}: {f} is negative"))),
+        // 100.0 from a client that writes every number as a float.
+        Some(f) if f.fract() == 0.0 && f <= max as f64 => Ok(f as u64),
         Some(f) => Err(bad(format!("{key}: {f} must be a whole number"))),
         None => Err(bad(format!("{key}: expected a number, got {v}"))),
     }

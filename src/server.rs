@@ -80,7 +80,7 @@ pub fn run(
             name: l.name.clone(),
             message: m,
         })?;
-        let socks = bind_listener(&l.name, l.bind, workers, cfg.server.backlog)?;
+        let socks = bind_listener(&l.name, l.bind, workers, l.backlog(&cfg.server))?;
         let local = socks[0].local_addr().map_err(io_err("local_addr"))?;
         announce(l, local);
         running.insert(

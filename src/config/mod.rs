@@ -25,13 +25,13 @@ pub mod defaults {
     pub const BUFFERS_PER_WORKER: u64 = 4096;
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
-    pub const BACKLOG: u64 = 1024;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_ATTEMPTS: u64 = 3;
     // HTTP listeners (client side).
     pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_HEADERS: u64 = 100;
@@ -191,6 +191,8 @@ pub struct RawListener {
     /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
     pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
+    pub request_body_timeout: Option<String>,
+    pub request_buffering: Option<RawSize>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
@@ -329,7 +331,9 @@ pub struct ServerConfig {
     /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
     pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
-    pub backlog: i32,
+    /// `backlog` as set; unset, each listener's backlog follows its connection limit
+    /// ([`ListenerConfig::backlog`]).
+    pub backlog: Option<i32>,
     pub shutdown_timeout: Duration,
     /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
     pub access_log: Option<AccessLogConfig>,
@@ -390,11 +394,31 @@ pub struct ListenerConfig {
     pub share: bool,
 }
 
+impl ListenerConfig {
+    /// The listen backlog of each of this listener's sockets: `server.backlog` when set, else
+    /// its connection limit (the listener's `max_connections`, else the process's), as
+    /// HAProxy sizes it, so a burst of new connections waits in the kernel rather than in SYN
+    /// retries. The kernel caps it at `net.core.somaxconn` (`switchyard check` says when).
+    pub fn backlog(&self, server: &ServerConfig) -> i32 {
+        server.backlog.unwrap_or_else(|| {
+            let limit = self
+                .max_connections
+                .map_or(server.max_connections, |m| m as usize);
+            limit.clamp(128, 65535) as i32
+        })
+    }
+}
+
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpListenerConfig {
     /// A request head must be complete this long after its first byte (slowloris defence).
     pub request_header_timeout: Duration,
+    /// A request body that stalls (no byte from the client) this long gets 408.
+    pub request_body_timeout: Duration,
+    /// Bodies up to this size are read whole before a backend is picked (0: streamed at
+    /// once, the default).
+    pub request_buffering: usize,
     /// An idle keep-alive client connection is closed after this long.
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
@@ -660,6 +684,8 @@ fn http_listener(
     if protocol != Protocol::Http {
         let set = [
             ("request_header_timeout", l.request_header_timeout.is_some()),
+            ("request_body_timeout", l.request_body_timeout.is_some()),
+            ("request_buffering", l.request_buffering.is_some()),
             ("keepalive_timeout", l.keepalive_timeout.is_some()),
             ("max_header_bytes", l.max_header_bytes.is_some()),
             ("max_headers", l.max_headers.is_some()),
@@ -678,6 +704,20 @@ fn http_listener(
             defaults::REQUEST_HEADER_TIMEOUT,
             errs,
         ),
+        request_body_timeout: duration_field(
+            format!("{p}.request_body_timeout"),
+            l.request_body_timeout.as_ref(),
+            defaults::REQUEST_BODY_TIMEOUT,
+            errs,
+        ),
+        request_buffering: size_field(
+            format!("{p}.request_buffering"),
+            l.request_buffering.as_ref(),
+            0,
+            0,
+            1 << 20,
+            errs,
+        ) as usize,
         keepalive_timeout: duration_field(
             format!("{p}.keepalive_timeout"),
             l.keepalive_timeout.as_ref(),
@@ -1066,14 +1106,9 @@ fn validate(
             10_000_000,
             errs,
         ) as usize,
-        backlog: int_field(
-            "server.backlog",
-            server.backlog,
-            defaults::BACKLOG,
-            1,
-            65535,
-            errs,
-        ) as i32,
+        backlog: server
+            .backlog
+            .map(|_| int_field("server.backlog", server.backlog, 1, 1, 65535, errs) as i32),
         shutdown_timeout: duration_field(
             "server.shutdown_timeout".into(),
             server.shutdown_timeout.as_ref(),

@@ -693,7 +693,6 @@ impl Control {
             log::warn!("discovery {c}");
         }
         let workers = self.workers.len().max(1);
-        let backlog = cfg.server.backlog;
 
         // Listeners: same name and bind → same slot and sockets; otherwise bind anew.
         let used: HashSet<usize> = st.running.values().map(|r| r.slot).collect();
@@ -733,8 +732,9 @@ impl Control {
                     ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
                 })?;
             }
-            let socks = crate::net::listen::bind_listener(&l.name, l.bind, workers, backlog)
-                .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
+            let socks =
+                crate::net::listen::bind_listener(&l.name, l.bind, workers, l.backlog(&cfg.server))
+                    .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
                 .first()
                 .and_then(|s| s.local_addr().ok())

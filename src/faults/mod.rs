@@ -1198,3 +1198,61 @@ pub fn publish_sets(
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toxic_defaults_and_round_trip() {
+        let t = toxic_from_json(&json!({"type": "bandwidth", "attributes": {"rate": 5}})).unwrap();
+        assert_eq!(t.name, "bandwidth_downstream");
+        assert_eq!((t.stream, t.toxicity), (Stream::Downstream, 1.0));
+        assert_eq!(toxic_from_json(&t.to_json()).unwrap(), t);
+        let u = toxic_update(&t, &json!({"toxicity": 0.25})).unwrap();
+        assert_eq!((u.kind, u.toxicity), (t.kind, 0.25));
+        assert!(toxic_update(&t, &json!({"type": "latency"})).is_err());
+        // Whole numbers written as floats are taken; fractions and negatives are not.
+        assert!(toxic_from_json(&json!({"type": "latency", "attributes": {"latency": 5.0}})).is_ok());
+        assert!(toxic_from_json(&json!({"type": "latency", "attributes": {"latency": 5.5}})).is_err());
+        assert!(toxic_from_json(&json!({"type": "latency", "attributes": {"latency": -1}})).is_err());
+    }
+
+    #[test]
+    fn broker_weights_add_up_to_at_most_100() {
+        let w = BrokerWeights::default();
+        assert_eq!(w.nothing(), 100.0);
+        let w = w.patch(&json!({"pDelete": 10, "pSlow": 10})).unwrap();
+        assert_eq!(w.nothing(), 80.0);
+        assert!(w.patch(&json!({"pNothing": 81})).is_err(), "20 + 81 > 100");
+        assert!(w.patch(&json!({"pNothing": 80})).is_ok());
+        assert!(w.patch(&json!({"pSalt": 90})).is_err());
+        assert!(w.patch(&json!({"pSalt": -1})).is_err());
+        assert!(w.patch(&json!({"slowMs": 1.5})).is_err());
+        assert_eq!(w.to_json()["pNothing"], json!(80));
+    }
+
+    #[test]
+    fn thresholds_cover_the_range() {
+        assert_eq!(threshold(0.0), 0);
+        assert_eq!(threshold(1.0), u64::MAX);
+        let half = threshold(0.5);
+        assert!(half.abs_diff(1 << 63) < 1 << 20);
+    }
+
+    #[test]
+    fn the_whole_state_round_trips_through_its_json() {
+        let v = json!({
+            "listeners": {"web": {"enabled": false, "toxics": [{"type": "latency", "attributes": {"latency": 10}}]}},
+            "http": [{"name": "a", "type": "abort", "status": 500, "probability": 0.5, "listener": "web"}],
+            "header_faults": ["web"],
+            "broker": {"pDelete": 5, "slowMs": 100},
+            "proxies": {"p": {"listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"}}
+        });
+        let s = FaultState::from_json(&v).unwrap();
+        assert_eq!(FaultState::from_json(&s.to_json()).unwrap(), s);
+        assert!(FaultState::from_json(&json!({"bogus": 1})).is_err());
+        assert!(!s.is_empty());
+        assert!(FaultState::default().is_empty());
+    }
+}

@@ -249,8 +249,15 @@ impl Kit {
                     });
                 }
                 if p.eof {
+                    let buf = match buf {
+                        Some(b) if b.is_empty() => {
+                            pool.release(b);
+                            None
+                        }
+                        other => other,
+                    };
                     return Ok(Done::Recv {
-                        buf: buf.filter(|b| !b.is_empty()),
+                        buf,
                         res: Xfer::Eof,
                     });
                 }

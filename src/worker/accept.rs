@@ -137,6 +137,8 @@ impl<E: Engine> Worker<E> {
             Protocol::Http => {
                 let timeouts = ListenerTimeouts {
                     request_header: route.http.request_header_timeout,
+                    request_body: route.http.request_body_timeout,
+                    buffering: route.http.request_buffering,
                     keepalive: route.http.keepalive_timeout,
                     tunnel_idle: route.idle_timeout,
                 };

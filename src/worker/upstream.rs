@@ -173,6 +173,7 @@ impl<E: Engine> Worker<E> {
                         && same
                         && self.balancers.has_budget(ci);
                     x.retry = Retry {
+                        on_reset: allowed && policy.on_reset,
                         on_5xx: allowed && policy.on_5xx,
                         on_timeout: allowed && policy.on_timeout,
                         used: x.retry.used,

@@ -74,6 +74,8 @@ impl Body {
 /// retries the request has used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retry {
+    /// A fresh connection broke before any response byte.
+    pub on_reset: bool,
     pub on_5xx: bool,
     pub on_timeout: bool,
     pub used: u32,
@@ -118,6 +120,8 @@ pub struct Exchange {
     pub req_body: Body,
     /// Some request body byte was written upstream: the request cannot be replayed.
     pub body_sent: bool,
+    /// When the client last sent request body bytes (the body timeout runs from it).
+    pub body_at: Instant,
     // ------------------------------------------------------------- the upstream
     pub upstream: Option<ConnId>,
     /// The current upstream came from the pool.
@@ -190,6 +194,7 @@ impl Exchange {
             req_ready: 0,
             req_body: Body::None,
             body_sent: false,
+            body_at: now,
             upstream: None,
             reused: false,
             up_reading: false,

@@ -7,12 +7,12 @@
 //! phase apart and builds the next one.
 //!
 //! ```text
-//!   Head ──routed──► Routed ──new conn──► Connecting ──connected──┐
-//!    ▲                  │ pooled conn                              ▼
-//!    │                  └───────────────────────────────────► Exchange ──101──► Tunnel
-//!    │                                                             │
-//!    └──────────── Finished (worker logs, pools the upstream) ◄────┘
-//!   any phase ──error──► Local (a local response, then close)
+//!   Head ──routed──► (Buffering) ──► Routed ──new conn──► Connecting ──connected──┐
+//!    ▲                                │ pooled conn                              ▼
+//!    │                                └──────────────────────────────────► Exchange ──101──► Tunnel
+//!    │                                                                          │
+//!    └─────────────────────── Finished (worker logs, pools the upstream) ◄──────┘
+//!   any phase ──error──► Local (a local response, a lingering read, then close)
 //! ```
 //!
 //! One request at a time keeps pipelining trivially ordered: bytes of a pipelined request wait
@@ -47,11 +47,21 @@ use std::time::{Duration, Instant};
 const MAX_OPS: u32 = 64;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a local answer that closes the connection: how long (and how many bytes) what the
+/// client still sends is read and dropped, so its kernel does not answer our close with a
+/// reset that could destroy the response before the client reads it (nginx's lingering
+/// close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Client-side timeouts of the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerTimeouts {
     pub request_header: Duration,
+    /// A request body that stalls this long gets 408.
+    pub request_body: Duration,
+    /// Bodies up to this size are read whole before an upstream is asked for (0: never).
+    pub buffering: usize,
     pub keepalive: Duration,
     /// After an upgrade (WebSocket): the tunnel closes when idle this long.
     pub tunnel_idle: Duration,
@@ -61,6 +71,9 @@ pub struct ListenerTimeouts {
 pub enum Phase {
     /// Waiting for a request head (or the rest of one).
     Head,
+    /// Routed, and the body (up to `request_buffering`) is read whole before an upstream is
+    /// asked for.
+    Buffering(Box<Exchange>),
     /// Routed: the worker is finding an upstream (pick, pool, connect, or a queue).
     Routed(Box<Exchange>),
     /// A new upstream connection is being established.
@@ -97,6 +110,9 @@ pub struct HttpSession {
     head_started: bool,
     /// Close the client once the current response is out.
     close_after: bool,
+    /// After a local answer: reading and dropping what the client still sends until then.
+    linger_until: Option<Instant>,
+    lingered: usize,
     timeouts: ListenerTimeouts,
     /// Start of the current phase (head, wait for first byte, local response).
     phase_started: Instant,
@@ -127,6 +143,8 @@ impl HttpSession {
             down_writing: false,
             head_started: false,
             close_after: false,
+            linger_until: None,
+            lingered: 0,
             timeouts,
             phase_started: now,
             last_active: now,
@@ -139,7 +157,8 @@ impl HttpSession {
     #[inline]
     pub fn exchange(&self) -> Option<&Exchange> {
         match &self.phase {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
@@ -152,7 +171,8 @@ impl HttpSession {
     #[inline]
     pub fn exchange_mut(&mut self) -> Option<&mut Exchange> {
         match &mut self.phase {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
@@ -278,18 +298,26 @@ impl HttpSession {
         match &self.phase {
             Phase::Head if self.head_started => self.phase_started + t.request_header,
             Phase::Head | Phase::Taken | Phase::Finished(_) => self.last_active + t.keepalive,
+            Phase::Buffering(x) => x.body_at + t.request_body,
             Phase::Routed(x) | Phase::Connecting(x) => x
                 .fault_until
                 .unwrap_or(x.target.started + x.timeouts.connect),
             Phase::Exchange(x) => {
-                let d = if x.got_response_byte {
+                let upstream = if x.got_response_byte {
                     self.last_active + x.timeouts.idle
                 } else {
                     self.phase_started + x.timeouts.first_byte
                 };
-                x.answer_at.map_or(d, |t| d.min(t))
+                let d = if x.req_body.done() {
+                    upstream
+                } else {
+                    upstream.min(x.body_at + t.request_body)
+                };
+                x.answer_at.map_or(d, |a| d.min(a))
             }
-            Phase::Local(_) => self.phase_started + LOCAL_RESPONSE_TIMEOUT,
+            Phase::Local(_) => self
+                .linger_until
+                .unwrap_or(self.phase_started + LOCAL_RESPONSE_TIMEOUT),
             Phase::Tunnel(_) => self.last_active + t.tunnel_idle,
         }
     }
@@ -300,14 +328,34 @@ impl HttpSession {
         if self.fault_timer(cx) {
             return;
         }
+        let body_timeout = self.timeouts.request_body;
         let w = match &mut self.phase {
+            Phase::Head if self.head_started => {
+                // A head not complete in time (slowloris): 408, as HAProxy answers.
+                cx.conns.idle_timeouts += 1;
+                self.local_response(cx, 408, b"text/plain", b"request header timeout\n")
+            }
             Phase::Head | Phase::Taken | Phase::Finished(_) => {
                 cx.conns.idle_timeouts += 1;
                 Some(Want::Close(CloseReason::Done))
             }
+            Phase::Local(_) if self.linger_until.is_some() => Some(Want::Close(CloseReason::Done)),
             Phase::Local(_) | Phase::Tunnel(_) => {
                 cx.conns.idle_timeouts += 1;
                 Some(Want::Close(CloseReason::Done))
+            }
+            Phase::Buffering(_) => {
+                cx.conns.idle_timeouts += 1;
+                self.local_response(cx, 408, b"text/plain", b"request body timeout\n")
+            }
+            Phase::Exchange(x) if !x.req_body.done() && cx.now >= x.body_at + body_timeout => {
+                // The client stopped sending its body: it holds a backend connection no longer.
+                cx.conns.idle_timeouts += 1;
+                let had_upstream = x.upstream.is_some();
+                match self.local_response(cx, 408, b"text/plain", b"request body timeout\n") {
+                    Some(w) => Some(w),
+                    None => had_upstream.then_some(Want::Upstream(Up::Drop { failure: false })),
+                }
             }
             Phase::Routed(_) | Phase::Connecting(_) => {
                 cx.conns.connect_timeouts += 1;
@@ -345,7 +393,8 @@ impl HttpSession {
 
     fn take_exchange(&mut self) -> Option<Box<Exchange>> {
         match std::mem::replace(&mut self.phase, Phase::Head) {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
@@ -367,6 +416,7 @@ impl HttpSession {
         }
         let w = match self.phase {
             Phase::Head => self.next_head(cx),
+            Phase::Buffering(_) => self.next_buffering(cx),
             Phase::Exchange(_) => self.next_exchange(cx),
             Phase::Local(_) => self.next_local(),
             Phase::Tunnel(_) => self.next_tunnel(cx),
@@ -382,8 +432,10 @@ impl HttpSession {
     }
 
     pub fn complete(&mut self, side: Side, done: Done, cx: &mut Cx<'_>) {
-        if let Phase::Tunnel(_) = self.phase {
-            return self.complete_tunnel(side, done, cx);
+        match self.phase {
+            Phase::Tunnel(_) => return self.complete_tunnel(side, done, cx),
+            Phase::Local(_) if side == Side::Downstream => return self.complete_local(done, cx),
+            _ => {}
         }
         match (side, done) {
             (Side::Downstream, Done::Recv { buf, res }) => self.downstream_read(buf, res, cx),
@@ -488,6 +540,9 @@ impl HttpSession {
                     self.phase_started = cx.now;
                 }
                 self.last_active = cx.now;
+                if let Some(x) = self.exchange_mut() {
+                    x.body_at = cx.now;
+                }
                 match self.req_in.take() {
                     // Bytes that arrived while a body send held the buffer: never here (no
                     // read is asked for then), but keep them rather than lose them.
@@ -712,26 +767,74 @@ impl HttpSession {
         if !x.got_response_byte && ((x.reused && x.retryable()) || connecting) {
             return Some(Want::Upstream(Up::Failed));
         }
+        if !x.got_response_byte && x.retry.on_reset && x.retryable() {
+            // A fresh connection broke before anything came back: another backend may
+            // answer (the policy allowed it and the budget had a token at hand-over).
+            return Some(Want::Upstream(Up::Retry));
+        }
         self.fail(cx, 502)
     }
 
     // ------------------------------------------------------------------ phases
 
     pub(super) fn next_local(&mut self) -> Want {
-        let down_writing = self.down_writing;
+        let (down_writing, down_reading) = (self.down_writing, self.down_reading);
         let Phase::Local(x) = &mut self.phase else {
             return Want::Idle;
         };
         if down_writing {
             return Want::Idle;
         }
-        match x.down.take() {
-            Some(d) => {
-                let n = d.len();
-                self.down_writing = true;
-                Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None))
+        if let Some(d) = x.down.take() {
+            let n = d.len();
+            self.down_writing = true;
+            return Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None));
+        }
+        // The answer is out: FIN, then read and drop what the client still sends for a
+        // while, so our close does not reset it before it has read the answer.
+        if self.linger_until.is_none() {
+            self.linger_until = Some(self.phase_started + LINGER_TIME);
+            self.down_writing = true;
+            return Want::Io(Side::Downstream, Op::Shutdown);
+        }
+        if !down_reading {
+            self.down_reading = true;
+            return Want::Io(Side::Downstream, Op::Recv(None));
+        }
+        Want::Idle
+    }
+
+    /// Completions on the client connection while a local answer goes out or lingers.
+    fn complete_local(&mut self, done: Done, cx: &mut Cx<'_>) {
+        match done {
+            Done::Send { a, b, res } => {
+                if let Some(b) = b {
+                    cx.pool.release(b);
+                }
+                self.downstream_sent(a, res, cx);
             }
-            None => Want::Close(CloseReason::Done),
+            Done::Shutdown(res) => {
+                self.down_writing = false;
+                if let Xfer::Failed(_) = res {
+                    self.close(CloseReason::Done);
+                }
+            }
+            Done::Recv { buf, res } => {
+                self.down_reading = false;
+                if let Some(b) = buf {
+                    self.lingered += b.len();
+                    cx.pool.release(b);
+                }
+                if self.linger_until.is_none() {
+                    // A read from before the answer: its bytes are dropped too.
+                    return;
+                }
+                match res {
+                    Xfer::Bytes(_) if self.lingered < LINGER_BYTES => {}
+                    _ => self.close(CloseReason::Done),
+                }
+            }
+            other => crate::engine::recycle(other, cx.pool, cx.pipes),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! HOT PATH. No allocation, lock, blocking call or info-level log.
 
+use super::exchange::Body;
 use super::{HttpSession, Phase};
 use crate::accesslog::Record;
 use crate::config::HashOn;
@@ -249,13 +250,92 @@ impl HttpSession {
         x.up_head = Some(up);
         x.up_head_sent = 0;
         x.target = Target::new(cluster as u32, hash, cx.now);
+        x.body_at = cx.now;
         self.consume_head(cx, head_len);
-        self.phase = Phase::Routed(x);
         self.phase_started = cx.now;
+        let limit = self.timeouts.buffering;
+        // (A request under an injected fault goes its own way: no buffering.)
+        let buffer = fault.is_none()
+            && match x.req_body {
+                Body::Length(n) => limit > 0 && n <= limit as u64,
+                Body::Chunked(..) => limit > 0,
+                Body::None | Body::UntilClose => false,
+            };
+        if buffer {
+            self.phase = Phase::Buffering(x);
+            return self.next_buffering(cx);
+        }
+        self.phase = Phase::Routed(x);
         match fault {
             Some(k) => self.inject(cx, k),
             None => Want::Upstream(Up::Need),
         }
+    }
+
+    /// Reads the request body whole (up to `request_buffering`) before asking for an
+    /// upstream, so a client that trickles its body holds no backend connection. A body that
+    /// outgrows the limit or the buffer goes on streaming.
+    pub(super) fn next_buffering(&mut self, cx: &mut Cx<'_>) -> Want {
+        if self.down_reading {
+            return Want::Idle;
+        }
+        let limit = self.timeouts.buffering;
+        let Phase::Buffering(x) = &mut self.phase else {
+            return Want::Idle;
+        };
+        let (complete, have, full) = match self.req_in.as_ref() {
+            Some(b) => {
+                let mut body = x.req_body;
+                // A framing error is the exchange's to answer (400): stop buffering.
+                let complete = body.take(cx.pool.data(b)).map_or(true, |_| body.done());
+                (complete, b.len(), b.len() >= cx.pool.capacity(b))
+            }
+            None => (false, 0, false),
+        };
+        let mut proceed = complete || have >= limit;
+        if !proceed && full {
+            // Move to a large buffer when the limit needs one; without one, stream.
+            let grown = match self.req_in.take() {
+                Some(small) if cx.pool.capacity(&small) < cx.pool.large_size() => {
+                    match cx.pool.checkout_large() {
+                        Some(mut big) => {
+                            let n = small.len();
+                            if let Some((d, sp)) = cx.pool.data_and_spare(&small, &mut big) {
+                                sp[..n].copy_from_slice(d);
+                                big.fill(n);
+                            }
+                            cx.pool.release(small);
+                            self.req_in = Some(big);
+                            true
+                        }
+                        None => {
+                            self.req_in = Some(small);
+                            false
+                        }
+                    }
+                }
+                other => {
+                    self.req_in = other;
+                    false
+                }
+            };
+            proceed = !grown;
+        }
+        if proceed {
+            if let Phase::Buffering(x) = std::mem::replace(&mut self.phase, Phase::Taken) {
+                self.phase = Phase::Routed(x);
+            }
+            return Want::Upstream(Up::Need);
+        }
+        let partial = match self.req_in.take() {
+            Some(b) if b.is_empty() => {
+                cx.pool.release(b);
+                None
+            }
+            other => other,
+        };
+        self.down_reading = true;
+        Want::Io(Side::Downstream, Op::Recv(partial))
     }
 
     /// Routes every request on the latest snapshot (a keep-alive connection sees changes at
@@ -298,7 +378,8 @@ impl HttpSession {
         body: &[u8],
     ) -> Option<Want> {
         let mut x = match std::mem::replace(&mut self.phase, Phase::Taken) {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)

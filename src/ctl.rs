@@ -487,7 +487,11 @@ fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
                 )?,
                 FaultOp::Untoxic { listener, name } => call(
                     "DELETE",
-                    &format!("/v1/faults/listeners/{}/toxics/{}", enc(listener), enc(name)),
+                    &format!(
+                        "/v1/faults/listeners/{}/toxics/{}",
+                        enc(listener),
+                        enc(name)
+                    ),
                     None,
                 )?,
                 FaultOp::Down { listener } | FaultOp::Up { listener } => call(
@@ -495,7 +499,9 @@ fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
                     &format!("/v1/faults/listeners/{}", enc(listener)),
                     Some(serde_json::json!({ "enabled": matches!(op, FaultOp::Up { .. }) })),
                 )?,
-                FaultOp::Http { source } => call("POST", "/v1/faults/http", Some(source_json(source)?))?,
+                FaultOp::Http { source } => {
+                    call("POST", "/v1/faults/http", Some(source_json(source)?))?
+                }
                 FaultOp::Unhttp { name } => {
                     call("DELETE", &format!("/v1/faults/http/{}", enc(name)), None)?
                 }

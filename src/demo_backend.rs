@@ -1154,10 +1154,7 @@ fn finish(st: &mut HttpState, r: &Responses, out: &mut Vec<u8>) {
             let status = match op {
                 Shop::Login => {
                     b.extend_from_slice(br#"{"token":"t"#);
-                    push_u64(
-                        b,
-                        SHOP_IDS.load(std::sync::atomic::Ordering::Relaxed),
-                    );
+                    push_u64(b, SHOP_IDS.load(std::sync::atomic::Ordering::Relaxed));
                     b.extend_from_slice(b"\"}");
                     200
                 }

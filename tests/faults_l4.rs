@@ -61,7 +61,14 @@ fn latency_each_direction() {
     let p = start(b.addr);
     let base = round_trip(p.addr("t"), 100);
     for stream in ["downstream", "upstream"] {
-        toxics(&p, json!([toxic("latency", stream, json!({"latency": 200, "jitter": 20}))]));
+        toxics(
+            &p,
+            json!([toxic(
+                "latency",
+                stream,
+                json!({"latency": 200, "jitter": 20})
+            )]),
+        );
         let t = round_trip(p.addr("t"), 100);
         assert!(
             t >= Duration::from_millis(180) && t < base + Duration::from_millis(1500),
@@ -89,7 +96,10 @@ fn bandwidth_each_direction() {
     let p = start(b.addr);
     for stream in ["downstream", "upstream"] {
         // 100 KB/s: 60 kB take at least ~0.5 s (the first 100 ms worth goes at once).
-        toxics(&p, json!([toxic("bandwidth", stream, json!({"rate": 100}))]));
+        toxics(
+            &p,
+            json!([toxic("bandwidth", stream, json!({"rate": 100}))]),
+        );
         let t = round_trip(p.addr("t"), 60_000);
         assert!(
             t >= Duration::from_millis(450) && t < Duration::from_secs(5),
@@ -107,7 +117,11 @@ fn slicer_each_direction() {
     // Downstream: the client receives small slices, 20 ms apart.
     toxics(
         &p,
-        json!([toxic("slicer", "downstream", json!({"average_size": 10, "size_variation": 5, "delay": 20000}))]),
+        json!([toxic(
+            "slicer",
+            "downstream",
+            json!({"average_size": 10, "size_variation": 5, "delay": 20000})
+        )]),
     );
     let mut s = connect(p.addr("t"));
     s.write_all(&[b'x'; 200]).unwrap();
@@ -128,7 +142,11 @@ fn slicer_each_direction() {
     // Upstream: the backend gets slices; the echo comes back no faster than the slices.
     toxics(
         &p,
-        json!([toxic("slicer", "upstream", json!({"average_size": 10, "delay": 20000}))]),
+        json!([toxic(
+            "slicer",
+            "upstream",
+            json!({"average_size": 10, "delay": 20000})
+        )]),
     );
     let t = round_trip(p.addr("t"), 200);
     assert!(t >= Duration::from_millis(300), "{t:?}");
@@ -139,12 +157,19 @@ fn limit_data_each_direction() {
     let b = Backend::echo();
     let p = start(b.addr);
     for stream in ["downstream", "upstream"] {
-        toxics(&p, json!([toxic("limit_data", stream, json!({"bytes": 10}))]));
+        toxics(
+            &p,
+            json!([toxic("limit_data", stream, json!({"bytes": 10}))]),
+        );
         let mut s = connect(p.addr("t"));
         s.write_all(&[b'y'; 100]).unwrap();
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
-        assert_eq!(got, vec![b'y'; 10], "{stream}: exactly the limit, then the close");
+        assert_eq!(
+            got,
+            vec![b'y'; 10],
+            "{stream}: exactly the limit, then the close"
+        );
     }
 }
 
@@ -153,7 +178,10 @@ fn timeout_hangs_then_closes_and_zero_hangs_for_good() {
     let b = Backend::echo();
     let p = start(b.addr);
     for stream in ["downstream", "upstream"] {
-        toxics(&p, json!([toxic("timeout", stream, json!({"timeout": 400}))]));
+        toxics(
+            &p,
+            json!([toxic("timeout", stream, json!({"timeout": 400}))]),
+        );
         let mut s = connect(p.addr("t"));
         let t0 = Instant::now();
         s.write_all(b"hello").unwrap();
@@ -161,16 +189,23 @@ fn timeout_hangs_then_closes_and_zero_hangs_for_good() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let r = s.read(&mut buf);
         let t = t0.elapsed();
-        assert!(matches!(r, Ok(0) | Err(_)), "{stream}: data got through: {r:?}");
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "{stream}: data got through: {r:?}"
+        );
         assert!(
             t >= Duration::from_millis(350) && t < Duration::from_secs(3),
             "{stream}: closed after {t:?}"
         );
     }
-    toxics(&p, json!([toxic("timeout", "downstream", json!({"timeout": 0}))]));
+    toxics(
+        &p,
+        json!([toxic("timeout", "downstream", json!({"timeout": 0}))]),
+    );
     let mut s = connect(p.addr("t"));
     s.write_all(b"hello").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
     let mut buf = [0u8; 64];
     let r = s.read(&mut buf);
     assert!(
@@ -181,7 +216,8 @@ fn timeout_hangs_then_closes_and_zero_hangs_for_good() {
     toxics(&p, json!([]));
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut got = [0u8; 5];
-    s.read_exact(&mut got).expect("held data after the toxic is gone");
+    s.read_exact(&mut got)
+        .expect("held data after the toxic is gone");
     assert_eq!(&got, b"hello");
 }
 
@@ -189,15 +225,25 @@ fn timeout_hangs_then_closes_and_zero_hangs_for_good() {
 fn reset_peer_each_direction() {
     let b = Backend::echo();
     let p = start(b.addr);
-    toxics(&p, json!([toxic("reset_peer", "downstream", json!({"timeout": 200}))]));
+    toxics(
+        &p,
+        json!([toxic("reset_peer", "downstream", json!({"timeout": 200}))]),
+    );
     let mut s = connect(p.addr("t"));
     let t0 = Instant::now();
     s.write_all(b"ping").unwrap();
     let (how, _) = expect_closed(&mut s, Duration::from_secs(3));
     assert!(matches!(how, Closed::Reset), "the client is reset");
-    assert!(t0.elapsed() >= Duration::from_millis(180), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        t0.elapsed()
+    );
     // Upstream: the backend connection is reset at its first data.
-    toxics(&p, json!([toxic("reset_peer", "upstream", json!({"timeout": 100}))]));
+    toxics(
+        &p,
+        json!([toxic("reset_peer", "upstream", json!({"timeout": 100}))]),
+    );
     let mut s = connect(p.addr("t"));
     s.write_all(b"ping").unwrap();
     let _ = expect_closed(&mut s, Duration::from_secs(3));
@@ -215,7 +261,10 @@ fn slow_close_each_direction() {
     let b = Backend::echo();
     let p = start(b.addr);
     for stream in ["downstream", "upstream"] {
-        toxics(&p, json!([toxic("slow_close", stream, json!({"delay": 400}))]));
+        toxics(
+            &p,
+            json!([toxic("slow_close", stream, json!({"delay": 400}))]),
+        );
         let mut s = connect(p.addr("t"));
         s.write_all(b"bye").unwrap();
         let mut got = [0u8; 3];
@@ -224,7 +273,11 @@ fn slow_close_each_direction() {
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let (how, t) = expect_closed(&mut s, Duration::from_secs(3));
         assert!(matches!(how, Closed::Eof), "{stream}");
-        assert!(t >= Duration::from_millis(350), "{stream}: FIN after {:?}", t0.elapsed());
+        assert!(
+            t >= Duration::from_millis(350),
+            "{stream}: FIN after {:?}",
+            t0.elapsed()
+        );
     }
 }
 
@@ -235,11 +288,22 @@ fn listener_down_refuses_then_comes_back() {
     let addr = p.addr("t");
     let mut live = connect(addr);
     echo_roundtrip(&mut live, b"before");
-    let r = call(p.addr("admin"), "PATCH", "/v1/faults/listeners/t", Some(r#"{"enabled":false}"#));
+    let r = call(
+        p.addr("admin"),
+        "PATCH",
+        "/v1/faults/listeners/t",
+        Some(r#"{"enabled":false}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let e = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect_err("refused while down");
+    let e =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect_err("refused while down");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
-    let r = call(p.addr("admin"), "PATCH", "/v1/faults/listeners/t", Some(r#"{"enabled":true}"#));
+    let r = call(
+        p.addr("admin"),
+        "PATCH",
+        "/v1/faults/listeners/t",
+        Some(r#"{"enabled":true}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     echo_roundtrip(&mut connect(addr), b"after");
 }
@@ -257,8 +321,14 @@ fn toxicity_is_drawn_per_connection() {
         .filter(|_| round_trip(p.addr("t"), 10) >= Duration::from_millis(55))
         .count() as f64;
     // Binomial(60, 0.5): mean 30, sd 3.9; 4 sd either way.
-    assert!((14.0..=46.0).contains(&slow), "{slow} of {n} connections delayed");
-    toxics(&p, json!([{"type": "latency", "toxicity": 0.0, "attributes": {"latency": 300}}]));
+    assert!(
+        (14.0..=46.0).contains(&slow),
+        "{slow} of {n} connections delayed"
+    );
+    toxics(
+        &p,
+        json!([{"type": "latency", "toxicity": 0.0, "attributes": {"latency": 300}}]),
+    );
     assert!(round_trip(p.addr("t"), 10) < Duration::from_millis(250));
 }
 
@@ -266,25 +336,62 @@ fn toxicity_is_drawn_per_connection() {
 fn bad_toxics_are_refused_and_change_nothing() {
     let b = Backend::echo();
     let p = start(b.addr);
-    toxics(&p, json!([toxic("latency", "downstream", json!({"latency": 100}))]));
+    toxics(
+        &p,
+        json!([toxic("latency", "downstream", json!({"latency": 100}))]),
+    );
     let before = call(p.addr("admin"), "GET", "/v1/faults", None).json();
     for (body, needle) in [
         (json!({"toxics": [{"type": "lag"}]}), "invalid toxic type"),
-        (json!({"toxics": [toxic("latency", "downstream", json!({"latency": -5}))]}), "negative"),
-        (json!({"toxics": [{"type": "latency", "toxicity": 1.5}]}), "outside 0"),
-        (json!({"toxics": [{"type": "latency", "stream": "sideways"}]}), "stream"),
-        (json!({"toxics": [toxic("latency", "downstream", json!({"latncy": 5}))]}), "unknown attribute"),
-        (json!({"toxics": [toxic("slicer", "downstream", json!({"average_size": 5, "size_variation": 9}))]}), "size_variation"),
+        (
+            json!({"toxics": [toxic("latency", "downstream", json!({"latency": -5}))]}),
+            "negative",
+        ),
+        (
+            json!({"toxics": [{"type": "latency", "toxicity": 1.5}]}),
+            "outside 0",
+        ),
+        (
+            json!({"toxics": [{"type": "latency", "stream": "sideways"}]}),
+            "stream",
+        ),
+        (
+            json!({"toxics": [toxic("latency", "downstream", json!({"latncy": 5}))]}),
+            "unknown attribute",
+        ),
+        (
+            json!({"toxics": [toxic("slicer", "downstream", json!({"average_size": 5, "size_variation": 9}))]}),
+            "size_variation",
+        ),
     ] {
-        let r = call(p.addr("admin"), "PUT", "/v1/faults/listeners/t", Some(&body.to_string()));
+        let r = call(
+            p.addr("admin"),
+            "PUT",
+            "/v1/faults/listeners/t",
+            Some(&body.to_string()),
+        );
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert!(r.text().contains(needle), "{body}: {}", r.text());
     }
-    let r = call(p.addr("admin"), "PUT", "/v1/faults/listeners/t", Some("{not json"));
+    let r = call(
+        p.addr("admin"),
+        "PUT",
+        "/v1/faults/listeners/t",
+        Some("{not json"),
+    );
     assert_eq!(r.status, 400);
-    let r = call(p.addr("admin"), "PUT", "/v1/faults/listeners/nope", Some(r#"{"enabled":false}"#));
+    let r = call(
+        p.addr("admin"),
+        "PUT",
+        "/v1/faults/listeners/nope",
+        Some(r#"{"enabled":false}"#),
+    );
     assert_eq!(r.status, 404, "{}", r.text());
-    assert_eq!(call(p.addr("admin"), "GET", "/v1/faults", None).json(), before, "nothing half-applied");
+    assert_eq!(
+        call(p.addr("admin"), "GET", "/v1/faults", None).json(),
+        before,
+        "nothing half-applied"
+    );
 }
 
 /// `switchyard ctl` against the proxy's admin API.
@@ -307,7 +414,12 @@ fn ctl_verbs() {
     let p = start(b.addr);
     let (ok, out) = ctl(
         &p,
-        &["fault", "toxic", "t", r#"{"type":"latency","attributes":{"latency":200}}"#],
+        &[
+            "fault",
+            "toxic",
+            "t",
+            r#"{"type":"latency","attributes":{"latency":200}}"#,
+        ],
     );
     assert!(ok, "{out}");
     assert!(round_trip(p.addr("t"), 10) >= Duration::from_millis(180));

@@ -10,7 +10,19 @@ fn locust_scenario_runs_clean_with_faults_off() {
     let out = tempfile::tempdir().expect("tempdir");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/perf/loadtest");
     let run = std::process::Command::new("python3")
-        .args([script, "--bin", BIN, "--scale", "0.05", "--ramp", "2", "--hold", "2", "--no-broker", "--out"])
+        .args([
+            script,
+            "--bin",
+            BIN,
+            "--scale",
+            "0.05",
+            "--ramp",
+            "2",
+            "--hold",
+            "2",
+            "--no-broker",
+            "--out",
+        ])
         .arg(out.path())
         .output()
         .expect("python3 (tests/deps.sh installs locust)");

@@ -761,10 +761,7 @@ impl Control {
         let generation = st.generation + 1;
         // A proxy asked for port 0 keeps the port it got (re-enabling it binds the same).
         for (name, p) in fs.proxies.iter_mut() {
-            let zero = p
-                .listen
-                .parse::<SocketAddr>()
-                .is_ok_and(|a| a.port() == 0);
+            let zero = p.listen.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0);
             if let (true, Some(r)) = (zero, running.get(name)) {
                 p.listen = r.local.to_string();
             }
@@ -855,7 +852,8 @@ impl Control {
             }
         }
         // A pin lasts while its listener is down, or until it is back on its port.
-        st.pins.retain(|n, _| !fs.listener(n).enabled || !running.contains_key(n));
+        st.pins
+            .retain(|n, _| !fs.listener(n).enabled || !running.contains_key(n));
         if let Some(f) = new_file {
             st.file = f;
         }

@@ -32,12 +32,17 @@ fn body(req: &Request) -> Result<Json, ApiError> {
     if req.body.is_empty() {
         return Err(bad("a JSON body is required"));
     }
-    serde_json::from_slice(&req.body).map_err(|e| ApiError::new(400, "bad_json", format!("invalid JSON: {e}")))
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::new(400, "bad_json", format!("invalid JSON: {e}")))
 }
 
 fn method_not_allowed(allow: &'static str) -> Result<Response, ApiError> {
-    Ok(error_response(&ApiError::new(405, "method_not_allowed", format!("allowed: {allow}")))
-        .with("Allow", allow.into()))
+    Ok(error_response(&ApiError::new(
+        405,
+        "method_not_allowed",
+        format!("allowed: {allow}"),
+    ))
+    .with("Allow", allow.into()))
 }
 
 fn query<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
@@ -107,26 +112,37 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
                     let b = body(req)?;
                     let o = b.as_object().ok_or_else(|| bad("expected a JSON object"))?;
                     if let Some(k) = o.keys().find(|k| *k != "enabled" && *k != "toxics") {
-                        return Err(ApiError::new(400, "bad_fault", format!("{k}: unknown key (enabled, toxics)")));
+                        return Err(ApiError::new(
+                            400,
+                            "bad_fault",
+                            format!("{k}: unknown key (enabled, toxics)"),
+                        ));
                     }
                     let put = m == "PUT";
                     c.apply_faults(&who, &format!("listener {name}: {b}"), |fs, _| {
-                        let mut l = if put { Default::default() } else { fs.listener(&name) };
+                        let mut l = if put {
+                            Default::default()
+                        } else {
+                            fs.listener(&name)
+                        };
                         if let Some(e) = o.get("enabled") {
-                            l.enabled = e
-                                .as_bool()
-                                .ok_or_else(|| ApiError::new(400, "bad_fault", "enabled: expected true or false"))?;
+                            l.enabled = e.as_bool().ok_or_else(|| {
+                                ApiError::new(400, "bad_fault", "enabled: expected true or false")
+                            })?;
                         }
                         if let Some(t) = o.get("toxics") {
-                            let arr = t
-                                .as_array()
-                                .ok_or_else(|| ApiError::new(400, "bad_fault", "toxics must be a list"))?;
+                            let arr = t.as_array().ok_or_else(|| {
+                                ApiError::new(400, "bad_fault", "toxics must be a list")
+                            })?;
                             l.toxics = arr.iter().map(toxic_from_json).collect::<Result<_, _>>()?;
                         }
                         fs.listeners.insert(name.clone(), l);
                         Ok(())
                     })?;
-                    Ok(Response::json(200, &listener_json(&c.faults().listener(&name))))
+                    Ok(Response::json(
+                        200,
+                        &listener_json(&c.faults().listener(&name)),
+                    ))
                 }
                 "DELETE" => {
                     let who = authorize(shared, req)?;
@@ -134,7 +150,10 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
                         fs.listeners.remove(&name);
                         Ok(())
                     })?;
-                    Ok(Response::json(200, &listener_json(&c.faults().listener(&name))))
+                    Ok(Response::json(
+                        200,
+                        &listener_json(&c.faults().listener(&name)),
+                    ))
                 }
                 _ => method_not_allowed("GET, PUT, PATCH, DELETE"),
             }
@@ -144,20 +163,34 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
             match m {
                 "GET" => Ok(Response::json(
                     200,
-                    &json!(c.faults().listener(&name).toxics.iter().map(super::Toxic::to_json).collect::<Vec<_>>()),
+                    &json!(c
+                        .faults()
+                        .listener(&name)
+                        .toxics
+                        .iter()
+                        .map(super::Toxic::to_json)
+                        .collect::<Vec<_>>()),
                 )),
                 "POST" => {
                     let who = authorize(shared, req)?;
                     let t = toxic_from_json(&body(req)?)?;
                     let shown = t.to_json();
-                    c.apply_faults(&who, &format!("listener {name}: add toxic {}", t.name), |fs, _| {
-                        let l = fs.listeners.entry(name.clone()).or_default();
-                        if l.toxics.iter().any(|o| o.name == t.name) {
-                            return Err(ApiError::new(409, "exists", format!("toxic {:?} already exists", t.name)));
-                        }
-                        l.toxics.push(t);
-                        Ok(())
-                    })?;
+                    c.apply_faults(
+                        &who,
+                        &format!("listener {name}: add toxic {}", t.name),
+                        |fs, _| {
+                            let l = fs.listeners.entry(name.clone()).or_default();
+                            if l.toxics.iter().any(|o| o.name == t.name) {
+                                return Err(ApiError::new(
+                                    409,
+                                    "exists",
+                                    format!("toxic {:?} already exists", t.name),
+                                ));
+                            }
+                            l.toxics.push(t);
+                            Ok(())
+                        },
+                    )?;
                     Ok(Response::json(201, &shown))
                 }
                 _ => method_not_allowed("GET, POST"),
@@ -168,9 +201,11 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
             match m {
                 "DELETE" => {
                     let who = authorize(shared, req)?;
-                    c.apply_faults(&who, &format!("listener {name}: remove toxic {toxic}"), |fs, _| {
-                        remove_toxic(fs, &name, &toxic)
-                    })?;
+                    c.apply_faults(
+                        &who,
+                        &format!("listener {name}: remove toxic {toxic}"),
+                        |fs, _| remove_toxic(fs, &name, &toxic),
+                    )?;
                     Ok(Response::json(200, &json!({"deleted": toxic})))
                 }
                 _ => method_not_allowed("DELETE"),
@@ -179,7 +214,12 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
         ["http"] => match m {
             "GET" => Ok(Response::json(
                 200,
-                &json!(c.faults().http.iter().map(L7Fault::to_json).collect::<Vec<_>>()),
+                &json!(c
+                    .faults()
+                    .http
+                    .iter()
+                    .map(L7Fault::to_json)
+                    .collect::<Vec<_>>()),
             )),
             "POST" => {
                 let who = authorize(shared, req)?;
@@ -187,7 +227,11 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
                 let shown = f.to_json();
                 c.apply_faults(&who, &format!("add http fault {}", f.name), |fs, _| {
                     if fs.http.iter().any(|o| o.name == f.name) {
-                        return Err(ApiError::new(409, "exists", format!("an http fault named {:?} exists", f.name)));
+                        return Err(ApiError::new(
+                            409,
+                            "exists",
+                            format!("an http fault named {:?} exists", f.name),
+                        ));
                     }
                     fs.http.push(f);
                     Ok(())
@@ -205,7 +249,11 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
                         let before = fs.http.len();
                         fs.http.retain(|f| f.name != name);
                         if fs.http.len() == before {
-                            return Err(ApiError::new(404, "not_found", format!("no http fault named {name:?}")));
+                            return Err(ApiError::new(
+                                404,
+                                "not_found",
+                                format!("no http fault named {name:?}"),
+                            ));
                         }
                         Ok(())
                     })?;
@@ -224,7 +272,10 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
             let who = authorize(shared, req)?;
             c.apply_faults(
                 &who,
-                &format!("x-switchyard-fault on listener {listener}: {}", if on { "on" } else { "off" }),
+                &format!(
+                    "x-switchyard-fault on listener {listener}: {}",
+                    if on { "on" } else { "off" }
+                ),
                 |fs, _| {
                     fs.header_faults.retain(|n| *n != listener);
                     if on {
@@ -233,9 +284,16 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
                     Ok(())
                 },
             )?;
-            Ok(Response::json(200, &json!({"listener": listener, "header_faults": on})))
+            Ok(Response::json(
+                200,
+                &json!({"listener": listener, "header_faults": on}),
+            ))
         }
-        _ => Err(ApiError::new(404, "not_found", format!("no such endpoint: {}", req.path))),
+        _ => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no such endpoint: {}", req.path),
+        )),
     }
 }
 
@@ -272,7 +330,9 @@ fn broker_key(mode: &str) -> Option<&'static str> {
 
 fn broker(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiError> {
     let c = &shared.control;
-    let listener = query(req, "listener").filter(|l| !l.is_empty()).map(str::to_string);
+    let listener = query(req, "listener")
+        .filter(|l| !l.is_empty())
+        .map(str::to_string);
     let weights = |fs: &FaultState| match &listener {
         Some(l) => fs.broker_by_listener.get(l).copied().unwrap_or(fs.broker),
         None => fs.broker,
@@ -290,15 +350,25 @@ fn broker(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, Api
                 )
             })?;
             let text = std::str::from_utf8(&req.body).unwrap_or("").trim();
-            let n: f64 = text
-                .parse()
-                .map_err(|_| ApiError::new(400, "bad_fault", format!("expected a bare number as the body, got {text:?}")))?;
+            let n: f64 = text.parse().map_err(|_| {
+                ApiError::new(
+                    400,
+                    "bad_fault",
+                    format!("expected a bare number as the body, got {text:?}"),
+                )
+            })?;
             let mut m = Map::new();
             m.insert(key.into(), json!(n));
             Json::Object(m)
         }
         ([_, "percentage"], _) => return method_not_allowed("PATCH"),
-        _ => return Err(ApiError::new(404, "not_found", format!("no such endpoint: {}", req.path))),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no such endpoint: {}", req.path),
+            ))
+        }
     };
     let who = authorize(shared, req)?;
     let w = c.apply_faults(&who, &format!("broker {patch}"), |fs, _| {
@@ -358,23 +428,41 @@ fn listen_addr(s: &str) -> String {
 
 /// A proxy from toxiproxy's JSON: `(name, proxy, enabled)`.
 fn proxy_input(v: &Json) -> Result<(String, Proxy, bool), ApiError> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| ApiError::new(400, "bad_request", "bad request body: expected a JSON object"))?;
+    let o = v.as_object().ok_or_else(|| {
+        ApiError::new(
+            400,
+            "bad_request",
+            "bad request body: expected a JSON object",
+        )
+    })?;
     let s = |k: &str| o.get(k).and_then(Json::as_str).unwrap_or("").to_string();
     let name = s("name");
     if name.is_empty() {
-        return Err(ApiError::new(400, "bad_request", "missing required field: name"));
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            "missing required field: name",
+        ));
     }
     super::check_name(&name, "proxy name")?;
     let upstream = s("upstream");
     if upstream.is_empty() {
-        return Err(ApiError::new(400, "bad_request", "missing required field: upstream"));
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            "missing required field: upstream",
+        ));
     }
     let enabled = match o.get("enabled") {
         None => true,
         Some(Json::Bool(b)) => *b,
-        Some(other) => return Err(ApiError::new(400, "bad_request", format!("bad request body: enabled: {other}"))),
+        Some(other) => {
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                format!("bad request body: enabled: {other}"),
+            ))
+        }
     };
     Ok((
         name,
@@ -391,7 +479,13 @@ fn taken(d: &toml::Table, name: &str) -> bool {
     doc::find(d, Kind::Listener, name).is_some() || doc::find(d, Kind::Cluster, name).is_some()
 }
 
-fn add_proxy(fs: &mut FaultState, d: &toml::Table, name: &str, p: Proxy, enabled: bool) -> Result<(), ApiError> {
+fn add_proxy(
+    fs: &mut FaultState,
+    d: &toml::Table,
+    name: &str,
+    p: Proxy,
+    enabled: bool,
+) -> Result<(), ApiError> {
     if taken(d, name) {
         return Err(ApiError::new(409, "exists", "proxy already exists"));
     }
@@ -413,7 +507,10 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
     };
     match segs {
         ["version"] => match m {
-            "GET" => Ok(Response::json(200, &json!({ "version": TOXIPROXY_VERSION }))),
+            "GET" => Ok(Response::json(
+                200,
+                &json!({ "version": TOXIPROXY_VERSION }),
+            )),
             _ => method_not_allowed("GET"),
         },
         ["reset"] => match m {
@@ -460,27 +557,41 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
                     },
                     _ => return Err(bad("bad request body: expected a list of proxies")),
                 };
-                let inputs = list.iter().map(proxy_input).collect::<Result<Vec<_>, _>>()?;
+                let inputs = list
+                    .iter()
+                    .map(proxy_input)
+                    .collect::<Result<Vec<_>, _>>()?;
                 let names: Vec<String> = inputs.iter().map(|(n, ..)| n.clone()).collect();
-                c.apply_faults(&who, &format!("toxiproxy populate {}", names.join(",")), |fs, d| {
-                    for (name, p, enabled) in inputs {
-                        match fs.proxies.get(&name) {
-                            // Same proxy: kept as it is (its toxics too), enabled as asked.
-                            Some(old) if old.upstream == p.upstream && (listen_addr(&p.listen) == old.listen || p.listen.ends_with(":0")) => {
-                                fs.listeners.entry(name.clone()).or_default().enabled = enabled;
+                c.apply_faults(
+                    &who,
+                    &format!("toxiproxy populate {}", names.join(",")),
+                    |fs, d| {
+                        for (name, p, enabled) in inputs {
+                            match fs.proxies.get(&name) {
+                                // Same proxy: kept as it is (its toxics too), enabled as asked.
+                                Some(old)
+                                    if old.upstream == p.upstream
+                                        && (listen_addr(&p.listen) == old.listen
+                                            || p.listen.ends_with(":0")) =>
+                                {
+                                    fs.listeners.entry(name.clone()).or_default().enabled = enabled;
+                                }
+                                Some(_) => {
+                                    fs.proxies.insert(name.clone(), p);
+                                    fs.listeners.insert(
+                                        name.clone(),
+                                        super::ListenerFaults {
+                                            enabled,
+                                            toxics: Vec::new(),
+                                        },
+                                    );
+                                }
+                                None => add_proxy(fs, d, &name, p, enabled)?,
                             }
-                            Some(_) => {
-                                fs.proxies.insert(name.clone(), p);
-                                fs.listeners.insert(
-                                    name.clone(),
-                                    super::ListenerFaults { enabled, toxics: Vec::new() },
-                                );
-                            }
-                            None => add_proxy(fs, d, &name, p, enabled)?,
                         }
-                    }
-                    Ok(())
-                })?;
+                        Ok(())
+                    },
+                )?;
                 let fs = c.faults();
                 let out: Vec<Json> = names
                     .iter()
@@ -505,23 +616,29 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
                         .as_object()
                         .ok_or_else(|| bad("bad request body: expected a JSON object"))?
                         .clone();
-                    c.apply_faults(&who, &format!("toxiproxy update proxy {name}: {b}"), |fs, _| {
-                        let p = fs.proxies.get_mut(&name).ok_or_else(not_found_proxy)?;
-                        if let Some(l) = o.get("listen").and_then(Json::as_str) {
-                            p.listen = listen_addr(l);
-                        }
-                        if let Some(u) = o.get("upstream").and_then(Json::as_str) {
-                            if u.is_empty() {
-                                return Err(bad("missing required field: upstream"));
+                    c.apply_faults(
+                        &who,
+                        &format!("toxiproxy update proxy {name}: {b}"),
+                        |fs, _| {
+                            let p = fs.proxies.get_mut(&name).ok_or_else(not_found_proxy)?;
+                            if let Some(l) = o.get("listen").and_then(Json::as_str) {
+                                p.listen = listen_addr(l);
                             }
-                            p.upstream = u.to_string();
-                        }
-                        if let Some(e) = o.get("enabled") {
-                            let e = e.as_bool().ok_or_else(|| bad("bad request body: enabled"))?;
-                            fs.listeners.entry(name.clone()).or_default().enabled = e;
-                        }
-                        Ok(())
-                    })?;
+                            if let Some(u) = o.get("upstream").and_then(Json::as_str) {
+                                if u.is_empty() {
+                                    return Err(bad("missing required field: upstream"));
+                                }
+                                p.upstream = u.to_string();
+                            }
+                            if let Some(e) = o.get("enabled") {
+                                let e = e
+                                    .as_bool()
+                                    .ok_or_else(|| bad("bad request body: enabled"))?;
+                                fs.listeners.entry(name.clone()).or_default().enabled = e;
+                            }
+                            Ok(())
+                        },
+                    )?;
                     let fs = c.faults();
                     let p = fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
                     Ok(Response::json(200, &proxy_json(&name, p, &fs)))
@@ -545,7 +662,14 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
                     let fs = c.faults();
                     fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
                     let l = fs.listener(&name);
-                    Ok(Response::json(200, &json!(l.toxics.iter().map(super::Toxic::to_json).collect::<Vec<_>>())))
+                    Ok(Response::json(
+                        200,
+                        &json!(l
+                            .toxics
+                            .iter()
+                            .map(super::Toxic::to_json)
+                            .collect::<Vec<_>>()),
+                    ))
                 }
                 "POST" => {
                     let who = authorize(shared, req)?;
@@ -554,15 +678,19 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
                     }
                     let t = toxic_from_json(&body(req)?)?;
                     let shown = t.to_json();
-                    c.apply_faults(&who, &format!("toxiproxy {name}: add toxic {}", t.name), |fs, _| {
-                        fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
-                        let l = fs.listeners.entry(name.clone()).or_default();
-                        if l.toxics.iter().any(|o| o.name == t.name) {
-                            return Err(ApiError::new(409, "exists", "toxic already exists"));
-                        }
-                        l.toxics.push(t);
-                        Ok(())
-                    })?;
+                    c.apply_faults(
+                        &who,
+                        &format!("toxiproxy {name}: add toxic {}", t.name),
+                        |fs, _| {
+                            fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
+                            let l = fs.listeners.entry(name.clone()).or_default();
+                            if l.toxics.iter().any(|o| o.name == t.name) {
+                                return Err(ApiError::new(409, "exists", "toxic already exists"));
+                            }
+                            l.toxics.push(t);
+                            Ok(())
+                        },
+                    )?;
                     Ok(Response::json(200, &shown))
                 }
                 _ => method_not_allowed("GET, POST"),
@@ -583,23 +711,31 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
                 "POST" | "PATCH" => {
                     let who = authorize(shared, req)?;
                     let b = body(req)?;
-                    let updated = c.apply_faults(&who, &format!("toxiproxy {name}: update toxic {toxic}: {b}"), |fs, _| {
-                        let old = find(fs)?;
-                        let t = toxic_update(&old, &b)?;
-                        let l = fs.listeners.entry(name.clone()).or_default();
-                        for x in l.toxics.iter_mut().filter(|x| x.name == toxic) {
-                            *x = t.clone();
-                        }
-                        Ok(t)
-                    })?;
+                    let updated = c.apply_faults(
+                        &who,
+                        &format!("toxiproxy {name}: update toxic {toxic}: {b}"),
+                        |fs, _| {
+                            let old = find(fs)?;
+                            let t = toxic_update(&old, &b)?;
+                            let l = fs.listeners.entry(name.clone()).or_default();
+                            for x in l.toxics.iter_mut().filter(|x| x.name == toxic) {
+                                *x = t.clone();
+                            }
+                            Ok(t)
+                        },
+                    )?;
                     Ok(Response::json(200, &updated.to_json()))
                 }
                 "DELETE" => {
                     let who = authorize(shared, req)?;
-                    c.apply_faults(&who, &format!("toxiproxy {name}: remove toxic {toxic}"), |fs, _| {
-                        fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
-                        remove_toxic(fs, &name, &toxic)
-                    })?;
+                    c.apply_faults(
+                        &who,
+                        &format!("toxiproxy {name}: remove toxic {toxic}"),
+                        |fs, _| {
+                            fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
+                            remove_toxic(fs, &name, &toxic)
+                        },
+                    )?;
                     Ok(no_content())
                 }
                 _ => method_not_allowed("GET, POST, PATCH, DELETE"),

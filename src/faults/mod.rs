@@ -103,7 +103,9 @@ impl ToxicKind {
                 average_size,
                 size_variation,
                 delay,
-            } => json!({"average_size": average_size, "size_variation": size_variation, "delay": delay}),
+            } => {
+                json!({"average_size": average_size, "size_variation": size_variation, "delay": delay})
+            }
             ToxicKind::SlowClose { delay } => json!({ "delay": delay }),
             ToxicKind::Timeout { timeout } => json!({ "timeout": timeout }),
             ToxicKind::ResetPeer { timeout } => json!({ "timeout": timeout }),
@@ -165,13 +167,19 @@ fn probability(v: &Json, key: &str) -> Result<f64, ApiError> {
     match v.as_f64() {
         Some(p) if (0.0..=1.0).contains(&p) => Ok(p),
         Some(p) => Err(bad(format!("{key}: {p} is outside 0–1"))),
-        None => Err(bad(format!("{key}: expected a number between 0 and 1, got {v}"))),
+        None => Err(bad(format!(
+            "{key}: expected a number between 0 and 1, got {v}"
+        ))),
     }
 }
 
 /// Parses a toxic's `type` and `attributes` (missing attributes are 0, as in toxiproxy;
 /// `base` gives the values an update starts from).
-fn toxic_kind(ty: &str, attrs: Option<&Json>, base: Option<ToxicKind>) -> Result<ToxicKind, ApiError> {
+fn toxic_kind(
+    ty: &str,
+    attrs: Option<&Json>,
+    base: Option<ToxicKind>,
+) -> Result<ToxicKind, ApiError> {
     let empty = Map::new();
     let a = match attrs {
         None | Some(Json::Null) => &empty,
@@ -308,12 +316,16 @@ pub fn toxic_update(old: &Toxic, v: &Json) -> Result<Toxic, ApiError> {
     }
     if let Some(s) = o.get("stream").and_then(Json::as_str) {
         if s != old.stream.name() {
-            return Err(bad("stream cannot be changed; delete the toxic and add it again"));
+            return Err(bad(
+                "stream cannot be changed; delete the toxic and add it again",
+            ));
         }
     }
     if let Some(ty) = o.get("type").and_then(Json::as_str) {
         if ty != old.kind.type_name() {
-            return Err(bad("type cannot be changed; delete the toxic and add it again"));
+            return Err(bad(
+                "type cannot be changed; delete the toxic and add it again",
+            ));
         }
     }
     Ok(t)
@@ -438,7 +450,10 @@ impl L7Fault {
             }
             L7Kind::Delay { ms, answer } => {
                 m.insert("ms".into(), json!(ms));
-                m.insert("when".into(), json!(if answer { "answer" } else { "forward" }));
+                m.insert(
+                    "when".into(),
+                    json!(if answer { "answer" } else { "forward" }),
+                );
             }
             L7Kind::Drop => {}
             L7Kind::Duplicate { force } => {
@@ -469,7 +484,14 @@ impl L7Fault {
                 )))
             }
         };
-        let common = ["name", "type", "probability", "listener", "route", "cluster"];
+        let common = [
+            "name",
+            "type",
+            "probability",
+            "listener",
+            "route",
+            "cluster",
+        ];
         if let Some(k) = o
             .keys()
             .find(|k| !common.contains(&k.as_str()) && !allowed.contains(&k.as_str()))
@@ -500,7 +522,9 @@ impl L7Fault {
             Some(v) => Some(whole(v, "route", 4096)? as usize),
         };
         if route.is_some() && listener.is_none() {
-            return Err(bad("route: a route is named by its index in a listener; give listener too"));
+            return Err(bad(
+                "route: a route is named by its index in a listener; give listener too",
+            ));
         }
         if listener.is_none() && cluster.is_none() {
             return Err(bad(
@@ -512,7 +536,9 @@ impl L7Fault {
                 let reset = match o.get("reset") {
                     None => false,
                     Some(Json::Bool(b)) => *b,
-                    Some(other) => return Err(bad(format!("reset: expected true or false, got {other}"))),
+                    Some(other) => {
+                        return Err(bad(format!("reset: expected true or false, got {other}")))
+                    }
                 };
                 match (o.get("status"), reset) {
                     (Some(_), true) => return Err(bad("abort: give status or reset, not both")),
@@ -521,7 +547,9 @@ impl L7Fault {
                     (Some(s), false) => {
                         let s = whole(s, "status", 999)?;
                         if !(200..=599).contains(&s) {
-                            return Err(bad(format!("status: {s} is not a final status (200–599)")));
+                            return Err(bad(format!(
+                                "status: {s} is not a final status (200–599)"
+                            )));
                         }
                         L7Kind::Abort { status: s as u16 }
                     }
@@ -544,7 +572,9 @@ impl L7Fault {
                 force: match o.get("force") {
                     None => false,
                     Some(Json::Bool(b)) => *b,
-                    Some(other) => return Err(bad(format!("force: expected true or false, got {other}"))),
+                    Some(other) => {
+                        return Err(bad(format!("force: expected true or false, got {other}")))
+                    }
                 },
             },
             _ => L7Kind::Corrupt {
@@ -716,7 +746,9 @@ pub struct FaultState {
 
 impl FaultState {
     pub fn is_empty(&self) -> bool {
-        self.listeners.values().all(|l| l.enabled && l.toxics.is_empty())
+        self.listeners
+            .values()
+            .all(|l| l.enabled && l.toxics.is_empty())
             && self.http.is_empty()
             && self.header_faults.is_empty()
             && !self.broker.active()
@@ -749,7 +781,12 @@ impl FaultState {
         let proxies: Map<String, Json> = self
             .proxies
             .iter()
-            .map(|(n, p)| (n.clone(), json!({"listen": p.listen, "upstream": p.upstream})))
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    json!({"listen": p.listen, "upstream": p.upstream}),
+                )
+            })
             .collect();
         json!({
             "listeners": listeners,
@@ -774,20 +811,27 @@ impl FaultState {
             "version",
         ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(bad(format!("{k}: unknown key (known: {})", known.join(", "))));
+            return Err(bad(format!(
+                "{k}: unknown key (known: {})",
+                known.join(", ")
+            )));
         }
         let mut s = FaultState::default();
         if let Some(l) = o.get("listeners") {
             for (name, lf) in as_object(l, "listeners")? {
                 let lo = as_object(lf, &format!("listeners.{name}"))?;
                 if let Some(k) = lo.keys().find(|k| *k != "enabled" && *k != "toxics") {
-                    return Err(bad(format!("listeners.{name}.{k}: unknown key (enabled, toxics)")));
+                    return Err(bad(format!(
+                        "listeners.{name}.{k}: unknown key (enabled, toxics)"
+                    )));
                 }
                 let enabled = match lo.get("enabled") {
                     None => true,
                     Some(Json::Bool(b)) => *b,
                     Some(other) => {
-                        return Err(bad(format!("listeners.{name}.enabled: expected true or false, got {other}")))
+                        return Err(bad(format!(
+                            "listeners.{name}.enabled: expected true or false, got {other}"
+                        )))
                     }
                 };
                 let mut toxics = Vec::new();
@@ -796,10 +840,14 @@ impl FaultState {
                         .as_array()
                         .ok_or_else(|| bad(format!("listeners.{name}.toxics must be a list")))?;
                     for (i, t) in arr.iter().enumerate() {
-                        toxics.push(toxic_from_json(t).map_err(|e| prefix(e, &format!("listeners.{name}.toxics[{i}]")))?);
+                        toxics
+                            .push(toxic_from_json(t).map_err(|e| {
+                                prefix(e, &format!("listeners.{name}.toxics[{i}]"))
+                            })?);
                     }
                 }
-                s.listeners.insert(name.clone(), ListenerFaults { enabled, toxics });
+                s.listeners
+                    .insert(name.clone(), ListenerFaults { enabled, toxics });
             }
         }
         if let Some(h) = o.get("http") {
@@ -917,7 +965,11 @@ impl FaultState {
         };
         for (name, l) in &self.listeners {
             if !listener_exists(name) && !self.proxies.contains_key(name) {
-                return Err(ApiError::new(404, "not_found", format!("no listener named {name:?}")));
+                return Err(ApiError::new(
+                    404,
+                    "not_found",
+                    format!("no listener named {name:?}"),
+                ));
             }
             if l.toxics.len() > MAX_TOXICS {
                 return Err(bad(format!(
@@ -937,11 +989,18 @@ impl FaultState {
         }
         for (i, f) in self.http.iter().enumerate() {
             if self.http[..i].iter().any(|o| o.name == f.name) {
-                return Err(ApiError::new(409, "exists", format!("an http fault named {:?} exists", f.name)));
+                return Err(ApiError::new(
+                    409,
+                    "exists",
+                    format!("an http fault named {:?} exists", f.name),
+                ));
             }
             if let Some(l) = &f.listener {
                 let Some(lc) = cfg.listeners.iter().find(|x| &x.name == l) else {
-                    return Err(bad(format!("http fault {:?}: no listener named {l:?}", f.name)));
+                    return Err(bad(format!(
+                        "http fault {:?}: no listener named {l:?}",
+                        f.name
+                    )));
                 };
                 if lc.protocol != crate::config::Protocol::Http {
                     return Err(bad(format!(
@@ -961,15 +1020,28 @@ impl FaultState {
             }
             if let Some(c) = &f.cluster {
                 if cfg.cluster(c).is_none() {
-                    return Err(bad(format!("http fault {:?}: no cluster named {c:?}", f.name)));
+                    return Err(bad(format!(
+                        "http fault {:?}: no cluster named {c:?}",
+                        f.name
+                    )));
                 }
             }
         }
-        for n in self.header_faults.iter().chain(self.broker_by_listener.keys()) {
+        for n in self
+            .header_faults
+            .iter()
+            .chain(self.broker_by_listener.keys())
+        {
             match cfg.listeners.iter().find(|l| &l.name == n) {
                 Some(l) if l.protocol == crate::config::Protocol::Http => {}
                 Some(_) => return Err(bad(format!("listener {n:?} is not an http listener"))),
-                None => return Err(ApiError::new(404, "not_found", format!("no listener named {n:?}"))),
+                None => {
+                    return Err(ApiError::new(
+                        404,
+                        "not_found",
+                        format!("no listener named {n:?}"),
+                    ))
+                }
             }
         }
         Ok(())
@@ -1060,7 +1132,8 @@ pub fn threshold(p: f64) -> u64 {
 impl FaultState {
     /// The L7 table for a snapshot whose listeners sit in `slots` (`None`: no L7 fault).
     pub fn compile_l7(&self, cfg: &crate::config::Config, slots: &[usize]) -> Option<Arc<L7Table>> {
-        let any_broker = self.broker.active() || self.broker_by_listener.values().any(BrokerWeights::active);
+        let any_broker =
+            self.broker.active() || self.broker_by_listener.values().any(BrokerWeights::active);
         if self.http.is_empty() && self.header_faults.is_empty() && !any_broker {
             return None;
         }
@@ -1091,7 +1164,11 @@ impl FaultState {
                 header: self.header_faults.contains(&l.name),
                 ..ListenerL7::default()
             };
-            for f in self.http.iter().filter(|f| f.listener.as_deref() == Some(l.name.as_str()) && f.cluster.is_none()) {
+            for f in self
+                .http
+                .iter()
+                .filter(|f| f.listener.as_deref() == Some(l.name.as_str()) && f.cluster.is_none())
+            {
                 match f.route {
                     None => ll.rules.push(rule(f)),
                     Some(r) => match ll.routes.iter_mut().find(|(i, _)| *i == r) {
@@ -1110,7 +1187,11 @@ impl FaultState {
             t.listeners[slot] = Some(ll);
         }
         for f in self.http.iter().filter(|f| f.cluster.is_some()) {
-            if let Some(ci) = cfg.clusters.iter().position(|c| Some(&c.name) == f.cluster.as_ref()) {
+            if let Some(ci) = cfg
+                .clusters
+                .iter()
+                .position(|c| Some(&c.name) == f.cluster.as_ref())
+            {
                 // A rule naming both a listener and a cluster: requests of that listener to
                 // that cluster (the listener is checked at the draw).
                 if f.listener.is_none() {
@@ -1213,9 +1294,15 @@ mod tests {
         assert_eq!((u.kind, u.toxicity), (t.kind, 0.25));
         assert!(toxic_update(&t, &json!({"type": "latency"})).is_err());
         // Whole numbers written as floats are taken; fractions and negatives are not.
-        assert!(toxic_from_json(&json!({"type": "latency", "attributes": {"latency": 5.0}})).is_ok());
-        assert!(toxic_from_json(&json!({"type": "latency", "attributes": {"latency": 5.5}})).is_err());
-        assert!(toxic_from_json(&json!({"type": "latency", "attributes": {"latency": -1}})).is_err());
+        assert!(
+            toxic_from_json(&json!({"type": "latency", "attributes": {"latency": 5.0}})).is_ok()
+        );
+        assert!(
+            toxic_from_json(&json!({"type": "latency", "attributes": {"latency": 5.5}})).is_err()
+        );
+        assert!(
+            toxic_from_json(&json!({"type": "latency", "attributes": {"latency": -1}})).is_err()
+        );
     }
 
     #[test]

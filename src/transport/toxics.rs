@@ -155,7 +155,13 @@ impl Toxics {
     }
 
     /// Puts connection `conn` under the toxics of `cell` for the data leaving it on `stream`.
-    pub fn open(&mut self, conn: ConnId, cell: Arc<ToxicCell>, stream: Stream, now: Instant) -> ToxicId {
+    pub fn open(
+        &mut self,
+        conn: ConnId,
+        cell: Arc<ToxicCell>,
+        stream: Stream,
+        now: Instant,
+    ) -> ToxicId {
         let id = self.conns.insert(ToxicConn {
             conn,
             stream,
@@ -192,7 +198,12 @@ impl Toxics {
         }
         let stream = tc.stream;
         let mut fx = Effect::default();
-        for t in set.toxics.iter().filter(|t| t.stream == stream).take(MAX_TOXICS) {
+        for t in set
+            .toxics
+            .iter()
+            .filter(|t| t.stream == stream)
+            .take(MAX_TOXICS)
+        {
             if t.toxicity < 1.0 {
                 let draw = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
                 if draw >= t.toxicity {
@@ -206,7 +217,11 @@ impl Toxics {
                     fx.jitter += jitter;
                 }
                 ToxicKind::Bandwidth { rate } => {
-                    fx.rate = if fx.rate == 0 { rate } else { fx.rate.min(rate) };
+                    fx.rate = if fx.rate == 0 {
+                        rate
+                    } else {
+                        fx.rate.min(rate)
+                    };
                 }
                 ToxicKind::Slicer {
                     average_size,
@@ -235,7 +250,9 @@ impl Toxics {
         let timeout = fx.timeout;
         let limit = fx.limit;
         let close_seq = match timeout {
-            Some(ms) if ms > 0 => Some(self.arm(id, now + Duration::from_millis(ms), TimerKind::Close)),
+            Some(ms) if ms > 0 => {
+                Some(self.arm(id, now + Duration::from_millis(ms), TimerKind::Close))
+            }
             _ => None,
         };
         let Some(tc) = self.conns.get_mut(id as usize) else {
@@ -250,7 +267,13 @@ impl Toxics {
     }
 
     /// A session's op on a connection under toxics. `Some` when it completed at once.
-    pub fn submit<E: Engine>(&mut self, id: ToxicId, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
+    pub fn submit<E: Engine>(
+        &mut self,
+        id: ToxicId,
+        engine: &mut E,
+        conn: ConnId,
+        op: Op,
+    ) -> Option<Done> {
         let now = Instant::now();
         if !self.refresh(id, now) {
             return Some(failed(op));
@@ -266,7 +289,11 @@ impl Toxics {
         if matches!(op, Op::Shutdown) {
             if fx.slow_close > 0 {
                 tc.held = Some(op);
-                let seq = self.arm(id, now + Duration::from_millis(fx.slow_close), TimerKind::Release);
+                let seq = self.arm(
+                    id,
+                    now + Duration::from_millis(fx.slow_close),
+                    TimerKind::Release,
+                );
                 self.set_release(id, seq);
                 return None;
             }
@@ -376,16 +403,21 @@ impl Toxics {
     /// Books what a write moved: the limit, and when the next write may go.
     fn account(&mut self, id: ToxicId, done: Done, now: Instant) -> Done {
         let n = match &done {
-            Done::Send { res: Xfer::Bytes(n), .. } | Done::SpliceOut { res: Xfer::Bytes(n), .. } => {
-                u64::from(*n)
+            Done::Send {
+                res: Xfer::Bytes(n),
+                ..
             }
+            | Done::SpliceOut {
+                res: Xfer::Bytes(n),
+                ..
+            } => u64::from(*n),
             _ => return done,
         };
         let mut close = false;
         if let Some(tc) = self.conns.get_mut(id as usize) {
             let fx = tc.fx;
-            if fx.rate > 0 {
-                tc.next_at = tc.next_at.max(now) + Duration::from_micros(n * 1000 / fx.rate);
+            if let Some(us) = (n * 1000).checked_div(fx.rate) {
+                tc.next_at = tc.next_at.max(now) + Duration::from_micros(us);
             }
             if let Some((_, _, delay)) = fx.slicer {
                 tc.next_at = tc.next_at.max(now + Duration::from_micros(delay));
@@ -411,7 +443,13 @@ impl Toxics {
 
     /// The connection closes. Returns `true` when the close is deferred (`slow_close`): the
     /// ops are cancelled now and the socket closes when the timer fires.
-    pub fn close<E: Engine>(&mut self, id: ToxicId, engine: &mut E, conn: ConnId, linger: Linger) -> bool {
+    pub fn close<E: Engine>(
+        &mut self,
+        id: ToxicId,
+        engine: &mut E,
+        conn: ConnId,
+        linger: Linger,
+    ) -> bool {
         let Some(tc) = self.conns.get_mut(id as usize) else {
             return false;
         };
@@ -428,7 +466,11 @@ impl Toxics {
             tc.closing = Some(linger);
             engine.cancel(conn, Slot::Read);
             engine.cancel(conn, Slot::Write);
-            self.arm(id, Instant::now() + Duration::from_millis(delay), TimerKind::EngineClose);
+            self.arm(
+                id,
+                Instant::now() + Duration::from_millis(delay),
+                TimerKind::EngineClose,
+            );
             return true;
         }
         self.conns.remove(id as usize);
@@ -493,7 +535,11 @@ impl Toxics {
                     let Some(op) = tc.held.take() else {
                         continue;
                     };
-                    let op = if matches!(op, Op::Shutdown) { op } else { self.shape(id, op) };
+                    let op = if matches!(op, Op::Shutdown) {
+                        op
+                    } else {
+                        self.shape(id, op)
+                    };
                     if let Some(done) = engine.submit(conn, op) {
                         let done = self.account(id, done, now);
                         out.push(Fired::Deliver(conn, done));

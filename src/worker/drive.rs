@@ -41,7 +41,9 @@ impl<E: Engine> Worker<E> {
                             return self.close(key, CloseReason::Done);
                         }
                     };
-                    if let Some(done) = transport.submit(&mut self.engine, &mut self.toxics, conn, op) {
+                    if let Some(done) =
+                        transport.submit(&mut self.engine, &mut self.toxics, conn, op)
+                    {
                         let mut cx = cx!(self);
                         e.session.complete(side, done, &mut cx);
                     }

@@ -35,7 +35,9 @@ impl<E: Engine> Worker<E> {
         let cell = cell.clone();
         if let Transport::Toxic(old) = self.meta(conn).transport {
             // Handed over again (never pooled, so only a bug gets here): start afresh.
-            let _ = self.toxics.close(old, &mut self.engine, conn, Linger::Reset);
+            let _ = self
+                .toxics
+                .close(old, &mut self.engine, conn, Linger::Reset);
         }
         let id = self.toxics.open(conn, cell, stream, self.now);
         self.meta(conn).transport = Transport::Toxic(id);

@@ -101,7 +101,9 @@ pub fn mix(mut z: u64) -> u64 {
 fn first(rules: &[L7Rule], seed: u64, k: &mut u64) -> Option<L7Kind> {
     for r in rules {
         *k += 1;
-        if r.threshold == u64::MAX || mix(seed ^ k.wrapping_mul(0x2545_f491_4f6c_dd1d)) < r.threshold {
+        if r.threshold == u64::MAX
+            || mix(seed ^ k.wrapping_mul(0x2545_f491_4f6c_dd1d)) < r.threshold
+        {
             return Some(r.kind);
         }
     }
@@ -140,7 +142,9 @@ pub fn from_header(v: &[u8]) -> Option<L7Kind> {
         if a.is_empty() || a.len() > 12 || !a.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        a.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        a.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
     };
     Some(match name {
         b"abort" => {
@@ -241,15 +245,33 @@ mod tests {
 
     #[test]
     fn header_grammar() {
-        assert_eq!(from_header(b"abort=418"), Some(L7Kind::Abort { status: 418 }));
+        assert_eq!(
+            from_header(b"abort=418"),
+            Some(L7Kind::Abort { status: 418 })
+        );
         assert_eq!(from_header(b"abort"), Some(L7Kind::Abort { status: 503 }));
         assert_eq!(from_header(b"abort=99"), None);
         assert_eq!(from_header(b"reset"), Some(L7Kind::Abort { status: 0 }));
         assert_eq!(from_header(b" drop "), Some(L7Kind::Drop));
-        assert_eq!(from_header(b"delay=250"), Some(L7Kind::Delay { ms: 250, answer: false }));
+        assert_eq!(
+            from_header(b"delay=250"),
+            Some(L7Kind::Delay {
+                ms: 250,
+                answer: false
+            })
+        );
         assert_eq!(from_header(b"delay=x"), None);
-        assert_eq!(from_header(b"delay-answer=5"), Some(L7Kind::Delay { ms: 5, answer: true }));
-        assert_eq!(from_header(b"corrupt=3"), Some(L7Kind::Corrupt { bytes: 3 }));
+        assert_eq!(
+            from_header(b"delay-answer=5"),
+            Some(L7Kind::Delay {
+                ms: 5,
+                answer: true
+            })
+        );
+        assert_eq!(
+            from_header(b"corrupt=3"),
+            Some(L7Kind::Corrupt { bytes: 3 })
+        );
         assert_eq!(from_header(b"nonsense"), None);
     }
 

@@ -205,7 +205,14 @@ impl HttpSession {
         let fault = snap.faults.as_ref().and_then(|t| {
             let route = routing::matched_route(&listener.routes, &view);
             let header = (view.header)(b"x-switchyard-fault");
-            super::fault::draw(t, self.listener as usize, route, cluster, header, *cx.request_ids)
+            super::fault::draw(
+                t,
+                self.listener as usize,
+                route,
+                cluster,
+                header,
+                *cx.request_ids,
+            )
         });
         let fwd = Forwarded {
             client_ip: self.client_ip,

@@ -192,6 +192,24 @@ pub trait Engine: Send + Sized {
     fn take_buffer_waits(&mut self) -> u64;
 }
 
+/// The `Done` of an op that cannot run (its connection is gone or being cut): a failure with
+/// `errno` that gives back what the op carried.
+pub fn failed_op(op: Op, errno: i32) -> Done {
+    let res = Xfer::Failed(errno);
+    match op {
+        Op::Recv(buf) => Done::Recv { buf, res },
+        Op::Send(a, b) => Done::Send {
+            a: a.buf,
+            b: b.map(|s| s.buf),
+            res,
+        },
+        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
+        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
+        Op::Shutdown => Done::Shutdown(res),
+        Op::Watch => Done::Watch(res),
+    }
+}
+
 /// Returns the resources an undeliverable op carries to the pools (a `Done` nobody will see).
 pub fn recycle(done: Done, pool: &mut BufferPool, pipes: &mut PipePool) {
     match done {

@@ -178,18 +178,7 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
                     c.apply_faults(
                         &who,
                         &format!("listener {name}: add toxic {}", t.name),
-                        |fs, _| {
-                            let l = fs.listeners.entry(name.clone()).or_default();
-                            if l.toxics.iter().any(|o| o.name == t.name) {
-                                return Err(ApiError::new(
-                                    409,
-                                    "exists",
-                                    format!("toxic {:?} already exists", t.name),
-                                ));
-                            }
-                            l.toxics.push(t);
-                            Ok(())
-                        },
+                        |fs, _| add_toxic(fs, &name, t),
                     )?;
                     Ok(Response::json(201, &shown))
                 }
@@ -295,6 +284,16 @@ fn ours(shared: &Shared, req: &Request, rest: &[&str]) -> Result<Response, ApiEr
             format!("no such endpoint: {}", req.path),
         )),
     }
+}
+
+/// Adds toxic `t` to listener (or proxy) `name`; `409` when the name is taken.
+fn add_toxic(fs: &mut FaultState, name: &str, t: super::Toxic) -> Result<(), ApiError> {
+    let l = fs.listeners.entry(name.to_string()).or_default();
+    if l.toxics.iter().any(|o| o.name == t.name) {
+        return Err(ApiError::new(409, "exists", "toxic already exists"));
+    }
+    l.toxics.push(t);
+    Ok(())
 }
 
 fn listener_json(l: &super::ListenerFaults) -> Json {
@@ -683,12 +682,7 @@ fn toxiproxy(shared: &Shared, req: &Request, segs: &[&str]) -> Result<Response, 
                         &format!("toxiproxy {name}: add toxic {}", t.name),
                         |fs, _| {
                             fs.proxies.get(&name).ok_or_else(not_found_proxy)?;
-                            let l = fs.listeners.entry(name.clone()).or_default();
-                            if l.toxics.iter().any(|o| o.name == t.name) {
-                                return Err(ApiError::new(409, "exists", "toxic already exists"));
-                            }
-                            l.toxics.push(t);
-                            Ok(())
+                            add_toxic(fs, &name, t)
                         },
                     )?;
                     Ok(Response::json(200, &shown))

@@ -1118,6 +1118,16 @@ pub struct L7Table {
     pub clusters: Vec<Vec<L7Rule>>,
 }
 
+/// splitmix64's output function: a well-mixed 64-bit value from a counter (the fault draws'
+/// generator: per request over the request id, per connection over a per-worker counter).
+#[inline]
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// `p` (0..=1) as a threshold on a uniform u64 draw.
 pub fn threshold(p: f64) -> u64 {
     if p >= 1.0 {

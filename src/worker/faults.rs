@@ -28,11 +28,21 @@ impl<E: Engine> Worker<E> {
         else {
             return;
         };
+        self.open_toxics(conn, cell.clone(), side);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn open_toxics(
+        &mut self,
+        conn: ConnId,
+        cell: std::sync::Arc<crate::faults::ToxicCell>,
+        side: Side,
+    ) {
         let stream = match side {
             Side::Downstream => Stream::Downstream,
             Side::Upstream => Stream::Upstream,
         };
-        let cell = cell.clone();
         if let Transport::Toxic(old) = self.meta(conn).transport {
             // Handed over again (never pooled, so only a bug gets here): start afresh.
             let _ = self

@@ -404,22 +404,9 @@ fn connect_result(c: &mut Conn) -> Result<Done, WriteOp> {
     }
 }
 
-/// The `Done` of an op submitted on a connection that no longer exists: a failure that gives
-/// back what the op carried.
+/// The `Done` of an op submitted on a connection that no longer exists.
 fn failed(op: Op) -> Done {
-    let res = Xfer::Failed(libc::EBADF);
-    match op {
-        Op::Recv(buf) => Done::Recv { buf, res },
-        Op::Send(a, b) => Done::Send {
-            a: a.buf,
-            b: b.map(|s| s.buf),
-            res,
-        },
-        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
-        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
-        Op::Shutdown => Done::Shutdown(res),
-        Op::Watch => Done::Watch(res),
-    }
+    super::failed_op(op, libc::EBADF)
 }
 
 impl Engine for MioEngine {

@@ -10,7 +10,7 @@
 //! HOT PATH (for requests under faults). No allocation, lock or log.
 
 use super::{HttpSession, Phase};
-use crate::faults::{BrokerDraw, FaultCode, L7Kind, L7Rule, L7Table};
+use crate::faults::{mix, BrokerDraw, FaultCode, L7Kind, L7Rule, L7Table};
 use crate::http::head::Method;
 use crate::session::{CloseReason, Cx, Up, Want};
 use std::time::Duration;
@@ -86,15 +86,6 @@ impl HttpSession {
             _ => false,
         }
     }
-}
-
-/// splitmix64: a well-mixed 64-bit value from a counter.
-#[inline]
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The first rule of `rules` that fires (each drawn on its own).

@@ -664,6 +664,8 @@ impl Control {
         })?;
         if fault_change {
             fs.validate(&cfg, &new_doc)?;
+        } else {
+            fs.prune(&cfg, &new_doc);
         }
         let operator = found.is_none() && !fault_change;
         if operator && new_doc == st.doc {

@@ -956,6 +956,29 @@ impl FaultState {
         out
     }
 
+    /// After an operator's change (API, reload): faults naming listeners, routes or clusters
+    /// that are gone are dropped, so the next fault change does not fail on them. (Listeners
+    /// that are down are not in `cfg`; they stay.)
+    pub fn prune(&mut self, cfg: &crate::config::Config, doc: &toml::Table) {
+        use crate::control::doc::{self as d, Kind};
+        let listener = |n: &str| cfg.listeners.iter().find(|l| l.name == n);
+        let proxies = &self.proxies;
+        self.listeners
+            .retain(|n, _| proxies.contains_key(n) || d::find(doc, Kind::Listener, n).is_some());
+        self.http.retain(|f| {
+            let l_ok = f.listener.as_deref().is_none_or(|n| {
+                listener(n).is_some_and(|l| f.route.is_none_or(|r| r < l.routes.len()))
+            });
+            let c_ok = f
+                .cluster
+                .as_deref()
+                .is_none_or(|c| cfg.cluster(c).is_some());
+            l_ok && c_ok
+        });
+        self.header_faults.retain(|n| listener(n).is_some());
+        self.broker_by_listener.retain(|n, _| listener(n).is_some());
+    }
+
     /// Checks the state against the config it will run with (listener, route and cluster
     /// names exist; toxic names unique per listener; limits).
     pub fn validate(&self, cfg: &crate::config::Config, doc: &toml::Table) -> Result<(), ApiError> {

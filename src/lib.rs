@@ -25,13 +25,15 @@
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
 //!   [`faults`] (L4 toxics, L7 faults, the toxiproxy and chaos-broker APIs),
 //!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
-//!   the control plane);
+//!   the control plane), [`lbaas`] (the load-balancer-as-a-service API), [`autoscale`] (scale
+//!   hooks and webhooks);
 //! - the process: [`server`] (start-up and shutdown), [`signals`], [`logging`], [`quick`] (the
 //!   Foo and FaaS compatible command lines), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
 pub mod admin;
+pub mod autoscale;
 pub mod balance;
 pub mod build_info;
 pub mod check;
@@ -45,6 +47,7 @@ pub mod faults;
 pub mod health;
 pub mod http;
 pub mod io;
+pub mod lbaas;
 pub mod logging;
 pub mod net;
 pub mod quick;

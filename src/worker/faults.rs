@@ -49,14 +49,14 @@ impl<E: Engine> Worker<E> {
                 .toxics
                 .close(old, &mut self.engine, conn, Linger::Reset);
         }
-        let id = self.toxics.open(conn, cell, stream, self.now);
+        let id = self.toxics.open(conn, cell, stream, self.env.now);
         self.meta(conn).transport = Transport::Toxic(id);
     }
 
     /// Runs the toxics' timers that are due.
     pub(super) fn fire_toxics(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
-        self.toxics.fire(&mut self.engine, self.now, &mut fired);
+        self.toxics.fire(&mut self.engine, self.env.now, &mut fired);
         for f in fired.drain(..) {
             match f {
                 Fired::Deliver(conn, done) => self.deliver(conn, done),
@@ -65,7 +65,7 @@ impl<E: Engine> Worker<E> {
         }
         self.fired = fired;
         let applied = std::mem::take(&mut self.toxics.applied);
-        let c = &mut self.conn_stats;
+        let c = &mut self.env.conns;
         c.fault_latency += applied[0];
         c.fault_bandwidth += applied[1];
         c.fault_slicer += applied[2];

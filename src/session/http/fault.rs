@@ -12,7 +12,7 @@
 use super::{HttpSession, Phase};
 use crate::faults::{mix, BrokerDraw, FaultCode, L7Kind, L7Rule, L7Table};
 use crate::http::head::Method;
-use crate::session::{CloseReason, Cx, Up, Want};
+use crate::session::{CloseReason, Cx, Signal, Up, Want};
 use std::time::Duration;
 
 impl HttpSession {
@@ -22,28 +22,28 @@ impl HttpSession {
         let Phase::Routed(x) = &mut self.phase else {
             return Want::Upstream(Up::Need);
         };
-        let h = &mut *cx.http;
+        let h = &mut cx.env.http;
         match kind {
             L7Kind::Abort { status: 0 } => {
                 h.fault_abort += 1;
-                x.log.fault = FaultCode::Abort;
+                x.fault = FaultCode::Abort;
                 // The client is reset, as when a backend breaks mid-response.
                 Want::Close(CloseReason::UpstreamReset)
             }
             L7Kind::Abort { status } => {
                 h.fault_abort += 1;
-                x.log.fault = FaultCode::Abort;
+                x.fault = FaultCode::Abort;
                 self.local_response(cx, status, b"text/plain", b"fault injected\n")
-                    .unwrap_or_else(|| self.next_local())
+                    .map_or_else(|| self.next_local(), Want::from)
             }
             L7Kind::Drop => {
                 h.fault_drop += 1;
-                x.log.fault = FaultCode::Drop;
+                x.fault = FaultCode::Drop;
                 Want::Close(CloseReason::Done)
             }
             L7Kind::Delay { ms, answer } => {
                 h.fault_delay += 1;
-                x.log.fault = FaultCode::Delay;
+                x.fault = FaultCode::Delay;
                 let at = cx.now + Duration::from_millis(ms);
                 if answer {
                     x.answer_at = Some(at);
@@ -56,14 +56,14 @@ impl HttpSession {
             }
             L7Kind::Duplicate { .. } => {
                 // The head was written twice when the request allows it.
-                if x.log.fault == FaultCode::Duplicate {
+                if x.fault == FaultCode::Duplicate {
                     h.fault_duplicate += 1;
                 }
                 Want::Upstream(Up::Need)
             }
             L7Kind::Corrupt { bytes } => {
                 h.fault_corrupt += 1;
-                x.log.fault = FaultCode::Corrupt;
+                x.fault = FaultCode::Corrupt;
                 x.corrupt_left = bytes;
                 Want::Upstream(Up::Need)
             }
@@ -76,7 +76,7 @@ impl HttpSession {
             Phase::Routed(x) if x.fault_until.is_some_and(|t| t <= cx.now) => {
                 x.fault_until = None;
                 x.target.started = cx.now;
-                self.pending = Some(Want::Upstream(Up::Need));
+                self.pending = Some(Signal::Upstream(Up::Need));
                 true
             }
             Phase::Exchange(x) if x.answer_at.is_some_and(|t| t <= cx.now) => {

@@ -179,6 +179,11 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// A duplicate of every running listener's sockets (one per worker), kept to hand them to
+    /// the successor of a binary upgrade.
+    sockets: HashMap<String, Vec<std::net::TcpListener>>,
+    /// Changes are refused while set (an upgrade in progress or done), with this reason.
+    frozen: Option<String>,
     /// Module records persisted with the document (see [`Txn`]).
     ext: Ext,
     /// What each discovery provider found, by provider name (not persisted: see
@@ -336,6 +341,7 @@ impl Control {
     pub fn new(
         boot: Boot,
         running: HashMap<String, Running>,
+        sockets: HashMap<String, Vec<std::net::TcpListener>>,
         shared: SharedSnapshot,
         workers: Vec<WorkerHandle>,
         config_path: Option<PathBuf>,
@@ -374,6 +380,8 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                sockets,
+                frozen: None,
                 ext: boot.ext,
             }),
             shared,
@@ -502,6 +510,42 @@ impl Control {
             .iter()
             .map(|(n, r)| (n.clone(), r.local))
             .collect()
+    }
+
+    /// Refuses every change (admin API, reload) with `why` until [`Control::thaw`]: a binary
+    /// upgrade hands the running state over, so nothing may change it meanwhile.
+    pub fn freeze(&self, why: String) {
+        self.lock().frozen = Some(why);
+    }
+
+    pub fn thaw(&self) {
+        self.lock().frozen = None;
+    }
+
+    /// Closes the duplicates kept for an upgrade: at shutdown, and once an upgrade handed the
+    /// sockets over. A listening socket must close when the workers close theirs, or the
+    /// kernel would keep queueing connections that nobody accepts.
+    pub fn release_sockets(&self) {
+        self.lock().sockets.clear();
+    }
+
+    /// The running listeners and duplicates of their sockets (for a binary upgrade).
+    pub fn handover_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(String, Running, Vec<std::os::fd::OwnedFd>)>> {
+        let st = self.lock();
+        let mut out = Vec::with_capacity(st.running.len());
+        let mut names: Vec<&String> = st.running.keys().collect();
+        names.sort_by_key(|n| st.running[*n].slot);
+        for name in names {
+            let socks = st.sockets.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let fds = socks
+                .iter()
+                .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            out.push((name.clone(), st.running[name], fds));
+        }
+        Ok(out)
     }
 
     /// Applies one API change. `if_match`: the version the client last saw (412 if stale).
@@ -735,6 +779,13 @@ impl Control {
         faults: Option<crate::faults::FaultState>,
     ) -> Result<u64, ApiError> {
         let fault_change = faults.is_some();
+        let operator = found.is_none() && !fault_change;
+        // Discovery keeps this process's routing current (it is not persisted, so a successor
+        // finds for itself), and so do faults (runtime only); operator changes wait for the
+        // upgrade.
+        if let (true, Some(why)) = (operator, &st.frozen) {
+            return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
+        }
         let mut fs = faults.unwrap_or_else(|| st.faults.clone());
         // What runs: the operator's document with the faults' proxies added and the
         // listeners that are down taken out.
@@ -759,7 +810,6 @@ impl Control {
         } else {
             fs.prune(&cfg, &new_doc);
         }
-        let operator = found.is_none() && !fault_change;
         if operator && new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
@@ -932,7 +982,16 @@ impl Control {
             }
             log::info!("listener {name} closed (slot {slot}); its connections go on");
         }
+        for (name, _) in &removed {
+            if !running.contains_key(name) {
+                st.sockets.remove(name);
+            }
+        }
         for (name, slot, socks) in bound {
+            // Kept for a binary upgrade; a failed duplicate only means that listener would be
+            // bound anew by the successor.
+            let dups: Vec<_> = socks.iter().filter_map(|s| s.try_clone().ok()).collect();
+            st.sockets.insert(name.clone(), dups);
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
                     crate::net::listen::announce(l, r.local);

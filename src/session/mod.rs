@@ -318,6 +318,13 @@ impl Session {
         }
     }
 
+    /// The worker drains (see `HttpSession::drain`); TCP sessions just run to their end.
+    pub fn drain(&mut self) {
+        if let Session::Http(s) = self {
+            s.drain();
+        }
+    }
+
     /// Idle between requests with nothing buffered: safe to close at shutdown.
     pub fn idle(&self) -> bool {
         match self {

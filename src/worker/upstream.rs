@@ -95,9 +95,8 @@ impl<E: Engine> Worker<E> {
                     let mut cx = cx!(self);
                     s.end_exchange(&mut cx);
                 }
-                if self.shutdown.is_some() {
-                    self.close(key, crate::session::CloseReason::Done);
-                }
+                // Draining (shutdown, upgrade): the session closes itself after a response
+                // that said `Connection: close`, or after DRAIN_IDLE of silence.
             }
         }
     }

@@ -65,7 +65,7 @@ pub enum ToxicKind {
     Timeout { timeout: u64 },
     /// At the first data, wait `timeout` ms, then reset the connection (RST).
     ResetPeer { timeout: u64 },
-    /// Close after `bytes` bytes.
+    /// Close the stream (FIN) after `bytes` bytes.
     LimitData { bytes: u64 },
 }
 

@@ -10,7 +10,8 @@
 //! - `slicer`: a write carries one slice (`average_size ± size_variation` bytes) and the next
 //!   waits `delay` µs. Shortened writes come back as partial sends, which every session
 //!   already handles by sending the rest;
-//! - `limit_data`: writes are cut at the limit, then the connection closes;
+//! - `limit_data`: writes are cut at the limit, then that direction is closed (FIN), as
+//!   toxiproxy closes the link; what follows is held;
 //! - `timeout`: writes are held (nothing gets through); the connection closes after the
 //!   timeout (0: never);
 //! - `reset_peer`: the first write is held, and `timeout` ms later the connection is reset;
@@ -66,6 +67,8 @@ enum TimerKind {
     Reset,
     /// The deferred close of a `slow_close` connection: close the socket now.
     EngineClose,
+    /// `limit_data` reached: shut the sending side (FIN), as toxiproxy closes that direction.
+    Shutdown,
 }
 
 /// The combined effect of a connection's active toxics.
@@ -101,6 +104,8 @@ struct ToxicConn {
     reset_armed: bool,
     /// The close is deferred (`slow_close`): the socket closes when the timer fires.
     closing: Option<Linger>,
+    /// A shutdown of our own (`limit_data`) is in flight: its completion is not the session's.
+    own_shutdown: bool,
 }
 
 /// Per-worker table of connections under toxics, with their timers.
@@ -170,6 +175,7 @@ impl Toxics {
             close_seq: 0,
             reset_armed: false,
             closing: None,
+            own_shutdown: false,
         }) as ToxicId;
         self.refresh(id, now);
         id
@@ -426,7 +432,7 @@ impl Toxics {
             }
         }
         if close {
-            let seq = self.arm(id, now, TimerKind::Close);
+            let seq = self.arm(id, now, TimerKind::Shutdown);
             if let Some(tc) = self.conns.get_mut(id as usize) {
                 tc.close_seq = seq;
             }
@@ -438,6 +444,12 @@ impl Toxics {
     #[cold]
     #[inline(never)]
     pub fn complete(&mut self, id: ToxicId, done: Done) -> Option<Done> {
+        if let (Done::Shutdown(_), Some(tc)) = (&done, self.conns.get_mut(id as usize)) {
+            if tc.own_shutdown {
+                tc.own_shutdown = false;
+                return None;
+            }
+        }
         Some(self.account(id, done, Instant::now()))
     }
 
@@ -499,6 +511,20 @@ impl Toxics {
                     }
                 }
                 _ if tc.closing.is_some() => {}
+                TimerKind::Shutdown => {
+                    if tc.close_seq != seq {
+                        continue;
+                    }
+                    // The write slot is free: later writes are held at the limit.
+                    match engine.submit(conn, Op::Shutdown) {
+                        Some(_) => {}
+                        None => {
+                            if let Some(tc) = self.conns.get_mut(id as usize) {
+                                tc.own_shutdown = true;
+                            }
+                        }
+                    }
+                }
                 TimerKind::Close | TimerKind::Reset => {
                     if tc.close_seq != seq {
                         continue;

@@ -135,6 +135,9 @@ pub struct ListenerRoute {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Connections start with a PROXY protocol header.
     pub accept_proxy: Option<crate::config::tls::AcceptProxy>,
+    /// L4 fault toxics: set when the listener has toxics (or is a toxiproxy proxy); new
+    /// connections then go through them. Shared across snapshots by listener name.
+    pub toxics: Option<Arc<crate::faults::ToxicCell>>,
 }
 
 /// Live figures of a listener that every worker updates once per connection.
@@ -163,6 +166,9 @@ pub struct Snapshot {
     /// The `GET /stats` body of FaaS listeners with `faas_stats` (the original gateway's
     /// discovery JSON), rendered by the control plane when it builds the snapshot.
     pub faas_stats: Arc<[u8]>,
+    /// L7 faults (rules, header-triggered faults, the chaos broker): `None` when none is set,
+    /// which is the one check a request pays.
+    pub faults: Option<Arc<crate::faults::L7Table>>,
 }
 
 impl Snapshot {
@@ -301,6 +307,7 @@ impl Snapshot {
                     .unwrap_or_default(),
                 tls: rt.tls.listeners.get(&l.name).cloned(),
                 accept_proxy: l.accept_proxy.clone(),
+                toxics: None,
             };
             if listeners.len() <= slot {
                 listeners.resize_with(slot + 1, || None);
@@ -315,6 +322,7 @@ impl Snapshot {
             cluster_index,
             layout,
             faas_stats: Arc::from(&b""[..]),
+            faults: None,
         }
     }
 

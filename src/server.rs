@@ -26,6 +26,9 @@ pub enum RunError {
     Worker { id: usize, source: io::Error },
     #[error("admin API: {0}")]
     Admin(String),
+    /// `server.engine = "io_uring"` and the kernel refuses io_uring.
+    #[error("{0}")]
+    Engine(String),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
@@ -122,6 +125,8 @@ pub fn run(
         .filter(|&n| n > cfg.server.buffer_size)
         .max()
         .unwrap_or(0);
+    let engine =
+        crate::engine::choose(cfg.server.engine, cfg.server.sqpoll).map_err(RunError::Engine)?;
     let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
     let mut setups = Vec::with_capacity(workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -141,8 +146,9 @@ pub fn run(
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
             stats_minimal: cfg.server.stats_minimal,
         };
-        let (setup, handle) = worker::prepare(settings, listeners, snap.clone(), stats_tx.clone())
-            .map_err(io_err("creating worker poll"))?;
+        let (setup, handle) =
+            worker::prepare(settings, engine, listeners, snap.clone(), stats_tx.clone())
+                .map_err(io_err("creating worker engine"))?;
         setups.push(setup);
         handles.push(handle);
     }
@@ -155,13 +161,14 @@ pub fn run(
             .or_else(|| cfg.server.state_dir.as_ref().map(|d| d.join("stats.json"))),
         ..stats
     };
-    let aggregator = Aggregator::new(
+    let mut aggregator = Aggregator::new(
         stats_rx,
         stats_tx.clone(),
         handles.clone(),
         snap.clone(),
         &stats_opts,
     );
+    aggregator.set_engine(engine.name());
     let stats_source: std::sync::Arc<dyn crate::admin::StatsSource> =
         std::sync::Arc::new(aggregator.handle());
 
@@ -266,10 +273,12 @@ pub fn run(
         threads.push(worker::spawn(setup).map_err(io_err("starting worker thread"))?);
     }
     log::info!(
-        "switchyard {} ({}) started: config={} engine=mio workers={workers}",
+        "switchyard {} ({}) started: config={} engine={} workers={workers}{}",
         crate::build_info::VERSION,
         crate::build_info::COMMIT,
-        shown_path.as_deref().unwrap_or("(command line)")
+        shown_path.as_deref().unwrap_or("(command line)"),
+        engine.name(),
+        engine.details()
     );
 
     let mut result = Ok(());

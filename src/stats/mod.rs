@@ -734,9 +734,11 @@ impl Aggregator {
         else {
             return;
         };
-        if let Some(g) = self.gauges.get_mut(worker) {
-            *g = gauges;
+        if self.gauges.len() <= worker {
+            self.gauges
+                .resize(worker + 1, crate::engine::Gauges::default());
         }
+        self.gauges[worker] = gauges;
         // The delta's counts happened between the worker's previous flush and now: spread
         // them over that span, so flush timing does not bend the 1 s rate.
         let now = unix_now();

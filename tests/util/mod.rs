@@ -28,6 +28,18 @@ use serde_json::Value;
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The I/O engine the suite runs on: `SWITCHYARD_ENGINE` (`mio` or `io_uring`). The binary
+/// reads the same variable (it overrides `server.engine`), and every process a test starts
+/// inherits it, so `SWITCHYARD_ENGINE=io_uring cargo test` runs the whole suite on io_uring.
+/// `None`: the configs' own setting (default `auto`).
+pub fn engine_under_test() -> Option<&'static str> {
+    match std::env::var("SWITCHYARD_ENGINE").ok().as_deref() {
+        Some("mio") => Some("mio"),
+        Some("io_uring") => Some("io_uring"),
+        _ => None,
+    }
+}
+
 /// Default timeout for socket reads/writes in helpers.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a process to announce its listeners.

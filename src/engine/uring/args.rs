@@ -1,5 +1,6 @@
 //! Kernel-visible arguments of ops that pass a pointer to more than the data: the message
-//! header and iovecs of a two-slice send (`SENDMSG`), the address of a connect.
+//! header and iovecs of a two-slice send (`SENDMSG`), the address of a connect, the peer
+//! address an accept fills in.
 //!
 //! They live in fixed chunks that are never moved or freed while the engine lives, so an
 //! entry's address stays valid until the op's completion, whenever the kernel reads it (with
@@ -10,12 +11,13 @@ use std::net::SocketAddr;
 
 const CHUNK: usize = 64;
 
-/// One entry: what a `SENDMSG` or `CONNECT` submission points at.
+/// One entry: what a `SENDMSG`, `CONNECT` or `ACCEPT` submission points at.
 #[repr(C)]
 pub(super) struct MsgArgs {
     pub(super) msg: libc::msghdr,
     pub(super) iov: [libc::iovec; 2],
     pub(super) addr: libc::sockaddr_in6,
+    pub(super) addrlen: libc::socklen_t,
 }
 
 pub(super) struct Args {
@@ -94,6 +96,43 @@ impl Args {
             msg.msg_iovlen = 2;
             (*p).msg = msg;
             &(*p).msg
+        }
+    }
+
+    /// Prepares entry `i` for an accept: where the kernel writes the peer's address.
+    pub(super) fn accept_slot(&mut self, i: u32) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
+        let p = self.get(i);
+        // SAFETY: `p` is a valid, exclusive entry; the kernel writes at most `addrlen` bytes
+        // into `addr`, which is that large, and the entry is not reused before the accept's
+        // completion is reaped.
+        unsafe {
+            (*p).addrlen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            (
+                std::ptr::addr_of_mut!((*p).addr).cast(),
+                std::ptr::addr_of_mut!((*p).addrlen),
+            )
+        }
+    }
+
+    /// The peer address an accept wrote into entry `i`.
+    pub(super) fn accepted_peer(&mut self, i: u32) -> Option<SocketAddr> {
+        let p = self.get(i);
+        // SAFETY: the accept completed (its completion was reaped), so the kernel no longer
+        // writes the entry; `addrlen` bytes of `addr` are initialised (the entry was zeroed
+        // when its chunk was made, and the kernel wrote the rest).
+        unsafe {
+            let len = ((*p).addrlen as usize).min(std::mem::size_of::<libc::sockaddr_in6>());
+            let (_, addr) = socket2::SockAddr::try_init(|storage, l| {
+                std::ptr::copy_nonoverlapping(
+                    std::ptr::addr_of!((*p).addr).cast::<u8>(),
+                    storage.cast::<u8>(),
+                    len,
+                );
+                *l = len as libc::socklen_t;
+                Ok(())
+            })
+            .ok()?;
+            addr.as_socket()
         }
     }
 

@@ -19,9 +19,13 @@
 //! - `Watch` is a `POLL_ADD` for readability. Cancelling it (a pooled upstream connection being
 //!   reused) does not go to the kernel: the poll stays armed, detached, fires harmlessly when
 //!   the response arrives, and is re-attached if the connection is pooled again before that.
-//! - Accepting is one multishot `ACCEPT` per listener; accepted sockets queue in the engine
-//!   (at most [`ACCEPT_QUEUE`] before the multishot is cancelled and the rest left in the
-//!   kernel's backlog) until the worker takes them.
+//! - Accepting is a few single-shot `ACCEPT`s per listener in the kernel at once, each with
+//!   its own peer-address slot (no `getpeername` per connection). A listener's credit doubles
+//!   while the worker takes every connection they bring (up to [`ACCEPT_CREDIT_MAX`]) and drops
+//!   to one when descriptors run out. Not multishot: a multishot accept takes the whole backlog
+//!   at once, and sockets accepted ahead of the worker hold exactly the descriptors its sessions
+//!   then need for their upstreams (a deadlock under descriptor exhaustion, which the readiness
+//!   engine avoids by accepting one connection at a time on demand).
 //! - Connects are `CONNECT` on a new non-blocking socket (`TCP_NODELAY` set before).
 //! - Closing cancels the connection's ops (`ASYNC_CANCEL`) and closes its descriptor through
 //!   the ring (`CLOSE`, ordered after every entry that names it). No `Done` of a cancelled op is
@@ -61,8 +65,10 @@ use std::time::{Duration, Instant};
 const SQ_ENTRIES: u32 = 2048;
 /// Completion queue entries (the kernel keeps overflow, `IORING_FEAT_NODROP`).
 const CQ_ENTRIES: u32 = 16384;
-/// Accepted sockets queued per listener before the multishot accept is paused.
-pub const ACCEPT_QUEUE: usize = 256;
+/// Most accepts a listener keeps in the kernel at once (its credit grows up to this).
+const ACCEPT_CREDIT_MAX: u32 = 64;
+/// A new listener's credit.
+const ACCEPT_CREDIT_START: u32 = 4;
 /// `EINTR` retries of one direct system call.
 const EINTR_RETRIES: usize = 4;
 /// How long `Drop` waits for the kernel to give back what in-flight ops hold.
@@ -128,20 +134,18 @@ struct Conn {
     watch: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AcceptState {
-    /// No multishot accept armed.
-    Idle,
-    Armed,
-    /// A cancel is on its way; the final completion makes it `Idle`.
-    Cancelling,
-}
-
+/// A listener's accepts: single-shot `ACCEPT`s, at most `credit` in the kernel at once.
 struct Listener {
     sock: std::net::TcpListener,
-    gen: u32,
-    state: AcceptState,
-    queue: VecDeque<OwnedFd>,
+    /// Tells this listener's completions from those of an earlier one in the same slot.
+    gen: u16,
+    /// Accepts in the kernel now.
+    armed: u32,
+    /// How many to keep armed: doubles while the worker takes all of them, back to one when
+    /// descriptors run out.
+    credit: u32,
+    /// Accepted connections (with their peers) the worker has not taken yet.
+    queue: VecDeque<(OwnedFd, SocketAddr)>,
     /// An accept failure to report at the next `accept`.
     error: Option<i32>,
 }
@@ -171,7 +175,10 @@ pub struct UringEngine {
     /// Closed connections whose ids are freed at the next poll.
     dead: Vec<ConnId>,
     listeners: Vec<Option<Listener>>,
-    next_listener_gen: u32,
+    next_listener_gen: u16,
+    /// Accepts in the kernel, of every listener (`Drop` waits for them: they write into the
+    /// argument table).
+    accepts_in_flight: usize,
     /// Listener slots with something for `accept` since the last poll.
     accept_ready: Vec<usize>,
     /// Provided-buffer receives waiting for the ring: (connection, op).
@@ -216,6 +223,7 @@ impl UringEngine {
             dead: Vec::with_capacity(256),
             listeners: Vec::new(),
             next_listener_gen: 0,
+            accepts_in_flight: 0,
             accept_ready: Vec::new(),
             starved: VecDeque::new(),
             backlog: Vec::new(),
@@ -300,16 +308,35 @@ impl UringEngine {
         self.wake_armed = true;
     }
 
-    fn arm_accept(&mut self, slot: usize) {
-        let Some(Some(l)) = self.listeners.get_mut(slot) else {
-            return;
-        };
-        l.state = AcceptState::Armed;
-        let e = opcode::AcceptMulti::new(types::Fd(l.sock.as_raw_fd()))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(TAG_ACCEPT, accept_key(slot, l.gen)));
-        self.push(e);
+    /// Tops listener `slot`'s accepts in the kernel up to its credit.
+    fn arm_accepts(&mut self, slot: usize) {
+        loop {
+            let Some(Some(l)) = self.listeners.get_mut(slot) else {
+                return;
+            };
+            if l.armed >= l.credit {
+                return;
+            }
+            l.armed += 1;
+            let (fd, gen) = (l.sock.as_raw_fd(), l.gen);
+            let a = self.args.alloc();
+            let (addr, len) = self.args.accept_slot(a);
+            let e = opcode::Accept::new(types::Fd(fd), addr, len)
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(TAG_ACCEPT, accept_key(slot, gen, a)));
+            self.accepts_in_flight += 1;
+            self.push(e);
+        }
+    }
+
+    /// Descriptors ran out: every listener keeps one accept in the kernel until the worker
+    /// takes connections again (pre-accepted sockets would hold the descriptors the sessions
+    /// need for their upstreams).
+    fn descriptors_exhausted(&mut self) {
+        for l in self.listeners.iter_mut().flatten() {
+            l.credit = 1;
+        }
     }
 
     /// Registers a socket under a fresh id.
@@ -528,7 +555,7 @@ impl UringEngine {
     fn complete(&mut self, u: u64, res: i32, flags: u32, out: &mut Vec<Event>) {
         match u >> TAG_SHIFT {
             TAG_OP => self.op_done((u & LOW) as u32, res, flags, out),
-            TAG_ACCEPT => self.accepted(u & LOW, res, flags),
+            TAG_ACCEPT => self.accepted(u & LOW, res),
             TAG_WAKE => {
                 self.wake_armed = false;
                 out.push(Event::Wake);
@@ -548,41 +575,56 @@ impl UringEngine {
         }
     }
 
-    /// A multishot accept produced a socket (or ended).
-    fn accepted(&mut self, key: u64, res: i32, flags: u32) {
-        let (slot, gen) = ((key & 0xffff) as usize, (key >> 16) as u32);
-        let more = cqueue::more(flags);
-        let Some(Some(l)) = self
-            .listeners
-            .get_mut(slot)
-            .filter(|l| l.as_ref().is_some_and(|l| l.gen == gen))
-        else {
-            // A removed listener's late connection: close it.
-            if res >= 0 {
-                // SAFETY: the kernel just installed this descriptor for us; we own it.
-                drop(unsafe { OwnedFd::from_raw_fd(res) });
-            }
-            return;
+    /// An accept completed.
+    fn accepted(&mut self, key: u64, res: i32) {
+        let (a, slot, gen) = (
+            (key & 0xff_ffff) as u32,
+            ((key >> 24) & 0xffff) as usize,
+            (key >> 40) as u16,
+        );
+        self.accepts_in_flight = self.accepts_in_flight.saturating_sub(1);
+        let peer = if res >= 0 {
+            self.args.accepted_peer(a)
+        } else {
+            None
         };
-        if !more {
-            l.state = AcceptState::Idle;
+        self.args.release(a);
+        // SAFETY: on success the kernel just installed this descriptor for us: we own it.
+        let fd = (res >= 0).then(|| unsafe { OwnedFd::from_raw_fd(res) });
+        let Some(Some(l)) = self.listeners.get_mut(slot) else {
+            return; // a removed listener's late connection: `fd` drops (closes) here
+        };
+        if l.gen != gen {
+            return;
         }
-        if res >= 0 {
-            // SAFETY: as above.
-            l.queue.push_back(unsafe { OwnedFd::from_raw_fd(res) });
-        } else if res != -libc::ECANCELED {
-            l.error = Some(-res);
-        }
-        let full = l.queue.len() >= ACCEPT_QUEUE && l.state == AcceptState::Armed;
-        if full {
-            // The worker is not taking them (at its connection limit): leave the rest in the
-            // kernel's backlog.
-            l.state = AcceptState::Cancelling;
-            let e = opcode::AsyncCancel::new(ud(TAG_ACCEPT, key))
-                .build()
-                .flags(squeue::Flags::SKIP_SUCCESS)
-                .user_data(ud(TAG_IGNORE, 0));
-            self.push(e);
+        l.armed = l.armed.saturating_sub(1);
+        match (fd, res) {
+            (Some(fd), _) => match peer {
+                Some(p) => l.queue.push_back((fd, p)),
+                None => l.error = Some(libc::EAFNOSUPPORT),
+            },
+            (None, r) if r == -libc::ECANCELED => {}
+            (None, r) => {
+                l.error = Some(-r);
+                // The other accepts are cancelled and armed afresh when the worker asks
+                // again: accepts wait with exclusive wake-ups, and the connection this one
+                // could not take stays queued without waking another waiter.
+                if l.armed > 0 {
+                    let fd = l.sock.as_raw_fd();
+                    self.push(
+                        opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                            .build()
+                            .flags(squeue::Flags::SKIP_SUCCESS)
+                            .user_data(ud(TAG_IGNORE, 0)),
+                    );
+                }
+                if matches!(
+                    -r,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) {
+                    self.descriptors_exhausted();
+                }
+            }
         }
         if !self.accept_ready.contains(&slot) {
             self.accept_ready.push(slot);
@@ -750,10 +792,10 @@ impl UringEngine {
     }
 }
 
-/// A listener slot and generation in an accept's user data.
+/// An accept's user data: its argument entry, listener slot and generation.
 #[inline]
-fn accept_key(slot: usize, gen: u32) -> u64 {
-    (u64::from(gen) << 16) | (slot as u64 & 0xffff)
+fn accept_key(slot: usize, gen: u16, args: u32) -> u64 {
+    (u64::from(gen) << 40) | ((slot as u64 & 0xffff) << 24) | (u64::from(args) & 0xff_ffff)
 }
 
 #[inline]
@@ -842,11 +884,12 @@ impl Engine for UringEngine {
         self.listeners[slot] = Some(Listener {
             sock: listener,
             gen: self.next_listener_gen,
-            state: AcceptState::Idle,
+            armed: 0,
+            credit: ACCEPT_CREDIT_START,
             queue: VecDeque::new(),
             error: None,
         });
-        self.arm_accept(slot);
+        self.arm_accepts(slot);
         Ok(())
     }
 
@@ -854,8 +897,9 @@ impl Engine for UringEngine {
         let Some(l) = self.listeners.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if l.state != AcceptState::Idle {
-            let e = opcode::AsyncCancel::new(ud(TAG_ACCEPT, accept_key(slot, l.gen)))
+        let fd = l.sock.into_raw_fd();
+        if l.armed > 0 {
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
                 .build()
                 .flags(squeue::Flags::SKIP_SUCCESS)
                 .user_data(ud(TAG_IGNORE, 0));
@@ -863,7 +907,6 @@ impl Engine for UringEngine {
         }
         // Closed through the ring, after the entries that name it; the accepted sockets not
         // taken yet are closed now (no entry names them).
-        let fd = l.sock.into_raw_fd();
         let e = opcode::Close::new(types::Fd(fd))
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
@@ -876,22 +919,16 @@ impl Engine for UringEngine {
         let Some(Some(l)) = self.listeners.get_mut(slot) else {
             return Accepted::Empty;
         };
-        let Some(fd) = l.queue.pop_front() else {
+        let Some((fd, peer)) = l.queue.pop_front() else {
             if let Some(e) = l.error.take() {
                 return Accepted::Failed(io::Error::from_raw_os_error(e));
             }
-            if l.state == AcceptState::Idle {
-                self.arm_accept(slot);
+            if l.armed == 0 {
+                // Every accept in the kernel was used: demand is high, keep more armed.
+                l.credit = (l.credit * 2).min(ACCEPT_CREDIT_MAX);
             }
+            self.arm_accepts(slot);
             return Accepted::Empty;
-        };
-        let peer = match socket2::SockRef::from(&fd).peer_addr() {
-            Ok(a) => match a.as_socket() {
-                Some(p) => p,
-                None => return Accepted::Failed(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
-            },
-            // Reset before we looked: this connection only.
-            Err(e) => return Accepted::Failed(e),
         };
         match self.insert(fd) {
             Ok(id) => Accepted::Conn(id, peer),
@@ -904,7 +941,12 @@ impl Engine for UringEngine {
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM.nonblocking().cloexec(),
             None,
-        )?;
+        )
+        .inspect_err(|e| {
+            if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                self.descriptors_exhausted();
+            }
+        })?;
         sock.set_nodelay(true)?;
         let fd: OwnedFd = sock.into();
         let raw = fd.as_raw_fd();
@@ -1163,7 +1205,9 @@ impl Drop for UringEngine {
         self.push(e);
         let until = Instant::now() + DRAIN_LIMIT;
         let mut sink = Vec::new();
-        while (!self.ops.is_empty() || self.wake_armed) && Instant::now() < until {
+        while (!self.ops.is_empty() || self.wake_armed || self.accepts_in_flight > 0)
+            && Instant::now() < until
+        {
             self.flush_backlog();
             if self.enter(true, Duration::from_millis(50)).is_err() {
                 break;

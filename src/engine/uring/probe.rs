@@ -3,8 +3,8 @@
 //!
 //! Asked once at start-up, on a throw-away ring: `kernel.io_uring_disabled`, `io_uring_setup`
 //! itself (a seccomp filter or an old kernel refuses it), then every feature and opcode the
-//! engine relies on (kernel 5.19 or later: provided-buffer rings, multishot accept, poll-first
-//! receives). The optional set-up flags (`SINGLE_ISSUER` with `DEFER_TASKRUN`, else
+//! engine relies on (kernel 5.19 or later: provided-buffer rings, poll-first receives, cancelling
+//! by descriptor). The optional set-up flags (`SINGLE_ISSUER` with `DEFER_TASKRUN`, else
 //! `COOP_TASKRUN`) are tried in turn and the first the kernel takes is kept.
 //!
 //! For tests only: `SWITCHYARD_TEST_URING_REFUSE=<reason>` makes the probe fail with that
@@ -174,7 +174,7 @@ fn check(ring: IoUring, setup: Setup) -> Result<Setup, String> {
     sub.register_probe(&mut probe)
         .map_err(|e| format!("io_uring: probing opcodes: {e}"))?;
     for (code, name) in [
-        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::Accept::CODE, "ACCEPT"),
         (opcode::Recv::CODE, "RECV"),
         (opcode::Send::CODE, "SEND"),
         (opcode::SendMsg::CODE, "SENDMSG"),

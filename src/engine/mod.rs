@@ -167,6 +167,8 @@ pub struct Gauges {
     pub buffers_provided: u64,
     /// Splice pipes out of the pool.
     pub pipes_in_use: u64,
+    /// Empty splice pipes kept open in the pool for reuse (two descriptors each).
+    pub pipes_idle: u64,
 }
 
 impl Gauges {
@@ -180,6 +182,7 @@ impl Gauges {
         self.buffers_in_use += o.buffers_in_use;
         self.buffers_provided += o.buffers_provided;
         self.pipes_in_use += o.pipes_in_use;
+        self.pipes_idle += o.pipes_idle;
     }
 }
 
@@ -236,6 +239,8 @@ pub trait Engine: Send + Sized {
 /// The engine a worker runs, chosen at start-up (`server.engine`). Workers are generic over
 /// [`Engine`]; this enum only carries the choice to the worker thread, which then runs a
 /// `Worker<MioEngine>` or a `Worker<UringEngine>`: no dynamic dispatch on the hot path.
+// Built once per worker at start-up and moved into its thread: the size difference is moot.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyEngine {
     Mio(mio::MioEngine),
     Uring(uring::UringEngine),

@@ -45,6 +45,11 @@ impl PipePool {
         self.max > 0
     }
 
+    /// Empty pipes kept for reuse.
+    pub fn idle(&self) -> usize {
+        self.free.len()
+    }
+
     /// Pipes handed out and not yet returned (or discarded).
     pub fn in_use(&self) -> usize {
         self.created - self.free.len()

@@ -1008,6 +1008,7 @@ impl Aggregator {
         m.insert("buffers_in_use".into(), Value::from(g.buffers_in_use));
         m.insert("buffers_provided".into(), Value::from(g.buffers_provided));
         m.insert("pipes_in_use".into(), Value::from(g.pipes_in_use));
+        m.insert("pipes_idle".into(), Value::from(g.pipes_idle));
         Value::Object(m)
     }
 

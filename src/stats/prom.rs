@@ -281,6 +281,11 @@ pub fn render(a: &Aggregator) -> String {
             "Pool buffers lent to the kernel for receives (io_uring).",
         ),
         ("pipes_in_use", g.pipes_in_use, "Splice pipes in use."),
+        (
+            "pipes_idle",
+            g.pipes_idle,
+            "Empty splice pipes kept open for reuse.",
+        ),
     ] {
         let name = format!("switchyard_engine_{k}");
         o.family(&name, "gauge", help);

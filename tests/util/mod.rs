@@ -383,13 +383,45 @@ impl Proxy {
         )
     }
 
+    /// [`Proxy::start`] with environment changes (`None` removes a variable).
+    pub fn start_env(config: &str, env: &[(&str, Option<&str>)]) -> Proxy {
+        let (config, admin) = with_test_admin(config);
+        let n = config
+            .lines()
+            .filter(|l| l.trim() == "[[listeners]]")
+            .count()
+            + usize::from(admin);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, &config).expect("write config");
+        let args: Vec<OsString> = vec!["run".into(), "-c".into(), path.clone().into()];
+        Proxy::spawn_env(args, dir, Some(path), WaitFor::Listeners(n), env)
+    }
+
     pub fn spawn(
         args: Vec<OsString>,
         dir: tempfile::TempDir,
         config_path: Option<PathBuf>,
         wait: WaitFor,
     ) -> Proxy {
-        let mut child = Command::new(BIN)
+        Proxy::spawn_env(args, dir, config_path, wait, &[])
+    }
+
+    pub fn spawn_env(
+        args: Vec<OsString>,
+        dir: tempfile::TempDir,
+        config_path: Option<PathBuf>,
+        wait: WaitFor,
+        env: &[(&str, Option<&str>)],
+    ) -> Proxy {
+        let mut cmd = Command::new(BIN);
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let mut child = cmd
             .args(&args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -631,7 +663,24 @@ pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(
     cwd: &Path,
     timeout: Duration,
 ) -> Finished {
-    let mut child = Command::new(BIN)
+    run_to_exit_env(args, cwd, timeout, &[])
+}
+
+/// [`run_to_exit`] with environment changes (`None` removes a variable).
+pub fn run_to_exit_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    cwd: &Path,
+    timeout: Duration,
+    env: &[(&str, Option<&str>)],
+) -> Finished {
+    let mut cmd = Command::new(BIN);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())

@@ -653,6 +653,7 @@ impl Engine for MioEngine {
             buffers_in_use: self.pool.in_use() as u64,
             buffers_provided: 0,
             pipes_in_use: self.pipes.in_use() as u64,
+            pipes_idle: self.pipes.idle() as u64,
         }
     }
 }

@@ -1174,6 +1174,7 @@ impl Engine for UringEngine {
             buffers_in_use: (self.pool.in_use() as u64).saturating_sub(lent),
             buffers_provided: lent,
             pipes_in_use: self.pipes.in_use() as u64,
+            pipes_idle: self.pipes.idle() as u64,
         }
     }
 }

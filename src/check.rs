@@ -142,6 +142,26 @@ pub fn probe_bind(addr: SocketAddr, share: bool) -> Result<(), String> {
     }
 }
 
+/// Things `run` will do differently from what the config says, worth a line but not an
+/// error: a listen backlog the kernel caps.
+pub fn notes(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(cap) = crate::sys::somaxconn() else {
+        return out;
+    };
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let want = l.backlog(&cfg.server);
+        if want > cap as i32 {
+            out.push(format!(
+                "listeners[{i}]: listen backlog {want} is capped at {cap} by net.core.somaxconn \
+                 (raise it, e.g. sysctl -w net.core.somaxconn={want}, so bursts of new \
+                 connections wait in the kernel instead of retrying their SYNs)"
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

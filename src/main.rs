@@ -217,6 +217,9 @@ fn main() -> ExitCode {
                 if !problems.is_empty() {
                     return report(&problems);
                 }
+                for n in switchyard::check::notes(&cfg) {
+                    eprintln!("note: {n}");
+                }
                 println!("ok: {}", config.display());
                 ExitCode::SUCCESS
             }

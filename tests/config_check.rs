@@ -775,3 +775,41 @@ fn bare_switchyard_prints_help_and_exits_64() {
         out.stdout
     );
 }
+
+/// The listen backlog follows the connection limit; `check` says when the kernel caps it.
+#[test]
+fn check_notes_a_backlog_the_kernel_caps() {
+    let Some(cap) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return; // no /proc: nothing to compare with
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let over = cap + 1;
+    let text = format!(
+        "[server]\nadmin = \"off\"\n\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"tcp\"\ncluster = \"c\"\nmax_connections = {over}\n\n\
+         [[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\
+         max_connections = 100\n\n[[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n"
+    );
+    let path = write(dir.path(), "b.toml", &text);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "note: listeners[0]: listen backlog {over} is capped at {cap} by net.core.somaxconn"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("listeners[1]"),
+        "a small limit is not capped: {}",
+        out.stderr
+    );
+}

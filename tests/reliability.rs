@@ -3,9 +3,6 @@
 //! slow clients and token guessing, If-Match, names and ports, the access log after a crash,
 //! and an unusable state_dir.
 //!
-//! Tests marked `#[ignore = "needs session core: ..."]` describe behaviour the data-plane
-//! rewrite must bring; they fail today (run them with `cargo test --test reliability --
-//! --ignored`).
 
 mod util;
 
@@ -662,7 +659,6 @@ fn after_a_crash_left_a_torn_access_log_line_the_next_process_starts_a_fresh_lin
 /// wrk hit the window in one run of four because most of its requests ride pooled
 /// connections; `?delay_ms` here keeps requests in flight on fresh ones too.
 #[test]
-#[ignore = "needs session core: retry_on = reset must retry a reset on a fresh upstream connection"]
 fn killing_one_of_two_health_checked_backends_under_load_fails_no_request() {
     for round in 0..3 {
         let a = demo("a");
@@ -713,7 +709,6 @@ fn killing_one_of_two_health_checked_backends_under_load_fails_no_request() {
 /// Request Timeout` (as HAProxy does), then the connection closes cleanly. Today it is closed
 /// without a word.
 #[test]
-#[ignore = "needs session core: 408 on the request-header timeout"]
 fn a_request_head_too_slow_gets_408() {
     let b = demo("b");
     let p = http_proxy(
@@ -737,7 +732,6 @@ fn a_request_head_too_slow_gets_408() {
 /// closed with unread bytes in it: the kernel sends a RST, which can destroy the response
 /// before the client reads it.
 #[test]
-#[ignore = "needs session core: lingering close after 431/414"]
 fn a_431_or_414_is_followed_by_a_lingering_close_not_a_reset() {
     let b = demo("b");
     let p = http_proxy(
@@ -844,7 +838,6 @@ impl BodySink {
 /// `408` and its upstream connection is closed, instead of holding a backend connection until
 /// the cluster's `first_byte_timeout` (60 s by default).
 #[test]
-#[ignore = "needs session core: request_body_timeout"]
 fn a_stalled_request_body_is_408_after_request_body_timeout_and_frees_the_backend() {
     use std::sync::atomic::Ordering::SeqCst;
     let sink = BodySink::new(100_000);
@@ -872,7 +865,6 @@ fn a_stalled_request_body_is_408_after_request_body_timeout_and_frees_the_backen
 /// before a backend is picked, so a slow client holds no backend connection; the request then
 /// goes up with its body in one piece.
 #[test]
-#[ignore = "needs session core: bounded request buffering"]
 fn a_slow_body_within_the_buffering_limit_holds_no_backend_connection() {
     use std::sync::atomic::Ordering::SeqCst;
     let sink = BodySink::new(10_000);

@@ -4,8 +4,10 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod autoscale;
 pub mod discovery;
 pub mod health;
+pub mod lbaas;
 pub mod resilience;
 pub mod routes;
 pub mod units;
@@ -25,13 +27,13 @@ pub mod defaults {
     pub const BUFFERS_PER_WORKER: u64 = 4096;
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
-    pub const BACKLOG: u64 = 1024;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_ATTEMPTS: u64 = 3;
     // HTTP listeners (client side).
     pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_HEADERS: u64 = 100;
@@ -73,6 +75,9 @@ impl Errors {
             path: path.into(),
             message: message.into(),
         });
+    }
+    pub(crate) fn into_vec(self) -> Vec<ConfigError> {
+        self.0
     }
     /// Keys of a raw table that `T` does not have, each with a "did you mean" when one of
     /// `T`'s keys is close.
@@ -195,6 +200,8 @@ pub struct RawListener {
     /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
     pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
+    pub request_body_timeout: Option<String>,
+    pub request_buffering: Option<RawSize>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
@@ -223,6 +230,8 @@ pub struct RawCluster {
     /// `[clusters.health]`, kept as a value so its errors carry their own paths.
     pub health: Option<toml::Value>,
     pub slow_start: Option<String>,
+    /// `[clusters.autoscale]`: ask for more or fewer backends as the load moves.
+    pub autoscale: Option<toml::Value>,
     /// `[clusters.outlier]`: passive outlier detection.
     pub outlier: Option<toml::Value>,
     pub retries: Option<u64>,
@@ -364,7 +373,9 @@ pub struct ServerConfig {
     /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
     pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
-    pub backlog: i32,
+    /// `backlog` as set; unset, each listener's backlog follows its connection limit
+    /// ([`ListenerConfig::backlog`]).
+    pub backlog: Option<i32>,
     pub shutdown_timeout: Duration,
     /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
     pub access_log: Option<AccessLogConfig>,
@@ -429,11 +440,31 @@ pub struct ListenerConfig {
     pub share: bool,
 }
 
+impl ListenerConfig {
+    /// The listen backlog of each of this listener's sockets: `server.backlog` when set, else
+    /// its connection limit (the listener's `max_connections`, else the process's), as
+    /// HAProxy sizes it, so a burst of new connections waits in the kernel rather than in SYN
+    /// retries. The kernel caps it at `net.core.somaxconn` (`switchyard check` says when).
+    pub fn backlog(&self, server: &ServerConfig) -> i32 {
+        server.backlog.unwrap_or_else(|| {
+            let limit = self
+                .max_connections
+                .map_or(server.max_connections, |m| m as usize);
+            limit.clamp(128, 65535) as i32
+        })
+    }
+}
+
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpListenerConfig {
     /// A request head must be complete this long after its first byte (slowloris defence).
     pub request_header_timeout: Duration,
+    /// A request body that stalls (no byte from the client) this long gets 408.
+    pub request_body_timeout: Duration,
+    /// Bodies up to this size are read whole before a backend is picked (0: streamed at
+    /// once, the default).
+    pub request_buffering: usize,
     /// An idle keep-alive client connection is closed after this long.
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
@@ -478,6 +509,7 @@ pub struct ClusterConfig {
     pub outlier: Option<crate::balance::outlier::OutlierConfig>,
     pub retry: resilience::RetryPolicy,
     pub limits: resilience::ClusterLimits,
+    pub autoscale: Option<autoscale::AutoscaleConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -486,6 +518,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
+    /// `[lbaas]` (defaults when absent).
+    pub lbaas: lbaas::LbaasConfig,
     /// `[[discovery]]` providers.
     pub discovery: Vec<discovery::DiscoveryConfig>,
 }
@@ -561,6 +595,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut server = RawServer::default();
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
+    let mut lbaas_cfg = lbaas::LbaasConfig::default();
     // A `listeners` key of the wrong shape is reported once, as that.
     let listeners_present = table.contains_key("listeners");
     let mut discoveries = Vec::new();
@@ -573,17 +608,21 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
+            "lbaas" => lbaas_cfg = lbaas::validate(value, &mut errs),
             "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
             other => errs.add(
                 other,
                 format!(
                     "unknown key{}",
-                    suggest(other, &["server", "listeners", "clusters", "discovery"])
+                    suggest(
+                        other,
+                        &["server", "listeners", "clusters", "discovery", "lbaas"]
+                    )
                 ),
             ),
         }
     }
-    let cfg = validate(
+    let mut cfg = validate(
         &server,
         &listeners,
         &clusters,
@@ -591,6 +630,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
         &discoveries,
         &mut errs,
     );
+    cfg.lbaas = lbaas_cfg;
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -699,6 +739,8 @@ fn http_listener(
     if protocol != Protocol::Http {
         let set = [
             ("request_header_timeout", l.request_header_timeout.is_some()),
+            ("request_body_timeout", l.request_body_timeout.is_some()),
+            ("request_buffering", l.request_buffering.is_some()),
             ("keepalive_timeout", l.keepalive_timeout.is_some()),
             ("max_header_bytes", l.max_header_bytes.is_some()),
             ("max_headers", l.max_headers.is_some()),
@@ -717,6 +759,20 @@ fn http_listener(
             defaults::REQUEST_HEADER_TIMEOUT,
             errs,
         ),
+        request_body_timeout: duration_field(
+            format!("{p}.request_body_timeout"),
+            l.request_body_timeout.as_ref(),
+            defaults::REQUEST_BODY_TIMEOUT,
+            errs,
+        ),
+        request_buffering: size_field(
+            format!("{p}.request_buffering"),
+            l.request_buffering.as_ref(),
+            0,
+            0,
+            1 << 20,
+            errs,
+        ) as usize,
         keepalive_timeout: duration_field(
             format!("{p}.keepalive_timeout"),
             l.keepalive_timeout.as_ref(),
@@ -1105,14 +1161,9 @@ fn validate(
             10_000_000,
             errs,
         ) as usize,
-        backlog: int_field(
-            "server.backlog",
-            server.backlog,
-            defaults::BACKLOG,
-            1,
-            65535,
-            errs,
-        ) as i32,
+        backlog: server
+            .backlog
+            .map(|_| int_field("server.backlog", server.backlog, 1, 1, 65535, errs) as i32),
         shutdown_timeout: duration_field(
             "server.shutdown_timeout".into(),
             server.shutdown_timeout.as_ref(),
@@ -1356,16 +1407,20 @@ fn validate(
             });
         }
     }
-    if listeners.is_empty() && !listeners_present {
+    // No listeners is fine (an LBaaS node starts empty and gets its instances through the
+    // API), unless nothing could ever add one.
+    if listeners.is_empty() && !listeners_present && server.admin.as_deref() == Some("off") {
         errs.add(
             "listeners",
-            "no listener configured (add a [[listeners]] table)",
+            "no listener configured and admin = \"off\": nothing could ever be served (add a \
+             [[listeners]] table, or enable the admin API to add listeners at run time)",
         );
     }
     Config {
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
+        lbaas: lbaas::LbaasConfig::default(),
         discovery,
     }
 }
@@ -1491,6 +1546,10 @@ pub(crate) fn validate_cluster(
             .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
         retry: resilience::retry(p, c, errs),
         limits: resilience::limits(p, c, errs),
+        autoscale: c
+            .autoscale
+            .as_ref()
+            .and_then(|a| autoscale::validate(&format!("{p}.autoscale"), a, false, errs)),
         slow_start: c.slow_start.as_ref().map(|_| {
             duration_field(
                 format!("{p}.slow_start"),

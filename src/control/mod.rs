@@ -179,6 +179,8 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// Module records persisted with the document (see [`Txn`]).
+    ext: Ext,
     /// What each discovery provider found, by provider name (not persisted: see
     /// [`Control::set_discovered`]).
     discovered: HashMap<String, Vec<Found>>,
@@ -191,6 +193,30 @@ struct State {
     faas_stats: Arc<[u8]>,
 }
 
+/// Module records kept next to the config, by module name.
+pub type Ext = serde_json::Map<String, Json>;
+
+/// A change made by code rather than one API call (the LBaaS API): edits to a copy of the
+/// running document and of the module records, committed together — one validation, one
+/// persist, one snapshot swap — or not at all.
+pub struct Txn<'a> {
+    pub doc: Table,
+    pub ext: Ext,
+    /// The running config, before the change.
+    pub config: &'a Config,
+    pub running: &'a HashMap<String, Running>,
+}
+
+/// A consistent read of the running state.
+pub struct View<'a> {
+    pub version: u64,
+    pub doc: &'a Table,
+    pub config: &'a Config,
+    pub ext: &'a Ext,
+    pub running: &'a HashMap<String, Running>,
+    pub health: &'a HashMap<(String, SocketAddr), CheckRecord>,
+}
+
 /// What start-up decided to run.
 pub struct Boot {
     pub file: Table,
@@ -199,6 +225,8 @@ pub struct Boot {
     pub version: u64,
     /// Which state file holds the state restored (the next write goes to the other).
     pub newest_slot: Option<usize>,
+    /// Module records restored with the state.
+    pub ext: Ext,
 }
 
 /// Merges the config file with the persisted runtime state (see [`doc::merge`]). A corrupt
@@ -212,6 +240,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
         config,
         version: 1,
         newest_slot: None,
+        ext: Ext::new(),
     };
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
@@ -243,6 +272,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
                 config: cfg,
                 version: p.version + 1,
                 newest_slot: Some(slot),
+                ext: p.ext,
             })
         }
         Err(errs) => {
@@ -329,6 +359,7 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                ext: boot.ext,
             }),
             shared,
             workers,
@@ -350,7 +381,8 @@ impl Control {
                 st.version,
                 doc::objects_only(&st.file),
                 doc::objects_only(&st.doc),
-            );
+            )
+            .with_ext(st.ext.clone());
             let saved = match st.store.as_mut() {
                 Some(store) => store.save(&p),
                 None => Ok(()),
@@ -432,7 +464,7 @@ impl Control {
     pub fn set_discovered(&self, provider: &str, found: Vec<Found>) -> Result<(), ApiError> {
         let mut st = self.lock();
         let d = st.doc.clone();
-        self.commit(&mut st, d, None, Some((provider.to_string(), found)))
+        self.commit(&mut st, d, None, None, Some((provider.to_string(), found)))
             .map(|_| ())
     }
 
@@ -461,6 +493,7 @@ impl Control {
         if let Some(m) = if_match {
             m.check(st.version)?;
         }
+        crate::lbaas::guard(&st.ext, &change)?;
         if let Some((cluster, provider)) = discovered_target(&st, &change) {
             return Err(ApiError::new(
                 409,
@@ -482,7 +515,7 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None, None)
+            .commit(&mut st, d, None, None, None)
             .map_err(|e| with_relative_field(e, target))?;
         if version == old {
             log::info!("audit: {who}: {what}: no change (version {version})");
@@ -572,7 +605,7 @@ impl Control {
             log::warn!("reload overrides a runtime change: {line}");
         }
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file), None)?;
+        let version = self.commit(&mut st, merged, Some(new_file), None, None)?;
         if version == old {
             log::info!(
                 "audit: SIGHUP: reloaded {}: no change (version {version})",
@@ -590,19 +623,57 @@ impl Control {
         Ok(version)
     }
 
-    /// Validate → bind → build → persist → swap → hand sockets to workers. `found`: a
-    /// discovery provider's new set (then the document is unchanged: no new version, no
-    /// write to the state files).
+    /// Runs `f` on a copy of the running document and module records, then commits both as
+    /// one change (validated in full; `f`'s error, or a failed commit, changes nothing).
+    /// `what` is the audit line's description.
+    pub fn transact<T>(
+        &self,
+        who: &str,
+        what: &str,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, ApiError>,
+    ) -> Result<(T, u64), ApiError> {
+        let mut st = self.lock();
+        let mut txn = Txn {
+            doc: st.doc.clone(),
+            ext: st.ext.clone(),
+            config: &st.config,
+            running: &st.running,
+        };
+        let out = f(&mut txn)?;
+        let (doc, ext) = (txn.doc, txn.ext);
+        let old = st.version;
+        let version = self.commit(&mut st, doc, None, Some(ext), None)?;
+        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        Ok((out, version))
+    }
+
+    /// Reads the running state under the lock (keep `f` short: writers wait).
+    pub fn view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let st = self.lock();
+        f(&View {
+            version: st.version,
+            doc: &st.doc,
+            config: &st.config,
+            ext: &st.ext,
+            running: &st.running,
+            health: &st.health,
+        })
+    }
+
+    /// Validate → bind → build → persist → swap → hand sockets to workers. `new_ext`: new
+    /// module records (None keeps them). `found`: a discovery provider's new set (then the
+    /// document is unchanged: no new version, no write to the state files).
     fn commit(
         &self,
         st: &mut State,
         new_doc: Table,
         new_file: Option<Table>,
+        new_ext: Option<Ext>,
         found: Option<(String, Vec<Found>)>,
     ) -> Result<u64, ApiError> {
         let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         let operator = found.is_none();
-        if operator && new_doc == st.doc {
+        if operator && new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
             if let Some(f) = new_file.filter(|f| *f != st.file) {
@@ -611,7 +682,8 @@ impl Control {
                         st.version,
                         doc::objects_only(&f),
                         doc::objects_only(&st.doc),
-                    );
+                    )
+                    .with_ext(st.ext.clone());
                     if let Err(e) = store.save(&p) {
                         log::warn!("cannot update the state file: {e}");
                     }
@@ -629,7 +701,6 @@ impl Control {
             log::warn!("discovery {c}");
         }
         let workers = self.workers.len().max(1);
-        let backlog = cfg.server.backlog;
 
         // Listeners: same name and bind → same slot and sockets; otherwise bind anew.
         let used: HashSet<usize> = st.running.values().map(|r| r.slot).collect();
@@ -664,8 +735,9 @@ impl Control {
                     ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
                 })?;
             }
-            let socks = crate::net::listen::bind_listener(&l.name, l.bind, workers, backlog)
-                .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
+            let socks =
+                crate::net::listen::bind_listener(&l.name, l.bind, workers, l.backlog(&cfg.server))
+                    .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
                 .first()
                 .and_then(|s| s.local_addr().ok())
@@ -735,7 +807,8 @@ impl Control {
                 version,
                 doc::objects_only(file),
                 doc::objects_only(&new_doc),
-            );
+            )
+            .with_ext(new_ext.as_ref().unwrap_or(&st.ext).clone());
             store.save(&p).map_err(|e| {
                 ApiError::new(
                     500,
@@ -769,6 +842,9 @@ impl Control {
             st.file = f;
         }
         st.doc = new_doc;
+        if let Some(ext) = new_ext {
+            st.ext = ext;
+        }
         st.config = cfg;
         st.running = running;
         st.version = version;
@@ -1002,6 +1078,9 @@ fn edit(
     match change {
         Change::Put(kind, name, body) => {
             let v = object_from_json(*kind, name, body)?;
+            if *kind == Kind::Cluster {
+                crate::autoscale::guard_api_put(doc::find(d, Kind::Cluster, name), &v)?;
+            }
             let created = doc::put(d, *kind, name, v);
             Ok((created, Some((*kind, name.clone()))))
         }
@@ -1329,7 +1408,7 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.
-fn invalid(errs: &[ConfigError]) -> ApiError {
+pub fn invalid(errs: &[ConfigError]) -> ApiError {
     let message = errs
         .iter()
         .map(|e| e.to_string())

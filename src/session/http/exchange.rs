@@ -74,6 +74,8 @@ impl Body {
 /// retries the request has used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retry {
+    /// A fresh connection broke before any response byte.
+    pub on_reset: bool,
     pub on_5xx: bool,
     pub on_timeout: bool,
     pub used: u32,
@@ -118,6 +120,8 @@ pub struct Exchange {
     pub req_body: Body,
     /// Some request body byte was written upstream: the request cannot be replayed.
     pub body_sent: bool,
+    /// When the client last sent request body bytes (the body timeout runs from it).
+    pub body_at: Instant,
     // ------------------------------------------------------------- the upstream
     pub upstream: Option<ConnId>,
     /// The current upstream came from the pool.
@@ -156,6 +160,8 @@ pub struct Exchange {
     pub answered: bool,
     /// Status of the response, for stats and the access log.
     pub status: u16,
+    /// Bytes sent to the client (head and body), for stats and the access log.
+    pub sent: u64,
     // ------------------------------------------------------------- times and the log
     pub request_started: Instant,
     pub first_byte_at: Instant,
@@ -164,11 +170,61 @@ pub struct Exchange {
     /// The request was logged (or is not to be).
     pub logged: bool,
     // ------------------------------------------------------------- after a 101
+    /// The connection became a tunnel (the flows below are in use).
+    pub tunnel: bool,
     pub tun_up: Flow,
     pub tun_down: Flow,
 }
 
 impl Exchange {
+    /// Readies a recycled exchange for a new request: field by field, so the access-log
+    /// record's byte arrays are not cleared (their lengths are) and nothing is copied whole.
+    fn reset(&mut self, now: Instant) {
+        self.target = Target::new(0, None, now);
+        self.method = Method::Get;
+        self.client_keep_alive = true;
+        self.client_minor = 1;
+        self.upgrade_requested = false;
+        self.up_head = None;
+        self.up_head_len = 0;
+        self.up_head_sent = 0;
+        self.up_head_out = false;
+        self.req_ready = 0;
+        self.req_body = Body::None;
+        self.body_sent = false;
+        self.body_at = now;
+        self.upstream = None;
+        self.reused = false;
+        self.up_reading = false;
+        self.up_writing = false;
+        self.retry = Retry::default();
+        self.timeouts = UpstreamTimeouts::default();
+        self.resp_in = None;
+        self.resp_ready = 0;
+        self.resp_out = false;
+        self.resp_body = Body::None;
+        self.resp_started = false;
+        self.got_response_byte = false;
+        self.down = None;
+        self.resp_pipe = None;
+        self.resp_piped = 0;
+        self.splicing = false;
+        self.splice_dry = false;
+        self.upgrading = false;
+        self.upstream_close = false;
+        self.answered = false;
+        self.status = 0;
+        self.sent = 0;
+        self.request_started = now;
+        self.first_byte_at = now;
+        self.logged = true;
+        if self.tunnel {
+            self.tunnel = false;
+            self.tun_up = Flow::default();
+            self.tun_down = Flow::default();
+        }
+    }
+
     fn new(now: Instant) -> Exchange {
         Exchange {
             target: Target::new(0, None, now),
@@ -183,6 +239,7 @@ impl Exchange {
             req_ready: 0,
             req_body: Body::None,
             body_sent: false,
+            body_at: now,
             upstream: None,
             reused: false,
             up_reading: false,
@@ -204,10 +261,12 @@ impl Exchange {
             upstream_close: false,
             answered: false,
             status: 0,
+            sent: 0,
             request_started: now,
             first_byte_at: now,
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
+            tunnel: false,
             tun_up: Flow::default(),
             tun_down: Flow::default(),
         }
@@ -242,10 +301,13 @@ impl Exchange {
 
     /// Returns every buffer and pipe the exchange holds (outside in-flight ops) to the pools.
     pub fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
-        for b in [self.up_head.take(), self.resp_in.take(), self.down.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(b) = self.up_head.take() {
+            pool.release(b);
+        }
+        if let Some(b) = self.resp_in.take() {
+            pool.release(b);
+        }
+        if let Some(b) = self.down.take() {
             pool.release(b);
         }
         if let Some(p) = self.resp_pipe.take() {
@@ -257,8 +319,10 @@ impl Exchange {
             }
         }
         self.resp_piped = 0;
-        self.tun_up.release(pool, pipes);
-        self.tun_down.release(pool, pipes);
+        if self.tunnel {
+            self.tun_up.release(pool, pipes);
+            self.tun_down.release(pool, pipes);
+        }
     }
 }
 
@@ -281,7 +345,7 @@ impl ExchangePool {
     pub fn take(&mut self, now: Instant) -> Box<Exchange> {
         match self.free.pop() {
             Some(mut x) => {
-                *x = Exchange::new(now);
+                x.reset(now);
                 x
             }
             None => Box::new(Exchange::new(now)),

@@ -7,12 +7,12 @@
 //! phase apart and builds the next one.
 //!
 //! ```text
-//!   Head ──routed──► Routed ──new conn──► Connecting ──connected──┐
-//!    ▲                  │ pooled conn                              ▼
-//!    │                  └───────────────────────────────────► Exchange ──101──► Tunnel
-//!    │                                                             │
-//!    └──────────── Finished (worker logs, pools the upstream) ◄────┘
-//!   any phase ──error──► Local (a local response, then close)
+//!   Head ──routed──► (Buffering) ──► Routed ──new conn──► Connecting ──connected──┐
+//!    ▲                                │ pooled conn                              ▼
+//!    │                                └──────────────────────────────────► Exchange ──101──► Tunnel
+//!    │                                                                          │
+//!    └─────────────────────── Finished (worker logs, pools the upstream) ◄──────┘
+//!   any phase ──error──► Local (a local response, a lingering read, then close)
 //! ```
 //!
 //! One request at a time keeps pipelining trivially ordered: bytes of a pipelined request wait
@@ -33,7 +33,7 @@ mod tests;
 pub use exchange::{Exchange, ExchangePool, Retry, UpstreamTimeouts};
 
 use super::flow::End;
-use super::{CloseReason, Cx, Side, Target, Up, Want};
+use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use crate::engine::{ConnId, Done, Op, Slice};
 use crate::http::head::Limits;
 use crate::io::{Buf, Xfer};
@@ -46,11 +46,21 @@ use std::time::{Duration, Instant};
 const MAX_OPS: u32 = 64;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a local answer that closes the connection: how long (and how many bytes) what the
+/// client still sends is read and dropped, so its kernel does not answer our close with a
+/// reset that could destroy the response before the client reads it (nginx's lingering
+/// close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Client-side timeouts of the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerTimeouts {
     pub request_header: Duration,
+    /// A request body that stalls this long gets 408.
+    pub request_body: Duration,
+    /// Bodies up to this size are read whole before an upstream is asked for (0: never).
+    pub buffering: usize,
     pub keepalive: Duration,
     /// After an upgrade (WebSocket): the tunnel closes when idle this long.
     pub tunnel_idle: Duration,
@@ -60,6 +70,9 @@ pub struct ListenerTimeouts {
 pub enum Phase {
     /// Waiting for a request head (or the rest of one).
     Head,
+    /// Routed, and the body (up to `request_buffering`) is read whole before an upstream is
+    /// asked for.
+    Buffering(Box<Exchange>),
     /// Routed: the worker is finding an upstream (pick, pool, connect, or a queue).
     Routed(Box<Exchange>),
     /// A new upstream connection is being established.
@@ -96,12 +109,15 @@ pub struct HttpSession {
     head_started: bool,
     /// Close the client once the current response is out.
     close_after: bool,
+    /// After a local answer: reading and dropping what the client still sends until then.
+    linger_until: Option<Instant>,
+    lingered: usize,
     timeouts: ListenerTimeouts,
     /// Start of the current phase (head, wait for first byte, local response).
     phase_started: Instant,
     last_active: Instant,
     /// Something for the worker, said at the next [`HttpSession::next`].
-    pending: Option<Want>,
+    pending: Option<Signal>,
     ops: u32,
 }
 
@@ -126,6 +142,8 @@ impl HttpSession {
             down_writing: false,
             head_started: false,
             close_after: false,
+            linger_until: None,
+            lingered: 0,
             timeouts,
             phase_started: now,
             last_active: now,
@@ -138,7 +156,8 @@ impl HttpSession {
     #[inline]
     pub fn exchange(&self) -> Option<&Exchange> {
         match &self.phase {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
@@ -151,7 +170,8 @@ impl HttpSession {
     #[inline]
     pub fn exchange_mut(&mut self) -> Option<&mut Exchange> {
         match &mut self.phase {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
@@ -277,12 +297,23 @@ impl HttpSession {
         match &self.phase {
             Phase::Head if self.head_started => self.phase_started + t.request_header,
             Phase::Head | Phase::Taken | Phase::Finished(_) => self.last_active + t.keepalive,
+            Phase::Buffering(x) => x.body_at + t.request_body,
             Phase::Routed(x) | Phase::Connecting(x) => x.target.started + x.timeouts.connect,
-            Phase::Exchange(x) if !x.got_response_byte => {
-                self.phase_started + x.timeouts.first_byte
+            Phase::Exchange(x) => {
+                let upstream = if x.got_response_byte {
+                    self.last_active + x.timeouts.idle
+                } else {
+                    self.phase_started + x.timeouts.first_byte
+                };
+                if x.req_body.done() {
+                    upstream
+                } else {
+                    upstream.min(x.body_at + t.request_body)
+                }
             }
-            Phase::Exchange(x) => self.last_active + x.timeouts.idle,
-            Phase::Local(_) => self.phase_started + LOCAL_RESPONSE_TIMEOUT,
+            Phase::Local(_) => self
+                .linger_until
+                .unwrap_or(self.phase_started + LOCAL_RESPONSE_TIMEOUT),
             Phase::Tunnel(_) => self.last_active + t.tunnel_idle,
         }
     }
@@ -290,23 +321,45 @@ impl HttpSession {
     /// The deadline passed. (A session waiting in one of the worker's queues is the worker's
     /// to time out.)
     pub fn timed_out(&mut self, cx: &mut Cx<'_>) {
+        let body_timeout = self.timeouts.request_body;
         let w = match &mut self.phase {
+            Phase::Head if self.head_started => {
+                // A head not complete in time (slowloris): 408, as HAProxy answers.
+                cx.conns.idle_timeouts += 1;
+                self.local_response(cx, 408, b"text/plain", b"request header timeout\n")
+            }
             Phase::Head | Phase::Taken | Phase::Finished(_) => {
                 cx.conns.idle_timeouts += 1;
-                Some(Want::Close(CloseReason::Done))
+                Some(Signal::Close(CloseReason::Done))
+            }
+            Phase::Local(_) if self.linger_until.is_some() => {
+                Some(Signal::Close(CloseReason::Done))
             }
             Phase::Local(_) | Phase::Tunnel(_) => {
                 cx.conns.idle_timeouts += 1;
-                Some(Want::Close(CloseReason::Done))
+                Some(Signal::Close(CloseReason::Done))
+            }
+            Phase::Buffering(_) => {
+                cx.conns.idle_timeouts += 1;
+                self.local_response(cx, 408, b"text/plain", b"request body timeout\n")
+            }
+            Phase::Exchange(x) if !x.req_body.done() && cx.now >= x.body_at + body_timeout => {
+                // The client stopped sending its body: it holds a backend connection no longer.
+                cx.conns.idle_timeouts += 1;
+                let had_upstream = x.upstream.is_some();
+                match self.local_response(cx, 408, b"text/plain", b"request body timeout\n") {
+                    Some(w) => Some(w),
+                    None => had_upstream.then_some(Signal::Upstream(Up::Drop { failure: false })),
+                }
             }
             Phase::Routed(_) | Phase::Connecting(_) => {
                 cx.conns.connect_timeouts += 1;
-                Some(Want::Upstream(Up::Failed))
+                Some(Signal::Upstream(Up::Failed))
             }
             Phase::Exchange(x) if !x.got_response_byte => {
                 if x.retry.on_timeout && x.can_resend() {
                     cx.http.timeouts += 1;
-                    Some(Want::Upstream(Up::Retry))
+                    Some(Signal::Upstream(Up::Retry))
                 } else {
                     // Counted once, as a 504, by `fail`.
                     self.fail(cx, 504)
@@ -314,7 +367,7 @@ impl HttpSession {
             }
             Phase::Exchange(_) => {
                 cx.http.timeouts += 1;
-                Some(Want::Close(CloseReason::UpstreamReset))
+                Some(Signal::Close(CloseReason::UpstreamReset))
             }
         };
         if let Some(w) = w {
@@ -335,7 +388,8 @@ impl HttpSession {
 
     fn take_exchange(&mut self) -> Option<Box<Exchange>> {
         match std::mem::replace(&mut self.phase, Phase::Head) {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
@@ -349,7 +403,7 @@ impl HttpSession {
 
     pub fn next(&mut self, cx: &mut Cx<'_>) -> Want {
         if let Some(w) = self.pending.take() {
-            return w;
+            return w.into();
         }
         if self.ops >= MAX_OPS {
             self.ops = 0;
@@ -357,6 +411,7 @@ impl HttpSession {
         }
         let w = match self.phase {
             Phase::Head => self.next_head(cx),
+            Phase::Buffering(_) => self.next_buffering(cx),
             Phase::Exchange(_) => self.next_exchange(cx),
             Phase::Local(_) => self.next_local(),
             Phase::Tunnel(_) => self.next_tunnel(cx),
@@ -372,8 +427,10 @@ impl HttpSession {
     }
 
     pub fn complete(&mut self, side: Side, done: Done, cx: &mut Cx<'_>) {
-        if let Phase::Tunnel(_) = self.phase {
-            return self.complete_tunnel(side, done, cx);
+        match self.phase {
+            Phase::Tunnel(_) => return self.complete_tunnel(side, done, cx),
+            Phase::Local(_) if side == Side::Downstream => return self.complete_local(done, cx),
+            _ => {}
         }
         match (side, done) {
             (Side::Downstream, Done::Recv { buf, res }) => self.downstream_read(buf, res, cx),
@@ -398,7 +455,7 @@ impl HttpSession {
                     res => {
                         let n = (res.bytes() as u32).min(x.resp_piped);
                         x.resp_piped -= n;
-                        x.log.bytes += u64::from(n);
+                        x.sent += u64::from(n);
                         x.answered |= n > 0;
                         x.resp_pipe = Some(pipe);
                         self.last_active = cx.now;
@@ -455,12 +512,12 @@ impl HttpSession {
     fn close(&mut self, why: CloseReason) {
         let keep = matches!(
             self.pending,
-            Some(Want::Close(
+            Some(Signal::Close(
                 CloseReason::DownstreamReset | CloseReason::UpstreamReset
             ))
         );
         if !keep {
-            self.pending = Some(Want::Close(why));
+            self.pending = Some(Signal::Close(why));
         }
     }
 
@@ -478,6 +535,9 @@ impl HttpSession {
                     self.phase_started = cx.now;
                 }
                 self.last_active = cx.now;
+                if let Some(x) = self.exchange_mut() {
+                    x.body_at = cx.now;
+                }
                 match self.req_in.take() {
                     // Bytes that arrived while a body send held the buffer: never here (no
                     // read is asked for then), but keep them rather than lose them.
@@ -525,7 +585,7 @@ impl HttpSession {
         let mut a = a;
         let n = res.bytes().min(a.len());
         a.consume(n);
-        x.log.bytes += n as u64;
+        x.sent += n as u64;
         x.answered |= n > 0;
         if x.resp_out {
             // It was response body bytes from `resp_in`.
@@ -551,14 +611,14 @@ impl HttpSession {
         match res {
             Xfer::Failed(_) => {
                 cx.conns.connect_failed += 1;
-                self.pending = Some(Want::Upstream(Up::Failed));
+                self.pending = Some(Signal::Upstream(Up::Failed));
             }
             _ => {
                 if let Phase::Connecting(x) = std::mem::replace(&mut self.phase, Phase::Taken) {
                     self.phase = Phase::Exchange(x);
                 }
                 self.phase_started = cx.now;
-                self.pending = Some(Want::Upstream(Up::Connected));
+                self.pending = Some(Signal::Upstream(Up::Connected));
             }
         }
     }
@@ -689,18 +749,23 @@ impl HttpSession {
     /// The upstream failed. Before any response byte on a reused connection (or while
     /// connecting) the worker tries again; otherwise 502, or an abort when part of the
     /// response already went out.
-    fn upstream_broken(&mut self, cx: &mut Cx<'_>) -> Option<Want> {
+    fn upstream_broken(&mut self, cx: &mut Cx<'_>) -> Option<Signal> {
         let connecting = matches!(self.phase, Phase::Connecting(_));
         let down_writing = self.down_writing;
         let Some(x) = self.exchange_mut() else {
-            return Some(Want::Close(CloseReason::UpstreamReset));
+            return Some(Signal::Close(CloseReason::UpstreamReset));
         };
         if x.answered || down_writing {
             cx.http.upstream_errors += 1;
-            return Some(Want::Close(CloseReason::UpstreamReset));
+            return Some(Signal::Close(CloseReason::UpstreamReset));
         }
         if !x.got_response_byte && ((x.reused && x.retryable()) || connecting) {
-            return Some(Want::Upstream(Up::Failed));
+            return Some(Signal::Upstream(Up::Failed));
+        }
+        if !x.got_response_byte && x.retry.on_reset && x.retryable() {
+            // A fresh connection broke before anything came back: another backend may
+            // answer (the policy allowed it and the budget had a token at hand-over).
+            return Some(Signal::Upstream(Up::Retry));
         }
         self.fail(cx, 502)
     }
@@ -708,20 +773,63 @@ impl HttpSession {
     // ------------------------------------------------------------------ phases
 
     pub(super) fn next_local(&mut self) -> Want {
-        let down_writing = self.down_writing;
+        let (down_writing, down_reading) = (self.down_writing, self.down_reading);
         let Phase::Local(x) = &mut self.phase else {
             return Want::Idle;
         };
         if down_writing {
             return Want::Idle;
         }
-        match x.down.take() {
-            Some(d) => {
-                let n = d.len();
-                self.down_writing = true;
-                Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None))
+        if let Some(d) = x.down.take() {
+            let n = d.len();
+            self.down_writing = true;
+            return Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None));
+        }
+        // The answer is out: FIN, then read and drop what the client still sends for a
+        // while, so our close does not reset it before it has read the answer.
+        if self.linger_until.is_none() {
+            self.linger_until = Some(self.phase_started + LINGER_TIME);
+            self.down_writing = true;
+            return Want::Io(Side::Downstream, Op::Shutdown);
+        }
+        if !down_reading {
+            self.down_reading = true;
+            return Want::Io(Side::Downstream, Op::Recv(None));
+        }
+        Want::Idle
+    }
+
+    /// Completions on the client connection while a local answer goes out or lingers.
+    fn complete_local(&mut self, done: Done, cx: &mut Cx<'_>) {
+        match done {
+            Done::Send { a, b, res } => {
+                if let Some(b) = b {
+                    cx.pool.release(b);
+                }
+                self.downstream_sent(a, res, cx);
             }
-            None => Want::Close(CloseReason::Done),
+            Done::Shutdown(res) => {
+                self.down_writing = false;
+                if let Xfer::Failed(_) = res {
+                    self.close(CloseReason::Done);
+                }
+            }
+            Done::Recv { buf, res } => {
+                self.down_reading = false;
+                if let Some(b) = buf {
+                    self.lingered += b.len();
+                    cx.pool.release(b);
+                }
+                if self.linger_until.is_none() {
+                    // A read from before the answer: its bytes are dropped too.
+                    return;
+                }
+                match res {
+                    Xfer::Bytes(_) if self.lingered < LINGER_BYTES => {}
+                    _ => self.close(CloseReason::Done),
+                }
+            }
+            other => crate::engine::recycle(other, cx.pool, cx.pipes),
         }
     }
 
@@ -945,7 +1053,10 @@ impl HttpSession {
         }
         cx.http.count_status(x.status);
         let reusable = request_done && clean && !x.upstream_close && !x.up_reading;
-        for b in [x.up_head.take(), x.resp_in.take()].into_iter().flatten() {
+        if let Some(b) = x.up_head.take() {
+            cx.pool.release(b);
+        }
+        if let Some(b) = x.resp_in.take() {
             cx.pool.release(b);
         }
         self.phase = Phase::Finished(x);
@@ -956,7 +1067,7 @@ impl HttpSession {
     /// part of a response already went out, the client is reset instead. An upstream in use
     /// is dropped first, as a failure of that backend. `None`: the reply is ready to go out
     /// (the next `next` sends it); `Some`: what to say first.
-    fn fail(&mut self, cx: &mut Cx<'_>, status: u16) -> Option<Want> {
+    fn fail(&mut self, cx: &mut Cx<'_>, status: u16) -> Option<Signal> {
         match status {
             503 => cx.http.no_backend += 1,
             504 => cx.http.timeouts += 1,
@@ -974,14 +1085,15 @@ impl HttpSession {
             return Some(w);
         }
         // The reply goes out after the worker drops the upstream.
-        had_upstream.then_some(Want::Upstream(Up::Drop {
+        had_upstream.then_some(Signal::Upstream(Up::Drop {
             failure: status != 400,
         }))
     }
 
     /// [`HttpSession::fail`] from within `next`: what to say now.
     pub(super) fn fail_now(&mut self, cx: &mut Cx<'_>, status: u16) -> Want {
-        self.fail(cx, status).unwrap_or_else(|| self.next_local())
+        self.fail(cx, status)
+            .map_or_else(|| self.next_local(), Want::from)
     }
 
     // ------------------------------------------------------------------ tunnel
@@ -1001,6 +1113,7 @@ impl HttpSession {
         } else {
             self.req_in.take()
         };
+        x.tunnel = true;
         x.tun_up = super::flow::Flow::with_buf(req, cx.pool);
         x.tun_down = super::flow::Flow::with_buf(x.resp_in.take(), cx.pool);
         if self.down_reading {

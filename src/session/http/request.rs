@@ -3,14 +3,14 @@
 //!
 //! HOT PATH. No allocation, lock, blocking call or info-level log.
 
+use super::exchange::Body;
 use super::{HttpSession, Phase};
-use crate::accesslog::Record;
 use crate::config::HashOn;
 use crate::engine::Op;
 use crate::http::head::{self, Limits, Reject, RequestHead};
 use crate::http::rewrite::{self, Forwarded};
 use crate::routing::{self, Decision, RequestView};
-use crate::session::{CloseReason, Cx, Side, Target, Up, Want};
+use crate::session::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use std::net::IpAddr;
 
 impl HttpSession {
@@ -64,7 +64,7 @@ impl HttpSession {
             cx.http.bad_requests += 1;
             return Some(
                 self.local_response(cx, 431, b"text/plain", b"request header fields too large\n")
-                    .unwrap_or_else(|| self.next_local()),
+                    .map_or_else(|| self.next_local(), Want::from),
             );
         }
         let Some(mut big) = cx.pool.checkout_large() else {
@@ -72,7 +72,7 @@ impl HttpSession {
             cx.http.no_backend += 1;
             return Some(
                 self.local_response(cx, 503, b"text/plain", b"no backend available\n")
-                    .unwrap_or_else(|| self.next_local()),
+                    .map_or_else(|| self.next_local(), Want::from),
             );
         };
         let n = small.len();
@@ -96,7 +96,7 @@ impl HttpSession {
         body[..n].copy_from_slice(&reason[..n]);
         body[n] = b'\n';
         self.local_response(cx, r.status(), b"text/plain", &body[..n + 1])
-            .unwrap_or_else(|| self.next_local())
+            .map_or_else(|| self.next_local(), Want::from)
     }
 
     /// A request head is complete: route it, rewrite its head for the upstream, and ask the
@@ -117,7 +117,10 @@ impl HttpSession {
         cx.http.requests += 1;
         self.head_started = false;
         self.refresh_snapshot(cx);
-        let mut x = cx.exchanges.take(cx.now);
+        let mut x = {
+            let now = cx.now;
+            cx.exchanges.take(now)
+        };
         x.method = h.method;
         x.client_keep_alive = h.keep_alive;
         x.client_minor = h.version_minor;
@@ -142,8 +145,10 @@ impl HttpSession {
         let target = data.get(h.target.clone()).unwrap_or_default();
         let method = data.get(h.method_range.clone()).unwrap_or_default();
         let head_len = h.head_len;
-        x.log = Record::new(self.client_ip);
-        x.log.set_request(method, target, host);
+        if cx.access_log {
+            x.log.reset(self.client_ip);
+            x.log.set_request(method, target, host);
+        }
         x.logged = false;
         let lookup = |name: &[u8]| {
             head::HeaderLines::new(data, head_len)
@@ -163,7 +168,7 @@ impl HttpSession {
                 self.phase = Phase::Routed(x);
                 return self
                     .local_response(cx, 200, b"application/json", body)
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
         }
         let faas = listener.faas.then_some(&snap.cluster_index);
@@ -177,7 +182,7 @@ impl HttpSession {
                 self.phase = Phase::Routed(x);
                 return self
                     .local_response(cx, 404, b"text/plain", b"no route for this request\n")
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
             Decision::Faas(e) => {
                 let mut body = [0u8; 192];
@@ -188,7 +193,7 @@ impl HttpSession {
                 self.phase = Phase::Routed(x);
                 return self
                     .local_response(cx, 400, b"application/json", &body[..n])
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
         };
         let hash = request_hash(
@@ -196,10 +201,12 @@ impl HttpSession {
             self.client_ip,
             &view.header,
         );
-        *cx.request_ids = cx.request_ids.wrapping_add(1);
+        cx.request_ids = cx.request_ids.wrapping_add(1);
         let mut id = [0u8; 16];
-        hex16(*cx.request_ids, &mut id);
-        x.log.request_id = *cx.request_ids;
+        hex16(cx.request_ids, &mut id);
+        if cx.access_log {
+            x.log.request_id = cx.request_ids;
+        }
         let fwd = Forwarded {
             client_ip: self.client_ip,
             proto: "http",
@@ -226,16 +233,93 @@ impl HttpSession {
                         b"text/plain",
                         b"request head too large after rewriting\n",
                     )
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
         }
         x.up_head = Some(up);
         x.up_head_sent = 0;
         x.target = Target::new(cluster as u32, hash, cx.now);
+        x.body_at = cx.now;
         self.consume_head(cx, head_len);
-        self.phase = Phase::Routed(x);
         self.phase_started = cx.now;
+        let limit = self.timeouts.buffering;
+        let buffer = match x.req_body {
+            Body::Length(n) => limit > 0 && n <= limit as u64,
+            Body::Chunked(..) => limit > 0,
+            Body::None | Body::UntilClose => false,
+        };
+        if buffer {
+            self.phase = Phase::Buffering(x);
+            return self.next_buffering(cx);
+        }
+        self.phase = Phase::Routed(x);
         Want::Upstream(Up::Need)
+    }
+
+    /// Reads the request body whole (up to `request_buffering`) before asking for an
+    /// upstream, so a client that trickles its body holds no backend connection. A body that
+    /// outgrows the limit or the buffer goes on streaming.
+    pub(super) fn next_buffering(&mut self, cx: &mut Cx<'_>) -> Want {
+        if self.down_reading {
+            return Want::Idle;
+        }
+        let limit = self.timeouts.buffering;
+        let Phase::Buffering(x) = &mut self.phase else {
+            return Want::Idle;
+        };
+        let (complete, have, full) = match self.req_in.as_ref() {
+            Some(b) => {
+                let mut body = x.req_body;
+                // A framing error is the exchange's to answer (400): stop buffering.
+                let complete = body.take(cx.pool.data(b)).map_or(true, |_| body.done());
+                (complete, b.len(), b.len() >= cx.pool.capacity(b))
+            }
+            None => (false, 0, false),
+        };
+        let mut proceed = complete || have >= limit;
+        if !proceed && full {
+            // Move to a large buffer when the limit needs one; without one, stream.
+            let grown = match self.req_in.take() {
+                Some(small) if cx.pool.capacity(&small) < cx.pool.large_size() => {
+                    match cx.pool.checkout_large() {
+                        Some(mut big) => {
+                            let n = small.len();
+                            if let Some((d, sp)) = cx.pool.data_and_spare(&small, &mut big) {
+                                sp[..n].copy_from_slice(d);
+                                big.fill(n);
+                            }
+                            cx.pool.release(small);
+                            self.req_in = Some(big);
+                            true
+                        }
+                        None => {
+                            self.req_in = Some(small);
+                            false
+                        }
+                    }
+                }
+                other => {
+                    self.req_in = other;
+                    false
+                }
+            };
+            proceed = !grown;
+        }
+        if proceed {
+            if let Phase::Buffering(x) = std::mem::replace(&mut self.phase, Phase::Taken) {
+                self.phase = Phase::Routed(x);
+            }
+            return Want::Upstream(Up::Need);
+        }
+        let partial = match self.req_in.take() {
+            Some(b) if b.is_empty() => {
+                cx.pool.release(b);
+                None
+            }
+            other => other,
+        };
+        self.down_reading = true;
+        Want::Io(Side::Downstream, Op::Recv(partial))
     }
 
     /// Routes every request on the latest snapshot (a keep-alive connection sees changes at
@@ -276,20 +360,24 @@ impl HttpSession {
         status: u16,
         content_type: &[u8],
         body: &[u8],
-    ) -> Option<Want> {
+    ) -> Option<Signal> {
         let mut x = match std::mem::replace(&mut self.phase, Phase::Taken) {
-            Phase::Routed(x)
+            Phase::Buffering(x)
+            | Phase::Routed(x)
             | Phase::Connecting(x)
             | Phase::Exchange(x)
             | Phase::Finished(x)
             | Phase::Local(x)
             | Phase::Tunnel(x) => x,
             // A request refused before it was routed: not logged.
-            Phase::Head | Phase::Taken => cx.exchanges.take(cx.now),
+            Phase::Head | Phase::Taken => {
+                let now = cx.now;
+                cx.exchanges.take(now)
+            }
         };
         if x.answered || self.down_writing {
             self.phase = Phase::Local(x);
-            return Some(Want::Close(CloseReason::UpstreamReset));
+            return Some(Signal::Close(CloseReason::UpstreamReset));
         }
         x.status = status;
         cx.http.count_status(status);
@@ -300,14 +388,14 @@ impl HttpSession {
         let Some(mut buf) = cx.pool.checkout() else {
             // No buffer even for an error: close rather than wait.
             self.phase = Phase::Local(x);
-            return Some(Want::Close(CloseReason::Done));
+            return Some(Signal::Close(CloseReason::Done));
         };
         match rewrite::typed_response(status, content_type, body, cx.pool.spare(&mut buf)) {
             Ok(n) => buf.fill(n),
             Err(rewrite::Overflow) => {
                 cx.pool.release(buf);
                 self.phase = Phase::Local(x);
-                return Some(Want::Close(CloseReason::Done));
+                return Some(Signal::Close(CloseReason::Done));
             }
         }
         x.down = Some(buf);

@@ -23,6 +23,8 @@ fn session(kit: &mut Kit) -> HttpSession {
         "192.0.2.7".parse().expect("ip"),
         ListenerTimeouts {
             request_header: Duration::from_secs(5),
+            request_body: Duration::from_secs(30),
+            buffering: 0,
             keepalive: Duration::from_secs(60),
             tunnel_idle: Duration::from_secs(60),
         },
@@ -75,6 +77,26 @@ fn serve(kit: &mut Kit, s: &mut HttpSession, reuse: bool, seen: &mut Seen) -> Wa
         }
     }
     panic!("no progress");
+}
+
+/// A local answer is followed by a lingering close: FIN, then what the client still sends is
+/// read and dropped until it closes too (or the linger time ends).
+fn lingering_close(kit: &mut Kit, s: &mut HttpSession, reuse: bool, seen: &mut Seen) -> Want {
+    let w = serve(kit, s, reuse, seen);
+    if !matches!(w, Want::Idle) {
+        return w;
+    }
+    assert!(kit.downstream.shut(), "the answer is followed by a FIN");
+    kit.downstream
+        .incoming(b"more of what the client was sending");
+    assert!(matches!(serve(kit, s, reuse, seen), Want::Idle));
+    assert_eq!(
+        kit.downstream.unread(),
+        0,
+        "read and dropped, not left to reset"
+    );
+    kit.downstream.eof();
+    serve(kit, s, reuse, seen)
 }
 
 fn text(b: &[u8]) -> String {
@@ -186,7 +208,7 @@ fn a_bad_chunked_request_body_gets_400() {
     kit.downstream.incoming(
         b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnope\r\n",
     );
-    let w = serve(&mut kit, &mut s, false, &mut seen);
+    let w = lingering_close(&mut kit, &mut s, false, &mut seen);
     assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
     assert!(text(kit.downstream.sent()).starts_with("HTTP/1.1 400 "));
     assert!(
@@ -359,7 +381,7 @@ fn an_unrequested_101_is_a_502() {
         .incoming(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
     kit.upstream
         .incoming(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n");
-    let w = serve(&mut kit, &mut s, false, &mut seen);
+    let w = lingering_close(&mut kit, &mut s, false, &mut seen);
     assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
     assert!(text(kit.downstream.sent()).starts_with("HTTP/1.1 502 "));
 }
@@ -468,7 +490,7 @@ fn a_post_whose_body_went_out_is_not_replayed() {
     kit.downstream
         .incoming(b"POST /once HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi");
     kit.upstream.eof();
-    let w = serve(&mut kit, &mut s, true, &mut seen);
+    let w = lingering_close(&mut kit, &mut s, true, &mut seen);
     assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
     assert!(text(kit.downstream.sent()).starts_with("HTTP/1.1 502 "));
     assert_eq!(seen.failed, 0, "not retried");
@@ -571,7 +593,7 @@ fn malformed_requests_get_their_status_and_a_close() {
         let mut s = session(&mut kit);
         let mut seen = Seen::default();
         kit.downstream.incoming(req.as_bytes());
-        let w = serve(&mut kit, &mut s, false, &mut seen);
+        let w = lingering_close(&mut kit, &mut s, false, &mut seen);
         assert!(
             matches!(w, Want::Close(CloseReason::Done)),
             "{req:?}: {w:?}"
@@ -594,7 +616,7 @@ fn a_malformed_request_after_a_good_one_still_gets_its_400() {
         .incoming(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nG@T / HTTP/1.1\r\nHost: h\r\n\r\n");
     kit.upstream
         .incoming(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let w = serve(&mut kit, &mut s, true, &mut seen);
+    let w = lingering_close(&mut kit, &mut s, true, &mut seen);
     assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
     let down = text(kit.downstream.sent());
     assert!(down.starts_with("HTTP/1.1 200 OK"), "{down}");
@@ -614,7 +636,7 @@ fn timeouts_before_the_first_byte_are_504_once() {
     ));
     let mut cx = kit.cx();
     s.timed_out(&mut cx);
-    let w = serve(&mut kit, &mut s, false, &mut seen);
+    let w = lingering_close(&mut kit, &mut s, false, &mut seen);
     assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
     assert!(text(kit.downstream.sent()).starts_with("HTTP/1.1 504 "));
     assert_eq!(kit.http.timeouts, 1, "counted once");
@@ -637,4 +659,117 @@ fn idle_keep_alive_holds_no_buffer_and_times_out_cleanly() {
     let w = serve(&mut kit, &mut s, false, &mut seen);
     assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
     assert_eq!(kit.conns.idle_timeouts, 1);
+}
+
+#[test]
+fn a_head_too_slow_gets_408_then_a_lingering_close() {
+    let mut kit = Kit::new();
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream.incoming(b"GET / HTTP/1.1\r\nHost: sl");
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    let mut cx = kit.cx();
+    s.timed_out(&mut cx);
+    let w = lingering_close(&mut kit, &mut s, false, &mut seen);
+    assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
+    assert!(text(kit.downstream.sent()).starts_with("HTTP/1.1 408 "));
+    assert_eq!(seen.upstreams, 0);
+}
+
+#[test]
+fn a_stalled_request_body_gets_408_and_its_upstream_is_dropped() {
+    let mut kit = Kit::new();
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789");
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert_eq!(
+        seen.upstreams, 1,
+        "streaming: the upstream is taken at once"
+    );
+    assert!(s.deadline() <= kit.now + Duration::from_secs(30));
+    kit.now += Duration::from_secs(31);
+    let mut cx = kit.cx();
+    s.timed_out(&mut cx);
+    let w = run(&mut kit, &mut s);
+    assert!(
+        matches!(w, Want::Upstream(Up::Drop { failure: false })),
+        "{w:?}: the backend connection is let go, not blamed"
+    );
+    let _ = s.take_upstream();
+    let w = lingering_close(&mut kit, &mut s, false, &mut seen);
+    assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
+    assert!(text(kit.downstream.sent()).starts_with("HTTP/1.1 408 "));
+}
+
+#[test]
+fn bounded_buffering_reads_the_body_before_asking_for_an_upstream() {
+    let mut kit = Kit::new();
+    let mut s = HttpSession::new(
+        1,
+        kit.snapshot(),
+        1,
+        "192.0.2.7".parse().expect("ip"),
+        ListenerTimeouts {
+            request_header: Duration::from_secs(5),
+            request_body: Duration::from_secs(30),
+            buffering: 4096,
+            keepalive: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(60),
+        },
+        kit.now,
+    );
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 3000\r\n\r\n");
+    kit.downstream.incoming(&[b'a'; 1500]);
+    assert!(
+        matches!(run(&mut kit, &mut s), Want::Idle),
+        "half a body: no upstream yet"
+    );
+    kit.downstream.incoming(&[b'b'; 1500]);
+    assert!(matches!(run(&mut kit, &mut s), Want::Upstream(Up::Need)));
+    kit.upstream
+        .incoming(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let mut cx = kit.cx();
+    s.set_upstream(2, 0, false, &mut cx);
+    s.complete(Side::Upstream, Done::Connect(Xfer::Bytes(0)), &mut cx);
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    let up = kit.upstream.sent();
+    assert!(up.ends_with(&[b'b'; 1500]), "the whole body went up");
+    assert_eq!(seen.released, vec![true]);
+}
+
+#[test]
+fn a_fresh_connection_reset_before_any_answer_is_retried_when_the_policy_allows() {
+    let mut kit = Kit::new();
+    let mut s = session(&mut kit);
+    kit.downstream
+        .incoming(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(matches!(run(&mut kit, &mut s), Want::Upstream(Up::Need)));
+    if let Some(x) = s.exchange_mut() {
+        x.retry.on_reset = true;
+    }
+    let mut cx = kit.cx();
+    s.set_upstream(2, 0, false, &mut cx);
+    s.complete(Side::Upstream, Done::Connect(Xfer::Bytes(0)), &mut cx);
+    assert!(matches!(
+        run(&mut kit, &mut s),
+        Want::Upstream(Up::Connected)
+    ));
+    assert!(matches!(run(&mut kit, &mut s), Want::Idle));
+    kit.upstream.reset();
+    let w = run(&mut kit, &mut s);
+    assert!(matches!(w, Want::Upstream(Up::Retry)), "{w:?}");
+    assert!(kit.downstream.sent().is_empty());
 }

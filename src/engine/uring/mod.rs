@@ -189,6 +189,8 @@ pub struct UringEngine {
     /// Where the eventfd read lands (stable: boxed).
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// A wake-up arrived in the batch being reaped.
+    woken: bool,
     /// `Drop` is draining the ring: completions are not re-armed.
     draining: bool,
     buffer_waits: u64,
@@ -230,6 +232,7 @@ impl UringEngine {
             waker: Arc::new(UringWaker(efd)),
             wake_buf: Box::new(0),
             wake_armed: false,
+            woken: false,
             draining: false,
             buffer_waits: 0,
             pool,
@@ -550,6 +553,11 @@ impl UringEngine {
         for slot in self.accept_ready.drain(..) {
             out.push(Event::Accept(slot));
         }
+        // Control messages (a stats flush) after every completion of the batch: what the
+        // kernel finished before the wake-up is accounted before the worker answers.
+        if std::mem::take(&mut self.woken) {
+            out.push(Event::Wake);
+        }
     }
 
     fn complete(&mut self, u: u64, res: i32, flags: u32, out: &mut Vec<Event>) {
@@ -558,7 +566,7 @@ impl UringEngine {
             TAG_ACCEPT => self.accepted(u & LOW, res),
             TAG_WAKE => {
                 self.wake_armed = false;
-                out.push(Event::Wake);
+                self.woken = true;
                 if !self.draining {
                     self.arm_wake();
                 }

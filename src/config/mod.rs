@@ -10,6 +10,7 @@ pub mod health;
 pub mod lbaas;
 pub mod resilience;
 pub mod routes;
+pub mod tls;
 pub mod units;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub mod defaults {
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_ATTEMPTS: u64 = 3;
@@ -182,6 +184,8 @@ pub struct RawServer {
     pub engine: Option<String>,
     /// io_uring only: a kernel thread polls the submission queue (off by default).
     pub sqpoll: Option<bool>,
+    pub runtime_dir: Option<String>,
+    pub upgrade_timeout: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -209,6 +213,12 @@ pub struct RawListener {
     pub max_connections: Option<u64>,
     /// Another process listens on this address on purpose (SO_REUSEPORT group).
     pub share: Option<bool>,
+    /// `[listeners.tls]`: TLS termination.
+    pub tls: Option<toml::Value>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub accept_proxy: Option<bool>,
+    pub proxy_timeout: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -241,6 +251,10 @@ pub struct RawCluster {
     pub max_connections: Option<u64>,
     pub max_connections_per_backend: Option<u64>,
     pub max_pending: Option<u64>,
+    /// `[clusters.tls]`: TLS to the backends.
+    pub tls: Option<toml::Value>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header starts every upstream connection.
+    pub send_proxy: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -399,6 +413,10 @@ pub struct ServerConfig {
     pub engine: EngineKind,
     /// `sqpoll`: io_uring submission-queue polling thread.
     pub sqpoll: bool,
+    /// Where the control socket lives (default: `$RUNTIME_DIRECTORY`, set by systemd).
+    pub runtime_dir: Option<std::path::PathBuf>,
+    /// How long a binary upgrade waits for the new process to report ready.
+    pub upgrade_timeout: Duration,
 }
 
 /// Line format of the access log.
@@ -438,6 +456,10 @@ pub struct ListenerConfig {
     /// Sharing the address with another process is intended (else start-up refuses an
     /// address someone already serves).
     pub share: bool,
+    /// TLS termination (certificates are loaded by [`crate::tls`]).
+    pub tls: Option<tls::ListenerTls>,
+    /// Connections start with a PROXY protocol header.
+    pub accept_proxy: Option<tls::AcceptProxy>,
 }
 
 impl ListenerConfig {
@@ -509,6 +531,10 @@ pub struct ClusterConfig {
     pub outlier: Option<crate::balance::outlier::OutlierConfig>,
     pub retry: resilience::RetryPolicy,
     pub limits: resilience::ClusterLimits,
+    /// TLS to the backends (files loaded by [`crate::tls`]).
+    pub tls: Option<tls::ClusterTls>,
+    /// A PROXY protocol header starts every upstream connection.
+    pub send_proxy: Option<crate::proto::proxy_protocol::Version>,
     pub autoscale: Option<autoscale::AutoscaleConfig>,
 }
 
@@ -1200,6 +1226,13 @@ fn validate(
             errs,
         ) as usize,
         state_dir: path_field("server.state_dir", &server.state_dir, errs),
+        runtime_dir: path_field("server.runtime_dir", &server.runtime_dir, errs),
+        upgrade_timeout: duration_field(
+            "server.upgrade_timeout".into(),
+            server.upgrade_timeout.as_ref(),
+            defaults::UPGRADE_TIMEOUT,
+            errs,
+        ),
         stats_minimal: match server.stats.as_deref() {
             None | Some("full") => false,
             Some("minimal") => true,
@@ -1382,8 +1415,21 @@ fn validate(
             defaults::IDLE_TIMEOUT,
             errs,
         );
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|v| tls::listener_tls(&format!("{p}.tls"), v, errs));
+        let accept_proxy = tls::accept_proxy(
+            &p,
+            l.accept_proxy,
+            l.proxy_timeout.as_ref(),
+            l.trusted_proxies.as_ref(),
+            errs,
+        );
         if let Some(bind) = bind {
             out_listeners.push(ListenerConfig {
+                tls,
+                accept_proxy,
                 name,
                 bind,
                 protocol,
@@ -1546,6 +1592,11 @@ pub(crate) fn validate_cluster(
             .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
         retry: resilience::retry(p, c, errs),
         limits: resilience::limits(p, c, errs),
+        tls: c
+            .tls
+            .as_ref()
+            .and_then(|v| tls::cluster_tls(&format!("{p}.tls"), v, errs)),
+        send_proxy: tls::send_proxy(p, c.send_proxy.as_ref(), errs),
         autoscale: c
             .autoscale
             .as_ref()

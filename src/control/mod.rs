@@ -179,6 +179,11 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// A duplicate of every running listener's sockets (one per worker), kept to hand them to
+    /// the successor of a binary upgrade.
+    sockets: HashMap<String, Vec<std::net::TcpListener>>,
+    /// Changes are refused while set (an upgrade in progress or done), with this reason.
+    frozen: Option<String>,
     /// Module records persisted with the document (see [`Txn`]).
     ext: Ext,
     /// What each discovery provider found, by provider name (not persisted: see
@@ -191,6 +196,8 @@ struct State {
     commits: u64,
     /// The `GET /stats` body of FaaS listeners with `faas_stats`.
     faas_stats: Arc<[u8]>,
+    /// Certificates and keys of the running config (read again at every reload).
+    tls: crate::tls::Store,
 }
 
 /// Module records kept next to the config, by module name.
@@ -225,6 +232,8 @@ pub struct Boot {
     pub version: u64,
     /// Which state file holds the state restored (the next write goes to the other).
     pub newest_slot: Option<usize>,
+    /// The TLS material the config names, loaded.
+    pub tls: crate::tls::Store,
     /// Module records restored with the state.
     pub ext: Ext,
 }
@@ -233,6 +242,13 @@ pub struct Boot {
 /// state file, or one whose merge no longer validates, is reported and set aside; start-up
 /// then runs the file alone.
 pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
+    let mut b = boot_config(file)?;
+    // Certificates and keys: a file that cannot be used stops the start (exit 64).
+    b.tls = crate::tls::Store::load(&b.config, None, true)?;
+    Ok(b)
+}
+
+fn boot_config(file: Table) -> Result<Boot, Vec<ConfigError>> {
     let config = config::parse_table(file.clone())?;
     let fresh = |config: Config| Boot {
         doc: file.clone(),
@@ -240,6 +256,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
         config,
         version: 1,
         newest_slot: None,
+        tls: crate::tls::Store::default(),
         ext: Ext::new(),
     };
     let Some(dir) = config.server.state_dir.clone() else {
@@ -272,6 +289,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
                 config: cfg,
                 version: p.version + 1,
                 newest_slot: Some(slot),
+                tls: crate::tls::Store::default(),
                 ext: p.ext,
             })
         }
@@ -326,6 +344,7 @@ impl Control {
     pub fn new(
         boot: Boot,
         running: HashMap<String, Running>,
+        sockets: HashMap<String, Vec<std::net::TcpListener>>,
         shared: SharedSnapshot,
         workers: Vec<WorkerHandle>,
         config_path: Option<PathBuf>,
@@ -351,6 +370,7 @@ impl Control {
                 discovered: HashMap::new(),
                 conflicts: Vec::new(),
                 faas_stats,
+                tls: boot.tls,
                 slots,
                 health,
                 ramps: HashMap::new(),
@@ -359,6 +379,8 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                sockets,
+                frozen: None,
                 ext: boot.ext,
             }),
             shared,
@@ -480,6 +502,42 @@ impl Control {
             .iter()
             .map(|(n, r)| (n.clone(), r.local))
             .collect()
+    }
+
+    /// Refuses every change (admin API, reload) with `why` until [`Control::thaw`]: a binary
+    /// upgrade hands the running state over, so nothing may change it meanwhile.
+    pub fn freeze(&self, why: String) {
+        self.lock().frozen = Some(why);
+    }
+
+    pub fn thaw(&self) {
+        self.lock().frozen = None;
+    }
+
+    /// Closes the duplicates kept for an upgrade: at shutdown, and once an upgrade handed the
+    /// sockets over. A listening socket must close when the workers close theirs, or the
+    /// kernel would keep queueing connections that nobody accepts.
+    pub fn release_sockets(&self) {
+        self.lock().sockets.clear();
+    }
+
+    /// The running listeners and duplicates of their sockets (for a binary upgrade).
+    pub fn handover_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(String, Running, Vec<std::os::fd::OwnedFd>)>> {
+        let st = self.lock();
+        let mut out = Vec::with_capacity(st.running.len());
+        let mut names: Vec<&String> = st.running.keys().collect();
+        names.sort_by_key(|n| st.running[*n].slot);
+        for name in names {
+            let socks = st.sockets.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let fds = socks
+                .iter()
+                .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            out.push((name.clone(), st.running[name], fds));
+        }
+        Ok(out)
     }
 
     /// Applies one API change. `if_match`: the version the client last saw (412 if stale).
@@ -671,8 +729,25 @@ impl Control {
         new_ext: Option<Ext>,
         found: Option<(String, Vec<Found>)>,
     ) -> Result<u64, ApiError> {
-        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         let operator = found.is_none();
+        // Discovery keeps this process's routing current (it is not persisted, so a successor
+        // finds for itself); operator changes wait for the upgrade.
+        if let (true, Some(why)) = (operator, &st.frozen) {
+            return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
+        }
+        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        // An operator's change or a reload reads the certificate files again (renewed ones
+        // take effect); a discovery update keeps what is loaded. A file that cannot be used
+        // refuses the change, and the running certificates stay.
+        let tls = crate::tls::Store::load(&cfg, Some(&st.tls), operator)
+            .map_err(|errs| invalid(&errs))?;
+        if operator && new_doc == st.doc && !tls.same_as(&st.tls) {
+            // Same config, new certificate files: new connections use them, live ones keep
+            // the certificates they were accepted with.
+            st.tls = tls.clone();
+            self.publish(st);
+            log::info!("certificates reloaded: new connections use the new files");
+        }
         if operator && new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
@@ -797,7 +872,7 @@ impl Control {
             generation,
             Some(&self.shared.load()),
             &slots,
-            &runtime(&cfg, &health, &mut ramps, now),
+            &runtime(&cfg, &tls, &health, &mut ramps, now),
         );
         let faas_stats = crate::discovery::faas_stats_body(&cfg);
         snap.faas_stats = faas_stats.clone();
@@ -828,7 +903,16 @@ impl Control {
             }
             log::info!("listener {name} closed (slot {slot}); its connections go on");
         }
+        for (name, _) in &removed {
+            if !running.contains_key(name) {
+                st.sockets.remove(name);
+            }
+        }
         for (name, slot, socks) in bound {
+            // Kept for a binary upgrade; a failed duplicate only means that listener would be
+            // bound anew by the successor.
+            let dups: Vec<_> = socks.iter().filter_map(|s| s.try_clone().ok()).collect();
+            st.sockets.insert(name.clone(), dups);
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
                     crate::net::listen::announce(l, r.local);
@@ -856,6 +940,7 @@ impl Control {
         st.conflicts = conflicts;
         st.commits += 1;
         st.faas_stats = faas_stats;
+        st.tls = tls;
         Ok(version)
     }
 
@@ -960,9 +1045,10 @@ impl Control {
             slots,
             generation,
             faas_stats,
+            tls,
             ..
         } = &mut *st;
-        let rt = runtime(config, health, ramps, Instant::now());
+        let rt = runtime(config, tls, health, ramps, Instant::now());
         let mut snap =
             Snapshot::build_with_slots(config, *generation, Some(&self.shared.load()), slots, &rt);
         snap.faas_stats = faas_stats.clone();
@@ -1040,6 +1126,7 @@ fn add_unchecked(cfg: &Config, health: &mut HashMap<(String, SocketAddr), CheckR
 /// The runtime part of a snapshot. Finished ramps are dropped from `ramps`.
 fn runtime(
     cfg: &Config,
+    tls: &crate::tls::Store,
     health: &HashMap<(String, SocketAddr), CheckRecord>,
     ramps: &mut HashMap<(String, SocketAddr), Instant>,
     now: Instant,
@@ -1059,6 +1146,7 @@ fn runtime(
     Runtime {
         health: health_map(health),
         ramp,
+        tls: tls.clone(),
     }
 }
 

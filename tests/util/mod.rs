@@ -8,6 +8,8 @@
 
 pub mod client;
 pub mod discovery;
+pub mod sd;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -404,9 +406,10 @@ impl Proxy {
         config_path: Option<PathBuf>,
         wait: WaitFor,
     ) -> Proxy {
-        Proxy::spawn_env(args, dir, config_path, wait, &[])
+        Proxy::spawn_with(BIN.as_ref(), args, &[], dir, config_path, wait)
     }
 
+    /// [`Proxy::spawn`] with environment changes (`None` removes a variable).
     pub fn spawn_env(
         args: Vec<OsString>,
         dir: tempfile::TempDir,
@@ -414,21 +417,53 @@ impl Proxy {
         wait: WaitFor,
         env: &[(&str, Option<&str>)],
     ) -> Proxy {
-        let mut cmd = Command::new(BIN);
-        for (k, v) in env {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
+        let set: Vec<(&str, OsString)> = env
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| (*k, OsString::from(v))))
+            .collect();
+        let remove: Vec<&str> = env
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        Proxy::spawn_full(BIN.as_ref(), args, &set, &remove, dir, config_path, wait)
+    }
+
+    /// [`Proxy::spawn`] with another program (a copy of the binary, or a wrapper such as
+    /// `systemd-socket-activate`) and extra environment variables.
+    pub fn spawn_with(
+        program: &std::ffi::OsStr,
+        args: Vec<OsString>,
+        env: &[(&str, OsString)],
+        dir: tempfile::TempDir,
+        config_path: Option<PathBuf>,
+        wait: WaitFor,
+    ) -> Proxy {
+        Proxy::spawn_full(program, args, env, &[], dir, config_path, wait)
+    }
+
+    fn spawn_full(
+        program: &std::ffi::OsStr,
+        args: Vec<OsString>,
+        env: &[(&str, OsString)],
+        remove: &[&str],
+        dir: tempfile::TempDir,
+        config_path: Option<PathBuf>,
+        wait: WaitFor,
+    ) -> Proxy {
+        let mut cmd = Command::new(program);
+        for k in remove {
+            cmd.env_remove(k);
         }
         let mut child = cmd
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN} {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {program:?} {args:?}: {e}"));
         let pid = child.id() as i32;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         {

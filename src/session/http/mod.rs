@@ -46,6 +46,9 @@ use std::time::{Duration, Instant};
 const MAX_OPS: u32 = 64;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// While the worker drains (shutdown, binary upgrade), an idle keep-alive client is closed
+/// after this much silence; a request that comes sooner is answered with `Connection: close`.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// After a local answer that closes the connection: how long (and how many bytes) what the
 /// client still sends is read and dropped, so its kernel does not answer our close with a
 /// reset that could destroy the response before the client reads it (nginx's lingering
@@ -96,6 +99,10 @@ pub struct HttpSession {
     pub snapshot: Arc<Snapshot>,
     pub listener: u32,
     client_ip: IpAddr,
+    /// `client_ip` as text, written once per connection for every request's
+    /// `X-Forwarded-For`.
+    client_text: [u8; 48],
+    client_text_len: u8,
     phase: Phase,
     /// Client bytes not yet consumed: a partial head, request body bytes, or pipelined
     /// requests behind the current one (`None` also while it travels in an op).
@@ -109,6 +116,8 @@ pub struct HttpSession {
     head_started: bool,
     /// Close the client once the current response is out.
     close_after: bool,
+    /// The worker drains: every response from now on says `Connection: close`.
+    draining: bool,
     /// After a local answer: reading and dropping what the client still sends until then.
     linger_until: Option<Instant>,
     lingered: usize,
@@ -119,6 +128,8 @@ pub struct HttpSession {
     /// Something for the worker, said at the next [`HttpSession::next`].
     pending: Option<Signal>,
     ops: u32,
+    /// Response bodies may be spliced to the client (not to a TLS client).
+    splice_ok: bool,
 }
 
 impl HttpSession {
@@ -130,11 +141,16 @@ impl HttpSession {
         timeouts: ListenerTimeouts,
         now: Instant,
     ) -> HttpSession {
+        let mut client_text = [0u8; 48];
+        let client_text_len =
+            crate::http::rewrite::write_ip(client_ip, &mut client_text).unwrap_or(0) as u8;
         HttpSession {
             downstream,
             snapshot,
             listener,
             client_ip,
+            client_text,
+            client_text_len,
             phase: Phase::Head,
             req_in: None,
             req_in_out: false,
@@ -142,6 +158,7 @@ impl HttpSession {
             down_writing: false,
             head_started: false,
             close_after: false,
+            draining: false,
             linger_until: None,
             lingered: 0,
             timeouts,
@@ -149,6 +166,26 @@ impl HttpSession {
             last_active: now,
             pending: None,
             ops: 0,
+            splice_ok: true,
+        }
+    }
+
+    /// The client's address as a PROXY protocol header gave it (before any request).
+    pub fn set_client_ip(&mut self, ip: IpAddr) {
+        self.client_ip = ip;
+        self.client_text_len =
+            crate::http::rewrite::write_ip(ip, &mut self.client_text).unwrap_or(0) as u8;
+    }
+
+    /// Bytes to the client must pass through user space (a TLS client).
+    pub fn no_splice(&mut self) {
+        self.splice_ok = false;
+    }
+
+    /// Whether the current upstream may splice response bodies (not a TLS upstream).
+    pub fn set_upstream_splice(&mut self, ok: bool) {
+        if let Some(x) = self.exchange_mut() {
+            x.up_splice_ok = ok;
         }
     }
 
@@ -203,6 +240,20 @@ impl HttpSession {
     #[inline]
     pub fn wants_close(&self) -> bool {
         self.close_after
+    }
+
+    /// The worker drains: no request after the current one. A response not yet started (and
+    /// every later one) says `Connection: close`; an idle client is closed after
+    /// [`DRAIN_IDLE`]. Closing a keep-alive connection while its client may be sending races
+    /// with that request, so the close rides on a response where it can.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.timeouts.keepalive = self.timeouts.keepalive.min(DRAIN_IDLE);
+        // Between requests `close_after` would mean "close now": the next request's head sets
+        // it instead (see `start_request`).
+        if self.exchange().is_some_and(|x| !x.resp_started) {
+            self.close_after = true;
+        }
     }
 
     /// Between requests with nothing buffered: safe to close at shutdown.
@@ -969,6 +1020,8 @@ impl HttpSession {
             // A long Content-Length body, once everything buffered before it is out, goes
             // backend → pipe → client with splice(2): no copy through user space.
             if !x.splicing
+                && self.splice_ok
+                && x.up_splice_ok
                 && !x.splice_dry
                 && x.resp_started
                 && x.resp_ready == 0

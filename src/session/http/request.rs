@@ -126,7 +126,7 @@ impl HttpSession {
         x.client_minor = h.version_minor;
         x.upgrade_requested = h.upgrade;
         x.req_body = super::exchange::Body::new(h.body);
-        self.close_after = !h.keep_alive;
+        self.close_after = !h.keep_alive || self.draining;
         let snap = self.snapshot.clone();
         let (Some(req_buf), Some(listener)) =
             (self.req_in.as_ref(), snap.listener(self.listener as usize))
@@ -209,7 +209,13 @@ impl HttpSession {
         }
         let fwd = Forwarded {
             client_ip: self.client_ip,
-            proto: "http",
+            client_text: &self.client_text[..self.client_text_len as usize],
+
+            proto: if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             strip_prefix: strip,
             request_id: &id,
         };

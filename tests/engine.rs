@@ -506,3 +506,33 @@ fn descriptor_exhaustion_leaks_nothing() {
     drop(c);
     assert_settles(&p, fds, "after a last client");
 }
+
+/// `sqpoll = true`: a kernel thread polls the submission queue; traffic and shutdown work
+/// the same.
+#[test]
+fn sqpoll_mode_serves_and_shuts_down() {
+    let echo = Backend::echo();
+    let p = Proxy::start_env(
+        &simple_config("workers = 1\nsqpoll = true", "", &[echo.addr]),
+        &[("SWITCHYARD_ENGINE", Some("io_uring"))],
+    );
+    wait_until(Duration::from_secs(5), "the start line", || {
+        p.stderr_text().contains(" started: ")
+    });
+    let text = p.stderr_text();
+    assert!(
+        text.contains("engine=io_uring workers=1 io_uring_setup=sqpoll"),
+        "{text}"
+    );
+    let res = echo_check(
+        p.addr("front"),
+        (0..8).map(|i| payload(i, 200 * KIB)).collect(),
+        Duration::from_secs(20),
+    );
+    assert_all_echoed(&res);
+    p.sigterm();
+    let st = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert!(st.success(), "{st}");
+}

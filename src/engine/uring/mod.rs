@@ -842,22 +842,11 @@ fn slice_ptr(pool: &BufferPool, s: &Slice) -> (*const u8, usize) {
     (d[start..].as_ptr(), end - start)
 }
 
-/// The `Done` of an op submitted on a connection that does not exist (or is closed): a
-/// failure that gives back what the op carried.
+/// The `Done` of an op submitted on a connection that does not exist (or is closed, or whose
+/// slot is taken): a failure that gives back what the op carried.
+#[inline]
 fn failed(op: Op) -> Done {
-    let res = Xfer::Failed(libc::EBADF);
-    match op {
-        Op::Recv(buf) => Done::Recv { buf, res },
-        Op::Send(a, b) => Done::Send {
-            a: a.buf,
-            b: b.map(|s| s.buf),
-            res,
-        },
-        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
-        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
-        Op::Shutdown => Done::Shutdown(res),
-        Op::Watch => Done::Watch(res),
-    }
+    super::failed(op, libc::EBADF)
 }
 
 impl Engine for UringEngine {

@@ -14,7 +14,8 @@
 //! Module map: [`config`] (raw → validated), [`snapshot`] (the routing state), [`worker`] (the
 //! event loop), [`tcp`] (the L4 pipe), [`http`] (HTTP/1.1 message layer), [`balance`] (backend
 //! selection), [`buffer`], [`timer`],
-//! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`stats`], [`signals`], [`server`] (start-up and
+//! [`token`], [`ready`] (event-loop plumbing), [`routing`] (HTTP route matching), [`release`] (versioned services and
+//! their release strategies), [`stats`], [`signals`], [`server`] (start-up and
 //! shutdown), [`quick`] (the Foo-compatible command line), [`demo_backend`].
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod http;
 pub mod logging;
 pub mod quick;
 pub mod ready;
+pub mod release;
 pub mod routing;
 pub mod server;
 pub mod signals;

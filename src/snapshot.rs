@@ -7,7 +7,7 @@
 
 use crate::config::{BalanceKind, Config, HashOn, HttpListenerConfig, Protocol};
 use crate::http::head::Limits;
-use crate::routing::CompiledRoute;
+use crate::routing::{CompiledRoute, Target};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,6 +101,8 @@ pub struct ListenerRoute {
     /// Index into `Snapshot::clusters`: the target of tcp/foo listeners (always set for them),
     /// the fallback of http listeners.
     pub cluster: Option<usize>,
+    /// http: the fallback when no route matches (a cluster, as `cluster`, or a service).
+    pub target: Option<Target>,
     pub idle_timeout: Duration,
     /// http: tried in order before FaaS routing and the fallback.
     pub routes: Vec<CompiledRoute>,
@@ -130,6 +132,9 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
     /// Cluster name → index (FaaS routing looks clusters up by name per request).
     pub cluster_index: HashMap<String, usize>,
+    /// Versioned services with their release strategies ([`crate::release`]).
+    pub services: Vec<crate::release::Service>,
+    pub service_index: HashMap<String, usize>,
     /// Identifies the numbering of listeners, clusters and backends in rotation: snapshots
     /// with the same layout index them the same way (a weight change or a slow-start step
     /// keeps it; adding, removing, draining a backend or a health verdict changes it). Per
@@ -226,6 +231,20 @@ impl Snapshot {
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
+        let now = std::time::Instant::now();
+        let services: Vec<crate::release::Service> = cfg
+            .services
+            .iter()
+            .filter_map(|s| {
+                let old = prev.and_then(|p| p.service(&s.name));
+                crate::release::Service::build(s, &cluster_index, old, now)
+            })
+            .collect();
+        let service_index: HashMap<String, usize> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         // Validation guarantees that every cluster a listener or route names exists.
         let mut listeners: Vec<Option<ListenerRoute>> = Vec::new();
         for (l, &slot) in cfg.listeners.iter().zip(slots) {
@@ -236,11 +255,17 @@ impl Snapshot {
                     .cluster
                     .as_ref()
                     .and_then(|c| cluster_index.get(c).copied()),
+                target: Target::resolve(
+                    l.cluster.as_deref(),
+                    l.service.as_deref(),
+                    &cluster_index,
+                    &service_index,
+                ),
                 idle_timeout: l.idle_timeout,
                 routes: l
                     .routes
                     .iter()
-                    .filter_map(|r| CompiledRoute::compile(r, &cluster_index))
+                    .filter_map(|r| CompiledRoute::compile(r, &cluster_index, &service_index))
                     .collect(),
                 faas: l.faas,
                 http: l.http.clone(),
@@ -260,12 +285,14 @@ impl Snapshot {
             }
             listeners[slot] = Some(route);
         }
-        let layout = layout_of(&listeners, &clusters);
+        let layout = layout_of(&listeners, &clusters, &services);
         Snapshot {
             version,
             listeners,
             clusters,
             cluster_index,
+            services,
+            service_index,
             layout,
         }
     }
@@ -274,6 +301,10 @@ impl Snapshot {
     #[inline]
     pub fn listener(&self, slot: usize) -> Option<&ListenerRoute> {
         self.listeners.get(slot)?.as_ref()
+    }
+
+    pub fn service(&self, name: &str) -> Option<&crate::release::Service> {
+        self.services.get(*self.service_index.get(name)?)
     }
 
     pub fn find_backend(&self, cluster: &str, addr: SocketAddr) -> Option<&Backend> {
@@ -287,7 +318,11 @@ impl Snapshot {
 }
 
 /// FNV-1a over the names and addresses that decide the indices (see [`Snapshot::layout`]).
-fn layout_of(listeners: &[Option<ListenerRoute>], clusters: &[Cluster]) -> u64 {
+fn layout_of(
+    listeners: &[Option<ListenerRoute>],
+    clusters: &[Cluster],
+    services: &[crate::release::Service],
+) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -304,6 +339,13 @@ fn layout_of(listeners: &[Option<ListenerRoute>], clusters: &[Cluster]) -> u64 {
             eat(b.addr.to_string().as_bytes());
         }
         eat(if c.panic { b"panic" } else { b"ok" });
+    }
+    // Per-version stats are indexed by (service, version in version order).
+    for s in services {
+        eat(s.name.as_bytes());
+        for v in &s.versions {
+            eat(&v.id);
+        }
     }
     h
 }

@@ -253,6 +253,8 @@ pub struct HttpSession {
     pub log: Record,
     /// The current request was logged (or there is none).
     pub logged: bool,
+    /// The release decision of the current request (service, version, cookies to set).
+    pub release: crate::release::Tag,
 }
 
 fn io_would_block(e: &std::io::Error) -> bool {
@@ -429,6 +431,7 @@ impl HttpSession {
             status: 0,
             log: Record::new(client_ip),
             logged: true,
+            release: crate::release::Tag::NONE,
         }
     }
 
@@ -611,6 +614,7 @@ impl HttpSession {
         self.tried = Tried::default();
         self.attempts = 0;
         self.retries_used = 0;
+        self.release = crate::release::Tag::NONE;
         self.req_body = Body::new(h.body);
         let Some(req_buf) = self.req_in.as_ref() else {
             return HttpStep::Close(HttpClose::Done);
@@ -665,9 +669,32 @@ impl HttpSession {
             header: lookup,
         };
         let faas = listener.faas.then_some(&snap.cluster_index);
-        let (cluster, strip) = match routing::route(&listener.routes, faas, listener.cluster, &view)
+        let (cluster, strip) = match routing::route(&listener.routes, faas, listener.target, &view)
         {
             Decision::Cluster { cluster, strip } => (cluster, strip),
+            Decision::Service { service, strip } => {
+                let idem = h.method.is_idempotent();
+                let now = cx.now;
+                match crate::release::route(
+                    &snap,
+                    service,
+                    data,
+                    head_len,
+                    idem,
+                    *cx.request_ids,
+                    now,
+                ) {
+                    Some(c) => {
+                        self.release = c.tag;
+                        (c.cluster, strip)
+                    }
+                    None => {
+                        cx.stats.no_route += 1;
+                        self.consume_head(cx, head_len);
+                        return self.local_response(cx, 404, b"no route for this request\n");
+                    }
+                }
+            }
             Decision::NoRoute => {
                 cx.stats.no_route += 1;
                 self.consume_head(cx, head_len);
@@ -1380,7 +1407,11 @@ impl HttpSession {
                 self.close_after = true;
             }
             let written = match cx.pool.data_and_spare(src, &mut out) {
-                Some((d, s)) => write_response_head(d, h, close, self.client_minor, s),
+                Some((d, s)) => {
+                    write_response_head(d, h, close, self.client_minor, s).and_then(|n| {
+                        crate::release::append_set_cookies(&self.snapshot, &self.release, s, n)
+                    })
+                }
                 None => Err(rewrite::Overflow),
             };
             match written {

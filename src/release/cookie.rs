@@ -1,0 +1,247 @@
+//! The two cookies of the release strategies, by their original names: `dynsoftup=<version
+//! id>` (the version a client is on) and `transition=<client id>` (gradual: the client's
+//! stable bucket). Reading them from a `Cookie` header, writing proper `Set-Cookie` lines.
+//!
+//! HOT PATH: no allocation; everything works on byte slices and fixed arrays.
+
+/// The version cookie (name kept from the original for compatibility).
+pub const VERSION: &[u8] = b"dynsoftup";
+/// The gradual strategy's client cookie.
+pub const TRANSITION: &[u8] = b"transition";
+/// Longest cookie value we accept as one of ours (longer ones are ignored).
+pub const MAX_VALUE: usize = 128;
+/// The transition cookie lives long: a client keeps its bucket across rollouts, so a client
+/// that moved to a new version never moves back.
+pub const TRANSITION_MAX_AGE: u64 = 365 * 24 * 3600;
+/// Length of a generated client id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
+pub const ID_LEN: usize = 36;
+
+/// Calls `f(name, value)` for each `name=value` pair of a `Cookie` header value (quotes
+/// around a value removed). Stops when `f` returns true.
+pub fn each_pair<'a>(header: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) {
+    for pair in header.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let (name, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        if f(name, value) {
+            return;
+        }
+    }
+}
+
+/// A cookie value we are willing to echo and hash: 1..=MAX_VALUE bytes of RFC 6265
+/// cookie-octets.
+pub fn acceptable(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_VALUE
+        && v.iter()
+            .all(|&b| b > b' ' && b < 0x7f && !matches!(b, b'"' | b',' | b';' | b'\\'))
+}
+
+/// FNV-1 (64-bit) as Go's `hash/fnv.New64`: the original's bucket of a transition id is
+/// `fnv1(id) % 100`, so clients keep their bucket when they move to Switchyard.
+pub fn fnv1(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= u64::from(b);
+    }
+    h
+}
+
+/// The gradual bucket (0–99) of a transition id.
+pub fn bucket(id: &[u8]) -> u8 {
+    (fnv1(id) % 100) as u8
+}
+
+/// SplitMix64: a fast, well-mixed 64-bit permutation (also the per-request random source).
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A client id built from 64 random bits, formatted like a version 4 uuid. The same seed
+/// always gives the same id (the response rebuilds the id the request was decided with).
+pub fn client_id(seed: u64) -> [u8; ID_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hi = mix(seed);
+    let lo = mix(seed ^ 0x5851_f42d_4c95_7f2d);
+    // 32 hex digits; the version nibble is 4 and the variant nibble 8..b.
+    let mut nib = [0u8; 32];
+    for i in 0..16 {
+        nib[i] = ((hi >> (60 - 4 * i)) & 0xf) as u8;
+        nib[16 + i] = ((lo >> (60 - 4 * i)) & 0xf) as u8;
+    }
+    nib[12] = 4;
+    nib[16] = 8 | (nib[16] & 3);
+    let mut out = [b'-'; ID_LEN];
+    let mut k = 0;
+    for (i, o) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *o = HEX[nib[k] as usize];
+        k += 1;
+    }
+    out
+}
+
+/// A cursor over an output slice (no allocation).
+pub struct Out<'a> {
+    pub buf: &'a mut [u8],
+    pub n: usize,
+}
+
+impl Out<'_> {
+    pub fn put(&mut self, b: &[u8]) -> Option<()> {
+        self.buf
+            .get_mut(self.n..self.n + b.len())?
+            .copy_from_slice(b);
+        self.n += b.len();
+        Some(())
+    }
+
+    pub fn put_u64(&mut self, mut v: u64) -> Option<()> {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..])
+    }
+}
+
+/// `Set-Cookie: <name>=<value>; Path=/; Max-Age=<n>; HttpOnly; SameSite=Lax\r\n`.
+pub fn write_set_cookie(o: &mut Out<'_>, name: &[u8], value: &[u8], max_age: u64) -> Option<()> {
+    o.put(b"Set-Cookie: ")?;
+    o.put(name)?;
+    o.put(b"=")?;
+    o.put(value)?;
+    o.put(b"; Path=/; Max-Age=")?;
+    o.put_u64(max_age)?;
+    o.put(b"; HttpOnly; SameSite=Lax\r\n")
+}
+
+/// The whole `Set-Cookie` line as bytes (built once per version per snapshot).
+pub fn set_cookie_line(name: &[u8], value: &[u8], max_age: u64) -> Box<[u8]> {
+    let mut buf = vec![0u8; name.len() + value.len() + 96];
+    let mut o = Out {
+        buf: &mut buf,
+        n: 0,
+    };
+    let n = match write_set_cookie(&mut o, name, value, max_age) {
+        Some(()) => o.n,
+        None => 0,
+    };
+    buf.truncate(n);
+    buf.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_of_a_cookie_header() {
+        let mut seen = Vec::new();
+        each_pair(
+            b"__utmb=1.4.10; dynsoftup=452b8f23-fa46; transition=\"abc\";; bad; x = y ",
+            |n, v| {
+                seen.push((n.to_vec(), v.to_vec()));
+                false
+            },
+        );
+        let seen: Vec<(String, String)> = seen
+            .into_iter()
+            .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("__utmb", "1.4.10"),
+                ("dynsoftup", "452b8f23-fa46"),
+                ("transition", "abc"),
+                ("x", "y")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert!(acceptable(b"1.1"));
+        assert!(!acceptable(b""));
+        assert!(!acceptable(b"a b"));
+        assert!(!acceptable(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn buckets_match_the_original() {
+        // The original README's table of transition uuids and their percentages.
+        for (id, want) in [
+            ("a37a290f-2088-11e4-b3a6-600308a8245e", 1),
+            ("a37a2633-2088-11e4-b3a6-600308a8245e", 2),
+            ("952c8557-2088-11e4-87e3-600308a8245e", 3),
+            ("10671a7f-2087-11e4-bf9e-600308a8245e", 4),
+            ("a37a25b4-2088-11e4-b3a6-600308a8245e", 5),
+            ("6024b0c6-2089-11e4-a4ef-600308a8245e", 8),
+            ("106719e4-2087-11e4-bf9e-600308a8245e", 80),
+            ("a37a2826-2088-11e4-b3a6-600308a8245e", 90),
+        ] {
+            assert_eq!(bucket(id.as_bytes()), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn client_ids_look_like_uuids_and_spread_evenly() {
+        let id = client_id(7);
+        let s = std::str::from_utf8(&id).unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(client_id(7), client_id(7));
+        assert_ne!(client_id(7), client_id(8));
+        let mut counts = [0u32; 100];
+        for i in 0..100_000u64 {
+            counts[bucket(&client_id(i)) as usize] += 1;
+        }
+        // 1,000 expected per bucket; 6 sigma is about 190.
+        assert!(
+            counts.iter().all(|&c| (810..=1190).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn set_cookie_lines() {
+        let line = set_cookie_line(VERSION, b"1.1", 1800);
+        assert_eq!(
+            &line[..],
+            b"Set-Cookie: dynsoftup=1.1; Path=/; Max-Age=1800; HttpOnly; SameSite=Lax\r\n"
+        );
+        let mut buf = [0u8; 20];
+        let mut o = Out {
+            buf: &mut buf,
+            n: 0,
+        };
+        assert!(
+            write_set_cookie(&mut o, VERSION, b"1.1", 0).is_none(),
+            "too small"
+        );
+        let mut o = Out {
+            buf: &mut [0u8; 8],
+            n: 0,
+        };
+        assert!(o.put_u64(0).is_some());
+        assert_eq!(&o.buf[..1], b"0");
+    }
+}

@@ -206,7 +206,7 @@ pub fn run(
             .or_else(|| cfg.server.state_dir.as_ref().map(|d| d.join("stats.json"))),
         ..stats
     };
-    let aggregator = Aggregator::new(
+    let mut aggregator = Aggregator::new(
         stats_rx,
         stats_tx.clone(),
         handles.clone(),
@@ -223,6 +223,9 @@ pub fn run(
         handles.clone(),
         config_path,
     ));
+    let triggers = crate::release::controller::start(control.clone())
+        .map_err(io_err("starting the release controller"))?;
+    aggregator.attach_release(triggers, control.releases());
     if let Some(addr) = cfg.server.admin {
         let settings = crate::admin::AdminSettings {
             token,

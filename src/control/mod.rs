@@ -71,6 +71,11 @@ pub enum Change {
         cluster: String,
         addr: String,
     },
+    /// Versions, promotion and rollback of a service ([`crate::release::api`]).
+    Service {
+        name: String,
+        op: crate::release::api::ServiceOp,
+    },
 }
 
 impl Change {
@@ -90,6 +95,7 @@ impl Change {
             Change::DeleteBackend { cluster, addr } => {
                 format!("delete backend {addr} of cluster {cluster}")
             }
+            Change::Service { name, op } => op.describe(name),
         }
     }
 }
@@ -222,6 +228,8 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
 
 pub struct Control {
     state: Mutex<State>,
+    /// Rollbacks and promotions of services since start-up.
+    releases: Arc<crate::release::api::Releases>,
     shared: SharedSnapshot,
     workers: Vec<WorkerHandle>,
     state_dir: Option<PathBuf>,
@@ -247,6 +255,7 @@ impl Control {
             .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
             .collect();
         let c = Control {
+            releases: Arc::default(),
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
@@ -299,12 +308,22 @@ impl Control {
         self.lock().version
     }
 
+    /// The release history of services (rollbacks and promotions).
+    pub fn releases(&self) -> Arc<crate::release::api::Releases> {
+        self.releases.clone()
+    }
+
+    /// The routing snapshot now published.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.load_full()
+    }
+
     /// The running document as JSON, with its version.
     pub fn config_json(&self) -> (u64, Json) {
         let st = self.lock();
         let mut j = serde_json::to_value(&st.doc).unwrap_or(Json::Null);
         if let Json::Object(m) = &mut j {
-            for k in ["listeners", "clusters"] {
+            for k in ["listeners", "clusters", "services"] {
                 m.entry(k).or_insert_with(|| Json::Array(Vec::new()));
             }
         }
@@ -316,7 +335,7 @@ impl Control {
         let st = self.lock();
         let items = doc::objects(&st.doc, kind)
             .iter()
-            .map(|v| object_json(&st, kind, v))
+            .map(|v| self.with_status(object_json(&st, kind, v), kind))
             .collect();
         (st.version, items)
     }
@@ -325,7 +344,29 @@ impl Control {
         let st = self.lock();
         let v =
             doc::find(&st.doc, kind, name).ok_or_else(|| ApiError::not_found(kind.noun(), name))?;
-        Ok((st.version, object_json(&st, kind, v)))
+        Ok((
+            st.version,
+            self.with_status(object_json(&st, kind, v), kind),
+        ))
+    }
+
+    /// Services carry their read-only release status.
+    fn with_status(&self, mut j: Json, kind: Kind) -> Json {
+        if kind == Kind::Service {
+            let name = j
+                .get("name")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string();
+            if let Json::Object(m) = &mut j {
+                let snap = self.shared.load();
+                m.insert(
+                    "status".into(),
+                    crate::release::api::status_json(&snap, &self.releases, &name),
+                );
+            }
+        }
+        j
     }
 
     /// The running listeners' bound addresses (name → address).
@@ -769,6 +810,16 @@ fn edit(
                     ));
                 }
             }
+            if let Some(user) = crate::release::api::user_of(cfg, *kind, name) {
+                return Err(ApiError::new(
+                    409,
+                    "in_use",
+                    format!(
+                        "{} {name:?} is used by {user}; change that first",
+                        kind.noun()
+                    ),
+                ));
+            }
             if !doc::remove(d, *kind, name) {
                 return Err(ApiError::not_found(kind.noun(), name));
             }
@@ -847,6 +898,7 @@ fn edit(
             backends.remove(i);
             Ok((false, Some((Kind::Cluster, cluster.clone()))))
         }
+        Change::Service { name, op } => crate::release::api::edit(d, name, op),
     }
 }
 

@@ -17,16 +17,21 @@
 //! Layout: [`service`] (the per-snapshot tables, built by the control plane), [`decide`] (the
 //! sans-I/O decision and the `Set-Cookie` lines), [`cookie`], [`version`], [`window`] (the
 //! sliding error window of auto-rollback), [`monitor`] (rollback accounting fed by the stats
-//! aggregator), [`controller`] (the thread that rolls back and runs hooks), [`api`] (admin
-//! API edits), [`dsu`] (the original DSU proxy's config file and REST API).
+//! aggregator), [`controller`] (the thread that rolls back) and [`hook`] (what runs after a
+//! rollback), [`api`] (admin API edits and status).
 //!
 //! The data plane calls exactly two functions: [`route`] when a request's route targets a
 //! service, and [`append_set_cookies`] when its response head is written.
 
+pub mod api;
+pub mod controller;
 pub mod cookie;
 pub mod decide;
+pub mod hook;
+pub mod monitor;
 pub mod service;
 pub mod version;
+pub mod window;
 
 pub use decide::{Choice, Request, Tag};
 pub use service::Service;

@@ -84,6 +84,7 @@ impl Worker {
             ttfb: s
                 .response_started()
                 .then(|| s.first_byte_at.saturating_duration_since(s.request_started)),
+            release: s.release,
         };
         self.obs.request_done(&s.snapshot, &r);
     }

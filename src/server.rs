@@ -114,6 +114,16 @@ pub fn run(
     config_path: Option<std::path::PathBuf>,
     stats: StatsConfig,
 ) -> Result<(), RunError> {
+    run_with(boot, config_path, stats, Vec::new())
+}
+
+/// [`run`], with compatibility APIs served on the admin address (`extensions`).
+pub fn run_with(
+    boot: Boot,
+    config_path: Option<std::path::PathBuf>,
+    stats: StatsConfig,
+    extensions: Vec<std::sync::Arc<dyn crate::admin::Extension>>,
+) -> Result<(), RunError> {
     let cfg = boot.config.clone();
     // Before anything is announced: a script may signal us as soon as it sees a listener.
     let signals = signals::register().map_err(io_err("installing signal handlers"))?;
@@ -231,6 +241,7 @@ pub fn run(
             token,
             read_only: cfg.server.admin_read_only,
             max_body: cfg.server.admin_max_body,
+            extensions,
         };
         let local = crate::admin::start(addr, control.clone(), Some(stats_source), settings)
             .map_err(|e| RunError::Admin(format!("cannot bind {addr}: {e}")))?;

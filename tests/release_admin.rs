@@ -67,7 +67,11 @@ fn get_id(web: SocketAddr) -> String {
 fn services_api_versions_etags_and_every_bad_input() {
     let va = demo("va");
     let vb = demo("vb");
-    let p = Proxy::start(&config("", va.addr("demo-backend"), vb.addr("demo-backend")));
+    let p = Proxy::start(&config(
+        "",
+        va.addr("demo-backend"),
+        vb.addr("demo-backend"),
+    ));
     let admin = p.addr("admin");
     let web = p.addr("web");
 
@@ -110,48 +114,127 @@ fn services_api_versions_etags_and_every_bad_input() {
         (r#"{"cluster":"b"}"#, 422, Some("version")),
         (r#"{"version":"2"}"#, 422, Some("cluster")),
         (r#"{"version":2,"cluster":"b"}"#, 422, Some("version")),
-        (r#"{"version":"2","cluster":"b","weight":1}"#, 422, Some("weight")),
-        (r#"{"version":"2","cluster":"nope"}"#, 422, Some("versions[2].cluster")),
-        (r#"{"version":"2 0","cluster":"b"}"#, 422, Some("versions[2].version")),
-        (r#"{"version":"2","cluster":"b","id":"a;b"}"#, 422, Some("versions[2].id")),
+        (
+            r#"{"version":"2","cluster":"b","weight":1}"#,
+            422,
+            Some("weight"),
+        ),
+        (
+            r#"{"version":"2","cluster":"nope"}"#,
+            422,
+            Some("versions[2].cluster"),
+        ),
+        (
+            r#"{"version":"2 0","cluster":"b"}"#,
+            422,
+            Some("versions[2].version"),
+        ),
+        (
+            r#"{"version":"2","cluster":"b","id":"a;b"}"#,
+            422,
+            Some("versions[2].id"),
+        ),
         (r#"{"version":"1.1","cluster":"a"}"#, 409, Some("version")),
     ] {
         let r = call(admin, "POST", "/v1/services/shop/versions", Some(body));
         assert_eq!(r.status, status, "{body}: {}", r.text());
-        assert_eq!(r.json()["error"]["field"].as_str(), field, "{body}: {}", r.text());
+        assert_eq!(
+            r.json()["error"]["field"].as_str(),
+            field,
+            "{body}: {}",
+            r.text()
+        );
     }
     let now = call(admin, "GET", "/v1/services/shop", None).json();
-    assert_eq!(now["versions"], version_before["versions"], "nothing half-applied");
+    assert_eq!(
+        now["versions"], version_before["versions"],
+        "nothing half-applied"
+    );
 
     // Bad input on every key of a whole service (PUT): 422 naming the field.
     for (body, field) in [
         (json!({"strategy":"blue"}), "strategy"),
         (json!({"versions":[]}), "versions"),
-        (json!({"versions":[{"version":"1","cluster":"a","x":1}]}), "versions[0].x"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"session_timeout":"soon","strategy":"session"}), "session_timeout"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"gradual"}), "percentage_per_request"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"gradual","ramp":"1m","percentage_per_request":1}), "ramp"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"canary"}), "weights"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"canary","weights":{"1":-1}}), "weights.1"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"force_header":"a b"}), "force_header"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"promoted":"9"}), "promoted"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{}}), "rollback.max_error_rate"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"window":"x"}}), "rollback.window"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"min_requests":0}}), "rollback.min_requests"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"hook_url":"ftp://x"}}), "rollback.hook_url"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"hook_exec":[]}}), "rollback.hook_exec"),
-        (json!({"versions":[{"version":"1","cluster":"a"}],"colour":"red"}), "colour"),
+        (
+            json!({"versions":[{"version":"1","cluster":"a","x":1}]}),
+            "versions[0].x",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"session_timeout":"soon","strategy":"session"}),
+            "session_timeout",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"gradual"}),
+            "percentage_per_request",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"gradual","ramp":"1m","percentage_per_request":1}),
+            "ramp",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"canary"}),
+            "weights",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"strategy":"canary","weights":{"1":-1}}),
+            "weights.1",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"force_header":"a b"}),
+            "force_header",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"promoted":"9"}),
+            "promoted",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{}}),
+            "rollback.max_error_rate",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"window":"x"}}),
+            "rollback.window",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"min_requests":0}}),
+            "rollback.min_requests",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"hook_url":"ftp://x"}}),
+            "rollback.hook_url",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"rollback":{"max_error_rate":0.1,"hook_exec":[]}}),
+            "rollback.hook_exec",
+        ),
+        (
+            json!({"versions":[{"version":"1","cluster":"a"}],"colour":"red"}),
+            "colour",
+        ),
     ] {
         let r = call(admin, "PUT", "/v1/services/shop", Some(&body.to_string()));
         assert_eq!(r.status, 422, "{body}: {}", r.text());
         assert_eq!(r.json()["error"]["field"], field, "{body}: {}", r.text());
     }
-    let r = call(admin, "PUT", "/v1/services/shop", Some(r#"{"name":"other","versions":[]}"#));
+    let r = call(
+        admin,
+        "PUT",
+        "/v1/services/shop",
+        Some(r#"{"name":"other","versions":[]}"#),
+    );
     assert_eq!((r.status, r.code().as_str()), (422, "invalid"));
-    let r = call(admin, "PUT", "/v1/services/shop", Some(r#"{"versions":null}"#));
+    let r = call(
+        admin,
+        "PUT",
+        "/v1/services/shop",
+        Some(r#"{"versions":null}"#),
+    );
     assert_eq!(r.status, 400);
     let now = call(admin, "GET", "/v1/services/shop", None).json();
-    assert_eq!(now["versions"], version_before["versions"], "nothing half-applied");
+    assert_eq!(
+        now["versions"], version_before["versions"],
+        "nothing half-applied"
+    );
 
     // Promote / rollback bodies.
     for (path, body, status) in [
@@ -174,7 +257,12 @@ fn services_api_versions_etags_and_every_bad_input() {
 
     // in_use both ways.
     let r = call(admin, "DELETE", "/v1/clusters/b", None);
-    assert_eq!((r.status, r.code().as_str()), (409, "in_use"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "in_use"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains("service \\\"shop\\\""), "{}", r.text());
     let r = call(admin, "DELETE", "/v1/services/shop", None);
     assert_eq!((r.status, r.code().as_str()), (409, "in_use"));
@@ -184,7 +272,9 @@ fn services_api_versions_etags_and_every_bad_input() {
         admin,
         "PUT",
         "/v1/services/shop2",
-        Some(r#"{"strategy":"canary","versions":[{"version":"3","cluster":"a"},{"version":"4","cluster":"b"}],"weights":{"3":0,"4":1}}"#),
+        Some(
+            r#"{"strategy":"canary","versions":[{"version":"3","cluster":"a"},{"version":"4","cluster":"b"}],"weights":{"3":0,"4":1}}"#,
+        ),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["status"]["versions"][1]["weight"], 1);
@@ -205,14 +295,20 @@ fn services_api_versions_etags_and_every_bad_input() {
         "/v1/listeners/web",
         Some(r#"{"bind":"127.0.0.1:0","protocol":"http","service":"ghost"}"#),
     );
-    assert_eq!((r.status, r.json()["error"]["field"].as_str()), (422, Some("service")));
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (422, Some("service"))
+    );
     let r = call(
         admin,
         "PUT",
         "/v1/listeners/t",
         Some(r#"{"bind":"127.0.0.1:0","protocol":"tcp","service":"shop2"}"#),
     );
-    assert_eq!((r.status, r.json()["error"]["field"].as_str()), (422, Some("service")));
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (422, Some("service"))
+    );
 }
 
 #[test]
@@ -241,7 +337,12 @@ fn service_changes_survive_kill_9_and_restart_and_sighup() {
     );
     assert_eq!(r.status, 201);
     assert_eq!(get_id(p.addr("web")), "vb");
-    let r = call(admin, "POST", "/v1/services/shop/rollback", Some(r#"{"version":"1.1"}"#));
+    let r = call(
+        admin,
+        "POST",
+        "/v1/services/shop/rollback",
+        Some(r#"{"version":"1.1"}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get_id(p.addr("web")), "va");
     p.signal(Signal::SIGKILL);

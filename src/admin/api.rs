@@ -155,6 +155,11 @@ fn kind_of(segment: &str) -> Kind {
 }
 
 pub fn handle(shared: &Shared, req: &Request) -> Response {
+    for e in &shared.settings.extensions {
+        if let Some(r) = e.handle(shared, req) {
+            return r;
+        }
+    }
     match route(shared, req) {
         Ok(r) => r,
         Err(e) => error_response(&e),

@@ -35,6 +35,15 @@ pub struct AdminSettings {
     pub token: Option<String>,
     pub read_only: bool,
     pub max_body: usize,
+    /// Compatibility APIs served on the same address, asked first (e.g. the DSU API).
+    pub extensions: Vec<Arc<dyn Extension>>,
+}
+
+/// Extra endpoints on the admin address (compatibility APIs with their own paths, status
+/// codes and bodies). They do their own authorization.
+pub trait Extension: Send + Sync {
+    /// `Some(response)` when the request is one of this extension's.
+    fn handle(&self, shared: &Shared, req: &Request) -> Option<Response>;
 }
 
 pub struct Shared {

@@ -18,7 +18,8 @@
 //! sans-I/O decision and the `Set-Cookie` lines), [`cookie`], [`version`], [`window`] (the
 //! sliding error window of auto-rollback), [`monitor`] (rollback accounting fed by the stats
 //! aggregator), [`controller`] (the thread that rolls back) and [`hook`] (what runs after a
-//! rollback), [`api`] (admin API edits and status).
+//! rollback), [`api`] (admin API edits and status), [`dsu`] (the original DSU proxy's config
+//! file and REST API).
 //!
 //! The data plane calls exactly two functions: [`route`] when a request's route targets a
 //! service, and [`append_set_cookies`] when its response head is written.
@@ -27,6 +28,7 @@ pub mod api;
 pub mod controller;
 pub mod cookie;
 pub mod decide;
+pub mod dsu;
 pub mod hook;
 pub mod monitor;
 pub mod service;

@@ -6,7 +6,7 @@
 mod util;
 
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

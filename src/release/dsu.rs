@@ -205,7 +205,7 @@ pub fn parse_cluster(
                     )))
                 }
                 (Mode::Session, Some(s)) => match s.as_f64() {
-                    Some(x) if x >= 1.0 && x <= 30.0 * 86400.0 => Some(x as u64),
+                    Some(x) if (1.0..=30.0 * 86400.0).contains(&x) => Some(x as u64),
                     _ => {
                         return Err(refuse(format!(
                             "{INVALID}\"sessionTimeout\" must be a number of seconds from 1 to 2592000, found {s}"
@@ -637,6 +637,7 @@ impl crate::admin::Extension for Dsu {
 }
 
 /// What the quick mode runs: the document and the DSU API's state.
+#[derive(Debug)]
 pub struct Quick {
     pub doc: Table,
     pub api: Dsu,

@@ -325,7 +325,10 @@ fn gradual_moves_clients_exactly_by_bucket_and_share_and_never_back() {
             );
             moved |= new;
             if r > 0 {
-                assert!(q["sent"].as_str().unwrap().contains(&format!("transition={id}")));
+                assert!(q["sent"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("transition={id}")));
                 assert!(
                     set_value(&q["set"], "transition").is_none(),
                     "kept, not renewed"

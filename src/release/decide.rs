@@ -71,6 +71,8 @@ pub struct Tag {
     pub version: u16,
     /// concurrent: the older version that answers when `version` fails ([`NONE`]: none).
     pub fallback: u16,
+    /// The version that failed before `version` answered instead ([`NONE`]: none did).
+    pub failed: u16,
     /// Set the version cookie on the response.
     pub set_version: bool,
     /// Set a new transition cookie, the id built from `transition` ([`cookie::client_id`]).
@@ -83,6 +85,7 @@ impl Tag {
         service: NONE,
         version: NONE,
         fallback: NONE,
+        failed: NONE,
         set_version: false,
         new_transition: false,
         transition: 0,
@@ -200,6 +203,19 @@ fn choice(svc: &Service, tag: Tag) -> Choice {
     }
 }
 
+/// concurrent: the tag's version failed (5xx, unreachable, timed out) and an older one is
+/// there to answer instead: the tag moves to it. Returns that version's cluster.
+pub fn fall_back(svc: &Service, tag: &mut Tag) -> Option<usize> {
+    if tag.fallback == NONE {
+        return None;
+    }
+    let cluster = svc.versions.get(tag.fallback as usize)?.cluster;
+    tag.failed = tag.version;
+    tag.version = tag.fallback;
+    tag.fallback = NONE;
+    Some(cluster)
+}
+
 /// Writes the `Set-Cookie` lines a tag asks for at `out[at..]`. Returns the bytes written, or
 /// `None` when they do not fit.
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Option<usize> {
@@ -286,6 +302,10 @@ mod tests {
         let mut post = req(None, None, 1);
         post.idempotent = false;
         assert_eq!(decide(0, &s, &post, Instant::now()).tag.fallback, NONE);
+        let mut t = c.tag;
+        assert_eq!(fall_back(&s, &mut t), Some(10));
+        assert_eq!((t.version, t.failed, t.fallback), (0, 1, NONE));
+        assert_eq!(fall_back(&s, &mut t), None, "once");
     }
 
     #[test]

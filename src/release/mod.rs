@@ -21,8 +21,12 @@
 //! rollback), [`api`] (admin API edits and status), [`dsu`] (the original DSU proxy's config
 //! file and REST API).
 //!
-//! The data plane calls exactly two functions: [`route`] when a request's route targets a
-//! service, and [`append_set_cookies`] when its response head is written.
+//! The data plane calls [`route`] when a request's route targets a service,
+//! [`append_set_cookies`] when its response head is written, and, for `concurrent`,
+//! [`can_fall_back`] / [`fall_back`] when the newest version fails a request: the older
+//! version then answers it. (Mirroring every idempotent request to both versions and
+//! counting status and body mismatches needs two upstream exchanges per request: it waits for
+//! the session core.)
 
 pub mod api;
 pub mod controller;
@@ -95,6 +99,25 @@ pub fn append_set_cookies(
         .ok_or(overflow)?
         .copy_from_slice(b"\r\n");
     Ok(end + 2)
+}
+
+/// Whether a request may still fall back to an older version (concurrent) when its version
+/// fails: the worker then lets a 5xx or a timeout be retried.
+#[inline]
+pub fn can_fall_back(tag: &Tag) -> bool {
+    tag.fallback != service::NONE
+}
+
+/// concurrent: the request's version failed (a 5xx answer, unreachable, no answer in time);
+/// it moves to the older version, whose cluster is returned. `None`: nothing to fall back to.
+///
+/// HOT PATH (failures only).
+#[inline]
+pub fn fall_back(snap: &Snapshot, tag: &mut Tag) -> Option<usize> {
+    if !can_fall_back(tag) {
+        return None;
+    }
+    decide::fall_back(snap.services.get(tag.service as usize)?, tag)
 }
 
 /// 64 bits of entropy for seeds and ids (control plane only: reads `/dev/urandom`; falls

@@ -225,6 +225,8 @@ pub struct StatSet {
     /// Per service, per version (in version order).
     versions: Vec<Vec<Traffic>>,
     version_hists: Vec<Vec<Option<Box<Hists>>>>,
+    /// concurrent: requests this version failed that an older version answered.
+    version_fallbacks: Vec<Vec<u64>>,
 }
 
 impl StatSet {
@@ -249,6 +251,11 @@ impl StatSet {
                 .services
                 .iter()
                 .map(|s| (0..s.versions.len()).map(|_| None).collect())
+                .collect(),
+            version_fallbacks: snap
+                .services
+                .iter()
+                .map(|s| vec![0; s.versions.len()])
                 .collect(),
         }
     }
@@ -313,6 +320,11 @@ impl StatSet {
         let clusters = zero(&mut self.clusters);
         let backends = self.backends.iter_mut().map(zero).collect();
         let versions = self.versions.iter_mut().map(zero).collect();
+        let version_fallbacks = self
+            .version_fallbacks
+            .iter_mut()
+            .map(|v| std::mem::replace(v, vec![0; v.len()]))
+            .collect();
         let mut version_hists = Vec::new();
         for (si, list) in self.version_hists.iter_mut().enumerate() {
             for (vi, h) in list.iter_mut().enumerate() {
@@ -344,6 +356,7 @@ impl StatSet {
             hists,
             versions,
             version_hists,
+            version_fallbacks,
         }
     }
 }
@@ -485,6 +498,22 @@ impl WorkerStats {
                 t.count_status(r.status);
                 t.bytes_out += r.bytes_out;
             }
+            // concurrent: the version that failed first got the request too, and failed it.
+            let failed = crate::release::Tag {
+                version: r.release.failed,
+                ..r.release
+            };
+            if let Some(t) = set.version(&failed) {
+                t.requests += 1;
+                t.responses_5xx += 1;
+                if let Some(n) = set
+                    .version_fallbacks
+                    .get_mut(failed.service as usize)
+                    .and_then(|v| v.get_mut(failed.version as usize))
+                {
+                    *n += 1;
+                }
+            }
             if !minimal && r.status != 0 {
                 set.record_version(&r.release, HistKind::Request, r.latency);
                 if let Some(d) = r.ttfb {
@@ -565,6 +594,7 @@ pub struct SetDelta {
     hists: Vec<SparseHist>,
     versions: Vec<Vec<Traffic>>,
     version_hists: Vec<SparseVersionHist>,
+    version_fallbacks: Vec<Vec<u64>>,
 }
 
 /// What a [`StatsHandle`] asks for.
@@ -668,6 +698,8 @@ pub(crate) struct ClusterAgg {
 pub(crate) struct VersionAgg {
     pub(crate) traffic: Traffic,
     pub(crate) hists: Option<Hists>,
+    /// concurrent: requests it failed that an older version answered.
+    pub(crate) fallbacks: u64,
 }
 
 /// Auto-rollback: the aggregator feeds per-version counts to the monitor and sends its
@@ -903,7 +935,14 @@ impl Aggregator {
                     svc.name.clone(),
                     String::from_utf8_lossy(&v.id).into_owned(),
                 );
-                self.versions.entry(key).or_default().traffic.merge(t);
+                let agg = self.versions.entry(key).or_default();
+                agg.traffic.merge(t);
+                agg.fallbacks += d
+                    .version_fallbacks
+                    .get(si)
+                    .and_then(|f| f.get(vi))
+                    .copied()
+                    .unwrap_or(0);
                 if let Some(link) = self.release.as_mut() {
                     link.monitor
                         .record(snap, si, vi, now_ms, t.requests, t.responses_5xx);
@@ -1160,6 +1199,9 @@ impl Aggregator {
                 };
                 vo.insert("state".into(), Value::from(state));
                 agg.traffic.to_json(&mut vo);
+                if s.strategy == crate::config::services::Strategy::Concurrent {
+                    vo.insert("fallbacks".into(), Value::from(agg.fallbacks));
+                }
                 vo.insert("latency_ms".into(), hists_json(agg.hists.as_ref()));
                 versions.insert(version_label(s, i), Value::Object(vo));
             }

@@ -483,6 +483,18 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
         );
     }
     traffic_families(o, "version", &rows);
+    o.family(
+        "switchyard_version_fallbacks_total",
+        "counter",
+        "concurrent: requests the version failed (5xx, unreachable, timeout) that the previous version answered.",
+    );
+    for ((l, _), (_, _, agg, _, _)) in rows.iter().zip(&labels) {
+        o.sample(
+            "switchyard_version_fallbacks_total",
+            l,
+            agg.fallbacks as f64,
+        );
+    }
     let none = Hists::new();
     o.family(
         "switchyard_version_request_duration_seconds",

@@ -319,6 +319,9 @@ impl Worker {
             s.timeouts.first_byte = cluster.first_byte_timeout;
             s.timeouts.backend_idle = cluster.idle_timeout;
             if s.attempts >= cluster.connect_attempts {
+                if self.http_fall_back(key) {
+                    continue;
+                }
                 return self.fail_http(key, 502);
             }
             if self.balancers.version < snap.version {
@@ -344,6 +347,12 @@ impl Worker {
                 // Nothing could be reached: when the cluster is failing open (every backend
                 // down by its health checks) or has no backend, that is "unavailable".
                 Pick::Exhausted => {
+                    if self.http_fall_back(key) {
+                        continue;
+                    }
+                    let Some(HttpEntry::Session(s)) = self.http.get(key) else {
+                        return;
+                    };
                     let status = if s.attempts == 0 || cluster.panic {
                         503
                     } else {
@@ -367,8 +376,9 @@ impl Worker {
                 && (policy.non_idempotent || s.idempotent())
                 && same
                 && self.balancers.has_budget(ci);
-            s.retry_5xx = allowed && policy.on_5xx;
-            s.retry_timeout = allowed && policy.on_timeout;
+            let fall_back = crate::release::can_fall_back(&s.release);
+            s.retry_5xx = (allowed && policy.on_5xx) || fall_back;
+            s.retry_timeout = (allowed && policy.on_timeout) || fall_back;
             let backend = &cluster.backends[idx];
             // A pooled connection to this backend?
             let pooled = if fresh {
@@ -717,6 +727,9 @@ impl Worker {
     /// request to another backend: a failure for this one, a retry token spent.
     fn http_retry_elsewhere(&mut self, key: usize) {
         self.observe_http(key, Outcome::Failure);
+        if self.http_fall_back(key) {
+            return self.http_upstream(key, false);
+        }
         let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
             return;
         };
@@ -731,6 +744,28 @@ impl Worker {
         self.obs_http_retry(key);
         self.drop_upstream(key);
         self.http_upstream(key, false);
+    }
+
+    /// Release strategy `concurrent`: the newest version failed this request; it goes to the
+    /// older version's cluster instead (its upstream, if any, is dropped first).
+    fn http_fall_back(&mut self, key: usize) -> bool {
+        match self.http.get(key) {
+            Some(HttpEntry::Session(s)) if crate::release::can_fall_back(&s.release) => {}
+            _ => return false,
+        }
+        self.drop_upstream(key);
+        let Some(HttpEntry::Session(s)) = self.http.get_mut(key) else {
+            return false;
+        };
+        let snap = s.snapshot.clone();
+        let Some(cluster) = crate::release::fall_back(&snap, &mut s.release) else {
+            return false;
+        };
+        s.cluster = cluster as u32;
+        s.tried = crate::balance::Tried::default();
+        s.attempts = 0;
+        s.retries_used = 0;
+        true
     }
 
     fn drive_if_session(&mut self, key: usize) {

@@ -285,6 +285,26 @@ impl Snapshot {
             }
             listeners[slot] = Some(route);
         }
+        // Which clusters serve requests directly (not only through a service version).
+        let mut direct = vec![false; clusters.len()];
+        for l in listeners.iter().flatten() {
+            if l.faas {
+                direct.iter_mut().for_each(|d| *d = true);
+            }
+            let targets = l.routes.iter().map(|r| r.target).chain(l.target);
+            for t in targets {
+                if let Target::Cluster(c) = t {
+                    if let Some(d) = direct.get_mut(c) {
+                        *d = true;
+                    }
+                }
+            }
+            if let Some(d) = l.cluster.and_then(|c| direct.get_mut(c)) {
+                *d = true;
+            }
+        }
+        let mut services = services;
+        crate::release::service::mark_shared(&mut services, &direct);
         let layout = layout_of(&listeners, &clusters, &services);
         Snapshot {
             version,

@@ -105,6 +105,7 @@ impl Strategy {
         }
     }
     /// Strategies that keep a client on its version with the version cookie.
+    #[inline]
     pub fn sticky(self) -> bool {
         matches!(
             self,

@@ -173,6 +173,11 @@ pub struct RequestHead {
     pub has_request_id: bool,
     /// An `X-Forwarded-For` header is present.
     pub has_forwarded_for: bool,
+    /// The value of the first `Cookie` header (release strategies read their cookies there
+    /// without another pass over the head).
+    pub cookie: Option<Range<usize>>,
+    /// How many `Cookie` headers there are (clients send one).
+    pub cookie_headers: u8,
 }
 
 impl RequestHead {
@@ -269,6 +274,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     let mut expect_continue = false;
     let mut has_request_id = false;
     let mut has_forwarded_for = false;
+    let mut cookie = None;
+    let mut cookie_headers = 0u8;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if framing.take(name, h.value).map_err(Reject::Smuggling)? {
@@ -293,6 +300,11 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             has_request_id = true;
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             has_forwarded_for = true;
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            if cookie.is_none() {
+                cookie = span(buf, h.value);
+            }
+            cookie_headers = cookie_headers.saturating_add(1);
         }
     }
 
@@ -337,6 +349,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         connection_names: conn.other,
         has_request_id,
         has_forwarded_for,
+        cookie,
+        cookie_headers,
     }))
 }
 
@@ -969,6 +983,16 @@ mod tests {
             Ok(Some(h)) => h,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(s)),
         }
+    }
+
+    #[test]
+    fn cookie_headers_are_located_while_parsing() {
+        let s = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; dynsoftup=1.1\r\ncookie: b=2\r\n\r\n";
+        let h = ok(s);
+        assert_eq!(&s[h.cookie.clone().unwrap()], b"a=1; dynsoftup=1.1");
+        assert_eq!(h.cookie_headers, 2);
+        let h = ok(GET);
+        assert_eq!((h.cookie, h.cookie_headers), (None, 0));
     }
 
     fn rej(s: &[u8]) -> Reject {

@@ -673,17 +673,7 @@ impl HttpSession {
         {
             Decision::Cluster { cluster, strip } => (cluster, strip),
             Decision::Service { service, strip } => {
-                let idem = h.method.is_idempotent();
-                let now = cx.now;
-                match crate::release::route(
-                    &snap,
-                    service,
-                    data,
-                    head_len,
-                    idem,
-                    *cx.request_ids,
-                    now,
-                ) {
+                match crate::release::route(&snap, service, data, h, *cx.request_ids, cx.now) {
                     Some(c) => {
                         self.release = c.tag;
                         (c.cluster, strip)

@@ -13,35 +13,110 @@ pub const MAX_VALUE: usize = 128;
 /// The transition cookie lives long: a client keeps its bucket across rollouts, so a client
 /// that moved to a new version never moves back.
 pub const TRANSITION_MAX_AGE: u64 = 365 * 24 * 3600;
+/// What follows a transition cookie's value (`Max-Age` = [`TRANSITION_MAX_AGE`]).
+pub const TRANSITION_ATTRIBUTES: &[u8] = b"; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n";
 /// Length of a generated client id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
 pub const ID_LEN: usize = 36;
 
-/// Calls `f(name, value)` for each `name=value` pair of a `Cookie` header value (quotes
-/// around a value removed). Stops when `f` returns true.
-pub fn each_pair<'a>(header: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) {
-    for pair in header.split(|&b| b == b';') {
-        let pair = pair.trim_ascii();
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (name, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
-        let value = value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value);
-        if f(name, value) {
-            return;
+/// The first byte `b` in `bytes`, eight bytes at a time (cookie headers can be kilobytes of
+/// other sites' cookies; ours are found without a per-byte loop).
+#[inline]
+fn find_byte(bytes: &[u8], b: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(b);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ pattern;
+        // Exact for the lowest zero byte; bytes above it may be flagged falsely through the
+        // borrow, which trailing_zeros ignores.
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
         }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b)
+        .map(|p| at + p)
+}
+
+/// A cookie value without surrounding whitespace and quotes.
+#[inline]
+fn clean(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii_end();
+    v.strip_prefix(b"\"")
+        .and_then(|x| x.strip_suffix(b"\""))
+        .unwrap_or(v)
+}
+
+/// The values of the first `dynsoftup` and (when `transition`) `transition` cookies of a
+/// `Cookie` header value, in one pass that stops as soon as both are found.
+#[inline]
+pub fn find_ours(header: &[u8], transition: bool) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (mut version, mut trans) = (None, None);
+    let mut rest = header;
+    loop {
+        // Pairs are separated by "; " (RFC 6265); anything else is tolerated, more slowly.
+        let pair = match rest.first() {
+            Some(b' ' | b'\t') => rest.trim_ascii_start(),
+            _ => rest,
+        };
+        let end = find_byte(pair, b';').unwrap_or(pair.len());
+        let this = &pair[..end];
+        // Names compared as fixed-size arrays: no memcmp call per cookie.
+        match this.first() {
+            Some(b'd') if version.is_none() => {
+                if let Some((name, v)) = this.split_first_chunk::<10>() {
+                    if name == b"dynsoftup=" {
+                        version = Some(clean(v));
+                    }
+                }
+            }
+            Some(b't') if transition && trans.is_none() => {
+                if let Some((name, v)) = this.split_first_chunk::<11>() {
+                    if name == b"transition=" {
+                        trans = Some(clean(v));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if (version.is_some() && (trans.is_some() || !transition)) || end >= pair.len() {
+            return (version, trans);
+        }
+        rest = &pair[end + 1..];
     }
 }
 
-/// A cookie value we are willing to echo and hash: 1..=MAX_VALUE bytes of RFC 6265
-/// cookie-octets.
+/// The value of the first `transition` cookie of a `Cookie` header value.
+#[inline]
+pub fn find_transition(header: &[u8]) -> Option<&[u8]> {
+    let mut rest = header;
+    loop {
+        let pair = rest.trim_ascii_start();
+        let end = find_byte(pair, b';').unwrap_or(pair.len());
+        if let Some((name, v)) = pair[..end].split_first_chunk::<11>() {
+            if name == b"transition=" {
+                return Some(clean(v));
+            }
+        }
+        if end >= pair.len() {
+            return None;
+        }
+        rest = &pair[end + 1..];
+    }
+}
+
+/// A transition id we are willing to hash: 1..=MAX_VALUE bytes (it is never echoed back).
+#[inline]
 pub fn acceptable(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= MAX_VALUE
-        && v.iter()
-            .all(|&b| b > b' ' && b < 0x7f && !matches!(b, b'"' | b',' | b';' | b'\\'))
+    !v.is_empty() && v.len() <= MAX_VALUE
 }
 
 /// FNV-1 (64-bit) as Go's `hash/fnv.New64`: the original's bucket of a transition id is
@@ -61,6 +136,7 @@ pub fn bucket(id: &[u8]) -> u8 {
 }
 
 /// SplitMix64: a fast, well-mixed 64-bit permutation (also the per-request random source).
+#[inline]
 pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -155,32 +231,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pairs_of_a_cookie_header() {
-        let mut seen = Vec::new();
-        each_pair(
-            b"__utmb=1.4.10; dynsoftup=452b8f23-fa46; transition=\"abc\";; bad; x = y ",
-            |n, v| {
-                seen.push((n.to_vec(), v.to_vec()));
-                false
-            },
-        );
-        let seen: Vec<(String, String)> = seen
-            .into_iter()
-            .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
-            .collect();
+    fn our_cookies_among_others() {
+        let h = b"__utmb=1.4.10; dynsoftup=452b8f23-fa46;transition=\"abc\" ;; bad; dynsoftup=2";
         assert_eq!(
-            seen,
-            [
-                ("__utmb", "1.4.10"),
-                ("dynsoftup", "452b8f23-fa46"),
-                ("transition", "abc"),
-                ("x", "y")
-            ]
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            find_ours(h, true),
+            (Some(&b"452b8f23-fa46"[..]), Some(&b"abc"[..]))
         );
+        assert_eq!(find_ours(h, false), (Some(&b"452b8f23-fa46"[..]), None));
+        assert_eq!(find_ours(b"transition=t", true), (None, Some(&b"t"[..])));
+        assert_eq!(find_transition(h), Some(&b"abc"[..]));
+        assert_eq!(find_transition(b"a=1; transitions=2"), None);
+        assert_eq!(find_transition(b""), None);
+        assert_eq!(find_ours(b"", true), (None, None));
+        assert_eq!(find_ours(b";;; ", true), (None, None));
+        assert_eq!(
+            find_ours(b"xdynsoftup=1; dynsoftup=", true),
+            (Some(&b""[..]), None)
+        );
+        let long = [b"a=b; ".repeat(400), b"dynsoftup=9".to_vec()].concat();
+        assert_eq!(find_ours(&long, false).0, Some(&b"9"[..]));
+        for i in 0..20 {
+            let v: Vec<u8> = (0..i)
+                .map(|k| if k == i - 1 { b';' } else { b'x' })
+                .collect();
+            assert_eq!(find_byte(&v, b';'), if i == 0 { None } else { Some(i - 1) });
+        }
         assert!(acceptable(b"1.1"));
         assert!(!acceptable(b""));
-        assert!(!acceptable(b"a b"));
         assert!(!acceptable(&[b'a'; 129]));
     }
 
@@ -223,6 +300,12 @@ mod tests {
 
     #[test]
     fn set_cookie_lines() {
+        let mut o = Out {
+            buf: &mut [0u8; 128],
+            n: 0,
+        };
+        write_set_cookie(&mut o, TRANSITION, b"x", TRANSITION_MAX_AGE).unwrap();
+        assert!(o.buf[..o.n].ends_with(TRANSITION_ATTRIBUTES));
         let line = set_cookie_line(VERSION, b"1.1", 1800);
         assert_eq!(
             &line[..],

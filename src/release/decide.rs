@@ -8,6 +8,7 @@
 use super::cookie;
 use super::service::{Service, NONE};
 use crate::config::services::{Ramp, Strategy};
+use crate::http::head::{HeaderLines, RequestHead};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -18,46 +19,72 @@ pub struct Request<'a> {
     pub version_cookie: Option<&'a [u8]>,
     /// The `transition` cookie's value.
     pub transition_cookie: Option<&'a [u8]>,
+    /// gradual: the (single) `Cookie` header, where the transition cookie is looked for only
+    /// when the decision needs it (a client already on the newest version does not).
+    pub cookie_header: Option<&'a [u8]>,
     /// The forcing header's value (only looked for when the service has one).
     pub forced: Option<&'a [u8]>,
     /// GET, HEAD, PUT, DELETE, OPTIONS, TRACE.
     pub idempotent: bool,
-    /// A fresh random number for this request.
+    /// Differs from request to request (mixed before use: only canary and new gradual
+    /// clients need randomness).
     pub random: u64,
 }
 
 impl<'a> Request<'a> {
-    /// One pass over the header lines of a request head (`head[..head_len]`): the two
-    /// cookies (first occurrence, across any number of `Cookie` headers) and the service's
-    /// forcing header.
-    pub fn from_head(
-        svc: &Service,
-        head: &'a [u8],
-        head_len: usize,
-        idempotent: bool,
-        random: u64,
-    ) -> Request<'a> {
+    /// What a decision needs from a parsed request head (`buf` is the buffer `h` indexes).
+    /// The cookies are read from the `Cookie` header the parser located (a second pass over
+    /// the head only when a client sent several), and only by strategies that use them; the
+    /// forcing header is looked for only when the service has one.
+    #[inline]
+    pub fn from_head(svc: &Service, buf: &'a [u8], h: &RequestHead, random: u64) -> Request<'a> {
         let mut r = Request {
-            idempotent,
+            idempotent: h.method.is_idempotent(),
             random,
             ..Request::default()
         };
-        let force = svc.force_header.as_deref();
-        for (name, value) in crate::http::head::HeaderLines::new(head, head_len) {
-            if name.eq_ignore_ascii_case(b"cookie") {
-                cookie::each_pair(value, |n, v| {
-                    if n == cookie::VERSION && r.version_cookie.is_none() {
-                        r.version_cookie = Some(v);
-                    } else if n == cookie::TRANSITION && r.transition_cookie.is_none() {
-                        r.transition_cookie = Some(v);
+        if svc.strategy.sticky() {
+            let gradual = svc.strategy == Strategy::Gradual;
+            match h.cookie_headers {
+                0 => {}
+                1 => {
+                    if let Some(v) = h.cookie.clone().and_then(|c| buf.get(c)) {
+                        r.take_cookies(v, false);
+                        if gradual {
+                            r.cookie_header = Some(v);
+                        }
                     }
-                    r.version_cookie.is_some() && r.transition_cookie.is_some()
-                });
-            } else if force.is_some_and(|f| name.len() == f.len() && name.eq_ignore_ascii_case(f)) {
-                r.forced.get_or_insert(value);
+                }
+                _ => {
+                    for (name, value) in HeaderLines::new(buf, h.head_len) {
+                        if name.eq_ignore_ascii_case(b"cookie") {
+                            r.take_cookies(value, gradual);
+                        }
+                    }
+                }
             }
         }
+        if let Some(f) = svc.force_header.as_deref() {
+            r.forced = HeaderLines::new(buf, h.head_len)
+                .find(|(name, _)| name.len() == f.len() && name.eq_ignore_ascii_case(f))
+                .map(|(_, v)| v);
+        }
         r
+    }
+
+    /// The first `dynsoftup` (and, for gradual, `transition`) cookie of a `Cookie` value.
+    #[inline]
+    fn take_cookies(&mut self, header: &'a [u8], transition: bool) {
+        let (v, t) = cookie::find_ours(header, transition && self.transition_cookie.is_none());
+        self.version_cookie = self.version_cookie.or(v);
+        self.transition_cookie = self.transition_cookie.or(t);
+    }
+
+    /// The transition cookie's value (looked for in `cookie_header` if not found yet).
+    #[inline]
+    fn transition(&self) -> Option<&'a [u8]> {
+        self.transition_cookie
+            .or_else(|| self.cookie_header.and_then(|h| cookie::find_transition(h)))
     }
 }
 
@@ -77,6 +104,9 @@ pub struct Tag {
     pub set_version: bool,
     /// Set a new transition cookie, the id built from `transition` ([`cookie::client_id`]).
     pub new_transition: bool,
+    /// The version's latency goes into a histogram of its own (its cluster serves others
+    /// too; see [`super::service::Version::shares_cluster`]).
+    pub own_histogram: bool,
     pub transition: u64,
 }
 
@@ -88,6 +118,7 @@ impl Tag {
         failed: NONE,
         set_version: false,
         new_transition: false,
+        own_histogram: false,
         transition: 0,
     };
 
@@ -111,6 +142,7 @@ pub struct Choice {
 }
 
 /// Decides one request for service number `index`.
+#[inline]
 pub fn decide(index: usize, svc: &Service, req: &Request<'_>, now: Instant) -> Choice {
     let mut tag = Tag {
         service: index as u16,
@@ -147,7 +179,7 @@ pub fn decide(index: usize, svc: &Service, req: &Request<'_>, now: Instant) -> C
                 tag.version = match (sticky, svc.canary.last()) {
                     (Some(h), _) => h,
                     (None, Some(&(total, _))) => {
-                        let x = req.random % total;
+                        let x = cookie::mix(req.random) % total;
                         svc.canary
                             .iter()
                             .find(|(upto, _)| x < *upto)
@@ -168,37 +200,43 @@ pub fn decide(index: usize, svc: &Service, req: &Request<'_>, now: Instant) -> C
 }
 
 fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, now: Instant) -> u16 {
-    let bucket = match req.transition_cookie.filter(|v| cookie::acceptable(v)) {
-        Some(id) => cookie::bucket(id),
-        None => {
-            tag.new_transition = true;
-            tag.transition = req.random;
-            cookie::bucket(&cookie::client_id(req.random))
-        }
+    // The original: the share grows with every routed request, this one included.
+    let routed = match svc.ramp {
+        Some(Ramp::PerRequest(_)) => svc.live.routed.fetch_add(1, Ordering::Relaxed) + 1,
+        _ => 0,
     };
-    let Some(previous) = svc.previous else {
-        return svc.newest; // nothing older to stay on
+    // Moved clients never move back: the share only grows, and a client already on the
+    // newest stays there by its cookie (no bucket needed, not even its transition cookie:
+    // should a newer version come, a client without one gets one then).
+    let Some(previous) = svc.previous.filter(|_| had != Some(svc.newest)) else {
+        return svc.newest;
+    };
+    let id = req.transition().filter(|v| cookie::acceptable(v));
+    if id.is_none() {
+        tag.new_transition = true;
+        tag.transition = cookie::mix(req.random);
+    }
+    let bucket = match id {
+        Some(id) => cookie::bucket(id),
+        None => cookie::bucket(&cookie::client_id(tag.transition)),
     };
     let share = match svc.ramp {
-        // The original: the counter grows with every routed request, this one included.
-        Some(Ramp::PerRequest(p)) => {
-            let n = svc.live.routed.fetch_add(1, Ordering::Relaxed) + 1;
-            n as f64 * p
-        }
+        Some(Ramp::PerRequest(p)) => routed as f64 * p,
         _ => svc.share(now),
     };
-    if had == Some(svc.newest) || f64::from(bucket) < share {
+    if f64::from(bucket) < share {
         svc.newest
     } else {
-        // Moved clients never move back: the share only grows, and a client already on the
-        // newest stays there by its cookie.
         had.unwrap_or(previous)
     }
 }
 
-fn choice(svc: &Service, tag: Tag) -> Choice {
+#[inline]
+fn choice(svc: &Service, mut tag: Tag) -> Choice {
+    let v = &svc.versions[tag.version as usize];
+    tag.own_histogram = v.shares_cluster;
     Choice {
-        cluster: svc.versions[tag.version as usize].cluster,
+        cluster: v.cluster,
         tag,
     }
 }
@@ -209,7 +247,9 @@ pub fn fall_back(svc: &Service, tag: &mut Tag) -> Option<usize> {
     if tag.fallback == NONE {
         return None;
     }
-    let cluster = svc.versions.get(tag.fallback as usize)?.cluster;
+    let v = svc.versions.get(tag.fallback as usize)?;
+    let cluster = v.cluster;
+    tag.own_histogram = v.shares_cluster;
     tag.failed = tag.version;
     tag.version = tag.fallback;
     tag.fallback = NONE;
@@ -218,14 +258,16 @@ pub fn fall_back(svc: &Service, tag: &mut Tag) -> Option<usize> {
 
 /// Writes the `Set-Cookie` lines a tag asks for at `out[at..]`. Returns the bytes written, or
 /// `None` when they do not fit.
+#[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Option<usize> {
     let mut o = cookie::Out { buf: out, n: 0 };
     if tag.set_version {
         o.put(&svc.versions.get(tag.version as usize)?.set_cookie)?;
     }
     if tag.new_transition {
-        let id = cookie::client_id(tag.transition);
-        cookie::write_set_cookie(&mut o, cookie::TRANSITION, &id, cookie::TRANSITION_MAX_AGE)?;
+        o.put(b"Set-Cookie: transition=")?;
+        o.put(&cookie::client_id(tag.transition))?;
+        o.put(cookie::TRANSITION_ATTRIBUTES)?;
     }
     Some(o.n)
 }
@@ -273,6 +315,7 @@ mod tests {
         Request {
             version_cookie: version.map(str::as_bytes),
             transition_cookie: transition.map(str::as_bytes),
+            cookie_header: None,
             forced: None,
             idempotent: true,
             random,
@@ -433,7 +476,8 @@ mod tests {
         let mut out = [0u8; 512];
         let n = write_cookies(&s, &c.tag, &mut out).unwrap();
         let text = std::str::from_utf8(&out[..n]).unwrap();
-        let id = std::str::from_utf8(&cookie::client_id(42))
+        assert_eq!(c.tag.transition, cookie::mix(42));
+        let id = std::str::from_utf8(&cookie::client_id(c.tag.transition))
             .unwrap()
             .to_string();
         assert!(
@@ -496,15 +540,51 @@ mod tests {
         assert_eq!(decide(0, &one, &req(None, None, 1), t0).tag.version, 0);
     }
 
+    fn head(bytes: &[u8]) -> RequestHead {
+        match crate::http::head::parse_request(bytes, &Default::default()) {
+            Ok(Some(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn cookies_and_forcing_header_from_a_head() {
-        let s = service(Strategy::Session, &[("1.0", false)], |_| {});
-        let head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; transition=t1\r\nX-Version: 1.0\r\ncookie: dynsoftup=1.0; transition=t2\r\n\r\n";
-        let r = Request::from_head(&s, head, head.len(), true, 9);
-        assert_eq!(r.version_cookie, Some(&b"1.0"[..]));
+        let g = service(Strategy::Gradual, &[("1.0", false)], |c| {
+            c.ramp = Some(Ramp::PerRequest(1.0))
+        });
+        let buf = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; transition=t1\r\nX-Version: 1.0\r\ncookie: dynsoftup=1.0; transition=t2\r\n\r\n";
+        let r = Request::from_head(&g, buf, &head(buf), 9);
+        assert_eq!(
+            r.version_cookie,
+            Some(&b"1.0"[..]),
+            "from the second Cookie header"
+        );
         assert_eq!(r.transition_cookie, Some(&b"t1"[..]));
         assert_eq!(r.forced, Some(&b"1.0"[..]));
-        let r = Request::from_head(&s, b"GET / HTTP/1.1\r\n\r\n", 18, false, 9);
-        assert!(r.version_cookie.is_none() && r.forced.is_none() && !r.idempotent);
+        assert!(r.idempotent);
+        // One Cookie header: gradual looks for the transition cookie only when it needs it.
+        let buf = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: dynsoftup=9; transition=t3\r\n\r\n";
+        let r = Request::from_head(&g, buf, &head(buf), 9);
+        assert_eq!(r.version_cookie, Some(&b"9"[..]));
+        assert_eq!(r.transition_cookie, None);
+        assert_eq!(r.transition(), Some(&b"t3"[..]));
+        // Session does not need the transition cookie; instant reads no cookie at all.
+        let s = service(Strategy::Session, &[("1.0", false)], |c| {
+            c.force_header = None
+        });
+        let buf = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nCookie: transition=t; dynsoftup=1.0\r\nX-Version: 1.0\r\n\r\n";
+        let r = Request::from_head(&s, buf, &head(buf), 9);
+        assert_eq!(
+            (r.version_cookie, r.transition_cookie),
+            (Some(&b"1.0"[..]), None)
+        );
+        assert!(
+            r.forced.is_none() && !r.idempotent,
+            "no forcing header configured"
+        );
+        let i = service(Strategy::Instant, &[("1.0", false)], |_| {});
+        let r = Request::from_head(&i, buf, &head(buf), 9);
+        assert!(r.version_cookie.is_none());
+        assert_eq!(r.forced, Some(&b"1.0"[..]));
     }
 }

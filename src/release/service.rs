@@ -28,6 +28,11 @@ pub struct Version {
     pub weight: u32,
     /// This version's whole `Set-Cookie: dynsoftup=...` line.
     pub set_cookie: Box<[u8]>,
+    /// Its cluster serves something else too (a listener, a route, FaaS routing, another
+    /// version): its latency needs a histogram of its own. Otherwise the cluster's histogram
+    /// holds exactly its requests, and the stats read that one (one histogram record per
+    /// request instead of two).
+    pub shares_cluster: bool,
 }
 
 /// Live state of a service that outlives snapshots while the newest version stays the same.
@@ -88,6 +93,7 @@ impl Service {
                 rolled_back: v.rolled_back,
                 weight: cfg.weights.get(i).copied().unwrap_or(0),
                 set_cookie: cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age),
+                shares_cluster: true,
             });
         }
         let live: Vec<u16> = (0..versions.len())
@@ -139,9 +145,12 @@ impl Service {
     /// The version whose cookie id is `id`, if it takes traffic (not rolled back).
     #[inline]
     pub fn live_by_id(&self, id: &[u8]) -> Option<u16> {
+        // Ids are short: a byte loop beats a memcmp call.
         self.versions
             .iter()
-            .position(|v| *v.id == *id && !v.rolled_back)
+            .position(|v| {
+                v.id.len() == id.len() && v.id.iter().zip(id).all(|(a, b)| a == b) && !v.rolled_back
+            })
             .map(|i| i as u16)
     }
 
@@ -170,6 +179,25 @@ impl Service {
                 (f * 100.0).min(100.0)
             }
             None => 100.0,
+        }
+    }
+}
+
+/// Sets [`Version::shares_cluster`]: `direct[c]` says whether cluster `c` is a target of a
+/// listener or route (or every cluster is, with FaaS routing).
+pub fn mark_shared(services: &mut [Service], direct: &[bool]) {
+    let mut uses = vec![0u32; direct.len()];
+    for s in services.iter() {
+        for v in &s.versions {
+            if let Some(u) = uses.get_mut(v.cluster) {
+                *u += 1;
+            }
+        }
+    }
+    for s in services.iter_mut() {
+        for v in &mut s.versions {
+            v.shares_cluster = direct.get(v.cluster).copied().unwrap_or(true)
+                || uses.get(v.cluster).copied().unwrap_or(0) > 1;
         }
     }
 }

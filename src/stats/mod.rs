@@ -267,6 +267,38 @@ impl StatSet {
             .get_mut(tag.version as usize)
     }
 
+    /// A request routed through a service: its version's counters (and, concurrent, those of
+    /// the version that failed it first).
+    #[inline]
+    fn version_done(&mut self, r: &RequestDone, minimal: bool) {
+        if let Some(t) = self.version(&r.release) {
+            t.requests += 1;
+            t.count_status(r.status);
+            t.bytes_out += r.bytes_out;
+        }
+        if r.release.failed != crate::release::service::NONE {
+            let failed = crate::release::Tag {
+                version: r.release.failed,
+                ..r.release
+            };
+            if let Some(t) = self.version(&failed) {
+                t.requests += 1;
+                t.responses_5xx += 1;
+            }
+            if let Some(n) = self
+                .version_fallbacks
+                .get_mut(failed.service as usize)
+                .and_then(|v| v.get_mut(failed.version as usize))
+            {
+                *n += 1;
+            }
+        }
+        // A version alone on its cluster reads the cluster's histogram.
+        if !minimal && r.status != 0 && r.release.own_histogram {
+            self.record_version(&r.release, HistKind::Request, r.latency);
+        }
+    }
+
     #[inline]
     fn record_version(&mut self, tag: &crate::release::Tag, kind: HistKind, d: Duration) {
         let slot = self
@@ -489,42 +521,19 @@ impl WorkerStats {
     }
 
     pub fn request_done(&mut self, snap: &Arc<Snapshot>, r: &RequestDone) {
-        if !r.release.is_none() {
-            // Counted even with minimal stats: auto-rollback judges versions by these.
-            let minimal = self.minimal;
-            let set = self.set(snap);
-            if let Some(t) = set.version(&r.release) {
-                t.requests += 1;
-                t.count_status(r.status);
-                t.bytes_out += r.bytes_out;
-            }
-            // concurrent: the version that failed first got the request too, and failed it.
-            let failed = crate::release::Tag {
-                version: r.release.failed,
-                ..r.release
-            };
-            if let Some(t) = set.version(&failed) {
-                t.requests += 1;
-                t.responses_5xx += 1;
-                if let Some(n) = set
-                    .version_fallbacks
-                    .get_mut(failed.service as usize)
-                    .and_then(|v| v.get_mut(failed.version as usize))
-                {
-                    *n += 1;
-                }
-            }
-            if !minimal && r.status != 0 {
-                set.record_version(&r.release, HistKind::Request, r.latency);
-                if let Some(d) = r.ttfb {
-                    set.record_version(&r.release, HistKind::Ttfb, d);
-                }
-            }
-        }
-        if self.minimal {
+        let service = !r.release.is_none();
+        // Versions are counted even with minimal stats: auto-rollback judges them by these.
+        if self.minimal && !service {
             return;
         }
+        let minimal = self.minimal;
         let set = self.set(snap);
+        if service {
+            set.version_done(r, minimal);
+        }
+        if minimal {
+            return;
+        }
         let count = |t: &mut Traffic| {
             t.requests += 1;
             t.count_status(r.status);
@@ -809,6 +818,22 @@ impl Aggregator {
             triggers,
             releases,
         });
+    }
+
+    /// A version's latency: its own histograms, or its cluster's when it is the cluster's
+    /// only user ([`crate::release::service::Version::shares_cluster`]).
+    pub(crate) fn version_hists<'a>(
+        &'a self,
+        v: &crate::release::service::Version,
+        agg: &'a VersionAgg,
+    ) -> Option<&'a Hists> {
+        if v.shares_cluster {
+            agg.hists.as_ref()
+        } else {
+            self.clusters
+                .get(&v.cluster_name)
+                .and_then(|c| c.hists.as_ref())
+        }
     }
 
     pub(crate) fn release_history(&self, service: &str) -> crate::release::api::History {
@@ -1202,7 +1227,7 @@ impl Aggregator {
                 if s.strategy == crate::config::services::Strategy::Concurrent {
                     vo.insert("fallbacks".into(), Value::from(agg.fallbacks));
                 }
-                vo.insert("latency_ms".into(), hists_json(agg.hists.as_ref()));
+                vo.insert("latency_ms".into(), hists_json(self.version_hists(v, agg)));
                 versions.insert(version_label(s, i), Value::Object(vo));
             }
             o.insert("versions".into(), Value::Object(versions));

@@ -439,7 +439,15 @@ pub fn render(a: &Aggregator) -> String {
 /// rollbacks and gradual's share.
 fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
     let empty = super::VersionAgg::default();
-    let mut labels: Vec<(String, String, &super::VersionAgg, bool, bool)> = Vec::new();
+    type Row<'a> = (
+        String,
+        String,
+        &'a super::VersionAgg,
+        bool,
+        bool,
+        Option<&'a Hists>,
+    );
+    let mut labels: Vec<Row<'_>> = Vec::new();
     for s in &snap.services {
         for (i, v) in s.versions.iter().enumerate() {
             let id = String::from_utf8_lossy(&v.id).into_owned();
@@ -450,12 +458,13 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
                 agg,
                 !v.rolled_back,
                 i == s.newest as usize,
+                a.version_hists(v, agg),
             ));
         }
     }
     let rows: Vec<(Vec<(&str, &str)>, Traffic)> = labels
         .iter()
-        .map(|(s, v, agg, _, _)| {
+        .map(|(s, v, agg, _, _, _)| {
             (
                 vec![("service", s.as_str()), ("version", v.as_str())],
                 agg.traffic,
@@ -467,7 +476,7 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
         "gauge",
         "1 while the version takes traffic, 0 once rolled back.",
     );
-    for ((l, _), (_, _, _, live, _)) in rows.iter().zip(&labels) {
+    for ((l, _), (_, _, _, live, _, _)) in rows.iter().zip(&labels) {
         o.sample("switchyard_version_live", l, if *live { 1.0 } else { 0.0 });
     }
     o.family(
@@ -475,7 +484,7 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
         "gauge",
         "1 for the version new requests go to (the newest live one, or the promoted one).",
     );
-    for ((l, _), (_, _, _, _, serving)) in rows.iter().zip(&labels) {
+    for ((l, _), (_, _, _, _, serving, _)) in rows.iter().zip(&labels) {
         o.sample(
             "switchyard_version_serving",
             l,
@@ -488,7 +497,7 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
         "counter",
         "concurrent: requests the version failed (5xx, unreachable, timeout) that the previous version answered.",
     );
-    for ((l, _), (_, _, agg, _, _)) in rows.iter().zip(&labels) {
+    for ((l, _), (_, _, agg, _, _, _)) in rows.iter().zip(&labels) {
         o.sample(
             "switchyard_version_fallbacks_total",
             l,
@@ -501,8 +510,8 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
         "histogram",
         "HTTP request latency per service version.",
     );
-    for ((l, _), (_, _, agg, _, _)) in rows.iter().zip(&labels) {
-        if let Some(h) = agg.hists.as_ref().or(none.as_ref()) {
+    for ((l, _), (_, _, _, _, _, hists)) in rows.iter().zip(&labels) {
+        if let Some(h) = hists.or(none.as_ref()) {
             o.histogram(
                 "switchyard_version_request_duration_seconds",
                 l,

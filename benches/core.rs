@@ -4,10 +4,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 use switchyard::balance::{new_balancer, PickCtx, Tried};
-use switchyard::buffer::BufferPool;
 use switchyard::config::BalanceKind;
+use switchyard::engine::token::{self, TimerKey};
+use switchyard::io::BufferPool;
 use switchyard::snapshot::Backend;
-use switchyard::token::{self, Side};
 
 fn buffer_pool(c: &mut Criterion) {
     let mut pool = BufferPool::new(16 * 1024, 1024);
@@ -29,7 +29,8 @@ fn tokens(c: &mut Criterion) {
         let mut k = 0usize;
         b.iter(|| {
             k = (k + 1) & 0xffff;
-            black_box(token::decode(token::session(black_box(k), Side::Back)))
+            black_box(token::decode(token::conn(black_box(k as u32))));
+            black_box(TimerKey::decode(TimerKey::Session(black_box(k)).encode()))
         })
     });
 }

@@ -56,7 +56,10 @@ pub enum Verb {
         op: ObjectOp,
     },
     /// List a cluster's backends.
-    Backends { cluster: String },
+    Backends {
+        /// The cluster's name.
+        cluster: String,
+    },
     /// Add, reweight, drain or remove a backend.
     Backend {
         #[command(subcommand)]
@@ -103,43 +106,63 @@ pub enum Verb {
 
 #[derive(Subcommand, Debug)]
 pub enum ObjectOp {
+    /// Show one object (a table; --json for its JSON).
     Get {
+        /// The object's name.
         name: String,
     },
-    /// SOURCE: inline JSON (`'{"backends":["127.0.0.1:9001"]}'`), a .json or .toml file
-    /// holding the table, or `-` for JSON on stdin.
+    /// Create or replace an object from SOURCE, then show it.
     Set {
+        /// The object's name.
         name: String,
+        /// Inline JSON (`'{"backends":["127.0.0.1:9001"]}'`), a .json or .toml file holding
+        /// the table, or `-` for JSON on stdin.
         source: String,
     },
+    /// Delete an object (a cluster still used by a listener is refused).
     Delete {
+        /// The object's name.
         name: String,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BackendOp {
+    /// Add a backend to a cluster, then list the cluster's backends.
     Add {
+        /// The cluster's name.
         cluster: String,
+        /// The backend's address, host:port.
         addr: String,
+        /// Its weight (1-10000; default 1).
         #[arg(long)]
         weight: Option<u32>,
     },
+    /// Change a backend's weight, then list the cluster's backends.
     Set {
+        /// The cluster's name.
         cluster: String,
+        /// The backend's address, as written in the cluster.
         addr: String,
+        /// The new weight (1-10000).
         #[arg(long)]
         weight: u32,
     },
-    /// Stop sending new requests to the backend (`--undo` puts it back in rotation).
+    /// Stop sending new connections and requests to the backend (`--undo` puts it back).
     Drain {
+        /// The cluster's name.
         cluster: String,
+        /// The backend's address, as written in the cluster.
         addr: String,
+        /// Undrain: put the backend back in rotation.
         #[arg(long)]
         undo: bool,
     },
+    /// Remove a backend from a cluster (its connections finish).
     Delete {
+        /// The cluster's name.
         cluster: String,
+        /// The backend's address, as written in the cluster.
         addr: String,
     },
 }
@@ -425,7 +448,18 @@ fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
                     call("DELETE", &format!("/v1/{kind}/{}", enc(name)), None)?
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            // One object: the same table as the list verb, one row.
+            let one = |v: &Value| json!({ kind: [v] });
+            match op {
+                ObjectOp::Delete { .. } => out(&v, &|v| {
+                    table(
+                        &["DELETED", "VERSION"],
+                        vec![vec![s(&v["deleted"]), s(&v["version"])]],
+                    )
+                }),
+                _ if kind == "clusters" => out(&v, &|v| clusters_table(&one(v))),
+                _ => out(&v, &|v| listeners_table(&one(v))),
+            }
         }
         Verb::Backend { op } => {
             let (method, cluster, path_addr, body) = match op {

@@ -146,15 +146,24 @@ impl Checker {
                     self.targets.push(t);
                 }
                 _ => {
-                    // New (or its check changed): up until proven otherwise, first check soon.
-                    let first = check.interval.mul_f64(self.rng.next_f64() * 0.5);
+                    // New (or its check changed): the state the control plane holds (unknown
+                    // for a backend never checked: checked at once), first check soon.
+                    let state = self.control.health_state(&cluster, backend);
+                    let first = if state == HealthState::Unknown {
+                        Duration::ZERO
+                    } else {
+                        check
+                            .interval
+                            .mul_f64(self.rng.next_f64() * 0.5)
+                            .min(Duration::from_millis(500))
+                    };
                     self.targets.push(Target {
                         cluster,
                         backend,
                         check,
-                        state: HealthState::Up,
+                        state,
                         streak: 0,
-                        next: now + first.min(Duration::from_millis(500)),
+                        next: now + first,
                         probe: None,
                     });
                 }
@@ -322,6 +331,14 @@ impl Checker {
             (false, _) => -1,
         };
         match t.state {
+            // The first check decides on its own (HAProxy's init-state).
+            HealthState::Unknown => {
+                t.state = if ok {
+                    HealthState::Up
+                } else {
+                    HealthState::Down
+                }
+            }
             HealthState::Up if -t.streak >= i64::from(t.check.fall) => t.state = HealthState::Down,
             HealthState::Down if t.streak >= i64::from(t.check.rise) => t.state = HealthState::Up,
             _ => {}

@@ -1,6 +1,6 @@
 //! Command line: parse → config → run. Exit 0 ok, 64 bad usage or config, 70 runtime failure.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +19,14 @@ const QUICKSTART_BACKENDS: [&str; 2] = ["127.0.0.1:9001", "127.0.0.1:9002"];
 #[command(
     name = "switchyard",
     version,
-    about = "High-performance L4/L7 proxy and load balancer"
+    about = "High-performance L4/L7 proxy and load balancer",
+    long_about = "High-performance L4/L7 proxy and load balancer.\n\n\
+        Run with a config file (`switchyard run -c FILE`), check one (`switchyard check -c FILE`), \
+        drive a running proxy (`switchyard ctl ...`), or start the Foo-compatible quick mode by \
+        giving any quick-mode flag (`switchyard -listen :8002 -forward :8001`).",
+    after_help = "Quick-mode flags take one dash or two (-listen or --listen), as the Foo proxy did.\n\
+        Exit codes: 0 ok, 64 bad usage or config, 70 internal error.",
+    arg_required_else_help = false
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,20 +34,20 @@ struct Cli {
     /// Run with this config file (same as `switchyard run -c FILE`).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Quick mode: listen address (Foo proxy compatible; default :8002).
-    #[arg(long)]
+    /// Quick mode: address to listen on [default: :8002].
+    #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Quick mode: backend address (default :8001).
-    #[arg(long)]
+    /// Quick mode: backend address to forward to [default: :8001].
+    #[arg(long, value_name = "ADDR")]
     forward: Option<String>,
-    /// Quick mode: stats/health HTTP address (default 0.0.0.0:8088).
-    #[arg(long)]
+    /// Quick mode: stats/health HTTP (admin API) address [default: 0.0.0.0:8088].
+    #[arg(long, value_name = "ADDR")]
     http: Option<String>,
-    /// Quick mode: stats recovery file (default .data/recovery.json).
-    #[arg(long = "recovery-path")]
+    /// Quick mode: stats recovery file [default: .data/recovery.json].
+    #[arg(long = "recovery-path", value_name = "FILE")]
     recovery_path: Option<String>,
-    /// Quick mode: tcp | foo.
-    #[arg(long)]
+    /// Quick mode: protocol of the listener: foo | tcp | http [default: foo].
+    #[arg(long, value_name = "PROTOCOL")]
     protocol: Option<String>,
     /// DSU quick mode: the dynamic-software-update proxy's config.json (its REST API runs on
     /// configService.port).
@@ -53,8 +60,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the proxy with a config file.
+    /// Run the proxy with a config file (or the embedded quick-start config with --demo).
     Run {
+        /// The TOML config file.
         #[arg(
             short = 'c',
             long = "config",
@@ -66,17 +74,40 @@ enum Cmd {
         #[arg(long, conflicts_with = "config")]
         demo: bool,
     },
-    /// Validate a config file: print every error with its field path; exit 0 or 64.
+    /// Check a config file as `run` would: syntax, every field, the files and directories it
+    /// opens, the addresses it binds. Prints every problem with its field path; exit 0 or 64.
     Check {
+        /// The TOML config file.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// Do not try the listener and admin addresses (for a config checked while the proxy
+        /// it belongs to is running, e.g. before a reload).
+        #[arg(long)]
+        skip_bind: bool,
+        /// Validate the config alone: no file, directory or address is looked at.
+        #[arg(long)]
+        config_only: bool,
     },
     /// The admin API from the command line (tables by default, --json for the API's JSON).
     Ctl(switchyard::ctl::CtlArgs),
+    /// The FaaS gateway's quick mode: a FaaS listener on :PORT and Docker discovery.
+    Faas {
+        /// Listen on all interfaces at this port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin API address (default: off).
+        #[arg(long)]
+        http: Option<String>,
+        /// Docker Engine socket (default /var/run/docker.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// A small, fast built-in backend (HTTP or Foo) for demos, tests and benchmarks.
     DemoBackend {
-        #[arg(long, default_value = "127.0.0.1:9001")]
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001", value_name = "ADDR")]
         listen: SocketAddr,
+        /// What to speak: http (/, /echo, /health, /api/v1/...) or foo (REQ n -> ACK n).
         #[arg(long, value_enum, default_value_t = DemoProto::Http)]
         protocol: DemoProto,
         /// Identity returned by `GET /` (default: the listen address).
@@ -85,6 +116,20 @@ enum Cmd {
         /// Worker threads; 0 = one per core.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+    },
+    /// Print the version, git commit, compiler and target of this build.
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (switchyard.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
     },
 }
 
@@ -133,14 +178,7 @@ fn serve_file(path: &Path) -> ExitCode {
     };
     match config::parse_toml(&text) {
         Ok(doc) => serve(doc, Some(path.to_path_buf()), StatsConfig::default()),
-        Err(mut errs) => {
-            for e in &mut errs {
-                if e.path.is_empty() {
-                    e.path = path.display().to_string();
-                }
-            }
-            report(&errs)
-        }
+        Err(errs) => report(&config::with_file(errs, &path.display().to_string())),
     }
 }
 
@@ -174,8 +212,28 @@ fn main() -> ExitCode {
             eprintln!("error: quick-mode flags and -c go before no subcommand; use either");
             ExitCode::from(EXIT_USAGE)
         }
-        Some(Cmd::Check { config }) => match load(&config) {
-            Ok(_) => {
+        Some(Cmd::Check {
+            config,
+            skip_bind,
+            config_only,
+        }) => match load(&config) {
+            Ok(_) if config_only => {
+                println!("ok: {}", config.display());
+                ExitCode::SUCCESS
+            }
+            Ok(cfg) => {
+                let mut cfg = cfg;
+                if skip_bind {
+                    cfg.listeners.clear();
+                    cfg.server.admin = None;
+                }
+                let problems = switchyard::check::environment(&cfg);
+                if !problems.is_empty() {
+                    return report(&problems);
+                }
+                for n in switchyard::check::notes(&cfg) {
+                    eprintln!("note: {n}");
+                }
                 println!("ok: {}", config.display());
                 ExitCode::SUCCESS
             }
@@ -186,6 +244,31 @@ fn main() -> ExitCode {
         }) => serve_file(&path),
         Some(Cmd::Run { config: None, .. }) => run_demo(),
         Some(Cmd::Ctl(args)) => ExitCode::from(switchyard::ctl::run(args)),
+        Some(Cmd::Version) => {
+            print!("{}", switchyard::build_info::long());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "switchyard", &mut script);
+            // A closed pipe (`| head`) is not worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Manpages { dir }) => match write_manpages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                ExitCode::from(EXIT_INTERNAL)
+            }
+        },
+        Some(Cmd::Faas { port, http, socket }) => {
+            match quick::faas_doc(port, http.as_deref(), socket.as_deref()) {
+                Ok(doc) => serve(doc, None, StatsConfig::default()),
+                Err(errs) => report(&errs),
+            }
+        }
         Some(Cmd::DemoBackend {
             listen,
             protocol,
@@ -216,6 +299,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
                 return serve_file(&path);
+            }
+            if !quick.any() {
+                // Bare `switchyard`: nothing says what to run. Quick mode needs one of its flags.
+                let _ = Cli::command().write_long_help(&mut std::io::stderr());
+                return ExitCode::from(EXIT_USAGE);
             }
             match quick.to_doc() {
                 Ok(doc) => serve(doc, None, quick.stats_config()),
@@ -250,7 +338,7 @@ fn serve_dsu(path: &Path, level: Option<&str>) -> ExitCode {
             }])
         }
     };
-    let q = match dsu::quick(&text, &shown) {
+    let q = match dsu::quick(&text, &shown, level.and_then(dsu::log_level)) {
         Ok(q) => q,
         Err(errs) => return report(&errs),
     };
@@ -294,4 +382,11 @@ fn run_demo() -> ExitCode {
         });
     }
     serve(doc, None, StatsConfig::default())
+}
+
+/// `switchyard manpages DIR`: switchyard.1 plus switchyard-<verb>.1 for every visible
+/// subcommand, generated from the same definition that parses the arguments.
+fn write_manpages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)
 }

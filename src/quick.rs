@@ -72,7 +72,7 @@ impl QuickArgs {
     pub fn to_doc(&self) -> Result<toml::Table, Vec<ConfigError>> {
         let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let forward = self.forward.as_deref().unwrap_or(DEFAULT_FORWARD);
-        let protocol = self.protocol.as_deref().unwrap_or("tcp");
+        let protocol = self.protocol.as_deref().unwrap_or("foo");
         let http = self.http.as_deref().unwrap_or(DEFAULT_HTTP);
         let read_only = match config::parse_bind(http) {
             Ok(a) => !a.ip().is_loopback(),
@@ -113,6 +113,56 @@ impl QuickArgs {
             })
             .collect()
     }
+}
+
+/// `switchyard faas [-port 8080] [-http ADDR] [-socket PATH]`: the FaaS gateway's quick mode.
+/// A FaaS listener on all interfaces at `port` (serving the original `GET /stats`) and Docker
+/// discovery on `socket` (default: the Engine's). The admin API is off unless `-http` names
+/// an address (read-only when it is not loopback, as in the Foo quick mode).
+pub fn faas_doc(
+    port: u16,
+    http: Option<&str>,
+    socket: Option<&std::path::Path>,
+) -> Result<toml::Table, Vec<ConfigError>> {
+    let esc = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let (admin, read_only) = match http {
+        None => ("off".to_string(), false),
+        Some(h) => match config::parse_bind(h) {
+            Ok(a) => (h.to_string(), !a.ip().is_loopback()),
+            Err(e) => {
+                return Err(vec![ConfigError {
+                    path: "-http".into(),
+                    message: e,
+                }])
+            }
+        },
+    };
+    let socket = socket.map_or(
+        config::discovery::defaults::DOCKER_SOCKET.to_string(),
+        |p| p.display().to_string(),
+    );
+    let text = format!(
+        "[server]\nadmin = {}\nadmin_read_only = {read_only}\n\
+         [[listeners]]\nname = \"faas\"\nbind = \"0.0.0.0:{port}\"\nprotocol = \"http\"\n\
+         faas = true\nfaas_stats = true\n\
+         [[discovery]]\ntype = \"docker\"\nsocket = {}\n",
+        esc(&admin),
+        esc(&socket),
+    );
+    let doc = config::parse_toml(&text)?;
+    config::parse_table(doc.clone()).map_err(|errs| {
+        errs.into_iter()
+            .map(|e| ConfigError {
+                path: match e.path.as_str() {
+                    "server.admin" => "-http".into(),
+                    "discovery[0].socket" => "-socket".into(),
+                    p => p.to_string(),
+                },
+                message: e.message,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    Ok(doc)
 }
 
 #[cfg(test)]
@@ -157,6 +207,17 @@ mod tests {
             c.clusters[0].backends[0].addr,
             "127.0.0.1:8001".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn faas_quick_mode_is_a_faas_listener_with_docker_discovery() {
+        let doc = faas_doc(8080, None, None).expect("valid");
+        let c = config::parse_table(doc).expect("valid");
+        assert_eq!(c.listeners[0].bind, "0.0.0.0:8080".parse().unwrap());
+        assert!(c.listeners[0].faas && c.listeners[0].faas_stats);
+        assert_eq!(c.server.admin, None);
+        assert_eq!(c.discovery[0].provider.kind(), "docker");
+        assert!(faas_doc(1, Some("nope"), None).is_err());
     }
 
     #[test]

@@ -1,25 +1,22 @@
 //! Process orchestration: bind every listener once per worker, start the workers, the stats
 //! aggregator and the signal thread, then wait for a graceful shutdown.
 
-use crate::config::ListenerConfig;
 use crate::control::{Boot, Control, Running};
+use crate::net::listen::{announce, bind_listener};
 use crate::signals::{self, SignalEvent};
 use crate::snapshot::{self, Snapshot};
 use crate::stats::{Aggregator, StatsConfig, StatsMsg};
 use crate::worker::{self, Ctrl, WorkerHandle, WorkerSettings};
-use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("listener {name}: cannot bind {addr}: {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::net::listen::BindError),
+    #[error("listener {name}: {message}")]
+    Refused { name: String, message: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -39,71 +36,12 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 /// while such a head is being read and sent).
 const LARGE_BUFFERS_PER_WORKER: usize = 64;
 
-/// One `SO_REUSEPORT` listening socket: the kernel spreads connections across the workers'
-/// sockets. TCP_NODELAY set here is inherited by accepted sockets on Linux, which saves a
-/// syscall per connection.
-pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(SockProto::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s.into())
-}
-
-/// Binds `workers` sockets for one listener. Port 0 is resolved by the first bind and reused,
-/// so every worker listens on the same ephemeral port.
-pub fn bind_listener(
-    name: &str,
-    addr: SocketAddr,
-    workers: usize,
-    backlog: i32,
-) -> Result<Vec<TcpListener>, RunError> {
-    let err = |source| RunError::Bind {
-        name: name.to_string(),
-        addr,
-        source,
-    };
-    let first = bind_reuseport(addr, backlog).map_err(err)?;
-    let actual = first.local_addr().map_err(err)?;
-    let mut v = vec![first];
-    for _ in 1..workers {
-        v.push(bind_reuseport(actual, backlog).map_err(err)?);
-    }
-    Ok(v)
-}
-
-pub fn announce(l: &ListenerConfig, actual: SocketAddr) {
-    log::info!(
-        "listening name={} protocol={} addr={}",
-        l.name,
-        l.protocol.as_str(),
-        actual
-    );
-}
+/// How long start-up waits for the discovery providers' first look.
+const DISCOVERY_FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads `server.admin_token_file`: the whole file, surrounding whitespace trimmed.
 fn read_token(path: &std::path::Path) -> Result<String, RunError> {
-    let t = std::fs::read_to_string(path).map_err(|e| {
-        RunError::Admin(format!(
-            "cannot read admin_token_file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        return Err(RunError::Admin(format!(
-            "admin_token_file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(t)
+    crate::check::token_file(path).map_err(|e| RunError::Admin(format!("admin_token_file: {e}")))
 }
 
 /// Runs the proxy until SIGTERM/SIGINT and the drain that follows. `config_path` is what
@@ -125,13 +63,17 @@ pub fn run_with(
     extensions: Vec<std::sync::Arc<dyn crate::admin::Extension>>,
 ) -> Result<(), RunError> {
     let cfg = boot.config.clone();
+    let shown_path = config_path.as_ref().map(|p| p.display().to_string());
+    crate::logging::apply_config(cfg.server.log_level);
     // Before anything is announced: a script may signal us as soon as it sees a listener.
     let signals = signals::register().map_err(io_err("installing signal handlers"))?;
     if let Some(limit) = crate::sys::raise_nofile_limit() {
         log::debug!("open-file limit {limit}");
     }
     let workers = cfg.server.workers;
-    let snap = snapshot::shared(Snapshot::build(&cfg, boot.version, None));
+    let mut first = Snapshot::build(&cfg, boot.version, None);
+    first.faas_stats = crate::discovery::faas_stats_body(&cfg);
+    let snap = snapshot::shared(first);
     let token = match &cfg.server.admin_token_file {
         Some(p) => Some(read_token(p)?),
         None => None,
@@ -142,7 +84,13 @@ pub fn run_with(
     let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut running = std::collections::HashMap::new();
     for (slot, l) in cfg.listeners.iter().enumerate() {
-        let socks = bind_listener(&l.name, l.bind, workers, cfg.server.backlog)?;
+        // SO_REUSEPORT would let us join another process's group on the same address
+        // silently: refuse that unless the config says it is meant.
+        crate::check::probe_bind(l.bind, l.share).map_err(|m| RunError::Refused {
+            name: l.name.clone(),
+            message: m,
+        })?;
+        let socks = bind_listener(&l.name, l.bind, workers, l.backlog(&cfg.server))?;
         let local = socks[0].local_addr().map_err(io_err("local_addr"))?;
         announce(l, local);
         running.insert(
@@ -158,18 +106,19 @@ pub fn run_with(
         }
     }
 
-    let (mut log_senders, log_thread) = match &cfg.server.access_log {
-        Some(path) => {
-            let (tx, t) =
-                crate::accesslog::start(path, workers).map_err(|source| RunError::Io {
-                    what: "opening the access log",
-                    source,
-                })?;
-            log::info!("access log: {}", path.display());
-            (tx.into_iter().map(Some).collect::<Vec<_>>(), Some(t))
-        }
-        None => ((0..workers).map(|_| None).collect(), None),
-    };
+    // The writer runs even without a file: a reload may turn the access log on.
+    let (access_log, sinks, log_thread) =
+        crate::accesslog::start(cfg.server.access_log.as_ref(), workers).map_err(|source| {
+            RunError::Io {
+                what: "opening the access log",
+                source,
+            }
+        })?;
+    if let Some(a) = &cfg.server.access_log {
+        log::info!("access log: {}", a.path.display());
+    }
+    let mut log_senders: Vec<Option<crate::accesslog::Sink>> =
+        sinks.into_iter().map(Some).collect();
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -236,12 +185,14 @@ pub fn run_with(
     let triggers = crate::release::controller::start(control.clone())
         .map_err(io_err("starting the release controller"))?;
     aggregator.attach_release(triggers, control.releases());
+    let registry = std::sync::Arc::new(crate::discovery::Registry::new(&cfg.discovery));
     if let Some(addr) = cfg.server.admin {
         let settings = crate::admin::AdminSettings {
             token,
             read_only: cfg.server.admin_read_only,
             max_body: cfg.server.admin_max_body,
             extensions,
+            discovery: Some(registry.clone()),
         };
         let local = crate::admin::start(addr, control.clone(), Some(stats_source), settings)
             .map_err(|e| RunError::Admin(format!("cannot bind {addr}: {e}")))?;
@@ -251,6 +202,32 @@ pub fn run_with(
     let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health_thread = crate::health::start(control.clone(), health_stop.clone())
         .map_err(io_err("starting the health checker"))?;
+    // Before the workers start: a source that answers is routed to from the first request.
+    let discovery_threads = crate::discovery::start(
+        control.clone(),
+        &cfg.discovery,
+        &registry,
+        health_stop.clone(),
+        DISCOVERY_FIRST_SYNC_WAIT,
+    )
+    .map_err(io_err("starting discovery"))?;
+
+    // One check round before serving: backends that are not checked yet stay out of rotation
+    // and the workers do not accept until each has a verdict (or the longest check timeout
+    // and a margin have passed), so a dead backend never sees a connect after a restart.
+    if let Some(longest) = control.longest_check().filter(|_| control.unchecked() > 0) {
+        let t0 = Instant::now();
+        let limit = longest + std::time::Duration::from_millis(500);
+        while control.unchecked() > 0 && t0.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let left = control.unchecked();
+        if left > 0 {
+            log::warn!("{left} backend(s) still unchecked after {limit:?}; serving anyway");
+        } else {
+            log::info!("first health check round done in {:?}", t0.elapsed());
+        }
+    }
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())
@@ -259,6 +236,11 @@ pub fn run_with(
     let shutdown_timeout = cfg.server.shutdown_timeout;
     let sig_handles = handles.clone();
     let sig_stats = stats_tx.clone();
+    let sig_log = access_log.clone();
+    control.on_server_reload(Box::new(move |s: &crate::config::ServerConfig| {
+        crate::logging::apply_config(s.log_level);
+        access_log.set(s.access_log.clone());
+    }));
     let signal_handle = signals::spawn(signals, move |ev| match ev {
         SignalEvent::Shutdown { again } => {
             let deadline = if again {
@@ -277,10 +259,19 @@ pub fn run_with(
         SignalEvent::DumpStats => {
             let _ = sig_stats.send(StatsMsg::Dump);
         }
-        SignalEvent::Reload => match control.reload() {
-            Ok(v) => log::info!("SIGHUP: configuration reloaded (version {v})"),
-            Err(e) => log::error!("SIGHUP: reload rejected, the running configuration is kept: {e}"),
-        },
+        SignalEvent::Reload => {
+            match control.reload() {
+                Ok(v) => log::info!("SIGHUP: configuration reloaded (version {v})"),
+                Err(e) => {
+                    log::error!("SIGHUP: reload rejected, the running configuration is kept: {e}")
+                }
+            }
+            sig_log.reopen();
+        }
+        SignalEvent::ReopenLogs => {
+            log::info!("SIGUSR1: reopening log files");
+            sig_log.reopen();
+        }
     })
     .map_err(io_err("installing signal handlers"))?;
 
@@ -288,7 +279,12 @@ pub fn run_with(
     for setup in setups {
         threads.push(worker::spawn(setup).map_err(io_err("starting worker thread"))?);
     }
-    log::info!("switchyard started: {workers} worker(s)");
+    log::info!(
+        "switchyard {} ({}) started: config={} engine=mio workers={workers}",
+        crate::build_info::VERSION,
+        crate::build_info::COMMIT,
+        shown_path.as_deref().unwrap_or("(command line)")
+    );
 
     let mut result = Ok(());
     for (id, t) in threads.into_iter().enumerate() {
@@ -316,12 +312,13 @@ pub fn run_with(
     }
     health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = health_thread.join();
+    for t in discovery_threads {
+        let _ = t.join();
+    }
     let _ = stats_tx.send(StatsMsg::Stop);
     let _ = agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.
-    if let Some(t) = log_thread {
-        let _ = t.join();
-    }
+    let _ = log_thread.join();
     signal_handle.close();
     if result.is_ok() {
         log::info!("shutdown complete");

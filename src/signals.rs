@@ -3,9 +3,10 @@
 //!
 //! - SIGTERM / SIGINT: graceful shutdown (a second one shortens the deadline to now).
 //! - SIGUSR2: stats dump to stdout (the aggregator prints it). Not a reload, unlike HAProxy.
-//! - SIGHUP: config reload (arrives with the control-plane work; logged for now).
+//! - SIGHUP: config reload, then log files reopened.
+//! - SIGUSR1: log files reopened (nginx's habit, which logrotate scripts rely on).
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 use std::io;
 
@@ -13,12 +14,13 @@ pub enum SignalEvent {
     Shutdown { again: bool },
     DumpStats,
     Reload,
+    ReopenLogs,
 }
 
 /// Installs the handlers. Call this first thing: until then SIGUSR2 would still have its
 /// default action (terminate). Signals that arrive before [`spawn`] are kept and delivered.
 pub fn register() -> io::Result<Signals> {
-    Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP])
+    Signals::new([SIGTERM, SIGINT, SIGUSR2, SIGHUP, SIGUSR1])
 }
 
 /// Starts the signal thread; `on` is called on that thread for each signal.
@@ -41,6 +43,7 @@ pub fn spawn(
                     }
                     SIGUSR2 => on(SignalEvent::DumpStats),
                     SIGHUP => on(SignalEvent::Reload),
+                    SIGUSR1 => on(SignalEvent::ReopenLogs),
                     _ => {}
                 }
             }

@@ -23,6 +23,8 @@ pub enum HealthState {
     #[default]
     Up,
     Down,
+    /// Not checked yet (`init_state = "unknown"`): out of rotation until the first check.
+    Unknown,
 }
 
 /// Health by (cluster name, backend address); absent means up.
@@ -80,6 +82,8 @@ pub struct Cluster {
     pub draining: Vec<Backend>,
     /// Backends their health checks took down (out of rotation).
     pub down: Vec<Backend>,
+    /// Backends not checked yet (out of rotation until their first check passes).
+    pub unknown: Vec<Backend>,
     /// Every backend in rotation is down: fail open, and send traffic to all of them anyway
     /// (`backends` then holds them all and `down` is empty).
     pub panic: bool,
@@ -107,6 +111,8 @@ pub struct ListenerRoute {
     /// http: tried in order before FaaS routing and the fallback.
     pub routes: Vec<CompiledRoute>,
     pub faas: bool,
+    /// FaaS: `GET /stats` answers [`Snapshot::faas_stats`].
+    pub faas_stats: bool,
     pub http: HttpListenerConfig,
     /// Parse limits derived from `http`.
     pub limits: Limits,
@@ -140,6 +146,9 @@ pub struct Snapshot {
     /// keeps it; adding, removing, draining a backend or a health verdict changes it). Per
     /// worker stats are kept per layout rather than per snapshot.
     pub layout: u64,
+    /// The `GET /stats` body of FaaS listeners with `faas_stats` (the original gateway's
+    /// discovery JSON), rendered by the control plane when it builds the snapshot.
+    pub faas_stats: Arc<[u8]>,
 }
 
 impl Snapshot {
@@ -185,21 +194,26 @@ impl Snapshot {
             .clusters
             .iter()
             .map(|c| {
-                let is_down = |b: &crate::config::BackendConfig| {
-                    health.get(&(c.name.clone(), b.addr)) == Some(&HealthState::Down)
+                let state = |b: &crate::config::BackendConfig| {
+                    health
+                        .get(&(c.name.clone(), b.addr))
+                        .copied()
+                        .unwrap_or_default()
                 };
                 let mut backends: Vec<Backend> = Vec::new();
                 let mut down: Vec<Backend> = Vec::new();
+                let mut unknown: Vec<Backend> = Vec::new();
                 for b in c.backends.iter().filter(|b| !b.drain) {
-                    if is_down(b) {
-                        down.push(backend(c, b));
-                    } else {
-                        backends.push(backend(c, b));
+                    match state(b) {
+                        HealthState::Up => backends.push(backend(c, b)),
+                        HealthState::Down => down.push(backend(c, b)),
+                        HealthState::Unknown => unknown.push(backend(c, b)),
                     }
                 }
-                let panic = backends.is_empty() && !down.is_empty();
+                let panic = backends.is_empty() && !(down.is_empty() && unknown.is_empty());
                 if panic {
                     backends = std::mem::take(&mut down);
+                    backends.append(&mut unknown);
                 }
                 Cluster {
                     name: c.name.clone(),
@@ -219,6 +233,7 @@ impl Snapshot {
                         .map(|b| backend(c, b))
                         .collect(),
                     down,
+                    unknown,
                     panic,
                     outlier: c.outlier.clone(),
                     retry: c.retry.clone(),
@@ -268,6 +283,7 @@ impl Snapshot {
                     .filter_map(|r| CompiledRoute::compile(r, &cluster_index, &service_index))
                     .collect(),
                 faas: l.faas,
+                faas_stats: l.faas_stats,
                 http: l.http.clone(),
                 limits: Limits {
                     max_head_bytes: l.http.max_header_bytes,
@@ -314,6 +330,7 @@ impl Snapshot {
             services,
             service_index,
             layout,
+            faas_stats: Arc::from(&b""[..]),
         }
     }
 
@@ -333,6 +350,7 @@ impl Snapshot {
             .iter()
             .chain(&c.draining)
             .chain(&c.down)
+            .chain(&c.unknown)
             .find(|b| b.addr == addr)
     }
 }

@@ -46,3 +46,12 @@ pub fn open_fds() -> Option<u64> {
             .saturating_sub(1) as u64,
     )
 }
+
+/// `net.core.somaxconn`: the kernel's cap on a listen backlog.
+pub fn somaxconn() -> Option<u32> {
+    fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -370,7 +370,13 @@ fn toml_syntax_error_names_the_file() {
             "{sub}: stderr:\n{}",
             out.stderr
         );
-        let want = format!("error: {}: ", path.display());
+        // file:line:column, then the offending line with a caret under the column.
+        let want = format!("error: {}:1:8: TOML syntax: ", path.display());
+        assert!(
+            out.stderr.contains(" 1 | [server\n"),
+            "{sub}: {}",
+            out.stderr
+        );
         assert!(
             error_lines(&out.stderr)
                 .iter()
@@ -465,7 +471,17 @@ fn shipped_examples_pass_check() {
         if p.extension().and_then(|x| x.to_str()) != Some("toml") {
             continue;
         }
-        let out = run_to_exit(&["check".as_ref(), "-c".as_ref(), p.as_os_str()], &dir, T);
+        // The config alone: the examples name paths and ports of a real install.
+        let out = run_to_exit(
+            &[
+                "check".as_ref(),
+                "--config-only".as_ref(),
+                "-c".as_ref(),
+                p.as_os_str(),
+            ],
+            &dir,
+            T,
+        );
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -476,4 +492,324 @@ fn shipped_examples_pass_check() {
         checked += 1;
     }
     eprintln!("checked {checked} example configs");
+}
+
+const SMALL: &str =
+    "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\n\
+                     [[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n";
+
+/// What `run` would trip on, `check` reports first: files it reads or writes, directories,
+/// addresses another process serves. One line each, with the field's path, exit 64.
+#[test]
+fn check_reports_files_directories_and_addresses_run_would_trip_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    let admin_holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_taken = admin_holder.local_addr().unwrap();
+    std::fs::write(dir.path().join("empty.token"), "\n").unwrap();
+    std::fs::write(dir.path().join("plainfile"), "x").unwrap();
+    let d = dir.path().display();
+    let text = format!(
+        "[server]\nadmin = \"{admin_taken}\"\naccess_log = \"{d}/no-such-dir/access.log\"\n\
+         admin_token_file = \"{d}/empty.token\"\nstate_dir = \"{d}/plainfile/state\"\n\n\
+         [[listeners]]\nname = \"a\"\nbind = \"{taken}\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\n\
+         [[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n"
+    );
+    let path = write(dir.path(), "env.toml", &text);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+    let lines = error_lines(&out.stderr);
+    for want in [
+        "error: server.access_log: cannot create ",
+        "error: server.admin_token_file: ",
+        "error: server.state_dir: cannot create ",
+        "error: listeners[0].bind: cannot bind ",
+        "error: server.admin: cannot bind ",
+    ] {
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with(want)).count(),
+            1,
+            "want exactly one {want:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(lines.len(), 5, "{}", out.stderr);
+    assert!(out.stderr.contains("is empty"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another process already serves"),
+        "{}",
+        out.stderr
+    );
+    // --skip-bind leaves the addresses alone (a config checked beside its running proxy).
+    let out = run_to_exit(
+        &[
+            "check".as_ref(),
+            "--skip-bind".as_ref(),
+            "-c".as_ref(),
+            path.as_os_str(),
+        ],
+        dir.path(),
+        T,
+    );
+    assert_eq!(error_lines(&out.stderr).len(), 3, "{}", out.stderr);
+    // Fixed, it passes.
+    std::fs::write(dir.path().join("good.token"), "secret\n").unwrap();
+    let fixed = text
+        .replace("no-such-dir/", "")
+        .replace("empty.token", "good.token")
+        .replace("plainfile/state", "state")
+        .replace(&taken.to_string(), "127.0.0.1:0")
+        .replace(&admin_taken.to_string(), "127.0.0.1:0");
+    let path = write(dir.path(), "fixed.toml", &fixed);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        !dir.path().join("access.log").exists(),
+        "check created a file"
+    );
+    drop((holder, admin_holder));
+}
+
+/// SO_REUSEPORT would let a second proxy join the first one's address silently: `run` refuses
+/// unless the listener says `share = true`.
+#[test]
+fn run_refuses_an_address_another_process_serves_unless_shared() {
+    let first = util::Proxy::start(SMALL);
+    let addr = first.addr("a");
+    let dir = tempfile::tempdir().unwrap();
+    let text = SMALL.replace("127.0.0.1:0", &addr.to_string());
+    let path = write(dir.path(), "second.toml", &with_test_admin(&text).0);
+    let out = run_to_exit(
+        &["run".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(70), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another process already serves"),
+        "{}",
+        out.stderr
+    );
+    let shared = text.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nshare = true");
+    let first_shared = util::Proxy::start(
+        &SMALL.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nshare = true"),
+    );
+    let a2 = first_shared.addr("a");
+    let second = util::Proxy::start(&shared.replace(&addr.to_string(), &a2.to_string()));
+    assert_eq!(second.addr("a"), a2);
+}
+
+/// A port below ip_unprivileged_port_start without CAP_NET_BIND_SERVICE: checked as an
+/// unprivileged user (root drops to nobody with setpriv for this).
+#[test]
+fn check_reports_a_privileged_port_without_the_capability() {
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    assert!(start > 1, "this machine lets anyone bind any port");
+    let port = start - 1;
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "[server]\nadmin = \"off\"\n{}",
+        SMALL.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    );
+    let path = write(dir.path(), "low.toml", &text);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            bin,
+        ]);
+        c
+    } else {
+        std::process::Command::new(bin)
+    };
+    let out = cmd
+        .args(["check", "-c"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .expect("run check (setpriv from util-linux when root)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("listeners[0].bind: cannot bind")
+            && stderr.contains("permission denied")
+            && stderr.contains("CAP_NET_BIND_SERVICE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_keys_get_did_you_mean_and_each_problem_is_reported_once() {
+    let text = mutate("pin_workers = false", "pin_workers = false\nbufer_size = 1")
+        .replace("connect_attempts = 3", "connect_atempts = 3")
+        .replace("workers = 2", "workers = \"two\"");
+    expect_errors(
+        &text,
+        &[
+            "server.bufer_size: unknown key (did you mean \"buffer_size\"?)",
+            "clusters[0].connect_atempts: unknown key (did you mean \"connect_attempts\"?)",
+            "server.workers: invalid type: string \"two\", expected a whole number",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "c.toml", &text);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    let lines = error_lines(&out.stderr);
+    let mut dedup = lines.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(lines.len(), 3, "{}", out.stderr);
+    assert_eq!(dedup.len(), lines.len(), "{}", out.stderr);
+    // A wrong shape is one problem, not two.
+    expect_errors(
+        "listeners = 3\n",
+        &["listeners: expected an array of tables"],
+    );
+    let out = run_to_exit(
+        &[
+            "check".as_ref(),
+            "-c".as_ref(),
+            write(dir.path(), "l.toml", "listeners = 3\n").as_os_str(),
+        ],
+        dir.path(),
+        T,
+    );
+    assert_eq!(error_lines(&out.stderr).len(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn sizes_have_one_grammar() {
+    for (text, ok) in [
+        ("16KiB", true),
+        ("16KB", true),
+        ("1 MiB", true),
+        ("16K", false),
+        ("16kib", false),
+        ("16kB", false),
+    ] {
+        let cfg = mutate(
+            "buffer_size = \"16KiB\"",
+            &format!("buffer_size = \"{text}\""),
+        );
+        if ok {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write(dir.path(), "s.toml", &cfg);
+            let out = run_to_exit(
+                &[
+                    "check".as_ref(),
+                    "--config-only".as_ref(),
+                    "-c".as_ref(),
+                    path.as_os_str(),
+                ],
+                dir.path(),
+                T,
+            );
+            assert_eq!(out.status.code(), Some(0), "{text}: {}", out.stderr);
+        } else {
+            expect_errors(&cfg, &["server.buffer_size: invalid size \""]);
+        }
+    }
+}
+
+#[test]
+fn bare_switchyard_prints_help_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit::<&str>(&[], dir.path(), T);
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("Usage: switchyard"), "{}", out.stderr);
+    for flag in [
+        "--listen",
+        "--forward",
+        "--protocol",
+        "check",
+        "ctl",
+        "version",
+    ] {
+        assert!(
+            out.stderr.contains(flag),
+            "help lacks {flag}: {}",
+            out.stderr
+        );
+    }
+    assert!(!out.stderr.contains("listening name="), "{}", out.stderr);
+    let out = run_to_exit(&["version"], dir.path(), T);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stdout.starts_with(&format!(
+            "switchyard {}\ncommit: ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        out.stdout
+    );
+}
+
+/// The listen backlog follows the connection limit; `check` says when the kernel caps it.
+#[test]
+fn check_notes_a_backlog_the_kernel_caps() {
+    let Some(cap) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return; // no /proc: nothing to compare with
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let over = cap + 1;
+    let text = format!(
+        "[server]\nadmin = \"off\"\n\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"tcp\"\ncluster = \"c\"\nmax_connections = {over}\n\n\
+         [[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\
+         max_connections = 100\n\n[[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n"
+    );
+    let path = write(dir.path(), "b.toml", &text);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "note: listeners[0]: listen backlog {over} is capped at {cap} by net.core.somaxconn"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("listeners[1]"),
+        "a small limit is not capped: {}",
+        out.stderr
+    );
 }

@@ -22,22 +22,26 @@ fn demo_foo_backend() -> Proxy {
 }
 
 fn quick(dash: &str, forward: &str) -> Proxy {
+    quick_with(dash, forward, Some("foo"))
+}
+
+/// Quick mode; `protocol: None` leaves `-protocol` out (the default must be foo).
+fn quick_with(dash: &str, forward: &str, protocol: Option<&str>) -> Proxy {
     let a = |s: &str| format!("{dash}{s}");
-    Proxy::start_args(
-        &[
-            a("listen"),
-            "127.0.0.1:0".into(),
-            a("forward"),
-            forward.to_string(),
-            a("protocol"),
-            "foo".into(),
-            a("http"),
-            "127.0.0.1:0".into(),
-            a("recovery-path"),
-            "recovery.json".into(),
-        ],
-        &["quick"],
-    )
+    let mut args = vec![
+        a("listen"),
+        "127.0.0.1:0".into(),
+        a("forward"),
+        forward.to_string(),
+        a("http"),
+        "127.0.0.1:0".into(),
+        a("recovery-path"),
+        "recovery.json".into(),
+    ];
+    if let Some(p) = protocol {
+        args.extend([a("protocol"), p.to_string()]);
+    }
+    Proxy::start_args(&args, &["quick"])
 }
 
 struct Rng(u64);
@@ -145,18 +149,39 @@ fn foo_quick_mode_fifty_pipelining_clients() {
     proxy.wait_tcp("active", Duration::from_secs(5), |v| v == 0);
     let st = proxy.stats();
     assert_eq!(tcp_of(&st, "accepted"), CLIENTS as u64, "{st}");
-    // Foo message counters are part of the compat spec; when present they must be exact.
+    expect_foo_counts(&st, CLIENTS * LINES);
+}
+
+/// The Foo message counters (part of the compat spec) must be there and exact.
+fn expect_foo_counts(st: &serde_json::Value, lines: usize) {
     let want = [
-        ("msg_req", CLIENTS * LINES),
-        ("msg_ack", CLIENTS * LINES),
+        ("msg_req", lines),
+        ("msg_ack", lines),
         ("msg_nak", 0),
-        ("msg_total", 2 * CLIENTS * LINES),
+        ("msg_total", 2 * lines),
     ];
     for (k, v) in want {
-        if let Some(got) = st.get(k) {
-            assert_eq!(got.as_u64(), Some(v as u64), "{k}: {st}");
-        }
+        let got = st
+            .get(k)
+            .and_then(|g| g.as_u64())
+            .unwrap_or_else(|| panic!("stats have no integer {k}: {st}"));
+        assert_eq!(got, v as u64, "{k}: {st}");
     }
+}
+
+/// Quick mode replaces the Foo proxy: without -protocol it speaks (and counts) Foo.
+#[test]
+fn foo_quick_mode_counts_foo_without_a_protocol_flag() {
+    let backend = demo_foo_backend();
+    let proxy = quick_with("-", &backend.addr("demo-backend").to_string(), None);
+    assert!(
+        proxy.stderr_text().contains("protocol=foo"),
+        "{}",
+        proxy.stderr_text()
+    );
+    run_clients(proxy.addr("quick"), 4, 25);
+    proxy.wait_tcp("active", Duration::from_secs(5), |v| v == 0);
+    expect_foo_counts(&proxy.stats(), 100);
 }
 
 #[test]

@@ -177,3 +177,61 @@ fn killed_backend_is_ejected_under_load_and_rejoins_with_slow_start() {
     );
     drop(b2);
 }
+
+/// HAProxy's `init-state`: after a (re)start, a health-checked cluster's backends are
+/// `unknown` and the proxy serves only after one check round, so a dead backend gets no
+/// connect attempt at all; traffic sent the moment the listener is announced all succeeds.
+#[test]
+fn restart_with_a_dead_backend_makes_no_connect_to_it_before_its_first_check() {
+    let good = demo_at("good", "127.0.0.1:0");
+    let g = good.addr("demo-backend");
+    let dead = dead_addr();
+    let state_dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nworkers = 2\nstate_dir = {:?}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"http\"\ncluster = \"app\"\n[[clusters]]\nname = \"app\"\nbackends = [\"{g}\", \"{dead}\"]\n\
+         [clusters.health]\nprotocol = \"http\"\npath = \"/health\"\ninterval = \"2s\"\ntimeout = \"300ms\"\n",
+        state_dir.path().display().to_string()
+    );
+    for round in 0..2 {
+        let p = Proxy::start(&cfg);
+        let web = p.addr("web");
+        let mut c = Client::new(web);
+        for i in 0..200 {
+            let r = c.request("GET", "/", &[], None).expect("request");
+            assert_eq!(
+                (r.status, r.text().trim()),
+                (200, "good"),
+                "round {round}, request {i}"
+            );
+        }
+        let st = p.stats();
+        let d = &st["clusters"]["app"]["backends"][dead.to_string()];
+        assert_eq!(d["state"], "down", "round {round}: {d}");
+        assert_eq!(d["connections"], 0, "round {round}: {d}");
+        assert_eq!(d["connect_errors"], 0, "round {round}: {d}");
+        assert_eq!(
+            st["tcp"]["connect_failed"], 0,
+            "round {round}: {}",
+            st["tcp"]
+        );
+        wait_until(Duration::from_secs(5), "the first round logged", || {
+            p.stderr_text().contains("first health check round done")
+        });
+        p.sigterm();
+        p.wait_exit(Duration::from_secs(10)).expect("exits");
+    }
+}
+
+#[test]
+fn init_state_up_keeps_unchecked_backends_in_rotation() {
+    let good = demo_at("good", "127.0.0.1:0");
+    let g = good.addr("demo-backend");
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"http\"\ncluster = \"app\"\n[[clusters]]\nname = \"app\"\nbackends = [\"{g}\"]\n\
+         [clusters.health]\nprotocol = \"http\"\npath = \"/health\"\ninterval = \"1h\"\ntimeout = \"1s\"\ninit_state = \"up\"\n"
+    ));
+    assert!(!p.stderr_text().contains("first health check round"));
+    assert_eq!(state(p.addr("admin"), "app", &g.to_string()), "up");
+}

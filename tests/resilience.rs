@@ -30,10 +30,6 @@ fn proxy(backends: &[SocketAddr], cluster_extra: &str, listener_extra: &str) -> 
     ))
 }
 
-fn http_stat(p: &Proxy, key: &str) -> u64 {
-    p.stats()["http"][key].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn consecutive_5xx_eject_a_backend() {
     let good = demo("good");

@@ -16,6 +16,7 @@
 //! | `/v1/services/{name}/versions/{version}` | DELETE |
 //! | `/v1/services/{name}/promote`, `/v1/services/{name}/rollback` | POST |
 //! | `/v1/reload` | POST (same as SIGHUP) |
+//! | `/v1/discovery` | GET (each provider's last sync, error and services) |
 //! | `/stats`, `/metrics` | GET |
 //! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
 //!
@@ -24,7 +25,7 @@
 
 use super::{Request, Response, Shared};
 use crate::control::doc::Kind;
-use crate::control::{ApiError, Change};
+use crate::control::{ApiError, Change, IfMatch};
 use serde_json::{json, Value as Json};
 
 pub fn error_response(e: &ApiError) -> Response {
@@ -34,6 +35,7 @@ pub fn error_response(e: &ApiError) -> Response {
     );
     match e.status {
         401 => r.with("WWW-Authenticate", "Bearer realm=\"switchyard\"".into()),
+        429 => r.with("Retry-After", "1".into()),
         _ => r,
     }
 }
@@ -61,6 +63,10 @@ pub(crate) fn decode(seg: &str) -> Result<String, ApiError> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+            // Two hex digits exactly: `from_str_radix` alone would take "+1" too.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(bad());
+            }
             let s = std::str::from_utf8(hex).map_err(|_| bad())?;
             out.push(u8::from_str_radix(s, 16).map_err(|_| bad())?);
             i += 3;
@@ -72,22 +78,32 @@ pub(crate) fn decode(seg: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| bad())
 }
 
-/// `If-Match: "7"` (or `W/"7"`, or `7`) → Some(7); `*` → None.
-pub(crate) fn if_match(req: &Request) -> Result<Option<u64>, ApiError> {
-    let Some(v) = req.header("if-match") else {
-        return Ok(None);
-    };
-    let v = v.trim();
-    if v == "*" {
-        return Ok(None);
+/// `If-Match`: `*` (or no header) → no precondition. Otherwise a list of entity tags; ours are
+/// `"<version>"` (`W/"7"` and a bare `7` are taken too). Tags that are not ours match nothing:
+/// the change then fails with 412, never 400 (RFC 9110 §13.1.1).
+pub fn if_match(req: &Request) -> Option<IfMatch> {
+    let raw = req.header("if-match")?;
+    if raw.trim() == "*" {
+        return None;
     }
-    let t = v.trim_start_matches("W/").trim_matches('"');
-    t.parse().map(Some).map_err(|_| {
-        ApiError::new(
-            400,
-            "bad_request",
-            format!("If-Match {v:?} is not a version ETag such as \"7\""),
-        )
+    let versions = raw
+        .split(',')
+        .filter_map(|tag| {
+            let t = tag.trim();
+            let t = t.strip_prefix("W/").unwrap_or(t);
+            let t = t
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(t);
+            // Digits only: `u64::from_str` would also take a leading `+`.
+            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse().ok())
+                .flatten()
+        })
+        .collect();
+    Some(IfMatch {
+        versions,
+        raw: raw.to_string(),
     })
 }
 
@@ -111,6 +127,17 @@ pub(crate) fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiErr
     let Some(token) = &shared.settings.token else {
         return Ok(who);
     };
+    let now = std::time::Instant::now();
+    let ip = req.peer.ip();
+    if let Some(wait) = shared.auth_failures.check(ip, now) {
+        // Locked out: the token is not even looked at, so guessing learns nothing.
+        let secs = wait.as_secs().max(1);
+        return Err(ApiError::new(
+            429,
+            "too_many_attempts",
+            format!("too many failed authentications from {ip}; try again in {secs}s"),
+        ));
+    }
     let given = req
         .header("authorization")
         .and_then(|h| {
@@ -120,7 +147,22 @@ pub(crate) fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiErr
         .map(str::trim);
     match given {
         Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => Ok(format!("{who} (token)")),
-        Some(_) => Err(ApiError::new(401, "unauthorized", "wrong token")),
+        Some(_) => {
+            shared.auth_failures.failed(ip, now);
+            if let Some(held_back) = shared.auth_log.due(now) {
+                log::warn!(
+                    "admin: authentication failed: wrong token from {who} for {} {}{}",
+                    req.method,
+                    req.path.chars().take(128).collect::<String>(),
+                    if held_back > 0 {
+                        format!(" ({held_back} more since the last such line)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Err(ApiError::new(401, "unauthorized", "wrong token"))
+        }
         None => Err(ApiError::new(
             401,
             "unauthorized",
@@ -182,6 +224,24 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
     let m = req.method.as_str();
     let c = &shared.control;
     match segs.as_slice() {
+        ["ui"] => match m {
+            "GET" | "HEAD" => Ok(Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                headers: vec![
+                    ("Cache-Control", "no-cache".into()),
+                    // The page is self-contained: nothing may load from elsewhere.
+                    (
+                        "Content-Security-Policy",
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src \
+                         'unsafe-inline'; connect-src 'self'; img-src 'self' data:"
+                            .into(),
+                    ),
+                ],
+                body: super::UI_PAGE.as_bytes().to_vec(),
+            }),
+            _ => Ok(method_not_allowed("GET, HEAD")),
+        },
         ["health" | "heartbeat" | "status"] => match m {
             "GET" | "HEAD" => Ok(foo_ok()),
             _ => Ok(method_not_allowed("GET, HEAD")),
@@ -220,11 +280,22 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
             }
             _ => Ok(method_not_allowed("GET")),
         },
+        ["v1", "discovery"] => match m {
+            "GET" => {
+                let conflicts = c.discovery_conflicts();
+                let j = match &shared.settings.discovery {
+                    Some(r) => r.json(&conflicts),
+                    None => json!({"providers": []}),
+                };
+                Ok(ok(200, &j, c.version()))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
         ["v1", "reload"] => match m {
             "POST" => {
                 let who = authorize(shared, req)?;
                 log::info!("admin: reload requested by {who}");
-                let v = c.reload_if(if_match(req)?)?;
+                let v = c.reload_if(if_match(req).as_ref())?;
                 Ok(ok(200, &json!({"version": v}), v))
             }
             _ => Ok(method_not_allowed("POST")),
@@ -250,13 +321,21 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 "PUT" => {
                     let who = authorize(shared, req)?;
                     let body = body_json(req)?;
-                    let a = c.apply(Change::Put(kind, name.clone(), body), if_match(req)?, &who)?;
+                    let a = c.apply(
+                        Change::Put(kind, name.clone(), body),
+                        if_match(req).as_ref(),
+                        &who,
+                    )?;
                     let (v, j) = c.get(kind, &name)?;
                     Ok(ok(if a.created { 201 } else { 200 }, &j, v))
                 }
                 "DELETE" => {
                     let who = authorize(shared, req)?;
-                    let a = c.apply(Change::Delete(kind, name.clone()), if_match(req)?, &who)?;
+                    let a = c.apply(
+                        Change::Delete(kind, name.clone()),
+                        if_match(req).as_ref(),
+                        &who,
+                    )?;
                     Ok(ok(
                         200,
                         &json!({"deleted": name, "version": a.version}),
@@ -286,7 +365,7 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                             cluster: name.clone(),
                             body,
                         },
-                        if_match(req)?,
+                        if_match(req).as_ref(),
                         &who,
                     )?;
                     let (v, j) = c.get(Kind::Cluster, &name)?;
@@ -308,7 +387,7 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                             addr,
                             body,
                         },
-                        if_match(req)?,
+                        if_match(req).as_ref(),
                         &who,
                     )?;
                     let (v, j) = c.get(Kind::Cluster, &name)?;
@@ -321,7 +400,7 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                             cluster: name.clone(),
                             addr,
                         },
-                        if_match(req)?,
+                        if_match(req).as_ref(),
                         &who,
                     )?;
                     let (v, j) = c.get(Kind::Cluster, &name)?;
@@ -348,6 +427,11 @@ mod tests {
         assert_eq!(decode("%5B%3A%3A1%5D:80").unwrap(), "[::1]:80");
         assert!(decode("%zz").is_err());
         assert!(decode("%4").is_err());
+        assert!(
+            decode("%+1").is_err(),
+            "from_str_radix takes a sign; a path escape does not"
+        );
+        assert!(decode("%-1").is_err());
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));

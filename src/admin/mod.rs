@@ -1,26 +1,39 @@
 //! The admin HTTP server: JSON/REST on `server.admin` (loopback by default), on its own
 //! threads, far from the workers. Small and strict: HTTP/1.1 with keep-alive, heads parsed
 //! with `httparse`, bodies by Content-Length only (411 otherwise) up to `admin_max_body`
-//! (413), a thread per connection up to [`MAX_CONNECTIONS`] (503 beyond), read timeouts
-//! against slow clients.
+//! (413), a thread per connection up to [`MAX_CONNECTIONS`].
+//!
+//! Slow clients: a request (head and body) must arrive whole within [`REQUEST_TIMEOUT`] of
+//! its first byte (408 otherwise), however it is dribbled, and an idle keep-alive connection
+//! closes after [`IDLE_TIMEOUT`]. When every connection slot is taken, the connection that
+//! has waited longest for its request is closed to make room ([`guard::Slots`]), so clients
+//! that hold connections open cannot lock `/health` or an operator out; only when every slot
+//! is busy handling a request does a newcomer get 503.
 //!
 //! Routing and the API semantics live in [`api`]; this file is transport only.
 
 pub mod api;
+pub mod guard;
 
 use crate::control::Control;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Concurrent admin connections; more are answered 503 at once.
+/// The live status page (`GET /ui`): one self-contained HTML file, no outside assets.
+pub const UI_PAGE: &str = include_str!("ui.html");
+
+/// Admin connections at once. Past it, the one waiting longest for its request is closed.
 pub const MAX_CONNECTIONS: usize = 64;
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
-/// A request head (or body) must arrive within this long; also the keep-alive idle limit.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request, head and body, must be complete this long after its first byte.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A keep-alive connection waits this long for its next request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response must be written within this long (a client that does not read is dropped).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `/stats` and `/metrics` are served from (the stats aggregator).
 pub trait StatsSource: Send + Sync {
@@ -35,6 +48,8 @@ pub struct AdminSettings {
     pub token: Option<String>,
     pub read_only: bool,
     pub max_body: usize,
+    /// Discovery providers' state, for `GET /v1/discovery`.
+    pub discovery: Option<Arc<crate::discovery::Registry>>,
     /// Compatibility APIs served on the same address, asked first (e.g. the DSU API).
     pub extensions: Vec<Arc<dyn Extension>>,
 }
@@ -50,7 +65,27 @@ pub struct Shared {
     pub control: Arc<Control>,
     pub stats: Option<Arc<dyn StatsSource>>,
     pub settings: AdminSettings,
-    active: AtomicUsize,
+    slots: guard::Slots,
+    /// Failed token checks per client address.
+    pub auth_failures: guard::AuthLimiter,
+    pub auth_log: guard::LogLimiter,
+}
+
+impl Shared {
+    pub fn new(
+        control: Arc<Control>,
+        stats: Option<Arc<dyn StatsSource>>,
+        settings: AdminSettings,
+    ) -> Shared {
+        Shared {
+            control,
+            stats,
+            settings,
+            slots: guard::Slots::default(),
+            auth_failures: guard::AuthLimiter::default(),
+            auth_log: guard::LogLimiter::new(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// A parsed request.
@@ -107,12 +142,7 @@ pub fn start(
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        control,
-        stats,
-        settings,
-        active: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(control, stats, settings));
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || accept_loop(listener, shared))?;
@@ -130,56 +160,126 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            shared.active.fetch_sub(1, Ordering::AcqRel);
-            let mut s = stream;
-            let _ = write_response(
-                &mut s,
-                &api::error_response(&crate::control::ApiError::new(
-                    503,
-                    "busy",
-                    "too many admin connections",
-                )),
-                false,
-            );
-            continue;
-        }
+        let id = match shared.slots.admit(&stream, peer, MAX_CONNECTIONS) {
+            guard::Admit::Yes(id) => id,
+            guard::Admit::Busy => {
+                let mut s = stream;
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = write_response(
+                    &mut s,
+                    &api::error_response(&crate::control::ApiError::new(
+                        503,
+                        "busy",
+                        "every admin connection is busy with a request",
+                    )),
+                    false,
+                    Instant::now() + Duration::from_secs(1),
+                );
+                continue;
+            }
+        };
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("admin-conn".into())
             .spawn(move || {
-                serve_connection(stream, peer, &sh);
-                sh.active.fetch_sub(1, Ordering::AcqRel);
+                serve_connection(stream, peer, &sh, id);
+                sh.slots.remove(id);
             });
         if let Err(e) = spawned {
-            shared.active.fetch_sub(1, Ordering::AcqRel);
+            shared.slots.remove(id);
             log::warn!("admin: cannot start a connection thread: {e}");
         }
     }
 }
 
-fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) {
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(stream);
     loop {
+        shared.slots.set_waiting(id, true);
         let (req, keep_alive) = match read_request(&mut reader, &mut out, peer, shared) {
             Ok(Some(r)) => r,
             Ok(None) => return, // clean close between requests
             Err(resp) => {
-                let _ = write_response(&mut out, &resp, false);
+                let _ = write_response(&mut out, &resp, false, Instant::now() + WRITE_TIMEOUT);
                 return;
             }
         };
+        shared.slots.set_waiting(id, false);
         let resp = api::handle(shared, &req);
-        if write_response(&mut out, &resp, keep_alive).is_err() || !keep_alive {
+        let sent = write_response(&mut out, &resp, keep_alive, Instant::now() + WRITE_TIMEOUT);
+        if sent.is_err() || !keep_alive {
             return;
         }
     }
+}
+
+/// Buffered bytes of the connection, waiting at most until `deadline` for more. Empty at the
+/// end of the stream; `TimedOut` past the deadline.
+fn fill_by(reader: &mut BufReader<TcpStream>, deadline: Instant) -> io::Result<&[u8]> {
+    if reader.buffer().is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+    }
+    match reader.fill_buf() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::ErrorKind::TimedOut.into()),
+        r => r,
+    }
+}
+
+/// Appends one line (through its `\n`, at most `limit` bytes) to `out`. `Ok(false)`: the
+/// stream ended first.
+fn read_line_by(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut Vec<u8>,
+    limit: usize,
+    deadline: Instant,
+) -> io::Result<bool> {
+    let mut taken = 0;
+    loop {
+        let avail = fill_by(reader, deadline)?;
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        let room = limit.saturating_sub(taken).max(1);
+        let window = &avail[..avail.len().min(room)];
+        let (n, done) = match window.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), false),
+        };
+        out.extend_from_slice(&window[..n]);
+        reader.consume(n);
+        taken += n;
+        if done || taken >= limit {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_exact_by(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut [u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut got = 0;
+    while got < out.len() {
+        let avail = fill_by(reader, deadline)?;
+        if avail.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = avail.len().min(out.len() - got);
+        out[got..got + n].copy_from_slice(&avail[..n]);
+        reader.consume(n);
+        got += n;
+    }
+    Ok(())
 }
 
 fn error(status: u16, code: &'static str, message: &str) -> Response {
@@ -194,15 +294,22 @@ fn read_request(
     shared: &Shared,
 ) -> Result<Option<(Request, bool)>, Response> {
     let mut head = Vec::with_capacity(1024);
+    // Between requests: wait for the first byte; from there the whole request has a deadline.
+    match fill_by(reader, Instant::now() + IDLE_TIMEOUT) {
+        Ok([]) | Err(_) => return Ok(None),
+        Ok(_) => {}
+    }
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let too_slow = || error(408, "timeout", "request not complete in time");
     loop {
         let before = head.len();
-        let limit = (MAX_HEAD + 1 - head.len().min(MAX_HEAD)) as u64;
-        match reader.by_ref().take(limit).read_until(b'\n', &mut head) {
-            Ok(0) if head.is_empty() => return Ok(None),
-            Ok(0) => return Err(error(400, "bad_request", "connection closed mid-request")),
-            Ok(_) => {}
-            Err(_) if head.is_empty() => return Ok(None),
-            Err(_) => return Err(error(408, "timeout", "request head too slow")),
+        let limit = MAX_HEAD + 1 - head.len().min(MAX_HEAD);
+        match read_line_by(reader, &mut head, limit, deadline) {
+            Ok(false) if head.is_empty() => return Ok(None),
+            Ok(false) => return Err(error(400, "bad_request", "connection closed mid-request")),
+            Ok(true) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(too_slow()),
+            Err(_) => return Err(error(400, "bad_request", "connection failed mid-request")),
         }
         if head.len() > MAX_HEAD {
             return Err(error(431, "head_too_large", "request head over 64KiB"));
@@ -287,18 +394,27 @@ fn read_request(
             let _ = out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         req.body = vec![0; len];
-        reader.read_exact(&mut req.body).map_err(|_| {
-            error(
-                400,
-                "bad_request",
-                "request body shorter than Content-Length",
-            )
+        read_exact_by(reader, &mut req.body, deadline).map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                too_slow()
+            } else {
+                error(
+                    400,
+                    "bad_request",
+                    "request body shorter than Content-Length",
+                )
+            }
         })?;
     }
     Ok(Some((req, keep_alive)))
 }
 
-fn write_response(out: &mut TcpStream, r: &Response, keep_alive: bool) -> io::Result<()> {
+fn write_response(
+    out: &mut TcpStream,
+    r: &Response,
+    keep_alive: bool,
+    deadline: Instant,
+) -> io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         r.status,
@@ -318,6 +434,20 @@ fn write_response(out: &mut TcpStream, r: &Response, keep_alive: bool) -> io::Re
     head.push_str("\r\n");
     let mut buf = head.into_bytes();
     buf.extend_from_slice(&r.body);
-    out.write_all(&buf)?;
-    out.flush()
+    // The whole response within the deadline, however slowly the client reads.
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        out.set_write_timeout(Some(left))?;
+        match out.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -42,6 +42,10 @@ pub struct HealthConfig {
     /// Check this port instead of the backend's own.
     pub port: Option<u16>,
     pub jitter: f64,
+    /// A backend not yet checked (at start-up, or added at runtime) is out of rotation until
+    /// its first check says up (HAProxy's `init-state`); false: in rotation until checks
+    /// take it down.
+    pub init_unknown: bool,
 }
 
 impl HealthConfig {
@@ -67,6 +71,7 @@ struct RawHealth {
     fall: Option<u64>,
     port: Option<u64>,
     jitter: Option<f64>,
+    init_state: Option<String>,
     #[serde(flatten, skip_serializing)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -91,7 +96,7 @@ fn status_range(v: &toml::Value) -> Option<(u16, u16)> {
 
 pub(crate) fn validate_health(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<HealthConfig> {
     let h = raw_part::<RawHealth>(p, v.clone(), errs)?;
-    errs.unknown(p, &h.unknown);
+    errs.unknown::<RawHealth>(p, &h.unknown);
     let kind = match h
         .protocol
         .as_deref()
@@ -180,7 +185,19 @@ pub(crate) fn validate_health(p: &str, v: &toml::Value, errs: &mut Errors) -> Op
             "a fraction of the interval in 0.0..=0.5",
         );
     }
+    let init_unknown = match h.init_state.as_deref() {
+        None | Some("unknown") => true,
+        Some("up") => false,
+        Some(other) => {
+            errs.add(
+                format!("{p}.init_state"),
+                format!("unknown init_state {other:?} (expected \"unknown\" or \"up\")"),
+            );
+            true
+        }
+    };
     Some(HealthConfig {
+        init_unknown,
         kind,
         path,
         host: h.host,

@@ -4,6 +4,7 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod discovery;
 pub mod health;
 pub mod resilience;
 pub mod routes;
@@ -25,13 +26,13 @@ pub mod defaults {
     pub const BUFFERS_PER_WORKER: u64 = 4096;
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
-    pub const BACKLOG: u64 = 1024;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_ATTEMPTS: u64 = 3;
     // HTTP listeners (client side).
     pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const MAX_HEADERS: u64 = 100;
@@ -74,11 +75,73 @@ impl Errors {
             message: message.into(),
         });
     }
-    pub(crate) fn unknown(&mut self, path: &str, extra: &BTreeMap<String, toml::Value>) {
+    /// Keys of a raw table that `T` does not have, each with a "did you mean" when one of
+    /// `T`'s keys is close.
+    pub(crate) fn unknown<T: Serialize + Default>(
+        &mut self,
+        path: &str,
+        extra: &BTreeMap<String, toml::Value>,
+    ) {
+        if extra.is_empty() {
+            return;
+        }
+        let known = keys_of::<T>();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
         for key in extra.keys() {
-            self.add(format!("{path}.{key}"), "unknown key");
+            self.add(
+                format!("{path}.{key}"),
+                format!("unknown key{}", suggest(key, &known)),
+            );
         }
     }
+}
+
+/// The keys of a raw table type (its fields, as serialized; the flattened catch-all of
+/// unknown keys is skipped when serializing).
+fn keys_of<T: Serialize + Default>() -> Vec<String> {
+    match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `" (did you mean \"x\"?)"` when a known key is a small edit away from `key`, else `""`.
+pub(crate) fn suggest(key: &str, known: &[&str]) -> String {
+    let limit = (key.chars().count() / 3).clamp(1, 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&key.to_ascii_lowercase(), k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance with adjacent transpositions (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
+    }
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -101,7 +164,9 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub backlog: Option<u64>,
     pub shutdown_timeout: Option<String>,
-    pub access_log: Option<String>,
+    /// A path, or `{ path = "...", format = "json" | "combined" }`.
+    pub access_log: Option<toml::Value>,
+    pub log_level: Option<String>,
     pub admin: Option<String>,
     pub admin_token_file: Option<String>,
     pub admin_insecure: Option<bool>,
@@ -126,12 +191,18 @@ pub struct RawListener {
     pub routes: Option<Vec<toml::Value>>,
     /// FaaS dynamic routing (http only): the first path segment names the cluster.
     pub faas: Option<bool>,
+    /// FaaS listeners: answer `GET /stats` with the original gateway's discovery JSON.
+    pub faas_stats: Option<bool>,
     pub request_header_timeout: Option<String>,
+    pub request_body_timeout: Option<String>,
+    pub request_buffering: Option<RawSize>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<u64>,
     pub max_uri_bytes: Option<RawSize>,
     pub max_connections: Option<u64>,
+    /// Another process listens on this address on purpose (SO_REUSEPORT group).
+    pub share: Option<bool>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -263,10 +334,14 @@ pub struct ServerConfig {
     /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
     pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
-    pub backlog: i32,
+    /// `backlog` as set; unset, each listener's backlog follows its connection limit
+    /// ([`ListenerConfig::backlog`]).
+    pub backlog: Option<i32>,
     pub shutdown_timeout: Duration,
-    /// HTTP access log file (JSON lines), appended to.
-    pub access_log: Option<std::path::PathBuf>,
+    /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
+    pub access_log: Option<AccessLogConfig>,
+    /// `log_level`; `SWITCHYARD_LOG` wins over it.
+    pub log_level: Option<log::LevelFilter>,
     /// Admin API address; `None` when disabled (`admin = "off"`).
     pub admin: Option<SocketAddr>,
     /// When set, every admin mutation needs `Authorization: Bearer <token>`.
@@ -283,6 +358,22 @@ pub struct ServerConfig {
     pub stats_minimal: bool,
 }
 
+/// Line format of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line (every field).
+    #[default]
+    Json,
+    /// NCSA combined (Apache/nginx), for tools that read it.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub path: std::path::PathBuf,
+    pub format: LogFormat,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
@@ -297,10 +388,30 @@ pub struct ListenerConfig {
     pub routes: Vec<routes::RouteConfig>,
     /// http only: FaaS dynamic routing by first path segment.
     pub faas: bool,
+    /// FaaS listeners: `GET /stats` answers the original gateway's discovery JSON.
+    pub faas_stats: bool,
     pub http: HttpListenerConfig,
     /// Open client connections on this listener (all workers); beyond it new ones are
     /// turned away (http: `503` with `Retry-After`).
     pub max_connections: Option<u32>,
+    /// Sharing the address with another process is intended (else start-up refuses an
+    /// address someone already serves).
+    pub share: bool,
+}
+
+impl ListenerConfig {
+    /// The listen backlog of each of this listener's sockets: `server.backlog` when set, else
+    /// its connection limit (the listener's `max_connections`, else the process's), as
+    /// HAProxy sizes it, so a burst of new connections waits in the kernel rather than in SYN
+    /// retries. The kernel caps it at `net.core.somaxconn` (`switchyard check` says when).
+    pub fn backlog(&self, server: &ServerConfig) -> i32 {
+        server.backlog.unwrap_or_else(|| {
+            let limit = self
+                .max_connections
+                .map_or(server.max_connections, |m| m as usize);
+            limit.clamp(128, 65535) as i32
+        })
+    }
 }
 
 /// Client-side HTTP settings (defaults apply to non-http listeners and are unused there).
@@ -308,6 +419,11 @@ pub struct ListenerConfig {
 pub struct HttpListenerConfig {
     /// A request head must be complete this long after its first byte (slowloris defence).
     pub request_header_timeout: Duration,
+    /// A request body that stalls (no byte from the client) this long gets 408.
+    pub request_body_timeout: Duration,
+    /// Bodies up to this size are read whole before a backend is picked (0: streamed at
+    /// once, the default).
+    pub request_buffering: usize,
     /// An idle keep-alive client connection is closed after this long.
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
@@ -328,6 +444,9 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// The discovery provider that found (or declared) this cluster; `None` for the
+    /// operator's own clusters (config file or admin API).
+    pub discovered: Option<String>,
     pub balance: BalanceKind,
     /// Set exactly when `balance` is `Hash`.
     pub hash_on: Option<HashOn>,
@@ -355,8 +474,11 @@ pub struct ClusterConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
     pub services: Vec<services::ServiceConfig>,
+    /// `[[discovery]]` providers.
+    pub discovery: Vec<discovery::DiscoveryConfig>,
 }
 
 impl Config {
@@ -377,14 +499,7 @@ pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message: format!("cannot read: {e}"),
         }]
     })?;
-    parse_str(&text).map_err(|mut errs| {
-        for e in &mut errs {
-            if e.path.is_empty() {
-                e.path = shown.clone();
-            }
-        }
-        errs
-    })
+    parse_str(&text).map_err(|errs| with_file(errs, &shown))
 }
 
 /// Parses and validates TOML text.
@@ -393,16 +508,45 @@ pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// TOML text → table (the raw document the control plane edits), syntax errors only.
+///
+/// A syntax error's path is `:LINE:COLUMN` (1-based) for the caller to put the file name in
+/// front of (see [`with_file`]); its message quotes the offending line with a caret.
 pub fn parse_toml(text: &str) -> Result<toml::Table, Vec<ConfigError>> {
     text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().trim().replace('\n', "; ");
+        let Some(span) = e.span() else {
+            return vec![ConfigError {
+                path: String::new(),
+                message: format!("TOML syntax: {msg}"),
+            }];
+        };
+        let at = span.start.min(text.len());
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        let line_no = text[..line_start].matches('\n').count() + 1;
+        let col = text[line_start..at].chars().count() + 1;
+        let line = text[line_start..line_end].trim_end_matches('\r');
+        let gutter = line_no.to_string().len();
         vec![ConfigError {
-            path: String::new(),
+            path: format!(":{line_no}:{col}"),
             message: format!(
-                "TOML syntax: {}",
-                e.to_string().trim_end().replace('\n', " | ")
+                "TOML syntax: {msg}\n {:gutter$} |\n {line_no} | {line}\n {:gutter$} | {:>col$}",
+                "", "", "^"
             ),
         }]
     })
+}
+
+/// Puts the file name into errors that have no path (the whole file) or only a position.
+pub fn with_file(mut errs: Vec<ConfigError>, shown: &str) -> Vec<ConfigError> {
+    for e in &mut errs {
+        if e.path.is_empty() {
+            e.path = shown.to_string();
+        } else if e.path.starts_with(':') {
+            e.path = format!("{shown}{}", e.path);
+        }
+    }
+    errs
 }
 
 /// Validates a raw document (a parsed file, or one the admin API edited).
@@ -412,6 +556,9 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
     let mut services = Vec::new();
+    // A `listeners` key of the wrong shape is reported once, as that.
+    let listeners_present = table.contains_key("listeners");
+    let mut discoveries = Vec::new();
     for (key, value) in table {
         match key.as_str() {
             "server" => {
@@ -421,11 +568,29 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
+            "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
             "services" => raw_list("services", value, &mut services, &mut errs),
-            other => errs.add(other, "unknown key"),
+            other => errs.add(
+                other,
+                format!(
+                    "unknown key{}",
+                    suggest(
+                        other,
+                        &["server", "listeners", "clusters", "services", "discovery"]
+                    )
+                ),
+            ),
         }
     }
-    let cfg = validate(&server, &listeners, &clusters, &services, &mut errs);
+    let cfg = validate(
+        &server,
+        &listeners,
+        &clusters,
+        &services,
+        listeners_present,
+        &discoveries,
+        &mut errs,
+    );
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -456,7 +621,7 @@ pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
             Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
             _ => None,
         };
-        errs.add(full, err.into_inner().message().trim().to_string());
+        errs.add(full, plain_type_error(err.into_inner().message().trim()));
         let removed = match (key, value.as_table_mut()) {
             (Some(k), Some(t)) => t.remove(&k).is_some(),
             _ => false,
@@ -467,10 +632,23 @@ pub(crate) fn raw_part<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// serde's wording, in the config's terms ("expected u64" → "expected a whole number").
+fn plain_type_error(m: &str) -> String {
+    let m = m
+        .replace("expected u64", "expected a whole number (0 or more)")
+        .replace("expected u32", "expected a whole number (0 or more)")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    match m.find("expected struct Raw") {
+        Some(i) => format!("{}expected a table", &m[..i]),
+        None => m,
+    }
+}
+
 /// An array of tables; each element is deserialized on its own so that one bad element does
 /// not hide the errors of the others. A failed element becomes a default (all-`None`) entry so
 /// indices stay aligned with the file.
-fn raw_list<T: for<'de> Deserialize<'de> + Default>(
+pub(crate) fn raw_list<T: for<'de> Deserialize<'de> + Default>(
     path: &str,
     value: toml::Value,
     out: &mut Vec<Option<T>>,
@@ -521,6 +699,8 @@ fn http_listener(
     if protocol != Protocol::Http {
         let set = [
             ("request_header_timeout", l.request_header_timeout.is_some()),
+            ("request_body_timeout", l.request_body_timeout.is_some()),
+            ("request_buffering", l.request_buffering.is_some()),
             ("keepalive_timeout", l.keepalive_timeout.is_some()),
             ("max_header_bytes", l.max_header_bytes.is_some()),
             ("max_headers", l.max_headers.is_some()),
@@ -539,6 +719,20 @@ fn http_listener(
             defaults::REQUEST_HEADER_TIMEOUT,
             errs,
         ),
+        request_body_timeout: duration_field(
+            format!("{p}.request_body_timeout"),
+            l.request_body_timeout.as_ref(),
+            defaults::REQUEST_BODY_TIMEOUT,
+            errs,
+        ),
+        request_buffering: size_field(
+            format!("{p}.request_buffering"),
+            l.request_buffering.as_ref(),
+            0,
+            0,
+            1 << 20,
+            errs,
+        ) as usize,
         keepalive_timeout: duration_field(
             format!("{p}.keepalive_timeout"),
             l.keepalive_timeout.as_ref(),
@@ -569,6 +763,54 @@ fn http_listener(
             1 << 20,
             errs,
         ) as usize,
+    }
+}
+
+/// `server.access_log`: `"path"` or `{ path = "path", format = "json" | "combined" }`.
+fn access_log_field(v: &toml::Value, errs: &mut Errors) -> Option<AccessLogConfig> {
+    const P: &str = "server.access_log";
+    let (path, format) = match v {
+        toml::Value::String(p) => (Some(p.as_str()), LogFormat::Json),
+        toml::Value::Table(t) => {
+            let mut format = LogFormat::Json;
+            for (k, val) in t {
+                match (k.as_str(), val.as_str()) {
+                    ("path", Some(_)) => {}
+                    ("path", None) => errs.add(format!("{P}.path"), "expected a string"),
+                    ("format", Some("json")) => format = LogFormat::Json,
+                    ("format", Some("combined")) => format = LogFormat::Combined,
+                    ("format", _) => {
+                        errs.add(format!("{P}.format"), "expected \"json\" or \"combined\"")
+                    }
+                    (other, _) => errs.add(
+                        format!("{P}.{other}"),
+                        format!("unknown key{}", suggest(other, &["path", "format"])),
+                    ),
+                }
+            }
+            if !t.contains_key("path") {
+                errs.add(format!("{P}.path"), "missing");
+            }
+            (t.get("path").and_then(|p| p.as_str()), format)
+        }
+        _ => {
+            errs.add(
+                P,
+                "expected a path or { path = \"...\", format = \"json\" | \"combined\" }",
+            );
+            return None;
+        }
+    };
+    match path {
+        None => None,
+        Some("") => {
+            errs.add(P, "empty path");
+            None
+        }
+        Some(p) => Some(AccessLogConfig {
+            path: p.into(),
+            format,
+        }),
     }
 }
 
@@ -670,7 +912,13 @@ fn valid_name(path: String, raw: Option<&String>, errs: &mut Errors) -> String {
                 && n.len() <= 64
                 && n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
+            if ok && (n == "." || n == "..") {
+                // A name is a path segment of the admin API (`/v1/clusters/..`).
+                errs.add(
+                    path,
+                    format!("invalid name {n:?}: \".\" and \"..\" are not names"),
+                );
+            } else if !ok {
                 errs.add(
                     path,
                     format!("invalid name {n:?}: use 1-64 of [A-Za-z0-9._-]"),
@@ -698,6 +946,15 @@ pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
 /// Parses a backend address. Accepts `ip:port`, `:port` (this host) and `host:port` resolved
 /// once here, at load time.
 pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
+    let a = resolve_backend_addr(s)?;
+    if a.port() == 0 {
+        // Connecting to port 0 fails every time: a typo, never a backend.
+        return Err(format!("invalid backend address {s:?}: port 0"));
+    }
+    Ok(a)
+}
+
+fn resolve_backend_addr(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Some(port) = t.strip_prefix(':') {
         return format!("127.0.0.1:{port}")
@@ -710,6 +967,12 @@ pub fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
     if !t.contains(':') {
         return Err(format!(
             "invalid backend address {s:?} (expected host:port)"
+        ));
+    }
+    // Fuzzing must not send DNS queries (or read /etc/hosts once per input).
+    if cfg!(fuzzing) {
+        return Err(format!(
+            "invalid backend address {s:?}: no name resolution while fuzzing"
         ));
     }
     match t.to_socket_addrs() {
@@ -741,7 +1004,10 @@ fn validate_backend(path: &str, v: &toml::Value, errs: &mut Errors) -> Option<Ba
                     }
                     ("drain", toml::Value::Boolean(d)) => drain = *d,
                     ("drain", _) => errs.add(format!("{path}.drain"), "expected true or false"),
-                    _ => errs.add(format!("{path}.{k}"), "unknown key"),
+                    _ => errs.add(
+                        format!("{path}.{k}"),
+                        format!("unknown key{}", suggest(k, &["addr", "weight", "drain"])),
+                    ),
                 }
             }
             match name {
@@ -786,9 +1052,11 @@ fn validate(
     listeners: &[Option<RawListener>],
     clusters: &[Option<RawCluster>],
     services: &[Option<services::RawService>],
+    listeners_present: bool,
+    discoveries: &[Option<discovery::RawDiscovery>],
     errs: &mut Errors,
 ) -> Config {
-    errs.unknown("server", &server.unknown);
+    errs.unknown::<RawServer>("server", &server.unknown);
     let workers = int_field(
         "server.workers",
         server.workers,
@@ -854,28 +1122,32 @@ fn validate(
             10_000_000,
             errs,
         ) as usize,
-        backlog: int_field(
-            "server.backlog",
-            server.backlog,
-            defaults::BACKLOG,
-            1,
-            65535,
-            errs,
-        ) as i32,
+        backlog: server
+            .backlog
+            .map(|_| int_field("server.backlog", server.backlog, 1, 1, 65535, errs) as i32),
         shutdown_timeout: duration_field(
             "server.shutdown_timeout".into(),
             server.shutdown_timeout.as_ref(),
             defaults::SHUTDOWN_TIMEOUT,
             errs,
         ),
-        access_log: match server.access_log.as_deref() {
-            None => None,
-            Some("") => {
-                errs.add("server.access_log", "empty path");
-                None
+        access_log: server
+            .access_log
+            .as_ref()
+            .and_then(|v| access_log_field(v, errs)),
+        log_level: server.log_level.as_deref().and_then(|l| {
+            let parsed = crate::logging::parse_level(l);
+            if parsed.is_none() {
+                errs.add(
+                    "server.log_level",
+                    format!(
+                        "unknown log level {l:?} (expected one of: {})",
+                        crate::logging::LEVELS
+                    ),
+                );
             }
-            Some(p) => Some(std::path::PathBuf::from(p)),
-        },
+            parsed
+        }),
         admin: None,
         admin_token_file: path_field("server.admin_token_file", &server.admin_token_file, errs),
         admin_insecure: server.admin_insecure.unwrap_or(false),
@@ -911,132 +1183,35 @@ fn validate(
     for (i, raw) in clusters.iter().enumerate() {
         let Some(c) = raw else { continue };
         let p = format!("clusters[{i}]");
-        errs.unknown(&p, &c.unknown);
-        let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
-        if !name.is_empty() && !cluster_names.insert(name.clone()) {
+        let cluster = validate_cluster(&p, c, false, errs);
+        if !cluster.name.is_empty() && !cluster_names.insert(cluster.name.clone()) {
             errs.add(
                 format!("{p}.name"),
-                format!("duplicate cluster name {name:?}"),
+                format!("duplicate cluster name {:?}", cluster.name),
             );
         }
-        let balance = match c.balance.as_deref() {
-            None => BalanceKind::RoundRobin,
-            Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+        out_clusters.push(cluster);
+    }
+    let discovery = discovery::validate(discoveries, errs);
+    // Clusters that discovery providers declare exist from the start (empty until found),
+    // so listeners and routes can name them.
+    for d in &discovery {
+        for name in &d.declared {
+            if let Some(i) = out_clusters.iter().position(|c| &c.name == name) {
                 errs.add(
-                    format!("{p}.balance"),
+                    format!("clusters[{i}].name"),
                     format!(
-                        "unknown balance {b:?} (expected one of: {})",
-                        BalanceKind::NAMES
+                        "cluster {name:?} is provided by discovery {:?}; remove one of the two",
+                        d.name
                     ),
                 );
-                BalanceKind::RoundRobin
-            }),
-        };
-        let hash_on = match (&c.hash_on, balance) {
-            (Some(h), BalanceKind::Hash) => HashOn::parse(h)
-                .map_err(|e| errs.add(format!("{p}.hash_on"), e))
-                .ok(),
-            (None, BalanceKind::Hash) => {
-                errs.add(
-                    format!("{p}.hash_on"),
-                    "missing (balance = \"hash\" needs it)",
-                );
-                None
+                continue;
             }
-            (Some(_), _) => {
-                errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
-                None
-            }
-            (None, _) => None,
-        };
-        let mut backends = Vec::new();
-        match &c.backends {
-            None => errs.add(
-                format!("{p}.backends"),
-                "missing (a cluster needs at least one backend)",
-            ),
-            Some(list) if list.is_empty() => errs.add(
-                format!("{p}.backends"),
-                "empty (a cluster needs at least one backend)",
-            ),
-            Some(list) => {
-                let mut seen = HashSet::new();
-                for (j, v) in list.iter().enumerate() {
-                    let bp = format!("{p}.backends[{j}]");
-                    if let Some(b) = validate_backend(&bp, v, errs) {
-                        if !seen.insert(b.addr) {
-                            errs.add(bp, format!("duplicate backend {}", b.name));
-                        } else {
-                            backends.push(b);
-                        }
-                    }
-                }
+            // Bad defaults were reported with the provider.
+            if let Ok(c) = discovery::placeholder(d, name) {
+                out_clusters.push(c);
             }
         }
-        out_clusters.push(ClusterConfig {
-            name,
-            balance,
-            hash_on,
-            backends,
-            connect_timeout: duration_field(
-                format!("{p}.connect_timeout"),
-                c.connect_timeout.as_ref(),
-                defaults::CONNECT_TIMEOUT,
-                errs,
-            ),
-            connect_attempts: int_field(
-                &format!("{p}.connect_attempts"),
-                c.connect_attempts,
-                defaults::CONNECT_ATTEMPTS,
-                1,
-                16,
-                errs,
-            ) as u32,
-            first_byte_timeout: duration_field(
-                format!("{p}.first_byte_timeout"),
-                c.first_byte_timeout.as_ref(),
-                defaults::FIRST_BYTE_TIMEOUT,
-                errs,
-            ),
-            idle_timeout: duration_field(
-                format!("{p}.idle_timeout"),
-                c.idle_timeout.as_ref(),
-                defaults::BACKEND_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_idle_timeout: duration_field(
-                format!("{p}.pool_idle_timeout"),
-                c.pool_idle_timeout.as_ref(),
-                defaults::POOL_IDLE_TIMEOUT,
-                errs,
-            ),
-            pool_max_idle: int_field(
-                &format!("{p}.pool_max_idle"),
-                c.pool_max_idle,
-                defaults::POOL_MAX_IDLE,
-                0,
-                100_000,
-                errs,
-            ) as usize,
-            health: c
-                .health
-                .as_ref()
-                .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
-            outlier: c
-                .outlier
-                .as_ref()
-                .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
-            retry: resilience::retry(&p, c, errs),
-            limits: resilience::limits(&p, c, errs),
-            slow_start: c.slow_start.as_ref().map(|_| {
-                duration_field(
-                    format!("{p}.slow_start"),
-                    c.slow_start.as_ref(),
-                    Duration::ZERO,
-                    errs,
-                )
-            }),
-        });
     }
 
     let declared_cluster = |c: &str| {
@@ -1060,7 +1235,7 @@ fn validate(
     for (i, raw) in listeners.iter().enumerate() {
         let Some(l) = raw else { continue };
         let p = format!("listeners[{i}]");
-        errs.unknown(&p, &l.unknown);
+        errs.unknown::<RawListener>(&p, &l.unknown);
         let name = valid_name(format!("{p}.name"), l.name.as_ref(), errs);
         if !name.is_empty() && !listener_names.insert(name.clone()) {
             errs.add(
@@ -1108,6 +1283,7 @@ fn validate(
                 .iter()
                 .flatten()
                 .any(|rc| rc.name.as_deref() == Some(c))
+                || discovery.iter().any(|d| d.declared.iter().any(|n| n == c))
         };
         let faas = l.faas.unwrap_or(false);
         let service = match (&l.service, &l.cluster, protocol) {
@@ -1169,6 +1345,13 @@ fn validate(
         if l.faas.is_some() && protocol != Protocol::Http {
             errs.add(format!("{p}.faas"), "faas is for http listeners only");
         }
+        let faas_stats = l.faas_stats.unwrap_or(false);
+        if faas_stats && !faas {
+            errs.add(
+                format!("{p}.faas_stats"),
+                "needs faas = true (it answers GET /stats on the FaaS listener)",
+            );
+        }
         let http = http_listener(&p, l, protocol, errs);
         if protocol != Protocol::Http {
             let hashed = cluster
@@ -1203,7 +1386,9 @@ fn validate(
                 idle_timeout,
                 routes,
                 faas,
+                faas_stats,
                 http,
+                share: l.share.unwrap_or(false),
                 max_connections: l.max_connections.map(|n| {
                     int_field(
                         &format!("{p}.max_connections"),
@@ -1217,7 +1402,7 @@ fn validate(
             });
         }
     }
-    if listeners.is_empty() {
+    if listeners.is_empty() && !listeners_present {
         errs.add(
             "listeners",
             "no listener configured (add a [[listeners]] table)",
@@ -1228,6 +1413,139 @@ fn validate(
         listeners: out_listeners,
         clusters: out_clusters,
         services: out_services,
+        discovery,
+    }
+}
+
+/// One `[[clusters]]` table (also a discovered cluster: then `allow_empty`, since a provider
+/// may find no backend at the moment, and the cluster is marked with its provider).
+pub(crate) fn validate_cluster(
+    p: &str,
+    c: &RawCluster,
+    allow_empty: bool,
+    errs: &mut Errors,
+) -> ClusterConfig {
+    errs.unknown::<RawCluster>(p, &c.unknown);
+    let name = valid_name(format!("{p}.name"), c.name.as_ref(), errs);
+    let balance = match c.balance.as_deref() {
+        None => BalanceKind::RoundRobin,
+        Some(b) => BalanceKind::parse(b).unwrap_or_else(|| {
+            errs.add(
+                format!("{p}.balance"),
+                format!(
+                    "unknown balance {b:?} (expected one of: {})",
+                    BalanceKind::NAMES
+                ),
+            );
+            BalanceKind::RoundRobin
+        }),
+    };
+    let hash_on = match (&c.hash_on, balance) {
+        (Some(h), BalanceKind::Hash) => HashOn::parse(h)
+            .map_err(|e| errs.add(format!("{p}.hash_on"), e))
+            .ok(),
+        (None, BalanceKind::Hash) => {
+            errs.add(
+                format!("{p}.hash_on"),
+                "missing (balance = \"hash\" needs it)",
+            );
+            None
+        }
+        (Some(_), _) => {
+            errs.add(format!("{p}.hash_on"), "only valid with balance = \"hash\"");
+            None
+        }
+        (None, _) => None,
+    };
+    let mut backends = Vec::new();
+    match &c.backends {
+        None if allow_empty => {}
+        None => errs.add(
+            format!("{p}.backends"),
+            "missing (a cluster needs at least one backend)",
+        ),
+        Some(list) if list.is_empty() && !allow_empty => errs.add(
+            format!("{p}.backends"),
+            "empty (a cluster needs at least one backend)",
+        ),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (j, v) in list.iter().enumerate() {
+                let bp = format!("{p}.backends[{j}]");
+                if let Some(b) = validate_backend(&bp, v, errs) {
+                    if !seen.insert(b.addr) {
+                        errs.add(bp, format!("duplicate backend {}", b.name));
+                    } else {
+                        backends.push(b);
+                    }
+                }
+            }
+        }
+    }
+    ClusterConfig {
+        name,
+        discovered: None,
+        balance,
+        hash_on,
+        backends,
+        connect_timeout: duration_field(
+            format!("{p}.connect_timeout"),
+            c.connect_timeout.as_ref(),
+            defaults::CONNECT_TIMEOUT,
+            errs,
+        ),
+        connect_attempts: int_field(
+            &format!("{p}.connect_attempts"),
+            c.connect_attempts,
+            defaults::CONNECT_ATTEMPTS,
+            1,
+            16,
+            errs,
+        ) as u32,
+        first_byte_timeout: duration_field(
+            format!("{p}.first_byte_timeout"),
+            c.first_byte_timeout.as_ref(),
+            defaults::FIRST_BYTE_TIMEOUT,
+            errs,
+        ),
+        idle_timeout: duration_field(
+            format!("{p}.idle_timeout"),
+            c.idle_timeout.as_ref(),
+            defaults::BACKEND_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_idle_timeout: duration_field(
+            format!("{p}.pool_idle_timeout"),
+            c.pool_idle_timeout.as_ref(),
+            defaults::POOL_IDLE_TIMEOUT,
+            errs,
+        ),
+        pool_max_idle: int_field(
+            &format!("{p}.pool_max_idle"),
+            c.pool_max_idle,
+            defaults::POOL_MAX_IDLE,
+            0,
+            100_000,
+            errs,
+        ) as usize,
+        health: c
+            .health
+            .as_ref()
+            .and_then(|h| health::validate_health(&format!("{p}.health"), h, errs)),
+        outlier: c
+            .outlier
+            .as_ref()
+            .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
+        retry: resilience::retry(p, c, errs),
+        limits: resilience::limits(p, c, errs),
+        slow_start: c.slow_start.as_ref().map(|_| {
+            duration_field(
+                format!("{p}.slow_start"),
+                c.slow_start.as_ref(),
+                Duration::ZERO,
+                errs,
+            )
+        }),
     }
 }
 

@@ -74,7 +74,7 @@ struct RawOutlier {
 
 pub(crate) fn outlier(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<OutlierConfig> {
     let o = raw_part::<RawOutlier>(p, v.clone(), errs)?;
-    errs.unknown(p, &o.unknown);
+    errs.unknown::<RawOutlier>(p, &o.unknown);
     let base = duration_field(
         format!("{p}.base_ejection_time"),
         o.base_ejection_time.as_ref(),

@@ -116,7 +116,7 @@ pub(crate) fn validate_routes(
         let Some(r) = raw_part::<RawRoute>(&p, v.clone(), errs) else {
             continue;
         };
-        errs.unknown(&p, &r.unknown);
+        errs.unknown::<RawRoute>(&p, &r.unknown);
         let host = r.host.as_deref().and_then(|h| {
             parse_host(h)
                 .map_err(|e| errs.add(format!("{p}.host"), e))
@@ -138,7 +138,7 @@ pub(crate) fn validate_routes(
             }
         }
         let header = r.header.as_ref().and_then(|h| {
-            errs.unknown(&format!("{p}.header"), &h.unknown);
+            errs.unknown::<RawHeaderMatch>(&format!("{p}.header"), &h.unknown);
             match &h.name {
                 Some(n) if is_token(n) => {
                     if let Some(v) = &h.value {

@@ -225,7 +225,7 @@ pub fn valid_hook_url(u: &str) -> Result<(), String> {
 
 fn rollback(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<RollbackConfig> {
     let r = raw_part::<RawRollback>(p, v.clone(), errs)?;
-    errs.unknown(p, &r.unknown);
+    errs.unknown::<RawRollback>(p, &r.unknown);
     let max_error_rate = match r.max_error_rate {
         None => {
             errs.add(
@@ -313,7 +313,7 @@ pub(crate) fn validate_services(
     for (i, s) in raw.iter().enumerate() {
         let Some(s) = s else { continue };
         let p = format!("services[{i}]");
-        errs.unknown(&p, &s.unknown);
+        errs.unknown::<RawService>(&p, &s.unknown);
         let name = valid_name(format!("{p}.name"), s.name.as_ref(), errs);
         if !name.is_empty() && !names.insert(name.clone()) {
             errs.add(
@@ -354,7 +354,7 @@ pub(crate) fn validate_services(
                     let Some(rv) = raw_part::<RawVersion>(&vp, v.clone(), errs) else {
                         continue;
                     };
-                    errs.unknown(&vp, &rv.unknown);
+                    errs.unknown::<RawVersion>(&vp, &rv.unknown);
                     let ver = version_string(&vp, rv.version.as_ref(), errs);
                     let cluster = match &rv.cluster {
                         None => {

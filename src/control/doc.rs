@@ -138,6 +138,94 @@ pub fn merge(new_file: &Table, base: &Table, effective: &Table) -> Table {
     out
 }
 
+/// The runtime changes a reload of `new_file` overrides or drops, one line each (what, old →
+/// new): objects whose running definition differs from `base` (changed through the API) and
+/// whose file definition changed too, so [`merge`] takes the file's.
+pub fn overridden(new_file: &Table, base: &Table, effective: &Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in Kind::ALL {
+        for v in objects(effective, kind) {
+            let Some(n) = name_of(v) else { continue };
+            let (nf, b) = (find(new_file, kind, n), find(base, kind, n));
+            let changed_at_runtime = b != Some(v);
+            if !changed_at_runtime || nf == b || nf == Some(v) {
+                continue;
+            }
+            let what = format!("{} {n}", kind.noun());
+            match nf {
+                None => out.push(format!(
+                    "{what}: removed by the file (it had runtime changes)"
+                )),
+                Some(f) => out.extend(table_diff(v, f).into_iter().map(|d| format!("{what}: {d}"))),
+            }
+        }
+    }
+    out
+}
+
+fn show(v: Option<&Value>) -> String {
+    v.map_or_else(|| "(unset)".to_string(), |v| v.to_string())
+}
+
+/// Field by field, `old → new`; backends by address.
+fn table_diff(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(o), Some(n)) = (old.as_table(), new.as_table()) else {
+        return vec![format!("{old} → {new}")];
+    };
+    let mut out = Vec::new();
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let (a, b) = (o.get(k), n.get(k));
+        if a == b {
+            continue;
+        }
+        if k == "backends" {
+            out.extend(backends_diff(a, b));
+        } else {
+            out.push(format!("{k}: {} → {}", show(a), show(b)));
+        }
+    }
+    out
+}
+
+fn backends_diff(old: Option<&Value>, new: Option<&Value>) -> Vec<String> {
+    let list = |v: Option<&Value>| -> Vec<Value> {
+        v.and_then(Value::as_array).cloned().unwrap_or_default()
+    };
+    let (old, new) = (list(old), list(new));
+    let find = |l: &[Value], a: &str| l.iter().find(|b| backend_addr(b) == Some(a)).cloned();
+    let field = |b: &Value, k: &str| b.as_table().and_then(|t| t.get(k)).cloned();
+    let mut out = Vec::new();
+    for b in &old {
+        let Some(a) = backend_addr(b) else { continue };
+        match find(&new, a) {
+            None => out.push(format!("backend {a} dropped")),
+            Some(nb) => {
+                for k in ["weight", "drain"] {
+                    let (x, y) = (field(b, k), field(&nb, k));
+                    if x != y {
+                        out.push(format!(
+                            "backend {a} {k}: {} → {}",
+                            show(x.as_ref()),
+                            show(y.as_ref())
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for b in &new {
+        if let Some(a) = backend_addr(b) {
+            if find(&old, a).is_none() {
+                out.push(format!("backend {a} added"));
+            }
+        }
+    }
+    out
+}
+
 /// Only the named objects of a document (what the state file keeps).
 pub fn objects_only(doc: &Table) -> Table {
     let mut t = Table::new();

@@ -14,7 +14,7 @@ pub mod doc;
 pub mod persist;
 
 use crate::config::{self, Config, ConfigError};
-use crate::server;
+use crate::discovery::Found;
 use crate::snapshot::{HealthMap, HealthState, Runtime, SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};
 use doc::Kind;
@@ -50,6 +50,38 @@ impl ApiError {
     }
     fn not_found(kind: &str, name: &str) -> ApiError {
         ApiError::new(404, "not_found", format!("no {kind} named {name:?}"))
+    }
+}
+
+/// An `If-Match` precondition (RFC 9110 §13.1.1): the change goes ahead only when the running
+/// config version is one of `versions`. Tags that are not one of our version ETags (a
+/// `"stale-version"` from somewhere else) match nothing, so a header holding only such tags
+/// fails with 412, as a stale version does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfMatch {
+    pub versions: Vec<u64>,
+    /// The header as sent, for the error message.
+    pub raw: String,
+}
+
+impl IfMatch {
+    fn check(&self, running: u64) -> Result<(), ApiError> {
+        if self.versions.contains(&running) {
+            return Ok(());
+        }
+        let message = if self.versions.is_empty() {
+            format!(
+                "If-Match {:?} names no version of this config; the running config is version \
+                 {running} (ETag \"{running}\")",
+                self.raw
+            )
+        } else {
+            format!(
+                "If-Match names version {}, the running config is version {running}",
+                self.raw.trim().trim_start_matches("W/").trim_matches('"')
+            )
+        };
+        Err(ApiError::new(412, "version_mismatch", message))
     }
 }
 
@@ -153,6 +185,16 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// What each discovery provider found, by provider name (not persisted: see
+    /// [`Control::set_discovered`]).
+    discovered: HashMap<String, Vec<Found>>,
+    /// Discovered clusters left out because another owner has the name.
+    conflicts: Vec<String>,
+    /// Bumped by every commit, operator's or discovery's (the health checker re-reads
+    /// its targets when it moves).
+    commits: u64,
+    /// The `GET /stats` body of FaaS listeners with `faas_stats`.
+    faas_stats: Arc<[u8]>,
 }
 
 /// What start-up decided to run.
@@ -180,6 +222,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
     };
+    check_state_dir(&config)?;
     let loaded = persist::load(&dir);
     for problem in &loaded.problems {
         log::warn!("state file {problem}");
@@ -226,10 +269,31 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
     }
 }
 
+/// `server.state_dir` must be usable before start-up goes on (see [`persist::check_dir`]);
+/// `switchyard check` asks the same.
+pub fn check_state_dir(config: &Config) -> Result<(), Vec<ConfigError>> {
+    let Some(dir) = &config.server.state_dir else {
+        return Ok(());
+    };
+    persist::check_dir(dir).map_err(|message| {
+        vec![ConfigError {
+            path: "server.state_dir".into(),
+            message,
+        }]
+    })
+}
+
+/// Called after a reload with the new `[server]` settings (the ones a reload applies at once).
+pub type ServerHook = Box<dyn Fn(&config::ServerConfig) + Send + Sync>;
+
+/// `[server]` keys a reload applies at once; every other server setting waits for a restart.
+pub const RELOADABLE_SERVER_KEYS: [&str; 2] = ["access_log", "log_level"];
+
 pub struct Control {
     state: Mutex<State>,
     /// Rollbacks and promotions of services since start-up.
     releases: Arc<crate::release::api::Releases>,
+    server_hook: std::sync::OnceLock<ServerHook>,
     shared: SharedSnapshot,
     workers: Vec<WorkerHandle>,
     state_dir: Option<PathBuf>,
@@ -254,13 +318,20 @@ impl Control {
             .iter()
             .map(|l| running.get(&l.name).map_or(0, |r| r.slot))
             .collect();
+        let mut health = HashMap::new();
+        add_unchecked(&boot.config, &mut health);
+        let faas_stats = crate::discovery::faas_stats_body(&boot.config);
         let c = Control {
             releases: Arc::default(),
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
+                commits: boot.version,
+                discovered: HashMap::new(),
+                conflicts: Vec::new(),
+                faas_stats,
                 slots,
-                health: HashMap::new(),
+                health,
                 ramps: HashMap::new(),
                 store,
                 file: boot.file,
@@ -272,7 +343,15 @@ impl Control {
             workers,
             state_dir,
             config_path,
+            server_hook: std::sync::OnceLock::new(),
         };
+        // Backends not checked yet leave the rotation before anything is served.
+        {
+            let mut st = c.lock();
+            if st.health.values().any(|r| r.state == HealthState::Unknown) {
+                c.publish(&mut st);
+            }
+        }
         // Record what we run now, so a restart before any change still finds it.
         if let Some(dir) = &c.state_dir {
             let mut st = c.lock();
@@ -296,6 +375,11 @@ impl Control {
             log::info!("server.state_dir is not set: runtime changes last until the next restart");
         }
         c
+    }
+
+    /// Registers what a reload calls with the new `[server]` settings (set once, at start).
+    pub fn on_server_reload(&self, hook: ServerHook) {
+        let _ = self.server_hook.set(hook);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -333,21 +417,50 @@ impl Control {
     /// All objects of a kind, as JSON (listeners carry a read-only `status`).
     pub fn list(&self, kind: Kind) -> (u64, Vec<Json>) {
         let st = self.lock();
-        let items = doc::objects(&st.doc, kind)
+        let mut items: Vec<Json> = doc::objects(&st.doc, kind)
             .iter()
             .map(|v| self.with_status(object_json(&st, kind, v), kind))
             .collect();
+        if kind == Kind::Cluster {
+            for c in st.config.clusters.iter().filter(|c| c.discovered.is_some()) {
+                if let Some(v) = discovered_table(&st, &c.name) {
+                    items.push(object_json(&st, kind, &v));
+                }
+            }
+        }
         (st.version, items)
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Result<(u64, Json), ApiError> {
         let st = self.lock();
-        let v =
-            doc::find(&st.doc, kind, name).ok_or_else(|| ApiError::not_found(kind.noun(), name))?;
-        Ok((
-            st.version,
-            self.with_status(object_json(&st, kind, v), kind),
-        ))
+        if let Some(v) = doc::find(&st.doc, kind, name) {
+            return Ok((
+                st.version,
+                self.with_status(object_json(&st, kind, v), kind),
+            ));
+        }
+        let v = (kind == Kind::Cluster)
+            .then(|| discovered_table(&st, name))
+            .flatten()
+            .ok_or_else(|| ApiError::not_found(kind.noun(), name))?;
+        Ok((st.version, object_json(&st, kind, &v)))
+    }
+
+    /// Replaces the clusters discovery provider `provider` found, through the same
+    /// validate → build → swap path as an API change. The operator's document does not
+    /// change: no new config version, nothing written to the state files (a discovered set
+    /// is re-discovered at start-up rather than restored as if an operator had set it), and
+    /// a reload keeps it.
+    pub fn set_discovered(&self, provider: &str, found: Vec<Found>) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        let d = st.doc.clone();
+        self.commit(&mut st, d, None, Some((provider.to_string(), found)))
+            .map(|_| ())
+    }
+
+    /// Discovered clusters currently left out because another owner has the name.
+    pub fn discovery_conflicts(&self) -> Vec<String> {
+        self.lock().conflicts.clone()
     }
 
     /// Services carry their read-only release status.
@@ -382,21 +495,22 @@ impl Control {
     pub fn apply(
         &self,
         change: Change,
-        if_match: Option<u64>,
+        if_match: Option<&IfMatch>,
         who: &str,
     ) -> Result<Applied, ApiError> {
         let mut st = self.lock();
-        if let Some(v) = if_match {
-            if v != st.version {
-                return Err(ApiError::new(
-                    412,
-                    "version_mismatch",
-                    format!(
-                        "If-Match names version {v}, the running config is version {}",
-                        st.version
-                    ),
-                ));
-            }
+        if let Some(m) = if_match {
+            m.check(st.version)?;
+        }
+        if let Some((cluster, provider)) = discovered_target(&st, &change) {
+            return Err(ApiError::new(
+                409,
+                "discovered",
+                format!(
+                    "cluster {cluster:?} comes from discovery {provider:?}: change it at its \
+                     source"
+                ),
+            ));
         }
         let mut d = st.doc.clone();
         let (created, target) = edit(&mut d, &st.config, &change)?;
@@ -409,9 +523,13 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None)
+            .commit(&mut st, d, None, None)
             .map_err(|e| with_relative_field(e, target))?;
-        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        if version == old {
+            log::info!("audit: {who}: {what}: no change (version {version})");
+        } else {
+            log::info!("audit: {who}: {what}: version {old} -> {version}");
+        }
         Ok(Applied { version, created })
     }
 
@@ -421,7 +539,7 @@ impl Control {
     }
 
     /// [`Control::reload`] for the API: 412 when `if_match` is stale, 422 when the file is bad.
-    pub fn reload_if(&self, if_match: Option<u64>) -> Result<u64, ApiError> {
+    pub fn reload_if(&self, if_match: Option<&IfMatch>) -> Result<u64, ApiError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ApiError::new(
                 409,
@@ -434,11 +552,9 @@ impl Control {
             .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let shown = path.display().to_string();
         let join = |errs: Vec<ConfigError>| {
-            errs.iter()
-                .map(|e| match e.path.as_str() {
-                    "" => format!("{shown}: {}", e.message),
-                    _ => e.to_string(),
-                })
+            config::with_file(errs, &shown)
+                .iter()
+                .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -446,46 +562,114 @@ impl Control {
         // The file must be valid on its own, not only once merged.
         let file_cfg = config::parse_table(new_file.clone()).map_err(|e| failed(join(e)))?;
         let mut st = self.lock();
-        if let Some(v) = if_match.filter(|&v| v != st.version) {
-            return Err(ApiError::new(
-                412,
-                "version_mismatch",
-                format!(
-                    "If-Match names version {v}, the running config is version {}",
-                    st.version
-                ),
-            ));
+        if let Some(m) = if_match {
+            m.check(st.version)?;
         }
-        if file_cfg.server != st.config.server {
+        let restart_only = |s: &config::ServerConfig| config::ServerConfig {
+            access_log: None,
+            log_level: None,
+            ..s.clone()
+        };
+        if restart_only(&file_cfg.server) != restart_only(&st.config.server) {
             log::warn!(
-                "reload: [server] settings changed in {}; they take effect at the next restart",
+                "reload: [server] settings changed in {}; they take effect at the next restart \
+                 (only {} apply at once)",
+                path.display(),
+                RELOADABLE_SERVER_KEYS.join(" and ")
+            );
+        }
+        if file_cfg.discovery != st.config.discovery {
+            log::warn!(
+                "reload: [[discovery]] changed in {}; providers change at the next restart",
                 path.display()
             );
         }
         let mut merged = doc::merge(&new_file, &st.file, &st.doc);
-        match st.doc.get("server") {
-            Some(s) => merged.insert("server".into(), s.clone()),
-            None => merged.remove("server"),
+        // The running [server] table, with the keys a reload applies taken from the file.
+        let mut server = st
+            .doc
+            .get("server")
+            .and_then(Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        let file_server = new_file.get("server").and_then(Value::as_table);
+        for k in RELOADABLE_SERVER_KEYS {
+            match file_server.and_then(|s| s.get(k)) {
+                Some(v) => server.insert(k.into(), v.clone()),
+                None => server.remove(k),
+            };
+        }
+        if server.is_empty() {
+            merged.remove("server");
+        } else {
+            merged.insert("server".into(), Value::Table(server));
+        }
+        // Like the rest of [server], the providers running now stay until a restart.
+        match st.doc.get("discovery") {
+            Some(d) => merged.insert("discovery".into(), d.clone()),
+            None => merged.remove("discovery"),
         };
+        for line in doc::overridden(&new_file, &st.file, &st.doc) {
+            log::warn!("reload overrides a runtime change: {line}");
+        }
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file))?;
-        log::info!(
-            "audit: SIGHUP: reloaded {}: version {old} -> {version}",
-            path.display()
-        );
+        let version = self.commit(&mut st, merged, Some(new_file), None)?;
+        if version == old {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: no change (version {version})",
+                path.display()
+            );
+        } else {
+            log::info!(
+                "audit: SIGHUP: reloaded {}: version {old} -> {version}",
+                path.display()
+            );
+        }
+        if let Some(hook) = self.server_hook.get() {
+            hook(&st.config.server);
+        }
         Ok(version)
     }
 
-    /// Validate → bind → build → persist → swap → hand sockets to workers.
+    /// Validate → bind → build → persist → swap → hand sockets to workers. `found`: a
+    /// discovery provider's new set (then the document is unchanged: no new version, no
+    /// write to the state files).
     fn commit(
         &self,
         st: &mut State,
         new_doc: Table,
         new_file: Option<Table>,
+        found: Option<(String, Vec<Found>)>,
     ) -> Result<u64, ApiError> {
-        let cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        let operator = found.is_none();
+        if operator && new_doc == st.doc {
+            // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
+            // reads differently but merges to the same document becomes the new base.
+            if let Some(f) = new_file.filter(|f| *f != st.file) {
+                if let Some(store) = st.store.as_mut() {
+                    let p = persist::Persisted::new(
+                        st.version,
+                        doc::objects_only(&f),
+                        doc::objects_only(&st.doc),
+                    );
+                    if let Err(e) = store.save(&p) {
+                        log::warn!("cannot update the state file: {e}");
+                    }
+                }
+                st.file = f;
+            }
+            return Ok(st.version);
+        }
+        let mut discovered = st.discovered.clone();
+        if let Some((provider, set)) = found {
+            discovered.insert(provider, set);
+        }
+        let conflicts = crate::discovery::overlay(&mut cfg, &discovered);
+        for c in conflicts.iter().filter(|c| !st.conflicts.contains(c)) {
+            log::warn!("discovery {c}");
+        }
         let workers = self.workers.len().max(1);
-        let backlog = cfg.server.backlog;
 
         // Listeners: same name and bind → same slot and sockets; otherwise bind anew.
         let used: HashSet<usize> = st.running.values().map(|r| r.slot).collect();
@@ -507,16 +691,22 @@ impl Control {
                 continue;
             }
             let slot = alloc(&new_slots);
-            if slot >= crate::token::MAX_LISTENERS {
+            if slot >= crate::engine::token::MAX_LISTENERS {
                 return Err(ApiError::new(
                     409,
                     "too_many_listeners",
-                    format!("at most {} listeners", crate::token::MAX_LISTENERS),
+                    format!("at most {} listeners", crate::engine::token::MAX_LISTENERS),
                 ));
             }
             new_slots.insert(slot);
-            let socks = server::bind_listener(&l.name, l.bind, workers, backlog)
-                .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
+            if !l.share && !st.running.values().any(|r| r.bind == l.bind) {
+                crate::check::probe_bind(l.bind, false).map_err(|m| {
+                    ApiError::new(409, "bind_failed", format!("listener {}: {m}", l.name))
+                })?;
+            }
+            let socks =
+                crate::net::listen::bind_listener(&l.name, l.bind, workers, l.backlog(&cfg.server))
+                    .map_err(|e| ApiError::new(409, "bind_failed", e.to_string()))?;
             let local = socks
                 .first()
                 .and_then(|s| s.local_addr().ok())
@@ -539,19 +729,20 @@ impl Control {
             .map(|(n, r)| (n.clone(), r.slot))
             .collect();
 
-        let version = st.version + 1;
+        let version = if operator { st.version + 1 } else { st.version };
         let generation = st.generation + 1;
         // Health records of backends that are gone are dropped (re-added means re-checked).
         let exists = |(c, a): &(String, SocketAddr)| {
             cfg.cluster(c)
                 .is_some_and(|cl| cl.health.is_some() && cl.backends.iter().any(|b| b.addr == *a))
         };
-        let health: HashMap<(String, SocketAddr), CheckRecord> = st
+        let mut health: HashMap<(String, SocketAddr), CheckRecord> = st
             .health
             .iter()
             .filter(|(k, _)| exists(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        add_unchecked(&cfg, &mut health);
         // Slow start for backends that join the rotation: new, or no longer drained.
         let now = Instant::now();
         let mut ramps: HashMap<(String, SocketAddr), Instant> = HashMap::new();
@@ -570,15 +761,17 @@ impl Control {
                 }
             }
         }
-        let snap = Snapshot::build_with_slots(
+        let mut snap = Snapshot::build_with_slots(
             &cfg,
             generation,
             Some(&self.shared.load()),
             &slots,
             &runtime(&cfg, &health, &mut ramps, now),
         );
+        let faas_stats = crate::discovery::faas_stats_body(&cfg);
+        snap.faas_stats = faas_stats.clone();
         let file = new_file.as_ref().unwrap_or(&st.file);
-        if let (Some(dir), Some(store)) = (&self.state_dir, st.store.as_mut()) {
+        if let (true, Some(dir), Some(store)) = (operator, &self.state_dir, st.store.as_mut()) {
             let p = persist::Persisted::new(
                 version,
                 doc::objects_only(file),
@@ -606,7 +799,7 @@ impl Control {
         for (name, slot, socks) in bound {
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
-                    server::announce(l, r.local);
+                    crate::net::listen::announce(l, r.local);
                 }
             }
             for (w, socket) in self.workers.iter().zip(socks) {
@@ -624,6 +817,10 @@ impl Control {
         st.slots = slots;
         st.health = health;
         st.ramps = ramps;
+        st.discovered = discovered;
+        st.conflicts = conflicts;
+        st.commits += 1;
+        st.faas_stats = faas_stats;
         Ok(version)
     }
 
@@ -642,7 +839,7 @@ impl Control {
                 });
             }
         }
-        (st.version, out)
+        (st.commits, out)
     }
 
     /// Records a check result. `state`: the checker's verdict after its rise/fall counting;
@@ -684,14 +881,19 @@ impl Control {
         if rec.state == state {
             return;
         }
+        let rec_was = rec.state;
         rec.state = state;
         match state {
             HealthState::Down => {
                 log::warn!("health: backend {backend} of cluster {cluster} is DOWN ({detail})")
             }
+            HealthState::Up if rec_was == HealthState::Unknown => {
+                log::info!("health: backend {backend} of cluster {cluster} is UP (first check)")
+            }
             HealthState::Up => {
                 log::info!("health: backend {backend} of cluster {cluster} is UP again")
             }
+            HealthState::Unknown => {}
         }
         if state == HealthState::Up
             && st
@@ -722,16 +924,14 @@ impl Control {
             ramps,
             slots,
             generation,
+            faas_stats,
             ..
         } = &mut *st;
         let rt = runtime(config, health, ramps, Instant::now());
-        let snap = Arc::new(Snapshot::build_with_slots(
-            config,
-            *generation,
-            Some(&self.shared.load()),
-            slots,
-            &rt,
-        ));
+        let mut snap =
+            Snapshot::build_with_slots(config, *generation, Some(&self.shared.load()), slots, &rt);
+        snap.faas_stats = faas_stats.clone();
+        let snap = Arc::new(snap);
         self.shared.store(snap.clone());
         snap
     }
@@ -745,6 +945,33 @@ impl Control {
         }
     }
 
+    /// What the control plane holds for a backend's health (the checker starts from it).
+    pub fn health_state(&self, cluster: &str, backend: SocketAddr) -> HealthState {
+        self.lock()
+            .health
+            .get(&(cluster.to_string(), backend))
+            .map_or(HealthState::Up, |r| r.state)
+    }
+
+    /// Backends whose first check has not concluded yet.
+    pub fn unchecked(&self) -> usize {
+        self.lock()
+            .health
+            .values()
+            .filter(|r| r.state == HealthState::Unknown)
+            .count()
+    }
+
+    /// The longest check timeout of any health-checked cluster (bounds the first round).
+    pub fn longest_check(&self) -> Option<std::time::Duration> {
+        let st = self.lock();
+        st.config
+            .clusters
+            .iter()
+            .filter_map(|c| c.health.as_ref().map(|h| h.timeout))
+            .max()
+    }
+
     /// Health records for the admin API, by backend address.
     pub fn health_of(&self, cluster: &str) -> HashMap<SocketAddr, CheckRecord> {
         self.lock()
@@ -753,6 +980,25 @@ impl Control {
             .filter(|((c, _), _)| c == cluster)
             .map(|((_, a), r)| (*a, r.clone()))
             .collect()
+    }
+}
+
+/// Backends of health-checked clusters with `init_state = "unknown"` that have no record yet
+/// start as unknown: out of rotation until their first check.
+fn add_unchecked(cfg: &Config, health: &mut HashMap<(String, SocketAddr), CheckRecord>) {
+    for c in &cfg.clusters {
+        let Some(h) = &c.health else { continue };
+        if !h.init_unknown {
+            continue;
+        }
+        for b in &c.backends {
+            health
+                .entry((c.name.clone(), b.addr))
+                .or_insert_with(|| CheckRecord {
+                    state: HealthState::Unknown,
+                    ..CheckRecord::default()
+                });
+        }
     }
 }
 
@@ -783,7 +1029,7 @@ fn runtime(
 
 fn health_map(h: &HashMap<(String, SocketAddr), CheckRecord>) -> HealthMap {
     h.iter()
-        .filter(|(_, r)| r.state == HealthState::Down)
+        .filter(|(_, r)| r.state != HealthState::Up)
         .map(|(k, r)| (k.clone(), r.state))
         .collect()
 }
@@ -900,6 +1146,44 @@ fn edit(
         }
         Change::Service { name, op } => crate::release::api::edit(d, name, op),
     }
+}
+
+/// The discovered cluster (and its provider) an API change would edit, if the operator's
+/// document has no cluster of that name.
+fn discovered_target(st: &State, change: &Change) -> Option<(String, String)> {
+    let cluster = match change {
+        Change::Delete(Kind::Cluster, n) => n,
+        Change::AddBackend { cluster, .. }
+        | Change::PatchBackend { cluster, .. }
+        | Change::DeleteBackend { cluster, .. } => cluster,
+        _ => return None,
+    };
+    if doc::find(&st.doc, Kind::Cluster, cluster).is_some() {
+        return None;
+    }
+    let provider = st.config.cluster(cluster)?.discovered.clone()?;
+    Some((cluster.clone(), provider))
+}
+
+/// A discovered cluster as a table: what its provider found, or the empty placeholder of a
+/// declared cluster not found yet.
+fn discovered_table(st: &State, name: &str) -> Option<Value> {
+    let c = st.config.cluster(name)?;
+    let provider = c.discovered.as_ref()?;
+    if let Some(f) = st
+        .discovered
+        .get(provider)
+        .and_then(|l| l.iter().find(|f| f.cluster.name == name))
+    {
+        return Some(Value::Table(f.table.clone()));
+    }
+    let d = st.config.discovery.iter().find(|d| &d.name == provider)?;
+    Some(Value::Table(config::discovery::cluster_table(
+        d,
+        name,
+        Vec::new(),
+        None,
+    )))
 }
 
 /// The listener that routes to `cluster`, if any.
@@ -1061,7 +1345,7 @@ fn object_json(st: &State, kind: Kind, v: &Value) -> Json {
 /// `draining`, and the last check.
 fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
     let rec = |a: SocketAddr| st.health.get(&(c.name.clone(), a));
-    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state == HealthState::Down);
+    let down = |a: SocketAddr| rec(a).is_some_and(|r| r.state != HealthState::Up);
     let panic = c.backends.iter().any(|b| !b.drain)
         && c.backends.iter().filter(|b| !b.drain).all(|b| down(b.addr));
     let backends: Vec<Json> = c
@@ -1070,6 +1354,8 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
         .map(|b| {
             let state = if b.drain {
                 "draining"
+            } else if rec(b.addr).is_some_and(|r| r.state == HealthState::Unknown) {
+                "unknown"
             } else if down(b.addr) {
                 "down"
             } else {
@@ -1087,7 +1373,11 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
             o
         })
         .collect();
-    serde_json::json!({ "backends": backends, "panic": panic })
+    let mut status = serde_json::json!({ "backends": backends, "panic": panic });
+    if let Some(p) = &c.discovered {
+        status["discovered"] = Json::String(p.clone());
+    }
+    status
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.

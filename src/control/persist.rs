@@ -125,6 +125,50 @@ impl Store {
     }
 }
 
+/// Checks, before anything runs, that `dir` can hold the state files: an existing directory
+/// we may write into, or a path that can be created as one. A file there, or a directory on
+/// a read-only file system or without write permission, would otherwise start fine and then
+/// refuse every change with 500. (A full disk is not caught here: it can pass; changes then
+/// fail with 500 until there is room, and are not applied.)
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    let shown = dir.display();
+    // The nearest part of the path that exists: itself, or the ancestor it would be made in.
+    let mut existing = dir;
+    loop {
+        match fs::metadata(existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if existing == dir => return Err(format!("{shown} is not a directory")),
+            Ok(_) => {
+                return Err(format!(
+                    "cannot create {shown}: {} is not a directory",
+                    existing.display()
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match existing.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => existing = p,
+                    _ => return Ok(()), // relative, made in the working directory
+                }
+            }
+            Err(e) => return Err(format!("{shown}: {e}")),
+        }
+    }
+    access(existing, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        let what = if existing == dir {
+            format!("{shown} is not writable")
+        } else {
+            format!("cannot create {shown} in {}", existing.display())
+        };
+        format!("{what}: {}", io::Error::from(e))
+    })
+}
+
 /// What start-up found in the state directory.
 #[derive(Debug, Default)]
 pub struct Loaded {

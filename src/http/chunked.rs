@@ -20,14 +20,19 @@
 /// Bytes of extensions allowed on one chunk-size line, from the first `;` to the CR.
 pub const MAX_EXTENSION_BYTES: usize = 4096;
 
-/// Maximum hex digits of a chunk size (16 = all of u64).
+/// Maximum hex digits of a chunk size (leading zeros included).
 const MAX_SIZE_DIGITS: u8 = 16;
+
+/// The largest chunk size accepted: 2^63 - 1, so that no reader behind us, signed or not, can
+/// take a size we passed for a negative number (`ffffffffffffffff` is -1 as an `i64`: a
+/// smuggling foothold). nginx draws the same line (`off_t`).
+pub const MAX_CHUNK_SIZE: u64 = i64::MAX as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
     /// Not a hex digit where the size is, or an empty size.
     BadSize,
-    /// More than 16 hex digits.
+    /// More than 16 hex digits, or a size above [`MAX_CHUNK_SIZE`].
     SizeOverflow,
     /// A bare LF, a CR not followed by LF, or data not followed by CRLF.
     BadLineEnding,
@@ -185,6 +190,7 @@ impl Chunked {
                         .size
                         .checked_mul(16)
                         .and_then(|s| s.checked_add(u64::from(d)))
+                        .filter(|&s| s <= MAX_CHUNK_SIZE)
                         .ok_or(SizeOverflow)?;
                     State::Size
                 }
@@ -563,13 +569,22 @@ mod tests {
         // 16 hex digits: the largest size is fine (the data just never comes here).
         let mut c = Chunked::new(0);
         assert_eq!(
-            c.advance(b"FFFFFFFFFFFFFFFF\r\nabc"),
+            c.advance(b"7FFFFFFFFFFFFFFF\r\nabc"),
             Ok(Progress {
                 consumed: 21,
                 done: false
             })
         );
-        assert_eq!(c.data_remaining_hint(), u64::MAX - 3);
+        assert_eq!(c.data_remaining_hint(), MAX_CHUNK_SIZE - 3);
+        // One more would read as negative to a signed parser: refused (issue 19, item 4).
+        for size in [
+            &b"8000000000000000"[..],
+            b"FFFFFFFFFFFFFFFF",
+            b"ffffffffffffffff",
+        ] {
+            let mut c = Chunked::new(0);
+            assert_eq!(c.advance(size), Err(ChunkError::SizeOverflow));
+        }
         let mut c = Chunked::new(0);
         assert_eq!(
             c.advance(b"FFFFFFFFFFFFFFFF0"),

@@ -271,6 +271,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     let mut framing = Framing::default();
     let mut conn = ConnectionTokens::default();
     let mut has_upgrade_header = false;
+    let mut h2c = false;
     let mut expect_continue = false;
     let mut has_request_id = false;
     let mut has_forwarded_for = false;
@@ -294,6 +295,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             conn.add(h.value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             has_upgrade_header = true;
+            h2c |= offers_h2c(h.value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue |= list_contains(h.value, b"100-continue");
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
@@ -344,7 +346,11 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         body,
         keep_alive: conn.keep_alive(http11),
         expect_continue: expect_continue && http11,
-        upgrade: http11 && conn.upgrade && has_upgrade_header,
+        // An h2c upgrade is never passed on (h2c smuggling: a backend's 101 would open a raw
+        // HTTP/2 tunnel past every routing decision). Not marked as an upgrade, the request
+        // goes upstream without its `Upgrade` header, and a 101 the backend sends anyway is
+        // a 502. HAProxy strips it the same way.
+        upgrade: http11 && conn.upgrade && has_upgrade_header && !h2c,
         header_count: req.headers.len(),
         connection_names: conn.other,
         has_request_id,
@@ -614,6 +620,15 @@ pub(crate) fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',')
         .map(trim_ows)
         .filter(|e| !e.is_empty())
+}
+
+/// An `Upgrade` value that offers HTTP/2 over cleartext (`h2c`, any case, with or without a
+/// `/version`).
+fn offers_h2c(v: &[u8]) -> bool {
+    list_elements(v).any(|e| {
+        let proto = e.split(|&b| b == b'/').next().unwrap_or_default();
+        proto.trim_ascii().eq_ignore_ascii_case(b"h2c")
+    })
 }
 
 fn list_contains(v: &[u8], token: &[u8]) -> bool {
@@ -2019,6 +2034,17 @@ mod tests {
         assert!(ok(ws).upgrade);
         assert!(ok(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(!ok(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n").upgrade);
+        // h2c is never an upgrade we pass on (issue 19, item 5), alone or among others.
+        for v in ["h2c", "H2C", "websocket, h2c", "h2c/1.0", " h2c "] {
+            let req = format!(
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {v}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+            );
+            assert!(!ok(req.as_bytes()).upgrade, "{v}");
+        }
+        assert!(
+            ok(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2cx\r\n\r\n")
+                .upgrade
+        );
         assert!(!ok(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(
             !ok(b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 message layer: pure functions and small `Copy` state machines over the caller's
-//! bytes. No I/O, no sockets, no allocation; the worker's HTTP session drives them.
+//! bytes. No I/O, no sockets, no allocation; the HTTP session ([`crate::session::http`]) drives
+//! them.
 //!
 //! - [`head`]: parse and validate request and response heads (RFC 9112) with `httparse`, apply
 //!   the limits and the smuggling checks, and say how the body is framed. Results are offsets
@@ -48,4 +49,3 @@
 pub mod chunked;
 pub mod head;
 pub mod rewrite;
-pub mod session;

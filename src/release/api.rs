@@ -503,7 +503,7 @@ pub fn route(
                         name: name.to_string(),
                         op,
                     },
-                    if_match(req)?,
+                    if_match(req).as_ref(),
                     &who,
                 )?;
                 let (v, j) = c.get(Kind::Service, name)?;
@@ -520,7 +520,7 @@ pub fn route(
                         name: name.to_string(),
                         op,
                     },
-                    if_match(req)?,
+                    if_match(req).as_ref(),
                     &who,
                 )?;
                 reply(a.version)
@@ -573,7 +573,7 @@ pub fn route(
                     name: name.to_string(),
                     op,
                 },
-                if_match(req)?,
+                if_match(req).as_ref(),
                 &who,
             )?;
             let snap = c.snapshot();

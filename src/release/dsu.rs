@@ -682,8 +682,13 @@ fn host_of(v: Option<&Json>) -> String {
         .unwrap_or_else(|| "0.0.0.0".into())
 }
 
-/// Reads the original's `config.json`. Errors are `error: <file>: <key>: <message>` lines.
-pub fn quick(text: &str, origin: &str) -> Result<Quick, Vec<ConfigError>> {
+/// Reads the original's `config.json` (`level`: from `-logLevel`). Errors are
+/// `error: <file>: <key>: <message>` lines.
+pub fn quick(
+    text: &str,
+    origin: &str,
+    level: Option<log::LevelFilter>,
+) -> Result<Quick, Vec<ConfigError>> {
     let err = |path: &str, message: String| ConfigError {
         path: format!("{origin}: {path}")
             .trim_end_matches(": ")
@@ -746,6 +751,12 @@ pub fn quick(text: &str, origin: &str) -> Result<Quick, Vec<ConfigError>> {
     let mut server = Table::new();
     server.insert("admin".into(), Value::String(admin));
     server.insert("admin_read_only".into(), Value::Boolean(public));
+    if let Some(l) = level {
+        server.insert(
+            "log_level".into(),
+            Value::String(l.as_str().to_ascii_lowercase()),
+        );
+    }
     let mut listener = Table::new();
     listener.insert("name".into(), Value::String(LISTENER.into()));
     listener.insert(
@@ -878,6 +889,7 @@ mod tests {
             r#"{"proxy":{"port":1235},"configService":{"port":9090},"dockerHost":{"ip":"1.2.3.4"},
                "cluster":{"servers":[{"hostname":"127.0.0.1","port":1034},{"hostname":"127.0.0.1","port":1035}],"version":1.0}}"#,
             "config.json",
+            Some(log::LevelFilter::Warn),
         )
         .unwrap();
         let cfg = crate::config::parse_table(q.doc.clone()).unwrap();
@@ -888,10 +900,12 @@ mod tests {
         assert_eq!(cfg.services[0].versions[0].version, "1.0");
         assert_eq!(cfg.clusters[0].backends.len(), 2);
         assert!(cfg.services[0].rollback.is_some());
+        assert_eq!(cfg.server.log_level, Some(log::LevelFilter::Warn));
         assert_eq!(q.warnings.len(), 2, "{:?}", q.warnings);
         let errs = quick(
             r#"{"proxy":{},"cluster":{"servers":[]},"extra":1}"#,
             "c.json",
+            None,
         )
         .unwrap_err();
         let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -906,7 +920,7 @@ mod tests {
                 "{want} in {shown:?}"
             );
         }
-        assert_eq!(quick("{", "c.json").unwrap_err()[0].path, "c.json");
+        assert_eq!(quick("{", "c.json", None).unwrap_err()[0].path, "c.json");
         assert_eq!(log_level("warning"), Some(log::LevelFilter::Warn));
         assert_eq!(log_level("NOTICE"), Some(log::LevelFilter::Info));
         assert_eq!(log_level("loud"), None);

@@ -2,7 +2,7 @@
 //! to one aggregator thread, every [`FLUSH_INTERVAL`] and on demand (a dump asks every worker
 //! to flush first, so a dump is never stale). No atomics or locks on the hot path.
 //!
-//! Workers keep, besides the process-wide [`TcpCounters`] and [`HttpCounters`], a
+//! Workers keep, besides the process-wide [`ConnCounters`] and [`HttpCounters`], a
 //! [`WorkerStats`]: per-listener, per-cluster and per-backend [`Traffic`] counters indexed by
 //! the snapshot's small integers, Foo message counts, and `hdrhistogram`s per cluster (request
 //! latency, backend connect time, time to first byte). The aggregator names them (by cluster
@@ -64,8 +64,9 @@ macro_rules! counters {
 }
 
 counters! {
-    /// TCP proxy counters (one instance per worker; deltas merged by the aggregator).
-    pub struct TcpCounters {
+    /// Connection counters of both protocols (one instance per worker; deltas merged by the
+    /// aggregator). Shown under the `tcp` key, the name the Foo-era tools read.
+    pub struct ConnCounters {
         /// Client connections accepted.
         accepted,
         /// Client connections closed (for any reason).
@@ -101,6 +102,9 @@ counters! {
         fail_open,
     }
 }
+
+/// The counters' earlier name (they were TCP-only once).
+pub type TcpCounters = ConnCounters;
 
 counters! {
     /// HTTP counters (one instance per worker).
@@ -622,7 +626,7 @@ pub enum StatsMsg {
         seq: u64,
         /// The counts were made between this (the previous flush) and the send.
         since: Instant,
-        tcp: TcpCounters,
+        tcp: ConnCounters,
         http: HttpCounters,
         detail: Option<Box<Detail>>,
     },
@@ -740,7 +744,7 @@ pub struct Aggregator {
     workers: Vec<WorkerHandle>,
     answered: Vec<u64>,
     seq: u64,
-    pub(crate) tcp: TcpCounters,
+    pub(crate) tcp: ConnCounters,
     pub(crate) http: HttpCounters,
     pub(crate) foo: FooCounts,
     pub(crate) listeners: BTreeMap<String, Traffic>,
@@ -779,7 +783,7 @@ impl Aggregator {
             workers,
             answered: vec![0; n],
             seq: 0,
-            tcp: TcpCounters::default(),
+            tcp: ConnCounters::default(),
             http: HttpCounters::default(),
             foo: FooCounts::default(),
             listeners: BTreeMap::new(),
@@ -1373,7 +1377,7 @@ impl Aggregator {
                 };
                 let obj = |k: &str| s.rest.get(k).and_then(Value::as_object).cloned();
                 if let Some(m) = obj("tcp") {
-                    self.tcp = TcpCounters::from_json(&m);
+                    self.tcp = ConnCounters::from_json(&m);
                 }
                 if let Some(m) = obj("http") {
                     self.http = HttpCounters::from_json(&m);
@@ -1424,6 +1428,7 @@ pub(crate) fn backend_states(
             )
         })
         .chain(c.down.iter().map(|b| (b, "down")))
+        .chain(c.unknown.iter().map(|b| (b, "unknown")))
         .chain(c.draining.iter().map(|b| (b, "draining")))
 }
 
@@ -1498,12 +1503,12 @@ mod tests {
 
     #[test]
     fn merge_and_json() {
-        let mut a = TcpCounters {
+        let mut a = ConnCounters {
             accepted: 2,
             closed: 1,
             ..Default::default()
         };
-        a.merge(&TcpCounters {
+        a.merge(&ConnCounters {
             accepted: 3,
             no_backend: 1,
             ..Default::default()
@@ -1515,6 +1520,6 @@ mod tests {
         assert_eq!(m["accepted"], 5);
         assert_eq!(m["closed"], 1);
         assert!(!a.is_zero());
-        assert!(TcpCounters::default().is_zero());
+        assert!(ConnCounters::default().is_zero());
     }
 }

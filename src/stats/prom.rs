@@ -232,6 +232,20 @@ pub fn render(a: &Aggregator) -> String {
         &[],
         a.started.elapsed().as_secs_f64(),
     );
+    o.family(
+        "switchyard_build_info",
+        "gauge",
+        "Always 1; the labels say which build is running.",
+    );
+    o.sample(
+        "switchyard_build_info",
+        &[
+            ("version", crate::build_info::VERSION),
+            ("commit", crate::build_info::COMMIT),
+            ("rustc", crate::build_info::RUSTC),
+        ],
+        1.0,
+    );
     o.family("switchyard_workers", "gauge", "Worker threads.");
     o.sample("switchyard_workers", &[], a.workers.len() as f64);
 

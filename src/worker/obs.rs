@@ -1,112 +1,80 @@
-//! The worker's stats hooks: one-line calls from the event loop and the HTTP side into
+//! The worker's stats hooks: one-line calls from the event loop into
 //! [`crate::stats::WorkerStats`]. HOT PATH: plain adds, no allocation, lock or atomic.
 
-use super::http::HttpEntry;
 use super::Worker;
 use crate::balance::Outcome;
-use crate::http::session::State;
-use crate::snapshot::Snapshot;
+use crate::engine::Engine;
+use crate::session::http::Phase;
+use crate::session::Session;
 use crate::stats::RequestDone;
-use crate::stats::WorkerStats;
-use std::sync::Arc;
-use std::time::Duration;
 
-/// Byte counters before a pump, to attribute what it moved.
-pub(super) type BytesBefore = (u64, u64);
-
-impl Worker {
-    /// After a TCP/Foo pump: bytes per listener/cluster/backend, Foo message counts.
-    #[inline]
-    pub(super) fn obs_pumped(&mut self, key: usize, before: BytesBefore) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let up = self.stats.bytes_client_to_backend - before.0;
-        let down = self.stats.bytes_backend_to_client - before.1;
-        self.obs
-            .bytes(&s.snapshot, s.listener, s.cluster, s.backend, up, down);
-        s.take_foo(&mut self.obs.foo);
-    }
-
-    /// A TCP connect attempt ended (success, failure or timeout).
+impl<E: Engine> Worker<E> {
+    /// An upstream connect ended (success, failure or timeout). HTTP failures count only
+    /// while connecting (a reused connection that dies is not a connect failure).
     pub(super) fn obs_connect(&mut self, key: usize, outcome: Outcome) {
-        if let Some(s) = self.sessions.get(key) {
-            let took = self.now.saturating_duration_since(s.connect_started);
-            connect_ended(
-                &mut self.obs,
-                &s.snapshot,
-                s.cluster,
-                s.backend,
-                took,
-                outcome,
-            );
-        }
-    }
-
-    /// An HTTP upstream connect ended (failures count only while connecting).
-    pub(super) fn obs_http_connect(&mut self, key: usize, outcome: Outcome) {
-        let Some(HttpEntry::Session(s)) = self.http.get(key) else {
+        let now = self.now;
+        let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
-        if outcome == Outcome::Failure && s.state != State::Connecting {
-            return;
+        if let Session::Http(s) = &mut e.session {
+            if outcome == Outcome::Failure && !matches!(s.phase(), Phase::Connecting(_)) {
+                return;
+            }
+            if let Some(x) = s.exchange_mut() {
+                x.log.connect_us =
+                    now.saturating_duration_since(x.target.started).as_micros() as u64;
+            }
         }
-        let took = self.now.saturating_duration_since(s.upstream_started);
-        connect_ended(
-            &mut self.obs,
-            &s.snapshot,
-            s.cluster,
-            s.backend,
-            took,
-            outcome,
-        );
+        let Some(t) = e.session.target() else {
+            return;
+        };
+        let snap = e.session.snapshot();
+        let took = self.now.saturating_duration_since(t.started);
+        match outcome {
+            Outcome::Success => self.obs.connected(snap, t.cluster, t.backend, took),
+            Outcome::Failure => {
+                // A failure that took the whole connect timeout was that timeout.
+                let timeout = snap
+                    .clusters
+                    .get(t.cluster as usize)
+                    .is_some_and(|c| took >= c.connect_timeout);
+                self.obs.connect_failed(snap, t.cluster, t.backend, timeout);
+            }
+        }
     }
 
-    pub(super) fn obs_http_retry(&mut self, key: usize) {
-        if let Some(HttpEntry::Session(s)) = self.http.get(key) {
-            self.obs.retry(&s.snapshot, s.cluster);
+    pub(super) fn obs_retry(&mut self, key: usize) {
+        if let Some(e) = self.sessions.get(key) {
+            if let Some(t) = e.session.target() {
+                self.obs.retry(e.session.snapshot(), t.cluster);
+            }
         }
     }
 
     /// An HTTP request ended (answered, failed or abandoned); called once per request.
     pub(super) fn obs_request_done(&mut self, key: usize) {
-        let Some(HttpEntry::Session(s)) = self.http.get(key) else {
+        let Some(e) = self.sessions.get(key) else {
             return;
         };
-        let tried = s.backend.is_some() || s.attempts > 0;
+        let Session::Http(s) = &e.session else {
+            return;
+        };
+        let Some(x) = s.exchange() else {
+            return;
+        };
+        let tried = x.target.backend.is_some() || x.target.attempts > 0;
         let r = RequestDone {
             listener: s.listener,
-            cluster: tried.then_some(s.cluster),
-            backend: s.backend,
-            status: s.status,
-            bytes_out: s.log.bytes,
-            latency: self.now.saturating_duration_since(s.request_started),
-            ttfb: s
-                .response_started()
-                .then(|| s.first_byte_at.saturating_duration_since(s.request_started)),
-            release: s.release,
+            cluster: tried.then_some(x.target.cluster),
+            backend: x.target.backend,
+            status: x.status,
+            bytes_out: x.log.bytes,
+            latency: self.now.saturating_duration_since(x.request_started),
+            ttfb: x
+                .got_response_byte
+                .then(|| x.first_byte_at.saturating_duration_since(x.request_started)),
+            release: x.release_tag,
         };
         self.obs.request_done(&s.snapshot, &r);
-    }
-}
-
-fn connect_ended(
-    obs: &mut WorkerStats,
-    snap: &Arc<Snapshot>,
-    cluster: u32,
-    backend: Option<u32>,
-    took: Duration,
-    outcome: Outcome,
-) {
-    match outcome {
-        Outcome::Success => obs.connected(snap, cluster, backend, took),
-        Outcome::Failure => {
-            // A failure that took the whole connect timeout was that timeout.
-            let timeout = snap
-                .clusters
-                .get(cluster as usize)
-                .is_some_and(|c| took >= c.connect_timeout);
-            obs.connect_failed(snap, cluster, backend, timeout);
-        }
     }
 }

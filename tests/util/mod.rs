@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod discovery;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -575,6 +576,14 @@ impl Drop for Proxy {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// An `http.<key>` counter of the proxy's stats; a missing key fails the test (never reads 0).
+pub fn http_stat(p: &Proxy, key: &str) -> u64 {
+    let st = p.stats();
+    st["http"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats have no integer http.{key}: {st}"))
 }
 
 pub fn tcp_of(stats: &Value, key: &str) -> u64 {

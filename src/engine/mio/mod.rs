@@ -1,0 +1,639 @@
+//! The readiness engine: epoll through `mio`, edge-triggered.
+//!
+//! Every connection is registered once, for both directions, and never re-registered: the
+//! engine remembers the readiness each edge reported ([`Ready`]) and runs an op at once when
+//! its direction is ready (`submit` then returns the `Done`), or parks it in the connection's
+//! slot until the next edge. A short read or write clears the bit (on Linux TCP it means the
+//! queue is drained or the send buffer is full, and a new edge will follow), so the op after
+//! it parks without a syscall. Back-pressure is a session not asking: no `epoll_ctl` ever.
+//!
+//! A receive into an engine-provided buffer takes the buffer only when it runs; while parked
+//! it holds none. When the pool is empty such a receive waits in `starved` and is retried at
+//! the next poll once buffers are back (back-pressure, never a failure).
+//!
+//! HOT PATH. No allocation (beyond table growth), lock, blocking call or info-level log.
+
+mod ready;
+
+use super::token::{self, Token};
+use super::{Accepted, ConnId, Done, Engine, Event, Linger, Op, Slice, Slot, Wake};
+use crate::io::{splice, Buf, BufferPool, PipePool, Xfer};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Waker};
+pub use ready::Ready;
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starved receives retried per poll.
+const STARVED_BATCH: usize = 256;
+/// `EINTR` retries of one syscall before the op is parked (and retried at the next edge).
+const EINTR_RETRIES: usize = 4;
+
+/// An op parked in a connection's read slot.
+#[derive(Debug)]
+enum ReadOp {
+    None,
+    Recv(Option<Buf>),
+    SpliceIn(crate::io::Pipe, u32, u32),
+    Watch,
+}
+
+/// An op parked in a connection's write slot.
+#[derive(Debug)]
+enum WriteOp {
+    None,
+    Send(Slice, Option<Slice>),
+    SpliceOut(crate::io::Pipe, u32),
+    /// The non-blocking connect is in progress.
+    Connect,
+}
+
+struct Conn {
+    sock: TcpStream,
+    ready: Ready,
+    read: ReadOp,
+    write: WriteOp,
+    /// A `Recv(None)` waits for a pool buffer (listed in `starved`).
+    starved: bool,
+}
+
+pub struct MioEngine {
+    poll: Poll,
+    events: Events,
+    waker: Arc<MioWaker>,
+    conns: Slab<Conn>,
+    listeners: Vec<Option<TcpListener>>,
+    pool: BufferPool,
+    pipes: PipePool,
+    starved: VecDeque<ConnId>,
+    buffer_waits: u64,
+}
+
+struct MioWaker(Waker);
+
+impl Wake for MioWaker {
+    fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+impl MioEngine {
+    pub fn new(pool: BufferPool, pipes: PipePool) -> io::Result<MioEngine> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), mio::Token(token::WAKER))?;
+        Ok(MioEngine {
+            poll,
+            events: Events::with_capacity(1024),
+            waker: Arc::new(MioWaker(waker)),
+            conns: Slab::with_capacity(1024),
+            listeners: Vec::new(),
+            pool,
+            pipes,
+            starved: VecDeque::new(),
+            buffer_waits: 0,
+        })
+    }
+
+    /// Registers a new socket under a fresh id. An accepted socket starts writable (its send
+    /// buffer is empty; if not, the write says so); a connecting one waits for its edge.
+    fn insert(&mut self, mut sock: TcpStream, write: WriteOp) -> io::Result<ConnId> {
+        let ready = match write {
+            WriteOp::Connect => Ready::EMPTY,
+            _ => Ready::WRITABLE,
+        };
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        if id >= token::FIRST_RESERVED || id > ConnId::MAX as usize {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        self.poll.registry().register(
+            &mut sock,
+            mio::Token(token::conn(id as ConnId)),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Conn {
+            sock,
+            ready,
+            read: ReadOp::None,
+            write,
+            starved: false,
+        });
+        Ok(id as ConnId)
+    }
+
+    /// Runs the parked ops of `id` that its readiness allows, reporting completions.
+    fn progress(&mut self, id: ConnId, out: &mut Vec<Event>) {
+        let Some(c) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        if c.ready.contains(Ready::READABLE) && !c.starved {
+            match std::mem::replace(&mut c.read, ReadOp::None) {
+                ReadOp::None => {}
+                op => match run_read(c, op, &mut self.pool) {
+                    Ok(done) => out.push(Event::Done(id, done)),
+                    Err(parked) => {
+                        c.read = parked;
+                        if c.starved {
+                            self.starved.push_back(id);
+                            self.buffer_waits += 1;
+                        }
+                    }
+                },
+            }
+        }
+        let Some(c) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        if c.ready != Ready::EMPTY {
+            match std::mem::replace(&mut c.write, WriteOp::None) {
+                WriteOp::None => {}
+                op => match run_write(c, op, &self.pool) {
+                    Ok(done) => out.push(Event::Done(id, done)),
+                    Err(parked) => c.write = parked,
+                },
+            }
+        }
+    }
+
+    /// Retries receives that waited for a buffer, while buffers last.
+    fn retry_starved(&mut self, out: &mut Vec<Event>) {
+        for _ in 0..self.starved.len().min(STARVED_BATCH) {
+            if self.pool.available() == 0 {
+                return;
+            }
+            let Some(id) = self.starved.pop_front() else {
+                return;
+            };
+            // A stale entry: the connection closed (its id may be another's by now).
+            match self.conns.get_mut(id as usize) {
+                Some(c) if c.starved => c.starved = false,
+                _ => continue,
+            }
+            self.progress(id, out);
+        }
+    }
+}
+
+/// Runs a read-slot op: `Ok(done)`, or `Err(op)` to park it again.
+fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, ReadOp> {
+    match op {
+        ReadOp::None => Err(ReadOp::None),
+        ReadOp::Recv(buf) => recv(c, buf, pool),
+        ReadOp::SpliceIn(pipe, piped, max) => {
+            for _ in 0..EINTR_RETRIES {
+                match splice::fill(&c.sock, &pipe, max as usize) {
+                    Ok(0) => {
+                        return Ok(Done::SpliceIn {
+                            pipe,
+                            res: Xfer::Eof,
+                        })
+                    }
+                    Ok(n) => {
+                        return Ok(Done::SpliceIn {
+                            pipe,
+                            res: Xfer::Bytes(n as u32),
+                        })
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        // With bytes in the pipe, EAGAIN may mean "pipe full" (pages, not
+                        // bytes); only an empty pipe proves the socket is dry. Either way the
+                        // pipe goes back: to be drained, or to the pool while the flow is quiet.
+                        if piped == 0 {
+                            c.ready.remove(Ready::READABLE);
+                        }
+                        return Ok(Done::SpliceIn {
+                            pipe,
+                            res: Xfer::Bytes(0),
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Ok(Done::SpliceIn {
+                            pipe,
+                            res: Xfer::failed(&e),
+                        })
+                    }
+                }
+            }
+            Ok(Done::SpliceIn {
+                pipe,
+                res: Xfer::Bytes(0),
+            })
+        }
+        ReadOp::Watch => {
+            let mut probe = [0u8; 1];
+            match c.sock.peek(&mut probe) {
+                Ok(0) => Ok(Done::Watch(Xfer::Eof)),
+                Ok(n) => Ok(Done::Watch(Xfer::Bytes(n as u32))),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    c.ready.remove(Ready::READABLE);
+                    Err(ReadOp::Watch)
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => Err(ReadOp::Watch),
+                Err(e) => Ok(Done::Watch(Xfer::failed(&e))),
+            }
+        }
+    }
+}
+
+fn recv(c: &mut Conn, buf: Option<Buf>, pool: &mut BufferPool) -> Result<Done, ReadOp> {
+    let provided = buf.is_none();
+    let mut b = match buf {
+        Some(b) => b,
+        None => match pool.checkout() {
+            Some(b) => b,
+            None => {
+                c.starved = true;
+                return Err(ReadOp::Recv(None));
+            }
+        },
+    };
+    // What an engine-provided buffer that got nothing becomes.
+    let give_back = |b: Buf, pool: &mut BufferPool| {
+        if provided {
+            pool.release(b);
+            None
+        } else {
+            Some(b)
+        }
+    };
+    for _ in 0..EINTR_RETRIES {
+        let spare = pool.spare(&mut b);
+        let want = spare.len();
+        match c.sock.read(spare) {
+            Ok(0) if want > 0 => {
+                return Ok(Done::Recv {
+                    buf: give_back(b, pool),
+                    res: Xfer::Eof,
+                })
+            }
+            Ok(n) => {
+                b.fill(n);
+                if n < want && !c.ready.contains(Ready::HUP) {
+                    // Linux TCP: a short read drained the queue; new data raises a new edge.
+                    // Not so after a hang-up: the EOF or error is still to be read.
+                    c.ready.remove(Ready::READABLE);
+                }
+                return Ok(Done::Recv {
+                    buf: Some(b),
+                    res: Xfer::Bytes(n as u32),
+                });
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.ready.remove(Ready::READABLE);
+                return Err(ReadOp::Recv(give_back(b, pool)));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Ok(Done::Recv {
+                    buf: give_back(b, pool),
+                    res: Xfer::failed(&e),
+                })
+            }
+        }
+    }
+    Err(ReadOp::Recv(give_back(b, pool)))
+}
+
+/// Runs a write-slot op: `Ok(done)`, or `Err(op)` to park it again.
+fn run_write(c: &mut Conn, op: WriteOp, pool: &BufferPool) -> Result<Done, WriteOp> {
+    match op {
+        WriteOp::None => Err(WriteOp::None),
+        WriteOp::Connect => connect_result(c),
+        _ if !c.ready.contains(Ready::WRITABLE) => Err(op),
+        WriteOp::Send(a, b) => {
+            let first = slice_data(pool, &a);
+            let second = b.as_ref().map_or(&[][..], |s| slice_data(pool, s));
+            let want = first.len() + second.len();
+            for _ in 0..EINTR_RETRIES {
+                let wrote = if second.is_empty() {
+                    c.sock.write(first)
+                } else {
+                    c.sock
+                        .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+                };
+                match wrote {
+                    Ok(n) => {
+                        if n < want {
+                            c.ready.remove(Ready::WRITABLE);
+                        }
+                        return Ok(Done::Send {
+                            a: a.buf,
+                            b: b.map(|s| s.buf),
+                            res: Xfer::Bytes(n as u32),
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        c.ready.remove(Ready::WRITABLE);
+                        return Err(WriteOp::Send(a, b));
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Ok(Done::Send {
+                            a: a.buf,
+                            b: b.map(|s| s.buf),
+                            res: Xfer::failed(&e),
+                        })
+                    }
+                }
+            }
+            Err(WriteOp::Send(a, b))
+        }
+        WriteOp::SpliceOut(pipe, len) => {
+            for _ in 0..EINTR_RETRIES {
+                match splice::drain(&pipe, &c.sock, len as usize) {
+                    Ok(n) => {
+                        if n < len as usize {
+                            c.ready.remove(Ready::WRITABLE);
+                        }
+                        return Ok(Done::SpliceOut {
+                            pipe,
+                            res: Xfer::Bytes(n as u32),
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        c.ready.remove(Ready::WRITABLE);
+                        return Err(WriteOp::SpliceOut(pipe, len));
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Ok(Done::SpliceOut {
+                            pipe,
+                            res: Xfer::failed(&e),
+                        })
+                    }
+                }
+            }
+            Err(WriteOp::SpliceOut(pipe, len))
+        }
+    }
+}
+
+#[inline]
+fn slice_data<'a>(pool: &'a BufferPool, s: &Slice) -> &'a [u8] {
+    let d = pool.data(&s.buf);
+    let start = (s.off as usize).min(d.len());
+    let end = (s.off as usize + s.len as usize).min(d.len());
+    &d[start..end]
+}
+
+/// Whether the non-blocking connect finished (TCP_NODELAY set on success).
+fn connect_result(c: &mut Conn) -> Result<Done, WriteOp> {
+    if c.ready == Ready::EMPTY {
+        return Err(WriteOp::Connect);
+    }
+    match c.sock.take_error() {
+        Ok(Some(e)) | Err(e) => return Ok(Done::Connect(Xfer::failed(&e))),
+        Ok(None) => {}
+    }
+    match c.sock.peer_addr() {
+        Ok(_) => match c.sock.set_nodelay(true) {
+            Ok(()) => Ok(Done::Connect(Xfer::Bytes(0))),
+            Err(e) => Ok(Done::Connect(Xfer::failed(&e))),
+        },
+        // A spurious wake-up: still in progress.
+        Err(e) if e.kind() == ErrorKind::NotConnected => {
+            c.ready = Ready::EMPTY;
+            Err(WriteOp::Connect)
+        }
+        Err(e) => Ok(Done::Connect(Xfer::failed(&e))),
+    }
+}
+
+/// The `Done` of an op submitted on a connection that no longer exists: a failure that gives
+/// back what the op carried.
+fn failed(op: Op) -> Done {
+    let res = Xfer::Failed(libc::EBADF);
+    match op {
+        Op::Recv(buf) => Done::Recv { buf, res },
+        Op::Send(a, b) => Done::Send {
+            a: a.buf,
+            b: b.map(|s| s.buf),
+            res,
+        },
+        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
+        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
+        Op::Shutdown => Done::Shutdown(res),
+        Op::Watch => Done::Watch(res),
+    }
+}
+
+impl Engine for MioEngine {
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<Event>) -> io::Result<()> {
+        if !self.starved.is_empty() {
+            self.retry_starved(out);
+        }
+        let timeout = if out.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        // `events` is taken out so `progress` can borrow the engine.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            match token::decode(ev.token().0) {
+                Token::Waker => out.push(Event::Wake),
+                Token::Listener(i) => out.push(Event::Accept(i)),
+                Token::Conn(id) => {
+                    // A stale event for a connection closed earlier in this batch (its id may
+                    // be reused already): readiness bits are hints, the syscall tells.
+                    if let Some(c) = self.conns.get_mut(id as usize) {
+                        c.ready.insert(Ready::from_event(ev));
+                        self.progress(id, out);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    #[inline]
+    fn pools(&mut self) -> (&mut BufferPool, &mut PipePool) {
+        (&mut self.pool, &mut self.pipes)
+    }
+
+    fn add_listener(&mut self, slot: usize, listener: std::net::TcpListener) -> io::Result<()> {
+        if slot >= token::MAX_LISTENERS {
+            return Err(io::Error::other("listener slot out of range"));
+        }
+        self.remove_listener(slot);
+        let mut l = TcpListener::from_std(listener);
+        self.poll.registry().register(
+            &mut l,
+            mio::Token(token::listener(slot)),
+            Interest::READABLE,
+        )?;
+        if self.listeners.len() <= slot {
+            self.listeners.resize_with(slot + 1, || None);
+        }
+        self.listeners[slot] = Some(l);
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, slot: usize) {
+        if let Some(mut l) = self.listeners.get_mut(slot).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+    }
+
+    fn accept(&mut self, slot: usize) -> Accepted {
+        let Some(Some(l)) = self.listeners.get(slot) else {
+            return Accepted::Empty;
+        };
+        loop {
+            match l.accept() {
+                Ok((sock, peer)) => {
+                    return match self.insert(sock, WriteOp::None) {
+                        Ok(id) => Accepted::Conn(id, peer),
+                        Err(e) => Accepted::Failed(e),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Accepted::Empty,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Accepted::Failed(e),
+            }
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+        let sock = TcpStream::connect(addr)?;
+        self.insert(sock, WriteOp::Connect)
+    }
+
+    #[inline]
+    fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done> {
+        let Some(c) = self.conns.get_mut(conn as usize) else {
+            return Some(failed(op));
+        };
+        match op {
+            Op::Recv(buf) => {
+                if !c.ready.contains(Ready::READABLE) {
+                    c.read = ReadOp::Recv(buf);
+                    return None;
+                }
+                match recv(c, buf, &mut self.pool) {
+                    Ok(done) => Some(done),
+                    Err(parked) => {
+                        c.read = parked;
+                        if c.starved {
+                            self.starved.push_back(conn);
+                            self.buffer_waits += 1;
+                        }
+                        None
+                    }
+                }
+            }
+            // Never parks: a splice that cannot move bytes now gives its pipe back at once
+            // (`Bytes(0)`), so a quiet flow does not hold a pipe.
+            Op::SpliceIn { pipe, piped, max } => {
+                if !c.ready.contains(Ready::READABLE) {
+                    return Some(Done::SpliceIn {
+                        pipe,
+                        res: Xfer::Bytes(0),
+                    });
+                }
+                run_read(c, ReadOp::SpliceIn(pipe, piped, max), &mut self.pool).ok()
+            }
+            Op::Watch => {
+                if !c.ready.contains(Ready::READABLE) {
+                    c.read = ReadOp::Watch;
+                    return None;
+                }
+                run_read(c, ReadOp::Watch, &mut self.pool).map_or_else(
+                    |parked| {
+                        c.read = parked;
+                        None
+                    },
+                    Some,
+                )
+            }
+            Op::Send(a, b) => run_write(c, WriteOp::Send(a, b), &self.pool).map_or_else(
+                |parked| {
+                    c.write = parked;
+                    None
+                },
+                Some,
+            ),
+            Op::SpliceOut { pipe, len } => run_write(c, WriteOp::SpliceOut(pipe, len), &self.pool)
+                .map_or_else(
+                    |parked| {
+                        c.write = parked;
+                        None
+                    },
+                    Some,
+                ),
+            Op::Shutdown => Some(Done::Shutdown(match c.sock.shutdown(Shutdown::Write) {
+                Ok(()) => Xfer::Bytes(0),
+                Err(e) => Xfer::failed(&e),
+            })),
+        }
+    }
+
+    fn cancel(&mut self, conn: ConnId, slot: Slot) {
+        let Some(c) = self.conns.get_mut(conn as usize) else {
+            return;
+        };
+        match slot {
+            Slot::Read => {
+                c.starved = false;
+                match std::mem::replace(&mut c.read, ReadOp::None) {
+                    ReadOp::Recv(Some(b)) => self.pool.release(b),
+                    ReadOp::SpliceIn(p, piped, _) => {
+                        if piped == 0 {
+                            self.pipes.put(p)
+                        } else {
+                            self.pipes.discard(p)
+                        }
+                    }
+                    ReadOp::Recv(None) | ReadOp::Watch | ReadOp::None => {}
+                }
+            }
+            Slot::Write => match std::mem::replace(&mut c.write, WriteOp::None) {
+                WriteOp::Send(a, b) => {
+                    self.pool.release(a.buf);
+                    if let Some(b) = b {
+                        self.pool.release(b.buf);
+                    }
+                }
+                WriteOp::SpliceOut(p, _) => self.pipes.discard(p),
+                WriteOp::Connect | WriteOp::None => {}
+            },
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, linger: Linger) {
+        if !self.conns.contains(conn as usize) {
+            return;
+        }
+        self.cancel(conn, Slot::Read);
+        self.cancel(conn, Slot::Write);
+        let c = self.conns.remove(conn as usize);
+        if linger == Linger::Reset {
+            let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+        }
+        // Dropping the socket closes it, which also removes it from epoll.
+        drop(c);
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn name(&self) -> &'static str {
+        "mio"
+    }
+
+    fn take_buffer_waits(&mut self) -> u64 {
+        std::mem::take(&mut self.buffer_waits)
+    }
+}

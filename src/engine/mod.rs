@@ -1,0 +1,239 @@
+//! The engine seam: what turns the sessions' wants into I/O, and I/O results back into
+//! session input.
+//!
+//! Sessions never touch a socket. They ask for an [`Op`] on one of their connections
+//! (receive into a buffer, send these bytes, splice, shut down) and later get a [`Done`] with
+//! the result. Between the two the engine owns whatever the operation carries: the [`Buf`]s
+//! to fill or send and the [`Pipe`] to splice through travel *inside* the op and come back
+//! inside the `Done`, so a buffer the kernel may still write into can never be read, reused or
+//! released by a session. That is the contract a completion engine (io_uring) needs, and a
+//! readiness engine ([`mio`]) fulfils it trivially: it runs an op at once when the socket is
+//! ready and parks it until the next readiness edge otherwise.
+//!
+//! Rules both engines keep (the sessions rely on them):
+//! - a connection has at most one op in flight in each slot: the *read* slot (receive,
+//!   splice in, watch) and the *write* slot (send, splice out, shutdown, connect);
+//! - `submit` may complete an op at once (`Some(Done)`), which is what makes the readiness
+//!   engine as cheap as calling the syscall directly; otherwise the `Done` arrives later as an
+//!   [`Event`];
+//! - after [`Engine::close`] or [`Engine::cancel`] no `Done` for the cancelled ops is ever
+//!   delivered: the engine returns their buffers and pipes to the pools itself, when the
+//!   kernel has let go of them;
+//! - a receive into an engine-provided buffer (`Op::Recv(None)`) holds no buffer while it
+//!   waits, so an idle connection holds none.
+//!
+//! HOT PATH: the trait's methods run per I/O; implementations allocate only when a table
+//! grows past its high-water mark.
+
+pub mod mio;
+pub mod token;
+
+use crate::io::{Buf, BufferPool, Pipe, PipePool, Xfer};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A connection of the engine's (downstream or upstream). Dense: reused after close.
+pub type ConnId = u32;
+
+/// Bytes `[off, off + len)` of a buffer's pending data.
+#[derive(Debug)]
+pub struct Slice {
+    pub buf: Buf,
+    pub off: u32,
+    pub len: u32,
+}
+
+impl Slice {
+    /// The first `len` pending bytes of `buf`.
+    #[inline]
+    pub fn head(buf: Buf, len: usize) -> Slice {
+        Slice {
+            buf,
+            off: 0,
+            len: len as u32,
+        }
+    }
+}
+
+/// An operation a session asks for on one of its connections.
+#[derive(Debug)]
+pub enum Op {
+    /// Read slot. Receive into the spare tail of this buffer (after its pending bytes), or,
+    /// with `None`, into a buffer the engine takes from the pool when bytes arrive.
+    Recv(Option<Buf>),
+    /// Write slot. Send the first slice, then the second, in one vectored write.
+    Send(Slice, Option<Slice>),
+    /// Read slot. Socket → pipe, at most `max` bytes, without waiting: `Bytes(0)` when nothing
+    /// can move now (the socket is dry, or the pipe is full: `piped` bytes are in it already),
+    /// so a quiet flow gives its pipe back instead of holding it.
+    SpliceIn { pipe: Pipe, piped: u32, max: u32 },
+    /// Write slot. Pipe → socket, `len` bytes.
+    SpliceOut { pipe: Pipe, len: u32 },
+    /// Write slot. Shut down the sending side (FIN).
+    Shutdown,
+    /// Read slot. Complete when the connection becomes readable (bytes or EOF) without
+    /// consuming anything: an idle pooled upstream connection watches for its backend closing.
+    Watch,
+}
+
+/// The result of an [`Op`] (or of [`Engine::connect`]), with what the op carried.
+#[derive(Debug)]
+pub enum Done {
+    /// `buf`: the buffer the bytes went to (the session's own, or one the engine took from the
+    /// pool); `None` when no bytes arrived into an engine-provided buffer.
+    Recv {
+        buf: Option<Buf>,
+        res: Xfer,
+    },
+    /// The slices' buffers come back unchanged; `res` says how many bytes of the two slices
+    /// (in order) were sent.
+    Send {
+        a: Buf,
+        b: Option<Buf>,
+        res: Xfer,
+    },
+    SpliceIn {
+        pipe: Pipe,
+        res: Xfer,
+    },
+    SpliceOut {
+        pipe: Pipe,
+        res: Xfer,
+    },
+    Shutdown(Xfer),
+    /// The non-blocking connect started by [`Engine::connect`] finished.
+    Connect(Xfer),
+    Watch(Xfer),
+}
+
+/// Which of a connection's two op slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Read,
+    Write,
+}
+
+/// What a poll found.
+#[derive(Debug)]
+pub enum Event {
+    /// An op of this connection completed.
+    Done(ConnId, Done),
+    /// Listener slot `i` may have connections to accept.
+    Accept(usize),
+    /// Another thread woke the worker (control messages).
+    Wake,
+}
+
+/// The outcome of one accept.
+#[derive(Debug)]
+pub enum Accepted {
+    Conn(ConnId, SocketAddr),
+    /// Nothing (more) to accept now.
+    Empty,
+    /// This connection could not be accepted (the error says whether the process is out of
+    /// descriptors).
+    Failed(io::Error),
+}
+
+/// How a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// FIN after anything already written.
+    Graceful,
+    /// RST: the peer learns the connection broke, not that it ended.
+    Reset,
+}
+
+/// Wakes a worker's engine from another thread.
+pub trait Wake: Send + Sync {
+    fn wake(&self) -> io::Result<()>;
+}
+
+/// What a worker needs from an engine. Implemented by [`mio::MioEngine`] (epoll readiness),
+/// and designed so a completion engine (io_uring: submissions batched per loop turn) fits
+/// behind it unchanged. Workers are generic over it: no dynamic dispatch on the hot path.
+pub trait Engine: Send + Sized {
+    /// Waits up to `timeout` for I/O (zero: do not block), appending what happened to `out`.
+    /// A completion engine submits everything queued since the last call here, in one batch.
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<Event>) -> io::Result<()>;
+
+    /// The pools the sessions' buffers and pipes come from (the engine hands buffers to the
+    /// kernel and takes them back).
+    fn pools(&mut self) -> (&mut BufferPool, &mut PipePool);
+
+    /// Starts accepting on listener slot `slot` (a bound, listening, non-blocking socket).
+    fn add_listener(&mut self, slot: usize, listener: std::net::TcpListener) -> io::Result<()>;
+    /// Stops accepting on `slot` and closes its socket.
+    fn remove_listener(&mut self, slot: usize);
+    /// Accepts one connection of listener `slot`.
+    fn accept(&mut self, slot: usize) -> Accepted;
+
+    /// Starts a non-blocking connect; a [`Done::Connect`] for the new connection follows.
+    fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId>;
+
+    /// Submits `op` on `conn`. `Some` when it completed at once.
+    fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done>;
+
+    /// Cancels the op in `slot` of `conn`, if any (its `Done` is never delivered).
+    fn cancel(&mut self, conn: ConnId, slot: Slot);
+
+    /// Closes `conn`, cancelling its ops.
+    fn close(&mut self, conn: ConnId, linger: Linger);
+
+    /// A handle other threads use to wake this engine's [`Engine::poll`].
+    fn waker(&self) -> std::sync::Arc<dyn Wake>;
+
+    /// Which engine this is (start line, stats).
+    fn name(&self) -> &'static str;
+
+    /// Receives that had to wait for a pool buffer since the last call (back-pressure, shown
+    /// as `buffer_waits`).
+    fn take_buffer_waits(&mut self) -> u64;
+}
+
+/// Returns the resources an undeliverable op carries to the pools (a `Done` nobody will see).
+pub fn recycle(done: Done, pool: &mut BufferPool, pipes: &mut PipePool) {
+    match done {
+        Done::Recv { buf, .. } => {
+            if let Some(b) = buf {
+                pool.release(b);
+            }
+        }
+        Done::Send { a, b, .. } => {
+            pool.release(a);
+            if let Some(b) = b {
+                pool.release(b);
+            }
+        }
+        // A pipe that may hold bytes must not carry them into another connection.
+        Done::SpliceIn { pipe, .. } | Done::SpliceOut { pipe, .. } => pipes.discard(pipe),
+        Done::Shutdown(_) | Done::Connect(_) | Done::Watch(_) => {}
+    }
+}
+
+/// Returns an op that was never run to the pools.
+pub fn recycle_op(op: Op, pool: &mut BufferPool, pipes: &mut PipePool) {
+    match op {
+        Op::Recv(buf) => {
+            if let Some(b) = buf {
+                pool.release(b);
+            }
+        }
+        Op::Send(a, b) => {
+            pool.release(a.buf);
+            if let Some(b) = b {
+                pool.release(b.buf);
+            }
+        }
+        Op::SpliceIn { pipe, piped, .. } => {
+            if piped == 0 {
+                pipes.put(pipe)
+            } else {
+                pipes.discard(pipe)
+            }
+        }
+        Op::SpliceOut { pipe, .. } => pipes.discard(pipe),
+        Op::Shutdown | Op::Watch => {}
+    }
+}

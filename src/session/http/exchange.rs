@@ -1,0 +1,307 @@
+//! Per-request state: one [`Exchange`] from the moment a request head is routed until its
+//! response is out (or the connection turns into a tunnel). Exchanges are recycled through a
+//! per-worker [`ExchangePool`], so a keep-alive connection between requests holds none and a
+//! request allocates nothing once the pool has grown to the worker's concurrency.
+//!
+//! HOT PATH. No allocation beyond pool growth, lock or log.
+
+use crate::accesslog::Record;
+use crate::engine::ConnId;
+use crate::http::chunked::{ChunkError, Chunked};
+use crate::http::head::{BodyKind, Method};
+use crate::io::{Buf, BufferPool, Pipe, PipePool};
+use crate::session::flow::Flow;
+use crate::session::Target;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+/// Trailer bytes accepted after a chunked body.
+pub const MAX_TRAILER: usize = 16 * 1024;
+
+/// Where an HTTP message body stands.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Body {
+    #[default]
+    None,
+    Length(u64),
+    Chunked(Chunked, bool),
+    UntilClose,
+}
+
+impl Body {
+    pub fn new(kind: BodyKind) -> Body {
+        match kind {
+            BodyKind::None => Body::None,
+            BodyKind::Length(0) => Body::None,
+            BodyKind::Length(n) => Body::Length(n),
+            BodyKind::Chunked => Body::Chunked(Chunked::new(MAX_TRAILER), false),
+            BodyKind::CloseDelimited => Body::UntilClose,
+        }
+    }
+
+    #[inline]
+    pub fn done(&self) -> bool {
+        matches!(self, Body::None | Body::Chunked(_, true))
+    }
+
+    /// Claims the bytes at the front of `avail` that belong to this body.
+    pub fn take(&mut self, avail: &[u8]) -> Result<usize, ChunkError> {
+        match self {
+            Body::None => Ok(0),
+            Body::Length(left) => {
+                let n = (*left).min(avail.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = Body::None;
+                }
+                Ok(n as usize)
+            }
+            Body::Chunked(c, done) => {
+                if *done {
+                    return Ok(0);
+                }
+                let p = c.advance(avail)?;
+                *done = p.done;
+                Ok(p.consumed)
+            }
+            Body::UntilClose => Ok(avail.len()),
+        }
+    }
+}
+
+/// On what the current attempt may be abandoned for another backend (set by the worker from
+/// the cluster's retry policy and budget when it hands over an upstream), and how many
+/// retries the request has used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// A fresh connection broke before any response byte.
+    pub on_reset: bool,
+    pub on_5xx: bool,
+    pub on_timeout: bool,
+    pub used: u32,
+}
+
+/// Timeouts of the cluster a request went to (set by the worker per request).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: crate::config::defaults::CONNECT_TIMEOUT,
+            first_byte: crate::config::defaults::FIRST_BYTE_TIMEOUT,
+            idle: crate::config::defaults::BACKEND_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// One request and its response.
+pub struct Exchange {
+    // ------------------------------------------------------------- the request
+    pub target: Target,
+    pub method: Method,
+    pub client_keep_alive: bool,
+    pub client_minor: u8,
+    pub upgrade_requested: bool,
+    /// The rewritten request head; kept whole until the exchange ends, so a request that
+    /// dies on a reused connection or is retried can be sent again. `None` while it travels
+    /// in a send.
+    pub up_head: Option<Buf>,
+    pub up_head_len: u32,
+    pub up_head_sent: u32,
+    /// `up_head` travels in the upstream send in flight.
+    pub up_head_out: bool,
+    /// Bytes at the front of the client buffer claimed by the request body, not yet sent.
+    pub req_ready: u32,
+    pub req_body: Body,
+    /// Some request body byte was written upstream: the request cannot be replayed.
+    pub body_sent: bool,
+    /// When the client last sent request body bytes (the body timeout runs from it).
+    pub body_at: Instant,
+    // ------------------------------------------------------------- the upstream
+    pub upstream: Option<ConnId>,
+    /// The current upstream came from the pool.
+    pub reused: bool,
+    /// Ops in flight on the upstream connection's read and write slots.
+    pub up_reading: bool,
+    pub up_writing: bool,
+    pub retry: Retry,
+    pub timeouts: UpstreamTimeouts,
+    // ------------------------------------------------------------- the response
+    /// Backend bytes not yet consumed (`None` also while in an op).
+    pub resp_in: Option<Buf>,
+    pub resp_ready: u32,
+    /// `resp_in` travels in the downstream send in flight (body bytes).
+    pub resp_out: bool,
+    pub resp_body: Body,
+    /// The final response head was parsed.
+    pub resp_started: bool,
+    /// Some response byte arrived from the current upstream.
+    pub got_response_byte: bool,
+    /// Rewritten response head (and the first body bytes), or a local response.
+    pub down: Option<Buf>,
+    /// A long Content-Length body spliced backend → pipe → client: `resp_piped` bytes wait
+    /// in the pipe. `splicing`: the body goes through a pipe (the pipe may be in an op).
+    pub resp_pipe: Option<Pipe>,
+    pub resp_piped: u32,
+    pub splicing: bool,
+    /// The last splice found the backend quiet: the body goes on through buffers (a receive
+    /// waits for the next bytes) until they show it is worth a pipe again.
+    pub splice_dry: bool,
+    /// A 101 is being written: the tunnel starts once it is out.
+    pub upgrading: bool,
+    /// The backend asked to close (or framing requires it): don't pool the upstream.
+    pub upstream_close: bool,
+    /// Some response byte was written to the client.
+    pub answered: bool,
+    /// Status of the response, for stats and the access log.
+    pub status: u16,
+    // ------------------------------------------------------------- times and the log
+    pub request_started: Instant,
+    pub first_byte_at: Instant,
+    /// Access-log facts (method, path, bytes sent).
+    pub log: Record,
+    /// The request was logged (or is not to be).
+    pub logged: bool,
+    /// Release strategy: the service version this request went to, and the cookies its
+    /// response sets ([`crate::release`]).
+    pub release_tag: crate::release::Tag,
+    // ------------------------------------------------------------- after a 101
+    pub tun_up: Flow,
+    pub tun_down: Flow,
+}
+
+impl Exchange {
+    fn new(now: Instant) -> Exchange {
+        Exchange {
+            target: Target::new(0, None, now),
+            method: Method::Get,
+            client_keep_alive: true,
+            client_minor: 1,
+            upgrade_requested: false,
+            up_head: None,
+            up_head_len: 0,
+            up_head_sent: 0,
+            up_head_out: false,
+            req_ready: 0,
+            req_body: Body::None,
+            body_sent: false,
+            body_at: now,
+            upstream: None,
+            reused: false,
+            up_reading: false,
+            up_writing: false,
+            retry: Retry::default(),
+            timeouts: UpstreamTimeouts::default(),
+            resp_in: None,
+            resp_ready: 0,
+            resp_out: false,
+            resp_body: Body::None,
+            resp_started: false,
+            got_response_byte: false,
+            down: None,
+            resp_pipe: None,
+            resp_piped: 0,
+            splicing: false,
+            splice_dry: false,
+            upgrading: false,
+            upstream_close: false,
+            answered: false,
+            status: 0,
+            request_started: now,
+            first_byte_at: now,
+            log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            logged: true,
+            release_tag: crate::release::Tag::NONE,
+            tun_up: Flow::default(),
+            tun_down: Flow::default(),
+        }
+    }
+
+    /// The request head went out whole.
+    #[inline]
+    pub fn head_out(&self) -> bool {
+        self.up_head_sent >= self.up_head_len && !self.up_writing
+    }
+
+    /// The request can be sent again on another connection: nothing of the response came
+    /// back or went to the client, and no body byte went out (a body streamed upstream is
+    /// consumed; its head would go without it and the backend would wait).
+    #[inline]
+    pub fn retryable(&self) -> bool {
+        !self.got_response_byte
+            && !self.answered
+            && !self.body_sent
+            && matches!(self.req_body, Body::None)
+            && self.up_head.is_some()
+    }
+
+    /// The request may go to another backend after this one answered 5xx or timed out.
+    #[inline]
+    pub fn can_resend(&self) -> bool {
+        !self.answered
+            && !self.body_sent
+            && matches!(self.req_body, Body::None)
+            && self.up_head.is_some()
+    }
+
+    /// Returns every buffer and pipe the exchange holds (outside in-flight ops) to the pools.
+    pub fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
+        for b in [self.up_head.take(), self.resp_in.take(), self.down.take()]
+            .into_iter()
+            .flatten()
+        {
+            pool.release(b);
+        }
+        if let Some(p) = self.resp_pipe.take() {
+            // A pipe still holding bytes must not carry them into another connection.
+            if self.resp_piped == 0 {
+                pipes.put(p);
+            } else {
+                pipes.discard(p);
+            }
+        }
+        self.resp_piped = 0;
+        self.tun_up.release(pool, pipes);
+        self.tun_down.release(pool, pipes);
+    }
+}
+
+/// Recycled exchanges of one worker.
+#[derive(Default)]
+pub struct ExchangePool {
+    // Boxes on purpose: a session owns its exchange by pointer, so handing one over moves
+    // eight bytes, and the slab of sessions stays small.
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<Exchange>>,
+}
+
+/// Exchanges kept for reuse beyond those in use (a burst's high-water mark is returned to
+/// the allocator above this).
+const POOL_KEEP: usize = 4096;
+
+impl ExchangePool {
+    /// A fresh exchange (recycled when one is free).
+    #[inline]
+    pub fn take(&mut self, now: Instant) -> Box<Exchange> {
+        match self.free.pop() {
+            Some(mut x) => {
+                *x = Exchange::new(now);
+                x
+            }
+            None => Box::new(Exchange::new(now)),
+        }
+    }
+
+    /// Takes an exchange back; its buffers must have been released.
+    #[inline]
+    pub fn put(&mut self, x: Box<Exchange>) {
+        if self.free.len() < POOL_KEEP {
+            self.free.push(x);
+        }
+    }
+}

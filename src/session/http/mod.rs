@@ -1,0 +1,1173 @@
+//! The HTTP/1.1 session: one client connection, requests handled one at a time, each routed
+//! and balanced on its own, sent upstream on a pooled keep-alive connection when one is idle.
+//!
+//! Phases ([`Phase`]) own their data: between requests the session holds nothing but the
+//! connection (and bytes of a pipelined request, if any); a routed request owns an
+//! [`Exchange`] from the worker's pool until its response is out. A transition takes the old
+//! phase apart and builds the next one.
+//!
+//! ```text
+//!   Head ──routed──► (Buffering) ──► Routed ──new conn──► Connecting ──connected──┐
+//!    ▲                                │ pooled conn                              ▼
+//!    │                                └──────────────────────────────────► Exchange ──101──► Tunnel
+//!    │                                                                          │
+//!    └─────────────────────── Finished (worker logs, pools the upstream) ◄──────┘
+//!   any phase ──error──► Local (a local response, a lingering read, then close)
+//! ```
+//!
+//! One request at a time keeps pipelining trivially ordered: bytes of a pipelined request wait
+//! in the client buffer until the current response is out. Within an exchange both directions
+//! move at once (a backend may answer before it has read the whole body). Bodies are never
+//! buffered whole: they stream through pool buffers, framed by [`exchange::Body`], which
+//! forwards exactly the bytes that belong to the message (Content-Length, validated chunked,
+//! or until close). Long Content-Length response bodies are spliced.
+//!
+//! HOT PATH. No allocation, lock, blocking call or info-level log in this module.
+
+mod exchange;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+pub use exchange::{Exchange, ExchangePool, Retry, UpstreamTimeouts};
+
+use super::flow::End;
+use super::{CloseReason, Cx, Side, Target, Up, Want};
+use crate::engine::{ConnId, Done, Op, Slice};
+use crate::http::head::Limits;
+use crate::io::{Buf, Xfer};
+use crate::snapshot::Snapshot;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ops handed out per drive before yielding to other sessions.
+const MAX_OPS: u32 = 64;
+/// A local response that cannot be written within this time is abandoned.
+const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a local answer that closes the connection: how long (and how many bytes) what the
+/// client still sends is read and dropped, so its kernel does not answer our close with a
+/// reset that could destroy the response before the client reads it (nginx's lingering
+/// close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Client-side timeouts of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerTimeouts {
+    pub request_header: Duration,
+    /// A request body that stalls this long gets 408.
+    pub request_body: Duration,
+    /// Bodies up to this size are read whole before an upstream is asked for (0: never).
+    pub buffering: usize,
+    pub keepalive: Duration,
+    /// After an upgrade (WebSocket): the tunnel closes when idle this long.
+    pub tunnel_idle: Duration,
+}
+
+/// Where the connection stands.
+pub enum Phase {
+    /// Waiting for a request head (or the rest of one).
+    Head,
+    /// Routed, and the body (up to `request_buffering`) is read whole before an upstream is
+    /// asked for.
+    Buffering(Box<Exchange>),
+    /// Routed: the worker is finding an upstream (pick, pool, connect, or a queue).
+    Routed(Box<Exchange>),
+    /// A new upstream connection is being established.
+    Connecting(Box<Exchange>),
+    /// Request and response in flight.
+    Exchange(Box<Exchange>),
+    /// The response is out; the worker logs it and pools or closes the upstream, then
+    /// [`HttpSession::end_exchange`] goes back to `Head`.
+    Finished(Box<Exchange>),
+    /// A locally generated response is being written; the connection closes after it.
+    Local(Box<Exchange>),
+    /// After `101 Switching Protocols`: bytes pass through both ways.
+    Tunnel(Box<Exchange>),
+    /// Only while a transition takes the phase apart.
+    Taken,
+}
+
+pub struct HttpSession {
+    pub downstream: ConnId,
+    /// The routing state; refreshed to the latest at each request.
+    pub snapshot: Arc<Snapshot>,
+    pub listener: u32,
+    client_ip: IpAddr,
+    phase: Phase,
+    /// Client bytes not yet consumed: a partial head, request body bytes, or pipelined
+    /// requests behind the current one (`None` also while it travels in an op).
+    req_in: Option<Buf>,
+    /// `req_in` travels in an upstream send (request body bytes).
+    req_in_out: bool,
+    /// Ops in flight on the downstream connection's read and write slots.
+    down_reading: bool,
+    down_writing: bool,
+    /// Bytes of a request head have arrived (the header timeout runs).
+    head_started: bool,
+    /// Close the client once the current response is out.
+    close_after: bool,
+    /// After a local answer: reading and dropping what the client still sends until then.
+    linger_until: Option<Instant>,
+    lingered: usize,
+    timeouts: ListenerTimeouts,
+    /// Start of the current phase (head, wait for first byte, local response).
+    phase_started: Instant,
+    last_active: Instant,
+    /// Something for the worker, said at the next [`HttpSession::next`].
+    pending: Option<Want>,
+    ops: u32,
+}
+
+impl HttpSession {
+    pub fn new(
+        downstream: ConnId,
+        snapshot: Arc<Snapshot>,
+        listener: u32,
+        client_ip: IpAddr,
+        timeouts: ListenerTimeouts,
+        now: Instant,
+    ) -> HttpSession {
+        HttpSession {
+            downstream,
+            snapshot,
+            listener,
+            client_ip,
+            phase: Phase::Head,
+            req_in: None,
+            req_in_out: false,
+            down_reading: false,
+            down_writing: false,
+            head_started: false,
+            close_after: false,
+            linger_until: None,
+            lingered: 0,
+            timeouts,
+            phase_started: now,
+            last_active: now,
+            pending: None,
+            ops: 0,
+        }
+    }
+
+    /// The current request's exchange, in any phase that has one.
+    #[inline]
+    pub fn exchange(&self) -> Option<&Exchange> {
+        match &self.phase {
+            Phase::Buffering(x)
+            | Phase::Routed(x)
+            | Phase::Connecting(x)
+            | Phase::Exchange(x)
+            | Phase::Finished(x)
+            | Phase::Local(x)
+            | Phase::Tunnel(x) => Some(x),
+            Phase::Head | Phase::Taken => None,
+        }
+    }
+
+    #[inline]
+    pub fn exchange_mut(&mut self) -> Option<&mut Exchange> {
+        match &mut self.phase {
+            Phase::Buffering(x)
+            | Phase::Routed(x)
+            | Phase::Connecting(x)
+            | Phase::Exchange(x)
+            | Phase::Finished(x)
+            | Phase::Local(x)
+            | Phase::Tunnel(x) => Some(x),
+            Phase::Head | Phase::Taken => None,
+        }
+    }
+
+    #[inline]
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn target(&self) -> Option<&Target> {
+        self.exchange().map(|x| &x.target)
+    }
+
+    pub fn target_mut(&mut self) -> Option<&mut Target> {
+        self.exchange_mut().map(|x| &mut x.target)
+    }
+
+    #[inline]
+    pub fn upstream_conn(&self) -> Option<ConnId> {
+        self.exchange().and_then(|x| x.upstream)
+    }
+
+    /// The client is to be closed once the current response is out.
+    #[inline]
+    pub fn wants_close(&self) -> bool {
+        self.close_after
+    }
+
+    /// Between requests with nothing buffered: safe to close at shutdown.
+    pub fn idle(&self) -> bool {
+        matches!(self.phase, Phase::Head)
+            && !self.head_started
+            && self.req_in.as_ref().is_none_or(Buf::is_empty)
+    }
+
+    /// Parse limits of this session's listener.
+    pub fn limits(&self) -> Limits {
+        self.snapshot
+            .listener(self.listener as usize)
+            .map(|l| l.limits)
+            .unwrap_or_default()
+    }
+
+    /// The worker hands over an upstream: a connect in progress (`reused == false`) or an
+    /// idle pooled connection (already connected).
+    pub fn set_upstream(&mut self, conn: ConnId, backend: u32, reused: bool, cx: &mut Cx<'_>) {
+        let x = match std::mem::replace(&mut self.phase, Phase::Taken) {
+            Phase::Routed(x) | Phase::Connecting(x) | Phase::Exchange(x) => x,
+            other => {
+                // Not waiting for an upstream: nothing to hand it to (the worker checks).
+                self.phase = other;
+                return;
+            }
+        };
+        let mut x = x;
+        x.upstream = Some(conn);
+        x.reused = reused;
+        x.target.backend = Some(backend);
+        x.target.started = cx.now;
+        x.up_head_sent = 0;
+        x.got_response_byte = false;
+        x.up_reading = false;
+        x.up_writing = false;
+        self.phase_started = cx.now;
+        self.phase = if reused {
+            Phase::Exchange(x)
+        } else {
+            Phase::Connecting(x)
+        };
+    }
+
+    /// The worker takes the upstream connection away (to close or pool it). Ops still in
+    /// flight on it are cancelled by the worker, and what they carried is gone.
+    pub fn take_upstream(&mut self) -> Option<ConnId> {
+        let lost_client_bytes = self.req_in_out;
+        let x = self.exchange_mut()?;
+        let conn = x.upstream.take();
+        x.up_reading = false;
+        x.up_writing = false;
+        // A head in flight on that connection is gone with it (then it cannot be resent).
+        x.up_head_out = false;
+        if lost_client_bytes {
+            // Client bytes were in a send on that connection: what followed them (a pipelined
+            // request) is gone with it, so this client cannot be served further.
+            self.req_in_out = false;
+            self.close_after = true;
+        }
+        if matches!(self.phase, Phase::Connecting(_)) {
+            if let Phase::Connecting(x) = std::mem::replace(&mut self.phase, Phase::Taken) {
+                self.phase = Phase::Routed(x);
+            }
+        }
+        conn
+    }
+
+    /// No upstream can be had: answer `status`.
+    pub fn no_upstream(&mut self, status: u16, cx: &mut Cx<'_>) {
+        if let Some(w) = self.fail(cx, status) {
+            self.pending = Some(w);
+        }
+    }
+
+    /// After [`Up::Release`]: the exchange goes back to the pool and the session waits for
+    /// the next request (or closes, when the client or the response asked to).
+    pub fn end_exchange(&mut self, cx: &mut Cx<'_>) {
+        if let Phase::Finished(mut x) = std::mem::replace(&mut self.phase, Phase::Head) {
+            x.release(cx.pool, cx.pipes);
+            cx.exchanges.put(x);
+        }
+        self.head_started = false;
+        self.phase_started = cx.now;
+        self.last_active = cx.now;
+    }
+
+    /// When the current timeout expires.
+    pub fn deadline(&self) -> Instant {
+        let t = &self.timeouts;
+        match &self.phase {
+            Phase::Head if self.head_started => self.phase_started + t.request_header,
+            Phase::Head | Phase::Taken | Phase::Finished(_) => self.last_active + t.keepalive,
+            Phase::Buffering(x) => x.body_at + t.request_body,
+            Phase::Routed(x) | Phase::Connecting(x) => x.target.started + x.timeouts.connect,
+            Phase::Exchange(x) => {
+                let upstream = if x.got_response_byte {
+                    self.last_active + x.timeouts.idle
+                } else {
+                    self.phase_started + x.timeouts.first_byte
+                };
+                if x.req_body.done() {
+                    upstream
+                } else {
+                    upstream.min(x.body_at + t.request_body)
+                }
+            }
+            Phase::Local(_) => self
+                .linger_until
+                .unwrap_or(self.phase_started + LOCAL_RESPONSE_TIMEOUT),
+            Phase::Tunnel(_) => self.last_active + t.tunnel_idle,
+        }
+    }
+
+    /// The deadline passed. (A session waiting in one of the worker's queues is the worker's
+    /// to time out.)
+    pub fn timed_out(&mut self, cx: &mut Cx<'_>) {
+        let body_timeout = self.timeouts.request_body;
+        let w = match &mut self.phase {
+            Phase::Head if self.head_started => {
+                // A head not complete in time (slowloris): 408, as HAProxy answers.
+                cx.conns.idle_timeouts += 1;
+                self.local_response(cx, 408, b"text/plain", b"request header timeout\n")
+            }
+            Phase::Head | Phase::Taken | Phase::Finished(_) => {
+                cx.conns.idle_timeouts += 1;
+                Some(Want::Close(CloseReason::Done))
+            }
+            Phase::Local(_) if self.linger_until.is_some() => Some(Want::Close(CloseReason::Done)),
+            Phase::Local(_) | Phase::Tunnel(_) => {
+                cx.conns.idle_timeouts += 1;
+                Some(Want::Close(CloseReason::Done))
+            }
+            Phase::Buffering(_) => {
+                cx.conns.idle_timeouts += 1;
+                self.local_response(cx, 408, b"text/plain", b"request body timeout\n")
+            }
+            Phase::Exchange(x) if !x.req_body.done() && cx.now >= x.body_at + body_timeout => {
+                // The client stopped sending its body: it holds a backend connection no longer.
+                cx.conns.idle_timeouts += 1;
+                let had_upstream = x.upstream.is_some();
+                match self.local_response(cx, 408, b"text/plain", b"request body timeout\n") {
+                    Some(w) => Some(w),
+                    None => had_upstream.then_some(Want::Upstream(Up::Drop { failure: false })),
+                }
+            }
+            Phase::Routed(_) | Phase::Connecting(_) => {
+                cx.conns.connect_timeouts += 1;
+                Some(Want::Upstream(Up::Failed))
+            }
+            Phase::Exchange(x) if !x.got_response_byte => {
+                if x.retry.on_timeout && x.can_resend() {
+                    cx.http.timeouts += 1;
+                    Some(Want::Upstream(Up::Retry))
+                } else {
+                    // Counted once, as a 504, by `fail`.
+                    self.fail(cx, 504)
+                }
+            }
+            Phase::Exchange(_) => {
+                cx.http.timeouts += 1;
+                Some(Want::Close(CloseReason::UpstreamReset))
+            }
+        };
+        if let Some(w) = w {
+            self.pending = Some(w);
+        }
+    }
+
+    /// Returns what the session holds (outside in-flight ops) to the pools.
+    pub fn release(&mut self, cx: &mut Cx<'_>) {
+        if let Some(b) = self.req_in.take() {
+            cx.pool.release(b);
+        }
+        if let Some(mut x) = self.take_exchange() {
+            x.release(cx.pool, cx.pipes);
+            cx.exchanges.put(x);
+        }
+    }
+
+    fn take_exchange(&mut self) -> Option<Box<Exchange>> {
+        match std::mem::replace(&mut self.phase, Phase::Head) {
+            Phase::Buffering(x)
+            | Phase::Routed(x)
+            | Phase::Connecting(x)
+            | Phase::Exchange(x)
+            | Phase::Finished(x)
+            | Phase::Local(x)
+            | Phase::Tunnel(x) => Some(x),
+            Phase::Head | Phase::Taken => None,
+        }
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    pub fn next(&mut self, cx: &mut Cx<'_>) -> Want {
+        if let Some(w) = self.pending.take() {
+            return w;
+        }
+        if self.ops >= MAX_OPS {
+            self.ops = 0;
+            return Want::Yield;
+        }
+        let w = match self.phase {
+            Phase::Head => self.next_head(cx),
+            Phase::Buffering(_) => self.next_buffering(cx),
+            Phase::Exchange(_) => self.next_exchange(cx),
+            Phase::Local(_) => self.next_local(),
+            Phase::Tunnel(_) => self.next_tunnel(cx),
+            Phase::Routed(_) | Phase::Connecting(_) | Phase::Finished(_) => Want::Idle,
+            Phase::Taken => Want::Close(CloseReason::Done),
+        };
+        match w {
+            Want::Io(..) => self.ops += 1,
+            Want::Idle => self.ops = 0,
+            _ => {}
+        }
+        w
+    }
+
+    pub fn complete(&mut self, side: Side, done: Done, cx: &mut Cx<'_>) {
+        match self.phase {
+            Phase::Tunnel(_) => return self.complete_tunnel(side, done, cx),
+            Phase::Local(_) if side == Side::Downstream => return self.complete_local(done, cx),
+            _ => {}
+        }
+        match (side, done) {
+            (Side::Downstream, Done::Recv { buf, res }) => self.downstream_read(buf, res, cx),
+            (Side::Downstream, Done::Send { a, b, res }) => {
+                if let Some(b) = b {
+                    cx.pool.release(b);
+                }
+                self.downstream_sent(a, res, cx)
+            }
+            (Side::Downstream, Done::SpliceOut { pipe, res }) => {
+                self.down_writing = false;
+                let Some(x) = self.exchange_mut() else {
+                    return cx.pipes.discard(pipe);
+                };
+                match res {
+                    Xfer::Failed(_) => {
+                        cx.pipes.discard(pipe);
+                        x.splicing = false;
+                        x.resp_piped = 0;
+                        self.close(CloseReason::DownstreamReset);
+                    }
+                    res => {
+                        let n = (res.bytes() as u32).min(x.resp_piped);
+                        x.resp_piped -= n;
+                        x.log.bytes += u64::from(n);
+                        x.answered |= n > 0;
+                        x.resp_pipe = Some(pipe);
+                        self.last_active = cx.now;
+                    }
+                }
+            }
+            (Side::Upstream, Done::Connect(res)) => self.upstream_connected(res, cx),
+            (Side::Upstream, Done::Send { a, b, res }) => self.upstream_sent(a, b, res, cx),
+            (Side::Upstream, Done::Recv { buf, res }) => self.upstream_read(buf, res, cx),
+            (Side::Upstream, Done::SpliceIn { pipe, res }) => {
+                let Some(x) = self.exchange_mut() else {
+                    return cx.pipes.discard(pipe);
+                };
+                x.up_reading = false;
+                match res {
+                    Xfer::Bytes(0) => {
+                        x.resp_pipe = Some(pipe);
+                        if x.resp_piped == 0 {
+                            // Quiet: the pipe goes back; the body continues through buffers
+                            // until it is worth a pipe again.
+                            if let Some(p) = x.resp_pipe.take() {
+                                cx.pipes.put(p);
+                            }
+                            x.splicing = false;
+                            x.splice_dry = true;
+                        }
+                    }
+                    Xfer::Bytes(n) => {
+                        x.resp_piped += n;
+                        x.resp_pipe = Some(pipe);
+                        if let exchange::Body::Length(left) = x.resp_body {
+                            x.resp_body = if u64::from(n) < left {
+                                exchange::Body::Length(left - u64::from(n))
+                            } else {
+                                exchange::Body::None
+                            };
+                        }
+                        self.last_active = cx.now;
+                    }
+                    // Closed or broken before the body was complete.
+                    Xfer::Eof | Xfer::Failed(_) => {
+                        x.resp_pipe = Some(pipe);
+                        cx.http.upstream_errors += 1;
+                        self.close(CloseReason::UpstreamReset);
+                    }
+                }
+            }
+            // Ops the session never asks for on that side.
+            (_, done) => crate::engine::recycle(done, cx.pool, cx.pipes),
+        }
+    }
+
+    /// Ends the session at its next `next` (a reset or failure wins over a clean close).
+    fn close(&mut self, why: CloseReason) {
+        let keep = matches!(
+            self.pending,
+            Some(Want::Close(
+                CloseReason::DownstreamReset | CloseReason::UpstreamReset
+            ))
+        );
+        if !keep {
+            self.pending = Some(Want::Close(why));
+        }
+    }
+
+    // ------------------------------------------------------------------ completions
+
+    fn downstream_read(&mut self, buf: Option<Buf>, res: Xfer, cx: &mut Cx<'_>) {
+        self.down_reading = false;
+        match res {
+            Xfer::Bytes(n) => {
+                let Some(b) = buf else { return };
+                if !self.head_started && matches!(self.phase, Phase::Head) && b.len() == n as usize
+                {
+                    // The first bytes of a head: the header timeout starts now.
+                    self.head_started = true;
+                    self.phase_started = cx.now;
+                }
+                self.last_active = cx.now;
+                if let Some(x) = self.exchange_mut() {
+                    x.body_at = cx.now;
+                }
+                match self.req_in.take() {
+                    // Bytes that arrived while a body send held the buffer: never here (no
+                    // read is asked for then), but keep them rather than lose them.
+                    Some(old) => {
+                        cx.pool.release(b);
+                        self.req_in = Some(old);
+                        self.close(CloseReason::DownstreamReset);
+                    }
+                    None => self.req_in = Some(b),
+                }
+            }
+            Xfer::Eof => {
+                let partial = buf.as_ref().is_some_and(|b| !b.is_empty());
+                if let Some(b) = buf {
+                    cx.pool.release(b);
+                }
+                // Between requests that is a clean end; mid-request the client is gone.
+                let clean = matches!(self.phase, Phase::Head) && !partial && !self.head_started;
+                self.close(if clean {
+                    CloseReason::Done
+                } else {
+                    CloseReason::DownstreamReset
+                });
+            }
+            Xfer::Failed(_) => {
+                if let Some(b) = buf {
+                    cx.pool.release(b);
+                }
+                self.close(CloseReason::DownstreamReset);
+            }
+        }
+    }
+
+    fn downstream_sent(&mut self, a: Buf, res: Xfer, cx: &mut Cx<'_>) {
+        self.down_writing = false;
+        let Some(x) = self.exchange_mut() else {
+            return cx.pool.release(a);
+        };
+        if let Xfer::Failed(_) = res {
+            cx.pool.release(a);
+            x.resp_out = false;
+            x.resp_ready = 0;
+            return self.close(CloseReason::DownstreamReset);
+        }
+        let mut a = a;
+        let n = res.bytes().min(a.len());
+        a.consume(n);
+        x.log.bytes += n as u64;
+        x.answered |= n > 0;
+        if x.resp_out {
+            // It was response body bytes from `resp_in`.
+            x.resp_out = false;
+            x.resp_ready -= (n as u32).min(x.resp_ready);
+            if a.is_empty() {
+                cx.pool.release(a);
+            } else {
+                x.resp_in = Some(a);
+            }
+        } else if a.is_empty() {
+            cx.pool.release(a);
+        } else {
+            x.down = Some(a);
+        }
+        self.last_active = cx.now;
+    }
+
+    fn upstream_connected(&mut self, res: Xfer, cx: &mut Cx<'_>) {
+        let Phase::Connecting(_) = self.phase else {
+            return;
+        };
+        match res {
+            Xfer::Failed(_) => {
+                cx.conns.connect_failed += 1;
+                self.pending = Some(Want::Upstream(Up::Failed));
+            }
+            _ => {
+                if let Phase::Connecting(x) = std::mem::replace(&mut self.phase, Phase::Taken) {
+                    self.phase = Phase::Exchange(x);
+                }
+                self.phase_started = cx.now;
+                self.pending = Some(Want::Upstream(Up::Connected));
+            }
+        }
+    }
+
+    fn upstream_sent(&mut self, a: Buf, b: Option<Buf>, res: Xfer, cx: &mut Cx<'_>) {
+        let req_in_out = self.req_in_out;
+        let Some(x) = self.exchange_mut() else {
+            cx.pool.release(a);
+            if let Some(b) = b {
+                cx.pool.release(b);
+            }
+            return;
+        };
+        x.up_writing = false;
+        // Which buffers came back: the head (then maybe body bytes), or body bytes alone.
+        let (head, body) = if x.up_head_out {
+            x.up_head_out = false;
+            (Some(a), b)
+        } else {
+            if let Some(b) = b {
+                cx.pool.release(b);
+            }
+            (None, Some(a))
+        };
+        let failed = matches!(res, Xfer::Failed(_));
+        let mut n = if failed { 0 } else { res.bytes() };
+        if let Some(h) = head {
+            let rest = (x.up_head_len - x.up_head_sent) as usize;
+            let to_head = n.min(rest);
+            x.up_head_sent += to_head as u32;
+            n -= to_head;
+            x.up_head = Some(h);
+        }
+        let mut lost_body = None;
+        if let Some(mut r) = body {
+            if req_in_out {
+                let to_body = n.min(x.req_ready as usize).min(r.len());
+                r.consume(to_body);
+                x.req_ready -= to_body as u32;
+                x.body_sent |= to_body > 0;
+                lost_body = Some(r);
+            } else {
+                cx.pool.release(r);
+            }
+        }
+        if let Some(r) = lost_body {
+            self.req_in_out = false;
+            if r.is_empty() {
+                cx.pool.release(r);
+            } else {
+                self.req_in = Some(r);
+            }
+        }
+        if failed {
+            if let Some(w) = self.upstream_broken(cx) {
+                self.pending = Some(w);
+            }
+        }
+    }
+
+    fn upstream_read(&mut self, buf: Option<Buf>, res: Xfer, cx: &mut Cx<'_>) {
+        let down_writing = self.down_writing;
+        let Some(x) = self.exchange_mut() else {
+            if let Some(b) = buf {
+                cx.pool.release(b);
+            }
+            return;
+        };
+        x.up_reading = false;
+        match res {
+            Xfer::Bytes(_) => {
+                if !x.got_response_byte {
+                    x.first_byte_at = cx.now;
+                }
+                x.splice_dry = false;
+                x.got_response_byte = true;
+                if let Some(b) = buf {
+                    match x.resp_in.take() {
+                        Some(old) => {
+                            // Never asked for (one buffer per response at a time).
+                            cx.pool.release(b);
+                            x.resp_in = Some(old);
+                        }
+                        None => x.resp_in = Some(b),
+                    }
+                }
+                self.last_active = cx.now;
+            }
+            Xfer::Eof => {
+                if let Some(b) = buf {
+                    if b.is_empty() {
+                        cx.pool.release(b);
+                    } else if x.resp_in.is_none() {
+                        x.resp_in = Some(b);
+                    } else {
+                        cx.pool.release(b);
+                    }
+                }
+                if let exchange::Body::UntilClose = x.resp_body {
+                    // The end of a close-delimited body.
+                    x.resp_body = exchange::Body::None;
+                    self.close_after = true;
+                } else if !x.got_response_byte {
+                    if let Some(w) = self.upstream_broken(cx) {
+                        self.pending = Some(w);
+                    }
+                } else if !x.answered && !down_writing {
+                    // A partial head, then the backend closed: nothing went to the client.
+                    if let Some(w) = self.fail(cx, 502) {
+                        self.pending = Some(w);
+                    }
+                } else {
+                    cx.http.upstream_errors += 1;
+                    self.close(CloseReason::UpstreamReset);
+                }
+            }
+            Xfer::Failed(_) => {
+                if let Some(b) = buf {
+                    cx.pool.release(b);
+                }
+                if let Some(w) = self.upstream_broken(cx) {
+                    self.pending = Some(w);
+                }
+            }
+        }
+    }
+
+    /// The upstream failed. Before any response byte on a reused connection (or while
+    /// connecting) the worker tries again; otherwise 502, or an abort when part of the
+    /// response already went out.
+    fn upstream_broken(&mut self, cx: &mut Cx<'_>) -> Option<Want> {
+        let connecting = matches!(self.phase, Phase::Connecting(_));
+        let down_writing = self.down_writing;
+        let Some(x) = self.exchange_mut() else {
+            return Some(Want::Close(CloseReason::UpstreamReset));
+        };
+        if x.answered || down_writing {
+            cx.http.upstream_errors += 1;
+            return Some(Want::Close(CloseReason::UpstreamReset));
+        }
+        if !x.got_response_byte && ((x.reused && x.retryable()) || connecting) {
+            return Some(Want::Upstream(Up::Failed));
+        }
+        if !x.got_response_byte && x.retry.on_reset && x.retryable() {
+            // A fresh connection broke before anything came back: another backend may
+            // answer (the policy allowed it and the budget had a token at hand-over).
+            return Some(Want::Upstream(Up::Retry));
+        }
+        self.fail(cx, 502)
+    }
+
+    // ------------------------------------------------------------------ phases
+
+    pub(super) fn next_local(&mut self) -> Want {
+        let (down_writing, down_reading) = (self.down_writing, self.down_reading);
+        let Phase::Local(x) = &mut self.phase else {
+            return Want::Idle;
+        };
+        if down_writing {
+            return Want::Idle;
+        }
+        if let Some(d) = x.down.take() {
+            let n = d.len();
+            self.down_writing = true;
+            return Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None));
+        }
+        // The answer is out: FIN, then read and drop what the client still sends for a
+        // while, so our close does not reset it before it has read the answer.
+        if self.linger_until.is_none() {
+            self.linger_until = Some(self.phase_started + LINGER_TIME);
+            self.down_writing = true;
+            return Want::Io(Side::Downstream, Op::Shutdown);
+        }
+        if !down_reading {
+            self.down_reading = true;
+            return Want::Io(Side::Downstream, Op::Recv(None));
+        }
+        Want::Idle
+    }
+
+    /// Completions on the client connection while a local answer goes out or lingers.
+    fn complete_local(&mut self, done: Done, cx: &mut Cx<'_>) {
+        match done {
+            Done::Send { a, b, res } => {
+                if let Some(b) = b {
+                    cx.pool.release(b);
+                }
+                self.downstream_sent(a, res, cx);
+            }
+            Done::Shutdown(res) => {
+                self.down_writing = false;
+                if let Xfer::Failed(_) = res {
+                    self.close(CloseReason::Done);
+                }
+            }
+            Done::Recv { buf, res } => {
+                self.down_reading = false;
+                if let Some(b) = buf {
+                    self.lingered += b.len();
+                    cx.pool.release(b);
+                }
+                if self.linger_until.is_none() {
+                    // A read from before the answer: its bytes are dropped too.
+                    return;
+                }
+                match res {
+                    Xfer::Bytes(_) if self.lingered < LINGER_BYTES => {}
+                    _ => self.close(CloseReason::Done),
+                }
+            }
+            other => crate::engine::recycle(other, cx.pool, cx.pipes),
+        }
+    }
+
+    /// One step of a request/response exchange.
+    fn next_exchange(&mut self, cx: &mut Cx<'_>) -> Want {
+        // 0. The response is out.
+        {
+            let Phase::Exchange(x) = &mut self.phase else {
+                return Want::Idle;
+            };
+            if x.splicing && x.resp_piped == 0 && x.resp_body.done() && x.resp_pipe.is_some() {
+                // The spliced body is through: the pipe goes back.
+                if let Some(p) = x.resp_pipe.take() {
+                    cx.pipes.put(p);
+                }
+                x.splicing = false;
+            }
+            if x.resp_started
+                && x.resp_body.done()
+                && x.resp_ready == 0
+                && !x.splicing
+                && x.down.is_none()
+                && !self.down_writing
+                && !x.upgrading
+            {
+                return self.finish_exchange(cx);
+            }
+        }
+        // 1. The response head (interim ones are forwarded as they come).
+        if let Some(w) = self.parse_response(cx) {
+            return w;
+        }
+        let Phase::Exchange(x) = &mut self.phase else {
+            return Want::Idle;
+        };
+        // 2. The request upstream: the head with the body bytes already buffered behind it
+        // (one writev: a small POST goes in one send), then the body as it comes.
+        if !x.up_writing && x.upstream.is_some() {
+            if x.req_ready == 0 && !x.req_body.done() && !self.req_in_out {
+                if let Some(b) = self.req_in.as_ref() {
+                    match x.req_body.take(cx.pool.data(b)) {
+                        Ok(n) => x.req_ready = n as u32,
+                        Err(_) => {
+                            cx.http.bad_requests += 1;
+                            return self.fail_now(cx, 400);
+                        }
+                    }
+                }
+            }
+            if x.up_head_sent < x.up_head_len {
+                if let Some(h) = x.up_head.take() {
+                    let a = Slice {
+                        buf: h,
+                        off: x.up_head_sent,
+                        len: x.up_head_len - x.up_head_sent,
+                    };
+                    let body = if x.req_ready > 0 && !self.req_in_out {
+                        self.req_in
+                            .take()
+                            .map(|r| Slice::head(r, x.req_ready as usize))
+                    } else {
+                        None
+                    };
+                    self.req_in_out |= body.is_some();
+                    x.up_head_out = true;
+                    x.up_writing = true;
+                    return Want::Io(Side::Upstream, Op::Send(a, body));
+                }
+            } else if x.req_ready > 0 && !self.req_in_out {
+                if let Some(r) = self.req_in.take() {
+                    self.req_in_out = true;
+                    x.up_writing = true;
+                    return Want::Io(
+                        Side::Upstream,
+                        Op::Send(Slice::head(r, x.req_ready as usize), None),
+                    );
+                }
+            }
+        }
+        // 3. The response to the client: the head first, then body bytes as claimed.
+        if !self.down_writing {
+            if let Some(d) = x.down.take() {
+                let n = d.len();
+                self.down_writing = true;
+                return Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None));
+            }
+            if x.resp_started && !x.upgrading {
+                if x.splicing {
+                    if x.resp_piped > 0 {
+                        if let Some(pipe) = x.resp_pipe.take() {
+                            self.down_writing = true;
+                            return Want::Io(
+                                Side::Downstream,
+                                Op::SpliceOut {
+                                    pipe,
+                                    len: x.resp_piped,
+                                },
+                            );
+                        }
+                    }
+                } else {
+                    if x.resp_ready == 0 && !x.up_reading {
+                        if let Some(b) = x.resp_in.as_ref() {
+                            match x.resp_body.take(cx.pool.data(b)) {
+                                Ok(n) => x.resp_ready = n as u32,
+                                Err(_) => {
+                                    cx.http.upstream_errors += 1;
+                                    return Want::Close(CloseReason::UpstreamReset);
+                                }
+                            }
+                        }
+                    }
+                    if x.resp_ready > 0 {
+                        if let Some(r) = x.resp_in.take() {
+                            self.down_writing = true;
+                            x.resp_out = true;
+                            let n = x.resp_ready as usize;
+                            return Want::Io(Side::Downstream, Op::Send(Slice::head(r, n), None));
+                        }
+                    }
+                    // Drained leftovers of a finished body stay for the reuse check.
+                    if x.resp_in.as_ref().is_some_and(Buf::is_empty) {
+                        if let Some(b) = x.resp_in.take() {
+                            cx.pool.release(b);
+                        }
+                    }
+                }
+            }
+        }
+        if x.upgrading && x.down.is_none() && !self.down_writing && !x.up_writing {
+            self.enter_tunnel(cx);
+            return self.next_tunnel(cx);
+        }
+        // 4. The response from the upstream.
+        let body_left = !x.resp_started || !x.resp_body.done();
+        if !x.up_reading && x.upstream.is_some() && body_left && !x.upgrading {
+            // A long Content-Length body, once everything buffered before it is out, goes
+            // backend → pipe → client with splice(2): no copy through user space.
+            if !x.splicing
+                && !x.splice_dry
+                && x.resp_started
+                && x.resp_ready == 0
+                && x.resp_in.is_none()
+                && x.down.is_none()
+                && !self.down_writing
+                && matches!(x.resp_body, exchange::Body::Length(left) if left >= 2 * cx.pool.buffer_size() as u64)
+            {
+                if let Some(p) = cx.pipes.get() {
+                    x.resp_pipe = Some(p);
+                    x.splicing = true;
+                }
+            }
+            if x.splicing {
+                if let (Some(pipe), exchange::Body::Length(left)) =
+                    (x.resp_pipe.take(), x.resp_body)
+                {
+                    let room = (pipe.capacity as u32).saturating_sub(x.resp_piped);
+                    if room > 0 {
+                        x.up_reading = true;
+                        let max = (u64::from(room)).min(left) as u32;
+                        return Want::Io(
+                            Side::Upstream,
+                            Op::SpliceIn {
+                                pipe,
+                                piped: x.resp_piped,
+                                max,
+                            },
+                        );
+                    }
+                    x.resp_pipe = Some(pipe);
+                }
+            } else if x.resp_ready == 0 && x.down.is_none() && !self.down_writing {
+                let partial = match x.resp_in.take() {
+                    Some(b) if !b.is_empty() => Some(b),
+                    Some(b) => {
+                        cx.pool.release(b);
+                        None
+                    }
+                    None => None,
+                };
+                let full = partial
+                    .as_ref()
+                    .is_some_and(|b| b.len() >= cx.pool.buffer_size());
+                if !full {
+                    x.up_reading = true;
+                    return Want::Io(Side::Upstream, Op::Recv(partial));
+                }
+                x.resp_in = partial;
+            }
+        }
+        // 5. More request body from the client.
+        if x.head_out()
+            && x.req_ready == 0
+            && !x.req_body.done()
+            && !self.down_reading
+            && !self.req_in_out
+            && self.req_in.as_ref().is_none_or(Buf::is_empty)
+        {
+            if let Some(b) = self.req_in.take() {
+                cx.pool.release(b);
+            }
+            self.down_reading = true;
+            return Want::Io(Side::Downstream, Op::Recv(None));
+        }
+        Want::Idle
+    }
+
+    /// The response is out: say so to the worker, which logs the request and pools (or
+    /// closes) the upstream before [`HttpSession::end_exchange`].
+    fn finish_exchange(&mut self, cx: &mut Cx<'_>) -> Want {
+        let req_in_out = self.req_in_out;
+        let Phase::Exchange(mut x) = std::mem::replace(&mut self.phase, Phase::Taken) else {
+            return Want::Idle;
+        };
+        let request_done = x.head_out() && x.req_body.done() && x.req_ready == 0 && !req_in_out;
+        // Leftover upstream bytes after a complete response: the connection is not clean
+        // enough to reuse.
+        let clean = x.resp_in.as_ref().is_none_or(Buf::is_empty);
+        if !request_done {
+            self.close_after = true;
+        }
+        cx.http.count_status(x.status);
+        let reusable = request_done && clean && !x.upstream_close && !x.up_reading;
+        for b in [x.up_head.take(), x.resp_in.take()].into_iter().flatten() {
+            cx.pool.release(b);
+        }
+        self.phase = Phase::Finished(x);
+        Want::Upstream(Up::Release { reusable })
+    }
+
+    /// Answers the current request locally (errors, routing failures) and closes after. When
+    /// part of a response already went out, the client is reset instead. An upstream in use
+    /// is dropped first, as a failure of that backend. `None`: the reply is ready to go out
+    /// (the next `next` sends it); `Some`: what to say first.
+    fn fail(&mut self, cx: &mut Cx<'_>, status: u16) -> Option<Want> {
+        match status {
+            503 => cx.http.no_backend += 1,
+            504 => cx.http.timeouts += 1,
+            400 => {}
+            _ => cx.http.upstream_errors += 1,
+        }
+        let body: &[u8] = match status {
+            400 => b"bad chunked request body\n",
+            503 => b"no backend available\n",
+            504 => b"backend timed out\n",
+            _ => b"backend unreachable or failed\n",
+        };
+        let had_upstream = self.upstream_conn().is_some();
+        if let Some(w) = self.local_response(cx, status, b"text/plain", body) {
+            return Some(w);
+        }
+        // The reply goes out after the worker drops the upstream.
+        had_upstream.then_some(Want::Upstream(Up::Drop {
+            failure: status != 400,
+        }))
+    }
+
+    /// [`HttpSession::fail`] from within `next`: what to say now.
+    pub(super) fn fail_now(&mut self, cx: &mut Cx<'_>, status: u16) -> Want {
+        self.fail(cx, status).unwrap_or_else(|| self.next_local())
+    }
+
+    // ------------------------------------------------------------------ tunnel
+
+    /// The 101 is out: from here on bytes pass through unchanged. Bytes that arrived after
+    /// either head are already buffered and go first.
+    fn enter_tunnel(&mut self, cx: &mut Cx<'_>) {
+        let Phase::Exchange(mut x) = std::mem::replace(&mut self.phase, Phase::Taken) else {
+            return;
+        };
+        x.upgrading = false;
+        if let Some(b) = x.up_head.take() {
+            cx.pool.release(b);
+        }
+        let req = if self.req_in_out {
+            None
+        } else {
+            self.req_in.take()
+        };
+        x.tun_up = super::flow::Flow::with_buf(req, cx.pool);
+        x.tun_down = super::flow::Flow::with_buf(x.resp_in.take(), cx.pool);
+        if self.down_reading {
+            x.tun_up.set_reading();
+        }
+        if x.up_reading {
+            x.tun_down.set_reading();
+        }
+        self.down_reading = false;
+        x.up_reading = false;
+        self.last_active = cx.now;
+        cx.http.count_status(101);
+        self.phase = Phase::Tunnel(x);
+    }
+
+    fn next_tunnel(&mut self, cx: &mut Cx<'_>) -> Want {
+        let Phase::Tunnel(x) = &mut self.phase else {
+            return Want::Idle;
+        };
+        if let Some((end, op)) = x.tun_up.next(cx.pool, None, true) {
+            let side = match end {
+                End::Source => Side::Downstream,
+                End::Destination => Side::Upstream,
+            };
+            return Want::Io(side, op);
+        }
+        if let Some((end, op)) = x.tun_down.next(cx.pool, None, true) {
+            let side = match end {
+                End::Source => Side::Upstream,
+                End::Destination => Side::Downstream,
+            };
+            return Want::Io(side, op);
+        }
+        if x.tun_up.finished() && x.tun_down.finished() {
+            return Want::Close(CloseReason::Done);
+        }
+        Want::Idle
+    }
+
+    fn complete_tunnel(&mut self, side: Side, done: Done, cx: &mut Cx<'_>) {
+        let Phase::Tunnel(x) = &mut self.phase else {
+            return;
+        };
+        let read_slot = matches!(done, Done::Recv { .. } | Done::SpliceIn { .. });
+        let (flow, reverse) = match (side, read_slot) {
+            (Side::Downstream, true) | (Side::Upstream, false) => (&mut x.tun_up, false),
+            (Side::Upstream, true) | (Side::Downstream, false) => (&mut x.tun_down, true),
+        };
+        match flow.complete(done, cx.pool, cx.pipes) {
+            Ok(()) => self.last_active = cx.now,
+            Err(end) => {
+                let downstream_broke = matches!(
+                    (end, reverse),
+                    (End::Source, false) | (End::Destination, true)
+                );
+                self.close(if downstream_broke {
+                    CloseReason::DownstreamReset
+                } else {
+                    CloseReason::UpstreamReset
+                });
+            }
+        }
+    }
+}

@@ -1,4 +1,0 @@
-//! L4 (TCP) proxying.
-
-pub mod pipe;
-pub mod splice;

@@ -1,0 +1,250 @@
+//! Driving a session: ask what it wants, submit its ops (feeding back what completes at once),
+//! act on its upstream steps, queue it when it yields or starves, and close it.
+//!
+//! HOT PATH. No allocation, lock, blocking call or info-level log.
+
+use super::{cx, listener_closed, Owner, Waiting, Worker};
+use crate::engine::{recycle_op, Engine, Linger};
+use crate::session::{CloseReason, Session, Side, Want};
+use std::sync::atomic::Ordering;
+
+/// Wants handled per drive before the session is queued for the next loop iteration (the
+/// sessions bound their own ops; this bounds everything else).
+pub(super) const MAX_STEPS: usize = 256;
+
+impl<E: Engine> Worker<E> {
+    /// Runs session `key` until it has nothing to do now.
+    pub(super) fn drive(&mut self, key: usize) {
+        for _ in 0..MAX_STEPS {
+            let Some(e) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let want = {
+                let mut cx = cx!(self);
+                e.session.next(&mut cx)
+            };
+            match want {
+                Want::Io(side, op) => {
+                    let Some(conn) = e.session.conn(side) else {
+                        // No such connection (a bug, never input): give the op's resources
+                        // back and close rather than spin.
+                        let (pool, pipes) = self.engine.pools();
+                        recycle_op(op, pool, pipes);
+                        return self.close(key, CloseReason::Done);
+                    };
+                    let i = conn as usize;
+                    let transport = match self.conns.get_mut(i) {
+                        Some(m) => &mut m.transport,
+                        None => {
+                            let (pool, pipes) = self.engine.pools();
+                            recycle_op(op, pool, pipes);
+                            return self.close(key, CloseReason::Done);
+                        }
+                    };
+                    if let Some(done) = transport.submit(&mut self.engine, conn, op) {
+                        let mut cx = cx!(self);
+                        e.session.complete(side, done, &mut cx);
+                    }
+                }
+                Want::Idle => {
+                    self.after_drive(key);
+                    return self.rearm_if_earlier(key);
+                }
+                Want::Yield => {
+                    self.conn_stats.loop_bound_hits += 1;
+                    self.after_drive(key);
+                    self.queue(key, false);
+                    return self.rearm_if_earlier(key);
+                }
+                Want::Buffer => {
+                    self.conn_stats.buffer_waits += 1;
+                    self.after_drive(key);
+                    self.queue(key, true);
+                    return self.rearm_if_earlier(key);
+                }
+                Want::Upstream(up) => self.upstream_step(key, up),
+                Want::Close(why) => {
+                    self.after_drive(key);
+                    return self.close(key, why);
+                }
+            }
+        }
+        self.conn_stats.loop_bound_hits += 1;
+        self.after_drive(key);
+        self.queue(key, false);
+    }
+
+    /// Stats of what a drive moved (TCP bytes, Foo messages).
+    #[inline]
+    fn after_drive(&mut self, key: usize) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if let Session::Tcp(s) = &mut e.session {
+            let (up, down, splices) = s.take_moved();
+            if up | down != 0 {
+                self.conn_stats.bytes_client_to_backend += up;
+                self.conn_stats.bytes_backend_to_client += down;
+                self.obs.bytes(
+                    &s.snapshot,
+                    s.listener,
+                    s.target.cluster,
+                    s.target.backend,
+                    up,
+                    down,
+                );
+            }
+            self.conn_stats.splice_starts += u64::from(splices);
+            s.take_foo(&mut self.obs.foo);
+        }
+    }
+
+    /// Closes session `key`: both connections, its queues, its counts.
+    pub(super) fn close(&mut self, key: usize, why: CloseReason) {
+        if !self.sessions.contains(key) {
+            return;
+        }
+        self.log_request(key);
+        match self.sessions.get(key).map(|e| e.waiting) {
+            Some(Waiting::Slot) => self.unqueue_pending(key),
+            Some(Waiting::Descriptor) => self.fd_waiters.retain(|&k| k != key),
+            _ => {}
+        }
+        // The upstream first (its backend's count, and a waiter for its slot).
+        let upstream_linger = if why == CloseReason::DownstreamReset {
+            Linger::Reset
+        } else {
+            Linger::Graceful
+        };
+        self.drop_upstream(key, upstream_linger);
+        let mut e = self.sessions.remove(key);
+        let downstream = e.session.conn(Side::Downstream);
+        {
+            let mut cx = cx!(self);
+            e.session.release(&mut cx);
+        }
+        if let Some(conn) = downstream {
+            let linger = if why == CloseReason::UpstreamReset {
+                Linger::Reset
+            } else {
+                Linger::Graceful
+            };
+            self.close_conn(conn, linger);
+        }
+        let snap = e.session.snapshot().clone();
+        let li = e.session.listener();
+        self.obs.closed(&snap, li);
+        listener_closed(&snap, li as usize);
+        match why {
+            CloseReason::Done | CloseReason::Timeout | CloseReason::Shutdown => {}
+            CloseReason::UpstreamReset => self.conn_stats.backend_resets += 1,
+            CloseReason::DownstreamReset => self.conn_stats.client_resets += 1,
+            CloseReason::NoUpstream => self.conn_stats.no_backend += 1,
+        }
+        self.conn_stats.closed += 1;
+        self.after_session_closed();
+    }
+
+    /// A slot freed up: resume accepting if the connection limit had stopped it.
+    pub(super) fn after_session_closed(&mut self) {
+        if self.accept_full && self.sessions.len() < self.max_sessions {
+            self.accept_full = false;
+            for li in 0..self.listening.len() {
+                if self.listening[li] && !self.accept_again.contains(&li) {
+                    self.accept_again.push(li);
+                }
+            }
+        }
+    }
+
+    /// Queues the access-log record of the session's current request, once (HTTP).
+    pub(super) fn log_request(&mut self, key: usize) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Session::Http(s) = &mut e.session else {
+            return;
+        };
+        let Some(x) = s.exchange_mut() else {
+            return;
+        };
+        if x.logged {
+            return;
+        }
+        x.logged = true;
+        self.obs_request_done(key);
+        let (Some(tx), Some(e)) = (
+            self.access_log.as_ref().filter(|l| l.enabled()),
+            self.sessions.get(key),
+        ) else {
+            return;
+        };
+        let Session::Http(s) = &e.session else {
+            return;
+        };
+        let Some(x) = s.exchange() else {
+            return;
+        };
+        let mut rec = x.log;
+        rec.status = x.status;
+        rec.reused = x.reused;
+        let tried = x.target.backend.is_some() || x.target.attempts > 0;
+        crate::accesslog::finish(
+            &mut rec,
+            &s.snapshot,
+            s.listener,
+            tried.then_some(x.target.cluster),
+            x.request_started,
+            x.got_response_byte.then_some(x.first_byte_at),
+            self.now,
+        );
+        let wall = self.wall_start + self.now.saturating_duration_since(self.started);
+        rec.time_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        rec.backend = x.target.backend.and_then(|i| {
+            s.snapshot
+                .clusters
+                .get(x.target.cluster as usize)
+                .and_then(|c| c.backends.get(i as usize))
+                .map(|b| b.addr)
+        });
+        rec.worker = self.id as u16;
+        if tx.try_send(rec).is_err() {
+            self.http_stats.access_log_dropped += 1;
+        }
+    }
+
+    /// Closes the session's upstream connection (if any): its backend's count goes down and
+    /// a session waiting for a slot of its cluster is woken.
+    pub(super) fn drop_upstream(&mut self, key: usize, linger: Linger) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let backend = e
+            .session
+            .target()
+            .and_then(|t| Some((t.cluster, t.backend?)));
+        let Some(conn) = e.session.take_upstream() else {
+            return;
+        };
+        let snap = e.session.snapshot().clone();
+        self.close_conn(conn, linger);
+        if let Some((ci, bi)) = backend {
+            if let Some(c) = snap.clusters.get(ci as usize) {
+                if let Some(b) = c.backends.get(bi as usize) {
+                    b.live.active.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.wake_pending(&c.name);
+            }
+        }
+    }
+
+    /// Owner bookkeeping for a connection handed to session `key`.
+    #[inline]
+    pub(super) fn own(&mut self, conn: crate::engine::ConnId, key: usize, side: Side) {
+        let m = self.meta(conn);
+        m.owner = Owner::Session(key, side);
+        m.deadline = None;
+    }
+}

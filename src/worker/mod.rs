@@ -1,0 +1,777 @@
+//! One worker per core, for both protocols: an engine (its own listening sockets, its
+//! connections), a `Slab` of sessions stored by value, the buffer pool, a timer wheel, the
+//! upstream pool and local counters.
+//!
+//! The loop: poll the engine; hand each completion to the session that owns the connection
+//! ([`dispatch`]) and drive that session ([`drive`]: ask it what it wants, submit its ops,
+//! feed back what completes at once, act on its upstream steps); accept new connections
+//! ([`accept`]); resume queued sessions; fire timers; flush stats. Upstreams — picking a
+//! backend, connecting, pooling, queueing for a connection slot or a descriptor — are in
+//! [`upstream`], the same code for TCP and HTTP sessions.
+//!
+//! HOT PATH. No lock, no blocking call, no info-level log per connection or per request;
+//! allocation only when a slab, table or queue grows past its previous high-water mark.
+//!
+//! Every loop is bounded: accepts per wake-up ([`ACCEPT_BATCH`]), ops per session drive
+//! (the sessions' own bounds, then [`drive::MAX_STEPS`]) and sessions resumed per iteration
+//! ([`RESUME_BATCH`]); a bound hit is counted in `loop_bound_hits` and the rest is queued for
+//! the next iteration (poll with a zero timeout), so one busy connection cannot starve others.
+
+mod accept;
+mod dispatch;
+mod drive;
+mod obs;
+mod pick;
+mod upstream;
+
+use crate::engine::mio::MioEngine;
+use crate::engine::token::TimerKey;
+use crate::engine::{ConnId, Engine, Event, Wake};
+use crate::io::timer::TimerWheel;
+use crate::io::{BufferPool, PipePool};
+use crate::session::http::ExchangePool;
+use crate::session::{Session, Side};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::stats::{
+    ConnCounters, HttpCounters, StatsMsg, StatsSender, WorkerStats, FLUSH_INTERVAL,
+};
+use crate::transport::Transport;
+use crossbeam_channel::{Receiver, Sender};
+use pick::Balancers;
+use slab::Slab;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Connections accepted per listener wake-up before yielding.
+pub const ACCEPT_BATCH: usize = 64;
+/// Queued sessions resumed per loop iteration.
+const RESUME_BATCH: usize = 256;
+/// Longest poll sleep, so periodic duties (stats, shutdown deadline) run.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// A multiplicative (FxHash-style) hasher for the upstream pool, which is looked up once or
+/// twice per HTTP request. Its keys are backend addresses from the config, never chosen by
+/// clients, so SipHash's resistance to hash flooding buys nothing there.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct AddrHasher(u64);
+
+impl AddrHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for AddrHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u16(&mut self, v: u16) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+}
+
+type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
+
+/// Control messages from other threads; always followed by a wake-up.
+#[derive(Debug)]
+pub enum Ctrl {
+    /// Stop accepting; let sessions finish until the deadline, then close the rest and exit.
+    Shutdown { deadline: Instant },
+    /// Send a stats delta now, tagged with this sequence number.
+    FlushStats(u64),
+    /// Start accepting on this worker's socket of a listener added at run time. Its route is
+    /// already in the published snapshot under `slot`.
+    AddListener {
+        slot: usize,
+        socket: std::net::TcpListener,
+    },
+    /// Stop accepting on a listener (removed, or rebound elsewhere). Its connections go on.
+    RemoveListener { slot: usize },
+}
+
+/// The handle other threads use to talk to a worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub tx: Sender<Ctrl>,
+    pub waker: Arc<dyn Wake>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, c: Ctrl) {
+        // A worker that already exited has nothing to do with the message.
+        if self.tx.send(c).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+pub struct WorkerSettings {
+    pub id: usize,
+    pub buffer_size: usize,
+    pub buffers: usize,
+    /// Kernel pipes for splicing bulk flows (0 = never splice).
+    pub pipes: usize,
+    /// Large buffers (for HTTP request heads beyond `buffer_size`): size and count; 0 = none.
+    pub large_buffer_size: usize,
+    pub large_buffers: usize,
+    /// This worker's access-log queue, when the log is on.
+    pub access_log: Option<crate::accesslog::Sink>,
+    pub max_sessions: usize,
+    pub pin_cpu: Option<usize>,
+    /// `server.stats = "minimal"`.
+    pub stats_minimal: bool,
+}
+
+/// Everything a worker thread needs, prepared on the main thread so that start-up errors
+/// (bind, engine creation) are reported before any thread runs.
+pub struct WorkerSetup {
+    pub settings: WorkerSettings,
+    pub engine: MioEngine,
+    pub ctrl: Receiver<Ctrl>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub snapshot: SharedSnapshot,
+    pub stats_tx: StatsSender,
+}
+
+/// Creates the engine and control channel for one worker.
+pub fn prepare(
+    settings: WorkerSettings,
+    listeners: Vec<std::net::TcpListener>,
+    snapshot: SharedSnapshot,
+    stats_tx: StatsSender,
+) -> io::Result<(WorkerSetup, WorkerHandle)> {
+    let pool = BufferPool::with_large(
+        settings.buffer_size,
+        settings.buffers,
+        settings.large_buffer_size,
+        settings.large_buffers,
+    );
+    let engine = MioEngine::new(pool, PipePool::new(settings.pipes))?;
+    let waker = engine.waker();
+    let (tx, ctrl) = crossbeam_channel::unbounded();
+    Ok((
+        WorkerSetup {
+            settings,
+            engine,
+            ctrl,
+            listeners,
+            snapshot,
+            stats_tx,
+        },
+        WorkerHandle { tx, waker },
+    ))
+}
+
+/// A session in the slab, with the worker's bookkeeping about it.
+pub(crate) struct Entry {
+    pub(crate) session: Session,
+    /// Generation of the armed timer entry; entries with another generation are stale.
+    timer_gen: u32,
+    /// When the armed entry fires (deadlines that move later are re-armed lazily).
+    timer_at: Instant,
+    timer_armed: bool,
+    /// Already in the ready or starved queue.
+    queued: bool,
+    waiting: Waiting,
+}
+
+/// A session waiting in one of the worker's queues for an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    No,
+    /// For a connection slot of its cluster (`max_connections`).
+    Slot,
+    /// For a file descriptor (the process ran out).
+    Descriptor,
+    /// Woken from a queue: connect at the next resume.
+    Woken,
+}
+
+/// Who owns a connection (indexed by connection id).
+#[derive(Debug, Clone, Copy, Default)]
+enum Owner {
+    #[default]
+    None,
+    Session(usize, Side),
+    /// An idle upstream connection in the pool, to backend `addr`.
+    Pooled(SocketAddr),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ConnMeta {
+    owner: Owner,
+    transport: Transport,
+    /// Pooled connections' idle deadline and timer entry.
+    deadline: Option<Instant>,
+    timer_gen: u32,
+    timer_at: Option<Instant>,
+}
+
+pub struct Worker<E: Engine> {
+    id: usize,
+    engine: E,
+    ctrl: Receiver<Ctrl>,
+    /// Listener slots this worker accepts on.
+    listening: Vec<bool>,
+    sessions: Slab<Entry>,
+    conns: Vec<ConnMeta>,
+    /// Idle upstream connections per backend address.
+    upstream_pool: AddrMap<Vec<ConnId>>,
+    exchanges: ExchangePool,
+    /// Source of generated X-Request-Id values.
+    request_ids: u64,
+    /// Sessions with work left after hitting a bound.
+    ready: VecDeque<usize>,
+    /// Sessions waiting for a pool buffer.
+    starved: VecDeque<usize>,
+    /// Sessions waiting for a connection slot, per cluster name.
+    pending: HashMap<String, VecDeque<usize>>,
+    /// Sessions waiting for a descriptor to connect upstream.
+    fd_waiters: VecDeque<usize>,
+    access_log: Option<crate::accesslog::Sink>,
+    /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
+    wall_start: std::time::SystemTime,
+    started: Instant,
+    max_sessions: usize,
+    timers: TimerWheel,
+    expired: Vec<(usize, u32)>,
+    next_gen: u32,
+    snapshot: SharedSnapshot,
+    balancers: Balancers,
+    conn_stats: ConnCounters,
+    http_stats: HttpCounters,
+    /// Per listener/cluster/backend counters, histograms, Foo counts.
+    obs: WorkerStats,
+    stats_tx: StatsSender,
+    last_flush: Instant,
+    /// Listeners with connections left after hitting the accept bound.
+    accept_again: Vec<usize>,
+    /// Accepting paused (fd exhaustion) until then.
+    accept_paused_until: Option<Instant>,
+    /// Accepting stopped because `max_sessions` was reached.
+    accept_full: bool,
+    /// When descriptor exhaustion was last logged.
+    fd_exhaustion_logged: Option<Instant>,
+    shutdown: Option<Instant>,
+    now: Instant,
+    events: Vec<Event>,
+}
+
+/// A [`crate::session::Cx`] from the worker's fields (a macro, so the borrows stay disjoint
+/// from `self.sessions`).
+macro_rules! cx {
+    ($w:expr) => {{
+        let (pool, pipes) = $w.engine.pools();
+        crate::session::Cx {
+            pool,
+            pipes,
+            now: $w.now,
+            conns: &mut $w.conn_stats,
+            http: &mut $w.http_stats,
+            request_ids: &mut $w.request_ids,
+            shared: &$w.snapshot,
+            exchanges: &mut $w.exchanges,
+        }
+    }};
+}
+pub(crate) use cx;
+
+impl<E: Engine> Worker<E> {
+    pub fn new(
+        settings: WorkerSettings,
+        mut engine: E,
+        ctrl: Receiver<Ctrl>,
+        listeners: Vec<std::net::TcpListener>,
+        snapshot: SharedSnapshot,
+        stats_tx: StatsSender,
+    ) -> io::Result<Worker<E>> {
+        let mut listening = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            engine.add_listener(i, l)?;
+            listening.push(true);
+        }
+        let now = Instant::now();
+        let balancers = Balancers::build(&snapshot.load(), None);
+        Ok(Worker {
+            id: settings.id,
+            engine,
+            ctrl,
+            listening,
+            sessions: Slab::with_capacity(1024),
+            conns: Vec::with_capacity(2048),
+            upstream_pool: AddrMap::default(),
+            exchanges: ExchangePool::default(),
+            // Worker id in the top byte, the start time below: ids differ across workers and
+            // restarts.
+            request_ids: ((settings.id as u64) << 56)
+                ^ (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                    & ((1 << 56) - 1)),
+            ready: VecDeque::with_capacity(1024),
+            starved: VecDeque::with_capacity(1024),
+            pending: HashMap::new(),
+            fd_waiters: VecDeque::new(),
+            access_log: settings.access_log,
+            wall_start: std::time::SystemTime::now(),
+            started: now,
+            max_sessions: settings.max_sessions,
+            timers: TimerWheel::new(now),
+            expired: Vec::with_capacity(1024),
+            next_gen: 0,
+            snapshot,
+            balancers,
+            conn_stats: ConnCounters::default(),
+            http_stats: HttpCounters::default(),
+            obs: WorkerStats::new(settings.stats_minimal),
+            stats_tx,
+            last_flush: now,
+            accept_again: Vec::new(),
+            accept_paused_until: None,
+            accept_full: false,
+            fd_exhaustion_logged: None,
+            shutdown: None,
+            now,
+            events: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Runs until shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        loop {
+            let timeout = self.poll_timeout();
+            let mut events = std::mem::take(&mut self.events);
+            self.engine.poll(timeout, &mut events)?;
+            self.now = Instant::now();
+            for ev in events.drain(..) {
+                match ev {
+                    Event::Wake => self.handle_ctrl(),
+                    Event::Accept(slot) => self.accept(slot),
+                    Event::Done(conn, done) => self.dispatch(conn, done),
+                }
+            }
+            self.events = events;
+            self.resume_queued();
+            self.expire_timers();
+            if self.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+                self.flush_stats(0);
+            }
+            if let Some(deadline) = self.shutdown {
+                if self.sessions.is_empty() {
+                    break;
+                }
+                if self.now >= deadline {
+                    self.abort_all();
+                    break;
+                }
+            }
+        }
+        self.flush_stats(0);
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Duration {
+        let accept_now = (!self.accept_again.is_empty() || !self.fd_waiters.is_empty())
+            && self.accept_paused_until.is_none();
+        if !self.ready.is_empty()
+            || accept_now
+            || (!self.starved.is_empty() && self.free_buffers() > 0)
+        {
+            return Duration::ZERO;
+        }
+        let mut t = MAX_SLEEP;
+        if let Some(d) = self.timers.next_timeout_within(self.now, MAX_SLEEP) {
+            t = t.min(d);
+        }
+        if let Some(at) = self.accept_paused_until {
+            t = t.min(at.saturating_duration_since(self.now));
+        }
+        t
+    }
+
+    fn handle_ctrl(&mut self) {
+        while let Ok(msg) = self.ctrl.try_recv() {
+            match msg {
+                Ctrl::FlushStats(seq) => self.flush_stats(seq),
+                Ctrl::AddListener { slot, socket } => self.add_listener(slot, socket),
+                Ctrl::RemoveListener { slot } => self.remove_listener(slot),
+                Ctrl::Shutdown { deadline } => {
+                    let first = self.shutdown.is_none();
+                    self.shutdown = Some(self.shutdown.map_or(deadline, |d| d.min(deadline)));
+                    if first {
+                        // Closing our listening sockets: the kernel stops routing new
+                        // connections to this worker.
+                        for slot in 0..self.listening.len() {
+                            self.remove_listener(slot);
+                        }
+                        self.accept_again.clear();
+                        self.close_idle();
+                        log::debug!(
+                            "worker {}: draining {} connection(s)",
+                            self.id,
+                            self.sessions.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_stats(&mut self, seq: u64) {
+        self.conn_stats.buffer_waits += self.engine.take_buffer_waits();
+        let since = std::mem::replace(&mut self.last_flush, self.now);
+        if self.conn_stats.is_zero() && self.http_stats.is_zero() && self.obs.is_zero() && seq == 0
+        {
+            return;
+        }
+        let tcp = std::mem::take(&mut self.conn_stats);
+        let http = std::mem::take(&mut self.http_stats);
+        let detail = self.obs.take_delta();
+        // The aggregator only disappears at exit; losing a delta then is harmless.
+        let _ = self.stats_tx.send(StatsMsg::Delta {
+            worker: self.id,
+            seq,
+            since,
+            tcp,
+            http,
+            detail,
+        });
+    }
+
+    // ------------------------------------------------------------------ connections
+
+    /// The bookkeeping slot of connection `conn` (grown on first use of a new id).
+    #[inline]
+    fn meta(&mut self, conn: ConnId) -> &mut ConnMeta {
+        let i = conn as usize;
+        if i >= self.conns.len() {
+            self.conns.resize(i + 1, ConnMeta::default());
+        }
+        &mut self.conns[i]
+    }
+
+    /// Closes a connection and forgets who owned it.
+    fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
+        *self.meta(conn) = ConnMeta::default();
+        self.engine.close(conn, linger);
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Arms a new timer entry for session `key` at its deadline (the previous one goes
+    /// stale).
+    fn arm_timer(&mut self, key: usize) {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        if let Some(e) = self.sessions.get_mut(key) {
+            let deadline = e.session.deadline();
+            e.timer_gen = gen;
+            e.timer_at = deadline;
+            e.timer_armed = true;
+            self.timers
+                .insert(TimerKey::Session(key).encode(), gen, deadline);
+        }
+    }
+
+    /// Arms a timer only when none is armed or the deadline moved before the armed one.
+    /// Deadlines that move later (every request on a keep-alive connection, every read of a
+    /// TCP pipe) are handled lazily when the entry fires, so steady traffic costs no wheel
+    /// operation.
+    #[inline]
+    fn rearm_if_earlier(&mut self, key: usize) {
+        let arm = match self.sessions.get(key) {
+            Some(e) => !e.timer_armed || e.session.deadline() < e.timer_at,
+            None => false,
+        };
+        if arm {
+            self.arm_timer(key);
+        }
+    }
+
+    /// Arms the idle timer of a pooled connection, unless an earlier entry is armed.
+    fn arm_pooled_timer(&mut self, conn: ConnId) {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let m = self.meta(conn);
+        let Some(deadline) = m.deadline else {
+            return;
+        };
+        if m.timer_at.is_some_and(|at| at <= deadline) {
+            return; // fires first; re-checked then
+        }
+        m.timer_gen = gen;
+        m.timer_at = Some(deadline);
+        self.timers
+            .insert(TimerKey::Pooled(conn).encode(), gen, deadline);
+    }
+
+    fn expire_timers(&mut self) {
+        self.timers.advance(self.now, &mut self.expired);
+        let mut expired = std::mem::take(&mut self.expired);
+        for (tkey, gen) in expired.drain(..) {
+            match TimerKey::decode(tkey) {
+                TimerKey::Session(key) => {
+                    let Some(e) = self.sessions.get_mut(key) else {
+                        continue;
+                    };
+                    if e.timer_gen != gen || !e.timer_armed {
+                        continue;
+                    }
+                    let deadline = e.session.deadline();
+                    if deadline > self.now {
+                        e.timer_at = deadline;
+                        self.timers.insert(tkey, gen, deadline);
+                        continue;
+                    }
+                    e.timer_armed = false;
+                    self.session_timed_out(key);
+                }
+                TimerKey::Pooled(conn) => {
+                    let now = self.now;
+                    let m = self.meta(conn);
+                    if m.timer_gen != gen || m.timer_at.is_none() {
+                        continue;
+                    }
+                    m.timer_at = None;
+                    match (m.owner, m.deadline) {
+                        (Owner::Pooled(_), Some(d)) if d > now => self.arm_pooled_timer(conn),
+                        (Owner::Pooled(_), _) => self.drop_pooled(conn),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// The deadline of session `key` passed.
+    fn session_timed_out(&mut self, key: usize) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        match e.waiting {
+            Waiting::Slot => {
+                // Waited its connect timeout for a connection slot.
+                self.unqueue_pending(key);
+                self.conn_stats.limit_rejects += 1;
+                self.no_upstream(key, 503);
+            }
+            Waiting::Descriptor => {
+                // Waited a whole connect timeout for a descriptor: give up.
+                self.fd_waiters.retain(|&k| k != key);
+                self.conn_stats.connect_timeouts += 1;
+                self.no_upstream(key, 503);
+            }
+            Waiting::No | Waiting::Woken => {
+                e.waiting = Waiting::No;
+                let mut cx = cx!(self);
+                e.session.timed_out(&mut cx);
+            }
+        }
+        self.drive(key);
+    }
+
+    // ------------------------------------------------------------------ queues
+
+    fn queue(&mut self, key: usize, starved: bool) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if !e.queued {
+            e.queued = true;
+            if starved {
+                self.starved.push_back(key);
+            } else {
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    /// Resumes sessions that yielded or waited for buffers, woken waiters, and listeners
+    /// with a backlog.
+    fn resume_queued(&mut self) {
+        if self.accept_paused_until.is_some_and(|at| self.now >= at) {
+            self.accept_paused_until = None;
+        }
+        for _ in 0..self.ready.len().min(RESUME_BATCH) {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            self.resume(key);
+        }
+        let mut budget = RESUME_BATCH;
+        while budget > 0 && self.free_buffers() > 0 {
+            let Some(key) = self.starved.pop_front() else {
+                break;
+            };
+            budget -= 1;
+            self.resume(key);
+        }
+        // Sessions that could not get a descriptor retry first, once the pause is over: they
+        // were accepted earlier than anyone still in the backlog.
+        if self.accept_paused_until.is_none() {
+            for _ in 0..self.fd_waiters.len().min(RESUME_BATCH) {
+                let Some(key) = self.fd_waiters.pop_front() else {
+                    break;
+                };
+                if let Some(e) = self.sessions.get_mut(key) {
+                    if e.waiting == Waiting::Descriptor {
+                        e.waiting = Waiting::No;
+                        self.connect_upstream(key, false);
+                        self.drive(key);
+                    }
+                }
+                if self.accept_paused_until.is_some() {
+                    break; // exhausted again
+                }
+            }
+        }
+        if !self.accept_again.is_empty() {
+            let pending = std::mem::take(&mut self.accept_again);
+            for li in pending {
+                self.accept(li);
+            }
+        }
+    }
+
+    fn resume(&mut self, key: usize) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        e.queued = false;
+        if e.waiting == Waiting::Woken {
+            e.waiting = Waiting::No;
+            self.connect_upstream(key, false);
+        }
+        self.drive(key);
+    }
+
+    #[inline]
+    fn free_buffers(&mut self) -> usize {
+        self.engine.pools().0.available()
+    }
+
+    // ------------------------------------------------------------------ shutdown
+
+    /// At shutdown: idle keep-alive clients and pooled connections are closed at once; busy
+    /// sessions finish what they are doing and close after it.
+    fn close_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.session.idle())
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close(key, crate::session::CloseReason::Done);
+        }
+        let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();
+        for conn in pooled {
+            self.drop_pooled(conn);
+        }
+    }
+
+    fn abort_all(&mut self) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        if !keys.is_empty() {
+            log::warn!(
+                "worker {}: shutdown deadline reached, closing {} connection(s)",
+                self.id,
+                keys.len()
+            );
+        }
+        for key in keys {
+            self.conn_stats.shutdown_aborted += 1;
+            self.close(key, crate::session::CloseReason::Shutdown);
+        }
+        let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();
+        for conn in pooled {
+            self.drop_pooled(conn);
+        }
+    }
+}
+
+/// A client connection of listener `li` ended (the count is shared across snapshots by
+/// listener name; it never wraps below zero).
+pub(crate) fn listener_closed(snap: &Snapshot, li: usize) {
+    if let Some(route) = snap.listener(li) {
+        let _ = route
+            .live
+            .active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+/// Thread entry point.
+pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    let id = setup.settings.id;
+    let pin = setup.settings.pin_cpu;
+    std::thread::Builder::new()
+        .name(format!("worker-{id}"))
+        .spawn(move || {
+            if let Some(cpu) = pin {
+                if let Err(e) = pin_to_cpu(cpu) {
+                    log::warn!("worker {id}: cannot pin to CPU {cpu}: {e}");
+                }
+            }
+            let WorkerSetup {
+                settings,
+                engine,
+                ctrl,
+                listeners,
+                snapshot,
+                stats_tx,
+            } = setup;
+            Worker::new(settings, engine, ctrl, listeners, snapshot, stats_tx)?.run()
+        })
+}

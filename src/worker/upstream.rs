@@ -1,0 +1,533 @@
+//! Upstreams, the same for TCP and HTTP sessions: pick the next backend, take a pooled
+//! connection (HTTP) or connect, queue for a connection slot or a descriptor when there is
+//! none, learn from how each attempt ends (balancers, outlier detection, retries), and pool
+//! or close the connection afterwards.
+//!
+//! HOT PATH (per connection or request). No lock, blocking call or info-level log.
+
+use super::pick::Pick;
+use super::{cx, is_resource_exhaustion, Owner, Waiting, Worker};
+use crate::balance::{Outcome, PickCtx};
+use crate::engine::{ConnId, Engine, Linger, Op, Slot};
+use crate::session::http::{Phase, Retry, UpstreamTimeouts};
+use crate::session::{Session, Side, Up};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl<E: Engine> Worker<E> {
+    /// Acts on an upstream step a session asked for.
+    pub(super) fn upstream_step(&mut self, key: usize, up: Up) {
+        match up {
+            Up::Need => self.connect_upstream(key, false),
+            Up::Connected => {
+                self.obs_connect(key, Outcome::Success);
+                self.observe(key, Outcome::Success, Since::Upstream);
+            }
+            Up::Failed => {
+                let (connecting, reused) = match self.sessions.get(key).map(|e| &e.session) {
+                    Some(Session::Http(s)) => (
+                        matches!(s.phase(), Phase::Connecting(_)),
+                        s.exchange()
+                            .is_some_and(|x| x.reused && x.upstream.is_some()),
+                    ),
+                    Some(Session::Tcp(_)) => (true, false),
+                    None => return,
+                };
+                if connecting {
+                    self.obs_connect(key, Outcome::Failure);
+                }
+                self.observe(key, Outcome::Failure, Since::Upstream);
+                self.drop_upstream(key, Linger::Graceful);
+                if reused {
+                    // A pooled connection died before answering: the request goes again on
+                    // a fresh connection.
+                    self.http_stats.retries += 1;
+                    self.obs_retry(key);
+                }
+                self.connect_upstream(key, reused);
+            }
+            Up::Retry => {
+                self.observe(key, Outcome::Failure, Since::Upstream);
+                if self.fall_back(key) {
+                    return self.connect_upstream(key, false);
+                }
+                let ci = match self.sessions.get_mut(key).map(|e| &mut e.session) {
+                    Some(Session::Http(s)) => match s.exchange_mut() {
+                        Some(x) => {
+                            x.retry.used += 1;
+                            x.target.cluster as usize
+                        }
+                        None => return,
+                    },
+                    _ => return,
+                };
+                self.drop_upstream(key, Linger::Graceful);
+                if !self.balancers.spend(ci) {
+                    // Gated at hand-over; only a snapshot change in between gets here.
+                    return self.no_upstream(key, 502);
+                }
+                self.http_stats.retries += 1;
+                self.obs_retry(key);
+                self.connect_upstream(key, false);
+            }
+            Up::Drop { failure } => {
+                if failure {
+                    self.observe(key, Outcome::Failure, Since::Upstream);
+                }
+                self.drop_upstream(key, Linger::Graceful);
+            }
+            Up::Release { reusable } => {
+                self.log_request(key);
+                // 5xx answers count against the backend, like failures.
+                let failed = matches!(
+                    self.sessions.get(key).map(|e| &e.session),
+                    Some(Session::Http(s)) if s.exchange().is_some_and(|x| x.status >= 500)
+                );
+                let outcome = if failed {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                self.observe(key, outcome, Since::Request);
+                self.release_upstream(key, reusable);
+                let Some(e) = self.sessions.get_mut(key) else {
+                    return;
+                };
+                if let Session::Http(s) = &mut e.session {
+                    let mut cx = cx!(self);
+                    s.end_exchange(&mut cx);
+                }
+                if self.shutdown.is_some() {
+                    self.close(key, crate::session::CloseReason::Done);
+                }
+            }
+        }
+    }
+
+    /// Release strategy `concurrent`: the newest version failed this request (5xx,
+    /// unreachable, no answer in time); the previous version's cluster gets it instead (the
+    /// failed upstream, if any, is dropped first). False when there is nothing to fall back to.
+    fn fall_back(&mut self, key: usize) -> bool {
+        let can = matches!(
+            self.sessions.get(key).map(|e| &e.session),
+            Some(Session::Http(s)) if s.exchange().is_some_and(|x| crate::release::can_fall_back(&x.release_tag))
+        );
+        if !can {
+            return false;
+        }
+        self.drop_upstream(key, Linger::Graceful);
+        let Some(e) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        let snap = Arc::clone(e.session.snapshot());
+        let Session::Http(s) = &mut e.session else {
+            return false;
+        };
+        let Some(x) = s.exchange_mut() else {
+            return false;
+        };
+        let Some(cluster) = crate::release::fall_back(&snap, &mut x.release_tag) else {
+            return false;
+        };
+        x.target = crate::session::Target::new(cluster as u32, x.target.hash, self.now);
+        x.retry.used = 0;
+        true
+    }
+
+    /// Finds an upstream for session `key`: a pooled connection to the picked backend (HTTP,
+    /// unless `fresh`), or a new connect. When none can be had now the session waits in a
+    /// queue (connection slot, descriptor) or is told (`no_upstream`).
+    pub(super) fn connect_upstream(&mut self, key: usize, fresh: bool) {
+        loop {
+            let Some(e) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let http = e.session.is_http();
+            let snap = Arc::clone(e.session.snapshot());
+            let Some(t) = e.session.target() else {
+                return;
+            };
+            let (ci, tried, attempts, hash) = (t.cluster as usize, t.tried, t.attempts, t.hash);
+            let Some(cluster) = snap.clusters.get(ci) else {
+                return self.no_upstream(key, 503);
+            };
+            if attempts >= cluster.connect_attempts {
+                if self.fall_back(key) {
+                    continue;
+                }
+                return self.no_upstream(key, 502);
+            }
+            if self.balancers.version < snap.version {
+                // A session routed on a snapshot newer than the balancers.
+                self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
+            }
+            let same = self.balancers.version == snap.version;
+            let pick = if same {
+                let ctx = PickCtx { hash };
+                self.balancers.pick(cluster, ci, tried, &ctx, self.now)
+            } else {
+                // The session predates the current snapshot: any untried backend of its own.
+                (0..cluster.backends.len())
+                    .find(|&i| !tried.contains(i))
+                    .map_or(Pick::Exhausted, Pick::Backend)
+            };
+            let idx = match pick {
+                Pick::Backend(i) => i,
+                Pick::FailOpen(i) => {
+                    self.conn_stats.fail_open += 1;
+                    i
+                }
+                Pick::Full => return self.wait_for_slot(key),
+                // Nothing could be reached: when the cluster is failing open (every backend
+                // down by its health checks) or has no backend, that is "unavailable".
+                Pick::Exhausted => {
+                    if self.fall_back(key) {
+                        continue;
+                    }
+                    let status = if attempts == 0 || cluster.panic {
+                        503
+                    } else {
+                        502
+                    };
+                    return self.no_upstream(key, status);
+                }
+            };
+            let Some(backend) = cluster.backends.get(idx) else {
+                return self.no_upstream(key, 503);
+            };
+            // Per attempt: the cluster's timeouts and (HTTP) whether this attempt may be given
+            // up for another backend.
+            if let Session::Http(s) = &mut e.session {
+                if let Some(x) = s.exchange_mut() {
+                    if same && x.target.attempts == 0 && x.retry.used == 0 {
+                        self.balancers.earn(ci, cluster.retry.budget);
+                    }
+                    let policy = &cluster.retry;
+                    let another = (0..cluster.backends.len())
+                        .any(|i| i != idx && !x.target.tried.contains(i));
+                    let allowed = x.retry.used < policy.retries
+                        && another
+                        && (policy.non_idempotent || x.method.is_idempotent())
+                        && same
+                        && self.balancers.has_budget(ci);
+                    // Release strategy `concurrent`: an older version may answer instead.
+                    let fall_back = crate::release::can_fall_back(&x.release_tag);
+                    x.retry = Retry {
+                        on_reset: allowed && policy.on_reset,
+                        on_5xx: (allowed && policy.on_5xx) || fall_back,
+                        on_timeout: (allowed && policy.on_timeout) || fall_back,
+                        used: x.retry.used,
+                    };
+                    x.timeouts = UpstreamTimeouts {
+                        connect: cluster.connect_timeout,
+                        first_byte: cluster.first_byte_timeout,
+                        idle: cluster.idle_timeout,
+                    };
+                }
+            }
+            let Some(t) = e.session.target_mut() else {
+                return;
+            };
+            t.tried.insert(idx);
+            t.attempts += 1;
+            if t.attempts > 1 && !http {
+                self.conn_stats.connect_retries += 1;
+            }
+            // A pooled connection to this backend?
+            if http && !fresh {
+                if let Some(conn) = self.take_pooled(backend.addr) {
+                    backend.live.active.fetch_add(1, Ordering::Relaxed);
+                    self.http_stats.upstream_reused += 1;
+                    self.own(conn, key, Side::Upstream);
+                    let Some(e) = self.sessions.get_mut(key) else {
+                        return;
+                    };
+                    if let Some(t) = e.session.target_mut() {
+                        // Another attempt on the same backend stays allowed: this one only
+                        // reused a connection.
+                        t.attempts -= 1;
+                        t.tried.remove(idx);
+                    }
+                    let mut cx = cx!(self);
+                    e.session.set_upstream(conn, idx as u32, true, &mut cx);
+                    return;
+                }
+            }
+            match self.engine.connect(backend.addr) {
+                Ok(conn) => {
+                    backend.live.active.fetch_add(1, Ordering::Relaxed);
+                    if http {
+                        self.http_stats.upstream_new += 1;
+                    }
+                    self.own(conn, key, Side::Upstream);
+                    let Some(e) = self.sessions.get_mut(key) else {
+                        return;
+                    };
+                    let mut cx = cx!(self);
+                    e.session.set_upstream(conn, idx as u32, false, &mut cx);
+                    return;
+                }
+                Err(err) if is_resource_exhaustion(&err) => {
+                    // Our problem, not the backend's: this attempt does not count.
+                    if let Some(t) = self
+                        .sessions
+                        .get_mut(key)
+                        .and_then(|e| e.session.target_mut())
+                    {
+                        t.tried.remove(idx);
+                        t.attempts -= 1;
+                    }
+                    self.conn_stats.accept_errors += 1;
+                    self.descriptors_exhausted(&err);
+                    return self.wait_for_descriptor(key);
+                }
+                Err(_) => {
+                    self.conn_stats.connect_failed += 1;
+                    if same {
+                        if let Some(d) = self.balancers.observe(
+                            ci,
+                            idx,
+                            Duration::ZERO,
+                            Outcome::Failure,
+                            self.now,
+                            true,
+                        ) {
+                            self.ejected(ci, idx, d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// No upstream can be had for session `key`.
+    pub(super) fn no_upstream(&mut self, key: usize, status: u16) {
+        if let Some(e) = self.sessions.get_mut(key) {
+            e.waiting = Waiting::No;
+            let mut cx = cx!(self);
+            e.session.no_upstream(status, &mut cx);
+        }
+    }
+
+    // ------------------------------------------------------------------ queues
+
+    /// The cluster (or every candidate backend) is at its connection limit: wait for a slot
+    /// (up to the connect timeout), or, when the cluster's queue is full, give up at once.
+    fn wait_for_slot(&mut self, key: usize) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let snap = Arc::clone(e.session.snapshot());
+        let Some(cluster) = e
+            .session
+            .target()
+            .and_then(|t| snap.clusters.get(t.cluster as usize))
+        else {
+            return self.no_upstream(key, 503);
+        };
+        let max = cluster.limits.max_pending as usize;
+        let queue = match self.pending.get_mut(cluster.name.as_str()) {
+            Some(q) => q,
+            // Allocates once per cluster that ever hits its limit.
+            None => self.pending.entry(cluster.name.clone()).or_default(),
+        };
+        if queue.len() < max {
+            queue.push_back(key);
+            e.waiting = Waiting::Slot;
+            return self.arm_timer(key);
+        }
+        self.conn_stats.limit_rejects += 1;
+        self.no_upstream(key, 503);
+    }
+
+    /// Removes session `key` from its cluster's slot queue.
+    pub(super) fn unqueue_pending(&mut self, key: usize) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        e.waiting = Waiting::No;
+        let snap = e.session.snapshot();
+        if let Some(c) = e
+            .session
+            .target()
+            .and_then(|t| snap.clusters.get(t.cluster as usize))
+        {
+            if let Some(q) = self.pending.get_mut(c.name.as_str()) {
+                q.retain(|&k| k != key);
+            }
+        }
+    }
+
+    /// A connection slot of cluster `name` freed up: its oldest waiting session tries again
+    /// (at the next resume, not nested in whoever freed the slot).
+    pub(super) fn wake_pending(&mut self, name: &str) {
+        let Some(q) = self.pending.get_mut(name) else {
+            return;
+        };
+        while let Some(key) = q.pop_front() {
+            if let Some(e) = self.sessions.get_mut(key) {
+                if e.waiting == Waiting::Slot {
+                    e.waiting = Waiting::Woken;
+                    if !e.queued {
+                        e.queued = true;
+                        self.ready.push_back(key);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: keep the client; retry when descriptors free up, for at most one
+    /// connect timeout.
+    fn wait_for_descriptor(&mut self, key: usize) {
+        if let Some(e) = self.sessions.get_mut(key) {
+            e.waiting = Waiting::Descriptor;
+            if let Some(t) = e.session.target_mut() {
+                t.started = self.now;
+            }
+            self.fd_waiters.push_back(key);
+            self.arm_timer(key);
+        }
+    }
+
+    // ------------------------------------------------------------------ the pool
+
+    /// An idle pooled connection to `addr`, taken out of the pool.
+    fn take_pooled(&mut self, addr: std::net::SocketAddr) -> Option<ConnId> {
+        let conn = self.upstream_pool.get_mut(&addr)?.pop()?;
+        // Its watch is cancelled; its pool timer entry goes stale.
+        self.engine.cancel(conn, Slot::Read);
+        let m = self.meta(conn);
+        m.owner = Owner::None;
+        m.deadline = None;
+        m.timer_at = None;
+        Some(conn)
+    }
+
+    /// After a complete exchange: pool the upstream connection when it can be reused, else
+    /// close it.
+    fn release_upstream(&mut self, key: usize, reusable: bool) {
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let snap = Arc::clone(e.session.snapshot());
+        let place = e
+            .session
+            .target()
+            .and_then(|t| Some((t.cluster as usize, t.backend? as usize)));
+        let (Some((ci, bi)), Some(conn)) = (place, e.session.conn(Side::Upstream)) else {
+            return self.drop_upstream(key, Linger::Graceful);
+        };
+        let (Some(cluster), true) = (snap.clusters.get(ci), reusable) else {
+            return self.drop_upstream(key, Linger::Graceful);
+        };
+        let Some(backend) = cluster.backends.get(bi) else {
+            return self.drop_upstream(key, Linger::Graceful);
+        };
+        let room = self
+            .upstream_pool
+            .get(&backend.addr)
+            .is_none_or(|v| v.len() < cluster.pool_max_idle);
+        if !room || self.shutdown.is_some() || cluster.pool_max_idle == 0 {
+            return self.drop_upstream(key, Linger::Graceful);
+        }
+        let _ = e.session.take_upstream();
+        backend.live.active.fetch_sub(1, Ordering::Relaxed);
+        let deadline = self.now + cluster.pool_idle_timeout;
+        let addr = backend.addr;
+        let m = self.meta(conn);
+        m.owner = Owner::Pooled(addr);
+        m.deadline = Some(deadline);
+        // A backend closing an idle connection (or sending what it should not) ends it.
+        let mut transport = m.transport;
+        if let Some(done) = transport.submit(&mut self.engine, conn, Op::Watch) {
+            let (pool, pipes) = self.engine.pools();
+            crate::engine::recycle(done, pool, pipes);
+            self.close_conn(conn, Linger::Graceful);
+        } else {
+            self.meta(conn).transport = transport;
+            self.upstream_pool.entry(addr).or_default().push(conn);
+            self.arm_pooled_timer(conn);
+        }
+        self.wake_pending(&cluster.name);
+    }
+
+    /// Removes an idle pooled connection (closing it).
+    pub(super) fn drop_pooled(&mut self, conn: ConnId) {
+        let Owner::Pooled(addr) = self.meta(conn).owner else {
+            return;
+        };
+        if let Some(list) = self.upstream_pool.get_mut(&addr) {
+            list.retain(|&c| c != conn);
+        }
+        self.close_conn(conn, Linger::Graceful);
+    }
+
+    // ------------------------------------------------------------------ feedback
+
+    /// Tells the session's balancer how its current use of a backend ended.
+    fn observe(&mut self, key: usize, outcome: Outcome, since: Since) {
+        let Some(e) = self.sessions.get(key) else {
+            return;
+        };
+        let Some(t) = e.session.target() else {
+            return;
+        };
+        let Some(idx) = t.backend else {
+            return;
+        };
+        // A balancer built for another snapshot numbers the backends differently.
+        if self.balancers.version != e.session.snapshot().version {
+            return;
+        }
+        let (from, verdict) = match (&e.session, since, outcome) {
+            // TCP: the connect is the verdict (and its time P2C's latency sample).
+            (Session::Tcp(_), _, _) => (t.started, true),
+            // HTTP: a finished exchange is measured from the request's start; a connect
+            // success is not a verdict on the backend yet (its answer may be a 5xx).
+            (Session::Http(s), Since::Request, _) => {
+                (s.exchange().map_or(t.started, |x| x.request_started), true)
+            }
+            (Session::Http(_), Since::Upstream, Outcome::Failure) => (t.started, true),
+            (Session::Http(_), Since::Upstream, Outcome::Success) => (t.started, false),
+        };
+        let rtt = self.now.saturating_duration_since(from);
+        let ci = t.cluster as usize;
+        if let Some(d) = self
+            .balancers
+            .observe(ci, idx as usize, rtt, outcome, self.now, verdict)
+        {
+            self.ejected(ci, idx as usize, d);
+        }
+    }
+
+    /// Passive outlier detection ejected a backend (this worker's view).
+    fn ejected(&mut self, ci: usize, idx: usize, d: Duration) {
+        self.conn_stats.outlier_ejections += 1;
+        // Shown as "ejected" in /stats and /metrics (rare: once per ejection).
+        let snap = self.snapshot.load();
+        if snap.version == self.balancers.version {
+            if let Some(b) = snap.clusters.get(ci).and_then(|c| c.backends.get(idx)) {
+                let until = crate::snapshot::unix_ms() + d.as_millis() as u64;
+                b.live.ejected_until_ms.fetch_max(until, Ordering::Relaxed);
+            }
+        }
+        let (cluster, addr) = self.balancers.describe(ci, idx);
+        log::warn!(
+            "worker {}: backend {} of cluster {cluster} ejected for {d:?} after consecutive failures",
+            self.id,
+            addr.map_or_else(|| "?".to_string(), |a| a.to_string())
+        );
+    }
+}
+
+/// What a latency sample is measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Since {
+    /// The start of the upstream attempt (connect or hand-over).
+    Upstream,
+    /// The start of the request (a finished HTTP exchange).
+    Request,
+}

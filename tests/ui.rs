@@ -1,0 +1,177 @@
+//! The live status page `/ui` in real headless Chromium (Debian's `chromium`), driven over the
+//! DevTools protocol by `tests/scripts/ui_browser.py`: the figures move under load, every
+//! backend is listed with its state, the Drain button drains (through the admin API, the
+//! token asked for by the page's prompt). Screenshots are kept in `target/ui-test/`.
+mod util;
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use util::client::{call, call_h, Client};
+use util::*;
+
+fn demo(id: &str) -> Proxy {
+    Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", id],
+        &["demo-backend"],
+    )
+}
+
+#[test]
+fn ui_page_is_self_contained_html() {
+    let b = demo("one");
+    let p = Proxy::start(&simple_config("", "", &[b.addr("demo-backend")]));
+    let r = call(p.addr("admin"), "GET", "/ui", None);
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/html"));
+    let csp = r.header("content-security-policy").unwrap_or("");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = r.text();
+    assert!(html.contains("<title>Switchyard status</title>"));
+    for outside in ["http://", "https://", "src=\"//", "@import"] {
+        assert!(!html.contains(outside), "the page loads {outside}…");
+    }
+    assert_eq!(call(p.addr("admin"), "POST", "/ui", Some("")).status, 405);
+}
+
+#[test]
+fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
+    let b1 = demo("one");
+    let b2 = demo("two");
+    let (a1, a2) = (b1.addr("demo-backend"), b2.addr("demo-backend"));
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ui-test-token";
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, format!("{token}\n")).unwrap();
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 2\nadmin_token_file = {:?}\n\n[[listeners]]\nname = \"web\"\n\
+         bind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n\n[[clusters]]\n\
+         name = \"app\"\nbackends = [\"{a1}\", \"{a2}\"]\n[clusters.health]\nprotocol = \"http\"\n\
+         path = \"/health\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n",
+        token_path.display().to_string()
+    ));
+    let web = p.addr("web");
+    let admin = p.addr("admin");
+
+    // Load for as long as the browser looks (bounded: 60 s at most).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::new(web);
+            let t0 = Instant::now();
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                if let Ok(r) = c.request("GET", "/", &[], None) {
+                    if r.status == 200 {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-test");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/ui_browser.py");
+    let run = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{admin}/ui"))
+        .arg(&out_dir)
+        .arg("app")
+        .arg(a2.to_string())
+        .arg(token)
+        .output()
+        .expect("run python3 ui_browser.py");
+    stop.store(true, Ordering::Relaxed);
+    join_timeout(load, Duration::from_secs(10), "load thread");
+    assert!(
+        run.status.success(),
+        "browser run failed: {}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        p.stderr_text()
+    );
+    let seen: Value = serde_json::from_slice(&run.stdout).expect("browser output is JSON");
+    assert!(sent.load(Ordering::Relaxed) > 50, "the load ran");
+
+    // Live figures: the listener's request rate shown is above zero and changes.
+    let samples = seen["samples"].as_array().expect("samples");
+    let rates: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| {
+            s["cards"]
+                .as_array()?
+                .iter()
+                .find(|c| c["key"] == "l:web")?["rate"]
+                .as_f64()
+        })
+        .collect();
+    assert!(rates.len() >= 4, "{rates:?}");
+    assert!(rates.iter().any(|&r| r > 5.0), "rates shown: {rates:?}");
+    let polls: Vec<u64> = samples
+        .iter()
+        .map(|s| s["polls"].as_u64().unwrap_or(0))
+        .collect();
+    // It keeps polling (a poll may take longer than its second on a busy machine).
+    assert!(
+        polls.windows(2).all(|w| w[1] >= w[0]) && polls[polls.len() - 1] >= polls[0] + 2,
+        "polls: {polls:?}"
+    );
+    let last = samples.last().unwrap();
+    assert_eq!(last["external"], 0, "no outside assets");
+    assert!(
+        last["cards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["key"] == "c:app" && c["nums"].as_str().unwrap_or("").contains("p99")),
+        "cluster card with latency: {last}"
+    );
+    // Every backend, with its state (health-checked: up), weight and a last check.
+    let rows = last["rows"].as_array().unwrap();
+    for a in [a1, a2] {
+        let row = rows
+            .iter()
+            .find(|r| r["backend"] == a.to_string())
+            .unwrap_or_else(|| panic!("no row for {a}: {last}"));
+        assert_eq!(row["state"], "up", "{row}");
+        let cells: Vec<&str> = row["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(cells[3], "1", "weight: {cells:?}");
+        assert!(cells[7].starts_with("passed"), "last check: {cells:?}");
+    }
+    // Readable on a phone: nothing wider than the screen but the backends table's own scroll.
+    assert!(
+        seen["phone"]["overflow"].as_i64().unwrap_or(99) <= 1,
+        "phone layout overflows: {}",
+        seen["phone"]
+    );
+
+    // The drain button asked for the token and drained through the API.
+    assert_eq!(seen["dialogs"].as_array().map(Vec::len), Some(1), "{seen}");
+    let r = call_h(admin, "GET", "/v1/clusters/app", &[], None);
+    let st = r.json()["status"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == a2.to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(st["state"], "draining", "{st}");
+    assert!(p.stderr_text().contains("audit:"), "the change was audited");
+    for shot in ["ui-wide.png", "ui-phone.png", "ui-drained.png"] {
+        let len = std::fs::metadata(out_dir.join(shot)).map_or(0, |m| m.len());
+        assert!(len > 5_000, "{shot}: {len} bytes");
+    }
+    let _: SocketAddr = a1;
+}

@@ -25,13 +25,15 @@
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
 //!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
-//!   the control plane);
+//!   the control plane), [`lbaas`] (the load-balancer-as-a-service API), [`autoscale`] (scale
+//!   hooks and webhooks);
 //! - the process: [`server`] (start-up and shutdown), [`signals`], [`logging`], [`quick`] (the
 //!   Foo and FaaS compatible command lines), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
 pub mod admin;
+pub mod autoscale;
 pub mod balance;
 pub mod build_info;
 pub mod check;
@@ -44,6 +46,7 @@ pub mod engine;
 pub mod health;
 pub mod http;
 pub mod io;
+pub mod lbaas;
 pub mod logging;
 pub mod net;
 pub mod quick;

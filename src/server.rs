@@ -122,13 +122,17 @@ pub fn run_with(
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes; the rewritten
-    // head adds forwarding headers, hence the slack.
+    // HTTP heads may exceed a regular buffer up to the largest max_header_bytes (at least the
+    // default, for HTTP listeners added at run time by the admin and LBaaS APIs); the
+    // rewritten head adds forwarding headers, hence the slack.
     let large_buffer_size = cfg
         .listeners
         .iter()
         .filter(|l| l.protocol == crate::config::Protocol::Http)
         .map(|l| l.http.max_header_bytes + 4096)
+        .chain(std::iter::once(
+            crate::config::defaults::MAX_HEADER_BYTES as usize + 4096,
+        ))
         .filter(|&n| n > cfg.server.buffer_size)
         .max()
         .unwrap_or(0);
@@ -172,6 +176,9 @@ pub fn run_with(
         snap.clone(),
         &stats_opts,
     );
+    let autoscale_status = std::sync::Arc::new(crate::autoscale::status::Status::default());
+    aggregator.add_section(autoscale_status.clone());
+    let stats_handle = aggregator.handle();
     let stats_source: std::sync::Arc<dyn crate::admin::StatsSource> =
         std::sync::Arc::new(aggregator.handle());
 
@@ -185,6 +192,7 @@ pub fn run_with(
     let triggers = crate::release::controller::start(control.clone())
         .map_err(io_err("starting the release controller"))?;
     aggregator.attach_release(triggers, control.releases());
+    let mut admin_local = None;
     let registry = std::sync::Arc::new(crate::discovery::Registry::new(&cfg.discovery));
     if let Some(addr) = cfg.server.admin {
         let settings = crate::admin::AdminSettings {
@@ -197,6 +205,10 @@ pub fn run_with(
         let local = crate::admin::start(addr, control.clone(), Some(stats_source), settings)
             .map_err(|e| RunError::Admin(format!("cannot bind {addr}: {e}")))?;
         log::info!("listening name=admin protocol=admin addr={local}");
+        admin_local = Some(local);
+    }
+    if cfg.listeners.is_empty() {
+        log::info!("no listeners configured: waiting for listeners and LBaaS instances through the admin API");
     }
 
     let health_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -228,6 +240,18 @@ pub fn run_with(
             log::info!("first health check round done in {:?}", t0.elapsed());
         }
     }
+    let autoscale_thread = crate::autoscale::start(
+        control.clone(),
+        snap.clone(),
+        stats_handle,
+        autoscale_status,
+        crate::autoscale::Settings {
+            admin: admin_local,
+            token_file: cfg.server.admin_token_file.clone(),
+        },
+        health_stop.clone(),
+    )
+    .map_err(io_err("starting the autoscaler"))?;
     let agg_thread = std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || aggregator.run())
@@ -312,6 +336,7 @@ pub fn run_with(
     }
     health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = health_thread.join();
+    let _ = autoscale_thread.join();
     for t in discovery_threads {
         let _ = t.join();
     }

@@ -19,6 +19,7 @@
 //! | `/v1/discovery` | GET (each provider's last sync, error and services) |
 //! | `/stats`, `/metrics` | GET |
 //! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
+//! | `/lbaas`, `/LB/project/`, `/LB/instance/` | POST, GET (the LBaaS API, [`crate::lbaas::api`]) |
 //!
 //! Reads return `ETag: "<version>"`; writes accept `If-Match` (412 when stale) and answer with
 //! the new version's ETag. With a token configured, writes need `Authorization: Bearer`.
@@ -115,6 +116,8 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Checks that `req` may change things (read-only mode, token). Returns who asked, for the
+/// audit line.
 pub(crate) fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiError> {
     if shared.settings.read_only {
         return Err(ApiError::new(
@@ -269,6 +272,9 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 })
             }
         }
+        ["lbaas"] => Ok(crate::lbaas::api::handle(shared, req, None)),
+        ["LB", "project"] => Ok(crate::lbaas::api::handle(shared, req, Some("project"))),
+        ["LB", "instance"] => Ok(crate::lbaas::api::handle(shared, req, Some("instance"))),
         ["v1", "config"] => match m {
             "GET" => {
                 let (v, j) = c.config_json();

@@ -4,8 +4,10 @@
 //! keys instead of failing on the first one, so `switchyard check` can report *every* problem
 //! with its field path before exiting 64. All defaults live in [`defaults`].
 
+pub mod autoscale;
 pub mod discovery;
 pub mod health;
+pub mod lbaas;
 pub mod resilience;
 pub mod routes;
 pub mod services;
@@ -74,6 +76,9 @@ impl Errors {
             path: path.into(),
             message: message.into(),
         });
+    }
+    pub(crate) fn into_vec(self) -> Vec<ConfigError> {
+        self.0
     }
     /// Keys of a raw table that `T` does not have, each with a "did you mean" when one of
     /// `T`'s keys is close.
@@ -224,6 +229,8 @@ pub struct RawCluster {
     /// `[clusters.health]`, kept as a value so its errors carry their own paths.
     pub health: Option<toml::Value>,
     pub slow_start: Option<String>,
+    /// `[clusters.autoscale]`: ask for more or fewer backends as the load moves.
+    pub autoscale: Option<toml::Value>,
     /// `[clusters.outlier]`: passive outlier detection.
     pub outlier: Option<toml::Value>,
     pub retries: Option<u64>,
@@ -468,6 +475,7 @@ pub struct ClusterConfig {
     pub outlier: Option<crate::balance::outlier::OutlierConfig>,
     pub retry: resilience::RetryPolicy,
     pub limits: resilience::ClusterLimits,
+    pub autoscale: Option<autoscale::AutoscaleConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -477,6 +485,8 @@ pub struct Config {
     /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
     pub services: Vec<services::ServiceConfig>,
+    /// `[lbaas]` (defaults when absent).
+    pub lbaas: lbaas::LbaasConfig,
     /// `[[discovery]]` providers.
     pub discovery: Vec<discovery::DiscoveryConfig>,
 }
@@ -556,6 +566,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
     let mut services = Vec::new();
+    let mut lbaas_cfg = lbaas::LbaasConfig::default();
     // A `listeners` key of the wrong shape is reported once, as that.
     let listeners_present = table.contains_key("listeners");
     let mut discoveries = Vec::new();
@@ -568,6 +579,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             }
             "listeners" => raw_list("listeners", value, &mut listeners, &mut errs),
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
+            "lbaas" => lbaas_cfg = lbaas::validate(value, &mut errs),
             "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
             "services" => raw_list("services", value, &mut services, &mut errs),
             other => errs.add(
@@ -576,13 +588,20 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
                     "unknown key{}",
                     suggest(
                         other,
-                        &["server", "listeners", "clusters", "services", "discovery"]
+                        &[
+                            "server",
+                            "listeners",
+                            "clusters",
+                            "services",
+                            "discovery",
+                            "lbaas"
+                        ]
                     )
                 ),
             ),
         }
     }
-    let cfg = validate(
+    let mut cfg = validate(
         &server,
         &listeners,
         &clusters,
@@ -591,6 +610,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
         &discoveries,
         &mut errs,
     );
+    cfg.lbaas = lbaas_cfg;
     if errs.0.is_empty() {
         Ok(cfg)
     } else {
@@ -1402,10 +1422,13 @@ fn validate(
             });
         }
     }
-    if listeners.is_empty() && !listeners_present {
+    // No listeners is fine (an LBaaS node starts empty and gets its instances through the
+    // API), unless nothing could ever add one.
+    if listeners.is_empty() && !listeners_present && server.admin.as_deref() == Some("off") {
         errs.add(
             "listeners",
-            "no listener configured (add a [[listeners]] table)",
+            "no listener configured and admin = \"off\": nothing could ever be served (add a \
+             [[listeners]] table, or enable the admin API to add listeners at run time)",
         );
     }
     Config {
@@ -1413,6 +1436,7 @@ fn validate(
         listeners: out_listeners,
         clusters: out_clusters,
         services: out_services,
+        lbaas: lbaas::LbaasConfig::default(),
         discovery,
     }
 }
@@ -1538,6 +1562,10 @@ pub(crate) fn validate_cluster(
             .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
         retry: resilience::retry(p, c, errs),
         limits: resilience::limits(p, c, errs),
+        autoscale: c
+            .autoscale
+            .as_ref()
+            .and_then(|a| autoscale::validate(&format!("{p}.autoscale"), a, false, errs)),
         slow_start: c.slow_start.as_ref().map(|_| {
             duration_field(
                 format!("{p}.slow_start"),

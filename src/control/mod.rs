@@ -185,6 +185,8 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// Module records persisted with the document (see [`Txn`]).
+    ext: Ext,
     /// What each discovery provider found, by provider name (not persisted: see
     /// [`Control::set_discovered`]).
     discovered: HashMap<String, Vec<Found>>,
@@ -197,6 +199,30 @@ struct State {
     faas_stats: Arc<[u8]>,
 }
 
+/// Module records kept next to the config, by module name.
+pub type Ext = serde_json::Map<String, Json>;
+
+/// A change made by code rather than one API call (the LBaaS API): edits to a copy of the
+/// running document and of the module records, committed together — one validation, one
+/// persist, one snapshot swap — or not at all.
+pub struct Txn<'a> {
+    pub doc: Table,
+    pub ext: Ext,
+    /// The running config, before the change.
+    pub config: &'a Config,
+    pub running: &'a HashMap<String, Running>,
+}
+
+/// A consistent read of the running state.
+pub struct View<'a> {
+    pub version: u64,
+    pub doc: &'a Table,
+    pub config: &'a Config,
+    pub ext: &'a Ext,
+    pub running: &'a HashMap<String, Running>,
+    pub health: &'a HashMap<(String, SocketAddr), CheckRecord>,
+}
+
 /// What start-up decided to run.
 pub struct Boot {
     pub file: Table,
@@ -205,6 +231,8 @@ pub struct Boot {
     pub version: u64,
     /// Which state file holds the state restored (the next write goes to the other).
     pub newest_slot: Option<usize>,
+    /// Module records restored with the state.
+    pub ext: Ext,
 }
 
 /// Merges the config file with the persisted runtime state (see [`doc::merge`]). A corrupt
@@ -218,6 +246,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
         config,
         version: 1,
         newest_slot: None,
+        ext: Ext::new(),
     };
     let Some(dir) = config.server.state_dir.clone() else {
         return Ok(fresh(config));
@@ -249,6 +278,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
                 config: cfg,
                 version: p.version + 1,
                 newest_slot: Some(slot),
+                ext: p.ext,
             })
         }
         Err(errs) => {
@@ -338,6 +368,7 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                ext: boot.ext,
             }),
             shared,
             workers,
@@ -359,7 +390,8 @@ impl Control {
                 st.version,
                 doc::objects_only(&st.file),
                 doc::objects_only(&st.doc),
-            );
+            )
+            .with_ext(st.ext.clone());
             let saved = match st.store.as_mut() {
                 Some(store) => store.save(&p),
                 None => Ok(()),
@@ -454,7 +486,7 @@ impl Control {
     pub fn set_discovered(&self, provider: &str, found: Vec<Found>) -> Result<(), ApiError> {
         let mut st = self.lock();
         let d = st.doc.clone();
-        self.commit(&mut st, d, None, Some((provider.to_string(), found)))
+        self.commit(&mut st, d, None, None, Some((provider.to_string(), found)))
             .map(|_| ())
     }
 
@@ -502,6 +534,7 @@ impl Control {
         if let Some(m) = if_match {
             m.check(st.version)?;
         }
+        crate::lbaas::guard(&st.ext, &change)?;
         if let Some((cluster, provider)) = discovered_target(&st, &change) {
             return Err(ApiError::new(
                 409,
@@ -523,7 +556,7 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None, None)
+            .commit(&mut st, d, None, None, None)
             .map_err(|e| with_relative_field(e, target))?;
         if version == old {
             log::info!("audit: {who}: {what}: no change (version {version})");
@@ -613,7 +646,7 @@ impl Control {
             log::warn!("reload overrides a runtime change: {line}");
         }
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file), None)?;
+        let version = self.commit(&mut st, merged, Some(new_file), None, None)?;
         if version == old {
             log::info!(
                 "audit: SIGHUP: reloaded {}: no change (version {version})",
@@ -631,19 +664,57 @@ impl Control {
         Ok(version)
     }
 
-    /// Validate → bind → build → persist → swap → hand sockets to workers. `found`: a
-    /// discovery provider's new set (then the document is unchanged: no new version, no
-    /// write to the state files).
+    /// Runs `f` on a copy of the running document and module records, then commits both as
+    /// one change (validated in full; `f`'s error, or a failed commit, changes nothing).
+    /// `what` is the audit line's description.
+    pub fn transact<T>(
+        &self,
+        who: &str,
+        what: &str,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, ApiError>,
+    ) -> Result<(T, u64), ApiError> {
+        let mut st = self.lock();
+        let mut txn = Txn {
+            doc: st.doc.clone(),
+            ext: st.ext.clone(),
+            config: &st.config,
+            running: &st.running,
+        };
+        let out = f(&mut txn)?;
+        let (doc, ext) = (txn.doc, txn.ext);
+        let old = st.version;
+        let version = self.commit(&mut st, doc, None, Some(ext), None)?;
+        log::info!("audit: {who}: {what}: version {old} -> {version}");
+        Ok((out, version))
+    }
+
+    /// Reads the running state under the lock (keep `f` short: writers wait).
+    pub fn view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let st = self.lock();
+        f(&View {
+            version: st.version,
+            doc: &st.doc,
+            config: &st.config,
+            ext: &st.ext,
+            running: &st.running,
+            health: &st.health,
+        })
+    }
+
+    /// Validate → bind → build → persist → swap → hand sockets to workers. `new_ext`: new
+    /// module records (None keeps them). `found`: a discovery provider's new set (then the
+    /// document is unchanged: no new version, no write to the state files).
     fn commit(
         &self,
         st: &mut State,
         new_doc: Table,
         new_file: Option<Table>,
+        new_ext: Option<Ext>,
         found: Option<(String, Vec<Found>)>,
     ) -> Result<u64, ApiError> {
         let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         let operator = found.is_none();
-        if operator && new_doc == st.doc {
+        if operator && new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
             if let Some(f) = new_file.filter(|f| *f != st.file) {
@@ -652,7 +723,8 @@ impl Control {
                         st.version,
                         doc::objects_only(&f),
                         doc::objects_only(&st.doc),
-                    );
+                    )
+                    .with_ext(st.ext.clone());
                     if let Err(e) = store.save(&p) {
                         log::warn!("cannot update the state file: {e}");
                     }
@@ -776,7 +848,8 @@ impl Control {
                 version,
                 doc::objects_only(file),
                 doc::objects_only(&new_doc),
-            );
+            )
+            .with_ext(new_ext.as_ref().unwrap_or(&st.ext).clone());
             store.save(&p).map_err(|e| {
                 ApiError::new(
                     500,
@@ -810,6 +883,9 @@ impl Control {
             st.file = f;
         }
         st.doc = new_doc;
+        if let Some(ext) = new_ext {
+            st.ext = ext;
+        }
         st.config = cfg;
         st.running = running;
         st.version = version;
@@ -1043,6 +1119,9 @@ fn edit(
     match change {
         Change::Put(kind, name, body) => {
             let v = object_from_json(*kind, name, body)?;
+            if *kind == Kind::Cluster {
+                crate::autoscale::guard_api_put(doc::find(d, Kind::Cluster, name), &v)?;
+            }
             let created = doc::put(d, *kind, name, v);
             Ok((created, Some((*kind, name.clone()))))
         }
@@ -1381,7 +1460,7 @@ fn cluster_status(st: &State, c: &crate::config::ClusterConfig) -> Json {
 }
 
 /// Validation errors → 422, every error in the message, the first one's path as `field`.
-fn invalid(errs: &[ConfigError]) -> ApiError {
+pub fn invalid(errs: &[ConfigError]) -> ApiError {
     let message = errs
         .iter()
         .map(|e| e.to_string())

@@ -32,6 +32,10 @@ pub struct Persisted {
     pub file: Table,
     /// Listeners and clusters running at the time of writing.
     pub config: Table,
+    /// State of modules that keep their own records next to the config (by module name, e.g.
+    /// `lbaas`), written in the same file so that both change together.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub ext: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Persisted {
@@ -44,7 +48,13 @@ impl Persisted {
                 .map_or(0, |d| d.as_secs()),
             file,
             config,
+            ext: serde_json::Map::new(),
         }
+    }
+
+    pub fn with_ext(mut self, ext: serde_json::Map<String, serde_json::Value>) -> Persisted {
+        self.ext = ext;
+        self
     }
 }
 

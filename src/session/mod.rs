@@ -55,6 +55,24 @@ pub enum Want {
     Close(CloseReason),
 }
 
+/// A want that carries no op: what a session keeps to say at its next `next` (small and
+/// `Copy`, so keeping it moves no buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Upstream(Up),
+    Close(CloseReason),
+}
+
+impl From<Signal> for Want {
+    #[inline]
+    fn from(s: Signal) -> Want {
+        match s {
+            Signal::Upstream(u) => Want::Upstream(u),
+            Signal::Close(c) => Want::Close(c),
+        }
+    }
+}
+
 /// Upstream steps a session asks the worker for (balancing, connecting, pooling are the
 /// worker's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,20 +144,55 @@ impl Target {
     }
 }
 
-/// Everything a session borrows from its worker while it runs.
+/// The worker state sessions use besides the pools, in one place so that lending it to a
+/// session is one pointer (a [`Cx`] is built for every step).
+pub struct Env {
+    pub now: Instant,
+    pub conns: ConnCounters,
+    pub http: HttpCounters,
+    /// Source of generated X-Request-Id values (worker id in the high bits).
+    pub request_ids: u64,
+    /// The live routing state: each HTTP request is routed on the latest snapshot.
+    pub shared: SharedSnapshot,
+    /// Recycled per-request state (no allocation per request).
+    pub exchanges: http::ExchangePool,
+}
+
+impl Env {
+    pub fn new(shared: SharedSnapshot, request_ids: u64, now: Instant) -> Env {
+        Env {
+            now,
+            conns: ConnCounters::default(),
+            http: HttpCounters::default(),
+            request_ids,
+            shared,
+            exchanges: http::ExchangePool::default(),
+        }
+    }
+}
+
+/// Everything a session borrows from its worker while it runs: the engine's pools and the
+/// worker's [`Env`] (reached through `Deref`: `cx.now`, `cx.http`, ...).
 pub struct Cx<'a> {
     pub pool: &'a mut BufferPool,
     /// Kernel pipes for splicing bulk flows and long response bodies.
     pub pipes: &'a mut PipePool,
-    pub now: Instant,
-    pub conns: &'a mut ConnCounters,
-    pub http: &'a mut HttpCounters,
-    /// Source of generated X-Request-Id values (worker id in the high bits).
-    pub request_ids: &'a mut u64,
-    /// The live routing state: each HTTP request is routed on the latest snapshot.
-    pub shared: &'a SharedSnapshot,
-    /// Recycled per-request state (no allocation per request).
-    pub exchanges: &'a mut http::ExchangePool,
+    pub env: &'a mut Env,
+}
+
+impl std::ops::Deref for Cx<'_> {
+    type Target = Env;
+    #[inline]
+    fn deref(&self) -> &Env {
+        self.env
+    }
+}
+
+impl std::ops::DerefMut for Cx<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Env {
+        self.env
+    }
 }
 
 /// A session of either protocol, stored by value in the worker's slab.

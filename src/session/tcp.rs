@@ -10,7 +10,7 @@
 //! HOT PATH. No allocation, lock, blocking call or log.
 
 use super::flow::{End, Flow};
-use super::{CloseReason, Cx, Side, Target, Up, Want};
+use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use crate::engine::{ConnId, Done};
 use crate::io::Xfer;
 use crate::snapshot::Snapshot;
@@ -45,7 +45,7 @@ pub struct TcpSession {
     /// Bulk flows may bypass user space (false when an analyzer must see the bytes).
     splice_ok: bool,
     /// Something for the worker, said at the next `next`.
-    pending: Option<Want>,
+    pending: Option<Signal>,
     /// Ops handed out since the worker last found the session idle (fairness bound).
     ops: u32,
 }
@@ -70,7 +70,7 @@ impl TcpSession {
             target,
             last_active: now,
             splice_ok,
-            pending: Some(Want::Upstream(Up::Need)),
+            pending: Some(Signal::Upstream(Up::Need)),
             ops: 0,
         }
     }
@@ -122,7 +122,7 @@ impl TcpSession {
 
     /// No backend could be reached.
     pub fn no_upstream(&mut self) {
-        self.pending = Some(Want::Close(CloseReason::NoUpstream));
+        self.pending = Some(Signal::Close(CloseReason::NoUpstream));
     }
 
     /// When this session's current timeout expires.
@@ -155,21 +155,21 @@ impl TcpSession {
                 cx.conns.connect_timeouts += 1;
                 if self.upstream.is_none() {
                     // Waited a whole connect timeout for a descriptor or a connection slot.
-                    Want::Close(CloseReason::NoUpstream)
+                    Signal::Close(CloseReason::NoUpstream)
                 } else {
-                    Want::Upstream(Up::Failed)
+                    Signal::Upstream(Up::Failed)
                 }
             }
             Phase::Streaming => {
                 cx.conns.idle_timeouts += 1;
-                Want::Close(CloseReason::Timeout)
+                Signal::Close(CloseReason::Timeout)
             }
         });
     }
 
     pub fn next(&mut self, cx: &mut Cx<'_>) -> Want {
         if let Some(w) = self.pending.take() {
-            return w;
+            return w.into();
         }
         if self.ops >= MAX_OPS {
             self.ops = 0;
@@ -209,12 +209,12 @@ impl TcpSession {
                 self.pending = Some(match res {
                     Xfer::Failed(_) => {
                         cx.conns.connect_failed += 1;
-                        Want::Upstream(Up::Failed)
+                        Signal::Upstream(Up::Failed)
                     }
                     _ => {
                         self.phase = Phase::Streaming;
                         self.last_active = cx.now;
-                        Want::Upstream(Up::Connected)
+                        Signal::Upstream(Up::Connected)
                     }
                 });
             }
@@ -235,7 +235,7 @@ impl TcpSession {
                     (End::Source, true) | (End::Destination, false) => Side::Upstream,
                 };
                 if self.pending.is_none() || broken == Side::Downstream {
-                    self.pending = Some(Want::Close(match broken {
+                    self.pending = Some(Signal::Close(match broken {
                         Side::Downstream => CloseReason::DownstreamReset,
                         Side::Upstream => CloseReason::UpstreamReset,
                     }));

@@ -3,12 +3,10 @@
 //! no threads, no clock: a test says what each peer sends, when it stops accepting bytes,
 //! closes or resets, and checks what the session asked for and what each peer received.
 
-use super::http::ExchangePool;
-use super::{Cx, Side, Want};
+use super::{Cx, Env, Side, Want};
 use crate::engine::{Done, Op, Slice};
 use crate::io::{Buf, BufferPool, PipePool, Xfer};
-use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::stats::{ConnCounters, HttpCounters};
+use crate::snapshot::Snapshot;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,12 +69,8 @@ impl Peer {
 pub struct Kit {
     pub pool: BufferPool,
     pub pipes: PipePool,
-    pub conns: ConnCounters,
-    pub http: HttpCounters,
-    pub request_ids: u64,
-    pub shared: SharedSnapshot,
-    pub exchanges: ExchangePool,
-    pub now: Instant,
+    /// The clock, counters and snapshot (reached through `Deref`: `kit.now`, `kit.http`).
+    pub env: Env,
     pub downstream: Peer,
     pub upstream: Peer,
     /// The kinds of op the session asked for, in order.
@@ -108,6 +102,19 @@ retries = 1
 retry_on = ["5xx", "timeout", "reset"]
 "#;
 
+impl std::ops::Deref for Kit {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl std::ops::DerefMut for Kit {
+    fn deref_mut(&mut self) -> &mut Env {
+        &mut self.env
+    }
+}
+
 impl Kit {
     pub fn new() -> Kit {
         Kit::with_config(CONFIG)
@@ -121,12 +128,11 @@ impl Kit {
         Kit {
             pool: BufferPool::with_large(1024, 16, 8192, 2),
             pipes: PipePool::new(0),
-            conns: ConnCounters::default(),
-            http: HttpCounters::default(),
-            request_ids: 0,
-            shared: crate::snapshot::shared(Snapshot::build(&cfg, 1, None)),
-            exchanges: ExchangePool::default(),
-            now: Instant::now(),
+            env: Env::new(
+                crate::snapshot::shared(Snapshot::build(&cfg, 1, None)),
+                0,
+                Instant::now(),
+            ),
             downstream: Peer::new(),
             upstream: Peer::new(),
             ops: Vec::new(),
@@ -134,19 +140,14 @@ impl Kit {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.load_full()
+        self.env.shared.load_full()
     }
 
     pub fn cx(&mut self) -> Cx<'_> {
         Cx {
             pool: &mut self.pool,
             pipes: &mut self.pipes,
-            now: self.now,
-            conns: &mut self.conns,
-            http: &mut self.http,
-            request_ids: &mut self.request_ids,
-            shared: &self.shared,
-            exchanges: &mut self.exchanges,
+            env: &mut self.env,
         }
     }
 

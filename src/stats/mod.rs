@@ -610,6 +610,29 @@ pub struct SetDelta {
     version_fallbacks: Vec<Vec<u64>>,
 }
 
+/// Figures of another module shown in `/stats` (under its own key) and `/metrics` (the
+/// autoscaler's decisions, for one). Rendered on the stats thread: keep them quick.
+pub trait Section: Send + Sync {
+    /// The key in the stats object.
+    fn key(&self) -> &'static str;
+    /// Its value (`None`: leave the key out).
+    fn json(&self) -> Option<Value>;
+    /// Adds its families to the Prometheus text.
+    fn prometheus(&self, out: &mut prom::Out);
+}
+
+/// A cluster's running totals, for modules that watch the load ([`StatsHandle::sample`]).
+#[derive(Debug, Clone)]
+pub struct ClusterSample {
+    pub name: String,
+    /// HTTP requests finished.
+    pub requests: u64,
+    /// Backend connections established.
+    pub connections: u64,
+    /// Request latency (µs) recorded so far, when asked for.
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
 /// What a [`StatsHandle`] asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {
@@ -636,6 +659,12 @@ pub enum StatsMsg {
     Query {
         what: Query,
         reply: Sender<String>,
+    },
+    /// Running totals of these clusters (name, with the latency histogram), answered at once
+    /// from what the aggregator has (workers flush every [`FLUSH_INTERVAL`]).
+    Sample {
+        clusters: Vec<(String, bool)>,
+        reply: Sender<Vec<ClusterSample>>,
     },
     Stop,
 }
@@ -673,6 +702,14 @@ impl StatsHandle {
     pub fn stats_json(&self) -> String {
         self.query(Query::Json)
             .unwrap_or_else(|| r#"{"error":"stats unavailable"}"#.to_string())
+    }
+
+    /// Running totals of `clusters` (name, whether to include the latency histogram); `None`
+    /// when the aggregator does not answer within a second.
+    pub fn sample(&self, clusters: Vec<(String, bool)>) -> Option<Vec<ClusterSample>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(StatsMsg::Sample { clusters, reply }).ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
     /// Body and content type for GET /metrics: Prometheus text (`text/plain; version=0.0.4`)
@@ -762,6 +799,7 @@ pub struct Aggregator {
     save_failed: bool,
     pub(crate) started: Instant,
     pub(crate) started_unix: f64,
+    pub(crate) sections: Vec<Arc<dyn Section>>,
 }
 
 impl Aggregator {
@@ -805,6 +843,7 @@ impl Aggregator {
             save_failed: false,
             started: Instant::now(),
             started_unix: now,
+            sections: Vec::new(),
         };
         a.restore();
         a
@@ -847,6 +886,32 @@ impl Aggregator {
             .unwrap_or_default()
     }
 
+    /// Shows `s` in the dump, `/stats` and `/metrics`.
+    pub fn add_section(&mut self, s: Arc<dyn Section>) {
+        self.sections.push(s);
+    }
+
+    fn answer_sample(&self, clusters: &[(String, bool)], reply: &Sender<Vec<ClusterSample>>) {
+        let out = clusters
+            .iter()
+            .map(|(name, latency)| {
+                let agg = self.clusters.get(name);
+                ClusterSample {
+                    name: name.clone(),
+                    requests: agg.map_or(0, |a| a.traffic.requests),
+                    connections: agg.map_or(0, |a| a.traffic.connections),
+                    latency: latency
+                        .then(|| {
+                            agg.and_then(|a| a.hists.as_ref())
+                                .map(|h| h.get(HistKind::Request).clone())
+                        })
+                        .flatten(),
+                }
+            })
+            .collect();
+        let _ = reply.send(out);
+    }
+
     /// A handle for the admin server (`GET /stats`, `GET /metrics`).
     pub fn handle(&self) -> StatsHandle {
         StatsHandle {
@@ -861,6 +926,7 @@ impl Aggregator {
             match self.rx.recv_timeout(wait) {
                 Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => self.serve(vec![m]),
+                Ok(StatsMsg::Sample { clusters, reply }) => self.answer_sample(&clusters, &reply),
                 Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -1033,6 +1099,7 @@ impl Aggregator {
             match self.rx.recv_timeout(left) {
                 Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => later.push(m),
+                Ok(StatsMsg::Sample { clusters, reply }) => self.answer_sample(&clusters, &reply),
                 Ok(StatsMsg::Stop) => {
                     // Put it back for the main loop.
                     let _ = self.tx.send(StatsMsg::Stop);
@@ -1183,6 +1250,11 @@ impl Aggregator {
         }
         m.insert("clusters".into(), Value::Object(clusters));
         m.insert("services".into(), self.services_json(&snap));
+        for s in &self.sections {
+            if let Some(v) = s.json() {
+                m.insert(s.key().into(), v);
+            }
+        }
         Value::Object(m)
     }
 

@@ -26,14 +26,15 @@ fn esc(v: &str) -> String {
     s
 }
 
-struct Out(String);
+/// Prometheus text being written. [`super::Section`]s add their families through it.
+pub struct Out(String);
 
 impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
     }
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -446,6 +447,9 @@ pub fn render(a: &Aggregator) -> String {
         }
     }
     services(&mut o, a, &snap);
+    for s in &a.sections {
+        s.prometheus(&mut o);
+    }
     o.0
 }
 

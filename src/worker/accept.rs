@@ -58,7 +58,7 @@ impl<E: Engine> Worker<E> {
             return;
         }
         if let Some(at) = self.accept_paused_until {
-            if self.now < at {
+            if self.env.now < at {
                 // Retried when the pause ends (the poll timeout wakes us then).
                 if !self.accept_again.contains(&li) {
                     self.accept_again.push(li);
@@ -77,7 +77,7 @@ impl<E: Engine> Worker<E> {
                 Accepted::Conn(conn, peer) => self.open_session(li, conn, peer),
                 Accepted::Empty => return,
                 Accepted::Failed(e) => {
-                    self.conn_stats.accept_errors += 1;
+                    self.env.conns.accept_errors += 1;
                     if is_resource_exhaustion(&e) {
                         self.descriptors_exhausted(&e);
                         if !self.accept_again.contains(&li) {
@@ -89,7 +89,7 @@ impl<E: Engine> Worker<E> {
                 }
             }
         }
-        self.conn_stats.loop_bound_hits += 1;
+        self.env.conns.loop_bound_hits += 1;
         if !self.accept_again.contains(&li) {
             self.accept_again.push(li);
         }
@@ -100,7 +100,7 @@ impl<E: Engine> Worker<E> {
     pub(super) fn descriptors_exhausted(&mut self, e: &std::io::Error) {
         let quiet = self
             .fd_exhaustion_logged
-            .is_some_and(|t| self.now.duration_since(t) < FD_LOG_INTERVAL);
+            .is_some_and(|t| self.env.now.duration_since(t) < FD_LOG_INTERVAL);
         if !quiet {
             log::warn!(
                 "worker {}: out of descriptors ({e}); pausing accepts for {:?} at a time \
@@ -108,24 +108,24 @@ impl<E: Engine> Worker<E> {
                 self.id,
                 ACCEPT_BACKOFF
             );
-            self.fd_exhaustion_logged = Some(self.now);
+            self.fd_exhaustion_logged = Some(self.env.now);
         }
-        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+        self.accept_paused_until = Some(self.env.now + ACCEPT_BACKOFF);
     }
 
     fn open_session(&mut self, li: usize, conn: ConnId, peer: SocketAddr) {
-        self.conn_stats.accepted += 1;
-        let snap = self.snapshot.load_full();
+        self.env.conns.accepted += 1;
+        let snap = self.env.shared.load_full();
         let Some(route) = snap.listener(li) else {
             // Removed since the accept.
-            self.conn_stats.closed += 1;
+            self.env.conns.closed += 1;
             return self.close_conn(conn, Linger::Graceful);
         };
         let open = route.live.active.fetch_add(1, Ordering::Relaxed);
         if route.max_connections.is_some_and(|max| open >= max) {
             listener_closed(&snap, li);
-            self.conn_stats.limit_rejects += 1;
-            self.conn_stats.closed += 1;
+            self.env.conns.limit_rejects += 1;
+            self.env.conns.closed += 1;
             if route.protocol == Protocol::Http {
                 self.send_and_close(conn, LISTENER_FULL_503);
             } else {
@@ -148,14 +148,14 @@ impl<E: Engine> Worker<E> {
                     li as u32,
                     peer.ip(),
                     timeouts,
-                    self.now,
+                    self.env.now,
                 ))
             }
             Protocol::Tcp | Protocol::Foo => {
                 // tcp/foo listeners always have a cluster (validated).
                 let Some(ci) = route.cluster else {
                     listener_closed(&snap, li);
-                    self.conn_stats.closed += 1;
+                    self.env.conns.closed += 1;
                     return self.close_conn(conn, Linger::Graceful);
                 };
                 let hash = snap.clusters.get(ci).and_then(|c| {
@@ -169,9 +169,9 @@ impl<E: Engine> Worker<E> {
                     conn,
                     snap.clone(),
                     li as u32,
-                    Target::new(ci as u32, hash, self.now),
+                    Target::new(ci as u32, hash, self.env.now),
                     !is_foo,
-                    self.now,
+                    self.env.now,
                 );
                 if is_foo {
                     s.sniff_foo();

@@ -51,13 +51,13 @@ impl<E: Engine> Worker<E> {
                     return self.rearm_if_earlier(key);
                 }
                 Want::Yield => {
-                    self.conn_stats.loop_bound_hits += 1;
+                    self.env.conns.loop_bound_hits += 1;
                     self.after_drive(key);
                     self.queue(key, false);
                     return self.rearm_if_earlier(key);
                 }
                 Want::Buffer => {
-                    self.conn_stats.buffer_waits += 1;
+                    self.env.conns.buffer_waits += 1;
                     self.after_drive(key);
                     self.queue(key, true);
                     return self.rearm_if_earlier(key);
@@ -69,7 +69,7 @@ impl<E: Engine> Worker<E> {
                 }
             }
         }
-        self.conn_stats.loop_bound_hits += 1;
+        self.env.conns.loop_bound_hits += 1;
         self.after_drive(key);
         self.queue(key, false);
     }
@@ -83,8 +83,8 @@ impl<E: Engine> Worker<E> {
         if let Session::Tcp(s) = &mut e.session {
             let (up, down, splices) = s.take_moved();
             if up | down != 0 {
-                self.conn_stats.bytes_client_to_backend += up;
-                self.conn_stats.bytes_backend_to_client += down;
+                self.env.conns.bytes_client_to_backend += up;
+                self.env.conns.bytes_backend_to_client += down;
                 self.obs.bytes(
                     &s.snapshot,
                     s.listener,
@@ -94,7 +94,7 @@ impl<E: Engine> Worker<E> {
                     down,
                 );
             }
-            self.conn_stats.splice_starts += u64::from(splices);
+            self.env.conns.splice_starts += u64::from(splices);
             s.take_foo(&mut self.obs.foo);
         }
     }
@@ -137,11 +137,11 @@ impl<E: Engine> Worker<E> {
         listener_closed(&snap, li as usize);
         match why {
             CloseReason::Done | CloseReason::Timeout | CloseReason::Shutdown => {}
-            CloseReason::UpstreamReset => self.conn_stats.backend_resets += 1,
-            CloseReason::DownstreamReset => self.conn_stats.client_resets += 1,
-            CloseReason::NoUpstream => self.conn_stats.no_backend += 1,
+            CloseReason::UpstreamReset => self.env.conns.backend_resets += 1,
+            CloseReason::DownstreamReset => self.env.conns.client_resets += 1,
+            CloseReason::NoUpstream => self.env.conns.no_backend += 1,
         }
-        self.conn_stats.closed += 1;
+        self.env.conns.closed += 1;
         self.after_session_closed();
     }
 
@@ -196,9 +196,9 @@ impl<E: Engine> Worker<E> {
             tried.then_some(x.target.cluster),
             x.request_started,
             x.got_response_byte.then_some(x.first_byte_at),
-            self.now,
+            self.env.now,
         );
-        let wall = self.wall_start + self.now.saturating_duration_since(self.started);
+        let wall = self.wall_start + self.env.now.saturating_duration_since(self.started);
         rec.time_ms = wall
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -211,7 +211,7 @@ impl<E: Engine> Worker<E> {
         });
         rec.worker = self.id as u16;
         if tx.try_send(rec).is_err() {
-            self.http_stats.access_log_dropped += 1;
+            self.env.http.access_log_dropped += 1;
         }
     }
 

@@ -29,12 +29,9 @@ use crate::engine::token::TimerKey;
 use crate::engine::{ConnId, Engine, Event, Wake};
 use crate::io::timer::TimerWheel;
 use crate::io::{BufferPool, PipePool};
-use crate::session::http::ExchangePool;
-use crate::session::{Session, Side};
+use crate::session::{Env, Session, Side};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::stats::{
-    ConnCounters, HttpCounters, StatsMsg, StatsSender, WorkerStats, FLUSH_INTERVAL,
-};
+use crate::stats::{StatsMsg, StatsSender, WorkerStats, FLUSH_INTERVAL};
 use crate::transport::Transport;
 use crossbeam_channel::{Receiver, Sender};
 use pick::Balancers;
@@ -253,9 +250,9 @@ pub struct Worker<E: Engine> {
     conns: Vec<ConnMeta>,
     /// Idle upstream connections per backend address.
     upstream_pool: AddrMap<Vec<ConnId>>,
-    exchanges: ExchangePool,
-    /// Source of generated X-Request-Id values.
-    request_ids: u64,
+    /// What sessions borrow besides the pools: the clock, counters, request ids, the shared
+    /// snapshot, recycled exchanges.
+    env: Env,
     /// Sessions with work left after hitting a bound.
     ready: VecDeque<usize>,
     /// Sessions waiting for a pool buffer.
@@ -272,10 +269,7 @@ pub struct Worker<E: Engine> {
     timers: TimerWheel,
     expired: Vec<(usize, u32)>,
     next_gen: u32,
-    snapshot: SharedSnapshot,
     balancers: Balancers,
-    conn_stats: ConnCounters,
-    http_stats: HttpCounters,
     /// Per listener/cluster/backend counters, histograms, Foo counts.
     obs: WorkerStats,
     stats_tx: StatsSender,
@@ -289,7 +283,6 @@ pub struct Worker<E: Engine> {
     /// When descriptor exhaustion was last logged.
     fd_exhaustion_logged: Option<Instant>,
     shutdown: Option<Instant>,
-    now: Instant,
     events: Vec<Event>,
 }
 
@@ -301,12 +294,7 @@ macro_rules! cx {
         crate::session::Cx {
             pool,
             pipes,
-            now: $w.now,
-            conns: &mut $w.conn_stats,
-            http: &mut $w.http_stats,
-            request_ids: &mut $w.request_ids,
-            shared: &$w.snapshot,
-            exchanges: &mut $w.exchanges,
+            env: &mut $w.env,
         }
     }};
 }
@@ -336,14 +324,17 @@ impl<E: Engine> Worker<E> {
             sessions: Slab::with_capacity(1024),
             conns: Vec::with_capacity(2048),
             upstream_pool: AddrMap::default(),
-            exchanges: ExchangePool::default(),
-            // Worker id in the top byte, the start time below: ids differ across workers and
-            // restarts.
-            request_ids: ((settings.id as u64) << 56)
-                ^ (std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64)
-                    & ((1 << 56) - 1)),
+            // Request ids: the worker id in the top byte, the start time below, so ids differ
+            // across workers and restarts.
+            env: Env::new(
+                snapshot,
+                ((settings.id as u64) << 56)
+                    ^ (std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64)
+                        & ((1 << 56) - 1)),
+                now,
+            ),
             ready: VecDeque::with_capacity(1024),
             starved: VecDeque::with_capacity(1024),
             pending: HashMap::new(),
@@ -355,10 +346,7 @@ impl<E: Engine> Worker<E> {
             timers: TimerWheel::new(now),
             expired: Vec::with_capacity(1024),
             next_gen: 0,
-            snapshot,
             balancers,
-            conn_stats: ConnCounters::default(),
-            http_stats: HttpCounters::default(),
             obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
@@ -367,7 +355,6 @@ impl<E: Engine> Worker<E> {
             accept_full: false,
             fd_exhaustion_logged: None,
             shutdown: None,
-            now,
             events: Vec::with_capacity(1024),
         })
     }
@@ -378,7 +365,7 @@ impl<E: Engine> Worker<E> {
             let timeout = self.poll_timeout();
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
-            self.now = Instant::now();
+            self.env.now = Instant::now();
             for ev in events.drain(..) {
                 match ev {
                     Event::Wake => self.handle_ctrl(),
@@ -389,14 +376,14 @@ impl<E: Engine> Worker<E> {
             self.events = events;
             self.resume_queued();
             self.expire_timers();
-            if self.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+            if self.env.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
                 self.flush_stats(0);
             }
             if let Some(deadline) = self.shutdown {
                 if self.sessions.is_empty() {
                     break;
                 }
-                if self.now >= deadline {
+                if self.env.now >= deadline {
                     self.abort_all();
                     break;
                 }
@@ -416,11 +403,11 @@ impl<E: Engine> Worker<E> {
             return Duration::ZERO;
         }
         let mut t = MAX_SLEEP;
-        if let Some(d) = self.timers.next_timeout_within(self.now, MAX_SLEEP) {
+        if let Some(d) = self.timers.next_timeout_within(self.env.now, MAX_SLEEP) {
             t = t.min(d);
         }
         if let Some(at) = self.accept_paused_until {
-            t = t.min(at.saturating_duration_since(self.now));
+            t = t.min(at.saturating_duration_since(self.env.now));
         }
         t
     }
@@ -454,14 +441,13 @@ impl<E: Engine> Worker<E> {
     }
 
     fn flush_stats(&mut self, seq: u64) {
-        self.conn_stats.buffer_waits += self.engine.take_buffer_waits();
-        let since = std::mem::replace(&mut self.last_flush, self.now);
-        if self.conn_stats.is_zero() && self.http_stats.is_zero() && self.obs.is_zero() && seq == 0
-        {
+        self.env.conns.buffer_waits += self.engine.take_buffer_waits();
+        let since = std::mem::replace(&mut self.last_flush, self.env.now);
+        if self.env.conns.is_zero() && self.env.http.is_zero() && self.obs.is_zero() && seq == 0 {
             return;
         }
-        let tcp = std::mem::take(&mut self.conn_stats);
-        let http = std::mem::take(&mut self.http_stats);
+        let tcp = std::mem::take(&mut self.env.conns);
+        let http = std::mem::take(&mut self.env.http);
         let detail = self.obs.take_delta();
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {
@@ -524,17 +510,19 @@ impl<E: Engine> Worker<E> {
         }
     }
 
-    /// Arms the idle timer of a pooled connection, unless an earlier entry is armed.
+    /// Arms the idle timer of a pooled connection, unless an entry that fires no later is
+    /// armed already (it is re-checked when it fires).
     fn arm_pooled_timer(&mut self, conn: ConnId) {
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let gen = self.next_gen;
         let m = self.meta(conn);
         let Some(deadline) = m.deadline else {
             return;
         };
         if m.timer_at.is_some_and(|at| at <= deadline) {
-            return; // fires first; re-checked then
+            return;
         }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let m = self.meta(conn);
         m.timer_gen = gen;
         m.timer_at = Some(deadline);
         self.timers
@@ -542,7 +530,7 @@ impl<E: Engine> Worker<E> {
     }
 
     fn expire_timers(&mut self) {
-        self.timers.advance(self.now, &mut self.expired);
+        self.timers.advance(self.env.now, &mut self.expired);
         let mut expired = std::mem::take(&mut self.expired);
         for (tkey, gen) in expired.drain(..) {
             match TimerKey::decode(tkey) {
@@ -554,7 +542,7 @@ impl<E: Engine> Worker<E> {
                         continue;
                     }
                     let deadline = e.session.deadline();
-                    if deadline > self.now {
+                    if deadline > self.env.now {
                         e.timer_at = deadline;
                         self.timers.insert(tkey, gen, deadline);
                         continue;
@@ -563,7 +551,7 @@ impl<E: Engine> Worker<E> {
                     self.session_timed_out(key);
                 }
                 TimerKey::Pooled(conn) => {
-                    let now = self.now;
+                    let now = self.env.now;
                     let m = self.meta(conn);
                     if m.timer_gen != gen || m.timer_at.is_none() {
                         continue;
@@ -572,6 +560,7 @@ impl<E: Engine> Worker<E> {
                     match (m.owner, m.deadline) {
                         (Owner::Pooled(_), Some(d)) if d > now => self.arm_pooled_timer(conn),
                         (Owner::Pooled(_), _) => self.drop_pooled(conn),
+                        // Lent to a session (whose own timer covers it): the entry is spent.
                         _ => {}
                     }
                 }
@@ -589,13 +578,13 @@ impl<E: Engine> Worker<E> {
             Waiting::Slot => {
                 // Waited its connect timeout for a connection slot.
                 self.unqueue_pending(key);
-                self.conn_stats.limit_rejects += 1;
+                self.env.conns.limit_rejects += 1;
                 self.no_upstream(key, 503);
             }
             Waiting::Descriptor => {
                 // Waited a whole connect timeout for a descriptor: give up.
                 self.fd_waiters.retain(|&k| k != key);
-                self.conn_stats.connect_timeouts += 1;
+                self.env.conns.connect_timeouts += 1;
                 self.no_upstream(key, 503);
             }
             Waiting::No | Waiting::Woken => {
@@ -626,7 +615,10 @@ impl<E: Engine> Worker<E> {
     /// Resumes sessions that yielded or waited for buffers, woken waiters, and listeners
     /// with a backlog.
     fn resume_queued(&mut self) {
-        if self.accept_paused_until.is_some_and(|at| self.now >= at) {
+        if self
+            .accept_paused_until
+            .is_some_and(|at| self.env.now >= at)
+        {
             self.accept_paused_until = None;
         }
         for _ in 0..self.ready.len().min(RESUME_BATCH) {
@@ -717,7 +709,7 @@ impl<E: Engine> Worker<E> {
             );
         }
         for key in keys {
-            self.conn_stats.shutdown_aborted += 1;
+            self.env.conns.shutdown_aborted += 1;
             self.close(key, crate::session::CloseReason::Shutdown);
         }
         let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();

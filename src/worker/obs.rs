@@ -12,7 +12,7 @@ impl<E: Engine> Worker<E> {
     /// An upstream connect ended (success, failure or timeout). HTTP failures count only
     /// while connecting (a reused connection that dies is not a connect failure).
     pub(super) fn obs_connect(&mut self, key: usize, outcome: Outcome) {
-        let now = self.now;
+        let now = self.env.now;
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
@@ -29,7 +29,7 @@ impl<E: Engine> Worker<E> {
             return;
         };
         let snap = e.session.snapshot();
-        let took = self.now.saturating_duration_since(t.started);
+        let took = self.env.now.saturating_duration_since(t.started);
         match outcome {
             Outcome::Success => self.obs.connected(snap, t.cluster, t.backend, took),
             Outcome::Failure => {
@@ -69,7 +69,7 @@ impl<E: Engine> Worker<E> {
             backend: x.target.backend,
             status: x.status,
             bytes_out: x.log.bytes,
-            latency: self.now.saturating_duration_since(x.request_started),
+            latency: self.env.now.saturating_duration_since(x.request_started),
             ttfb: x
                 .got_response_byte
                 .then(|| x.first_byte_at.saturating_duration_since(x.request_started)),

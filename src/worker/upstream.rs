@@ -42,7 +42,7 @@ impl<E: Engine> Worker<E> {
                 if reused {
                     // A pooled connection died before answering: the request goes again on
                     // a fresh connection.
-                    self.http_stats.retries += 1;
+                    self.env.http.retries += 1;
                     self.obs_retry(key);
                 }
                 self.connect_upstream(key, reused);
@@ -67,7 +67,7 @@ impl<E: Engine> Worker<E> {
                     // Gated at hand-over; only a snapshot change in between gets here.
                     return self.no_upstream(key, 502);
                 }
-                self.http_stats.retries += 1;
+                self.env.http.retries += 1;
                 self.obs_retry(key);
                 self.connect_upstream(key, false);
             }
@@ -130,7 +130,7 @@ impl<E: Engine> Worker<E> {
         let Some(cluster) = crate::release::fall_back(&snap, &mut x.release_tag) else {
             return false;
         };
-        x.target = crate::session::Target::new(cluster as u32, x.target.hash, self.now);
+        x.target = crate::session::Target::new(cluster as u32, x.target.hash, self.env.now);
         x.retry.used = 0;
         true
     }
@@ -165,7 +165,7 @@ impl<E: Engine> Worker<E> {
             let same = self.balancers.version == snap.version;
             let pick = if same {
                 let ctx = PickCtx { hash };
-                self.balancers.pick(cluster, ci, tried, &ctx, self.now)
+                self.balancers.pick(cluster, ci, tried, &ctx, self.env.now)
             } else {
                 // The session predates the current snapshot: any untried backend of its own.
                 (0..cluster.backends.len())
@@ -175,7 +175,7 @@ impl<E: Engine> Worker<E> {
             let idx = match pick {
                 Pick::Backend(i) => i,
                 Pick::FailOpen(i) => {
-                    self.conn_stats.fail_open += 1;
+                    self.env.conns.fail_open += 1;
                     i
                 }
                 Pick::Full => return self.wait_for_slot(key),
@@ -232,13 +232,13 @@ impl<E: Engine> Worker<E> {
             t.tried.insert(idx);
             t.attempts += 1;
             if t.attempts > 1 && !http {
-                self.conn_stats.connect_retries += 1;
+                self.env.conns.connect_retries += 1;
             }
             // A pooled connection to this backend?
             if http && !fresh {
                 if let Some(conn) = self.take_pooled(backend.addr) {
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
-                    self.http_stats.upstream_reused += 1;
+                    self.env.http.upstream_reused += 1;
                     self.own(conn, key, Side::Upstream);
                     let Some(e) = self.sessions.get_mut(key) else {
                         return;
@@ -258,7 +258,7 @@ impl<E: Engine> Worker<E> {
                 Ok(conn) => {
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     if http {
-                        self.http_stats.upstream_new += 1;
+                        self.env.http.upstream_new += 1;
                     }
                     self.own(conn, key, Side::Upstream);
                     let Some(e) = self.sessions.get_mut(key) else {
@@ -278,19 +278,19 @@ impl<E: Engine> Worker<E> {
                         t.tried.remove(idx);
                         t.attempts -= 1;
                     }
-                    self.conn_stats.accept_errors += 1;
+                    self.env.conns.accept_errors += 1;
                     self.descriptors_exhausted(&err);
                     return self.wait_for_descriptor(key);
                 }
                 Err(_) => {
-                    self.conn_stats.connect_failed += 1;
+                    self.env.conns.connect_failed += 1;
                     if same {
                         if let Some(d) = self.balancers.observe(
                             ci,
                             idx,
                             Duration::ZERO,
                             Outcome::Failure,
-                            self.now,
+                            self.env.now,
                             true,
                         ) {
                             self.ejected(ci, idx, d);
@@ -337,7 +337,7 @@ impl<E: Engine> Worker<E> {
             e.waiting = Waiting::Slot;
             return self.arm_timer(key);
         }
-        self.conn_stats.limit_rejects += 1;
+        self.env.conns.limit_rejects += 1;
         self.no_upstream(key, 503);
     }
 
@@ -385,7 +385,7 @@ impl<E: Engine> Worker<E> {
         if let Some(e) = self.sessions.get_mut(key) {
             e.waiting = Waiting::Descriptor;
             if let Some(t) = e.session.target_mut() {
-                t.started = self.now;
+                t.started = self.env.now;
             }
             self.fd_waiters.push_back(key);
             self.arm_timer(key);
@@ -397,12 +397,13 @@ impl<E: Engine> Worker<E> {
     /// An idle pooled connection to `addr`, taken out of the pool.
     fn take_pooled(&mut self, addr: std::net::SocketAddr) -> Option<ConnId> {
         let conn = self.upstream_pool.get_mut(&addr)?.pop()?;
-        // Its watch is cancelled; its pool timer entry goes stale.
+        // Its watch is cancelled. Its pool timer entry stays in the wheel: when it fires while
+        // the connection is lent it is dropped, otherwise re-checked; reuse costs no wheel
+        // operation.
         self.engine.cancel(conn, Slot::Read);
         let m = self.meta(conn);
         m.owner = Owner::None;
         m.deadline = None;
-        m.timer_at = None;
         Some(conn)
     }
 
@@ -435,7 +436,7 @@ impl<E: Engine> Worker<E> {
         }
         let _ = e.session.take_upstream();
         backend.live.active.fetch_sub(1, Ordering::Relaxed);
-        let deadline = self.now + cluster.pool_idle_timeout;
+        let deadline = self.env.now + cluster.pool_idle_timeout;
         let addr = backend.addr;
         let m = self.meta(conn);
         m.owner = Owner::Pooled(addr);
@@ -493,11 +494,11 @@ impl<E: Engine> Worker<E> {
             (Session::Http(_), Since::Upstream, Outcome::Failure) => (t.started, true),
             (Session::Http(_), Since::Upstream, Outcome::Success) => (t.started, false),
         };
-        let rtt = self.now.saturating_duration_since(from);
+        let rtt = self.env.now.saturating_duration_since(from);
         let ci = t.cluster as usize;
-        if let Some(d) = self
-            .balancers
-            .observe(ci, idx as usize, rtt, outcome, self.now, verdict)
+        if let Some(d) =
+            self.balancers
+                .observe(ci, idx as usize, rtt, outcome, self.env.now, verdict)
         {
             self.ejected(ci, idx as usize, d);
         }
@@ -505,9 +506,9 @@ impl<E: Engine> Worker<E> {
 
     /// Passive outlier detection ejected a backend (this worker's view).
     fn ejected(&mut self, ci: usize, idx: usize, d: Duration) {
-        self.conn_stats.outlier_ejections += 1;
+        self.env.conns.outlier_ejections += 1;
         // Shown as "ejected" in /stats and /metrics (rare: once per ejection).
-        let snap = self.snapshot.load();
+        let snap = self.env.shared.load();
         if snap.version == self.balancers.version {
             if let Some(b) = snap.clusters.get(ci).and_then(|c| c.backends.get(idx)) {
                 let until = crate::snapshot::unix_ms() + d.as_millis() as u64;

@@ -33,7 +33,7 @@ mod tests;
 pub use exchange::{Exchange, ExchangePool, Retry, UpstreamTimeouts};
 
 use super::flow::End;
-use super::{CloseReason, Cx, Side, Target, Up, Want};
+use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use crate::engine::{ConnId, Done, Op, Slice};
 use crate::http::head::Limits;
 use crate::io::{Buf, Xfer};
@@ -117,7 +117,7 @@ pub struct HttpSession {
     phase_started: Instant,
     last_active: Instant,
     /// Something for the worker, said at the next [`HttpSession::next`].
-    pending: Option<Want>,
+    pending: Option<Signal>,
     ops: u32,
 }
 
@@ -330,12 +330,14 @@ impl HttpSession {
             }
             Phase::Head | Phase::Taken | Phase::Finished(_) => {
                 cx.conns.idle_timeouts += 1;
-                Some(Want::Close(CloseReason::Done))
+                Some(Signal::Close(CloseReason::Done))
             }
-            Phase::Local(_) if self.linger_until.is_some() => Some(Want::Close(CloseReason::Done)),
+            Phase::Local(_) if self.linger_until.is_some() => {
+                Some(Signal::Close(CloseReason::Done))
+            }
             Phase::Local(_) | Phase::Tunnel(_) => {
                 cx.conns.idle_timeouts += 1;
-                Some(Want::Close(CloseReason::Done))
+                Some(Signal::Close(CloseReason::Done))
             }
             Phase::Buffering(_) => {
                 cx.conns.idle_timeouts += 1;
@@ -347,17 +349,17 @@ impl HttpSession {
                 let had_upstream = x.upstream.is_some();
                 match self.local_response(cx, 408, b"text/plain", b"request body timeout\n") {
                     Some(w) => Some(w),
-                    None => had_upstream.then_some(Want::Upstream(Up::Drop { failure: false })),
+                    None => had_upstream.then_some(Signal::Upstream(Up::Drop { failure: false })),
                 }
             }
             Phase::Routed(_) | Phase::Connecting(_) => {
                 cx.conns.connect_timeouts += 1;
-                Some(Want::Upstream(Up::Failed))
+                Some(Signal::Upstream(Up::Failed))
             }
             Phase::Exchange(x) if !x.got_response_byte => {
                 if x.retry.on_timeout && x.can_resend() {
                     cx.http.timeouts += 1;
-                    Some(Want::Upstream(Up::Retry))
+                    Some(Signal::Upstream(Up::Retry))
                 } else {
                     // Counted once, as a 504, by `fail`.
                     self.fail(cx, 504)
@@ -365,7 +367,7 @@ impl HttpSession {
             }
             Phase::Exchange(_) => {
                 cx.http.timeouts += 1;
-                Some(Want::Close(CloseReason::UpstreamReset))
+                Some(Signal::Close(CloseReason::UpstreamReset))
             }
         };
         if let Some(w) = w {
@@ -401,7 +403,7 @@ impl HttpSession {
 
     pub fn next(&mut self, cx: &mut Cx<'_>) -> Want {
         if let Some(w) = self.pending.take() {
-            return w;
+            return w.into();
         }
         if self.ops >= MAX_OPS {
             self.ops = 0;
@@ -510,12 +512,12 @@ impl HttpSession {
     fn close(&mut self, why: CloseReason) {
         let keep = matches!(
             self.pending,
-            Some(Want::Close(
+            Some(Signal::Close(
                 CloseReason::DownstreamReset | CloseReason::UpstreamReset
             ))
         );
         if !keep {
-            self.pending = Some(Want::Close(why));
+            self.pending = Some(Signal::Close(why));
         }
     }
 
@@ -609,14 +611,14 @@ impl HttpSession {
         match res {
             Xfer::Failed(_) => {
                 cx.conns.connect_failed += 1;
-                self.pending = Some(Want::Upstream(Up::Failed));
+                self.pending = Some(Signal::Upstream(Up::Failed));
             }
             _ => {
                 if let Phase::Connecting(x) = std::mem::replace(&mut self.phase, Phase::Taken) {
                     self.phase = Phase::Exchange(x);
                 }
                 self.phase_started = cx.now;
-                self.pending = Some(Want::Upstream(Up::Connected));
+                self.pending = Some(Signal::Upstream(Up::Connected));
             }
         }
     }
@@ -747,23 +749,23 @@ impl HttpSession {
     /// The upstream failed. Before any response byte on a reused connection (or while
     /// connecting) the worker tries again; otherwise 502, or an abort when part of the
     /// response already went out.
-    fn upstream_broken(&mut self, cx: &mut Cx<'_>) -> Option<Want> {
+    fn upstream_broken(&mut self, cx: &mut Cx<'_>) -> Option<Signal> {
         let connecting = matches!(self.phase, Phase::Connecting(_));
         let down_writing = self.down_writing;
         let Some(x) = self.exchange_mut() else {
-            return Some(Want::Close(CloseReason::UpstreamReset));
+            return Some(Signal::Close(CloseReason::UpstreamReset));
         };
         if x.answered || down_writing {
             cx.http.upstream_errors += 1;
-            return Some(Want::Close(CloseReason::UpstreamReset));
+            return Some(Signal::Close(CloseReason::UpstreamReset));
         }
         if !x.got_response_byte && ((x.reused && x.retryable()) || connecting) {
-            return Some(Want::Upstream(Up::Failed));
+            return Some(Signal::Upstream(Up::Failed));
         }
         if !x.got_response_byte && x.retry.on_reset && x.retryable() {
             // A fresh connection broke before anything came back: another backend may
             // answer (the policy allowed it and the budget had a token at hand-over).
-            return Some(Want::Upstream(Up::Retry));
+            return Some(Signal::Upstream(Up::Retry));
         }
         self.fail(cx, 502)
     }
@@ -1062,7 +1064,7 @@ impl HttpSession {
     /// part of a response already went out, the client is reset instead. An upstream in use
     /// is dropped first, as a failure of that backend. `None`: the reply is ready to go out
     /// (the next `next` sends it); `Some`: what to say first.
-    fn fail(&mut self, cx: &mut Cx<'_>, status: u16) -> Option<Want> {
+    fn fail(&mut self, cx: &mut Cx<'_>, status: u16) -> Option<Signal> {
         match status {
             503 => cx.http.no_backend += 1,
             504 => cx.http.timeouts += 1,
@@ -1080,14 +1082,15 @@ impl HttpSession {
             return Some(w);
         }
         // The reply goes out after the worker drops the upstream.
-        had_upstream.then_some(Want::Upstream(Up::Drop {
+        had_upstream.then_some(Signal::Upstream(Up::Drop {
             failure: status != 400,
         }))
     }
 
     /// [`HttpSession::fail`] from within `next`: what to say now.
     pub(super) fn fail_now(&mut self, cx: &mut Cx<'_>, status: u16) -> Want {
-        self.fail(cx, status).unwrap_or_else(|| self.next_local())
+        self.fail(cx, status)
+            .map_or_else(|| self.next_local(), Want::from)
     }
 
     // ------------------------------------------------------------------ tunnel

@@ -5,13 +5,12 @@
 
 use super::exchange::Body;
 use super::{HttpSession, Phase};
-use crate::accesslog::Record;
 use crate::config::HashOn;
 use crate::engine::Op;
 use crate::http::head::{self, Limits, Reject, RequestHead};
 use crate::http::rewrite::{self, Forwarded};
 use crate::routing::{self, Decision, RequestView};
-use crate::session::{CloseReason, Cx, Side, Target, Up, Want};
+use crate::session::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use std::net::IpAddr;
 
 impl HttpSession {
@@ -65,7 +64,7 @@ impl HttpSession {
             cx.http.bad_requests += 1;
             return Some(
                 self.local_response(cx, 431, b"text/plain", b"request header fields too large\n")
-                    .unwrap_or_else(|| self.next_local()),
+                    .map_or_else(|| self.next_local(), Want::from),
             );
         }
         let Some(mut big) = cx.pool.checkout_large() else {
@@ -73,7 +72,7 @@ impl HttpSession {
             cx.http.no_backend += 1;
             return Some(
                 self.local_response(cx, 503, b"text/plain", b"no backend available\n")
-                    .unwrap_or_else(|| self.next_local()),
+                    .map_or_else(|| self.next_local(), Want::from),
             );
         };
         let n = small.len();
@@ -97,7 +96,7 @@ impl HttpSession {
         body[..n].copy_from_slice(&reason[..n]);
         body[n] = b'\n';
         self.local_response(cx, r.status(), b"text/plain", &body[..n + 1])
-            .unwrap_or_else(|| self.next_local())
+            .map_or_else(|| self.next_local(), Want::from)
     }
 
     /// A request head is complete: route it, rewrite its head for the upstream, and ask the
@@ -118,7 +117,10 @@ impl HttpSession {
         cx.http.requests += 1;
         self.head_started = false;
         self.refresh_snapshot(cx);
-        let mut x = cx.exchanges.take(cx.now);
+        let mut x = {
+            let now = cx.now;
+            cx.exchanges.take(now)
+        };
         x.method = h.method;
         x.client_keep_alive = h.keep_alive;
         x.client_minor = h.version_minor;
@@ -143,7 +145,7 @@ impl HttpSession {
         let target = data.get(h.target.clone()).unwrap_or_default();
         let method = data.get(h.method_range.clone()).unwrap_or_default();
         let head_len = h.head_len;
-        x.log = Record::new(self.client_ip);
+        x.log.reset(self.client_ip);
         x.log.set_request(method, target, host);
         x.logged = false;
         let lookup = |name: &[u8]| {
@@ -164,14 +166,14 @@ impl HttpSession {
                 self.phase = Phase::Routed(x);
                 return self
                     .local_response(cx, 200, b"application/json", body)
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
         }
         let faas = listener.faas.then_some(&snap.cluster_index);
         let mut decision = routing::route(&listener.routes, faas, listener.target, &view);
         if let Decision::Service { service, strip } = decision {
             // A service: its release strategy picks the version, and so the cluster.
-            decision = match crate::release::route(&snap, service, data, h, *cx.request_ids, cx.now)
+            decision = match crate::release::route(&snap, service, data, h, cx.request_ids, cx.now)
             {
                 Some(c) => {
                     x.release_tag = c.tag;
@@ -192,7 +194,7 @@ impl HttpSession {
                 self.phase = Phase::Routed(x);
                 return self
                     .local_response(cx, 404, b"text/plain", b"no route for this request\n")
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
             Decision::Faas(e) => {
                 let mut body = [0u8; 192];
@@ -203,7 +205,7 @@ impl HttpSession {
                 self.phase = Phase::Routed(x);
                 return self
                     .local_response(cx, 400, b"application/json", &body[..n])
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
         };
         let hash = request_hash(
@@ -211,10 +213,10 @@ impl HttpSession {
             self.client_ip,
             &view.header,
         );
-        *cx.request_ids = cx.request_ids.wrapping_add(1);
+        cx.request_ids = cx.request_ids.wrapping_add(1);
         let mut id = [0u8; 16];
-        hex16(*cx.request_ids, &mut id);
-        x.log.request_id = *cx.request_ids;
+        hex16(cx.request_ids, &mut id);
+        x.log.request_id = cx.request_ids;
         let fwd = Forwarded {
             client_ip: self.client_ip,
             proto: "http",
@@ -241,7 +243,7 @@ impl HttpSession {
                         b"text/plain",
                         b"request head too large after rewriting\n",
                     )
-                    .unwrap_or_else(|| self.next_local());
+                    .map_or_else(|| self.next_local(), Want::from);
             }
         }
         x.up_head = Some(up);
@@ -368,7 +370,7 @@ impl HttpSession {
         status: u16,
         content_type: &[u8],
         body: &[u8],
-    ) -> Option<Want> {
+    ) -> Option<Signal> {
         let mut x = match std::mem::replace(&mut self.phase, Phase::Taken) {
             Phase::Buffering(x)
             | Phase::Routed(x)
@@ -378,11 +380,14 @@ impl HttpSession {
             | Phase::Local(x)
             | Phase::Tunnel(x) => x,
             // A request refused before it was routed: not logged.
-            Phase::Head | Phase::Taken => cx.exchanges.take(cx.now),
+            Phase::Head | Phase::Taken => {
+                let now = cx.now;
+                cx.exchanges.take(now)
+            }
         };
         if x.answered || self.down_writing {
             self.phase = Phase::Local(x);
-            return Some(Want::Close(CloseReason::UpstreamReset));
+            return Some(Signal::Close(CloseReason::UpstreamReset));
         }
         x.status = status;
         cx.http.count_status(status);
@@ -393,14 +398,14 @@ impl HttpSession {
         let Some(mut buf) = cx.pool.checkout() else {
             // No buffer even for an error: close rather than wait.
             self.phase = Phase::Local(x);
-            return Some(Want::Close(CloseReason::Done));
+            return Some(Signal::Close(CloseReason::Done));
         };
         match rewrite::typed_response(status, content_type, body, cx.pool.spare(&mut buf)) {
             Ok(n) => buf.fill(n),
             Err(rewrite::Overflow) => {
                 cx.pool.release(buf);
                 self.phase = Phase::Local(x);
-                return Some(Want::Close(CloseReason::Done));
+                return Some(Signal::Close(CloseReason::Done));
             }
         }
         x.down = Some(buf);

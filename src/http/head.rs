@@ -580,16 +580,23 @@ fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
 
 /// The first LF in `bytes`, eight bytes at a time (header lines are re-scanned for every
 /// rewritten head, and a byte loop was most of that).
+#[inline]
 fn find_lf(bytes: &[u8]) -> Option<usize> {
+    find_byte(bytes, b'\n')
+}
+
+/// The first `b` in `bytes`, eight bytes at a time (also the `;` between cookies).
+#[inline]
+pub(crate) fn find_byte(bytes: &[u8], b: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let pattern = ONES * u64::from(b);
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
     for c in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w) ^ LF;
+        let x = u64::from_le_bytes(w) ^ pattern;
         // Exact for the lowest zero byte (the one we want); bytes above it may be flagged
         // falsely through the borrow, which trailing_zeros ignores.
         let zero = x.wrapping_sub(ONES) & !x & HIGH;
@@ -601,7 +608,7 @@ fn find_lf(bytes: &[u8]) -> Option<usize> {
     chunks
         .remainder()
         .iter()
-        .position(|&b| b == b'\n')
+        .position(|&c| c == b)
         .map(|p| at + p)
 }
 

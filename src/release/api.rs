@@ -116,6 +116,33 @@ pub fn default_version(snap: &Snapshot, service: &str, rollback: bool) -> Result
         .ok_or_else(|| bad(409, "no_version", "the service has no version"))
 }
 
+/// The entry of version `v` (string or id) in a service's list, or 404.
+fn entry_index(list: &[Value], service: &str, v: &str) -> Result<usize, ApiError> {
+    find_entry(list, v).ok_or_else(|| {
+        bad(
+            404,
+            "not_found",
+            format!("service {service:?} has no version {v:?}"),
+        )
+    })
+}
+
+/// A promotion naming one of `entry`'s names (version string, id) ends.
+fn clear_promotion_of(service: &mut Table, entry: &Value) -> Vec<String> {
+    let names: Vec<String> = ["version", "id"]
+        .iter()
+        .filter_map(|k| entry.get(*k).and_then(Value::as_str).map(str::to_string))
+        .collect();
+    if service
+        .get("promoted")
+        .and_then(Value::as_str)
+        .is_some_and(|p| names.iter().any(|n| n == p))
+    {
+        service.remove("promoted");
+    }
+    names
+}
+
 fn live_count(versions: &[Value]) -> usize {
     versions
         .iter()
@@ -178,13 +205,7 @@ pub fn edit(
         ServiceOp::RemoveVersion(v) => {
             let s = service_table(d, name)?;
             let list = versions_mut(s)?;
-            let i = find_entry(list, v).ok_or_else(|| {
-                bad(
-                    404,
-                    "not_found",
-                    format!("service {name:?} has no version {v:?}"),
-                )
-            })?;
+            let i = entry_index(list, name, v)?;
             let removed = list.remove(i);
             let live_left = live_count(list);
             if list.is_empty() || live_left == 0 {
@@ -194,16 +215,7 @@ pub fn edit(
                     format!("{v} is the last version of service {name:?} that takes traffic; a service needs one (delete the service instead)"),
                 ));
             }
-            let names: Vec<String> = ["version", "id"]
-                .iter()
-                .filter_map(|k| removed.get(*k).and_then(Value::as_str).map(str::to_string))
-                .collect();
-            if s.get("promoted")
-                .and_then(Value::as_str)
-                .is_some_and(|p| names.iter().any(|n| n == p))
-            {
-                s.remove("promoted");
-            }
+            let names = clear_promotion_of(s, &removed);
             if let Some(w) = s.get_mut("weights").and_then(Value::as_table_mut) {
                 for n in &names {
                     w.remove(n);
@@ -214,13 +226,7 @@ pub fn edit(
         ServiceOp::Promote(v) => {
             let s = service_table(d, name)?;
             let list = versions_mut(s)?;
-            let i = find_entry(list, v).ok_or_else(|| {
-                bad(
-                    404,
-                    "not_found",
-                    format!("service {name:?} has no version {v:?}"),
-                )
-            })?;
+            let i = entry_index(list, name, v)?;
             if let Some(e) = list[i].as_table_mut() {
                 e.remove("rolled_back");
             }
@@ -230,13 +236,7 @@ pub fn edit(
         ServiceOp::Rollback(v) => {
             let s = service_table(d, name)?;
             let list = versions_mut(s)?;
-            let i = find_entry(list, v).ok_or_else(|| {
-                bad(
-                    404,
-                    "not_found",
-                    format!("service {name:?} has no version {v:?}"),
-                )
-            })?;
+            let i = entry_index(list, name, v)?;
             if list[i].get("rolled_back").and_then(Value::as_bool) == Some(true) {
                 return Err(bad(
                     409,
@@ -255,16 +255,8 @@ pub fn edit(
                 return Err(bad(422, "invalid", "a version must be a table").field("versions"));
             };
             e.insert("rolled_back".into(), Value::Boolean(true));
-            let names: Vec<String> = ["version", "id"]
-                .iter()
-                .filter_map(|k| e.get(*k).and_then(Value::as_str).map(str::to_string))
-                .collect();
-            if s.get("promoted")
-                .and_then(Value::as_str)
-                .is_some_and(|p| names.iter().any(|n| n == p))
-            {
-                s.remove("promoted");
-            }
+            let entry = list[i].clone();
+            clear_promotion_of(s, &entry);
             Ok((false, target))
         }
         ServiceOp::Replace {
@@ -440,13 +432,7 @@ pub fn status_json(snap: &Snapshot, releases: &Releases, name: &str) -> Json {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let state = if v.rolled_back {
-                "rolled_back"
-            } else if s.promoted && i == s.newest as usize {
-                "promoted"
-            } else {
-                "live"
-            };
+            let state = s.state_of(i);
             let mut o = json!({
                 "version": v.version,
                 "id": String::from_utf8_lossy(&v.id),
@@ -488,6 +474,18 @@ pub fn route(
     use crate::control::Change;
     let c = &shared.control;
     let m = req.method.as_str();
+    // Every change here: the service edit, authorized, with the client's If-Match.
+    let apply = |op: ServiceOp| -> Result<crate::control::Applied, ApiError> {
+        let who = authorize(shared, req)?;
+        c.apply(
+            Change::Service {
+                name: name.to_string(),
+                op,
+            },
+            if_match(req).as_ref(),
+            &who,
+        )
+    };
     let reply = |version: u64| -> Result<crate::admin::Response, ApiError> {
         let (_, j) = c.get(Kind::Service, name)?;
         Ok(ok(200, &j, version))
@@ -495,17 +493,10 @@ pub fn route(
     match rest {
         ["versions"] => match m {
             "POST" => {
-                let who = authorize(shared, req)?;
+                authorize(shared, req)?; // before reading the body: 401 beats 400
                 let body = body_json(req)?;
                 let op = ServiceOp::AddVersion(body);
-                c.apply(
-                    Change::Service {
-                        name: name.to_string(),
-                        op,
-                    },
-                    if_match(req).as_ref(),
-                    &who,
-                )?;
+                apply(op)?;
                 let (v, j) = c.get(Kind::Service, name)?;
                 Ok(ok(201, &j, v))
             }
@@ -513,16 +504,9 @@ pub fn route(
         },
         ["versions", version] => match m {
             "DELETE" => {
-                let who = authorize(shared, req)?;
+                authorize(shared, req)?; // before reading the body: 401 beats 400
                 let op = ServiceOp::RemoveVersion(decode(version)?);
-                let a = c.apply(
-                    Change::Service {
-                        name: name.to_string(),
-                        op,
-                    },
-                    if_match(req).as_ref(),
-                    &who,
-                )?;
+                let a = apply(op)?;
                 reply(a.version)
             }
             _ => Ok(method_not_allowed("DELETE")),
@@ -531,7 +515,7 @@ pub fn route(
             if m != "POST" {
                 return Ok(method_not_allowed("POST"));
             }
-            let who = authorize(shared, req)?;
+            authorize(shared, req)?; // before reading the body: 401 beats 400
             let rollback = *verb == "rollback";
             let version = match req.body.is_empty() {
                 true => None,
@@ -568,14 +552,7 @@ pub fn route(
             } else {
                 ServiceOp::Promote(version.clone())
             };
-            let a = c.apply(
-                Change::Service {
-                    name: name.to_string(),
-                    op,
-                },
-                if_match(req).as_ref(),
-                &who,
-            )?;
+            let a = apply(op)?;
             let snap = c.snapshot();
             c.releases().record(Event {
                 event: if rollback { "rollback" } else { "promote" },

@@ -4,6 +4,9 @@
 //!
 //! HOT PATH: no allocation; everything works on byte slices and fixed arrays.
 
+use crate::http::head::find_byte;
+use crate::http::rewrite::{Out, Overflow};
+
 /// The version cookie (name kept from the original for compatibility).
 pub const VERSION: &[u8] = b"dynsoftup";
 /// The gradual strategy's client cookie.
@@ -17,34 +20,6 @@ pub const TRANSITION_MAX_AGE: u64 = 365 * 24 * 3600;
 pub const TRANSITION_ATTRIBUTES: &[u8] = b"; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n";
 /// Length of a generated client id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
 pub const ID_LEN: usize = 36;
-
-/// The first byte `b` in `bytes`, eight bytes at a time (cookie headers can be kilobytes of
-/// other sites' cookies; ours are found without a per-byte loop).
-#[inline]
-fn find_byte(bytes: &[u8], b: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let pattern = ONES * u64::from(b);
-    let mut chunks = bytes.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w) ^ pattern;
-        // Exact for the lowest zero byte; bytes above it may be flagged falsely through the
-        // borrow, which trailing_zeros ignores.
-        let zero = x.wrapping_sub(ONES) & !x & HIGH;
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == b)
-        .map(|p| at + p)
-}
 
 /// A cookie value without surrounding whitespace and quotes.
 #[inline]
@@ -170,60 +145,30 @@ pub fn client_id(seed: u64) -> [u8; ID_LEN] {
     out
 }
 
-/// A cursor over an output slice (no allocation).
-pub struct Out<'a> {
-    pub buf: &'a mut [u8],
-    pub n: usize,
-}
-
-impl Out<'_> {
-    pub fn put(&mut self, b: &[u8]) -> Option<()> {
-        self.buf
-            .get_mut(self.n..self.n + b.len())?
-            .copy_from_slice(b);
-        self.n += b.len();
-        Some(())
-    }
-
-    pub fn put_u64(&mut self, mut v: u64) -> Option<()> {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.put(&digits[i..])
-    }
-}
-
 /// `Set-Cookie: <name>=<value>; Path=/; Max-Age=<n>; HttpOnly; SameSite=Lax\r\n`.
-pub fn write_set_cookie(o: &mut Out<'_>, name: &[u8], value: &[u8], max_age: u64) -> Option<()> {
+pub(crate) fn write_set_cookie(
+    o: &mut Out<'_>,
+    name: &[u8],
+    value: &[u8],
+    max_age: u64,
+) -> Result<(), Overflow> {
     o.put(b"Set-Cookie: ")?;
     o.put(name)?;
     o.put(b"=")?;
     o.put(value)?;
     o.put(b"; Path=/; Max-Age=")?;
-    o.put_u64(max_age)?;
+    o.decimal(max_age)?;
     o.put(b"; HttpOnly; SameSite=Lax\r\n")
 }
 
 /// The whole `Set-Cookie` line as bytes (built once per version per snapshot).
 pub fn set_cookie_line(name: &[u8], value: &[u8], max_age: u64) -> Box<[u8]> {
     let mut buf = vec![0u8; name.len() + value.len() + 96];
-    let mut o = Out {
-        buf: &mut buf,
-        n: 0,
-    };
-    let n = match write_set_cookie(&mut o, name, value, max_age) {
-        Some(()) => o.n,
-        None => 0,
-    };
-    buf.truncate(n);
-    buf.into_boxed_slice()
+    let mut o = Out::new(&mut buf);
+    match write_set_cookie(&mut o, name, value, max_age) {
+        Ok(()) => o.written().into(),
+        Err(Overflow) => Box::default(),
+    }
 }
 
 #[cfg(test)]
@@ -300,31 +245,20 @@ mod tests {
 
     #[test]
     fn set_cookie_lines() {
-        let mut o = Out {
-            buf: &mut [0u8; 128],
-            n: 0,
-        };
+        let mut buf = [0u8; 128];
+        let mut o = Out::new(&mut buf);
         write_set_cookie(&mut o, TRANSITION, b"x", TRANSITION_MAX_AGE).unwrap();
-        assert!(o.buf[..o.n].ends_with(TRANSITION_ATTRIBUTES));
+        assert!(o.written().ends_with(TRANSITION_ATTRIBUTES));
         let line = set_cookie_line(VERSION, b"1.1", 1800);
         assert_eq!(
             &line[..],
             b"Set-Cookie: dynsoftup=1.1; Path=/; Max-Age=1800; HttpOnly; SameSite=Lax\r\n"
         );
         let mut buf = [0u8; 20];
-        let mut o = Out {
-            buf: &mut buf,
-            n: 0,
-        };
+        let mut o = Out::new(&mut buf);
         assert!(
-            write_set_cookie(&mut o, VERSION, b"1.1", 0).is_none(),
+            write_set_cookie(&mut o, VERSION, b"1.1", 0).is_err(),
             "too small"
         );
-        let mut o = Out {
-            buf: &mut [0u8; 8],
-            n: 0,
-        };
-        assert!(o.put_u64(0).is_some());
-        assert_eq!(&o.buf[..1], b"0");
     }
 }

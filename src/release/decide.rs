@@ -9,6 +9,7 @@ use super::cookie;
 use super::service::{Service, NONE};
 use crate::config::services::{Ramp, Strategy};
 use crate::http::head::{HeaderLines, RequestHead};
+use crate::http::rewrite::{Out, Overflow};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -256,20 +257,24 @@ pub fn fall_back(svc: &Service, tag: &mut Tag) -> Option<usize> {
     Some(cluster)
 }
 
-/// Writes the `Set-Cookie` lines a tag asks for at `out[at..]`. Returns the bytes written, or
-/// `None` when they do not fit.
+/// Writes the `Set-Cookie` lines a tag asks for into `out`. Returns the bytes written.
 #[inline]
-pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Option<usize> {
-    let mut o = cookie::Out { buf: out, n: 0 };
+pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
+    let mut o = Out::new(out);
     if tag.set_version {
-        o.put(&svc.versions.get(tag.version as usize)?.set_cookie)?;
+        o.put(
+            &svc.versions
+                .get(tag.version as usize)
+                .ok_or(Overflow)?
+                .set_cookie,
+        )?;
     }
     if tag.new_transition {
         o.put(b"Set-Cookie: transition=")?;
         o.put(&cookie::client_id(tag.transition))?;
         o.put(cookie::TRANSITION_ATTRIBUTES)?;
     }
-    Some(o.n)
+    Ok(o.len())
 }
 
 #[cfg(test)]
@@ -372,7 +377,7 @@ mod tests {
             &out[..n],
             b"Set-Cookie: dynsoftup=1.0; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n"
         );
-        assert_eq!(write_cookies(&s, &c.tag, &mut out[..10]), None);
+        assert!(write_cookies(&s, &c.tag, &mut out[..10]).is_err());
     }
 
     #[test]

@@ -86,8 +86,7 @@ pub fn append_set_cookies(
         return Err(overflow);
     }
     let at = n - 2;
-    let wrote =
-        decide::write_cookies(svc, tag, out.get_mut(at..).ok_or(overflow)?).ok_or(overflow)?;
+    let wrote = decide::write_cookies(svc, tag, out.get_mut(at..).ok_or(overflow)?)?;
     let end = at + wrote;
     out.get_mut(end..end + 2)
         .ok_or(overflow)?

@@ -163,6 +163,16 @@ impl Service {
             .map(|i| i as u16)
     }
 
+    /// Version `i`'s state as `/stats` and the API show it: `rolled_back`, `promoted` or
+    /// `live`.
+    pub fn state_of(&self, i: usize) -> &'static str {
+        match self.versions.get(i) {
+            Some(v) if v.rolled_back => "rolled_back",
+            _ if self.promoted && i == self.newest as usize => "promoted",
+            _ => "live",
+        }
+    }
+
     /// The gradual share (0–100) of the newest version at `now`, without counting a request.
     pub fn share(&self, now: Instant) -> f64 {
         if self.promoted || self.previous.is_none() {

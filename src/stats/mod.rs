@@ -1291,14 +1291,7 @@ impl Aggregator {
                 let mut vo = Map::new();
                 vo.insert("id".into(), Value::from(id));
                 vo.insert("cluster".into(), Value::from(v.cluster_name.clone()));
-                let state = if v.rolled_back {
-                    "rolled_back"
-                } else if s.promoted && i == s.newest as usize {
-                    "promoted"
-                } else {
-                    "live"
-                };
-                vo.insert("state".into(), Value::from(state));
+                vo.insert("state".into(), Value::from(s.state_of(i)));
                 agg.traffic.to_json(&mut vo);
                 if s.strategy == crate::config::services::Strategy::Concurrent {
                     vo.insert("fallbacks".into(), Value::from(agg.fallbacks));

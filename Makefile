@@ -7,6 +7,8 @@ DATADIR ?= $(PREFIX)/share
 DOCDIR ?= $(DATADIR)/doc/switchyard
 MANDIR ?= $(DATADIR)/man
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 # `make install BIN=path` installs a binary built elsewhere (no release build then).
 BIN ?= target/release/switchyard
 INSTALL ?= install
@@ -77,17 +79,26 @@ install: $(if $(filter target/release/switchyard,$(BIN)),build)
 		-e 's|/etc/switchyard|$(SYSCONFDIR)/switchyard|g' \
 		systemd/switchyard.service > $(DESTDIR)$(UNITDIR)/switchyard.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/switchyard.service
+	$(INSTALL) -m 0644 systemd/switchyard.socket $(DESTDIR)$(UNITDIR)/switchyard.socket
+	$(INSTALL) -D -m 0644 systemd/switchyard.sysusers $(DESTDIR)$(SYSUSERSDIR)/switchyard.conf
+	$(INSTALL) -D -m 0644 systemd/switchyard.tmpfiles $(DESTDIR)$(TMPFILESDIR)/switchyard.conf
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/switchyard
 	test -e $(DESTDIR)$(SYSCONFDIR)/switchyard/switchyard.toml || \
 		$(INSTALL) -m 0644 examples/production.toml $(DESTDIR)$(SYSCONFDIR)/switchyard/switchyard.toml
 	test -e $(DESTDIR)$(SYSCONFDIR)/switchyard/admin.token || \
 		(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' \
 			> $(DESTDIR)$(SYSCONFDIR)/switchyard/admin.token)
+	# On the target machine itself (no DESTDIR): create the user and the directories now.
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
+		systemd-sysusers $(SYSUSERSDIR)/switchyard.conf && \
+		systemd-tmpfiles --create $(TMPFILESDIR)/switchyard.conf; fi
 
 ## Removes what `make install` put under $(PREFIX); the config and token in
 ## $(SYSCONFDIR)/switchyard stay (they may hold your changes).
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/switchyard $(DESTDIR)$(UNITDIR)/switchyard.service
+	rm -f $(DESTDIR)$(BINDIR)/switchyard $(DESTDIR)$(UNITDIR)/switchyard.service \
+		$(DESTDIR)$(UNITDIR)/switchyard.socket $(DESTDIR)$(SYSUSERSDIR)/switchyard.conf \
+		$(DESTDIR)$(TMPFILESDIR)/switchyard.conf
 	rm -f $(DESTDIR)$(MANDIR)/man1/switchyard.1 $(DESTDIR)$(MANDIR)/man1/switchyard-*.1
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/switchyard \
 		$(DESTDIR)$(DATADIR)/zsh/site-functions/_switchyard \

@@ -17,6 +17,10 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 pub const EXIT_SERVER: u8 = 70;
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// An upgrade answers once the new process is ready (`server.upgrade_timeout`, 30 s by default).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where systemd's `RuntimeDirectory=switchyard` puts the control socket.
+const DEFAULT_RUNTIME_DIR: &str = "/run/switchyard";
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
@@ -40,6 +44,11 @@ pub struct CtlArgs {
     /// Only apply the change if the running config is still at this version (else exit 1, 412).
     #[arg(long, value_name = "VERSION")]
     pub if_match: Option<u64>,
+    /// `upgrade` through this control socket instead of the admin API [env: SWITCHYARD_SOCKET;
+    /// used by default when the admin API is off: <server.runtime_dir or $RUNTIME_DIRECTORY or
+    /// /run/switchyard>/switchyard.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -102,6 +111,10 @@ pub enum Verb {
     Metrics,
     /// Liveness: exit 0 when the proxy answers.
     Health,
+    /// Zero-downtime binary upgrade: start the binary at the path the proxy was started from,
+    /// hand it the listening sockets, let the old process drain. Exit 0 once the new process
+    /// serves; on failure the old one keeps serving (exit 70 with the reason).
+    Upgrade,
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,6 +290,18 @@ fn request(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Reply, Fail> {
+    request_within(admin, token, if_match, method, path, body, TIMEOUT)
+}
+
+fn request_within(
+    admin: &str,
+    token: Option<&str>,
+    if_match: Option<u64>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Reply, Fail> {
     let unreachable =
         |e: std::io::Error| Fail(EXIT_UNAVAILABLE, format!("admin API at {admin}: {e}"));
     let addr = admin
@@ -285,7 +310,7 @@ fn request(
         .next()
         .ok_or_else(|| usage(format!("admin address {admin:?} resolves to nothing")))?;
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(unreachable)?;
-    let _ = s.set_read_timeout(Some(TIMEOUT));
+    let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(TIMEOUT));
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n");
@@ -351,7 +376,82 @@ fn source_json(src: &str) -> Result<Value, Fail> {
     }
 }
 
+/// The control socket `upgrade` goes through: `--socket`, `SWITCHYARD_SOCKET`, or (when the
+/// config given with `-c` turns the admin API off) the one in its runtime directory.
+fn control_socket(args: &CtlArgs) -> Result<Option<PathBuf>, Fail> {
+    if let Some(p) = args
+        .socket
+        .clone()
+        .or_else(|| std::env::var_os("SWITCHYARD_SOCKET").map(PathBuf::from))
+    {
+        return Ok(Some(p));
+    }
+    let Some(cfg) = &args.config else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(cfg)
+        .map_err(|e| usage(format!("cannot read {}: {e}", cfg.display())))?;
+    let t: toml::Table = text
+        .parse()
+        .map_err(|e| usage(format!("{}: not TOML: {e}", cfg.display())))?;
+    let server = t.get("server").and_then(|s| s.as_table());
+    let get = |k: &str| server.and_then(|s| s.get(k)).and_then(|v| v.as_str());
+    if get("admin") != Some("off") {
+        return Ok(None);
+    }
+    Ok(Some(default_socket(get("runtime_dir"))))
+}
+
+fn default_socket(runtime_dir: Option<&str>) -> PathBuf {
+    let dir = runtime_dir
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var("RUNTIME_DIRECTORY")
+                .ok()
+                .and_then(|v| v.split(':').next().map(PathBuf::from))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+    crate::upgrade::socket::path_in(&dir)
+}
+
+/// `ctl upgrade` through the control socket.
+fn upgrade_via_socket(path: &std::path::Path, json: bool) -> Result<(), Fail> {
+    let v = crate::upgrade::socket::call(path, "upgrade", UPGRADE_TIMEOUT).map_err(|e| {
+        Fail(
+            EXIT_UNAVAILABLE,
+            format!("control socket {}: {e}", path.display()),
+        )
+    })?;
+    if let Some(e) = v.get("error") {
+        let code = e["code"].as_str().unwrap_or("error");
+        let exit = if code == "upgrade_failed" {
+            EXIT_SERVER
+        } else {
+            EXIT_REFUSED
+        };
+        return Err(Fail(
+            exit,
+            format!("{code}: {}", e["message"].as_str().unwrap_or("")),
+        ));
+    }
+    print_upgraded(&v, json);
+    Ok(())
+}
+
+fn print_upgraded(v: &Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("upgraded: process {} -> {}", v["old_pid"], v["pid"]);
+    }
+}
+
 fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
+    if matches!(args.verb, Verb::Upgrade) {
+        if let Some(path) = control_socket(args)? {
+            return upgrade_via_socket(&path, args.json);
+        }
+    }
     let (admin, token) = endpoint(args)?;
     let call = |method: &str, path: &str, body: Option<Value>| -> Result<Value, Fail> {
         let r = request(
@@ -515,6 +615,29 @@ fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
             }
         }
         Verb::Metrics => print!("{}", text_get("/metrics")?),
+        Verb::Upgrade => {
+            let r = request_within(
+                &admin,
+                token.as_deref(),
+                None,
+                "POST",
+                "/v1/upgrade",
+                None,
+                UPGRADE_TIMEOUT,
+            );
+            let r = match r {
+                // The admin API is not there: try the control socket where systemd puts it.
+                Err(Fail(EXIT_UNAVAILABLE, why)) => {
+                    let path = default_socket(None);
+                    if !path.exists() {
+                        return Err(Fail(EXIT_UNAVAILABLE, why));
+                    }
+                    return upgrade_via_socket(&path, args.json);
+                }
+                other => other?,
+            };
+            print_upgraded(&decode(r)?, args.json);
+        }
         Verb::Health => {
             let t = text_get("/health")?;
             if !args.json {

@@ -27,8 +27,11 @@
 //!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
 //!   the control plane), [`lbaas`] (the load-balancer-as-a-service API), [`autoscale`] (scale
 //!   hooks and webhooks);
-//! - the process: [`server`] (start-up and shutdown), [`signals`], [`logging`], [`quick`] (the
-//!   Foo and FaaS compatible command lines), [`ctl`], [`demo_backend`], [`sys`] (operating-system facts).
+//! - the process: [`server`] (start-up, the control loop and shutdown), [`lifecycle`]
+//!   (ready/reload/upgrade/stop as the service manager sees them), [`sd`] (sd_notify, the
+//!   watchdog, socket activation), [`upgrade`] (zero-downtime binary upgrade), [`signals`],
+//!   [`logging`], [`quick`] (the Foo and FaaS compatible command lines), [`ctl`],
+//!   [`demo_backend`], [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -47,18 +50,22 @@ pub mod health;
 pub mod http;
 pub mod io;
 pub mod lbaas;
+pub mod lifecycle;
 pub mod logging;
 pub mod net;
 pub mod quick;
 pub mod release;
 pub mod routing;
+pub mod sd;
 pub mod server;
 pub mod session;
 pub mod signals;
 pub mod snapshot;
 pub mod stats;
-/// The one module allowed `unsafe` (each block with a `// SAFETY:` line); none is needed yet.
+/// The one module allowed `unsafe` (each block with a `// SAFETY:` line): adopting descriptors
+/// passed by systemd or by the previous process of a binary upgrade.
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod transport;
+pub mod upgrade;
 pub mod worker;

@@ -48,6 +48,7 @@ impl QuickArgs {
                     .unwrap_or(DEFAULT_RECOVERY_PATH)
                     .into(),
             ),
+            inherit: false,
         }
     }
 

@@ -1,10 +1,14 @@
 //! Signal handling: the handlers (installed by signal-hook) only queue; one thread turns each
-//! signal into a message for the thread that acts on it, inside its own loop.
+//! signal into an event for the control loop (`server::control_loop`), which acts on it.
 //!
 //! - SIGTERM / SIGINT: graceful shutdown (a second one shortens the deadline to now).
 //! - SIGUSR2: stats dump to stdout (the aggregator prints it). Not a reload, unlike HAProxy.
-//! - SIGHUP: config reload, then log files reopened.
+//! - SIGHUP: config reload, framed by `RELOADING=1` / `READY=1` for systemd, then log files
+//!   reopened.
 //! - SIGUSR1: log files reopened (nginx's habit, which logrotate scripts rely on).
+//!
+//! Binary upgrades have no signal: they are asked for through the admin API or the control
+//! socket, which can answer whether they worked (see `crate::upgrade`).
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};

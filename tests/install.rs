@@ -51,6 +51,9 @@ fn make_install_lays_out_every_file_and_the_unit_verifies() {
         "usr/share/doc/switchyard/README.md",
         "usr/share/doc/switchyard/examples/production.toml",
         "usr/lib/systemd/system/switchyard.service",
+        "usr/lib/systemd/system/switchyard.socket",
+        "usr/lib/sysusers.d/switchyard.conf",
+        "usr/lib/tmpfiles.d/switchyard.conf",
         "etc/switchyard/switchyard.toml",
         "etc/switchyard/admin.token",
     ];

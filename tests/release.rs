@@ -499,3 +499,34 @@ fn concurrent_mirrors_idempotent_requests_to_both_versions_and_counts_mismatches
     assert_eq!(v["1.1"]["mirror_status_mismatches"], 0);
     drop(b1);
 }
+
+#[test]
+fn plain_cluster_requests_after_service_requests_set_no_cookie() {
+    // Per-request state is recycled between requests (and connections): a request routed to a
+    // plain cluster must not inherit the cookies of the service request before it.
+    let b1 = demo("v1");
+    let b2 = demo("v2");
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         protocol = \"http\"\ncluster = \"c1\"\n\n[[listeners.routes]]\npath_prefix = \"/shop\"\n\
+         strip_prefix = true\nservice = \"shop\"\n\n[[clusters]]\nname = \"c1\"\nbackends = [\"{}\"]\n\n\
+         [[clusters]]\nname = \"c2\"\nbackends = [\"{}\"]\n\n[[services]]\nname = \"shop\"\n\
+         strategy = \"gradual\"\npercentage_per_request = 1.0\n\
+         versions = [{{ version = \"1\", cluster = \"c1\" }}, {{ version = \"2\", cluster = \"c2\" }}]\n",
+        b1.addr("demo-backend"),
+        b2.addr("demo-backend")
+    ));
+    let mut c = Client::new(p.addr("web"));
+    for _ in 0..20 {
+        let r = c.request("GET", "/shop/", &[], None).unwrap();
+        let cookies = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+            .count();
+        assert_eq!(cookies, 2, "a new gradual client gets both cookies");
+        let r = c.request("GET", "/", &[], None).unwrap();
+        assert_eq!(r.text().trim(), "v1");
+        assert!(r.header("set-cookie").is_none(), "{:?}", r.headers);
+    }
+}

@@ -158,6 +158,7 @@ fn foo_quick_mode_metrics_and_stats_are_the_foo_json() {
     let (h, t, tx) = aggregator(StatsConfig {
         foo_compat: true,
         recovery_path: None,
+        inherit: false,
     });
     let (ctype, body) = h.metrics();
     let stats = h.stats_json();

@@ -16,6 +16,7 @@
 //! | `/v1/services/{name}/versions/{version}` | DELETE |
 //! | `/v1/services/{name}/promote`, `/v1/services/{name}/rollback` | POST |
 //! | `/v1/reload` | POST (same as SIGHUP) |
+//! | `/v1/upgrade` | POST (binary upgrade, see [`crate::upgrade`]) |
 //! | `/v1/discovery` | GET (each provider's last sync, error and services) |
 //! | `/stats`, `/metrics` | GET |
 //! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
@@ -301,8 +302,29 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
             "POST" => {
                 let who = authorize(shared, req)?;
                 log::info!("admin: reload requested by {who}");
-                let v = c.reload_if(if_match(req).as_ref())?;
+                let m = if_match(req);
+                let v = match &shared.lifecycle {
+                    Some(lc) => lc.reload(m.as_ref())?,
+                    None => c.reload_if(m.as_ref())?,
+                };
                 Ok(ok(200, &json!({"version": v}), v))
+            }
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["v1", "upgrade"] => match m {
+            "POST" => {
+                let who = authorize(shared, req)?;
+                let Some(lc) = &shared.lifecycle else {
+                    return Err(ApiError::new(
+                        409,
+                        "unavailable",
+                        "upgrades are not available in this process",
+                    ));
+                };
+                log::info!("admin: binary upgrade requested by {who}");
+                let (old, new) = lc.upgrade(&format!("admin API ({who})"))?;
+                let v = c.version();
+                Ok(ok(200, &json!({"old_pid": old, "pid": new}), v))
             }
             _ => Ok(method_not_allowed("POST")),
         },

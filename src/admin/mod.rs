@@ -18,6 +18,7 @@ pub mod guard;
 use crate::control::Control;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,8 @@ pub struct Shared {
     pub control: Arc<Control>,
     pub stats: Option<Arc<dyn StatsSource>>,
     pub settings: AdminSettings,
+    /// Reload notifications and binary upgrades (`POST /v1/upgrade`).
+    pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
     slots: guard::Slots,
     /// Failed token checks per client address.
     pub auth_failures: guard::AuthLimiter,
@@ -81,6 +84,7 @@ impl Shared {
             control,
             stats,
             settings,
+            lifecycle: None,
             slots: guard::Slots::default(),
             auth_failures: guard::AuthLimiter::default(),
             auth_log: guard::LogLimiter::new(Duration::from_secs(1)),
@@ -133,26 +137,40 @@ impl Response {
     }
 }
 
-/// Binds the admin address (failure is a start-up error) and serves it on a new thread.
+/// Serves the admin API on `listener` (bound by the caller, or inherited from the previous
+/// process of a binary upgrade) on a new thread, until `stop` is set. The socket may be shared
+/// with another process during an upgrade, so it is polled and accepted from non-blocking.
 pub fn start(
-    addr: SocketAddr,
+    listener: TcpListener,
     control: Arc<Control>,
     stats: Option<Arc<dyn StatsSource>>,
     settings: AdminSettings,
+    lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
+    stop: Arc<AtomicBool>,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(control, stats, settings));
+    listener.set_nonblocking(true)?;
+    let shared = Arc::new(Shared {
+        lifecycle,
+        ..Shared::new(control, stats, settings)
+    });
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || accept_loop(listener, shared))?;
+        .spawn(move || accept_loop(listener, shared, stop))?;
     Ok(local)
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if !crate::sys::wait_readable(&listener, Duration::from_millis(250)) {
+            continue;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break; // handed over while we waited: the successor takes this connection
+        }
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("admin: accept failed: {e}");
@@ -193,6 +211,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) {
+    // Accepted from a non-blocking listener (shared during upgrades); served blocking.
+    let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let Ok(mut out) = stream.try_clone() else {

@@ -29,6 +29,7 @@ pub mod defaults {
     pub const SPLICE_PIPES_PER_WORKER: u64 = 256;
     pub const MAX_CONNECTIONS: u64 = 100_000;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_ATTEMPTS: u64 = 3;
@@ -179,6 +180,8 @@ pub struct RawServer {
     pub admin_max_body: Option<RawSize>,
     pub state_dir: Option<String>,
     pub stats: Option<String>,
+    pub runtime_dir: Option<String>,
+    pub upgrade_timeout: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -363,6 +366,10 @@ pub struct ServerConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// `stats = "minimal"`: process-wide counters only (no per-object figures, no histograms).
     pub stats_minimal: bool,
+    /// Where the control socket lives (default: `$RUNTIME_DIRECTORY`, set by systemd).
+    pub runtime_dir: Option<std::path::PathBuf>,
+    /// How long a binary upgrade waits for the new process to report ready.
+    pub upgrade_timeout: Duration,
 }
 
 /// Line format of the access log.
@@ -1181,6 +1188,13 @@ fn validate(
             errs,
         ) as usize,
         state_dir: path_field("server.state_dir", &server.state_dir, errs),
+        runtime_dir: path_field("server.runtime_dir", &server.runtime_dir, errs),
+        upgrade_timeout: duration_field(
+            "server.upgrade_timeout".into(),
+            server.upgrade_timeout.as_ref(),
+            defaults::UPGRADE_TIMEOUT,
+            errs,
+        ),
         stats_minimal: match server.stats.as_deref() {
             None | Some("full") => false,
             Some("minimal") => true,

@@ -185,6 +185,11 @@ struct State {
     doc: Table,
     config: Config,
     running: HashMap<String, Running>,
+    /// A duplicate of every running listener's sockets (one per worker), kept to hand them to
+    /// the successor of a binary upgrade.
+    sockets: HashMap<String, Vec<std::net::TcpListener>>,
+    /// Changes are refused while set (an upgrade in progress or done), with this reason.
+    frozen: Option<String>,
     /// Module records persisted with the document (see [`Txn`]).
     ext: Ext,
     /// What each discovery provider found, by provider name (not persisted: see
@@ -334,6 +339,7 @@ impl Control {
     pub fn new(
         boot: Boot,
         running: HashMap<String, Running>,
+        sockets: HashMap<String, Vec<std::net::TcpListener>>,
         shared: SharedSnapshot,
         workers: Vec<WorkerHandle>,
         config_path: Option<PathBuf>,
@@ -368,6 +374,8 @@ impl Control {
                 doc: boot.doc,
                 config: boot.config,
                 running,
+                sockets,
+                frozen: None,
                 ext: boot.ext,
             }),
             shared,
@@ -521,6 +529,42 @@ impl Control {
             .iter()
             .map(|(n, r)| (n.clone(), r.local))
             .collect()
+    }
+
+    /// Refuses every change (admin API, reload) with `why` until [`Control::thaw`]: a binary
+    /// upgrade hands the running state over, so nothing may change it meanwhile.
+    pub fn freeze(&self, why: String) {
+        self.lock().frozen = Some(why);
+    }
+
+    pub fn thaw(&self) {
+        self.lock().frozen = None;
+    }
+
+    /// Closes the duplicates kept for an upgrade: at shutdown, and once an upgrade handed the
+    /// sockets over. A listening socket must close when the workers close theirs, or the
+    /// kernel would keep queueing connections that nobody accepts.
+    pub fn release_sockets(&self) {
+        self.lock().sockets.clear();
+    }
+
+    /// The running listeners and duplicates of their sockets (for a binary upgrade).
+    pub fn handover_sockets(
+        &self,
+    ) -> std::io::Result<Vec<(String, Running, Vec<std::os::fd::OwnedFd>)>> {
+        let st = self.lock();
+        let mut out = Vec::with_capacity(st.running.len());
+        let mut names: Vec<&String> = st.running.keys().collect();
+        names.sort_by_key(|n| st.running[*n].slot);
+        for name in names {
+            let socks = st.sockets.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let fds = socks
+                .iter()
+                .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            out.push((name.clone(), st.running[name], fds));
+        }
+        Ok(out)
     }
 
     /// Applies one API change. `if_match`: the version the client last saw (412 if stale).
@@ -712,8 +756,13 @@ impl Control {
         new_ext: Option<Ext>,
         found: Option<(String, Vec<Found>)>,
     ) -> Result<u64, ApiError> {
-        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         let operator = found.is_none();
+        // Discovery keeps this process's routing current (it is not persisted, so a successor
+        // finds for itself); operator changes wait for the upgrade.
+        if let (true, Some(why)) = (operator, &st.frozen) {
+            return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
+        }
+        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
         if operator && new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
@@ -869,7 +918,16 @@ impl Control {
             }
             log::info!("listener {name} closed (slot {slot}); its connections go on");
         }
+        for (name, _) in &removed {
+            if !running.contains_key(name) {
+                st.sockets.remove(name);
+            }
+        }
         for (name, slot, socks) in bound {
+            // Kept for a binary upgrade; a failed duplicate only means that listener would be
+            // bound anew by the successor.
+            let dups: Vec<_> = socks.iter().filter_map(|s| s.try_clone().ok()).collect();
+            st.sockets.insert(name.clone(), dups);
             if let Some(l) = cfg.listeners.iter().find(|l| l.name == name) {
                 if let Some(r) = running.get(&name) {
                     crate::net::listen::announce(l, r.local);

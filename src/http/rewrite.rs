@@ -28,6 +28,9 @@ use super::head::{list_elements, slice, split_query, BodyKind, HeaderLines, Meth
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
     pub client_ip: IpAddr,
+    /// `client_ip` already written as text ([`write_ip`]), for connections that send many
+    /// requests; empty: formatted here.
+    pub client_text: &'a [u8],
     /// `X-Forwarded-Proto`, e.g. `"http"`.
     pub proto: &'static str,
     /// Bytes at the start of the path to drop (the matched route prefix); the path sent keeps
@@ -41,6 +44,13 @@ pub struct Forwarded<'a> {
 /// The output buffer is too small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
+
+/// Writes `ip` as text (what `X-Forwarded-For` carries); returns its length.
+pub fn write_ip(ip: IpAddr, out: &mut [u8]) -> Result<usize, Overflow> {
+    let mut w = Out::new(out);
+    w.ip(ip)?;
+    Ok(w.len)
+}
 
 /// Writes the request head to send upstream into `out`; returns its length.
 pub fn write_request_head(
@@ -122,7 +132,11 @@ pub fn write_request_head(
     if head.has_forwarded_for && w.join_values(buf, head.head_len, Class::ForwardedFor)? {
         w.put(b", ")?;
     }
-    w.ip(fwd.client_ip)?;
+    if fwd.client_text.is_empty() {
+        w.ip(fwd.client_ip)?;
+    } else {
+        w.put(fwd.client_text)?;
+    }
     w.put(b"\r\n")?;
     if is_clean_value(fwd.proto.as_bytes()) {
         w.header(b"X-Forwarded-Proto", fwd.proto.as_bytes())?;
@@ -432,6 +446,7 @@ impl fmt::Write for Out<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::http::head::{parse_request, parse_response, Limits};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -440,6 +455,7 @@ mod tests {
     fn fwd(strip_prefix: usize) -> Forwarded<'static> {
         Forwarded {
             client_ip: CLIENT,
+            client_text: b"",
             proto: "http",
             strip_prefix,
             request_id: b"rid-1",
@@ -462,6 +478,19 @@ mod tests {
 
     fn rewrite(req: &[u8]) -> String {
         rewrite_with(req, &fwd(0))
+    }
+
+    #[test]
+    fn a_client_address_written_once_is_the_same_text() {
+        let mut text = [0u8; 48];
+        let n = write_ip(CLIENT, &mut text).unwrap();
+        assert_eq!(&text[..n], b"10.1.2.3");
+        let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let cached = Forwarded {
+            client_text: &text[..n],
+            ..fwd(0)
+        };
+        assert_eq!(rewrite_with(req, &fwd(0)), rewrite_with(req, &cached));
     }
 
     const TAIL: &str = "X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Request-Id: rid-1\r\n\r\n";
@@ -674,12 +703,14 @@ mod tests {
         );
         let v6 = Forwarded {
             client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            client_text: b"",
             ..fwd(0)
         };
         assert!(rewrite_with(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &v6)
             .contains("\r\nX-Forwarded-For: ::1\r\n"));
         let v6 = Forwarded {
             client_ip: "2001:db8::1:0:0:1".parse().unwrap(),
+            client_text: b"",
             ..fwd(0)
         };
         assert!(rewrite_with(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &v6)

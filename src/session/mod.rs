@@ -156,6 +156,8 @@ pub struct Env {
     pub shared: SharedSnapshot,
     /// Recycled per-request state (no allocation per request).
     pub exchanges: http::ExchangePool,
+    /// An access log wants records (else their fields are not filled in).
+    pub access_log: bool,
 }
 
 impl Env {
@@ -167,6 +169,7 @@ impl Env {
             request_ids,
             shared,
             exchanges: http::ExchangePool::default(),
+            access_log: false,
         }
     }
 }
@@ -312,6 +315,13 @@ impl Session {
         match self {
             Session::Tcp(s) => s.release(cx),
             Session::Http(s) => s.release(cx),
+        }
+    }
+
+    /// The worker drains (see `HttpSession::drain`); TCP sessions just run to their end.
+    pub fn drain(&mut self) {
+        if let Session::Http(s) = self {
+            s.drain();
         }
     }
 

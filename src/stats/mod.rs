@@ -638,6 +638,8 @@ pub struct ClusterSample {
 pub enum Query {
     Json,
     Prometheus,
+    /// The totals the recovery file keeps (JSON), for a binary upgrade's hand-over.
+    Totals,
 }
 
 // Deltas are the common message; boxing them would allocate on every flush for no gain.
@@ -660,6 +662,12 @@ pub enum StatsMsg {
         what: Query,
         reply: Sender<String>,
     },
+    /// Binary upgrade, successor side: add the predecessor's totals (same shape as
+    /// [`Query::Totals`]).
+    Adopt(Map<String, Value>),
+    /// Binary upgrade, predecessor side: the successor keeps the totals and the recovery
+    /// file from now on.
+    StopSaving,
     /// Running totals of these clusters (name, with the latency histogram), answered at once
     /// from what the aggregator has (workers flush every [`FLUSH_INTERVAL`]).
     Sample {
@@ -682,6 +690,9 @@ pub struct StatsConfig {
     /// Where totals and the 10 s window are saved about once a second and restored from
     /// (quick mode: `-recovery-path`; config mode: `state_dir/stats.json`).
     pub recovery_path: Option<PathBuf>,
+    /// Started by a binary upgrade: the totals come from the previous process
+    /// ([`StatsMsg::Adopt`]), not from the recovery file.
+    pub inherit: bool,
 }
 
 /// The admin server's way in: cheap to clone, safe to use from any thread.
@@ -702,6 +713,25 @@ impl StatsHandle {
     pub fn stats_json(&self) -> String {
         self.query(Query::Json)
             .unwrap_or_else(|| r#"{"error":"stats unavailable"}"#.to_string())
+    }
+
+    /// The totals, fresh (see [`Query::Totals`]).
+    pub fn totals(&self) -> Option<Map<String, Value>> {
+        let text = self.query(Query::Totals)?;
+        match serde_json::from_str(&text) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// See [`StatsMsg::Adopt`].
+    pub fn adopt(&self, totals: Map<String, Value>) {
+        let _ = self.tx.send(StatsMsg::Adopt(totals));
+    }
+
+    /// See [`StatsMsg::StopSaving`].
+    pub fn stop_saving(&self) {
+        let _ = self.tx.send(StatsMsg::StopSaving);
     }
 
     /// Running totals of `clusters` (name, whether to include the latency histogram); `None`
@@ -845,7 +875,9 @@ impl Aggregator {
             started_unix: now,
             sections: Vec::new(),
         };
-        a.restore();
+        if !opts.inherit {
+            a.restore();
+        }
         a
     }
 
@@ -926,6 +958,8 @@ impl Aggregator {
             match self.rx.recv_timeout(wait) {
                 Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => self.serve(vec![m]),
+                Ok(StatsMsg::Adopt(t)) => self.adopt(&t),
+                Ok(StatsMsg::StopSaving) => self.recovery_path = None,
                 Ok(StatsMsg::Sample { clusters, reply }) => self.answer_sample(&clusters, &reply),
                 Ok(StatsMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -1099,6 +1133,8 @@ impl Aggregator {
             match self.rx.recv_timeout(left) {
                 Ok(m @ StatsMsg::Delta { .. }) => self.apply(m),
                 Ok(m @ (StatsMsg::Dump | StatsMsg::Query { .. })) => later.push(m),
+                Ok(StatsMsg::Adopt(t)) => self.adopt(&t),
+                Ok(StatsMsg::StopSaving) => self.recovery_path = None,
                 Ok(StatsMsg::Sample { clusters, reply }) => self.answer_sample(&clusters, &reply),
                 Ok(StatsMsg::Stop) => {
                     // Put it back for the main loop.
@@ -1122,6 +1158,7 @@ impl Aggregator {
                         let text = match what {
                             Query::Json => self.to_json().to_string(),
                             Query::Prometheus => prom::render(self),
+                            Query::Totals => Value::Object(self.totals_json()).to_string(),
                         };
                         let _ = reply.send(text);
                     }
@@ -1359,30 +1396,58 @@ impl Aggregator {
         m
     }
 
-    /// Restores the per-listener, cluster and backend totals of a recovery file. The previous
-    /// process's connections are gone: they count as closed.
-    fn restore_tree(&mut self, rest: &Map<String, Value>) {
+    /// Sets every total from a totals object (the shape of [`Aggregator::totals_json`]).
+    /// `gone`: the process that counted them has ended (a recovery file), so its connections
+    /// count as closed.
+    fn set_totals(&mut self, t: &Map<String, Value>, gone: bool) {
+        let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
+        self.foo = FooCounts {
+            req: n("msg_req"),
+            ack: n("msg_ack"),
+            nak: n("msg_nak"),
+            invalid: n("msg_invalid"),
+        };
+        let obj = |k: &str| t.get(k).and_then(Value::as_object);
+        if let Some(m) = obj("tcp") {
+            self.tcp = ConnCounters::from_json(m);
+        }
+        if let Some(m) = obj("http") {
+            self.http = HttpCounters::from_json(m);
+        }
+        if gone {
+            self.tcp.closed = self.tcp.closed.max(self.tcp.accepted);
+        }
         let traffic = |v: &Value| v.as_object().map(Traffic::from_json).unwrap_or_default();
-        if let Some(ls) = rest.get("listeners").and_then(Value::as_object) {
+        if let Some(ls) = obj("listeners") {
             for (k, v) in ls {
-                let mut t = traffic(v);
-                t.closed = t.closed.max(t.connections);
-                self.listeners.insert(k.clone(), t);
+                let mut tr = traffic(v);
+                if gone {
+                    tr.closed = tr.closed.max(tr.connections);
+                }
+                self.listeners.insert(k.clone(), tr);
             }
         }
-        if let Some(cs) = rest.get("clusters").and_then(Value::as_object) {
+        if let Some(cs) = obj("clusters") {
             for (k, v) in cs {
                 let agg = self.clusters.entry(k.clone()).or_default();
-                if let Some(t) = v.get("traffic") {
-                    agg.traffic = traffic(t);
+                if let Some(tr) = v.get("traffic") {
+                    agg.traffic = traffic(tr);
                 }
                 if let Some(bs) = v.get("backends").and_then(Value::as_object) {
-                    for (addr, t) in bs {
-                        agg.backends.insert(addr.clone(), traffic(t));
+                    for (addr, tr) in bs {
+                        agg.backends.insert(addr.clone(), traffic(tr));
                     }
                 }
             }
         }
+    }
+
+    /// Adds a previous process's totals (binary upgrade). Its connections that are still
+    /// open stay counted as open until its final totals arrive.
+    fn adopt(&mut self, add: &Map<String, Value>) {
+        let mut t = self.totals_json();
+        crate::upgrade::add_totals(&mut t, add);
+        self.set_totals(&t, false);
     }
 
     fn save(&mut self) {
@@ -1434,22 +1499,8 @@ impl Aggregator {
             ),
             recovery::Loaded::Restored(s) => {
                 let n = |k: &str| s.rest.get(k).and_then(Value::as_u64).unwrap_or(0);
-                self.foo = FooCounts {
-                    req: n("msg_req"),
-                    ack: n("msg_ack"),
-                    nak: n("msg_nak"),
-                    invalid: n("msg_invalid"),
-                };
-                let obj = |k: &str| s.rest.get(k).and_then(Value::as_object).cloned();
-                if let Some(m) = obj("tcp") {
-                    self.tcp = ConnCounters::from_json(&m);
-                }
-                if let Some(m) = obj("http") {
-                    self.http = HttpCounters::from_json(&m);
-                }
                 // Connections of the previous process are closed now.
-                self.tcp.closed = self.tcp.closed.max(self.tcp.accepted);
-                self.restore_tree(&s.rest);
+                self.set_totals(&s.rest, true);
                 // The saved window was a full one; the seconds since the save are lost (0).
                 let origin = s.time_stamp as f64 - recovery::SLOTS as f64;
                 for &(sec, req, resp) in &s.seconds {

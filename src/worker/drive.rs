@@ -3,7 +3,7 @@
 //!
 //! HOT PATH. No allocation, lock, blocking call or info-level log.
 
-use super::{cx, listener_closed, Owner, Waiting, Worker};
+use super::{cx, listener_closed, Entry, Owner, Waiting, Worker};
 use crate::engine::{recycle_op, Engine, Linger};
 use crate::session::{CloseReason, Session, Side, Want};
 use std::sync::atomic::Ordering;
@@ -77,10 +77,11 @@ impl<E: Engine> Worker<E> {
     /// Stats of what a drive moved (TCP bytes, Foo messages).
     #[inline]
     fn after_drive(&mut self, key: usize) {
-        let Some(e) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if let Session::Tcp(s) = &mut e.session {
+        if let Some(Entry {
+            session: Session::Tcp(s),
+            ..
+        }) = self.sessions.get_mut(key)
+        {
             let (up, down, splices) = s.take_moved();
             if up | down != 0 {
                 self.env.conns.bytes_client_to_backend += up;
@@ -187,6 +188,7 @@ impl<E: Engine> Worker<E> {
         };
         let mut rec = x.log;
         rec.status = x.status;
+        rec.bytes = x.sent;
         rec.reused = x.reused;
         let tried = x.target.backend.is_some() || x.target.attempts > 0;
         crate::accesslog::finish(

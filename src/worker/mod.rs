@@ -257,8 +257,9 @@ pub struct Worker<E: Engine> {
     ready: VecDeque<usize>,
     /// Sessions waiting for a pool buffer.
     starved: VecDeque<usize>,
-    /// Sessions waiting for a connection slot, per cluster name.
+    /// Sessions waiting for a connection slot, per cluster name, and how many in all.
     pending: HashMap<String, VecDeque<usize>>,
+    waiting_for_slot: usize,
     /// Sessions waiting for a descriptor to connect upstream.
     fd_waiters: VecDeque<usize>,
     access_log: Option<crate::accesslog::Sink>,
@@ -338,6 +339,7 @@ impl<E: Engine> Worker<E> {
             ready: VecDeque::with_capacity(1024),
             starved: VecDeque::with_capacity(1024),
             pending: HashMap::new(),
+            waiting_for_slot: 0,
             fd_waiters: VecDeque::new(),
             access_log: settings.access_log,
             wall_start: std::time::SystemTime::now(),
@@ -366,6 +368,8 @@ impl<E: Engine> Worker<E> {
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
             self.env.now = Instant::now();
+            self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
+            crate::sd::watchdog::beat(self.id);
             for ev in events.drain(..) {
                 match ev {
                     Event::Wake => self.handle_ctrl(),
@@ -681,17 +685,27 @@ impl<E: Engine> Worker<E> {
 
     // ------------------------------------------------------------------ shutdown
 
-    /// At shutdown: idle keep-alive clients and pooled connections are closed at once; busy
-    /// sessions finish what they are doing and close after it.
+    /// At shutdown (or after a binary upgrade handed over): pooled connections close at once;
+    /// sessions drain (`HttpSession::drain`): a client idle for `DRAIN_IDLE` already is closed
+    /// now, the others get their next response with `Connection: close`, or are closed after
+    /// `DRAIN_IDLE` of silence; TCP sessions run to their end.
     fn close_idle(&mut self) {
-        let idle: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.session.idle())
-            .map(|(k, _)| k)
-            .collect();
+        let now = self.env.now;
+        let mut idle = Vec::new();
+        let mut rest = Vec::new();
+        for (k, e) in self.sessions.iter_mut() {
+            e.session.drain();
+            if e.session.idle() && e.session.deadline() <= now {
+                idle.push(k);
+            } else {
+                rest.push(k);
+            }
+        }
         for key in idle {
             self.close(key, crate::session::CloseReason::Done);
+        }
+        for key in rest {
+            self.rearm_if_earlier(key);
         }
         let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();
         for conn in pooled {

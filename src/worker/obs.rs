@@ -68,7 +68,7 @@ impl<E: Engine> Worker<E> {
             cluster: tried.then_some(x.target.cluster),
             backend: x.target.backend,
             status: x.status,
-            bytes_out: x.log.bytes,
+            bytes_out: x.sent,
             latency: self.env.now.saturating_duration_since(x.request_started),
             ttfb: x
                 .got_response_byte

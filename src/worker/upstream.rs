@@ -98,9 +98,8 @@ impl<E: Engine> Worker<E> {
                     let mut cx = cx!(self);
                     s.end_exchange(&mut cx);
                 }
-                if self.shutdown.is_some() {
-                    self.close(key, crate::session::CloseReason::Done);
-                }
+                // Draining (shutdown, upgrade): the session closes itself after a response
+                // that said `Connection: close`, or after DRAIN_IDLE of silence.
             }
         }
     }
@@ -335,6 +334,7 @@ impl<E: Engine> Worker<E> {
         if queue.len() < max {
             queue.push_back(key);
             e.waiting = Waiting::Slot;
+            self.waiting_for_slot += 1;
             return self.arm_timer(key);
         }
         self.env.conns.limit_rejects += 1;
@@ -346,6 +346,9 @@ impl<E: Engine> Worker<E> {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
+        if e.waiting == Waiting::Slot {
+            self.waiting_for_slot -= 1;
+        }
         e.waiting = Waiting::No;
         let snap = e.session.snapshot();
         if let Some(c) = e
@@ -362,6 +365,10 @@ impl<E: Engine> Worker<E> {
     /// A connection slot of cluster `name` freed up: its oldest waiting session tries again
     /// (at the next resume, not nested in whoever freed the slot).
     pub(super) fn wake_pending(&mut self, name: &str) {
+        // Nobody waits (the common case): no hash of the name.
+        if self.waiting_for_slot == 0 {
+            return;
+        }
         let Some(q) = self.pending.get_mut(name) else {
             return;
         };
@@ -369,6 +376,7 @@ impl<E: Engine> Worker<E> {
             if let Some(e) = self.sessions.get_mut(key) {
                 if e.waiting == Waiting::Slot {
                     e.waiting = Waiting::Woken;
+                    self.waiting_for_slot -= 1;
                     if !e.queued {
                         e.queued = true;
                         self.ready.push_back(key);

@@ -4,6 +4,8 @@
   ws_echo.py server            prints "listening PORT", echoes every message
   ws_echo.py client URL N      sends N messages of varied sizes (text and binary), checks each
                                echo, then a 1 MiB binary message; prints "ok N"
+  ws_echo.py session URL       one long-lived connection: prints "open", then for each line
+                               read on stdin sends it and prints "echo <line>"; closes at EOF
 """
 import asyncio
 import os
@@ -41,8 +43,24 @@ async def client(url, n):
     print(f"ok {n}", flush=True)
 
 
+async def session(url):
+    loop = asyncio.get_running_loop()
+    async with websockets.connect(url, max_size=None, open_timeout=5) as ws:
+        print("open", flush=True)
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            await ws.send(line.rstrip("\n"))
+            got = await asyncio.wait_for(ws.recv(), 10)
+            print(f"echo {got}", flush=True)
+    print("closed", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         asyncio.run(serve())
+    elif sys.argv[1] == "session":
+        asyncio.run(session(sys.argv[2]))
     else:
         asyncio.run(client(sys.argv[2], int(sys.argv[3])))

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod sd;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -377,14 +378,28 @@ impl Proxy {
         config_path: Option<PathBuf>,
         wait: WaitFor,
     ) -> Proxy {
-        let mut child = Command::new(BIN)
+        Proxy::spawn_with(BIN.as_ref(), args, &[], dir, config_path, wait)
+    }
+
+    /// [`Proxy::spawn`] with another program (a copy of the binary, or a wrapper such as
+    /// `systemd-socket-activate`) and extra environment variables.
+    pub fn spawn_with(
+        program: &std::ffi::OsStr,
+        args: Vec<OsString>,
+        env: &[(&str, OsString)],
+        dir: tempfile::TempDir,
+        config_path: Option<PathBuf>,
+        wait: WaitFor,
+    ) -> Proxy {
+        let mut child = Command::new(program)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN} {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {program:?} {args:?}: {e}"));
         let pid = child.id() as i32;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         {

@@ -130,7 +130,7 @@ impl MioEngine {
         let Some(c) = self.conns.get_mut(id as usize) else {
             return;
         };
-        if c.ready.contains(Ready::READABLE) && !c.starved {
+        if c.ready.contains(Ready::READABLE) && !c.starved && !matches!(c.read, ReadOp::None) {
             match std::mem::replace(&mut c.read, ReadOp::None) {
                 ReadOp::None => {}
                 op => match run_read(c, op, &mut self.pool) {
@@ -148,7 +148,7 @@ impl MioEngine {
         let Some(c) = self.conns.get_mut(id as usize) else {
             return;
         };
-        if c.ready != Ready::EMPTY {
+        if c.ready != Ready::EMPTY && !matches!(c.write, WriteOp::None) {
             match std::mem::replace(&mut c.write, WriteOp::None) {
                 WriteOp::None => {}
                 op => match run_write(c, op, &self.pool) {
@@ -305,44 +305,14 @@ fn run_write(c: &mut Conn, op: WriteOp, pool: &BufferPool) -> Result<Done, Write
         WriteOp::None => Err(WriteOp::None),
         WriteOp::Connect => connect_result(c),
         _ if !c.ready.contains(Ready::WRITABLE) => Err(op),
-        WriteOp::Send(a, b) => {
-            let first = slice_data(pool, &a);
-            let second = b.as_ref().map_or(&[][..], |s| slice_data(pool, s));
-            let want = first.len() + second.len();
-            for _ in 0..EINTR_RETRIES {
-                let wrote = if second.is_empty() {
-                    c.sock.write(first)
-                } else {
-                    c.sock
-                        .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
-                };
-                match wrote {
-                    Ok(n) => {
-                        if n < want {
-                            c.ready.remove(Ready::WRITABLE);
-                        }
-                        return Ok(Done::Send {
-                            a: a.buf,
-                            b: b.map(|s| s.buf),
-                            res: Xfer::Bytes(n as u32),
-                        });
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        c.ready.remove(Ready::WRITABLE);
-                        return Err(WriteOp::Send(a, b));
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Ok(Done::Send {
-                            a: a.buf,
-                            b: b.map(|s| s.buf),
-                            res: Xfer::failed(&e),
-                        })
-                    }
-                }
-            }
-            Err(WriteOp::Send(a, b))
-        }
+        WriteOp::Send(a, b) => match send_now(c, &a, b.as_ref(), pool) {
+            Some(res) => Ok(Done::Send {
+                a: a.buf,
+                b: b.map(|s| s.buf),
+                res,
+            }),
+            None => Err(WriteOp::Send(a, b)),
+        },
         WriteOp::SpliceOut(pipe, len) => {
             for _ in 0..EINTR_RETRIES {
                 match splice::drain(&pipe, &c.sock, len as usize) {
@@ -371,6 +341,38 @@ fn run_write(c: &mut Conn, op: WriteOp, pool: &BufferPool) -> Result<Done, Write
             Err(WriteOp::SpliceOut(pipe, len))
         }
     }
+}
+
+/// One vectored write of the two slices: `Some(result)`, or `None` when the socket cannot
+/// take bytes now (the op parks).
+#[inline]
+fn send_now(c: &mut Conn, a: &Slice, b: Option<&Slice>, pool: &BufferPool) -> Option<Xfer> {
+    let first = slice_data(pool, a);
+    let second = b.map_or(&[][..], |s| slice_data(pool, s));
+    let want = first.len() + second.len();
+    for _ in 0..EINTR_RETRIES {
+        let wrote = if second.is_empty() {
+            c.sock.write(first)
+        } else {
+            c.sock
+                .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+        };
+        match wrote {
+            Ok(n) => {
+                if n < want {
+                    c.ready.remove(Ready::WRITABLE);
+                }
+                return Some(Xfer::Bytes(n as u32));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.ready.remove(Ready::WRITABLE);
+                return None;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Some(Xfer::failed(&e)),
+        }
+    }
+    None
 }
 
 #[inline]
@@ -557,13 +559,19 @@ impl Engine for MioEngine {
                     Some,
                 )
             }
-            Op::Send(a, b) => run_write(c, WriteOp::Send(a, b), &self.pool).map_or_else(
-                |parked| {
-                    c.write = parked;
-                    None
-                },
-                Some,
-            ),
+            Op::Send(a, b) => {
+                if c.ready.contains(Ready::WRITABLE) {
+                    if let Some(res) = send_now(c, &a, b.as_ref(), &self.pool) {
+                        return Some(Done::Send {
+                            a: a.buf,
+                            b: b.map(|s| s.buf),
+                            res,
+                        });
+                    }
+                }
+                c.write = WriteOp::Send(a, b);
+                None
+            }
             Op::SpliceOut { pipe, len } => run_write(c, WriteOp::SpliceOut(pipe, len), &self.pool)
                 .map_or_else(
                     |parked| {

@@ -160,6 +160,8 @@ pub struct Exchange {
     pub answered: bool,
     /// Status of the response, for stats and the access log.
     pub status: u16,
+    /// Bytes sent to the client (head and body), for stats and the access log.
+    pub sent: u64,
     // ------------------------------------------------------------- times and the log
     pub request_started: Instant,
     pub first_byte_at: Instant,
@@ -171,6 +173,8 @@ pub struct Exchange {
     /// response sets ([`crate::release`]).
     pub release_tag: crate::release::Tag,
     // ------------------------------------------------------------- after a 101
+    /// The connection became a tunnel (the flows below are in use).
+    pub tunnel: bool,
     pub tun_up: Flow,
     pub tun_down: Flow,
 }
@@ -213,12 +217,16 @@ impl Exchange {
         self.upstream_close = false;
         self.answered = false;
         self.status = 0;
+        self.sent = 0;
         self.request_started = now;
         self.first_byte_at = now;
-        self.log.reset(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         self.logged = true;
-        self.tun_up = Flow::default();
-        self.tun_down = Flow::default();
+        self.release_tag = crate::release::Tag::NONE;
+        if self.tunnel {
+            self.tunnel = false;
+            self.tun_up = Flow::default();
+            self.tun_down = Flow::default();
+        }
     }
 
     fn new(now: Instant) -> Exchange {
@@ -257,11 +265,13 @@ impl Exchange {
             upstream_close: false,
             answered: false,
             status: 0,
+            sent: 0,
             request_started: now,
             first_byte_at: now,
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
             release_tag: crate::release::Tag::NONE,
+            tunnel: false,
             tun_up: Flow::default(),
             tun_down: Flow::default(),
         }
@@ -296,10 +306,13 @@ impl Exchange {
 
     /// Returns every buffer and pipe the exchange holds (outside in-flight ops) to the pools.
     pub fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
-        for b in [self.up_head.take(), self.resp_in.take(), self.down.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(b) = self.up_head.take() {
+            pool.release(b);
+        }
+        if let Some(b) = self.resp_in.take() {
+            pool.release(b);
+        }
+        if let Some(b) = self.down.take() {
             pool.release(b);
         }
         if let Some(p) = self.resp_pipe.take() {
@@ -311,8 +324,10 @@ impl Exchange {
             }
         }
         self.resp_piped = 0;
-        self.tun_up.release(pool, pipes);
-        self.tun_down.release(pool, pipes);
+        if self.tunnel {
+            self.tun_up.release(pool, pipes);
+            self.tun_down.release(pool, pipes);
+        }
     }
 }
 

@@ -46,6 +46,9 @@ use std::time::{Duration, Instant};
 const MAX_OPS: u32 = 64;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// While the worker drains (shutdown, binary upgrade), an idle keep-alive client is closed
+/// after this much silence; a request that comes sooner is answered with `Connection: close`.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// After a local answer that closes the connection: how long (and how many bytes) what the
 /// client still sends is read and dropped, so its kernel does not answer our close with a
 /// reset that could destroy the response before the client reads it (nginx's lingering
@@ -96,6 +99,10 @@ pub struct HttpSession {
     pub snapshot: Arc<Snapshot>,
     pub listener: u32,
     client_ip: IpAddr,
+    /// `client_ip` as text, written once per connection for every request's
+    /// `X-Forwarded-For`.
+    client_text: [u8; 48],
+    client_text_len: u8,
     phase: Phase,
     /// Client bytes not yet consumed: a partial head, request body bytes, or pipelined
     /// requests behind the current one (`None` also while it travels in an op).
@@ -109,6 +116,8 @@ pub struct HttpSession {
     head_started: bool,
     /// Close the client once the current response is out.
     close_after: bool,
+    /// The worker drains: every response from now on says `Connection: close`.
+    draining: bool,
     /// After a local answer: reading and dropping what the client still sends until then.
     linger_until: Option<Instant>,
     lingered: usize,
@@ -130,11 +139,16 @@ impl HttpSession {
         timeouts: ListenerTimeouts,
         now: Instant,
     ) -> HttpSession {
+        let mut client_text = [0u8; 48];
+        let client_text_len =
+            crate::http::rewrite::write_ip(client_ip, &mut client_text).unwrap_or(0) as u8;
         HttpSession {
             downstream,
             snapshot,
             listener,
             client_ip,
+            client_text,
+            client_text_len,
             phase: Phase::Head,
             req_in: None,
             req_in_out: false,
@@ -142,6 +156,7 @@ impl HttpSession {
             down_writing: false,
             head_started: false,
             close_after: false,
+            draining: false,
             linger_until: None,
             lingered: 0,
             timeouts,
@@ -203,6 +218,20 @@ impl HttpSession {
     #[inline]
     pub fn wants_close(&self) -> bool {
         self.close_after
+    }
+
+    /// The worker drains: no request after the current one. A response not yet started (and
+    /// every later one) says `Connection: close`; an idle client is closed after
+    /// [`DRAIN_IDLE`]. Closing a keep-alive connection while its client may be sending races
+    /// with that request, so the close rides on a response where it can.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.timeouts.keepalive = self.timeouts.keepalive.min(DRAIN_IDLE);
+        // Between requests `close_after` would mean "close now": the next request's head sets
+        // it instead (see `start_request`).
+        if self.exchange().is_some_and(|x| !x.resp_started) {
+            self.close_after = true;
+        }
     }
 
     /// Between requests with nothing buffered: safe to close at shutdown.
@@ -455,7 +484,7 @@ impl HttpSession {
                     res => {
                         let n = (res.bytes() as u32).min(x.resp_piped);
                         x.resp_piped -= n;
-                        x.log.bytes += u64::from(n);
+                        x.sent += u64::from(n);
                         x.answered |= n > 0;
                         x.resp_pipe = Some(pipe);
                         self.last_active = cx.now;
@@ -585,7 +614,7 @@ impl HttpSession {
         let mut a = a;
         let n = res.bytes().min(a.len());
         a.consume(n);
-        x.log.bytes += n as u64;
+        x.sent += n as u64;
         x.answered |= n > 0;
         if x.resp_out {
             // It was response body bytes from `resp_in`.
@@ -1053,7 +1082,10 @@ impl HttpSession {
         }
         cx.http.count_status(x.status);
         let reusable = request_done && clean && !x.upstream_close && !x.up_reading;
-        for b in [x.up_head.take(), x.resp_in.take()].into_iter().flatten() {
+        if let Some(b) = x.up_head.take() {
+            cx.pool.release(b);
+        }
+        if let Some(b) = x.resp_in.take() {
             cx.pool.release(b);
         }
         self.phase = Phase::Finished(x);
@@ -1110,6 +1142,7 @@ impl HttpSession {
         } else {
             self.req_in.take()
         };
+        x.tunnel = true;
         x.tun_up = super::flow::Flow::with_buf(req, cx.pool);
         x.tun_down = super::flow::Flow::with_buf(x.resp_in.take(), cx.pool);
         if self.down_reading {

@@ -126,7 +126,7 @@ impl HttpSession {
         x.client_minor = h.version_minor;
         x.upgrade_requested = h.upgrade;
         x.req_body = super::exchange::Body::new(h.body);
-        self.close_after = !h.keep_alive;
+        self.close_after = !h.keep_alive || self.draining;
         let snap = self.snapshot.clone();
         let (Some(req_buf), Some(listener)) =
             (self.req_in.as_ref(), snap.listener(self.listener as usize))
@@ -145,8 +145,10 @@ impl HttpSession {
         let target = data.get(h.target.clone()).unwrap_or_default();
         let method = data.get(h.method_range.clone()).unwrap_or_default();
         let head_len = h.head_len;
-        x.log.reset(self.client_ip);
-        x.log.set_request(method, target, host);
+        if cx.access_log {
+            x.log.reset(self.client_ip);
+            x.log.set_request(method, target, host);
+        }
         x.logged = false;
         let lookup = |name: &[u8]| {
             head::HeaderLines::new(data, head_len)
@@ -216,9 +218,12 @@ impl HttpSession {
         cx.request_ids = cx.request_ids.wrapping_add(1);
         let mut id = [0u8; 16];
         hex16(cx.request_ids, &mut id);
-        x.log.request_id = cx.request_ids;
+        if cx.access_log {
+            x.log.request_id = cx.request_ids;
+        }
         let fwd = Forwarded {
             client_ip: self.client_ip,
+            client_text: &self.client_text[..self.client_text_len as usize],
             proto: "http",
             strip_prefix: strip,
             request_id: &id,

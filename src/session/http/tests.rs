@@ -773,3 +773,40 @@ fn a_fresh_connection_reset_before_any_answer_is_retried_when_the_policy_allows(
     assert!(matches!(w, Want::Upstream(Up::Retry)), "{w:?}");
     assert!(kit.downstream.sent().is_empty());
 }
+
+#[test]
+fn draining_keeps_an_idle_client_and_closes_it_with_its_next_response() {
+    let mut kit = Kit::new();
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    kit.upstream
+        .incoming(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert!(matches!(
+        serve(&mut kit, &mut s, true, &mut seen),
+        Want::Idle
+    ));
+    // The worker drains (shutdown, binary upgrade) while the client is between requests: the
+    // connection stays (its request may be on the way) for at most DRAIN_IDLE...
+    s.drain();
+    assert!(s.idle());
+    assert!(s.deadline() <= kit.now + DRAIN_IDLE);
+    assert!(matches!(run(&mut kit, &mut s), Want::Idle), "not closed");
+    // ...and the next request is answered with `Connection: close`, then closed.
+    kit.downstream
+        .incoming(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    kit.upstream = Default::default();
+    kit.upstream.window(usize::MAX);
+    kit.upstream
+        .incoming(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let w = serve(&mut kit, &mut s, true, &mut seen);
+    assert!(matches!(w, Want::Close(CloseReason::Done)), "{w:?}");
+    let down = text(kit.downstream.sent());
+    let second = &down[down.rfind("HTTP/1.1").unwrap_or(0)..];
+    assert!(second.contains("Connection: close"), "{down}");
+    assert!(
+        !down[..down.rfind("HTTP/1.1").unwrap_or(0)].contains("Connection: close"),
+        "{down}"
+    );
+}

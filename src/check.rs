@@ -51,6 +51,13 @@ pub fn environment(cfg: &Config) -> Vec<ConfigError> {
     errs
 }
 
+/// Certificates and keys, read and checked as start-up does (with `--skip-bind` too).
+pub fn tls(cfg: &Config) -> Vec<ConfigError> {
+    crate::tls::Store::load(cfg, None, true)
+        .err()
+        .unwrap_or_default()
+}
+
 /// The admin token file: readable, not empty (what `run` reads at start).
 pub fn token_file(p: &Path) -> Result<String, String> {
     let t = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;

@@ -53,6 +53,7 @@ pub mod lbaas;
 pub mod lifecycle;
 pub mod logging;
 pub mod net;
+pub mod proto;
 pub mod quick;
 pub mod release;
 pub mod routing;
@@ -66,6 +67,7 @@ pub mod stats;
 /// passed by systemd or by the previous process of a binary upgrade.
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod transport;
 pub mod upgrade;
 pub mod worker;

@@ -223,11 +223,12 @@ fn main() -> ExitCode {
             }
             Ok(cfg) => {
                 let mut cfg = cfg;
+                let mut problems = switchyard::check::tls(&cfg);
                 if skip_bind {
                     cfg.listeners.clear();
                     cfg.server.admin = None;
                 }
-                let problems = switchyard::check::environment(&cfg);
+                problems.extend(switchyard::check::environment(&cfg));
                 if !problems.is_empty() {
                     return report(&problems);
                 }

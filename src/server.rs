@@ -299,7 +299,12 @@ fn start(
             cfg.server.workers
         );
     }
-    let mut first = Snapshot::build(&cfg, boot.version, None);
+    let slots: Vec<usize> = (0..cfg.listeners.len()).collect();
+    let rt = snapshot::Runtime {
+        tls: boot.tls.clone(),
+        ..snapshot::Runtime::default()
+    };
+    let mut first = Snapshot::build_with_slots(&cfg, boot.version, None, &slots, &rt);
     first.faas_stats = crate::discovery::faas_stats_body(&cfg);
     let snap = snapshot::shared(first);
     let token = match &cfg.server.admin_token_file {

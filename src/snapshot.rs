@@ -40,6 +40,8 @@ pub struct Runtime {
     pub health: HealthMap,
     /// Backends in slow start: the fraction (0..1) of their weight they carry now.
     pub ramp: HashMap<(String, SocketAddr), f64>,
+    /// Loaded TLS material of listeners and clusters (by name).
+    pub tls: crate::tls::Store,
 }
 
 /// Live per-backend figures that every worker updates (once per connection, never per byte).
@@ -96,6 +98,10 @@ pub struct Cluster {
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// TLS to the backends.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// A PROXY protocol header starts every upstream connection.
+    pub send_proxy: Option<crate::proto::proxy_protocol::Version>,
 }
 
 #[derive(Debug)]
@@ -119,6 +125,10 @@ pub struct ListenerRoute {
     pub max_connections: Option<u32>,
     /// Open client connections (all workers); shared across snapshots by listener name.
     pub live: Arc<ListenerLive>,
+    /// TLS termination.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Connections start with a PROXY protocol header.
+    pub accept_proxy: Option<crate::config::tls::AcceptProxy>,
 }
 
 /// Live figures of a listener that every worker updates once per connection.
@@ -238,6 +248,8 @@ impl Snapshot {
                     outlier: c.outlier.clone(),
                     retry: c.retry.clone(),
                     limits: c.limits.clone(),
+                    tls: rt.tls.clusters.get(&c.name).cloned(),
+                    send_proxy: c.send_proxy,
                 }
             })
             .collect();
@@ -295,6 +307,8 @@ impl Snapshot {
                     .and_then(|p| p.listeners.iter().flatten().find(|o| o.name == l.name))
                     .map(|o| o.live.clone())
                     .unwrap_or_default(),
+                tls: rt.tls.listeners.get(&l.name).cloned(),
+                accept_proxy: l.accept_proxy.clone(),
             };
             if listeners.len() <= slot {
                 listeners.resize_with(slot + 1, || None);

@@ -28,6 +28,10 @@ command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v busybox >/dev/null || need_apt+=(busybox-static)
 command -v tar >/dev/null || need_apt+=(tar)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+# TLS tests make certificates and drive the proxy with the openssl command; the PROXY
+# protocol tests use HAProxy as the real peer on both sides.
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then

@@ -219,7 +219,14 @@ fn admin_shared() -> switchyard::admin::Shared {
     )]
     .into_iter()
     .collect();
-    let control = Arc::new(Control::new(boot, running, snap, Vec::new(), None));
+    let control = Arc::new(Control::new(
+        boot,
+        running,
+        std::collections::HashMap::new(),
+        snap,
+        Vec::new(),
+        None,
+    ));
     switchyard::admin::Shared::new(
         control,
         None,

@@ -11,6 +11,7 @@ pub mod lbaas;
 pub mod resilience;
 pub mod routes;
 pub mod services;
+pub mod tls;
 pub mod units;
 
 use serde::{Deserialize, Serialize};
@@ -211,6 +212,12 @@ pub struct RawListener {
     pub max_connections: Option<u64>,
     /// Another process listens on this address on purpose (SO_REUSEPORT group).
     pub share: Option<bool>,
+    /// `[listeners.tls]`: TLS termination.
+    pub tls: Option<toml::Value>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub accept_proxy: Option<bool>,
+    pub proxy_timeout: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -243,6 +250,10 @@ pub struct RawCluster {
     pub max_connections: Option<u64>,
     pub max_connections_per_backend: Option<u64>,
     pub max_pending: Option<u64>,
+    /// `[clusters.tls]`: TLS to the backends.
+    pub tls: Option<toml::Value>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header starts every upstream connection.
+    pub send_proxy: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -411,6 +422,10 @@ pub struct ListenerConfig {
     /// Sharing the address with another process is intended (else start-up refuses an
     /// address someone already serves).
     pub share: bool,
+    /// TLS termination (certificates are loaded by [`crate::tls`]).
+    pub tls: Option<tls::ListenerTls>,
+    /// Connections start with a PROXY protocol header.
+    pub accept_proxy: Option<tls::AcceptProxy>,
 }
 
 impl ListenerConfig {
@@ -482,6 +497,10 @@ pub struct ClusterConfig {
     pub outlier: Option<crate::balance::outlier::OutlierConfig>,
     pub retry: resilience::RetryPolicy,
     pub limits: resilience::ClusterLimits,
+    /// TLS to the backends (files loaded by [`crate::tls`]).
+    pub tls: Option<tls::ClusterTls>,
+    /// A PROXY protocol header starts every upstream connection.
+    pub send_proxy: Option<crate::proto::proxy_protocol::Version>,
     pub autoscale: Option<autoscale::AutoscaleConfig>,
 }
 
@@ -1410,8 +1429,21 @@ fn validate(
             defaults::IDLE_TIMEOUT,
             errs,
         );
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|v| tls::listener_tls(&format!("{p}.tls"), v, errs));
+        let accept_proxy = tls::accept_proxy(
+            &p,
+            l.accept_proxy,
+            l.proxy_timeout.as_ref(),
+            l.trusted_proxies.as_ref(),
+            errs,
+        );
         if let Some(bind) = bind {
             out_listeners.push(ListenerConfig {
+                tls,
+                accept_proxy,
                 name,
                 bind,
                 protocol,
@@ -1576,6 +1608,11 @@ pub(crate) fn validate_cluster(
             .and_then(|o| resilience::outlier(&format!("{p}.outlier"), o, errs)),
         retry: resilience::retry(p, c, errs),
         limits: resilience::limits(p, c, errs),
+        tls: c
+            .tls
+            .as_ref()
+            .and_then(|v| tls::cluster_tls(&format!("{p}.tls"), v, errs)),
+        send_proxy: tls::send_proxy(p, c.send_proxy.as_ref(), errs),
         autoscale: c
             .autoscale
             .as_ref()

@@ -202,6 +202,8 @@ struct State {
     commits: u64,
     /// The `GET /stats` body of FaaS listeners with `faas_stats`.
     faas_stats: Arc<[u8]>,
+    /// Certificates and keys of the running config (read again at every reload).
+    tls: crate::tls::Store,
 }
 
 /// Module records kept next to the config, by module name.
@@ -236,6 +238,8 @@ pub struct Boot {
     pub version: u64,
     /// Which state file holds the state restored (the next write goes to the other).
     pub newest_slot: Option<usize>,
+    /// The TLS material the config names, loaded.
+    pub tls: crate::tls::Store,
     /// Module records restored with the state.
     pub ext: Ext,
 }
@@ -244,6 +248,13 @@ pub struct Boot {
 /// state file, or one whose merge no longer validates, is reported and set aside; start-up
 /// then runs the file alone.
 pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
+    let mut b = boot_config(file)?;
+    // Certificates and keys: a file that cannot be used stops the start (exit 64).
+    b.tls = crate::tls::Store::load(&b.config, None, true)?;
+    Ok(b)
+}
+
+fn boot_config(file: Table) -> Result<Boot, Vec<ConfigError>> {
     let config = config::parse_table(file.clone())?;
     let fresh = |config: Config| Boot {
         doc: file.clone(),
@@ -251,6 +262,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
         config,
         version: 1,
         newest_slot: None,
+        tls: crate::tls::Store::default(),
         ext: Ext::new(),
     };
     let Some(dir) = config.server.state_dir.clone() else {
@@ -283,6 +295,7 @@ pub fn boot(file: Table) -> Result<Boot, Vec<ConfigError>> {
                 config: cfg,
                 version: p.version + 1,
                 newest_slot: Some(slot),
+                tls: crate::tls::Store::default(),
                 ext: p.ext,
             })
         }
@@ -366,6 +379,7 @@ impl Control {
                 discovered: HashMap::new(),
                 conflicts: Vec::new(),
                 faas_stats,
+                tls: boot.tls,
                 slots,
                 health,
                 ramps: HashMap::new(),
@@ -763,6 +777,18 @@ impl Control {
             return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
         }
         let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        // An operator's change or a reload reads the certificate files again (renewed ones
+        // take effect); a discovery update keeps what is loaded. A file that cannot be used
+        // refuses the change, and the running certificates stay.
+        let tls = crate::tls::Store::load(&cfg, Some(&st.tls), operator)
+            .map_err(|errs| invalid(&errs))?;
+        if operator && new_doc == st.doc && !tls.same_as(&st.tls) {
+            // Same config, new certificate files: new connections use them, live ones keep
+            // the certificates they were accepted with.
+            st.tls = tls.clone();
+            self.publish(st);
+            log::info!("certificates reloaded: new connections use the new files");
+        }
         if operator && new_doc == st.doc && new_ext.as_ref().is_none_or(|e| *e == st.ext) {
             // Nothing runs differently: the version (ETags, If-Match) stays. A file that now
             // reads differently but merges to the same document becomes the new base.
@@ -887,7 +913,7 @@ impl Control {
             generation,
             Some(&self.shared.load()),
             &slots,
-            &runtime(&cfg, &health, &mut ramps, now),
+            &runtime(&cfg, &tls, &health, &mut ramps, now),
         );
         let faas_stats = crate::discovery::faas_stats_body(&cfg);
         snap.faas_stats = faas_stats.clone();
@@ -955,6 +981,7 @@ impl Control {
         st.conflicts = conflicts;
         st.commits += 1;
         st.faas_stats = faas_stats;
+        st.tls = tls;
         Ok(version)
     }
 
@@ -1059,9 +1086,10 @@ impl Control {
             slots,
             generation,
             faas_stats,
+            tls,
             ..
         } = &mut *st;
-        let rt = runtime(config, health, ramps, Instant::now());
+        let rt = runtime(config, tls, health, ramps, Instant::now());
         let mut snap =
             Snapshot::build_with_slots(config, *generation, Some(&self.shared.load()), slots, &rt);
         snap.faas_stats = faas_stats.clone();
@@ -1139,6 +1167,7 @@ fn add_unchecked(cfg: &Config, health: &mut HashMap<(String, SocketAddr), CheckR
 /// The runtime part of a snapshot. Finished ramps are dropped from `ramps`.
 fn runtime(
     cfg: &Config,
+    tls: &crate::tls::Store,
     health: &HashMap<(String, SocketAddr), CheckRecord>,
     ramps: &mut HashMap<(String, SocketAddr), Instant>,
     now: Instant,
@@ -1158,6 +1187,7 @@ fn runtime(
     Runtime {
         health: health_map(health),
         ramp,
+        tls: tls.clone(),
     }
 }
 

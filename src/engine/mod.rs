@@ -184,12 +184,37 @@ pub trait Engine: Send + Sized {
     /// A handle other threads use to wake this engine's [`Engine::poll`].
     fn waker(&self) -> std::sync::Arc<dyn Wake>;
 
+    /// The peer's and the local address of `conn` (`None` if unknown). Off the hot path: asked
+    /// once per upstream connection of clusters that send a PROXY protocol header.
+    fn addrs(&self, conn: ConnId) -> Option<(SocketAddr, SocketAddr)> {
+        let _ = conn;
+        None
+    }
+
     /// Which engine this is (start line, stats).
     fn name(&self) -> &'static str;
 
     /// Receives that had to wait for a pool buffer since the last call (back-pressure, shown
     /// as `buffer_waits`).
     fn take_buffer_waits(&mut self) -> u64;
+}
+
+/// The `Done` of an op that failed before it ran (its connection is gone or broken), giving
+/// back what the op carried.
+pub fn failed(op: Op, errno: i32) -> Done {
+    let res = Xfer::Failed(errno);
+    match op {
+        Op::Recv(buf) => Done::Recv { buf, res },
+        Op::Send(a, b) => Done::Send {
+            a: a.buf,
+            b: b.map(|s| s.buf),
+            res,
+        },
+        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
+        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
+        Op::Shutdown => Done::Shutdown(res),
+        Op::Watch => Done::Watch(res),
+    }
 }
 
 /// Returns the resources an undeliverable op carries to the pools (a `Done` nobody will see).

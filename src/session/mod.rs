@@ -293,6 +293,14 @@ impl Session {
         }
     }
 
+    /// Whether bytes may be spliced through the current upstream (HTTP; TCP sessions are
+    /// told at the start with `no_splice`).
+    pub fn set_upstream_splice(&mut self, ok: bool) {
+        if let Session::Http(s) = self {
+            s.set_upstream_splice(ok);
+        }
+    }
+
     /// The worker takes the upstream connection away (to close or pool it). The session
     /// forgets it; in-flight ops on it are the worker's to cancel.
     pub fn take_upstream(&mut self) -> Option<ConnId> {

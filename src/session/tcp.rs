@@ -48,6 +48,8 @@ pub struct TcpSession {
     pending: Option<Signal>,
     /// Ops handed out since the worker last found the session idle (fairness bound).
     ops: u32,
+    /// The client's address is still to come (a PROXY header): no upstream until then.
+    awaiting_client: bool,
 }
 
 impl TcpSession {
@@ -72,7 +74,33 @@ impl TcpSession {
             splice_ok,
             pending: Some(Signal::Upstream(Up::Need)),
             ops: 0,
+            awaiting_client: false,
         }
+    }
+
+    /// The client's address comes in a PROXY header: the upstream waits for it (what the
+    /// client sends meanwhile is read and held).
+    pub fn wait_for_client(&mut self) {
+        self.awaiting_client = true;
+        self.pending = None;
+    }
+
+    /// The client is known: its PROXY header was read, its handshake is done (`hash`: the
+    /// balancing key from the address it carried).
+    pub fn client_known(&mut self, hash: Option<u64>, now: Instant) {
+        if self.awaiting_client {
+            self.awaiting_client = false;
+            self.target.hash = hash;
+            self.target.started = now;
+            if self.pending.is_none() {
+                self.pending = Some(Signal::Upstream(Up::Need));
+            }
+        }
+    }
+
+    /// Bytes must pass through user space (a TLS connection on either side).
+    pub fn no_splice(&mut self) {
+        self.splice_ok = false;
     }
 
     /// Turns the Foo analyzer on for both directions (and splicing off).
@@ -129,6 +157,10 @@ impl TcpSession {
     #[inline]
     pub fn deadline(&self) -> Instant {
         match self.phase {
+            // The client connection's own deadline (a PROXY header, a handshake) runs.
+            Phase::Connecting if self.awaiting_client => {
+                self.last_active + crate::config::defaults::IDLE_TIMEOUT
+            }
             Phase::Connecting => {
                 let t = self
                     .snapshot

@@ -100,6 +100,20 @@ counters! {
         /// Picks made while every candidate was out of rotation (all ejected, or all down by
         /// their health checks): traffic went to one of them anyway (fail open).
         fail_open,
+        /// TLS handshakes completed (client side and upstream side).
+        tls_handshakes,
+        /// ... of which resumed a session (ticket or session id).
+        tls_resumed,
+        /// TLS handshakes that failed (garbage, no shared version or cipher, a refused
+        /// client certificate, a backend certificate that did not verify).
+        tls_handshake_failures,
+        /// Client connections closed because their handshake (or PROXY header) took longer
+        /// than the listener allows.
+        tls_handshake_timeouts,
+        /// Client connections closed for a missing or malformed PROXY protocol header.
+        proxy_header_errors,
+        /// Client connections refused because they came from outside `trusted_proxies`.
+        proxy_untrusted,
     }
 }
 
@@ -1247,6 +1261,9 @@ impl Aggregator {
                 Value::from(t.connections.saturating_sub(t.closed)),
             );
             t.to_json(&mut o);
+            if let Some(tls) = &l.tls {
+                o.insert("tls_certificates".into(), certs_json(&tls.certs));
+            }
             listeners.insert(l.name.clone(), Value::Object(o));
         }
         m.insert("listeners".into(), Value::Object(listeners));
@@ -1283,6 +1300,9 @@ impl Aggregator {
                 backends.insert(addr, Value::Object(bo));
             }
             o.insert("backends".into(), Value::Object(backends));
+            if let Some(tls) = c.tls.as_ref().filter(|t| !t.certs.is_empty()) {
+                o.insert("tls_certificates".into(), certs_json(&tls.certs));
+            }
             clusters.insert(c.name.clone(), Value::Object(o));
         }
         m.insert("clusters".into(), Value::Object(clusters));
@@ -1562,6 +1582,24 @@ pub(crate) fn version_label(s: &crate::release::Service, i: usize) -> String {
     } else {
         v.version.clone()
     }
+}
+
+/// Certificates in use: file, names, `not_after` (Unix seconds) and seconds left.
+fn certs_json(certs: &[crate::tls::CertInfo]) -> Value {
+    let now = crate::snapshot::unix_ms() as i64 / 1000;
+    Value::Array(
+        certs
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "file": c.file.display().to_string(),
+                    "names": c.names,
+                    "not_after": c.not_after,
+                    "expires_in_s": c.not_after - now,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// A snapshot weight (scaled by `WEIGHT_SCALE`) as the configured one.

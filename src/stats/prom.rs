@@ -341,6 +341,34 @@ pub fn render(a: &Aggregator) -> String {
     }
     traffic_families(&mut o, "listener", &rows);
 
+    // Certificates: when each expires.
+    o.family(
+        "switchyard_tls_cert_expiry_seconds",
+        "gauge",
+        "When a certificate in use expires (notAfter), seconds since the Unix epoch.",
+    );
+    let owners = snap
+        .listeners
+        .iter()
+        .flatten()
+        .filter_map(|l| Some(("listener", l.name.as_str(), &l.tls.as_ref()?.certs)))
+        .chain(
+            snap.clusters
+                .iter()
+                .filter_map(|c| Some(("cluster", c.name.as_str(), &c.tls.as_ref()?.certs))),
+        );
+    for (kind, name, certs) in owners {
+        for c in certs {
+            let file = c.file.display().to_string();
+            let names = c.names.join(",");
+            o.sample(
+                "switchyard_tls_cert_expiry_seconds",
+                &[(kind, name), ("file", &file), ("names", &names)],
+                c.not_after as f64,
+            );
+        }
+    }
+
     // Clusters and backends.
     let empty = ClusterAgg::default();
     let aggs: Vec<(&str, &ClusterAgg)> = snap

@@ -121,12 +121,24 @@ impl<E: Engine> Worker<E> {
             self.env.conns.closed += 1;
             return self.close_conn(conn, Linger::Graceful);
         };
+        let transport = match self.downstream_transport(route, peer) {
+            Ok(t) => t,
+            Err(why) => {
+                if let super::transport::Refused::Untrusted = why {
+                    self.env.conns.proxy_untrusted += 1;
+                }
+                self.env.conns.closed += 1;
+                return self.close_conn(conn, Linger::Graceful);
+            }
+        };
+        let plain = matches!(transport, crate::transport::Transport::Plain);
         let open = route.live.active.fetch_add(1, Ordering::Relaxed);
         if route.max_connections.is_some_and(|max| open >= max) {
             listener_closed(&snap, li);
             self.env.conns.limit_rejects += 1;
             self.env.conns.closed += 1;
-            if route.protocol == Protocol::Http {
+            // The plain-text 503 only where the client reads plain HTTP first.
+            if route.protocol == Protocol::Http && plain {
                 self.send_and_close(conn, LISTENER_FULL_503);
             } else {
                 self.close_conn(conn, Linger::Graceful);
@@ -142,14 +154,18 @@ impl<E: Engine> Worker<E> {
                     keepalive: route.http.keepalive_timeout,
                     tunnel_idle: route.idle_timeout,
                 };
-                Session::Http(HttpSession::new(
+                let mut s = HttpSession::new(
                     conn,
                     snap.clone(),
                     li as u32,
                     peer.ip(),
                     timeouts,
                     self.env.now,
-                ))
+                );
+                if route.tls.is_some() {
+                    s.no_splice();
+                }
+                Session::Http(s)
             }
             Protocol::Tcp | Protocol::Foo => {
                 // tcp/foo listeners always have a cluster (validated).
@@ -176,6 +192,15 @@ impl<E: Engine> Worker<E> {
                 if is_foo {
                     s.sniff_foo();
                 }
+                // No backend connection for a client that has not shown its PROXY header or
+                // finished its handshake.
+                if route.accept_proxy.is_some() || route.tls.is_some() {
+                    s.wait_for_client();
+                }
+                let tls_up = snap.clusters.get(ci).is_some_and(|c| c.tls.is_some());
+                if route.tls.is_some() || tls_up {
+                    s.no_splice();
+                }
                 Session::Tcp(s)
             }
         };
@@ -192,6 +217,11 @@ impl<E: Engine> Worker<E> {
             waiting: Waiting::No,
         });
         self.own(conn, key, Side::Downstream);
+        self.meta(conn).transport = transport;
+        if !plain {
+            // The handshake or PROXY header deadline.
+            self.arm_timer(key);
+        }
         self.drive(key);
     }
 

@@ -7,11 +7,19 @@ use crate::engine::{recycle, ConnId, Done, Engine};
 impl<E: Engine> Worker<E> {
     /// An op of connection `conn` completed.
     pub(super) fn dispatch(&mut self, conn: ConnId, done: Done) {
-        let meta = self.meta(conn);
-        let Some(done) = meta.transport.complete(done) else {
+        let _ = self.meta(conn);
+        let meta = &mut self.conns[conn as usize];
+        let owner = meta.owner;
+        let Some(done) = meta.transport.complete(&mut self.engine, conn, done) else {
+            // Consumed below the session (TLS records, a PROXY header), which may still have
+            // news for it.
+            if let Owner::Session(key, side) = owner {
+                self.transport_news(key, side, conn);
+                self.drive(key);
+            }
             return;
         };
-        match meta.owner {
+        match owner {
             Owner::Session(key, side) => {
                 let Some(e) = self.sessions.get_mut(key) else {
                     let (pool, pipes) = self.engine.pools();
@@ -19,6 +27,7 @@ impl<E: Engine> Worker<E> {
                 };
                 let mut cx = cx!(self);
                 e.session.complete(side, done, &mut cx);
+                self.transport_news(key, side, conn);
                 self.drive(key);
             }
             Owner::Pooled(_) => {

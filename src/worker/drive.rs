@@ -45,6 +45,7 @@ impl<E: Engine> Worker<E> {
                         let mut cx = cx!(self);
                         e.session.complete(side, done, &mut cx);
                     }
+                    self.transport_news(key, side, conn);
                 }
                 Want::Idle => {
                     self.after_drive(key);

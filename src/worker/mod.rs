@@ -22,6 +22,7 @@ mod dispatch;
 mod drive;
 mod obs;
 mod pick;
+mod transport;
 mod upstream;
 
 use crate::engine::mio::MioEngine;
@@ -230,7 +231,7 @@ enum Owner {
     Pooled(SocketAddr),
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct ConnMeta {
     owner: Owner,
     transport: Transport,
@@ -471,14 +472,21 @@ impl<E: Engine> Worker<E> {
     fn meta(&mut self, conn: ConnId) -> &mut ConnMeta {
         let i = conn as usize;
         if i >= self.conns.len() {
-            self.conns.resize(i + 1, ConnMeta::default());
+            self.conns.resize_with(i + 1, ConnMeta::default);
         }
         &mut self.conns[i]
     }
 
     /// Closes a connection and forgets who owned it.
     fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
-        *self.meta(conn) = ConnMeta::default();
+        let mut m = std::mem::take(self.meta(conn));
+        if !matches!(m.transport, Transport::Plain) {
+            if linger == crate::engine::Linger::Graceful {
+                m.transport.closing(&mut self.engine, conn);
+            }
+            let (pool, pipes) = self.engine.pools();
+            m.transport.release(pool, pipes);
+        }
         self.engine.close(conn, linger);
     }
 
@@ -489,8 +497,10 @@ impl<E: Engine> Worker<E> {
     fn arm_timer(&mut self, key: usize) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
+        let Some((deadline, _)) = self.session_deadline(key) else {
+            return;
+        };
         if let Some(e) = self.sessions.get_mut(key) {
-            let deadline = e.session.deadline();
             e.timer_gen = gen;
             e.timer_at = deadline;
             e.timer_armed = true;
@@ -505,9 +515,9 @@ impl<E: Engine> Worker<E> {
     /// operation.
     #[inline]
     fn rearm_if_earlier(&mut self, key: usize) {
-        let arm = match self.sessions.get(key) {
-            Some(e) => !e.timer_armed || e.session.deadline() < e.timer_at,
-            None => false,
+        let arm = match (self.sessions.get(key), self.session_deadline(key)) {
+            (Some(e), Some((deadline, _))) => !e.timer_armed || deadline < e.timer_at,
+            _ => false,
         };
         if arm {
             self.arm_timer(key);
@@ -539,20 +549,26 @@ impl<E: Engine> Worker<E> {
         for (tkey, gen) in expired.drain(..) {
             match TimerKey::decode(tkey) {
                 TimerKey::Session(key) => {
+                    let Some((deadline, transport)) = self.session_deadline(key) else {
+                        continue;
+                    };
                     let Some(e) = self.sessions.get_mut(key) else {
                         continue;
                     };
                     if e.timer_gen != gen || !e.timer_armed {
                         continue;
                     }
-                    let deadline = e.session.deadline();
                     if deadline > self.env.now {
                         e.timer_at = deadline;
                         self.timers.insert(tkey, gen, deadline);
                         continue;
                     }
                     e.timer_armed = false;
-                    self.session_timed_out(key);
+                    if transport {
+                        self.transport_timed_out(key);
+                    } else {
+                        self.session_timed_out(key);
+                    }
                 }
                 TimerKey::Pooled(conn) => {
                     let now = self.env.now;

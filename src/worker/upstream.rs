@@ -15,6 +15,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The PROXY protocol header an upstream connection starts with.
+type ProxyHeader = (
+    crate::proto::proxy_protocol::Version,
+    Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+);
+
 impl<E: Engine> Worker<E> {
     /// Acts on an upstream step a session asked for.
     pub(super) fn upstream_step(&mut self, key: usize, up: Up) {
@@ -233,9 +239,10 @@ impl<E: Engine> Worker<E> {
             if t.attempts > 1 && !http {
                 self.env.conns.connect_retries += 1;
             }
+            let proxy = self.proxy_header_for(key, cluster);
             // A pooled connection to this backend?
             if http && !fresh {
-                if let Some(conn) = self.take_pooled(backend.addr) {
+                if let Some(conn) = self.take_pooled(backend.addr, cluster, proxy) {
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     self.env.http.upstream_reused += 1;
                     self.own(conn, key, Side::Upstream);
@@ -250,11 +257,21 @@ impl<E: Engine> Worker<E> {
                     }
                     let mut cx = cx!(self);
                     e.session.set_upstream(conn, idx as u32, true, &mut cx);
+                    e.session.set_upstream_splice(cluster.tls.is_none());
                     return;
                 }
             }
             match self.engine.connect(backend.addr) {
                 Ok(conn) => {
+                    let Ok(transport) = self.upstream_transport(cluster, &backend.name, proxy)
+                    else {
+                        // No TLS name for this backend: a failed attempt (never for an IP
+                        // address or a host name as written).
+                        self.engine.close(conn, Linger::Graceful);
+                        self.env.conns.connect_failed += 1;
+                        continue;
+                    };
+                    self.meta(conn).transport = transport;
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     if http {
                         self.env.http.upstream_new += 1;
@@ -265,6 +282,7 @@ impl<E: Engine> Worker<E> {
                     };
                     let mut cx = cx!(self);
                     e.session.set_upstream(conn, idx as u32, false, &mut cx);
+                    e.session.set_upstream_splice(cluster.tls.is_none());
                     return;
                 }
                 Err(err) if is_resource_exhaustion(&err) => {
@@ -402,13 +420,30 @@ impl<E: Engine> Worker<E> {
 
     // ------------------------------------------------------------------ the pool
 
-    /// An idle pooled connection to `addr`, taken out of the pool.
-    fn take_pooled(&mut self, addr: std::net::SocketAddr) -> Option<ConnId> {
-        let conn = self.upstream_pool.get_mut(&addr)?.pop()?;
+    /// An idle pooled connection to `addr` that fits `cluster` (its TLS config, and the PROXY
+    /// header `proxy` a new connection would send), taken out of the pool.
+    fn take_pooled(
+        &mut self,
+        addr: std::net::SocketAddr,
+        cluster: &crate::snapshot::Cluster,
+        proxy: Option<ProxyHeader>,
+    ) -> Option<ConnId> {
+        let list = self.upstream_pool.get_mut(&addr)?;
+        let conns = &self.conns;
+        let fits = |c: &ConnId| {
+            conns
+                .get(*c as usize)
+                .is_some_and(|m| m.transport.reusable_for(cluster.tls.as_ref(), proxy))
+        };
+        // The newest fitting one (most likely still open at the backend).
+        let at = list.iter().rposition(fits)?;
+        let conn = list.remove(at);
         // Its watch is cancelled. Its pool timer entry stays in the wheel: when it fires while
         // the connection is lent it is dropped, otherwise re-checked; reuse costs no wheel
         // operation.
-        self.engine.cancel(conn, Slot::Read);
+        self.conns[conn as usize]
+            .transport
+            .cancel(&mut self.engine, conn, Slot::Read);
         let m = self.meta(conn);
         m.owner = Owner::None;
         m.deadline = None;
@@ -450,13 +485,14 @@ impl<E: Engine> Worker<E> {
         m.owner = Owner::Pooled(addr);
         m.deadline = Some(deadline);
         // A backend closing an idle connection (or sending what it should not) ends it.
-        let mut transport = m.transport;
-        if let Some(done) = transport.submit(&mut self.engine, conn, Op::Watch) {
+        let watched = self.conns[conn as usize]
+            .transport
+            .submit(&mut self.engine, conn, Op::Watch);
+        if let Some(done) = watched {
             let (pool, pipes) = self.engine.pools();
             crate::engine::recycle(done, pool, pipes);
             self.close_conn(conn, Linger::Graceful);
         } else {
-            self.meta(conn).transport = transport;
             self.upstream_pool.entry(addr).or_default().push(conn);
             self.arm_pooled_timer(conn);
         }

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod discovery;
 pub mod sd;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::ffi::OsString;

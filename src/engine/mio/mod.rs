@@ -409,19 +409,7 @@ fn connect_result(c: &mut Conn) -> Result<Done, WriteOp> {
 /// The `Done` of an op submitted on a connection that no longer exists: a failure that gives
 /// back what the op carried.
 fn failed(op: Op) -> Done {
-    let res = Xfer::Failed(libc::EBADF);
-    match op {
-        Op::Recv(buf) => Done::Recv { buf, res },
-        Op::Send(a, b) => Done::Send {
-            a: a.buf,
-            b: b.map(|s| s.buf),
-            res,
-        },
-        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
-        Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
-        Op::Shutdown => Done::Shutdown(res),
-        Op::Watch => Done::Watch(res),
-    }
+    super::failed(op, libc::EBADF)
 }
 
 impl Engine for MioEngine {
@@ -639,6 +627,11 @@ impl Engine for MioEngine {
 
     fn name(&self) -> &'static str {
         "mio"
+    }
+
+    fn addrs(&self, conn: ConnId) -> Option<(SocketAddr, SocketAddr)> {
+        let c = self.conns.get(conn as usize)?;
+        Some((c.sock.peer_addr().ok()?, c.sock.local_addr().ok()?))
     }
 
     fn take_buffer_waits(&mut self) -> u64 {

@@ -152,6 +152,8 @@ pub struct Exchange {
     /// The last splice found the backend quiet: the body goes on through buffers (a receive
     /// waits for the next bytes) until they show it is worth a pipe again.
     pub splice_dry: bool,
+    /// The upstream connection can splice (not TLS).
+    pub up_splice_ok: bool,
     /// A 101 is being written: the tunnel starts once it is out.
     pub upgrading: bool,
     /// The backend asked to close (or framing requires it): don't pool the upstream.
@@ -261,6 +263,7 @@ impl Exchange {
             resp_piped: 0,
             splicing: false,
             splice_dry: false,
+            up_splice_ok: true,
             upgrading: false,
             upstream_close: false,
             answered: false,

@@ -128,6 +128,8 @@ pub struct HttpSession {
     /// Something for the worker, said at the next [`HttpSession::next`].
     pending: Option<Signal>,
     ops: u32,
+    /// Response bodies may be spliced to the client (not to a TLS client).
+    splice_ok: bool,
 }
 
 impl HttpSession {
@@ -164,6 +166,26 @@ impl HttpSession {
             last_active: now,
             pending: None,
             ops: 0,
+            splice_ok: true,
+        }
+    }
+
+    /// The client's address as a PROXY protocol header gave it (before any request).
+    pub fn set_client_ip(&mut self, ip: IpAddr) {
+        self.client_ip = ip;
+        self.client_text_len =
+            crate::http::rewrite::write_ip(ip, &mut self.client_text).unwrap_or(0) as u8;
+    }
+
+    /// Bytes to the client must pass through user space (a TLS client).
+    pub fn no_splice(&mut self) {
+        self.splice_ok = false;
+    }
+
+    /// Whether the current upstream may splice response bodies (not a TLS upstream).
+    pub fn set_upstream_splice(&mut self, ok: bool) {
+        if let Some(x) = self.exchange_mut() {
+            x.up_splice_ok = ok;
         }
     }
 
@@ -998,6 +1020,8 @@ impl HttpSession {
             // A long Content-Length body, once everything buffered before it is out, goes
             // backend → pipe → client with splice(2): no copy through user space.
             if !x.splicing
+                && self.splice_ok
+                && x.up_splice_ok
                 && !x.splice_dry
                 && x.resp_started
                 && x.resp_ready == 0

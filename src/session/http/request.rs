@@ -224,7 +224,12 @@ impl HttpSession {
         let fwd = Forwarded {
             client_ip: self.client_ip,
             client_text: &self.client_text[..self.client_text_len as usize],
-            proto: "http",
+
+            proto: if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             strip_prefix: strip,
             request_id: &id,
         };

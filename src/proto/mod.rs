@@ -1,0 +1,3 @@
+//! Wire formats read or written below the sessions, sans I/O: the PROXY protocol header.
+
+pub mod proxy_protocol;

@@ -32,7 +32,7 @@ test: deps
 	$(CARGO) build --bins
 	$(CARGO) test
 
-## Criterion micro-benchmarks (buffer pool, token encoding, balancer pick).
+## Criterion micro-benchmarks (buffer pool, token encoding, balancer pick, snapshot-change cost per worker).
 bench:
 	$(CARGO) bench --bench core
 

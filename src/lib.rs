@@ -20,8 +20,10 @@
 //!   connection: plain TCP), [`io`] (buffers, splice pipes, the timer wheel, transfer
 //!   results), [`net`] (binding and announcing listeners);
 //! - the message layer: [`http`] (heads, chunked bodies, rewriting), [`routing`] (HTTP route
-//!   matching), [`balance`] (backend selection), [`release`] (versioned services: release
-//!   strategies decided per request, auto-rollback, the DSU proxy's API);
+//!   matching), [`balance`] (backend selection: selection tables built by the control plane,
+//!   pick state per worker), [`proto`] (protocol analyzers: the Foo line sniffer), [`release`]
+//!   (versioned services: release strategies decided per request, auto-rollback, the DSU
+//!   proxy's API);
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
 //!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
@@ -31,7 +33,7 @@
 //!   (ready/reload/upgrade/stop as the service manager sees them), [`sd`] (sd_notify, the
 //!   watchdog, socket activation), [`upgrade`] (zero-downtime binary upgrade), [`signals`],
 //!   [`logging`], [`quick`] (the Foo and FaaS compatible command lines), [`ctl`],
-//!   [`demo_backend`], [`sys`] (operating-system facts).
+//!   [`demo`] (the demo backend), [`sys`] (operating-system facts).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -43,7 +45,7 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod ctl;
-pub mod demo_backend;
+pub mod demo;
 pub mod discovery;
 pub mod engine;
 pub mod health;

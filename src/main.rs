@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use switchyard::config::{self, Config, ConfigError};
-use switchyard::demo_backend::{self, DemoOptions, DemoProtocol};
+use switchyard::demo::{self, DemoOptions, DemoProtocol};
 use switchyard::quick::{self, QuickArgs};
 use switchyard::stats::StatsConfig;
 use switchyard::{control, logging, server};
@@ -285,7 +285,7 @@ fn main() -> ExitCode {
                 id: id.unwrap_or_else(|| listen.to_string()),
                 workers,
             };
-            match demo_backend::run(opts) {
+            match demo::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("demo-backend: {e}");
@@ -377,7 +377,7 @@ fn run_demo() -> ExitCode {
             workers: 1,
         };
         std::thread::spawn(move || {
-            if let Err(e) = demo_backend::run(opts) {
+            if let Err(e) = demo::run(opts) {
                 log::error!("demo backend {listen}: {e}");
             }
         });

@@ -1,10 +1,14 @@
 //! The routing state as one immutable [`Snapshot`] behind an `ArcSwap`.
 //!
-//! Writers (today the config loader; later the admin API, SIGHUP reload and health checker)
-//! build a complete new snapshot and publish it with one `store`. Workers `load` it once per
-//! new connection, so a connection keeps the snapshot (and therefore the backend list) it
+//! The control plane (`control::Control`: config loads and reloads, the admin API, health
+//! verdicts, slow-start steps) builds a complete new snapshot, including each cluster's
+//! selection table (`balance::SelectionTable`, reused from the previous snapshot when the
+//! cluster's backends did not change), and publishes it with one `store`. Workers `load` it
+//! once per new connection (an HTTP keep-alive session once per request), so a connection
+//! or request keeps the snapshot (and therefore the backend list and its numbering) it
 //! started with. Never split related state across two swaps.
 
+use crate::balance::SelectionTable;
 use crate::config::{BalanceKind, Config, HashOn, HttpListenerConfig, Protocol};
 use crate::http::head::Limits;
 use crate::routing::{CompiledRoute, Target};
@@ -80,6 +84,10 @@ pub struct Cluster {
     pub hash_on: Option<HashOn>,
     /// Backends in rotation: what the balancers pick from (indices are into this list).
     pub backends: Vec<Backend>,
+    /// The selection table for `backends` (Maglev table, weight sums, addresses), built here
+    /// once for every worker; shared with the previous snapshot when `backends` kept what it
+    /// depends on.
+    pub table: Arc<SelectionTable>,
     /// Draining backends: no new connections or requests; shown by the admin API and stats.
     pub draining: Vec<Backend>,
     /// Backends their health checks took down (out of rotation).
@@ -89,7 +97,7 @@ pub struct Cluster {
     /// Every backend in rotation is down: fail open, and send traffic to all of them anyway
     /// (`backends` then holds them all and `down` is empty).
     pub panic: bool,
-    pub outlier: Option<crate::balance::outlier::OutlierConfig>,
+    pub outlier: Option<crate::config::resilience::OutlierConfig>,
     pub retry: crate::config::resilience::RetryPolicy,
     pub limits: crate::config::resilience::ClusterLimits,
     pub connect_timeout: Duration,
@@ -139,8 +147,9 @@ pub struct ListenerLive {
 
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Generation: bumped by every publish (config change or health change). Workers rebuild
-    /// their per-cluster balancers when it moves.
+    /// Generation: bumped by every publish (config change, health change, slow-start step).
+    /// Workers point their per-cluster pick state at the new selection tables when it moves
+    /// (`balance::PickState::follow`: no table is built in a worker).
     pub version: u64,
     /// Indexed by listener slot. A slot is the listener's index in the workers' socket table
     /// and its token; removed listeners leave `None` until the slot is reused.
@@ -225,7 +234,15 @@ impl Snapshot {
                     backends = std::mem::take(&mut down);
                     backends.append(&mut unknown);
                 }
+                let before = prev.and_then(|p| p.cluster(&c.name));
+                let table = SelectionTable::reuse_or_build(
+                    &c.name,
+                    c.balance,
+                    &backends,
+                    before.map(|b| (&b.table, &b.backends[..])),
+                );
                 Cluster {
+                    table,
                     name: c.name.clone(),
                     balance: c.balance,
                     hash_on: c.hash_on.clone(),
@@ -358,8 +375,13 @@ impl Snapshot {
         self.services.get(*self.service_index.get(name)?)
     }
 
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.get(*self.cluster_index.get(name)?)
+    }
+
     pub fn find_backend(&self, cluster: &str, addr: SocketAddr) -> Option<&Backend> {
-        let c = self.clusters.iter().find(|c| c.name == cluster)?;
+        let c = self.cluster(cluster)?;
         c.backends
             .iter()
             .chain(&c.draining)
@@ -404,4 +426,87 @@ fn layout_of(
 
 pub fn shared(s: Snapshot) -> SharedSnapshot {
     Arc::new(ArcSwap::from_pointee(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    const CFG: &str = r#"
+        [[listeners]]
+        name = "l"
+        bind = "127.0.0.1:0"
+        cluster = "h"
+
+        [[clusters]]
+        name = "h"
+        balance = "hash"
+        hash_on = "client_ip"
+        backends = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+
+        [[clusters]]
+        name = "rr"
+        balance = "round_robin"
+        backends = ["127.0.0.1:9101", "127.0.0.1:9102"]
+
+        [[clusters]]
+        name = "lc"
+        balance = "least_conn"
+        backends = ["127.0.0.1:9201", "127.0.0.1:9202"]
+    "#;
+
+    fn down(cluster: &str, port: u16) -> Runtime {
+        let mut rt = Runtime::default();
+        rt.health.insert(
+            (cluster.to_string(), ([127, 0, 0, 1], port).into()),
+            HealthState::Down,
+        );
+        rt
+    }
+
+    fn ramp(cluster: &str, port: u16, f: f64) -> Runtime {
+        let mut rt = Runtime::default();
+        rt.ramp
+            .insert((cluster.to_string(), ([127, 0, 0, 1], port).into()), f);
+        rt
+    }
+
+    #[test]
+    fn tables_are_built_once_and_reused_while_their_backends_stay() {
+        let cfg = parse_str(CFG).expect("config");
+        let slots = [0];
+        let build = |v, prev: Option<&Snapshot>, rt: &Runtime| {
+            Snapshot::build_with_slots(&cfg, v, prev, &slots, rt)
+        };
+        let s1 = build(1, None, &Runtime::default());
+        let t = |s: &Snapshot, c: &str| s.cluster(c).expect("cluster").table.clone();
+        assert_eq!(t(&s1, "h").maglev().map(|m| m.table_len()), Some(65_537));
+        // A health flap in another cluster: the Maglev table is shared, not rebuilt.
+        let s2 = build(2, Some(&s1), &down("rr", 9102));
+        assert!(Arc::ptr_eq(&t(&s1, "h"), &t(&s2, "h")));
+        assert!(Arc::ptr_eq(&t(&s1, "lc"), &t(&s2, "lc")));
+        assert!(!Arc::ptr_eq(&t(&s1, "rr"), &t(&s2, "rr")));
+        assert_eq!(t(&s2, "rr").len(), 1);
+        // A slow-start step of a least-connections backend keeps its table; a hash
+        // cluster's step rebuilds its (in the control plane, once for every worker).
+        let s3 = build(3, Some(&s2), &ramp("lc", 9202, 0.5));
+        let s4 = build(4, Some(&s3), &ramp("lc", 9202, 0.6));
+        assert_eq!(s4.cluster("lc").unwrap().backends[1].weight, 60);
+        assert!(Arc::ptr_eq(&t(&s2, "lc"), &t(&s4, "lc")));
+        let s5 = build(5, Some(&s4), &ramp("h", 9003, 0.5));
+        assert!(!Arc::ptr_eq(&t(&s4, "h"), &t(&s5, "h")));
+        // The same inputs again: shared.
+        let s6 = build(6, Some(&s5), &ramp("h", 9003, 0.5));
+        assert!(Arc::ptr_eq(&t(&s5, "h"), &t(&s6, "h")));
+        // Every cluster's table numbers its backends as the snapshot does.
+        for s in [&s1, &s2, &s3, &s4, &s5, &s6] {
+            for c in &s.clusters {
+                let addrs: Vec<_> = (0..c.table.len()).filter_map(|i| c.table.addr(i)).collect();
+                let want: Vec<_> = c.backends.iter().map(|b| b.addr).collect();
+                assert_eq!(addrs, want, "{}", c.name);
+                assert_eq!(c.table.cluster(), c.name);
+            }
+        }
+    }
 }

@@ -134,7 +134,7 @@ fn feed(body: &[u8], cuts: &[usize]) -> Result<(usize, bool), ChunkError> {
 
 /// The Foo line sniffer: any bytes, any split, the same counts.
 pub fn foo_sniffer(data: &[u8]) {
-    use switchyard::stats::foo::LineSniffer;
+    use switchyard::proto::foo::LineSniffer;
     let mut whole = LineSniffer::default();
     whole.feed(data);
     let mut bytes = LineSniffer::default();

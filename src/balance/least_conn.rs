@@ -2,17 +2,18 @@
 //! round robin so equal backends share new connections evenly. `active` is the process-wide
 //! count every worker maintains in the snapshot's per-backend atomics.
 
-use super::{Balancer, PickCtx, Tried};
+use super::{PickCtx, Tried};
 use crate::snapshot::Backend;
 use std::sync::atomic::Ordering;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LeastConn {
     next: usize,
 }
 
-impl Balancer for LeastConn {
-    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
+impl LeastConn {
+    /// The next backend not in `tried`; `None` when every one was tried.
+    pub fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
         let n = backends.len();
         let mut best: Option<(usize, u64, u64)> = None; // (index, active, weight)
         for i in 0..n {

@@ -2,7 +2,8 @@
 //! Load Balancer", NSDI 2016, §3.4).
 //!
 //! A lookup table of `M` entries (a prime, at least [`MIN_TABLE`] and at least 100 × the
-//! number of backends) is filled once, when the balancer is built: every backend has its own
+//! number of backends) is filled once per snapshot, by the control plane (it is part of the
+//! cluster's [`SelectionTable`](super::SelectionTable), shared by every worker): every backend has its own
 //! permutation of the slots, `(offset + j × skip) mod M`, with `offset` and `skip` taken from
 //! two independent hashes of its name, and the backends take turns claiming the next free
 //! slot of their permutation until the table is full. A heavier backend takes more turns
@@ -14,33 +15,31 @@
 //! A pick is `table[hash mod M]`. On a retry (that backend already tried) it walks on to the
 //! next entries until one names an untried backend, so a given key always retries the same
 //! way. Without a hash (`PickCtx::hash` is `None`: the header is absent, ...) picks go round
-//! robin.
+//! robin, with the worker's own cursor.
 
-use super::{hash_bytes_seeded, Balancer, PickCtx, RoundRobin, Tried};
+use super::{hash_bytes_seeded, PickCtx, RoundRobin, Tried};
 use crate::snapshot::Backend;
 
 /// Smallest table size: 65537 entries (a prime) keep every share within 0.01% of its target
-/// for small clusters, for 256 KiB per worker.
+/// for small clusters, for 256 KiB per cluster (shared by the workers).
 pub const MIN_TABLE: usize = 65_537;
 const SEED_OFFSET: u64 = 0x5851_F42D_4C95_7F2D;
 const SEED_SKIP: u64 = 0x1405_7B7E_F767_814F;
 
+/// The lookup table (immutable once built).
 #[derive(Debug)]
 pub struct Maglev {
     /// Backend indices; empty when there are no backends.
-    table: Vec<u32>,
+    table: Box<[u32]>,
     /// The number of backends the table was built for.
     n: usize,
-    /// Order for picks without a hash.
-    rr: RoundRobin,
 }
 
 impl Maglev {
     pub fn new(backends: &[Backend]) -> Maglev {
         Maglev {
-            table: build_table(backends),
+            table: build_table(backends).into_boxed_slice(),
             n: backends.len(),
-            rr: RoundRobin::default(),
         }
     }
 
@@ -57,13 +56,19 @@ impl Maglev {
     pub fn table_len(&self) -> usize {
         self.table.len()
     }
-}
 
-impl Balancer for Maglev {
-    fn pick(&mut self, backends: &[Backend], tried: Tried, ctx: &PickCtx) -> Option<usize> {
+    /// Picks for `ctx.hash`, skipping `tried`; `rr` orders picks without a hash (and picks
+    /// from a backend list the table was not built for).
+    pub fn pick(
+        &self,
+        rr: &mut RoundRobin,
+        backends: &[Backend],
+        tried: Tried,
+        ctx: &PickCtx,
+    ) -> Option<usize> {
         let n = backends.len();
         let (Some(hash), false) = (ctx.hash, self.table.is_empty() || n != self.n) else {
-            return self.rr.pick(backends, tried, ctx);
+            return rr.pick(backends, tried, ctx);
         };
         let m = self.table.len();
         let start = (hash % m as u64) as usize;
@@ -113,14 +118,17 @@ fn build_table(backends: &[Backend]) -> Vec<u32> {
     }
     let m = next_prime(MIN_TABLE.max(n.saturating_mul(100)));
     let m64 = m as u64;
-    // (offset, skip, next j, turn credit) per backend.
-    let mut perm: Vec<(u64, u64, u64, u64)> = backends
+    // (position in its permutation, skip, turn credit) per backend. The position walks
+    // `offset, offset + skip, offset + 2 × skip, ... (mod m)` by one addition and one
+    // conditional subtraction per probe rather than a 64-bit division (the fill makes about
+    // m × ln(m) probes: a division each made the build several times slower).
+    let mut perm: Vec<(u64, u64, u64)> = backends
         .iter()
         .map(|b| {
             let name = b.name.as_bytes();
             let offset = hash_bytes_seeded(name, SEED_OFFSET) % m64;
             let skip = hash_bytes_seeded(name, SEED_SKIP) % (m64 - 1) + 1;
-            (offset, skip, 0, 0)
+            (offset, skip, 0)
         })
         .collect();
     let weights: Vec<u64> = backends
@@ -135,16 +143,19 @@ fn build_table(backends: &[Backend]) -> Vec<u32> {
     // every slot (m is prime and 0 < skip < m), so a free slot is always found.
     while filled < m {
         for (i, p) in perm.iter_mut().enumerate() {
-            p.3 += weights[i];
-            if p.3 < max_w {
+            p.2 += weights[i];
+            if p.2 < max_w {
                 continue;
             }
-            p.3 -= max_w;
+            p.2 -= max_w;
             loop {
-                let slot = ((p.0 + p.2 * p.1) % m64) as usize;
-                p.2 += 1;
-                if table[slot] == EMPTY {
-                    table[slot] = i as u32;
+                let slot = p.0 as usize;
+                p.0 += p.1;
+                if p.0 >= m64 {
+                    p.0 -= m64;
+                }
+                if let Some(e) = table.get_mut(slot).filter(|e| **e == EMPTY) {
+                    *e = i as u32;
                     filled += 1;
                     break;
                 }
@@ -191,22 +202,24 @@ mod tests {
     #[test]
     fn same_key_same_backend_in_every_instance() {
         let b = test_backends(&[1, 1, 1, 1]);
-        let mut m1 = Maglev::new(&b);
-        let mut m2 = Maglev::new(&b); // another worker
+        let m1 = Maglev::new(&b);
+        let m2 = Maglev::new(&b); // another process
+        let (mut rr1, mut rr2) = (RoundRobin::default(), RoundRobin::default()); // two workers
         for i in 0..1000 {
-            let p = m1.pick(&b, Tried::default(), &ctx(key(i)));
-            assert_eq!(p, m1.pick(&b, Tried::default(), &ctx(key(i))));
-            assert_eq!(p, m2.pick(&b, Tried::default(), &ctx(key(i))));
+            let p = m1.pick(&mut rr1, &b, Tried::default(), &ctx(key(i)));
+            assert_eq!(p, m1.pick(&mut rr2, &b, Tried::default(), &ctx(key(i))));
+            assert_eq!(p, m2.pick(&mut rr1, &b, Tried::default(), &ctx(key(i))));
         }
     }
 
     #[test]
     fn even_spread_over_five() {
         let b = test_backends(&[1; 5]);
-        let mut m = Maglev::new(&b);
+        let m = Maglev::new(&b);
+        let mut rr = RoundRobin::default();
         let mut c = [0u32; 5];
         for i in 0..100_000 {
-            c[m.pick(&b, Tried::default(), &ctx(key(i))).unwrap()] += 1;
+            c[m.pick(&mut rr, &b, Tried::default(), &ctx(key(i))).unwrap()] += 1;
         }
         for n in c {
             assert!((19_000..=21_000).contains(&n), "{c:?}");
@@ -257,30 +270,74 @@ mod tests {
     #[test]
     fn retry_walks_to_an_untried_backend() {
         let b = test_backends(&[1, 1, 1]);
-        let mut m = Maglev::new(&b);
+        let m = Maglev::new(&b);
+        let rr = &mut RoundRobin::default();
         for i in 0..200 {
             let h = key(i);
-            let first = m.pick(&b, Tried::default(), &ctx(h)).unwrap();
+            let first = m.pick(rr, &b, Tried::default(), &ctx(h)).unwrap();
             let mut t = Tried::default();
             t.insert(first);
-            let second = m.pick(&b, t, &ctx(h)).unwrap();
+            let second = m.pick(rr, &b, t, &ctx(h)).unwrap();
             assert_ne!(second, first);
-            assert_eq!(m.pick(&b, t, &ctx(h)), Some(second), "retries are stable");
+            assert_eq!(
+                m.pick(rr, &b, t, &ctx(h)),
+                Some(second),
+                "retries are stable"
+            );
             t.insert(second);
-            let third = m.pick(&b, t, &ctx(h)).unwrap();
+            let third = m.pick(rr, &b, t, &ctx(h)).unwrap();
             assert!(third != first && third != second);
             t.insert(third);
-            assert_eq!(m.pick(&b, t, &ctx(h)), None);
+            assert_eq!(m.pick(rr, &b, t, &ctx(h)), None);
         }
+    }
+
+    #[test]
+    fn tables_never_change() {
+        // Every worker, process and future build must map a key to the same backend: these
+        // checksums pin the tables of a few backend sets (any change to the fill moves keys).
+        let mut ramp = test_backends(&[100; 64]);
+        for (i, b) in ramp.iter_mut().enumerate() {
+            b.weight = 1 + (i as u32 * 37) % 100;
+        }
+        let sum = |b: &[Backend]| {
+            let t = Maglev::new(b);
+            let bytes: Vec<u8> = t.table.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (t.table_len(), hash_bytes(&bytes))
+        };
+        assert_eq!(
+            sum(&test_backends(&[1; 5])),
+            (65_537, 0x9940_2af7_f922_f856)
+        );
+        assert_eq!(
+            sum(&test_backends(&[1, 3])),
+            (65_537, 0x1743_8fef_f7cd_98b4)
+        );
+        assert_eq!(sum(&ramp), (65_537, 0xde7c_96d0_a5d5_56f0));
+        assert_eq!(
+            sum(&test_backends(&[1; 1000])),
+            (100_003, 0x366f_7184_9ff8_8a58)
+        );
     }
 
     #[test]
     fn no_hash_means_round_robin() {
         let b = test_backends(&[1, 1, 1]);
-        let mut m = Maglev::new(&b);
+        let m = Maglev::new(&b);
+        let mut rr = RoundRobin::default();
         let seq: Vec<_> = (0..6)
-            .map(|_| m.pick(&b, Tried::default(), &PickCtx::NONE).unwrap())
+            .map(|_| {
+                m.pick(&mut rr, &b, Tried::default(), &PickCtx::NONE)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
+        // A backend list the table was not built for (it cannot happen within one
+        // snapshot): round robin rather than an index out of range.
+        let more = test_backends(&[1, 1, 1, 1]);
+        for i in 0..100 {
+            let p = m.pick(&mut rr, &more, Tried::default(), &ctx(key(i)));
+            assert!(p.is_some_and(|p| p < 4));
+        }
     }
 }

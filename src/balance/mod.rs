@@ -1,31 +1,44 @@
-//! Backend selection behind one small trait, shared by the TCP and (later) HTTP engines.
+//! Backend selection, in two halves:
 //!
-//! Each worker owns one balancer per cluster (its own cursor, weights, latency estimates and
-//! hash table: no shared mutable state between cores), rebuilt when the snapshot changes.
-//! Algorithms that need global figures read the per-backend atomics in the snapshot
-//! (`BackendLive::active`), which change once per connection.
+//! - [`SelectionTable`] (`table.rs`): the immutable half, derived from a cluster's backend
+//!   list and weights (the Maglev lookup table, P2C's weight prefix sums, the backend
+//!   addresses). The control plane builds it once per snapshot, reusing the previous
+//!   snapshot's when the backends did not change, and every worker reads it through the
+//!   snapshot's `Arc`.
+//! - [`PickState`] (`state.rs`): the mutable half, one per worker and cluster (round-robin
+//!   cursors, smooth-WRR scores, P2C latency estimates and random generator, outlier counts),
+//!   keyed by backend address so that it survives snapshot changes. No shared mutable state
+//!   between cores. Algorithms that need global figures read the per-backend atomics in the
+//!   snapshot (`BackendLive::active`), which change once per connection.
+//!
+//! One file per algorithm: `round_robin.rs`, `weighted.rs` (smooth weighted round robin),
+//! `least_conn.rs`, `p2c.rs` (P2C over peak EWMA), `maglev.rs` (consistent hashing). The table
+//! and the state dispatch on a closed enum rather than a trait object: the two halves must be
+//! the same algorithm, the enum keeps the state by value in the worker (no box per cluster),
+//! and a match costs less than a virtual call.
 //!
 //! Per pick the caller passes a [`PickCtx`] (today: the request's hash for `hash` clusters);
 //! after a connect (TCP) or a response (HTTP) it reports the outcome with
-//! [`Balancer::observe`], which latency-aware algorithms use and the others ignore.
+//! [`PickState::observe`], which latency-aware algorithms use and the others ignore.
 
 mod least_conn;
 mod maglev;
 pub mod outlier;
 mod p2c;
 mod round_robin;
+mod state;
+mod table;
 mod weighted;
 
 pub use least_conn::LeastConn;
 pub use maglev::Maglev;
-pub use p2c::P2cEwma;
+pub use p2c::{P2cEwma, P2cTable};
 pub use round_robin::RoundRobin;
+pub use state::PickState;
+pub use table::{Renumber, SelectionTable};
 pub use weighted::SmoothWeighted;
 
-use crate::config::BalanceKind;
-use crate::snapshot::Backend;
 use std::net::IpAddr;
-use std::time::Duration;
 
 /// Backends already tried for one client connection (indices below 64; retries beyond that
 /// many distinct backends may repeat one, which is harmless).
@@ -65,40 +78,12 @@ impl PickCtx {
     pub const NONE: PickCtx = PickCtx { hash: None };
 }
 
-/// How a use of a backend ended, as reported to [`Balancer::observe`].
+/// How a use of a backend ended, as reported to [`PickState::observe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// TCP: the connect failed or timed out. HTTP (later): also a 5xx or a broken response.
+    /// TCP: the connect failed or timed out. HTTP: also a 5xx or a broken response.
     Failure,
-}
-
-pub trait Balancer: Send {
-    /// Picks a backend index, skipping `tried`. `None` when every backend was tried.
-    fn pick(&mut self, backends: &[Backend], tried: Tried, ctx: &PickCtx) -> Option<usize>;
-
-    /// Feedback on backend `backend` (an index into the same backend list): `rtt` is the
-    /// connect time for TCP (time to first byte for HTTP); failures are connect errors and
-    /// timeouts (and 5xx for HTTP). Default: ignored.
-    fn observe(&mut self, _backend: usize, _rtt: Duration, _outcome: Outcome) {}
-}
-
-/// Builds the balancer for a cluster. Table-based algorithms (`hash`) do their one-off work
-/// here, so picks never allocate.
-pub fn new_balancer(kind: BalanceKind, backends: &[Backend]) -> Box<dyn Balancer> {
-    match kind {
-        // Round robin ignores weights, except while a backend is in slow start (its weight
-        // is then below the others'): smooth weighted round robin over equal weights is
-        // round robin, and it honours the ramp.
-        BalanceKind::RoundRobin if backends.windows(2).any(|w| w[0].weight != w[1].weight) => {
-            Box::new(SmoothWeighted::new(backends.len()))
-        }
-        BalanceKind::RoundRobin => Box::new(RoundRobin::default()),
-        BalanceKind::Weighted => Box::new(SmoothWeighted::new(backends.len())),
-        BalanceKind::LeastConn => Box::new(LeastConn::default()),
-        BalanceKind::P2cEwma => Box::new(P2cEwma::new(backends)),
-        BalanceKind::Hash => Box::new(Maglev::new(backends)),
-    }
 }
 
 // ------------------------------------------------------------------------------- hashing
@@ -169,11 +154,11 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
 }
 
 #[cfg(test)]
-pub(crate) fn test_backends(weights: &[u32]) -> Vec<Backend> {
+pub(crate) fn test_backends(weights: &[u32]) -> Vec<crate::snapshot::Backend> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| Backend {
+        .map(|(i, &w)| crate::snapshot::Backend {
             name: format!("127.0.0.1:{}", 9000 + i),
             addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
             weight: w,
@@ -185,7 +170,14 @@ pub(crate) fn test_backends(weights: &[u32]) -> Vec<Backend> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BalanceKind;
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn state(kind: BalanceKind, b: &[crate::snapshot::Backend]) -> PickState {
+        PickState::new(Arc::new(SelectionTable::build("c", kind, b)), None)
+    }
 
     #[test]
     fn every_algorithm_handles_an_empty_cluster() {
@@ -197,7 +189,7 @@ mod tests {
             BalanceKind::P2cEwma,
             BalanceKind::Hash,
         ] {
-            let mut b = new_balancer(kind, &[]);
+            let mut b = state(kind, &[]);
             let ctx = PickCtx { hash: Some(42) };
             assert_eq!(b.pick(&[], Tried::default(), &ctx), None, "{kind:?}");
             assert_eq!(
@@ -262,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn new_balancer_builds_every_kind() {
+    fn every_kind_picks_and_observes() {
         let b = test_backends(&[1, 2, 3]);
         for kind in [
             BalanceKind::RoundRobin,
@@ -271,7 +263,7 @@ mod tests {
             BalanceKind::P2cEwma,
             BalanceKind::Hash,
         ] {
-            let mut bal = new_balancer(kind, &b);
+            let mut bal = state(kind, &b);
             let ctx = PickCtx { hash: Some(7) };
             let i = bal.pick(&b, Tried::default(), &ctx).expect("a backend");
             assert!(i < 3);

@@ -9,23 +9,9 @@
 //! Each worker decides for itself (no shared state, no locks): a worker sees its own share of
 //! the traffic, so it ejects on its own evidence. Plain integers, no allocation after build.
 
+use super::Renumber;
+use crate::config::resilience::OutlierConfig;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutlierConfig {
-    pub consecutive: u32,
-    pub base_ejection: Duration,
-    pub max_ejection: Duration,
-    pub max_ejected_percent: u32,
-}
-
-pub mod defaults {
-    use std::time::Duration;
-    pub const CONSECUTIVE: u64 = 5;
-    pub const BASE_EJECTION: Duration = Duration::from_secs(10);
-    pub const MAX_EJECTION: Duration = Duration::from_secs(300);
-    pub const MAX_EJECTED_PERCENT: u64 = 50;
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct State {
@@ -118,24 +104,17 @@ impl Outliers {
         Verdict::Ejected(d)
     }
 
-    /// Carries states over to a new backend list (same addresses keep their state).
-    pub fn rebuilt(
-        &self,
-        old_addrs: &[std::net::SocketAddr],
-        new_addrs: &[std::net::SocketAddr],
-        cfg: OutlierConfig,
-    ) -> Outliers {
-        let states = new_addrs
-            .iter()
-            .map(|a| {
-                old_addrs
-                    .iter()
-                    .position(|o| o == a)
-                    .and_then(|j| self.states.get(j).copied())
-                    .unwrap_or_default()
-            })
-            .collect();
-        Outliers { cfg, states }
+    /// New settings (a config change); the counts go on.
+    pub fn configure(&mut self, cfg: &OutlierConfig) {
+        if self.cfg != *cfg {
+            self.cfg = cfg.clone();
+        }
+    }
+
+    /// Carries the states over to another numbering of the backends (same address, same
+    /// state; new backends start clean).
+    pub fn renumber(&mut self, r: &Renumber) {
+        r.carry(&mut self.states, State::default());
     }
 }
 
@@ -201,18 +180,26 @@ mod tests {
 
     #[test]
     fn state_follows_addresses_across_rebuilds() {
+        use crate::balance::{test_backends, SelectionTable};
+        use crate::config::BalanceKind;
         let t0 = Instant::now();
-        let a: Vec<std::net::SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        ];
+        let mut a = test_backends(&[1, 1, 1, 1]);
+        let old = SelectionTable::build("c", BalanceKind::Weighted, &a[..2]);
         let mut o = Outliers::new(cfg(), 2);
         for _ in 0..3 {
             o.observe(1, false, t0);
         }
-        let b = vec![a[1], "127.0.0.1:3".parse().unwrap()];
-        let r = o.rebuilt(&a, &b, cfg());
-        assert!(r.is_ejected(0, t0));
-        assert!(!r.is_ejected(1, t0));
+        // [9001, 9003]: the ejected backend moved to index 0.
+        a.swap(0, 1);
+        a.swap(1, 3);
+        let new = SelectionTable::build("c", BalanceKind::Weighted, &a[..2]);
+        o.renumber(&Renumber::new(&old, &new));
+        assert!(o.is_ejected(0, t0));
+        assert!(!o.is_ejected(1, t0));
+        let mut cfg2 = cfg();
+        cfg2.consecutive = 1;
+        cfg2.max_ejected_percent = 100;
+        o.configure(&cfg2);
+        assert!(matches!(o.observe(1, false, t0), Verdict::Ejected(_)));
     }
 }

@@ -20,10 +20,12 @@
 //! A pick draws two distinct untried backends at random (with probability proportional to
 //! their weights) and takes the one with the lower `estimate × (active + 1)`, where `active`
 //! is the process-wide count of open connections (`BackendLive::active`). One untried
-//! backend left: that one. The random numbers come from a per-balancer xorshift generator,
-//! seeded differently in every worker. Nothing allocates after construction.
+//! backend left: that one. The random numbers come from a per-worker xorshift generator,
+//! seeded differently in every worker. A first attempt draws from the weight prefix sums of
+//! the cluster's [`P2cTable`] (built once per snapshot by the control plane); retries walk
+//! the untried backends. Nothing allocates after construction.
 
-use super::{Balancer, Outcome, PickCtx, Tried};
+use super::{Outcome, Renumber, Tried};
 use crate::snapshot::Backend;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,31 +52,82 @@ struct Estimate {
     at: Option<Instant>,
 }
 
+/// The immutable part, built once per snapshot with the cluster's selection table: weight
+/// prefix sums, so a first attempt draws in O(log n) even while the weights differ (slow
+/// start), and O(1) when they are all equal.
 #[derive(Debug)]
+pub struct P2cTable {
+    /// `prefix[i]`: the total weight of backends `0..i` (n + 1 entries; weights count as at
+    /// least 1).
+    prefix: Box<[u64]>,
+    /// Every backend has the same weight.
+    uniform: bool,
+}
+
+impl P2cTable {
+    pub fn new(backends: &[Backend]) -> P2cTable {
+        let mut prefix = Vec::with_capacity(backends.len() + 1);
+        let mut sum = 0u64;
+        prefix.push(0);
+        for b in backends {
+            sum += u64::from(b.weight.max(1));
+            prefix.push(sum);
+        }
+        P2cTable {
+            prefix: prefix.into_boxed_slice(),
+            uniform: backends.windows(2).all(|w| w[0].weight == w[1].weight),
+        }
+    }
+
+    /// The number of backends.
+    fn len(&self) -> usize {
+        self.prefix.len().saturating_sub(1)
+    }
+
+    fn total(&self) -> u64 {
+        self.prefix.last().copied().unwrap_or(0)
+    }
+
+    /// The backend whose share of `0..total` holds `r`.
+    fn locate(&self, r: u64) -> usize {
+        self.prefix
+            .get(1..)
+            .map_or(0, |p| p.partition_point(|&s| s <= r))
+    }
+
+    fn weight(&self, i: usize) -> u64 {
+        match (self.prefix.get(i), self.prefix.get(i + 1)) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        }
+    }
+}
+
+/// One worker's state: latency estimates per backend (carried over by address from snapshot
+/// to snapshot) and its random number generator.
+#[derive(Debug, Clone)]
 pub struct P2cEwma {
     est: Vec<Estimate>,
     rng: u64,
     decay_ns: f64,
-    /// All backends had the same weight at build time: first attempts draw in O(1).
-    uniform: bool,
 }
 
+const UNKNOWN: Estimate = Estimate { ns: 0.0, at: None };
+
 impl P2cEwma {
-    /// For these backends, with a seed of its own (different in every worker).
-    pub fn new(backends: &[Backend]) -> P2cEwma {
-        P2cEwma::with_seed(backends, fresh_seed())
+    /// For `n` backends, with a seed of its own (different in every worker).
+    pub fn new(n: usize) -> P2cEwma {
+        P2cEwma::with_seed(n, fresh_seed())
     }
 
     /// Deterministic picks for a given seed.
-    pub fn with_seed(backends: &[Backend], seed: u64) -> P2cEwma {
-        let n = backends.len();
+    pub fn with_seed(n: usize, seed: u64) -> P2cEwma {
         let rng = splitmix64(seed);
         P2cEwma {
-            est: vec![Estimate { ns: 0.0, at: None }; n],
+            est: vec![UNKNOWN; n],
             // xorshift's state must not be zero.
             rng: if rng == 0 { 0x9E37_79B9_7F4A_7C15 } else { rng },
             decay_ns: DECAY.as_nanos() as f64,
-            uniform: backends.windows(2).all(|w| w[0].weight == w[1].weight),
         }
     }
 
@@ -84,16 +137,41 @@ impl P2cEwma {
         self
     }
 
-    /// [`Balancer::pick`] at a given time.
-    pub fn pick_at(&mut self, backends: &[Backend], tried: Tried, now: Instant) -> Option<usize> {
+    /// Carries the estimates over to another numbering of the backends (new ones start
+    /// unknown); the generator goes on.
+    pub(super) fn renumber(&mut self, r: &Renumber) {
+        r.carry(&mut self.est, UNKNOWN);
+    }
+
+    /// A pick at a given time, from `table` (built for `backends`).
+    pub fn pick_at(
+        &mut self,
+        table: &P2cTable,
+        backends: &[Backend],
+        tried: Tried,
+        now: Instant,
+    ) -> Option<usize> {
         let n = backends.len();
-        if self.uniform && n == self.est.len() && n >= 2 && tried == Tried::default() {
-            // The common case: a first attempt over equal weights.
-            let a = self.below(n as u64) as usize;
-            let mut b = self.below(n as u64 - 1) as usize;
-            if b >= a {
-                b += 1;
-            }
+        if n >= 2 && n == self.est.len() && n == table.len() && tried == Tried::default() {
+            // The common case, a first attempt: two distinct draws from the table.
+            let (a, b) = if table.uniform {
+                let a = self.below(n as u64) as usize;
+                let mut b = self.below(n as u64 - 1) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                (a, b)
+            } else {
+                let total = table.total();
+                let a = table.locate(self.below(total));
+                let wa = table.weight(a);
+                // Draw from the others: skip over `a`'s share.
+                let mut r = self.below(total - wa);
+                if r >= table.prefix.get(a).copied().unwrap_or(0) {
+                    r += wa;
+                }
+                (a, table.locate(r))
+            };
             return Some(self.better(backends, a, b, now));
         }
         let mut untried = 0usize;
@@ -129,7 +207,7 @@ impl P2cEwma {
         }
     }
 
-    /// [`Balancer::observe`] at a given time.
+    /// Feedback on backend `backend` at a given time (see the module comment).
     pub fn observe_at(&mut self, backend: usize, rtt: Duration, outcome: Outcome, now: Instant) {
         let neutral = self.neutral();
         let decay_ns = self.decay_ns;
@@ -246,16 +324,6 @@ impl P2cEwma {
     }
 }
 
-impl Balancer for P2cEwma {
-    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
-        self.pick_at(backends, tried, Instant::now())
-    }
-
-    fn observe(&mut self, backend: usize, rtt: Duration, outcome: Outcome) {
-        self.observe_at(backend, rtt, outcome, Instant::now());
-    }
-}
-
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -291,10 +359,11 @@ mod tests {
         step: Duration,
         mut rtt: impl FnMut(usize) -> (Duration, Outcome),
     ) -> Vec<usize> {
+        let table = P2cTable::new(backends);
         let mut counts = vec![0; backends.len()];
         for k in 0..picks {
             let now = t0 + step * k as u32;
-            let i = p.pick_at(backends, Tried::default(), now).unwrap();
+            let i = p.pick_at(&table, backends, Tried::default(), now).unwrap();
             counts[i] += 1;
             let (d, o) = rtt(i);
             p.observe_at(i, d, o, now + d);
@@ -305,7 +374,7 @@ mod tests {
     #[test]
     fn prefers_the_faster_backend() {
         let b = test_backends(&[1, 1, 1]);
-        let mut p = P2cEwma::with_seed(&b, 1);
+        let mut p = P2cEwma::with_seed(b.len(), 1);
         let c = simulate(&mut p, &b, Instant::now(), 20_000, MS, |i| {
             (if i == 2 { 10 * MS } else { MS }, Outcome::Success)
         });
@@ -316,14 +385,17 @@ mod tests {
     #[test]
     fn in_flight_connections_count() {
         let b = test_backends(&[1, 1]);
-        let mut p = P2cEwma::with_seed(&b, 2);
+        let mut p = P2cEwma::with_seed(b.len(), 2);
         let t0 = Instant::now();
         p.observe_at(0, MS, Outcome::Success, t0);
         p.observe_at(1, MS, Outcome::Success, t0);
         b[0].live.active.store(5, Ordering::Relaxed);
         for k in 0..100 {
             let now = t0 + MS * k;
-            assert_eq!(p.pick_at(&b, Tried::default(), now), Some(1));
+            assert_eq!(
+                p.pick_at(&P2cTable::new(&b), &b, Tried::default(), now),
+                Some(1)
+            );
         }
     }
 
@@ -332,7 +404,7 @@ mod tests {
         let b = test_backends(&[1, 1, 1]);
         let t0 = Instant::now();
         // Without the penalty a backend that refuses in 50 µs would look 20× faster.
-        let mut p = P2cEwma::with_seed(&b, 3);
+        let mut p = P2cEwma::with_seed(b.len(), 3);
         let c = simulate(&mut p, &b, t0, 5_000, MS, |i| {
             if i == 2 {
                 (MS / 20, Outcome::Success)
@@ -342,7 +414,7 @@ mod tests {
         });
         assert!(c[2] > 2_500, "control: fast successes attract: {c:?}");
 
-        let mut p = P2cEwma::with_seed(&b, 3);
+        let mut p = P2cEwma::with_seed(b.len(), 3);
         let step = 10 * MS;
         let failing = simulate(&mut p, &b, t0, 1_000, step, |i| {
             if i == 2 {
@@ -369,7 +441,7 @@ mod tests {
     #[test]
     fn slow_backend_is_probed_again_after_it_recovers() {
         let b = test_backends(&[1, 1]);
-        let mut p = P2cEwma::with_seed(&b, 4);
+        let mut p = P2cEwma::with_seed(b.len(), 4);
         let t0 = Instant::now();
         let step = 10 * MS;
         let c = simulate(&mut p, &b, t0, 1_000, step, |i| {
@@ -387,7 +459,7 @@ mod tests {
     #[test]
     fn never_picks_tried_and_takes_the_last_one() {
         let b = test_backends(&[1, 2, 3, 4, 5]);
-        let mut p = P2cEwma::with_seed(&b, 5);
+        let mut p = P2cEwma::with_seed(b.len(), 5);
         let now = Instant::now();
         for mask in 0u32..32 {
             let mut t = Tried::default();
@@ -397,17 +469,20 @@ mod tests {
                 }
             }
             for _ in 0..20 {
-                match p.pick_at(&b, t, now) {
+                match p.pick_at(&P2cTable::new(&b), &b, t, now) {
                     Some(i) => assert!(!t.contains(i), "picked tried {i} (mask {mask:b})"),
                     None => assert_eq!(mask, 31),
                 }
             }
             if mask.count_ones() == 4 {
                 let left = (0..5).find(|&i| !t.contains(i));
-                assert_eq!(p.pick_at(&b, t, now), left);
+                assert_eq!(p.pick_at(&P2cTable::new(&b), &b, t, now), left);
             }
         }
-        assert_eq!(p.pick_at(&[], Tried::default(), now), None);
+        assert_eq!(
+            p.pick_at(&P2cTable::new(&[]), &[], Tried::default(), now),
+            None
+        );
     }
 
     #[test]
@@ -415,11 +490,13 @@ mod tests {
         let b = test_backends(&[1, 1, 1, 1]);
         let t0 = Instant::now();
         let run = |seed| {
-            let mut p = P2cEwma::with_seed(&b, seed);
+            let mut p = P2cEwma::with_seed(b.len(), seed);
             (0..500u32)
                 .map(|k| {
                     let now = t0 + MS * k;
-                    let i = p.pick_at(&b, Tried::default(), now).unwrap();
+                    let i = p
+                        .pick_at(&P2cTable::new(&b), &b, Tried::default(), now)
+                        .unwrap();
                     p.observe_at(i, MS * (i as u32 + 1), Outcome::Success, now);
                     i
                 })
@@ -432,25 +509,51 @@ mod tests {
     #[test]
     fn unknown_backends_get_traffic() {
         let b = test_backends(&[1, 1, 1]);
-        let mut p = P2cEwma::with_seed(&b, 6);
+        let mut p = P2cEwma::with_seed(b.len(), 6);
         let t0 = Instant::now();
         // 0 and 1 are known (1 ms), 2 has never been used.
         p.observe_at(0, MS, Outcome::Success, t0);
         p.observe_at(1, MS, Outcome::Success, t0);
-        let first = (0..50).find(|&k| p.pick_at(&b, Tried::default(), t0 + MS * k) == Some(2));
+        let first = (0..50)
+            .find(|&k| p.pick_at(&P2cTable::new(&b), &b, Tried::default(), t0 + MS * k) == Some(2));
         assert!(first.is_some(), "new backend never picked");
     }
 
     #[test]
     fn weights_bias_the_draw() {
         let b = test_backends(&[1, 3]);
-        let mut p = P2cEwma::with_seed(&b, 7);
+        let mut p = P2cEwma::with_seed(b.len(), 7);
         let now = Instant::now();
         // Equal costs (nothing known): the weight-biased first draw decides.
         let mut c = [0; 2];
         for _ in 0..4_000 {
-            c[p.pick_at(&b, Tried::default(), now).unwrap()] += 1;
+            c[p.pick_at(&P2cTable::new(&b), &b, Tried::default(), now)
+                .unwrap()] += 1;
         }
         assert!((850..=1_150).contains(&c[0]), "{c:?}");
+    }
+
+    #[test]
+    fn prefix_sums_draw_in_proportion_to_weight() {
+        // Weights 1..4 (a slow start in progress): with equal costs the first draw wins, so
+        // the shares are the draw's.
+        let b = test_backends(&[1, 2, 3, 4]);
+        let t = P2cTable::new(&b);
+        assert!(!t.uniform);
+        assert_eq!(&*t.prefix, &[0, 1, 3, 6, 10]);
+        assert_eq!(
+            (t.locate(0), t.locate(1), t.locate(2), t.locate(9)),
+            (0, 1, 1, 3)
+        );
+        let mut p = P2cEwma::with_seed(b.len(), 8);
+        let now = Instant::now();
+        let mut c = [0usize; 4];
+        for _ in 0..10_000 {
+            c[p.pick_at(&t, &b, Tried::default(), now).unwrap()] += 1;
+        }
+        for (i, n) in c.iter().enumerate() {
+            let want = 1_000 * (i + 1);
+            assert!(n.abs_diff(want) < 250, "{c:?}");
+        }
     }
 }

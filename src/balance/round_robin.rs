@@ -1,15 +1,16 @@
 //! Plain round robin: weights ignored.
 
-use super::{Balancer, PickCtx, Tried};
+use super::{PickCtx, Tried};
 use crate::snapshot::Backend;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RoundRobin {
     next: usize,
 }
 
-impl Balancer for RoundRobin {
-    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
+impl RoundRobin {
+    /// The next backend not in `tried`; `None` when every one was tried.
+    pub fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
         let n = backends.len();
         for i in 0..n {
             let idx = (self.next + i) % n;

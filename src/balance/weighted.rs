@@ -1,11 +1,15 @@
 //! Smooth weighted round robin (the nginx algorithm): every pick adds each backend's weight to
 //! its running score, takes the highest, and subtracts the total from the winner. Weights 5,1,1
 //! give a,a,b,a,c,a,a — interleaved, not bursts.
+//!
+//! The weights are read from the snapshot's backends at each pick (the walk is O(n) anyway),
+//! so the state is only the running scores: a weight change (a slow-start step) builds
+//! nothing, and the scores carry over by address when the backend list changes.
 
-use super::{Balancer, PickCtx, Tried};
+use super::{PickCtx, Renumber, Tried};
 use crate::snapshot::Backend;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SmoothWeighted {
     current: Vec<i64>,
 }
@@ -17,10 +21,14 @@ impl SmoothWeighted {
             current: vec![0; n],
         }
     }
-}
 
-impl Balancer for SmoothWeighted {
-    fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
+    /// Carries the scores over to another numbering of the backends.
+    pub(super) fn renumber(&mut self, r: &Renumber) {
+        r.carry(&mut self.current, 0);
+    }
+
+    /// The next backend not in `tried`; `None` when every one was tried.
+    pub fn pick(&mut self, backends: &[Backend], tried: Tried, _ctx: &PickCtx) -> Option<usize> {
         if self.current.len() != backends.len() {
             self.current.clear();
             self.current.resize(backends.len(), 0);

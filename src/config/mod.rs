@@ -494,7 +494,7 @@ pub struct ClusterConfig {
     pub health: Option<health::HealthConfig>,
     /// An added, undrained or recovered backend's weight ramps up over this long.
     pub slow_start: Option<Duration>,
-    pub outlier: Option<crate::balance::outlier::OutlierConfig>,
+    pub outlier: Option<resilience::OutlierConfig>,
     pub retry: resilience::RetryPolicy,
     pub limits: resilience::ClusterLimits,
     /// TLS to the backends (files loaded by [`crate::tls`]).

@@ -2,14 +2,33 @@
 //! (`[clusters.outlier]`) and connection limits.
 
 use super::{duration_field, int_field, raw_part, Errors, RawCluster};
-use crate::balance::outlier::{self, OutlierConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub mod defaults {
+    use std::time::Duration;
     pub const RETRIES: u64 = 1;
     pub const RETRY_BUDGET: f64 = 0.2;
     pub const MAX_PENDING: u64 = 1024;
+    pub const OUTLIER_CONSECUTIVE: u64 = 5;
+    pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(10);
+    pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+    pub const OUTLIER_MAX_EJECTED_PERCENT: u64 = 50;
+}
+
+/// Passive outlier detection (`[clusters.outlier]`; the workers' side is
+/// `balance::outlier`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a backend.
+    pub consecutive: u32,
+    /// The first ejection's length; each further one doubles it...
+    pub base_ejection: Duration,
+    /// ...up to this.
+    pub max_ejection: Duration,
+    /// At most this share of a cluster's backends is ejected at once (at least one may be).
+    pub max_ejected_percent: u32,
 }
 
 /// When a request that was already sent may be sent again, to another backend.
@@ -78,13 +97,13 @@ pub(crate) fn outlier(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<Out
     let base = duration_field(
         format!("{p}.base_ejection_time"),
         o.base_ejection_time.as_ref(),
-        outlier::defaults::BASE_EJECTION,
+        defaults::OUTLIER_BASE_EJECTION,
         errs,
     );
     let max = duration_field(
         format!("{p}.max_ejection_time"),
         o.max_ejection_time.as_ref(),
-        outlier::defaults::MAX_EJECTION,
+        defaults::OUTLIER_MAX_EJECTION,
         errs,
     );
     if max < base {
@@ -97,7 +116,7 @@ pub(crate) fn outlier(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<Out
         consecutive: int_field(
             &format!("{p}.consecutive_failures"),
             o.consecutive_failures,
-            outlier::defaults::CONSECUTIVE,
+            defaults::OUTLIER_CONSECUTIVE,
             1,
             1000,
             errs,
@@ -107,7 +126,7 @@ pub(crate) fn outlier(p: &str, v: &toml::Value, errs: &mut Errors) -> Option<Out
         max_ejected_percent: int_field(
             &format!("{p}.max_ejected_percent"),
             o.max_ejected_percent,
-            outlier::defaults::MAX_EJECTED_PERCENT,
+            defaults::OUTLIER_MAX_EJECTED_PERCENT,
             0,
             100,
             errs,

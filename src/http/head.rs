@@ -314,27 +314,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     if http11 && host_count == 0 {
         return Err(Reject::Malformed("missing Host header"));
     }
-    let body = match (framing.te, framing.content_length) {
-        (Te::Absent, None) => BodyKind::None,
-        (Te::Absent, Some(n)) => BodyKind::Length(n),
-        (_, Some(_)) => {
-            return Err(Reject::Smuggling(
-                "both Content-Length and Transfer-Encoding",
-            ))
-        }
-        _ if !http11 => {
-            return Err(Reject::Smuggling(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ))
-        }
-        (Te::Chunked, None) => BodyKind::Chunked,
-        (Te::NotChunked, None) => {
-            return Err(Reject::Smuggling(
-                "Transfer-Encoding does not end with chunked",
-            ))
-        }
-        (Te::Invalid(why), None) => return Err(Reject::Smuggling(why)),
-    };
+    let body = framing.request_body(http11).map_err(Reject::Smuggling)?;
     Ok(Some(RequestHead {
         head_len,
         method,
@@ -638,7 +618,8 @@ fn offers_h2c(v: &[u8]) -> bool {
     })
 }
 
-fn list_contains(v: &[u8], token: &[u8]) -> bool {
+/// Whether the comma-separated list `v` holds `token` (ASCII case-insensitive).
+pub(crate) fn list_contains(v: &[u8], token: &[u8]) -> bool {
     list_elements(v).any(|e| e.eq_ignore_ascii_case(token))
 }
 
@@ -780,9 +761,10 @@ fn is_reg_name_char(b: u8) -> bool {
         )
 }
 
-/// Content-Length and Transfer-Encoding, accumulated over every header line.
+/// Content-Length and Transfer-Encoding, accumulated over every header line: the one
+/// parser of these headers in the tree (the demo backend uses it too).
 #[derive(Debug, Default)]
-struct Framing {
+pub struct Framing {
     content_length: Option<u64>,
     te: Te,
     /// `chunked` elements seen so far across all Transfer-Encoding lines.
@@ -802,8 +784,9 @@ enum Te {
 }
 
 impl Framing {
-    /// Takes the header if it is a framing header (`Ok(true)`).
-    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<bool, &'static str> {
+    /// Takes the header if it is a framing header (`Ok(true)`); `Err` says why its value
+    /// is unacceptable (then the message's framing is unknown: answer 400 and close).
+    pub fn take(&mut self, name: &[u8], value: &[u8]) -> Result<bool, &'static str> {
         if name.eq_ignore_ascii_case(b"content-length") {
             for element in value.split(|&b| b == b',') {
                 let n = parse_decimal(trim_ows(element)).ok_or("invalid Content-Length")?;
@@ -837,6 +820,20 @@ impl Framing {
             Ok(false)
         }
     }
+
+    /// How the body of a request with these headers is framed (RFC 9112 §6.3), or why the
+    /// request must be refused (see the smuggling policy in the module comment).
+    pub fn request_body(&self, http11: bool) -> Result<BodyKind, &'static str> {
+        match (self.te, self.content_length) {
+            (Te::Absent, None) => Ok(BodyKind::None),
+            (Te::Absent, Some(n)) => Ok(BodyKind::Length(n)),
+            (_, Some(_)) => Err("both Content-Length and Transfer-Encoding"),
+            _ if !http11 => Err("Transfer-Encoding in an HTTP/1.0 request"),
+            (Te::Chunked, None) => Ok(BodyKind::Chunked),
+            (Te::NotChunked, None) => Err("Transfer-Encoding does not end with chunked"),
+            (Te::Invalid(why), None) => Err(why),
+        }
+    }
 }
 
 /// `1*DIGIT` that fits in a u64.
@@ -852,8 +849,9 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// The tokens of `Connection` headers, accumulated over every header line.
 #[derive(Debug, Default)]
-struct ConnectionTokens {
+pub struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
     upgrade: bool,
@@ -862,7 +860,8 @@ struct ConnectionTokens {
 }
 
 impl ConnectionTokens {
-    fn add(&mut self, value: &[u8]) {
+    /// Takes one `Connection` header value.
+    pub fn add(&mut self, value: &[u8]) {
         for token in list_elements(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
@@ -876,7 +875,9 @@ impl ConnectionTokens {
         }
     }
 
-    fn keep_alive(&self, http11: bool) -> bool {
+    /// Whether the connection stays open after this message (HTTP/1.1: unless `close`;
+    /// HTTP/1.0: only with `keep-alive`, and no `close`).
+    pub fn keep_alive(&self, http11: bool) -> bool {
         !self.close && (http11 || self.keep_alive)
     }
 }

@@ -6,7 +6,8 @@
 //!   the limits and the smuggling checks, and say how the body is framed. Results are offsets
 //!   into the caller's buffer, never owned strings.
 //! - [`chunked`]: a streaming validator for chunked bodies that are forwarded unchanged; it
-//!   tells the caller how many bytes belong to the body and when the message ends.
+//!   tells the caller how many bytes belong to the body and when the message ends (and, for
+//!   a caller that consumes the body, such as the demo backend, hands over the chunk data).
 //! - [`rewrite`]: writes the request head sent upstream (origin-form target, hop-by-hop headers
 //!   removed, `X-Forwarded-*`, `X-Request-Id`) and small error responses into a caller's buffer.
 //!

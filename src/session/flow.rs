@@ -18,7 +18,7 @@
 
 use crate::engine::{Done, Op, Slice};
 use crate::io::{Buf, BufferPool, Pipe, PipePool, Xfer};
-use crate::stats::LineSniffer;
+use crate::proto::foo::LineSniffer;
 
 /// Whole-buffer reads in a row that make a flow a bulk transfer worth a pipe.
 const BULK_READS: u8 = 2;

@@ -13,8 +13,9 @@ use super::flow::{End, Flow};
 use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use crate::engine::{ConnId, Done};
 use crate::io::Xfer;
+use crate::proto::foo::LineSniffer;
 use crate::snapshot::Snapshot;
-use crate::stats::{FooCounts, LineSniffer};
+use crate::stats::FooCounts;
 use std::sync::Arc;
 use std::time::Instant;
 

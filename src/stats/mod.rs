@@ -22,7 +22,7 @@ pub mod prom;
 pub mod recovery;
 pub mod window;
 
-pub use foo::{FooCounts, LineSniffer};
+pub use foo::FooCounts;
 pub use hist::{HistKind, Hists};
 
 use crate::snapshot::{SharedSnapshot, Snapshot};

@@ -205,7 +205,7 @@ impl<E: Engine> Worker<E> {
             }
         };
         if self.balancers.version != snap.version {
-            self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
+            self.balancers.update(&snap);
         }
         self.obs.accepted(&snap, li as u32);
         let key = self.sessions.insert(Entry {

@@ -1,25 +1,28 @@
-//! Backend choice for one worker: the cluster's balancer, passive outlier detection and
-//! connection limits, shared by the TCP and HTTP engines. HOT PATH: no allocation, no lock;
-//! the per-backend `active` atomics are read (they change once per connection anyway).
+//! Backend choice for one worker: the cluster's pick state, passive outlier detection,
+//! retry budgets and connection limits, shared by the TCP and HTTP engines. HOT PATH: no
+//! allocation, no lock; the per-backend `active` atomics are read (they change once per
+//! connection anyway).
+//!
+//! The selection tables themselves (Maglev, weight sums) come built in the snapshot; here is
+//! only this worker's mutable state, carried from snapshot to snapshot by cluster name and
+//! backend address. A snapshot change costs O(clusters) ([`Balancers::update`]); a cluster's
+//! state is renumbered at its next use, in O(backends), and only when addresses moved.
 
-use crate::balance::outlier::{Outliers, Verdict};
-use crate::balance::{new_balancer, Balancer, Outcome, PickCtx, Tried};
+use crate::balance::outlier::Verdict;
+use crate::balance::{Outcome, PickCtx, PickState, Tried};
 use crate::snapshot::{Cluster, Snapshot};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A worker's per-cluster selection state for one snapshot generation.
+/// A worker's per-cluster selection state, for the snapshot generation `version`.
+#[derive(Clone)]
 pub(super) struct Balancers {
     pub(super) version: u64,
-    pub(super) by_cluster: Vec<Box<dyn Balancer>>,
-    /// Passive outlier detection, for clusters that configure it.
-    outliers: Vec<Option<Outliers>>,
+    /// Indexed like the clusters of snapshot `version`.
+    pub(super) by_cluster: Vec<PickState>,
     /// Retry budget tokens per cluster.
     budgets: Vec<f64>,
-    /// Cluster names and backend addresses, to carry state over to the next generation.
-    names: Vec<String>,
-    addrs: Vec<Vec<SocketAddr>>,
 }
 
 /// The outcome of a pick.
@@ -41,41 +44,66 @@ const BUDGET_START: f64 = 3.0;
 const BUDGET_CAP: f64 = 100.0;
 
 impl Balancers {
-    /// Balancers for `snap`, keeping outlier state and retry budgets from `prev` for clusters
-    /// and backends that are still there.
+    /// Balancers for `snap`, carrying over the pick state, outlier state and retry budgets
+    /// of `prev` for clusters and backends that are still there. Clones `prev` (O(backends));
+    /// [`Balancers::update`] does the same in place, without the copy.
     pub(super) fn build(snap: &Snapshot, prev: Option<&Balancers>) -> Balancers {
-        let mut outliers = Vec::with_capacity(snap.clusters.len());
-        let mut budgets = Vec::with_capacity(snap.clusters.len());
-        let mut addrs = Vec::with_capacity(snap.clusters.len());
-        for c in &snap.clusters {
-            let a: Vec<SocketAddr> = c.backends.iter().map(|b| b.addr).collect();
-            let old = prev.and_then(|p| {
-                let i = p.names.iter().position(|n| *n == c.name)?;
-                Some((i, p))
-            });
-            outliers.push(c.outlier.as_ref().map(|cfg| {
-                match old.and_then(|(i, p)| Some((p.outliers.get(i)?.as_ref()?, &p.addrs[i]))) {
-                    Some((o, old_addrs)) => o.rebuilt(old_addrs, &a, cfg.clone()),
-                    None => Outliers::new(cfg.clone(), a.len()),
-                }
-            }));
-            budgets.push(
-                old.and_then(|(i, p)| p.budgets.get(i).copied())
-                    .unwrap_or(BUDGET_START),
-            );
-            addrs.push(a);
-        }
-        Balancers {
+        let mut b = prev.cloned().unwrap_or(Balancers {
             version: snap.version,
-            by_cluster: snap
-                .clusters
+            by_cluster: Vec::new(),
+            budgets: Vec::new(),
+        });
+        b.follow(snap);
+        b
+    }
+
+    /// Moves on to `snap` (nothing to do when it is the snapshot these follow already).
+    /// O(clusters): no selection table is built, and a cluster's per-backend state is
+    /// carried over at its next use.
+    pub(super) fn update(&mut self, snap: &Snapshot) {
+        if self.version != snap.version || self.by_cluster.len() != snap.clusters.len() {
+            self.follow(snap);
+        }
+    }
+
+    fn follow(&mut self, snap: &Snapshot) {
+        self.version = snap.version;
+        let same_clusters = self.by_cluster.len() == snap.clusters.len()
+            && self
+                .by_cluster
                 .iter()
-                .map(|c| new_balancer(c.balance, &c.backends))
-                .collect(),
-            outliers,
-            budgets,
-            names: snap.clusters.iter().map(|c| c.name.clone()).collect(),
-            addrs,
+                .zip(&snap.clusters)
+                .all(|(s, c)| s.table().cluster() == c.name);
+        if !same_clusters {
+            self.regroup(snap);
+        }
+        for (s, c) in self.by_cluster.iter_mut().zip(&snap.clusters) {
+            s.follow(&c.table, c.outlier.as_ref());
+        }
+    }
+
+    /// Clusters were added, removed or reordered: states move to their cluster's new index
+    /// (by name), new clusters start fresh.
+    #[cold]
+    fn regroup(&mut self, snap: &Snapshot) {
+        let mut moved: Vec<Option<(PickState, f64)>> = Vec::new();
+        moved.resize_with(snap.clusters.len(), || None);
+        for (s, budget) in self.by_cluster.drain(..).zip(self.budgets.drain(..)) {
+            if let Some(&i) = snap.cluster_index.get(s.table().cluster()) {
+                if let Some(slot @ None) = moved.get_mut(i) {
+                    *slot = Some((s, budget));
+                }
+            }
+        }
+        for (m, c) in moved.into_iter().zip(&snap.clusters) {
+            let (s, budget) = m.unwrap_or_else(|| {
+                (
+                    PickState::new(c.table.clone(), c.outlier.as_ref()),
+                    BUDGET_START,
+                )
+            });
+            self.by_cluster.push(s);
+            self.budgets.push(budget);
         }
     }
 
@@ -101,10 +129,9 @@ impl Balancers {
                 return Pick::Full;
             }
         }
-        let Some(bal) = self.by_cluster.get_mut(ci) else {
+        let Some(state) = self.by_cluster.get_mut(ci) else {
             return Pick::Exhausted;
         };
-        let outliers = self.outliers.get(ci).and_then(Option::as_ref);
         let per_backend = c.limits.max_connections_per_backend;
         let mut t = tried;
         let mut ejected_fallback = None;
@@ -112,7 +139,7 @@ impl Balancers {
         // Bounded: each round marks one more backend tried (indices past 64 cannot be
         // marked, so the bound also stops a balancer that keeps offering one of those).
         for _ in 0..=c.backends.len() {
-            let Some(i) = bal.pick(&c.backends, t, ctx) else {
+            let Some(i) = state.pick(&c.backends, t, ctx) else {
                 break;
             };
             t.insert(i);
@@ -120,7 +147,7 @@ impl Balancers {
                 saw_full = true;
                 continue;
             }
-            if outliers.is_some_and(|o| o.is_ejected(i, now)) {
+            if state.is_ejected(i, now) {
                 ejected_fallback.get_or_insert(i);
                 continue;
             }
@@ -151,14 +178,12 @@ impl Balancers {
         now: Instant,
         verdict: bool,
     ) -> Option<Duration> {
-        if let Some(b) = self.by_cluster.get_mut(ci) {
-            b.observe(i, rtt, outcome);
-        }
+        let state = self.by_cluster.get_mut(ci)?;
+        state.observe(i, rtt, outcome);
         if !verdict {
             return None;
         }
-        let o = self.outliers.get_mut(ci)?.as_mut()?;
-        match o.observe(i, outcome == Outcome::Success, now) {
+        match state.verdict(i, outcome == Outcome::Success, now) {
             Verdict::Ejected(d) => Some(d),
             Verdict::Nothing | Verdict::Capped => None,
         }
@@ -192,9 +217,100 @@ impl Balancers {
 
     /// Address and cluster name of backend `i` of cluster `ci` (for logs).
     pub(super) fn describe(&self, ci: usize, i: usize) -> (&str, Option<SocketAddr>) {
-        (
-            self.names.get(ci).map_or("?", String::as_str),
-            self.addrs.get(ci).and_then(|a| a.get(i)).copied(),
-        )
+        match self.by_cluster.get(ci) {
+            Some(s) => (s.table().cluster(), s.table().addr(i)),
+            None => ("?", None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use crate::snapshot::Runtime;
+    use std::sync::Arc;
+
+    fn config(clusters: &[(&str, &str, &[u16])]) -> crate::config::Config {
+        let mut t =
+            String::from("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\ncluster = \"a\"\n");
+        for (name, balance, ports) in clusters {
+            let b: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+            t.push_str(&format!(
+                "[[clusters]]\nname = \"{name}\"\nbalance = \"{balance}\"\nbackends = [{}]\n\
+                 [clusters.outlier]\nconsecutive_failures = 1\n",
+                b.join(", ")
+            ));
+        }
+        parse_str(&t).expect("config")
+    }
+
+    fn snap(v: u64, cfg: &crate::config::Config, prev: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build_with_slots(cfg, v, prev, &[0], &Runtime::default())
+    }
+
+    fn addr(p: u16) -> SocketAddr {
+        ([127, 0, 0, 1], p).into()
+    }
+
+    #[test]
+    fn state_follows_clusters_by_name_and_backends_by_address() {
+        let now = Instant::now();
+        let c1 = config(&[("a", "weighted", &[1, 2, 3]), ("b", "least_conn", &[4, 5])]);
+        let s1 = snap(1, &c1, None);
+        let mut b = Balancers::build(&s1, None);
+        // Eject a's 127.0.0.1:2 and b's 127.0.0.1:5; spend a's budget.
+        let ej = b.observe(0, 1, Duration::ZERO, Outcome::Failure, now, true);
+        assert!(ej.is_some());
+        assert!(b
+            .observe(1, 1, Duration::ZERO, Outcome::Failure, now, true)
+            .is_some());
+        while b.spend(0) {}
+        assert!(!b.has_budget(0) && b.has_budget(1));
+        // Clusters swapped, one added; backends of a reordered, one removed, one added.
+        let c2 = config(&[
+            ("new", "round_robin", &[9]),
+            ("b", "least_conn", &[4, 5]),
+            ("a", "weighted", &[3, 7, 2]),
+        ]);
+        let s2 = snap(2, &c2, Some(&s1));
+        b.update(&s2);
+        assert_eq!(b.version, 2);
+        assert_eq!(b.describe(2, 2), ("a", Some(addr(2))));
+        assert_eq!(b.describe(0, 0), ("new", Some(addr(9))));
+        assert!(b.by_cluster[2].is_behind(), "a is renumbered lazily");
+        assert!(!b.by_cluster[1].is_behind(), "b kept its table");
+        assert!(!b.has_budget(2) && b.has_budget(1) && b.has_budget(0));
+        // 127.0.0.1:2 is still ejected in a (now index 2): picks skip it.
+        let a = &s2.clusters[2];
+        for _ in 0..20 {
+            let p = b.pick(a, 2, Tried::default(), &PickCtx::NONE, now);
+            assert!(matches!(p, Pick::Backend(0 | 1)), "{p:?}");
+        }
+        assert!(!b.by_cluster[2].is_behind());
+        let bc = &s2.clusters[1];
+        for _ in 0..10 {
+            assert_eq!(
+                b.pick(bc, 1, Tried::default(), &PickCtx::NONE, now),
+                Pick::Backend(0)
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_change_that_keeps_the_tables_moves_nothing() {
+        let c1 = config(&[("a", "round_robin", &[1, 2]), ("b", "p2c_ewma", &[3, 4])]);
+        let s1 = snap(1, &c1, None);
+        let mut b = Balancers::build(&s1, None);
+        let s2 = snap(2, &c1, Some(&s1));
+        for (x, y) in s1.clusters.iter().zip(&s2.clusters) {
+            assert!(Arc::ptr_eq(&x.table, &y.table));
+        }
+        b.update(&s2);
+        assert!(b.by_cluster.iter().all(|s| !s.is_behind()));
+        assert_eq!(b.version, 2);
+        // `build` with a previous state carries it too (a copy).
+        let copy = Balancers::build(&s2, Some(&b));
+        assert_eq!(copy.by_cluster.len(), 2);
     }
 }

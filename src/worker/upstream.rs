@@ -165,7 +165,7 @@ impl<E: Engine> Worker<E> {
             }
             if self.balancers.version < snap.version {
                 // A session routed on a snapshot newer than the balancers.
-                self.balancers = super::Balancers::build(&snap, Some(&self.balancers));
+                self.balancers.update(&snap);
             }
             let same = self.balancers.version == snap.version;
             let pick = if same {

@@ -14,7 +14,7 @@ BIN ?= target/release/switchyard
 INSTALL ?= install
 PYTHON ?= python3
 
-.PHONY: build run test deps bench perf lint fmt install uninstall clean fuzz fuzz-smoke soak
+.PHONY: build run test deps bench perf lint fmt install uninstall clean fuzz fuzz-smoke soak loadtest
 
 build:
 	$(CARGO) build --release
@@ -51,6 +51,12 @@ fuzz-smoke:
 ## Soak under mixed load and churn (perf/soak --help); SOAK_ARGS="--duration 60 --connections 1000" for a short run.
 soak: build
 	perf/soak --skip-build $(SOAK_ARGS)
+
+## The Gatling-style Locust scenario through Switchyard, faults off then the chaos broker on
+## (perf/loadtest --help); reports in perf/loadtest-out/. LOADTEST_ARGS="--scale 1" for full rate.
+loadtest: build
+	$(PYTHON) -c "import locust" 2>/dev/null || $(PYTHON) -m pip install --quiet locust
+	perf/loadtest --skip-build $(LOADTEST_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

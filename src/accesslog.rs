@@ -96,6 +96,8 @@ pub struct Record {
     /// Its index in the cluster's rotation, kept when the upstream is dropped on a failure.
     pub backend_index: Option<u32>,
     pub worker: u16,
+    /// The L7 fault injected into this request, if any.
+    pub fault: crate::faults::FaultCode,
 }
 
 impl Record {
@@ -119,6 +121,7 @@ impl Record {
             backend: None,
             backend_index: None,
             worker: 0,
+            fault: crate::faults::FaultCode::None,
         }
     }
 
@@ -153,6 +156,7 @@ impl Record {
         self.backend = None;
         self.backend_index = None;
         self.worker = 0;
+        self.fault = crate::faults::FaultCode::None;
     }
 
     /// Copies the method, path and host of a request head (truncating what does not fit).
@@ -187,6 +191,7 @@ impl Record {
             "first_byte_ms": self.first_byte_us.map(ms),
             "duration_ms": ms(self.duration_us),
             "worker": self.worker,
+            "fault": self.fault.name(),
         });
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")
@@ -218,7 +223,7 @@ impl Record {
         let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
         writeln!(
             out,
-            "{} - - [{day}/{mon}/{y}:{clock} +0000] \"{} {} HTTP/1.1\" {} {} \"-\" \"-\" host={} rid={} backend={} rt={:.3}",
+            "{} - - [{day}/{mon}/{y}:{clock} +0000] \"{} {} HTTP/1.1\" {} {} \"-\" \"-\" host={} rid={} backend={} rt={:.3}{}",
             self.client,
             quoted(self.method.text()),
             quoted(self.path.text()),
@@ -232,6 +237,9 @@ impl Record {
             },
             self.backend.map_or("-".to_string(), |b| b.to_string()),
             self.duration_us as f64 / 1e6,
+            self.fault
+                .name()
+                .map_or(String::new(), |f| format!(" fault={f}")),
         )
     }
 

@@ -111,10 +111,46 @@ pub enum Verb {
     Metrics,
     /// Liveness: exit 0 when the proxy answers.
     Health,
+    /// Show the fault injection state (toxics, HTTP faults, the broker, toxiproxy proxies).
+    Faults,
+    /// Change fault injection (runtime only: a restart clears every fault).
+    Fault {
+        #[command(subcommand)]
+        op: FaultOp,
+    },
+    /// The chaos broker: show its weights, or set them (`pDelete=10 pSlow=10 slowMs=2000`).
+    Broker {
+        /// `KEY=PERCENT` settings (pDuplicate, pDelete, pSalt, pSlow, pNothing, slowMs).
+        settings: Vec<String>,
+        /// Only this HTTP listener (default: every HTTP listener).
+        #[arg(long)]
+        listener: Option<String>,
+    },
     /// Zero-downtime binary upgrade: start the binary at the path the proxy was started from,
     /// hand it the listening sockets, let the old process drain. Exit 0 once the new process
     /// serves; on failure the old one keeps serving (exit 70 with the reason).
     Upgrade,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FaultOp {
+    /// Replace the whole fault state from SOURCE (inline JSON, a .json file, or `-`).
+    Set { source: String },
+    /// Remove every fault (toxiproxy proxies stay).
+    Clear,
+    /// Add an L4 toxic to a listener (toxiproxy's JSON:
+    /// `'{"type":"latency","stream":"downstream","attributes":{"latency":100}}'`).
+    Toxic { listener: String, source: String },
+    /// Remove a listener's toxic by name.
+    Untoxic { listener: String, name: String },
+    /// Take a listener down: its port refuses connections.
+    Down { listener: String },
+    /// Bring a listener back up (on the same port).
+    Up { listener: String },
+    /// Add an HTTP fault (`'{"type":"abort","status":503,"probability":0.1,"listener":"web"}'`).
+    Http { source: String },
+    /// Remove an HTTP fault by name.
+    Unhttp { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -615,6 +651,64 @@ fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
             }
         }
         Verb::Metrics => print!("{}", text_get("/metrics")?),
+        Verb::Faults => {
+            let v = call("GET", "/v1/faults", None)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Verb::Fault { op } => {
+            let v = match op {
+                FaultOp::Set { source } => call("PUT", "/v1/faults", Some(source_json(source)?))?,
+                FaultOp::Clear => call("DELETE", "/v1/faults", None)?,
+                FaultOp::Toxic { listener, source } => call(
+                    "POST",
+                    &format!("/v1/faults/listeners/{}/toxics", enc(listener)),
+                    Some(source_json(source)?),
+                )?,
+                FaultOp::Untoxic { listener, name } => call(
+                    "DELETE",
+                    &format!(
+                        "/v1/faults/listeners/{}/toxics/{}",
+                        enc(listener),
+                        enc(name)
+                    ),
+                    None,
+                )?,
+                FaultOp::Down { listener } | FaultOp::Up { listener } => call(
+                    "PATCH",
+                    &format!("/v1/faults/listeners/{}", enc(listener)),
+                    Some(serde_json::json!({ "enabled": matches!(op, FaultOp::Up { .. }) })),
+                )?,
+                FaultOp::Http { source } => {
+                    call("POST", "/v1/faults/http", Some(source_json(source)?))?
+                }
+                FaultOp::Unhttp { name } => {
+                    call("DELETE", &format!("/v1/faults/http/{}", enc(name)), None)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Verb::Broker { settings, listener } => {
+            let path = match listener {
+                Some(l) => format!("/broker?listener={}", enc(l)),
+                None => "/broker".to_string(),
+            };
+            let v = if settings.is_empty() {
+                call("GET", &path, None)?
+            } else {
+                let mut m = serde_json::Map::new();
+                for s in settings {
+                    let (k, v) = s
+                        .split_once('=')
+                        .ok_or_else(|| usage(format!("{s:?}: expected KEY=NUMBER")))?;
+                    let n: f64 = v
+                        .parse()
+                        .map_err(|_| usage(format!("{s:?}: {v:?} is not a number")))?;
+                    m.insert(k.to_string(), serde_json::json!(n));
+                }
+                call("PATCH", &path, Some(Value::Object(m)))?
+            };
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
         Verb::Upgrade => {
             let r = request_within(
                 &admin,

@@ -17,7 +17,7 @@
 //!   queues, timers), [`session`] (I/O-free state machines: [`session::tcp`],
 //!   [`session::http`], the byte [`session::flow`]), [`engine`] (the seam between sessions and
 //!   system calls, and [`engine::mio`]), [`transport`] (what sits under a session on each
-//!   connection: plain TCP), [`io`] (buffers, splice pipes, the timer wheel, transfer
+//!   connection: plain TCP, L4 fault toxics), [`io`] (buffers, splice pipes, the timer wheel, transfer
 //!   results), [`net`] (binding and announcing listeners);
 //! - the message layer: [`http`] (heads, chunked bodies, rewriting), [`routing`] (HTTP route
 //!   matching), [`balance`] (backend selection: selection tables built by the control plane,
@@ -26,6 +26,7 @@
 //!   proxy's API);
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
+//!   [`faults`] (L4 toxics, L7 faults, the toxiproxy and chaos-broker APIs),
 //!   [`health`], [`stats`], [`accesslog`], [`discovery`] (Docker, DNS and file providers feeding
 //!   the control plane), [`lbaas`] (the load-balancer-as-a-service API), [`autoscale`] (scale
 //!   hooks and webhooks);
@@ -48,6 +49,7 @@ pub mod ctl;
 pub mod demo;
 pub mod discovery;
 pub mod engine;
+pub mod faults;
 pub mod health;
 pub mod http;
 pub mod io;

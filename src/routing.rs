@@ -206,6 +206,38 @@ pub fn faas_key(target: &[u8]) -> Result<usize, FaasError> {
     }
 }
 
+/// The index of the first explicit route that matches the request, if any.
+pub fn matched_route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
+    routes: &[CompiledRoute],
+    req: &RequestView<'a, H>,
+) -> Option<usize> {
+    let host = host_without_port(req.host);
+    let path = path_of(req.target);
+    routes.iter().position(|r| {
+        if let Some(h) = &r.host {
+            if !host_matches(h, host) {
+                return false;
+            }
+        }
+        if let Some(p) = &r.prefix {
+            if !prefix_matches(p, path) {
+                return false;
+            }
+        }
+        if !r.methods.is_empty() && !r.methods.iter().any(|m| **m == *req.method) {
+            return false;
+        }
+        if let Some(HeaderCond { name, value }) = &r.header {
+            match ((req.header)(name), value) {
+                (None, _) => return false,
+                (Some(v), Some(w)) if v != &**w => return false,
+                _ => {}
+            }
+        }
+        true
+    })
+}
+
 /// Routes one request.
 pub fn route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
     routes: &[CompiledRoute],
@@ -213,29 +245,7 @@ pub fn route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
     fallback: Option<Target>,
     req: &RequestView<'a, H>,
 ) -> Decision {
-    let host = host_without_port(req.host);
-    let path = path_of(req.target);
-    for r in routes {
-        if let Some(h) = &r.host {
-            if !host_matches(h, host) {
-                continue;
-            }
-        }
-        if let Some(p) = &r.prefix {
-            if !prefix_matches(p, path) {
-                continue;
-            }
-        }
-        if !r.methods.is_empty() && !r.methods.iter().any(|m| **m == *req.method) {
-            continue;
-        }
-        if let Some(HeaderCond { name, value }) = &r.header {
-            match ((req.header)(name), value) {
-                (None, _) => continue,
-                (Some(v), Some(w)) if v != &**w => continue,
-                _ => {}
-            }
-        }
+    if let Some(r) = matched_route(routes, req).and_then(|i| routes.get(i)) {
         let strip = match (&r.prefix, r.strip) {
             (Some(p), true) => p.len(),
             _ => 0,

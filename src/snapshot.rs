@@ -137,6 +137,9 @@ pub struct ListenerRoute {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Connections start with a PROXY protocol header.
     pub accept_proxy: Option<crate::config::tls::AcceptProxy>,
+    /// L4 fault toxics: set when the listener has toxics (or is a toxiproxy proxy); new
+    /// connections then go through them. Shared across snapshots by listener name.
+    pub toxics: Option<Arc<crate::faults::ToxicCell>>,
 }
 
 /// Live figures of a listener that every worker updates once per connection.
@@ -168,6 +171,9 @@ pub struct Snapshot {
     /// The `GET /stats` body of FaaS listeners with `faas_stats` (the original gateway's
     /// discovery JSON), rendered by the control plane when it builds the snapshot.
     pub faas_stats: Arc<[u8]>,
+    /// L7 faults (rules, header-triggered faults, the chaos broker): `None` when none is set,
+    /// which is the one check a request pays.
+    pub faults: Option<Arc<crate::faults::L7Table>>,
 }
 
 impl Snapshot {
@@ -326,6 +332,7 @@ impl Snapshot {
                     .unwrap_or_default(),
                 tls: rt.tls.listeners.get(&l.name).cloned(),
                 accept_proxy: l.accept_proxy.clone(),
+                toxics: None,
             };
             if listeners.len() <= slot {
                 listeners.resize_with(slot + 1, || None);
@@ -362,6 +369,7 @@ impl Snapshot {
             service_index,
             layout,
             faas_stats: Arc::from(&b""[..]),
+            faults: None,
         }
     }
 

@@ -48,6 +48,14 @@ if ! python3 -c "import websockets" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check websockets 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages websockets
 fi
+# The fault tests drive the toxiproxy API with toxiproxy's own Python client; the load
+# scenario (perf/locustfile.py) runs Locust headless.
+for mod in toxiproxy:toxiproxy-python locust:locust; do
+  if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "${mod#*:}" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${mod#*:}"
+  fi
+done
 # The Docker discovery tests need a running engine: start dockerd when it is not running and
 # wait for it. If it cannot start, those tests fail with a message saying so.
 if ! docker info >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then

@@ -21,6 +21,7 @@
 //! | `/stats`, `/metrics` | GET |
 //! | `/health`, `/heartbeat`, `/status` | GET (Foo compatible) |
 //! | `/lbaas`, `/LB/project/`, `/LB/instance/` | POST, GET (the LBaaS API, [`crate::lbaas::api`]) |
+//! | `/v1/faults/...`, toxiproxy's `/proxies`, `/populate`, `/reset`, `/version`, the broker's `/broker` | see [`crate::faults::api`] |
 //!
 //! Reads return `ETag: "<version>"`; writes accept `If-Match` (412 when stale) and answer with
 //! the new version's ETag. With a token configured, writes need `Authorization: Bearer`.
@@ -437,11 +438,14 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 _ => Ok(method_not_allowed("PATCH, DELETE")),
             }
         }
-        _ => Err(ApiError::new(
-            404,
-            "not_found",
-            format!("no such endpoint: {path}"),
-        )),
+        _ => match crate::faults::api::route(shared, req, &segs) {
+            Some(r) => Ok(r),
+            None => Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no such endpoint: {path}"),
+            )),
+        },
     }
 }
 

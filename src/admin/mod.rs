@@ -435,13 +435,21 @@ fn write_response(
     keep_alive: bool,
     deadline: Instant,
 ) -> io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        r.status,
-        crate::http::rewrite::reason_phrase(r.status),
-        r.content_type,
-        r.body.len()
-    );
+    let mut head = if r.status == 204 {
+        // No body, and so no Content-Length either (RFC 9110 §8.6).
+        format!(
+            "HTTP/1.1 204 {}\r\n",
+            crate::http::rewrite::reason_phrase(204)
+        )
+    } else {
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            r.status,
+            crate::http::rewrite::reason_phrase(r.status),
+            r.content_type,
+            r.body.len()
+        )
+    };
     for (n, v) in &r.headers {
         head.push_str(n);
         head.push_str(": ");

@@ -204,6 +204,16 @@ struct State {
     faas_stats: Arc<[u8]>,
     /// Certificates and keys of the running config (read again at every reload).
     tls: crate::tls::Store,
+    /// Fault injection (runtime only: never persisted; see [`crate::faults`]).
+    faults: crate::faults::FaultState,
+    /// Live toxic sets of the listeners that have (or had) toxics, by listener name.
+    toxic_cells: HashMap<String, Arc<crate::faults::ToxicCell>>,
+    /// The L7 fault table of the running snapshot.
+    l7: Option<Arc<crate::faults::L7Table>>,
+    /// Bumped by every fault commit (connections under toxics re-draw when it moves).
+    fault_gen: u64,
+    /// Listeners a fault took down, with the address they had (they come back on it).
+    pins: HashMap<String, SocketAddr>,
 }
 
 /// Module records kept next to the config, by module name.
@@ -380,6 +390,11 @@ impl Control {
                 conflicts: Vec::new(),
                 faas_stats,
                 tls: boot.tls,
+                faults: crate::faults::FaultState::default(),
+                toxic_cells: HashMap::new(),
+                l7: None,
+                fault_gen: 0,
+                pins: HashMap::new(),
                 slots,
                 health,
                 ramps: HashMap::new(),
@@ -508,8 +523,15 @@ impl Control {
     pub fn set_discovered(&self, provider: &str, found: Vec<Found>) -> Result<(), ApiError> {
         let mut st = self.lock();
         let d = st.doc.clone();
-        self.commit(&mut st, d, None, None, Some((provider.to_string(), found)))
-            .map(|_| ())
+        self.commit(
+            &mut st,
+            d,
+            None,
+            None,
+            Some((provider.to_string(), found)),
+            None,
+        )
+        .map(|_| ())
     }
 
     /// Discovered clusters currently left out because another owner has the name.
@@ -614,7 +636,7 @@ impl Control {
         let what = change.describe();
         let old = st.version;
         let version = self
-            .commit(&mut st, d, None, None, None)
+            .commit(&mut st, d, None, None, None, None)
             .map_err(|e| with_relative_field(e, target))?;
         if version == old {
             log::info!("audit: {who}: {what}: no change (version {version})");
@@ -622,6 +644,46 @@ impl Control {
             log::info!("audit: {who}: {what}: version {old} -> {version}");
         }
         Ok(Applied { version, created })
+    }
+
+    /// The fault state (runtime only).
+    pub fn faults(&self) -> crate::faults::FaultState {
+        self.lock().faults.clone()
+    }
+
+    /// Changes the fault state through the same validate → bind → build → swap path as any
+    /// change (not persisted, no new config version). `edit` gets a copy of the fault state
+    /// and the operator's document; its error, or any failure after it, changes nothing.
+    pub fn apply_faults<T>(
+        &self,
+        who: &str,
+        what: &str,
+        edit: impl FnOnce(&mut crate::faults::FaultState, &Table) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut st = self.lock();
+        let mut fs = st.faults.clone();
+        let out = edit(&mut fs, &st.doc)?;
+        if fs == st.faults {
+            return Ok(out);
+        }
+        let d = st.doc.clone();
+        let was_up: Vec<String> = st.running.keys().cloned().collect();
+        self.commit(&mut st, d, None, None, None, Some(fs))?;
+        log::info!("audit: {who}: faults: {what}");
+        if was_up.iter().any(|n| !st.running.contains_key(n)) {
+            // A listener went down: answer once every worker has closed its socket, so the
+            // port refuses connections when the client hears back (as toxiproxy's does).
+            let (tx, rx) = crossbeam_channel::bounded(self.workers.len().max(1));
+            for w in &self.workers {
+                w.send(Ctrl::Barrier(tx.clone()));
+            }
+            for _ in &self.workers {
+                if rx.recv_timeout(std::time::Duration::from_secs(2)).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// SIGHUP: reloads the config file through the same path. A bad file changes nothing.
@@ -704,7 +766,7 @@ impl Control {
             log::warn!("reload overrides a runtime change: {line}");
         }
         let old = st.version;
-        let version = self.commit(&mut st, merged, Some(new_file), None, None)?;
+        let version = self.commit(&mut st, merged, Some(new_file), None, None, None)?;
         if version == old {
             log::info!(
                 "audit: SIGHUP: reloaded {}: no change (version {version})",
@@ -741,7 +803,7 @@ impl Control {
         let out = f(&mut txn)?;
         let (doc, ext) = (txn.doc, txn.ext);
         let old = st.version;
-        let version = self.commit(&mut st, doc, None, Some(ext), None)?;
+        let version = self.commit(&mut st, doc, None, Some(ext), None, None)?;
         log::info!("audit: {who}: {what}: version {old} -> {version}");
         Ok((out, version))
     }
@@ -769,14 +831,40 @@ impl Control {
         new_file: Option<Table>,
         new_ext: Option<Ext>,
         found: Option<(String, Vec<Found>)>,
+        faults: Option<crate::faults::FaultState>,
     ) -> Result<u64, ApiError> {
-        let operator = found.is_none();
+        let fault_change = faults.is_some();
+        let operator = found.is_none() && !fault_change;
         // Discovery keeps this process's routing current (it is not persisted, so a successor
-        // finds for itself); operator changes wait for the upgrade.
+        // finds for itself), and so do faults (runtime only); operator changes wait for the
+        // upgrade.
         if let (true, Some(why)) = (operator, &st.frozen) {
             return Err(ApiError::new(409, "upgrade_in_progress", why.clone()));
         }
-        let mut cfg = config::parse_table(new_doc.clone()).map_err(|errs| invalid(&errs))?;
+        let mut fs = faults.unwrap_or_else(|| st.faults.clone());
+        // What runs: the operator's document with the faults' proxies added and the
+        // listeners that are down taken out.
+        let run_doc = if fs.proxies.is_empty()
+            && fs.listeners.values().all(|l| l.enabled)
+            && st.pins.is_empty()
+        {
+            new_doc.clone()
+        } else {
+            fs.overlay_doc(&new_doc, &st.pins)
+        };
+        let mut cfg = config::parse_table(run_doc).map_err(|errs| {
+            let e = invalid(&errs);
+            if fault_change {
+                ApiError::new(400, "bad_fault", e.message)
+            } else {
+                e
+            }
+        })?;
+        if fault_change {
+            fs.validate(&cfg, &new_doc)?;
+        } else {
+            fs.prune(&cfg, &new_doc);
+        }
         // An operator's change or a reload reads the certificate files again (renewed ones
         // take effect); a discovery update keeps what is loaded. A file that cannot be used
         // refuses the change, and the running certificates stay.
@@ -832,7 +920,12 @@ impl Control {
         let mut bound: Vec<(String, usize, Vec<std::net::TcpListener>)> = Vec::new();
         let mut running: HashMap<String, Running> = HashMap::new();
         for l in &cfg.listeners {
-            if let Some(r) = st.running.get(&l.name).filter(|r| r.bind == l.bind) {
+            // (A proxy asked for port 0 is pinned to the port it got: the same socket.)
+            if let Some(r) = st
+                .running
+                .get(&l.name)
+                .filter(|r| r.bind == l.bind || r.local == l.bind)
+            {
                 slots.push(r.slot);
                 running.insert(l.name.clone(), *r);
                 continue;
@@ -878,6 +971,13 @@ impl Control {
 
         let version = if operator { st.version + 1 } else { st.version };
         let generation = st.generation + 1;
+        // A proxy asked for port 0 keeps the port it got (re-enabling it binds the same).
+        for (name, p) in fs.proxies.iter_mut() {
+            let zero = p.listen.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0);
+            if let (true, Some(r)) = (zero, running.get(name)) {
+                p.listen = r.local.to_string();
+            }
+        }
         // Health records of backends that are gone are dropped (re-added means re-checked).
         let exists = |(c, a): &(String, SocketAddr)| {
             cfg.cluster(c)
@@ -917,6 +1017,9 @@ impl Control {
         );
         let faas_stats = crate::discovery::faas_stats_body(&cfg);
         snap.faas_stats = faas_stats.clone();
+        let l7 = fs.compile_l7(&cfg, &slots);
+        let cells = fs.cells(&st.toxic_cells);
+        crate::faults::attach(&mut snap, &fs, &cells, l7.clone());
         let file = new_file.as_ref().unwrap_or(&st.file);
         if let (true, Some(dir), Some(store)) = (operator, &self.state_dir, st.store.as_mut()) {
             let p = persist::Persisted::new(
@@ -938,6 +1041,8 @@ impl Control {
         }
         // Point of no return.
         self.shared.store(Arc::new(snap));
+        st.fault_gen += 1;
+        crate::faults::publish_sets(&fs, &st.toxic_cells, &cells, st.fault_gen);
         for (name, slot) in &removed {
             for w in &self.workers {
                 w.send(Ctrl::RemoveListener { slot: *slot });
@@ -963,6 +1068,14 @@ impl Control {
                 w.send(Ctrl::AddListener { slot, socket });
             }
         }
+        for (name, _) in &removed {
+            if let (false, Some(r)) = (fs.listener(name).enabled, st.running.get(name)) {
+                st.pins.insert(name.clone(), r.local);
+            }
+        }
+        // A pin lasts while its listener is down, or until it is back on its port.
+        st.pins
+            .retain(|n, _| !fs.listener(n).enabled || !running.contains_key(n));
         if let Some(f) = new_file {
             st.file = f;
         }
@@ -982,6 +1095,9 @@ impl Control {
         st.commits += 1;
         st.faas_stats = faas_stats;
         st.tls = tls;
+        st.faults = fs;
+        st.toxic_cells = cells;
+        st.l7 = l7;
         Ok(version)
     }
 
@@ -1087,12 +1203,16 @@ impl Control {
             generation,
             faas_stats,
             tls,
+            faults,
+            toxic_cells,
+            l7,
             ..
         } = &mut *st;
         let rt = runtime(config, tls, health, ramps, Instant::now());
         let mut snap =
             Snapshot::build_with_slots(config, *generation, Some(&self.shared.load()), slots, &rt);
         snap.faas_stats = faas_stats.clone();
+        crate::faults::attach(&mut snap, faults, toxic_cells, l7.clone());
         let snap = Arc::new(snap);
         self.shared.store(snap.clone());
         snap

@@ -130,7 +130,22 @@ enum Kind {
     },
     /// 400 text/plain with this reason.
     BadParam(&'static str),
+    /// The load scenario's small shop (perf/locustfile.py).
+    Shop(Shop),
 }
+
+/// `/shop/login` (a token), `/shop/items` (creates an item: its id), `/shop/items/<id>`
+/// (the item). Stateless apart from an id counter: enough for a login → create → act
+/// load scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shop {
+    Login,
+    Create,
+    Item(u64),
+}
+
+/// Ids handed out by `/shop/items` (process-wide).
+static SHOP_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApiResult {
@@ -229,7 +244,12 @@ fn classify(target: &str) -> (Kind, u16, u32) {
         "/api/v1/multiply" => Kind::Api(api(query, i64::checked_mul)),
         "/echo" => Kind::Echo,
         "/bytes" => bytes_kind(query),
-        _ => Kind::NotFound,
+        "/shop/login" => Kind::Shop(Shop::Login),
+        "/shop/items" => Kind::Shop(Shop::Create),
+        p => match p.strip_prefix("/shop/items/").map(str::parse::<u64>) {
+            Some(Ok(id)) => Kind::Shop(Shop::Item(id)),
+            _ => Kind::NotFound,
+        },
     };
     (kind, status, delay_ms)
 }
@@ -416,6 +436,36 @@ fn finish(st: &mut HttpState, r: &Responses, out: &mut Vec<u8>) {
             b.extend_from_slice(&r.id_json);
             b.extend_from_slice(b"}}");
             write_body_answer(out, 200, JSON, b, req.conn, head);
+        }
+        Kind::Shop(op) => {
+            let b = &mut st.body_buf;
+            b.clear();
+            let status = match op {
+                Shop::Login => {
+                    b.extend_from_slice(br#"{"token":"t"#);
+                    push_u64(b, SHOP_IDS.load(std::sync::atomic::Ordering::Relaxed));
+                    b.extend_from_slice(b"\"}");
+                    200
+                }
+                Shop::Create => {
+                    b.extend_from_slice(br#"{"id":"#);
+                    push_u64(
+                        b,
+                        SHOP_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    );
+                    b.extend_from_slice(b"}");
+                    201
+                }
+                Shop::Item(id) => {
+                    b.extend_from_slice(br#"{"id":"#);
+                    push_u64(b, id);
+                    b.extend_from_slice(br#","name":"item","server":"#);
+                    b.extend_from_slice(&r.id_json);
+                    b.extend_from_slice(b"}");
+                    200
+                }
+            };
+            write_body_answer(out, status, JSON, b, req.conn, head);
         }
         Kind::Api(bad) => {
             let body = match bad {

@@ -153,6 +153,13 @@ impl BufferPool {
         &self.mem[base + b.start as usize..base + b.end as usize]
     }
 
+    /// The pending bytes, to change in place (fault injection corrupts response bytes).
+    #[inline]
+    pub fn data_mut(&mut self, b: &Buf) -> &mut [u8] {
+        let (base, _) = self.slot(b.idx);
+        &mut self.mem[base + b.start as usize..base + b.end as usize]
+    }
+
     /// The pending bytes of `src` and the free tail of `dst` at once, for writing a transformed
     /// copy (e.g. a rewritten HTTP head). `None` when both handles are the same buffer.
     pub fn data_and_spare(&mut self, src: &Buf, dst: &mut Buf) -> Option<(&[u8], &mut [u8])> {

@@ -114,6 +114,14 @@ counters! {
         proxy_header_errors,
         /// Client connections refused because they came from outside `trusted_proxies`.
         proxy_untrusted,
+        /// L4 fault toxics applied to a connection (after its toxicity draw), by kind.
+        fault_latency,
+        fault_bandwidth,
+        fault_slicer,
+        fault_slow_close,
+        fault_timeout,
+        fault_reset_peer,
+        fault_limit_data,
     }
 }
 
@@ -149,6 +157,13 @@ counters! {
         upstream_reused,
         /// Access-log lines dropped because the writer fell behind.
         access_log_dropped,
+        /// L7 faults injected into requests, by kind (rules, header-triggered and the chaos
+        /// broker's draws alike).
+        fault_abort,
+        fault_delay,
+        fault_drop,
+        fault_duplicate,
+        fault_corrupt,
     }
 }
 

@@ -11,8 +11,9 @@
 //!   sees);
 //! - the PROXY protocol ([`proxy`]): a header read off the front of an accepted connection, or
 //!   written in front of an upstream one, before the session's bytes;
-//! - L4 fault toxics: latency and slicing delay or split the ops on a timer; bandwidth paces
-//!   them; `timeout`, `reset_peer` and `limit_data` hold, reset or cut the connection.
+//! - L4 fault toxics ([`toxics`]): latency and slicing delay or split the ops on a timer;
+//!   bandwidth paces them; `timeout`, `reset_peer` and `limit_data` hold, reset or cut the
+//!   connection (plain connections only: a TLS listener's toxics are not applied).
 //!
 //! One engine completion may answer both of the session's slots (a TLS record that finishes
 //! the handshake lets a held send go too): the extra one waits in [`Transport::take_ready`].
@@ -25,6 +26,7 @@ pub mod proxy;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+pub mod toxics;
 
 use crate::engine::{recycle, ConnId, Done, Engine, Op, Slot};
 use crate::io::{BufferPool, PipePool};
@@ -32,6 +34,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 pub use tls::event;
+use toxics::{ToxicId, Toxics};
 
 /// The transport of one connection.
 #[derive(Debug, Default)]
@@ -43,16 +46,26 @@ pub enum Transport {
     Tls(Box<tls::TlsConn>),
     /// Plain TCP with a PROXY header read or written first.
     Proxy(Box<proxy::ProxyConn>),
+    /// Plain TCP under L4 fault toxics: the connection's entry in the worker's [`Toxics`]
+    /// (toxics apply to plain connections only).
+    Toxic(ToxicId),
 }
 
 impl Transport {
     /// Passes a session's op down to the engine. `Some` when it completed at once.
     #[inline]
-    pub fn submit<E: Engine>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
+    pub fn submit<E: Engine>(
+        &mut self,
+        engine: &mut E,
+        toxics: &mut Toxics,
+        conn: ConnId,
+        op: Op,
+    ) -> Option<Done> {
         match self {
             Transport::Plain => engine.submit(conn, op),
             Transport::Tls(t) => t.submit(engine, conn, op),
             Transport::Proxy(p) => p.submit(engine, conn, op),
+            Transport::Toxic(id) => toxics.submit(*id, engine, conn, op),
         }
     }
 
@@ -62,6 +75,7 @@ impl Transport {
     pub fn complete<E: Engine>(
         &mut self,
         engine: &mut E,
+        toxics: &mut Toxics,
         conn: ConnId,
         done: Done,
     ) -> Option<Done> {
@@ -69,6 +83,7 @@ impl Transport {
             Transport::Plain => Some(done),
             Transport::Tls(t) => t.complete(engine, conn, done),
             Transport::Proxy(p) => p.complete(engine, conn, done),
+            Transport::Toxic(id) => toxics.complete(*id, done),
         }
     }
 
@@ -76,7 +91,7 @@ impl Transport {
     #[inline]
     pub fn take_ready(&mut self) -> Option<Done> {
         match self {
-            Transport::Plain => None,
+            Transport::Plain | Transport::Toxic(_) => None,
             Transport::Tls(t) => t.take_ready(),
             Transport::Proxy(p) => p.take_ready(),
         }
@@ -86,7 +101,7 @@ impl Transport {
     #[inline]
     pub fn take_events(&mut self) -> u8 {
         match self {
-            Transport::Plain => 0,
+            Transport::Plain | Transport::Toxic(_) => 0,
             Transport::Tls(t) => t.take_events(),
             Transport::Proxy(p) => p.take_events(),
         }
@@ -95,7 +110,7 @@ impl Transport {
     /// Cancels the op in `slot` (its `Done` is never delivered).
     pub fn cancel<E: Engine>(&mut self, engine: &mut E, conn: ConnId, slot: Slot) {
         match self {
-            Transport::Plain => engine.cancel(conn, slot),
+            Transport::Plain | Transport::Toxic(_) => engine.cancel(conn, slot),
             Transport::Tls(t) => t.cancel(engine, conn, slot),
             Transport::Proxy(p) => p.cancel(engine, conn, slot),
         }
@@ -111,7 +126,8 @@ impl Transport {
     /// The connection is being closed: what the transport holds goes back to the pools.
     pub fn release(&mut self, pool: &mut BufferPool, pipes: &mut PipePool) {
         match std::mem::take(self) {
-            Transport::Plain => {}
+            // A toxic connection's held ops are the worker's `Toxics` to give back.
+            Transport::Plain | Transport::Toxic(_) => {}
             Transport::Tls(mut t) => t.release(pool, pipes),
             Transport::Proxy(mut p) => {
                 p.release(pool, pipes);
@@ -126,7 +142,7 @@ impl Transport {
     #[inline]
     pub fn deadline(&self) -> Option<Instant> {
         match self {
-            Transport::Plain => None,
+            Transport::Plain | Transport::Toxic(_) => None,
             Transport::Tls(t) => t.deadline(),
             Transport::Proxy(p) => p.deadline(),
         }
@@ -141,7 +157,7 @@ impl Transport {
     /// The client and destination addresses an accepted PROXY header carried.
     pub fn proxied(&self) -> Option<(SocketAddr, SocketAddr)> {
         match self {
-            Transport::Plain => None,
+            Transport::Plain | Transport::Toxic(_) => None,
             Transport::Tls(t) => t.proxied,
             Transport::Proxy(p) => p.proxied,
         }
@@ -167,6 +183,8 @@ impl Transport {
                     }
             }
             Transport::Proxy(p) => tls.is_none() && p.sent == proxy,
+            // Never pooled: it carries its session's faults.
+            Transport::Toxic(_) => false,
         }
     }
 }

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 /// Two connections (0 and 1) wired to each other. Like a readiness engine on a real socket,
 /// an op completes at once while the "socket" is ready, and a short receive or send means it
 /// is not any more: the next op of that kind parks until [`MemEngine::ready`] runs it.
+/// These tests run no toxics: an empty set to pass along.
+fn no_toxics() -> crate::transport::toxics::Toxics {
+    crate::transport::toxics::Toxics::new(1)
+}
+
 struct MemEngine {
     pool: BufferPool,
     pipes: PipePool,
@@ -254,7 +259,7 @@ fn settle(e: &mut MemEngine, t: &mut [Transport; 2], ends: &mut Ends) {
             if !ends.reading[c] && !ends.eof[c] && !ends.failed[c] && (c == 1 || ends.connected) {
                 ends.reading[c] = true;
                 moved = true;
-                if let Some(d) = tc.submit(e, c as ConnId, Op::Recv(None)) {
+                if let Some(d) = tc.submit(e, &mut no_toxics(), c as ConnId, Op::Recv(None)) {
                     session_done(e, ends, c, d);
                 }
                 while let Some(d) = tc.take_ready() {
@@ -265,7 +270,7 @@ fn settle(e: &mut MemEngine, t: &mut [Transport; 2], ends: &mut Ends) {
         for (conn, done) in e.ready() {
             moved = true;
             let c = conn as usize;
-            if let Some(d) = t[c].complete(e, conn, done) {
+            if let Some(d) = t[c].complete(e, &mut no_toxics(), conn, done) {
                 session_done(e, ends, c, d);
             }
             while let Some(d) = t[c].take_ready() {
@@ -292,7 +297,12 @@ fn send_all(e: &mut MemEngine, t: &mut [Transport; 2], ends: &mut Ends, c: usize
         spare[..n].copy_from_slice(&data[off..off + n]);
         b.fill(n);
         let before = ends.sent[c];
-        if let Some(d) = t[c].submit(e, c as ConnId, Op::Send(Slice::head(b, n), None)) {
+        if let Some(d) = t[c].submit(
+            e,
+            &mut no_toxics(),
+            c as ConnId,
+            Op::Send(Slice::head(b, n), None),
+        ) {
             session_done(e, ends, c, d);
         }
         while let Some(d) = t[c].take_ready() {
@@ -396,7 +406,7 @@ fn tls_both_ways_through_short_writes_and_split_records() {
         let mut t = pair(&s, &c, proxy);
         let mut ends = Ends::default();
         // The engine's connect completes; the session hears of it after the handshake.
-        if let Some(d) = t[0].complete(&mut e, 0, Done::Connect(Xfer::Bytes(0))) {
+        if let Some(d) = t[0].complete(&mut e, &mut no_toxics(), 0, Done::Connect(Xfer::Bytes(0))) {
             session_done(&mut e, &mut ends, 0, d);
         }
         assert!(!ends.connected, "held until the handshake is done");
@@ -428,7 +438,7 @@ fn tls_both_ways_through_short_writes_and_split_records() {
         );
         assert!(ends.got[0] == down, "server → client intact");
         // A clean close: close_notify, then FIN; the peer reads an end, not an error.
-        if let Some(d) = t[1].submit(&mut e, 1, Op::Shutdown) {
+        if let Some(d) = t[1].submit(&mut e, &mut no_toxics(), 1, Op::Shutdown) {
             session_done(&mut e, &mut ends, 1, d);
         }
         settle(&mut e, &mut t, &mut ends);

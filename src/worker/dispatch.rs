@@ -5,21 +5,29 @@ use super::{cx, Owner, Worker};
 use crate::engine::{recycle, ConnId, Done, Engine};
 
 impl<E: Engine> Worker<E> {
-    /// An op of connection `conn` completed.
+    /// An op of connection `conn` completed: through its transport, to its owner.
     pub(super) fn dispatch(&mut self, conn: ConnId, done: Done) {
         let _ = self.meta(conn);
         let meta = &mut self.conns[conn as usize];
         let owner = meta.owner;
-        let Some(done) = meta.transport.complete(&mut self.engine, conn, done) else {
-            // Consumed below the session (TLS records, a PROXY header), which may still have
-            // news for it.
+        let Some(done) = meta
+            .transport
+            .complete(&mut self.engine, &mut self.toxics, conn, done)
+        else {
+            // Consumed below the session (TLS records, a PROXY header, a toxic holding it),
+            // which may still have news for it.
             if let Owner::Session(key, side) = owner {
                 self.transport_news(key, side, conn);
                 self.drive(key);
             }
             return;
         };
-        match owner {
+        self.deliver(conn, done);
+    }
+
+    /// Hands a completion (past the transport) to the connection's owner.
+    pub(super) fn deliver(&mut self, conn: ConnId, done: Done) {
+        match self.meta(conn).owner {
             Owner::Session(key, side) => {
                 let Some(e) = self.sessions.get_mut(key) else {
                     let (pool, pipes) = self.engine.pools();

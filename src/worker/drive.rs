@@ -41,7 +41,9 @@ impl<E: Engine> Worker<E> {
                             return self.close(key, CloseReason::Done);
                         }
                     };
-                    if let Some(done) = transport.submit(&mut self.engine, conn, op) {
+                    if let Some(done) =
+                        transport.submit(&mut self.engine, &mut self.toxics, conn, op)
+                    {
                         let mut cx = cx!(self);
                         e.session.complete(side, done, &mut cx);
                     }
@@ -189,6 +191,7 @@ impl<E: Engine> Worker<E> {
         };
         let mut rec = x.log;
         rec.status = x.status;
+        rec.fault = x.fault;
         rec.bytes = x.sent;
         rec.reused = x.reused;
         let tried = x.target.backend.is_some() || x.target.attempts > 0;
@@ -249,5 +252,6 @@ impl<E: Engine> Worker<E> {
         let m = self.meta(conn);
         m.owner = Owner::Session(key, side);
         m.deadline = None;
+        self.attach_toxics(conn, key, side);
     }
 }

@@ -20,6 +20,7 @@
 mod accept;
 mod dispatch;
 mod drive;
+mod faults;
 mod obs;
 mod pick;
 mod transport;
@@ -121,6 +122,9 @@ pub enum Ctrl {
     },
     /// Stop accepting on a listener (removed, or rebound elsewhere). Its connections go on.
     RemoveListener { slot: usize },
+    /// Answer on the channel once every message sent before this one is handled (a listener
+    /// taken down by a fault refuses connections before the API answers).
+    Barrier(Sender<()>),
 }
 
 /// The handle other threads use to talk to a worker.
@@ -286,6 +290,9 @@ pub struct Worker<E: Engine> {
     fd_exhaustion_logged: Option<Instant>,
     shutdown: Option<Instant>,
     events: Vec<Event>,
+    /// Connections under L4 fault toxics, and their timers.
+    toxics: crate::transport::toxics::Toxics,
+    fired: Vec<crate::transport::toxics::Fired>,
 }
 
 /// A [`crate::session::Cx`] from the worker's fields (a macro, so the borrows stay disjoint
@@ -359,6 +366,13 @@ impl<E: Engine> Worker<E> {
             fd_exhaustion_logged: None,
             shutdown: None,
             events: Vec::with_capacity(1024),
+            toxics: crate::transport::toxics::Toxics::new(
+                (settings.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            ),
+            fired: Vec::new(),
         })
     }
 
@@ -381,6 +395,9 @@ impl<E: Engine> Worker<E> {
             self.events = events;
             self.resume_queued();
             self.expire_timers();
+            if !self.toxics.is_idle() {
+                self.fire_toxics();
+            }
             if self.env.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
                 self.flush_stats(0);
             }
@@ -414,6 +431,9 @@ impl<E: Engine> Worker<E> {
         if let Some(at) = self.accept_paused_until {
             t = t.min(at.saturating_duration_since(self.env.now));
         }
+        if let Some(at) = self.toxics.next_at() {
+            t = t.min(at.saturating_duration_since(self.env.now));
+        }
         t
     }
 
@@ -423,6 +443,9 @@ impl<E: Engine> Worker<E> {
                 Ctrl::FlushStats(seq) => self.flush_stats(seq),
                 Ctrl::AddListener { slot, socket } => self.add_listener(slot, socket),
                 Ctrl::RemoveListener { slot } => self.remove_listener(slot),
+                Ctrl::Barrier(done) => {
+                    let _ = done.send(());
+                }
                 Ctrl::Shutdown { deadline } => {
                     let first = self.shutdown.is_none();
                     self.shutdown = Some(self.shutdown.map_or(deadline, |d| d.min(deadline)));
@@ -480,7 +503,11 @@ impl<E: Engine> Worker<E> {
     /// Closes a connection and forgets who owned it.
     fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
         let mut m = std::mem::take(self.meta(conn));
-        if !matches!(m.transport, Transport::Plain) {
+        if let Transport::Toxic(id) = m.transport {
+            if self.toxics.close(id, &mut self.engine, conn, linger) {
+                return; // slow_close: the socket closes later
+            }
+        } else if !matches!(m.transport, Transport::Plain) {
             if linger == crate::engine::Linger::Graceful {
                 m.transport.closing(&mut self.engine, conn);
             }

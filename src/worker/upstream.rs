@@ -464,6 +464,12 @@ impl<E: Engine> Worker<E> {
         let (Some((ci, bi)), Some(conn)) = (place, e.session.conn(Side::Upstream)) else {
             return self.drop_upstream(key, Linger::Graceful);
         };
+        // A connection under toxics carries its session's faults: never pooled.
+        let reusable = reusable
+            && self
+                .conns
+                .get(conn as usize)
+                .is_none_or(|m| !matches!(m.transport, crate::transport::Transport::Toxic(_)));
         let (Some(cluster), true) = (snap.clusters.get(ci), reusable) else {
             return self.drop_upstream(key, Linger::Graceful);
         };
@@ -485,9 +491,12 @@ impl<E: Engine> Worker<E> {
         m.owner = Owner::Pooled(addr);
         m.deadline = Some(deadline);
         // A backend closing an idle connection (or sending what it should not) ends it.
-        let watched = self.conns[conn as usize]
-            .transport
-            .submit(&mut self.engine, conn, Op::Watch);
+        let watched = self.conns[conn as usize].transport.submit(
+            &mut self.engine,
+            &mut self.toxics,
+            conn,
+            Op::Watch,
+        );
         if let Some(done) = watched {
             let (pool, pipes) = self.engine.pools();
             crate::engine::recycle(done, pool, pipes);

@@ -406,8 +406,7 @@ fn connect_result(c: &mut Conn) -> Result<Done, WriteOp> {
     }
 }
 
-/// The `Done` of an op submitted on a connection that no longer exists: a failure that gives
-/// back what the op carried.
+/// The `Done` of an op submitted on a connection that no longer exists.
 fn failed(op: Op) -> Done {
     super::failed(op, libc::EBADF)
 }

@@ -174,6 +174,15 @@ pub struct Exchange {
     /// Release strategy: the service version this request went to, and the cookies its
     /// response sets ([`crate::release`]).
     pub release_tag: crate::release::Tag,
+    // ------------------------------------------------------------- fault injection
+    /// An injected delay holds the request (in `Routed`) until then.
+    pub fault_until: Option<Instant>,
+    /// An injected delay holds the answer until then.
+    pub answer_at: Option<Instant>,
+    /// Response body bytes still to corrupt.
+    pub corrupt_left: u32,
+    /// The fault injected into this request (the access log's `fault`).
+    pub fault: crate::faults::FaultCode,
     // ------------------------------------------------------------- after a 101
     /// The connection became a tunnel (the flows below are in use).
     pub tunnel: bool,
@@ -224,6 +233,10 @@ impl Exchange {
         self.first_byte_at = now;
         self.logged = true;
         self.release_tag = crate::release::Tag::NONE;
+        self.fault_until = None;
+        self.answer_at = None;
+        self.corrupt_left = 0;
+        self.fault = crate::faults::FaultCode::None;
         if self.tunnel {
             self.tunnel = false;
             self.tun_up = Flow::default();
@@ -274,6 +287,10 @@ impl Exchange {
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
             release_tag: crate::release::Tag::NONE,
+            fault_until: None,
+            answer_at: None,
+            corrupt_left: 0,
+            fault: crate::faults::FaultCode::None,
             tunnel: false,
             tun_up: Flow::default(),
             tun_down: Flow::default(),

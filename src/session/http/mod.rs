@@ -25,6 +25,7 @@
 //! HOT PATH. No allocation, lock, blocking call or info-level log in this module.
 
 mod exchange;
+mod fault;
 mod request;
 mod response;
 #[cfg(test)]
@@ -349,18 +350,21 @@ impl HttpSession {
             Phase::Head if self.head_started => self.phase_started + t.request_header,
             Phase::Head | Phase::Taken | Phase::Finished(_) => self.last_active + t.keepalive,
             Phase::Buffering(x) => x.body_at + t.request_body,
-            Phase::Routed(x) | Phase::Connecting(x) => x.target.started + x.timeouts.connect,
+            Phase::Routed(x) | Phase::Connecting(x) => x
+                .fault_until
+                .unwrap_or(x.target.started + x.timeouts.connect),
             Phase::Exchange(x) => {
                 let upstream = if x.got_response_byte {
                     self.last_active + x.timeouts.idle
                 } else {
                     self.phase_started + x.timeouts.first_byte
                 };
-                if x.req_body.done() {
+                let d = if x.req_body.done() {
                     upstream
                 } else {
                     upstream.min(x.body_at + t.request_body)
-                }
+                };
+                x.answer_at.map_or(d, |a| d.min(a))
             }
             Phase::Local(_) => self
                 .linger_until
@@ -372,6 +376,9 @@ impl HttpSession {
     /// The deadline passed. (A session waiting in one of the worker's queues is the worker's
     /// to time out.)
     pub fn timed_out(&mut self, cx: &mut Cx<'_>) {
+        if self.fault_timer(cx) {
+            return;
+        }
         let body_timeout = self.timeouts.request_body;
         let w = match &mut self.phase {
             Phase::Head if self.head_started => {
@@ -960,8 +967,9 @@ impl HttpSession {
                 }
             }
         }
-        // 3. The response to the client: the head first, then body bytes as claimed.
-        if !self.down_writing {
+        // 3. The response to the client: the head first, then body bytes as claimed (held
+        // while an injected answer delay runs).
+        if !self.down_writing && x.answer_at.is_none_or(|t| cx.now >= t) {
             if let Some(d) = x.down.take() {
                 let n = d.len();
                 self.down_writing = true;
@@ -998,6 +1006,11 @@ impl HttpSession {
                             self.down_writing = true;
                             x.resp_out = true;
                             let n = x.resp_ready as usize;
+                            if x.corrupt_left > 0 {
+                                let d = cx.pool.data_mut(&r);
+                                let n = n.min(d.len());
+                                fault::corrupt(&mut d[..n], &mut x.corrupt_left);
+                            }
                             return Want::Io(Side::Downstream, Op::Send(Slice::head(r, n), None));
                         }
                     }
@@ -1023,6 +1036,7 @@ impl HttpSession {
                 && self.splice_ok
                 && x.up_splice_ok
                 && !x.splice_dry
+                && x.corrupt_left == 0
                 && x.resp_started
                 && x.resp_ready == 0
                 && x.resp_in.is_none()
@@ -1105,7 +1119,11 @@ impl HttpSession {
             self.close_after = true;
         }
         cx.http.count_status(x.status);
-        let reusable = request_done && clean && !x.upstream_close && !x.up_reading;
+        let reusable = request_done
+            && clean
+            && !x.upstream_close
+            && !x.up_reading
+            && x.fault != crate::faults::FaultCode::Duplicate;
         if let Some(b) = x.up_head.take() {
             cx.pool.release(b);
         }

@@ -215,6 +215,13 @@ impl HttpSession {
             self.client_ip,
             &view.header,
         );
+        // Fault injection: one check when no fault is set (drawn over this request's id).
+        let fault = snap.faults.as_ref().and_then(|t| {
+            let route = routing::matched_route(&listener.routes, &view);
+            let header = (view.header)(b"x-switchyard-fault");
+            let seed = cx.request_ids.wrapping_add(1);
+            super::fault::draw(t, self.listener as usize, route, cluster, header, seed)
+        });
         cx.request_ids = cx.request_ids.wrapping_add(1);
         let mut id = [0u8; 16];
         hex16(cx.request_ids, &mut id);
@@ -241,6 +248,17 @@ impl HttpSession {
             Ok(n) => {
                 up.fill(n);
                 x.up_head_len = n as u32;
+                let has_body = !matches!(x.req_body, super::exchange::Body::None);
+                if fault.is_some_and(|k| super::fault::can_duplicate(k, x.method, has_body)) {
+                    // The request goes twice, back to back (pipelined), on one connection.
+                    if let Some((src, out)) = cx.pool.data_and_spare(req_buf, &mut up) {
+                        if let Ok(m) = rewrite::write_request_head(src, h, &fwd, out) {
+                            up.fill(m);
+                            x.up_head_len += m as u32;
+                            x.fault = crate::faults::FaultCode::Duplicate;
+                        }
+                    }
+                }
             }
             Err(rewrite::Overflow) => {
                 cx.pool.release(up);
@@ -263,17 +281,22 @@ impl HttpSession {
         self.consume_head(cx, head_len);
         self.phase_started = cx.now;
         let limit = self.timeouts.buffering;
-        let buffer = match x.req_body {
-            Body::Length(n) => limit > 0 && n <= limit as u64,
-            Body::Chunked(..) => limit > 0,
-            Body::None | Body::UntilClose => false,
-        };
+        // (A request under an injected fault goes its own way: no buffering.)
+        let buffer = fault.is_none()
+            && match x.req_body {
+                Body::Length(n) => limit > 0 && n <= limit as u64,
+                Body::Chunked(..) => limit > 0,
+                Body::None | Body::UntilClose => false,
+            };
         if buffer {
             self.phase = Phase::Buffering(x);
             return self.next_buffering(cx);
         }
         self.phase = Phase::Routed(x);
-        Want::Upstream(Up::Need)
+        match fault {
+            Some(k) => self.inject(cx, k),
+            None => Want::Upstream(Up::Need),
+        }
     }
 
     /// Reads the request body whole (up to `request_buffering`) before asking for an

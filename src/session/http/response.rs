@@ -105,6 +105,10 @@ impl HttpSession {
             }
             x.resp_body = Body::new(h.body);
             x.resp_started = true;
+            if matches!(x.resp_body, Body::Chunked(..)) {
+                // Flipped bytes could land in the chunk framing: chunked bodies are left alone.
+                x.corrupt_left = 0;
+            }
             if h.upgrade {
                 if !x.upgrade_requested {
                     // A 101 nobody asked for: the backend is not speaking HTTP to us.
@@ -129,6 +133,9 @@ impl HttpSession {
                     claimed = x.resp_body.take(&d[..room]);
                     if let Ok(n) = claimed {
                         spare[..n].copy_from_slice(&d[..n]);
+                        if x.corrupt_left > 0 {
+                            super::fault::corrupt(&mut spare[..n], &mut x.corrupt_left);
+                        }
                     }
                 }
                 match claimed {

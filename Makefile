@@ -27,10 +27,12 @@ run: build
 deps:
 	tests/deps.sh
 
-## The whole test suite (unit + integration over real sockets on 127.0.0.1).
+## The whole test suite (unit + integration over real sockets on 127.0.0.1), once per I/O
+## engine: everything on mio, then the integration tests again on io_uring.
 test: deps
 	$(CARGO) build --bins
-	$(CARGO) test
+	SWITCHYARD_ENGINE=mio $(CARGO) test
+	SWITCHYARD_ENGINE=io_uring $(CARGO) test --test '*'
 
 ## Criterion micro-benchmarks (buffer pool, token encoding, balancer pick, snapshot-change cost per worker).
 bench:

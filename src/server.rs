@@ -50,6 +50,9 @@ pub enum RunError {
     Worker { id: usize, source: io::Error },
     #[error("admin API: {0}")]
     Admin(String),
+    /// `server.engine = "io_uring"` and the kernel refuses io_uring.
+    #[error("{0}")]
+    Engine(String),
     #[error("{0}")]
     Handover(String),
 }
@@ -425,6 +428,8 @@ fn start(
         .filter(|&n| n > cfg.server.buffer_size)
         .max()
         .unwrap_or(0);
+    let engine =
+        crate::engine::choose(cfg.server.engine, cfg.server.sqpoll).map_err(RunError::Engine)?;
     let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
     let mut setups = Vec::with_capacity(workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -444,8 +449,9 @@ fn start(
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
             stats_minimal: cfg.server.stats_minimal,
         };
-        let (setup, handle) = worker::prepare(settings, listeners, snap.clone(), stats_tx.clone())
-            .map_err(io_err("creating worker poll"))?;
+        let (setup, handle) =
+            worker::prepare(settings, engine, listeners, snap.clone(), stats_tx.clone())
+                .map_err(io_err("creating worker engine"))?;
         setups.push(setup);
         handles.push(handle);
     }
@@ -466,6 +472,7 @@ fn start(
         snap.clone(),
         &stats_opts,
     );
+    aggregator.set_engine(engine.name());
     let autoscale_status = Arc::new(crate::autoscale::status::Status::default());
     aggregator.add_section(autoscale_status.clone());
     let stats_handle = aggregator.handle();
@@ -601,10 +608,12 @@ fn start(
             .map_err(io_err("starting the worker joiner"))?;
     }
     log::info!(
-        "switchyard {} ({}) started: config={} engine=mio workers={workers}",
+        "switchyard {} ({}) started: config={} engine={} workers={workers}{}",
         crate::build_info::VERSION,
         crate::build_info::COMMIT,
-        shown_path.as_deref().unwrap_or("(command line)")
+        shown_path.as_deref().unwrap_or("(command line)"),
+        engine.name(),
+        engine.details()
     );
     // The admin API and the control socket last: their announcement tells scripts (and the
     // test harness) that start-up is complete.

@@ -183,6 +183,10 @@ fn start_line_names_version_config_engine_and_workers() {
     let b = demo();
     let p = Proxy::start(&config(b.addr("demo-backend"), ""));
     let path = p.config_path.clone().unwrap();
+    // Logged once the workers run, just after the listeners are announced.
+    wait_until(Duration::from_secs(5), "the start line", || {
+        p.stderr_text().contains(" started: ")
+    });
     let text = p.stderr_text();
     let line = text
         .lines()
@@ -193,8 +197,13 @@ fn start_line_names_version_config_engine_and_workers() {
         line.contains(&format!("config={}", path.display())),
         "{line}"
     );
+    let engine = match util::engine_under_test() {
+        Some(e) => format!("engine={e} "),
+        // `auto`: whichever the kernel allows.
+        None => "engine=".to_string(),
+    };
     assert!(
-        line.contains("engine=mio") && line.contains("workers=2"),
+        line.contains(&engine) && line.contains("workers=2"),
         "{line}"
     );
 }

@@ -105,6 +105,11 @@ fn aggregator(
         tcp,
         http,
         detail: w.take_delta(),
+        gauges: switchyard::engine::Gauges {
+            engine: "mio",
+            connections: 3,
+            ..Default::default()
+        },
     })
     .unwrap();
     (handle, t, tx)
@@ -140,6 +145,8 @@ fn prometheus_text_passes_promtool_and_has_labelled_series() {
         "switchyard_backend_connect_duration_seconds_count{cluster=\"app\"} 2\n",
         "# TYPE switchyard_time_to_first_byte_seconds histogram\n",
         "process_open_fds ",
+        "switchyard_engine_info{engine=\"mio\"} 1\n",
+        "switchyard_engine_connections 3\n",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

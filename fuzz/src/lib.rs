@@ -24,6 +24,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("admin_api", admin_api),
     ("framing_diff", framing::differential),
     ("framing_structured", framing::structured),
+    ("proxy_header", proxy_header),
+    ("compat_api", compat_api),
 ];
 
 /// Small limits so the fuzzer reaches them: a head over 2 KiB, 16 headers, a 512-byte target.
@@ -302,6 +304,76 @@ pub fn admin_api(data: &[u8]) {
         assert!(v["error"]["code"].is_string(), "{v}");
     }
     assert_ne!(resp.status, 500, "no persistence here: a 500 is a bug");
+}
+
+/// The PROXY protocol header (`proto::proxy_protocol::parse`), v1 and v2: a complete header
+/// lies within the input, every prefix of it is `Partial`, and a header with addresses
+/// written back by our writer parses to the same addresses.
+pub fn proxy_header(data: &[u8]) {
+    use switchyard::proto::proxy_protocol::{parse, write, Parsed};
+    const MAX: usize = 536;
+    let Ok(Parsed::Complete(h)) = parse(data, MAX) else {
+        return;
+    };
+    assert!(h.len > 0 && h.len <= data.len() && h.len <= MAX, "{h:?}");
+    for cut in [h.len - 1, h.len / 2] {
+        if cut > 0 {
+            assert!(
+                matches!(parse(&data[..cut], MAX), Ok(Parsed::Partial)),
+                "a prefix of a valid header is partial ({cut} of {})",
+                h.len
+            );
+        }
+    }
+    let mut out = [0u8; 600];
+    let n = write(h.version, h.addrs, &mut out);
+    if n > 0 {
+        match parse(&out[..n], MAX) {
+            Ok(Parsed::Complete(again)) => assert_eq!((again.addrs, again.len), (h.addrs, n)),
+            other => panic!("our own header does not parse: {other:?}"),
+        }
+    }
+}
+
+/// The compatibility APIs' JSON bodies on the admin address, through `api::handle` (no
+/// socket): LBaaS (`/lbaas`, `/LB/...`), toxiproxy (`/proxies`, `/populate`, toxics) and the
+/// chaos broker (`/broker`), plus `/v1/faults`. The first byte picks the path, the second the
+/// method; the rest is the body. Never a 500 (no persistence here), error bodies are JSON.
+pub fn compat_api(data: &[u8]) {
+    const PATHS: &[&str] = &[
+        "/lbaas",
+        "/LB/project/",
+        "/LB/instance/",
+        "/proxies",
+        "/populate",
+        "/proxies/p1",
+        "/proxies/p1/toxics",
+        "/proxies/p1/toxics/t1",
+        "/reset",
+        "/broker",
+        "/broker/delete/percentage",
+        "/v1/faults",
+    ];
+    const METHODS: &[&str] = &["POST", "GET", "PATCH", "DELETE", "PUT"];
+    let [p, m, body @ ..] = data else {
+        return;
+    };
+    let path = PATHS[usize::from(*p) % PATHS.len()];
+    let method = METHODS[usize::from(*m) % METHODS.len()];
+    let req = switchyard::admin::Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        headers: vec![
+            ("Authorization".into(), "Bearer t0ken".into()),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+        body: body.to_vec(),
+        peer: "127.0.0.1:40000".parse().expect("addr"),
+    };
+    let shared = admin_shared();
+    let resp = switchyard::admin::api::handle(&shared, &req);
+    assert!((200..600).contains(&resp.status), "{}", resp.status);
+    assert_ne!(resp.status, 500, "{method} {path}: a 500 is a bug here");
 }
 
 /// Runs `target` over every file in `dir` (regression replay of a corpus).

@@ -181,6 +181,10 @@ pub struct RawServer {
     pub admin_max_body: Option<RawSize>,
     pub state_dir: Option<String>,
     pub stats: Option<String>,
+    /// `"auto"` (default), `"mio"` or `"io_uring"`.
+    pub engine: Option<String>,
+    /// io_uring only: a kernel thread polls the submission queue (off by default).
+    pub sqpoll: Option<bool>,
     pub runtime_dir: Option<String>,
     pub upgrade_timeout: Option<String>,
     #[serde(flatten, skip_serializing)]
@@ -274,6 +278,37 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Foo => "foo",
             Protocol::Http => "http",
+        }
+    }
+}
+
+/// `server.engine`: what turns the sessions' I/O into system calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// io_uring when the kernel allows it, else mio (with one log line saying why).
+    #[default]
+    Auto,
+    /// epoll readiness through mio.
+    Mio,
+    /// io_uring; start-up fails (exit 70) when the kernel refuses it.
+    IoUring,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Mio => "mio",
+            EngineKind::IoUring => "io_uring",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EngineKind> {
+        match s {
+            "auto" => Some(EngineKind::Auto),
+            "mio" => Some(EngineKind::Mio),
+            "io_uring" => Some(EngineKind::IoUring),
+            _ => None,
         }
     }
 }
@@ -377,6 +412,10 @@ pub struct ServerConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// `stats = "minimal"`: process-wide counters only (no per-object figures, no histograms).
     pub stats_minimal: bool,
+    /// `engine`: as configured (`SWITCHYARD_ENGINE` may override it at start).
+    pub engine: EngineKind,
+    /// `sqpoll`: io_uring submission-queue polling thread.
+    pub sqpoll: bool,
     /// Where the control socket lives (default: `$RUNTIME_DIRECTORY`, set by systemd).
     pub runtime_dir: Option<std::path::PathBuf>,
     /// How long a binary upgrade waits for the new process to report ready.
@@ -1225,6 +1264,17 @@ fn validate(
                 false
             }
         },
+        engine: match server.engine.as_deref() {
+            None => EngineKind::Auto,
+            Some(e) => EngineKind::parse(e).unwrap_or_else(|| {
+                errs.add(
+                    "server.engine",
+                    format!("unknown engine {e:?} (expected auto, mio or io_uring)"),
+                );
+                EngineKind::Auto
+            }),
+        },
+        sqpoll: server.sqpoll.unwrap_or(false),
     };
     let server_cfg = ServerConfig {
         admin: admin_field(server, &server_cfg, errs),

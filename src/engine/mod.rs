@@ -27,6 +27,10 @@
 
 pub mod mio;
 pub mod token;
+/// The io_uring engine: the only module besides `sys` allowed `unsafe` (it hands the kernel
+/// pointers into the buffer pool; each block says which invariant keeps them valid).
+#[allow(unsafe_code)]
+pub mod uring;
 
 use crate::io::{Buf, BufferPool, Pipe, PipePool, Xfer};
 use std::io;
@@ -145,6 +149,43 @@ pub enum Linger {
     Reset,
 }
 
+/// What an engine holds now, for `/stats` (`engine` section) and leak checks: after every
+/// connection closed, `connections`, `ops_in_flight`, `buffers_in_use` and `pipes_in_use`
+/// return to zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// `"mio"` or `"io_uring"`.
+    pub engine: &'static str,
+    /// Open connections (downstream and upstream).
+    pub connections: u64,
+    /// Ops submitted and not completed (mio: parked ops; io_uring: ops the kernel holds,
+    /// cancelled ones until their completion arrives).
+    pub ops_in_flight: u64,
+    /// Pool buffers held by sessions or in-flight ops.
+    pub buffers_in_use: u64,
+    /// Pool buffers lent to the kernel for receives into engine-provided buffers (io_uring).
+    pub buffers_provided: u64,
+    /// Splice pipes out of the pool.
+    pub pipes_in_use: u64,
+    /// Empty splice pipes kept open in the pool for reuse (two descriptors each).
+    pub pipes_idle: u64,
+}
+
+impl Gauges {
+    /// Sums several workers' gauges (the engine name is the first one's).
+    pub fn add(&mut self, o: &Gauges) {
+        if self.engine.is_empty() {
+            self.engine = o.engine;
+        }
+        self.connections += o.connections;
+        self.ops_in_flight += o.ops_in_flight;
+        self.buffers_in_use += o.buffers_in_use;
+        self.buffers_provided += o.buffers_provided;
+        self.pipes_in_use += o.pipes_in_use;
+        self.pipes_idle += o.pipes_idle;
+    }
+}
+
 /// Wakes a worker's engine from another thread.
 pub trait Wake: Send + Sync {
     fn wake(&self) -> io::Result<()>;
@@ -197,6 +238,109 @@ pub trait Engine: Send + Sized {
     /// Receives that had to wait for a pool buffer since the last call (back-pressure, shown
     /// as `buffer_waits`).
     fn take_buffer_waits(&mut self) -> u64;
+
+    /// What the engine holds now (stats flushes only: may walk its tables). The default
+    /// (for test engines) reports only the name.
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            engine: self.name(),
+            ..Gauges::default()
+        }
+    }
+}
+
+/// The engine a worker runs, chosen at start-up (`server.engine`). Workers are generic over
+/// [`Engine`]; this enum only carries the choice to the worker thread, which then runs a
+/// `Worker<MioEngine>` or a `Worker<UringEngine>`: no dynamic dispatch on the hot path.
+// Built once per worker at start-up and moved into its thread: the size difference is moot.
+#[allow(clippy::large_enum_variant)]
+pub enum AnyEngine {
+    Mio(mio::MioEngine),
+    Uring(uring::UringEngine),
+}
+
+impl AnyEngine {
+    pub fn waker(&self) -> std::sync::Arc<dyn Wake> {
+        match self {
+            AnyEngine::Mio(e) => e.waker(),
+            AnyEngine::Uring(e) => e.waker(),
+        }
+    }
+}
+
+/// What the process runs, decided once at start-up from `server.engine` (and
+/// `SWITCHYARD_ENGINE`): see [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Mio,
+    Uring(uring::Setup),
+}
+
+impl Choice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Choice::Mio => "mio",
+            Choice::Uring(_) => "io_uring",
+        }
+    }
+
+    /// What the start line adds after `workers=N` (the ring set-up, for io_uring).
+    pub fn details(&self) -> String {
+        match self {
+            Choice::Mio => String::new(),
+            Choice::Uring(s) => format!(" io_uring_setup={}", s.describe()),
+        }
+    }
+
+    /// A new engine of this kind over these pools.
+    pub fn build(&self, pool: BufferPool, pipes: PipePool) -> io::Result<AnyEngine> {
+        Ok(match self {
+            Choice::Mio => AnyEngine::Mio(mio::MioEngine::new(pool, pipes)?),
+            Choice::Uring(s) => AnyEngine::Uring(uring::UringEngine::new(pool, pipes, *s)?),
+        })
+    }
+}
+
+/// The environment variable that overrides `server.engine` (tests run the suite on each engine
+/// with it). A value other than `auto`, `mio` or `io_uring` is warned about and ignored.
+pub const ENGINE_ENV: &str = "SWITCHYARD_ENGINE";
+
+/// Picks the engine: `mio` as asked; `io_uring` when the kernel allows it, else `Err` with
+/// the kernel's reason (start-up fails); `auto`: io_uring when allowed, else mio with one log
+/// line saying why.
+pub fn choose(kind: crate::config::EngineKind, sqpoll: bool) -> Result<Choice, String> {
+    use crate::config::EngineKind;
+    let kind = match std::env::var(ENGINE_ENV) {
+        Ok(v) if !v.is_empty() => match EngineKind::parse(&v) {
+            Some(k) => {
+                if k != kind {
+                    log::info!(
+                        "{ENGINE_ENV}={v} overrides server.engine = {:?}",
+                        kind.as_str()
+                    );
+                }
+                k
+            }
+            None => {
+                log::warn!("{ENGINE_ENV}={v:?} is not an engine (auto, mio, io_uring): ignored");
+                kind
+            }
+        },
+        _ => kind,
+    };
+    match kind {
+        EngineKind::Mio => Ok(Choice::Mio),
+        EngineKind::IoUring => uring::probe::probe(sqpoll)
+            .map(Choice::Uring)
+            .map_err(|why| format!("engine io_uring refused by the kernel: {why}")),
+        EngineKind::Auto => match uring::probe::probe(sqpoll) {
+            Ok(s) => Ok(Choice::Uring(s)),
+            Err(why) => {
+                log::warn!("engine auto: io_uring is not available ({why}); using mio");
+                Ok(Choice::Mio)
+            }
+        },
+    }
 }
 
 /// The `Done` of an op that failed before it ran (its connection is gone or broken), giving

@@ -45,6 +45,16 @@ impl PipePool {
         self.max > 0
     }
 
+    /// Empty pipes kept for reuse.
+    pub fn idle(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Pipes handed out and not yet returned (or discarded).
+    pub fn in_use(&self) -> usize {
+        self.created - self.free.len()
+    }
+
     /// A pipe, or `None` when the cap is reached or the system refuses more descriptors.
     pub fn get(&mut self) -> Option<Pipe> {
         if let Some(p) = self.free.pop() {

@@ -683,6 +683,8 @@ pub enum StatsMsg {
         tcp: ConnCounters,
         http: HttpCounters,
         detail: Option<Box<Detail>>,
+        /// What the worker's engine holds now (replaces the worker's previous figures).
+        gauges: crate::engine::Gauges,
     },
     /// Print the dump to stdout (SIGUSR2).
     Dump,
@@ -839,6 +841,10 @@ pub struct Aggregator {
     tx: Sender<StatsMsg>,
     workers: Vec<WorkerHandle>,
     answered: Vec<u64>,
+    /// Each worker's latest engine gauges.
+    pub(crate) gauges: Vec<crate::engine::Gauges>,
+    /// The engine the workers run (set at start; the gauges name it too).
+    engine: &'static str,
     seq: u64,
     pub(crate) tcp: ConnCounters,
     pub(crate) http: HttpCounters,
@@ -879,6 +885,8 @@ impl Aggregator {
             tx,
             workers,
             answered: vec![0; n],
+            gauges: vec![crate::engine::Gauges::default(); n],
+            engine: "",
             seq: 0,
             tcp: ConnCounters::default(),
             http: HttpCounters::default(),
@@ -1021,10 +1029,16 @@ impl Aggregator {
             tcp,
             http,
             detail,
+            gauges,
         } = m
         else {
             return;
         };
+        if self.gauges.len() <= worker {
+            self.gauges
+                .resize(worker + 1, crate::engine::Gauges::default());
+        }
+        self.gauges[worker] = gauges;
         // The delta's counts happened between the worker's previous flush and now: spread
         // them over that span, so flush timing does not bend the 1 s rate.
         let now = unix_now();
@@ -1243,6 +1257,7 @@ impl Aggregator {
         );
         m.insert("workers".into(), Value::from(self.workers.len()));
         m.insert("process".into(), self.process_json());
+        m.insert("engine".into(), self.engine_json());
         let mut rates = Map::new();
         for (name, win) in [
             ("connections", &w.connections),
@@ -1375,6 +1390,42 @@ impl Aggregator {
             services.insert(s.name.clone(), Value::Object(o));
         }
         Value::Object(services)
+    }
+
+    /// Names the engine the workers run (shown before their first stats flush).
+    pub fn set_engine(&mut self, name: &'static str) {
+        self.engine = name;
+    }
+
+    /// The engine the workers run.
+    pub(crate) fn engine_name(&self) -> &'static str {
+        if self.engine.is_empty() {
+            self.engine_total().engine
+        } else {
+            self.engine
+        }
+    }
+
+    /// All workers' engine gauges summed.
+    pub(crate) fn engine_total(&self) -> crate::engine::Gauges {
+        let mut t = crate::engine::Gauges::default();
+        for g in &self.gauges {
+            t.add(g);
+        }
+        t
+    }
+
+    fn engine_json(&self) -> Value {
+        let g = self.engine_total();
+        let mut m = Map::new();
+        m.insert("name".into(), Value::from(self.engine_name()));
+        m.insert("connections".into(), Value::from(g.connections));
+        m.insert("ops_in_flight".into(), Value::from(g.ops_in_flight));
+        m.insert("buffers_in_use".into(), Value::from(g.buffers_in_use));
+        m.insert("buffers_provided".into(), Value::from(g.buffers_provided));
+        m.insert("pipes_in_use".into(), Value::from(g.pipes_in_use));
+        m.insert("pipes_idle".into(), Value::from(g.pipes_idle));
+        Value::Object(m)
     }
 
     fn process_json(&self) -> Value {

@@ -249,6 +249,49 @@ pub fn render(a: &Aggregator) -> String {
     );
     o.family("switchyard_workers", "gauge", "Worker threads.");
     o.sample("switchyard_workers", &[], a.workers.len() as f64);
+    let g = a.engine_total();
+    o.family(
+        "switchyard_engine_info",
+        "gauge",
+        "Always 1; the label says which I/O engine the workers run (mio or io_uring).",
+    );
+    o.sample(
+        "switchyard_engine_info",
+        &[("engine", a.engine_name())],
+        1.0,
+    );
+    for (k, v, help) in [
+        (
+            "connections",
+            g.connections,
+            "Open connections, both sides.",
+        ),
+        (
+            "ops_in_flight",
+            g.ops_in_flight,
+            "I/O operations submitted and not completed.",
+        ),
+        (
+            "buffers_in_use",
+            g.buffers_in_use,
+            "Pool buffers held by sessions or operations.",
+        ),
+        (
+            "buffers_provided",
+            g.buffers_provided,
+            "Pool buffers lent to the kernel for receives (io_uring).",
+        ),
+        ("pipes_in_use", g.pipes_in_use, "Splice pipes in use."),
+        (
+            "pipes_idle",
+            g.pipes_idle,
+            "Empty splice pipes kept open for reuse.",
+        ),
+    ] {
+        let name = format!("switchyard_engine_{k}");
+        o.family(&name, "gauge", help);
+        o.sample(&name, &[], v as f64);
+    }
 
     // Process-wide counters, one family each.
     for (k, v) in a.tcp.fields() {

@@ -216,8 +216,9 @@ impl<E: Engine> Worker<E> {
             queued: false,
             waiting: Waiting::No,
         });
-        self.own(conn, key, Side::Downstream);
+        // The transport first: `own` puts a plain connection under its listener's toxics.
         self.meta(conn).transport = transport;
+        self.own(conn, key, Side::Downstream);
         if !plain {
             // The handshake or PROXY header deadline.
             self.arm_timer(key);

@@ -26,9 +26,8 @@ mod pick;
 mod transport;
 mod upstream;
 
-use crate::engine::mio::MioEngine;
 use crate::engine::token::TimerKey;
-use crate::engine::{ConnId, Engine, Event, Wake};
+use crate::engine::{AnyEngine, Choice, ConnId, Engine, Event, Wake};
 use crate::io::timer::TimerWheel;
 use crate::io::{BufferPool, PipePool};
 use crate::session::{Env, Session, Side};
@@ -164,16 +163,17 @@ pub struct WorkerSettings {
 /// (bind, engine creation) are reported before any thread runs.
 pub struct WorkerSetup {
     pub settings: WorkerSettings,
-    pub engine: MioEngine,
+    pub engine: AnyEngine,
     pub ctrl: Receiver<Ctrl>,
     pub listeners: Vec<std::net::TcpListener>,
     pub snapshot: SharedSnapshot,
     pub stats_tx: StatsSender,
 }
 
-/// Creates the engine and control channel for one worker.
+/// Creates the engine (of the kind chosen at start-up) and control channel for one worker.
 pub fn prepare(
     settings: WorkerSettings,
+    choice: Choice,
     listeners: Vec<std::net::TcpListener>,
     snapshot: SharedSnapshot,
     stats_tx: StatsSender,
@@ -184,7 +184,7 @@ pub fn prepare(
         settings.large_buffer_size,
         settings.large_buffers,
     );
-    let engine = MioEngine::new(pool, PipePool::new(settings.pipes))?;
+    let engine = choice.build(pool, PipePool::new(settings.pipes))?;
     let waker = engine.waker();
     let (tx, ctrl) = crossbeam_channel::unbounded();
     Ok((
@@ -477,6 +477,7 @@ impl<E: Engine> Worker<E> {
         let tcp = std::mem::take(&mut self.env.conns);
         let http = std::mem::take(&mut self.env.http);
         let detail = self.obs.take_delta();
+        let gauges = self.engine.gauges();
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {
             worker: self.id,
@@ -485,6 +486,7 @@ impl<E: Engine> Worker<E> {
             tcp,
             http,
             detail,
+            gauges,
         });
     }
 
@@ -821,6 +823,14 @@ pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<io::Resul
                 snapshot,
                 stats_tx,
             } = setup;
-            Worker::new(settings, engine, ctrl, listeners, snapshot, stats_tx)?.run()
+            // Monomorphized per engine: no dynamic dispatch on the hot path.
+            match engine {
+                AnyEngine::Mio(e) => {
+                    Worker::new(settings, e, ctrl, listeners, snapshot, stats_tx)?.run()
+                }
+                AnyEngine::Uring(e) => {
+                    Worker::new(settings, e, ctrl, listeners, snapshot, stats_tx)?.run()
+                }
+            }
         })
 }

@@ -30,6 +30,18 @@ use serde_json::Value;
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The I/O engine the suite runs on: `SWITCHYARD_ENGINE` (`mio` or `io_uring`). The binary
+/// reads the same variable (it overrides `server.engine`), and every process a test starts
+/// inherits it, so `SWITCHYARD_ENGINE=io_uring cargo test` runs the whole suite on io_uring.
+/// `None`: the configs' own setting (default `auto`).
+pub fn engine_under_test() -> Option<&'static str> {
+    match std::env::var("SWITCHYARD_ENGINE").ok().as_deref() {
+        Some("mio") => Some("mio"),
+        Some("io_uring") => Some("io_uring"),
+        _ => None,
+    }
+}
+
 /// Default timeout for socket reads/writes in helpers.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a process to announce its listeners.
@@ -373,6 +385,21 @@ impl Proxy {
         )
     }
 
+    /// [`Proxy::start`] with environment changes (`None` removes a variable).
+    pub fn start_env(config: &str, env: &[(&str, Option<&str>)]) -> Proxy {
+        let (config, admin) = with_test_admin(config);
+        let n = config
+            .lines()
+            .filter(|l| l.trim() == "[[listeners]]")
+            .count()
+            + usize::from(admin);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, &config).expect("write config");
+        let args: Vec<OsString> = vec!["run".into(), "-c".into(), path.clone().into()];
+        Proxy::spawn_env(args, dir, Some(path), WaitFor::Listeners(n), env)
+    }
+
     pub fn spawn(
         args: Vec<OsString>,
         dir: tempfile::TempDir,
@@ -380,6 +407,26 @@ impl Proxy {
         wait: WaitFor,
     ) -> Proxy {
         Proxy::spawn_with(BIN.as_ref(), args, &[], dir, config_path, wait)
+    }
+
+    /// [`Proxy::spawn`] with environment changes (`None` removes a variable).
+    pub fn spawn_env(
+        args: Vec<OsString>,
+        dir: tempfile::TempDir,
+        config_path: Option<PathBuf>,
+        wait: WaitFor,
+        env: &[(&str, Option<&str>)],
+    ) -> Proxy {
+        let set: Vec<(&str, OsString)> = env
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| (*k, OsString::from(v))))
+            .collect();
+        let remove: Vec<&str> = env
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        Proxy::spawn_full(BIN.as_ref(), args, &set, &remove, dir, config_path, wait)
     }
 
     /// [`Proxy::spawn`] with another program (a copy of the binary, or a wrapper such as
@@ -392,7 +439,23 @@ impl Proxy {
         config_path: Option<PathBuf>,
         wait: WaitFor,
     ) -> Proxy {
-        let mut child = Command::new(program)
+        Proxy::spawn_full(program, args, env, &[], dir, config_path, wait)
+    }
+
+    fn spawn_full(
+        program: &std::ffi::OsStr,
+        args: Vec<OsString>,
+        env: &[(&str, OsString)],
+        remove: &[&str],
+        dir: tempfile::TempDir,
+        config_path: Option<PathBuf>,
+        wait: WaitFor,
+    ) -> Proxy {
+        let mut cmd = Command::new(program);
+        for k in remove {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
@@ -635,7 +698,24 @@ pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(
     cwd: &Path,
     timeout: Duration,
 ) -> Finished {
-    let mut child = Command::new(BIN)
+    run_to_exit_env(args, cwd, timeout, &[])
+}
+
+/// [`run_to_exit`] with environment changes (`None` removes a variable).
+pub fn run_to_exit_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    cwd: &Path,
+    timeout: Duration,
+    env: &[(&str, Option<&str>)],
+) -> Finished {
+    let mut cmd = Command::new(BIN);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())

@@ -16,7 +16,7 @@
 mod ready;
 
 use super::token::{self, Token};
-use super::{Accepted, ConnId, Done, Engine, Event, Linger, Op, Slice, Slot, Wake};
+use super::{Accepted, ConnId, Done, Engine, Event, Gauges, Linger, Op, Slice, Slot, Wake};
 use crate::io::{splice, Buf, BufferPool, PipePool, Xfer};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
@@ -635,5 +635,25 @@ impl Engine for MioEngine {
 
     fn take_buffer_waits(&mut self) -> u64 {
         std::mem::take(&mut self.buffer_waits)
+    }
+
+    fn gauges(&self) -> Gauges {
+        let parked = self
+            .conns
+            .iter()
+            .map(|(_, c)| {
+                u64::from(!matches!(c.read, ReadOp::None))
+                    + u64::from(!matches!(c.write, WriteOp::None))
+            })
+            .sum();
+        Gauges {
+            engine: "mio",
+            connections: self.conns.len() as u64,
+            ops_in_flight: parked,
+            buffers_in_use: self.pool.in_use() as u64,
+            buffers_provided: 0,
+            pipes_in_use: self.pipes.in_use() as u64,
+            pipes_idle: self.pipes.idle() as u64,
+        }
     }
 }

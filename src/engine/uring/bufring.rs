@@ -1,0 +1,195 @@
+//! The provided-buffer ring: pool buffers lent to the kernel for receives that name no buffer
+//! (`Op::Recv(None)`), so a connection waiting for bytes holds none. The kernel picks one only
+//! when bytes arrive (the receives are poll-first), and the completion says which (its buffer
+//! id); the engine hands that buffer to the session and lends the ring a fresh one.
+//!
+//! The ring lends only what recent traffic needed: it starts with a few buffers and doubles its
+//! share each time a receive found it empty (`ENOBUFS`), up to a quarter of the pool. Its
+//! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
+//! engine reports them apart (`buffers_provided`).
+
+use crate::io::{Buf, BufferPool};
+use io_uring::types::BufRingEntry;
+use io_uring::IoUring;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// The buffer group id of the ring.
+pub(super) const BGID: u16 = 0;
+/// Buffers lent at first.
+const START: usize = 16;
+/// Largest ring (entries).
+const MAX_ENTRIES: usize = 4096;
+
+pub(super) struct BufRing {
+    base: NonNull<BufRingEntry>,
+    map_len: usize,
+    mask: u16,
+    /// Our tail (published to the kernel after each addition).
+    tail: u16,
+    /// The lent buffers, by buffer id.
+    slots: Vec<Option<Buf>>,
+    free: Vec<u16>,
+    /// Buffers lent now.
+    lent: usize,
+    /// How many to keep lent.
+    want: usize,
+    registered: bool,
+}
+
+// SAFETY: the mapping is owned by this struct alone (the kernel only reads it); moving the
+// struct to another thread moves that ownership with it.
+unsafe impl Send for BufRing {}
+
+impl BufRing {
+    /// A ring for a pool of `pool_count` buffers (nothing registered yet).
+    pub(super) fn new(pool_count: usize) -> io::Result<BufRing> {
+        // A power of two, at most a quarter of the pool (at least 1).
+        let cap = (pool_count / 4).clamp(1, MAX_ENTRIES);
+        let entries = 1usize << (usize::BITS - 1 - cap.leading_zeros());
+        let map_len = (entries * std::mem::size_of::<BufRingEntry>()).next_multiple_of(4096);
+        // SAFETY: an anonymous private mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(p.cast::<BufRingEntry>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(BufRing {
+            base,
+            map_len,
+            mask: (entries - 1) as u16,
+            tail: 0,
+            slots: (0..entries).map(|_| None).collect(),
+            free: (0..entries as u16).rev().collect(),
+            lent: 0,
+            want: START.min(entries),
+            registered: false,
+        })
+    }
+
+    /// Whether the kernel takes a buffer ring (registers and unregisters a small one).
+    pub(super) fn probe(ring: &IoUring) -> io::Result<()> {
+        let r = BufRing::new(4)?;
+        r.register(ring)?;
+        ring.submitter().unregister_buf_ring(BGID)
+    }
+
+    /// Registers the ring as buffer group [`BGID`].
+    pub(super) fn register(&self, ring: &IoUring) -> io::Result<()> {
+        // SAFETY: the mapping stays valid (and is not moved) until `Drop`, which runs after
+        // the engine unregistered it or the ring was closed.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.base.as_ptr() as u64,
+                self.slots.len() as u16,
+                BGID,
+                0,
+            )
+        }
+    }
+
+    pub(super) fn set_registered(&mut self) {
+        self.registered = true;
+    }
+
+    #[inline]
+    pub(super) fn lent(&self) -> usize {
+        self.lent
+    }
+
+    /// A receive found the ring empty: lend more from now on.
+    pub(super) fn grow(&mut self) {
+        self.want = (self.want * 2).min(self.slots.len());
+    }
+
+    /// Lends the ring buffers from the pool until it holds what it should (or the pool is
+    /// empty).
+    pub(super) fn refill(&mut self, pool: &mut BufferPool) {
+        if !self.registered {
+            return;
+        }
+        let mut added = false;
+        while self.lent < self.want {
+            let Some(mut b) = pool.checkout() else {
+                break;
+            };
+            let Some(bid) = self.free.pop() else {
+                pool.release(b);
+                break;
+            };
+            let spare = pool.spare(&mut b);
+            let (addr, len) = (spare.as_mut_ptr() as u64, spare.len() as u32);
+            let i = (self.tail & self.mask) as usize;
+            // SAFETY: entry `i` is past the published tail, so the kernel does not read it
+            // until the tail below is published; only its address, length and id are written
+            // (not the `resv` field of entry 0, which is the shared tail). The buffer it names
+            // is checked out of the pool and held in `slots` until the kernel hands it back in
+            // a completion (`take`), so nothing else reads or writes it meanwhile.
+            unsafe {
+                let e = &mut *self.base.as_ptr().add(i);
+                e.set_addr(addr);
+                e.set_len(len);
+                e.set_bid(bid);
+            }
+            self.slots[bid as usize] = Some(b);
+            self.tail = self.tail.wrapping_add(1);
+            self.lent += 1;
+            added = true;
+        }
+        if added {
+            // SAFETY: the tail field lives inside the mapping (entry 0's reserved word), is
+            // 2-aligned, and the kernel reads it with acquire semantics; this release store
+            // publishes the entries written above.
+            unsafe {
+                let t = BufRingEntry::tail(self.base.as_ptr()) as *const AtomicU16;
+                (*t).store(self.tail, Ordering::Release);
+            }
+        }
+    }
+
+    /// The buffer the kernel used for a completion (buffer id `bid`).
+    #[inline]
+    pub(super) fn take(&mut self, bid: u16) -> Option<Buf> {
+        let b = self.slots.get_mut(bid as usize)?.take()?;
+        self.free.push(bid);
+        self.lent -= 1;
+        Some(b)
+    }
+
+    /// Unregisters the ring (the kernel lets go of it) and returns the buffers to the pool.
+    pub(super) fn unregister(&mut self, ring: &IoUring, pool: &mut BufferPool) {
+        if self.registered {
+            let _ = ring.submitter().unregister_buf_ring(BGID);
+            self.registered = false;
+        }
+        for (bid, s) in self.slots.iter_mut().enumerate() {
+            if let Some(b) = s.take() {
+                pool.release(b);
+                self.free.push(bid as u16);
+            }
+        }
+        self.lent = 0;
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by `new` with this length and is unmapped once; the
+        // kernel no longer uses it (unregistered, or its ring is closed: a registered ring's
+        // pages are pinned by the kernel until then, so unmapping early cannot corrupt memory).
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.map_len);
+        }
+    }
+}

@@ -1,0 +1,1220 @@
+//! The completion engine: io_uring.
+//!
+//! Every op a session asks for becomes a submission entry; all of a worker's entries of one
+//! loop turn go to the kernel in the single `io_uring_enter` of [`Engine::poll`], which also
+//! waits for completions (and, with `DEFER_TASKRUN`, is the only place the kernel runs them).
+//! Completions come back as [`Event::Done`] with the buffers and pipes the ops carried.
+//!
+//! - Receives into a session's buffer read into its spare tail. A receive that names no
+//!   buffer (`Op::Recv(None)`) is poll-first and takes a buffer from the provided-buffer ring
+//!   ([`bufring`]) only when bytes arrive: an idle connection holds no buffer. When the ring
+//!   is empty (`ENOBUFS`) the receive waits in `starved` and is submitted again once the ring
+//!   has buffers (back-pressure, counted in `buffer_waits`).
+//! - Sends are `SEND` (one slice) or `SENDMSG` (two), with `MSG_WAITALL`: the kernel keeps
+//!   sending until all is out, so a send completes once.
+//! - Splices stay direct, non-blocking system calls as in the mio engine: io_uring runs
+//!   `SPLICE` on its worker threads only, and `SpliceIn` must never wait (`Bytes(0)` when
+//!   nothing is readable now). A `SpliceOut` the socket cannot take waits on a `POLL_ADD` for
+//!   writability, then splices again.
+//! - `Watch` is a `POLL_ADD` for readability. Cancelling it (a pooled upstream connection being
+//!   reused) does not go to the kernel: the poll stays armed, detached, fires harmlessly when
+//!   the response arrives, and is re-attached if the connection is pooled again before that.
+//! - Accepting is a few single-shot `ACCEPT`s per listener in the kernel at once, each with
+//!   its own peer-address slot (no `getpeername` per connection). A listener's credit doubles
+//!   while the worker takes every connection they bring (up to [`ACCEPT_CREDIT_MAX`]) and drops
+//!   to one when descriptors run out. Not multishot: a multishot accept takes the whole backlog
+//!   at once, and sockets accepted ahead of the worker hold exactly the descriptors its sessions
+//!   then need for their upstreams (a deadlock under descriptor exhaustion, which the readiness
+//!   engine avoids by accepting one connection at a time on demand).
+//! - Connects are `CONNECT` on a new non-blocking socket (`TCP_NODELAY` set before).
+//! - Closing cancels the connection's ops (`ASYNC_CANCEL`) and closes its descriptor through
+//!   the ring (`CLOSE`, ordered after every entry that names it). No `Done` of a cancelled op is
+//!   delivered; what it carried goes back to the pools when its completion arrives, i.e. when
+//!   the kernel has let go of it. A closed connection's id is reused only after the next poll,
+//!   so a completion already handed out in this turn can never reach a new connection.
+//! - Timeouts stay on the worker's timer wheel: `poll`'s timeout is the enter's wait limit.
+//!
+//! The unsafe code of this engine is here and in [`bufring`] and [`args`]: it hands the kernel
+//! pointers into the buffer pool, the buffer ring and the argument table. The invariant each
+//! `SAFETY` comment relies on: memory named by an in-flight op belongs to that op alone (its
+//! `Buf` or table entry is held by the engine, never by a session) until the op's completion
+//! has been reaped, and the engine's `Drop` cancels and reaps every op before the pool is freed.
+//!
+//! HOT PATH. No allocation (beyond table growth), lock, blocking call or info-level log.
+
+mod args;
+mod bufring;
+pub mod probe;
+
+use super::token;
+use super::{Accepted, ConnId, Done, Engine, Event, Gauges, Linger, Op, Slice, Slot, Wake};
+use crate::io::{splice, Buf, BufferPool, Pipe, PipePool, Xfer};
+use args::Args;
+use bufring::BufRing;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+pub use probe::Setup;
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Submission queue entries (a full queue is flushed with an extra enter).
+const SQ_ENTRIES: u32 = 2048;
+/// Completion queue entries (the kernel keeps overflow, `IORING_FEAT_NODROP`).
+const CQ_ENTRIES: u32 = 16384;
+/// Most accepts a listener keeps in the kernel at once (its credit grows up to this).
+const ACCEPT_CREDIT_MAX: u32 = 64;
+/// A new listener's credit.
+const ACCEPT_CREDIT_START: u32 = 4;
+/// `EINTR` retries of one direct system call.
+const EINTR_RETRIES: usize = 4;
+/// How long `Drop` waits for the kernel to give back what in-flight ops hold.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+// `io_uring_enter` flags (kernel ABI).
+const ENTER_GETEVENTS: u32 = 1;
+const ENTER_SQ_WAKEUP: u32 = 2;
+const ENTER_EXT_ARG: u32 = 8;
+/// `IORING_RECVSEND_POLL_FIRST` (in the entry's `ioprio`).
+const RECV_POLL_FIRST: u16 = 1;
+
+// What a completion's `user_data` names: a tag in the top byte.
+const TAG_SHIFT: u32 = 56;
+const TAG_OP: u64 = 1;
+const TAG_ACCEPT: u64 = 2;
+const TAG_WAKE: u64 = 3;
+/// Cancels and closes: their (failure) completions are ignored.
+const TAG_IGNORE: u64 = 4;
+const LOW: u64 = (1 << TAG_SHIFT) - 1;
+
+const NONE: u32 = u32::MAX;
+
+#[inline]
+fn ud(tag: u64, v: u64) -> u64 {
+    (tag << TAG_SHIFT) | (v & LOW)
+}
+
+/// What an in-flight op carries.
+#[derive(Debug)]
+enum Kind {
+    /// A receive into the spare tail of the session's buffer.
+    Recv(Buf),
+    /// A receive into a ring buffer; `starved`: waiting for the ring (no entry in flight).
+    RecvProvided {
+        starved: bool,
+    },
+    /// A send; the argument-table entry of a two-slice send.
+    Send(Slice, Option<Slice>, u32),
+    /// A splice to the socket waiting for writability.
+    SpliceOut(Pipe, u32),
+    Shutdown,
+    /// A connect; its argument-table entry (the address).
+    Connect(u32),
+    Watch,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    conn: ConnId,
+    /// Cancelled, or its connection closed: the completion only gives back what it carries.
+    orphan: bool,
+    kind: Kind,
+}
+
+struct Conn {
+    /// `None` once closed (the ring's `CLOSE` owns the descriptor then).
+    sock: Option<OwnedFd>,
+    /// Op indexes in the read and write slots.
+    read: u32,
+    write: u32,
+    /// A detached `Watch` still armed in the kernel.
+    watch: u32,
+}
+
+/// A listener's accepts: single-shot `ACCEPT`s, at most `credit` in the kernel at once.
+struct Listener {
+    sock: std::net::TcpListener,
+    /// Tells this listener's completions from those of an earlier one in the same slot.
+    gen: u16,
+    /// Accepts in the kernel now.
+    armed: u32,
+    /// How many to keep armed: doubles while the worker takes all of them, back to one when
+    /// descriptors run out.
+    credit: u32,
+    /// Accepted connections (with their peers) the worker has not taken yet.
+    queue: VecDeque<(OwnedFd, SocketAddr)>,
+    /// An accept failure to report at the next `accept`.
+    error: Option<i32>,
+}
+
+pub struct UringWaker(OwnedFd);
+
+impl Wake for UringWaker {
+    fn wake(&self) -> io::Result<()> {
+        let one = 1u64.to_ne_bytes();
+        match nix::unistd::write(&self.0, &one) {
+            // EAGAIN: the counter is saturated, a wake-up is pending anyway.
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+pub struct UringEngine {
+    ring: IoUring,
+    setup: Setup,
+    /// The ring is enabled and owned by the polling thread.
+    started: bool,
+    bufring: BufRing,
+    args: Args,
+    ops: Slab<InFlight>,
+    conns: Slab<Conn>,
+    /// Closed connections whose ids are freed at the next poll.
+    dead: Vec<ConnId>,
+    listeners: Vec<Option<Listener>>,
+    next_listener_gen: u16,
+    /// Accepts in the kernel, of every listener (`Drop` waits for them: they write into the
+    /// argument table).
+    accepts_in_flight: usize,
+    /// Listener slots with something for `accept` since the last poll.
+    accept_ready: Vec<usize>,
+    /// Provided-buffer receives waiting for the ring: (connection, op).
+    starved: VecDeque<(ConnId, u32)>,
+    /// Entries that did not fit in the submission queue.
+    backlog: Vec<squeue::Entry>,
+    waker: Arc<UringWaker>,
+    /// Where the eventfd read lands (stable: boxed).
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    /// A wake-up arrived in the batch being reaped.
+    woken: bool,
+    /// `Drop` is draining the ring: completions are not re-armed.
+    draining: bool,
+    buffer_waits: u64,
+    pool: BufferPool,
+    pipes: PipePool,
+}
+
+impl UringEngine {
+    /// A ring set up as the probe found the kernel allows (`probe::probe`). Its buffer ring is
+    /// registered here; the ring itself is enabled by the thread that polls it first.
+    pub fn new(pool: BufferPool, pipes: PipePool, setup: Setup) -> io::Result<UringEngine> {
+        let ring = probe::build(&setup, SQ_ENTRIES, CQ_ENTRIES)?;
+        let mut bufring = BufRing::new(pool.available())?;
+        bufring.register(&ring)?;
+        bufring.set_registered();
+        // Blocking (no EFD_NONBLOCK): the ring's read of it then waits instead of failing.
+        // SAFETY: a plain system call with no pointers.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(UringEngine {
+            ring,
+            setup,
+            started: false,
+            bufring,
+            args: Args::new(),
+            ops: Slab::with_capacity(2048),
+            conns: Slab::with_capacity(1024),
+            dead: Vec::with_capacity(256),
+            listeners: Vec::new(),
+            next_listener_gen: 0,
+            accepts_in_flight: 0,
+            accept_ready: Vec::new(),
+            starved: VecDeque::new(),
+            backlog: Vec::new(),
+            waker: Arc::new(UringWaker(efd)),
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            woken: false,
+            draining: false,
+            buffer_waits: 0,
+            pool,
+            pipes,
+        })
+    }
+
+    /// The set-up in use (start line).
+    pub fn setup(&self) -> Setup {
+        self.setup
+    }
+
+    /// On the polling thread, once: enable the ring (this thread becomes its single issuer)
+    /// and register the ring descriptor for cheaper enters.
+    fn start(&mut self) -> io::Result<()> {
+        if self.setup.single_issuer || self.setup.defer_taskrun {
+            self.ring.submitter().register_enable_rings()?;
+        }
+        // Optional (5.18): a registered ring fd saves a descriptor lookup per enter.
+        let _ = self.ring.submitter().register_ring_fd();
+        self.started = true;
+        self.bufring.refill(&mut self.pool);
+        self.arm_wake();
+        Ok(())
+    }
+
+    /// Queues an entry (flushing the queue with an extra enter when it is full).
+    #[inline]
+    fn push(&mut self, e: squeue::Entry) {
+        if !self.backlog.is_empty() {
+            self.backlog.push(e);
+            return;
+        }
+        // SAFETY: every entry pushed names memory that stays valid until its completion is
+        // reaped (see the module doc: pool buffers held by an op, the argument table, the boxed
+        // wake buffer) or names none.
+        if unsafe { self.ring.submission().push(&e) }.is_ok() {
+            return;
+        }
+        if self.started && self.ring.submit().is_ok() {
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push(e);
+    }
+
+    /// Moves entries that did not fit into the submission queue.
+    fn flush_backlog(&mut self) {
+        while !self.backlog.is_empty() {
+            let mut moved = 0;
+            {
+                let mut sq = self.ring.submission();
+                for e in &self.backlog {
+                    // SAFETY: as in `push`.
+                    if unsafe { sq.push(e) }.is_err() {
+                        break;
+                    }
+                    moved += 1;
+                }
+            }
+            self.backlog.drain(..moved);
+            if self.backlog.is_empty() || self.ring.submit().is_err() {
+                return;
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let e = opcode::Read::new(types::Fd(self.waker.0.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(ud(TAG_WAKE, 0));
+        self.push(e);
+        self.wake_armed = true;
+    }
+
+    /// Tops listener `slot`'s accepts in the kernel up to its credit.
+    fn arm_accepts(&mut self, slot: usize) {
+        loop {
+            let Some(Some(l)) = self.listeners.get_mut(slot) else {
+                return;
+            };
+            if l.armed >= l.credit {
+                return;
+            }
+            l.armed += 1;
+            let (fd, gen) = (l.sock.as_raw_fd(), l.gen);
+            let a = self.args.alloc();
+            let (addr, len) = self.args.accept_slot(a);
+            let e = opcode::Accept::new(types::Fd(fd), addr, len)
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(TAG_ACCEPT, accept_key(slot, gen, a)));
+            self.accepts_in_flight += 1;
+            self.push(e);
+        }
+    }
+
+    /// Descriptors ran out: every listener keeps one accept in the kernel until the worker
+    /// takes connections again (pre-accepted sockets would hold the descriptors the sessions
+    /// need for their upstreams).
+    fn descriptors_exhausted(&mut self) {
+        for l in self.listeners.iter_mut().flatten() {
+            l.credit = 1;
+        }
+    }
+
+    /// Registers a socket under a fresh id.
+    fn insert(&mut self, sock: OwnedFd) -> io::Result<ConnId> {
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        if id >= token::FIRST_RESERVED || id > ConnId::MAX as usize {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        entry.insert(Conn {
+            sock: Some(sock),
+            read: NONE,
+            write: NONE,
+            watch: NONE,
+        });
+        Ok(id as ConnId)
+    }
+
+    /// Starts op `kind` on `conn` in `slot` with entry `e` (its user data is set here).
+    #[inline]
+    fn start_op(&mut self, conn: ConnId, slot: Slot, kind: Kind, e: squeue::Entry) {
+        let idx = self.ops.insert(InFlight {
+            conn,
+            orphan: false,
+            kind,
+        }) as u32;
+        if let Some(c) = self.conns.get_mut(conn as usize) {
+            match slot {
+                Slot::Read => c.read = idx,
+                Slot::Write => c.write = idx,
+            }
+        }
+        self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
+    }
+
+    /// The entry of a provided-buffer receive.
+    #[inline]
+    fn recv_provided_entry(fd: RawFd) -> squeue::Entry {
+        opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(bufring::BGID)
+            .ioprio(RECV_POLL_FIRST)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+    }
+
+    /// Takes op `idx` out of its connection's slot (it completed or is being cancelled).
+    #[inline]
+    fn unslot(&mut self, conn: ConnId, idx: u32) {
+        if let Some(c) = self.conns.get_mut(conn as usize) {
+            if c.read == idx {
+                c.read = NONE;
+            }
+            if c.write == idx {
+                c.write = NONE;
+            }
+            if c.watch == idx {
+                c.watch = NONE;
+            }
+        }
+    }
+
+    /// Cancels op `idx` in the kernel (its completion then only gives back what it carries).
+    fn orphan(&mut self, idx: u32) {
+        let Some(op) = self.ops.get_mut(idx as usize) else {
+            return;
+        };
+        if let Kind::RecvProvided { starved: true } = op.kind {
+            // Nothing in the kernel: done at once.
+            self.ops.remove(idx as usize);
+            return;
+        }
+        if op.orphan {
+            return;
+        }
+        op.orphan = true;
+        let e = opcode::AsyncCancel::new(ud(TAG_OP, u64::from(idx)))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(TAG_IGNORE, 0));
+        self.push(e);
+    }
+
+    /// Gives back what a finished (or cancelled) op carried.
+    fn recycle(&mut self, kind: Kind) {
+        match kind {
+            Kind::Recv(b) => self.pool.release(b),
+            Kind::Send(a, b, args) => {
+                self.pool.release(a.buf);
+                if let Some(b) = b {
+                    self.pool.release(b.buf);
+                }
+                if args != NONE {
+                    self.args.release(args);
+                }
+            }
+            Kind::SpliceOut(p, _) => self.pipes.discard(p),
+            Kind::Connect(args) => self.args.release(args),
+            Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch => {}
+        }
+    }
+
+    /// Frees the ids of connections closed during the last turn.
+    fn reap_dead(&mut self) {
+        for id in self.dead.drain(..) {
+            if self.conns.contains(id as usize) {
+                self.conns.remove(id as usize);
+            }
+        }
+    }
+
+    /// Lends the ring buffers back from the pool and resubmits receives that waited for them.
+    fn refill(&mut self) {
+        self.bufring.refill(&mut self.pool);
+        while self.bufring.lent() > 0 {
+            let Some((conn, idx)) = self.starved.pop_front() else {
+                break;
+            };
+            let fd = match (
+                self.ops.get_mut(idx as usize),
+                self.conns.get(conn as usize),
+            ) {
+                (Some(op), Some(c))
+                    if !op.orphan
+                        && op.conn == conn
+                        && c.read == idx
+                        && matches!(op.kind, Kind::RecvProvided { starved: true }) =>
+                {
+                    match c.sock.as_ref() {
+                        Some(s) => {
+                            op.kind = Kind::RecvProvided { starved: false };
+                            s.as_raw_fd()
+                        }
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let e = Self::recv_provided_entry(fd).user_data(ud(TAG_OP, u64::from(idx)));
+            self.push(e);
+        }
+    }
+
+    /// One `io_uring_enter`: submits everything queued, waits up to `timeout` for at least
+    /// one completion (not at all when `wait` is false) and, with `DEFER_TASKRUN`, lets the
+    /// kernel run the completions due.
+    fn enter(&mut self, wait: bool, timeout: Duration) -> io::Result<()> {
+        let to_submit = self.ring.submission().len() as u32;
+        let mut flags = ENTER_GETEVENTS;
+        if self.setup.sqpoll {
+            self.ring.submission().sync();
+            if self.ring.submission().need_wakeup() {
+                flags |= ENTER_SQ_WAKEUP;
+            } else if !wait && !self.ring.submission().cq_overflow() {
+                // The kernel thread submits; completions are read without a system call.
+                return Ok(());
+            }
+        }
+        let r = if wait {
+            let ts = types::Timespec::from(timeout);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            // SAFETY: `args` (and the timespec it points to) outlive the call; the entries
+            // submitted name memory that stays valid until their completions (see `push`).
+            unsafe {
+                self.ring
+                    .submitter()
+                    .enter(to_submit, 1, flags | ENTER_EXT_ARG, Some(&args))
+            }
+        } else {
+            // SAFETY: as above, without an argument.
+            unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(to_submit, 0, flags, None)
+            }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // The wait timed out, or a signal came: nothing (more) to do now.
+                Some(libc::ETIME) | Some(libc::EINTR) => Ok(()),
+                // The completion queue is full and the kernel holds overflow: reap first,
+                // submit at the next poll.
+                Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Turns the completions in the queue into events.
+    fn reap(&mut self, out: &mut Vec<Event>) {
+        loop {
+            let mut batch = [(0u64, 0i32, 0u32); 64];
+            let mut n = 0;
+            {
+                let mut cq = self.ring.completion();
+                for c in &mut cq {
+                    batch[n] = (c.user_data(), c.result(), c.flags());
+                    n += 1;
+                    if n == batch.len() {
+                        break;
+                    }
+                }
+            }
+            for &(u, res, flags) in &batch[..n] {
+                self.complete(u, res, flags, out);
+            }
+            if n < batch.len() {
+                break;
+            }
+        }
+        for slot in self.accept_ready.drain(..) {
+            out.push(Event::Accept(slot));
+        }
+        // Control messages (a stats flush) after every completion of the batch: what the
+        // kernel finished before the wake-up is accounted before the worker answers.
+        if std::mem::take(&mut self.woken) {
+            out.push(Event::Wake);
+        }
+    }
+
+    fn complete(&mut self, u: u64, res: i32, flags: u32, out: &mut Vec<Event>) {
+        match u >> TAG_SHIFT {
+            TAG_OP => self.op_done((u & LOW) as u32, res, flags, out),
+            TAG_ACCEPT => self.accepted(u & LOW, res),
+            TAG_WAKE => {
+                self.wake_armed = false;
+                self.woken = true;
+                if !self.draining {
+                    self.arm_wake();
+                }
+            }
+            _ => {
+                // A cancel or close that failed (the op had completed already, or the
+                // descriptor was gone): nothing to do. A provided buffer never rides on these.
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    if let Some(b) = self.bufring.take(bid) {
+                        self.pool.release(b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An accept completed.
+    fn accepted(&mut self, key: u64, res: i32) {
+        let (a, slot, gen) = (
+            (key & 0xff_ffff) as u32,
+            ((key >> 24) & 0xffff) as usize,
+            (key >> 40) as u16,
+        );
+        self.accepts_in_flight = self.accepts_in_flight.saturating_sub(1);
+        let peer = if res >= 0 {
+            self.args.accepted_peer(a)
+        } else {
+            None
+        };
+        self.args.release(a);
+        // SAFETY: on success the kernel just installed this descriptor for us: we own it.
+        let fd = (res >= 0).then(|| unsafe { OwnedFd::from_raw_fd(res) });
+        let Some(Some(l)) = self.listeners.get_mut(slot) else {
+            return; // a removed listener's late connection: `fd` drops (closes) here
+        };
+        if l.gen != gen {
+            return;
+        }
+        l.armed = l.armed.saturating_sub(1);
+        match (fd, res) {
+            (Some(fd), _) => match peer {
+                Some(p) => l.queue.push_back((fd, p)),
+                None => l.error = Some(libc::EAFNOSUPPORT),
+            },
+            (None, r) if r == -libc::ECANCELED => {}
+            (None, r) => {
+                l.error = Some(-r);
+                // The other accepts are cancelled and armed afresh when the worker asks
+                // again: accepts wait with exclusive wake-ups, and the connection this one
+                // could not take stays queued without waking another waiter.
+                if l.armed > 0 {
+                    let fd = l.sock.as_raw_fd();
+                    self.push(
+                        opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                            .build()
+                            .flags(squeue::Flags::SKIP_SUCCESS)
+                            .user_data(ud(TAG_IGNORE, 0)),
+                    );
+                }
+                if matches!(
+                    -r,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) {
+                    self.descriptors_exhausted();
+                }
+            }
+        }
+        if !self.accept_ready.contains(&slot) {
+            self.accept_ready.push(slot);
+        }
+    }
+
+    /// An op completed: deliver its `Done`, or give back what it carried if nobody wants it.
+    fn op_done(&mut self, idx: u32, res: i32, flags: u32, out: &mut Vec<Event>) {
+        let provided = cqueue::buffer_select(flags).and_then(|bid| self.bufring.take(bid));
+        let Some(op) = self.ops.get_mut(idx as usize) else {
+            if let Some(b) = provided {
+                self.pool.release(b);
+            }
+            return;
+        };
+        if op.orphan {
+            let op = self.ops.remove(idx as usize);
+            if let Some(b) = provided {
+                self.pool.release(b);
+            }
+            self.unslot(op.conn, idx);
+            return self.recycle(op.kind);
+        }
+        let conn = op.conn;
+        // Retry cases: the op stays in its slot.
+        match (&op.kind, res) {
+            (Kind::RecvProvided { .. }, r) if r == -libc::ENOBUFS && provided.is_none() => {
+                op.kind = Kind::RecvProvided { starved: true };
+                self.starved.push_back((conn, idx));
+                self.bufring.grow();
+                self.buffer_waits += 1;
+                return;
+            }
+            (Kind::RecvProvided { .. } | Kind::Recv(_), r)
+                if r == -libc::EAGAIN || r == -libc::EINTR =>
+            {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                return self.resubmit(idx);
+            }
+            (Kind::SpliceOut(..), r) if r >= 0 => {
+                if let Some(done) = self.splice_out_ready(idx) {
+                    out.push(Event::Done(conn, done));
+                }
+                return;
+            }
+            _ => {}
+        }
+        let op = self.ops.remove(idx as usize);
+        self.unslot(conn, idx);
+        let done = match op.kind {
+            Kind::RecvProvided { .. } => match (res, provided) {
+                (n, Some(mut b)) if n > 0 => {
+                    b.fill(n as usize);
+                    Done::Recv {
+                        buf: Some(b),
+                        res: Xfer::Bytes(n as u32),
+                    }
+                }
+                (n, b) => {
+                    if let Some(b) = b {
+                        self.pool.release(b);
+                    }
+                    Done::Recv {
+                        buf: None,
+                        res: match n {
+                            0 => Xfer::Eof,
+                            n if n < 0 => Xfer::Failed(-n),
+                            // Bytes without a buffer: the kernel broke its word.
+                            _ => Xfer::Failed(libc::EIO),
+                        },
+                    }
+                }
+            },
+            Kind::Recv(mut b) => {
+                let res = match res {
+                    0 => Xfer::Eof,
+                    n if n > 0 => {
+                        b.fill(n as usize);
+                        Xfer::Bytes(n as u32)
+                    }
+                    e => Xfer::Failed(-e),
+                };
+                Done::Recv { buf: Some(b), res }
+            }
+            Kind::Send(a, b, args) => {
+                if args != NONE {
+                    self.args.release(args);
+                }
+                Done::Send {
+                    a: a.buf,
+                    b: b.map(|s| s.buf),
+                    res: xfer(res),
+                }
+            }
+            Kind::SpliceOut(pipe, _) => Done::SpliceOut {
+                pipe,
+                res: xfer(res),
+            },
+            Kind::Shutdown => Done::Shutdown(xfer(res)),
+            Kind::Connect(args) => {
+                self.args.release(args);
+                Done::Connect(xfer(res))
+            }
+            Kind::Watch => Done::Watch(if res < 0 {
+                Xfer::Failed(-res)
+            } else if res as i16 & libc::POLLERR != 0 {
+                Xfer::Failed(libc::ECONNRESET)
+            } else if res as i16 & (libc::POLLHUP | libc::POLLRDHUP) != 0 {
+                Xfer::Eof
+            } else {
+                Xfer::Bytes(1)
+            }),
+        };
+        out.push(Event::Done(conn, done));
+    }
+
+    /// Submits a (receive) op again after a spurious `EAGAIN`.
+    fn resubmit(&mut self, idx: u32) {
+        let Some(op) = self.ops.get_mut(idx as usize) else {
+            return;
+        };
+        let Some(fd) = self
+            .conns
+            .get(op.conn as usize)
+            .and_then(|c| c.sock.as_ref())
+            .map(AsRawFd::as_raw_fd)
+        else {
+            return;
+        };
+        let e = match &mut op.kind {
+            Kind::Recv(b) => {
+                let spare = self.pool.spare(b);
+                opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build()
+            }
+            _ => Self::recv_provided_entry(fd),
+        };
+        self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
+    }
+
+    /// A waiting `SpliceOut`'s socket became writable: splice now, or wait again.
+    fn splice_out_ready(&mut self, idx: u32) -> Option<Done> {
+        let op = self.ops.get(idx as usize)?;
+        let conn = op.conn;
+        let Kind::SpliceOut(pipe, len) = &op.kind else {
+            return None;
+        };
+        let sock = self.conns.get(conn as usize)?.sock.as_ref()?;
+        match splice_drain(pipe, sock, *len) {
+            Some(res) => {
+                let op = self.ops.remove(idx as usize);
+                self.unslot(conn, idx);
+                match op.kind {
+                    Kind::SpliceOut(pipe, _) => Some(Done::SpliceOut { pipe, res }),
+                    _ => None,
+                }
+            }
+            None => {
+                let e = poll_out(sock.as_raw_fd());
+                self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
+                None
+            }
+        }
+    }
+}
+
+/// An accept's user data: its argument entry, listener slot and generation.
+#[inline]
+fn accept_key(slot: usize, gen: u16, args: u32) -> u64 {
+    (u64::from(gen) << 40) | ((slot as u64 & 0xffff) << 24) | (u64::from(args) & 0xff_ffff)
+}
+
+#[inline]
+fn xfer(res: i32) -> Xfer {
+    if res >= 0 {
+        Xfer::Bytes(res as u32)
+    } else {
+        Xfer::Failed(-res)
+    }
+}
+
+#[inline]
+fn poll_out(fd: RawFd) -> squeue::Entry {
+    opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()
+}
+
+/// Pipe → socket, non-blocking: `None` when the socket cannot take bytes now.
+fn splice_drain(pipe: &Pipe, sock: &OwnedFd, len: u32) -> Option<Xfer> {
+    for _ in 0..EINTR_RETRIES {
+        match splice::drain(pipe, sock.as_fd(), len as usize) {
+            Ok(n) => return Some(Xfer::Bytes(n as u32)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Some(Xfer::failed(&e)),
+        }
+    }
+    None
+}
+
+/// Bytes `[off, off + len)` of a slice's buffer, clamped to its pending data.
+#[inline]
+fn slice_ptr(pool: &BufferPool, s: &Slice) -> (*const u8, usize) {
+    let d = pool.data(&s.buf);
+    let start = (s.off as usize).min(d.len());
+    let end = (s.off as usize + s.len as usize).min(d.len());
+    (d[start..].as_ptr(), end - start)
+}
+
+/// The `Done` of an op submitted on a connection that does not exist (or is closed, or whose
+/// slot is taken): a failure that gives back what the op carried.
+#[inline]
+fn failed(op: Op) -> Done {
+    super::failed(op, libc::EBADF)
+}
+
+impl Engine for UringEngine {
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<Event>) -> io::Result<()> {
+        if !self.started {
+            self.start()?;
+        }
+        self.reap_dead();
+        self.refill();
+        self.flush_backlog();
+        let ready = !out.is_empty() || !self.ring.completion().is_empty();
+        self.enter(!ready && !timeout.is_zero(), timeout)?;
+        self.reap(out);
+        Ok(())
+    }
+
+    #[inline]
+    fn pools(&mut self) -> (&mut BufferPool, &mut PipePool) {
+        (&mut self.pool, &mut self.pipes)
+    }
+
+    fn add_listener(&mut self, slot: usize, listener: std::net::TcpListener) -> io::Result<()> {
+        if slot >= token::MAX_LISTENERS {
+            return Err(io::Error::other("listener slot out of range"));
+        }
+        self.remove_listener(slot);
+        listener.set_nonblocking(true)?;
+        if self.listeners.len() <= slot {
+            self.listeners.resize_with(slot + 1, || None);
+        }
+        self.next_listener_gen = self.next_listener_gen.wrapping_add(1);
+        self.listeners[slot] = Some(Listener {
+            sock: listener,
+            gen: self.next_listener_gen,
+            armed: 0,
+            credit: ACCEPT_CREDIT_START,
+            queue: VecDeque::new(),
+            error: None,
+        });
+        self.arm_accepts(slot);
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, slot: usize) {
+        let Some(l) = self.listeners.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let fd = l.sock.into_raw_fd();
+        if l.armed > 0 {
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(ud(TAG_IGNORE, 0));
+            self.push(e);
+        }
+        // Closed through the ring, after the entries that name it; the accepted sockets not
+        // taken yet are closed now (no entry names them).
+        let e = opcode::Close::new(types::Fd(fd))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(TAG_IGNORE, 0));
+        self.push(e);
+        drop(l.queue);
+    }
+
+    fn accept(&mut self, slot: usize) -> Accepted {
+        let Some(Some(l)) = self.listeners.get_mut(slot) else {
+            return Accepted::Empty;
+        };
+        let Some((fd, peer)) = l.queue.pop_front() else {
+            if let Some(e) = l.error.take() {
+                return Accepted::Failed(io::Error::from_raw_os_error(e));
+            }
+            if l.armed == 0 {
+                // Every accept in the kernel was used: demand is high, keep more armed.
+                l.credit = (l.credit * 2).min(ACCEPT_CREDIT_MAX);
+            }
+            self.arm_accepts(slot);
+            return Accepted::Empty;
+        };
+        match self.insert(fd) {
+            Ok(id) => Accepted::Conn(id, peer),
+            Err(e) => Accepted::Failed(e),
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            None,
+        )
+        .inspect_err(|e| {
+            if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                self.descriptors_exhausted();
+            }
+        })?;
+        sock.set_nodelay(true)?;
+        let fd: OwnedFd = sock.into();
+        let raw = fd.as_raw_fd();
+        let id = self.insert(fd)?;
+        let a = self.args.alloc();
+        let (sa, len) = self.args.sockaddr(a, addr);
+        let e = opcode::Connect::new(types::Fd(raw), sa, len).build();
+        self.start_op(id, Slot::Write, Kind::Connect(a), e);
+        Ok(id)
+    }
+
+    fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done> {
+        let Some(c) = self.conns.get_mut(conn as usize) else {
+            return Some(failed(op));
+        };
+        let Some(fd) = c.sock.as_ref().map(AsRawFd::as_raw_fd) else {
+            return Some(failed(op));
+        };
+        match op {
+            Op::Recv(None) => {
+                if c.read != NONE {
+                    return Some(failed(Op::Recv(None)));
+                }
+                let e = Self::recv_provided_entry(fd);
+                self.start_op(conn, Slot::Read, Kind::RecvProvided { starved: false }, e);
+                None
+            }
+            Op::Recv(Some(mut b)) => {
+                if c.read != NONE {
+                    return Some(failed(Op::Recv(Some(b))));
+                }
+                let spare = self.pool.spare(&mut b);
+                let (p, len) = (spare.as_mut_ptr(), spare.len());
+                if len == 0 {
+                    return Some(Done::Recv {
+                        buf: Some(b),
+                        res: Xfer::Bytes(0),
+                    });
+                }
+                // SAFETY (of the pointer handed over): the spare tail of `b`, which travels
+                // inside the op until its completion; the pool region never moves.
+                let e = opcode::Recv::new(types::Fd(fd), p, len as u32).build();
+                self.start_op(conn, Slot::Read, Kind::Recv(b), e);
+                None
+            }
+            Op::Send(a, b) => {
+                if c.write != NONE {
+                    return Some(failed(Op::Send(a, b)));
+                }
+                let first = slice_ptr(&self.pool, &a);
+                let second = b.as_ref().map(|s| slice_ptr(&self.pool, s));
+                let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+                let (e, args) = match second {
+                    Some(second) if second.1 > 0 => {
+                        let i = self.args.alloc();
+                        let msg = self.args.sendmsg(i, first, second);
+                        (
+                            opcode::SendMsg::new(types::Fd(fd), msg)
+                                .flags(flags as u32)
+                                .build(),
+                            i,
+                        )
+                    }
+                    _ => {
+                        if first.1 == 0 {
+                            return Some(Done::Send {
+                                a: a.buf,
+                                b: b.map(|s| s.buf),
+                                res: Xfer::Bytes(0),
+                            });
+                        }
+                        (
+                            opcode::Send::new(types::Fd(fd), first.0, first.1 as u32)
+                                .flags(flags)
+                                .build(),
+                            NONE,
+                        )
+                    }
+                };
+                self.start_op(conn, Slot::Write, Kind::Send(a, b, args), e);
+                None
+            }
+            // Never waits (see the module doc): `Bytes(0)` when nothing can move now.
+            Op::SpliceIn { pipe, max, .. } => {
+                let Some(sock) = c.sock.as_ref() else {
+                    return Some(Done::SpliceIn {
+                        pipe,
+                        res: Xfer::Failed(libc::EBADF),
+                    });
+                };
+                for _ in 0..EINTR_RETRIES {
+                    let res = match splice::fill(sock.as_fd(), &pipe, max as usize) {
+                        Ok(0) => Xfer::Eof,
+                        Ok(n) => Xfer::Bytes(n as u32),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => Xfer::Bytes(0),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => Xfer::failed(&e),
+                    };
+                    return Some(Done::SpliceIn { pipe, res });
+                }
+                Some(Done::SpliceIn {
+                    pipe,
+                    res: Xfer::Bytes(0),
+                })
+            }
+            Op::SpliceOut { pipe, len } => {
+                if c.write != NONE {
+                    return Some(failed(Op::SpliceOut { pipe, len }));
+                }
+                let Some(sock) = c.sock.as_ref() else {
+                    return Some(failed(Op::SpliceOut { pipe, len }));
+                };
+                match splice_drain(&pipe, sock, len) {
+                    Some(res) => Some(Done::SpliceOut { pipe, res }),
+                    None => {
+                        let e = poll_out(fd);
+                        self.start_op(conn, Slot::Write, Kind::SpliceOut(pipe, len), e);
+                        None
+                    }
+                }
+            }
+            Op::Shutdown => {
+                if c.write != NONE {
+                    return Some(failed(Op::Shutdown));
+                }
+                let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build();
+                self.start_op(conn, Slot::Write, Kind::Shutdown, e);
+                None
+            }
+            Op::Watch => {
+                if c.read != NONE {
+                    return Some(failed(Op::Watch));
+                }
+                if c.watch != NONE {
+                    // The detached poll is still armed: take it back.
+                    let idx = c.watch;
+                    c.watch = NONE;
+                    c.read = idx;
+                    if let Some(op) = self.ops.get_mut(idx as usize) {
+                        op.orphan = false;
+                    }
+                    return None;
+                }
+                let e =
+                    opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+                        .build();
+                self.start_op(conn, Slot::Read, Kind::Watch, e);
+                None
+            }
+        }
+    }
+
+    fn cancel(&mut self, conn: ConnId, slot: Slot) {
+        let Some(c) = self.conns.get_mut(conn as usize) else {
+            return;
+        };
+        let idx = match slot {
+            Slot::Read => std::mem::replace(&mut c.read, NONE),
+            Slot::Write => std::mem::replace(&mut c.write, NONE),
+        };
+        if idx == NONE {
+            return;
+        }
+        if let Some(op) = self.ops.get_mut(idx as usize) {
+            if matches!(op.kind, Kind::Watch) && c.watch == NONE {
+                // Detach (see the module doc): no cancel, no completion delivered.
+                op.orphan = true;
+                c.watch = idx;
+                return;
+            }
+        }
+        self.orphan(idx);
+    }
+
+    fn close(&mut self, conn: ConnId, linger: Linger) {
+        let Some(c) = self.conns.get_mut(conn as usize) else {
+            return;
+        };
+        let Some(sock) = c.sock.take() else {
+            return;
+        };
+        let ops = [
+            std::mem::replace(&mut c.read, NONE),
+            std::mem::replace(&mut c.write, NONE),
+            std::mem::replace(&mut c.watch, NONE),
+        ];
+        for idx in ops {
+            if idx != NONE {
+                if let Some(op) = self.ops.get_mut(idx as usize) {
+                    // A detached watch is marked orphan already but still armed.
+                    op.orphan = false;
+                }
+                self.orphan(idx);
+            }
+        }
+        if linger == Linger::Reset {
+            let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+        }
+        let e = opcode::Close::new(types::Fd(sock.into_raw_fd()))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(TAG_IGNORE, 0));
+        self.push(e);
+        self.dead.push(conn);
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
+    fn take_buffer_waits(&mut self) -> u64 {
+        std::mem::take(&mut self.buffer_waits)
+    }
+
+    fn gauges(&self) -> Gauges {
+        let lent = self.bufring.lent() as u64;
+        Gauges {
+            engine: "io_uring",
+            connections: (self.conns.len() - self.dead.len()) as u64,
+            ops_in_flight: self.ops.len() as u64,
+            buffers_in_use: (self.pool.in_use() as u64).saturating_sub(lent),
+            buffers_provided: lent,
+            pipes_in_use: self.pipes.in_use() as u64,
+            pipes_idle: self.pipes.idle() as u64,
+        }
+    }
+}
+
+impl Drop for UringEngine {
+    /// Cancels everything in flight and waits (bounded) until the kernel has given back every
+    /// buffer and argument entry, so the pool is never freed under a pending op.
+    fn drop(&mut self) {
+        if !self.started {
+            // Never enabled: nothing reached the kernel.
+            return;
+        }
+        self.draining = true;
+        for (_, op) in self.ops.iter_mut() {
+            op.orphan = true;
+        }
+        let starved: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| matches!(op.kind, Kind::RecvProvided { starved: true }))
+            .map(|(i, _)| i)
+            .collect();
+        for i in starved {
+            self.ops.remove(i);
+        }
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(ud(TAG_IGNORE, 0));
+        self.push(e);
+        let until = Instant::now() + DRAIN_LIMIT;
+        let mut sink = Vec::new();
+        while (!self.ops.is_empty() || self.wake_armed || self.accepts_in_flight > 0)
+            && Instant::now() < until
+        {
+            self.flush_backlog();
+            if self.enter(true, Duration::from_millis(50)).is_err() {
+                break;
+            }
+            self.reap(&mut sink);
+            sink.clear();
+        }
+        let _ = self.ring.submit();
+        let (ring, pool) = (&self.ring, &mut self.pool);
+        self.bufring.unregister(ring, pool);
+    }
+}

@@ -81,6 +81,28 @@ pub enum Verb {
         #[command(subcommand)]
         op: ObjectOp,
     },
+    /// List services (versions and release strategies).
+    Services,
+    /// Show, create/replace or delete one service.
+    Service {
+        #[command(subcommand)]
+        op: ObjectOp,
+    },
+    /// Add or remove a version of a service.
+    Version {
+        #[command(subcommand)]
+        op: VersionOp,
+    },
+    /// Send every request of a service to one version (default: its highest version).
+    Promote {
+        service: String,
+        version: Option<String>,
+    },
+    /// Take a version out of a service's rotation (default: the one new requests go to).
+    Rollback {
+        service: String,
+        version: Option<String>,
+    },
     /// Reload the config file (same as SIGHUP).
     Reload,
     /// The stats object (same as the SIGUSR2 dump).
@@ -191,6 +213,22 @@ pub enum BackendOp {
         cluster: String,
         /// The backend's address, as written in the cluster.
         addr: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VersionOp {
+    Add {
+        service: String,
+        version: String,
+        cluster: String,
+        /// The version cookie's value (default: the version string).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    Delete {
+        service: String,
+        version: String,
     },
 }
 
@@ -488,11 +526,52 @@ fn run_inner(args: &CtlArgs) -> Result<(), Fail> {
             out(&v, &backends_table)
         }
         Verb::Listeners => out(&call("GET", "/v1/listeners", None)?, &listeners_table),
-        Verb::Cluster { op } | Verb::Listener { op } => {
-            let kind = if matches!(args.verb, Verb::Cluster { .. }) {
-                "clusters"
+        Verb::Services => out(&call("GET", "/v1/services", None)?, &services_table),
+        Verb::Version { op } => {
+            let v = match op {
+                VersionOp::Add {
+                    service,
+                    version,
+                    cluster,
+                    id,
+                } => {
+                    let mut b = json!({ "version": version, "cluster": cluster });
+                    if let Some(id) = id {
+                        b["id"] = json!(id);
+                    }
+                    call(
+                        "POST",
+                        &format!("/v1/services/{}/versions", enc(service)),
+                        Some(b),
+                    )?
+                }
+                VersionOp::Delete { service, version } => call(
+                    "DELETE",
+                    &format!("/v1/services/{}/versions/{}", enc(service), enc(version)),
+                    None,
+                )?,
+            };
+            out(&v, &versions_table);
+        }
+        Verb::Promote { service, version } | Verb::Rollback { service, version } => {
+            let verb = if matches!(args.verb, Verb::Promote { .. }) {
+                "promote"
             } else {
-                "listeners"
+                "rollback"
+            };
+            let body = version.as_ref().map(|v| json!({ "version": v }));
+            let v = call(
+                "POST",
+                &format!("/v1/services/{}/{verb}", enc(service)),
+                body,
+            )?;
+            out(&v, &versions_table);
+        }
+        Verb::Cluster { op } | Verb::Listener { op } | Verb::Service { op } => {
+            let kind = match args.verb {
+                Verb::Cluster { .. } => "clusters",
+                Verb::Service { .. } => "services",
+                _ => "listeners",
             };
             let v = match op {
                 ObjectOp::Get { name } => call("GET", &format!("/v1/{kind}/{}", enc(name)), None)?,
@@ -794,6 +873,47 @@ fn backends_table(v: &Value) -> String {
     table(&["ADDR", "WEIGHT", "STATE"], rows)
 }
 
+fn services_table(v: &Value) -> String {
+    let rows = v["services"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|sv| {
+            vec![
+                s(&sv["name"]),
+                sv["strategy"].as_str().unwrap_or("instant").to_string(),
+                s(&sv["status"]["serving"]),
+                sv["versions"].as_array().map_or(0, Vec::len).to_string(),
+                s(&sv["status"]["rollbacks"]),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STRATEGY", "SERVING", "VERSIONS", "ROLLBACKS"],
+        rows,
+    )
+}
+
+/// A service's versions with their state (the service's read-only status).
+fn versions_table(v: &Value) -> String {
+    let rows = v["status"]["versions"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|x| {
+            vec![
+                s(&x["version"]),
+                s(&x["id"]),
+                s(&x["cluster"]),
+                s(&x["state"]),
+            ]
+        })
+        .collect();
+    table(&["VERSION", "ID", "CLUSTER", "STATE"], rows)
+}
+
 fn listeners_table(v: &Value) -> String {
     let rows = v["listeners"]
         .as_array()
@@ -805,7 +925,10 @@ fn listeners_table(v: &Value) -> String {
                 s(&l["name"]),
                 s(&l["bind"]),
                 l["protocol"].as_str().unwrap_or("tcp").to_string(),
-                s(&l["cluster"]),
+                match l["service"].as_str() {
+                    Some(svc) => format!("service:{svc}"),
+                    None => s(&l["cluster"]),
+                },
                 s(&l["status"]["local_addr"]),
             ]
         })

@@ -21,7 +21,9 @@
 //!   results), [`net`] (binding and announcing listeners);
 //! - the message layer: [`http`] (heads, chunked bodies, rewriting), [`routing`] (HTTP route
 //!   matching), [`balance`] (backend selection: selection tables built by the control plane,
-//!   pick state per worker), [`proto`] (protocol analyzers: the Foo line sniffer);
+//!   pick state per worker), [`proto`] (protocol analyzers: the Foo line sniffer), [`release`]
+//!   (versioned services: release strategies decided per request, auto-rollback, the DSU
+//!   proxy's API);
 //! - the control plane: [`config`] (raw → validated), [`snapshot`] (the routing state),
 //!   [`control`] (one change path for the admin API and SIGHUP, persistence), [`admin`],
 //!   [`faults`] (L4 toxics, L7 faults, the toxiproxy and chaos-broker APIs),
@@ -57,6 +59,7 @@ pub mod logging;
 pub mod net;
 pub mod proto;
 pub mod quick;
+pub mod release;
 pub mod routing;
 pub mod sd;
 pub mod server;

@@ -49,6 +49,13 @@ struct Cli {
     /// Quick mode: protocol of the listener: foo | tcp | http [default: foo].
     #[arg(long, value_name = "PROTOCOL")]
     protocol: Option<String>,
+    /// DSU quick mode: the dynamic-software-update proxy's config.json (its REST API runs on
+    /// configService.port).
+    #[arg(long = "configFile", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// DSU quick mode: CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG (default INFO).
+    #[arg(long = "logLevel", value_name = "LEVEL", requires = "config_file")]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +200,13 @@ fn main() -> ExitCode {
         recovery_path: cli.recovery_path,
         protocol: cli.protocol,
     };
+    if let Some(path) = cli.config_file {
+        if cli.cmd.is_some() || quick.any() || cli.config.is_some() {
+            eprintln!("error: -configFile runs the DSU quick mode; it takes only -logLevel");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        return serve_dsu(&path, cli.log_level.as_deref());
+    }
     match cli.cmd {
         Some(_) if quick.any() || cli.config.is_some() => {
             eprintln!("error: quick-mode flags and -c go before no subcommand; use either");
@@ -296,6 +310,52 @@ fn main() -> ExitCode {
                 Ok(doc) => serve(doc, None, quick.stats_config()),
                 Err(errs) => report(&errs),
             }
+        }
+    }
+}
+
+/// `switchyard -configFile config.json [-logLevel L]`: the dynamic-software-update proxy's
+/// config file, its REST API on `configService.port`.
+fn serve_dsu(path: &Path, level: Option<&str>) -> ExitCode {
+    use switchyard::release::dsu;
+    let shown = path.display().to_string();
+    if let Some(l) = level {
+        match dsu::log_level(l) {
+            Some(f) => log::set_max_level(f),
+            None => {
+                eprintln!(
+                    "error: -logLevel: unknown level {l:?} (CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG)"
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return report(&[ConfigError {
+                path: shown,
+                message: format!("cannot read: {e}"),
+            }])
+        }
+    };
+    let q = match dsu::quick(&text, &shown, level.and_then(dsu::log_level)) {
+        Ok(q) => q,
+        Err(errs) => return report(&errs),
+    };
+    for w in &q.warnings {
+        log::warn!("{w}");
+    }
+    let boot = match control::boot(q.doc) {
+        Ok(b) => b,
+        Err(errs) => return report(&errs),
+    };
+    let api: std::sync::Arc<dyn switchyard::admin::Extension> = std::sync::Arc::new(q.api);
+    match server::run_with(boot, None, StatsConfig::default(), vec![api]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_INTERNAL)
         }
     }
 }

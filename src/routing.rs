@@ -1,6 +1,7 @@
 //! Request routing for HTTP listeners: compiled routes (built once per snapshot) and the
 //! per-request matcher. First match wins; then FaaS dynamic routing when the listener has it;
-//! then the listener's fallback cluster; otherwise no route (404).
+//! then the listener's fallback; otherwise no route (404). A route or fallback targets a
+//! cluster, or a service whose release strategy then picks the cluster ([`crate::release`]).
 //!
 //! HOT PATH (`route`): no allocation, no panics on input; all comparisons on bytes.
 //!
@@ -10,7 +11,29 @@
 use crate::config::routes::{HostMatch, RouteConfig};
 use std::collections::HashMap;
 
-/// A route with byte-level conditions and its cluster resolved to an index.
+/// Where a route or a listener sends requests: a cluster, or a service (by snapshot index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Cluster(usize),
+    Service(usize),
+}
+
+impl Target {
+    /// Resolves a config target: `service` when set, else `cluster`.
+    pub fn resolve(
+        cluster: Option<&str>,
+        service: Option<&str>,
+        clusters: &HashMap<String, usize>,
+        services: &HashMap<String, usize>,
+    ) -> Option<Target> {
+        match service {
+            Some(s) => services.get(s).copied().map(Target::Service),
+            None => clusters.get(cluster?).copied().map(Target::Cluster),
+        }
+    }
+}
+
+/// A route with byte-level conditions and its target resolved to an index.
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
     pub host: Option<HostMatch>,
@@ -18,7 +41,7 @@ pub struct CompiledRoute {
     pub strip: bool,
     pub methods: Vec<Box<[u8]>>,
     pub header: Option<HeaderCond>,
-    pub cluster: usize,
+    pub target: Target,
 }
 
 #[derive(Debug, Clone)]
@@ -30,8 +53,13 @@ pub struct HeaderCond {
 }
 
 impl CompiledRoute {
-    /// `None` when the route names a cluster that does not exist (validation prevents it).
-    pub fn compile(r: &RouteConfig, cluster_index: &HashMap<String, usize>) -> Option<Self> {
+    /// `None` when the route names a cluster or service that does not exist (validation
+    /// prevents it).
+    pub fn compile(
+        r: &RouteConfig,
+        cluster_index: &HashMap<String, usize>,
+        service_index: &HashMap<String, usize>,
+    ) -> Option<Self> {
         Some(CompiledRoute {
             host: r.host.clone(),
             prefix: r.path_prefix.as_ref().map(|p| p.as_bytes().into()),
@@ -41,7 +69,12 @@ impl CompiledRoute {
                 name: h.name.as_bytes().into(),
                 value: h.value.as_ref().map(|v| v.as_bytes().into()),
             }),
-            cluster: *cluster_index.get(&r.cluster)?,
+            target: Target::resolve(
+                Some(&r.cluster),
+                r.service.as_deref(),
+                cluster_index,
+                service_index,
+            )?,
         })
     }
 }
@@ -104,6 +137,11 @@ pub enum Decision {
     /// Send to this cluster, after removing `strip` bytes from the start of the path.
     Cluster {
         cluster: usize,
+        strip: usize,
+    },
+    /// Send to this service (its strategy picks the cluster), after removing `strip` bytes.
+    Service {
+        service: usize,
         strip: usize,
     },
     Faas(FaasError),
@@ -204,7 +242,7 @@ pub fn matched_route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
 pub fn route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
     routes: &[CompiledRoute],
     faas: Option<&HashMap<String, usize>>,
-    fallback: Option<usize>,
+    fallback: Option<Target>,
     req: &RequestView<'a, H>,
 ) -> Decision {
     if let Some(r) = matched_route(routes, req).and_then(|i| routes.get(i)) {
@@ -212,10 +250,7 @@ pub fn route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
             (Some(p), true) => p.len(),
             _ => 0,
         };
-        return Decision::Cluster {
-            cluster: r.cluster,
-            strip,
-        };
+        return decision(r.target, strip);
     }
     if let Some(index) = faas {
         return match faas_key(req.target) {
@@ -234,8 +269,15 @@ pub fn route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
         };
     }
     match fallback {
-        Some(cluster) => Decision::Cluster { cluster, strip: 0 },
+        Some(t) => decision(t, 0),
         None => Decision::NoRoute,
+    }
+}
+
+fn decision(t: Target, strip: usize) -> Decision {
+    match t {
+        Target::Cluster(cluster) => Decision::Cluster { cluster, strip },
+        Target::Service(service) => Decision::Service { service, strip },
     }
 }
 
@@ -252,6 +294,7 @@ mod tests {
             methods: vec![],
             header: None,
             cluster: cluster.into(),
+            service: None,
         }
     }
 
@@ -283,13 +326,19 @@ mod tests {
             method: method.as_bytes(),
             header: lookup,
         };
-        route(routes, faas.then_some(&idx), fallback, &req)
+        route(
+            routes,
+            faas.then_some(&idx),
+            fallback.map(Target::Cluster),
+            &req,
+        )
     }
 
     fn compile(list: Vec<RouteConfig>) -> Vec<CompiledRoute> {
         let idx = index();
+        let services: HashMap<String, usize> = [("shop".to_string(), 0)].into();
         list.iter()
-            .map(|r| CompiledRoute::compile(r, &idx).expect("cluster"))
+            .map(|r| CompiledRoute::compile(r, &idx, &services).expect("cluster"))
             .collect()
     }
 

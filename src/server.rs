@@ -97,6 +97,17 @@ pub fn run(
     config_path: Option<std::path::PathBuf>,
     stats: StatsConfig,
 ) -> Result<(), RunError> {
+    run_with(boot, config_path, stats, Vec::new())
+}
+
+/// [`run`], with compatibility APIs served on the admin address (`extensions`, e.g. the DSU
+/// proxy's REST API in its quick mode).
+pub fn run_with(
+    boot: Boot,
+    config_path: Option<std::path::PathBuf>,
+    stats: StatsConfig,
+    extensions: Vec<Arc<dyn crate::admin::Extension>>,
+) -> Result<(), RunError> {
     crate::logging::apply_config(boot.config.server.log_level);
     // Before anything is announced: a script may signal us as soon as it sees a listener.
     let signals = signals::register().map_err(io_err("installing signal handlers"))?;
@@ -106,7 +117,14 @@ pub fn run(
     watchdog::arm_test_stall_from_env();
     // A successor of a binary upgrade takes its predecessor's sockets first.
     let mut inherited = Inheritance::receive().map_err(RunError::Handover)?;
-    let started = match start(boot, config_path, stats, signals, inherited.as_mut()) {
+    let started = match start(
+        boot,
+        config_path,
+        stats,
+        signals,
+        inherited.as_mut(),
+        extensions,
+    ) {
         Ok(s) => s,
         Err(e) => {
             if let Some(inh) = &inherited {
@@ -269,6 +287,7 @@ fn start(
     stats: StatsConfig,
     signals: signal_hook::iterator::Signals,
     mut inherited: Option<&mut Inheritance>,
+    extensions: Vec<Arc<dyn crate::admin::Extension>>,
 ) -> Result<Started, RunError> {
     let cfg = boot.config.clone();
     let shown_path = config_path.as_ref().map(|p| p.display().to_string());
@@ -467,6 +486,10 @@ fn start(
         handles.clone(),
         config_path,
     ));
+    // Release strategies: auto-rollback verdicts from the stats thread go to the controller.
+    let triggers = crate::release::controller::start(control.clone())
+        .map_err(io_err("starting the release controller"))?;
+    aggregator.attach_release(triggers, control.releases());
 
     let stop_accepting = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(crate::discovery::Registry::new(&cfg.discovery));
@@ -600,6 +623,7 @@ fn start(
             read_only: cfg.server.admin_read_only,
             max_body: cfg.server.admin_max_body,
             discovery: Some(registry.clone()),
+            extensions,
         };
         let local = crate::admin::start(
             listener,

@@ -11,7 +11,7 @@
 use crate::balance::SelectionTable;
 use crate::config::{BalanceKind, Config, HashOn, HttpListenerConfig, Protocol};
 use crate::http::head::Limits;
-use crate::routing::CompiledRoute;
+use crate::routing::{CompiledRoute, Target};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,6 +119,8 @@ pub struct ListenerRoute {
     /// Index into `Snapshot::clusters`: the target of tcp/foo listeners (always set for them),
     /// the fallback of http listeners.
     pub cluster: Option<usize>,
+    /// http: the fallback when no route matches (a cluster, as `cluster`, or a service).
+    pub target: Option<Target>,
     pub idle_timeout: Duration,
     /// http: tried in order before FaaS routing and the fallback.
     pub routes: Vec<CompiledRoute>,
@@ -158,6 +160,9 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
     /// Cluster name → index (FaaS routing looks clusters up by name per request).
     pub cluster_index: HashMap<String, usize>,
+    /// Versioned services with their release strategies ([`crate::release`]).
+    pub services: Vec<crate::release::Service>,
+    pub service_index: HashMap<String, usize>,
     /// Identifies the numbering of listeners, clusters and backends in rotation: snapshots
     /// with the same layout index them the same way (a weight change or a slow-start step
     /// keeps it; adding, removing, draining a backend or a health verdict changes it). Per
@@ -276,6 +281,20 @@ impl Snapshot {
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
+        let now = std::time::Instant::now();
+        let services: Vec<crate::release::Service> = cfg
+            .services
+            .iter()
+            .filter_map(|s| {
+                let old = prev.and_then(|p| p.service(&s.name));
+                crate::release::Service::build(s, &cluster_index, old, now)
+            })
+            .collect();
+        let service_index: HashMap<String, usize> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         // Validation guarantees that every cluster a listener or route names exists.
         let mut listeners: Vec<Option<ListenerRoute>> = Vec::new();
         for (l, &slot) in cfg.listeners.iter().zip(slots) {
@@ -286,11 +305,17 @@ impl Snapshot {
                     .cluster
                     .as_ref()
                     .and_then(|c| cluster_index.get(c).copied()),
+                target: Target::resolve(
+                    l.cluster.as_deref(),
+                    l.service.as_deref(),
+                    &cluster_index,
+                    &service_index,
+                ),
                 idle_timeout: l.idle_timeout,
                 routes: l
                     .routes
                     .iter()
-                    .filter_map(|r| CompiledRoute::compile(r, &cluster_index))
+                    .filter_map(|r| CompiledRoute::compile(r, &cluster_index, &service_index))
                     .collect(),
                 faas: l.faas,
                 faas_stats: l.faas_stats,
@@ -314,12 +339,34 @@ impl Snapshot {
             }
             listeners[slot] = Some(route);
         }
-        let layout = layout_of(&listeners, &clusters);
+        // Which clusters serve requests directly (not only through a service version).
+        let mut direct = vec![false; clusters.len()];
+        for l in listeners.iter().flatten() {
+            if l.faas {
+                direct.iter_mut().for_each(|d| *d = true);
+            }
+            let targets = l.routes.iter().map(|r| r.target).chain(l.target);
+            for t in targets {
+                if let Target::Cluster(c) = t {
+                    if let Some(d) = direct.get_mut(c) {
+                        *d = true;
+                    }
+                }
+            }
+            if let Some(d) = l.cluster.and_then(|c| direct.get_mut(c)) {
+                *d = true;
+            }
+        }
+        let mut services = services;
+        crate::release::service::mark_shared(&mut services, &direct);
+        let layout = layout_of(&listeners, &clusters, &services);
         Snapshot {
             version,
             listeners,
             clusters,
             cluster_index,
+            services,
+            service_index,
             layout,
             faas_stats: Arc::from(&b""[..]),
             faults: None,
@@ -330,6 +377,10 @@ impl Snapshot {
     #[inline]
     pub fn listener(&self, slot: usize) -> Option<&ListenerRoute> {
         self.listeners.get(slot)?.as_ref()
+    }
+
+    pub fn service(&self, name: &str) -> Option<&crate::release::Service> {
+        self.services.get(*self.service_index.get(name)?)
     }
 
     /// The cluster named `name`.
@@ -349,7 +400,11 @@ impl Snapshot {
 }
 
 /// FNV-1a over the names and addresses that decide the indices (see [`Snapshot::layout`]).
-fn layout_of(listeners: &[Option<ListenerRoute>], clusters: &[Cluster]) -> u64 {
+fn layout_of(
+    listeners: &[Option<ListenerRoute>],
+    clusters: &[Cluster],
+    services: &[crate::release::Service],
+) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -366,6 +421,13 @@ fn layout_of(listeners: &[Option<ListenerRoute>], clusters: &[Cluster]) -> u64 {
             eat(b.addr.to_string().as_bytes());
         }
         eat(if c.panic { b"panic" } else { b"ok" });
+    }
+    // Per-version stats are indexed by (service, version in version order).
+    for s in services {
+        eat(s.name.as_bytes());
+        for v in &s.versions {
+            eat(&v.id);
+        }
     }
     h
 }

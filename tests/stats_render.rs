@@ -74,6 +74,7 @@ fn aggregator(
                 bytes_out: 100,
                 latency: Duration::from_millis(10 * (i as u64 + 1)),
                 ttfb: Some(Duration::from_millis(5)),
+                release: switchyard::release::Tag::NONE,
             },
         );
     }

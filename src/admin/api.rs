@@ -10,6 +10,11 @@
 //! | `/v1/clusters/{name}/backends/{addr}` | PATCH, DELETE |
 //! | `/v1/listeners` | GET |
 //! | `/v1/listeners/{name}` | GET, PUT, DELETE |
+//! | `/v1/services` | GET |
+//! | `/v1/services/{name}` | GET, PUT, DELETE |
+//! | `/v1/services/{name}/versions` | POST |
+//! | `/v1/services/{name}/versions/{version}` | DELETE |
+//! | `/v1/services/{name}/promote`, `/v1/services/{name}/rollback` | POST |
 //! | `/v1/reload` | POST (same as SIGHUP) |
 //! | `/v1/upgrade` | POST (binary upgrade, see [`crate::upgrade`]) |
 //! | `/v1/discovery` | GET (each provider's last sync, error and services) |
@@ -42,12 +47,12 @@ fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
 
-fn ok(status: u16, v: &Json, version: u64) -> Response {
+pub(crate) fn ok(status: u16, v: &Json, version: u64) -> Response {
     Response::json(status, v).with("ETag", etag(version))
 }
 
 /// Percent-decodes a path segment (`127.0.0.1%3A9001` → `127.0.0.1:9001`).
-fn decode(seg: &str) -> Result<String, ApiError> {
+pub(crate) fn decode(seg: &str) -> Result<String, ApiError> {
     let bad = || {
         ApiError::new(
             400,
@@ -171,7 +176,7 @@ pub(crate) fn authorize(shared: &Shared, req: &Request) -> Result<String, ApiErr
     }
 }
 
-fn body_json(req: &Request) -> Result<Json, ApiError> {
+pub(crate) fn body_json(req: &Request) -> Result<Json, ApiError> {
     if req.body.is_empty() {
         return Err(ApiError::new(400, "bad_request", "a JSON body is required"));
     }
@@ -179,7 +184,7 @@ fn body_json(req: &Request) -> Result<Json, ApiError> {
         .map_err(|e| ApiError::new(400, "bad_json", format!("invalid JSON: {e}")))
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response {
     error_response(&ApiError::new(
         405,
         "method_not_allowed",
@@ -188,7 +193,20 @@ fn method_not_allowed(allow: &'static str) -> Response {
     .with("Allow", allow.into())
 }
 
+fn kind_of(segment: &str) -> Kind {
+    match segment {
+        "clusters" => Kind::Cluster,
+        "services" => Kind::Service,
+        _ => Kind::Listener,
+    }
+}
+
 pub fn handle(shared: &Shared, req: &Request) -> Response {
+    for e in &shared.settings.extensions {
+        if let Some(r) = e.handle(shared, req) {
+            return r;
+        }
+    }
     match route(shared, req) {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -311,12 +329,8 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
             }
             _ => Ok(method_not_allowed("POST")),
         },
-        ["v1", kind @ ("clusters" | "listeners")] => {
-            let kind = if *kind == "clusters" {
-                Kind::Cluster
-            } else {
-                Kind::Listener
-            };
+        ["v1", kind @ ("clusters" | "listeners" | "services")] => {
+            let kind = kind_of(kind);
             match m {
                 "GET" => {
                     let (v, items) = c.list(kind);
@@ -325,12 +339,8 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 _ => Ok(method_not_allowed("GET")),
             }
         }
-        ["v1", kind @ ("clusters" | "listeners"), name] => {
-            let kind = if *kind == "clusters" {
-                Kind::Cluster
-            } else {
-                Kind::Listener
-            };
+        ["v1", kind @ ("clusters" | "listeners" | "services"), name] => {
+            let kind = kind_of(kind);
             let name = decode(name)?;
             match m {
                 "GET" => {
@@ -363,6 +373,10 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 }
                 _ => Ok(method_not_allowed("GET, PUT, DELETE")),
             }
+        }
+        ["v1", "services", name, rest @ ..] => {
+            let name = decode(name)?;
+            crate::release::api::route(shared, req, &name, rest)
         }
         ["v1", "clusters", name, "backends"] => {
             let name = decode(name)?;

@@ -51,6 +51,15 @@ pub struct AdminSettings {
     pub max_body: usize,
     /// Discovery providers' state, for `GET /v1/discovery`.
     pub discovery: Option<Arc<crate::discovery::Registry>>,
+    /// Compatibility APIs served on the same address, asked first (e.g. the DSU API).
+    pub extensions: Vec<Arc<dyn Extension>>,
+}
+
+/// Extra endpoints on the admin address (compatibility APIs with their own paths, status
+/// codes and bodies). They do their own authorization.
+pub trait Extension: Send + Sync {
+    /// `Some(response)` when the request is one of this extension's.
+    fn handle(&self, shared: &Shared, req: &Request) -> Option<Response>;
 }
 
 pub struct Shared {

@@ -10,6 +10,7 @@ pub mod health;
 pub mod lbaas;
 pub mod resilience;
 pub mod routes;
+pub mod services;
 pub mod tls;
 pub mod units;
 
@@ -196,6 +197,8 @@ pub struct RawListener {
     pub bind: Option<String>,
     pub protocol: Option<String>,
     pub cluster: Option<String>,
+    /// Instead of `cluster`: a `[[services]]` entry (versions and a release strategy).
+    pub service: Option<String>,
     pub idle_timeout: Option<String>,
     /// `[[listeners.routes]]` (http only); kept as values so each route reports its own errors.
     pub routes: Option<Vec<toml::Value>>,
@@ -371,7 +374,7 @@ impl HashOn {
 }
 
 /// An RFC 9110 token (header and cookie names).
-fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -442,6 +445,8 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     /// tcp/foo: the target (required). http: the fallback when no route matches (optional).
     pub cluster: Option<String>,
+    /// Instead of `cluster` (http): a service, whose release strategy picks the cluster.
+    pub service: Option<String>,
     pub idle_timeout: Duration,
     /// http only; first match wins.
     pub routes: Vec<routes::RouteConfig>,
@@ -544,6 +549,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The operator's clusters, then those discovery providers declare or found.
     pub clusters: Vec<ClusterConfig>,
+    pub services: Vec<services::ServiceConfig>,
     /// `[lbaas]` (defaults when absent).
     pub lbaas: lbaas::LbaasConfig,
     /// `[[discovery]]` providers.
@@ -553,6 +559,9 @@ pub struct Config {
 impl Config {
     pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+    pub fn service(&self, name: &str) -> Option<&services::ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
     }
 }
 
@@ -621,6 +630,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
     let mut server = RawServer::default();
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
+    let mut services = Vec::new();
     let mut lbaas_cfg = lbaas::LbaasConfig::default();
     // A `listeners` key of the wrong shape is reported once, as that.
     let listeners_present = table.contains_key("listeners");
@@ -636,13 +646,21 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
             "clusters" => raw_list("clusters", value, &mut clusters, &mut errs),
             "lbaas" => lbaas_cfg = lbaas::validate(value, &mut errs),
             "discovery" => raw_list("discovery", value, &mut discoveries, &mut errs),
+            "services" => raw_list("services", value, &mut services, &mut errs),
             other => errs.add(
                 other,
                 format!(
                     "unknown key{}",
                     suggest(
                         other,
-                        &["server", "listeners", "clusters", "discovery", "lbaas"]
+                        &[
+                            "server",
+                            "listeners",
+                            "clusters",
+                            "services",
+                            "discovery",
+                            "lbaas"
+                        ]
                     )
                 ),
             ),
@@ -652,6 +670,7 @@ pub fn parse_table(table: toml::Table) -> Result<Config, Vec<ConfigError>> {
         &server,
         &listeners,
         &clusters,
+        &services,
         listeners_present,
         &discoveries,
         &mut errs,
@@ -1117,6 +1136,7 @@ fn validate(
     server: &RawServer,
     listeners: &[Option<RawListener>],
     clusters: &[Option<RawCluster>],
+    services: &[Option<services::RawService>],
     listeners_present: bool,
     discoveries: &[Option<discovery::RawDiscovery>],
     errs: &mut Errors,
@@ -1297,6 +1317,21 @@ fn validate(
         }
     }
 
+    let declared_cluster = |c: &str| {
+        clusters
+            .iter()
+            .flatten()
+            .any(|rc| rc.name.as_deref() == Some(c))
+    };
+    let out_services = services::validate_services(services, &declared_cluster, errs);
+    // As for clusters: a service that failed to parse as a whole was already reported.
+    let declared_service = |n: &str| {
+        services
+            .iter()
+            .flatten()
+            .any(|rs| rs.name.as_deref() == Some(n))
+    };
+
     let mut out_listeners = Vec::new();
     let mut listener_names = HashSet::new();
     let mut binds = HashSet::new();
@@ -1354,8 +1389,35 @@ fn validate(
                 || discovery.iter().any(|d| d.declared.iter().any(|n| n == c))
         };
         let faas = l.faas.unwrap_or(false);
+        let service = match (&l.service, &l.cluster, protocol) {
+            (None, _, _) => None,
+            (Some(_), Some(_), _) => {
+                errs.add(format!("{p}.service"), "give cluster or service, not both");
+                None
+            }
+            (Some(_), None, Protocol::Tcp | Protocol::Foo) => {
+                errs.add(
+                    format!("{p}.service"),
+                    "services are for http listeners (their strategies route requests)",
+                );
+                None
+            }
+            (Some(n), None, Protocol::Http) => {
+                if !declared_service(n) {
+                    errs.add(format!("{p}.service"), format!("unknown service {n:?}"));
+                }
+                if faas {
+                    errs.add(
+                        format!("{p}.service"),
+                        "never used: with faas = true the first path segment picks the cluster",
+                    );
+                }
+                Some(n.clone())
+            }
+        };
         let cluster = match (&l.cluster, protocol) {
             (None, Protocol::Http) => None,
+            (None, _) if l.service.is_some() => None,
             (None, _) => {
                 errs.add(format!("{p}.cluster"), "missing");
                 None
@@ -1375,7 +1437,9 @@ fn validate(
         };
         let routes = match (&l.routes, protocol) {
             (None, _) => Vec::new(),
-            (Some(list), Protocol::Http) => routes::validate_routes(&p, list, &declared, errs),
+            (Some(list), Protocol::Http) => {
+                routes::validate_routes(&p, list, &declared, &declared_service, errs)
+            }
             (Some(_), _) => {
                 errs.add(format!("{p}.routes"), "routes are for http listeners only");
                 Vec::new()
@@ -1434,6 +1498,7 @@ fn validate(
                 bind,
                 protocol,
                 cluster,
+                service,
                 idle_timeout,
                 routes,
                 faas,
@@ -1466,6 +1531,7 @@ fn validate(
         server: server_cfg,
         listeners: out_listeners,
         clusters: out_clusters,
+        services: out_services,
         lbaas: lbaas::LbaasConfig::default(),
         discovery,
     }

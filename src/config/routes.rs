@@ -23,6 +23,8 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     pub header: Option<RawHeaderMatch>,
     pub cluster: Option<String>,
+    /// Instead of `cluster`: a service (versions and a release strategy).
+    pub service: Option<String>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -52,7 +54,10 @@ pub struct RouteConfig {
     /// Empty: any method. Compared exactly (methods are case-sensitive).
     pub methods: Vec<String>,
     pub header: Option<HeaderMatch>,
+    /// Empty when `service` is set.
     pub cluster: String,
+    /// Instead of `cluster`: a service, whose release strategy picks the cluster.
+    pub service: Option<String>,
 }
 
 fn is_token(s: &str) -> bool {
@@ -97,11 +102,12 @@ fn check_prefix(s: &str) -> Result<(), String> {
 }
 
 /// Validates the routes of listener `path` (e.g. `listeners[0]`). `declared` says whether a
-/// cluster name exists in the file.
+/// cluster name exists in the file, `declared_service` the same of a service.
 pub(crate) fn validate_routes(
     path: &str,
     raw: &[toml::Value],
     declared: &dyn Fn(&str) -> bool,
+    declared_service: &dyn Fn(&str) -> bool,
     errs: &mut Errors,
 ) -> Vec<RouteConfig> {
     let mut out = Vec::with_capacity(raw.len());
@@ -161,9 +167,23 @@ pub(crate) fn validate_routes(
                 }
             }
         });
+        let service = match (&r.service, &r.cluster) {
+            (Some(_), Some(_)) => {
+                errs.add(format!("{p}.service"), "give cluster or service, not both");
+                None
+            }
+            (Some(s), None) => {
+                if !declared_service(s) {
+                    errs.add(format!("{p}.service"), format!("unknown service {s:?}"));
+                }
+                Some(s.clone())
+            }
+            (None, _) => None,
+        };
         let cluster = match &r.cluster {
+            None if r.service.is_some() => String::new(),
             None => {
-                errs.add(format!("{p}.cluster"), "missing");
+                errs.add(format!("{p}.cluster"), "missing (or service)");
                 String::new()
             }
             Some(c) => {
@@ -180,6 +200,7 @@ pub(crate) fn validate_routes(
             methods,
             header,
             cluster,
+            service,
         });
     }
     out
@@ -197,6 +218,7 @@ mod tests {
             "listeners[0]",
             &list,
             &|c| c == "app" || c == "api",
+            &|s| s == "shop",
             &mut errs,
         );
         (r, errs.0.into_iter().map(|e| e.to_string()).collect())

@@ -7,11 +7,17 @@
 use std::collections::HashSet;
 use toml::{Table, Value};
 
-/// The two kinds of named objects.
+/// The kinds of named objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Listener,
     Cluster,
+    /// Versioned services with a release strategy (`[[services]]`).
+    Service,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Listener, Kind::Cluster, Kind::Service];
 }
 
 impl Kind {
@@ -19,12 +25,14 @@ impl Kind {
         match self {
             Kind::Listener => "listeners",
             Kind::Cluster => "clusters",
+            Kind::Service => "services",
         }
     }
     pub fn noun(self) -> &'static str {
         match self {
             Kind::Listener => "listener",
             Kind::Cluster => "cluster",
+            Kind::Service => "service",
         }
     }
 }
@@ -95,7 +103,7 @@ pub fn remove(doc: &mut Table, kind: Kind, name: &str) -> bool {
 /// changes on either side. The `server` table always comes from the new file.
 pub fn merge(new_file: &Table, base: &Table, effective: &Table) -> Table {
     let mut out = new_file.clone();
-    for kind in [Kind::Listener, Kind::Cluster] {
+    for kind in Kind::ALL {
         let mut names: Vec<&str> = Vec::new();
         let mut seen = HashSet::new();
         for v in objects(new_file, kind)
@@ -135,7 +143,7 @@ pub fn merge(new_file: &Table, base: &Table, effective: &Table) -> Table {
 /// whose file definition changed too, so [`merge`] takes the file's.
 pub fn overridden(new_file: &Table, base: &Table, effective: &Table) -> Vec<String> {
     let mut out = Vec::new();
-    for kind in [Kind::Listener, Kind::Cluster] {
+    for kind in Kind::ALL {
         for v in objects(effective, kind) {
             let Some(n) = name_of(v) else { continue };
             let (nf, b) = (find(new_file, kind, n), find(base, kind, n));
@@ -218,10 +226,10 @@ fn backends_diff(old: Option<&Value>, new: Option<&Value>) -> Vec<String> {
     out
 }
 
-/// Only the listeners and clusters of a document (what the state file keeps).
+/// Only the named objects of a document (what the state file keeps).
 pub fn objects_only(doc: &Table) -> Table {
     let mut t = Table::new();
-    for kind in [Kind::Listener, Kind::Cluster] {
+    for kind in Kind::ALL {
         if let Some(v) = doc.get(kind.key()) {
             t.insert(kind.key().into(), v.clone());
         }

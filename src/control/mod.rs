@@ -103,6 +103,11 @@ pub enum Change {
         cluster: String,
         addr: String,
     },
+    /// Versions, promotion and rollback of a service ([`crate::release::api`]).
+    Service {
+        name: String,
+        op: crate::release::api::ServiceOp,
+    },
 }
 
 impl Change {
@@ -122,6 +127,7 @@ impl Change {
             Change::DeleteBackend { cluster, addr } => {
                 format!("delete backend {addr} of cluster {cluster}")
             }
+            Change::Service { name, op } => op.describe(name),
         }
     }
 }
@@ -343,6 +349,8 @@ pub const RELOADABLE_SERVER_KEYS: [&str; 2] = ["access_log", "log_level"];
 
 pub struct Control {
     state: Mutex<State>,
+    /// Rollbacks and promotions of services since start-up.
+    releases: Arc<crate::release::api::Releases>,
     server_hook: std::sync::OnceLock<ServerHook>,
     shared: SharedSnapshot,
     workers: Vec<WorkerHandle>,
@@ -373,6 +381,7 @@ impl Control {
         add_unchecked(&boot.config, &mut health);
         let faas_stats = crate::discovery::faas_stats_body(&boot.config);
         let c = Control {
+            releases: Arc::default(),
             state: Mutex::new(State {
                 version: boot.version,
                 generation: boot.version,
@@ -452,12 +461,22 @@ impl Control {
         self.lock().version
     }
 
+    /// The release history of services (rollbacks and promotions).
+    pub fn releases(&self) -> Arc<crate::release::api::Releases> {
+        self.releases.clone()
+    }
+
+    /// The routing snapshot now published.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.load_full()
+    }
+
     /// The running document as JSON, with its version.
     pub fn config_json(&self) -> (u64, Json) {
         let st = self.lock();
         let mut j = serde_json::to_value(&st.doc).unwrap_or(Json::Null);
         if let Json::Object(m) = &mut j {
-            for k in ["listeners", "clusters"] {
+            for k in ["listeners", "clusters", "services"] {
                 m.entry(k).or_insert_with(|| Json::Array(Vec::new()));
             }
         }
@@ -469,7 +488,7 @@ impl Control {
         let st = self.lock();
         let mut items: Vec<Json> = doc::objects(&st.doc, kind)
             .iter()
-            .map(|v| object_json(&st, kind, v))
+            .map(|v| self.with_status(object_json(&st, kind, v), kind))
             .collect();
         if kind == Kind::Cluster {
             for c in st.config.clusters.iter().filter(|c| c.discovered.is_some()) {
@@ -484,7 +503,10 @@ impl Control {
     pub fn get(&self, kind: Kind, name: &str) -> Result<(u64, Json), ApiError> {
         let st = self.lock();
         if let Some(v) = doc::find(&st.doc, kind, name) {
-            return Ok((st.version, object_json(&st, kind, v)));
+            return Ok((
+                st.version,
+                self.with_status(object_json(&st, kind, v), kind),
+            ));
         }
         let v = (kind == Kind::Cluster)
             .then(|| discovered_table(&st, name))
@@ -515,6 +537,25 @@ impl Control {
     /// Discovered clusters currently left out because another owner has the name.
     pub fn discovery_conflicts(&self) -> Vec<String> {
         self.lock().conflicts.clone()
+    }
+
+    /// Services carry their read-only release status.
+    fn with_status(&self, mut j: Json, kind: Kind) -> Json {
+        if kind == Kind::Service {
+            let name = j
+                .get("name")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string();
+            if let Json::Object(m) = &mut j {
+                let snap = self.shared.load();
+                m.insert(
+                    "status".into(),
+                    crate::release::api::status_json(&snap, &self.releases, &name),
+                );
+            }
+        }
+        j
     }
 
     /// The running listeners' bound addresses (name → address).
@@ -1302,6 +1343,16 @@ fn edit(
                     ));
                 }
             }
+            if let Some(user) = crate::release::api::user_of(cfg, *kind, name) {
+                return Err(ApiError::new(
+                    409,
+                    "in_use",
+                    format!(
+                        "{} {name:?} is used by {user}; change that first",
+                        kind.noun()
+                    ),
+                ));
+            }
             if !doc::remove(d, *kind, name) {
                 return Err(ApiError::not_found(kind.noun(), name));
             }
@@ -1380,6 +1431,7 @@ fn edit(
             backends.remove(i);
             Ok((false, Some((Kind::Cluster, cluster.clone()))))
         }
+        Change::Service { name, op } => crate::release::api::edit(d, name, op),
     }
 }
 

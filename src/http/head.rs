@@ -173,6 +173,11 @@ pub struct RequestHead {
     pub has_request_id: bool,
     /// An `X-Forwarded-For` header is present.
     pub has_forwarded_for: bool,
+    /// The value of the first `Cookie` header (release strategies read their cookies there
+    /// without another pass over the head).
+    pub cookie: Option<Range<usize>>,
+    /// How many `Cookie` headers there are (clients send one).
+    pub cookie_headers: u8,
 }
 
 impl RequestHead {
@@ -270,6 +275,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     let mut expect_continue = false;
     let mut has_request_id = false;
     let mut has_forwarded_for = false;
+    let mut cookie = None;
+    let mut cookie_headers = 0u8;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if framing.take(name, h.value).map_err(Reject::Smuggling)? {
@@ -295,6 +302,11 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             has_request_id = true;
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             has_forwarded_for = true;
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            if cookie.is_none() {
+                cookie = span(buf, h.value);
+            }
+            cookie_headers = cookie_headers.saturating_add(1);
         }
     }
 
@@ -323,6 +335,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         connection_names: conn.other,
         has_request_id,
         has_forwarded_for,
+        cookie,
+        cookie_headers,
     }))
 }
 
@@ -546,16 +560,23 @@ fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
 
 /// The first LF in `bytes`, eight bytes at a time (header lines are re-scanned for every
 /// rewritten head, and a byte loop was most of that).
+#[inline]
 fn find_lf(bytes: &[u8]) -> Option<usize> {
+    find_byte(bytes, b'\n')
+}
+
+/// The first `b` in `bytes`, eight bytes at a time (also the `;` between cookies).
+#[inline]
+pub(crate) fn find_byte(bytes: &[u8], b: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let pattern = ONES * u64::from(b);
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
     for c in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w) ^ LF;
+        let x = u64::from_le_bytes(w) ^ pattern;
         // Exact for the lowest zero byte (the one we want); bytes above it may be flagged
         // falsely through the borrow, which trailing_zeros ignores.
         let zero = x.wrapping_sub(ONES) & !x & HIGH;
@@ -567,7 +588,7 @@ fn find_lf(bytes: &[u8]) -> Option<usize> {
     chunks
         .remainder()
         .iter()
-        .position(|&b| b == b'\n')
+        .position(|&c| c == b)
         .map(|p| at + p)
 }
 
@@ -985,6 +1006,16 @@ mod tests {
             Ok(Some(h)) => h,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(s)),
         }
+    }
+
+    #[test]
+    fn cookie_headers_are_located_while_parsing() {
+        let s = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; dynsoftup=1.1\r\ncookie: b=2\r\n\r\n";
+        let h = ok(s);
+        assert_eq!(&s[h.cookie.clone().unwrap()], b"a=1; dynsoftup=1.1");
+        assert_eq!(h.cookie_headers, 2);
+        let h = ok(GET);
+        assert_eq!((h.cookie, h.cookie_headers), (None, 0));
     }
 
     fn rej(s: &[u8]) -> Reject {

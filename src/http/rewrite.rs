@@ -343,18 +343,30 @@ fn is_clean_value(v: &[u8]) -> bool {
     })
 }
 
-/// A cursor over the caller's output buffer.
-struct Out<'o> {
+/// A cursor over the caller's output buffer (also used by [`crate::release`] for its
+/// `Set-Cookie` lines).
+pub(crate) struct Out<'o> {
     buf: &'o mut [u8],
     len: usize,
 }
 
 impl<'o> Out<'o> {
-    fn new(buf: &'o mut [u8]) -> Self {
+    pub(crate) fn new(buf: &'o mut [u8]) -> Self {
         Out { buf, len: 0 }
     }
 
-    fn put(&mut self, bytes: &[u8]) -> Result<(), Overflow> {
+    /// Bytes written so far.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// What was written so far.
+    pub(crate) fn written(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(crate) fn put(&mut self, bytes: &[u8]) -> Result<(), Overflow> {
         let end = self.len.checked_add(bytes.len()).ok_or(Overflow)?;
         self.buf
             .get_mut(self.len..end)
@@ -376,7 +388,7 @@ impl<'o> Out<'o> {
     }
 
     /// `v` in decimal, without going through `core::fmt` (hot: every Content-Length).
-    fn decimal(&mut self, mut v: u64) -> Result<(), Overflow> {
+    pub(crate) fn decimal(&mut self, mut v: u64) -> Result<(), Overflow> {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {

@@ -242,6 +242,8 @@ pub struct RequestDone {
     pub bytes_out: u64,
     pub latency: Duration,
     pub ttfb: Option<Duration>,
+    /// The service version that served it, if it was routed through a service.
+    pub release: crate::release::Tag,
 }
 
 /// Counters and histograms indexed by one snapshot's listener/cluster/backend numbers.
@@ -253,6 +255,11 @@ pub struct StatSet {
     backends: Vec<Vec<Traffic>>,
     /// Created on first use (a few tens of KiB each).
     hists: Vec<Option<Box<Hists>>>,
+    /// Per service, per version (in version order).
+    versions: Vec<Vec<Traffic>>,
+    version_hists: Vec<Vec<Option<Box<Hists>>>>,
+    /// concurrent: requests this version failed that an older version answered.
+    version_fallbacks: Vec<Vec<u64>>,
 }
 
 impl StatSet {
@@ -268,6 +275,76 @@ impl StatSet {
                 .map(|c| vec![Traffic::default(); c.backends.len()])
                 .collect(),
             hists: (0..snap.clusters.len()).map(|_| None).collect(),
+            versions: snap
+                .services
+                .iter()
+                .map(|s| vec![Traffic::default(); s.versions.len()])
+                .collect(),
+            version_hists: snap
+                .services
+                .iter()
+                .map(|s| (0..s.versions.len()).map(|_| None).collect())
+                .collect(),
+            version_fallbacks: snap
+                .services
+                .iter()
+                .map(|s| vec![0; s.versions.len()])
+                .collect(),
+        }
+    }
+
+    #[inline]
+    pub fn version(&mut self, tag: &crate::release::Tag) -> Option<&mut Traffic> {
+        self.versions
+            .get_mut(tag.service as usize)?
+            .get_mut(tag.version as usize)
+    }
+
+    /// A request routed through a service: its version's counters (and, concurrent, those of
+    /// the version that failed it first).
+    #[inline]
+    fn version_done(&mut self, r: &RequestDone, minimal: bool) {
+        if let Some(t) = self.version(&r.release) {
+            t.requests += 1;
+            t.count_status(r.status);
+            t.bytes_out += r.bytes_out;
+        }
+        if r.release.failed != crate::release::service::NONE {
+            let failed = crate::release::Tag {
+                version: r.release.failed,
+                ..r.release
+            };
+            if let Some(t) = self.version(&failed) {
+                t.requests += 1;
+                t.responses_5xx += 1;
+            }
+            if let Some(n) = self
+                .version_fallbacks
+                .get_mut(failed.service as usize)
+                .and_then(|v| v.get_mut(failed.version as usize))
+            {
+                *n += 1;
+            }
+        }
+        // A version alone on its cluster reads the cluster's histogram.
+        if !minimal && r.status != 0 && r.release.own_histogram {
+            self.record_version(&r.release, HistKind::Request, r.latency);
+        }
+    }
+
+    #[inline]
+    fn record_version(&mut self, tag: &crate::release::Tag, kind: HistKind, d: Duration) {
+        let slot = self
+            .version_hists
+            .get_mut(tag.service as usize)
+            .and_then(|v| v.get_mut(tag.version as usize));
+        if let Some(slot) = slot {
+            if slot.is_none() {
+                *slot = Hists::new().map(Box::new);
+            }
+            if let Some(h) = slot {
+                h.record(kind, d);
+            }
         }
     }
 
@@ -307,6 +384,24 @@ impl StatSet {
         let listeners = zero(&mut self.listeners);
         let clusters = zero(&mut self.clusters);
         let backends = self.backends.iter_mut().map(zero).collect();
+        let versions = self.versions.iter_mut().map(zero).collect();
+        let version_fallbacks = self
+            .version_fallbacks
+            .iter_mut()
+            .map(|v| std::mem::replace(v, vec![0; v.len()]))
+            .collect();
+        let mut version_hists = Vec::new();
+        for (si, list) in self.version_hists.iter_mut().enumerate() {
+            for (vi, h) in list.iter_mut().enumerate() {
+                if let Some(h) = h.as_mut().filter(|h| !h.is_empty()) {
+                    for (k, values) in HistKind::ALL.into_iter().zip(h.take_sparse()) {
+                        if !values.is_empty() {
+                            version_hists.push((si as u32, vi as u32, k, values));
+                        }
+                    }
+                }
+            }
+        }
         let mut hists = Vec::new();
         for (c, h) in self.hists.iter_mut().enumerate() {
             if let Some(h) = h.as_mut().filter(|h| !h.is_empty()) {
@@ -324,6 +419,9 @@ impl StatSet {
             clusters,
             backends,
             hists,
+            versions,
+            version_hists,
+            version_fallbacks,
         }
     }
 }
@@ -456,10 +554,19 @@ impl WorkerStats {
     }
 
     pub fn request_done(&mut self, snap: &Arc<Snapshot>, r: &RequestDone) {
-        if self.minimal {
+        let service = !r.release.is_none();
+        // Versions are counted even with minimal stats: auto-rollback judges them by these.
+        if self.minimal && !service {
             return;
         }
+        let minimal = self.minimal;
         let set = self.set(snap);
+        if service {
+            set.version_done(r, minimal);
+        }
+        if minimal {
+            return;
+        }
         let count = |t: &mut Traffic| {
             t.requests += 1;
             t.count_status(r.status);
@@ -517,6 +624,8 @@ pub struct Detail {
 }
 
 type SparseHist = (u32, HistKind, Vec<(u64, u64)>);
+/// (service, version, kind, recorded (value, count) pairs).
+type SparseVersionHist = (u32, u32, HistKind, Vec<(u64, u64)>);
 
 pub struct SetDelta {
     snap: Arc<Snapshot>,
@@ -525,6 +634,9 @@ pub struct SetDelta {
     backends: Vec<Vec<Traffic>>,
     /// (cluster, kind, recorded (value, count) pairs).
     hists: Vec<SparseHist>,
+    versions: Vec<Vec<Traffic>>,
+    version_hists: Vec<SparseVersionHist>,
+    version_fallbacks: Vec<Vec<u64>>,
 }
 
 /// Figures of another module shown in `/stats` (under its own key) and `/metrics` (the
@@ -692,6 +804,23 @@ pub(crate) struct ClusterAgg {
     pub(crate) backends: BTreeMap<String, Traffic>,
 }
 
+/// Aggregated state of one service version, by (service name, version id).
+#[derive(Default)]
+pub(crate) struct VersionAgg {
+    pub(crate) traffic: Traffic,
+    pub(crate) hists: Option<Hists>,
+    /// concurrent: requests it failed that an older version answered.
+    pub(crate) fallbacks: u64,
+}
+
+/// Auto-rollback: the aggregator feeds per-version counts to the monitor and sends its
+/// verdicts to the release controller.
+struct ReleaseLink {
+    monitor: crate::release::monitor::Monitor,
+    triggers: Sender<crate::release::monitor::Trigger>,
+    releases: Arc<crate::release::api::Releases>,
+}
+
 /// Moving windows of the rates the dump shows.
 pub(crate) struct Windows {
     pub(crate) foo_req: window::Window,
@@ -722,6 +851,9 @@ pub struct Aggregator {
     pub(crate) foo: FooCounts,
     pub(crate) listeners: BTreeMap<String, Traffic>,
     pub(crate) clusters: BTreeMap<String, ClusterAgg>,
+    /// By (service, version id).
+    pub(crate) versions: BTreeMap<(String, String), VersionAgg>,
+    release: Option<ReleaseLink>,
     /// All clusters merged.
     pub(crate) hists: Option<Hists>,
     pub(crate) windows: Windows,
@@ -761,6 +893,8 @@ impl Aggregator {
             foo: FooCounts::default(),
             listeners: BTreeMap::new(),
             clusters: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            release: None,
             hists: None,
             windows: Windows {
                 foo_req: w(),
@@ -782,6 +916,43 @@ impl Aggregator {
             a.restore();
         }
         a
+    }
+
+    /// Connects auto-rollback: verdicts go to `triggers`; the history of rollbacks shows in
+    /// `/stats` and `/metrics`.
+    pub fn attach_release(
+        &mut self,
+        triggers: Sender<crate::release::monitor::Trigger>,
+        releases: Arc<crate::release::api::Releases>,
+    ) {
+        self.release = Some(ReleaseLink {
+            monitor: crate::release::monitor::Monitor::default(),
+            triggers,
+            releases,
+        });
+    }
+
+    /// A version's latency: its own histograms, or its cluster's when it is the cluster's
+    /// only user ([`crate::release::service::Version::shares_cluster`]).
+    pub(crate) fn version_hists<'a>(
+        &'a self,
+        v: &crate::release::service::Version,
+        agg: &'a VersionAgg,
+    ) -> Option<&'a Hists> {
+        if v.shares_cluster {
+            agg.hists.as_ref()
+        } else {
+            self.clusters
+                .get(&v.cluster_name)
+                .and_then(|c| c.hists.as_ref())
+        }
+    }
+
+    pub(crate) fn release_history(&self, service: &str) -> crate::release::api::History {
+        self.release
+            .as_ref()
+            .map(|r| r.releases.history(service))
+            .unwrap_or_default()
     }
 
     /// Shows `s` in the dump, `/stats` and `/metrics`.
@@ -894,6 +1065,12 @@ impl Aggregator {
         for set in d.sets {
             self.apply_set(set);
         }
+        if let Some(link) = self.release.as_mut() {
+            let snap = self.snapshot.load();
+            for t in link.monitor.check(&snap, crate::snapshot::unix_ms()) {
+                let _ = link.triggers.send(t);
+            }
+        }
     }
 
     fn apply_set(&mut self, d: SetDelta) {
@@ -915,6 +1092,53 @@ impl Aggregator {
                 if !t.is_zero() {
                     agg.backends.entry(b.addr.to_string()).or_default().merge(t);
                 }
+            }
+        }
+        let now_ms = crate::snapshot::unix_ms();
+        for (si, svc) in snap.services.iter().enumerate() {
+            let Some(list) = d.versions.get(si) else {
+                continue;
+            };
+            for (vi, (v, t)) in svc.versions.iter().zip(list).enumerate() {
+                if t.is_zero() {
+                    continue;
+                }
+                let key = (
+                    svc.name.clone(),
+                    String::from_utf8_lossy(&v.id).into_owned(),
+                );
+                let agg = self.versions.entry(key).or_default();
+                agg.traffic.merge(t);
+                agg.fallbacks += d
+                    .version_fallbacks
+                    .get(si)
+                    .and_then(|f| f.get(vi))
+                    .copied()
+                    .unwrap_or(0);
+                if let Some(link) = self.release.as_mut() {
+                    link.monitor
+                        .record(snap, si, vi, now_ms, t.requests, t.responses_5xx);
+                }
+            }
+        }
+        for (si, vi, kind, values) in &d.version_hists {
+            let Some((svc, v)) = snap
+                .services
+                .get(*si as usize)
+                .and_then(|s| Some((s, s.versions.get(*vi as usize)?)))
+            else {
+                continue;
+            };
+            let key = (
+                svc.name.clone(),
+                String::from_utf8_lossy(&v.id).into_owned(),
+            );
+            let agg = self.versions.entry(key).or_default();
+            if agg.hists.is_none() {
+                agg.hists = Hists::new();
+            }
+            if let Some(h) = agg.hists.as_mut() {
+                h.add_sparse(*kind, values);
             }
         }
         for (c, kind, values) in &d.hists {
@@ -1112,12 +1336,60 @@ impl Aggregator {
             clusters.insert(c.name.clone(), Value::Object(o));
         }
         m.insert("clusters".into(), Value::Object(clusters));
+        m.insert("services".into(), self.services_json(&snap));
         for s in &self.sections {
             if let Some(v) = s.json() {
                 m.insert(s.key().into(), v);
             }
         }
         Value::Object(m)
+    }
+
+    /// Per service: where requests go, the rollback history, and each version's traffic.
+    fn services_json(&self, snap: &Snapshot) -> Value {
+        let mut services = Map::new();
+        let empty = VersionAgg::default();
+        for s in &snap.services {
+            let h = self.release_history(&s.name);
+            let mut o = Map::new();
+            o.insert("strategy".into(), Value::from(s.strategy.as_str()));
+            o.insert(
+                "serving".into(),
+                Value::from(s.versions[s.newest as usize].version.clone()),
+            );
+            if s.strategy == crate::config::services::Strategy::Gradual {
+                let share = s.share(Instant::now());
+                o.insert("share".into(), Value::from((share * 100.0).round() / 100.0));
+            }
+            o.insert("rollbacks".into(), Value::from(h.rollbacks));
+            o.insert("auto_rollbacks".into(), Value::from(h.auto_rollbacks));
+            o.insert("promotions".into(), Value::from(h.promotions));
+            o.insert(
+                "last_rollback".into(),
+                serde_json::to_value(&h.last_rollback).unwrap_or(Value::Null),
+            );
+            let mut versions = Map::new();
+            for (i, v) in s.versions.iter().enumerate() {
+                let id = String::from_utf8_lossy(&v.id).into_owned();
+                let agg = self
+                    .versions
+                    .get(&(s.name.clone(), id.clone()))
+                    .unwrap_or(&empty);
+                let mut vo = Map::new();
+                vo.insert("id".into(), Value::from(id));
+                vo.insert("cluster".into(), Value::from(v.cluster_name.clone()));
+                vo.insert("state".into(), Value::from(s.state_of(i)));
+                agg.traffic.to_json(&mut vo);
+                if s.strategy == crate::config::services::Strategy::Concurrent {
+                    vo.insert("fallbacks".into(), Value::from(agg.fallbacks));
+                }
+                vo.insert("latency_ms".into(), hists_json(self.version_hists(v, agg)));
+                versions.insert(version_label(s, i), Value::Object(vo));
+            }
+            o.insert("versions".into(), Value::Object(versions));
+            services.insert(s.name.clone(), Value::Object(o));
+        }
+        Value::Object(services)
     }
 
     /// Names the engine the workers run (shown before their first stats flush).
@@ -1360,6 +1632,22 @@ pub(crate) fn backend_states(
         .chain(c.down.iter().map(|b| (b, "down")))
         .chain(c.unknown.iter().map(|b| (b, "unknown")))
         .chain(c.draining.iter().map(|b| (b, "draining")))
+}
+
+/// How a version is named in `/stats` and `/metrics`: its version string, or, when another
+/// version of the service has the same string (the DSU API allows it), `string/id`.
+pub(crate) fn version_label(s: &crate::release::Service, i: usize) -> String {
+    let v = &s.versions[i];
+    let shared = s
+        .versions
+        .iter()
+        .enumerate()
+        .any(|(j, o)| j != i && o.version == v.version);
+    if shared {
+        format!("{}/{}", v.version, String::from_utf8_lossy(&v.id))
+    } else {
+        v.version.clone()
+    }
 }
 
 /// Certificates in use: file, names, `not_after` (Unix seconds) and seconds left.

@@ -517,10 +517,133 @@ pub fn render(a: &Aggregator) -> String {
             }
         }
     }
+    services(&mut o, a, &snap);
     for s in &a.sections {
         s.prometheus(&mut o);
     }
     o.0
+}
+
+/// Per-version counters and latency (labels `service`, `version`), and per service the
+/// rollbacks and gradual's share.
+fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
+    let empty = super::VersionAgg::default();
+    type Row<'a> = (
+        String,
+        String,
+        &'a super::VersionAgg,
+        bool,
+        bool,
+        Option<&'a Hists>,
+    );
+    let mut labels: Vec<Row<'_>> = Vec::new();
+    for s in &snap.services {
+        for (i, v) in s.versions.iter().enumerate() {
+            let id = String::from_utf8_lossy(&v.id).into_owned();
+            let agg = a.versions.get(&(s.name.clone(), id)).unwrap_or(&empty);
+            labels.push((
+                s.name.clone(),
+                super::version_label(s, i),
+                agg,
+                !v.rolled_back,
+                i == s.newest as usize,
+                a.version_hists(v, agg),
+            ));
+        }
+    }
+    let rows: Vec<(Vec<(&str, &str)>, Traffic)> = labels
+        .iter()
+        .map(|(s, v, agg, _, _, _)| {
+            (
+                vec![("service", s.as_str()), ("version", v.as_str())],
+                agg.traffic,
+            )
+        })
+        .collect();
+    o.family(
+        "switchyard_version_live",
+        "gauge",
+        "1 while the version takes traffic, 0 once rolled back.",
+    );
+    for ((l, _), (_, _, _, live, _, _)) in rows.iter().zip(&labels) {
+        o.sample("switchyard_version_live", l, if *live { 1.0 } else { 0.0 });
+    }
+    o.family(
+        "switchyard_version_serving",
+        "gauge",
+        "1 for the version new requests go to (the newest live one, or the promoted one).",
+    );
+    for ((l, _), (_, _, _, _, serving, _)) in rows.iter().zip(&labels) {
+        o.sample(
+            "switchyard_version_serving",
+            l,
+            if *serving { 1.0 } else { 0.0 },
+        );
+    }
+    traffic_families(o, "version", &rows);
+    o.family(
+        "switchyard_version_fallbacks_total",
+        "counter",
+        "concurrent: requests the version failed (5xx, unreachable, timeout) that the previous version answered.",
+    );
+    for ((l, _), (_, _, agg, _, _, _)) in rows.iter().zip(&labels) {
+        o.sample(
+            "switchyard_version_fallbacks_total",
+            l,
+            agg.fallbacks as f64,
+        );
+    }
+    let none = Hists::new();
+    o.family(
+        "switchyard_version_request_duration_seconds",
+        "histogram",
+        "HTTP request latency per service version.",
+    );
+    for ((l, _), (_, _, _, _, _, hists)) in rows.iter().zip(&labels) {
+        if let Some(h) = hists.or(none.as_ref()) {
+            o.histogram(
+                "switchyard_version_request_duration_seconds",
+                l,
+                h.get(HistKind::Request),
+            );
+        }
+    }
+    o.family(
+        "switchyard_service_rollbacks_total",
+        "counter",
+        "Versions rolled back, by reason (auto: error rate over the threshold; manual: API).",
+    );
+    for s in &snap.services {
+        let h = a.release_history(&s.name);
+        let manual = (h.rollbacks - h.auto_rollbacks) as f64;
+        o.sample(
+            "switchyard_service_rollbacks_total",
+            &[("service", &s.name), ("reason", "auto")],
+            h.auto_rollbacks as f64,
+        );
+        o.sample(
+            "switchyard_service_rollbacks_total",
+            &[("service", &s.name), ("reason", "manual")],
+            manual,
+        );
+    }
+    o.family(
+        "switchyard_service_gradual_share",
+        "gauge",
+        "gradual: the newest version's share of clients, percent.",
+    );
+    let now = std::time::Instant::now();
+    for s in snap
+        .services
+        .iter()
+        .filter(|s| s.strategy == crate::config::services::Strategy::Gradual)
+    {
+        o.sample(
+            "switchyard_service_gradual_share",
+            &[("service", &s.name)],
+            s.share(now),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,7 @@ impl<E: Engine> Worker<E> {
             ttfb: x
                 .got_response_byte
                 .then(|| x.first_byte_at.saturating_duration_since(x.request_started)),
+            release: x.release_tag,
         };
         self.obs.request_done(&s.snapshot, &r);
     }

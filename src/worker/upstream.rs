@@ -55,6 +55,9 @@ impl<E: Engine> Worker<E> {
             }
             Up::Retry => {
                 self.observe(key, Outcome::Failure, Since::Upstream);
+                if self.fall_back(key) {
+                    return self.connect_upstream(key, false);
+                }
                 let ci = match self.sessions.get_mut(key).map(|e| &mut e.session) {
                     Some(Session::Http(s)) => match s.exchange_mut() {
                         Some(x) => {
@@ -107,6 +110,36 @@ impl<E: Engine> Worker<E> {
         }
     }
 
+    /// Release strategy `concurrent`: the newest version failed this request (5xx,
+    /// unreachable, no answer in time); the previous version's cluster gets it instead (the
+    /// failed upstream, if any, is dropped first). False when there is nothing to fall back to.
+    fn fall_back(&mut self, key: usize) -> bool {
+        let can = matches!(
+            self.sessions.get(key).map(|e| &e.session),
+            Some(Session::Http(s)) if s.exchange().is_some_and(|x| crate::release::can_fall_back(&x.release_tag))
+        );
+        if !can {
+            return false;
+        }
+        self.drop_upstream(key, Linger::Graceful);
+        let Some(e) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        let snap = Arc::clone(e.session.snapshot());
+        let Session::Http(s) = &mut e.session else {
+            return false;
+        };
+        let Some(x) = s.exchange_mut() else {
+            return false;
+        };
+        let Some(cluster) = crate::release::fall_back(&snap, &mut x.release_tag) else {
+            return false;
+        };
+        x.target = crate::session::Target::new(cluster as u32, x.target.hash, self.env.now);
+        x.retry.used = 0;
+        true
+    }
+
     /// Finds an upstream for session `key`: a pooled connection to the picked backend (HTTP,
     /// unless `fresh`), or a new connect. When none can be had now the session waits in a
     /// queue (connection slot, descriptor) or is told (`no_upstream`).
@@ -125,6 +158,9 @@ impl<E: Engine> Worker<E> {
                 return self.no_upstream(key, 503);
             };
             if attempts >= cluster.connect_attempts {
+                if self.fall_back(key) {
+                    continue;
+                }
                 return self.no_upstream(key, 502);
             }
             if self.balancers.version < snap.version {
@@ -151,6 +187,9 @@ impl<E: Engine> Worker<E> {
                 // Nothing could be reached: when the cluster is failing open (every backend
                 // down by its health checks) or has no backend, that is "unavailable".
                 Pick::Exhausted => {
+                    if self.fall_back(key) {
+                        continue;
+                    }
                     let status = if attempts == 0 || cluster.panic {
                         503
                     } else {
@@ -177,10 +216,12 @@ impl<E: Engine> Worker<E> {
                         && (policy.non_idempotent || x.method.is_idempotent())
                         && same
                         && self.balancers.has_budget(ci);
+                    // Release strategy `concurrent`: an older version may answer instead.
+                    let fall_back = crate::release::can_fall_back(&x.release_tag);
                     x.retry = Retry {
                         on_reset: allowed && policy.on_reset,
-                        on_5xx: allowed && policy.on_5xx,
-                        on_timeout: allowed && policy.on_timeout,
+                        on_5xx: (allowed && policy.on_5xx) || fall_back,
+                        on_timeout: (allowed && policy.on_timeout) || fall_back,
                         used: x.retry.used,
                     };
                     x.timeouts = UpstreamTimeouts {

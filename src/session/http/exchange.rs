@@ -171,6 +171,9 @@ pub struct Exchange {
     pub log: Record,
     /// The request was logged (or is not to be).
     pub logged: bool,
+    /// Release strategy: the service version this request went to, and the cookies its
+    /// response sets ([`crate::release`]).
+    pub release_tag: crate::release::Tag,
     // ------------------------------------------------------------- fault injection
     /// An injected delay holds the request (in `Routed`) until then.
     pub fault_until: Option<Instant>,
@@ -229,6 +232,7 @@ impl Exchange {
         self.request_started = now;
         self.first_byte_at = now;
         self.logged = true;
+        self.release_tag = crate::release::Tag::NONE;
         self.fault_until = None;
         self.answer_at = None;
         self.corrupt_left = 0;
@@ -282,6 +286,7 @@ impl Exchange {
             first_byte_at: now,
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
+            release_tag: crate::release::Tag::NONE,
             fault_until: None,
             answer_at: None,
             corrupt_left: 0,

@@ -172,10 +172,24 @@ impl HttpSession {
             }
         }
         let faas = listener.faas.then_some(&snap.cluster_index);
-        let decision = routing::route(&listener.routes, faas, listener.cluster, &view);
+        let mut decision = routing::route(&listener.routes, faas, listener.target, &view);
+        if let Decision::Service { service, strip } = decision {
+            // A service: its release strategy picks the version, and so the cluster.
+            decision = match crate::release::route(&snap, service, data, h, cx.request_ids, cx.now)
+            {
+                Some(c) => {
+                    x.release_tag = c.tag;
+                    Decision::Cluster {
+                        cluster: c.cluster,
+                        strip,
+                    }
+                }
+                None => Decision::NoRoute,
+            };
+        }
         let (cluster, strip) = match decision {
             Decision::Cluster { cluster, strip } => (cluster, strip),
-            Decision::NoRoute => {
+            Decision::NoRoute | Decision::Service { .. } => {
                 cx.pool.release(up);
                 cx.http.no_route += 1;
                 self.consume_head(cx, head_len);

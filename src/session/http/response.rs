@@ -91,7 +91,9 @@ impl HttpSession {
                 || h.body == BodyKind::CloseDelimited;
             close_client = h.body == BodyKind::CloseDelimited;
             let written = match cx.pool.data_and_spare(src, &mut out) {
-                Some((d, s)) => write_response_head(d, h, close, x.client_minor, s),
+                Some((d, s)) => write_response_head(d, h, close, x.client_minor, s).and_then(|n| {
+                    crate::release::append_set_cookies(&self.snapshot, &x.release_tag, s, n)
+                }),
                 None => Err(rewrite::Overflow),
             };
             match written {

@@ -1,0 +1,264 @@
+//! The two cookies of the release strategies, by their original names: `dynsoftup=<version
+//! id>` (the version a client is on) and `transition=<client id>` (gradual: the client's
+//! stable bucket). Reading them from a `Cookie` header, writing proper `Set-Cookie` lines.
+//!
+//! HOT PATH: no allocation; everything works on byte slices and fixed arrays.
+
+use crate::http::head::find_byte;
+use crate::http::rewrite::{Out, Overflow};
+
+/// The version cookie (name kept from the original for compatibility).
+pub const VERSION: &[u8] = b"dynsoftup";
+/// The gradual strategy's client cookie.
+pub const TRANSITION: &[u8] = b"transition";
+/// Longest cookie value we accept as one of ours (longer ones are ignored).
+pub const MAX_VALUE: usize = 128;
+/// The transition cookie lives long: a client keeps its bucket across rollouts, so a client
+/// that moved to a new version never moves back.
+pub const TRANSITION_MAX_AGE: u64 = 365 * 24 * 3600;
+/// What follows a transition cookie's value (`Max-Age` = [`TRANSITION_MAX_AGE`]).
+pub const TRANSITION_ATTRIBUTES: &[u8] = b"; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n";
+/// Length of a generated client id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
+pub const ID_LEN: usize = 36;
+
+/// A cookie value without surrounding whitespace and quotes.
+#[inline]
+fn clean(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii_end();
+    v.strip_prefix(b"\"")
+        .and_then(|x| x.strip_suffix(b"\""))
+        .unwrap_or(v)
+}
+
+/// The values of the first `dynsoftup` and (when `transition`) `transition` cookies of a
+/// `Cookie` header value, in one pass that stops as soon as both are found.
+#[inline]
+pub fn find_ours(header: &[u8], transition: bool) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (mut version, mut trans) = (None, None);
+    let mut rest = header;
+    loop {
+        // Pairs are separated by "; " (RFC 6265); anything else is tolerated, more slowly.
+        let pair = match rest.first() {
+            Some(b' ' | b'\t') => rest.trim_ascii_start(),
+            _ => rest,
+        };
+        let end = find_byte(pair, b';').unwrap_or(pair.len());
+        let this = &pair[..end];
+        // Names compared as fixed-size arrays: no memcmp call per cookie.
+        match this.first() {
+            Some(b'd') if version.is_none() => {
+                if let Some((name, v)) = this.split_first_chunk::<10>() {
+                    if name == b"dynsoftup=" {
+                        version = Some(clean(v));
+                    }
+                }
+            }
+            Some(b't') if transition && trans.is_none() => {
+                if let Some((name, v)) = this.split_first_chunk::<11>() {
+                    if name == b"transition=" {
+                        trans = Some(clean(v));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if (version.is_some() && (trans.is_some() || !transition)) || end >= pair.len() {
+            return (version, trans);
+        }
+        rest = &pair[end + 1..];
+    }
+}
+
+/// The value of the first `transition` cookie of a `Cookie` header value.
+#[inline]
+pub fn find_transition(header: &[u8]) -> Option<&[u8]> {
+    let mut rest = header;
+    loop {
+        let pair = rest.trim_ascii_start();
+        let end = find_byte(pair, b';').unwrap_or(pair.len());
+        if let Some((name, v)) = pair[..end].split_first_chunk::<11>() {
+            if name == b"transition=" {
+                return Some(clean(v));
+            }
+        }
+        if end >= pair.len() {
+            return None;
+        }
+        rest = &pair[end + 1..];
+    }
+}
+
+/// A transition id we are willing to hash: 1..=MAX_VALUE bytes (it is never echoed back).
+#[inline]
+pub fn acceptable(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_VALUE
+}
+
+/// FNV-1 (64-bit) as Go's `hash/fnv.New64`: the original's bucket of a transition id is
+/// `fnv1(id) % 100`, so clients keep their bucket when they move to Switchyard.
+pub fn fnv1(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= u64::from(b);
+    }
+    h
+}
+
+/// The gradual bucket (0–99) of a transition id.
+pub fn bucket(id: &[u8]) -> u8 {
+    (fnv1(id) % 100) as u8
+}
+
+/// SplitMix64: a fast, well-mixed 64-bit permutation (also the per-request random source).
+#[inline]
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A client id built from 64 random bits, formatted like a version 4 uuid. The same seed
+/// always gives the same id (the response rebuilds the id the request was decided with).
+pub fn client_id(seed: u64) -> [u8; ID_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hi = mix(seed);
+    let lo = mix(seed ^ 0x5851_f42d_4c95_7f2d);
+    // 32 hex digits; the version nibble is 4 and the variant nibble 8..b.
+    let mut nib = [0u8; 32];
+    for i in 0..16 {
+        nib[i] = ((hi >> (60 - 4 * i)) & 0xf) as u8;
+        nib[16 + i] = ((lo >> (60 - 4 * i)) & 0xf) as u8;
+    }
+    nib[12] = 4;
+    nib[16] = 8 | (nib[16] & 3);
+    let mut out = [b'-'; ID_LEN];
+    let mut k = 0;
+    for (i, o) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *o = HEX[nib[k] as usize];
+        k += 1;
+    }
+    out
+}
+
+/// `Set-Cookie: <name>=<value>; Path=/; Max-Age=<n>; HttpOnly; SameSite=Lax\r\n`.
+pub(crate) fn write_set_cookie(
+    o: &mut Out<'_>,
+    name: &[u8],
+    value: &[u8],
+    max_age: u64,
+) -> Result<(), Overflow> {
+    o.put(b"Set-Cookie: ")?;
+    o.put(name)?;
+    o.put(b"=")?;
+    o.put(value)?;
+    o.put(b"; Path=/; Max-Age=")?;
+    o.decimal(max_age)?;
+    o.put(b"; HttpOnly; SameSite=Lax\r\n")
+}
+
+/// The whole `Set-Cookie` line as bytes (built once per version per snapshot).
+pub fn set_cookie_line(name: &[u8], value: &[u8], max_age: u64) -> Box<[u8]> {
+    let mut buf = vec![0u8; name.len() + value.len() + 96];
+    let mut o = Out::new(&mut buf);
+    match write_set_cookie(&mut o, name, value, max_age) {
+        Ok(()) => o.written().into(),
+        Err(Overflow) => Box::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_cookies_among_others() {
+        let h = b"__utmb=1.4.10; dynsoftup=452b8f23-fa46;transition=\"abc\" ;; bad; dynsoftup=2";
+        assert_eq!(
+            find_ours(h, true),
+            (Some(&b"452b8f23-fa46"[..]), Some(&b"abc"[..]))
+        );
+        assert_eq!(find_ours(h, false), (Some(&b"452b8f23-fa46"[..]), None));
+        assert_eq!(find_ours(b"transition=t", true), (None, Some(&b"t"[..])));
+        assert_eq!(find_transition(h), Some(&b"abc"[..]));
+        assert_eq!(find_transition(b"a=1; transitions=2"), None);
+        assert_eq!(find_transition(b""), None);
+        assert_eq!(find_ours(b"", true), (None, None));
+        assert_eq!(find_ours(b";;; ", true), (None, None));
+        assert_eq!(
+            find_ours(b"xdynsoftup=1; dynsoftup=", true),
+            (Some(&b""[..]), None)
+        );
+        let long = [b"a=b; ".repeat(400), b"dynsoftup=9".to_vec()].concat();
+        assert_eq!(find_ours(&long, false).0, Some(&b"9"[..]));
+        for i in 0..20 {
+            let v: Vec<u8> = (0..i)
+                .map(|k| if k == i - 1 { b';' } else { b'x' })
+                .collect();
+            assert_eq!(find_byte(&v, b';'), if i == 0 { None } else { Some(i - 1) });
+        }
+        assert!(acceptable(b"1.1"));
+        assert!(!acceptable(b""));
+        assert!(!acceptable(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn buckets_match_the_original() {
+        // The original README's table of transition uuids and their percentages.
+        for (id, want) in [
+            ("a37a290f-2088-11e4-b3a6-600308a8245e", 1),
+            ("a37a2633-2088-11e4-b3a6-600308a8245e", 2),
+            ("952c8557-2088-11e4-87e3-600308a8245e", 3),
+            ("10671a7f-2087-11e4-bf9e-600308a8245e", 4),
+            ("a37a25b4-2088-11e4-b3a6-600308a8245e", 5),
+            ("6024b0c6-2089-11e4-a4ef-600308a8245e", 8),
+            ("106719e4-2087-11e4-bf9e-600308a8245e", 80),
+            ("a37a2826-2088-11e4-b3a6-600308a8245e", 90),
+        ] {
+            assert_eq!(bucket(id.as_bytes()), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn client_ids_look_like_uuids_and_spread_evenly() {
+        let id = client_id(7);
+        let s = std::str::from_utf8(&id).unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(client_id(7), client_id(7));
+        assert_ne!(client_id(7), client_id(8));
+        let mut counts = [0u32; 100];
+        for i in 0..100_000u64 {
+            counts[bucket(&client_id(i)) as usize] += 1;
+        }
+        // 1,000 expected per bucket; 6 sigma is about 190.
+        assert!(
+            counts.iter().all(|&c| (810..=1190).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn set_cookie_lines() {
+        let mut buf = [0u8; 128];
+        let mut o = Out::new(&mut buf);
+        write_set_cookie(&mut o, TRANSITION, b"x", TRANSITION_MAX_AGE).unwrap();
+        assert!(o.written().ends_with(TRANSITION_ATTRIBUTES));
+        let line = set_cookie_line(VERSION, b"1.1", 1800);
+        assert_eq!(
+            &line[..],
+            b"Set-Cookie: dynsoftup=1.1; Path=/; Max-Age=1800; HttpOnly; SameSite=Lax\r\n"
+        );
+        let mut buf = [0u8; 20];
+        let mut o = Out::new(&mut buf);
+        assert!(
+            write_set_cookie(&mut o, VERSION, b"1.1", 0).is_err(),
+            "too small"
+        );
+    }
+}

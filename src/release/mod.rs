@@ -1,0 +1,131 @@
+//! Release strategies: versioned services and how requests are split between their versions.
+//!
+//! A *service* ([`crate::config::services`]) is an ordered set of versions, each a cluster
+//! plus a version string compared numerically ([`version`]). Its strategy decides per request
+//! (also on keep-alive connections) which version serves it:
+//!
+//! - `instant`: everything to the newest version;
+//! - `session`: the `dynsoftup` cookie names a live version → stay there, else the newest;
+//!   the cookie's expiry slides by `session_timeout` on every response;
+//! - `gradual`: a stable bucket 0–99 per client (its `transition` cookie); the newest
+//!   version's share grows per routed request or over a ramp; bucket below the share → the
+//!   newest, else the version the client had; a client never moves back;
+//! - `concurrent`: idempotent requests also have the previous version as a fallback;
+//! - `canary`: fixed weights per version, sticky by cookie;
+//! - any strategy: the service's forcing header names a version (for testers).
+//!
+//! Layout: [`service`] (the per-snapshot tables, built by the control plane), [`decide`] (the
+//! sans-I/O decision and the `Set-Cookie` lines), [`cookie`], [`version`], [`window`] (the
+//! sliding error window of auto-rollback), [`monitor`] (rollback accounting fed by the stats
+//! aggregator), [`controller`] (the thread that rolls back) and [`hook`] (what runs after a
+//! rollback), [`api`] (admin API edits and status), [`dsu`] (the original DSU proxy's config
+//! file and REST API).
+//!
+//! The data plane calls [`route`] when a request's route targets a service,
+//! [`append_set_cookies`] when its response head is written, and, for `concurrent`,
+//! [`can_fall_back`] / [`fall_back`] when the newest version fails a request: the older
+//! version then answers it. (Mirroring every idempotent request to both versions and
+//! counting status and body mismatches needs two upstream exchanges per request: it waits for
+//! the session core.)
+
+pub mod api;
+pub mod controller;
+pub mod cookie;
+pub mod decide;
+pub mod dsu;
+pub mod hook;
+pub mod monitor;
+pub mod service;
+pub mod version;
+pub mod window;
+
+pub use decide::{Choice, Request, Tag};
+pub use service::Service;
+
+use crate::snapshot::Snapshot;
+use std::time::Instant;
+
+/// Routes one request of service number `service`: the cluster to use and the tag the
+/// session keeps until the response. `h` is the parsed head of the request in `buf`;
+/// `random` differs from request to request (mixed with the service's seed here). `None`
+/// only for a service index the snapshot does not have.
+///
+/// HOT PATH: no allocation; the cookies come from the header the parser located.
+#[inline]
+pub fn route(
+    snap: &Snapshot,
+    service: usize,
+    buf: &[u8],
+    h: &crate::http::head::RequestHead,
+    random: u64,
+    now: Instant,
+) -> Option<Choice> {
+    let svc = snap.services.get(service)?;
+    let req = Request::from_head(svc, buf, h, random ^ svc.seed);
+    Some(decide::decide(service, svc, &req, now))
+}
+
+/// Adds the tag's `Set-Cookie` lines to a response head written in `out[..n]` (ending with
+/// its empty line): they go before the empty line. Returns the new length. A tag without a
+/// service leaves the head alone.
+///
+/// HOT PATH: copies precomputed bytes; no allocation.
+#[inline]
+pub fn append_set_cookies(
+    snap: &Snapshot,
+    tag: &Tag,
+    out: &mut [u8],
+    n: usize,
+) -> Result<usize, crate::http::rewrite::Overflow> {
+    if tag.is_none() || !(tag.set_version || tag.new_transition) {
+        return Ok(n);
+    }
+    let overflow = crate::http::rewrite::Overflow;
+    let svc = snap.services.get(tag.service as usize).ok_or(overflow)?;
+    if n < 2 || out.get(n - 2..n) != Some(b"\r\n") {
+        return Err(overflow);
+    }
+    let at = n - 2;
+    let wrote = decide::write_cookies(svc, tag, out.get_mut(at..).ok_or(overflow)?)?;
+    let end = at + wrote;
+    out.get_mut(end..end + 2)
+        .ok_or(overflow)?
+        .copy_from_slice(b"\r\n");
+    Ok(end + 2)
+}
+
+/// Whether a request may still fall back to an older version (concurrent) when its version
+/// fails: the worker then lets a 5xx or a timeout be retried.
+#[inline]
+pub fn can_fall_back(tag: &Tag) -> bool {
+    tag.fallback != service::NONE
+}
+
+/// concurrent: the request's version failed (a 5xx answer, unreachable, no answer in time);
+/// it moves to the older version, whose cluster is returned. `None`: nothing to fall back to.
+///
+/// HOT PATH (failures only).
+#[inline]
+pub fn fall_back(snap: &Snapshot, tag: &mut Tag) -> Option<usize> {
+    if !can_fall_back(tag) {
+        return None;
+    }
+    decide::fall_back(snap.services.get(tag.service as usize)?, tag)
+}
+
+/// 64 bits of entropy for seeds and ids (control plane only: reads `/dev/urandom`; falls
+/// back on the clock and process id).
+pub fn entropy() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    cookie::mix(t ^ (u64::from(std::process::id()) << 32))
+}

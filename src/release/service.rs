@@ -1,0 +1,304 @@
+//! A service as the workers see it: built once per snapshot by the control plane from its
+//! [`ServiceConfig`], versions sorted oldest to newest, everything a decision needs
+//! precomputed (the newest and previous live versions, canary's cumulative weights, each
+//! version's `Set-Cookie` line).
+
+use super::cookie;
+use super::version;
+use crate::config::services::{Ramp, RollbackConfig, ServiceConfig, Strategy};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Marks "no service" / "no version" in a [`super::Tag`].
+pub const NONE: u16 = u16::MAX;
+
+#[derive(Debug)]
+pub struct Version {
+    /// The version string as written.
+    pub version: String,
+    /// The version cookie's value.
+    pub id: Box<[u8]>,
+    /// Index into `Snapshot::clusters`.
+    pub cluster: usize,
+    pub cluster_name: String,
+    pub rolled_back: bool,
+    /// canary: its weight.
+    pub weight: u32,
+    /// This version's whole `Set-Cookie: dynsoftup=...` line.
+    pub set_cookie: Box<[u8]>,
+    /// Its cluster serves something else too (a listener, a route, FaaS routing, another
+    /// version): its latency needs a histogram of its own. Otherwise the cluster's histogram
+    /// holds exactly its requests, and the stats read that one (one histogram record per
+    /// request instead of two).
+    pub shares_cluster: bool,
+}
+
+/// Live state of a service that outlives snapshots while the newest version stays the same.
+#[derive(Debug)]
+pub struct ServiceLive {
+    /// gradual by request: requests routed since `newest_id` became the newest.
+    pub routed: AtomicU64,
+    /// When `newest_id` became the newest (gradual's ramp starts there).
+    pub since: Instant,
+    pub newest_id: Box<[u8]>,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub strategy: Strategy,
+    /// Oldest first: sorted by version, ties in the order written.
+    pub versions: Vec<Version>,
+    /// Where new requests go: the promoted version, else the newest live one.
+    pub newest: u16,
+    /// The live version just older than `newest` (gradual's old side, concurrent's
+    /// fallback).
+    pub previous: Option<u16>,
+    pub promoted: bool,
+    /// Lowercase.
+    pub force_header: Option<Box<[u8]>>,
+    pub ramp: Option<Ramp>,
+    /// canary: (running total of weights, version) of the live versions with a weight.
+    pub canary: Vec<(u64, u16)>,
+    pub session_max_age: u64,
+    pub rollback: Option<RollbackConfig>,
+    /// Mixed into every request's random number.
+    pub seed: u64,
+    pub live: Arc<ServiceLive>,
+}
+
+impl Service {
+    /// `None` when a version names a cluster that does not exist (validation prevents it).
+    pub fn build(
+        cfg: &ServiceConfig,
+        cluster_index: &HashMap<String, usize>,
+        prev: Option<&Service>,
+        now: Instant,
+    ) -> Option<Service> {
+        let max_age = cfg.session_timeout.as_secs().max(1);
+        let mut order: Vec<usize> = (0..cfg.versions.len()).collect();
+        // Stable: equal versions keep the order written (the later one counts as newer).
+        order
+            .sort_by(|&a, &b| version::compare(&cfg.versions[a].version, &cfg.versions[b].version));
+        let mut versions = Vec::with_capacity(order.len());
+        for &i in &order {
+            let v = &cfg.versions[i];
+            versions.push(Version {
+                version: v.version.clone(),
+                id: v.id.as_bytes().into(),
+                cluster: *cluster_index.get(&v.cluster)?,
+                cluster_name: v.cluster.clone(),
+                rolled_back: v.rolled_back,
+                weight: cfg.weights.get(i).copied().unwrap_or(0),
+                set_cookie: cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age),
+                shares_cluster: true,
+            });
+        }
+        let live: Vec<u16> = (0..versions.len())
+            .filter(|&i| !versions[i].rolled_back)
+            .map(|i| i as u16)
+            .collect();
+        let promoted = cfg
+            .promoted
+            .and_then(|p| order.iter().position(|&i| i == p))
+            .map(|i| i as u16);
+        let newest_live = *live.last()?;
+        let newest = promoted.unwrap_or(newest_live);
+        let previous = live.iter().rev().find(|&&i| i < newest).copied();
+        let mut canary = Vec::new();
+        let mut total = 0u64;
+        for &i in &live {
+            let w = u64::from(versions[i as usize].weight);
+            if w > 0 {
+                total += w;
+                canary.push((total, i));
+            }
+        }
+        let newest_id = versions[newest as usize].id.clone();
+        let live_state = match prev {
+            Some(p) if p.live.newest_id == newest_id => p.live.clone(),
+            _ => Arc::new(ServiceLive {
+                routed: AtomicU64::new(0),
+                since: now,
+                newest_id,
+            }),
+        };
+        Some(Service {
+            name: cfg.name.clone(),
+            strategy: cfg.strategy,
+            versions,
+            newest,
+            previous,
+            promoted: promoted.is_some(),
+            force_header: cfg.force_header.as_ref().map(|h| h.as_bytes().into()),
+            ramp: cfg.ramp,
+            canary,
+            session_max_age: max_age,
+            rollback: cfg.rollback.clone(),
+            seed: prev.map_or_else(super::entropy, |p| p.seed),
+            live: live_state,
+        })
+    }
+
+    /// The version whose cookie id is `id`, if it takes traffic (not rolled back).
+    #[inline]
+    pub fn live_by_id(&self, id: &[u8]) -> Option<u16> {
+        // Ids are short: a byte loop beats a memcmp call.
+        self.versions
+            .iter()
+            .position(|v| {
+                v.id.len() == id.len() && v.id.iter().zip(id).all(|(a, b)| a == b) && !v.rolled_back
+            })
+            .map(|i| i as u16)
+    }
+
+    /// The version named `v` (version string or cookie id), rolled back or not.
+    pub fn by_name(&self, v: &[u8]) -> Option<u16> {
+        self.versions
+            .iter()
+            .position(|x| x.version.as_bytes() == v)
+            .or_else(|| self.versions.iter().position(|x| *x.id == *v))
+            .map(|i| i as u16)
+    }
+
+    /// Version `i`'s state as `/stats` and the API show it: `rolled_back`, `promoted` or
+    /// `live`.
+    pub fn state_of(&self, i: usize) -> &'static str {
+        match self.versions.get(i) {
+            Some(v) if v.rolled_back => "rolled_back",
+            _ if self.promoted && i == self.newest as usize => "promoted",
+            _ => "live",
+        }
+    }
+
+    /// The gradual share (0–100) of the newest version at `now`, without counting a request.
+    pub fn share(&self, now: Instant) -> f64 {
+        if self.promoted || self.previous.is_none() {
+            return 100.0;
+        }
+        match self.ramp {
+            Some(Ramp::PerRequest(p)) => {
+                let n = self.live.routed.load(std::sync::atomic::Ordering::Relaxed);
+                (n as f64 * p).min(100.0)
+            }
+            Some(Ramp::Over(d)) => {
+                let f = now.saturating_duration_since(self.live.since).as_secs_f64()
+                    / d.as_secs_f64().max(1e-3);
+                (f * 100.0).min(100.0)
+            }
+            None => 100.0,
+        }
+    }
+}
+
+/// Sets [`Version::shares_cluster`]: `direct[c]` says whether cluster `c` is a target of a
+/// listener or route (or every cluster is, with FaaS routing).
+pub fn mark_shared(services: &mut [Service], direct: &[bool]) {
+    let mut uses = vec![0u32; direct.len()];
+    for s in services.iter() {
+        for v in &s.versions {
+            if let Some(u) = uses.get_mut(v.cluster) {
+                *u += 1;
+            }
+        }
+    }
+    for s in services.iter_mut() {
+        for v in &mut s.versions {
+            v.shares_cluster = direct.get(v.cluster).copied().unwrap_or(true)
+                || uses.get(v.cluster).copied().unwrap_or(0) > 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::services::VersionConfig;
+    use std::time::Duration;
+
+    pub(crate) fn cfg(strategy: Strategy, versions: &[(&str, &str, bool)]) -> ServiceConfig {
+        ServiceConfig {
+            name: "shop".into(),
+            strategy,
+            versions: versions
+                .iter()
+                .map(|(v, c, rb)| VersionConfig {
+                    version: v.to_string(),
+                    cluster: c.to_string(),
+                    id: v.to_string(),
+                    rolled_back: *rb,
+                })
+                .collect(),
+            session_timeout: Duration::from_secs(60),
+            ramp: None,
+            weights: vec![1; versions.len()],
+            force_header: None,
+            promoted: None,
+            rollback: None,
+        }
+    }
+
+    fn clusters() -> HashMap<String, usize> {
+        [("a", 0), ("b", 1), ("c", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    #[test]
+    fn sorted_numerically_newest_and_previous_skip_rolled_back() {
+        let c = cfg(
+            Strategy::Session,
+            &[
+                ("1.10", "c", true),
+                ("1.9", "b", false),
+                ("1.2", "a", false),
+            ],
+        );
+        let s = Service::build(&c, &clusters(), None, Instant::now()).unwrap();
+        let names: Vec<&str> = s.versions.iter().map(|v| v.version.as_str()).collect();
+        assert_eq!(names, ["1.2", "1.9", "1.10"]);
+        assert_eq!(s.newest, 1, "1.10 is rolled back: 1.9 is the newest live");
+        assert_eq!(s.previous, Some(0));
+        assert_eq!(s.live_by_id(b"1.10"), None);
+        assert_eq!(s.by_name(b"1.10"), Some(2));
+        assert_eq!(s.versions[2].cluster, 2);
+        assert_eq!(
+            &s.versions[0].set_cookie[..],
+            b"Set-Cookie: dynsoftup=1.2; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n"
+        );
+    }
+
+    #[test]
+    fn live_state_survives_a_rebuild_while_the_newest_stays() {
+        let c = cfg(Strategy::Gradual, &[("1", "a", false), ("2", "b", false)]);
+        let t0 = Instant::now();
+        let s1 = Service::build(&c, &clusters(), None, t0).unwrap();
+        s1.live
+            .routed
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        let s2 = Service::build(&c, &clusters(), Some(&s1), t0 + Duration::from_secs(5)).unwrap();
+        assert!(Arc::ptr_eq(&s1.live, &s2.live));
+        assert_eq!(s2.seed, s1.seed);
+        let mut c3 = c.clone();
+        c3.versions.push(VersionConfig {
+            version: "3".into(),
+            cluster: "c".into(),
+            id: "3".into(),
+            rolled_back: false,
+        });
+        c3.weights.push(1);
+        let s3 = Service::build(&c3, &clusters(), Some(&s2), t0).unwrap();
+        assert!(
+            !Arc::ptr_eq(&s3.live, &s2.live),
+            "a new newest starts afresh"
+        );
+        let mut c4 = c.clone();
+        c4.promoted = Some(0);
+        let s4 = Service::build(&c4, &clusters(), None, t0).unwrap();
+        assert_eq!((s4.newest, s4.previous, s4.promoted), (0, None, true));
+        assert_eq!(s4.share(t0), 100.0);
+    }
+}

@@ -205,10 +205,19 @@ pub trait Engine: Send + Sized {
 
     /// Starts accepting on listener slot `slot` (a bound, listening, non-blocking socket).
     fn add_listener(&mut self, slot: usize, listener: std::net::TcpListener) -> io::Result<()>;
-    /// Stops accepting on `slot` and closes its socket.
+    /// Stops accepting on `slot` and closes its socket. An engine that accepts ahead
+    /// (io_uring) keeps the connections the kernel already gave it: `accept(slot)` still
+    /// returns them (and those of accepts that complete before their cancellation), with an
+    /// `Event::Accept(slot)`, until [`Engine::retiring`] is false. Dropping them would fail
+    /// clients that another process (a binary upgrade's successor) would have served.
     fn remove_listener(&mut self, slot: usize);
     /// Accepts one connection of listener `slot`.
     fn accept(&mut self, slot: usize) -> Accepted;
+    /// A removed listener still has accepts in the kernel or accepted connections not
+    /// taken yet (see [`Engine::remove_listener`]).
+    fn retiring(&self) -> bool {
+        false
+    }
 
     /// Starts a non-blocking connect; a [`Done::Connect`] for the new connection follows.
     fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId>;

@@ -53,8 +53,26 @@ impl<E: Engine> Worker<E> {
         self.accept_again.retain(|&li| li != slot);
     }
 
+    /// Listener `li` was removed (or the worker drains): the connections the engine had
+    /// accepted already (see `Engine::remove_listener`) are served like any other, draining
+    /// ones included, rather than closed unanswered.
+    fn accept_leftovers(&mut self, li: usize) {
+        let mut any = false;
+        while let Accepted::Conn(conn, peer) = self.engine.accept(li) {
+            self.open_session(li, conn, peer);
+            any = true;
+        }
+        if any && self.shutdown.is_some() {
+            self.close_idle();
+        }
+    }
+
     pub(super) fn accept(&mut self, li: usize) {
-        if self.shutdown.is_some() || !self.listening.get(li).copied().unwrap_or(false) {
+        let listening = self.listening.get(li).copied().unwrap_or(false);
+        if self.shutdown.is_some() || !listening {
+            if !listening {
+                self.accept_leftovers(li);
+            }
             return;
         }
         if let Some(at) = self.accept_paused_until {

@@ -402,7 +402,7 @@ impl<E: Engine> Worker<E> {
                 self.flush_stats(0);
             }
             if let Some(deadline) = self.shutdown {
-                if self.sessions.is_empty() {
+                if self.sessions.is_empty() && !self.engine.retiring() {
                     break;
                 }
                 if self.env.now >= deadline {

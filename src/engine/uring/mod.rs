@@ -150,6 +150,15 @@ struct Listener {
     error: Option<i32>,
 }
 
+/// A removed listener's accepts still in the kernel (being cancelled) and the connections
+/// they and earlier accepts took, which the worker still serves.
+struct Retired {
+    slot: usize,
+    gen: u16,
+    armed: u32,
+    queue: VecDeque<(OwnedFd, SocketAddr)>,
+}
+
 pub struct UringWaker(OwnedFd);
 
 impl Wake for UringWaker {
@@ -175,6 +184,8 @@ pub struct UringEngine {
     /// Closed connections whose ids are freed at the next poll.
     dead: Vec<ConnId>,
     listeners: Vec<Option<Listener>>,
+    /// Removed listeners with accepts or connections outstanding.
+    retired: Vec<Retired>,
     next_listener_gen: u16,
     /// Accepts in the kernel, of every listener (`Drop` waits for them: they write into the
     /// argument table).
@@ -224,6 +235,7 @@ impl UringEngine {
             conns: Slab::with_capacity(1024),
             dead: Vec::with_capacity(256),
             listeners: Vec::new(),
+            retired: Vec::new(),
             next_listener_gen: 0,
             accepts_in_flight: 0,
             accept_ready: Vec::new(),
@@ -599,8 +611,24 @@ impl UringEngine {
         self.args.release(a);
         // SAFETY: on success the kernel just installed this descriptor for us: we own it.
         let fd = (res >= 0).then(|| unsafe { OwnedFd::from_raw_fd(res) });
+        if let Some(r) = self
+            .retired
+            .iter_mut()
+            .find(|r| r.slot == slot && r.gen == gen)
+        {
+            // A removed listener's accept that completed before its cancellation: the
+            // kernel took the connection off the queue, so it is served here.
+            r.armed = r.armed.saturating_sub(1);
+            if let (Some(fd), Some(p)) = (fd, peer) {
+                r.queue.push_back((fd, p));
+            }
+            if !self.accept_ready.contains(&slot) {
+                self.accept_ready.push(slot);
+            }
+            return;
+        }
         let Some(Some(l)) = self.listeners.get_mut(slot) else {
-            return; // a removed listener's late connection: `fd` drops (closes) here
+            return; // an unknown listener's connection: `fd` drops (closes) here
         };
         if l.gen != gen {
             return;
@@ -902,17 +930,47 @@ impl Engine for UringEngine {
                 .user_data(ud(TAG_IGNORE, 0));
             self.push(e);
         }
-        // Closed through the ring, after the entries that name it; the accepted sockets not
-        // taken yet are closed now (no entry names them).
+        // Closed through the ring, after the entries that name it. The accepted sockets not
+        // taken yet, and those of accepts that complete before the cancellation, are still
+        // handed to the worker.
         let e = opcode::Close::new(types::Fd(fd))
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
             .user_data(ud(TAG_IGNORE, 0));
         self.push(e);
-        drop(l.queue);
+        if l.armed > 0 || !l.queue.is_empty() {
+            if !l.queue.is_empty() && !self.accept_ready.contains(&slot) {
+                self.accept_ready.push(slot);
+            }
+            self.retired.push(Retired {
+                slot,
+                gen: l.gen,
+                armed: l.armed,
+                queue: l.queue,
+            });
+        }
+    }
+
+    fn retiring(&self) -> bool {
+        !self.retired.is_empty()
     }
 
     fn accept(&mut self, slot: usize) -> Accepted {
+        if let Some(i) = self.retired.iter().position(|r| r.slot == slot) {
+            let r = &mut self.retired[i];
+            match r.queue.pop_front() {
+                Some((fd, peer)) => {
+                    return match self.insert(fd) {
+                        Ok(id) => Accepted::Conn(id, peer),
+                        Err(e) => Accepted::Failed(e),
+                    }
+                }
+                None if r.armed == 0 => {
+                    self.retired.swap_remove(i);
+                }
+                None => {}
+            }
+        }
         let Some(Some(l)) = self.listeners.get_mut(slot) else {
             return Accepted::Empty;
         };

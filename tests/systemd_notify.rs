@@ -188,6 +188,85 @@ fn watchdog_pings_at_half_the_interval_and_stop_while_a_worker_is_stalled() {
     );
 }
 
+/// The control thread sends `WATCHDOG=1` itself, so when it stalls the pings stop even though
+/// every worker turns. The stall is a real one, caused from outside with no test switch:
+/// SIGHUP makes the control thread read the config file, and a FIFO that nobody writes to
+/// blocks that read (in `open`) until the test writes the file into it.
+#[test]
+fn watchdog_pings_stop_while_the_control_thread_is_stalled() {
+    let backend = demo_backend();
+    let notify = NotifySocket::path_socket();
+    let p = start_env(
+        tempfile::tempdir().unwrap(),
+        &config(backend.addr("demo-backend"), ""),
+        &[notify.env(), ("WATCHDOG_USEC", "600000".into())],
+    );
+    let pings = |from: usize| -> Vec<Instant> {
+        notify.all()[from..]
+            .iter()
+            .filter(|n| n.has("WATCHDOG=1"))
+            .map(|n| n.at)
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), "three pings", || pings(0).len() >= 3);
+
+    let path = p.config_path.clone().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let from = notify.len();
+    p.signal(Signal::SIGHUP);
+    // RELOADING=1 goes out before the file is read: from then on the control thread waits.
+    let (j, reloading) = notify.wait_for(from, Duration::from_secs(10), "RELOADING=1", |n| {
+        n.has("RELOADING=1")
+    });
+    // For 3 s the workers keep serving...
+    let mut served = 0;
+    while reloading.at.elapsed() < Duration::from_secs(3) {
+        let r = call(p.addr("web"), "GET", "/", None);
+        assert_eq!((r.status, r.text().trim()), (200, "b1"));
+        served += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(served >= 5, "{served} requests during the stall");
+    // ...but systemd hears nothing: no ping since RELOADING=1.
+    assert_eq!(
+        pings(j),
+        Vec::<Instant>::new(),
+        "pings while the control thread is stuck"
+    );
+    // Unblocked: the reload finishes (READY=1) and the pings come back.
+    {
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut fifo, text.as_bytes()).unwrap();
+    }
+    let (k, _) = notify.wait_for(j + 1, Duration::from_secs(10), "READY=1", |n| {
+        n.has("READY=1")
+    });
+    notify.wait_for(k, Duration::from_secs(10), "WATCHDOG=1 again", |n| {
+        n.has("WATCHDOG=1")
+    });
+    let before = *pings(0)
+        .iter()
+        .filter(|t| **t <= reloading.at)
+        .max()
+        .expect("pings before the stall");
+    let after = pings(j)[0];
+    assert!(
+        after - before >= Duration::from_millis(2900),
+        "silence of {:?}",
+        after - before
+    );
+    // The workers were never stuck: the silence is the control thread's alone.
+    assert!(
+        !p.stderr_text().contains("made no progress"),
+        "{}",
+        p.stderr_text()
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, text).unwrap();
+}
+
 #[test]
 fn watchdog_pid_of_another_process_means_no_pings() {
     let backend = demo_backend();

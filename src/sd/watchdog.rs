@@ -121,7 +121,9 @@ impl Watchdog {
         Watchdog {
             every,
             last_beats: (0..workers).map(beats).collect(),
-            next: Instant::now(),
+            // The first check a whole period from now: the workers need that long to show
+            // progress (checking at once reported every worker stuck at start-up).
+            next: Instant::now() + every,
             stuck: false,
         }
     }

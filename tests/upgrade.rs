@@ -516,3 +516,87 @@ backends = ["{demo}"]
     let r = call(p.addr("web"), "GET", "/", None);
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn upgrade_with_the_admin_api_off_goes_through_the_control_socket() {
+    let demo = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "d1"],
+        &["demo-backend"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = format!(
+        r#"[server]
+workers = 2
+admin = "off"
+runtime_dir = "{run}"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+
+[[clusters]]
+name = "app"
+backends = ["{demo}"]
+"#,
+        run = run.display(),
+        demo = demo.addr("demo-backend"),
+    );
+    let notify = NotifySocket::abstract_socket();
+    let p = start(BIN.as_ref(), dir, &config, &[notify.env()]);
+    let mut pids = Pids::default();
+    notify.wait_for(0, Duration::from_secs(10), "READY=1", |n| n.has("READY=1"));
+    assert!(
+        !p.stderr_text().contains("name=admin"),
+        "the admin API is off: {}",
+        p.stderr_text()
+    );
+    let web = p.addr("web");
+    let config_path = p.config_path.clone().unwrap();
+    let config_path = config_path.to_str().unwrap();
+    let wrk = Wrk::start(&format!("http://{web}/"), 8, 8);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut main = p.pid;
+    // Twice: the successor, started from the same config, has its control socket too.
+    for i in 0..2 {
+        let from = notify.len();
+        // No --socket and no admin address: `ctl -c` finds the control socket in the
+        // config's runtime_dir because the config turns the admin API off.
+        let f = ctl(&["ctl", "-c", config_path, "upgrade"]);
+        let (old, new) = upgraded(&f);
+        pids.add(new);
+        assert_eq!(old, main, "upgrade {i} was answered by the main process");
+        let (_, n) = notify.wait_for(from, Duration::from_secs(10), "MAINPID=", |n| {
+            n.get("MAINPID").is_some()
+        });
+        assert_eq!(n.get("MAINPID"), Some(new.to_string().as_str()), "{n:?}");
+        assert!(n.has("READY=1"), "{n:?}");
+        assert_eq!(n.pid, old, "MAINPID= sent by the old main process: {n:?}");
+        wait_until(
+            Duration::from_secs(20),
+            "the old process to drain and exit",
+            || !alive(old) || (old == p.pid && p.try_wait().is_some()),
+        );
+        main = new;
+    }
+    let (requests, report) = wrk.finish_clean(Duration::from_secs(60));
+    assert!(requests > 100, "{report}");
+    let r = call(web, "GET", "/", None);
+    assert_eq!((r.status, r.text().trim()), (200, "d1"));
+    let from = notify.len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(main),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    notify.wait_for(from, Duration::from_secs(10), "STOPPING=1", |n| {
+        n.has("STOPPING=1")
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the newest process to exit",
+        || !alive(main),
+    );
+}

@@ -219,21 +219,22 @@ pub fn monotonic_usec() -> u64 {
 
 /// `<program> run -c <dir>/switchyard.toml` with extra environment (a `NOTIFY_SOCKET`, a
 /// watchdog), waiting for every listener of `config` and the admin API to be announced.
-/// `config` gets a test admin address unless it names one.
+/// `config` gets a test admin address unless it names one (`admin = "off"`: no admin API to
+/// wait for).
 pub fn start_run(
     program: &std::ffi::OsStr,
     dir: tempfile::TempDir,
     config: &str,
     env: &[(&str, std::ffi::OsString)],
 ) -> super::Proxy {
-    let (config, _) = super::with_test_admin(config);
+    let (config, admin) = super::with_test_admin(config);
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, &config).expect("write config");
     let n = config
         .lines()
         .filter(|l| l.trim() == "[[listeners]]")
         .count()
-        + 1;
+        + usize::from(admin);
     super::Proxy::spawn_with(
         program,
         vec!["run".into(), "-c".into(), path.clone().into()],

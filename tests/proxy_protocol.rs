@@ -138,6 +138,133 @@ backends = ["{}"]
     assert!(text.contains(r#""client":"2001:db8::9""#), "{text}");
 }
 
+const GET_ROOT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// The demo backend's id in an answer to `GET /`.
+fn served_by(answer: &str) -> String {
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `hash_on = "client_ip"` behind `accept_proxy`: the backend is picked by the address the
+/// header carries, exactly as for a client connecting from that address itself, on HTTP and
+/// TCP listeners; the access log and the per-backend stats account for it the same way.
+#[test]
+fn hashing_on_the_client_ip_uses_the_carried_address_and_stats_and_log_follow() {
+    let backends = [demo("b1"), demo("b2"), demo("b3")];
+    let addr_of: std::collections::HashMap<String, SocketAddr> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("b{}", i + 1), b.addr("demo-backend")))
+        .collect();
+    let p = Proxy::start(&format!(
+        r#"
+[server]
+workers = 2
+access_log = "access.log"
+[[listeners]]
+name = "direct"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+accept_proxy = true
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "app"
+accept_proxy = true
+[[clusters]]
+name = "app"
+balance = "hash"
+hash_on = "client_ip"
+backends = ["{}", "{}", "{}"]
+"#,
+        addr_of["b1"], addr_of["b2"], addr_of["b3"]
+    ));
+    let (direct, web, tcp) = (p.addr("direct"), p.addr("web"), p.addr("tcp"));
+    // Sixteen client addresses. Every PROXY connection comes from 127.0.0.1: were the peer
+    // hashed, they would all land on one backend.
+    let clients: Vec<String> = (10..26).map(|i| format!("127.0.0.{i}")).collect();
+    let mut picked = std::collections::BTreeMap::new();
+    for (n, ip) in clients.iter().enumerate() {
+        // The reference: the client connects from that address itself.
+        let own = served_by(&exchange(connect_from(ip, direct), GET_ROOT));
+        let v1 = format!("PROXY TCP4 {ip} 10.0.0.1 {} 80\r\n", 40000 + n);
+        let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+        let v2 = v2_header(
+            [octets[0], octets[1], octets[2], octets[3]],
+            [10, 0, 0, 1],
+            40000 + n as u16,
+            80,
+        );
+        for (what, to, header) in [
+            ("http v1", web, v1.as_bytes().to_vec()),
+            ("http v2", web, v2.clone()),
+            ("tcp v1", tcp, v1.as_bytes().to_vec()),
+            ("tcp v2", tcp, v2),
+        ] {
+            let out = exchange(
+                connect_from("127.0.0.1", to),
+                &[header.as_slice(), GET_ROOT].concat(),
+            );
+            assert_eq!(served_by(&out), own, "{what} carrying {ip}");
+        }
+        picked.insert(ip.clone(), own);
+    }
+    let used: std::collections::BTreeSet<&String> = picked.values().collect();
+    assert!(used.len() >= 2, "sixteen addresses on one backend: {picked:?}");
+
+    // Stats: per backend, three HTTP requests (direct, web v1, web v2) per client it owns.
+    let stats = p.stats();
+    for (id, addr) in &addr_of {
+        let owned = picked.values().filter(|b| *b == id).count() as u64;
+        let b = &stats["clusters"]["app"]["backends"][addr.to_string()];
+        assert_eq!(b["requests"].as_u64(), Some(3 * owned), "{id}: {b}");
+    }
+    let web_stats = &stats["listeners"]["web"];
+    assert_eq!(web_stats["requests"].as_u64(), Some(32), "{web_stats}");
+    assert_eq!(
+        stats["listeners"]["tcp"]["connections"].as_u64(),
+        Some(32),
+        "{stats}"
+    );
+
+    // The access log: each request through `web` names the carried client and the backend
+    // that client's own connection reached.
+    let log = p.dir().join("access.log");
+    let lines = poll_until(Duration::from_secs(10), "access log lines", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (lines.len() >= 48).then_some(lines)
+    });
+    let mut seen = 0;
+    for l in lines.iter().filter(|l| l["listener"] == "web") {
+        let client = l["client"].as_str().expect("client");
+        let owner = picked
+            .get(client)
+            .unwrap_or_else(|| panic!("client {client} is not a carried address: {l}"));
+        assert_eq!(
+            l["backend"].as_str(),
+            Some(addr_of[owner].to_string().as_str()),
+            "{l}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 32, "{lines:?}");
+}
+
 #[test]
 fn missing_malformed_late_and_untrusted_headers_are_closed_and_counted() {
     let be = demo("be");

@@ -60,6 +60,23 @@ fn admin_get(p: &Proxy, path: &str) -> String {
     out
 }
 
+/// The serial number of the certificate `addr` serves for `sni` to a new connection
+/// (`openssl s_client`).
+fn served_serial(c: &Certs, addr: std::net::SocketAddr, sni: &str) -> String {
+    let out = s_client(addr, &["-servername", sni, "-showcerts"], b"");
+    let start = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate from {addr}: {out}"));
+    let end = start
+        + out[start..]
+            .find("-----END CERTIFICATE-----")
+            .expect("its end")
+        + 25;
+    let file = format!("served-{}.pem", addr.port());
+    std::fs::write(c.path(&file), &out[start..end]).expect("served");
+    c.serial(&file)
+}
+
 fn subject(text: &str) -> String {
     text.lines()
         .find(|l| l.trim_start().starts_with("subject=") || l.contains("subject:"))
@@ -647,15 +664,8 @@ fn reload_under_wrk_load_swaps_certificates_without_errors() {
     // New connections get the renewed certificate, and its expiry is shown and logged.
     let new_serial = c.serial("a.pem");
     assert_ne!(old_serial, new_serial);
-    let out = s_client(web, &["-servername", "a.example", "-showcerts"], b"");
-    let pem_start = out
-        .find("-----BEGIN CERTIFICATE-----")
-        .expect("a certificate");
-    let pem_end = out.find("-----END CERTIFICATE-----").expect("its end") + 25;
-    let served = c.path("served.pem");
-    std::fs::write(&served, &out[pem_start..pem_end]).expect("served");
     assert_eq!(
-        c.serial("served.pem"),
+        served_serial(&c, web, "a.example"),
         new_serial,
         "the renewed certificate is served"
     );
@@ -722,4 +732,150 @@ print(head.split(b"\r\n")[0].decode(), len(body))
             "{out}"
         );
     }
+}
+
+/// Certificates reload through the admin API too (`POST /v1/reload`, and any operator
+/// change), not only on SIGHUP. A missing or unreadable file refuses the whole reload with
+/// an error naming it: the running certificates keep serving, and nothing else in the same
+/// reload (a renewed certificate of another listener, a new listener) is applied.
+#[test]
+fn admin_api_reload_picks_up_certificates_and_bad_files_change_nothing() {
+    use util::client::call;
+    let c = Certs::new();
+    let be = demo("be");
+    let p = Proxy::start(&format!(
+        r#"
+[server]
+workers = 2
+[[listeners]]
+name = "one"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+[listeners.tls]
+certificates = [{{ cert = "{a}", key = "{ak}" }}]
+[[listeners]]
+name = "two"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+[listeners.tls]
+certificates = [{{ cert = "{b}", key = "{bk}" }}]
+[[clusters]]
+name = "app"
+backends = ["{be}"]
+"#,
+        a = c.p("a.pem"),
+        ak = c.p("a.key"),
+        b = c.p("b.pem"),
+        bk = c.p("b.key"),
+        be = be.addr("demo-backend"),
+    ));
+    let (one, two, admin) = (p.addr("one"), p.addr("two"), p.addr("admin"));
+    let ca = c.p("ca.pem");
+    let renew = |name: &str| {
+        c.leaf(
+            name,
+            "ca",
+            &format!("{name}.example"),
+            &format!("DNS:{name}.example,DNS:*.{name}.example,IP:127.0.0.1"),
+            30,
+        );
+        c.serial(&format!("{name}.pem"))
+    };
+    let both_serve = |a: &str, b: &str, when: &str| {
+        assert_eq!(served_serial(&c, one, "a.example"), a, "one, {when}");
+        assert_eq!(served_serial(&c, two, "b.example"), b, "two, {when}");
+        for (addr, host) in [(one, "a.example"), (two, "b.example")] {
+            let (ok, out) = curl(addr, host, "/", &["--cacert", &ca]);
+            assert!(ok && out.contains("be"), "{host}, {when}: {out}");
+        }
+    };
+    let (a1, b1) = (c.serial("a.pem"), c.serial("b.pem"));
+    both_serve(&a1, &b1, "at start");
+
+    // A renewed certificate, then POST /v1/reload.
+    let a2 = renew("a");
+    assert_ne!(a1, a2);
+    let r = call(admin, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    both_serve(&a2, &b1, "after POST /v1/reload");
+    // Any operator change reads the files again as well.
+    let b2 = renew("b");
+    let r = call(
+        admin,
+        "PUT",
+        "/v1/listeners/side",
+        Some(r#"{"bind":"127.0.0.1:0","protocol":"http","cluster":"app"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    both_serve(&a2, &b2, "after an API change");
+    let version = call(admin, "GET", "/v1/config", None).etag();
+
+    // One reload brings a renewed `a`, a new listener, and a `b.key` that is missing or
+    // unreadable (a directory: root reads any file, whatever its mode).
+    let a3 = renew("a");
+    let path = p.config_path.clone().unwrap();
+    let file = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{file}\n[[listeners]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n"
+        ),
+    )
+    .unwrap();
+    let b_key = c.path("b.key");
+    let key = std::fs::read(&b_key).unwrap();
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Breakage<'_>> = vec![
+        (
+            "missing",
+            Box::new(|| std::fs::remove_file(&b_key).unwrap()),
+            "No such file",
+        ),
+        (
+            "unreadable",
+            Box::new(|| std::fs::create_dir(&b_key).unwrap()),
+            "Is a directory",
+        ),
+    ];
+    for (what, breakage, reason) in &cases {
+        breakage();
+        let r = call(admin, "POST", "/v1/reload", None);
+        let text = r.text();
+        assert_eq!(r.status, 422, "{what}: {text}");
+        assert!(
+            text.contains(&format!(
+                "listeners[1].tls.certificates[0].key: {}: cannot read",
+                c.p("b.key")
+            )) && text.contains(reason),
+            "{what}: {text}"
+        );
+        // Nothing of it applied: the running certificates (not the renewed `a`), no new
+        // listener, the same config version.
+        both_serve(&a2, &b2, what);
+        assert_eq!(call(admin, "GET", "/v1/listeners/extra", None).status, 404);
+        assert_eq!(call(admin, "GET", "/v1/config", None).etag(), version);
+        // SIGHUP: the same refusal, logged.
+        p.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_until(Duration::from_secs(10), "the refused reload is logged", || {
+            p.stderr_text().lines().any(|l| {
+                l.contains("SIGHUP: reload rejected")
+                    && l.contains(&c.p("b.key"))
+                    && l.contains(reason)
+            })
+        });
+        both_serve(&a2, &b2, what);
+        if b_key.is_dir() {
+            std::fs::remove_dir(&b_key).unwrap();
+        }
+    }
+
+    // Restored: the whole reload goes through.
+    std::fs::write(&b_key, key).unwrap();
+    let r = call(admin, "POST", "/v1/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    both_serve(&a3, &b2, "after the files are back");
+    assert_eq!(call(admin, "GET", "/v1/listeners/extra", None).status, 200);
+    assert_ne!(call(admin, "GET", "/v1/config", None).etag(), version);
 }

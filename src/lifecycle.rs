@@ -107,7 +107,10 @@ impl Lifecycle {
 
     /// Sends `lines` when this process speaks for the service.
     fn notify(&self, lines: &[&str]) {
-        if self.state().main {
+        // Checked and sent under the state lock: a hand-over (`MAINPID=`, see `upgrade`)
+        // cannot slip in between, so nothing is sent after it.
+        let st = self.state();
+        if st.main {
             self.notifier.send(lines);
         }
     }
@@ -302,7 +305,16 @@ impl Lifecycle {
             "STATUS=upgraded: process {new_pid} serves; process {} drains",
             std::process::id()
         );
-        self.notify(&[&format!("MAINPID={new_pid}"), "READY=1", &status]);
+        {
+            // From the hand-over on this process is silent (`NotifyAccess=main`): a periodic
+            // STATUS= or WATCHDOG=1 of the control thread must not follow the MAINPID=.
+            let mut st = self.state();
+            if st.main {
+                self.notifier
+                    .send(&[&format!("MAINPID={new_pid}"), "READY=1", &status]);
+            }
+            st.main = false;
+        }
         let totals = self.stats.totals().unwrap_or_default();
         self.stats.stop_saving();
         if let Err(e) = successor.link.send(

@@ -58,7 +58,11 @@ pub fn request_head(data: &[u8]) {
     // The rewrite into a buffer that may be too small: an Overflow error, never a panic.
     let fwd = switchyard::http::rewrite::Forwarded {
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        client_text: if data.len() % 2 == 0 { b"" } else { b"127.0.0.1" },
+        client_text: if data.len() % 2 == 0 {
+            b""
+        } else {
+            b"127.0.0.1"
+        },
         proto: "http",
         strip_prefix: data.first().map_or(0, |&b| usize::from(b % 8)),
         request_id: b"0123456789abcdef",

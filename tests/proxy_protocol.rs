@@ -221,7 +221,10 @@ backends = ["{}", "{}", "{}"]
         picked.insert(ip.clone(), own);
     }
     let used: std::collections::BTreeSet<&String> = picked.values().collect();
-    assert!(used.len() >= 2, "sixteen addresses on one backend: {picked:?}");
+    assert!(
+        used.len() >= 2,
+        "sixteen addresses on one backend: {picked:?}"
+    );
 
     // Stats: per backend, three HTTP requests (direct, web v1, web v2) per client it owns.
     let stats = p.stats();

@@ -208,7 +208,9 @@ fn watchdog_pings_stop_while_the_control_thread_is_stalled() {
             .map(|n| n.at)
             .collect()
     };
-    wait_until(Duration::from_secs(10), "three pings", || pings(0).len() >= 3);
+    wait_until(Duration::from_secs(10), "three pings", || {
+        pings(0).len() >= 3
+    });
 
     let path = p.config_path.clone().unwrap();
     let text = std::fs::read_to_string(&path).unwrap();

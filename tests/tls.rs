@@ -858,13 +858,17 @@ backends = ["{be}"]
         assert_eq!(call(admin, "GET", "/v1/config", None).etag(), version);
         // SIGHUP: the same refusal, logged.
         p.signal(nix::sys::signal::Signal::SIGHUP);
-        wait_until(Duration::from_secs(10), "the refused reload is logged", || {
-            p.stderr_text().lines().any(|l| {
-                l.contains("SIGHUP: reload rejected")
-                    && l.contains(&c.p("b.key"))
-                    && l.contains(reason)
-            })
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "the refused reload is logged",
+            || {
+                p.stderr_text().lines().any(|l| {
+                    l.contains("SIGHUP: reload rejected")
+                        && l.contains(&c.p("b.key"))
+                        && l.contains(reason)
+                })
+            },
+        );
         both_serve(&a2, &b2, what);
         if b_key.is_dir() {
             std::fs::remove_dir(&b_key).unwrap();

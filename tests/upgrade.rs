@@ -174,6 +174,26 @@ fn start(
     util::sd::start_run(program, dir, config, env)
 }
 
+/// Two workers and one http listener `web` in front of `demo`; `server`: more `[server]` lines.
+fn web_config(server: &str, demo: SocketAddr) -> String {
+    format!(
+        r#"[server]
+workers = 2
+{server}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+
+[[clusters]]
+name = "app"
+backends = ["{demo}"]
+"#
+    )
+}
+
 #[test]
 fn ten_upgrades_under_load_drop_nothing_and_long_connections_stay_on_the_old_process() {
     let demo = Proxy::start_args(
@@ -388,25 +408,12 @@ fn failed_upgrades_leave_the_old_process_serving() {
     let exe = dir.path().join("switchyard");
     std::fs::copy(BIN, &exe).unwrap();
     let run = dir.path().join("run");
-    let config = format!(
-        r#"[server]
-workers = 2
-admin = "127.0.0.1:0"
-runtime_dir = "{run}"
-upgrade_timeout = "2s"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-cluster = "app"
-
-[[clusters]]
-name = "app"
-backends = ["{demo}"]
-"#,
-        run = run.display(),
-        demo = demo.addr("demo-backend"),
+    let config = web_config(
+        &format!(
+            "admin = \"127.0.0.1:0\"\nruntime_dir = \"{}\"\nupgrade_timeout = \"2s\"",
+            run.display()
+        ),
+        demo.addr("demo-backend"),
     );
     let notify = NotifySocket::abstract_socket();
     let p = start(exe.as_os_str(), dir, &config, &[notify.env()]);
@@ -525,24 +532,9 @@ fn upgrade_with_the_admin_api_off_goes_through_the_control_socket() {
     );
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let config = format!(
-        r#"[server]
-workers = 2
-admin = "off"
-runtime_dir = "{run}"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-cluster = "app"
-
-[[clusters]]
-name = "app"
-backends = ["{demo}"]
-"#,
-        run = run.display(),
-        demo = demo.addr("demo-backend"),
+    let config = web_config(
+        &format!("admin = \"off\"\nruntime_dir = \"{}\"", run.display()),
+        demo.addr("demo-backend"),
     );
     let notify = NotifySocket::abstract_socket();
     let p = start(BIN.as_ref(), dir, &config, &[notify.env()]);

@@ -480,9 +480,7 @@ fn concurrent_newest_hanging_or_unreachable_gives_the_older_answer() {
     assert_eq!(s["services"]["shop"]["versions"]["1.1"]["fallbacks"], 3);
 }
 
-/// The rest of `concurrent` needs two upstream exchanges per request (mirroring).
 #[test]
-#[ignore = "needs session core: mirroring each idempotent request to both versions at once (two upstream exchanges per request) and counting status and body mismatches"]
 fn concurrent_mirrors_idempotent_requests_to_both_versions_and_counts_mismatches() {
     let b2 = demo("v2");
     let (p, b1) = concurrent(b2.addr("demo-backend"), "");
@@ -491,12 +489,39 @@ fn concurrent_mirrors_idempotent_requests_to_both_versions_and_counts_mismatches
         let r = call(web, "GET", "/", None);
         assert_eq!(r.text().trim(), "v2", "the newest answers");
     }
-    // Both versions served every GET; their bodies differ (v1 vs v2): 10 body mismatches.
-    let s = p.stats();
+    // Both versions served every GET; their bodies differ (v1 vs v2): 10 body mismatches. (A
+    // mirror may finish just after its client's answer: wait for the last comparison.)
+    let s = poll_until(Duration::from_secs(10), "10 mirrors compared", || {
+        let s = p.stats();
+        (s["services"]["shop"]["versions"]["1.0"]["mirrored"] == 10).then_some(s)
+    });
     let v = &s["services"]["shop"]["versions"];
     assert_eq!(v["1.0"]["requests"], 10, "mirrored");
+    assert_eq!(v["1.0"]["responses_2xx"], 10);
+    assert_eq!(v["1.1"]["requests"], 10);
     assert_eq!(v["1.1"]["mirror_body_mismatches"], 10);
     assert_eq!(v["1.1"]["mirror_status_mismatches"], 0);
+    assert_eq!(v["1.1"]["fallbacks"], 0);
+    assert_eq!(s["http"]["mirrors"], 10);
+    assert_eq!(s["http"]["mirror_answers"], 0);
+    assert_eq!(
+        s["listeners"]["web"]["requests"], 10,
+        "mirrors are not client requests"
+    );
+    let m = call(p.addr("admin"), "GET", "/metrics", None).text();
+    for (name, v, n) in [
+        ("switchyard_version_mirror_body_mismatches_total", "1.1", 10),
+        (
+            "switchyard_version_mirror_status_mismatches_total",
+            "1.1",
+            0,
+        ),
+        ("switchyard_version_mirrored_total", "1.0", 10),
+    ] {
+        let line = format!("{name}{{service=\"shop\",version=\"{v}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "no {line} in\n{m}");
+    }
+    promtool_check(&m);
     drop(b1);
 }
 

@@ -513,3 +513,219 @@ impl Mirror {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::Tag;
+    use std::sync::Arc;
+
+    fn snapshot() -> Arc<crate::snapshot::Snapshot> {
+        crate::session::testkit::Kit::new().env.shared.load_full()
+    }
+
+    /// A mirror of `GET /` on a fresh connection, connected.
+    fn mirror(pool: &mut BufferPool, method: Method) -> Mirror {
+        let mut req = pool.checkout().unwrap();
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        pool.spare(&mut req)[..head.len()].copy_from_slice(head);
+        req.fill(head.len());
+        let now = Instant::now();
+        let mut m = Mirror::new(req, method, Tag::NONE, Tag::NONE, snapshot(), 7, now);
+        m.set_conn(3, 0, 0, false, now);
+        m.complete(Done::Connect(Xfer::Bytes(0)), pool, now);
+        m
+    }
+
+    /// Runs the mirror's ops against a backend that answers `answer` in `chunk`-byte reads.
+    fn run(m: &mut Mirror, pool: &mut BufferPool, answer: &[u8], chunk: usize) -> Vec<u8> {
+        let mut sent = Vec::new();
+        let mut at = 0;
+        for _ in 0..1000 {
+            match m.next(pool) {
+                MirrorWant::Io(Op::Send(s, None)) => {
+                    let d = pool.data(&s.buf);
+                    sent.extend_from_slice(&d[s.off as usize..(s.off + s.len) as usize]);
+                    let done = Done::Send {
+                        a: s.buf,
+                        b: None,
+                        res: Xfer::Bytes(s.len),
+                    };
+                    m.complete(done, pool, Instant::now());
+                }
+                MirrorWant::Io(Op::Recv(b)) => {
+                    let mut b = b.unwrap_or_else(|| pool.checkout().unwrap());
+                    let spare = pool.spare(&mut b);
+                    let n = chunk.min(spare.len()).min(answer.len() - at);
+                    spare[..n].copy_from_slice(&answer[at..at + n]);
+                    at += n;
+                    b.fill(n);
+                    let res = if n == 0 {
+                        Xfer::Eof
+                    } else {
+                        Xfer::Bytes(n as u32)
+                    };
+                    m.complete(Done::Recv { buf: Some(b), res }, pool, Instant::now());
+                }
+                MirrorWant::Finished => return sent,
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("no end");
+    }
+
+    #[test]
+    fn hash_does_not_depend_on_how_a_body_was_split() {
+        let body = b"the quick brown fox jumps over the lazy dog";
+        let whole = hash_bytes(HASH_START, body);
+        let split = hash_bytes(hash_bytes(HASH_START, &body[..7]), &body[7..]);
+        assert_eq!(whole, split);
+        assert_ne!(
+            whole,
+            hash_bytes(HASH_START, b"the quick brown fox jumps over the lazy cat")
+        );
+    }
+
+    #[test]
+    fn comparison_counts_statuses_always_and_bodies_when_both_are_whole() {
+        let a = |status, complete, len, hash| Answer {
+            status,
+            complete,
+            len,
+            hash,
+        };
+        assert_eq!(
+            compare(&a(200, true, 3, 1), &a(200, true, 3, 1)),
+            Mismatch::default()
+        );
+        let m = compare(&a(200, true, 3, 1), &a(200, true, 3, 2));
+        assert!(!m.status && m.body);
+        let m = compare(&a(500, false, 0, 0), &a(200, true, 3, 2));
+        assert!(
+            m.status && !m.body,
+            "a failed answer's body is not compared"
+        );
+        let m = compare(&a(200, true, 3, 1), &Answer::NONE);
+        assert!(m.status && !m.body, "no answer is status 0");
+    }
+
+    #[test]
+    fn a_small_answer_is_kept_whole_and_the_connection_is_reusable() {
+        let mut pool = BufferPool::new(256, 8);
+        let mut m = mirror(&mut pool, Method::Get);
+        let answer =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let sent = run(&mut m, &mut pool, answer, 7);
+        assert_eq!(sent, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let a = m.answer();
+        assert_eq!((a.status, a.complete, a.len), (200, true, 5));
+        assert_eq!(a.hash, hash_bytes(HASH_START, b"hello"));
+        assert!(m.reusable() && m.usable());
+        let b = m.take_answer().unwrap();
+        assert_eq!(pool.data(&b), &answer[25..], "the final head and its body");
+        pool.release(b);
+        m.release(&mut pool);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_long_body_is_hashed_not_kept_and_chunked_framing_counts() {
+        let mut pool = BufferPool::new(64, 8);
+        let mut m = mirror(&mut pool, Method::Get);
+        let body: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        answer.extend_from_slice(&body);
+        run(&mut m, &mut pool, &answer, 64);
+        let a = m.answer();
+        assert_eq!((a.status, a.complete, a.len), (200, true, 1000));
+        assert_eq!(a.hash, hash_bytes(HASH_START, &body));
+        assert!(m.reusable() && !m.usable(), "too long to hand to a client");
+        m.release(&mut pool);
+        assert_eq!(pool.in_use(), 0);
+        // Chunked: the body bytes as framed; a HEAD answer has none.
+        let mut m = mirror(&mut pool, Method::Get);
+        run(
+            &mut m,
+            &mut pool,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            5,
+        );
+        assert_eq!((m.answer().len, m.answer().complete), (13, true));
+        m.release(&mut pool);
+        let mut m = mirror(&mut pool, Method::Head);
+        run(
+            &mut m,
+            &mut pool,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            100,
+        );
+        assert_eq!((m.answer().len, m.answer().complete), (0, true));
+        m.release(&mut pool);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn close_before_the_end_is_no_answer_and_a_dead_pooled_connection_is_replaced_once() {
+        let mut pool = BufferPool::new(256, 8);
+        let mut m = mirror(&mut pool, Method::Get);
+        run(
+            &mut m,
+            &mut pool,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            100,
+        );
+        assert_eq!(m.answer(), Answer::NONE);
+        assert!(!m.reusable() && !m.usable());
+        m.release(&mut pool);
+        // A pooled connection that closes before any byte: a fresh one, once.
+        let mut m = mirror(&mut pool, Method::Get);
+        let now = Instant::now();
+        m.set_conn(4, 0, 0, true, now);
+        let MirrorWant::Io(Op::Send(s, None)) = m.next(&mut pool) else {
+            panic!()
+        };
+        let n = s.len;
+        m.complete(
+            Done::Send {
+                a: s.buf,
+                b: None,
+                res: Xfer::Bytes(n),
+            },
+            &mut pool,
+            now,
+        );
+        let MirrorWant::Io(Op::Recv(None)) = m.next(&mut pool) else {
+            panic!()
+        };
+        m.complete(
+            Done::Recv {
+                buf: None,
+                res: Xfer::Eof,
+            },
+            &mut pool,
+            now,
+        );
+        assert!(matches!(m.next(&mut pool), MirrorWant::Reconnect));
+        m.set_conn(5, 0, 0, false, now);
+        assert!(matches!(m.next(&mut pool), MirrorWant::Idle), "connecting");
+        m.complete(Done::Connect(Xfer::Bytes(0)), &mut pool, now);
+        run(&mut m, &mut pool, b"HTTP/1.1 204 No Content\r\n\r\n", 100);
+        assert_eq!((m.answer().status, m.answer().complete), (204, true));
+        m.release(&mut pool);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_timeout_fails_the_mirror() {
+        let mut pool = BufferPool::new(256, 8);
+        let mut m = mirror(&mut pool, Method::Get);
+        assert!(m.deadline() > Instant::now());
+        m.timed_out();
+        assert!(matches!(m.next(&mut pool), MirrorWant::Finished));
+        assert!(m.finished() && !m.reusable());
+        assert_eq!(m.answer(), Answer::NONE);
+        m.release(&mut pool);
+        assert_eq!(pool.in_use(), 0);
+    }
+}

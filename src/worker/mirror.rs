@@ -522,8 +522,11 @@ impl<E: Engine> Worker<E> {
                 self.count_mirror(&m, false);
             }
             Err(b) => {
+                // Past the point where an answer can be given (never for a request that may
+                // fall back): it fails as the newest did.
                 self.engine.pools().0.release(b);
                 self.count_mirror(&m, true);
+                self.no_upstream(key, 502);
             }
         }
         m.release(self.engine.pools().0);

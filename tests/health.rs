@@ -215,7 +215,7 @@ fn restart_with_a_dead_backend_makes_no_connect_to_it_before_its_first_check() {
             "round {round}: {}",
             st["tcp"]
         );
-        wait_until(Duration::from_secs(5), "the first round logged", || {
+        wait_until(Duration::from_secs(15), "the first round logged", || {
             p.stderr_text().contains("first health check round done")
         });
         p.sigterm();

@@ -122,7 +122,7 @@ fn access_log_and_log_level_change_on_reload() {
     .unwrap();
     assert_eq!(call(admin, "POST", "/v1/reload", None).status, 200);
     send(web, "json", 5);
-    wait_until(Duration::from_secs(5), "5 JSON lines", || {
+    wait_until(Duration::from_secs(15), "5 JSON lines", || {
         lines(&first).len() == 5
     });
     let v: Value = serde_json::from_str(&lines(&first)[0]).unwrap();

@@ -56,7 +56,9 @@ pub fn reference(head: &[u8]) -> Framing {
     let Some(lines) = lines(head) else {
         return Framing::Fault;
     };
-    let Some((request_line, fields)) = lines.split_first() else {
+    // RFC 9112 §2.2: empty lines before the request line are ignored.
+    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(lines.len());
+    let Some((request_line, fields)) = lines[start..].split_first() else {
         return Framing::Fault;
     };
     let http10 = request_line.ends_with(b" HTTP/1.0");

@@ -103,6 +103,10 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, Error> {
         }
         return Ok(Parsed::Partial);
     };
+    // A lone CR or LF before the CRLF: the same answer as while the line was partial.
+    if buf[..end].iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Err(Error::Malformed("PROXY v1 line not ended by CRLF"));
+    }
     let line = std::str::from_utf8(&buf[6..end])
         .map_err(|_| Error::Malformed("PROXY v1 line is not ASCII"))?;
     let len = end + 2;
@@ -367,6 +371,19 @@ mod tests {
         match parse(buf, 4096) {
             Ok(Parsed::Complete(h)) => h,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    // Found by fuzzing (fuzz/regressions/proxy_header): a lone CR inside an UNKNOWN line was
+    // refused while the line was partial and accepted once its CRLF arrived.
+    #[test]
+    fn a_lone_cr_in_a_v1_line_is_refused_whole_or_partial() {
+        let line = b"PROXY UNKNOWN 11981 56324 443\r GET / HTTP/1.\r\n";
+        for cut in [line.len() - 1, line.len()] {
+            assert!(
+                matches!(parse(&line[..cut], 4096), Err(Error::Malformed(_))),
+                "{cut}"
+            );
         }
     }
 

@@ -1158,6 +1158,14 @@ impl Engine for UringEngine {
         "io_uring"
     }
 
+    fn addrs(&self, conn: ConnId) -> Option<(SocketAddr, SocketAddr)> {
+        let sock = socket2::SockRef::from(self.conns.get(conn as usize)?.sock.as_ref()?);
+        Some((
+            sock.peer_addr().ok()?.as_socket()?,
+            sock.local_addr().ok()?.as_socket()?,
+        ))
+    }
+
     fn take_buffer_waits(&mut self) -> u64 {
         std::mem::take(&mut self.buffer_waits)
     }

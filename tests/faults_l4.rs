@@ -481,11 +481,10 @@ fn get_close(mut s: TcpStream, before: &[u8]) -> (String, Duration) {
     (String::from_utf8_lossy(&out).to_string(), t0.elapsed())
 }
 
-#[test]
-fn latency_applies_under_tls_and_proxy_protocol_listeners() {
-    let c = util::tls::Certs::new();
-    let be = demo("be");
-    let p = Proxy::start(&format!(
+/// HTTP listeners in front of `backend`: `tls` (TLS, certificate `a`) and `pp`
+/// (`accept_proxy`).
+fn tls_and_proxy_listeners(c: &util::tls::Certs, backend: SocketAddr) -> Proxy {
+    Proxy::start(&format!(
         r#"
 [server]
 workers = 1
@@ -504,12 +503,18 @@ cluster = "app"
 accept_proxy = true
 [[clusters]]
 name = "app"
-backends = ["{be}"]
+backends = ["{backend}"]
 "#,
         a = c.p("a.pem"),
         ak = c.p("a.key"),
-        be = be.addr("demo-backend"),
-    ));
+    ))
+}
+
+#[test]
+fn latency_applies_under_tls_and_proxy_protocol_listeners() {
+    let c = util::tls::Certs::new();
+    let be = demo("be");
+    let p = tls_and_proxy_listeners(&c, be.addr("demo-backend"));
     let ca = c.p("ca.pem");
     // A real TLS client (curl), timed from outside.
     let tls_get = || {
@@ -604,25 +609,7 @@ fn latency_applies_under_upstream_tls() {
     let c = util::tls::Certs::new();
     let be = demo("be");
     // The TLS backend: a Switchyard TLS listener in front of the demo backend.
-    let back = Proxy::start(&format!(
-        r#"
-[server]
-workers = 1
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-cluster = "app"
-[listeners.tls]
-certificates = [{{ cert = "{a}", key = "{ak}" }}]
-[[clusters]]
-name = "app"
-backends = ["{be}"]
-"#,
-        a = c.p("a.pem"),
-        ak = c.p("a.key"),
-        be = be.addr("demo-backend"),
-    ));
+    let back = tls_and_proxy_listeners(&c, be.addr("demo-backend"));
     let front = Proxy::start(&format!(
         r#"
 [server]
@@ -639,7 +626,7 @@ backends = ["{back}"]
 ca = "{ca}"
 server_name = "a.example"
 "#,
-        back = back.addr("web"),
+        back = back.addr("tls"),
         ca = c.p("ca.pem"),
     ));
     let (out, _) = get_close(connect(front.addr("t")), b"");

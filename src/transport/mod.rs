@@ -168,26 +168,14 @@ impl Transport {
         conn: ConnId,
         done: Done,
     ) -> Option<Done> {
+        let Some(id) = self.toxic() else {
+            return Some(done);
+        };
+        let w = &mut ToxicWire { engine, toxics, id };
         match self {
-            Transport::Tls(t, Some(id)) => t.complete(
-                &mut ToxicWire {
-                    engine,
-                    toxics,
-                    id: *id,
-                },
-                conn,
-                done,
-            ),
-            Transport::Proxy(p, Some(id)) => p.complete(
-                &mut ToxicWire {
-                    engine,
-                    toxics,
-                    id: *id,
-                },
-                conn,
-                done,
-            ),
-            _ => Some(done),
+            Transport::Tls(t, _) => t.complete(w, conn, done),
+            Transport::Proxy(p, _) => p.complete(w, conn, done),
+            Transport::Plain | Transport::Toxic(_) => Some(done),
         }
     }
 

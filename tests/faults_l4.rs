@@ -443,3 +443,218 @@ fn ctl_verbs() {
     let (ok, out) = ctl(&p, &["fault", "clear"]);
     assert!(ok, "{out}");
 }
+
+// ------------------------------------------------------------- under TLS and the PROXY protocol
+//
+// Toxics act on the bytes on the wire, under TLS and the PROXY protocol: they apply to TLS
+// listeners, `accept_proxy` listeners, and upstream connections with `[clusters.tls]` or
+// `send_proxy` as they do to plain ones.
+
+/// Sets listener `name`'s toxics.
+fn toxics_on(p: &Proxy, name: &str, list: Value) {
+    let r = call(
+        p.addr("admin"),
+        "PUT",
+        &format!("/v1/faults/listeners/{name}"),
+        Some(&json!({ "toxics": list }).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn demo(id: &str) -> Proxy {
+    Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", id],
+        &["demo-backend"],
+    )
+}
+
+/// `GET /` with `Connection: close` on `s` after `before` (a PROXY header): the whole answer
+/// and how long it took from the first byte written.
+fn get_close(mut s: TcpStream, before: &[u8]) -> (String, Duration) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let t0 = Instant::now();
+    let mut req = before.to_vec();
+    req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(&req).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).to_string(), t0.elapsed())
+}
+
+/// HTTP listeners in front of `backend`: `tls` (TLS, certificate `a`) and `pp`
+/// (`accept_proxy`).
+fn tls_and_proxy_listeners(c: &util::tls::Certs, backend: SocketAddr) -> Proxy {
+    Proxy::start(&format!(
+        r#"
+[server]
+workers = 1
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+[listeners.tls]
+certificates = [{{ cert = "{a}", key = "{ak}" }}]
+[[listeners]]
+name = "pp"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+accept_proxy = true
+[[clusters]]
+name = "app"
+backends = ["{backend}"]
+"#,
+        a = c.p("a.pem"),
+        ak = c.p("a.key"),
+    ))
+}
+
+#[test]
+fn latency_applies_under_tls_and_proxy_protocol_listeners() {
+    let c = util::tls::Certs::new();
+    let be = demo("be");
+    let p = tls_and_proxy_listeners(&c, be.addr("demo-backend"));
+    let ca = c.p("ca.pem");
+    // A real TLS client (curl), timed from outside.
+    let tls_get = || {
+        let t0 = Instant::now();
+        let (ok, out) = util::tls::curl(p.addr("tls"), "a.example", "/", &["--cacert", &ca]);
+        assert!(ok && out.contains("be"), "{out}");
+        t0.elapsed()
+    };
+    let pp_get = || {
+        let s = connect(p.addr("pp"));
+        let port = s.local_addr().expect("local").port();
+        let header = format!("PROXY TCP4 192.0.2.7 127.0.0.1 {port} 80\r\n");
+        let (out, t) = get_close(s, header.as_bytes());
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.contains("be"),
+            "{out}"
+        );
+        t
+    };
+    tls_get();
+    pp_get();
+    let lat = json!([toxic("latency", "downstream", json!({"latency": 600}))]);
+    toxics_on(&p, "tls", lat.clone());
+    toxics_on(&p, "pp", lat);
+    let t = tls_get();
+    assert!(t >= Duration::from_millis(600), "TLS listener: {t:?}");
+    let t = pp_get();
+    assert!(
+        t >= Duration::from_millis(600),
+        "accept_proxy listener: {t:?}"
+    );
+    assert!(p.tcp("fault_latency") >= 2, "{}", p.stats()["tcp"]);
+    // The handshake still counts, and the PROXY header was still read.
+    assert!(p.tcp("tls_handshakes") >= 2, "{}", p.stats()["tcp"]);
+    assert_eq!(p.tcp("proxy_header_errors"), 0);
+}
+
+#[test]
+fn limit_data_applies_under_send_proxy_upstream() {
+    // The backend captures what reaches it, up to the close.
+    let cap = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let cap_addr = cap.local_addr().expect("addr");
+    let (tx, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in cap.incoming().take(2) {
+            let Ok(mut s) = s else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            let _ = tx.send(buf);
+        }
+    });
+    let p = Proxy::start(&format!(
+        r#"
+[server]
+workers = 1
+[[listeners]]
+name = "t"
+bind = "127.0.0.1:0"
+cluster = "pp"
+[[clusters]]
+name = "pp"
+backends = ["{cap_addr}"]
+send_proxy = "v1"
+"#
+    ));
+    // Without toxics: the header, then every byte.
+    let mut s = connect(p.addr("t"));
+    s.write_all(&[b'z'; 1000]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let first = got.recv_timeout(Duration::from_secs(10)).expect("captured");
+    assert!(first.starts_with(b"PROXY TCP4 127.0.0.1 127.0.0.1 "));
+    let header = first.iter().position(|&b| b == b'\n').expect("header end") + 1;
+    assert_eq!(first.len(), header + 1000);
+    // limit_data upstream: exactly 100 bytes reach the backend, the header counted (it is on
+    // the wire), then the FIN.
+    toxics(
+        &p,
+        json!([toxic("limit_data", "upstream", json!({"bytes": 100}))]),
+    );
+    let mut s = connect(p.addr("t"));
+    s.write_all(&[b'z'; 1000]).unwrap();
+    let second = got.recv_timeout(Duration::from_secs(10)).expect("captured");
+    assert_eq!(second.len(), 100, "{:?}", String::from_utf8_lossy(&second));
+    assert!(second.starts_with(b"PROXY TCP4 127.0.0.1 127.0.0.1 "));
+    assert!(second[header..].iter().all(|&b| b == b'z'));
+    assert!(p.tcp("fault_limit_data") >= 1);
+}
+
+#[test]
+fn latency_applies_under_upstream_tls() {
+    let c = util::tls::Certs::new();
+    let be = demo("be");
+    // The TLS backend: a Switchyard TLS listener in front of the demo backend.
+    let back = tls_and_proxy_listeners(&c, be.addr("demo-backend"));
+    let front = Proxy::start(&format!(
+        r#"
+[server]
+workers = 1
+[[listeners]]
+name = "t"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "tls"
+[[clusters]]
+name = "tls"
+backends = ["{back}"]
+[clusters.tls]
+ca = "{ca}"
+server_name = "a.example"
+"#,
+        back = back.addr("tls"),
+        ca = c.p("ca.pem"),
+    ));
+    let (out, _) = get_close(connect(front.addr("t")), b"");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("be"),
+        "{out}"
+    );
+    toxics(
+        &front,
+        json!([toxic("latency", "upstream", json!({"latency": 500}))]),
+    );
+    // The first request's TLS connection was pooled: reused, it goes under the toxics (the
+    // request waits 500 ms), and is not pooled again.
+    let (out, t) = get_close(connect(front.addr("t")), b"");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("be"),
+        "{out}"
+    );
+    assert!(t >= Duration::from_millis(500), "{t:?}");
+    // A new TLS connection: the ClientHello and the client's Finished (with the request)
+    // each wait 500 ms.
+    let (out, t) = get_close(connect(front.addr("t")), b"");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("be"),
+        "{out}"
+    );
+    assert!(t >= Duration::from_millis(1000), "{t:?}");
+    assert_eq!(front.stats()["http"]["upstream_reused"], 1);
+    assert!(front.tcp("fault_latency") >= 1);
+    assert_eq!(front.tcp("tls_handshake_failures"), 0);
+}

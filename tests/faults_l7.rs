@@ -453,3 +453,80 @@ fn bad_http_faults_are_refused() {
         1
     );
 }
+
+/// The body of one GET on a fresh connection (`Connection: close`), if it was answered.
+fn get_body(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    let mut s = connect(addr);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let at = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    Some(out[at..].to_vec())
+}
+
+/// The draws are not seeded (each is a hash of the worker's request id, which starts from the
+/// clock), so each count is held to 5 standard deviations of its binomial: a probability off
+/// by a third fails (e.g. 0.3 vs 0.2 or 0.4 is more than 5 sd away at n = 250).
+#[test]
+fn delay_duplicate_corrupt_and_broker_duplicate_with_their_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, count) = counting_backend();
+    let p = start(b.addr, &dir.path().join("access.log"));
+    let (admin, addr) = (p.addr("admin"), p.addr("web"));
+    let n = 250;
+    // delay p=0.3: counted, and the time they took is there.
+    add(
+        &p,
+        json!({"type": "delay", "ms": 20, "probability": 0.3, "listener": "web"}),
+    );
+    let t0 = Instant::now();
+    assert!((0..n).all(|_| get(addr, "/") == Some(200)));
+    let delayed = http_stat(&p, "fault_delay") as usize;
+    assert!(
+        binomial_ok(delayed, n, 0.3),
+        "delay p=0.3: {delayed} of {n}"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(20 * delayed as u64));
+    clear(&p);
+    // duplicate p=0.3: the backend sees the extra copies.
+    add(
+        &p,
+        json!({"type": "duplicate", "probability": 0.3, "listener": "web"}),
+    );
+    let dups = |p: &Proxy, before: usize, base: u64| {
+        assert!((0..n).all(|_| get(addr, "/") == Some(200)));
+        let counted = (http_stat(p, "fault_duplicate") - base) as usize;
+        wait_until(
+            Duration::from_secs(5),
+            "the backend sees every copy",
+            || count.load(Ordering::SeqCst) - before == n + counted,
+        );
+        counted
+    };
+    let dup = dups(&p, count.load(Ordering::SeqCst), 0);
+    assert!(binomial_ok(dup, n, 0.3), "duplicate p=0.3: {dup} of {n}");
+    clear(&p);
+    // corrupt p=0.3: bodies that differ from the clean one.
+    let clean = get_body(addr, "/").expect("clean body");
+    add(
+        &p,
+        json!({"type": "corrupt", "bytes": 2, "probability": 0.3, "listener": "web"}),
+    );
+    let salted = (0..n)
+        .filter(|_| get_body(addr, "/").expect("answered") != clean)
+        .count();
+    assert!(
+        binomial_ok(salted, n, 0.3),
+        "corrupt p=0.3: {salted} of {n}"
+    );
+    assert_eq!(http_stat(&p, "fault_corrupt") as usize, salted);
+    clear(&p);
+    // The broker's pDuplicate 20 (the others 0).
+    let r = call(admin, "PATCH", "/broker", Some(r#"{"pDuplicate": 20}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["pNothing"], 80);
+    let base = http_stat(&p, "fault_duplicate");
+    let dup = dups(&p, count.load(Ordering::SeqCst), base);
+    assert!(binomial_ok(dup, n, 0.2), "pDuplicate 20: {dup} of {n}");
+}

@@ -13,7 +13,10 @@
 //!   written in front of an upstream one, before the session's bytes;
 //! - L4 fault toxics ([`toxics`]): latency and slicing delay or split the ops on a timer;
 //!   bandwidth paces them; `timeout`, `reset_peer` and `limit_data` hold, reset or cut the
-//!   connection (plain connections only: a TLS listener's toxics are not applied).
+//!   connection. Toxics act on the bytes on the wire, so they sit *under* TLS and the PROXY
+//!   protocol: a TLS or PROXY layer over toxics hands its engine ops to a [`ToxicWire`]
+//!   instead of the engine (records, handshake traffic and PROXY headers are shaped like any
+//!   other bytes). A plain connection under toxics is [`Transport::Toxic`].
 //!
 //! One engine completion may answer both of the session's slots (a TLS record that finishes
 //! the handshake lets a held send go too): the extra one waits in [`Transport::take_ready`].
@@ -36,18 +39,83 @@ use std::time::Instant;
 pub use tls::event;
 use toxics::{ToxicId, Toxics};
 
+/// What a TLS or PROXY layer hands its engine ops to: the engine itself, or the connection's
+/// toxics on their way to it ([`ToxicWire`]).
+pub trait Wire {
+    fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done>;
+    fn cancel(&mut self, conn: ConnId, slot: Slot);
+    fn pools(&mut self) -> (&mut BufferPool, &mut PipePool);
+}
+
+impl<E: Engine> Wire for E {
+    #[inline]
+    fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done> {
+        Engine::submit(self, conn, op)
+    }
+    #[inline]
+    fn cancel(&mut self, conn: ConnId, slot: Slot) {
+        Engine::cancel(self, conn, slot)
+    }
+    #[inline]
+    fn pools(&mut self) -> (&mut BufferPool, &mut PipePool) {
+        Engine::pools(self)
+    }
+}
+
+/// The wire of a TLS or PROXY layer over L4 toxics: its ops go through the connection's
+/// entry in [`Toxics`].
+pub struct ToxicWire<'a, E> {
+    pub engine: &'a mut E,
+    pub toxics: &'a mut Toxics,
+    pub id: ToxicId,
+}
+
+impl<E: Engine> Wire for ToxicWire<'_, E> {
+    fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done> {
+        self.toxics.submit(self.id, self.engine, conn, op)
+    }
+    fn cancel(&mut self, conn: ConnId, slot: Slot) {
+        self.toxics.cancel(self.id, self.engine, conn, slot)
+    }
+    fn pools(&mut self) -> (&mut BufferPool, &mut PipePool) {
+        Engine::pools(self.engine)
+    }
+}
+
+/// Runs `$body` with `$w` bound to the wire of a layer: the engine (`$under` is `None`) or
+/// the toxics under it.
+macro_rules! over {
+    ($under:expr, $engine:expr, $toxics:expr, |$w:ident| $body:expr) => {
+        match $under {
+            None => {
+                let $w = $engine;
+                $body
+            }
+            Some(id) => {
+                let $w = &mut ToxicWire {
+                    engine: $engine,
+                    toxics: $toxics,
+                    id: *id,
+                };
+                $body
+            }
+        }
+    };
+}
+
 /// The transport of one connection.
 #[derive(Debug, Default)]
 pub enum Transport {
     /// Bytes go to the socket as they are.
     #[default]
     Plain,
-    /// TLS (with a PROXY header below it when configured).
-    Tls(Box<tls::TlsConn>),
-    /// Plain TCP with a PROXY header read or written first.
-    Proxy(Box<proxy::ProxyConn>),
-    /// Plain TCP under L4 fault toxics: the connection's entry in the worker's [`Toxics`]
-    /// (toxics apply to plain connections only).
+    /// TLS (with a PROXY header below it when configured), over L4 fault toxics when the
+    /// second field is set.
+    Tls(Box<tls::TlsConn>, Option<ToxicId>),
+    /// Plain TCP with a PROXY header read or written first, over L4 fault toxics when the
+    /// second field is set.
+    Proxy(Box<proxy::ProxyConn>, Option<ToxicId>),
+    /// Plain TCP under L4 fault toxics: the connection's entry in the worker's [`Toxics`].
     Toxic(ToxicId),
 }
 
@@ -62,9 +130,9 @@ impl Transport {
         op: Op,
     ) -> Option<Done> {
         match self {
-            Transport::Plain => engine.submit(conn, op),
-            Transport::Tls(t) => t.submit(engine, conn, op),
-            Transport::Proxy(p) => p.submit(engine, conn, op),
+            Transport::Plain => Engine::submit(engine, conn, op),
+            Transport::Tls(t, u) => over!(u, engine, toxics, |w| t.submit(w, conn, op)),
+            Transport::Proxy(p, u) => over!(u, engine, toxics, |w| p.submit(w, conn, op)),
             Transport::Toxic(id) => toxics.submit(*id, engine, conn, op),
         }
     }
@@ -81,10 +149,64 @@ impl Transport {
     ) -> Option<Done> {
         match self {
             Transport::Plain => Some(done),
-            Transport::Tls(t) => t.complete(engine, conn, done),
-            Transport::Proxy(p) => p.complete(engine, conn, done),
+            Transport::Tls(t, None) => t.complete(engine, conn, done),
+            Transport::Proxy(p, None) => p.complete(engine, conn, done),
             Transport::Toxic(id) => toxics.complete(*id, done),
+            Transport::Tls(_, Some(id)) | Transport::Proxy(_, Some(id)) => {
+                let done = toxics.complete(*id, done)?;
+                self.lift(engine, toxics, conn, done)
+            }
         }
+    }
+
+    /// Passes a completion that already went through the connection's toxics (a held op
+    /// that ran on a toxic timer) up through the layer over them, if any.
+    pub fn lift<E: Engine>(
+        &mut self,
+        engine: &mut E,
+        toxics: &mut Toxics,
+        conn: ConnId,
+        done: Done,
+    ) -> Option<Done> {
+        let Some(id) = self.toxic() else {
+            return Some(done);
+        };
+        let w = &mut ToxicWire { engine, toxics, id };
+        match self {
+            Transport::Tls(t, _) => t.complete(w, conn, done),
+            Transport::Proxy(p, _) => p.complete(w, conn, done),
+            Transport::Plain | Transport::Toxic(_) => Some(done),
+        }
+    }
+
+    /// The connection's entry in [`Toxics`], when it is under toxics.
+    #[inline]
+    pub fn toxic(&self) -> Option<ToxicId> {
+        match self {
+            Transport::Toxic(id) | Transport::Tls(_, Some(id)) | Transport::Proxy(_, Some(id)) => {
+                Some(*id)
+            }
+            _ => None,
+        }
+    }
+
+    /// Puts the connection under toxics entry `id`, below whatever layer it has. Returns
+    /// the entry it was under before, if any.
+    pub fn put_under(&mut self, id: ToxicId) -> Option<ToxicId> {
+        match self {
+            Transport::Plain => {
+                *self = Transport::Toxic(id);
+                None
+            }
+            Transport::Toxic(old) => Some(std::mem::replace(old, id)),
+            Transport::Tls(_, u) | Transport::Proxy(_, u) => u.replace(id),
+        }
+    }
+
+    /// A TLS connection (over toxics or not).
+    #[inline]
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(..))
     }
 
     /// A further completion for the session, made ready by the last `submit` or `complete`.
@@ -92,8 +214,8 @@ impl Transport {
     pub fn take_ready(&mut self) -> Option<Done> {
         match self {
             Transport::Plain | Transport::Toxic(_) => None,
-            Transport::Tls(t) => t.take_ready(),
-            Transport::Proxy(p) => p.take_ready(),
+            Transport::Tls(t, _) => t.take_ready(),
+            Transport::Proxy(p, _) => p.take_ready(),
         }
     }
 
@@ -102,24 +224,31 @@ impl Transport {
     pub fn take_events(&mut self) -> u8 {
         match self {
             Transport::Plain | Transport::Toxic(_) => 0,
-            Transport::Tls(t) => t.take_events(),
-            Transport::Proxy(p) => p.take_events(),
+            Transport::Tls(t, _) => t.take_events(),
+            Transport::Proxy(p, _) => p.take_events(),
         }
     }
 
     /// Cancels the op in `slot` (its `Done` is never delivered).
-    pub fn cancel<E: Engine>(&mut self, engine: &mut E, conn: ConnId, slot: Slot) {
+    pub fn cancel<E: Engine>(
+        &mut self,
+        engine: &mut E,
+        toxics: &mut Toxics,
+        conn: ConnId,
+        slot: Slot,
+    ) {
         match self {
-            Transport::Plain | Transport::Toxic(_) => engine.cancel(conn, slot),
-            Transport::Tls(t) => t.cancel(engine, conn, slot),
-            Transport::Proxy(p) => p.cancel(engine, conn, slot),
+            Transport::Plain => Engine::cancel(engine, conn, slot),
+            Transport::Toxic(id) => toxics.cancel(*id, engine, conn, slot),
+            Transport::Tls(t, u) => over!(u, engine, toxics, |w| t.cancel(w, conn, slot)),
+            Transport::Proxy(p, u) => over!(u, engine, toxics, |w| p.cancel(w, conn, slot)),
         }
     }
 
     /// The connection is about to be closed gracefully (TLS: `close_notify` goes out first).
-    pub fn closing<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
-        if let Transport::Tls(t) = self {
-            t.closing(engine, conn);
+    pub fn closing<E: Engine>(&mut self, engine: &mut E, toxics: &mut Toxics, conn: ConnId) {
+        if let Transport::Tls(t, u) = self {
+            over!(u, engine, toxics, |w| t.closing(w, conn));
         }
     }
 
@@ -128,8 +257,8 @@ impl Transport {
         match std::mem::take(self) {
             // A toxic connection's held ops are the worker's `Toxics` to give back.
             Transport::Plain | Transport::Toxic(_) => {}
-            Transport::Tls(mut t) => t.release(pool, pipes),
-            Transport::Proxy(mut p) => {
+            Transport::Tls(mut t, _) => t.release(pool, pipes),
+            Transport::Proxy(mut p, _) => {
                 p.release(pool, pipes);
                 while let Some(d) = p.take_ready() {
                     recycle(d, pool, pipes);
@@ -143,23 +272,23 @@ impl Transport {
     pub fn deadline(&self) -> Option<Instant> {
         match self {
             Transport::Plain | Transport::Toxic(_) => None,
-            Transport::Tls(t) => t.deadline(),
-            Transport::Proxy(p) => p.deadline(),
+            Transport::Tls(t, _) => t.deadline(),
+            Transport::Proxy(p, _) => p.deadline(),
         }
     }
 
     /// Bytes may go socket → pipe → socket (not through a TLS connection).
     #[inline]
     pub fn can_splice(&self) -> bool {
-        !matches!(self, Transport::Tls(_))
+        !self.is_tls()
     }
 
     /// The client and destination addresses an accepted PROXY header carried.
     pub fn proxied(&self) -> Option<(SocketAddr, SocketAddr)> {
         match self {
             Transport::Plain | Transport::Toxic(_) => None,
-            Transport::Tls(t) => t.proxied,
-            Transport::Proxy(p) => p.proxied,
+            Transport::Tls(t, _) => t.proxied,
+            Transport::Proxy(p, _) => p.proxied,
         }
     }
 
@@ -175,16 +304,18 @@ impl Transport {
     ) -> bool {
         match self {
             Transport::Plain => tls.is_none() && proxy.is_none(),
-            Transport::Tls(t) => {
+            Transport::Tls(t, None) => {
                 t.sent_proxy == proxy
                     && match (&t.client, tls) {
                         (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
                         _ => false,
                     }
             }
-            Transport::Proxy(p) => tls.is_none() && p.sent == proxy,
+            Transport::Proxy(p, None) => tls.is_none() && p.sent == proxy,
             // Never pooled: it carries its session's faults.
-            Transport::Toxic(_) => false,
+            Transport::Toxic(_) | Transport::Tls(_, Some(_)) | Transport::Proxy(_, Some(_)) => {
+                false
+            }
         }
     }
 }

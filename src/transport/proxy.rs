@@ -9,7 +9,8 @@
 //! HOT PATH (once per connection). No allocation, lock or log.
 
 use super::tls::event;
-use crate::engine::{recycle, ConnId, Done, Engine, Op, Slice, Slot};
+use super::Wire;
+use crate::engine::{recycle, ConnId, Done, Op, Slice, Slot};
 use crate::io::{Buf, BufferPool, PipePool, Xfer};
 use crate::proto::proxy_protocol::{self, Parsed, Version};
 use std::net::SocketAddr;
@@ -115,7 +116,7 @@ impl ProxyConn {
         self.ready.take().or_else(|| self.ready_write.take())
     }
 
-    pub fn submit<E: Engine>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
+    pub fn submit<E: Wire>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
         match op {
             Op::Recv(buf) if self.reading_header || self.failed => {
                 if self.failed {
@@ -132,12 +133,7 @@ impl ProxyConn {
         }
     }
 
-    pub fn complete<E: Engine>(
-        &mut self,
-        engine: &mut E,
-        conn: ConnId,
-        done: Done,
-    ) -> Option<Done> {
+    pub fn complete<E: Wire>(&mut self, engine: &mut E, conn: ConnId, done: Done) -> Option<Done> {
         match done {
             Done::Recv { buf, res } if self.eng_reading => {
                 self.eng_reading = false;
@@ -177,7 +173,7 @@ impl ProxyConn {
     }
 
     /// Cancels the session's op in `slot` (and the engine's op under it).
-    pub fn cancel<E: Engine>(&mut self, engine: &mut E, conn: ConnId, slot: Slot) {
+    pub fn cancel<E: Wire>(&mut self, engine: &mut E, conn: ConnId, slot: Slot) {
         if slot == Slot::Read {
             if let Some(Some(b)) = self.parked.take() {
                 engine.pools().0.release(b);
@@ -203,7 +199,7 @@ impl ProxyConn {
     }
 
     /// Receives (more of) the header.
-    fn read_header<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
+    fn read_header<E: Wire>(&mut self, engine: &mut E, conn: ConnId) {
         if self.eng_reading {
             return;
         }
@@ -214,13 +210,7 @@ impl ProxyConn {
         }
     }
 
-    fn header_bytes<E: Engine>(
-        &mut self,
-        engine: &mut E,
-        conn: ConnId,
-        buf: Option<Buf>,
-        res: Xfer,
-    ) {
+    fn header_bytes<E: Wire>(&mut self, engine: &mut E, conn: ConnId, buf: Option<Buf>, res: Xfer) {
         let (pool, _) = engine.pools();
         let mut b = match (res, buf) {
             (Xfer::Bytes(_), Some(b)) => b,
@@ -286,7 +276,7 @@ impl ProxyConn {
         }
     }
 
-    fn bad<E: Engine>(&mut self, engine: &mut E) {
+    fn bad<E: Wire>(&mut self, engine: &mut E) {
         self.failed = true;
         self.reading_header = false;
         self.events |= event::PROXY_BAD;
@@ -299,7 +289,7 @@ impl ProxyConn {
     }
 
     /// Connected: the header goes first; the session hears of the connect once it is out.
-    fn write_header<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
+    fn write_header<E: Wire>(&mut self, engine: &mut E, conn: ConnId) {
         let Some((v, addrs)) = self.out.take() else {
             return;
         };
@@ -318,7 +308,7 @@ impl ProxyConn {
         self.send_rest(engine, conn, b);
     }
 
-    fn send_rest<E: Engine>(&mut self, engine: &mut E, conn: ConnId, b: Buf) {
+    fn send_rest<E: Wire>(&mut self, engine: &mut E, conn: ConnId, b: Buf) {
         let n = b.len();
         self.out_writing = true;
         if let Some(done) = engine.submit(conn, Op::Send(Slice::head(b, n), None)) {

@@ -384,10 +384,14 @@ fn pair(s: &crate::tls::ServerTls, c: &Arc<crate::tls::ClientTls>, proxy: bool) 
         (crate::proto::proxy_protocol::Version::V2, Some((a, b)))
     });
     [
-        Transport::Tls(Box::new(TlsConn::client(c, name, header).expect("client"))),
-        Transport::Tls(Box::new(
-            TlsConn::server(s, proxy.then_some(ProxyIn), Instant::now()).expect("server"),
-        )),
+        Transport::Tls(
+            Box::new(TlsConn::client(c, name, header).expect("client")),
+            None,
+        ),
+        Transport::Tls(
+            Box::new(TlsConn::server(s, proxy.then_some(ProxyIn), Instant::now()).expect("server")),
+            None,
+        ),
     ]
 }
 
@@ -468,7 +472,7 @@ fn garbage_fails_the_handshake_and_a_bad_proxy_header_is_reported() {
     let mut e = MemEngine::new(4096, usize::MAX, usize::MAX);
     let mut t = [
         Transport::Plain,
-        Transport::Proxy(Box::new(ProxyConn::accepted(Instant::now()))),
+        Transport::Proxy(Box::new(ProxyConn::accepted(Instant::now())), None),
     ];
     let mut ends = Ends::default();
     e.inbox[1].extend(b"PROXY TCP9 x\r\nGET / HTTP/1.1\r\n\r\n");

@@ -23,7 +23,8 @@
 //! internally (its buffered API), nothing here does.
 
 use super::proxy::{self, ProxyIn};
-use crate::engine::{recycle, recycle_op, ConnId, Done, Engine, Op, Slice, Slot};
+use super::Wire;
+use crate::engine::{recycle, recycle_op, ConnId, Done, Op, Slice, Slot};
 use crate::io::{Buf, BufferPool, PipePool, Xfer};
 use crate::proto::proxy_protocol::Version;
 use std::io::{Read, Write};
@@ -238,7 +239,7 @@ impl TlsConn {
         self.tls.alpn_protocol()
     }
 
-    pub fn submit<E: Engine>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
+    pub fn submit<E: Wire>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
         if let Some(e) = self.failed {
             return Some(crate::engine::failed(op, e));
         }
@@ -272,12 +273,7 @@ impl TlsConn {
         self.take_ready()
     }
 
-    pub fn complete<E: Engine>(
-        &mut self,
-        engine: &mut E,
-        conn: ConnId,
-        done: Done,
-    ) -> Option<Done> {
+    pub fn complete<E: Wire>(&mut self, engine: &mut E, conn: ConnId, done: Done) -> Option<Done> {
         match done {
             Done::Recv { .. } => {
                 let _ = self.complete_recv(engine, done);
@@ -309,7 +305,7 @@ impl TlsConn {
     }
 
     /// Cancels the session's op in `slot` (and the engine's op under it).
-    pub fn cancel<E: Engine>(&mut self, engine: &mut E, conn: ConnId, slot: Slot) {
+    pub fn cancel<E: Wire>(&mut self, engine: &mut E, conn: ConnId, slot: Slot) {
         let (pool, _) = engine.pools();
         match slot {
             Slot::Read => {
@@ -380,7 +376,7 @@ impl TlsConn {
     /// The connection is about to be closed gracefully: a `close_notify` alert goes out
     /// first when it can at once (a client reading to the end of the stream must not take the
     /// FIN for a truncation attack). Whatever cannot go now is dropped with the connection.
-    pub fn closing<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
+    pub fn closing<E: Wire>(&mut self, engine: &mut E, conn: ConnId) {
         if self.failed.is_some()
             || self.close_sent
             || self.eng_writing
@@ -415,7 +411,7 @@ impl TlsConn {
 
     /// Moves everything that can move: ciphertext in, plaintext to the session, plaintext
     /// from the session, records out, and an engine receive when one is needed.
-    fn pump<E: Engine>(&mut self, engine: &mut E, conn: ConnId) {
+    fn pump<E: Wire>(&mut self, engine: &mut E, conn: ConnId) {
         for _ in 0..MAX_ROUNDS {
             let mut moved = false;
             if self.failed.is_none() {
@@ -447,7 +443,7 @@ impl TlsConn {
     }
 
     /// Gives buffered ciphertext to rustls and processes it.
-    fn feed<E: Engine>(&mut self, engine: &mut E) -> bool {
+    fn feed<E: Wire>(&mut self, engine: &mut E) -> bool {
         let (pool, _) = engine.pools();
         let Some(mut cin) = self.cin.take() else {
             return self.feed_eof();
@@ -572,7 +568,7 @@ impl TlsConn {
     }
 
     /// Answers the session's parked read with plaintext, an end, or a failure.
-    fn deliver<E: Engine>(&mut self, engine: &mut E) -> bool {
+    fn deliver<E: Wire>(&mut self, engine: &mut E) -> bool {
         if self.ready_read.is_some() {
             return false;
         }
@@ -677,7 +673,7 @@ impl TlsConn {
     }
 
     /// Takes the session's parked plaintext (or shutdown) when earlier records are out.
-    fn take_plaintext<E: Engine>(&mut self, engine: &mut E) -> bool {
+    fn take_plaintext<E: Wire>(&mut self, engine: &mut E) -> bool {
         if self.ready_write.is_some() || self.sent.is_some() || self.connect != Connect::None {
             return false;
         }
@@ -737,7 +733,7 @@ impl TlsConn {
     }
 
     /// Hands records (and a PROXY header before the first) to the engine.
-    fn flush<E: Engine>(&mut self, engine: &mut E, conn: ConnId) -> bool {
+    fn flush<E: Wire>(&mut self, engine: &mut E, conn: ConnId) -> bool {
         let mut moved = false;
         for _ in 0..MAX_ROUNDS {
             if self.eng_writing || self.connect == Connect::Pending {
@@ -786,7 +782,7 @@ impl TlsConn {
         moved
     }
 
-    fn complete_send<E: Engine>(&mut self, engine: &mut E, done: Done) -> Option<()> {
+    fn complete_send<E: Wire>(&mut self, engine: &mut E, done: Done) -> Option<()> {
         let Done::Send { a, b, res } = done else {
             let (pool, pipes) = engine.pools();
             recycle(done, pool, pipes);
@@ -832,7 +828,7 @@ impl TlsConn {
     }
 
     /// Records (after a PROXY header, the first time) in one or two pool buffers.
-    fn encrypted<E: Engine>(&mut self, engine: &mut E) -> Option<(Buf, Option<Buf>)> {
+    fn encrypted<E: Wire>(&mut self, engine: &mut E) -> Option<(Buf, Option<Buf>)> {
         let (pool, _) = engine.pools();
         let mut a = pool.checkout()?;
         let mut b = pool.checkout();
@@ -895,7 +891,7 @@ impl TlsConn {
 
     /// Keeps an engine receive in flight while the handshake runs or the session waits for
     /// plaintext (not while undelivered plaintext or ciphertext is here: back-pressure).
-    fn want_more<E: Engine>(&mut self, engine: &mut E, conn: ConnId) -> bool {
+    fn want_more<E: Wire>(&mut self, engine: &mut E, conn: ConnId) -> bool {
         if self.eng_reading || self.eof || self.connect == Connect::Pending {
             return false;
         }
@@ -932,7 +928,7 @@ impl TlsConn {
         }
     }
 
-    fn complete_recv<E: Engine>(&mut self, engine: &mut E, done: Done) -> Option<()> {
+    fn complete_recv<E: Wire>(&mut self, engine: &mut E, done: Done) -> Option<()> {
         let Done::Recv { buf, res } = done else {
             let (pool, pipes) = engine.pools();
             recycle(done, pool, pipes);
@@ -969,7 +965,7 @@ impl TlsConn {
     }
 
     /// After a failure: every parked op of the session completes with it.
-    fn fail_pending<E: Engine>(&mut self, engine: &mut E) {
+    fn fail_pending<E: Wire>(&mut self, engine: &mut E) {
         let Some(e) = self.failed else { return };
         let _ = self.deliver(engine);
         if let (None, Some(Done::Send { a, b, .. })) = (&self.ready_write, self.sent.take()) {

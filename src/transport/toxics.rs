@@ -23,6 +23,10 @@
 //! they do in toxiproxy). Timers are the table's own min-heap of exact instants; the worker
 //! polls no longer than the next one and calls [`Toxics::fire`].
 //!
+//! Toxics sit under TLS and the PROXY protocol (see [`super::ToxicWire`]): on a TLS or PROXY
+//! connection they shape the records, handshake traffic and header bytes as they go to the
+//! socket, as toxiproxy in front of such a connection would.
+//!
 //! Because the toxics act on ops and completions, not sockets, they work on every engine.
 //! HOT PATH (for connections under toxics only; the others never come here): no allocation
 //! beyond table growth, no lock, no log.
@@ -451,6 +455,21 @@ impl Toxics {
             }
         }
         Some(self.account(id, done, Instant::now()))
+    }
+
+    /// Cancels the op in `slot`: a write the toxics hold is given back (and its timer goes
+    /// stale) instead of reaching the engine later.
+    pub fn cancel<E: Engine>(&mut self, id: ToxicId, engine: &mut E, conn: ConnId, slot: Slot) {
+        if slot == Slot::Write {
+            if let Some(op) = self.conns.get_mut(id as usize).and_then(|tc| {
+                tc.release_seq = tc.release_seq.wrapping_sub(1);
+                tc.held.take()
+            }) {
+                let (pool, pipes) = engine.pools();
+                recycle_op(op, pool, pipes);
+            }
+        }
+        engine.cancel(conn, slot);
     }
 
     /// The connection closes. Returns `true` when the close is deferred (`slow_close`): the

@@ -14,15 +14,18 @@ impl<E: Engine> Worker<E> {
             .transport
             .complete(&mut self.engine, &mut self.toxics, conn, done)
         else {
-            // Consumed below the session (TLS records, a PROXY header, a toxic holding it),
-            // which may still have news for it.
-            if let Owner::Session(key, side) = owner {
-                self.transport_news(key, side, conn);
-                self.drive(key);
-            }
-            return;
+            return self.consumed(owner, conn);
         };
         self.deliver(conn, done);
+    }
+
+    /// A completion was consumed below the session (TLS records, a PROXY header, a toxic
+    /// holding it), which may still have news for it.
+    pub(super) fn consumed(&mut self, owner: Owner, conn: ConnId) {
+        if let Owner::Session(key, side) = owner {
+            self.transport_news(key, side, conn);
+            self.drive(key);
+        }
     }
 
     /// Hands a completion (past the transport) to the connection's owner.

@@ -6,11 +6,10 @@
 //! listener's `toxics` when none is set; the rest runs only for connections under toxics.
 
 use super::{Owner, Worker};
-use crate::engine::{ConnId, Engine, Linger};
+use crate::engine::{ConnId, Done, Engine, Linger};
 use crate::faults::Stream;
 use crate::session::{CloseReason, Side};
 use crate::transport::toxics::Fired;
-use crate::transport::Transport;
 
 impl<E: Engine> Worker<E> {
     /// Connection `conn` was handed to session `key` on `side`: when the session's listener
@@ -43,19 +42,15 @@ impl<E: Engine> Worker<E> {
             Side::Downstream => Stream::Downstream,
             Side::Upstream => Stream::Upstream,
         };
-        match self.meta(conn).transport {
-            Transport::Plain => {}
-            Transport::Toxic(old) => {
-                // Handed over again (never pooled, so only a bug gets here): start afresh.
-                let _ = self
-                    .toxics
-                    .close(old, &mut self.engine, conn, Linger::Reset);
-            }
-            // TLS and PROXY connections keep their transport: toxics apply to plain ones.
-            Transport::Tls(_) | Transport::Proxy(_) => return,
-        }
+        // Toxics go under whatever layer the connection has (TLS, PROXY): they act on the
+        // bytes on the wire.
         let id = self.toxics.open(conn, cell, stream, self.env.now);
-        self.meta(conn).transport = Transport::Toxic(id);
+        if let Some(old) = self.meta(conn).transport.put_under(id) {
+            // Handed over again (never pooled, so only a bug gets here): start afresh.
+            let _ = self
+                .toxics
+                .close(old, &mut self.engine, conn, Linger::Reset);
+        }
     }
 
     /// Runs the toxics' timers that are due.
@@ -64,7 +59,7 @@ impl<E: Engine> Worker<E> {
         self.toxics.fire(&mut self.engine, self.env.now, &mut fired);
         for f in fired.drain(..) {
             match f {
-                Fired::Deliver(conn, done) => self.deliver(conn, done),
+                Fired::Deliver(conn, done) => self.deliver_fired(conn, done),
                 Fired::Close(conn, linger) => self.toxic_close(conn, linger),
             }
         }
@@ -78,6 +73,21 @@ impl<E: Engine> Worker<E> {
         c.fault_timeout += applied[4];
         c.fault_reset_peer += applied[5];
         c.fault_limit_data += applied[6];
+    }
+
+    /// A held op ran on a toxic timer and completed at once: up through the layer over the
+    /// toxics (TLS, PROXY), if any, to the connection's owner.
+    fn deliver_fired(&mut self, conn: ConnId, done: Done) {
+        let _ = self.meta(conn);
+        let meta = &mut self.conns[conn as usize];
+        let owner = meta.owner;
+        match meta
+            .transport
+            .lift(&mut self.engine, &mut self.toxics, conn, done)
+        {
+            Some(done) => self.deliver(conn, done),
+            None => self.consumed(owner, conn),
+        }
     }
 
     /// A toxic closes `conn` (and so its session): gracefully, or with a reset of `conn`.

@@ -514,16 +514,19 @@ impl<E: Engine> Worker<E> {
     /// Closes a connection and forgets who owned it.
     fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
         let mut m = std::mem::take(self.meta(conn));
-        if let Transport::Toxic(id) = m.transport {
-            if self.toxics.close(id, &mut self.engine, conn, linger) {
-                return; // slow_close: the socket closes later
-            }
-        } else if !matches!(m.transport, Transport::Plain) {
+        if !matches!(m.transport, Transport::Plain) {
+            let toxic = m.transport.toxic();
             if linger == crate::engine::Linger::Graceful {
-                m.transport.closing(&mut self.engine, conn);
+                m.transport
+                    .closing(&mut self.engine, &mut self.toxics, conn);
             }
             let (pool, pipes) = self.engine.pools();
             m.transport.release(pool, pipes);
+            if let Some(id) = toxic {
+                if self.toxics.close(id, &mut self.engine, conn, linger) {
+                    return; // slow_close: the socket closes later
+                }
+            }
         }
         self.engine.close(conn, linger);
     }

@@ -41,11 +41,12 @@ impl<E: Engine> Worker<E> {
         };
         match (&route.tls, proxy_in) {
             (Some(tls), p) => TlsConn::server(tls, p.map(|_| proxy::ProxyIn), self.env.now)
-                .map(|t| Transport::Tls(Box::new(t)))
+                .map(|t| Transport::Tls(Box::new(t), None))
                 .map_err(|_| Refused::Tls),
-            (None, Some(p)) => Ok(Transport::Proxy(Box::new(proxy::ProxyConn::accepted(
-                self.env.now + p.timeout,
-            )))),
+            (None, Some(p)) => Ok(Transport::Proxy(
+                Box::new(proxy::ProxyConn::accepted(self.env.now + p.timeout)),
+                None,
+            )),
             (None, None) => Ok(Transport::Plain),
         }
     }
@@ -78,12 +79,13 @@ impl<E: Engine> Worker<E> {
             Some(tls) => {
                 let name = tls.name_for(backend).ok_or(())?;
                 TlsConn::client(tls, name, proxy)
-                    .map(|t| Transport::Tls(Box::new(t)))
+                    .map(|t| Transport::Tls(Box::new(t), None))
                     .map_err(|_| ())
             }
-            None if proxy.is_some() => Ok(Transport::Proxy(Box::new(proxy::ProxyConn::upstream(
-                proxy,
-            )))),
+            None if proxy.is_some() => Ok(Transport::Proxy(
+                Box::new(proxy::ProxyConn::upstream(proxy)),
+                None,
+            )),
             None => Ok(Transport::Plain),
         }
     }
@@ -108,7 +110,7 @@ impl<E: Engine> Worker<E> {
                 side == Side::Downstream && events & (event::PROXIED | event::HANDSHAKE) != 0;
             if client {
                 let (proxied, tls) = match self.conns.get(conn as usize).map(|m| &m.transport) {
-                    Some(t) => (t.proxied(), matches!(t, Transport::Tls(_))),
+                    Some(t) => (t.proxied(), t.is_tls()),
                     None => (None, false),
                 };
                 let start = if tls {

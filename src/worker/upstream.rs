@@ -465,9 +465,12 @@ impl<E: Engine> Worker<E> {
         // Its watch is cancelled. Its pool timer entry stays in the wheel: when it fires while
         // the connection is lent it is dropped, otherwise re-checked; reuse costs no wheel
         // operation.
-        self.conns[conn as usize]
-            .transport
-            .cancel(&mut self.engine, conn, Slot::Read);
+        self.conns[conn as usize].transport.cancel(
+            &mut self.engine,
+            &mut self.toxics,
+            conn,
+            Slot::Read,
+        );
         let m = self.meta(conn);
         m.owner = Owner::None;
         m.deadline = None;
@@ -493,7 +496,7 @@ impl<E: Engine> Worker<E> {
             && self
                 .conns
                 .get(conn as usize)
-                .is_none_or(|m| !matches!(m.transport, crate::transport::Transport::Toxic(_)));
+                .is_none_or(|m| m.transport.toxic().is_none());
         let (Some(cluster), true) = (snap.clusters.get(ci), reusable) else {
             return self.drop_upstream(key, Linger::Graceful);
         };

@@ -122,6 +122,8 @@ counters! {
         fault_timeout,
         fault_reset_peer,
         fault_limit_data,
+        /// Connection-log lines dropped because the writer fell behind.
+        connection_log_dropped,
     }
 }
 

@@ -488,7 +488,7 @@ fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
     wait_until(Duration::from_secs(5), "the failure reported", || {
         let st = provider(admin, "docker");
         st["state"] == "failing"
-            && st["errors"].as_u64().unwrap_or(0) >= 1
+            && u64_at(&st, "/errors") >= 1
             && st["error"]
                 .as_str()
                 .unwrap_or("")

@@ -117,10 +117,7 @@ fn ui_in_chromium_shows_live_figures_and_drains_undrains_and_reweights_a_backend
         .collect();
     assert!(rates.len() >= 4, "{rates:?}");
     assert!(rates.iter().any(|&r| r > 5.0), "rates shown: {rates:?}");
-    let polls: Vec<u64> = samples
-        .iter()
-        .map(|s| s["polls"].as_u64().unwrap_or(0))
-        .collect();
+    let polls: Vec<u64> = samples.iter().map(|s| u64_at(s, "/polls")).collect();
     // It keeps polling (a poll may take longer than its second on a busy machine).
     assert!(
         polls.windows(2).all(|w| w[1] >= w[0]) && polls[polls.len() - 1] >= polls[0] + 2,

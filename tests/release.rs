@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use util::client::{call, Client};
 use util::*;
@@ -424,15 +425,104 @@ fn instant_everything_to_the_newest_and_version_stats() {
 /// these extra settings.
 fn concurrent(newest: std::net::SocketAddr, newest_extra: &str) -> (Proxy, Proxy) {
     let b1 = demo("v1");
-    let p = Proxy::start(&format!(
+    let p = concurrent_on(b1.addr("demo-backend"), "", newest, newest_extra);
+    (p, b1)
+}
+
+/// A concurrent service: version 1.0 on `older` and 1.1 on `newest` (one backend each), each
+/// cluster with its extra settings.
+fn concurrent_on(
+    older: std::net::SocketAddr,
+    older_extra: &str,
+    newest: std::net::SocketAddr,
+    newest_extra: &str,
+) -> Proxy {
+    Proxy::start(&format!(
         "[server]\nworkers = 1\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
-         protocol = \"http\"\nservice = \"shop\"\n\n[[clusters]]\nname = \"c1\"\nbackends = [\"{}\"]\n\n\
+         protocol = \"http\"\nservice = \"shop\"\n\n[[clusters]]\nname = \"c1\"\nbackends = [\"{older}\"]\n{older_extra}\n\n\
          [[clusters]]\nname = \"c2\"\nbackends = [\"{newest}\"]\nretries = 0\nconnect_attempts = 1\n{newest_extra}\n\n\
          [[services]]\nname = \"shop\"\nstrategy = \"concurrent\"\n\
-         versions = [{{ version = \"1.0\", cluster = \"c1\" }}, {{ version = \"1.1\", cluster = \"c2\" }}]\n",
-        b1.addr("demo-backend")
-    ));
-    (p, b1)
+         versions = [{{ version = \"1.0\", cluster = \"c1\" }}, {{ version = \"1.1\", cluster = \"c2\" }}]\n"
+    ))
+}
+
+/// A keep-alive HTTP/1.1 backend answering every request with `status` and body `id` after
+/// `delay`, counting the connections and requests it gets (its own counters, not the
+/// proxy's).
+struct Counting {
+    addr: std::net::SocketAddr,
+    conns: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Counting {
+    fn start(id: &'static str, status: u16, delay: Duration) -> Counting {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (Arc::clone(&conns), Arc::clone(&requests));
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    loop {
+                        // One head (and its Content-Length body) at a time.
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut b) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&b[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            match s.read(&mut b) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        buf.drain(..end + len);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(delay);
+                        let ok = write!(
+                            s,
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{id}",
+                            id.len()
+                        );
+                        if ok.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Counting {
+            addr,
+            conns,
+            requests,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
 }
 
 #[test]
@@ -480,9 +570,7 @@ fn concurrent_newest_hanging_or_unreachable_gives_the_older_answer() {
     assert_eq!(s["services"]["shop"]["versions"]["1.1"]["fallbacks"], 3);
 }
 
-/// The rest of `concurrent` needs two upstream exchanges per request (mirroring).
 #[test]
-#[ignore = "needs session core: mirroring each idempotent request to both versions at once (two upstream exchanges per request) and counting status and body mismatches"]
 fn concurrent_mirrors_idempotent_requests_to_both_versions_and_counts_mismatches() {
     let b2 = demo("v2");
     let (p, b1) = concurrent(b2.addr("demo-backend"), "");
@@ -491,13 +579,250 @@ fn concurrent_mirrors_idempotent_requests_to_both_versions_and_counts_mismatches
         let r = call(web, "GET", "/", None);
         assert_eq!(r.text().trim(), "v2", "the newest answers");
     }
-    // Both versions served every GET; their bodies differ (v1 vs v2): 10 body mismatches.
-    let s = p.stats();
+    // Both versions served every GET; their bodies differ (v1 vs v2): 10 body mismatches. (A
+    // mirror may finish just after its client's answer: wait for the last comparison.)
+    let s = poll_until(Duration::from_secs(10), "10 mirrors compared", || {
+        let s = p.stats();
+        (s["services"]["shop"]["versions"]["1.0"]["mirrored"] == 10).then_some(s)
+    });
     let v = &s["services"]["shop"]["versions"];
     assert_eq!(v["1.0"]["requests"], 10, "mirrored");
+    assert_eq!(v["1.0"]["responses_2xx"], 10);
+    assert_eq!(v["1.1"]["requests"], 10);
     assert_eq!(v["1.1"]["mirror_body_mismatches"], 10);
     assert_eq!(v["1.1"]["mirror_status_mismatches"], 0);
+    assert_eq!(v["1.1"]["fallbacks"], 0);
+    assert_eq!(s["http"]["mirrors"], 10);
+    assert_eq!(s["http"]["mirror_answers"], 0);
+    assert_eq!(
+        s["listeners"]["web"]["requests"], 10,
+        "mirrors are not client requests"
+    );
+    let m = call(p.addr("admin"), "GET", "/metrics", None).text();
+    for (name, v, n) in [
+        ("switchyard_version_mirror_body_mismatches_total", "1.1", 10),
+        (
+            "switchyard_version_mirror_status_mismatches_total",
+            "1.1",
+            0,
+        ),
+        ("switchyard_version_mirrored_total", "1.0", 10),
+    ] {
+        let line = format!("{name}{{service=\"shop\",version=\"{v}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "no {line} in\n{m}");
+    }
+    promtool_check(&m);
     drop(b1);
+}
+
+#[test]
+fn concurrent_newest_500_gets_the_mirror_answer_with_one_request_per_backend() {
+    let old = Counting::start("old", 200, Duration::ZERO);
+    let bad = Counting::start("bad", 500, Duration::ZERO);
+    let p = concurrent_on(old.addr, "", bad.addr, "");
+    let web = p.addr("web");
+    for i in 1..=5 {
+        let r = call(web, "GET", "/", None);
+        assert_eq!(
+            (r.status, r.text().trim()),
+            (200, "old"),
+            "the mirror's answer"
+        );
+        // Both versions got the request once; nobody got it a second time.
+        assert_eq!((bad.requests(), old.requests()), (i, i));
+    }
+    let s = p.stats();
+    let v = &s["services"]["shop"]["versions"];
+    assert_eq!(s["http"]["mirror_answers"], 5, "{s}");
+    assert_eq!(v["1.1"]["fallbacks"], 5);
+    assert_eq!(v["1.1"]["responses_5xx"], 5);
+    assert_eq!(v["1.1"]["mirror_status_mismatches"], 5, "500 against 200");
+    assert_eq!(
+        v["1.1"]["mirror_body_mismatches"], 0,
+        "a discarded body is not compared"
+    );
+    assert_eq!(
+        (
+            v["1.0"]["requests"].clone(),
+            v["1.0"]["responses_2xx"].clone()
+        ),
+        (json!(5), json!(5)),
+        "counted once"
+    );
+    assert_eq!(v["1.0"]["mirrored"], 5);
+    drop(p);
+
+    // The newest fails at once, the mirror is still running: the request waits for it.
+    let slow_old = Counting::start("old", 200, Duration::from_millis(400));
+    let bad = Counting::start("bad", 500, Duration::ZERO);
+    let p = concurrent_on(slow_old.addr, "", bad.addr, "");
+    let t = std::time::Instant::now();
+    let r = call(p.addr("web"), "GET", "/", None);
+    assert_eq!((r.status, r.text().trim()), (200, "old"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(390),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!((bad.requests(), slow_old.requests()), (1, 1));
+    assert_eq!(p.stats()["http"]["mirror_answers"], 1);
+}
+
+#[test]
+fn concurrent_newest_hanging_gets_the_mirror_answer_at_the_first_byte_timeout() {
+    let old = Counting::start("old", 200, Duration::ZERO);
+    let slow = Counting::start("slow", 200, Duration::from_secs(5));
+    let p = concurrent_on(old.addr, "", slow.addr, "first_byte_timeout = \"300ms\"");
+    let t = std::time::Instant::now();
+    let r = call(p.addr("web"), "GET", "/", None);
+    let took = t.elapsed();
+    assert_eq!((r.status, r.text().trim()), (200, "old"));
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(
+        (slow.requests(), old.requests()),
+        (1, 1),
+        "no third exchange"
+    );
+    let s = p.stats();
+    assert_eq!(s["http"]["mirror_answers"], 1, "{s}");
+    assert_eq!(s["services"]["shop"]["versions"]["1.1"]["fallbacks"], 1);
+    assert_eq!(
+        s["services"]["shop"]["versions"]["1.1"]["mirror_status_mismatches"],
+        1
+    );
+
+    // The mirror is the slow one: the newest answers when it is ready, without waiting.
+    let fast = Counting::start("new", 200, Duration::ZERO);
+    let slow_old = Counting::start("old", 200, Duration::from_millis(1500));
+    let p = concurrent_on(slow_old.addr, "", fast.addr, "");
+    let t = std::time::Instant::now();
+    let r = call(p.addr("web"), "GET", "/", None);
+    assert_eq!((r.status, r.text().trim()), (200, "new"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the mirror to finish in the background",
+        || p.stats()["services"]["shop"]["versions"]["1.0"]["mirrored"] == 1,
+    );
+    let v = &p.stats()["services"]["shop"]["versions"];
+    assert_eq!(v["1.1"]["mirror_body_mismatches"], 1, "new against old");
+    assert_eq!(v["1.0"]["responses_2xx"], 1);
+}
+
+#[test]
+fn concurrent_non_idempotent_requests_go_to_the_newest_only() {
+    let old = Counting::start("old", 200, Duration::ZERO);
+    let new = Counting::start("new", 200, Duration::ZERO);
+    let p = concurrent_on(old.addr, "", new.addr, "");
+    let mut c = Client::new(p.addr("web"));
+    for _ in 0..5 {
+        let r = c.request("POST", "/", &[], Some("{}")).unwrap();
+        assert_eq!(r.text().trim(), "new");
+        let r = c.request("PATCH", "/", &[], Some("{}")).unwrap();
+        assert_eq!(r.text().trim(), "new");
+    }
+    // Idempotent, but with a body: not mirrored either (only body-less requests are).
+    let r = c.request("PUT", "/", &[], Some("x")).unwrap();
+    assert_eq!(r.text().trim(), "new");
+    assert_eq!((new.requests(), old.requests()), (11, 0));
+    // A body-less DELETE is mirrored.
+    let r = c.request("DELETE", "/", &[], None).unwrap();
+    assert_eq!(r.text().trim(), "new");
+    wait_until(Duration::from_secs(10), "the DELETE mirrored", || {
+        old.requests() == 1
+    });
+    assert_eq!(p.stats()["http"]["mirrors"], 1);
+}
+
+#[test]
+fn concurrent_mirrors_reuse_one_keepalive_connection() {
+    let old = Counting::start("old", 200, Duration::ZERO);
+    let new = Counting::start("new", 200, Duration::ZERO);
+    let p = concurrent_on(old.addr, "", new.addr, "");
+    let mut c = Client::new(p.addr("web"));
+    let n = 100;
+    for _ in 0..n {
+        let r = c.request("GET", "/", &[], None).unwrap();
+        assert_eq!(r.text().trim(), "new");
+    }
+    wait_until(Duration::from_secs(10), "every mirror", || {
+        old.requests() == n
+    });
+    assert_eq!(new.requests(), n);
+    // A mirror still running when the next request comes takes a second connection: a few at
+    // most, never one per request.
+    assert!(
+        old.conns() <= 3,
+        "{} connections for {n} mirrors",
+        old.conns()
+    );
+    assert_eq!(new.conns(), 1);
+    let s = p.stats();
+    assert_eq!(
+        s["services"]["shop"]["versions"]["1.0"]["mirrored"],
+        n as u64
+    );
+    assert_eq!(
+        s["services"]["shop"]["versions"]["1.1"]["mirror_body_mismatches"],
+        n as u64
+    );
+}
+
+#[test]
+fn concurrent_mirrors_leak_nothing_when_clients_leave_early() {
+    let old = Counting::start("old", 200, Duration::from_millis(300));
+    let new = Counting::start("new", 200, Duration::from_millis(100));
+    let p = concurrent_on(
+        old.addr,
+        "pool_idle_timeout = \"500ms\"",
+        new.addr,
+        "pool_idle_timeout = \"500ms\"",
+    );
+    let web = p.addr("web");
+    let n = 60u64;
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut c = TcpStream::connect(web).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        if i % 3 == 0 {
+            // Gone before any answer.
+            drop(c);
+        } else {
+            held.push(c);
+        }
+    }
+    // The rest leave after the newest answered, while their mirrors still run.
+    std::thread::sleep(Duration::from_millis(150));
+    drop(held);
+    // (A client gone before the proxy read its request sent none.)
+    wait_until(Duration::from_secs(15), "every mirror to end", || {
+        let s = p.stats();
+        let routed = s["listeners"]["web"]["requests"].as_u64().unwrap_or(0);
+        routed >= 2 * n / 3
+            && s["services"]["shop"]["versions"]["1.0"]["mirrored"] == routed
+            && old.requests() as u64 == routed
+    });
+    let mut last = Value::Null;
+    let settled = (0..100).any(|_| {
+        let s = p.stats();
+        let e = &s["engine"];
+        let zero = ["connections", "ops_in_flight", "buffers_in_use"]
+            .iter()
+            .all(|k| e[*k].as_u64() == Some(0));
+        last = e.clone();
+        if !zero {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        zero
+    });
+    assert!(settled, "the engine did not give everything back: {last}");
 }
 
 #[test]

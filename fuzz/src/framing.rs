@@ -57,7 +57,10 @@ pub fn reference(head: &[u8]) -> Framing {
         return Framing::Fault;
     };
     // RFC 9112 §2.2: empty lines before the request line are ignored.
-    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(lines.len());
+    let start = lines
+        .iter()
+        .position(|l| !l.is_empty())
+        .unwrap_or(lines.len());
     let Some((request_line, fields)) = lines[start..].split_first() else {
         return Framing::Fault;
     };
@@ -83,7 +86,10 @@ pub fn reference(head: &[u8]) -> Framing {
             return Framing::Fault;
         }
         let raw_value = &line[colon + 1..];
-        if raw_value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if raw_value
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
             return Framing::Fault;
         }
         let value = trim(raw_value);

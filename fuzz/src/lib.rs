@@ -58,7 +58,11 @@ pub fn request_head(data: &[u8]) {
     // The rewrite into a buffer that may be too small: an Overflow error, never a panic.
     let fwd = switchyard::http::rewrite::Forwarded {
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        client_text: if data.len() % 2 == 0 { b"" } else { b"127.0.0.1" },
+        client_text: if data.len() % 2 == 0 {
+            b""
+        } else {
+            b"127.0.0.1"
+        },
         proto: "http",
         strip_prefix: data.first().map_or(0, |&b| usize::from(b % 8)),
         request_id: b"0123456789abcdef",
@@ -337,7 +341,8 @@ pub fn proxy_header(data: &[u8]) {
 
 /// The compatibility APIs' JSON bodies on the admin address, through `api::handle` (no
 /// socket): LBaaS (`/lbaas`, `/LB/...`), toxiproxy (`/proxies`, `/populate`, toxics) and the
-/// chaos broker (`/broker`), plus `/v1/faults`. The first byte picks the path, the second the
+/// chaos broker (`/broker`), plus `/v1/faults`, and the DSU cluster payload and config.json
+/// parsers. The first byte picks the path, the second the
 /// method; the rest is the body. Never a 500 (no persistence here), error bodies are JSON.
 pub fn compat_api(data: &[u8]) {
     const PATHS: &[&str] = &[
@@ -353,6 +358,10 @@ pub fn compat_api(data: &[u8]) {
         "/broker",
         "/broker/delete/percentage",
         "/v1/faults",
+        // Not admin paths: the DSU compatibility parsers (the original's cluster payload on
+        // its REST API, and its config.json for quick mode).
+        "dsu:cluster",
+        "dsu:config",
     ];
     const METHODS: &[&str] = &["POST", "GET", "PATCH", "DELETE", "PUT"];
     let [p, m, body @ ..] = data else {
@@ -360,6 +369,26 @@ pub fn compat_api(data: &[u8]) {
     };
     let path = PATHS[usize::from(*p) % PATHS.len()];
     let method = METHODS[usize::from(*m) % METHODS.len()];
+    match path {
+        "dsu:cluster" => {
+            use switchyard::release::dsu;
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                if let Err(r) = dsu::parse_cluster(&v, None, &|_| false) {
+                    assert!(matches!(r.status, 400 | 501), "{r:?}");
+                    assert!(!r.message.is_empty());
+                }
+            }
+            return;
+        }
+        "dsu:config" => {
+            let text = String::from_utf8_lossy(body);
+            if let Err(errs) = switchyard::release::dsu::quick(&text, "config.json", None) {
+                assert!(!errs.is_empty(), "an error names what is wrong");
+            }
+            return;
+        }
+        _ => {}
+    }
     let req = switchyard::admin::Request {
         method: method.to_string(),
         path: path.to_string(),

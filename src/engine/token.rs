@@ -6,7 +6,8 @@
 //! connection is the worker's business, not the token's, so a pooled upstream connection
 //! keeps its token when it moves from one session to another.
 //!
-//! Timer keys: a session (slab key) or an idle pooled upstream connection (connection id).
+//! Timer keys: a session (slab key), an idle pooled upstream connection (connection id) or a
+//! mirror exchange (slab key).
 
 use super::ConnId;
 
@@ -55,24 +56,27 @@ pub enum TimerKey {
     Session(usize),
     /// An idle pooled upstream connection: its pool idle timeout.
     Pooled(ConnId),
+    /// A mirror exchange of release strategy `concurrent` (the worker's mirror slab key).
+    Mirror(usize),
 }
 
 impl TimerKey {
-    /// The wheel stores plain integers: the low bit says which kind.
+    /// The wheel stores plain integers: the low two bits say which kind.
     #[inline]
     pub fn encode(self) -> usize {
         match self {
-            TimerKey::Session(k) => k << 1,
-            TimerKey::Pooled(c) => ((c as usize) << 1) | 1,
+            TimerKey::Session(k) => k << 2,
+            TimerKey::Pooled(c) => ((c as usize) << 2) | 1,
+            TimerKey::Mirror(k) => (k << 2) | 2,
         }
     }
 
     #[inline]
     pub fn decode(v: usize) -> TimerKey {
-        if v & 1 == 0 {
-            TimerKey::Session(v >> 1)
-        } else {
-            TimerKey::Pooled((v >> 1) as ConnId)
+        match v & 3 {
+            0 => TimerKey::Session(v >> 2),
+            1 => TimerKey::Pooled((v >> 2) as ConnId),
+            _ => TimerKey::Mirror(v >> 2),
         }
     }
 }
@@ -98,6 +102,12 @@ mod tests {
             assert_eq!(
                 TimerKey::decode(TimerKey::Session(k).encode()),
                 TimerKey::Session(k)
+            );
+        }
+        for k in [0usize, 3, 1 << 40] {
+            assert_eq!(
+                TimerKey::decode(TimerKey::Mirror(k).encode()),
+                TimerKey::Mirror(k)
             );
         }
         for c in [0u32, 5, u32::MAX] {

@@ -257,6 +257,27 @@ pub fn fall_back(svc: &Service, tag: &mut Tag) -> Option<usize> {
     Some(cluster)
 }
 
+/// concurrent: the version a request of this tag is mirrored to (the one it falls back to),
+/// as a tag of its own, and that version's cluster. `None` when the request has no fallback.
+pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
+    if tag.fallback == NONE {
+        return None;
+    }
+    let v = svc.versions.get(tag.fallback as usize)?;
+    Some((
+        v.cluster,
+        Tag {
+            version: tag.fallback,
+            fallback: NONE,
+            failed: NONE,
+            set_version: false,
+            new_transition: false,
+            own_histogram: v.shares_cluster,
+            ..*tag
+        },
+    ))
+}
+
 /// Writes the `Set-Cookie` lines a tag asks for into `out`. Returns the bytes written.
 #[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
@@ -354,6 +375,15 @@ mod tests {
         assert_eq!(fall_back(&s, &mut t), Some(10));
         assert_eq!((t.version, t.failed, t.fallback), (0, 1, NONE));
         assert_eq!(fall_back(&s, &mut t), None, "once");
+        let (cluster, m) = mirror(&s, &c.tag).unwrap();
+        assert_eq!(
+            (cluster, m.version, m.fallback, m.service),
+            (10, 0, NONE, 0)
+        );
+        assert!(
+            mirror(&s, &t).is_none(),
+            "fallen back: nothing left to mirror to"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - `gradual`: a stable bucket 0–99 per client (its `transition` cookie); the newest
 //!   version's share grows per routed request or over a ramp; bucket below the share → the
 //!   newest, else the version the client had; a client never moves back;
-//! - `concurrent`: idempotent requests also have the previous version as a fallback;
+//! - `concurrent`: idempotent requests go to the previous version too (a mirror); the newest
+//!   answers unless it fails, then the previous one does; their answers are compared;
 //! - `canary`: fixed weights per version, sticky by cookie;
 //! - any strategy: the service's forcing header names a version (for testers).
 //!
@@ -23,10 +24,10 @@
 //!
 //! The data plane calls [`route`] when a request's route targets a service,
 //! [`append_set_cookies`] when its response head is written, and, for `concurrent`,
-//! [`can_fall_back`] / [`fall_back`] when the newest version fails a request: the older
-//! version then answers it. (Mirroring every idempotent request to both versions and
-//! counting status and body mismatches needs two upstream exchanges per request: it waits for
-//! the session core.)
+//! [`mirror`] when a request is routed (the worker sends it to the previous version too, see
+//! [`crate::session::mirror`]) and [`can_fall_back`] / [`fall_back`] when the newest version
+//! fails a request: the older version's answer (the mirror's, or a request sent to it then)
+//! goes to the client.
 
 pub mod api;
 pub mod controller;
@@ -111,6 +112,19 @@ pub fn fall_back(snap: &Snapshot, tag: &mut Tag) -> Option<usize> {
         return None;
     }
     decide::fall_back(snap.services.get(tag.service as usize)?, tag)
+}
+
+/// concurrent: where a request of this tag is mirrored (the previous version's cluster, and
+/// the tag its mirror exchange is counted under). `None`: not mirrored (another strategy, a
+/// non-idempotent request, a single version, a promoted one).
+///
+/// HOT PATH (mirrored requests only: callers check [`can_fall_back`] first).
+#[inline]
+pub fn mirror(snap: &Snapshot, tag: &Tag) -> Option<(usize, Tag)> {
+    if !can_fall_back(tag) {
+        return None;
+    }
+    decide::mirror(snap.services.get(tag.service as usize)?, tag)
 }
 
 /// 64 bits of entropy for seeds and ids (control plane only: reads `/dev/urandom`; falls

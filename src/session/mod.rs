@@ -15,6 +15,7 @@
 
 pub mod flow;
 pub mod http;
+pub mod mirror;
 pub mod tcp;
 #[cfg(test)]
 mod testkit;

@@ -166,6 +166,30 @@ counters! {
         fault_drop,
         fault_duplicate,
         fault_corrupt,
+        /// Release strategy `concurrent`: requests also sent to the previous version (mirror
+        /// exchanges started).
+        mirrors,
+        /// Mirror exchanges that got no answer (unreachable, reset, timed out, malformed).
+        mirror_failures,
+        /// Clients answered with a mirror's answer because the newest version failed.
+        mirror_answers,
+    }
+}
+
+counters! {
+    /// Per service version, besides its [`Traffic`]: what release strategy `concurrent` did
+    /// with it.
+    pub struct VersionCounts {
+        /// Requests this version failed (5xx, unreachable, timeout) that the previous version
+        /// answered.
+        fallbacks,
+        /// Requests mirrored to this version (as the previous one of the newest).
+        mirrored,
+        /// Mirrored requests where this version (the newest) and the previous one answered
+        /// with different statuses (no answer counts as status 0).
+        mirror_status_mismatches,
+        /// ... and, both answered whole, different bodies (length or hash).
+        mirror_body_mismatches,
     }
 }
 
@@ -262,8 +286,8 @@ pub struct StatSet {
     /// Per service, per version (in version order).
     versions: Vec<Vec<Traffic>>,
     version_hists: Vec<Vec<Option<Box<Hists>>>>,
-    /// concurrent: requests this version failed that an older version answered.
-    version_fallbacks: Vec<Vec<u64>>,
+    /// concurrent: fallbacks and mirrors.
+    version_counts: Vec<Vec<VersionCounts>>,
 }
 
 impl StatSet {
@@ -290,10 +314,10 @@ impl StatSet {
                 .iter()
                 .map(|s| (0..s.versions.len()).map(|_| None).collect())
                 .collect(),
-            version_fallbacks: snap
+            version_counts: snap
                 .services
                 .iter()
-                .map(|s| vec![0; s.versions.len()])
+                .map(|s| vec![VersionCounts::default(); s.versions.len()])
                 .collect(),
         }
     }
@@ -323,18 +347,21 @@ impl StatSet {
                 t.requests += 1;
                 t.responses_5xx += 1;
             }
-            if let Some(n) = self
-                .version_fallbacks
-                .get_mut(failed.service as usize)
-                .and_then(|v| v.get_mut(failed.version as usize))
-            {
-                *n += 1;
+            if let Some(n) = self.version_counts(&failed) {
+                n.fallbacks += 1;
             }
         }
         // A version alone on its cluster reads the cluster's histogram.
         if !minimal && r.status != 0 && r.release.own_histogram {
             self.record_version(&r.release, HistKind::Request, r.latency);
         }
+    }
+
+    #[inline]
+    pub fn version_counts(&mut self, tag: &crate::release::Tag) -> Option<&mut VersionCounts> {
+        self.version_counts
+            .get_mut(tag.service as usize)?
+            .get_mut(tag.version as usize)
     }
 
     #[inline]
@@ -403,10 +430,10 @@ impl StatSet {
         let clusters = zero(&mut self.clusters);
         let backends = self.backends.iter_mut().map(zero).collect();
         let versions = self.versions.iter_mut().map(zero).collect();
-        let version_fallbacks = self
-            .version_fallbacks
+        let version_counts = self
+            .version_counts
             .iter_mut()
-            .map(|v| std::mem::replace(v, vec![0; v.len()]))
+            .map(|v| std::mem::replace(v, vec![VersionCounts::default(); v.len()]))
             .collect();
         let mut version_hists = Vec::new();
         for (si, list) in self.version_hists.iter_mut().enumerate() {
@@ -445,7 +472,7 @@ impl StatSet {
             listener_hists,
             versions,
             version_hists,
-            version_fallbacks,
+            version_counts,
         }
     }
 }
@@ -585,6 +612,66 @@ impl WorkerStats {
         }
     }
 
+    /// A mirror exchange (release strategy `concurrent`) to version `tag` ended: `status` 0
+    /// when it got no answer. Counted on the version, its cluster and backend (not on the
+    /// listener: no client sent it).
+    pub fn mirror_done(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        tag: &crate::release::Tag,
+        c: u32,
+        b: u32,
+        status: u16,
+        latency: Duration,
+    ) {
+        let minimal = self.minimal;
+        let set = self.set(snap);
+        let count = |t: &mut Traffic| {
+            t.requests += 1;
+            t.count_status(status);
+            if status == 0 {
+                t.upstream_errors += 1;
+            }
+        };
+        if let Some(t) = set.version(tag) {
+            count(t);
+        }
+        if minimal {
+            return;
+        }
+        if let Some(t) = set.cluster(c) {
+            count(t);
+        }
+        if let Some(t) = set.backend(c, b) {
+            count(t);
+        }
+        if status != 0 {
+            set.record(c, HistKind::Request, latency);
+        }
+    }
+
+    /// A request was mirrored to version `mirror`; comparing the newest version's answer
+    /// with the mirror's found `m` (`None`: nothing to compare, the client went away).
+    pub fn mirrored(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        mirror: &crate::release::Tag,
+        newest: &crate::release::Tag,
+        m: Option<crate::session::mirror::Mismatch>,
+    ) {
+        let set = self.set(snap);
+        if let Some(n) = set.version_counts(mirror) {
+            n.mirrored += 1;
+        }
+        let Some(m) = m.filter(|m| m.status || m.body) else {
+            return;
+        };
+        if let Some(n) = set.version_counts(newest) {
+            n.mirror_status_mismatches += u64::from(m.status);
+            n.mirror_body_mismatches += u64::from(m.body);
+        }
+    }
+
     pub fn request_done(&mut self, snap: &Arc<Snapshot>, r: &RequestDone) {
         let service = !r.release.is_none();
         // Versions are counted even with minimal stats: auto-rollback judges them by these.
@@ -676,7 +763,7 @@ pub struct SetDelta {
     listener_hists: Vec<SparseHist>,
     versions: Vec<Vec<Traffic>>,
     version_hists: Vec<SparseVersionHist>,
-    version_fallbacks: Vec<Vec<u64>>,
+    version_counts: Vec<Vec<VersionCounts>>,
 }
 
 /// Figures of another module shown in `/stats` (under its own key) and `/metrics` (the
@@ -849,8 +936,8 @@ pub(crate) struct ClusterAgg {
 pub(crate) struct VersionAgg {
     pub(crate) traffic: Traffic,
     pub(crate) hists: Option<Hists>,
-    /// concurrent: requests it failed that an older version answered.
-    pub(crate) fallbacks: u64,
+    /// concurrent: fallbacks and mirrors.
+    pub(crate) counts: VersionCounts,
 }
 
 /// Auto-rollback: the aggregator feeds per-version counts to the monitor and sends its
@@ -1155,7 +1242,13 @@ impl Aggregator {
                 continue;
             };
             for (vi, (v, t)) in svc.versions.iter().zip(list).enumerate() {
-                if t.is_zero() {
+                let counts = d
+                    .version_counts
+                    .get(si)
+                    .and_then(|f| f.get(vi))
+                    .copied()
+                    .unwrap_or_default();
+                if t.is_zero() && counts.is_zero() {
                     continue;
                 }
                 let key = (
@@ -1164,12 +1257,7 @@ impl Aggregator {
                 );
                 let agg = self.versions.entry(key).or_default();
                 agg.traffic.merge(t);
-                agg.fallbacks += d
-                    .version_fallbacks
-                    .get(si)
-                    .and_then(|f| f.get(vi))
-                    .copied()
-                    .unwrap_or(0);
+                agg.counts.merge(&counts);
                 if let Some(link) = self.release.as_mut() {
                     link.monitor
                         .record(snap, si, vi, now_ms, t.requests, t.responses_5xx);
@@ -1440,7 +1528,9 @@ impl Aggregator {
                 vo.insert("state".into(), Value::from(s.state_of(i)));
                 agg.traffic.to_json(&mut vo);
                 if s.strategy == crate::config::services::Strategy::Concurrent {
-                    vo.insert("fallbacks".into(), Value::from(agg.fallbacks));
+                    for (k, n) in agg.counts.fields() {
+                        vo.insert(k.into(), Value::from(n));
+                    }
                 }
                 vo.insert("latency_ms".into(), hists_json(self.version_hists(v, agg)));
                 versions.insert(version_label(s, i), Value::Object(vo));

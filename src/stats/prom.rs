@@ -581,17 +581,23 @@ fn services(o: &mut Out, a: &Aggregator, snap: &crate::snapshot::Snapshot) {
         );
     }
     traffic_families(o, "version", &rows);
-    o.family(
-        "switchyard_version_fallbacks_total",
-        "counter",
-        "concurrent: requests the version failed (5xx, unreachable, timeout) that the previous version answered.",
-    );
-    for ((l, _), (_, _, agg, _, _, _)) in rows.iter().zip(&labels) {
-        o.sample(
-            "switchyard_version_fallbacks_total",
-            l,
-            agg.fallbacks as f64,
-        );
+    for (field, help) in [
+        ("fallbacks", "concurrent: requests the version failed (5xx, unreachable, timeout) that the previous version answered."),
+        ("mirrored", "concurrent: requests mirrored to the version (the previous one of the newest)."),
+        ("mirror_status_mismatches", "concurrent: mirrored requests where the version (the newest) and the previous one answered with different statuses (no answer is status 0)."),
+        ("mirror_body_mismatches", "concurrent: mirrored requests where both versions answered whole with different bodies (length or hash)."),
+    ] {
+        let name = format!("switchyard_version_{field}_total");
+        o.family(&name, "counter", help);
+        for ((l, _), (_, _, agg, _, _, _)) in rows.iter().zip(&labels) {
+            let n = agg
+                .counts
+                .fields()
+                .iter()
+                .find(|(k, _)| *k == field)
+                .map_or(0, |(_, v)| *v);
+            o.sample(&name, l, n as f64);
+        }
     }
     let none = Hists::new();
     o.family(

@@ -38,6 +38,7 @@ impl<E: Engine> Worker<E> {
                 self.transport_news(key, side, conn);
                 self.drive(key);
             }
+            Owner::Mirror(mk) => self.mirror_complete(mk, done),
             Owner::Pooled(_) => {
                 // The watch fired: the backend closed the idle connection, or sent bytes it
                 // should not have. Either way it is no longer reusable.

@@ -110,6 +110,8 @@ impl<E: Engine> Worker<E> {
         }
         self.log_request(key);
         self.log_connection(key, why);
+        // A mirror of the request in flight goes on alone (nobody compares it now).
+        self.mirror_primary_done(key, false);
         match self.sessions.get(key).map(|e| e.waiting) {
             Some(Waiting::Slot) => self.unqueue_pending(key),
             Some(Waiting::Descriptor) => self.fd_waiters.retain(|&k| k != key),

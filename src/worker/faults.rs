@@ -93,6 +93,7 @@ impl<E: Engine> Worker<E> {
                 self.close(key, why);
             }
             Owner::Pooled(_) => self.drop_pooled(conn),
+            Owner::Mirror(mk) => self.mirror_conn_closed(mk, conn),
             Owner::None => self.close_conn(conn, linger),
         }
     }

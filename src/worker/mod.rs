@@ -21,6 +21,7 @@ mod accept;
 mod dispatch;
 mod drive;
 mod faults;
+mod mirror;
 mod obs;
 mod pick;
 mod transport;
@@ -225,6 +226,9 @@ enum Waiting {
     Descriptor,
     /// Woken from a queue: connect at the next resume.
     Woken,
+    /// Release strategy `concurrent`: the newest version failed the request and the mirror's
+    /// answer is awaited (the mirror resolves the wait, on its own timeouts).
+    Mirror,
 }
 
 /// Who owns a connection (indexed by connection id).
@@ -235,6 +239,8 @@ enum Owner {
     Session(usize, Side),
     /// An idle upstream connection in the pool, to backend `addr`.
     Pooled(SocketAddr),
+    /// A mirror exchange's connection (the worker's mirror slab key).
+    Mirror(usize),
 }
 
 #[derive(Debug, Default)]
@@ -254,6 +260,8 @@ pub struct Worker<E: Engine> {
     /// Listener slots this worker accepts on.
     listening: Vec<bool>,
     sessions: Slab<Entry>,
+    /// Mirror exchanges of release strategy `concurrent` ([`mirror`]).
+    mirrors: Slab<crate::session::mirror::Mirror>,
     conns: Vec<ConnMeta>,
     /// Idle upstream connections per backend address.
     upstream_pool: AddrMap<Vec<ConnId>>,
@@ -334,6 +342,7 @@ impl<E: Engine> Worker<E> {
             ctrl,
             listening,
             sessions: Slab::with_capacity(1024),
+            mirrors: Slab::new(),
             conns: Vec::with_capacity(2048),
             upstream_pool: AddrMap::default(),
             // Request ids: the worker id in the top byte, the start time below, so ids differ
@@ -617,6 +626,7 @@ impl<E: Engine> Worker<E> {
                         _ => {}
                     }
                 }
+                TimerKey::Mirror(mk) => self.mirror_timer(mk, gen),
             }
         }
         self.expired = expired;
@@ -640,6 +650,8 @@ impl<E: Engine> Worker<E> {
                 self.env.conns.connect_timeouts += 1;
                 self.no_upstream(key, 503);
             }
+            // The mirror's own deadline ends the wait.
+            Waiting::Mirror => {}
             Waiting::No | Waiting::Woken => {
                 e.waiting = Waiting::No;
                 let mut cx = cx!(self);
@@ -775,6 +787,7 @@ impl<E: Engine> Worker<E> {
             self.env.conns.shutdown_aborted += 1;
             self.close(key, crate::session::CloseReason::Shutdown);
         }
+        self.abort_mirrors();
         let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();
         for conn in pooled {
             self.drop_pooled(conn);

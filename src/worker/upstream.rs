@@ -5,6 +5,7 @@
 //!
 //! HOT PATH (per connection or request). No lock, blocking call or info-level log.
 
+use super::mirror::FallBack;
 use super::pick::Pick;
 use super::{cx, is_resource_exhaustion, Owner, Waiting, Worker};
 use crate::balance::{Outcome, PickCtx};
@@ -25,7 +26,10 @@ impl<E: Engine> Worker<E> {
     /// Acts on an upstream step a session asked for.
     pub(super) fn upstream_step(&mut self, key: usize, up: Up) {
         match up {
-            Up::Need => self.connect_upstream(key, false),
+            Up::Need => {
+                self.start_mirror(key);
+                self.connect_upstream(key, false)
+            }
             Up::Connected => {
                 self.obs_connect(key, Outcome::Success);
                 self.observe(key, Outcome::Success, Since::Upstream);
@@ -55,8 +59,10 @@ impl<E: Engine> Worker<E> {
             }
             Up::Retry => {
                 self.observe(key, Outcome::Failure, Since::Upstream);
-                if self.fall_back(key) {
-                    return self.connect_upstream(key, false);
+                match self.fall_back(key) {
+                    FallBack::Connect => return self.connect_upstream(key, false),
+                    FallBack::Handled => return,
+                    FallBack::No => {}
                 }
                 let ci = match self.sessions.get_mut(key).map(|e| &mut e.session) {
                     Some(Session::Http(s)) => match s.exchange_mut() {
@@ -85,6 +91,7 @@ impl<E: Engine> Worker<E> {
             }
             Up::Release { reusable } => {
                 self.log_request(key);
+                self.mirror_primary_done(key, true);
                 // 5xx answers count against the backend, like failures.
                 let failed = matches!(
                     self.sessions.get(key).map(|e| &e.session),
@@ -111,16 +118,30 @@ impl<E: Engine> Worker<E> {
     }
 
     /// Release strategy `concurrent`: the newest version failed this request (5xx,
-    /// unreachable, no answer in time); the previous version's cluster gets it instead (the
-    /// failed upstream, if any, is dropped first). False when there is nothing to fall back to.
-    fn fall_back(&mut self, key: usize) -> bool {
+    /// unreachable, no answer in time). The mirror's answer goes to the client when it can
+    /// ([`Worker::mirror_fall_back`]); otherwise the previous version's cluster gets the
+    /// request ([`FallBack::Connect`]).
+    fn fall_back(&mut self, key: usize) -> FallBack {
         let can = matches!(
             self.sessions.get(key).map(|e| &e.session),
             Some(Session::Http(s)) if s.exchange().is_some_and(|x| crate::release::can_fall_back(&x.release_tag))
         );
         if !can {
-            return false;
+            return FallBack::No;
         }
+        if self.mirror_fall_back(key) == FallBack::Handled {
+            return FallBack::Handled;
+        }
+        if self.sequential_fall_back(key) {
+            FallBack::Connect
+        } else {
+            FallBack::No
+        }
+    }
+
+    /// The request moves to the previous version's cluster (the failed upstream, if any, is
+    /// dropped first). False when there is nothing to fall back to.
+    pub(super) fn sequential_fall_back(&mut self, key: usize) -> bool {
         self.drop_upstream(key, Linger::Graceful);
         let Some(e) = self.sessions.get_mut(key) else {
             return false;
@@ -158,10 +179,11 @@ impl<E: Engine> Worker<E> {
                 return self.no_upstream(key, 503);
             };
             if attempts >= cluster.connect_attempts {
-                if self.fall_back(key) {
-                    continue;
+                match self.fall_back(key) {
+                    FallBack::Connect => continue,
+                    FallBack::Handled => return,
+                    FallBack::No => return self.no_upstream(key, 502),
                 }
-                return self.no_upstream(key, 502);
             }
             if self.balancers.version < snap.version {
                 // A session routed on a snapshot newer than the balancers.
@@ -187,8 +209,10 @@ impl<E: Engine> Worker<E> {
                 // Nothing could be reached: when the cluster is failing open (every backend
                 // down by its health checks) or has no backend, that is "unavailable".
                 Pick::Exhausted => {
-                    if self.fall_back(key) {
-                        continue;
+                    match self.fall_back(key) {
+                        FallBack::Connect => continue,
+                        FallBack::Handled => return,
+                        FallBack::No => {}
                     }
                     let status = if attempts == 0 || cluster.panic {
                         503
@@ -422,7 +446,7 @@ impl<E: Engine> Worker<E> {
 
     /// An idle pooled connection to `addr` that fits `cluster` (its TLS config, and the PROXY
     /// header `proxy` a new connection would send), taken out of the pool.
-    fn take_pooled(
+    pub(super) fn take_pooled(
         &mut self,
         addr: std::net::SocketAddr,
         cluster: &crate::snapshot::Cluster,
@@ -476,17 +500,39 @@ impl<E: Engine> Worker<E> {
         let Some(backend) = cluster.backends.get(bi) else {
             return self.drop_upstream(key, Linger::Graceful);
         };
-        let room = self
-            .upstream_pool
-            .get(&backend.addr)
-            .is_none_or(|v| v.len() < cluster.pool_max_idle);
-        if !room || self.shutdown.is_some() || cluster.pool_max_idle == 0 {
+        if !self.pool_room(cluster, backend.addr) {
             return self.drop_upstream(key, Linger::Graceful);
         }
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
         let _ = e.session.take_upstream();
         backend.live.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool_conn(conn, cluster, backend.addr);
+    }
+
+    /// Whether an idle connection to `addr` of `cluster` may be pooled now.
+    pub(super) fn pool_room(
+        &self,
+        cluster: &crate::snapshot::Cluster,
+        addr: std::net::SocketAddr,
+    ) -> bool {
+        let room = self
+            .upstream_pool
+            .get(&addr)
+            .is_none_or(|v| v.len() < cluster.pool_max_idle);
+        room && self.shutdown.is_none() && cluster.pool_max_idle > 0
+    }
+
+    /// Pools idle upstream connection `conn` to `addr` of `cluster` (after
+    /// [`Worker::pool_room`] said yes), watching for its backend closing it.
+    pub(super) fn pool_conn(
+        &mut self,
+        conn: ConnId,
+        cluster: &crate::snapshot::Cluster,
+        addr: std::net::SocketAddr,
+    ) {
         let deadline = self.env.now + cluster.pool_idle_timeout;
-        let addr = backend.addr;
         let m = self.meta(conn);
         m.owner = Owner::Pooled(addr);
         m.deadline = Some(deadline);
@@ -558,7 +604,7 @@ impl<E: Engine> Worker<E> {
     }
 
     /// Passive outlier detection ejected a backend (this worker's view).
-    fn ejected(&mut self, ci: usize, idx: usize, d: Duration) {
+    pub(super) fn ejected(&mut self, ci: usize, idx: usize, d: Duration) {
         self.env.conns.outlier_ejections += 1;
         // Shown as "ejected" in /stats and /metrics (rare: once per ejection).
         let snap = self.env.shared.load();

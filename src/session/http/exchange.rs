@@ -174,6 +174,13 @@ pub struct Exchange {
     /// Release strategy: the service version this request went to, and the cookies its
     /// response sets ([`crate::release`]).
     pub release_tag: crate::release::Tag,
+    /// concurrent: the worker's mirror exchange of this request (the previous version's
+    /// answer to it), while linked. A mirrored response's body is not spliced: its bytes are
+    /// counted and hashed as they go to the client (`body_len`, `body_hash`) for the
+    /// comparison.
+    pub mirror: Option<u32>,
+    pub body_len: u64,
+    pub body_hash: u64,
     // ------------------------------------------------------------- fault injection
     /// An injected delay holds the request (in `Routed`) until then.
     pub fault_until: Option<Instant>,
@@ -233,6 +240,9 @@ impl Exchange {
         self.first_byte_at = now;
         self.logged = true;
         self.release_tag = crate::release::Tag::NONE;
+        self.mirror = None;
+        self.body_len = 0;
+        self.body_hash = crate::session::mirror::HASH_START;
         self.fault_until = None;
         self.answer_at = None;
         self.corrupt_left = 0;
@@ -287,6 +297,9 @@ impl Exchange {
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
             release_tag: crate::release::Tag::NONE,
+            mirror: None,
+            body_len: 0,
+            body_hash: crate::session::mirror::HASH_START,
             fault_until: None,
             answer_at: None,
             corrupt_left: 0,
@@ -322,6 +335,13 @@ impl Exchange {
             && !self.body_sent
             && matches!(self.req_body, Body::None)
             && self.up_head.is_some()
+    }
+
+    /// Counts and hashes response body bytes on their way to the client (mirrored requests).
+    #[inline]
+    pub fn body_out(&mut self, bytes: &[u8]) {
+        self.body_len += bytes.len() as u64;
+        self.body_hash = crate::session::mirror::hash_bytes(self.body_hash, bytes);
     }
 
     /// Returns every buffer and pipe the exchange holds (outside in-flight ops) to the pools.

@@ -31,7 +31,7 @@ mod response;
 #[cfg(test)]
 mod tests;
 
-pub use exchange::{Exchange, ExchangePool, Retry, UpstreamTimeouts};
+pub use exchange::{Body, Exchange, ExchangePool, Retry, UpstreamTimeouts};
 
 use super::flow::End;
 use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
@@ -993,7 +993,13 @@ impl HttpSession {
                     if x.resp_ready == 0 && !x.up_reading {
                         if let Some(b) = x.resp_in.as_ref() {
                             match x.resp_body.take(cx.pool.data(b)) {
-                                Ok(n) => x.resp_ready = n as u32,
+                                Ok(n) => {
+                                    x.resp_ready = n as u32;
+                                    if x.mirror.is_some() {
+                                        let d = cx.pool.data(b);
+                                        x.body_out(&d[..n.min(d.len())]);
+                                    }
+                                }
                                 Err(_) => {
                                     cx.http.upstream_errors += 1;
                                     return Want::Close(CloseReason::UpstreamReset);
@@ -1037,6 +1043,7 @@ impl HttpSession {
                 && x.up_splice_ok
                 && !x.splice_dry
                 && x.corrupt_left == 0
+                && x.mirror.is_none()
                 && x.resp_started
                 && x.resp_ready == 0
                 && x.resp_in.is_none()
@@ -1165,6 +1172,130 @@ impl HttpSession {
     pub(super) fn fail_now(&mut self, cx: &mut Cx<'_>, status: u16) -> Want {
         self.fail(cx, status)
             .map_or_else(|| self.next_local(), Want::from)
+    }
+
+    // ------------------------------------------------------------------ mirrors
+
+    /// A copy of the routed request for a mirror exchange (release strategy `concurrent`):
+    /// its rewritten head, in a buffer of its own. `None` when it is not to be mirrored: it
+    /// has a body, asks for an upgrade, carries an injected fault, or no buffer is free.
+    pub fn mirror_request(&self, cx: &mut Cx<'_>) -> Option<Buf> {
+        let Phase::Routed(x) = &self.phase else {
+            return None;
+        };
+        if !matches!(x.req_body, exchange::Body::None)
+            || x.upgrade_requested
+            || x.fault != crate::faults::FaultCode::None
+            || x.mirror.is_some()
+        {
+            return None;
+        }
+        let head = x.up_head.as_ref()?;
+        let n = x.up_head_len as usize;
+        let mut out = if n > cx.pool.buffer_size() {
+            cx.pool.checkout_large()?
+        } else {
+            cx.pool.checkout()?
+        };
+        let copied = match cx.pool.data_and_spare(head, &mut out) {
+            Some((src, dst)) if src.len() >= n && dst.len() >= n => {
+                dst[..n].copy_from_slice(&src[..n]);
+                true
+            }
+            _ => false,
+        };
+        if !copied {
+            cx.pool.release(out);
+            return None;
+        }
+        out.fill(n);
+        Some(out)
+    }
+
+    /// Links the current exchange to the worker's mirror exchange `mirror`.
+    pub fn set_mirror(&mut self, mirror: u32) {
+        if let Some(x) = self.exchange_mut() {
+            x.mirror = Some(mirror);
+        }
+    }
+
+    /// Unlinks the current exchange from its mirror, if any.
+    pub fn unlink_mirror(&mut self) -> Option<u32> {
+        self.exchange_mut().and_then(|x| x.mirror.take())
+    }
+
+    /// The current exchange's answer as far as a mirror comparison goes: `complete` when its
+    /// response went out whole (the worker asks at [`Up::Release`]).
+    pub fn newest_answer(&self, complete: bool) -> crate::session::mirror::Answer {
+        match self.exchange() {
+            Some(x) => crate::session::mirror::Answer {
+                status: x.status,
+                complete,
+                len: x.body_len,
+                hash: x.body_hash,
+            },
+            None => crate::session::mirror::Answer::NONE,
+        }
+    }
+
+    /// The newest version failed and the mirror's answer is still coming: the request waits
+    /// for it without an upstream (the worker owns the wait).
+    pub fn await_answer(&mut self) {
+        match std::mem::replace(&mut self.phase, Phase::Taken) {
+            Phase::Connecting(x) | Phase::Exchange(x) => self.phase = Phase::Routed(x),
+            other => self.phase = other,
+        }
+    }
+
+    /// The newest version failed and the mirror's whole answer (`answer`: head and body, as
+    /// the previous version sent them) goes to the client instead, as if this exchange's
+    /// upstream had sent it. `Err` gives the buffer back when the request is past the point
+    /// where that is possible.
+    pub fn take_answer(&mut self, answer: Buf, cx: &mut Cx<'_>) -> Result<(), Buf> {
+        let mut x = match std::mem::replace(&mut self.phase, Phase::Taken) {
+            Phase::Routed(x) | Phase::Connecting(x) | Phase::Exchange(x) => x,
+            other => {
+                self.phase = other;
+                return Err(answer);
+            }
+        };
+        if x.answered || self.down_writing || x.upstream.is_some() {
+            self.phase = Phase::Exchange(x);
+            return Err(answer);
+        }
+        if let Some(b) = x.resp_in.take() {
+            cx.pool.release(b);
+        }
+        if let Some(b) = x.down.take() {
+            cx.pool.release(b);
+        }
+        if let Some(p) = x.resp_pipe.take() {
+            cx.pipes.discard(p);
+        }
+        x.resp_in = Some(answer);
+        x.resp_ready = 0;
+        x.resp_piped = 0;
+        x.resp_out = false;
+        x.resp_body = exchange::Body::None;
+        x.resp_started = false;
+        x.splicing = false;
+        x.got_response_byte = true;
+        x.first_byte_at = cx.now;
+        x.status = 0;
+        x.upstream_close = false;
+        x.up_reading = false;
+        x.up_writing = false;
+        // The request is as good as sent: the answer to it is here.
+        x.up_head_sent = x.up_head_len;
+        x.up_head_out = false;
+        x.retry = Retry::default();
+        x.mirror = None;
+        x.body_len = 0;
+        x.body_hash = crate::session::mirror::HASH_START;
+        self.phase_started = cx.now;
+        self.last_active = cx.now;
+        self.phase = Phase::Exchange(x);
+        Ok(())
     }
 
     // ------------------------------------------------------------------ tunnel

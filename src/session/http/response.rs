@@ -133,6 +133,10 @@ impl HttpSession {
                     claimed = x.resp_body.take(&d[..room]);
                     if let Ok(n) = claimed {
                         spare[..n].copy_from_slice(&d[..n]);
+                        if x.mirror.is_some() {
+                            x.body_len += n as u64;
+                            x.body_hash = crate::session::mirror::hash_bytes(x.body_hash, &d[..n]);
+                        }
                         if x.corrupt_left > 0 {
                             super::fault::corrupt(&mut spare[..n], &mut x.corrupt_left);
                         }

@@ -3,8 +3,9 @@
 //! command line, with the TTL the test picks (`--local-ttl`). Backends listen on 127.0.0.x
 //! addresses of the loopback range, so one name can have several A records.
 //!
-//! Covered: changes seen within the TTL; the TTL clamped to `min_ttl` / `max_ttl`; SRV
-//! targets and ports (lowest priority only); the server going away keeps the last set.
+//! Covered: changes seen within the TTL; the TTL clamped to `min_ttl` / `max_ttl`; AAAA
+//! records beside A records (a backend on ::1, the IPv6 loopback); SRV targets and ports
+//! (lowest priority only); the server going away keeps the last set.
 
 mod util;
 
@@ -272,4 +273,71 @@ fn srv_records_give_targets_and_ports_and_max_ttl_caps_a_long_ttl() {
     });
     eprintln!("SRV target moved: routed after {took:?}");
     drop((s1, s2, s5, backup));
+}
+
+#[test]
+fn aaaa_records_are_backends_beside_a_records() {
+    // One port free on 127.0.0.1 and on ::1, the loopback addresses of both families.
+    let port = loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("::1", port)).is_ok() {
+            break port;
+        }
+    };
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let b4 = demo_on("v4", v4);
+    let b6 = demo_on("v6", v6);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 dual.test\n::1 dual.test\n").unwrap();
+    let dns = Dnsmasq::start(&hosts, 1, &[]);
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\n\
+         [[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"dual\"\n\
+         [[discovery]]\ntype = \"dns\"\nhost = \"dual.test\"\nport = {port}\nserver = \"{}\"\n\
+         cluster = \"dual\"\nmin_ttl = \"1s\"\ntimeout = \"300ms\"\n",
+        dns.addr()
+    ));
+    let (web, admin) = (p.addr("web"), p.addr("admin"));
+    wait_until(Duration::from_secs(10), "first look done", || {
+        provider(admin, "dns")["state"] == "ok"
+    });
+    let st = provider(admin, "dns");
+    let mut found: Vec<(String, String)> = st["services"]["dual"]["backends"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no backends: {st}"))
+        .iter()
+        .map(|b| {
+            (
+                b["addr"].as_str().unwrap_or("?").to_string(),
+                b["source"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (v4.to_string(), "A record".to_string()),
+            (v6.to_string(), "AAAA record".to_string())
+        ],
+        "{st}"
+    );
+    let s = spread(web, "/", 20);
+    assert_eq!((s.get("v4"), s.get("v6")), (Some(&10), Some(&10)), "{s:?}");
+
+    // The A record goes: the name is IPv6 only, followed within its TTL.
+    std::fs::write(&hosts, "::1 dual.test\n").unwrap();
+    dns.reload();
+    let took = wait_spread(web, "/", Duration::from_secs(4), "v6 alone", |s| {
+        s.get("v6") == Some(&20)
+    });
+    eprintln!("A record removed, AAAA alone routed after {took:?}");
+    assert_eq!(
+        provider(admin, "dns")["services"]["dual"]["backends"][0]["addr"],
+        v6.to_string()
+    );
+    drop((b4, b6));
 }

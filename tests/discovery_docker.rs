@@ -7,16 +7,15 @@
 //!
 //! Covered: a new container routed within 3 s; two replicas balanced; a replica stopped under
 //! load with no client errors; removal → the original gateway's JSON 400; the original
-//! `GET /stats` shape; Docker unreachable → the last set kept (and recovery); the
-//! `switchyard faas` quick mode; swarm services, every task a backend.
+//! `GET /stats` shape; dockerd stopped → the last set kept, and recovery when it starts again
+//! (a dockerd of the test's own, see [`PrivateEngine`]); the `switchyard faas` quick mode;
+//! `faas.host`; swarm services, every task a backend.
 
 mod util;
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -29,7 +28,13 @@ const ENGINE: &str = "/var/run/docker.sock";
 const IMAGE: &str = "switchyard-test/busybox:discovery";
 
 fn docker_try(args: &[&str]) -> Result<String, String> {
+    docker_try_on(&[], args)
+}
+
+/// `docker` with `pre` before the command (`-H unix://...` for another engine).
+fn docker_try_on(pre: &[&str], args: &[&str]) -> Result<String, String> {
     let out = Command::new("docker")
+        .args(pre)
         .args(args)
         .output()
         .map_err(|e| format!("cannot run docker: {e}"))?;
@@ -64,7 +69,11 @@ fn engine() {
 
 /// `docker import` of a tarball with busybox as /bin/busybox and /bin/sh.
 fn build_image() -> Result<(), String> {
-    if docker_try(&["image", "inspect", IMAGE]).is_ok() {
+    build_image_on(&[])
+}
+
+fn build_image_on(pre: &[&str]) -> Result<(), String> {
+    if docker_try_on(pre, &["image", "inspect", IMAGE]).is_ok() {
         return Ok(());
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -89,7 +98,7 @@ fn build_image() -> Result<(), String> {
     if !st.success() {
         return Err("tar failed".into());
     }
-    docker_try(&["import", &tar.display().to_string(), IMAGE]).map(|_| ())
+    docker_try_on(pre, &["import", &tar.display().to_string(), IMAGE]).map(|_| ())
 }
 
 /// Read-only bind mounts: the switchyard binary at /switchyard and the directories of the
@@ -151,11 +160,18 @@ fn free_port() -> u16 {
 /// Starts a labelled demo backend container on the host network at 127.0.0.1:`port`.
 fn run_replica(c: &mut Cleanup, service: &str, id: &str, port: u16) -> String {
     let name = unique("sy");
+    c.containers.push(name.clone());
+    run_replica_on(&[], &name, service, id, port);
+    name
+}
+
+/// [`run_replica`] on the engine `pre` names, as container `name`.
+fn run_replica_on(pre: &[&str], name: &str, service: &str, id: &str, port: u16) {
     let mut args: Vec<String> = [
         "run",
         "-d",
         "--name",
-        &name,
+        name,
         "--network",
         "host",
         "--label",
@@ -182,9 +198,8 @@ fn run_replica(c: &mut Cleanup, service: &str, id: &str, port: u16) -> String {
         ]
         .map(String::from),
     );
-    c.containers.push(name.clone());
-    docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    name
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker_try_on(pre, &args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn faas_proxy(socket: &str) -> Proxy {
@@ -299,6 +314,78 @@ fn containers_are_routed_within_3s_balanced_and_their_removal_gives_the_original
     drop(r2);
 }
 
+/// A container with no network of its own (`--network none`), labelled as given, idle.
+fn run_unnetworked(c: &mut Cleanup, labels: &[String]) -> String {
+    let name = unique("sy");
+    let mut args = vec!["run", "-d", "--name", &name, "--network", "none"];
+    for l in labels {
+        args.extend(["--label", l]);
+    }
+    args.extend([IMAGE, "/bin/busybox", "sleep", "600"]);
+    c.containers.push(name.clone());
+    docker(&args);
+    name
+}
+
+#[test]
+fn faas_host_gives_the_backend_address() {
+    engine();
+    let mut c = Cleanup::default();
+    let svc = unique("hosted");
+    let p = faas_proxy(ENGINE);
+    let (web, admin) = (p.addr("faas"), p.addr("admin"));
+    // The service itself runs outside Docker, on 127.0.0.1; the container only announces it.
+    let outside = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "outside"],
+        &["demo-backend"],
+    );
+    let port = outside.addr("demo-backend").port();
+    let with_host = run_unnetworked(
+        &mut c,
+        &[
+            format!("faas.name={svc}"),
+            format!("faas.port={port}"),
+            "faas.host=127.0.0.1".into(),
+        ],
+    );
+    // Without faas.host, a container with no network has no address: skipped, and said so.
+    let without = run_unnetworked(
+        &mut c,
+        &[format!("faas.name={svc}"), format!("faas.port={port}")],
+    );
+    let bad = run_unnetworked(
+        &mut c,
+        &[
+            format!("faas.name={svc}"),
+            format!("faas.port={port}"),
+            "faas.host=gateway.local".into(),
+        ],
+    );
+    // All three seen (each `docker run` returned with its container running).
+    let want_skipped = [
+        format!("container {without}: no address (no network)"),
+        format!("container {bad}: faas.host=\"gateway.local\" is not an IP address"),
+    ];
+    let mut st = serde_json::Value::Null;
+    wait_until(Duration::from_secs(5), "all three containers seen", || {
+        st = provider(admin, "docker");
+        let skipped = st["skipped"].as_array().cloned().unwrap_or_default();
+        want_skipped
+            .iter()
+            .all(|w| skipped.iter().any(|s| s.as_str() == Some(w)))
+    });
+    assert_eq!(
+        st["services"][&svc]["backends"],
+        serde_json::json!([{"addr": format!("127.0.0.1:{port}"), "weight": 1,
+                            "source": format!("container {with_host}")}]),
+        "{st}"
+    );
+    assert_eq!(
+        spread(web, &format!("/{svc}/"), 10).get("outside"),
+        Some(&10)
+    );
+}
+
 #[test]
 fn a_replica_stopped_under_load_costs_no_client_error() {
     engine();
@@ -383,83 +470,146 @@ fn a_replica_stopped_under_load_costs_no_client_error() {
     );
 }
 
-/// A unix socket that forwards to the engine's: closing it is, to the provider, the engine
-/// going away (stopping the machine's dockerd would hit every other test using it).
-struct EngineProxy {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+/// A Docker Engine of the test's own: a dockerd on a socket in a temporary directory, with
+/// its own data and exec roots (its own containerd too), no bridge, no iptables rules, and
+/// live restore, so that its containers keep running while it is stopped. The test stops and
+/// starts this one; the machine's engine, which the other tests use meanwhile, is left alone.
+struct PrivateEngine {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
 }
 
-impl EngineProxy {
-    fn start(path: &Path) -> EngineProxy {
-        let _ = std::fs::remove_file(path);
-        let l = UnixListener::bind(path).expect("bind unix socket");
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((down, _)) => {
-                        let _ = down.set_nonblocking(false);
-                        thread::spawn(move || pipe(down));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
+impl PrivateEngine {
+    fn start() -> PrivateEngine {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
+        let mut e = PrivateEngine { dir, child: None };
+        e.up().unwrap_or_else(|err| panic!("{err}"));
+        let host = e.host();
+        build_image_on(&["-H", &host]).unwrap_or_else(|err| panic!("{err}"));
+        e
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    /// `docker` arguments that address this engine.
+    fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn docker(&self, args: &[&str]) -> Result<String, String> {
+        let host = self.host();
+        docker_try_on(&["-H", &host], args)
+    }
+
+    fn up(&mut self) -> Result<(), String> {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("dockerd.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new("dockerd")
+            .arg("--host")
+            .arg(self.host())
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--live-restore",
+                "--log-level=warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run dockerd (root is needed): {e}"))?;
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(60);
+        while self
+            .docker(&["info", "--format", "{{.ServerVersion}}"])
+            .is_err()
+        {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > end {
+                let log = std::fs::read_to_string(d.join("dockerd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                return Err(format!(
+                    "the test's own dockerd did not start ({exited:?}): {tail:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops dockerd as a service manager would (SIGTERM), and waits for it to exit.
+    fn down(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        // Its containers outlive a stopped dockerd: start it to remove them.
+        if self.child.is_some() || self.up().is_ok() {
+            if let Ok(ids) = self.docker(&["ps", "-aq"]) {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.split_whitespace());
+                if args.len() > 2 {
+                    let _ = self.docker(&args);
                 }
             }
-        });
-        EngineProxy {
-            path: path.to_path_buf(),
-            stop,
-            thread: Some(thread),
+        }
+        self.down();
+        // dockerd leaves mounts of its own under its roots (its data root, the network
+        // namespace): unmounted, deepest first, before the directory goes.
+        let root = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .map(String::from)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
     }
-
-    fn close(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Drop for EngineProxy {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-fn pipe(mut down: UnixStream) {
-    let Ok(mut up) = UnixStream::connect(ENGINE) else {
-        return;
-    };
-    let _ = down.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = up.set_read_timeout(Some(Duration::from_secs(10)));
-    let (Ok(mut d2), Ok(mut u2)) = (down.try_clone(), up.try_clone()) else {
-        return;
-    };
-    let t = thread::spawn(move || {
-        let _ = std::io::copy(&mut d2, &mut u2);
-        let _ = u2.shutdown(std::net::Shutdown::Write);
-    });
-    let mut buf = Vec::new();
-    let _ = up.read_to_end(&mut buf);
-    let _ = std::io::Write::write_all(&mut down, &buf);
-    let _ = down.shutdown(std::net::Shutdown::Both);
-    let _ = t.join();
 }
 
 #[test]
-fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
-    engine();
-    let mut c = Cleanup::default();
+fn quick_mode_keeps_the_last_set_while_dockerd_is_stopped() {
     let svc = unique("quick");
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("docker.sock");
-    let mut engine_proxy = EngineProxy::start(&sock);
-    let sock_s = sock.display().to_string();
+    let mut own = PrivateEngine::start();
+    let sock_s = own.socket().display().to_string();
     let p = Proxy::start_args(
         &[
             "faas",
@@ -474,7 +624,8 @@ fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
     );
     let web = SocketAddr::from(([127, 0, 0, 1], p.addr("faas").port()));
     let admin = p.addr("admin");
-    run_replica(&mut c, &svc, "q1", free_port());
+    let host = own.host();
+    run_replica_on(&["-H", &host], &unique("sy"), &svc, "q1", free_port());
     wait_until(Duration::from_secs(5), "routed in quick mode", || {
         get(web, &format!("/{svc}/")) == (200, "q1".into())
     });
@@ -483,19 +634,25 @@ fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
         "docker"
     );
 
-    // The engine goes away: errors counted and shown, the service still routed.
-    engine_proxy.close();
+    // dockerd stops (its container lives on: live restore). Errors counted and shown, the
+    // service still routed to the replica.
+    own.down();
+    assert!(own.docker(&["info"]).is_err(), "dockerd is down");
     wait_until(Duration::from_secs(5), "the failure reported", || {
         let st = provider(admin, "docker");
         st["state"] == "failing"
-            && u64_at(&st, "/errors") >= 1
+            && st["errors"].as_u64().is_some_and(|n| n >= 1)
             && st["error"]
                 .as_str()
                 .unwrap_or("")
-                .contains("cannot connect")
+                .contains(&format!("cannot connect to {sock_s}"))
     });
     assert_eq!(spread(web, &format!("/{svc}/"), 20).get("q1"), Some(&20));
     assert_eq!(backends_of(admin, &svc).len(), 1, "last good set kept");
+    // Still failing a while later (retried with backoff): logged once all the same.
+    thread::sleep(Duration::from_secs(2));
+    let st = provider(admin, "docker");
+    assert_eq!(st["state"], "failing", "{st}");
     let warnings = p
         .stderr_lines()
         .iter()
@@ -503,12 +660,19 @@ fn quick_mode_keeps_the_last_set_while_docker_is_unreachable() {
         .count();
     assert_eq!(warnings, 1, "logged once per state change");
 
-    // Back: recovered.
-    let _engine_proxy = EngineProxy::start(&sock);
+    // dockerd back: recovered, the same replica found again.
+    let down_at = Instant::now();
+    own.up().unwrap_or_else(|e| panic!("{e}"));
     wait_until(Duration::from_secs(40), "recovered", || {
         provider(admin, "docker")["state"] == "ok"
     });
+    eprintln!(
+        "recovered {:?} after dockerd was started again",
+        down_at.elapsed()
+    );
     assert!(p.stderr_text().contains("discovery docker: recovered"));
+    assert_eq!(backends_of(admin, &svc).len(), 1);
+    assert_eq!(spread(web, &format!("/{svc}/"), 10).get("q1"), Some(&10));
 }
 
 /// Joins a swarm for the test (leaving it afterwards only if it was not in one before).

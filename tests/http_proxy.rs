@@ -1338,7 +1338,7 @@ fn wrk_through_the_proxy_has_no_errors() {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(requests > 1000, "{text}");
+    assert!(requests > 100, "{text}");
     assert!(http_stat(&p, "responses_2xx") >= requests, "{}", p.stats());
 }
 

@@ -1,8 +1,9 @@
 //! The load-balancer-as-a-service API (compat.md §4) over real sockets: the seed's JSON
 //! shapes from project to instance to traffic through the instance's own port; health
 //! criteria taking an entity down and back; an update that keeps live connections; every
-//! 4xx; the admin token; restore after `kill -9` on the same ports; and a node that starts
-//! with no listeners at all.
+//! 4xx the API gives (400 401 403 404 405 408 409 411 413 422 429 431, each with its body);
+//! the admin token; restore after `kill -9` on the same ports; and a node that starts with no
+//! listeners at all.
 //!
 //! Each test takes its own `[lbaas] port_range`, so tests running side by side never race
 //! for a port.
@@ -43,6 +44,57 @@ fn fails(admin: SocketAddr, path: &str, body: &str, status: u16, code: &str) -> 
     assert_eq!(v["error"]["code"], code, "{body} -> {v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     v
+}
+
+/// A failure in the LBaaS shape, all of it: status, `action`, `type`, code, message (the
+/// same at the top and in `error`) and field.
+fn exact_fail(
+    r: &Resp,
+    status: u16,
+    (action, kind): (Option<&str>, Option<&str>),
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) {
+    let v = r.json();
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(
+        v,
+        json!({"status": "fail", "action": action, "type": kind, "message": message,
+               "error": {"code": code, "message": message, "field": field}}),
+        "status {status}"
+    );
+}
+
+/// Sends `req` as is on a new connection and reads the answer to the end (the admin server
+/// closes after these errors): status, headers, body.
+fn raw(addr: SocketAddr, req: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The server may answer (and close) before it has read all of a refused request.
+    let _ = s.write_all(req);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&buf)));
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    }
 }
 
 /// Project `p` of user `u`.
@@ -433,8 +485,17 @@ fn an_update_replaces_entities_and_criteria_without_dropping_connections() {
 fn every_4xx() {
     let be = Backend::echo();
     // A range of one port: the second instance finds none free.
-    let p = node("21170-21170", "");
+    let p = node("21170-21170", "admin_max_body = \"4KiB\"");
     let admin = p.addr("admin");
+    // 408: a body that never comes whole. The server waits 10 s for it; meanwhile the rest.
+    let slow = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let r = raw(
+            admin,
+            b"POST /LB/instance/ HTTP/1.1\r\nHost: lb\r\nContent-Length: 100\r\n\r\n{\"action\":",
+        );
+        (r, started.elapsed())
+    });
     let e = be.addr.to_string();
     let create_instance = |name: &str, entities: Value, extra: Value| {
         let mut info = json!({"project": "p", "name": name, "traffic_type": "tcp",
@@ -509,9 +570,84 @@ fn every_4xx() {
     assert_eq!(v.status, 400, "{}", v.text());
     // 405.
     let r = call(admin, "PUT", "/lbaas", Some("{}"));
-    assert_eq!(r.status, 405);
-    assert_eq!(r.json()["status"], "fail");
-    assert!(r.header("allow").is_some());
+    exact_fail(
+        &r,
+        405,
+        (None, None),
+        "method_not_allowed",
+        "PUT is not allowed here (use POST)",
+        None,
+    );
+    assert_eq!(r.header("allow"), Some("POST, GET"));
+    let r = call(admin, "DELETE", "/LB/project/", None);
+    exact_fail(
+        &r,
+        405,
+        (None, Some("project")),
+        "method_not_allowed",
+        "DELETE is not allowed here (use POST)",
+        None,
+    );
+
+    // Refused before the body is read, still in the LBaaS shape: 411, 413, 431.
+    let r = call_h(
+        admin,
+        "POST",
+        "/LB/project/",
+        &[("Transfer-Encoding", "chunked")],
+        None,
+    );
+    exact_fail(
+        &r,
+        411,
+        (None, Some("project")),
+        "length_required",
+        "send the body with Content-Length (chunked bodies are not accepted here)",
+        None,
+    );
+    let big = json!({"action": "create", "type": "project",
+                     "info": {"name": "big", "user": "x".repeat(5000)}})
+    .to_string();
+    let r = raw(
+        admin,
+        format!(
+            "POST /lbaas HTTP/1.1\r\nHost: lb\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        )
+        .as_bytes(),
+    );
+    exact_fail(
+        &r,
+        413,
+        (None, None),
+        "body_too_large",
+        &format!(
+            "request body of {} bytes exceeds admin_max_body (4096 bytes)",
+            big.len()
+        ),
+        None,
+    );
+    let huge = "y".repeat(70 * 1024);
+    let r = raw(
+        admin,
+        format!("GET /LB/instance/?verbose=1 HTTP/1.1\r\nHost: lb\r\nX-Padding: {huge}\r\n\r\n")
+            .as_bytes(),
+    );
+    exact_fail(
+        &r,
+        431,
+        (None, Some("instance")),
+        "head_too_large",
+        "request head over 64KiB",
+        None,
+    );
+    // Nothing was made of them.
+    let l = ok(
+        admin,
+        "/lbaas",
+        json!({"action": "list", "type": "project"}),
+    );
+    assert_eq!(l["projects"], json!([]));
 
     // 422: invalid fields, each named.
     let v = fails(
@@ -658,11 +794,52 @@ fn every_4xx() {
         409,
         "exists",
     );
-    ok(
+    // port_in_use: the port asked for is held by another program; with none asked for,
+    // the range has no free port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:21170").expect("port 21170 free");
+    let in_use = |r: &Resp| {
+        exact_fail(
+            r,
+            409,
+            (Some("create"), Some("instance")),
+            "port_in_use",
+            "port 21170 is already in use",
+            Some("info.port"),
+        )
+    };
+    in_use(&call(
+        admin,
+        "POST",
+        "/lbaas",
+        Some(&create_instance("i", json!([e]), json!({"port": 21170}))),
+    ));
+    exact_fail(
+        &call(
+            admin,
+            "POST",
+            "/lbaas",
+            Some(&create_instance("i", json!([e]), json!({}))),
+        ),
+        409,
+        (Some("create"), Some("instance")),
+        "no_free_port",
+        "no free port left in [lbaas] port_range (21170-21170) on 127.0.0.1",
+        None,
+    );
+    drop(holder);
+    let i = ok(
         admin,
         "/lbaas",
-        serde_json::from_str(&create_instance("i", json!([e]), json!({}))).unwrap(),
+        serde_json::from_str(&create_instance("i", json!([e]), json!({"port": 21170}))).unwrap(),
     );
+    assert_eq!(i["address"], "127.0.0.1:21170", "{i}");
+    // Held by an instance of this node now.
+    in_use(&call(
+        admin,
+        "POST",
+        "/LB/instance/",
+        Some(&create_instance("j", json!([e]), json!({"port": 21170}))),
+    ));
     fails(
         admin,
         "/lbaas",
@@ -694,6 +871,128 @@ fn every_4xx() {
     assert_eq!(
         call(admin, "GET", "/v1/listeners", None).json()["listeners"],
         json!([])
+    );
+
+    // 403: a read-only admin API refuses every change; reads stay open.
+    let ro = node("21190-21194", "admin_read_only = true");
+    let ro_admin = ro.addr("admin");
+    let create_p =
+        json!({"action": "create", "type": "project", "info": {"name": "p", "user": "u"}})
+            .to_string();
+    exact_fail(
+        &call(ro_admin, "POST", "/lbaas", Some(&create_p)),
+        403,
+        (Some("create"), Some("project")),
+        "read_only",
+        "this admin API is read-only (admin_read_only, or quick mode on a public address)",
+        None,
+    );
+    exact_fail(
+        &call(
+            ro_admin,
+            "POST",
+            "/LB/instance/",
+            Some(r#"{"action":"delete","info":{"id":1}}"#),
+        ),
+        403,
+        (Some("delete"), Some("instance")),
+        "read_only",
+        "this admin API is read-only (admin_read_only, or quick mode on a public address)",
+        None,
+    );
+    let l = ok(
+        ro_admin,
+        "/lbaas",
+        json!({"action": "list", "type": "project"}),
+    );
+    assert_eq!(l["projects"], json!([]));
+
+    // 401 without the token or with a wrong one; 429 once an address has failed too often,
+    // and then even the right token is not looked at.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let t = node(
+        "21195-21199",
+        &format!("admin_token_file = \"{}\"", token.display()),
+    );
+    let t_admin = t.addr("admin");
+    let r = call(t_admin, "POST", "/LB/project/", Some(&create_p));
+    exact_fail(
+        &r,
+        401,
+        (Some("create"), Some("project")),
+        "unauthorized",
+        "this change needs Authorization: Bearer <token> (see admin_token_file)",
+        None,
+    );
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"switchyard\"")
+    );
+    let wrong = [("Authorization", "Bearer wrong")];
+    let r = call_h(t_admin, "POST", "/lbaas", &wrong, Some(&create_p));
+    exact_fail(
+        &r,
+        401,
+        (Some("create"), Some("project")),
+        "unauthorized",
+        "wrong token",
+        None,
+    );
+    let mut statuses = vec![401];
+    let limited = loop {
+        let r = call_h(t_admin, "POST", "/lbaas", &wrong, Some(&create_p));
+        statuses.push(r.status);
+        if r.status != 401 || statuses.len() > 40 {
+            break r;
+        }
+    };
+    assert!(
+        (5..=15).contains(&(statuses.len() - 1)),
+        "429 after {} failures: {statuses:?}",
+        statuses.len() - 1
+    );
+    let locked = |r: &Resp| {
+        exact_fail(
+            r,
+            429,
+            (Some("create"), Some("project")),
+            "too_many_attempts",
+            "too many failed authentications from 127.0.0.1; try again in 1s",
+            None,
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
+    };
+    locked(&limited);
+    let right = [("Authorization", "Bearer s3cret")];
+    locked(&call_h(
+        t_admin,
+        "POST",
+        "/LB/project/",
+        &right,
+        Some(&create_p),
+    ));
+    let l = ok(
+        t_admin,
+        "/lbaas",
+        json!({"action": "list", "type": "project"}),
+    );
+    assert_eq!(l["projects"], json!([]));
+
+    // 408, sent at the start.
+    let (r, took) = slow.join().unwrap();
+    exact_fail(
+        &r,
+        408,
+        (None, Some("instance")),
+        "timeout",
+        "request not complete in time",
+        None,
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(25),
+        "408 after {took:?}"
     );
 }
 

@@ -285,7 +285,9 @@ pub fn structured(data: &[u8]) {
         out.extend_from_slice(ENDS[usize::from(f.end) % ENDS.len()]);
     }
     out.extend_from_slice(b"\r\n");
-    compare(&out);
+    // A shaped value can end a line early and make an empty line before ours: the head is
+    // then what precedes it (the rest would be body), as for raw bytes.
+    differential(&out);
 }
 
 #[cfg(test)]

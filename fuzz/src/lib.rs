@@ -241,6 +241,7 @@ fn admin_shared() -> switchyard::admin::Shared {
             read_only: false,
             max_body: 1 << 20,
             discovery: None,
+            extensions: Vec::new(),
         },
     )
 }

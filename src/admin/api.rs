@@ -228,6 +228,9 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let m = req.method.as_str();
     let c = &shared.control;
+    if let Some(implied) = crate::lbaas::api::path_type(path) {
+        return Ok(crate::lbaas::api::handle(shared, req, implied));
+    }
     match segs.as_slice() {
         ["ui"] => match m {
             "GET" | "HEAD" => Ok(Response {
@@ -274,9 +277,6 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, ApiError> {
                 })
             }
         }
-        ["lbaas"] => Ok(crate::lbaas::api::handle(shared, req, None)),
-        ["LB", "project"] => Ok(crate::lbaas::api::handle(shared, req, Some("project"))),
-        ["LB", "instance"] => Ok(crate::lbaas::api::handle(shared, req, Some("instance"))),
         ["v1", "config"] => match m {
             "GET" => {
                 let (v, j) = c.config_json();

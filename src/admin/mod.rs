@@ -302,8 +302,24 @@ fn read_exact_by(
     Ok(())
 }
 
-fn error(status: u16, code: &'static str, message: &str) -> Response {
-    api::error_response(&crate::control::ApiError::new(status, code, message))
+/// An answer to a request refused before it was read whole (`head`: what came of it so far).
+/// On the LBaaS API's paths it takes that API's shape, whose clients look for
+/// `"status":"fail"`; elsewhere the admin API's.
+fn error(head: &[u8], status: u16, code: &'static str, message: &str) -> Response {
+    let e = crate::control::ApiError::new(status, code, message);
+    let target = head
+        .split(|&b| b == b'\n')
+        .next()
+        .and_then(|line| line.split(|&b| b == b' ').nth(1))
+        .and_then(|t| std::str::from_utf8(t).ok());
+    match target.and_then(crate::lbaas::api::path_type) {
+        Some(implied) => crate::lbaas::api::fail(None, implied, &e),
+        None => api::error_response(&e),
+    }
+}
+
+fn too_slow(head: &[u8]) -> Response {
+    error(head, 408, "timeout", "request not complete in time")
 }
 
 /// Reads one request. `Ok(None)`: the client closed (or went idle) between requests.
@@ -320,19 +336,37 @@ fn read_request(
         Ok(_) => {}
     }
     let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let too_slow = || error(408, "timeout", "request not complete in time");
     loop {
         let before = head.len();
         let limit = MAX_HEAD + 1 - head.len().min(MAX_HEAD);
         match read_line_by(reader, &mut head, limit, deadline) {
             Ok(false) if head.is_empty() => return Ok(None),
-            Ok(false) => return Err(error(400, "bad_request", "connection closed mid-request")),
+            Ok(false) => {
+                return Err(error(
+                    &head,
+                    400,
+                    "bad_request",
+                    "connection closed mid-request",
+                ))
+            }
             Ok(true) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(too_slow()),
-            Err(_) => return Err(error(400, "bad_request", "connection failed mid-request")),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(too_slow(&head)),
+            Err(_) => {
+                return Err(error(
+                    &head,
+                    400,
+                    "bad_request",
+                    "connection failed mid-request",
+                ))
+            }
         }
         if head.len() > MAX_HEAD {
-            return Err(error(431, "head_too_large", "request head over 64KiB"));
+            return Err(error(
+                &head,
+                431,
+                "head_too_large",
+                "request head over 64KiB",
+            ));
         }
         let line = &head[before..];
         if (line == b"\r\n" || line == b"\n") && before > 0 {
@@ -347,13 +381,14 @@ fn read_request(
     match parsed.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
-            return Err(error(400, "bad_request", "incomplete request head"))
+            return Err(error(&head, 400, "bad_request", "incomplete request head"))
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(error(431, "too_many_headers", "too many headers"))
+            return Err(error(&head, 431, "too_many_headers", "too many headers"))
         }
         Err(e) => {
             return Err(error(
+                &head,
                 400,
                 "bad_request",
                 &format!("malformed request: {e}"),
@@ -366,7 +401,12 @@ fn read_request(
     let mut headers = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let Ok(v) = std::str::from_utf8(h.value) else {
-            return Err(error(400, "bad_request", "header value is not UTF-8"));
+            return Err(error(
+                &head,
+                400,
+                "bad_request",
+                "header value is not UTF-8",
+            ));
         };
         headers.push((h.name.to_string(), v.trim().to_string()));
     }
@@ -385,6 +425,7 @@ fn read_request(
     };
     if req.header("transfer-encoding").is_some() {
         return Err(error(
+            &head,
             411,
             "length_required",
             "send the body with Content-Length (chunked bodies are not accepted here)",
@@ -394,10 +435,11 @@ fn read_request(
         None => 0,
         Some(v) => v
             .parse::<usize>()
-            .map_err(|_| error(400, "bad_request", "invalid Content-Length"))?,
+            .map_err(|_| error(&head, 400, "bad_request", "invalid Content-Length"))?,
     };
     if len > shared.settings.max_body {
         return Err(error(
+            &head,
             413,
             "body_too_large",
             &format!(
@@ -416,9 +458,10 @@ fn read_request(
         req.body = vec![0; len];
         read_exact_by(reader, &mut req.body, deadline).map_err(|e| {
             if e.kind() == io::ErrorKind::TimedOut {
-                too_slow()
+                too_slow(&head)
             } else {
                 error(
+                    &head,
                     400,
                     "bad_request",
                     "request body shorter than Content-Length",

@@ -68,7 +68,20 @@ fn reply(status: u16, v: &Json) -> Response {
     Response::json(status, v)
 }
 
-fn fail(action: Option<&str>, kind: Option<&str>, e: &ApiError) -> Response {
+/// Whether a request target is one of this API's paths, and then the type it implies
+/// (`/LB/project/` → `project`). As the admin API routes: the query aside, slashes trimmed.
+pub fn path_type(target: &str) -> Option<Option<&'static str>> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    match path.trim_matches('/') {
+        "lbaas" => Some(None),
+        "LB/project" => Some(Some("project")),
+        "LB/instance" => Some(Some("instance")),
+        _ => None,
+    }
+}
+
+/// A failure in this API's shape.
+pub(crate) fn fail(action: Option<&str>, kind: Option<&str>, e: &ApiError) -> Response {
     let r = reply(
         e.status,
         &json!({
@@ -82,6 +95,7 @@ fn fail(action: Option<&str>, kind: Option<&str>, e: &ApiError) -> Response {
     match e.status {
         401 => r.with("WWW-Authenticate", "Bearer realm=\"switchyard\"".into()),
         405 => r.with("Allow", "POST, GET".into()),
+        429 => r.with("Retry-After", "1".into()),
         _ => r,
     }
 }

@@ -55,7 +55,7 @@ impl<const N: usize> Short<N> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut s = String::from_utf8_lossy(&self.bytes[..self.len as usize]).into_owned();
         if self.truncated {
             s.push('…');
@@ -242,13 +242,25 @@ impl Record {
                 .map_or(String::new(), |f| format!(" fault={f}")),
         )
     }
+}
 
-    fn write(&self, format: LogFormat, out: &mut impl Write) -> io::Result<()> {
+impl Line for Record {
+    const WHAT: &'static str = "access log";
+    fn write<W: Write>(&self, format: LogFormat, out: &mut W) -> io::Result<()> {
         match format {
             LogFormat::Json => self.write_json(out),
-            LogFormat::Combined => self.write_combined(out),
+            // `text` is refused for the access log by the config; combined is its text form.
+            LogFormat::Combined | LogFormat::Text => self.write_combined(out),
         }
     }
+}
+
+/// A fixed-size record a log file is made of (the access log's [`Record`], the connection
+/// log's [`crate::connlog::ConnRecord`]): copied by value through the queues.
+pub trait Line: Copy + Send + 'static {
+    /// How the log is named in messages ("access log").
+    const WHAT: &'static str;
+    fn write<W: Write>(&self, format: LogFormat, out: &mut W) -> io::Result<()>;
 }
 
 /// The data plane's one call at the end of a request: names, times. Copies into the record's
@@ -277,12 +289,12 @@ pub fn finish(
 pub struct QueueFull;
 
 /// A worker's end: a bounded queue and the switch that says whether lines are wanted.
-pub struct Sink {
-    tx: Sender<Record>,
+pub struct Sink<R = Record> {
+    tx: Sender<R>,
     on: Arc<AtomicBool>,
 }
 
-impl Sink {
+impl<R: Line> Sink<R> {
     /// An access log is configured (checked before a record is built).
     #[inline]
     pub fn enabled(&self) -> bool {
@@ -290,7 +302,7 @@ impl Sink {
     }
     /// Queues a record; `Err` when the queue is full (the record is dropped).
     #[inline]
-    pub fn try_send(&self, r: Record) -> Result<(), QueueFull> {
+    pub fn try_send(&self, r: R) -> Result<(), QueueFull> {
         self.tx.try_send(r).map_err(|_| QueueFull)
     }
 }
@@ -317,7 +329,7 @@ impl AccessLog {
     }
 }
 
-fn open(path: &Path) -> io::Result<File> {
+fn open(what: &str, path: &Path) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -325,7 +337,7 @@ fn open(path: &Path) -> io::Result<File> {
         .open(path)?;
     if let Err(e) = start_on_a_fresh_line(&mut f) {
         // A full disk, say: the log fails the same way as any later write, not start-up.
-        log::warn!("access log: cannot end the torn last line: {e}");
+        log::warn!("{what}: cannot end the torn last line: {e}");
     }
     Ok(f)
 }
@@ -336,8 +348,16 @@ pub fn start(
     cfg: Option<&AccessLogConfig>,
     workers: usize,
 ) -> io::Result<(AccessLog, Vec<Sink>, JoinHandle<()>)> {
+    start_log::<Record>(cfg, workers)
+}
+
+/// [`start`] for any kind of [`Line`]: the same queues, writer thread, reopen and switch.
+pub fn start_log<R: Line>(
+    cfg: Option<&AccessLogConfig>,
+    workers: usize,
+) -> io::Result<(AccessLog, Vec<Sink<R>>, JoinHandle<()>)> {
     let file = match cfg {
-        Some(c) => Some((open(&c.path)?, c.clone())),
+        Some(c) => Some((open(R::WHAT, &c.path)?, c.clone())),
         None => None,
     };
     let on = Arc::new(AtomicBool::new(file.is_some()));
@@ -350,8 +370,8 @@ pub fn start(
     }
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let thread = std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || Writer::new(file, on).run(receivers, ctl_rx))?;
+        .name(R::WHAT.replace(' ', "-"))
+        .spawn(move || Writer::<R>::new(file, on).run(receivers, ctl_rx))?;
     Ok((AccessLog { ctl: ctl_tx }, sinks, thread))
 }
 
@@ -372,18 +392,20 @@ fn start_on_a_fresh_line(file: &mut File) -> io::Result<()> {
     Ok(())
 }
 
-struct Writer {
+struct Writer<R> {
     out: Option<(BufWriter<File>, AccessLogConfig)>,
     on: Arc<AtomicBool>,
     failed: bool,
+    kind: std::marker::PhantomData<R>,
 }
 
-impl Writer {
-    fn new(file: Option<(File, AccessLogConfig)>, on: Arc<AtomicBool>) -> Writer {
+impl<R: Line> Writer<R> {
+    fn new(file: Option<(File, AccessLogConfig)>, on: Arc<AtomicBool>) -> Writer<R> {
         Writer {
             out: file.map(|(f, c)| (BufWriter::with_capacity(256 * 1024, f), c)),
             on,
             failed: false,
+            kind: std::marker::PhantomData,
         }
     }
 
@@ -393,13 +415,13 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, rec: &Record) {
+    fn write(&mut self, rec: &R) {
         let Some((w, cfg)) = &mut self.out else {
             return;
         };
         if let Err(e) = rec.write(cfg.format, w) {
             if !self.failed {
-                log::error!("access log: write failed: {e}; lines are being lost");
+                log::error!("{}: write failed: {e}; lines are being lost", R::WHAT);
                 self.failed = true;
             }
         }
@@ -412,21 +434,22 @@ impl Writer {
             Ctl::Reopen => {
                 let Some((_, cfg)) = &self.out else { return };
                 let cfg = cfg.clone();
-                match open(&cfg.path) {
+                match open(R::WHAT, &cfg.path) {
                     Ok(f) => {
                         self.out = Some((BufWriter::with_capacity(256 * 1024, f), cfg));
                         self.failed = false;
-                        log::info!("access log reopened: {}", self.path_shown());
+                        log::info!("{} reopened: {}", R::WHAT, self.path_shown());
                     }
                     Err(e) => log::error!(
-                        "access log: cannot reopen {}: {e}; still writing to the old file",
+                        "{}: cannot reopen {}: {e}; still writing to the old file",
+                        R::WHAT,
                         cfg.path.display()
                     ),
                 }
             }
             Ctl::Set(None) => {
                 if self.out.take().is_some() {
-                    log::info!("access log: off");
+                    log::info!("{}: off", R::WHAT);
                 }
                 self.on.store(false, Ordering::Relaxed);
             }
@@ -434,15 +457,16 @@ impl Writer {
                 if self.out.as_ref().is_some_and(|(_, c)| *c == cfg) {
                     return;
                 }
-                match open(&cfg.path) {
+                match open(R::WHAT, &cfg.path) {
                     Ok(f) => {
                         self.out = Some((BufWriter::with_capacity(256 * 1024, f), cfg));
                         self.failed = false;
                         self.on.store(true, Ordering::Relaxed);
-                        log::info!("access log: {}", self.path_shown());
+                        log::info!("{}: {}", R::WHAT, self.path_shown());
                     }
                     Err(e) => log::error!(
-                        "access log: cannot open {}: {e}; keeping the previous setting",
+                        "{}: cannot open {}: {e}; keeping the previous setting",
+                        R::WHAT,
                         cfg.path.display()
                     ),
                 }
@@ -457,7 +481,7 @@ impl Writer {
             .unwrap_or_default()
     }
 
-    fn run(mut self, mut receivers: Vec<Receiver<Record>>, ctl: Receiver<Ctl>) {
+    fn run(mut self, mut receivers: Vec<Receiver<R>>, ctl: Receiver<Ctl>) {
         let mut ctl_open = true;
         while !receivers.is_empty() {
             let mut gone = None;

@@ -28,6 +28,11 @@ pub fn environment(cfg: &Config) -> Vec<ConfigError> {
             add("server.access_log", m);
         }
     }
+    if let Some(a) = &cfg.server.connection_log {
+        if let Err(m) = writable_file(&a.path) {
+            add("server.connection_log", m);
+        }
+    }
     if let Some(t) = &cfg.server.admin_token_file {
         if let Err(m) = token_file(t) {
             add("server.admin_token_file", m);

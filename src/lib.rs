@@ -44,6 +44,7 @@ pub mod balance;
 pub mod build_info;
 pub mod check;
 pub mod config;
+pub mod connlog;
 pub mod control;
 pub mod ctl;
 pub mod demo;

@@ -245,13 +245,32 @@ pub fn route<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
     fallback: Option<Target>,
     req: &RequestView<'a, H>,
 ) -> Decision {
-    if let Some(r) = matched_route(routes, req).and_then(|i| routes.get(i)) {
+    route_matched(routes, faas, fallback, req).0
+}
+
+/// [`route`], also giving the index of the route that matched (none: FaaS or the fallback).
+pub fn route_matched<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
+    routes: &[CompiledRoute],
+    faas: Option<&HashMap<String, usize>>,
+    fallback: Option<Target>,
+    req: &RequestView<'a, H>,
+) -> (Decision, Option<usize>) {
+    if let Some((i, r)) = matched_route(routes, req).and_then(|i| Some((i, routes.get(i)?))) {
         let strip = match (&r.prefix, r.strip) {
             (Some(p), true) => p.len(),
             _ => 0,
         };
-        return decision(r.target, strip);
+        return (decision(r.target, strip), Some(i));
     }
+    (route_unmatched(faas, fallback, req), None)
+}
+
+/// No route matched: FaaS mode, else the fallback.
+fn route_unmatched<'a, H: Fn(&[u8]) -> Option<&'a [u8]>>(
+    faas: Option<&HashMap<String, usize>>,
+    fallback: Option<Target>,
+    req: &RequestView<'a, H>,
+) -> Decision {
     if let Some(index) = faas {
         return match faas_key(req.target) {
             Err(e) => Decision::Faas(e),

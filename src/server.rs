@@ -207,6 +207,8 @@ struct Started {
     agg_thread: std::thread::JoinHandle<()>,
     log_thread: std::thread::JoinHandle<()>,
     access_log: crate::accesslog::AccessLog,
+    conn_log_thread: std::thread::JoinHandle<()>,
+    connection_log: crate::accesslog::AccessLog,
     signal_handle: signal_hook::iterator::Handle,
 }
 
@@ -411,6 +413,19 @@ fn start(
     }
     let mut log_senders: Vec<Option<crate::accesslog::Sink>> =
         sinks.into_iter().map(Some).collect();
+    let (connection_log, sinks, conn_log_thread) = crate::accesslog::start_log::<
+        crate::connlog::ConnRecord,
+    >(
+        cfg.server.connection_log.as_ref(), workers
+    )
+    .map_err(|source| RunError::Io {
+        what: "opening the connection log",
+        source,
+    })?;
+    if let Some(a) = &cfg.server.connection_log {
+        log::info!("connection log: {}", a.path.display());
+    }
+    let mut conn_log_senders: Vec<Option<_>> = sinks.into_iter().map(Some).collect();
     let (stats_tx, stats_rx) = crossbeam_channel::unbounded();
     let max_sessions = cfg.server.max_connections.div_ceil(workers).max(1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -445,6 +460,7 @@ fn start(
                 0
             },
             access_log: log_senders.get_mut(id).and_then(Option::take),
+            connection_log: conn_log_senders.get_mut(id).and_then(Option::take),
             max_sessions,
             pin_cpu: cfg.server.pin_workers.then_some(id % cpus),
             stats_minimal: cfg.server.stats_minimal,
@@ -572,9 +588,11 @@ fn start(
     }
     {
         let access_log = access_log.clone();
+        let connection_log = connection_log.clone();
         control.on_server_reload(Box::new(move |s: &crate::config::ServerConfig| {
             crate::logging::apply_config(s.log_level);
             access_log.set(s.access_log.clone());
+            connection_log.set(s.connection_log.clone());
         }));
     }
     let agg_thread = std::thread::Builder::new()
@@ -657,6 +675,8 @@ fn start(
         agg_thread,
         log_thread,
         access_log,
+        conn_log_thread,
+        connection_log,
         signal_handle,
     })
 }
@@ -746,10 +766,12 @@ fn control_loop(s: Started) -> Result<(), RunError> {
                     ),
                 }
                 s.access_log.reopen();
+                s.connection_log.reopen();
             }
             Ok(Event::Signal(SignalEvent::ReopenLogs)) => {
                 log::info!("SIGUSR1: reopening log files");
                 s.access_log.reopen();
+                s.connection_log.reopen();
             }
             Ok(Event::WorkersDone(r)) => break r,
             Ok(Event::Promoted(pid, totals)) => {
@@ -792,6 +814,7 @@ fn control_loop(s: Started) -> Result<(), RunError> {
     let _ = s.agg_thread.join();
     // The workers dropped their queues: the writer flushes and ends.
     let _ = s.log_thread.join();
+    let _ = s.conn_log_thread.join();
     s.signal_handle.close();
     if result.is_ok() {
         log::info!("shutdown complete");

@@ -512,6 +512,7 @@ fn check_reports_files_directories_and_addresses_run_would_trip_on() {
     let d = dir.path().display();
     let text = format!(
         "[server]\nadmin = \"{admin_taken}\"\naccess_log = \"{d}/no-such-dir/access.log\"\n\
+         connection_log = \"{d}/no-such-dir/conn.log\"\n\
          admin_token_file = \"{d}/empty.token\"\nstate_dir = \"{d}/plainfile/state\"\n\n\
          [[listeners]]\nname = \"a\"\nbind = \"{taken}\"\nprotocol = \"tcp\"\ncluster = \"c\"\n\n\
          [[clusters]]\nname = \"c\"\nbackends = [\"127.0.0.1:1\"]\n"
@@ -526,6 +527,7 @@ fn check_reports_files_directories_and_addresses_run_would_trip_on() {
     let lines = error_lines(&out.stderr);
     for want in [
         "error: server.access_log: cannot create ",
+        "error: server.connection_log: cannot create ",
         "error: server.admin_token_file: ",
         "error: server.state_dir: cannot create ",
         "error: listeners[0].bind: cannot bind ",
@@ -538,7 +540,7 @@ fn check_reports_files_directories_and_addresses_run_would_trip_on() {
             out.stderr
         );
     }
-    assert_eq!(lines.len(), 5, "{}", out.stderr);
+    assert_eq!(lines.len(), 6, "{}", out.stderr);
     assert!(out.stderr.contains("is empty"), "{}", out.stderr);
     assert!(
         out.stderr.contains("another process already serves"),
@@ -556,7 +558,7 @@ fn check_reports_files_directories_and_addresses_run_would_trip_on() {
         dir.path(),
         T,
     );
-    assert_eq!(error_lines(&out.stderr).len(), 3, "{}", out.stderr);
+    assert_eq!(error_lines(&out.stderr).len(), 4, "{}", out.stderr);
     // Fixed, it passes.
     std::fs::write(dir.path().join("good.token"), "secret\n").unwrap();
     let fixed = text
@@ -811,5 +813,22 @@ fn check_notes_a_backlog_the_kernel_caps() {
         !out.stderr.contains("listeners[1]"),
         "a small limit is not capped: {}",
         out.stderr
+    );
+}
+
+/// Each log takes its own formats: `combined` is the access log's, `text` the connection
+/// log's; the error names the accepted ones.
+#[test]
+fn log_formats_are_checked_per_log() {
+    expect_errors(
+        &mutate(
+            "buffer_size = \"16KiB\"",
+            "buffer_size = \"16KiB\"\naccess_log = { path = \"/tmp/a.log\", format = \"text\" }\n\
+             connection_log = { path = \"/tmp/c.log\", format = \"combined\" }",
+        ),
+        &[
+            "server.access_log.format: expected \"json\" or \"combined\"",
+            "server.connection_log.format: expected \"json\" or \"text\"",
+        ],
     );
 }

@@ -206,7 +206,7 @@ fn a_records_are_followed_within_their_ttl_and_kept_when_the_server_goes() {
         let st = provider(admin, "fast");
         // A closed UDP port answers "connection refused"; a silent one times out.
         st["state"] == "failing"
-            && st["errors"].as_u64().unwrap_or(0) >= 1
+            && u64_at(&st, "/errors") >= 1
             && st["error"]
                 .as_str()
                 .unwrap_or("")

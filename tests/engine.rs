@@ -43,7 +43,7 @@ fn assert_settles(p: &Proxy, fds: usize, what: &str) -> Value {
         ]
         .iter()
         .all(|k| e[*k].as_u64() == Some(0));
-        let pooled = 2 * e["pipes_idle"].as_u64().unwrap_or(0) as usize;
+        let pooled = 2 * u64_at(e, "/pipes_idle") as usize;
         if zero && last_fds == fds + pooled {
             return st;
         }
@@ -253,7 +253,7 @@ fn closes_with_operations_in_flight_leak_nothing() {
     std::thread::sleep(Duration::from_millis(200));
     let st = p.stats();
     assert!(
-        st["engine"]["ops_in_flight"].as_u64().unwrap_or(0) > 0,
+        u64_at(&st, "/engine/ops_in_flight") > 0,
         "ops should be in flight: {st}"
     );
     for (i, c) in clients.into_iter().enumerate() {
@@ -300,7 +300,7 @@ backends = ["{}"]
         })
         .collect();
     wait_until(Duration::from_secs(10), "sends in flight", || {
-        p.stats()["engine"]["buffers_in_use"].as_u64().unwrap_or(0) >= 20
+        u64_at(&p.stats(), "/engine/buffers_in_use") >= 20
     });
     let st = assert_settles(&p, fds, "idle timeouts with sends in flight");
     assert!(tcp_of(&st, "idle_timeouts") >= 20, "{st}");

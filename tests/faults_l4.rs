@@ -87,7 +87,7 @@ fn latency_each_direction() {
     assert!(t >= Duration::from_millis(300), "{t:?}");
     toxics(&p, json!([]));
     assert!(round_trip(p.addr("t"), 100) < Duration::from_millis(150));
-    assert!(p.stats()["tcp"]["fault_latency"].as_u64().unwrap_or(0) >= 4);
+    assert!(tcp_of(&p.stats(), "fault_latency") >= 4);
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn reset_peer_each_direction() {
         "backend saw {:?}",
         recs[1].end
     );
-    assert!(p.stats()["tcp"]["fault_reset_peer"].as_u64().unwrap_or(0) >= 2);
+    assert!(tcp_of(&p.stats(), "fault_reset_peer") >= 2);
 }
 
 #[test]

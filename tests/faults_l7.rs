@@ -100,10 +100,6 @@ fn binomial_ok(k: usize, n: usize, p: f64) -> bool {
     (k - n * p).abs() <= 5.0 * sd + 0.5
 }
 
-fn http_stat(p: &Proxy, key: &str) -> u64 {
-    p.stats()["http"][key].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn abort_drop_and_reset_with_their_probabilities() {
     let dir = tempfile::tempdir().unwrap();

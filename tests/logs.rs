@@ -348,3 +348,280 @@ fn reload_logs_each_runtime_change_it_overrides() {
         "{log}"
     );
 }
+
+/// One request with the given Host header on its own connection; the response's status.
+fn get_with_host(addr: SocketAddr, host: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+/// The access log names the matched route (its index in the listener; none for the
+/// fallback) and the Host, and names the backend of a 502 whose backend read the request and
+/// reset the connection without answering.
+#[test]
+fn access_log_names_route_host_and_the_backend_of_a_502() {
+    let b = demo();
+    let breaker = Backend::spawn(std::sync::Arc::new(
+        |mut s: std::net::TcpStream, _: &BackendState| {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        },
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\naccess_log = {:?}\n\
+         [[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n\
+         [[listeners.routes]]\nhost = \"api.example.com\"\ncluster = \"app\"\n\
+         [[listeners.routes]]\npath_prefix = \"/broken\"\ncluster = \"broken\"\n\
+         [[clusters]]\nname = \"app\"\nbackends = [\"{}\"]\n\
+         [[clusters]]\nname = \"broken\"\nbackends = [\"{}\"]\nretries = 0\n",
+        log.display().to_string(),
+        b.addr("demo-backend"),
+        breaker.addr
+    ));
+    let web = p.addr("web");
+    assert_eq!(get_with_host(web, "api.example.com", "/?a"), 200);
+    assert_eq!(get_with_host(web, "www.example.com", "/broken/x"), 502);
+    assert_eq!(get_with_host(web, "www.example.com", "/?other"), 200);
+    let ls = poll_until(Duration::from_secs(15), "three lines", || {
+        let l = lines(&log);
+        (l.len() >= 3).then_some(l)
+    });
+    assert_eq!(ls.len(), 3, "{ls:?}");
+    let v: Vec<Value> = ls
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(v[0]["route"], 0, "{}", v[0]);
+    assert_eq!(v[0]["host"], "api.example.com", "{}", v[0]);
+    assert_eq!(v[0]["cluster"], "app", "{}", v[0]);
+    assert_eq!(
+        v[0]["backend"],
+        b.addr("demo-backend").to_string(),
+        "{}",
+        v[0]
+    );
+    assert_eq!(v[1]["route"], 1, "{}", v[1]);
+    assert_eq!(v[1]["host"], "www.example.com", "{}", v[1]);
+    assert_eq!(v[1]["status"], 502, "{}", v[1]);
+    assert_eq!(v[1]["cluster"], "broken", "{}", v[1]);
+    assert_eq!(v[1]["backend"], breaker.addr.to_string(), "{}", v[1]);
+    assert!(v[1]["first_byte_ms"].is_null(), "{}", v[1]);
+    assert!(
+        v[2]["route"].is_null(),
+        "the fallback is no route: {}",
+        v[2]
+    );
+    assert_eq!(v[2]["cluster"], "app", "{}", v[2]);
+    assert!(breaker.accepted() >= 1);
+}
+
+fn tcp_config(backend: SocketAddr, dead: SocketAddr, server_extra: &str) -> String {
+    format!(
+        "[server]\nworkers = 2\n{server_extra}\n\
+         [[listeners]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\ncluster = \"pg\"\n\
+         [[listeners]]\nname = \"gone\"\nbind = \"127.0.0.1:0\"\ncluster = \"dead\"\n\
+         [[clusters]]\nname = \"pg\"\nbackends = [\"{backend}\"]\n\
+         [[clusters]]\nname = \"dead\"\nbackends = [\"{dead}\"]\n"
+    )
+}
+
+/// An address nothing listens on.
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Sends `n` bytes to the `id` backend through `addr`, reads its 2-byte greeting, then
+/// closes (`reset`: with an RST). Returns the client's own address.
+fn tcp_exchange(addr: SocketAddr, n: usize, reset: bool) -> SocketAddr {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(&vec![b'x'; n]).unwrap();
+    let mut greeting = [0u8; 2];
+    s.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting, b"b\n");
+    if reset {
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    } else {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    me
+}
+
+fn json_lines(p: &Path, n: usize) -> Vec<Value> {
+    let ls = poll_until(Duration::from_secs(15), &format!("{n} lines"), || {
+        let l = lines(p);
+        (l.len() >= n).then_some(l)
+    });
+    assert_eq!(ls.len(), n, "{ls:?}");
+    ls.iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// `connection_log`: one line per closed TCP connection with its time, listener, client,
+/// cluster, backend, bytes each way, duration and close reason.
+#[test]
+fn connection_log_has_one_line_per_closed_tcp_connection() {
+    let backend = Backend::id("b");
+    let dead = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("conn.log");
+    let access = dir.path().join("access.log");
+    let p = Proxy::start(&tcp_config(
+        backend.addr,
+        dead,
+        &format!(
+            "connection_log = {:?}\naccess_log = {:?}",
+            log.display().to_string(),
+            access.display().to_string()
+        ),
+    ));
+    let db = p.addr("db");
+    let started = std::time::SystemTime::now();
+    let clean = tcp_exchange(db, 1000, false);
+    let v = json_lines(&log, 1);
+    let l = &v[0];
+    assert_eq!(l["listener"], "db", "{l}");
+    assert_eq!(l["client"], clean.to_string(), "{l}");
+    assert_eq!(l["cluster"], "pg", "{l}");
+    assert_eq!(l["backend"], backend.addr.to_string(), "{l}");
+    assert_eq!(l["bytes_client_to_backend"], 1000, "{l}");
+    assert_eq!(l["bytes_backend_to_client"], 2, "{l}");
+    assert_eq!(l["reason"], "done", "{l}");
+    let ms = l["duration_ms"].as_f64().expect("duration_ms");
+    assert!(ms > 0.0 && ms < 15_000.0, "{l}");
+    let t = humantime::parse_rfc3339(l["time"].as_str().expect("time")).expect("RFC 3339 time");
+    let skew = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        a.duration_since(b).unwrap_or_else(|e| e.duration())
+    };
+    assert!(skew(t, started) < Duration::from_secs(30), "{l}");
+
+    let reset = tcp_exchange(db, 10, true);
+    let v = json_lines(&log, 2);
+    assert_eq!(v[1]["client"], reset.to_string(), "{}", v[1]);
+    assert_eq!(v[1]["reason"], "client_reset", "{}", v[1]);
+    assert_eq!(v[1]["bytes_client_to_backend"], 10, "{}", v[1]);
+
+    // No backend answers: the line names the one tried.
+    let mut s = std::net::TcpStream::connect(p.addr("gone")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    let v = json_lines(&log, 3);
+    assert_eq!(v[2]["listener"], "gone", "{}", v[2]);
+    assert_eq!(v[2]["reason"], "no_backend", "{}", v[2]);
+    assert_eq!(v[2]["backend"], dead.to_string(), "{}", v[2]);
+    assert_eq!(v[2]["bytes_backend_to_client"], 0, "{}", v[2]);
+    // TCP connections are not HTTP requests.
+    assert!(lines(&access).is_empty());
+    assert_eq!(tcp_of(&p.stats(), "connection_log_dropped"), 0);
+}
+
+/// The connection log rotates like the access log (rename, SIGUSR1: new lines in the new
+/// file, none lost), and a reload switches it to the text format elsewhere, then off.
+#[test]
+fn connection_log_rotates_and_changes_on_reload() {
+    let backend = Backend::id("b");
+    let dead = dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("conn.log");
+    let text_log = dir.path().join("conn.txt");
+    let p = Proxy::start(&tcp_config(backend.addr, dead, ""));
+    let path = p.config_path.clone().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let db = p.addr("db");
+    tcp_exchange(db, 5, false);
+    // Off by default: nothing written anywhere.
+    assert!(!log.exists());
+    let with = |extra: String| text.replace("[server]\n", &format!("[server]\n{extra}\n"));
+    std::fs::write(
+        &path,
+        with(format!("connection_log = {:?}", log.display().to_string())),
+    )
+    .unwrap();
+    p.signal(Signal::SIGHUP);
+    wait_until(Duration::from_secs(15), "the log", || log.exists());
+    for _ in 0..3 {
+        tcp_exchange(db, 7, false);
+    }
+    json_lines(&log, 3);
+    let rotated = dir.path().join("conn.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    tcp_exchange(db, 8, false);
+    p.signal(Signal::SIGUSR1);
+    wait_until(Duration::from_secs(15), "the new file", || log.exists());
+    let after = tcp_exchange(db, 9, false);
+    let old = json_lines(&rotated, 4);
+    let new = json_lines(&log, 1);
+    assert!(
+        old.iter().all(|v| v["bytes_client_to_backend"] != 9),
+        "{old:?}"
+    );
+    assert_eq!(new[0]["client"], after.to_string());
+    assert!(p.stderr_text().contains("connection log reopened"));
+    // Text format, elsewhere.
+    std::fs::write(
+        &path,
+        with(format!(
+            "connection_log = {{ path = {:?}, format = \"text\" }}",
+            text_log.display().to_string()
+        )),
+    )
+    .unwrap();
+    p.signal(Signal::SIGHUP);
+    wait_until(Duration::from_secs(15), "the text log", || {
+        text_log.exists()
+    });
+    let client = tcp_exchange(db, 11, false);
+    let l = poll_until(Duration::from_secs(15), "a text line", || {
+        lines(&text_log).into_iter().next()
+    });
+    let expect = format!(
+        " listener=db client={client} cluster=pg backend={} bytes_client_to_backend=11 \
+         bytes_backend_to_client=2 duration_ms=",
+        backend.addr
+    );
+    assert!(l.contains(&expect), "{l}\n{expect}");
+    assert!(l.contains(" reason=done worker="), "{l}");
+    assert_eq!(lines(&log).len(), 1, "the old file gets nothing more");
+    // Off again.
+    std::fs::write(&path, &text).unwrap();
+    p.signal(Signal::SIGHUP);
+    wait_until(Duration::from_secs(15), "off", || {
+        p.stderr_text().contains("connection log: off")
+    });
+    tcp_exchange(db, 12, false);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(lines(&text_log).len(), 1);
+}

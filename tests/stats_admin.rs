@@ -194,7 +194,7 @@ backends = ["{f}"]
         .collect();
     foo_round(p.addr("legacy"), 20);
     wait_until(Duration::from_secs(10), "requests under way", || {
-        p.stats()["http"]["requests"].as_u64().unwrap_or(0) > 100
+        http_stat(&p, "requests") > 100
     });
     // Taken while the load runs.
     let mut texts = Vec::new();
@@ -230,7 +230,7 @@ backends = ["{f}"]
         .lines()
         .find_map(|l| l.strip_prefix("switchyard_request_duration_seconds_count{cluster=\"app\"} "))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or_else(|| panic!("no request duration count for app in:\n{text}"));
     assert!(count > 100, "histogram count {count}");
     // /stats is the SIGUSR2 object; the draining backend shows as such.
     let st = call(admin, "GET", "/stats", None).json();

@@ -115,7 +115,7 @@ fn latency_percentiles_match_the_injected_backend_delay() {
     );
     // Connections were reused (keep-alive): a few connects, fast ones.
     let conn = &app["latency_ms"]["connect"];
-    let connects = conn["count"].as_u64().unwrap_or(0);
+    let connects = u64_at(conn, "/count");
     assert!((1..=n).contains(&connects), "{conn}");
     assert!(ms(conn, "p50") < DELAY_MS, "{conn}");
     // The process-wide histograms hold the same requests.

@@ -60,8 +60,8 @@ fn aggregator(
     for _ in 0..3 {
         w.accepted(&s, 0);
     }
-    w.connected(&s, 0, Some(0), Duration::from_micros(300));
-    w.connected(&s, 0, Some(1), Duration::from_micros(900));
+    w.connected(&s, 0, 0, Some(0), Duration::from_micros(300));
+    w.connected(&s, 0, 0, Some(1), Duration::from_micros(900));
     w.connect_failed(&s, 0, Some(1), false);
     for (i, status) in [200u16, 200, 404, 502, 504].into_iter().enumerate() {
         w.request_done(
@@ -199,6 +199,16 @@ fn foo_quick_mode_metrics_and_stats_are_the_foo_json() {
         assert!((p50 - 30.0).abs() <= 0.3, "{lat}");
         let max = lat["max"].as_f64().unwrap();
         assert!((max - 50.0).abs() <= 0.5, "{lat}");
+        // The listener has its own: the same requests, and its connects.
+        let l = &v["listeners"]["web"]["latency_ms"];
+        assert_eq!(l["request"]["count"], 5, "{l}");
+        let p50 = l["request"]["p50"].as_f64().unwrap();
+        assert!((p50 - 30.0).abs() <= 0.3, "{l}");
+        assert_eq!(l["connect"]["count"], 2, "{l}");
+        assert_eq!(l["ttfb"]["count"], 5, "{l}");
+        // A listener that saw no request or connect shows empty histograms.
+        let foo = &v["listeners"]["foo.legacy-1"]["latency_ms"]["request"];
+        assert_eq!(foo["count"], 0, "{foo}");
     }
 }
 

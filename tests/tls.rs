@@ -437,10 +437,6 @@ key = "{ck}"
     assert!(tcp_of(&front.stats(), "tls_handshake_failures") >= 1);
 }
 
-fn http_of(stats: &serde_json::Value, key: &str) -> u64 {
-    stats["http"][key].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn garbage_stalls_and_huge_client_hellos_are_closed_and_counted() {
     let c = Certs::new();

@@ -1,7 +1,8 @@
 //! The live status page `/ui` in real headless Chromium (Debian's `chromium`), driven over the
 //! DevTools protocol by `tests/scripts/ui_browser.py`: the figures move under load, every
-//! backend is listed with its state, the Drain button drains (through the admin API, the
-//! token asked for by the page's prompt). Screenshots are kept in `target/ui-test/`.
+//! backend is listed with its state, latency is shown per listener and per cluster, and the
+//! Drain, Undrain and Weight buttons change the backend (through the admin API, the token
+//! asked for by the page's prompt). Screenshots are kept in `target/ui-test/`.
 mod util;
 
 use serde_json::Value;
@@ -41,7 +42,7 @@ fn ui_page_is_self_contained_html() {
 }
 
 #[test]
-fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
+fn ui_in_chromium_shows_live_figures_and_drains_undrains_and_reweights_a_backend() {
     let b1 = demo("one");
     let b2 = demo("two");
     let (a1, a2) = (b1.addr("demo-backend"), b2.addr("demo-backend"));
@@ -49,10 +50,11 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
     let token = "ui-test-token";
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, format!("{token}\n")).unwrap();
+    // `weighted`: round robin ignores weights, and the table shows the weight in effect.
     let p = Proxy::start(&format!(
         "[server]\nworkers = 2\nadmin_token_file = {:?}\n\n[[listeners]]\nname = \"web\"\n\
          bind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n\n[[clusters]]\n\
-         name = \"app\"\nbackends = [\"{a1}\", \"{a2}\"]\n[clusters.health]\nprotocol = \"http\"\n\
+         name = \"app\"\nbalance = \"weighted\"\nbackends = [\"{a1}\", \"{a2}\"]\n[clusters.health]\nprotocol = \"http\"\n\
          path = \"/health\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n",
         token_path.display().to_string()
     ));
@@ -87,6 +89,7 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
         .arg("app")
         .arg(a2.to_string())
         .arg(token)
+        .arg("7")
         .output()
         .expect("run python3 ui_browser.py");
     stop.store(true, Ordering::Relaxed);
@@ -114,10 +117,7 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
         .collect();
     assert!(rates.len() >= 4, "{rates:?}");
     assert!(rates.iter().any(|&r| r > 5.0), "rates shown: {rates:?}");
-    let polls: Vec<u64> = samples
-        .iter()
-        .map(|s| s["polls"].as_u64().unwrap_or(0))
-        .collect();
+    let polls: Vec<u64> = samples.iter().map(|s| u64_at(s, "/polls")).collect();
     // It keeps polling (a poll may take longer than its second on a busy machine).
     assert!(
         polls.windows(2).all(|w| w[1] >= w[0]) && polls[polls.len() - 1] >= polls[0] + 2,
@@ -125,14 +125,25 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
     );
     let last = samples.last().unwrap();
     assert_eq!(last["external"], 0, "no outside assets");
-    assert!(
-        last["cards"]
+    // p50/p99 latency per listener and per cluster, as figures in milliseconds.
+    for key in ["l:web", "c:app"] {
+        let nums = last["cards"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["key"] == "c:app" && c["nums"].as_str().unwrap_or("").contains("p99")),
-        "cluster card with latency: {last}"
-    );
+            .find(|c| c["key"] == key)
+            .and_then(|c| c["nums"].as_str())
+            .unwrap_or_else(|| panic!("no {key} card: {last}"));
+        for q in ["p50 ", "p99 "] {
+            let ms: f64 = nums
+                .split(q)
+                .nth(1)
+                .and_then(|rest| rest.split(" ms").next())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{key}: no {q}figure in {nums:?}"));
+            assert!(ms > 0.0 && ms < 10_000.0, "{key} {q}{ms}: {nums:?}");
+        }
+    }
     // Every backend, with its state (health-checked: up), weight and a last check.
     let rows = last["rows"].as_array().unwrap();
     for a in [a1, a2] {
@@ -157,8 +168,23 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
         seen["phone"]
     );
 
-    // The drain button asked for the token and drained through the API.
-    assert_eq!(seen["dialogs"].as_array().map(Vec::len), Some(1), "{seen}");
+    // The drain button asked for the token (once: the tab keeps it) and drained through the
+    // API; Undrain put the backend back; Weight… (its own prompt) set the weight.
+    let dialogs = seen["dialogs"].as_array().expect("dialogs");
+    assert_eq!(dialogs.len(), 2, "{seen}");
+    assert!(
+        dialogs[0].as_str().unwrap_or("").contains("token"),
+        "{dialogs:?}"
+    );
+    assert!(
+        dialogs[1].as_str().unwrap_or("").starts_with("New weight"),
+        "{dialogs:?}"
+    );
+    let api = |k: &str| seen[k].clone();
+    assert_eq!(api("api_after_drain")["state"], "draining", "{seen}");
+    assert_eq!(api("api_after_undrain")["state"], "up", "{seen}");
+    assert_eq!(api("api_after_undrain")["weight"], 1, "{seen}");
+    assert_eq!(api("api_after_weight")["weight"], 7, "{seen}");
     let r = call_h(admin, "GET", "/v1/clusters/app", &[], None);
     let st = r.json()["status"]["backends"]
         .as_array()
@@ -167,8 +193,14 @@ fn ui_in_chromium_shows_live_figures_and_drains_a_backend() {
         .find(|b| b["addr"] == a2.to_string())
         .cloned()
         .unwrap();
-    assert_eq!(st["state"], "draining", "{st}");
-    assert!(p.stderr_text().contains("audit:"), "the change was audited");
+    assert_eq!(st["state"], "up", "{st}");
+    assert_eq!(st["weight"], 7, "{st}");
+    let audits = p
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("audit:"))
+        .count();
+    assert!(audits >= 3, "each change was audited: {}", p.stderr_text());
     for shot in ["ui-wide.png", "ui-phone.png", "ui-drained.png"] {
         let len = std::fs::metadata(out_dir.join(shot)).map_or(0, |m| m.len());
         assert!(len > 5_000, "{shot}: {len} bytes");

@@ -359,8 +359,8 @@ backends = ["{ws_backend}"]
     // process counts every request wrk made and the long-lived Foo connection, now closed.
     let stats = poll_until(Duration::from_secs(10), "the carried totals", || {
         let s = call(admin, "GET", "/stats", None).json();
-        let n = s["http"]["requests"].as_u64().unwrap_or(0);
-        let foo_closed = s["listeners"]["foo"]["closed"].as_u64().unwrap_or(0);
+        let n = u64_at(&s, "/http/requests");
+        let foo_closed = u64_at(&s, "/listeners/foo/closed");
         (n >= requests && foo_closed == 1).then_some(s)
     });
     assert_eq!(

@@ -173,6 +173,8 @@ pub struct RawServer {
     pub shutdown_timeout: Option<String>,
     /// A path, or `{ path = "...", format = "json" | "combined" }`.
     pub access_log: Option<toml::Value>,
+    /// A path, or `{ path = "...", format = "json" | "text" }`.
+    pub connection_log: Option<toml::Value>,
     pub log_level: Option<String>,
     pub admin: Option<String>,
     pub admin_token_file: Option<String>,
@@ -396,6 +398,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// HTTP access log file, appended to; reopened on SIGUSR1 and SIGHUP.
     pub access_log: Option<AccessLogConfig>,
+    /// TCP/Foo connection log (one line per closed connection), as the access log.
+    pub connection_log: Option<AccessLogConfig>,
     /// `log_level`; `SWITCHYARD_LOG` wins over it.
     pub log_level: Option<log::LevelFilter>,
     /// Admin API address; `None` when disabled (`admin = "off"`).
@@ -430,6 +434,8 @@ pub enum LogFormat {
     Json,
     /// NCSA combined (Apache/nginx), for tools that read it.
     Combined,
+    /// The connection log's `key=value` line.
+    Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -853,35 +859,70 @@ fn http_listener(
 
 /// `server.access_log`: `"path"` or `{ path = "path", format = "json" | "combined" }`.
 fn access_log_field(v: &toml::Value, errs: &mut Errors) -> Option<AccessLogConfig> {
-    const P: &str = "server.access_log";
+    log_file_field(
+        "server.access_log",
+        &[("json", LogFormat::Json), ("combined", LogFormat::Combined)],
+        v,
+        errs,
+    )
+}
+
+/// `server.connection_log`: `"path"` or `{ path = "path", format = "json" | "text" }`.
+fn connection_log_field(v: &toml::Value, errs: &mut Errors) -> Option<AccessLogConfig> {
+    log_file_field(
+        "server.connection_log",
+        &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+        v,
+        errs,
+    )
+}
+
+/// A log file: a path, or `{ path, format }` with one of `formats` (the first is the default).
+fn log_file_field(
+    p: &str,
+    formats: &[(&str, LogFormat)],
+    v: &toml::Value,
+    errs: &mut Errors,
+) -> Option<AccessLogConfig> {
+    let names = formats
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let default = formats.first().map_or(LogFormat::Json, |f| f.1);
     let (path, format) = match v {
-        toml::Value::String(p) => (Some(p.as_str()), LogFormat::Json),
+        toml::Value::String(p) => (Some(p.as_str()), default),
         toml::Value::Table(t) => {
-            let mut format = LogFormat::Json;
+            let mut format = default;
             for (k, val) in t {
                 match (k.as_str(), val.as_str()) {
                     ("path", Some(_)) => {}
-                    ("path", None) => errs.add(format!("{P}.path"), "expected a string"),
-                    ("format", Some("json")) => format = LogFormat::Json,
-                    ("format", Some("combined")) => format = LogFormat::Combined,
-                    ("format", _) => {
-                        errs.add(format!("{P}.format"), "expected \"json\" or \"combined\"")
+                    ("path", None) => errs.add(format!("{p}.path"), "expected a string"),
+                    ("format", Some(f)) if formats.iter().any(|(n, _)| *n == f) => {
+                        format = formats
+                            .iter()
+                            .find(|(n, _)| *n == f)
+                            .map_or(default, |x| x.1)
                     }
+                    ("format", _) => errs.add(format!("{p}.format"), format!("expected {names}")),
                     (other, _) => errs.add(
-                        format!("{P}.{other}"),
+                        format!("{p}.{other}"),
                         format!("unknown key{}", suggest(other, &["path", "format"])),
                     ),
                 }
             }
             if !t.contains_key("path") {
-                errs.add(format!("{P}.path"), "missing");
+                errs.add(format!("{p}.path"), "missing");
             }
             (t.get("path").and_then(|p| p.as_str()), format)
         }
         _ => {
             errs.add(
-                P,
-                "expected a path or { path = \"...\", format = \"json\" | \"combined\" }",
+                p,
+                format!(
+                    "expected a path or {{ path = \"...\", format = {} }}",
+                    names.replace(" or ", " | ")
+                ),
             );
             return None;
         }
@@ -889,7 +930,7 @@ fn access_log_field(v: &toml::Value, errs: &mut Errors) -> Option<AccessLogConfi
     match path {
         None => None,
         Some("") => {
-            errs.add(P, "empty path");
+            errs.add(p, "empty path");
             None
         }
         Some(p) => Some(AccessLogConfig {
@@ -1220,6 +1261,10 @@ fn validate(
             .access_log
             .as_ref()
             .and_then(|v| access_log_field(v, errs)),
+        connection_log: server
+            .connection_log
+            .as_ref()
+            .and_then(|v| connection_log_field(v, errs)),
         log_level: server.log_level.as_deref().and_then(|l| {
             let parsed = crate::logging::parse_level(l);
             if parsed.is_none() {

@@ -345,7 +345,7 @@ pub fn check_state_dir(config: &Config) -> Result<(), Vec<ConfigError>> {
 pub type ServerHook = Box<dyn Fn(&config::ServerConfig) + Send + Sync>;
 
 /// `[server]` keys a reload applies at once; every other server setting waits for a restart.
-pub const RELOADABLE_SERVER_KEYS: [&str; 2] = ["access_log", "log_level"];
+pub const RELOADABLE_SERVER_KEYS: [&str; 3] = ["access_log", "connection_log", "log_level"];
 
 pub struct Control {
     state: Mutex<State>,
@@ -720,6 +720,7 @@ impl Control {
         }
         let restart_only = |s: &config::ServerConfig| config::ServerConfig {
             access_log: None,
+            connection_log: None,
             log_level: None,
             ..s.clone()
         };
@@ -728,7 +729,7 @@ impl Control {
                 "reload: [server] settings changed in {}; they take effect at the next restart \
                  (only {} apply at once)",
                 path.display(),
-                RELOADABLE_SERVER_KEYS.join(" and ")
+                RELOADABLE_SERVER_KEYS.join(", ")
             );
         }
         if file_cfg.discovery != st.config.discovery {

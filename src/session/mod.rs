@@ -114,6 +114,20 @@ pub enum CloseReason {
     Shutdown,
 }
 
+impl CloseReason {
+    /// The name logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::DownstreamReset => "client_reset",
+            CloseReason::UpstreamReset => "backend_reset",
+            CloseReason::NoUpstream => "no_backend",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Where a session's traffic goes, and what the worker's connect-upstream needs to pick the
 /// next backend: the same facts for both protocols (TCP: per connection; HTTP: per request).
 #[derive(Debug, Clone, Copy)]

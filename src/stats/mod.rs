@@ -122,6 +122,8 @@ counters! {
         fault_timeout,
         fault_reset_peer,
         fault_limit_data,
+        /// Connection-log lines dropped because the writer fell behind.
+        connection_log_dropped,
     }
 }
 
@@ -279,6 +281,8 @@ pub struct StatSet {
     backends: Vec<Vec<Traffic>>,
     /// Created on first use (a few tens of KiB each).
     hists: Vec<Option<Box<Hists>>>,
+    /// Per listener, likewise.
+    listener_hists: Vec<Option<Box<Hists>>>,
     /// Per service, per version (in version order).
     versions: Vec<Vec<Traffic>>,
     version_hists: Vec<Vec<Option<Box<Hists>>>>,
@@ -299,6 +303,7 @@ impl StatSet {
                 .map(|c| vec![Traffic::default(); c.backends.len()])
                 .collect(),
             hists: (0..snap.clusters.len()).map(|_| None).collect(),
+            listener_hists: (0..snap.listeners.len()).map(|_| None).collect(),
             versions: snap
                 .services
                 .iter()
@@ -402,6 +407,19 @@ impl StatSet {
         }
     }
 
+    /// A latency of listener `l` (its requests, or its TCP connections' connects).
+    #[inline]
+    pub fn record_listener(&mut self, l: u32, kind: HistKind, d: Duration) {
+        if let Some(slot) = self.listener_hists.get_mut(l as usize) {
+            if slot.is_none() {
+                *slot = Hists::new().map(Box::new);
+            }
+            if let Some(h) = slot {
+                h.record(kind, d);
+            }
+        }
+    }
+
     fn take(&mut self) -> SetDelta {
         let zero = |v: &mut Vec<Traffic>| {
             let out = v.clone();
@@ -429,16 +447,21 @@ impl StatSet {
                 }
             }
         }
-        let mut hists = Vec::new();
-        for (c, h) in self.hists.iter_mut().enumerate() {
-            if let Some(h) = h.as_mut().filter(|h| !h.is_empty()) {
-                for (k, values) in HistKind::ALL.into_iter().zip(h.take_sparse()) {
-                    if !values.is_empty() {
-                        hists.push((c as u32, k, values));
+        let sparse = |all: &mut Vec<Option<Box<Hists>>>| {
+            let mut out = Vec::new();
+            for (i, h) in all.iter_mut().enumerate() {
+                if let Some(h) = h.as_mut().filter(|h| !h.is_empty()) {
+                    for (k, values) in HistKind::ALL.into_iter().zip(h.take_sparse()) {
+                        if !values.is_empty() {
+                            out.push((i as u32, k, values));
+                        }
                     }
                 }
             }
-        }
+            out
+        };
+        let hists = sparse(&mut self.hists);
+        let listener_hists = sparse(&mut self.listener_hists);
         self.dirty = false;
         SetDelta {
             snap: Arc::clone(&self.snap),
@@ -446,6 +469,7 @@ impl StatSet {
             clusters,
             backends,
             hists,
+            listener_hists,
             versions,
             version_hists,
             version_counts,
@@ -536,11 +560,19 @@ impl WorkerStats {
     }
 
     /// A backend connection was established after `took`.
-    pub fn connected(&mut self, snap: &Arc<Snapshot>, c: u32, b: Option<u32>, took: Duration) {
+    pub fn connected(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        l: u32,
+        c: u32,
+        b: Option<u32>,
+        took: Duration,
+    ) {
         if self.minimal {
             return;
         }
         let set = self.set(snap);
+        set.record_listener(l, HistKind::Connect, took);
         if let Some(t) = set.cluster(c) {
             t.connections += 1;
         }
@@ -662,6 +694,12 @@ impl WorkerStats {
         if let Some(t) = set.listener(r.listener) {
             count(t);
         }
+        if r.status != 0 {
+            set.record_listener(r.listener, HistKind::Request, r.latency);
+        }
+        if let Some(d) = r.ttfb {
+            set.record_listener(r.listener, HistKind::Ttfb, d);
+        }
         let Some(c) = r.cluster else {
             return;
         };
@@ -721,6 +759,8 @@ pub struct SetDelta {
     backends: Vec<Vec<Traffic>>,
     /// (cluster, kind, recorded (value, count) pairs).
     hists: Vec<SparseHist>,
+    /// (listener, kind, recorded (value, count) pairs).
+    listener_hists: Vec<SparseHist>,
     versions: Vec<Vec<Traffic>>,
     version_hists: Vec<SparseVersionHist>,
     version_counts: Vec<Vec<VersionCounts>>,
@@ -937,6 +977,8 @@ pub struct Aggregator {
     pub(crate) http: HttpCounters,
     pub(crate) foo: FooCounts,
     pub(crate) listeners: BTreeMap<String, Traffic>,
+    /// Latency per listener, by name.
+    pub(crate) listener_hists: BTreeMap<String, Hists>,
     pub(crate) clusters: BTreeMap<String, ClusterAgg>,
     /// By (service, version id).
     pub(crate) versions: BTreeMap<(String, String), VersionAgg>,
@@ -979,6 +1021,7 @@ impl Aggregator {
             http: HttpCounters::default(),
             foo: FooCounts::default(),
             listeners: BTreeMap::new(),
+            listener_hists: BTreeMap::new(),
             clusters: BTreeMap::new(),
             versions: BTreeMap::new(),
             release: None,
@@ -1165,6 +1208,18 @@ impl Aggregator {
         for (l, t) in snap.listeners.iter().zip(&d.listeners) {
             if let (Some(l), false) = (l, t.is_zero()) {
                 self.listeners.entry(l.name.clone()).or_default().merge(t);
+            }
+        }
+        for (l, kind, values) in &d.listener_hists {
+            let Some(l) = snap.listeners.get(*l as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if !self.listener_hists.contains_key(&l.name) {
+                let Some(h) = Hists::new() else { continue };
+                self.listener_hists.insert(l.name.clone(), h);
+            }
+            if let Some(h) = self.listener_hists.get_mut(&l.name) {
+                h.add_sparse(*kind, values);
             }
         }
         for (i, c) in snap.clusters.iter().enumerate() {
@@ -1379,6 +1434,10 @@ impl Aggregator {
                 Value::from(t.connections.saturating_sub(t.closed)),
             );
             t.to_json(&mut o);
+            o.insert(
+                "latency_ms".into(),
+                hists_json(self.listener_hists.get(&l.name)),
+            );
             if let Some(tls) = &l.tls {
                 o.insert("tls_certificates".into(), certs_json(&tls.certs));
             }

@@ -201,6 +201,7 @@ impl<E: Engine> Worker<E> {
                 let is_foo = route.protocol == Protocol::Foo;
                 let mut s = TcpSession::new(
                     conn,
+                    peer,
                     snap.clone(),
                     li as u32,
                     Target::new(ci as u32, hash, self.env.now),

@@ -109,6 +109,7 @@ impl<E: Engine> Worker<E> {
             return;
         }
         self.log_request(key);
+        self.log_connection(key, why);
         // A mirror of the request in flight goes on alone (nobody compares it now).
         self.mirror_primary_done(key, false);
         match self.sessions.get(key).map(|e| e.waiting) {
@@ -220,6 +221,45 @@ impl<E: Engine> Worker<E> {
         rec.worker = self.id as u16;
         if tx.try_send(rec).is_err() {
             self.env.http.access_log_dropped += 1;
+        }
+    }
+
+    /// Queues the connection-log record of a closing TCP/Foo session (when the log is on).
+    fn log_connection(&mut self, key: usize, why: CloseReason) {
+        let (
+            Some(tx),
+            Some(Entry {
+                session: Session::Tcp(s),
+                ..
+            }),
+        ) = (
+            self.connection_log.as_ref().filter(|l| l.enabled()),
+            self.sessions.get(key),
+        )
+        else {
+            return;
+        };
+        let mut rec = crate::connlog::ConnRecord::new(s.client, why);
+        let wall = self.wall_start + self.env.now.saturating_duration_since(self.started);
+        rec.time_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Some(l) = s.snapshot.listener(s.listener as usize) {
+            rec.listener.set(l.name.as_bytes());
+        }
+        if let Some(c) = s.snapshot.clusters.get(s.target.cluster as usize) {
+            rec.cluster.set(c.name.as_bytes());
+            rec.backend = s
+                .target
+                .backend
+                .and_then(|i| c.backends.get(i as usize))
+                .map(|b| b.addr);
+        }
+        (rec.bytes_client_to_backend, rec.bytes_backend_to_client) = s.moved_total();
+        rec.duration_us = self.env.now.saturating_duration_since(s.opened).as_micros() as u64;
+        rec.worker = self.id as u16;
+        if tx.try_send(rec).is_err() {
+            self.env.conns.connection_log_dropped += 1;
         }
     }
 

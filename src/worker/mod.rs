@@ -154,6 +154,8 @@ pub struct WorkerSettings {
     pub large_buffers: usize,
     /// This worker's access-log queue, when the log is on.
     pub access_log: Option<crate::accesslog::Sink>,
+    /// This worker's connection-log queue (TCP and Foo listeners).
+    pub connection_log: Option<crate::accesslog::Sink<crate::connlog::ConnRecord>>,
     pub max_sessions: usize,
     pub pin_cpu: Option<usize>,
     /// `server.stats = "minimal"`.
@@ -276,6 +278,7 @@ pub struct Worker<E: Engine> {
     /// Sessions waiting for a descriptor to connect upstream.
     fd_waiters: VecDeque<usize>,
     access_log: Option<crate::accesslog::Sink>,
+    connection_log: Option<crate::accesslog::Sink<crate::connlog::ConnRecord>>,
     /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
     wall_start: std::time::SystemTime,
     started: Instant,
@@ -359,6 +362,7 @@ impl<E: Engine> Worker<E> {
             waiting_for_slot: 0,
             fd_waiters: VecDeque::new(),
             access_log: settings.access_log,
+            connection_log: settings.connection_log,
             wall_start: std::time::SystemTime::now(),
             started: now,
             max_sessions: settings.max_sessions,

@@ -31,7 +31,10 @@ impl<E: Engine> Worker<E> {
         let snap = e.session.snapshot();
         let took = self.env.now.saturating_duration_since(t.started);
         match outcome {
-            Outcome::Success => self.obs.connected(snap, t.cluster, t.backend, took),
+            Outcome::Success => {
+                let l = e.session.listener();
+                self.obs.connected(snap, l, t.cluster, t.backend, took)
+            }
             Outcome::Failure => {
                 // A failure that took the whole connect timeout was that timeout.
                 let timeout = snap

@@ -167,6 +167,9 @@ impl<E: Engine> Worker<E> {
                 }
             }
             Session::Tcp(s) if start => {
+                if let Some((client, _)) = proxied {
+                    s.client = client;
+                }
                 let ip = proxied.map(|(c, _)| c.ip());
                 let snap = s.snapshot.clone();
                 let hash = snap.clusters.get(s.target.cluster as usize).and_then(|c| {

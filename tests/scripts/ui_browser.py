@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Drives the /ui status page in real headless Chromium over the DevTools protocol.
 
-Usage: ui_browser.py URL OUT_DIR CLUSTER BACKEND TOKEN
+Usage: ui_browser.py URL OUT_DIR CLUSTER BACKEND TOKEN WEIGHT
 
 Loads URL at a wide and a phone size, takes a screenshot of each into OUT_DIR, samples the
 live figures the page shows, then clicks the Drain button of BACKEND in CLUSTER, answering
-the token prompt with TOKEN, and waits for the row to say "draining". Prints one JSON
-object with what it saw; exits non-zero (with the reason on stderr) when a step fails.
-Every wait is bounded.
+the token prompt with TOKEN, and waits for the row to say "draining"; clicks Undrain and
+waits for "up"; clicks Weight…, answers its prompt with WEIGHT and waits for the row to show
+it. After each click it reads the backend from the admin API (GET /v1/clusters/CLUSTER).
+Prints one JSON object with what it saw; exits non-zero (with the reason on stderr) when a
+step fails. Every wait is bounded.
 """
 import asyncio
 import base64
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 
 import websockets
 
@@ -106,7 +110,26 @@ async def screenshot(cdp, session, path):
         f.write(base64.b64decode(r["data"]))
 
 
-async def drive(port_file_dir, url, out_dir, cluster, backend, token):
+def api_backend(url, cluster, backend):
+    """The backend's status as the admin API reports it (the page's own origin)."""
+    base = urllib.parse.urlsplit(url)
+    api = f"{base.scheme}://{base.netloc}/v1/clusters/{urllib.parse.quote(cluster)}"
+    with urllib.request.urlopen(api, timeout=10) as r:
+        st = json.load(r)
+    for b in st["status"]["backends"]:
+        if b["addr"] == backend:
+            return b
+    raise RuntimeError(f"the API does not list {backend}: {st}")
+
+
+async def click(cdp, session, sel, what):
+    clicked = await evaluate(cdp, session,
+                             f"(() => {{ const b = document.querySelector({json.dumps(sel)}); if (!b) return false; b.click(); return true; }})()")
+    if not clicked:
+        raise RuntimeError(f"no {what} button")
+
+
+async def drive(port_file_dir, url, out_dir, cluster, backend, token, weight):
     port_file = os.path.join(port_file_dir, "DevToolsActivePort")
     deadline = time.monotonic() + 30
     while not os.path.exists(port_file) or len(open(port_file).read().split()) < 2:
@@ -123,11 +146,13 @@ async def drive(port_file_dir, url, out_dir, cluster, backend, token):
 
         async def on_event(m):
             if m.get("method") == "Page.javascriptDialogOpening":
-                dialogs.append(m["params"].get("message", ""))
+                message = m["params"].get("message", "")
+                dialogs.append(message)
+                answer = weight if message.startswith("New weight") else token
                 await ws.send(json.dumps({
                     "id": 10_000 + len(dialogs), "sessionId": session,
                     "method": "Page.handleJavaScriptDialog",
-                    "params": {"accept": True, "promptText": token},
+                    "params": {"accept": True, "promptText": answer},
                 }))
         cdp.on_event = on_event
 
@@ -155,21 +180,33 @@ async def drive(port_file_dir, url, out_dir, cluster, backend, token):
         await cdp.call("Emulation.setDeviceMetricsOverride",
                        {"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, session)
 
-        sel = f'tr[data-cluster={json.dumps(cluster)}][data-backend={json.dumps(backend)}] .act-drain'
-        clicked = await evaluate(cdp, session,
-                                 f"(() => {{ const b = document.querySelector({json.dumps(sel)}); if (!b) return false; b.click(); return true; }})()")
-        if not clicked:
-            raise RuntimeError(f"no drain button for {cluster}/{backend}")
+        row = f'tr[data-cluster={json.dumps(cluster)}][data-backend={json.dumps(backend)}]'
+
+        def shown(s):
+            return next((r for r in s["rows"] if r["backend"] == backend), None)
+
+        await click(cdp, session, row + " .act-drain", f"Drain for {cluster}/{backend}")
         after = await wait_for(cdp, session, f"{backend} shown as draining",
-                               lambda s: any(r["backend"] == backend and r["state"] == "draining" for r in s["rows"]))
+                               lambda s: (shown(s) or {}).get("state") == "draining")
         out["after_drain"] = after
-        out["dialogs"] = dialogs
+        out["api_after_drain"] = api_backend(url, cluster, backend)
         await screenshot(cdp, session, os.path.join(out_dir, "ui-drained.png"))
+
+        await click(cdp, session, row + " .act-drain", f"Undrain for {cluster}/{backend}")
+        out["after_undrain"] = await wait_for(cdp, session, f"{backend} shown as up again",
+                                              lambda s: (shown(s) or {}).get("state") == "up")
+        out["api_after_undrain"] = api_backend(url, cluster, backend)
+
+        await click(cdp, session, row + " .act-weight", f"Weight for {cluster}/{backend}")
+        out["after_weight"] = await wait_for(cdp, session, f"{backend} shown with weight {weight}",
+                                             lambda s: ((shown(s) or {}).get("cells") or [""] * 4)[3] == weight)
+        out["api_after_weight"] = api_backend(url, cluster, backend)
+        out["dialogs"] = dialogs
     return out
 
 
 def main():
-    url, out_dir, cluster, backend, token = sys.argv[1:6]
+    url, out_dir, cluster, backend, token, weight = sys.argv[1:7]
     if not CHROMIUM:
         print("chromium is not installed (apt-get install chromium)", file=sys.stderr)
         sys.exit(2)
@@ -182,7 +219,7 @@ def main():
          "--remote-debugging-address=127.0.0.1", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        result = asyncio.run(asyncio.wait_for(drive(profile, url, out_dir, cluster, backend, token), 90))
+        result = asyncio.run(asyncio.wait_for(drive(profile, url, out_dir, cluster, backend, token, weight), 90))
         print(json.dumps(result))
     except Exception as e:  # noqa: BLE001 — report any failure as the test's reason
         print(f"ui_browser: {type(e).__name__}: {e}", file=sys.stderr)

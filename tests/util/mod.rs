@@ -665,6 +665,21 @@ pub fn http_stat(p: &Proxy, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("stats have no integer http.{key}: {st}"))
 }
 
+/// The integer at a JSON pointer (`"/engine/pipes_idle"`); a missing or non-integer value
+/// fails the test (never reads 0).
+pub fn u64_at(v: &Value, pointer: &str) -> u64 {
+    v.pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no integer at {pointer} in {v}"))
+}
+
+/// An `http.<key>` counter of a stats object; a missing key fails the test.
+pub fn http_of(stats: &Value, key: &str) -> u64 {
+    stats["http"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats have no integer http.{key}: {stats}"))
+}
+
 pub fn tcp_of(stats: &Value, key: &str) -> u64 {
     stats["tcp"][key]
         .as_u64()

@@ -172,7 +172,11 @@ impl HttpSession {
             }
         }
         let faas = listener.faas.then_some(&snap.cluster_index);
-        let mut decision = routing::route(&listener.routes, faas, listener.target, &view);
+        let (mut decision, route) =
+            routing::route_matched(&listener.routes, faas, listener.target, &view);
+        if cx.access_log {
+            x.log.route = route.and_then(|i| u16::try_from(i).ok());
+        }
         if let Decision::Service { service, strip } = decision {
             // A service: its release strategy picks the version, and so the cluster.
             decision = match crate::release::route(&snap, service, data, h, cx.request_ids, cx.now)
@@ -217,7 +221,6 @@ impl HttpSession {
         );
         // Fault injection: one check when no fault is set (drawn over this request's id).
         let fault = snap.faults.as_ref().and_then(|t| {
-            let route = routing::matched_route(&listener.routes, &view);
             let header = (view.header)(b"x-switchyard-fault");
             let seed = cx.request_ids.wrapping_add(1);
             super::fault::draw(t, self.listener as usize, route, cluster, header, seed)

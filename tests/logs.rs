@@ -338,6 +338,10 @@ fn reload_logs_each_runtime_change_it_overrides() {
     .unwrap();
     let r = call(admin, "POST", "/v1/reload", None);
     assert_eq!(r.status, 200, "{}", r.text());
+    // The log lines reach the test through a reader thread: wait for the last one.
+    wait_until(Duration::from_secs(10), "the override lines", || {
+        p.stderr_text().contains("retries: (unset) → 1")
+    });
     let log = p.stderr_text();
     assert!(
         log.contains("reload overrides a runtime change: cluster app: backend 127.0.0.1:9 dropped"),

@@ -147,7 +147,25 @@ pub struct Choice {
 /// Decides one request for service number `index`.
 #[inline]
 pub fn decide(index: usize, svc: &Service, req: &Request<'_>, now: Instant) -> Choice {
-    let mut tag = Tag {
+    let mut tag = Tag::NONE;
+    let cluster = decide_into(index, svc, req, now, &mut tag);
+    Choice { cluster, tag }
+}
+
+/// [`decide`], written straight into the tag the session keeps (no intermediate copy of
+/// it); returns the cluster to use.
+///
+/// HOT PATH: no allocation; the version cookie is looked up only by the strategies that
+/// read it.
+#[inline]
+pub fn decide_into(
+    index: usize,
+    svc: &Service,
+    req: &Request<'_>,
+    now: Instant,
+    tag: &mut Tag,
+) -> usize {
+    *tag = Tag {
         service: index as u16,
         version: svc.newest,
         ..Tag::NONE
@@ -156,29 +174,38 @@ pub fn decide(index: usize, svc: &Service, req: &Request<'_>, now: Instant) -> C
     // tester's client is not made sticky by it.
     if let Some(v) = req.forced.and_then(|f| svc.by_name(f)) {
         tag.version = v;
-        return choice(svc, tag);
+        return finish(svc, tag);
     }
-    let had = req
-        .version_cookie
-        .filter(|v| v.len() <= cookie::MAX_VALUE)
-        .and_then(|v| svc.live_by_id(v));
+    let had = || {
+        req.version_cookie
+            .filter(|v| v.len() <= cookie::MAX_VALUE)
+            .and_then(|v| svc.live_by_id(v))
+    };
     match svc.strategy {
+        Strategy::Session => {
+            tag.set_version = true;
+            if !svc.promoted {
+                if let Some(h) = had() {
+                    tag.version = h;
+                }
+            }
+        }
+        Strategy::Gradual => {
+            tag.set_version = true;
+            if !svc.promoted {
+                tag.version = gradual(svc, req, had(), tag, now);
+            }
+        }
         Strategy::Instant => {}
         Strategy::Concurrent => {
             if req.idempotent && !svc.promoted {
                 tag.fallback = svc.previous.unwrap_or(NONE);
             }
         }
-        Strategy::Session => {
-            tag.set_version = true;
-            if let (Some(h), false) = (had, svc.promoted) {
-                tag.version = h;
-            }
-        }
         Strategy::Canary => {
             tag.set_version = true;
             if !svc.promoted {
-                let sticky = had.filter(|&h| svc.versions[h as usize].weight > 0);
+                let sticky = had().filter(|&h| svc.versions[h as usize].weight > 0);
                 tag.version = match (sticky, svc.canary.last()) {
                     (Some(h), _) => h,
                     (None, Some(&(total, _))) => {
@@ -192,16 +219,11 @@ pub fn decide(index: usize, svc: &Service, req: &Request<'_>, now: Instant) -> C
                 };
             }
         }
-        Strategy::Gradual => {
-            tag.set_version = true;
-            if !svc.promoted {
-                tag.version = gradual(svc, req, had, &mut tag, now);
-            }
-        }
     }
-    choice(svc, tag)
+    finish(svc, tag)
 }
 
+#[inline]
 fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, now: Instant) -> u16 {
     // The original: the share grows with every routed request, this one included.
     let routed = match svc.ramp {
@@ -236,13 +258,10 @@ fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, no
 }
 
 #[inline]
-fn choice(svc: &Service, mut tag: Tag) -> Choice {
+fn finish(svc: &Service, tag: &mut Tag) -> usize {
     let v = &svc.versions[tag.version as usize];
     tag.own_histogram = v.shares_cluster;
-    Choice {
-        cluster: v.cluster,
-        tag,
-    }
+    v.cluster
 }
 
 /// concurrent: the tag's version failed (5xx, unreachable, timed out) and an older one is

@@ -46,10 +46,11 @@ pub use service::Service;
 use crate::snapshot::Snapshot;
 use std::time::Instant;
 
-/// Routes one request of service number `service`: the cluster to use and the tag the
-/// session keeps until the response. `h` is the parsed head of the request in `buf`;
-/// `random` differs from request to request (mixed with the service's seed here). `None`
-/// only for a service index the snapshot does not have.
+/// Routes one request of service number `service`: returns the cluster to use and writes
+/// the tag the session keeps until the response into `tag`. `h` is the parsed head of the
+/// request in `buf`; `random` differs from request to request (mixed with the service's
+/// seed here). `None` (and `tag` untouched) only for a service index the snapshot does not
+/// have.
 ///
 /// HOT PATH: no allocation; the cookies come from the header the parser located.
 #[inline]
@@ -60,10 +61,11 @@ pub fn route(
     h: &crate::http::head::RequestHead,
     random: u64,
     now: Instant,
-) -> Option<Choice> {
+    tag: &mut Tag,
+) -> Option<usize> {
     let svc = snap.services.get(service)?;
     let req = Request::from_head(svc, buf, h, random ^ svc.seed);
-    Some(decide::decide(service, svc, &req, now))
+    Some(decide::decide_into(service, svc, &req, now, tag))
 }
 
 /// Adds the tag's `Set-Cookie` lines to a response head written in `out[..n]` (ending with

@@ -179,15 +179,17 @@ impl HttpSession {
         }
         if let Decision::Service { service, strip } = decision {
             // A service: its release strategy picks the version, and so the cluster.
-            decision = match crate::release::route(&snap, service, data, h, cx.request_ids, cx.now)
-            {
-                Some(c) => {
-                    x.release_tag = c.tag;
-                    Decision::Cluster {
-                        cluster: c.cluster,
-                        strip,
-                    }
-                }
+            let (ids, now) = (cx.request_ids, cx.now);
+            decision = match crate::release::route(
+                &snap,
+                service,
+                data,
+                h,
+                ids,
+                now,
+                &mut x.release_tag,
+            ) {
+                Some(cluster) => Decision::Cluster { cluster, strip },
                 None => Decision::NoRoute,
             };
         }

@@ -23,8 +23,8 @@ pub mod recovery;
 pub mod window;
 
 pub use foo::FooCounts;
-pub use hist::{HistKind, Hists};
 use hist::Recorder;
+pub use hist::{HistKind, Hists};
 
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::worker::{Ctrl, WorkerHandle};

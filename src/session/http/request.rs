@@ -494,7 +494,17 @@ mod hex_tests {
     #[test]
     fn hex16_writes_lowercase_digits_most_significant_first() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for v in [0, 1, 9, 10, 15, 16, 0xabcd_ef01_2345_6789, u64::MAX, 1 << 63] {
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0xabcd_ef01_2345_6789,
+            u64::MAX,
+            1 << 63,
+        ] {
             let mut out = [0u8; 16];
             super::hex16(v, &mut out);
             assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));

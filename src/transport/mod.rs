@@ -120,25 +120,9 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Passes a session's op down to the engine. `Some` when it completed at once. A plain
-    /// connection (the common case) goes straight to the engine: no call through this layer.
-    #[inline(always)]
+    /// Passes a session's op down to the engine. `Some` when it completed at once.
+    #[inline]
     pub fn submit<E: Engine>(
-        &mut self,
-        engine: &mut E,
-        toxics: &mut Toxics,
-        conn: ConnId,
-        op: Op,
-    ) -> Option<Done> {
-        match self {
-            Transport::Plain => Engine::submit(engine, conn, op),
-            _ => self.submit_layered(engine, toxics, conn, op),
-        }
-    }
-
-    /// [`Transport::submit`] through a TLS, PROXY or toxic layer.
-    #[inline(never)]
-    fn submit_layered<E: Engine>(
         &mut self,
         engine: &mut E,
         toxics: &mut Toxics,

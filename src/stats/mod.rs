@@ -23,6 +23,7 @@ pub mod recovery;
 pub mod window;
 
 pub use foo::FooCounts;
+use hist::Recorder;
 pub use hist::{HistKind, Hists};
 
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -280,12 +281,12 @@ pub struct StatSet {
     clusters: Vec<Traffic>,
     backends: Vec<Vec<Traffic>>,
     /// Created on first use (a few tens of KiB each).
-    hists: Vec<Option<Box<Hists>>>,
+    hists: Vec<Option<Box<Recorder>>>,
     /// Per listener, likewise.
-    listener_hists: Vec<Option<Box<Hists>>>,
+    listener_hists: Vec<Option<Box<Recorder>>>,
     /// Per service, per version (in version order).
     versions: Vec<Vec<Traffic>>,
-    version_hists: Vec<Vec<Option<Box<Hists>>>>,
+    version_hists: Vec<Vec<Option<Box<Recorder>>>>,
     /// concurrent: fallbacks and mirrors.
     version_counts: Vec<Vec<VersionCounts>>,
 }
@@ -371,12 +372,7 @@ impl StatSet {
             .get_mut(tag.service as usize)
             .and_then(|v| v.get_mut(tag.version as usize));
         if let Some(slot) = slot {
-            if slot.is_none() {
-                *slot = Hists::new().map(Box::new);
-            }
-            if let Some(h) = slot {
-                h.record(kind, d);
-            }
+            slot.get_or_insert_with(Box::default).record(kind, d);
         }
     }
 
@@ -398,12 +394,7 @@ impl StatSet {
     #[inline]
     pub fn record(&mut self, cluster: u32, kind: HistKind, d: Duration) {
         if let Some(slot) = self.hists.get_mut(cluster as usize) {
-            if slot.is_none() {
-                *slot = Hists::new().map(Box::new);
-            }
-            if let Some(h) = slot {
-                h.record(kind, d);
-            }
+            slot.get_or_insert_with(Box::default).record(kind, d);
         }
     }
 
@@ -411,12 +402,7 @@ impl StatSet {
     #[inline]
     pub fn record_listener(&mut self, l: u32, kind: HistKind, d: Duration) {
         if let Some(slot) = self.listener_hists.get_mut(l as usize) {
-            if slot.is_none() {
-                *slot = Hists::new().map(Box::new);
-            }
-            if let Some(h) = slot {
-                h.record(kind, d);
-            }
+            slot.get_or_insert_with(Box::default).record(kind, d);
         }
     }
 
@@ -447,7 +433,7 @@ impl StatSet {
                 }
             }
         }
-        let sparse = |all: &mut Vec<Option<Box<Hists>>>| {
+        let sparse = |all: &mut Vec<Option<Box<Recorder>>>| {
             let mut out = Vec::new();
             for (i, h) in all.iter_mut().enumerate() {
                 if let Some(h) = h.as_mut().filter(|h| !h.is_empty()) {

@@ -6,6 +6,7 @@
 use super::{cx, listener_closed, Entry, Owner, Waiting, Worker};
 use crate::engine::{recycle_op, Engine, Linger};
 use crate::session::{CloseReason, Session, Side, Want};
+use crate::transport::Transport;
 use std::sync::atomic::Ordering;
 
 /// Wants handled per drive before the session is queued for the next loop iteration (the
@@ -33,17 +34,18 @@ impl<E: Engine> Worker<E> {
                         return self.close(key, CloseReason::Done);
                     };
                     let i = conn as usize;
-                    let transport = match self.conns.get_mut(i) {
-                        Some(m) => &mut m.transport,
+                    let done = match self.conns.get_mut(i).map(|m| &mut m.transport) {
+                        // A plain connection (the common case): straight to the engine, not
+                        // through a call into the transport layer.
+                        Some(Transport::Plain) => self.engine.submit(conn, op),
+                        Some(t) => t.submit(&mut self.engine, &mut self.toxics, conn, op),
                         None => {
                             let (pool, pipes) = self.engine.pools();
                             recycle_op(op, pool, pipes);
                             return self.close(key, CloseReason::Done);
                         }
                     };
-                    if let Some(done) =
-                        transport.submit(&mut self.engine, &mut self.toxics, conn, op)
-                    {
+                    if let Some(done) = done {
                         let mut cx = cx!(self);
                         e.session.complete(side, done, &mut cx);
                     }

@@ -307,7 +307,8 @@ impl<E: Engine> Worker<E> {
             return self.close_conn(conn, Linger::Graceful);
         };
         backend.live.active.fetch_sub(1, Ordering::Relaxed);
-        if reusable && self.pool_room(cluster, backend.addr) {
+        if reusable {
+            // Pooled when there is room, else closed.
             self.pool_conn(conn, cluster, backend.addr);
         } else {
             self.close_conn(conn, Linger::Graceful);

@@ -93,14 +93,24 @@ impl<E: Engine> Worker<E> {
     /// After a transport ran for connection `conn` of session `key` (side `side`): hands the
     /// session the completions it made ready, tells it the client address a PROXY header
     /// carried, and counts what happened.
-    #[inline]
+    /// A plain connection (the common case) has none: one inlined check.
+    #[inline(always)]
     pub(super) fn transport_news(&mut self, key: usize, side: Side, conn: ConnId) {
+        if self
+            .conns
+            .get(conn as usize)
+            .is_some_and(|m| !matches!(m.transport, Transport::Plain))
+        {
+            self.layered_news(key, side, conn);
+        }
+    }
+
+    /// [`Worker::transport_news`] of a TLS, PROXY or toxic connection.
+    #[inline(never)]
+    fn layered_news(&mut self, key: usize, side: Side, conn: ConnId) {
         let Some(m) = self.conns.get_mut(conn as usize) else {
             return;
         };
-        if matches!(m.transport, Transport::Plain) {
-            return;
-        }
         let events = m.transport.take_events();
         if events != 0 {
             self.count_events(events);

@@ -503,7 +503,8 @@ impl<E: Engine> Worker<E> {
         let Some(backend) = cluster.backends.get(bi) else {
             return self.drop_upstream(key, Linger::Graceful);
         };
-        if !self.pool_room(cluster, backend.addr) {
+        // The room per backend is checked by `pool_conn` (one look-up of the pool).
+        if self.shutdown.is_some() || cluster.pool_max_idle == 0 {
             return self.drop_upstream(key, Linger::Graceful);
         }
         let Some(e) = self.sessions.get_mut(key) else {
@@ -514,27 +515,21 @@ impl<E: Engine> Worker<E> {
         self.pool_conn(conn, cluster, backend.addr);
     }
 
-    /// Whether an idle connection to `addr` of `cluster` may be pooled now.
-    pub(super) fn pool_room(
-        &self,
-        cluster: &crate::snapshot::Cluster,
-        addr: std::net::SocketAddr,
-    ) -> bool {
-        let room = self
-            .upstream_pool
-            .get(&addr)
-            .is_none_or(|v| v.len() < cluster.pool_max_idle);
-        room && self.shutdown.is_none() && cluster.pool_max_idle > 0
-    }
-
-    /// Pools idle upstream connection `conn` to `addr` of `cluster` (after
-    /// [`Worker::pool_room`] said yes), watching for its backend closing it.
+    /// Pools idle upstream connection `conn` to `addr` of `cluster`, watching for its backend
+    /// closing it; closes it instead when the pool has no room (the cluster's
+    /// `pool_max_idle` per backend, none while shutting down).
     pub(super) fn pool_conn(
         &mut self,
         conn: ConnId,
         cluster: &crate::snapshot::Cluster,
         addr: std::net::SocketAddr,
     ) {
+        let list = self.upstream_pool.entry(addr).or_default();
+        if self.shutdown.is_some() || list.len() >= cluster.pool_max_idle {
+            self.close_conn(conn, Linger::Graceful);
+            return self.wake_pending(&cluster.name);
+        }
+        list.push(conn);
         let deadline = self.env.now + cluster.pool_idle_timeout;
         let m = self.meta(conn);
         m.owner = Owner::Pooled(addr);
@@ -547,11 +542,14 @@ impl<E: Engine> Worker<E> {
             Op::Watch,
         );
         if let Some(done) = watched {
+            // Closed (or talking) already: out of the pool again (rare).
             let (pool, pipes) = self.engine.pools();
             crate::engine::recycle(done, pool, pipes);
+            if let Some(list) = self.upstream_pool.get_mut(&addr) {
+                list.retain(|&c| c != conn);
+            }
             self.close_conn(conn, Linger::Graceful);
         } else {
-            self.upstream_pool.entry(addr).or_default().push(conn);
             self.arm_pooled_timer(conn);
         }
         self.wake_pending(&cluster.name);

@@ -474,9 +474,48 @@ fn request_hash<'a>(
     }
 }
 
+/// `v` as 16 lowercase hex digits (a request id, once per request): the nibbles spread to
+/// bytes and turned into digits eight at a time, no per-digit table look-up.
 fn hex16(v: u64, out: &mut [u8; 16]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // 32 bits → 8 bytes, nibble k in byte k (least significant first).
+    let spread = |x: u32| {
+        let mut x = u64::from(x);
+        x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f
+    };
+    // Per byte: '0' + n, and 'a' - '0' - 10 = 39 more where n >= 10 (no byte overflows).
+    let digits = |n: u64| n + 0x30 * ONES + (((n + 6 * ONES) >> 4) & ONES) * 39;
+    out[..8].copy_from_slice(&digits(spread((v >> 32) as u32)).to_be_bytes());
+    out[8..].copy_from_slice(&digits(spread(v as u32)).to_be_bytes());
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex16_writes_lowercase_digits_most_significant_first() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0xabcd_ef01_2345_6789,
+            u64::MAX,
+            1 << 63,
+        ] {
+            let mut out = [0u8; 16];
+            super::hex16(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+        }
+        for _ in 0..1000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let mut out = [0u8; 16];
+            super::hex16(seed, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{seed:016x}"));
+        }
     }
 }

@@ -473,7 +473,7 @@ impl<E: Engine> Worker<E> {
         );
         let m = self.meta(conn);
         m.owner = Owner::None;
-        m.deadline = None;
+        m.deadline = 0;
         Some(conn)
     }
 
@@ -520,10 +520,7 @@ impl<E: Engine> Worker<E> {
         cluster: &crate::snapshot::Cluster,
         addr: std::net::SocketAddr,
     ) -> bool {
-        let room = self
-            .upstream_pool
-            .get(&addr)
-            .is_none_or(|v| v.len() < cluster.pool_max_idle);
+        let room = self.upstream_pool.len_of(&addr) < cluster.pool_max_idle;
         room && self.shutdown.is_none() && cluster.pool_max_idle > 0
     }
 
@@ -535,10 +532,11 @@ impl<E: Engine> Worker<E> {
         cluster: &crate::snapshot::Cluster,
         addr: std::net::SocketAddr,
     ) {
-        let deadline = self.env.now + cluster.pool_idle_timeout;
+        let deadline = self.stamp(self.env.now + cluster.pool_idle_timeout);
+        let slot = self.upstream_pool.slot(addr);
         let m = self.meta(conn);
-        m.owner = Owner::Pooled(addr);
-        m.deadline = Some(deadline);
+        m.owner = Owner::Pooled(slot);
+        m.deadline = deadline;
         // A backend closing an idle connection (or sending what it should not) ends it.
         let watched = self.conns[conn as usize].transport.submit(
             &mut self.engine,
@@ -551,7 +549,9 @@ impl<E: Engine> Worker<E> {
             crate::engine::recycle(done, pool, pipes);
             self.close_conn(conn, Linger::Graceful);
         } else {
-            self.upstream_pool.entry(addr).or_default().push(conn);
+            if let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) {
+                list.push(conn);
+            }
             self.arm_pooled_timer(conn);
         }
         self.wake_pending(&cluster.name);
@@ -559,10 +559,10 @@ impl<E: Engine> Worker<E> {
 
     /// Removes an idle pooled connection (closing it).
     pub(super) fn drop_pooled(&mut self, conn: ConnId) {
-        let Owner::Pooled(addr) = self.meta(conn).owner else {
+        let Owner::Pooled(slot) = self.meta(conn).owner else {
             return;
         };
-        if let Some(list) = self.upstream_pool.get_mut(&addr) {
+        if let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) {
             list.retain(|&c| c != conn);
         }
         self.close_conn(conn, Linger::Graceful);

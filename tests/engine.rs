@@ -536,3 +536,81 @@ fn sqpoll_mode_serves_and_shuts_down() {
         .expect("exits after SIGTERM");
     assert!(st.success(), "{st}");
 }
+
+/// A worker stall shows in `/stats` (`engine.loop_max_ms`, `engine.slow_turns`) and in
+/// `/metrics`: the proxy is stopped (SIGSTOP, 200 ms) while its one worker is busy relaying
+/// three clients' bulk echo streams, so the loop turn it was in lasts at least that long. (A
+/// stop that lands while the worker waits for I/O does not count: it is tried again.)
+#[test]
+fn a_worker_stall_shows_as_a_slow_loop_turn() {
+    use nix::sys::signal::Signal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let b = Backend::echo();
+    let p = Proxy::start(&simple_config("workers = 1", "", &[b.addr]));
+    let admin = p.addr("admin");
+    let front = p.addr("front");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let stop = stop.clone();
+            spawn_small("bulk-client", move || {
+                let block = payload(i, 64 * 1024);
+                let mut back = vec![0u8; block.len()];
+                let mut rounds = 0u64;
+                let mut c = connect(front);
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    // The echo returns what it reads: write and read from two sides at once
+                    // would need a thread; 64 KiB fits the socket buffers on loopback.
+                    if c.write_all(&block).is_err() || c.read_exact(&mut back).is_err() {
+                        break;
+                    }
+                    assert!(back == block, "the echo changed the bytes");
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    let slow = |st: &Value| st["engine"]["slow_turns"].as_u64();
+    let st = call(admin, "GET", "/stats", None).json();
+    let before = slow(&st).unwrap_or_else(|| panic!("no engine.slow_turns: {st}"));
+    assert!(st["engine"]["loop_max_ms"].as_f64().is_some(), "{st}");
+    let mut seen = None;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(30));
+        p.signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(200));
+        p.signal(Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(30));
+        let st = call(admin, "GET", "/stats", None).json();
+        if slow(&st).unwrap_or(0) > before {
+            seen = Some(st);
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let rounds = join_timeout(c, Duration::from_secs(20), "a bulk client");
+        assert!(rounds > 0, "a client made no round trip");
+    }
+    let st = seen.expect("forty stops of 200 ms and no slow loop turn counted");
+    let max = st["engine"]["loop_max_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        max >= 150.0,
+        "longest turn {max} ms after a 200 ms stop: {st}"
+    );
+    let m = call(admin, "GET", "/metrics", None).text();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("switchyard_engine_slow_turns_total "))
+        .unwrap_or_else(|| panic!("no switchyard_engine_slow_turns_total: {m}"));
+    let n: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(n >= 1.0, "{line}");
+    assert!(m.contains("switchyard_engine_loop_max_seconds "), "{m}");
+}

@@ -169,6 +169,11 @@ pub struct Gauges {
     pub pipes_in_use: u64,
     /// Empty splice pipes kept open in the pool for reuse (two descriptors each).
     pub pipes_idle: u64,
+    /// The worker's longest loop turn since it started (from one poll's return to the next
+    /// poll), µs; summed gauges keep the largest of the workers'.
+    pub loop_max_us: u64,
+    /// Loop turns of 50 ms or longer since the worker started (worker stalls).
+    pub slow_turns: u64,
 }
 
 impl Gauges {
@@ -183,6 +188,8 @@ impl Gauges {
         self.buffers_provided += o.buffers_provided;
         self.pipes_in_use += o.pipes_in_use;
         self.pipes_idle += o.pipes_idle;
+        self.loop_max_us = self.loop_max_us.max(o.loop_max_us);
+        self.slow_turns += o.slow_turns;
     }
 }
 

@@ -1574,6 +1574,11 @@ impl Aggregator {
         m.insert("buffers_provided".into(), Value::from(g.buffers_provided));
         m.insert("pipes_in_use".into(), Value::from(g.pipes_in_use));
         m.insert("pipes_idle".into(), Value::from(g.pipes_idle));
+        m.insert(
+            "loop_max_ms".into(),
+            Value::from(g.loop_max_us as f64 / 1000.0),
+        );
+        m.insert("slow_turns".into(), Value::from(g.slow_turns));
         Value::Object(m)
     }
 

@@ -292,6 +292,26 @@ pub fn render(a: &Aggregator) -> String {
         o.family(&name, "gauge", help);
         o.sample(&name, &[], v as f64);
     }
+    o.family(
+        "switchyard_engine_loop_max_seconds",
+        "gauge",
+        "The longest event-loop turn of any worker since start (from one poll's return to the next).",
+    );
+    o.sample(
+        "switchyard_engine_loop_max_seconds",
+        &[],
+        g.loop_max_us as f64 / 1e6,
+    );
+    o.family(
+        "switchyard_engine_slow_turns_total",
+        "counter",
+        "Event-loop turns of 50 ms or longer (worker stalls), all workers.",
+    );
+    o.sample(
+        "switchyard_engine_slow_turns_total",
+        &[],
+        g.slow_turns as f64,
+    );
 
     // Process-wide counters, one family each.
     for (k, v) in a.tcp.fields() {

@@ -34,6 +34,9 @@ use crate::io::{BufferPool, PipePool};
 use crate::session::{Env, Session, Side};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{StatsMsg, StatsSender, WorkerStats, FLUSH_INTERVAL};
+
+/// A loop turn this long or longer counts as a worker stall (`engine.slow_turns`).
+pub const SLOW_TURN: Duration = Duration::from_millis(50);
 use crate::transport::Transport;
 use crossbeam_channel::{Receiver, Sender};
 use pick::Balancers;
@@ -348,6 +351,11 @@ pub struct Worker<E: Engine> {
     obs: WorkerStats,
     stats_tx: StatsSender,
     last_flush: Instant,
+    /// The longest loop turn so far (poll return to the next poll), µs, and how many turns
+    /// took [`SLOW_TURN`] or longer: a worker stall shows here first (reported with the
+    /// engine gauges).
+    loop_max_us: u64,
+    slow_turns: u64,
     /// Listeners with connections left after hitting the accept bound.
     accept_again: Vec<usize>,
     /// Accepting paused (fd exhaustion) until then.
@@ -430,6 +438,8 @@ impl<E: Engine> Worker<E> {
             obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
+            loop_max_us: 0,
+            slow_turns: 0,
             accept_again: Vec::new(),
             accept_paused_until: None,
             accept_full: false,
@@ -448,7 +458,9 @@ impl<E: Engine> Worker<E> {
 
     /// Runs until shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
+        self.env.now = Instant::now();
         loop {
+            self.note_turn();
             let timeout = self.poll_timeout();
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
@@ -483,6 +495,20 @@ impl<E: Engine> Worker<E> {
         }
         self.flush_stats(0);
         Ok(())
+    }
+
+    /// Times the loop turn that just ended (from the last poll's return to now): one clock read
+    /// per turn, not per request.
+    #[inline]
+    fn note_turn(&mut self) {
+        let busy = self.env.now.elapsed();
+        let us = busy.as_micros() as u64;
+        if us > self.loop_max_us {
+            self.loop_max_us = us;
+        }
+        if busy >= SLOW_TURN {
+            self.slow_turns += 1;
+        }
     }
 
     fn poll_timeout(&mut self) -> Duration {
@@ -547,7 +573,9 @@ impl<E: Engine> Worker<E> {
         let tcp = std::mem::take(&mut self.env.conns);
         let http = std::mem::take(&mut self.env.http);
         let detail = self.obs.take_delta();
-        let gauges = self.engine.gauges();
+        let mut gauges = self.engine.gauges();
+        gauges.loop_max_us = self.loop_max_us;
+        gauges.slow_turns = self.slow_turns;
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {
             worker: self.id,

@@ -654,6 +654,7 @@ impl Engine for MioEngine {
             buffers_provided: 0,
             pipes_in_use: self.pipes.in_use() as u64,
             pipes_idle: self.pipes.idle() as u64,
+            ..Gauges::default()
         }
     }
 }

@@ -1238,6 +1238,7 @@ impl Engine for UringEngine {
             buffers_provided: lent,
             pipes_in_use: self.pipes.in_use() as u64,
             pipes_idle: self.pipes.idle() as u64,
+            ..Gauges::default()
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::session::http::ListenerTimeouts;
 use crate::session::{HttpSession, Session, Side, Target, TcpSession};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -230,7 +230,7 @@ impl<E: Engine> Worker<E> {
         let key = self.sessions.insert(Entry {
             session,
             timer_gen: 0,
-            timer_at: 0,
+            timer_at: Instant::now(),
             timer_armed: false,
             queued: false,
             waiting: Waiting::No,

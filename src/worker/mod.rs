@@ -211,9 +211,8 @@ pub(crate) struct Entry {
     pub(crate) session: Session,
     /// Generation of the armed timer entry; entries with another generation are stale.
     timer_gen: u32,
-    /// When the armed entry fires (deadlines that move later are re-armed lazily), as a
-    /// [`Stamp`].
-    timer_at: Stamp,
+    /// When the armed entry fires (deadlines that move later are re-armed lazily).
+    timer_at: Instant,
     timer_armed: bool,
     /// Already in the ready or starved queue.
     queued: bool,
@@ -630,10 +629,9 @@ impl<E: Engine> Worker<E> {
         let Some((deadline, _)) = self.session_deadline(key) else {
             return;
         };
-        let at = self.stamp(deadline);
         if let Some(e) = self.sessions.get_mut(key) {
             e.timer_gen = gen;
-            e.timer_at = at;
+            e.timer_at = deadline;
             e.timer_armed = true;
             self.timers
                 .insert(TimerKey::Session(key).encode(), gen, deadline);
@@ -647,7 +645,7 @@ impl<E: Engine> Worker<E> {
     #[inline]
     fn rearm_if_earlier(&mut self, key: usize) {
         let arm = match (self.sessions.get(key), self.session_deadline(key)) {
-            (Some(e), Some((deadline, _))) => !e.timer_armed || self.stamp(deadline) < e.timer_at,
+            (Some(e), Some((deadline, _))) => !e.timer_armed || deadline < e.timer_at,
             _ => false,
         };
         if arm {
@@ -693,7 +691,6 @@ impl<E: Engine> Worker<E> {
                     let Some((deadline, transport)) = self.session_deadline(key) else {
                         continue;
                     };
-                    let at = self.stamp(deadline);
                     let Some(e) = self.sessions.get_mut(key) else {
                         continue;
                     };
@@ -701,7 +698,7 @@ impl<E: Engine> Worker<E> {
                         continue;
                     }
                     if deadline > self.env.now {
-                        e.timer_at = at;
+                        e.timer_at = deadline;
                         self.timers.insert(tkey, gen, deadline);
                         continue;
                     }
@@ -972,7 +969,7 @@ mod tests {
             size_of::<super::ConnMeta>()
         );
         assert!(
-            size_of::<super::Entry>() <= 320,
+            size_of::<super::Entry>() <= 328,
             "session slab entry: {}",
             size_of::<super::Entry>()
         );

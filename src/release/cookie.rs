@@ -16,6 +16,8 @@ pub const MAX_VALUE: usize = 128;
 /// The transition cookie lives long: a client keeps its bucket across rollouts, so a client
 /// that moved to a new version never moves back.
 pub const TRANSITION_MAX_AGE: u64 = 365 * 24 * 3600;
+/// What a new transition cookie's line starts with.
+pub const NEW_TRANSITION: &[u8] = b"Set-Cookie: transition=";
 /// What follows a transition cookie's value (`Max-Age` = [`TRANSITION_MAX_AGE`]).
 pub const TRANSITION_ATTRIBUTES: &[u8] = b"; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n";
 /// Length of a generated client id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
@@ -69,6 +71,19 @@ pub fn find_ours(header: &[u8], transition: bool) -> (Option<&[u8]>, Option<&[u8
     }
 }
 
+/// The value of the first `dynsoftup` cookie of a `Cookie` header value; at once when it is
+/// the first cookie (it usually is: it is set by the first response a client gets).
+#[inline]
+pub fn find_version(header: &[u8]) -> Option<&[u8]> {
+    if let Some((name, rest)) = header.split_first_chunk::<10>() {
+        if name == b"dynsoftup=" {
+            let end = find_byte(rest, b';').unwrap_or(rest.len());
+            return Some(clean(&rest[..end]));
+        }
+    }
+    find_ours(header, false).0
+}
+
 /// The value of the first `transition` cookie of a `Cookie` header value.
 #[inline]
 pub fn find_transition(header: &[u8]) -> Option<&[u8]> {
@@ -94,10 +109,18 @@ pub fn acceptable(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= MAX_VALUE
 }
 
+/// FNV-1's offset basis (64-bit).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1 (64-bit) as Go's `hash/fnv.New64`: the original's bucket of a transition id is
 /// `fnv1(id) % 100`, so clients keep their bucket when they move to Switchyard.
 pub fn fnv1(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1_from(FNV_OFFSET, data)
+}
+
+/// FNV-1 continued from the state `h` a prefix left.
+#[inline]
+fn fnv1_from(mut h: u64, data: &[u8]) -> u64 {
     for &b in data {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
         h ^= u64::from(b);
@@ -119,30 +142,99 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A client id built from 64 random bits, formatted like a version 4 uuid. The same seed
-/// always gives the same id (the response rebuilds the id the request was decided with).
-pub fn client_id(seed: u64) -> [u8; ID_LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hi = mix(seed);
-    let lo = mix(seed ^ 0x5851_f42d_4c95_7f2d);
-    // 32 hex digits; the version nibble is 4 and the variant nibble 8..b.
-    let mut nib = [0u8; 32];
-    for i in 0..16 {
-        nib[i] = ((hi >> (60 - 4 * i)) & 0xf) as u8;
-        nib[16 + i] = ((lo >> (60 - 4 * i)) & 0xf) as u8;
-    }
-    nib[12] = 4;
-    nib[16] = 8 | (nib[16] & 3);
+/// The 8 hex digits of `x`, most significant first, without a loop or a table: each nibble
+/// is spread into a byte of its own, then turned into `0-9a-f` in all eight bytes at once.
+#[inline]
+fn hex8(x: u32) -> [u8; 8] {
+    let mut v = u64::from(x);
+    v = (v | (v << 16)) & 0x0000_ffff_0000_ffff;
+    v = (v | (v << 8)) & 0x00ff_00ff_00ff_00ff;
+    v = (v | (v << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // Byte i holds nibble i (least significant first); nibbles above 9 get 'a' - '0' - 10.
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (v + 0x3030_3030_3030_3030 + letters * 0x27).to_be_bytes()
+}
+
+/// A uuid-shaped id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`, version 4, variant 8..b) of
+/// 128 bits whose version and variant bits are overwritten.
+fn uuid(hi: u64, lo: u64) -> [u8; ID_LEN] {
     let mut out = [b'-'; ID_LEN];
-    let mut k = 0;
-    for (i, o) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        *o = HEX[nib[k] as usize];
-        k += 1;
-    }
+    let hi = (hi & !(0xf << 12)) | (4 << 12);
+    let lo = (lo & !(0xc << 60)) | (8 << 60);
+    let (a, b, c, d) = (
+        hex8((hi >> 32) as u32),
+        hex8(hi as u32),
+        hex8((lo >> 32) as u32),
+        hex8(lo as u32),
+    );
+    out[..8].copy_from_slice(&a);
+    out[9..13].copy_from_slice(&b[..4]);
+    out[14..18].copy_from_slice(&b[4..]);
+    out[19..23].copy_from_slice(&c[..4]);
+    out[24..28].copy_from_slice(&c[4..]);
+    out[28..].copy_from_slice(&d);
     out
+}
+
+/// A uuid-shaped id built from 64 random bits. The same seed always gives the same id.
+/// (Control plane: the DSU API's cluster ids.)
+pub fn client_id(seed: u64) -> [u8; ID_LEN] {
+    uuid(mix(seed), mix(seed ^ 0x5851_f42d_4c95_7f2d))
+}
+
+/// Length of the part of a transition id a service shares between its clients
+/// (`xxxxxxxx-xxxx-4xxx-yxxx-`).
+pub const ID_PREFIX_LEN: usize = 24;
+/// Length of the per-client part of a transition id: 12 hex digits, 48 random bits.
+pub const ID_SUFFIX_LEN: usize = ID_LEN - ID_PREFIX_LEN;
+
+/// How a service makes gradual's transition ids (uuid-shaped, as the original's): a random
+/// prefix drawn once per service (74 random bits) and 48 random bits per client. The FNV-1
+/// state after the prefix is kept, so a new client's bucket hashes 12 bytes instead of 36, and
+/// the client's part is written with a few shifts instead of a loop per digit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMaker {
+    pub prefix: [u8; ID_PREFIX_LEN],
+    state: u64,
+}
+
+impl IdMaker {
+    pub fn new(seed: u64) -> IdMaker {
+        let id = uuid(
+            mix(seed ^ 0x2545_f491_4f6c_dd1d),
+            mix(seed ^ 0x9e6c_63d0_676a_9a99),
+        );
+        let mut prefix = [0u8; ID_PREFIX_LEN];
+        prefix.copy_from_slice(&id[..ID_PREFIX_LEN]);
+        IdMaker {
+            prefix,
+            state: fnv1(&prefix),
+        }
+    }
+
+    /// A client's part of its id from 64 random bits (the low 48 are used).
+    #[inline]
+    pub fn suffix(r: u64) -> [u8; ID_SUFFIX_LEN] {
+        let (hi, lo) = (hex8((r >> 16) as u32), hex8(r as u32 & 0xffff));
+        let mut out = [0u8; ID_SUFFIX_LEN];
+        out[..8].copy_from_slice(&hi);
+        out[8..].copy_from_slice(&lo[4..]);
+        out
+    }
+
+    /// The bucket of the id with this client part: `bucket(prefix ++ suffix)`.
+    #[inline]
+    pub fn bucket(&self, suffix: &[u8; ID_SUFFIX_LEN]) -> u8 {
+        (fnv1_from(self.state, suffix) % 100) as u8
+    }
+
+    /// The whole id of a client part.
+    pub fn id(&self, r: u64) -> [u8; ID_LEN] {
+        let mut out = [0u8; ID_LEN];
+        out[..ID_PREFIX_LEN].copy_from_slice(&self.prefix);
+        out[ID_PREFIX_LEN..].copy_from_slice(&Self::suffix(r));
+        out
+    }
 }
 
 /// `Set-Cookie: <name>=<value>; Path=/; Max-Age=<n>; HttpOnly; SameSite=Lax\r\n`.
@@ -185,6 +277,12 @@ mod tests {
         assert_eq!(find_ours(h, false), (Some(&b"452b8f23-fa46"[..]), None));
         assert_eq!(find_ours(b"transition=t", true), (None, Some(&b"t"[..])));
         assert_eq!(find_transition(h), Some(&b"abc"[..]));
+        assert_eq!(find_version(h), Some(&b"452b8f23-fa46"[..]));
+        assert_eq!(find_version(b"dynsoftup=1.1; a=b"), Some(&b"1.1"[..]));
+        assert_eq!(find_version(b"dynsoftup=\"1.1\" ;a=b"), Some(&b"1.1"[..]));
+        assert_eq!(find_version(b"dynsoftup="), Some(&b""[..]));
+        assert_eq!(find_version(b"dynsoftup"), None);
+        assert_eq!(find_version(b"a=b;dynsoftup=2"), Some(&b"2"[..]));
         assert_eq!(find_transition(b"a=1; transitions=2"), None);
         assert_eq!(find_transition(b""), None);
         assert_eq!(find_ours(b"", true), (None, None));
@@ -223,19 +321,74 @@ mod tests {
         }
     }
 
+    fn is_uuid_v4(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 36
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+            })
+            && b[14] == b'4'
+            && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+    }
+
     #[test]
     fn client_ids_look_like_uuids_and_spread_evenly() {
         let id = client_id(7);
         let s = std::str::from_utf8(&id).unwrap();
-        assert_eq!(s.len(), 36);
-        assert_eq!(&s[14..15], "4");
-        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert!(is_uuid_v4(s), "{s}");
         assert_eq!(client_id(7), client_id(7));
         assert_ne!(client_id(7), client_id(8));
         let mut counts = [0u32; 100];
         for i in 0..100_000u64 {
             counts[bucket(&client_id(i)) as usize] += 1;
         }
+        // 1,000 expected per bucket; 6 sigma is about 190.
+        assert!(
+            counts.iter().all(|&c| (810..=1190).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn hex_digits_as_the_formatter_writes_them() {
+        for x in [
+            0u32,
+            1,
+            9,
+            10,
+            0xf,
+            0x1234_abcd,
+            0xdead_beef,
+            u32::MAX,
+            0x0a0b_0c0d,
+        ] {
+            assert_eq!(hex8(x), *format!("{x:08x}").as_bytes(), "{x:#x}");
+        }
+        let r = 0x1234_5678_9abc_def0u64;
+        assert_eq!(IdMaker::suffix(r), *b"56789abcdef0");
+        assert_eq!(IdMaker::suffix(0), *b"000000000000");
+    }
+
+    #[test]
+    fn transition_ids_are_uuids_whose_bucket_is_the_hash_of_the_whole_id() {
+        let m = IdMaker::new(42);
+        assert_eq!(m, IdMaker::new(42), "the same seed, the same prefix");
+        assert_ne!(m.prefix, IdMaker::new(43).prefix);
+        let mut counts = [0u32; 100];
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..100_000u64 {
+            let r = mix(i);
+            let id = m.id(r);
+            let s = std::str::from_utf8(&id).unwrap();
+            assert!(is_uuid_v4(s), "{s}");
+            assert!(id.starts_with(&m.prefix));
+            let b = m.bucket(&IdMaker::suffix(r));
+            assert_eq!(b, bucket(&id), "{s}");
+            counts[b as usize] += 1;
+            seen.insert(id);
+        }
+        assert_eq!(seen.len(), 100_000, "48 random bits: no repeats here");
         // 1,000 expected per bucket; 6 sigma is about 190.
         assert!(
             counts.iter().all(|&c| (810..=1190).contains(&c)),

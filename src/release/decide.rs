@@ -50,7 +50,7 @@ impl<'a> Request<'a> {
                 0 => {}
                 1 => {
                     if let Some(v) = h.cookie.clone().and_then(|c| buf.get(c)) {
-                        r.take_cookies(v, false);
+                        r.version_cookie = cookie::find_version(v);
                         if gradual {
                             r.cookie_header = Some(v);
                         }
@@ -103,12 +103,14 @@ pub struct Tag {
     pub failed: u16,
     /// Set the version cookie on the response.
     pub set_version: bool,
-    /// Set a new transition cookie, the id built from `transition` ([`cookie::client_id`]).
+    /// Set a new transition cookie whose client part is `transition` ([`cookie::IdMaker`]).
     pub new_transition: bool,
     /// The version's latency goes into a histogram of its own (its cluster serves others
     /// too; see [`super::service::Version::shares_cluster`]).
     pub own_histogram: bool,
-    pub transition: u64,
+    /// A new gradual client's part of its transition id (hex digits), kept from the decision
+    /// (its bucket) to the response (its cookie).
+    pub transition: [u8; cookie::ID_SUFFIX_LEN],
 }
 
 impl Tag {
@@ -120,7 +122,7 @@ impl Tag {
         set_version: false,
         new_transition: false,
         own_histogram: false,
-        transition: 0,
+        transition: [0; cookie::ID_SUFFIX_LEN],
     };
 
     #[inline]
@@ -212,14 +214,15 @@ fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, no
     let Some(previous) = svc.previous.filter(|_| had != Some(svc.newest)) else {
         return svc.newest;
     };
-    let id = req.transition().filter(|v| cookie::acceptable(v));
-    if id.is_none() {
-        tag.new_transition = true;
-        tag.transition = cookie::mix(req.random);
-    }
-    let bucket = match id {
+    let bucket = match req.transition().filter(|v| cookie::acceptable(v)) {
         Some(id) => cookie::bucket(id),
-        None => cookie::bucket(&cookie::client_id(tag.transition)),
+        None => {
+            // A new client: its id is the service's prefix and 48 random bits, hashed on
+            // from the prefix's FNV state.
+            tag.new_transition = true;
+            tag.transition = cookie::IdMaker::suffix(cookie::mix(req.random));
+            svc.ids.bucket(&tag.transition)
+        }
     };
     let share = match svc.ramp {
         Some(Ramp::PerRequest(p)) => routed as f64 * p,
@@ -278,24 +281,37 @@ pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
     ))
 }
 
-/// Writes the `Set-Cookie` lines a tag asks for into `out`. Returns the bytes written.
+/// Writes the `Set-Cookie` lines a tag asks for into `out`, then the empty line that ends a
+/// head. Returns the bytes written.
+///
+/// HOT PATH: one copy of bytes built with the snapshot (and, for a new gradual client, its
+/// 12 hex digits written over their placeholder).
 #[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
-    let mut o = Out::new(out);
-    if tag.set_version {
-        o.put(
-            &svc.versions
-                .get(tag.version as usize)
-                .ok_or(Overflow)?
-                .set_cookie,
-        )?;
-    }
+    let v = svc.versions.get(tag.version as usize).ok_or(Overflow)?;
+    let bytes: &[u8] = match (tag.set_version, tag.new_transition) {
+        (true, false) => &v.set_cookie_end,
+        (true, true) => &v.set_both_end,
+        (false, true) => {
+            let mut o = Out::new(out);
+            o.put(cookie::NEW_TRANSITION)?;
+            o.put(&svc.ids.prefix)?;
+            o.put(&tag.transition)?;
+            o.put(cookie::TRANSITION_ATTRIBUTES)?;
+            o.put(b"\r\n")?;
+            return Ok(o.len());
+        }
+        (false, false) => b"\r\n",
+    };
+    let dst = out.get_mut(..bytes.len()).ok_or(Overflow)?;
+    dst.copy_from_slice(bytes);
     if tag.new_transition {
-        o.put(b"Set-Cookie: transition=")?;
-        o.put(&cookie::client_id(tag.transition))?;
-        o.put(cookie::TRANSITION_ATTRIBUTES)?;
+        let at = v.suffix_at;
+        dst.get_mut(at..at + cookie::ID_SUFFIX_LEN)
+            .ok_or(Overflow)?
+            .copy_from_slice(&tag.transition);
     }
-    Ok(o.len())
+    Ok(bytes.len())
 }
 
 #[cfg(test)]
@@ -405,7 +421,7 @@ mod tests {
         let n = write_cookies(&s, &c.tag, &mut out).unwrap();
         assert_eq!(
             &out[..n],
-            b"Set-Cookie: dynsoftup=1.0; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n"
+            b"Set-Cookie: dynsoftup=1.0; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\r\n"
         );
         assert!(write_cookies(&s, &c.tag, &mut out[..10]).is_err());
     }
@@ -511,16 +527,45 @@ mod tests {
         let mut out = [0u8; 512];
         let n = write_cookies(&s, &c.tag, &mut out).unwrap();
         let text = std::str::from_utf8(&out[..n]).unwrap();
-        assert_eq!(c.tag.transition, cookie::mix(42));
-        let id = std::str::from_utf8(&cookie::client_id(c.tag.transition))
-            .unwrap()
-            .to_string();
-        assert!(
-            text.contains(&format!(
-                "Set-Cookie: transition={id}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n"
-            )),
+        assert_eq!(c.tag.transition, cookie::IdMaker::suffix(cookie::mix(42)));
+        let id = s.ids.id(cookie::mix(42));
+        let version = &s.versions[c.tag.version as usize].id;
+        assert_eq!(
+            text,
+            format!(
+                "Set-Cookie: dynsoftup={}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\
+                 Set-Cookie: transition={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n\r\n",
+                std::str::from_utf8(version).unwrap(),
+                std::str::from_utf8(&id).unwrap()
+            )
+        );
+        // The bucket the decision used is the bucket of the id the client gets.
+        let share_then = s.live.routed.load(Ordering::Relaxed) as f64 * 0.5;
+        assert_eq!(
+            f64::from(cookie::bucket(&id)) < share_then,
+            c.tag.version == 1,
             "{text}"
         );
+        assert!(write_cookies(&s, &c.tag, &mut out[..n - 1]).is_err());
+        // A transition cookie alone (no strategy asks for it today) and nothing at all.
+        let t = Tag {
+            set_version: false,
+            ..c.tag
+        };
+        let n = write_cookies(&s, &t, &mut out).unwrap();
+        assert_eq!(
+            &out[..n],
+            format!(
+                "Set-Cookie: transition={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\r\n\r\n",
+                std::str::from_utf8(&id).unwrap()
+            )
+            .as_bytes()
+        );
+        let none = Tag {
+            new_transition: false,
+            ..t
+        };
+        assert_eq!(write_cookies(&s, &none, &mut out).unwrap(), 2);
     }
 
     #[test]

@@ -86,13 +86,9 @@ pub fn append_set_cookies(
     if n < 2 || out.get(n - 2..n) != Some(b"\r\n") {
         return Err(overflow);
     }
+    // The cookies and the empty line go where the empty line was.
     let at = n - 2;
-    let wrote = decide::write_cookies(svc, tag, out.get_mut(at..).ok_or(overflow)?)?;
-    let end = at + wrote;
-    out.get_mut(end..end + 2)
-        .ok_or(overflow)?
-        .copy_from_slice(b"\r\n");
-    Ok(end + 2)
+    Ok(at + decide::write_cookies(svc, tag, out.get_mut(at..).ok_or(overflow)?)?)
 }
 
 /// Whether a request may still fall back to an older version (concurrent) when its version

@@ -28,6 +28,13 @@ pub struct Version {
     pub weight: u32,
     /// This version's whole `Set-Cookie: dynsoftup=...` line.
     pub set_cookie: Box<[u8]>,
+    /// What a response head of this version ends with when it sets the version cookie:
+    /// `set_cookie` and the head's empty line.
+    pub set_cookie_end: Box<[u8]>,
+    /// Likewise with a new transition cookie too (gradual), the client's part of the id
+    /// ([`cookie::ID_SUFFIX_LEN`] bytes at [`Version::suffix_at`]) to be filled in.
+    pub set_both_end: Box<[u8]>,
+    pub suffix_at: usize,
     /// Its cluster serves something else too (a listener, a route, FaaS routing, another
     /// version): its latency needs a histogram of its own. Otherwise the cluster's histogram
     /// holds exactly its requests, and the stats read that one (one histogram record per
@@ -66,6 +73,11 @@ pub struct Service {
     pub rollback: Option<RollbackConfig>,
     /// Mixed into every request's random number.
     pub seed: u64,
+    /// gradual: how new clients' transition ids are made (from `seed`).
+    pub ids: cookie::IdMaker,
+    /// The live versions whose cookie ids are at most 8 bytes: (id packed little-endian, id
+    /// length, version), for [`Service::live_by_id`] without a byte loop per version.
+    live_short: Box<[(u64, u8, u16)]>,
     pub live: Arc<ServiceLive>,
 }
 
@@ -78,6 +90,8 @@ impl Service {
         now: Instant,
     ) -> Option<Service> {
         let max_age = cfg.session_timeout.as_secs().max(1);
+        let seed = prev.map_or_else(super::entropy, |p| p.seed);
+        let ids = cookie::IdMaker::new(seed);
         let mut order: Vec<usize> = (0..cfg.versions.len()).collect();
         // Stable: equal versions keep the order written (the later one counts as newer).
         order
@@ -85,6 +99,19 @@ impl Service {
         let mut versions = Vec::with_capacity(order.len());
         for &i in &order {
             let v = &cfg.versions[i];
+            let set_cookie = cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age);
+            let set_cookie_end = [&set_cookie[..], b"\r\n"].concat().into();
+            let suffix_at = set_cookie.len() + cookie::NEW_TRANSITION.len() + cookie::ID_PREFIX_LEN;
+            let set_both_end = [
+                &set_cookie[..],
+                cookie::NEW_TRANSITION,
+                &ids.prefix,
+                &[b'0'; cookie::ID_SUFFIX_LEN],
+                cookie::TRANSITION_ATTRIBUTES,
+                b"\r\n",
+            ]
+            .concat()
+            .into();
             versions.push(Version {
                 version: v.version.clone(),
                 id: v.id.as_bytes().into(),
@@ -92,7 +119,10 @@ impl Service {
                 cluster_name: v.cluster.clone(),
                 rolled_back: v.rolled_back,
                 weight: cfg.weights.get(i).copied().unwrap_or(0),
-                set_cookie: cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age),
+                set_cookie,
+                set_cookie_end,
+                set_both_end,
+                suffix_at,
                 shares_cluster: true,
             });
         }
@@ -116,6 +146,12 @@ impl Service {
                 canary.push((total, i));
             }
         }
+        let live_short = live
+            .iter()
+            .map(|&i| (&versions[i as usize].id, i))
+            .filter(|(id, _)| id.len() <= 8)
+            .map(|(id, i)| (pack(id), id.len() as u8, i))
+            .collect();
         let newest_id = versions[newest as usize].id.clone();
         let live_state = match prev {
             Some(p) if p.live.newest_id == newest_id => p.live.clone(),
@@ -137,7 +173,9 @@ impl Service {
             canary,
             session_max_age: max_age,
             rollback: cfg.rollback.clone(),
-            seed: prev.map_or_else(super::entropy, |p| p.seed),
+            seed,
+            ids,
+            live_short,
             live: live_state,
         })
     }
@@ -145,7 +183,16 @@ impl Service {
     /// The version whose cookie id is `id`, if it takes traffic (not rolled back).
     #[inline]
     pub fn live_by_id(&self, id: &[u8]) -> Option<u16> {
-        // Ids are short: a byte loop beats a memcmp call.
+        if id.len() <= 8 {
+            // Usually a version string: compared as one word per live version.
+            let key = pack(id);
+            return self
+                .live_short
+                .iter()
+                .find(|&&(k, len, _)| k == key && usize::from(len) == id.len())
+                .map(|&(_, _, i)| i);
+        }
+        // Longer ids (the DSU API's uuids): a byte loop beats a memcmp call.
         self.versions
             .iter()
             .position(|v| {
@@ -191,6 +238,15 @@ impl Service {
             None => 100.0,
         }
     }
+}
+
+/// Up to 8 bytes as a little-endian word (the rest zero).
+#[inline]
+fn pack(id: &[u8]) -> u64 {
+    id.iter()
+        .take(8)
+        .enumerate()
+        .fold(0, |k, (i, &b)| k | u64::from(b) << (8 * i))
 }
 
 /// Sets [`Version::shares_cluster`]: `direct[c]` says whether cluster `c` is a target of a
@@ -263,6 +319,38 @@ mod tests {
         assert_eq!(s.newest, 1, "1.10 is rolled back: 1.9 is the newest live");
         assert_eq!(s.previous, Some(0));
         assert_eq!(s.live_by_id(b"1.10"), None);
+        assert_eq!(s.live_by_id(b"1.9"), Some(1));
+        assert_eq!(s.live_by_id(b"1.2"), Some(0));
+        assert_eq!(s.live_by_id(b"1.2\0"), None);
+        assert_eq!(s.live_by_id(b"1."), None);
+        assert_eq!(s.live_by_id(b""), None);
+        let mut long = cfg(Strategy::Session, &[("1", "a", false), ("2", "b", false)]);
+        long.versions[0].id = "a37a290f-2088-11e4-b3a6-600308a8245e".into();
+        long.versions[1].id = "12345678".into();
+        let l = Service::build(&long, &clusters(), None, Instant::now()).unwrap();
+        assert_eq!(
+            l.live_by_id(b"a37a290f-2088-11e4-b3a6-600308a8245e"),
+            Some(0)
+        );
+        assert_eq!(l.live_by_id(b"a37a290f-2088-11e4-b3a6-600308a8245f"), None);
+        assert_eq!(l.live_by_id(b"12345678"), Some(1));
+        assert_eq!(l.live_by_id(b"1234567"), None);
+        assert_eq!(
+            &s.versions[0].set_cookie_end[..],
+            b"Set-Cookie: dynsoftup=1.2; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\r\n"
+        );
+        let both = std::str::from_utf8(&s.versions[0].set_both_end).unwrap();
+        let at = s.versions[0].suffix_at;
+        assert_eq!(
+            both,
+            format!(
+                "Set-Cookie: dynsoftup=1.2; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\
+                 Set-Cookie: transition={}000000000000; Path=/; Max-Age=31536000; HttpOnly; \
+                 SameSite=Lax\r\n\r\n",
+                std::str::from_utf8(&s.ids.prefix).unwrap()
+            )
+        );
+        assert_eq!(&both[at..at + 12], "000000000000");
         assert_eq!(s.by_name(b"1.10"), Some(2));
         assert_eq!(s.versions[2].cluster, 2);
         assert_eq!(
@@ -282,6 +370,7 @@ mod tests {
         let s2 = Service::build(&c, &clusters(), Some(&s1), t0 + Duration::from_secs(5)).unwrap();
         assert!(Arc::ptr_eq(&s1.live, &s2.live));
         assert_eq!(s2.seed, s1.seed);
+        assert_eq!(s2.ids, s1.ids, "transition ids keep their prefix");
         let mut c3 = c.clone();
         c3.versions.push(VersionConfig {
             version: "3".into(),

@@ -23,7 +23,7 @@ pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// What the kernel granted.
-    pub capacity: usize,
+    pub capacity: u32,
 }
 
 pub struct PipePool {
@@ -65,7 +65,7 @@ impl PipePool {
         }
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
         let capacity = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
-            .map_or(DEFAULT_PIPE_SIZE, |n| n.max(0) as usize);
+            .map_or(DEFAULT_PIPE_SIZE as u32, |n| n.max(0) as u32);
         self.created += 1;
         Some(Pipe {
             read,

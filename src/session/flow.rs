@@ -52,12 +52,13 @@ pub struct Flow {
     pipe: Option<Pipe>,
     spliced: bool,
     piped: u32,
-    /// Foo sessions: the analyzer sees every byte read (such flows never splice).
-    pub sniff: Option<LineSniffer>,
+    /// Foo sessions: the analyzer sees every byte read (such flows never splice). Boxed:
+    /// allocated once at accept for Foo connections only, so other flows pay a pointer.
+    pub sniff: Option<Box<LineSniffer>>,
     /// Bytes written to the destination since the worker last took them (stats).
     pub moved: u64,
     /// Pipes taken since the worker last looked (stats).
-    pub splice_starts: u32,
+    pub splice_starts: u16,
 }
 
 impl Flow {
@@ -125,7 +126,7 @@ impl Flow {
                 self.pipe = Some(p);
                 self.spliced = true;
                 self.full_reads = 0;
-                self.splice_starts += 1;
+                self.splice_starts = self.splice_starts.saturating_add(1);
                 return self.next_spliced(dst_open);
             }
         }
@@ -149,9 +150,9 @@ impl Flow {
                     },
                 ));
             }
-            if !self.eof && !self.reading && !self.writing && self.piped < pipe.capacity as u32 {
+            if !self.eof && !self.reading && !self.writing && self.piped < pipe.capacity {
                 self.reading = true;
-                let max = pipe.capacity as u32 - self.piped;
+                let max = pipe.capacity - self.piped;
                 return Some((
                     End::Source,
                     Op::SpliceIn {

@@ -13,7 +13,6 @@ use super::flow::{End, Flow};
 use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
 use crate::engine::{ConnId, Done};
 use crate::io::Xfer;
-use crate::proto::foo::LineSniffer;
 use crate::snapshot::Snapshot;
 use crate::stats::FooCounts;
 use std::net::SocketAddr;
@@ -120,8 +119,8 @@ impl TcpSession {
     /// Turns the Foo analyzer on for both directions (and splicing off).
     pub fn sniff_foo(&mut self) {
         self.splice_ok = false;
-        self.up.sniff = Some(LineSniffer::default());
-        self.down.sniff = Some(LineSniffer::default());
+        self.up.sniff = Some(Box::default());
+        self.down.sniff = Some(Box::default());
     }
 
     /// Moves the Foo message counts seen so far into `into`.
@@ -141,7 +140,7 @@ impl TcpSession {
         let r = (
             self.up.moved,
             self.down.moved,
-            self.up.splice_starts + self.down.splice_starts,
+            u32::from(self.up.splice_starts) + u32::from(self.down.splice_starts),
         );
         self.total_up += self.up.moved;
         self.total_down += self.down.moved;

@@ -23,6 +23,7 @@ impl<E: Engine> Worker<E> {
     /// holding it), which may still have news for it.
     pub(super) fn consumed(&mut self, owner: Owner, conn: ConnId) {
         if let Owner::Session(key, side) = owner {
+            let key = key as usize;
             self.transport_news(key, side, conn);
             self.drive(key);
         }
@@ -32,6 +33,7 @@ impl<E: Engine> Worker<E> {
     pub(super) fn deliver(&mut self, conn: ConnId, done: Done) {
         match self.meta(conn).owner {
             Owner::Session(key, side) => {
+                let key = key as usize;
                 let Some(e) = self.sessions.get_mut(key) else {
                     let (pool, pipes) = self.engine.pools();
                     return recycle(done, pool, pipes);
@@ -41,7 +43,7 @@ impl<E: Engine> Worker<E> {
                 self.transport_news(key, side, conn);
                 self.drive(key);
             }
-            Owner::Mirror(mk) => self.mirror_complete(mk, done),
+            Owner::Mirror(mk) => self.mirror_complete(mk as usize, done),
             Owner::Pooled(_) => {
                 // The watch fired: the backend closed the idle connection, or sent bytes it
                 // should not have. Either way it is no longer reusable.

@@ -294,8 +294,8 @@ impl<E: Engine> Worker<E> {
     #[inline]
     pub(super) fn own(&mut self, conn: crate::engine::ConnId, key: usize, side: Side) {
         let m = self.meta(conn);
-        m.owner = Owner::Session(key, side);
-        m.deadline = None;
+        m.owner = Owner::Session(key as u32, side);
+        m.deadline = 0;
         self.attach_toxics(conn, key, side);
     }
 }

@@ -94,6 +94,7 @@ impl<E: Engine> Worker<E> {
     fn toxic_close(&mut self, conn: ConnId, linger: Linger) {
         match self.meta(conn).owner {
             Owner::Session(key, side) => {
+                let key = key as usize;
                 // The close reason decides which side is reset: the one the toxic is on.
                 let why = match (linger, side) {
                     (Linger::Graceful, _) => CloseReason::Done,
@@ -103,7 +104,7 @@ impl<E: Engine> Worker<E> {
                 self.close(key, why);
             }
             Owner::Pooled(_) => self.drop_pooled(conn),
-            Owner::Mirror(mk) => self.mirror_conn_closed(mk, conn),
+            Owner::Mirror(mk) => self.mirror_conn_closed(mk as usize, conn),
             Owner::None => self.close_conn(conn, linger),
         }
     }

@@ -234,26 +234,74 @@ enum Waiting {
     Mirror,
 }
 
-/// Who owns a connection (indexed by connection id).
+/// Who owns a connection (indexed by connection id). Eight bytes: keys are `u32` (slab keys
+/// stay far below that: `max_connections` bounds them).
 #[derive(Debug, Clone, Copy, Default)]
 enum Owner {
     #[default]
     None,
-    Session(usize, Side),
-    /// An idle upstream connection in the pool, to backend `addr`.
-    Pooled(SocketAddr),
+    /// Session slab key, and which of its connections.
+    Session(u32, Side),
+    /// An idle upstream connection in the pool: the index of its backend address's list in
+    /// [`UpstreamPool`].
+    Pooled(u32),
     /// A mirror exchange's connection (the worker's mirror slab key).
-    Mirror(usize),
+    Mirror(u32),
 }
 
+/// The worker's bookkeeping of one connection, for every connection it has (a TCP pair has
+/// two): kept small, as it is paid per idle connection. What only some connections need
+/// lives behind the transport's box (TLS, PROXY) or in the toxics table.
 #[derive(Debug, Default)]
 struct ConnMeta {
     owner: Owner,
     transport: Transport,
-    /// Pooled connections' idle deadline and timer entry.
-    deadline: Option<Instant>,
+    /// Pooled connections' idle deadline and the time of their armed timer entry, as
+    /// [`Stamp`]s (0: none).
+    deadline: Stamp,
+    timer_at: Stamp,
     timer_gen: u32,
-    timer_at: Option<Instant>,
+}
+
+/// A point in time as nanoseconds after the worker started, plus one (0 means none): half
+/// the size of an `Option<Instant>`, for per-connection fields.
+type Stamp = u64;
+
+/// Idle upstream connections per backend address: a list per address, found by address
+/// (a request looks for one) or by index (a pooled connection's [`Owner::Pooled`]).
+#[derive(Default)]
+struct UpstreamPool {
+    index: AddrMap<u32>,
+    lists: Vec<(SocketAddr, Vec<ConnId>)>,
+}
+
+impl UpstreamPool {
+    /// The list of `addr`'s idle connections, if it has one.
+    #[inline]
+    fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut Vec<ConnId>> {
+        let i = *self.index.get(addr)?;
+        self.lists.get_mut(i as usize).map(|(_, l)| l)
+    }
+
+    /// The index of `addr`'s list (made on first use; lists are never removed, there is one
+    /// per backend address ever pooled to).
+    fn slot(&mut self, addr: SocketAddr) -> u32 {
+        if let Some(&i) = self.index.get(&addr) {
+            return i;
+        }
+        let i = self.lists.len() as u32;
+        self.lists.push((addr, Vec::new()));
+        self.index.insert(addr, i);
+        i
+    }
+
+    /// Every pooled connection.
+    fn all(&self) -> Vec<ConnId> {
+        self.lists
+            .iter()
+            .flat_map(|(_, l)| l.iter().copied())
+            .collect()
+    }
 }
 
 pub struct Worker<E: Engine> {
@@ -267,7 +315,7 @@ pub struct Worker<E: Engine> {
     mirrors: Slab<crate::session::mirror::Mirror>,
     conns: Vec<ConnMeta>,
     /// Idle upstream connections per backend address.
-    upstream_pool: AddrMap<Vec<ConnId>>,
+    upstream_pool: UpstreamPool,
     /// What sessions borrow besides the pools: the clock, counters, request ids, the shared
     /// snapshot, recycled exchanges.
     env: Env,
@@ -352,7 +400,7 @@ impl<E: Engine> Worker<E> {
             sessions: Slab::with_capacity(1024),
             mirrors: Slab::new(),
             conns: Vec::with_capacity(2048),
-            upstream_pool: AddrMap::default(),
+            upstream_pool: UpstreamPool::default(),
             // Request ids: the worker id in the top byte, the start time below, so ids differ
             // across workers and restarts.
             env: Env::new(
@@ -601,19 +649,29 @@ impl<E: Engine> Worker<E> {
     /// armed already (it is re-checked when it fires).
     fn arm_pooled_timer(&mut self, conn: ConnId) {
         let m = self.meta(conn);
-        let Some(deadline) = m.deadline else {
-            return;
-        };
-        if m.timer_at.is_some_and(|at| at <= deadline) {
+        let deadline = m.deadline;
+        if deadline == 0 || (m.timer_at != 0 && m.timer_at <= deadline) {
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let m = self.meta(conn);
         m.timer_gen = gen;
-        m.timer_at = Some(deadline);
-        self.timers
-            .insert(TimerKey::Pooled(conn).encode(), gen, deadline);
+        m.timer_at = deadline;
+        let at = self.instant(deadline);
+        self.timers.insert(TimerKey::Pooled(conn).encode(), gen, at);
+    }
+
+    /// `t` as a [`Stamp`].
+    #[inline]
+    fn stamp(&self, t: Instant) -> Stamp {
+        (t.saturating_duration_since(self.started).as_nanos() as u64).saturating_add(1)
+    }
+
+    /// The time a (non-zero) [`Stamp`] stands for.
+    #[inline]
+    fn instant(&self, s: Stamp) -> Instant {
+        self.started + Duration::from_nanos(s.saturating_sub(1))
     }
 
     fn expire_timers(&mut self) {
@@ -644,14 +702,14 @@ impl<E: Engine> Worker<E> {
                     }
                 }
                 TimerKey::Pooled(conn) => {
-                    let now = self.env.now;
+                    let now = self.stamp(self.env.now);
                     let m = self.meta(conn);
-                    if m.timer_gen != gen || m.timer_at.is_none() {
+                    if m.timer_gen != gen || m.timer_at == 0 {
                         continue;
                     }
-                    m.timer_at = None;
+                    m.timer_at = 0;
                     match (m.owner, m.deadline) {
-                        (Owner::Pooled(_), Some(d)) if d > now => self.arm_pooled_timer(conn),
+                        (Owner::Pooled(_), d) if d > now => self.arm_pooled_timer(conn),
                         (Owner::Pooled(_), _) => self.drop_pooled(conn),
                         // Lent to a session (whose own timer covers it): the entry is spent.
                         _ => {}
@@ -799,7 +857,7 @@ impl<E: Engine> Worker<E> {
         for key in rest {
             self.rearm_if_earlier(key);
         }
-        let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();
+        let pooled: Vec<ConnId> = self.upstream_pool.all();
         for conn in pooled {
             self.drop_pooled(conn);
         }
@@ -819,7 +877,7 @@ impl<E: Engine> Worker<E> {
             self.close(key, crate::session::CloseReason::Shutdown);
         }
         self.abort_mirrors();
-        let pooled: Vec<ConnId> = self.upstream_pool.values().flatten().copied().collect();
+        let pooled: Vec<ConnId> = self.upstream_pool.all();
         for conn in pooled {
             self.drop_pooled(conn);
         }
@@ -881,4 +939,36 @@ pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<io::Resul
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    /// What every idle connection costs the worker (perf/idle_rss measures the whole; see
+    /// perf/RESULTS.md): a session slab entry per client, a `ConnMeta` per connection. A field
+    /// that grows these is paid by every idle connection: box it, or keep it elsewhere.
+    #[test]
+    fn per_connection_structures_stay_small() {
+        assert!(
+            size_of::<super::Owner>() <= 8,
+            "Owner: {}",
+            size_of::<super::Owner>()
+        );
+        assert!(
+            size_of::<super::ConnMeta>() <= 56,
+            "ConnMeta: {}",
+            size_of::<super::ConnMeta>()
+        );
+        assert!(
+            size_of::<super::Entry>() <= 328,
+            "session slab entry: {}",
+            size_of::<super::Entry>()
+        );
+        assert!(
+            size_of::<crate::session::flow::Flow>() <= 56,
+            "Flow: {}",
+            size_of::<crate::session::flow::Flow>()
+        );
+    }
 }

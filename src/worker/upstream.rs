@@ -473,7 +473,7 @@ impl<E: Engine> Worker<E> {
         );
         let m = self.meta(conn);
         m.owner = Owner::None;
-        m.deadline = None;
+        m.deadline = 0;
         Some(conn)
     }
 
@@ -524,16 +524,20 @@ impl<E: Engine> Worker<E> {
         cluster: &crate::snapshot::Cluster,
         addr: std::net::SocketAddr,
     ) {
-        let list = self.upstream_pool.entry(addr).or_default();
+        let slot = self.upstream_pool.slot(addr);
+        let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) else {
+            self.close_conn(conn, Linger::Graceful);
+            return self.wake_pending(&cluster.name);
+        };
         if self.shutdown.is_some() || list.len() >= cluster.pool_max_idle {
             self.close_conn(conn, Linger::Graceful);
             return self.wake_pending(&cluster.name);
         }
         list.push(conn);
-        let deadline = self.env.now + cluster.pool_idle_timeout;
+        let deadline = self.stamp(self.env.now + cluster.pool_idle_timeout);
         let m = self.meta(conn);
-        m.owner = Owner::Pooled(addr);
-        m.deadline = Some(deadline);
+        m.owner = Owner::Pooled(slot);
+        m.deadline = deadline;
         // A backend closing an idle connection (or sending what it should not) ends it.
         let watched = self.conns[conn as usize].transport.submit(
             &mut self.engine,
@@ -557,10 +561,10 @@ impl<E: Engine> Worker<E> {
 
     /// Removes an idle pooled connection (closing it).
     pub(super) fn drop_pooled(&mut self, conn: ConnId) {
-        let Owner::Pooled(addr) = self.meta(conn).owner else {
+        let Owner::Pooled(slot) = self.meta(conn).owner else {
             return;
         };
-        if let Some(list) = self.upstream_pool.get_mut(&addr) {
+        if let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) {
             list.retain(|&c| c != conn);
         }
         self.close_conn(conn, Linger::Graceful);

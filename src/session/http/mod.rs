@@ -1060,7 +1060,7 @@ impl HttpSession {
                 if let (Some(pipe), exchange::Body::Length(left)) =
                     (x.resp_pipe.take(), x.resp_body)
                 {
-                    let room = (pipe.capacity as u32).saturating_sub(x.resp_piped);
+                    let room = pipe.capacity.saturating_sub(x.resp_piped);
                     if room > 0 {
                         x.up_reading = true;
                         let max = (u64::from(room)).min(left) as u32;

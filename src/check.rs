@@ -121,36 +121,66 @@ fn unprivileged_port_start() -> u16 {
 /// config says another process listens there on purpose (SO_REUSEPORT groups); then only
 /// the permission is checked. Port 0 always binds.
 pub fn probe_bind(addr: SocketAddr, share: bool) -> Result<(), String> {
+    probe(addr, share).map_err(|(_, m)| m)
+}
+
+/// [`probe_bind`], but an address found in use is probed again for up to `patience`: a
+/// previous instance killed a moment ago (`kill -9`, then an immediate restart) can still hold
+/// its listener while the kernel tears it down — an io_uring ring releases the sockets its
+/// pending accepts reference only after the process is gone. Another live process serving the
+/// address still fails, after `patience`.
+pub fn probe_bind_waiting(
+    addr: SocketAddr,
+    share: bool,
+    patience: std::time::Duration,
+) -> Result<(), String> {
+    let until = std::time::Instant::now() + patience;
+    loop {
+        match probe(addr, share) {
+            Err((true, _)) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r.map_err(|(_, m)| m),
+        }
+    }
+}
+
+/// The probe; the error says whether the address was in use.
+fn probe(addr: SocketAddr, share: bool) -> Result<(), (bool, String)> {
+    let refuse = |m: String| (false, m);
     if addr.port() == 0 {
         return Ok(());
     }
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| format!("cannot create a socket: {e}"))?;
+        .map_err(|e| refuse(format!("cannot create a socket: {e}")))?;
     s.set_reuse_address(true)
-        .map_err(|e| format!("cannot set SO_REUSEADDR: {e}"))?;
+        .map_err(|e| refuse(format!("cannot set SO_REUSEADDR: {e}")))?;
     if share {
         s.set_reuse_port(true)
-            .map_err(|e| format!("cannot set SO_REUSEPORT: {e}"))?;
+            .map_err(|e| refuse(format!("cannot set SO_REUSEPORT: {e}")))?;
     }
     match s.bind(&addr.into()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(format!(
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(refuse(format!(
             "cannot bind {addr}: permission denied (ports below {} need root or \
              CAP_NET_BIND_SERVICE)",
             unprivileged_port_start()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err((
+            true,
+            if share {
+                format!("cannot bind {addr}: in use by a socket that does not share it")
+            } else {
+                format!(
+                    "cannot bind {addr}: another process already serves this address (set \
+                     share = true on the listener if sharing it is intended)"
+                )
+            },
         )),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(if share {
-            format!("cannot bind {addr}: in use by a socket that does not share it")
-        } else {
-            format!(
-                "cannot bind {addr}: another process already serves this address (set \
-                 share = true on the listener if sharing it is intended)"
-            )
-        }),
-        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => Err(format!(
+        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => Err(refuse(format!(
             "cannot bind {addr}: no such local address on this machine"
-        )),
-        Err(e) => Err(format!("cannot bind {addr}: {e}")),
+        ))),
+        Err(e) => Err(refuse(format!("cannot bind {addr}: {e}"))),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::snapshot::{self, Snapshot};
 use crate::stats::{Aggregator, StatsConfig, StatsMsg};
 use crate::upgrade::{self, HandedAdmin, Inheritance};
 use crate::worker::{self, Ctrl, WorkerHandle, WorkerSettings};
+
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +35,10 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long `run` waits for an address a previous instance is still letting go of (see
+/// [`crate::check::probe_bind_waiting`]) before refusing it.
+const BIND_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -232,9 +237,12 @@ fn listener_sockets(
     let fresh = || -> Result<Vec<TcpListener>, RunError> {
         // SO_REUSEPORT would let us join another process's group on the same address
         // silently: refuse that unless the config says it is meant.
-        crate::check::probe_bind(l.bind, l.share).map_err(|m| RunError::Refused {
-            name: l.name.clone(),
-            message: m,
+        // A previous instance killed a moment ago may still be letting go of the address.
+        crate::check::probe_bind_waiting(l.bind, l.share, BIND_PATIENCE).map_err(|m| {
+            RunError::Refused {
+                name: l.name.clone(),
+                message: m,
+            }
         })?;
         Ok(bind_listener(&l.name, l.bind, workers, backlog)?)
     };

@@ -610,6 +610,24 @@ fn run_refuses_an_address_another_process_serves_unless_shared() {
     assert_eq!(second.addr("a"), a2);
 }
 
+/// An address a previous instance is still letting go of (killed a moment ago: the kernel
+/// can hold its listener briefly) is probed again for up to 2 s: here a listener that closes
+/// 500 ms after `run` starts does not stop it.
+#[test]
+fn run_waits_briefly_for_an_address_being_released() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = SMALL.replace("127.0.0.1:0", &addr.to_string());
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(held);
+    });
+    let p = util::Proxy::start(&text);
+    assert_eq!(p.addr("a"), addr);
+    release.join().unwrap();
+}
+
 /// A port below ip_unprivileged_port_start without CAP_NET_BIND_SERVICE: checked as an
 /// unprivileged user (root drops to nobody with setpriv for this).
 #[test]

@@ -617,7 +617,6 @@ fn run_refuses_an_address_another_process_serves_unless_shared() {
 fn run_waits_briefly_for_an_address_being_released() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let text = SMALL.replace("127.0.0.1:0", &addr.to_string());
     let release = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(500));

@@ -1955,7 +1955,7 @@ versions = [{ version = "1.0", cluster = "a" }, { version = "1.1", cluster = "b"
                 own_stats: snap.services[0].versions[v as usize].shares_cluster,
                 ..Tag::NONE
             };
-            assert_eq!(tag(0).own_stats, false);
+            assert!(!tag(0).own_stats);
             assert_eq!(tag(1).own_stats, shared);
             let mut w = WorkerStats::new(minimal);
             let done = |w: &mut WorkerStats, status, cluster, release| {

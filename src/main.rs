@@ -10,10 +10,6 @@ use switchyard::quick::{self, QuickArgs};
 use switchyard::stats::StatsConfig;
 use switchyard::{control, logging, server};
 
-/// jemalloc instead of glibc malloc: see Cargo.toml for why.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 const EXIT_USAGE: u8 = 64;
 const EXIT_INTERNAL: u8 = 70;
 const QUICKSTART: &str = include_str!("../examples/quickstart.toml");

@@ -1576,6 +1576,10 @@ impl Aggregator {
         m.insert("rss_bytes".into(), Value::from(p.rss_bytes));
         m.insert("open_fds".into(), Value::from(p.open_fds));
         m.insert("max_fds".into(), Value::from(p.max_fds));
+        if let Some(h) = crate::heap::figures() {
+            m.insert("heap_allocated_bytes".into(), Value::from(h.allocated));
+            m.insert("heap_resident_bytes".into(), Value::from(h.resident));
+        }
         m.insert("start_time_s".into(), Value::from(self.started_unix));
         Value::Object(m)
     }

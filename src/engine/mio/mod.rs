@@ -561,28 +561,20 @@ impl Engine for MioEngine {
             return Some(failed(op));
         };
         match op {
-            Op::Recv(buf) => {
+            Op::Recv(_) | Op::RecvNew => {
+                let (buf, new) = match op {
+                    Op::Recv(buf) => (buf, false),
+                    _ => (None, true),
+                };
                 if !c.ready.contains(Ready::READABLE) {
-                    c.read = ReadOp::Recv(buf);
+                    c.read = if new {
+                        ReadOp::RecvNew
+                    } else {
+                        ReadOp::Recv(buf)
+                    };
                     return None;
                 }
-                match recv(c, buf, &mut self.pool, false) {
-                    Ok(done) => Some(done),
-                    Err(parked) => {
-                        c.read = parked;
-                        if c.starved {
-                            self.starve(conn);
-                        }
-                        None
-                    }
-                }
-            }
-            Op::RecvNew => {
-                if !c.ready.contains(Ready::READABLE) {
-                    c.read = ReadOp::RecvNew;
-                    return None;
-                }
-                match recv(c, None, &mut self.pool, true) {
+                match recv(c, buf, &mut self.pool, new) {
                     Ok(done) => Some(done),
                     Err(parked) => {
                         c.read = parked;

@@ -518,7 +518,9 @@ impl UringEngine {
                     if !op.orphan
                         && op.conn == conn
                         && c.read == idx
-                        && matches!(op.kind, Kind::RecvProvided { starved: true, .. }) =>
+                        // (A stale entry's op index may be another starved receive's by
+                        // now, of the other class: it is in the other queue.)
+                        && matches!(op.kind, Kind::RecvProvided { starved: true, new: n } if n == new) =>
                 {
                     match c.sock.as_ref() {
                         Some(s) => {

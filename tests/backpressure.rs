@@ -179,48 +179,6 @@ fn exhausted_buffer_pool_is_back_pressure_not_failure() {
     );
 }
 
-/// One keep-alive HTTP/1.1 exchange on `s`: the status and the body length (the response
-/// must carry a Content-Length). Errors are the test's failures.
-fn get_keepalive(s: &mut std::net::TcpStream, path: &str) -> Result<(u16, usize), String> {
-    use std::io::{Read, Write};
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match s.read(&mut buf) {
-            Ok(0) => return Err(format!("closed after {} bytes", got.len())),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    };
-    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head}"))?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .ok_or_else(|| format!("no Content-Length: {head}"))?;
-    while got.len() < head_end + len {
-        match s.read(&mut buf) {
-            Ok(0) => return Err("closed mid-body".into()),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("read body: {e}")),
-        }
-    }
-    Ok((status, len))
-}
-
 /// A pool far smaller than the requests waiting for an upstream: 48 keep-alive clients, 16
 /// buffers, 2 upstream connections to a slow backend. The requests that wait hold buffers
 /// with their heads; without a reserve for the exchanges in progress those could not read
@@ -262,15 +220,14 @@ connect_timeout = "20s"
         .map(|i| {
             let start = start.clone();
             spawn_small("client", move || -> Result<(), String> {
-                let mut s = std::net::TcpStream::connect(web).map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(Duration::from_secs(40)))
-                    .map_err(|e| e.to_string())?;
+                let mut c = util::client::Client::new(web);
                 start.wait();
                 for r in 0..ROUNDS {
-                    let (status, _) = get_keepalive(&mut s, "/?delay_ms=20")
+                    let resp = c
+                        .request("GET", "/?delay_ms=20", &[], None)
                         .map_err(|e| format!("client {i} request {r}: {e}"))?;
-                    if status != 200 {
-                        return Err(format!("client {i} request {r}: status {status}"));
+                    if resp.status != 200 {
+                        return Err(format!("client {i} request {r}: status {}", resp.status));
                     }
                 }
                 Ok(())
@@ -301,6 +258,12 @@ connect_timeout = "20s"
         http_of(&st, "timeouts") + http_of(&st, "no_backend"),
         0,
         "{st}"
+    );
+    // The client reconnects once after an error: every request went on its first connection.
+    assert_eq!(
+        tcp_of(&st, "accepted"),
+        CLIENTS as u64,
+        "no connection broke: {st}"
     );
     assert!(
         tcp_of(&st, "buffer_reserve_waits") > 0,

@@ -86,6 +86,10 @@ counters! {
         client_resets,
         /// Times a session had to wait for a pool buffer (back-pressure).
         buffer_waits,
+        /// ... of which new work (a request head, a new connection's first bytes) waited
+        /// because the pool was down to its reserve (`buffers_reserve`): the pool is too small
+        /// for the requests in flight, raise `buffers_per_worker`.
+        buffer_reserve_waits,
         /// Times a bounded loop hit its bound and yielded (fairness).
         loop_bound_hits,
         accept_errors,

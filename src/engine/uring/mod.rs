@@ -17,8 +17,10 @@
 //!   nothing is readable now). A `SpliceOut` the socket cannot take waits on a `POLL_ADD` for
 //!   writability, then splices again.
 //! - `Watch` is a `POLL_ADD` for readability. Cancelling it (a pooled upstream connection being
-//!   reused) does not go to the kernel: the poll stays armed, detached, fires harmlessly when
-//!   the response arrives, and is re-attached if the connection is pooled again before that.
+//!   reused) does not go to the kernel: the poll stays armed, detached. The connection's next
+//!   provided-buffer receive (the response) takes it over as its wait and submits the `RECV`
+//!   when it fires, so a reused connection arms one poll per response, not two; if the
+//!   connection is pooled again first, the watch is re-attached.
 //! - Accepting is a few single-shot `ACCEPT`s per listener in the kernel at once, each with
 //!   its own peer-address slot (no `getpeername` per connection). A listener's credit doubles
 //!   while the worker takes every connection they bring (up to [`ACCEPT_CREDIT_MAX`]) and drops
@@ -65,6 +67,8 @@ use std::time::{Duration, Instant};
 const SQ_ENTRIES: u32 = 2048;
 /// Completion queue entries (the kernel keeps overflow, `IORING_FEAT_NODROP`).
 const CQ_ENTRIES: u32 = 16384;
+/// Completions copied out of the queue at a time.
+const CQE_BATCH: usize = 64;
 /// Most accepts a listener keeps in the kernel at once (its credit grows up to this).
 const ACCEPT_CREDIT_MAX: u32 = 64;
 /// A new listener's credit.
@@ -106,6 +110,10 @@ enum Kind {
     RecvProvided {
         starved: bool,
     },
+    /// A receive into a ring buffer whose wait is the connection's detached `Watch` (its
+    /// `POLL_ADD` is still the entry in flight): when it fires, the `RECV` follows (see
+    /// `watched_recv`).
+    RecvWatched,
     /// A send; the argument-table entry of a two-slice send.
     Send(Slice, Option<Slice>, u32),
     /// A splice to the socket waiting for writability.
@@ -196,6 +204,8 @@ pub struct UringEngine {
     starved: VecDeque<(ConnId, u32)>,
     /// Entries that did not fit in the submission queue.
     backlog: Vec<squeue::Entry>,
+    /// `reap`'s batch of completions (user data, result, flags).
+    cqes: Vec<(u64, i32, u32)>,
     waker: Arc<UringWaker>,
     /// Where the eventfd read lands (stable: boxed).
     wake_buf: Box<u64>,
@@ -241,6 +251,7 @@ impl UringEngine {
             accept_ready: Vec::new(),
             starved: VecDeque::new(),
             backlog: Vec::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker: Arc::new(UringWaker(efd)),
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -449,7 +460,7 @@ impl UringEngine {
             }
             Kind::SpliceOut(p, _) => self.pipes.discard(p),
             Kind::Connect(args) => self.args.release(args),
-            Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch => {}
+            Kind::RecvProvided { .. } | Kind::RecvWatched | Kind::Shutdown | Kind::Watch => {}
         }
     }
 
@@ -542,26 +553,28 @@ impl UringEngine {
 
     /// Turns the completions in the queue into events.
     fn reap(&mut self, out: &mut Vec<Event>) {
+        // Copied out of the queue in batches (completing one needs `&mut self`), into a
+        // buffer kept between calls: nothing to zero or allocate per reap.
+        let mut batch = std::mem::take(&mut self.cqes);
         loop {
-            let mut batch = [(0u64, 0i32, 0u32); 64];
-            let mut n = 0;
+            batch.clear();
             {
                 let mut cq = self.ring.completion();
                 for c in &mut cq {
-                    batch[n] = (c.user_data(), c.result(), c.flags());
-                    n += 1;
-                    if n == batch.len() {
+                    batch.push((c.user_data(), c.result(), c.flags()));
+                    if batch.len() == CQE_BATCH {
                         break;
                     }
                 }
             }
-            for &(u, res, flags) in &batch[..n] {
+            for &(u, res, flags) in &batch {
                 self.complete(u, res, flags, out);
             }
-            if n < batch.len() {
+            if batch.len() < CQE_BATCH {
                 break;
             }
         }
+        self.cqes = batch;
         for slot in self.accept_ready.drain(..) {
             out.push(Event::Accept(slot));
         }
@@ -708,12 +721,21 @@ impl UringEngine {
                 }
                 return;
             }
+            // The watch fired (bytes, EOF or an error are there): the receive itself now, not
+            // poll-first (it finds what woke the poll, or reports the error).
+            (Kind::RecvWatched, _) => {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                op.kind = Kind::RecvProvided { starved: false };
+                return self.resubmit_now(idx);
+            }
             _ => {}
         }
         let op = self.ops.remove(idx as usize);
         self.unslot(conn, idx);
         let done = match op.kind {
-            Kind::RecvProvided { .. } => match (res, provided) {
+            Kind::RecvProvided { .. } | Kind::RecvWatched => match (res, provided) {
                 (n, Some(mut b)) if n > 0 => {
                     b.fill(n as usize);
                     Done::Recv {
@@ -800,6 +822,28 @@ impl UringEngine {
             _ => Self::recv_provided_entry(fd),
         };
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
+    }
+
+    /// Submits a provided-buffer receive that waited on the connection's watch: the socket
+    /// is readable (or broken), so no poll first.
+    fn resubmit_now(&mut self, idx: u32) {
+        let Some(op) = self.ops.get(idx as usize) else {
+            return;
+        };
+        let Some(fd) = self
+            .conns
+            .get(op.conn as usize)
+            .and_then(|c| c.sock.as_ref())
+            .map(AsRawFd::as_raw_fd)
+        else {
+            return;
+        };
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(bufring::BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(ud(TAG_OP, u64::from(idx)));
+        self.push(e);
     }
 
     /// A waiting `SpliceOut`'s socket became writable: splice now, or wait again.
@@ -1024,6 +1068,18 @@ impl Engine for UringEngine {
             Op::Recv(None) => {
                 if c.read != NONE {
                     return Some(failed(Op::Recv(None)));
+                }
+                if c.watch != NONE {
+                    // A pooled connection reused: its detached watch is still armed and fires
+                    // when the response arrives. It becomes this receive's wait, instead of a
+                    // second poll armed on the same socket for the same bytes.
+                    let idx = std::mem::replace(&mut c.watch, NONE);
+                    if let Some(op) = self.ops.get_mut(idx as usize) {
+                        c.read = idx;
+                        op.orphan = false;
+                        op.kind = Kind::RecvWatched;
+                        return None;
+                    }
                 }
                 let e = Self::recv_provided_entry(fd);
                 self.start_op(conn, Slot::Read, Kind::RecvProvided { starved: false }, e);

@@ -16,11 +16,13 @@
 //!   `SPLICE` on its worker threads only, and `SpliceIn` must never wait (`Bytes(0)` when
 //!   nothing is readable now). A `SpliceOut` the socket cannot take waits on a `POLL_ADD` for
 //!   writability, then splices again.
-//! - `Watch` is a `POLL_ADD` for readability. Cancelling it (a pooled upstream connection being
-//!   reused) does not go to the kernel: the poll stays armed, detached. The connection's next
-//!   provided-buffer receive (the response) takes it over as its wait and submits the `RECV`
-//!   when it fires, so a reused connection arms one poll per response, not two; if the
-//!   connection is pooled again first, the watch is re-attached.
+//! - `Watch` is a poll-first receive into a ring buffer, like `Recv(None)`: it completes when
+//!   bytes or an EOF arrive (and gives the buffer back: a watched connection is not read after
+//!   its watch fired). Cancelling it (a pooled upstream connection being reused) does not go to
+//!   the kernel: the receive stays armed, detached, and *is* the connection's next
+//!   `Recv(None)` (the response): one poll and one entry per response, not two. If it completes
+//!   while detached, what it got waits in the op for that receive; if the connection is pooled
+//!   again first, the watch is re-attached.
 //! - Accepting is a few single-shot `ACCEPT`s per listener in the kernel at once, each with
 //!   its own peer-address slot (no `getpeername` per connection). A listener's credit doubles
 //!   while the worker takes every connection they bring (up to [`ACCEPT_CREDIT_MAX`]) and drops
@@ -110,10 +112,14 @@ enum Kind {
     RecvProvided {
         starved: bool,
     },
-    /// A receive into a ring buffer whose wait is the connection's detached `Watch` (its
-    /// `POLL_ADD` is still the entry in flight): when it fires, the `RECV` follows (see
-    /// `watched_recv`).
-    RecvWatched,
+    /// A watch: a poll-first receive into a ring buffer (see the module doc).
+    Watch,
+    /// A detached watch that completed (no entry in flight): what its receive got, for the
+    /// connection's next receive (or watch).
+    WatchFired {
+        buf: Option<Buf>,
+        res: i32,
+    },
     /// A send; the argument-table entry of a two-slice send.
     Send(Slice, Option<Slice>, u32),
     /// A splice to the socket waiting for writability.
@@ -121,7 +127,6 @@ enum Kind {
     Shutdown,
     /// A connect; its argument-table entry (the address).
     Connect(u32),
-    Watch,
 }
 
 #[derive(Debug)]
@@ -429,10 +434,13 @@ impl UringEngine {
         let Some(op) = self.ops.get_mut(idx as usize) else {
             return;
         };
-        if let Kind::RecvProvided { starved: true } = op.kind {
+        if matches!(
+            op.kind,
+            Kind::RecvProvided { starved: true } | Kind::WatchFired { .. }
+        ) {
             // Nothing in the kernel: done at once.
-            self.ops.remove(idx as usize);
-            return;
+            let op = self.ops.remove(idx as usize);
+            return self.recycle(op.kind);
         }
         if op.orphan {
             return;
@@ -460,7 +468,12 @@ impl UringEngine {
             }
             Kind::SpliceOut(p, _) => self.pipes.discard(p),
             Kind::Connect(args) => self.args.release(args),
-            Kind::RecvProvided { .. } | Kind::RecvWatched | Kind::Shutdown | Kind::Watch => {}
+            Kind::WatchFired { buf, .. } => {
+                if let Some(b) = buf {
+                    self.pool.release(b);
+                }
+            }
+            Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch => {}
         }
     }
 
@@ -690,6 +703,23 @@ impl UringEngine {
             return;
         };
         if op.orphan {
+            let detached_watch = matches!(op.kind, Kind::Watch)
+                && self
+                    .conns
+                    .get(op.conn as usize)
+                    .is_some_and(|c| c.watch == idx && c.sock.is_some());
+            if detached_watch && res != -libc::EAGAIN && res != -libc::EINTR {
+                // Kept for the connection's next receive: bytes (or an EOF) it took are the
+                // response's (or what makes the connection unusable).
+                op.kind = Kind::WatchFired { buf: provided, res };
+                return;
+            }
+            if detached_watch {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                return self.resubmit(idx);
+            }
             let op = self.ops.remove(idx as usize);
             if let Some(b) = provided {
                 self.pool.release(b);
@@ -721,43 +751,18 @@ impl UringEngine {
                 }
                 return;
             }
-            // The watch fired (bytes, EOF or an error are there): the receive itself now, not
-            // poll-first (it finds what woke the poll, or reports the error).
-            (Kind::RecvWatched, _) => {
+            (Kind::Watch, r) if r == -libc::EAGAIN || r == -libc::EINTR => {
                 if let Some(b) = provided {
                     self.pool.release(b);
                 }
-                op.kind = Kind::RecvProvided { starved: false };
-                return self.resubmit_now(idx);
+                return self.resubmit(idx);
             }
             _ => {}
         }
         let op = self.ops.remove(idx as usize);
         self.unslot(conn, idx);
         let done = match op.kind {
-            Kind::RecvProvided { .. } | Kind::RecvWatched => match (res, provided) {
-                (n, Some(mut b)) if n > 0 => {
-                    b.fill(n as usize);
-                    Done::Recv {
-                        buf: Some(b),
-                        res: Xfer::Bytes(n as u32),
-                    }
-                }
-                (n, b) => {
-                    if let Some(b) = b {
-                        self.pool.release(b);
-                    }
-                    Done::Recv {
-                        buf: None,
-                        res: match n {
-                            0 => Xfer::Eof,
-                            n if n < 0 => Xfer::Failed(-n),
-                            // Bytes without a buffer: the kernel broke its word.
-                            _ => Xfer::Failed(libc::EIO),
-                        },
-                    }
-                }
-            },
+            Kind::RecvProvided { .. } => recv_provided_done(res, provided, &mut self.pool),
             Kind::Recv(mut b) => {
                 let res = match res {
                     0 => Xfer::Eof,
@@ -788,15 +793,9 @@ impl UringEngine {
                 self.args.release(args);
                 Done::Connect(xfer(res))
             }
-            Kind::Watch => Done::Watch(if res < 0 {
-                Xfer::Failed(-res)
-            } else if res as i16 & libc::POLLERR != 0 {
-                Xfer::Failed(libc::ECONNRESET)
-            } else if res as i16 & (libc::POLLHUP | libc::POLLRDHUP) != 0 {
-                Xfer::Eof
-            } else {
-                Xfer::Bytes(1)
-            }),
+            Kind::Watch => watch_done(res, provided, &mut self.pool),
+            // Never in flight (kept out of `ops_done` by the orphan path).
+            Kind::WatchFired { buf, res } => watch_done(res, buf, &mut self.pool),
         };
         out.push(Event::Done(conn, done));
     }
@@ -822,28 +821,6 @@ impl UringEngine {
             _ => Self::recv_provided_entry(fd),
         };
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
-    }
-
-    /// Submits a provided-buffer receive that waited on the connection's watch: the socket
-    /// is readable (or broken), so no poll first.
-    fn resubmit_now(&mut self, idx: u32) {
-        let Some(op) = self.ops.get(idx as usize) else {
-            return;
-        };
-        let Some(fd) = self
-            .conns
-            .get(op.conn as usize)
-            .and_then(|c| c.sock.as_ref())
-            .map(AsRawFd::as_raw_fd)
-        else {
-            return;
-        };
-        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
-            .buf_group(bufring::BGID)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(ud(TAG_OP, u64::from(idx)));
-        self.push(e);
     }
 
     /// A waiting `SpliceOut`'s socket became writable: splice now, or wait again.
@@ -885,6 +862,50 @@ fn xfer(res: i32) -> Xfer {
     } else {
         Xfer::Failed(-res)
     }
+}
+
+/// The `Done` of a provided-buffer receive that completed with `res` (and the ring buffer the
+/// kernel picked, if any).
+#[inline]
+fn recv_provided_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
+    match (res, provided) {
+        (n, Some(mut b)) if n > 0 => {
+            b.fill(n as usize);
+            Done::Recv {
+                buf: Some(b),
+                res: Xfer::Bytes(n as u32),
+            }
+        }
+        (n, b) => {
+            if let Some(b) = b {
+                pool.release(b);
+            }
+            Done::Recv {
+                buf: None,
+                res: match n {
+                    0 => Xfer::Eof,
+                    n if n < 0 => Xfer::Failed(-n),
+                    // Bytes without a buffer: the kernel broke its word.
+                    _ => Xfer::Failed(libc::EIO),
+                },
+            }
+        }
+    }
+}
+
+/// The `Done` of a watch whose receive completed with `res`: bytes (consumed: a watched
+/// connection is not read after its watch fired), EOF or a failure. `ENOBUFS`: bytes arrived
+/// while the ring was empty.
+#[inline]
+fn watch_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
+    if let Some(b) = provided {
+        pool.release(b);
+    }
+    Done::Watch(match res {
+        0 => Xfer::Eof,
+        r if r > 0 || r == -libc::ENOBUFS => Xfer::Bytes(1),
+        r => Xfer::Failed(-r),
+    })
 }
 
 #[inline]
@@ -1070,15 +1091,30 @@ impl Engine for UringEngine {
                     return Some(failed(Op::Recv(None)));
                 }
                 if c.watch != NONE {
-                    // A pooled connection reused: its detached watch is still armed and fires
-                    // when the response arrives. It becomes this receive's wait, instead of a
-                    // second poll armed on the same socket for the same bytes.
+                    // A pooled connection reused: its detached watch is the receive this asks
+                    // for (see the module doc).
                     let idx = std::mem::replace(&mut c.watch, NONE);
                     if let Some(op) = self.ops.get_mut(idx as usize) {
-                        c.read = idx;
-                        op.orphan = false;
-                        op.kind = Kind::RecvWatched;
-                        return None;
+                        match std::mem::replace(&mut op.kind, Kind::Shutdown) {
+                            Kind::WatchFired { buf, res } if res != -libc::ENOBUFS => {
+                                self.ops.remove(idx as usize);
+                                return Some(recv_provided_done(res, buf, &mut self.pool));
+                            }
+                            Kind::WatchFired { buf, .. } => {
+                                // Bytes came while the ring was empty: receive them now.
+                                if let Some(b) = buf {
+                                    self.pool.release(b);
+                                }
+                                self.ops.remove(idx as usize);
+                            }
+                            _ => {
+                                // Still in the kernel: it now completes as this receive.
+                                op.kind = Kind::RecvProvided { starved: false };
+                                op.orphan = false;
+                                c.read = idx;
+                                return None;
+                            }
+                        }
                     }
                 }
                 let e = Self::recv_provided_entry(fd);
@@ -1192,18 +1228,24 @@ impl Engine for UringEngine {
                     return Some(failed(Op::Watch));
                 }
                 if c.watch != NONE {
-                    // The detached poll is still armed: take it back.
-                    let idx = c.watch;
-                    c.watch = NONE;
-                    c.read = idx;
-                    if let Some(op) = self.ops.get_mut(idx as usize) {
-                        op.orphan = false;
+                    // The detached watch: take it back (or what it got, if it fired).
+                    let idx = std::mem::replace(&mut c.watch, NONE);
+                    let fired = match self.ops.get_mut(idx as usize) {
+                        Some(op) if matches!(op.kind, Kind::WatchFired { .. }) => true,
+                        Some(op) => {
+                            c.read = idx;
+                            op.orphan = false;
+                            return None;
+                        }
+                        None => false,
+                    };
+                    if fired {
+                        if let Kind::WatchFired { buf, res } = self.ops.remove(idx as usize).kind {
+                            return Some(watch_done(res, buf, &mut self.pool));
+                        }
                     }
-                    return None;
                 }
-                let e =
-                    opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-                        .build();
+                let e = Self::recv_provided_entry(fd);
                 self.start_op(conn, Slot::Read, Kind::Watch, e);
                 None
             }
@@ -1311,14 +1353,21 @@ impl Drop for UringEngine {
         for (_, op) in self.ops.iter_mut() {
             op.orphan = true;
         }
-        let starved: Vec<usize> = self
+        // Ops with nothing in the kernel end at once.
+        let idle: Vec<usize> = self
             .ops
             .iter()
-            .filter(|(_, op)| matches!(op.kind, Kind::RecvProvided { starved: true }))
+            .filter(|(_, op)| {
+                matches!(
+                    op.kind,
+                    Kind::RecvProvided { starved: true } | Kind::WatchFired { .. }
+                )
+            })
             .map(|(i, _)| i)
             .collect();
-        for i in starved {
-            self.ops.remove(i);
+        for i in idle {
+            let op = self.ops.remove(i);
+            self.recycle(op.kind);
         }
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()

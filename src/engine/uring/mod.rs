@@ -1390,3 +1390,127 @@ impl Drop for UringEngine {
         self.bufring.unregister(ring, pool);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// An engine with one connection to a peer this test holds (`None` where the kernel
+    /// refuses io_uring: nothing to test there).
+    fn pair() -> Option<(UringEngine, ConnId, TcpStream)> {
+        let setup = probe::probe(false).ok()?;
+        let mut e =
+            UringEngine::new(BufferPool::new(4096, 64), PipePool::new(4), setup).expect("engine");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let conn = e.connect(l.local_addr().expect("addr")).expect("connect");
+        // The `CONNECT` goes to the kernel at the next poll.
+        let d = next_done(&mut e, conn).expect("connected");
+        assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
+        let (peer, _) = l.accept().expect("accept");
+        Some((e, conn, peer))
+    }
+
+    /// Polls until `conn`'s next `Done` (at most ~2 s).
+    fn next_done(e: &mut UringEngine, conn: ConnId) -> Option<Done> {
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            e.poll(Duration::from_millis(50), &mut out).expect("poll");
+            for ev in out.drain(..) {
+                if let Event::Done(c, d) = ev {
+                    if c == conn {
+                        return Some(d);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn settle(e: &mut UringEngine) {
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            e.poll(Duration::from_millis(20), &mut out).expect("poll");
+        }
+        assert!(out.is_empty(), "nothing delivered: {out:?}");
+    }
+
+    fn received(e: &mut UringEngine, done: Done) -> Vec<u8> {
+        let Done::Recv {
+            buf: Some(b),
+            res: Xfer::Bytes(_),
+        } = done
+        else {
+            panic!("bytes received: {done:?}")
+        };
+        let v = e.pool.data(&b).to_vec();
+        e.pool.release(b);
+        v
+    }
+
+    #[test]
+    fn a_detached_watch_is_the_next_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        assert!(e.submit(conn, Op::Watch).is_none(), "nothing to read yet");
+        e.cancel(conn, Slot::Read);
+        settle(&mut e);
+        // The receive takes over the armed watch: no second entry, the bytes arrive in it.
+        assert!(e.submit(conn, Op::Recv(None)).is_none());
+        assert_eq!(e.ops.len(), 1, "one op in flight for the connection");
+        peer.write_all(b"response").expect("write");
+        let d = next_done(&mut e, conn).expect("the response");
+        assert_eq!(received(&mut e, d), b"response");
+        e.close(conn, Linger::Graceful);
+        settle(&mut e);
+        assert_eq!(e.gauges().ops_in_flight, 0);
+        assert_eq!(e.gauges().buffers_in_use, 0);
+    }
+
+    #[test]
+    fn a_detached_watch_that_fired_keeps_what_it_got_for_the_next_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        assert!(e.submit(conn, Op::Watch).is_none());
+        e.cancel(conn, Slot::Read);
+        peer.write_all(b"early").expect("write");
+        // The watch completes while detached: nothing is delivered, nothing is lost.
+        settle(&mut e);
+        let d = e.submit(conn, Op::Recv(None)).expect("at once");
+        assert_eq!(received(&mut e, d), b"early");
+        assert_eq!(e.gauges().ops_in_flight, 0);
+        // An EOF kept the same way, and given to a watch re-attached instead.
+        assert!(e.submit(conn, Op::Watch).is_none());
+        e.cancel(conn, Slot::Read);
+        drop(peer);
+        settle(&mut e);
+        assert!(matches!(
+            e.submit(conn, Op::Watch),
+            Some(Done::Watch(Xfer::Eof))
+        ));
+        e.close(conn, Linger::Graceful);
+        settle(&mut e);
+        assert_eq!(e.gauges().ops_in_flight, 0);
+        assert_eq!(e.gauges().buffers_in_use, 0);
+    }
+
+    #[test]
+    fn closing_with_a_fired_detached_watch_leaks_nothing() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        assert!(e.submit(conn, Op::Watch).is_none());
+        e.cancel(conn, Slot::Read);
+        peer.write_all(b"unasked").expect("write");
+        settle(&mut e);
+        assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
+        e.close(conn, Linger::Reset);
+        settle(&mut e);
+        assert_eq!(e.gauges().ops_in_flight, 0);
+        assert_eq!(e.gauges().buffers_in_use, 0);
+        assert_eq!(e.gauges().connections, 0);
+    }
+}

@@ -1436,6 +1436,23 @@ mod tests {
         assert!(out.is_empty(), "nothing delivered: {out:?}");
     }
 
+    /// A watch (nothing to read yet), cancelled as a pooled connection's is when reused.
+    fn detach_watch(e: &mut UringEngine, conn: ConnId) {
+        assert!(e.submit(conn, Op::Watch).is_none(), "nothing to read yet");
+        e.cancel(conn, Slot::Read);
+    }
+
+    /// Closes `conn` and checks the engine holds nothing any more.
+    fn close_clean(e: &mut UringEngine, conn: ConnId, linger: Linger) {
+        e.close(conn, linger);
+        settle(e);
+        let g = e.gauges();
+        assert_eq!(
+            (g.ops_in_flight, g.buffers_in_use, g.connections),
+            (0, 0, 0)
+        );
+    }
+
     fn received(e: &mut UringEngine, done: Done) -> Vec<u8> {
         let Done::Recv {
             buf: Some(b),
@@ -1454,8 +1471,7 @@ mod tests {
         let Some((mut e, conn, mut peer)) = pair() else {
             return;
         };
-        assert!(e.submit(conn, Op::Watch).is_none(), "nothing to read yet");
-        e.cancel(conn, Slot::Read);
+        detach_watch(&mut e, conn);
         settle(&mut e);
         // The receive takes over the armed watch: no second entry, the bytes arrive in it.
         assert!(e.submit(conn, Op::Recv(None)).is_none());
@@ -1463,10 +1479,7 @@ mod tests {
         peer.write_all(b"response").expect("write");
         let d = next_done(&mut e, conn).expect("the response");
         assert_eq!(received(&mut e, d), b"response");
-        e.close(conn, Linger::Graceful);
-        settle(&mut e);
-        assert_eq!(e.gauges().ops_in_flight, 0);
-        assert_eq!(e.gauges().buffers_in_use, 0);
+        close_clean(&mut e, conn, Linger::Graceful);
     }
 
     #[test]
@@ -1474,8 +1487,7 @@ mod tests {
         let Some((mut e, conn, mut peer)) = pair() else {
             return;
         };
-        assert!(e.submit(conn, Op::Watch).is_none());
-        e.cancel(conn, Slot::Read);
+        detach_watch(&mut e, conn);
         peer.write_all(b"early").expect("write");
         // The watch completes while detached: nothing is delivered, nothing is lost.
         settle(&mut e);
@@ -1483,18 +1495,14 @@ mod tests {
         assert_eq!(received(&mut e, d), b"early");
         assert_eq!(e.gauges().ops_in_flight, 0);
         // An EOF kept the same way, and given to a watch re-attached instead.
-        assert!(e.submit(conn, Op::Watch).is_none());
-        e.cancel(conn, Slot::Read);
+        detach_watch(&mut e, conn);
         drop(peer);
         settle(&mut e);
         assert!(matches!(
             e.submit(conn, Op::Watch),
             Some(Done::Watch(Xfer::Eof))
         ));
-        e.close(conn, Linger::Graceful);
-        settle(&mut e);
-        assert_eq!(e.gauges().ops_in_flight, 0);
-        assert_eq!(e.gauges().buffers_in_use, 0);
+        close_clean(&mut e, conn, Linger::Graceful);
     }
 
     #[test]
@@ -1502,15 +1510,10 @@ mod tests {
         let Some((mut e, conn, mut peer)) = pair() else {
             return;
         };
-        assert!(e.submit(conn, Op::Watch).is_none());
-        e.cancel(conn, Slot::Read);
+        detach_watch(&mut e, conn);
         peer.write_all(b"unasked").expect("write");
         settle(&mut e);
         assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
-        e.close(conn, Linger::Reset);
-        settle(&mut e);
-        assert_eq!(e.gauges().ops_in_flight, 0);
-        assert_eq!(e.gauges().buffers_in_use, 0);
-        assert_eq!(e.gauges().connections, 0);
+        close_clean(&mut e, conn, Linger::Reset);
     }
 }

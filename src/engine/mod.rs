@@ -19,8 +19,12 @@
 //! - after [`Engine::close`] or [`Engine::cancel`] no `Done` for the cancelled ops is ever
 //!   delivered: the engine returns their buffers and pipes to the pools itself, when the
 //!   kernel has let go of them;
-//! - a receive into an engine-provided buffer (`Op::Recv(None)`) holds no buffer while it
-//!   waits, so an idle connection holds none.
+//! - a receive into an engine-provided buffer (`Op::Recv(None)`, `Op::RecvNew`) holds no
+//!   buffer while it waits, so an idle connection holds none;
+//! - `Op::RecvNew` (new work: the next request's head, a new connection's first bytes) takes a
+//!   buffer only while the pool has more than its reserve free
+//!   ([`BufferPool::checkout_new`]); a waiting `Recv(None)` (work in progress) is served
+//!   before it. More waiting requests than buffers then slow down instead of stalling.
 //!
 //! HOT PATH: the trait's methods run per I/O; implementations allocate only when a table
 //! grows past its high-water mark.
@@ -66,6 +70,10 @@ pub enum Op {
     /// Read slot. Receive into the spare tail of this buffer (after its pending bytes), or,
     /// with `None`, into a buffer the engine takes from the pool when bytes arrive.
     Recv(Option<Buf>),
+    /// Read slot. `Recv(None)` for new work (the next request's head, a new connection's
+    /// first bytes): the engine takes the buffer only while the pool is above its reserve,
+    /// and serves waiting `Recv(None)`s first. Completes as [`Done::Recv`].
+    RecvNew,
     /// Write slot. Send the first slice, then the second, in one vectored write.
     Send(Slice, Option<Slice>),
     /// Read slot. Socket → pipe, at most `max` bytes, without waiting: `Bytes(0)` when nothing
@@ -257,6 +265,12 @@ pub trait Engine: Send + Sized {
     /// as `buffer_waits`).
     fn take_buffer_waits(&mut self) -> u64;
 
+    /// Of those, receives of new work (`Op::RecvNew`) that waited because the pool was down
+    /// to its reserve (shown as `buffer_reserve_waits`).
+    fn take_reserve_waits(&mut self) -> u64 {
+        0
+    }
+
     /// What the engine holds now (stats flushes only: may walk its tables). The default
     /// (for test engines) reports only the name.
     fn gauges(&self) -> Gauges {
@@ -367,6 +381,7 @@ pub fn failed(op: Op, errno: i32) -> Done {
     let res = Xfer::Failed(errno);
     match op {
         Op::Recv(buf) => Done::Recv { buf, res },
+        Op::RecvNew => Done::Recv { buf: None, res },
         Op::Send(a, b) => Done::Send {
             a: a.buf,
             b: b.map(|s| s.buf),
@@ -421,6 +436,6 @@ pub fn recycle_op(op: Op, pool: &mut BufferPool, pipes: &mut PipePool) {
             }
         }
         Op::SpliceOut { pipe, .. } => pipes.discard(pipe),
-        Op::Shutdown | Op::Watch => {}
+        Op::RecvNew | Op::Shutdown | Op::Watch => {}
     }
 }

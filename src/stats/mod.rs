@@ -86,6 +86,10 @@ counters! {
         client_resets,
         /// Times a session had to wait for a pool buffer (back-pressure).
         buffer_waits,
+        /// ... of which new work (a request head, a new connection's first bytes) waited
+        /// because the pool was down to its reserve (`buffers_reserve`): the pool is too small
+        /// for the requests in flight, raise `buffers_per_worker`.
+        buffer_reserve_waits,
         /// Times a bounded loop hit its bound and yielded (fairness).
         loop_bound_hits,
         accept_errors,
@@ -1576,6 +1580,10 @@ impl Aggregator {
         m.insert("rss_bytes".into(), Value::from(p.rss_bytes));
         m.insert("open_fds".into(), Value::from(p.open_fds));
         m.insert("max_fds".into(), Value::from(p.max_fds));
+        if let Some(h) = crate::heap::figures() {
+            m.insert("heap_allocated_bytes".into(), Value::from(h.allocated));
+            m.insert("heap_resident_bytes".into(), Value::from(h.resident));
+        }
         m.insert("start_time_s".into(), Value::from(self.started_unix));
         Value::Object(m)
     }

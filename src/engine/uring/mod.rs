@@ -9,7 +9,10 @@
 //!   buffer (`Op::Recv(None)`) is poll-first and takes a buffer from the provided-buffer ring
 //!   ([`bufring`]) only when bytes arrive: an idle connection holds no buffer. When the ring
 //!   is empty (`ENOBUFS`) the receive waits in `starved` and is submitted again once the ring
-//!   has buffers (back-pressure, counted in `buffer_waits`).
+//!   has buffers (back-pressure, counted in `buffer_waits`). Receives of new work
+//!   (`Op::RecvNew`) take their buffers from a second ring, refilled only while the pool is
+//!   above its reserve; they wait in `starved_new`, resubmitted after those of work in
+//!   progress.
 //! - Sends are `SEND` (one slice) or `SENDMSG` (two), with `MSG_WAITALL`: the kernel keeps
 //!   sending until all is out, so a send completes once.
 //! - Splices stay direct, non-blocking system calls as in the mio engine: io_uring runs
@@ -108,9 +111,11 @@ fn ud(tag: u64, v: u64) -> u64 {
 enum Kind {
     /// A receive into the spare tail of the session's buffer.
     Recv(Buf),
-    /// A receive into a ring buffer; `starved`: waiting for the ring (no entry in flight).
+    /// A receive into a ring buffer; `starved`: waiting for the ring (no entry in flight);
+    /// `new`: of new work (the second ring's buffer group).
     RecvProvided {
         starved: bool,
+        new: bool,
     },
     /// A watch: a poll-first receive into a ring buffer (see the module doc).
     Watch,
@@ -191,6 +196,8 @@ pub struct UringEngine {
     /// The ring is enabled and owned by the polling thread.
     started: bool,
     bufring: BufRing,
+    /// The ring of receives of new work (refilled only above the pool's reserve).
+    bufring_new: BufRing,
     args: Args,
     ops: Slab<InFlight>,
     conns: Slab<Conn>,
@@ -207,6 +214,8 @@ pub struct UringEngine {
     accept_ready: Vec<usize>,
     /// Provided-buffer receives waiting for the ring: (connection, op).
     starved: VecDeque<(ConnId, u32)>,
+    /// Receives of new work waiting for their ring.
+    starved_new: VecDeque<(ConnId, u32)>,
     /// Entries that did not fit in the submission queue.
     backlog: Vec<squeue::Entry>,
     /// `reap`'s batch of completions (user data, result, flags).
@@ -220,6 +229,7 @@ pub struct UringEngine {
     /// `Drop` is draining the ring: completions are not re-armed.
     draining: bool,
     buffer_waits: u64,
+    reserve_waits: u64,
     pool: BufferPool,
     pipes: PipePool,
 }
@@ -229,9 +239,12 @@ impl UringEngine {
     /// registered here; the ring itself is enabled by the thread that polls it first.
     pub fn new(pool: BufferPool, pipes: PipePool, setup: Setup) -> io::Result<UringEngine> {
         let ring = probe::build(&setup, SQ_ENTRIES, CQ_ENTRIES)?;
-        let mut bufring = BufRing::new(pool.available())?;
+        let mut bufring = BufRing::new(pool.available(), bufring::GROUP_ANY)?;
         bufring.register(&ring)?;
         bufring.set_registered();
+        let mut bufring_new = BufRing::new(pool.available(), bufring::GROUP_NEW)?;
+        bufring_new.register(&ring)?;
+        bufring_new.set_registered();
         // Blocking (no EFD_NONBLOCK): the ring's read of it then waits instead of failing.
         // SAFETY: a plain system call with no pointers.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -245,6 +258,7 @@ impl UringEngine {
             setup,
             started: false,
             bufring,
+            bufring_new,
             args: Args::new(),
             ops: Slab::with_capacity(2048),
             conns: Slab::with_capacity(1024),
@@ -255,6 +269,7 @@ impl UringEngine {
             accepts_in_flight: 0,
             accept_ready: Vec::new(),
             starved: VecDeque::new(),
+            starved_new: VecDeque::new(),
             backlog: Vec::new(),
             cqes: Vec::with_capacity(CQE_BATCH),
             waker: Arc::new(UringWaker(efd)),
@@ -263,6 +278,7 @@ impl UringEngine {
             woken: false,
             draining: false,
             buffer_waits: 0,
+            reserve_waits: 0,
             pool,
             pipes,
         })
@@ -283,6 +299,7 @@ impl UringEngine {
         let _ = self.ring.submitter().register_ring_fd();
         self.started = true;
         self.bufring.refill(&mut self.pool);
+        self.bufring_new.refill(&mut self.pool);
         self.arm_wake();
         Ok(())
     }
@@ -403,11 +420,16 @@ impl UringEngine {
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
     }
 
-    /// The entry of a provided-buffer receive.
+    /// The entry of a provided-buffer receive (`new`: from the ring of new work).
     #[inline]
-    fn recv_provided_entry(fd: RawFd) -> squeue::Entry {
+    fn recv_provided_entry(fd: RawFd, new: bool) -> squeue::Entry {
+        let group = if new {
+            bufring::GROUP_NEW
+        } else {
+            bufring::GROUP_ANY
+        };
         opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
-            .buf_group(bufring::BGID)
+            .buf_group(group)
             .ioprio(RECV_POLL_FIRST)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
@@ -436,7 +458,7 @@ impl UringEngine {
         };
         if matches!(
             op.kind,
-            Kind::RecvProvided { starved: true } | Kind::WatchFired { .. }
+            Kind::RecvProvided { starved: true, .. } | Kind::WatchFired { .. }
         ) {
             // Nothing in the kernel: done at once.
             let op = self.ops.remove(idx as usize);
@@ -486,11 +508,30 @@ impl UringEngine {
         }
     }
 
-    /// Lends the ring buffers back from the pool and resubmits receives that waited for them.
+    /// Lends the rings buffers back from the pool and resubmits receives that waited for
+    /// them: work in progress first; new work only from what is above the pool's reserve.
     fn refill(&mut self) {
         self.bufring.refill(&mut self.pool);
-        while self.bufring.lent() > 0 {
-            let Some((conn, idx)) = self.starved.pop_front() else {
+        self.resubmit_starved(false);
+        self.bufring_new.refill(&mut self.pool);
+        self.resubmit_starved(true);
+    }
+
+    /// Resubmits the receives of one class that waited for their ring: as many as it has
+    /// buffers (each had bytes waiting), not all of them to find it empty again.
+    fn resubmit_starved(&mut self, new: bool) {
+        let mut budget = if new {
+            self.bufring_new.lent()
+        } else {
+            self.bufring.lent()
+        };
+        while budget > 0 {
+            let queue = if new {
+                &mut self.starved_new
+            } else {
+                &mut self.starved
+            };
+            let Some((conn, idx)) = queue.pop_front() else {
                 break;
             };
             let fd = match (
@@ -501,11 +542,16 @@ impl UringEngine {
                     if !op.orphan
                         && op.conn == conn
                         && c.read == idx
-                        && matches!(op.kind, Kind::RecvProvided { starved: true }) =>
+                        // (A stale entry's op index may be another starved receive's by
+                        // now, of the other class: it is in the other queue.)
+                        && matches!(op.kind, Kind::RecvProvided { starved: true, new: n } if n == new) =>
                 {
                     match c.sock.as_ref() {
                         Some(s) => {
-                            op.kind = Kind::RecvProvided { starved: false };
+                            op.kind = Kind::RecvProvided {
+                                starved: false,
+                                new,
+                            };
                             s.as_raw_fd()
                         }
                         None => continue,
@@ -513,8 +559,9 @@ impl UringEngine {
                 }
                 _ => continue,
             };
-            let e = Self::recv_provided_entry(fd).user_data(ud(TAG_OP, u64::from(idx)));
+            let e = Self::recv_provided_entry(fd, new).user_data(ud(TAG_OP, u64::from(idx)));
             self.push(e);
+            budget -= 1;
         }
     }
 
@@ -612,10 +659,10 @@ impl UringEngine {
             _ => {
                 // A cancel or close that failed (the op had completed already, or the
                 // descriptor was gone): nothing to do. A provided buffer never rides on these.
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    if let Some(b) = self.bufring.take(bid) {
-                        self.pool.release(b);
-                    }
+                if let Some(b) =
+                    cqueue::buffer_select(flags).and_then(|bid| self.take_provided(bid))
+                {
+                    self.pool.release(b);
                 }
             }
         }
@@ -695,7 +742,7 @@ impl UringEngine {
 
     /// An op completed: deliver its `Done`, or give back what it carried if nobody wants it.
     fn op_done(&mut self, idx: u32, res: i32, flags: u32, out: &mut Vec<Event>) {
-        let provided = cqueue::buffer_select(flags).and_then(|bid| self.bufring.take(bid));
+        let provided = cqueue::buffer_select(flags).and_then(|bid| self.take_provided(bid));
         let Some(op) = self.ops.get_mut(idx as usize) else {
             if let Some(b) = provided {
                 self.pool.release(b);
@@ -730,11 +777,19 @@ impl UringEngine {
         let conn = op.conn;
         // Retry cases: the op stays in its slot.
         match (&op.kind, res) {
-            (Kind::RecvProvided { .. }, r) if r == -libc::ENOBUFS && provided.is_none() => {
-                op.kind = Kind::RecvProvided { starved: true };
-                self.starved.push_back((conn, idx));
-                self.bufring.grow();
+            (&Kind::RecvProvided { new, .. }, r) if r == -libc::ENOBUFS && provided.is_none() => {
+                op.kind = Kind::RecvProvided { starved: true, new };
                 self.buffer_waits += 1;
+                if new {
+                    self.starved_new.push_back((conn, idx));
+                    self.bufring_new.grow();
+                    if !self.pool.above_reserve() {
+                        self.reserve_waits += 1;
+                    }
+                } else {
+                    self.starved.push_back((conn, idx));
+                    self.bufring.grow();
+                }
                 return;
             }
             (Kind::RecvProvided { .. } | Kind::Recv(_), r)
@@ -818,9 +873,20 @@ impl UringEngine {
                 let spare = self.pool.spare(b);
                 opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build()
             }
-            _ => Self::recv_provided_entry(fd),
+            Kind::RecvProvided { new, .. } => Self::recv_provided_entry(fd, *new),
+            _ => return,
         };
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
+    }
+
+    /// The ring buffer a completion names (buffer id `bid`, of either ring).
+    #[inline]
+    fn take_provided(&mut self, bid: u16) -> Option<Buf> {
+        if self.bufring.owns(bid) {
+            self.bufring.take(bid)
+        } else {
+            self.bufring_new.take(bid)
+        }
     }
 
     /// A waiting `SpliceOut`'s socket became writable: splice now, or wait again.
@@ -1085,10 +1151,16 @@ impl Engine for UringEngine {
         let Some(fd) = c.sock.as_ref().map(AsRawFd::as_raw_fd) else {
             return Some(failed(op));
         };
+        if c.watch != NONE && matches!(op, Op::Recv(Some(_)) | Op::SpliceIn { .. }) {
+            // A detached watch is a receive still armed: only a provided-buffer receive may
+            // take it over (a reused connection's first read is one), any other read could
+            // race it for the same bytes. Fail safe rather than lose or reorder them.
+            return Some(super::failed(op, libc::EIO));
+        }
         match op {
-            Op::Recv(None) => {
+            Op::Recv(None) | Op::RecvNew => {
                 if c.read != NONE {
-                    return Some(failed(Op::Recv(None)));
+                    return Some(failed(op));
                 }
                 if c.watch != NONE {
                     // A pooled connection reused: its detached watch is the receive this asks
@@ -1109,7 +1181,11 @@ impl Engine for UringEngine {
                             }
                             _ => {
                                 // Still in the kernel: it now completes as this receive.
-                                op.kind = Kind::RecvProvided { starved: false };
+                                // (Its entry is of the ring of work in progress.)
+                                op.kind = Kind::RecvProvided {
+                                    starved: false,
+                                    new: false,
+                                };
                                 op.orphan = false;
                                 c.read = idx;
                                 return None;
@@ -1117,8 +1193,13 @@ impl Engine for UringEngine {
                         }
                     }
                 }
-                let e = Self::recv_provided_entry(fd);
-                self.start_op(conn, Slot::Read, Kind::RecvProvided { starved: false }, e);
+                let new = matches!(op, Op::RecvNew);
+                let e = Self::recv_provided_entry(fd, new);
+                let kind = Kind::RecvProvided {
+                    starved: false,
+                    new,
+                };
+                self.start_op(conn, Slot::Read, kind, e);
                 None
             }
             Op::Recv(Some(mut b)) => {
@@ -1245,7 +1326,7 @@ impl Engine for UringEngine {
                         }
                     }
                 }
-                let e = Self::recv_provided_entry(fd);
+                let e = Self::recv_provided_entry(fd, false);
                 self.start_op(conn, Slot::Read, Kind::Watch, e);
                 None
             }
@@ -1326,8 +1407,12 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.buffer_waits)
     }
 
+    fn take_reserve_waits(&mut self) -> u64 {
+        std::mem::take(&mut self.reserve_waits)
+    }
+
     fn gauges(&self) -> Gauges {
-        let lent = self.bufring.lent() as u64;
+        let lent = (self.bufring.lent() + self.bufring_new.lent()) as u64;
         Gauges {
             engine: "io_uring",
             connections: (self.conns.len() - self.dead.len()) as u64,
@@ -1360,7 +1445,7 @@ impl Drop for UringEngine {
             .filter(|(_, op)| {
                 matches!(
                     op.kind,
-                    Kind::RecvProvided { starved: true } | Kind::WatchFired { .. }
+                    Kind::RecvProvided { starved: true, .. } | Kind::WatchFired { .. }
                 )
             })
             .map(|(i, _)| i)
@@ -1388,6 +1473,7 @@ impl Drop for UringEngine {
         let _ = self.ring.submit();
         let (ring, pool) = (&self.ring, &mut self.pool);
         self.bufring.unregister(ring, pool);
+        self.bufring_new.unregister(ring, pool);
     }
 }
 

@@ -84,8 +84,10 @@ pub enum Op {
     SpliceOut { pipe: Pipe, len: u32 },
     /// Write slot. Shut down the sending side (FIN).
     Shutdown,
-    /// Read slot. Complete when the connection becomes readable (bytes or EOF) without
-    /// consuming anything: an idle pooled upstream connection watches for its backend closing.
+    /// Read slot. Complete when the connection becomes readable (bytes or EOF): an idle pooled
+    /// upstream connection watches for its backend closing. What arrived may be consumed (the
+    /// io_uring engine receives it): a connection is not read after its watch fired. A watch
+    /// cancelled before it fired leaves the connection's next receive everything.
     Watch,
 }
 

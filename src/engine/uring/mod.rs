@@ -19,9 +19,13 @@
 //!   `SPLICE` on its worker threads only, and `SpliceIn` must never wait (`Bytes(0)` when
 //!   nothing is readable now). A `SpliceOut` the socket cannot take waits on a `POLL_ADD` for
 //!   writability, then splices again.
-//! - `Watch` is a `POLL_ADD` for readability. Cancelling it (a pooled upstream connection being
-//!   reused) does not go to the kernel: the poll stays armed, detached, fires harmlessly when
-//!   the response arrives, and is re-attached if the connection is pooled again before that.
+//! - `Watch` is a poll-first receive into a ring buffer, like `Recv(None)`: it completes when
+//!   bytes or an EOF arrive (and gives the buffer back: a watched connection is not read after
+//!   its watch fired). Cancelling it (a pooled upstream connection being reused) does not go to
+//!   the kernel: the receive stays armed, detached, and *is* the connection's next
+//!   `Recv(None)` (the response): one poll and one entry per response, not two. If it completes
+//!   while detached, what it got waits in the op for that receive; if the connection is pooled
+//!   again first, the watch is re-attached.
 //! - Accepting is a few single-shot `ACCEPT`s per listener in the kernel at once, each with
 //!   its own peer-address slot (no `getpeername` per connection). A listener's credit doubles
 //!   while the worker takes every connection they bring (up to [`ACCEPT_CREDIT_MAX`]) and drops
@@ -68,6 +72,8 @@ use std::time::{Duration, Instant};
 const SQ_ENTRIES: u32 = 2048;
 /// Completion queue entries (the kernel keeps overflow, `IORING_FEAT_NODROP`).
 const CQ_ENTRIES: u32 = 16384;
+/// Completions copied out of the queue at a time.
+const CQE_BATCH: usize = 64;
 /// Most accepts a listener keeps in the kernel at once (its credit grows up to this).
 const ACCEPT_CREDIT_MAX: u32 = 64;
 /// A new listener's credit.
@@ -111,6 +117,14 @@ enum Kind {
         starved: bool,
         new: bool,
     },
+    /// A watch: a poll-first receive into a ring buffer (see the module doc).
+    Watch,
+    /// A detached watch that completed (no entry in flight): what its receive got, for the
+    /// connection's next receive (or watch).
+    WatchFired {
+        buf: Option<Buf>,
+        res: i32,
+    },
     /// A send; the argument-table entry of a two-slice send.
     Send(Slice, Option<Slice>, u32),
     /// A splice to the socket waiting for writability.
@@ -118,7 +132,6 @@ enum Kind {
     Shutdown,
     /// A connect; its argument-table entry (the address).
     Connect(u32),
-    Watch,
 }
 
 #[derive(Debug)]
@@ -205,6 +218,8 @@ pub struct UringEngine {
     starved_new: VecDeque<(ConnId, u32)>,
     /// Entries that did not fit in the submission queue.
     backlog: Vec<squeue::Entry>,
+    /// `reap`'s batch of completions (user data, result, flags).
+    cqes: Vec<(u64, i32, u32)>,
     waker: Arc<UringWaker>,
     /// Where the eventfd read lands (stable: boxed).
     wake_buf: Box<u64>,
@@ -256,6 +271,7 @@ impl UringEngine {
             starved: VecDeque::new(),
             starved_new: VecDeque::new(),
             backlog: Vec::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker: Arc::new(UringWaker(efd)),
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -440,10 +456,13 @@ impl UringEngine {
         let Some(op) = self.ops.get_mut(idx as usize) else {
             return;
         };
-        if let Kind::RecvProvided { starved: true, .. } = op.kind {
+        if matches!(
+            op.kind,
+            Kind::RecvProvided { starved: true, .. } | Kind::WatchFired { .. }
+        ) {
             // Nothing in the kernel: done at once.
-            self.ops.remove(idx as usize);
-            return;
+            let op = self.ops.remove(idx as usize);
+            return self.recycle(op.kind);
         }
         if op.orphan {
             return;
@@ -471,6 +490,11 @@ impl UringEngine {
             }
             Kind::SpliceOut(p, _) => self.pipes.discard(p),
             Kind::Connect(args) => self.args.release(args),
+            Kind::WatchFired { buf, .. } => {
+                if let Some(b) = buf {
+                    self.pool.release(b);
+                }
+            }
             Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch => {}
         }
     }
@@ -589,26 +613,28 @@ impl UringEngine {
 
     /// Turns the completions in the queue into events.
     fn reap(&mut self, out: &mut Vec<Event>) {
+        // Copied out of the queue in batches (completing one needs `&mut self`), into a
+        // buffer kept between calls: nothing to zero or allocate per reap.
+        let mut batch = std::mem::take(&mut self.cqes);
         loop {
-            let mut batch = [(0u64, 0i32, 0u32); 64];
-            let mut n = 0;
+            batch.clear();
             {
                 let mut cq = self.ring.completion();
                 for c in &mut cq {
-                    batch[n] = (c.user_data(), c.result(), c.flags());
-                    n += 1;
-                    if n == batch.len() {
+                    batch.push((c.user_data(), c.result(), c.flags()));
+                    if batch.len() == CQE_BATCH {
                         break;
                     }
                 }
             }
-            for &(u, res, flags) in &batch[..n] {
+            for &(u, res, flags) in &batch {
                 self.complete(u, res, flags, out);
             }
-            if n < batch.len() {
+            if batch.len() < CQE_BATCH {
                 break;
             }
         }
+        self.cqes = batch;
         for slot in self.accept_ready.drain(..) {
             out.push(Event::Accept(slot));
         }
@@ -724,6 +750,23 @@ impl UringEngine {
             return;
         };
         if op.orphan {
+            let detached_watch = matches!(op.kind, Kind::Watch)
+                && self
+                    .conns
+                    .get(op.conn as usize)
+                    .is_some_and(|c| c.watch == idx && c.sock.is_some());
+            if detached_watch && res != -libc::EAGAIN && res != -libc::EINTR {
+                // Kept for the connection's next receive: bytes (or an EOF) it took are the
+                // response's (or what makes the connection unusable).
+                op.kind = Kind::WatchFired { buf: provided, res };
+                return;
+            }
+            if detached_watch {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                return self.resubmit(idx);
+            }
             let op = self.ops.remove(idx as usize);
             if let Some(b) = provided {
                 self.pool.release(b);
@@ -763,34 +806,18 @@ impl UringEngine {
                 }
                 return;
             }
+            (Kind::Watch, r) if r == -libc::EAGAIN || r == -libc::EINTR => {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                return self.resubmit(idx);
+            }
             _ => {}
         }
         let op = self.ops.remove(idx as usize);
         self.unslot(conn, idx);
         let done = match op.kind {
-            Kind::RecvProvided { .. } => match (res, provided) {
-                (n, Some(mut b)) if n > 0 => {
-                    b.fill(n as usize);
-                    Done::Recv {
-                        buf: Some(b),
-                        res: Xfer::Bytes(n as u32),
-                    }
-                }
-                (n, b) => {
-                    if let Some(b) = b {
-                        self.pool.release(b);
-                    }
-                    Done::Recv {
-                        buf: None,
-                        res: match n {
-                            0 => Xfer::Eof,
-                            n if n < 0 => Xfer::Failed(-n),
-                            // Bytes without a buffer: the kernel broke its word.
-                            _ => Xfer::Failed(libc::EIO),
-                        },
-                    }
-                }
-            },
+            Kind::RecvProvided { .. } => recv_provided_done(res, provided, &mut self.pool),
             Kind::Recv(mut b) => {
                 let res = match res {
                     0 => Xfer::Eof,
@@ -821,15 +848,9 @@ impl UringEngine {
                 self.args.release(args);
                 Done::Connect(xfer(res))
             }
-            Kind::Watch => Done::Watch(if res < 0 {
-                Xfer::Failed(-res)
-            } else if res as i16 & libc::POLLERR != 0 {
-                Xfer::Failed(libc::ECONNRESET)
-            } else if res as i16 & (libc::POLLHUP | libc::POLLRDHUP) != 0 {
-                Xfer::Eof
-            } else {
-                Xfer::Bytes(1)
-            }),
+            Kind::Watch => watch_done(res, provided, &mut self.pool),
+            // Never in flight (kept out of `ops_done` by the orphan path).
+            Kind::WatchFired { buf, res } => watch_done(res, buf, &mut self.pool),
         };
         out.push(Event::Done(conn, done));
     }
@@ -907,6 +928,50 @@ fn xfer(res: i32) -> Xfer {
     } else {
         Xfer::Failed(-res)
     }
+}
+
+/// The `Done` of a provided-buffer receive that completed with `res` (and the ring buffer the
+/// kernel picked, if any).
+#[inline]
+fn recv_provided_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
+    match (res, provided) {
+        (n, Some(mut b)) if n > 0 => {
+            b.fill(n as usize);
+            Done::Recv {
+                buf: Some(b),
+                res: Xfer::Bytes(n as u32),
+            }
+        }
+        (n, b) => {
+            if let Some(b) = b {
+                pool.release(b);
+            }
+            Done::Recv {
+                buf: None,
+                res: match n {
+                    0 => Xfer::Eof,
+                    n if n < 0 => Xfer::Failed(-n),
+                    // Bytes without a buffer: the kernel broke its word.
+                    _ => Xfer::Failed(libc::EIO),
+                },
+            }
+        }
+    }
+}
+
+/// The `Done` of a watch whose receive completed with `res`: bytes (consumed: a watched
+/// connection is not read after its watch fired), EOF or a failure. `ENOBUFS`: bytes arrived
+/// while the ring was empty.
+#[inline]
+fn watch_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
+    if let Some(b) = provided {
+        pool.release(b);
+    }
+    Done::Watch(match res {
+        0 => Xfer::Eof,
+        r if r > 0 || r == -libc::ENOBUFS => Xfer::Bytes(1),
+        r => Xfer::Failed(-r),
+    })
 }
 
 #[inline]
@@ -1086,10 +1151,47 @@ impl Engine for UringEngine {
         let Some(fd) = c.sock.as_ref().map(AsRawFd::as_raw_fd) else {
             return Some(failed(op));
         };
+        if c.watch != NONE && matches!(op, Op::Recv(Some(_)) | Op::SpliceIn { .. }) {
+            // A detached watch is a receive still armed: only a provided-buffer receive may
+            // take it over (a reused connection's first read is one), any other read could
+            // race it for the same bytes. Fail safe rather than lose or reorder them.
+            return Some(super::failed(op, libc::EIO));
+        }
         match op {
             Op::Recv(None) | Op::RecvNew => {
                 if c.read != NONE {
                     return Some(failed(op));
+                }
+                if c.watch != NONE {
+                    // A pooled connection reused: its detached watch is the receive this asks
+                    // for (see the module doc).
+                    let idx = std::mem::replace(&mut c.watch, NONE);
+                    if let Some(op) = self.ops.get_mut(idx as usize) {
+                        match std::mem::replace(&mut op.kind, Kind::Shutdown) {
+                            Kind::WatchFired { buf, res } if res != -libc::ENOBUFS => {
+                                self.ops.remove(idx as usize);
+                                return Some(recv_provided_done(res, buf, &mut self.pool));
+                            }
+                            Kind::WatchFired { buf, .. } => {
+                                // Bytes came while the ring was empty: receive them now.
+                                if let Some(b) = buf {
+                                    self.pool.release(b);
+                                }
+                                self.ops.remove(idx as usize);
+                            }
+                            _ => {
+                                // Still in the kernel: it now completes as this receive.
+                                // (Its entry is of the ring of work in progress.)
+                                op.kind = Kind::RecvProvided {
+                                    starved: false,
+                                    new: false,
+                                };
+                                op.orphan = false;
+                                c.read = idx;
+                                return None;
+                            }
+                        }
+                    }
                 }
                 let new = matches!(op, Op::RecvNew);
                 let e = Self::recv_provided_entry(fd, new);
@@ -1207,18 +1309,24 @@ impl Engine for UringEngine {
                     return Some(failed(Op::Watch));
                 }
                 if c.watch != NONE {
-                    // The detached poll is still armed: take it back.
-                    let idx = c.watch;
-                    c.watch = NONE;
-                    c.read = idx;
-                    if let Some(op) = self.ops.get_mut(idx as usize) {
-                        op.orphan = false;
+                    // The detached watch: take it back (or what it got, if it fired).
+                    let idx = std::mem::replace(&mut c.watch, NONE);
+                    let fired = match self.ops.get_mut(idx as usize) {
+                        Some(op) if matches!(op.kind, Kind::WatchFired { .. }) => true,
+                        Some(op) => {
+                            c.read = idx;
+                            op.orphan = false;
+                            return None;
+                        }
+                        None => false,
+                    };
+                    if fired {
+                        if let Kind::WatchFired { buf, res } = self.ops.remove(idx as usize).kind {
+                            return Some(watch_done(res, buf, &mut self.pool));
+                        }
                     }
-                    return None;
                 }
-                let e =
-                    opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-                        .build();
+                let e = Self::recv_provided_entry(fd, false);
                 self.start_op(conn, Slot::Read, Kind::Watch, e);
                 None
             }
@@ -1330,14 +1438,21 @@ impl Drop for UringEngine {
         for (_, op) in self.ops.iter_mut() {
             op.orphan = true;
         }
-        let starved: Vec<usize> = self
+        // Ops with nothing in the kernel end at once.
+        let idle: Vec<usize> = self
             .ops
             .iter()
-            .filter(|(_, op)| matches!(op.kind, Kind::RecvProvided { starved: true, .. }))
+            .filter(|(_, op)| {
+                matches!(
+                    op.kind,
+                    Kind::RecvProvided { starved: true, .. } | Kind::WatchFired { .. }
+                )
+            })
             .map(|(i, _)| i)
             .collect();
-        for i in starved {
-            self.ops.remove(i);
+        for i in idle {
+            let op = self.ops.remove(i);
+            self.recycle(op.kind);
         }
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
@@ -1359,5 +1474,132 @@ impl Drop for UringEngine {
         let (ring, pool) = (&self.ring, &mut self.pool);
         self.bufring.unregister(ring, pool);
         self.bufring_new.unregister(ring, pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// An engine with one connection to a peer this test holds (`None` where the kernel
+    /// refuses io_uring: nothing to test there).
+    fn pair() -> Option<(UringEngine, ConnId, TcpStream)> {
+        let setup = probe::probe(false).ok()?;
+        let mut e =
+            UringEngine::new(BufferPool::new(4096, 64), PipePool::new(4), setup).expect("engine");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let conn = e.connect(l.local_addr().expect("addr")).expect("connect");
+        // The `CONNECT` goes to the kernel at the next poll.
+        let d = next_done(&mut e, conn).expect("connected");
+        assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
+        let (peer, _) = l.accept().expect("accept");
+        Some((e, conn, peer))
+    }
+
+    /// Polls until `conn`'s next `Done` (at most ~2 s).
+    fn next_done(e: &mut UringEngine, conn: ConnId) -> Option<Done> {
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            e.poll(Duration::from_millis(50), &mut out).expect("poll");
+            for ev in out.drain(..) {
+                if let Event::Done(c, d) = ev {
+                    if c == conn {
+                        return Some(d);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn settle(e: &mut UringEngine) {
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            e.poll(Duration::from_millis(20), &mut out).expect("poll");
+        }
+        assert!(out.is_empty(), "nothing delivered: {out:?}");
+    }
+
+    /// A watch (nothing to read yet), cancelled as a pooled connection's is when reused.
+    fn detach_watch(e: &mut UringEngine, conn: ConnId) {
+        assert!(e.submit(conn, Op::Watch).is_none(), "nothing to read yet");
+        e.cancel(conn, Slot::Read);
+    }
+
+    /// Closes `conn` and checks the engine holds nothing any more.
+    fn close_clean(e: &mut UringEngine, conn: ConnId, linger: Linger) {
+        e.close(conn, linger);
+        settle(e);
+        let g = e.gauges();
+        assert_eq!(
+            (g.ops_in_flight, g.buffers_in_use, g.connections),
+            (0, 0, 0)
+        );
+    }
+
+    fn received(e: &mut UringEngine, done: Done) -> Vec<u8> {
+        let Done::Recv {
+            buf: Some(b),
+            res: Xfer::Bytes(_),
+        } = done
+        else {
+            panic!("bytes received: {done:?}")
+        };
+        let v = e.pool.data(&b).to_vec();
+        e.pool.release(b);
+        v
+    }
+
+    #[test]
+    fn a_detached_watch_is_the_next_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        detach_watch(&mut e, conn);
+        settle(&mut e);
+        // The receive takes over the armed watch: no second entry, the bytes arrive in it.
+        assert!(e.submit(conn, Op::Recv(None)).is_none());
+        assert_eq!(e.ops.len(), 1, "one op in flight for the connection");
+        peer.write_all(b"response").expect("write");
+        let d = next_done(&mut e, conn).expect("the response");
+        assert_eq!(received(&mut e, d), b"response");
+        close_clean(&mut e, conn, Linger::Graceful);
+    }
+
+    #[test]
+    fn a_detached_watch_that_fired_keeps_what_it_got_for_the_next_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        detach_watch(&mut e, conn);
+        peer.write_all(b"early").expect("write");
+        // The watch completes while detached: nothing is delivered, nothing is lost.
+        settle(&mut e);
+        let d = e.submit(conn, Op::Recv(None)).expect("at once");
+        assert_eq!(received(&mut e, d), b"early");
+        assert_eq!(e.gauges().ops_in_flight, 0);
+        // An EOF kept the same way, and given to a watch re-attached instead.
+        detach_watch(&mut e, conn);
+        drop(peer);
+        settle(&mut e);
+        assert!(matches!(
+            e.submit(conn, Op::Watch),
+            Some(Done::Watch(Xfer::Eof))
+        ));
+        close_clean(&mut e, conn, Linger::Graceful);
+    }
+
+    #[test]
+    fn closing_with_a_fired_detached_watch_leaks_nothing() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        detach_watch(&mut e, conn);
+        peer.write_all(b"unasked").expect("write");
+        settle(&mut e);
+        assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
+        close_clean(&mut e, conn, Linger::Reset);
     }
 }

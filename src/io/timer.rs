@@ -6,12 +6,17 @@
 //! field store, never a wheel operation. Deadlines beyond one revolution simply come round
 //! again. Stale entries (closed session, or generation changed) are ignored.
 //!
-//! Hot path: slot vectors keep their capacity; no allocation in steady state.
+//! Hot path: slot vectors keep a small capacity ([`SLOT_KEEP`]); no allocation in steady
+//! state. A slot that fired more entries than that (a connection storm armed thousands in one
+//! tick) gives the excess back: otherwise every one of the 4,096 slots would keep the largest
+//! burst it ever saw, and the wheel's memory would creep up with uptime (perf/soak).
 
 use std::time::{Duration, Instant};
 
 pub const TICK: Duration = Duration::from_millis(10);
 const SLOTS: usize = 4096;
+/// Entries' worth of capacity a slot keeps after it fires.
+const SLOT_KEEP: usize = 16;
 
 pub struct TimerWheel {
     slots: Vec<Vec<(usize, u32)>>,
@@ -73,9 +78,12 @@ impl TimerWheel {
         // More than one revolution behind: each slot needs visiting once only.
         let steps = (target - self.cursor).min(SLOTS as u64);
         for i in 1..=steps {
-            let slot = ((self.cursor + i) % SLOTS as u64) as usize;
-            self.len -= self.slots[slot].len();
-            out.append(&mut self.slots[slot]);
+            let slot = &mut self.slots[((self.cursor + i) % SLOTS as u64) as usize];
+            self.len -= slot.len();
+            out.append(slot);
+            if slot.capacity() > SLOT_KEEP {
+                slot.shrink_to(SLOT_KEEP);
+            }
         }
         self.cursor = target;
     }
@@ -118,6 +126,31 @@ impl TimerWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_gives_back_the_capacity_of_a_burst() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let at = t0 + Duration::from_millis(25);
+        for key in 0..5000 {
+            w.insert(key, 0, at);
+        }
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(30), &mut out);
+        assert_eq!(out.len(), 5000);
+        let held: usize = w.slots.iter().map(Vec::capacity).sum();
+        assert!(
+            held <= SLOT_KEEP,
+            "the wheel still holds {held} entries' worth"
+        );
+        // Small slots keep theirs: steady traffic does not allocate.
+        w.insert(1, 0, t0 + Duration::from_millis(45));
+        let slot = w.slots.iter().position(|s| !s.is_empty()).expect("armed");
+        let cap = w.slots[slot].capacity();
+        out.clear();
+        w.advance(t0 + Duration::from_millis(50), &mut out);
+        assert_eq!(w.slots[slot].capacity(), cap);
+    }
 
     #[test]
     fn fires_not_before_deadline() {

@@ -190,7 +190,7 @@ fn restart_with_a_dead_backend_makes_no_connect_to_it_before_its_first_check() {
     let cfg = format!(
         "[server]\nworkers = 2\nstate_dir = {:?}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
          protocol = \"http\"\ncluster = \"app\"\n[[clusters]]\nname = \"app\"\nbackends = [\"{g}\", \"{dead}\"]\n\
-         [clusters.health]\nprotocol = \"http\"\npath = \"/health\"\ninterval = \"2s\"\ntimeout = \"300ms\"\n",
+         [clusters.health]\nprotocol = \"http\"\npath = \"/health\"\ninterval = \"2s\"\ntimeout = \"1s\"\n",
         state_dir.path().display().to_string()
     );
     for round in 0..2 {

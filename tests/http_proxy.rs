@@ -1287,6 +1287,91 @@ fn a_request_lost_on_a_reused_connection_is_retried_on_a_fresh_one() {
 }
 
 #[test]
+fn a_request_lost_across_a_config_change_is_still_retried() {
+    // Backend 0 answers the first request of each connection, so the proxy pools it. The
+    // second request on a pooled connection waits while the test changes the configuration
+    // (a weight of the other backend: the cluster keeps its backends); then it is dropped
+    // without an answer, and so is every request backend 0 sees after it. The request had
+    // started on the snapshot before the change: it must still be retried, and reach
+    // backend 1 (once a soak's GET got 502 here: its fresh attempt was not allowed a retry).
+    use std::sync::atomic::AtomicBool;
+    let arrived = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let (a, g) = (Arc::clone(&arrived), Arc::clone(&go));
+    let b0 = Backend::spawn(Arc::new(move |mut s: TcpStream, _st: &BackendState| {
+        let mut pending = Vec::new();
+        for n in 0.. {
+            let Some(head) = read_head(&mut s, &mut pending) else {
+                return;
+            };
+            if a.load(Ordering::SeqCst) {
+                return;
+            }
+            if n == 1 {
+                a.store(true, Ordering::SeqCst);
+                let end = std::time::Instant::now() + Duration::from_secs(10);
+                while !g.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return;
+            }
+            let Some(_body) = read_body(&mut s, &mut pending, &head) else {
+                return;
+            };
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nid=b0\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }));
+    let b1 = http_backend("b1", None);
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"",
+        &[(
+            "app",
+            &[b0.addr, b1.addr],
+            "balance = \"round_robin\"\nretries = 1",
+        )],
+    ));
+    let web = p.addr("web");
+    let client = std::thread::spawn(move || {
+        let mut c = Client::new(web);
+        (0..4)
+            .map(|i| {
+                c.send(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+                c.recv(false)
+                    .map_or((0, "no answer".to_string()), |r| (r.status, r.field("id")))
+            })
+            .collect::<Vec<_>>()
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "a request on a pooled connection to backend 0",
+        || arrived.load(Ordering::SeqCst),
+    );
+    let r = util::client::call(
+        p.addr("admin"),
+        "PATCH",
+        &format!("/v1/clusters/app/backends/{}", b1.addr),
+        Some("{\"weight\":2}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A new connection makes the worker follow the new snapshot.
+    let _other = TcpStream::connect(web).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    go.store(true, Ordering::SeqCst);
+    let answers = join_timeout(client, Duration::from_secs(20), "client");
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "every GET answered: {answers:?}; {}",
+        p.stats()
+    );
+    assert!(http_stat(&p, "retries") >= 1, "{}", p.stats());
+}
+
+#[test]
 fn absolute_form_targets_and_http_1_0_keep_alive() {
     let b = http_backend("b1", None);
     let p = simple(&b);

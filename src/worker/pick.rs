@@ -189,6 +189,37 @@ impl Balancers {
         }
     }
 
+    /// The index, in these balancers, of cluster `c`: cluster `ci` of snapshot `version`,
+    /// which may be older than these balancers' (a request that started before a config
+    /// change). `Some` when the cluster is still there with the same backends in the same
+    /// order (only weights, limits or settings changed): picks, outlier counts and the retry
+    /// budget then carry on across the change. `None` when it changed shape.
+    #[inline]
+    pub(super) fn index_for(&self, version: u64, c: &Cluster, ci: usize) -> Option<usize> {
+        if version == self.version {
+            return Some(ci);
+        }
+        self.follow_index(c, ci)
+    }
+
+    #[cold]
+    fn follow_index(&self, c: &Cluster, ci: usize) -> Option<usize> {
+        let i = match self.by_cluster.get(ci) {
+            Some(s) if s.table().cluster() == c.name => ci,
+            _ => self
+                .by_cluster
+                .iter()
+                .position(|s| s.table().cluster() == c.name)?,
+        };
+        let table = self.by_cluster.get(i)?.table();
+        let same_backends = table.len() == c.backends.len()
+            && c.backends
+                .iter()
+                .enumerate()
+                .all(|(j, b)| table.addr(j) == Some(b.addr));
+        same_backends.then_some(i)
+    }
+
     /// Earns retry tokens for one request routed to cluster `ci` (`budget` per request).
     #[inline]
     pub(super) fn earn(&mut self, ci: usize, budget: f64) {
@@ -295,6 +326,31 @@ mod tests {
                 Pick::Backend(0)
             );
         }
+    }
+
+    #[test]
+    fn a_cluster_of_an_older_snapshot_maps_to_its_index_while_its_backends_stay() {
+        let c1 = config(&[("a", "round_robin", &[1, 2]), ("b", "round_robin", &[3, 4])]);
+        let s1 = snap(1, &c1, None);
+        let mut b = Balancers::build(&s1, None);
+        assert_eq!(b.index_for(1, &s1.clusters[1], 1), Some(1));
+        // Reordered clusters, same backends: b is found by name.
+        let c2 = config(&[("b", "round_robin", &[3, 4]), ("a", "round_robin", &[1, 2])]);
+        let s2 = snap(2, &c2, Some(&s1));
+        b.update(&s2);
+        assert_eq!(b.index_for(1, &s1.clusters[1], 1), Some(0));
+        assert_eq!(b.index_for(1, &s1.clusters[0], 0), Some(1));
+        // a's backends changed: a session of snapshot 1 cannot use the new numbering.
+        let c3 = config(&[("b", "round_robin", &[3, 4]), ("a", "round_robin", &[2, 1])]);
+        let s3 = snap(3, &c3, Some(&s2));
+        b.update(&s3);
+        assert_eq!(b.index_for(1, &s1.clusters[0], 0), None);
+        assert_eq!(b.index_for(1, &s1.clusters[1], 1), Some(0));
+        // A cluster that is gone.
+        let c4 = config(&[("a", "round_robin", &[2, 1])]);
+        let s4 = snap(4, &c4, Some(&s3));
+        b.update(&s4);
+        assert_eq!(b.index_for(1, &s1.clusters[1], 1), None);
     }
 
     #[test]

@@ -64,18 +64,25 @@ impl<E: Engine> Worker<E> {
                     FallBack::Handled => return,
                     FallBack::No => {}
                 }
-                let ci = match self.sessions.get_mut(key).map(|e| &mut e.session) {
-                    Some(Session::Http(s)) => match s.exchange_mut() {
-                        Some(x) => {
-                            x.retry.used += 1;
-                            x.target.cluster as usize
+                let (ci, snap) = match self.sessions.get_mut(key).map(|e| &mut e.session) {
+                    Some(Session::Http(s)) => {
+                        let snap = Arc::clone(&s.snapshot);
+                        match s.exchange_mut() {
+                            Some(x) => {
+                                x.retry.used += 1;
+                                (x.target.cluster as usize, snap)
+                            }
+                            None => return,
                         }
-                        None => return,
-                    },
+                    }
                     _ => return,
                 };
                 self.drop_upstream(key, Linger::Graceful);
-                if !self.balancers.spend(ci) {
+                let bi = snap
+                    .clusters
+                    .get(ci)
+                    .and_then(|c| self.balancers.index_for(snap.version, c, ci));
+                if !bi.is_some_and(|bi| self.balancers.spend(bi)) {
                     // Gated at hand-over; only a snapshot change in between gets here.
                     return self.no_upstream(key, 502);
                 }
@@ -189,12 +196,16 @@ impl<E: Engine> Worker<E> {
                 // A session routed on a snapshot newer than the balancers.
                 self.balancers.update(&snap);
             }
-            let same = self.balancers.version == snap.version;
-            let pick = if same {
+            // The balancers' index of this cluster: its own, or, for a session that started
+            // before a config change, the same cluster in the newer snapshot when its backends
+            // are unchanged (so a request that began before a weight change keeps its retries).
+            let bi = self.balancers.index_for(snap.version, cluster, ci);
+            let pick = if let Some(bi) = bi {
                 let ctx = PickCtx { hash };
-                self.balancers.pick(cluster, ci, tried, &ctx, self.env.now)
+                self.balancers.pick(cluster, bi, tried, &ctx, self.env.now)
             } else {
-                // The session predates the current snapshot: any untried backend of its own.
+                // The cluster changed shape since the session started: any untried backend
+                // of its own.
                 (0..cluster.backends.len())
                     .find(|&i| !tried.contains(i))
                     .map_or(Pick::Exhausted, Pick::Backend)
@@ -229,8 +240,8 @@ impl<E: Engine> Worker<E> {
             // up for another backend.
             if let Session::Http(s) = &mut e.session {
                 if let Some(x) = s.exchange_mut() {
-                    if same && x.target.attempts == 0 && x.retry.used == 0 {
-                        self.balancers.earn(ci, cluster.retry.budget);
+                    if let (Some(bi), 0, 0) = (bi, x.target.attempts, x.retry.used) {
+                        self.balancers.earn(bi, cluster.retry.budget);
                     }
                     let policy = &cluster.retry;
                     let another = (0..cluster.backends.len())
@@ -238,8 +249,7 @@ impl<E: Engine> Worker<E> {
                     let allowed = x.retry.used < policy.retries
                         && another
                         && (policy.non_idempotent || x.method.is_idempotent())
-                        && same
-                        && self.balancers.has_budget(ci);
+                        && bi.is_some_and(|bi| self.balancers.has_budget(bi));
                     // Release strategy `concurrent`: an older version may answer instead.
                     let fall_back = crate::release::can_fall_back(&x.release_tag);
                     x.retry = Retry {
@@ -325,16 +335,16 @@ impl<E: Engine> Worker<E> {
                 }
                 Err(_) => {
                     self.env.conns.connect_failed += 1;
-                    if same {
+                    if let Some(bi) = bi {
                         if let Some(d) = self.balancers.observe(
-                            ci,
+                            bi,
                             idx,
                             Duration::ZERO,
                             Outcome::Failure,
                             self.env.now,
                             true,
                         ) {
-                            self.ejected(ci, idx, d);
+                            self.ejected(bi, idx, d);
                         }
                     }
                 }
@@ -583,10 +593,14 @@ impl<E: Engine> Worker<E> {
         let Some(idx) = t.backend else {
             return;
         };
-        // A balancer built for another snapshot numbers the backends differently.
-        if self.balancers.version != e.session.snapshot().version {
+        // A balancer built for another snapshot may number the backends differently.
+        let snap = e.session.snapshot();
+        let Some(ci) = snap.clusters.get(t.cluster as usize).and_then(|c| {
+            self.balancers
+                .index_for(snap.version, c, t.cluster as usize)
+        }) else {
             return;
-        }
+        };
         let (from, verdict) = match (&e.session, since, outcome) {
             // TCP: the connect is the verdict (and its time P2C's latency sample).
             (Session::Tcp(_), _, _) => (t.started, true),
@@ -599,7 +613,6 @@ impl<E: Engine> Worker<E> {
             (Session::Http(_), Since::Upstream, Outcome::Success) => (t.started, false),
         };
         let rtt = self.env.now.saturating_duration_since(from);
-        let ci = t.cluster as usize;
         if let Some(d) =
             self.balancers
                 .observe(ci, idx as usize, rtt, outcome, self.env.now, verdict)

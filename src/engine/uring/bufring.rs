@@ -6,7 +6,10 @@
 //! The ring lends only what recent traffic needed: it starts with a few buffers and doubles its
 //! share each time a receive found it empty (`ENOBUFS`), up to a quarter of the pool. Its
 //! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
-//! engine reports them apart (`buffers_provided`).
+//! engine reports them apart (`buffers_provided`). When traffic falls (a connection storm is
+//! over), [`BufRing::shrink`] lends fewer again: the kernel cannot hand entries back, so the
+//! ring is unregistered (every lent buffer returns to the pool, where the pool's trim gives
+//! their pages back) and registered afresh with the smaller share.
 
 use crate::io::{Buf, BufferPool};
 use io_uring::types::BufRingEntry;
@@ -36,6 +39,10 @@ pub(super) struct BufRing {
     /// How many to keep lent.
     want: usize,
     registered: bool,
+    /// Buffers the kernel used since the last [`BufRing::shrink`], and whether a receive found
+    /// the ring empty meanwhile.
+    used: usize,
+    grew: bool,
 }
 
 // SAFETY: the mapping is owned by this struct alone (the kernel only reads it); moving the
@@ -75,6 +82,8 @@ impl BufRing {
             lent: 0,
             want: START.min(entries),
             registered: false,
+            used: 0,
+            grew: false,
         })
     }
 
@@ -111,6 +120,59 @@ impl BufRing {
     /// A receive found the ring empty: lend more from now on.
     pub(super) fn grow(&mut self) {
         self.want = (self.want * 2).min(self.slots.len());
+        self.grew = true;
+    }
+
+    /// Lends fewer buffers when the receives since the last call used less than half of the
+    /// share (and none found the ring empty): the share drops to twice what they used (at
+    /// least the starting share). When more are lent than that, the ring is unregistered,
+    /// its buffers go back to the pool, and it is registered again, empty (the engine's next
+    /// `refill` lends the new share). Returns whether it was rebuilt.
+    ///
+    /// Only when the caller guarantees that the kernel is not selecting buffers from the
+    /// ring meanwhile and that no completion naming one of its buffers is waiting: the
+    /// completion queue was just drained, and with `DEFER_TASKRUN` (no SQPOLL) completions
+    /// run only inside the engine's `io_uring_enter`, so none can run until the ring is back.
+    pub(super) fn shrink(&mut self, ring: &IoUring, pool: &mut BufferPool) -> io::Result<bool> {
+        let (used, grew) = (
+            std::mem::take(&mut self.used),
+            std::mem::take(&mut self.grew),
+        );
+        if !self.registered {
+            // A registration that failed earlier: try again (receives starve without it).
+            self.reset_tail();
+            self.register(ring)?;
+            self.registered = true;
+            return Ok(true);
+        }
+        let floor = START.min(self.slots.len());
+        let want = (used * 2)
+            .next_power_of_two()
+            .clamp(floor, self.slots.len());
+        if grew || want >= self.want {
+            return Ok(false);
+        }
+        self.want = want;
+        if self.lent <= want {
+            return Ok(false);
+        }
+        self.unregister(ring, pool);
+        self.reset_tail();
+        self.register(ring)?;
+        self.registered = true;
+        Ok(true)
+    }
+
+    /// Tail 0 in our copy and in the shared word, for a fresh registration (the kernel
+    /// starts its head at 0 and would otherwise see stale entries as lent).
+    fn reset_tail(&mut self) {
+        self.tail = 0;
+        // SAFETY: the tail field lives inside the mapping (entry 0's reserved word) and is
+        // 2-aligned; the ring is not registered now, so the kernel does not read it.
+        unsafe {
+            let t = BufRingEntry::tail(self.base.as_ptr()) as *const AtomicU16;
+            (*t).store(0, Ordering::Release);
+        }
     }
 
     /// Lends the ring buffers from the pool until it holds what it should (or the pool is
@@ -164,6 +226,7 @@ impl BufRing {
         let b = self.slots.get_mut(bid as usize)?.take()?;
         self.free.push(bid);
         self.lent -= 1;
+        self.used += 1;
         Some(b)
     }
 

@@ -106,8 +106,10 @@ enum Kind {
     RecvProvided {
         starved: bool,
     },
-    /// A send; the argument-table entry of a two-slice send.
-    Send(Slice, Option<Slice>, u32),
+    /// A send; the argument-table entry of a two-slice send; where its second slice waits in
+    /// the engine's `aside` table ([`NONE`]: none). Every connection's idle receive takes an
+    /// op entry as large as the largest kind, and a second slice is rare.
+    Send(Slice, u32, u32),
     /// A splice to the socket waiting for writability.
     SpliceOut(Pipe, u32),
     Shutdown,
@@ -205,6 +207,8 @@ pub struct UringEngine {
     /// `Drop` is draining the ring: completions are not re-armed.
     draining: bool,
     buffer_waits: u64,
+    /// Second slices of two-slice sends in flight ([`Kind::Send`]).
+    aside: Slab<Slice>,
     pool: BufferPool,
     pipes: PipePool,
 }
@@ -247,6 +251,7 @@ impl UringEngine {
             woken: false,
             draining: false,
             buffer_waits: 0,
+            aside: Slab::new(),
             pool,
             pipes,
         })
@@ -438,9 +443,9 @@ impl UringEngine {
     fn recycle(&mut self, kind: Kind) {
         match kind {
             Kind::Recv(b) => self.pool.release(b),
-            Kind::Send(a, b, args) => {
+            Kind::Send(a, args, bi) => {
                 self.pool.release(a.buf);
-                if let Some(b) = b {
+                if let Some(b) = self.aside.try_remove(bi as usize) {
                     self.pool.release(b.buf);
                 }
                 if args != NONE {
@@ -747,13 +752,13 @@ impl UringEngine {
                 };
                 Done::Recv { buf: Some(b), res }
             }
-            Kind::Send(a, b, args) => {
+            Kind::Send(a, args, bi) => {
                 if args != NONE {
                     self.args.release(args);
                 }
                 Done::Send {
                     a: a.buf,
-                    b: b.map(|s| s.buf),
+                    b: self.aside.try_remove(bi as usize).map(|s| s.buf),
                     res: xfer(res),
                 }
             }
@@ -1081,7 +1086,8 @@ impl Engine for UringEngine {
                         )
                     }
                 };
-                self.start_op(conn, Slot::Write, Kind::Send(a, b, args), e);
+                let bi = b.map_or(NONE, |s| self.aside.insert(s) as u32);
+                self.start_op(conn, Slot::Write, Kind::Send(a, args, bi), e);
                 None
             }
             // Never waits (see the module doc): `Bytes(0)` when nothing can move now.
@@ -1228,6 +1234,23 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.buffer_waits)
     }
 
+    /// The ring's share first (what it gives back lands in the pool, trimmed once it stayed
+    /// unused for an interval), then the pool.
+    fn trim(&mut self) -> crate::io::buffer::Trimmed {
+        if self.started
+            && self.setup.defer_taskrun
+            && !self.setup.sqpoll
+            && !self.draining
+            && self.ring.completion().is_empty()
+        {
+            let (ring, pool) = (&self.ring, &mut self.pool);
+            if let Err(e) = self.bufring.shrink(ring, pool) {
+                log::warn!("io_uring: registering the provided-buffer ring again failed ({e}); retrying in a second");
+            }
+        }
+        self.pool.trim()
+    }
+
     fn gauges(&self) -> Gauges {
         let lent = self.bufring.lent() as u64;
         Gauges {
@@ -1283,5 +1306,25 @@ impl Drop for UringEngine {
         let _ = self.ring.submit();
         let (ring, pool) = (&self.ring, &mut self.pool);
         self.bufring.unregister(ring, pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection's receive holds an op entry, as large as the largest kind: a
+    /// two-slice send keeps its second slice aside.
+    #[test]
+    fn op_entries_stay_small() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<super::InFlight>() <= 40,
+            "InFlight: {}",
+            size_of::<super::InFlight>()
+        );
+        assert!(
+            size_of::<super::Conn>() <= 16,
+            "Conn: {}",
+            size_of::<super::Conn>()
+        );
     }
 }

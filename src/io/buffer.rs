@@ -257,6 +257,27 @@ impl BufferPool {
         }
     }
 
+    /// Gives back a buffer that was not used during the current trim interval (one the
+    /// io_uring buffer ring lent and takes back unused): when nothing was drawn from its
+    /// class since the last trim, it joins the part the next trim gives back.
+    pub fn release_idle(&mut self, b: Buf) {
+        let class = usize::from(b.idx as usize >= self.count);
+        let untouched = self.trim[class].low == self.class_len(class);
+        self.release(b);
+        if untouched {
+            self.trim[class].low = self.class_len(class);
+        }
+    }
+
+    #[inline]
+    fn class_len(&self, class: usize) -> usize {
+        if class == 0 {
+            self.free.len()
+        } else {
+            self.large_free.len()
+        }
+    }
+
     /// The pending bytes.
     #[inline]
     pub fn data(&self, b: &Buf) -> &[u8] {
@@ -465,6 +486,27 @@ mod tests {
         assert_eq!(t.bytes, 4096, "only the page without a buffer in use");
         assert_eq!(p.data(&keep), b"hi");
         p.release(keep);
+    }
+
+    #[test]
+    fn buffers_given_back_unused_join_the_cold_part() {
+        let mut p = BufferPool::new(4096, 8);
+        // Lent (say to the kernel) during a burst, used, and back.
+        churn(&mut p, 4);
+        let lent: Vec<Buf> = (0..2).map(|_| p.checkout().expect("buffer")).collect();
+        p.trim();
+        // A quiet interval: nothing drawn; the lent buffers come back unused.
+        for b in lent {
+            p.release_idle(b);
+        }
+        assert_eq!(p.trim().buffers, 4, "all four warm buffers at once");
+        assert_eq!(p.warm(), 0);
+        // Not so when the interval drew from the pool: then they are the hot set.
+        let b = p.checkout().expect("buffer");
+        let c = p.checkout().expect("buffer");
+        p.release(b);
+        p.release_idle(c);
+        assert_eq!(p.trim().buffers, 0);
     }
 
     #[test]

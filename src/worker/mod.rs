@@ -506,8 +506,7 @@ impl<E: Engine> Worker<E> {
             if self.env.now.duration_since(self.last_trim) >= crate::io::buffer::TRIM_INTERVAL {
                 self.last_trim = self.env.now;
                 if self.engine.trim().buffers > 0 {
-                    // A burst is over: the tables it grew left their old copies behind.
-                    crate::sys::release_free_heap();
+                    self.after_burst();
                 }
             }
             if let Some(deadline) = self.shutdown {
@@ -522,6 +521,23 @@ impl<E: Engine> Worker<E> {
         }
         self.flush_stats(0);
         Ok(())
+    }
+
+    /// A burst is over (the buffer trim gave pages back): the per-turn lists shrink back to
+    /// their start-up size (a storm's completions can fill tens of thousands of events in
+    /// one turn), and the allocator returns what the grown tables left behind (their old
+    /// copies) to the kernel.
+    fn after_burst(&mut self) {
+        const KEEP: usize = 1024;
+        self.events.shrink_to(KEEP);
+        self.expired.shrink_to(KEEP);
+        if self.ready.is_empty() {
+            self.ready.shrink_to(KEEP);
+        }
+        if self.starved.is_empty() {
+            self.starved.shrink_to(KEEP);
+        }
+        crate::sys::release_free_heap();
     }
 
     /// Times the loop turn that just ended (from the last poll's return to now): one clock read

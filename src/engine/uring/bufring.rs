@@ -156,7 +156,8 @@ impl BufRing {
         if self.lent <= want {
             return Ok(false);
         }
-        self.unregister(ring, pool);
+        // Lent and not taken since the last call (fewer than half were used): cold.
+        self.unregister_with(ring, pool, BufferPool::release_idle);
         self.reset_tail();
         self.register(ring)?;
         self.registered = true;
@@ -232,13 +233,22 @@ impl BufRing {
 
     /// Unregisters the ring (the kernel lets go of it) and returns the buffers to the pool.
     pub(super) fn unregister(&mut self, ring: &IoUring, pool: &mut BufferPool) {
+        self.unregister_with(ring, pool, BufferPool::release);
+    }
+
+    fn unregister_with(
+        &mut self,
+        ring: &IoUring,
+        pool: &mut BufferPool,
+        give_back: fn(&mut BufferPool, Buf),
+    ) {
         if self.registered {
             let _ = ring.submitter().unregister_buf_ring(BGID);
             self.registered = false;
         }
         for (bid, s) in self.slots.iter_mut().enumerate() {
             if let Some(b) = s.take() {
-                pool.release(b);
+                give_back(pool, b);
                 self.free.push(bid as u16);
             }
         }

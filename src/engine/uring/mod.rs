@@ -1234,8 +1234,8 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.buffer_waits)
     }
 
-    /// The ring's share first (what it gives back lands in the pool, trimmed once it stayed
-    /// unused for an interval), then the pool.
+    /// The ring's share first (what it gives back lands in the pool: when it sat unused in
+    /// the ring, the same trim gives its pages back), then the pool.
     fn trim(&mut self) -> crate::io::buffer::Trimmed {
         if self.started
             && self.setup.defer_taskrun

@@ -135,14 +135,24 @@ pub struct Region {
 unsafe impl Send for Region {}
 
 impl Region {
-    /// `len` zeroed bytes (none resident yet). Panics only if the address space is exhausted,
-    /// as a failed `vec!` would (at start-up, where the pool is created).
+    /// `len` zeroed bytes (none resident yet). Aborts only if the address space is
+    /// exhausted, as a failed `vec!` would (at start-up, where the pool is created).
     pub fn new(len: usize) -> Region {
+        Region::try_new(len).unwrap_or_else(|_| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(len, 4096)
+                    .unwrap_or(std::alloc::Layout::new::<u8>()),
+            )
+        })
+    }
+
+    /// `len` zeroed bytes, or the mapping's error.
+    pub fn try_new(len: usize) -> io::Result<Region> {
         if len == 0 {
-            return Region {
+            return Ok(Region {
                 ptr: std::ptr::NonNull::dangling(),
                 len: 0,
-            };
+            });
         }
         // SAFETY: a new anonymous private mapping; no existing memory is touched.
         let p = unsafe {
@@ -156,15 +166,11 @@ impl Region {
             )
         };
         if p == libc::MAP_FAILED {
-            std::alloc::handle_alloc_error(
-                std::alloc::Layout::from_size_align(len, 4096)
-                    .unwrap_or(std::alloc::Layout::new::<u8>()),
-            );
+            return Err(io::Error::last_os_error());
         }
-        Region {
-            ptr: std::ptr::NonNull::new(p.cast::<u8>()).unwrap_or(std::ptr::NonNull::dangling()),
-            len,
-        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Region { ptr, len })
     }
 
     /// Gives back the memory of the whole pages inside bytes `[start, end)` (a page that

@@ -27,7 +27,10 @@ const MAX_ENTRIES: usize = 4096;
 
 pub(super) struct BufRing {
     base: NonNull<BufRingEntry>,
-    map_len: usize,
+    /// The mapping `base` points into (unmapped when the ring drops: the kernel no longer
+    /// uses it by then, unregistered or its ring closed; a registered ring's pages are pinned
+    /// by the kernel until then, so unmapping early could not corrupt memory either).
+    _map: crate::sys::Region,
     mask: u16,
     /// Our tail (published to the kernel after each addition).
     tail: u16,
@@ -56,25 +59,12 @@ impl BufRing {
         let cap = (pool_count / 4).clamp(1, MAX_ENTRIES);
         let entries = 1usize << (usize::BITS - 1 - cap.leading_zeros());
         let map_len = (entries * std::mem::size_of::<BufRingEntry>()).next_multiple_of(4096);
-        // SAFETY: an anonymous private mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<BufRingEntry>())
+        let mut map = crate::sys::Region::try_new(map_len)?;
+        let base = NonNull::new(map.as_mut_ptr().cast::<BufRingEntry>())
             .ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(BufRing {
             base,
-            map_len,
+            _map: map,
             mask: (entries - 1) as u16,
             tail: 0,
             slots: (0..entries).map(|_| None).collect(),
@@ -253,16 +243,5 @@ impl BufRing {
             }
         }
         self.lent = 0;
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created by `new` with this length and is unmapped once; the
-        // kernel no longer uses it (unregistered, or its ring is closed: a registered ring's
-        // pages are pinned by the kernel until then, so unmapping early cannot corrupt memory).
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.map_len);
-        }
     }
 }

@@ -366,8 +366,9 @@ pub struct Worker<E: Engine> {
     obs: WorkerStats,
     stats_tx: StatsSender,
     last_flush: Instant,
-    /// When the engine last trimmed its buffer memory ([`Engine::trim`]).
-    last_trim: Instant,
+    /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
+    /// loop turn.
+    next_trim: Instant,
     /// The longest loop turn so far (poll return to the next poll), µs, and how many turns
     /// took [`SLOW_TURN`] or longer: a worker stall shows here first (reported with the
     /// engine gauges).
@@ -457,7 +458,7 @@ impl<E: Engine> Worker<E> {
             obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
-            last_trim: now,
+            next_trim: now + crate::io::buffer::TRIM_INTERVAL,
             loop_max_us: 0,
             slow_turns: 0,
             accept_again: Vec::new(),
@@ -503,8 +504,8 @@ impl<E: Engine> Worker<E> {
             if self.env.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
                 self.flush_stats(0);
             }
-            if self.env.now.duration_since(self.last_trim) >= crate::io::buffer::TRIM_INTERVAL {
-                self.last_trim = self.env.now;
+            if self.env.now >= self.next_trim {
+                self.next_trim = self.env.now + crate::io::buffer::TRIM_INTERVAL;
                 if self.engine.trim().buffers > 0 {
                     self.after_burst();
                 }

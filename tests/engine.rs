@@ -714,11 +714,19 @@ fn an_idle_proxy_gives_back_the_buffer_memory_of_a_burst() {
             })
         })
         .collect();
-    wait_until(
-        Duration::from_secs(20),
-        "the uploads holding buffers",
-        || u64_at(&p.stats(), "/engine/buffers_in_use") >= CLIENTS as u64 * 3 / 4,
-    );
+    let d = Deadline::after(Duration::from_secs(20));
+    loop {
+        let st = p.stats();
+        if u64_at(&st, "/engine/buffers_in_use") >= CLIENTS as u64 * 3 / 4 {
+            break;
+        }
+        assert!(
+            !d.expired(),
+            "the uploads hold no buffers: {}",
+            st["engine"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(200));
     let peak_rss = p.rss_kib();
     let peak_warm = u64_at(&p.stats(), "/engine/buffers_warm");

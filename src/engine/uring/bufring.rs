@@ -7,9 +7,7 @@
 //! share each time a receive found it empty (`ENOBUFS`), up to a quarter of the pool. Its
 //! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
 //! engine reports them apart (`buffers_provided`). When traffic falls (a connection storm is
-//! over), [`BufRing::shrink`] lends fewer again: the kernel cannot hand entries back, so the
-//! ring is unregistered (every lent buffer returns to the pool, where the pool's trim gives
-//! their pages back) and registered afresh with the smaller share.
+//! over), [`BufRing::shrink`] lends fewer from then on; what is lent stays lent until used.
 
 use crate::io::{Buf, BufferPool};
 use io_uring::types::BufRingEntry;
@@ -113,56 +111,22 @@ impl BufRing {
         self.grew = true;
     }
 
-    /// Lends fewer buffers when the receives since the last call used less than half of the
-    /// share (and none found the ring empty): the share drops to twice what they used (at
-    /// least the starting share). When more are lent than that, the ring is unregistered,
-    /// its buffers go back to the pool, and it is registered again, empty (the engine's next
-    /// `refill` lends the new share). Returns whether it was rebuilt.
-    ///
-    /// Only when the caller guarantees that the kernel is not selecting buffers from the
-    /// ring meanwhile and that no completion naming one of its buffers is waiting: the
-    /// completion queue was just drained, and with `DEFER_TASKRUN` (no SQPOLL) completions
-    /// run only inside the engine's `io_uring_enter`, so none can run until the ring is back.
-    pub(super) fn shrink(&mut self, ring: &IoUring, pool: &mut BufferPool) -> io::Result<bool> {
+    /// Lends fewer buffers from now on when the receives since the last call used less than
+    /// half of the share (and none found the ring empty): the share drops to twice what they
+    /// used (at least the starting share). Buffers already lent stay lent until the kernel
+    /// uses them (taking them back means unregistering the ring under armed receives, which
+    /// starved receives in testing; not done).
+    pub(super) fn shrink(&mut self) {
         let (used, grew) = (
             std::mem::take(&mut self.used),
             std::mem::take(&mut self.grew),
         );
-        if !self.registered {
-            // A registration that failed earlier: try again (receives starve without it).
-            self.reset_tail();
-            self.register(ring)?;
-            self.registered = true;
-            return Ok(true);
-        }
         let floor = START.min(self.slots.len());
         let want = (used * 2)
             .next_power_of_two()
             .clamp(floor, self.slots.len());
-        if grew || want >= self.want {
-            return Ok(false);
-        }
-        self.want = want;
-        if self.lent <= want {
-            return Ok(false);
-        }
-        // Lent and not taken since the last call (fewer than half were used): cold.
-        self.unregister_with(ring, pool, BufferPool::release_idle);
-        self.reset_tail();
-        self.register(ring)?;
-        self.registered = true;
-        Ok(true)
-    }
-
-    /// Tail 0 in our copy and in the shared word, for a fresh registration (the kernel
-    /// starts its head at 0 and would otherwise see stale entries as lent).
-    fn reset_tail(&mut self) {
-        self.tail = 0;
-        // SAFETY: the tail field lives inside the mapping (entry 0's reserved word) and is
-        // 2-aligned; the ring is not registered now, so the kernel does not read it.
-        unsafe {
-            let t = BufRingEntry::tail(self.base.as_ptr()) as *const AtomicU16;
-            (*t).store(0, Ordering::Release);
+        if !grew && want < self.want {
+            self.want = want;
         }
     }
 
@@ -223,22 +187,13 @@ impl BufRing {
 
     /// Unregisters the ring (the kernel lets go of it) and returns the buffers to the pool.
     pub(super) fn unregister(&mut self, ring: &IoUring, pool: &mut BufferPool) {
-        self.unregister_with(ring, pool, BufferPool::release);
-    }
-
-    fn unregister_with(
-        &mut self,
-        ring: &IoUring,
-        pool: &mut BufferPool,
-        give_back: fn(&mut BufferPool, Buf),
-    ) {
         if self.registered {
             let _ = ring.submitter().unregister_buf_ring(BGID);
             self.registered = false;
         }
         for (bid, s) in self.slots.iter_mut().enumerate() {
             if let Some(b) = s.take() {
-                give_back(pool, b);
+                pool.release(b);
                 self.free.push(bid as u16);
             }
         }

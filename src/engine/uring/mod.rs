@@ -1234,20 +1234,9 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.buffer_waits)
     }
 
-    /// The ring's share first (what it gives back lands in the pool: when it sat unused in
-    /// the ring, the same trim gives its pages back), then the pool.
+    /// The ring lends fewer when receives slowed down; then the pool.
     fn trim(&mut self) -> crate::io::buffer::Trimmed {
-        if self.started
-            && self.setup.defer_taskrun
-            && !self.setup.sqpoll
-            && !self.draining
-            && self.ring.completion().is_empty()
-        {
-            let (ring, pool) = (&self.ring, &mut self.pool);
-            if let Err(e) = self.bufring.shrink(ring, pool) {
-                log::warn!("io_uring: registering the provided-buffer ring again failed ({e}); retrying in a second");
-            }
-        }
+        self.bufring.shrink();
         self.pool.trim()
     }
 

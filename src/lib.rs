@@ -34,7 +34,8 @@
 //!   (ready/reload/upgrade/stop as the service manager sees them), [`sd`] (sd_notify, the
 //!   watchdog, socket activation), [`upgrade`] (zero-downtime binary upgrade), [`signals`],
 //!   [`logging`], [`quick`] (the Foo and FaaS compatible command lines), [`ctl`],
-//!   [`demo`] (the demo backend), [`sys`] (operating-system facts).
+//!   [`demo`] (the demo backend), [`sys`] (operating-system facts), [`heap`] (the allocator,
+//!   jemalloc, and its figures).
 #![deny(unsafe_code)]
 
 pub mod accesslog;
@@ -52,6 +53,7 @@ pub mod discovery;
 pub mod engine;
 pub mod faults;
 pub mod health;
+pub mod heap;
 pub mod http;
 pub mod io;
 pub mod lbaas;

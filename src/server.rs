@@ -460,6 +460,7 @@ fn start(
             id,
             buffer_size: cfg.server.buffer_size,
             buffers: cfg.server.buffers_per_worker,
+            buffers_reserve: cfg.server.buffers_reserve,
             pipes: cfg.server.splice_pipes_per_worker,
             large_buffer_size,
             large_buffers: if large_buffer_size > 0 {

@@ -422,11 +422,15 @@ fn layout_of(
         }
         eat(if c.panic { b"panic" } else { b"ok" });
     }
-    // Per-version stats are indexed by (service, version in version order).
+    // Per-version stats are indexed by (service, version in version order); a version alone
+    // on its cluster takes the cluster's counters at flush, so its cluster and whether it
+    // shares it are part of the layout too.
     for s in services {
         eat(s.name.as_bytes());
         for v in &s.versions {
             eat(&v.id);
+            eat(&(v.cluster as u64).to_le_bytes());
+            eat(&[u8::from(v.shares_cluster)]);
         }
     }
     h

@@ -108,20 +108,6 @@ pub fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-/// Gives the allocator's free memory back to the kernel: glibc keeps the pages of freed
-/// chunks (the old copies of tables that grew during a connection storm, say) resident until
-/// told otherwise; `malloc_trim` returns every whole free page of every arena. Called by a
-/// worker after a burst (when its buffer trim gave pages back), so at most about once per
-/// trim interval per worker, and only after traffic fell. A no-op with other C libraries.
-pub fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: `malloc_trim` only walks the allocator's own free lists, under its own locks;
-    // none of our memory is named or touched.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Zeroed memory for a buffer pool: one anonymous private mapping, page-aligned, so the kernel
 /// backs a page only once it is first written, and [`Region::release`] can give pages back
 /// (they read as zeros again and take no memory until written).

@@ -178,3 +178,101 @@ fn exhausted_buffer_pool_is_back_pressure_not_failure() {
         "{st}"
     );
 }
+
+/// A pool far smaller than the requests waiting for an upstream: 48 keep-alive clients, 16
+/// buffers, 2 upstream connections to a slow backend. The requests that wait hold buffers
+/// with their heads; without a reserve for the exchanges in progress those could not read
+/// their answers until the waiting requests timed out (503s). With it every request is
+/// answered, only later, and the stats say that new requests waited at the reserve.
+#[test]
+fn more_waiting_requests_than_buffers_slow_down_not_stall() {
+    const CLIENTS: usize = 48;
+    const ROUNDS: usize = 3;
+    let demo = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "slow"],
+        &["demo-backend"],
+    );
+    let cfg = format!(
+        r#"[server]
+workers = 1
+buffers_per_worker = 16
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+
+[[clusters]]
+name = "app"
+backends = ["{}"]
+max_connections_per_backend = 2
+max_pending = 1000
+connect_timeout = "20s"
+"#,
+        demo.addr("demo-backend")
+    );
+    let proxy = Proxy::start(&cfg);
+    let web = proxy.addr("web");
+    let t0 = Instant::now();
+    let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let start = start.clone();
+            spawn_small("client", move || -> Result<(), String> {
+                let mut c = util::client::Client::new(web);
+                start.wait();
+                for r in 0..ROUNDS {
+                    let resp = c
+                        .request("GET", "/?delay_ms=20", &[], None)
+                        .map_err(|e| format!("client {i} request {r}: {e}"))?;
+                    if resp.status != 200 {
+                        return Err(format!("client {i} request {r}: status {}", resp.status));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for c in clients {
+        if let Err(e) = join_timeout(c, Duration::from_secs(90), "client") {
+            failures.push(e);
+        }
+    }
+    let took = t0.elapsed();
+    let st = proxy.stats();
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENTS} clients failed after {took:?} (first: {}); stats {st}",
+        failures.len(),
+        failures[0]
+    );
+    // 144 answers of 20 ms over 2 connections take about 1.5 s; the bound is generous for a
+    // loaded machine but far below the stall, which ends only at the 20 s timeouts.
+    assert!(
+        took < Duration::from_secs(15),
+        "{CLIENTS} x {ROUNDS} requests took {took:?}: stalled until timeouts? {st}"
+    );
+    assert_eq!(
+        http_of(&st, "timeouts") + http_of(&st, "no_backend"),
+        0,
+        "{st}"
+    );
+    // The client reconnects once after an error: every request went on its first connection.
+    assert_eq!(
+        tcp_of(&st, "accepted"),
+        CLIENTS as u64,
+        "no connection broke: {st}"
+    );
+    assert!(
+        tcp_of(&st, "buffer_reserve_waits") > 0,
+        "new requests waited at the reserve, and the stats say so: {st}"
+    );
+    eprintln!(
+        "{} requests in {took:?}; buffer_waits {}, buffer_reserve_waits {}",
+        CLIENTS * ROUNDS,
+        tcp_of(&st, "buffer_waits"),
+        tcp_of(&st, "buffer_reserve_waits")
+    );
+}

@@ -295,6 +295,36 @@ fn workers_out_of_range() {
 }
 
 #[test]
+fn buffers_reserve_must_leave_buffers_for_new_requests() {
+    expect_errors(
+        &mutate(
+            "buffers_per_worker = 4096",
+            "buffers_per_worker = 4096\nbuffers_reserve = 4096",
+        ),
+        &["server.buffers_reserve: 4096 must be less than buffers_per_worker (4096)"],
+    );
+    expect_errors(
+        &mutate(
+            "buffers_per_worker = 4096",
+            "buffers_per_worker = 4096\nbuffers_reserve = -1",
+        ),
+        &["server.buffers_reserve: "],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ok = mutate(
+        "buffers_per_worker = 4096",
+        "buffers_per_worker = 4096\nbuffers_reserve = 0",
+    );
+    let path = write(dir.path(), "ok.toml", &ok);
+    let out = run_to_exit(
+        &["check".as_ref(), "-c".as_ref(), path.as_os_str()],
+        dir.path(),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "0 turns it off: {}", out.stderr);
+}
+
+#[test]
 fn connect_attempts_zero_rejected() {
     expect_errors(
         &mutate("connect_attempts = 3", "connect_attempts = 0"),

@@ -236,8 +236,26 @@ backends = ["{f}"]
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no request duration count for app in:\n{text}"));
     assert!(count > 100, "histogram count {count}");
+    // The allocator's figures: some live heap, and at least that much resident.
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let (allocated, resident) = (
+        gauge("switchyard_heap_allocated_bytes"),
+        gauge("switchyard_heap_resident_bytes"),
+    );
+    assert!(
+        allocated > 0.0 && resident >= allocated,
+        "{allocated} {resident}"
+    );
     // /stats is the SIGUSR2 object; the draining backend shows as such.
     let st = call(admin, "GET", "/stats", None).json();
+    assert!(
+        st["process"]["heap_allocated_bytes"].as_u64() > Some(0),
+        "{st}"
+    );
     assert_eq!(
         st["clusters"]["app"]["backends"]["127.0.0.1:1"]["state"], "draining",
         "{st}"

@@ -167,6 +167,7 @@ pub struct RawServer {
     pub pin_workers: Option<bool>,
     pub buffer_size: Option<RawSize>,
     pub buffers_per_worker: Option<u64>,
+    pub buffers_reserve: Option<u64>,
     pub splice_pipes_per_worker: Option<u64>,
     pub max_connections: Option<u64>,
     pub backlog: Option<u64>,
@@ -389,6 +390,9 @@ pub struct ServerConfig {
     pub pin_workers: bool,
     pub buffer_size: usize,
     pub buffers_per_worker: usize,
+    /// Buffers of each worker's pool that only work in progress may take (resolved: unset is
+    /// an eighth of the pool, at least 32, at most half).
+    pub buffers_reserve: usize,
     /// Pipes for zero-copy forwarding of bulk TCP flows; 0 disables splicing.
     pub splice_pipes_per_worker: usize,
     pub max_connections: usize,
@@ -1227,11 +1231,27 @@ fn validate(
             "buffer_size × buffers_per_worker exceeds 64GiB per worker",
         );
     }
+    let default_reserve = crate::io::BufferPool::default_reserve(buffers as usize) as u64;
+    let buffers_reserve = match server.buffers_reserve {
+        Some(n) if n >= buffers => {
+            errs.add(
+                "server.buffers_reserve",
+                format!(
+                    "{n} must be less than buffers_per_worker ({buffers}): new requests would \
+                     never get a buffer"
+                ),
+            );
+            default_reserve
+        }
+        Some(n) => n,
+        None => default_reserve,
+    };
     let server_cfg = ServerConfig {
         workers,
         pin_workers: server.pin_workers.unwrap_or(false),
         buffer_size: buffer_size as usize,
         buffers_per_worker: buffers as usize,
+        buffers_reserve: buffers_reserve as usize,
         splice_pipes_per_worker: int_field(
             "server.splice_pipes_per_worker",
             server.splice_pipes_per_worker,
@@ -1748,6 +1768,7 @@ connect_timeout = "250ms"
         assert_eq!(c.server.workers, 2);
         assert_eq!(c.server.buffer_size, 8192);
         assert_eq!(c.server.buffers_per_worker, 4096);
+        assert_eq!(c.server.buffers_reserve, 512, "an eighth of the pool");
         assert_eq!(c.listeners[0].protocol, Protocol::Tcp);
         assert_eq!(c.listeners[0].idle_timeout, defaults::IDLE_TIMEOUT);
         let cl = &c.clusters[0];

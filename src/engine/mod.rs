@@ -19,8 +19,12 @@
 //! - after [`Engine::close`] or [`Engine::cancel`] no `Done` for the cancelled ops is ever
 //!   delivered: the engine returns their buffers and pipes to the pools itself, when the
 //!   kernel has let go of them;
-//! - a receive into an engine-provided buffer (`Op::Recv(None)`) holds no buffer while it
-//!   waits, so an idle connection holds none.
+//! - a receive into an engine-provided buffer (`Op::Recv(None)`, `Op::RecvNew`) holds no
+//!   buffer while it waits, so an idle connection holds none;
+//! - `Op::RecvNew` (new work: the next request's head, a new connection's first bytes) takes a
+//!   buffer only while the pool has more than its reserve free
+//!   ([`BufferPool::checkout_new`]); a waiting `Recv(None)` (work in progress) is served
+//!   before it. More waiting requests than buffers then slow down instead of stalling.
 //!
 //! HOT PATH: the trait's methods run per I/O; implementations allocate only when a table
 //! grows past its high-water mark.
@@ -66,6 +70,10 @@ pub enum Op {
     /// Read slot. Receive into the spare tail of this buffer (after its pending bytes), or,
     /// with `None`, into a buffer the engine takes from the pool when bytes arrive.
     Recv(Option<Buf>),
+    /// Read slot. `Recv(None)` for new work (the next request's head, a new connection's
+    /// first bytes): the engine takes the buffer only while the pool is above its reserve,
+    /// and serves waiting `Recv(None)`s first. Completes as [`Done::Recv`].
+    RecvNew,
     /// Write slot. Send the first slice, then the second, in one vectored write.
     Send(Slice, Option<Slice>),
     /// Read slot. Socket → pipe, at most `max` bytes, without waiting: `Bytes(0)` when nothing
@@ -76,8 +84,10 @@ pub enum Op {
     SpliceOut { pipe: Pipe, len: u32 },
     /// Write slot. Shut down the sending side (FIN).
     Shutdown,
-    /// Read slot. Complete when the connection becomes readable (bytes or EOF) without
-    /// consuming anything: an idle pooled upstream connection watches for its backend closing.
+    /// Read slot. Complete when the connection becomes readable (bytes or EOF): an idle pooled
+    /// upstream connection watches for its backend closing. What arrived may be consumed (the
+    /// io_uring engine receives it): a connection is not read after its watch fired. A watch
+    /// cancelled before it fired leaves the connection's next receive everything.
     Watch,
 }
 
@@ -260,6 +270,12 @@ pub trait Engine: Send + Sized {
     /// as `buffer_waits`).
     fn take_buffer_waits(&mut self) -> u64;
 
+    /// Of those, receives of new work (`Op::RecvNew`) that waited because the pool was down
+    /// to its reserve (shown as `buffer_reserve_waits`).
+    fn take_reserve_waits(&mut self) -> u64 {
+        0
+    }
+
     /// Gives back memory an idle worker no longer needs: the pages of pool buffers that stayed
     /// unused for a whole interval (and, on io_uring, the buffer ring's share beyond what
     /// recent receives used). Called by the worker every [`crate::io::buffer::TRIM_INTERVAL`];
@@ -378,6 +394,7 @@ pub fn failed(op: Op, errno: i32) -> Done {
     let res = Xfer::Failed(errno);
     match op {
         Op::Recv(buf) => Done::Recv { buf, res },
+        Op::RecvNew => Done::Recv { buf: None, res },
         Op::Send(a, b) => Done::Send {
             a: a.buf,
             b: b.map(|s| s.buf),
@@ -432,6 +449,6 @@ pub fn recycle_op(op: Op, pool: &mut BufferPool, pipes: &mut PipePool) {
             }
         }
         Op::SpliceOut { pipe, .. } => pipes.discard(pipe),
-        Op::Shutdown | Op::Watch => {}
+        Op::RecvNew | Op::Shutdown | Op::Watch => {}
     }
 }

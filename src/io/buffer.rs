@@ -17,6 +17,15 @@
 //! [`TRIM_BATCH`] buffers above `clean` (adjacent ones in one call) and raises `clean` past
 //! them. The hot set (what was checked out during the interval) is never touched.
 //!
+//! The last `reserve` free regular buffers are kept for work already in progress (HAProxy's
+//! `tune.buffers.reserve`): [`BufferPool::checkout_new`], for new work (the next request's
+//! head, a new connection's first bytes), fails while the pool is down to them. Without it,
+//! more waiting requests than buffers hold every buffer with their heads, and the exchanges
+//! already in progress cannot read their answers: a stall instead of a slow-down. New work
+//! already begun (a request whose head is in, needing a buffer for its rewritten head) may
+//! take half of the reserve ([`BufferPool::checkout_begun`]): it goes before new work not yet
+//! begun, and work in progress keeps the other half.
+//!
 //! Hot path: no allocation after `new`.
 
 /// How often the worker trims its pool (and the io_uring engine its buffer ring).
@@ -70,6 +79,8 @@ pub struct BufferPool {
     large_size: usize,
     large_count: usize,
     large_free: Vec<u32>,
+    /// Free regular buffers only work in progress may take.
+    reserve: usize,
     /// Trim bookkeeping of each class (see the module doc).
     trim: [TrimMarks; 2],
     /// Scratch for one trim's indices (sorted to coalesce runs); capacity [`TRIM_BATCH`].
@@ -126,6 +137,7 @@ impl BufferPool {
                 },
             ],
             scratch: Vec::with_capacity(TRIM_BATCH),
+            reserve: 0,
         }
     }
 
@@ -180,6 +192,35 @@ impl BufferPool {
     pub fn warm(&self) -> usize {
         let [small, large] = self.trim;
         (self.count - small.clean.min(small.low)) + (self.large_count - large.clean.min(large.low))
+    }
+
+    /// The default reserve of a pool of `count` buffers: an eighth, at least 32, and never
+    /// more than half the pool.
+    pub fn default_reserve(count: usize) -> usize {
+        (count / 8).max(32).min(count / 2)
+    }
+
+    /// Keeps the last `n` free regular buffers for work in progress (at most all but one).
+    pub fn set_reserve(&mut self, n: usize) {
+        self.reserve = n.min(self.count.saturating_sub(1));
+    }
+
+    #[inline]
+    pub fn reserve(&self) -> usize {
+        self.reserve
+    }
+
+    /// Whether new work may take a buffer now (more than the reserve is free).
+    #[inline]
+    pub fn above_reserve(&self) -> bool {
+        self.free.len() > self.reserve
+    }
+
+    /// Whether new work already begun may take a buffer now (more than half the reserve is
+    /// free).
+    #[inline]
+    pub fn admits_begun(&self) -> bool {
+        self.free.len() > self.reserve / 2
     }
 
     /// Start offset and capacity of buffer `idx`.
@@ -244,6 +285,26 @@ impl BufferPool {
             start: 0,
             end: 0,
         })
+    }
+
+    /// A buffer for new work (see the module doc): `None` while no more than the reserve is
+    /// free.
+    #[inline]
+    pub fn checkout_new(&mut self) -> Option<Buf> {
+        if self.free.len() <= self.reserve {
+            return None;
+        }
+        self.checkout()
+    }
+
+    /// A buffer for new work already begun (see the module doc): `None` while no more than
+    /// half the reserve is free.
+    #[inline]
+    pub fn checkout_begun(&mut self) -> Option<Buf> {
+        if !self.admits_begun() {
+            return None;
+        }
+        self.checkout()
     }
 
     #[inline]
@@ -526,6 +587,68 @@ mod tests {
             }
         );
         assert_eq!(p.warm(), 0);
+    }
+
+    #[test]
+    fn new_work_stops_at_the_reserve_work_in_progress_does_not() {
+        let mut p = BufferPool::new(8, 6);
+        p.set_reserve(2);
+        assert_eq!(p.reserve(), 2);
+        let mut new = Vec::new();
+        while let Some(b) = p.checkout_new() {
+            new.push(b);
+        }
+        assert_eq!(new.len(), 4, "new work takes all but the reserve");
+        assert_eq!(p.available(), 2);
+        assert!(!p.above_reserve());
+        let a = p
+            .checkout_begun()
+            .expect("begun work takes half the reserve");
+        assert!(
+            !p.admits_begun() && p.checkout_begun().is_none(),
+            "not more"
+        );
+        let b = p.checkout().expect("work in progress takes the rest");
+        assert!(p.checkout().is_none() && p.checkout_new().is_none());
+        p.release(a);
+        assert!(
+            p.checkout_new().is_none(),
+            "one free, reserve 2: new work waits"
+        );
+        p.release(b);
+        assert!(
+            p.checkout_new().is_none(),
+            "two free = the reserve: still waits"
+        );
+        p.release(new.pop().expect("one"));
+        assert!(p.above_reserve());
+        let c = p.checkout_new().expect("above the reserve again");
+        assert_eq!(p.available(), 2);
+        p.release(c);
+        for b in new {
+            p.release(b);
+        }
+        assert_eq!(p.in_use(), 0);
+    }
+
+    #[test]
+    fn the_reserve_never_takes_the_whole_pool_and_large_buffers_ignore_it() {
+        let mut p = BufferPool::with_large(8, 2, 16, 1);
+        p.set_reserve(10);
+        assert_eq!(p.reserve(), 1, "at most all but one");
+        let a = p.checkout_new().expect("one for new work");
+        assert!(p.checkout_new().is_none());
+        let l = p.checkout_large().expect("the large class has no reserve");
+        p.release(l);
+        p.release(a);
+        assert_eq!(BufferPool::default_reserve(4096), 512);
+        assert_eq!(BufferPool::default_reserve(128), 32);
+        assert_eq!(BufferPool::default_reserve(16), 8);
+        p.set_reserve(0);
+        let (x, y) = (p.checkout_new(), p.checkout_new());
+        assert!(x.is_some() && y.is_some(), "reserve 0: the pool as before");
+        p.release(x.expect("x"));
+        p.release(y.expect("y"));
     }
 
     #[test]

@@ -105,9 +105,10 @@ pub struct Tag {
     pub set_version: bool,
     /// Set a new transition cookie whose client part is `transition` ([`cookie::IdMaker`]).
     pub new_transition: bool,
-    /// The version's latency goes into a histogram of its own (its cluster serves others
-    /// too; see [`super::service::Version::shares_cluster`]).
-    pub own_histogram: bool,
+    /// The version's counters and latency are kept on their own (its cluster serves others
+    /// too; see [`super::service::Version::shares_cluster`]); otherwise the stats take its
+    /// cluster's.
+    pub own_stats: bool,
     /// A new gradual client's part of its transition id (hex digits), kept from the decision
     /// (its bucket) to the response (its cookie).
     pub transition: [u8; cookie::ID_SUFFIX_LEN],
@@ -121,7 +122,7 @@ impl Tag {
         failed: NONE,
         set_version: false,
         new_transition: false,
-        own_histogram: false,
+        own_stats: false,
         transition: [0; cookie::ID_SUFFIX_LEN],
     };
 
@@ -236,21 +237,26 @@ fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, no
     let Some(previous) = svc.previous.filter(|_| had != Some(svc.newest)) else {
         return svc.newest;
     };
-    let bucket = match req.transition().filter(|v| cookie::acceptable(v)) {
+    let known = req.transition().filter(|v| cookie::acceptable(v));
+    if known.is_none() {
+        // A new client: its id is the service's prefix and 48 random bits.
+        tag.new_transition = true;
+        tag.transition = cookie::IdMaker::suffix(cookie::mix(req.random));
+    }
+    // Its bucket: hashed from its id, or on from the prefix's FNV state for a new client.
+    let bucket = || match known {
         Some(id) => cookie::bucket(id),
-        None => {
-            // A new client: its id is the service's prefix and 48 random bits, hashed on
-            // from the prefix's FNV state.
-            tag.new_transition = true;
-            tag.transition = cookie::IdMaker::suffix(cookie::mix(req.random));
-            svc.ids.bucket(&tag.transition)
+        None => svc.ids.bucket(&tag.transition),
+    };
+    let moved = match svc.ramp {
+        // By request: the share passed bucket b at the `moves_at[b]`-th routed request
+        // (integers, no float per request); once it passed them all, no bucket is needed.
+        Some(Ramp::PerRequest(_)) => {
+            routed >= svc.moves_at[99] || routed >= svc.moves_at[usize::from(bucket())]
         }
+        _ => f64::from(bucket()) < svc.share(now),
     };
-    let share = match svc.ramp {
-        Some(Ramp::PerRequest(p)) => routed as f64 * p,
-        _ => svc.share(now),
-    };
-    if f64::from(bucket) < share {
+    if moved {
         svc.newest
     } else {
         had.unwrap_or(previous)
@@ -260,7 +266,7 @@ fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, no
 #[inline]
 fn finish(svc: &Service, tag: &mut Tag) -> usize {
     let v = &svc.versions[tag.version as usize];
-    tag.own_histogram = v.shares_cluster;
+    tag.own_stats = v.shares_cluster;
     v.cluster
 }
 
@@ -272,7 +278,7 @@ pub fn fall_back(svc: &Service, tag: &mut Tag) -> Option<usize> {
     }
     let v = svc.versions.get(tag.fallback as usize)?;
     let cluster = v.cluster;
-    tag.own_histogram = v.shares_cluster;
+    tag.own_stats = v.shares_cluster;
     tag.failed = tag.version;
     tag.version = tag.fallback;
     tag.fallback = NONE;
@@ -294,7 +300,7 @@ pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
             failed: NONE,
             set_version: false,
             new_transition: false,
-            own_histogram: v.shares_cluster,
+            own_stats: v.shares_cluster,
             ..*tag
         },
     ))
@@ -307,20 +313,14 @@ pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
 /// 12 hex digits written over their placeholder).
 #[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
+    if !tag.set_version {
+        return write_transition_only(svc, tag, out);
+    }
     let v = svc.versions.get(tag.version as usize).ok_or(Overflow)?;
-    let bytes: &[u8] = match (tag.set_version, tag.new_transition) {
-        (true, false) => &v.set_cookie_end,
-        (true, true) => &v.set_both_end,
-        (false, true) => {
-            let mut o = Out::new(out);
-            o.put(cookie::NEW_TRANSITION)?;
-            o.put(&svc.ids.prefix)?;
-            o.put(&tag.transition)?;
-            o.put(cookie::TRANSITION_ATTRIBUTES)?;
-            o.put(b"\r\n")?;
-            return Ok(o.len());
-        }
-        (false, false) => b"\r\n",
+    let bytes: &[u8] = if tag.new_transition {
+        &v.set_both_end
+    } else {
+        &v.set_cookie_end
     };
     let dst = out.get_mut(..bytes.len()).ok_or(Overflow)?;
     dst.copy_from_slice(bytes);
@@ -331,6 +331,22 @@ pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, 
             .copy_from_slice(&tag.transition);
     }
     Ok(bytes.len())
+}
+
+/// [`write_cookies`] without the version cookie (no strategy asks for it today): the
+/// transition cookie, if new, and the empty line.
+#[cold]
+#[inline(never)]
+fn write_transition_only(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
+    let mut o = Out::new(out);
+    if tag.new_transition {
+        o.put(cookie::NEW_TRANSITION)?;
+        o.put(&svc.ids.prefix)?;
+        o.put(&tag.transition)?;
+        o.put(cookie::TRANSITION_ATTRIBUTES)?;
+    }
+    o.put(b"\r\n")?;
+    Ok(o.len())
 }
 
 #[cfg(test)]

@@ -36,9 +36,9 @@ pub struct Version {
     pub set_both_end: Box<[u8]>,
     pub suffix_at: usize,
     /// Its cluster serves something else too (a listener, a route, FaaS routing, another
-    /// version): its latency needs a histogram of its own. Otherwise the cluster's histogram
-    /// holds exactly its requests, and the stats read that one (one histogram record per
-    /// request instead of two).
+    /// version): its counters and latency are kept on their own. Otherwise the cluster's
+    /// counters and histogram hold exactly its requests, and the stats take those (one count
+    /// and one histogram record per request instead of two).
     pub shares_cluster: bool,
 }
 
@@ -75,6 +75,9 @@ pub struct Service {
     pub seed: u64,
     /// gradual: how new clients' transition ids are made (from `seed`).
     pub ids: cookie::IdMaker,
+    /// gradual by request: the routed-request count from which each bucket (0–99) goes to
+    /// the newest version ([`moves_at`]).
+    pub moves_at: Box<[u64; 100]>,
     /// The live versions whose cookie ids are at most 8 bytes: (id packed little-endian, id
     /// length, version), for [`Service::live_by_id`] without a byte loop per version.
     live_short: Box<[(u64, u8, u16)]>,
@@ -175,6 +178,10 @@ impl Service {
             rollback: cfg.rollback.clone(),
             seed,
             ids,
+            moves_at: moves_at(match cfg.ramp {
+                Some(Ramp::PerRequest(p)) => p,
+                _ => 0.0,
+            }),
             live_short,
             live: live_state,
         })
@@ -240,13 +247,48 @@ impl Service {
     }
 }
 
-/// Up to 8 bytes as a little-endian word (the rest zero).
+/// gradual by request, `p` percentage points per routed request: for each bucket b, the
+/// smallest count n of routed requests with `n × p > b` in `f64` (the share after n requests
+/// has passed the bucket), `u64::MAX` for never. The share only grows with n, so
+/// `n >= moves_at[b]` is exactly `b < n × p`; found by bisection, once per snapshot.
+pub fn moves_at(p: f64) -> Box<[u64; 100]> {
+    let mut out = Box::new([u64::MAX; 100]);
+    for (b, slot) in out.iter_mut().enumerate() {
+        let passed = |n: u64| n as f64 * p > b as f64;
+        if !passed(u64::MAX) {
+            continue;
+        }
+        // passed(hi) holds, passed(lo) does not (0 × p is never above a bucket).
+        let (mut lo, mut hi) = (0u64, u64::MAX);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if passed(mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        *slot = hi;
+    }
+    out
+}
+
+/// Up to 8 bytes as one word that, with the length, tells them apart (longer slices: their
+/// first 8): the first and last 4 bytes (overlapping below 8), or below 4 the first, middle
+/// and last byte. No loop per byte.
 #[inline]
 fn pack(id: &[u8]) -> u64 {
-    id.iter()
-        .take(8)
-        .enumerate()
-        .fold(0, |k, (i, &b)| k | u64::from(b) << (8 * i))
+    let id = id.get(..8).unwrap_or(id);
+    let n = id.len();
+    match (id.first_chunk::<4>(), id.last_chunk::<4>()) {
+        (Some(lo), Some(hi)) => {
+            u64::from(u32::from_le_bytes(*lo)) | u64::from(u32::from_le_bytes(*hi)) << 32
+        }
+        _ => match (id.first(), id.get(n / 2), id.last()) {
+            (Some(&a), Some(&b), Some(&c)) => u64::from(a) | u64::from(b) << 8 | u64::from(c) << 16,
+            _ => 0,
+        },
+    }
 }
 
 /// Sets [`Version::shares_cluster`]: `direct[c]` says whether cluster `c` is a target of a
@@ -357,6 +399,35 @@ mod tests {
             &s.versions[0].set_cookie[..],
             b"Set-Cookie: dynsoftup=1.2; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n"
         );
+    }
+
+    #[test]
+    fn packed_ids_differ_when_the_bytes_do() {
+        // Every id of 0 to 8 bytes over three letters: no two of one length pack alike.
+        for n in 0..=8u32 {
+            let mut seen = HashMap::new();
+            for k in 0..3usize.pow(n) {
+                let id: Vec<u8> = (0..n).map(|i| b"1.9"[k / 3usize.pow(i) % 3]).collect();
+                if let Some(other) = seen.insert(pack(&id), id.clone()) {
+                    panic!("{id:?} and {other:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn moves_at_is_where_the_float_share_passes_each_bucket() {
+        for p in [0.01, 0.05, 0.1, 0.3, 0.5, 1.0, 7.0, 33.3, 100.0, 1e-7] {
+            let m = moves_at(p);
+            for b in 0..100u64 {
+                let n = m[b as usize];
+                assert!(n as f64 * p > b as f64, "p {p} bucket {b}: {n}");
+                assert!((n - 1) as f64 * p <= b as f64, "p {p} bucket {b}: {n}");
+            }
+        }
+        assert_eq!(moves_at(0.5)[3], 7, "the original README's example");
+        assert_eq!(moves_at(0.0)[0], u64::MAX, "never");
+        assert_eq!(moves_at(f64::NAN)[50], u64::MAX, "never");
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub enum Want {
     Yield,
     /// A pool buffer is needed and there is none: queue me until buffers come back.
     Buffer,
+    /// A pool buffer for new work already begun (a request whose head is in) is needed and
+    /// no more than half the pool's reserve is free: queue me until there is more
+    /// ([`crate::io::BufferPool::checkout_begun`]).
+    BufferNew,
     /// An upstream step for the worker (connect, balancer feedback, pool).
     Upstream(Up),
     Close(CloseReason),

@@ -11,7 +11,7 @@
 
 use super::flow::{End, Flow};
 use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};
-use crate::engine::{ConnId, Done};
+use crate::engine::{ConnId, Done, Op};
 use crate::io::Xfer;
 use crate::snapshot::Snapshot;
 use crate::stats::FooCounts;
@@ -220,6 +220,12 @@ impl TcpSession {
             let side = match end {
                 End::Source => Side::Downstream,
                 End::Destination => Side::Upstream,
+            };
+            // Until the client's first bytes went upstream, reading them is new work: it
+            // waits while the buffer pool is down to its reserve.
+            let op = match op {
+                Op::Recv(None) if self.total_up == 0 && self.up.moved == 0 => Op::RecvNew,
+                op => op,
             };
             return Want::Io(side, op);
         }

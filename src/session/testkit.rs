@@ -162,7 +162,7 @@ impl Kit {
     /// until [`Kit::poll`] finds it can complete).
     pub fn io(&mut self, side: Side, op: Op) -> Option<Done> {
         self.ops.push(match &op {
-            Op::Recv(_) => "recv",
+            Op::Recv(_) | Op::RecvNew => "recv",
             Op::Send(..) => "send",
             Op::SpliceIn { .. } => "splice_in",
             Op::SpliceOut { .. } => "splice_out",
@@ -174,7 +174,9 @@ impl Kit {
             Err(op) => {
                 let p = self.peer(side);
                 match op {
-                    Op::Recv(_) | Op::SpliceIn { .. } | Op::Watch => p.parked_read = Some(op),
+                    Op::Recv(_) | Op::RecvNew | Op::SpliceIn { .. } | Op::Watch => {
+                        p.parked_read = Some(op)
+                    }
                     _ => p.parked_write = Some(op),
                 }
                 None
@@ -217,6 +219,12 @@ impl Kit {
             Side::Upstream => (&mut self.pool, &mut self.upstream),
         };
         let failed = Xfer::Failed(libc::ECONNRESET);
+        // A receive of new work is a provided-buffer receive that stops at the reserve.
+        let (new, op) = match op {
+            Op::RecvNew => (true, Op::Recv(None)),
+            op => (false, op),
+        };
+        let parked = |buf: Option<Buf>| if new { Op::RecvNew } else { Op::Recv(buf) };
         match op {
             Op::Recv(buf) => {
                 if p.reset {
@@ -231,9 +239,13 @@ impl Kit {
                 if p.pos < p.input.len() {
                     let mut b: Buf = match buf {
                         Some(b) => b,
-                        None => match pool.checkout() {
+                        None => match if new {
+                            pool.checkout_new()
+                        } else {
+                            pool.checkout()
+                        } {
                             Some(b) => b,
-                            None => return Err(Op::Recv(None)),
+                            None => return Err(parked(None)),
                         },
                     };
                     let spare = pool.spare(&mut b);
@@ -262,8 +274,9 @@ impl Kit {
                         res: Xfer::Eof,
                     });
                 }
-                Err(Op::Recv(buf))
+                Err(parked(buf))
             }
+            Op::RecvNew => Err(Op::RecvNew),
             Op::Send(a, b) => {
                 if p.reset {
                     return Ok(Done::Send {

@@ -86,6 +86,10 @@ counters! {
         client_resets,
         /// Times a session had to wait for a pool buffer (back-pressure).
         buffer_waits,
+        /// ... of which new work (a request head, a new connection's first bytes) waited
+        /// because the pool was down to its reserve (`buffers_reserve`): the pool is too small
+        /// for the requests in flight, raise `buffers_per_worker`.
+        buffer_reserve_waits,
         /// Times a bounded loop hit its bound and yielded (fairness).
         loop_bound_hits,
         accept_errors,
@@ -240,6 +244,20 @@ counters! {
 }
 
 impl Traffic {
+    /// Adds what a request's end counts ([`WorkerStats::request_done`]: requests, status
+    /// classes, 502s and 504s, bytes out) of `o` (a cluster's, to the version alone on it).
+    fn add_requests_of(&mut self, o: &Traffic) {
+        self.requests += o.requests;
+        self.responses_1xx += o.responses_1xx;
+        self.responses_2xx += o.responses_2xx;
+        self.responses_3xx += o.responses_3xx;
+        self.responses_4xx += o.responses_4xx;
+        self.responses_5xx += o.responses_5xx;
+        self.upstream_errors += o.upstream_errors;
+        self.timeouts += o.timeouts;
+        self.bytes_out += o.bytes_out;
+    }
+
     #[inline]
     pub fn count_status(&mut self, status: u16) {
         match status / 100 {
@@ -256,6 +274,15 @@ impl Traffic {
             _ => {}
         }
     }
+}
+
+/// Whether the counters of a request's version come from its cluster's (at flush) rather
+/// than from counting the version too: the version is alone on its cluster
+/// ([`crate::release::service::Version::shares_cluster`]), and the cluster is counted
+/// (not with minimal stats, which keep versions only, for auto-rollback).
+#[inline]
+fn derived(tag: &crate::release::Tag, minimal: bool) -> bool {
+    !tag.own_stats && !minimal
 }
 
 /// A finished HTTP request, as the worker reports it.
@@ -331,30 +358,40 @@ impl StatSet {
     }
 
     /// A request routed through a service: its version's counters (and, concurrent, those of
-    /// the version that failed it first).
+    /// the version that failed it first). A version alone on its cluster that reached it is
+    /// not counted here: its figures are its cluster's, copied at flush ([`StatSet::take`]).
     #[inline]
     fn version_done(&mut self, r: &RequestDone, minimal: bool) {
+        if r.release.failed != crate::release::service::NONE {
+            self.version_failed(&r.release);
+        }
+        if derived(&r.release, minimal) && r.cluster.is_some() {
+            return;
+        }
         if let Some(t) = self.version(&r.release) {
             t.requests += 1;
             t.count_status(r.status);
             t.bytes_out += r.bytes_out;
         }
-        if r.release.failed != crate::release::service::NONE {
-            let failed = crate::release::Tag {
-                version: r.release.failed,
-                ..r.release
-            };
-            if let Some(t) = self.version(&failed) {
-                t.requests += 1;
-                t.responses_5xx += 1;
-            }
-            if let Some(n) = self.version_counts(&failed) {
-                n.fallbacks += 1;
-            }
-        }
         // A version alone on its cluster reads the cluster's histogram.
-        if !minimal && r.status != 0 && r.release.own_histogram {
+        if !minimal && r.status != 0 && r.release.own_stats {
             self.record_version(&r.release, HistKind::Request, r.latency);
+        }
+    }
+
+    /// concurrent: the version that failed a request another one answered.
+    #[cold]
+    fn version_failed(&mut self, tag: &crate::release::Tag) {
+        let failed = crate::release::Tag {
+            version: tag.failed,
+            ..*tag
+        };
+        if let Some(t) = self.version(&failed) {
+            t.requests += 1;
+            t.responses_5xx += 1;
+        }
+        if let Some(n) = self.version_counts(&failed) {
+            n.fallbacks += 1;
         }
     }
 
@@ -406,7 +443,7 @@ impl StatSet {
         }
     }
 
-    fn take(&mut self) -> SetDelta {
+    fn take(&mut self, minimal: bool) -> SetDelta {
         let zero = |v: &mut Vec<Traffic>| {
             let out = v.clone();
             v.iter_mut().for_each(|t| *t = Traffic::default());
@@ -415,7 +452,20 @@ impl StatSet {
         let listeners = zero(&mut self.listeners);
         let clusters = zero(&mut self.clusters);
         let backends = self.backends.iter_mut().map(zero).collect();
-        let versions = self.versions.iter_mut().map(zero).collect();
+        let mut versions: Vec<Vec<Traffic>> = self.versions.iter_mut().map(zero).collect();
+        // A version alone on its cluster: the cluster counted its requests (the layout, and so
+        // this set, fixes each version's cluster and whether it shares it).
+        if !minimal {
+            for (s, list) in self.snap.services.iter().zip(&mut versions) {
+                for (v, t) in s.versions.iter().zip(list.iter_mut()) {
+                    if !v.shares_cluster {
+                        if let Some(c) = clusters.get(v.cluster) {
+                            t.add_requests_of(c);
+                        }
+                    }
+                }
+            }
+        }
         let version_counts = self
             .version_counts
             .iter_mut()
@@ -619,8 +669,11 @@ impl WorkerStats {
                 t.upstream_errors += 1;
             }
         };
-        if let Some(t) = set.version(tag) {
-            count(t);
+        // A version alone on its cluster gets the cluster's figures at flush.
+        if !derived(tag, minimal) {
+            if let Some(t) = set.version(tag) {
+                count(t);
+            }
         }
         if minimal {
             return;
@@ -718,7 +771,7 @@ impl WorkerStats {
             .sets
             .iter_mut()
             .filter(|s| s.dirty)
-            .map(StatSet::take)
+            .map(|s| s.take(self.minimal))
             .collect();
         self.sets.retain(|s| Arc::strong_count(&s.snap) > 1);
         Some(Box::new(Detail {
@@ -1577,6 +1630,10 @@ impl Aggregator {
         m.insert("rss_bytes".into(), Value::from(p.rss_bytes));
         m.insert("open_fds".into(), Value::from(p.open_fds));
         m.insert("max_fds".into(), Value::from(p.max_fds));
+        if let Some(h) = crate::heap::figures() {
+            m.insert("heap_allocated_bytes".into(), Value::from(h.allocated));
+            m.insert("heap_resident_bytes".into(), Value::from(h.resident));
+        }
         m.insert("start_time_s".into(), Value::from(self.started_unix));
         Value::Object(m)
     }
@@ -1861,6 +1918,112 @@ pub type StatsSender = Sender<StatsMsg>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::release::{service::NONE, Tag};
+
+    /// A service of two versions on clusters `a` and `b`; `shared`: a second listener targets
+    /// `b` directly.
+    fn release_snap(shared: bool) -> Arc<Snapshot> {
+        let mut text = String::from(
+            r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+service = "shop"
+[[clusters]]
+name = "a"
+backends = ["127.0.0.1:1"]
+[[clusters]]
+name = "b"
+backends = ["127.0.0.1:2"]
+[[services]]
+name = "shop"
+strategy = "concurrent"
+versions = [{ version = "1.0", cluster = "a" }, { version = "1.1", cluster = "b" }]
+"#,
+        );
+        if shared {
+            text.push_str(
+                "[[listeners]]\nname = \"direct\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"b\"\n",
+            );
+        }
+        let cfg = crate::config::parse_str(&text).expect("valid");
+        Arc::new(Snapshot::build(&cfg, 1, None))
+    }
+
+    /// Every kind of request end a version sees, counted on a version alone on its cluster
+    /// (its figures copied from the cluster's at flush), with minimal stats, and on a version
+    /// sharing its cluster (counted one by one): the versions' figures are the same.
+    #[test]
+    fn a_version_alone_on_its_cluster_gets_the_same_figures() {
+        let run = |shared: bool, minimal: bool| {
+            let snap = release_snap(shared);
+            let tag = |v: u16| Tag {
+                service: 0,
+                version: v,
+                own_stats: snap.services[0].versions[v as usize].shares_cluster,
+                ..Tag::NONE
+            };
+            assert!(!tag(0).own_stats);
+            assert_eq!(tag(1).own_stats, shared);
+            let mut w = WorkerStats::new(minimal);
+            let done = |w: &mut WorkerStats, status, cluster, release| {
+                w.request_done(
+                    &snap,
+                    &RequestDone {
+                        listener: 0,
+                        cluster,
+                        backend: cluster.map(|_| 0),
+                        status,
+                        bytes_out: u64::from(status) * 3,
+                        latency: Duration::from_millis(2),
+                        ttfb: None,
+                        release,
+                    },
+                )
+            };
+            for (status, v) in [(200, 1), (404, 1), (502, 1), (504, 0), (101, 0), (0, 1)] {
+                done(&mut w, status, Some(v), tag(v as u16));
+            }
+            // Never reached a backend: counted on the version only.
+            done(&mut w, 503, None, tag(1));
+            // Fell back: 1.1 failed it, 1.0 answered.
+            let fell = Tag {
+                failed: 1,
+                ..tag(0)
+            };
+            assert_ne!(fell.failed, NONE);
+            done(&mut w, 200, Some(0), fell);
+            // Mirrored to 1.0: answered, and not.
+            w.mirror_done(&snap, &tag(0), 0, 0, 200, Duration::from_millis(1));
+            w.mirror_done(&snap, &tag(0), 0, 0, 0, Duration::from_millis(1));
+            let d = w.take_delta().expect("counted");
+            assert_eq!(d.sets.len(), 1);
+            let set = &d.sets[0];
+            (set.versions.clone(), set.clusters.clone())
+        };
+        let (counted, clusters) = run(true, false);
+        let v = |requests, r1, r2, r4, r5, up, to, bytes| Traffic {
+            requests,
+            responses_1xx: r1,
+            responses_2xx: r2,
+            responses_4xx: r4,
+            responses_5xx: r5,
+            upstream_errors: up,
+            timeouts: to,
+            bytes_out: bytes,
+            ..Traffic::default()
+        };
+        let expected = vec![vec![
+            v(5, 1, 2, 0, 1, 1, 1, 1_512 + 303 + 600),
+            v(6, 0, 1, 1, 3, 1, 0, 600 + 1_212 + 1_506 + 1_509),
+        ]];
+        assert_eq!(counted, expected);
+        assert_eq!(clusters[0].requests, 5, "{clusters:?}");
+        assert_eq!(run(false, false).0, expected, "alone on their clusters");
+        assert_eq!(run(false, true).0, expected, "minimal stats");
+        assert_eq!(run(true, true).0, expected, "minimal stats, shared");
+    }
 
     #[test]
     fn merge_and_json() {

@@ -221,6 +221,20 @@ pub fn render(a: &Aggregator) -> String {
     o.sample("process_open_fds", &[], p.open_fds as f64);
     o.family("process_max_fds", "gauge", "Open file descriptor limit.");
     o.sample("process_max_fds", &[], p.max_fds as f64);
+    if let Some(h) = crate::heap::figures() {
+        o.family(
+            "switchyard_heap_allocated_bytes",
+            "gauge",
+            "Bytes in live heap allocations (the allocator's count).",
+        );
+        o.sample("switchyard_heap_allocated_bytes", &[], h.allocated as f64);
+        o.family(
+            "switchyard_heap_resident_bytes",
+            "gauge",
+            "Resident bytes the allocator holds: live data, its metadata, free pages not yet returned.",
+        );
+        o.sample("switchyard_heap_resident_bytes", &[], h.resident as f64);
+    }
     o.family(
         "process_start_time_seconds",
         "gauge",

@@ -117,6 +117,11 @@ impl ProxyConn {
     }
 
     pub fn submit<E: Wire>(&mut self, engine: &mut E, conn: ConnId, op: Op) -> Option<Done> {
+        // Before the header is in, the session's first receive waits for the header's.
+        let op = match op {
+            Op::RecvNew if self.reading_header || self.failed => Op::Recv(None),
+            op => op,
+        };
         match op {
             Op::Recv(buf) if self.reading_header || self.failed => {
                 if self.failed {

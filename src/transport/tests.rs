@@ -118,6 +118,7 @@ impl MemEngine {
             }
             match self.parked[c].take() {
                 Some(Op::Recv(buf)) => out.push((c as ConnId, self.recv(c, buf))),
+                Some(Op::RecvNew) => out.push((c as ConnId, self.recv(c, None))),
                 Some(Op::Watch) => out.push((c as ConnId, Done::Watch(Xfer::Bytes(1)))),
                 other => self.parked[c] = other,
             }
@@ -147,7 +148,8 @@ impl Engine for MemEngine {
         let c = conn as usize;
         match op {
             Op::Recv(buf) if self.readable(c) && !self.dry[c] => Some(self.recv(c, buf)),
-            op @ (Op::Recv(_) | Op::Watch) => {
+            Op::RecvNew if self.readable(c) && !self.dry[c] => Some(self.recv(c, None)),
+            op @ (Op::Recv(_) | Op::RecvNew | Op::Watch) => {
                 assert!(self.parked[c].is_none(), "one op per slot");
                 self.parked[c] = Some(op);
                 None

@@ -244,7 +244,13 @@ impl TlsConn {
             return Some(crate::engine::failed(op, e));
         }
         match op {
-            Op::Recv(buf) => {
+            // The transport reads the records itself; a receive of new work is an ordinary
+            // one here (the handshake took the connection's first bytes already).
+            Op::Recv(_) | Op::RecvNew => {
+                let buf = match op {
+                    Op::Recv(b) => b,
+                    _ => None,
+                };
                 if let ReadWait::Recv(Some(old)) = std::mem::replace(&mut self.read, ReadWait::None)
                 {
                     engine.pools().0.release(old); // one op per slot: never here

@@ -3,7 +3,7 @@
 //!
 //! HOT PATH. No allocation, lock, blocking call or info-level log.
 
-use super::{cx, listener_closed, Entry, Owner, Waiting, Worker};
+use super::{cx, listener_closed, Entry, Owner, Queue, Waiting, Worker};
 use crate::engine::{recycle_op, Engine, Linger};
 use crate::session::{CloseReason, Session, Side, Want};
 use crate::transport::Transport;
@@ -58,13 +58,20 @@ impl<E: Engine> Worker<E> {
                 Want::Yield => {
                     self.env.conns.loop_bound_hits += 1;
                     self.after_drive(key);
-                    self.queue(key, false);
+                    self.queue(key, Queue::Ready);
                     return self.rearm_if_earlier(key);
                 }
                 Want::Buffer => {
                     self.env.conns.buffer_waits += 1;
                     self.after_drive(key);
-                    self.queue(key, true);
+                    self.queue(key, Queue::Buffer);
+                    return self.rearm_if_earlier(key);
+                }
+                Want::BufferNew => {
+                    self.env.conns.buffer_waits += 1;
+                    self.env.conns.buffer_reserve_waits += 1;
+                    self.after_drive(key);
+                    self.queue(key, Queue::BufferNew);
                     return self.rearm_if_earlier(key);
                 }
                 Want::Upstream(up) => self.upstream_step(key, up),
@@ -76,7 +83,7 @@ impl<E: Engine> Worker<E> {
         }
         self.env.conns.loop_bound_hits += 1;
         self.after_drive(key);
-        self.queue(key, false);
+        self.queue(key, Queue::Ready);
     }
 
     /// Stats of what a drive moved (TCP bytes, Foo messages).

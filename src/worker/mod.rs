@@ -150,6 +150,8 @@ pub struct WorkerSettings {
     pub id: usize,
     pub buffer_size: usize,
     pub buffers: usize,
+    /// Buffers only work in progress may take (`server.buffers_reserve`).
+    pub buffers_reserve: usize,
     /// Kernel pipes for splicing bulk flows (0 = never splice).
     pub pipes: usize,
     /// Large buffers (for HTTP request heads beyond `buffer_size`): size and count; 0 = none.
@@ -184,12 +186,13 @@ pub fn prepare(
     snapshot: SharedSnapshot,
     stats_tx: StatsSender,
 ) -> io::Result<(WorkerSetup, WorkerHandle)> {
-    let pool = BufferPool::with_large(
+    let mut pool = BufferPool::with_large(
         settings.buffer_size,
         settings.buffers,
         settings.large_buffer_size,
         settings.large_buffers,
     );
+    pool.set_reserve(settings.buffers_reserve);
     let engine = choice.build(pool, PipePool::new(settings.pipes))?;
     let waker = engine.waker();
     let (tx, ctrl) = crossbeam_channel::unbounded();
@@ -220,6 +223,18 @@ pub(crate) struct Entry {
 }
 
 /// A session waiting in one of the worker's queues for an upstream.
+/// Which queue a session waits in for its next drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// It yielded at a bound: the next loop turn.
+    Ready,
+    /// A pool buffer: as soon as one is free.
+    Buffer,
+    /// A buffer for a new request whose head is in: once the pool admits it
+    /// (`BufferPool::admits_begun`).
+    BufferNew,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {
     No,
@@ -343,6 +358,8 @@ pub struct Worker<E: Engine> {
     ready: VecDeque<usize>,
     /// Sessions waiting for a pool buffer.
     starved: VecDeque<usize>,
+    /// Sessions waiting for a buffer for new work already begun (`Want::BufferNew`).
+    starved_new: VecDeque<usize>,
     /// Sessions waiting for a connection slot, per cluster name, and how many in all.
     pending: HashMap<String, VecDeque<usize>>,
     waiting_for_slot: usize,
@@ -442,6 +459,7 @@ impl<E: Engine> Worker<E> {
             ),
             ready: VecDeque::with_capacity(1024),
             starved: VecDeque::with_capacity(1024),
+            starved_new: VecDeque::new(),
             pending: HashMap::new(),
             waiting_for_slot: 0,
             fd_waiters: VecDeque::new(),
@@ -526,8 +544,8 @@ impl<E: Engine> Worker<E> {
 
     /// A burst is over (the buffer trim gave pages back): the per-turn lists shrink back to
     /// their start-up size (a storm's completions can fill tens of thousands of events in
-    /// one turn), and the allocator returns what the grown tables left behind (their old
-    /// copies) to the kernel.
+    /// one turn); the allocator (jemalloc, [`crate::heap`]) returns the freed pages to the
+    /// kernel on its own decay timer.
     fn after_burst(&mut self) {
         const KEEP: usize = 1024;
         self.events.shrink_to(KEEP);
@@ -538,7 +556,6 @@ impl<E: Engine> Worker<E> {
         if self.starved.is_empty() {
             self.starved.shrink_to(KEEP);
         }
-        crate::sys::release_free_heap();
     }
 
     /// Times the loop turn that just ended (from the last poll's return to now): one clock read
@@ -561,6 +578,7 @@ impl<E: Engine> Worker<E> {
         if !self.ready.is_empty()
             || accept_now
             || (!self.starved.is_empty() && self.free_buffers() > 0)
+            || (!self.starved_new.is_empty() && self.engine.pools().0.admits_begun())
         {
             return Duration::ZERO;
         }
@@ -610,6 +628,7 @@ impl<E: Engine> Worker<E> {
 
     fn flush_stats(&mut self, seq: u64) {
         self.env.conns.buffer_waits += self.engine.take_buffer_waits();
+        self.env.conns.buffer_reserve_waits += self.engine.take_reserve_waits();
         let since = std::mem::replace(&mut self.last_flush, self.env.now);
         if self.env.conns.is_zero() && self.env.http.is_zero() && self.obs.is_zero() && seq == 0 {
             return;
@@ -831,16 +850,16 @@ impl<E: Engine> Worker<E> {
 
     // ------------------------------------------------------------------ queues
 
-    fn queue(&mut self, key: usize, starved: bool) {
+    fn queue(&mut self, key: usize, q: Queue) {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
         if !e.queued {
             e.queued = true;
-            if starved {
-                self.starved.push_back(key);
-            } else {
-                self.ready.push_back(key);
+            match q {
+                Queue::Ready => self.ready.push_back(key),
+                Queue::Buffer => self.starved.push_back(key),
+                Queue::BufferNew => self.starved_new.push_back(key),
             }
         }
     }
@@ -863,6 +882,14 @@ impl<E: Engine> Worker<E> {
         let mut budget = RESUME_BATCH;
         while budget > 0 && self.free_buffers() > 0 {
             let Some(key) = self.starved.pop_front() else {
+                break;
+            };
+            budget -= 1;
+            self.resume(key);
+        }
+        // Then new requests whose heads are in, while the pool admits them.
+        while budget > 0 && self.engine.pools().0.admits_begun() {
+            let Some(key) = self.starved_new.pop_front() else {
                 break;
             };
             budget -= 1;

@@ -9,7 +9,9 @@
 //!
 //! A receive into an engine-provided buffer takes the buffer only when it runs; while parked
 //! it holds none. When the pool is empty such a receive waits in `starved` and is retried at
-//! the next poll once buffers are back (back-pressure, never a failure).
+//! the next poll once buffers are back (back-pressure, never a failure). A receive of new work
+//! (`Op::RecvNew`) waits in `starved_new` as soon as the pool is down to its reserve, and is
+//! retried only above it, after every waiting receive of work in progress.
 //!
 //! HOT PATH. No allocation (beyond table growth), lock, blocking call or info-level log.
 
@@ -40,6 +42,8 @@ const NO_SLICE: u32 = u32::MAX;
 enum ReadOp {
     None,
     Recv(Option<Buf>),
+    /// `Op::RecvNew`.
+    RecvNew,
     SpliceIn(crate::io::Pipe, u32, u32),
     Watch,
 }
@@ -75,9 +79,12 @@ pub struct MioEngine {
     pool: BufferPool,
     pipes: PipePool,
     starved: VecDeque<ConnId>,
+    /// Receives of new work waiting for the pool to rise above its reserve.
+    starved_new: VecDeque<ConnId>,
     buffer_waits: u64,
     /// Second slices of parked two-slice sends ([`WriteOp::Send`]).
     aside: Slab<Slice>,
+    reserve_waits: u64,
 }
 
 struct MioWaker(Waker);
@@ -101,8 +108,10 @@ impl MioEngine {
             pool,
             pipes,
             starved: VecDeque::new(),
+            starved_new: VecDeque::new(),
             buffer_waits: 0,
             aside: Slab::new(),
+            reserve_waits: 0,
         })
     }
 
@@ -146,8 +155,7 @@ impl MioEngine {
                     Err(parked) => {
                         c.read = parked;
                         if c.starved {
-                            self.starved.push_back(id);
-                            self.buffer_waits += 1;
+                            self.starve(id);
                         }
                     }
                 },
@@ -167,21 +175,52 @@ impl MioEngine {
         }
     }
 
-    /// Retries receives that waited for a buffer, while buffers last.
+    /// Queues `id`, whose parked receive found no buffer for it, by its class.
+    #[cold]
+    fn starve(&mut self, id: ConnId) {
+        self.buffer_waits += 1;
+        let new = self
+            .conns
+            .get(id as usize)
+            .is_some_and(|c| matches!(c.read, ReadOp::RecvNew));
+        if new {
+            self.reserve_waits += 1;
+            self.starved_new.push_back(id);
+        } else {
+            self.starved.push_back(id);
+        }
+    }
+
+    /// Retries receives that waited for a buffer, while buffers last: work in progress
+    /// first, then new work while the pool is above its reserve.
     fn retry_starved(&mut self, out: &mut Vec<Event>) {
-        for _ in 0..self.starved.len().min(STARVED_BATCH) {
-            if self.pool.available() == 0 {
-                return;
+        let mut budget = STARVED_BATCH;
+        for new in [false, true] {
+            loop {
+                let can = if new {
+                    self.pool.above_reserve()
+                } else {
+                    self.pool.available() > 0
+                };
+                if budget == 0 || !can {
+                    break;
+                }
+                let queue = if new {
+                    &mut self.starved_new
+                } else {
+                    &mut self.starved
+                };
+                let Some(id) = queue.pop_front() else {
+                    break;
+                };
+                budget -= 1;
+                // A stale entry: the connection closed (its id may be another's by now).
+                match self.conns.get_mut(id as usize) {
+                    Some(c) if c.starved => c.starved = false,
+                    _ => continue,
+                }
+                self.progress(id, out);
             }
-            let Some(id) = self.starved.pop_front() else {
-                return;
-            };
-            // A stale entry: the connection closed (its id may be another's by now).
-            match self.conns.get_mut(id as usize) {
-                Some(c) if c.starved => c.starved = false,
-                _ => continue,
-            }
-            self.progress(id, out);
         }
     }
 }
@@ -190,7 +229,8 @@ impl MioEngine {
 fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, ReadOp> {
     match op {
         ReadOp::None => Err(ReadOp::None),
-        ReadOp::Recv(buf) => recv(c, buf, pool),
+        ReadOp::Recv(buf) => recv(c, buf, pool, false),
+        ReadOp::RecvNew => recv(c, None, pool, true),
         ReadOp::SpliceIn(pipe, piped, max) => {
             for _ in 0..EINTR_RETRIES {
                 match splice::fill(&c.sock, &pipe, max as usize) {
@@ -248,15 +288,28 @@ fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, Rea
     }
 }
 
-fn recv(c: &mut Conn, buf: Option<Buf>, pool: &mut BufferPool) -> Result<Done, ReadOp> {
+/// A receive; `new`: of new work (`Op::RecvNew`, `buf` is `None`).
+fn recv(c: &mut Conn, buf: Option<Buf>, pool: &mut BufferPool, new: bool) -> Result<Done, ReadOp> {
     let provided = buf.is_none();
+    // What the op parks as when it must wait.
+    let parked = |buf: Option<Buf>| {
+        if new {
+            ReadOp::RecvNew
+        } else {
+            ReadOp::Recv(buf)
+        }
+    };
     let mut b = match buf {
         Some(b) => b,
-        None => match pool.checkout() {
+        None => match if new {
+            pool.checkout_new()
+        } else {
+            pool.checkout()
+        } {
             Some(b) => b,
             None => {
                 c.starved = true;
-                return Err(ReadOp::Recv(None));
+                return Err(parked(None));
             }
         },
     };
@@ -293,7 +346,7 @@ fn recv(c: &mut Conn, buf: Option<Buf>, pool: &mut BufferPool) -> Result<Done, R
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 c.ready.remove(Ready::READABLE);
-                return Err(ReadOp::Recv(give_back(b, pool)));
+                return Err(parked(give_back(b, pool)));
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
@@ -304,7 +357,7 @@ fn recv(c: &mut Conn, buf: Option<Buf>, pool: &mut BufferPool) -> Result<Done, R
             }
         }
     }
-    Err(ReadOp::Recv(give_back(b, pool)))
+    Err(parked(give_back(b, pool)))
 }
 
 /// Runs a write-slot op: `Ok(done)`, or `Err(op)` to park it again.
@@ -426,10 +479,13 @@ fn failed(op: Op) -> Done {
 
 impl Engine for MioEngine {
     fn poll(&mut self, timeout: Duration, out: &mut Vec<Event>) -> io::Result<()> {
-        if !self.starved.is_empty() {
+        if !self.starved.is_empty() || !self.starved_new.is_empty() {
             self.retry_starved(out);
         }
-        let timeout = if out.is_empty() {
+        // Receives left waiting that buffers could serve now (past the batch): no sleep.
+        let more = (!self.starved.is_empty() && self.pool.available() > 0)
+            || (!self.starved_new.is_empty() && self.pool.above_reserve());
+        let timeout = if out.is_empty() && !more {
             timeout
         } else {
             Duration::ZERO
@@ -518,18 +574,25 @@ impl Engine for MioEngine {
             return Some(failed(op));
         };
         match op {
-            Op::Recv(buf) => {
+            Op::Recv(_) | Op::RecvNew => {
+                let (buf, new) = match op {
+                    Op::Recv(buf) => (buf, false),
+                    _ => (None, true),
+                };
                 if !c.ready.contains(Ready::READABLE) {
-                    c.read = ReadOp::Recv(buf);
+                    c.read = if new {
+                        ReadOp::RecvNew
+                    } else {
+                        ReadOp::Recv(buf)
+                    };
                     return None;
                 }
-                match recv(c, buf, &mut self.pool) {
+                match recv(c, buf, &mut self.pool, new) {
                     Ok(done) => Some(done),
                     Err(parked) => {
                         c.read = parked;
                         if c.starved {
-                            self.starved.push_back(conn);
-                            self.buffer_waits += 1;
+                            self.starve(conn);
                         }
                         None
                     }
@@ -609,7 +672,7 @@ impl Engine for MioEngine {
                             self.pipes.discard(p)
                         }
                     }
-                    ReadOp::Recv(None) | ReadOp::Watch | ReadOp::None => {}
+                    ReadOp::Recv(None) | ReadOp::RecvNew | ReadOp::Watch | ReadOp::None => {}
                 }
             }
             Slot::Write => match std::mem::replace(&mut c.write, WriteOp::None) {
@@ -656,6 +719,10 @@ impl Engine for MioEngine {
         std::mem::take(&mut self.buffer_waits)
     }
 
+    fn take_reserve_waits(&mut self) -> u64 {
+        std::mem::take(&mut self.reserve_waits)
+    }
+
     fn gauges(&self) -> Gauges {
         let parked = self
             .conns
@@ -680,6 +747,97 @@ impl Engine for MioEngine {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Polls until `conn` completes an op (or `limit` passes): its `Done`.
+    fn done_of(e: &mut MioEngine, conn: ConnId, limit: Duration) -> Option<Done> {
+        let until = Instant::now() + limit;
+        let mut out = Vec::new();
+        while Instant::now() < until {
+            e.poll(Duration::from_millis(20), &mut out).expect("poll");
+            for ev in out.drain(..) {
+                if let Event::Done(c, d) = ev {
+                    if c == conn {
+                        return Some(d);
+                    }
+                    recycle_done(e, d);
+                }
+            }
+        }
+        None
+    }
+
+    fn recycle_done(e: &mut MioEngine, d: Done) {
+        let (pool, pipes) = e.pools();
+        crate::engine::recycle(d, pool, pipes);
+    }
+
+    #[test]
+    fn a_receive_of_new_work_waits_at_the_reserve_work_in_progress_does_not() {
+        let mut pool = BufferPool::new(1024, 4);
+        pool.set_reserve(2);
+        let mut e = MioEngine::new(pool, PipePool::new(0)).expect("engine");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (new, old) = (e.connect(addr).expect("a"), e.connect(addr).expect("b"));
+        let (mut peer_new, _) = l.accept().expect("accept a");
+        let (mut peer_old, _) = l.accept().expect("accept b");
+        let (mut connected, mut out) = (0, Vec::new());
+        let until = Instant::now() + Duration::from_secs(5);
+        while connected < 2 && Instant::now() < until {
+            e.poll(Duration::from_millis(20), &mut out).expect("poll");
+            for ev in out.drain(..) {
+                if let Event::Done(_, Done::Connect(res)) = ev {
+                    assert_eq!(res, Xfer::Bytes(0));
+                    connected += 1;
+                }
+            }
+        }
+        assert_eq!(connected, 2, "both connected");
+        // Two buffers held elsewhere: the pool is down to its reserve.
+        let held: Vec<Buf> = (0..2)
+            .map(|_| e.pools().0.checkout().expect("buf"))
+            .collect();
+        peer_new
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .expect("write");
+        peer_old.write_all(b"HTTP/1.1 200 OK\r\n").expect("write");
+        assert!(e.submit(new, Op::RecvNew).is_none());
+        let got = match e.submit(old, Op::Recv(None)) {
+            Some(d) => Some(d),
+            None => done_of(&mut e, old, Duration::from_secs(5)),
+        };
+        let Some(Done::Recv { buf: Some(b), res }) = got else {
+            panic!("work in progress takes the reserve: {got:?}");
+        };
+        assert_eq!(res, Xfer::Bytes(17));
+        assert!(
+            done_of(&mut e, new, Duration::from_millis(300)).is_none(),
+            "new work waits while the pool is at its reserve"
+        );
+        assert!(e.take_reserve_waits() >= 1);
+        assert!(e.take_buffer_waits() >= 1);
+        e.pools().0.release(b);
+        assert!(
+            done_of(&mut e, new, Duration::from_millis(300)).is_none(),
+            "two free, reserve two: still waiting"
+        );
+        for b in held {
+            e.pools().0.release(b);
+        }
+        let got = done_of(&mut e, new, Duration::from_secs(5));
+        let Some(Done::Recv { buf: Some(b), res }) = got else {
+            panic!("above the reserve it runs: {got:?}");
+        };
+        assert_eq!(res, Xfer::Bytes(18));
+        assert_eq!(e.pools().0.data(&b), b"GET / HTTP/1.1\r\n\r\n");
+        e.pools().0.release(b);
+        e.close(new, Linger::Graceful);
+        e.close(old, Linger::Graceful);
+        assert_eq!(e.gauges().buffers_in_use, 0);
+    }
+
     /// Every connection pays for its entry, parked ops included: a two-slice send keeps its
     /// second slice aside.
     #[test]

@@ -3,6 +3,13 @@
 //! when bytes arrive (the receives are poll-first), and the completion says which (its buffer
 //! id); the engine hands that buffer to the session and lends the ring a fresh one.
 //!
+//! There are two rings, two buffer groups: [`GROUP_ANY`] for receives of work in progress
+//! (`Op::Recv(None)`) and [`GROUP_NEW`] for receives of new work (`Op::RecvNew`: the next
+//! request's head, a new connection's first bytes). The second is refilled only while the pool
+//! is above its reserve, so new work never takes the buffers kept for work in progress. Their
+//! buffer ids differ (the new group's have the top bit set), so a completion's buffer id alone
+//! says which ring it came from.
+//!
 //! The ring lends only what recent traffic needed: it starts with a few buffers and doubles its
 //! share each time a receive found it empty (`ENOBUFS`), up to a quarter of the pool. Its
 //! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
@@ -16,8 +23,12 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-/// The buffer group id of the ring.
-pub(super) const BGID: u16 = 0;
+/// The buffer group of receives of work in progress.
+pub(super) const GROUP_ANY: u16 = 0;
+/// The buffer group of receives of new work.
+pub(super) const GROUP_NEW: u16 = 1;
+/// The new group's buffer ids start here.
+const NEW_BID_BASE: u16 = 1 << 15;
 /// Buffers lent at first.
 const START: usize = 16;
 /// Largest ring (entries).
@@ -40,6 +51,10 @@ pub(super) struct BufRing {
     /// How many to keep lent.
     want: usize,
     registered: bool,
+    /// The buffer group.
+    bgid: u16,
+    /// The first buffer id.
+    bid_base: u16,
     /// Buffers the kernel used since the last [`BufRing::shrink`], and whether a receive found
     /// the ring empty meanwhile.
     used: usize,
@@ -51,8 +66,9 @@ pub(super) struct BufRing {
 unsafe impl Send for BufRing {}
 
 impl BufRing {
-    /// A ring for a pool of `pool_count` buffers (nothing registered yet).
-    pub(super) fn new(pool_count: usize) -> io::Result<BufRing> {
+    /// A ring of buffer group `bgid` ([`GROUP_ANY`] or [`GROUP_NEW`]) for a pool of
+    /// `pool_count` buffers (nothing registered yet).
+    pub(super) fn new(pool_count: usize, bgid: u16) -> io::Result<BufRing> {
         // A power of two, at most a quarter of the pool (at least 1).
         let cap = (pool_count / 4).clamp(1, MAX_ENTRIES);
         let entries = 1usize << (usize::BITS - 1 - cap.leading_zeros());
@@ -70,6 +86,8 @@ impl BufRing {
             lent: 0,
             want: START.min(entries),
             registered: false,
+            bgid,
+            bid_base: if bgid == GROUP_NEW { NEW_BID_BASE } else { 0 },
             used: 0,
             grew: false,
         })
@@ -77,12 +95,12 @@ impl BufRing {
 
     /// Whether the kernel takes a buffer ring (registers and unregisters a small one).
     pub(super) fn probe(ring: &IoUring) -> io::Result<()> {
-        let r = BufRing::new(4)?;
+        let r = BufRing::new(4, GROUP_ANY)?;
         r.register(ring)?;
-        ring.submitter().unregister_buf_ring(BGID)
+        ring.submitter().unregister_buf_ring(GROUP_ANY)
     }
 
-    /// Registers the ring as buffer group [`BGID`].
+    /// Registers the ring as its buffer group.
     pub(super) fn register(&self, ring: &IoUring) -> io::Result<()> {
         // SAFETY: the mapping stays valid (and is not moved) until `Drop`, which runs after
         // the engine unregistered it or the ring was closed.
@@ -90,7 +108,7 @@ impl BufRing {
             ring.submitter().register_buf_ring_with_flags(
                 self.base.as_ptr() as u64,
                 self.slots.len() as u16,
-                BGID,
+                self.bgid,
                 0,
             )
         }
@@ -130,15 +148,20 @@ impl BufRing {
         }
     }
 
-    /// Lends the ring buffers from the pool until it holds what it should (or the pool is
-    /// empty).
+    /// Lends the ring buffers from the pool until it holds what it should, or the pool is
+    /// empty, or (the new group's ring) down to its reserve.
     pub(super) fn refill(&mut self, pool: &mut BufferPool) {
         if !self.registered {
             return;
         }
         let mut added = false;
         while self.lent < self.want {
-            let Some(mut b) = pool.checkout() else {
+            let b = if self.bgid == GROUP_NEW {
+                pool.checkout_new()
+            } else {
+                pool.checkout()
+            };
+            let Some(mut b) = b else {
                 break;
             };
             let Some(bid) = self.free.pop() else {
@@ -157,7 +180,7 @@ impl BufRing {
                 let e = &mut *self.base.as_ptr().add(i);
                 e.set_addr(addr);
                 e.set_len(len);
-                e.set_bid(bid);
+                e.set_bid(self.bid_base | bid);
             }
             self.slots[bid as usize] = Some(b);
             self.tail = self.tail.wrapping_add(1);
@@ -175,11 +198,18 @@ impl BufRing {
         }
     }
 
-    /// The buffer the kernel used for a completion (buffer id `bid`).
+    /// Whether buffer id `bid` is one of this ring's.
+    #[inline]
+    pub(super) fn owns(&self, bid: u16) -> bool {
+        bid & NEW_BID_BASE == self.bid_base
+    }
+
+    /// The buffer the kernel used for a completion (buffer id `bid`, one of this ring's).
     #[inline]
     pub(super) fn take(&mut self, bid: u16) -> Option<Buf> {
-        let b = self.slots.get_mut(bid as usize)?.take()?;
-        self.free.push(bid);
+        let i = bid & !NEW_BID_BASE;
+        let b = self.slots.get_mut(i as usize)?.take()?;
+        self.free.push(i);
         self.lent -= 1;
         self.used += 1;
         Some(b)
@@ -188,7 +218,7 @@ impl BufRing {
     /// Unregisters the ring (the kernel lets go of it) and returns the buffers to the pool.
     pub(super) fn unregister(&mut self, ring: &IoUring, pool: &mut BufferPool) {
         if self.registered {
-            let _ = ring.submitter().unregister_buf_ring(BGID);
+            let _ = ring.submitter().unregister_buf_ring(self.bgid);
             self.registered = false;
         }
         for (bid, s) in self.slots.iter_mut().enumerate() {

@@ -9,16 +9,23 @@
 //!   buffer (`Op::Recv(None)`) is poll-first and takes a buffer from the provided-buffer ring
 //!   ([`bufring`]) only when bytes arrive: an idle connection holds no buffer. When the ring
 //!   is empty (`ENOBUFS`) the receive waits in `starved` and is submitted again once the ring
-//!   has buffers (back-pressure, counted in `buffer_waits`).
+//!   has buffers (back-pressure, counted in `buffer_waits`). Receives of new work
+//!   (`Op::RecvNew`) take their buffers from a second ring, refilled only while the pool is
+//!   above its reserve; they wait in `starved_new`, resubmitted after those of work in
+//!   progress.
 //! - Sends are `SEND` (one slice) or `SENDMSG` (two), with `MSG_WAITALL`: the kernel keeps
 //!   sending until all is out, so a send completes once.
 //! - Splices stay direct, non-blocking system calls as in the mio engine: io_uring runs
 //!   `SPLICE` on its worker threads only, and `SpliceIn` must never wait (`Bytes(0)` when
 //!   nothing is readable now). A `SpliceOut` the socket cannot take waits on a `POLL_ADD` for
 //!   writability, then splices again.
-//! - `Watch` is a `POLL_ADD` for readability. Cancelling it (a pooled upstream connection being
-//!   reused) does not go to the kernel: the poll stays armed, detached, fires harmlessly when
-//!   the response arrives, and is re-attached if the connection is pooled again before that.
+//! - `Watch` is a poll-first receive into a ring buffer, like `Recv(None)`: it completes when
+//!   bytes or an EOF arrive (and gives the buffer back: a watched connection is not read after
+//!   its watch fired). Cancelling it (a pooled upstream connection being reused) does not go to
+//!   the kernel: the receive stays armed, detached, and *is* the connection's next
+//!   `Recv(None)` (the response): one poll and one entry per response, not two. If it completes
+//!   while detached, what it got waits in the op for that receive; if the connection is pooled
+//!   again first, the watch is re-attached.
 //! - Accepting is a few single-shot `ACCEPT`s per listener in the kernel at once, each with
 //!   its own peer-address slot (no `getpeername` per connection). A listener's credit doubles
 //!   while the worker takes every connection they bring (up to [`ACCEPT_CREDIT_MAX`]) and drops
@@ -65,6 +72,8 @@ use std::time::{Duration, Instant};
 const SQ_ENTRIES: u32 = 2048;
 /// Completion queue entries (the kernel keeps overflow, `IORING_FEAT_NODROP`).
 const CQ_ENTRIES: u32 = 16384;
+/// Completions copied out of the queue at a time.
+const CQE_BATCH: usize = 64;
 /// Most accepts a listener keeps in the kernel at once (its credit grows up to this).
 const ACCEPT_CREDIT_MAX: u32 = 64;
 /// A new listener's credit.
@@ -102,9 +111,19 @@ fn ud(tag: u64, v: u64) -> u64 {
 enum Kind {
     /// A receive into the spare tail of the session's buffer.
     Recv(Buf),
-    /// A receive into a ring buffer; `starved`: waiting for the ring (no entry in flight).
+    /// A receive into a ring buffer; `starved`: waiting for the ring (no entry in flight);
+    /// `new`: of new work (the second ring's buffer group).
     RecvProvided {
         starved: bool,
+        new: bool,
+    },
+    /// A watch: a poll-first receive into a ring buffer (see the module doc).
+    Watch,
+    /// A detached watch that completed (no entry in flight): what its receive got, for the
+    /// connection's next receive (or watch).
+    WatchFired {
+        buf: Option<Buf>,
+        res: i32,
     },
     /// A send; the argument-table entry of a two-slice send; where its second slice waits in
     /// the engine's `aside` table ([`NONE`]: none). Every connection's idle receive takes an
@@ -115,7 +134,6 @@ enum Kind {
     Shutdown,
     /// A connect; its argument-table entry (the address).
     Connect(u32),
-    Watch,
 }
 
 #[derive(Debug)]
@@ -180,6 +198,8 @@ pub struct UringEngine {
     /// The ring is enabled and owned by the polling thread.
     started: bool,
     bufring: BufRing,
+    /// The ring of receives of new work (refilled only above the pool's reserve).
+    bufring_new: BufRing,
     args: Args,
     ops: Slab<InFlight>,
     conns: Slab<Conn>,
@@ -196,8 +216,12 @@ pub struct UringEngine {
     accept_ready: Vec<usize>,
     /// Provided-buffer receives waiting for the ring: (connection, op).
     starved: VecDeque<(ConnId, u32)>,
+    /// Receives of new work waiting for their ring.
+    starved_new: VecDeque<(ConnId, u32)>,
     /// Entries that did not fit in the submission queue.
     backlog: Vec<squeue::Entry>,
+    /// `reap`'s batch of completions (user data, result, flags).
+    cqes: Vec<(u64, i32, u32)>,
     waker: Arc<UringWaker>,
     /// Where the eventfd read lands (stable: boxed).
     wake_buf: Box<u64>,
@@ -209,6 +233,7 @@ pub struct UringEngine {
     buffer_waits: u64,
     /// Second slices of two-slice sends in flight ([`Kind::Send`]).
     aside: Slab<Slice>,
+    reserve_waits: u64,
     pool: BufferPool,
     pipes: PipePool,
 }
@@ -218,9 +243,12 @@ impl UringEngine {
     /// registered here; the ring itself is enabled by the thread that polls it first.
     pub fn new(pool: BufferPool, pipes: PipePool, setup: Setup) -> io::Result<UringEngine> {
         let ring = probe::build(&setup, SQ_ENTRIES, CQ_ENTRIES)?;
-        let mut bufring = BufRing::new(pool.available())?;
+        let mut bufring = BufRing::new(pool.available(), bufring::GROUP_ANY)?;
         bufring.register(&ring)?;
         bufring.set_registered();
+        let mut bufring_new = BufRing::new(pool.available(), bufring::GROUP_NEW)?;
+        bufring_new.register(&ring)?;
+        bufring_new.set_registered();
         // Blocking (no EFD_NONBLOCK): the ring's read of it then waits instead of failing.
         // SAFETY: a plain system call with no pointers.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -234,6 +262,7 @@ impl UringEngine {
             setup,
             started: false,
             bufring,
+            bufring_new,
             args: Args::new(),
             ops: Slab::with_capacity(2048),
             conns: Slab::with_capacity(1024),
@@ -244,7 +273,9 @@ impl UringEngine {
             accepts_in_flight: 0,
             accept_ready: Vec::new(),
             starved: VecDeque::new(),
+            starved_new: VecDeque::new(),
             backlog: Vec::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker: Arc::new(UringWaker(efd)),
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -252,6 +283,7 @@ impl UringEngine {
             draining: false,
             buffer_waits: 0,
             aside: Slab::new(),
+            reserve_waits: 0,
             pool,
             pipes,
         })
@@ -272,6 +304,7 @@ impl UringEngine {
         let _ = self.ring.submitter().register_ring_fd();
         self.started = true;
         self.bufring.refill(&mut self.pool);
+        self.bufring_new.refill(&mut self.pool);
         self.arm_wake();
         Ok(())
     }
@@ -392,11 +425,16 @@ impl UringEngine {
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
     }
 
-    /// The entry of a provided-buffer receive.
+    /// The entry of a provided-buffer receive (`new`: from the ring of new work).
     #[inline]
-    fn recv_provided_entry(fd: RawFd) -> squeue::Entry {
+    fn recv_provided_entry(fd: RawFd, new: bool) -> squeue::Entry {
+        let group = if new {
+            bufring::GROUP_NEW
+        } else {
+            bufring::GROUP_ANY
+        };
         opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
-            .buf_group(bufring::BGID)
+            .buf_group(group)
             .ioprio(RECV_POLL_FIRST)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
@@ -423,10 +461,13 @@ impl UringEngine {
         let Some(op) = self.ops.get_mut(idx as usize) else {
             return;
         };
-        if let Kind::RecvProvided { starved: true } = op.kind {
+        if matches!(
+            op.kind,
+            Kind::RecvProvided { starved: true, .. } | Kind::WatchFired { .. }
+        ) {
             // Nothing in the kernel: done at once.
-            self.ops.remove(idx as usize);
-            return;
+            let op = self.ops.remove(idx as usize);
+            return self.recycle(op.kind);
         }
         if op.orphan {
             return;
@@ -454,6 +495,11 @@ impl UringEngine {
             }
             Kind::SpliceOut(p, _) => self.pipes.discard(p),
             Kind::Connect(args) => self.args.release(args),
+            Kind::WatchFired { buf, .. } => {
+                if let Some(b) = buf {
+                    self.pool.release(b);
+                }
+            }
             Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch => {}
         }
     }
@@ -467,11 +513,30 @@ impl UringEngine {
         }
     }
 
-    /// Lends the ring buffers back from the pool and resubmits receives that waited for them.
+    /// Lends the rings buffers back from the pool and resubmits receives that waited for
+    /// them: work in progress first; new work only from what is above the pool's reserve.
     fn refill(&mut self) {
         self.bufring.refill(&mut self.pool);
-        while self.bufring.lent() > 0 {
-            let Some((conn, idx)) = self.starved.pop_front() else {
+        self.resubmit_starved(false);
+        self.bufring_new.refill(&mut self.pool);
+        self.resubmit_starved(true);
+    }
+
+    /// Resubmits the receives of one class that waited for their ring: as many as it has
+    /// buffers (each had bytes waiting), not all of them to find it empty again.
+    fn resubmit_starved(&mut self, new: bool) {
+        let mut budget = if new {
+            self.bufring_new.lent()
+        } else {
+            self.bufring.lent()
+        };
+        while budget > 0 {
+            let queue = if new {
+                &mut self.starved_new
+            } else {
+                &mut self.starved
+            };
+            let Some((conn, idx)) = queue.pop_front() else {
                 break;
             };
             let fd = match (
@@ -482,11 +547,16 @@ impl UringEngine {
                     if !op.orphan
                         && op.conn == conn
                         && c.read == idx
-                        && matches!(op.kind, Kind::RecvProvided { starved: true }) =>
+                        // (A stale entry's op index may be another starved receive's by
+                        // now, of the other class: it is in the other queue.)
+                        && matches!(op.kind, Kind::RecvProvided { starved: true, new: n } if n == new) =>
                 {
                     match c.sock.as_ref() {
                         Some(s) => {
-                            op.kind = Kind::RecvProvided { starved: false };
+                            op.kind = Kind::RecvProvided {
+                                starved: false,
+                                new,
+                            };
                             s.as_raw_fd()
                         }
                         None => continue,
@@ -494,8 +564,9 @@ impl UringEngine {
                 }
                 _ => continue,
             };
-            let e = Self::recv_provided_entry(fd).user_data(ud(TAG_OP, u64::from(idx)));
+            let e = Self::recv_provided_entry(fd, new).user_data(ud(TAG_OP, u64::from(idx)));
             self.push(e);
+            budget -= 1;
         }
     }
 
@@ -547,26 +618,28 @@ impl UringEngine {
 
     /// Turns the completions in the queue into events.
     fn reap(&mut self, out: &mut Vec<Event>) {
+        // Copied out of the queue in batches (completing one needs `&mut self`), into a
+        // buffer kept between calls: nothing to zero or allocate per reap.
+        let mut batch = std::mem::take(&mut self.cqes);
         loop {
-            let mut batch = [(0u64, 0i32, 0u32); 64];
-            let mut n = 0;
+            batch.clear();
             {
                 let mut cq = self.ring.completion();
                 for c in &mut cq {
-                    batch[n] = (c.user_data(), c.result(), c.flags());
-                    n += 1;
-                    if n == batch.len() {
+                    batch.push((c.user_data(), c.result(), c.flags()));
+                    if batch.len() == CQE_BATCH {
                         break;
                     }
                 }
             }
-            for &(u, res, flags) in &batch[..n] {
+            for &(u, res, flags) in &batch {
                 self.complete(u, res, flags, out);
             }
-            if n < batch.len() {
+            if batch.len() < CQE_BATCH {
                 break;
             }
         }
+        self.cqes = batch;
         for slot in self.accept_ready.drain(..) {
             out.push(Event::Accept(slot));
         }
@@ -591,10 +664,10 @@ impl UringEngine {
             _ => {
                 // A cancel or close that failed (the op had completed already, or the
                 // descriptor was gone): nothing to do. A provided buffer never rides on these.
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    if let Some(b) = self.bufring.take(bid) {
-                        self.pool.release(b);
-                    }
+                if let Some(b) =
+                    cqueue::buffer_select(flags).and_then(|bid| self.take_provided(bid))
+                {
+                    self.pool.release(b);
                 }
             }
         }
@@ -674,7 +747,7 @@ impl UringEngine {
 
     /// An op completed: deliver its `Done`, or give back what it carried if nobody wants it.
     fn op_done(&mut self, idx: u32, res: i32, flags: u32, out: &mut Vec<Event>) {
-        let provided = cqueue::buffer_select(flags).and_then(|bid| self.bufring.take(bid));
+        let provided = cqueue::buffer_select(flags).and_then(|bid| self.take_provided(bid));
         let Some(op) = self.ops.get_mut(idx as usize) else {
             if let Some(b) = provided {
                 self.pool.release(b);
@@ -682,6 +755,23 @@ impl UringEngine {
             return;
         };
         if op.orphan {
+            let detached_watch = matches!(op.kind, Kind::Watch)
+                && self
+                    .conns
+                    .get(op.conn as usize)
+                    .is_some_and(|c| c.watch == idx && c.sock.is_some());
+            if detached_watch && res != -libc::EAGAIN && res != -libc::EINTR {
+                // Kept for the connection's next receive: bytes (or an EOF) it took are the
+                // response's (or what makes the connection unusable).
+                op.kind = Kind::WatchFired { buf: provided, res };
+                return;
+            }
+            if detached_watch {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                return self.resubmit(idx);
+            }
             let op = self.ops.remove(idx as usize);
             if let Some(b) = provided {
                 self.pool.release(b);
@@ -692,11 +782,19 @@ impl UringEngine {
         let conn = op.conn;
         // Retry cases: the op stays in its slot.
         match (&op.kind, res) {
-            (Kind::RecvProvided { .. }, r) if r == -libc::ENOBUFS && provided.is_none() => {
-                op.kind = Kind::RecvProvided { starved: true };
-                self.starved.push_back((conn, idx));
-                self.bufring.grow();
+            (&Kind::RecvProvided { new, .. }, r) if r == -libc::ENOBUFS && provided.is_none() => {
+                op.kind = Kind::RecvProvided { starved: true, new };
                 self.buffer_waits += 1;
+                if new {
+                    self.starved_new.push_back((conn, idx));
+                    self.bufring_new.grow();
+                    if !self.pool.above_reserve() {
+                        self.reserve_waits += 1;
+                    }
+                } else {
+                    self.starved.push_back((conn, idx));
+                    self.bufring.grow();
+                }
                 return;
             }
             (Kind::RecvProvided { .. } | Kind::Recv(_), r)
@@ -713,34 +811,18 @@ impl UringEngine {
                 }
                 return;
             }
+            (Kind::Watch, r) if r == -libc::EAGAIN || r == -libc::EINTR => {
+                if let Some(b) = provided {
+                    self.pool.release(b);
+                }
+                return self.resubmit(idx);
+            }
             _ => {}
         }
         let op = self.ops.remove(idx as usize);
         self.unslot(conn, idx);
         let done = match op.kind {
-            Kind::RecvProvided { .. } => match (res, provided) {
-                (n, Some(mut b)) if n > 0 => {
-                    b.fill(n as usize);
-                    Done::Recv {
-                        buf: Some(b),
-                        res: Xfer::Bytes(n as u32),
-                    }
-                }
-                (n, b) => {
-                    if let Some(b) = b {
-                        self.pool.release(b);
-                    }
-                    Done::Recv {
-                        buf: None,
-                        res: match n {
-                            0 => Xfer::Eof,
-                            n if n < 0 => Xfer::Failed(-n),
-                            // Bytes without a buffer: the kernel broke its word.
-                            _ => Xfer::Failed(libc::EIO),
-                        },
-                    }
-                }
-            },
+            Kind::RecvProvided { .. } => recv_provided_done(res, provided, &mut self.pool),
             Kind::Recv(mut b) => {
                 let res = match res {
                     0 => Xfer::Eof,
@@ -771,15 +853,9 @@ impl UringEngine {
                 self.args.release(args);
                 Done::Connect(xfer(res))
             }
-            Kind::Watch => Done::Watch(if res < 0 {
-                Xfer::Failed(-res)
-            } else if res as i16 & libc::POLLERR != 0 {
-                Xfer::Failed(libc::ECONNRESET)
-            } else if res as i16 & (libc::POLLHUP | libc::POLLRDHUP) != 0 {
-                Xfer::Eof
-            } else {
-                Xfer::Bytes(1)
-            }),
+            Kind::Watch => watch_done(res, provided, &mut self.pool),
+            // Never in flight (kept out of `ops_done` by the orphan path).
+            Kind::WatchFired { buf, res } => watch_done(res, buf, &mut self.pool),
         };
         out.push(Event::Done(conn, done));
     }
@@ -802,9 +878,20 @@ impl UringEngine {
                 let spare = self.pool.spare(b);
                 opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build()
             }
-            _ => Self::recv_provided_entry(fd),
+            Kind::RecvProvided { new, .. } => Self::recv_provided_entry(fd, *new),
+            _ => return,
         };
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
+    }
+
+    /// The ring buffer a completion names (buffer id `bid`, of either ring).
+    #[inline]
+    fn take_provided(&mut self, bid: u16) -> Option<Buf> {
+        if self.bufring.owns(bid) {
+            self.bufring.take(bid)
+        } else {
+            self.bufring_new.take(bid)
+        }
     }
 
     /// A waiting `SpliceOut`'s socket became writable: splice now, or wait again.
@@ -846,6 +933,50 @@ fn xfer(res: i32) -> Xfer {
     } else {
         Xfer::Failed(-res)
     }
+}
+
+/// The `Done` of a provided-buffer receive that completed with `res` (and the ring buffer the
+/// kernel picked, if any).
+#[inline]
+fn recv_provided_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
+    match (res, provided) {
+        (n, Some(mut b)) if n > 0 => {
+            b.fill(n as usize);
+            Done::Recv {
+                buf: Some(b),
+                res: Xfer::Bytes(n as u32),
+            }
+        }
+        (n, b) => {
+            if let Some(b) = b {
+                pool.release(b);
+            }
+            Done::Recv {
+                buf: None,
+                res: match n {
+                    0 => Xfer::Eof,
+                    n if n < 0 => Xfer::Failed(-n),
+                    // Bytes without a buffer: the kernel broke its word.
+                    _ => Xfer::Failed(libc::EIO),
+                },
+            }
+        }
+    }
+}
+
+/// The `Done` of a watch whose receive completed with `res`: bytes (consumed: a watched
+/// connection is not read after its watch fired), EOF or a failure. `ENOBUFS`: bytes arrived
+/// while the ring was empty.
+#[inline]
+fn watch_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
+    if let Some(b) = provided {
+        pool.release(b);
+    }
+    Done::Watch(match res {
+        0 => Xfer::Eof,
+        r if r > 0 || r == -libc::ENOBUFS => Xfer::Bytes(1),
+        r => Xfer::Failed(-r),
+    })
 }
 
 #[inline]
@@ -1025,13 +1156,55 @@ impl Engine for UringEngine {
         let Some(fd) = c.sock.as_ref().map(AsRawFd::as_raw_fd) else {
             return Some(failed(op));
         };
+        if c.watch != NONE && matches!(op, Op::Recv(Some(_)) | Op::SpliceIn { .. }) {
+            // A detached watch is a receive still armed: only a provided-buffer receive may
+            // take it over (a reused connection's first read is one), any other read could
+            // race it for the same bytes. Fail safe rather than lose or reorder them.
+            return Some(super::failed(op, libc::EIO));
+        }
         match op {
-            Op::Recv(None) => {
+            Op::Recv(None) | Op::RecvNew => {
                 if c.read != NONE {
-                    return Some(failed(Op::Recv(None)));
+                    return Some(failed(op));
                 }
-                let e = Self::recv_provided_entry(fd);
-                self.start_op(conn, Slot::Read, Kind::RecvProvided { starved: false }, e);
+                if c.watch != NONE {
+                    // A pooled connection reused: its detached watch is the receive this asks
+                    // for (see the module doc).
+                    let idx = std::mem::replace(&mut c.watch, NONE);
+                    if let Some(op) = self.ops.get_mut(idx as usize) {
+                        match std::mem::replace(&mut op.kind, Kind::Shutdown) {
+                            Kind::WatchFired { buf, res } if res != -libc::ENOBUFS => {
+                                self.ops.remove(idx as usize);
+                                return Some(recv_provided_done(res, buf, &mut self.pool));
+                            }
+                            Kind::WatchFired { buf, .. } => {
+                                // Bytes came while the ring was empty: receive them now.
+                                if let Some(b) = buf {
+                                    self.pool.release(b);
+                                }
+                                self.ops.remove(idx as usize);
+                            }
+                            _ => {
+                                // Still in the kernel: it now completes as this receive.
+                                // (Its entry is of the ring of work in progress.)
+                                op.kind = Kind::RecvProvided {
+                                    starved: false,
+                                    new: false,
+                                };
+                                op.orphan = false;
+                                c.read = idx;
+                                return None;
+                            }
+                        }
+                    }
+                }
+                let new = matches!(op, Op::RecvNew);
+                let e = Self::recv_provided_entry(fd, new);
+                let kind = Kind::RecvProvided {
+                    starved: false,
+                    new,
+                };
+                self.start_op(conn, Slot::Read, kind, e);
                 None
             }
             Op::Recv(Some(mut b)) => {
@@ -1142,18 +1315,24 @@ impl Engine for UringEngine {
                     return Some(failed(Op::Watch));
                 }
                 if c.watch != NONE {
-                    // The detached poll is still armed: take it back.
-                    let idx = c.watch;
-                    c.watch = NONE;
-                    c.read = idx;
-                    if let Some(op) = self.ops.get_mut(idx as usize) {
-                        op.orphan = false;
+                    // The detached watch: take it back (or what it got, if it fired).
+                    let idx = std::mem::replace(&mut c.watch, NONE);
+                    let fired = match self.ops.get_mut(idx as usize) {
+                        Some(op) if matches!(op.kind, Kind::WatchFired { .. }) => true,
+                        Some(op) => {
+                            c.read = idx;
+                            op.orphan = false;
+                            return None;
+                        }
+                        None => false,
+                    };
+                    if fired {
+                        if let Kind::WatchFired { buf, res } = self.ops.remove(idx as usize).kind {
+                            return Some(watch_done(res, buf, &mut self.pool));
+                        }
                     }
-                    return None;
                 }
-                let e =
-                    opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-                        .build();
+                let e = Self::recv_provided_entry(fd, false);
                 self.start_op(conn, Slot::Read, Kind::Watch, e);
                 None
             }
@@ -1234,14 +1413,19 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.buffer_waits)
     }
 
-    /// The ring lends fewer when receives slowed down; then the pool.
+    fn take_reserve_waits(&mut self) -> u64 {
+        std::mem::take(&mut self.reserve_waits)
+    }
+
+    /// The rings lend fewer when receives slowed down; then the pool.
     fn trim(&mut self) -> crate::io::buffer::Trimmed {
         self.bufring.shrink();
+        self.bufring_new.shrink();
         self.pool.trim()
     }
 
     fn gauges(&self) -> Gauges {
-        let lent = self.bufring.lent() as u64;
+        let lent = (self.bufring.lent() + self.bufring_new.lent()) as u64;
         Gauges {
             engine: "io_uring",
             connections: (self.conns.len() - self.dead.len()) as u64,
@@ -1267,14 +1451,21 @@ impl Drop for UringEngine {
         for (_, op) in self.ops.iter_mut() {
             op.orphan = true;
         }
-        let starved: Vec<usize> = self
+        // Ops with nothing in the kernel end at once.
+        let idle: Vec<usize> = self
             .ops
             .iter()
-            .filter(|(_, op)| matches!(op.kind, Kind::RecvProvided { starved: true }))
+            .filter(|(_, op)| {
+                matches!(
+                    op.kind,
+                    Kind::RecvProvided { starved: true, .. } | Kind::WatchFired { .. }
+                )
+            })
             .map(|(i, _)| i)
             .collect();
-        for i in starved {
-            self.ops.remove(i);
+        for i in idle {
+            let op = self.ops.remove(i);
+            self.recycle(op.kind);
         }
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
@@ -1295,6 +1486,134 @@ impl Drop for UringEngine {
         let _ = self.ring.submit();
         let (ring, pool) = (&self.ring, &mut self.pool);
         self.bufring.unregister(ring, pool);
+        self.bufring_new.unregister(ring, pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// An engine with one connection to a peer this test holds (`None` where the kernel
+    /// refuses io_uring: nothing to test there).
+    fn pair() -> Option<(UringEngine, ConnId, TcpStream)> {
+        let setup = probe::probe(false).ok()?;
+        let mut e =
+            UringEngine::new(BufferPool::new(4096, 64), PipePool::new(4), setup).expect("engine");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let conn = e.connect(l.local_addr().expect("addr")).expect("connect");
+        // The `CONNECT` goes to the kernel at the next poll.
+        let d = next_done(&mut e, conn).expect("connected");
+        assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
+        let (peer, _) = l.accept().expect("accept");
+        Some((e, conn, peer))
+    }
+
+    /// Polls until `conn`'s next `Done` (at most ~2 s).
+    fn next_done(e: &mut UringEngine, conn: ConnId) -> Option<Done> {
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            e.poll(Duration::from_millis(50), &mut out).expect("poll");
+            for ev in out.drain(..) {
+                if let Event::Done(c, d) = ev {
+                    if c == conn {
+                        return Some(d);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn settle(e: &mut UringEngine) {
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            e.poll(Duration::from_millis(20), &mut out).expect("poll");
+        }
+        assert!(out.is_empty(), "nothing delivered: {out:?}");
+    }
+
+    /// A watch (nothing to read yet), cancelled as a pooled connection's is when reused.
+    fn detach_watch(e: &mut UringEngine, conn: ConnId) {
+        assert!(e.submit(conn, Op::Watch).is_none(), "nothing to read yet");
+        e.cancel(conn, Slot::Read);
+    }
+
+    /// Closes `conn` and checks the engine holds nothing any more.
+    fn close_clean(e: &mut UringEngine, conn: ConnId, linger: Linger) {
+        e.close(conn, linger);
+        settle(e);
+        let g = e.gauges();
+        assert_eq!(
+            (g.ops_in_flight, g.buffers_in_use, g.connections),
+            (0, 0, 0)
+        );
+    }
+
+    fn received(e: &mut UringEngine, done: Done) -> Vec<u8> {
+        let Done::Recv {
+            buf: Some(b),
+            res: Xfer::Bytes(_),
+        } = done
+        else {
+            panic!("bytes received: {done:?}")
+        };
+        let v = e.pool.data(&b).to_vec();
+        e.pool.release(b);
+        v
+    }
+
+    #[test]
+    fn a_detached_watch_is_the_next_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        detach_watch(&mut e, conn);
+        settle(&mut e);
+        // The receive takes over the armed watch: no second entry, the bytes arrive in it.
+        assert!(e.submit(conn, Op::Recv(None)).is_none());
+        assert_eq!(e.ops.len(), 1, "one op in flight for the connection");
+        peer.write_all(b"response").expect("write");
+        let d = next_done(&mut e, conn).expect("the response");
+        assert_eq!(received(&mut e, d), b"response");
+        close_clean(&mut e, conn, Linger::Graceful);
+    }
+
+    #[test]
+    fn a_detached_watch_that_fired_keeps_what_it_got_for_the_next_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        detach_watch(&mut e, conn);
+        peer.write_all(b"early").expect("write");
+        // The watch completes while detached: nothing is delivered, nothing is lost.
+        settle(&mut e);
+        let d = e.submit(conn, Op::Recv(None)).expect("at once");
+        assert_eq!(received(&mut e, d), b"early");
+        assert_eq!(e.gauges().ops_in_flight, 0);
+        // An EOF kept the same way, and given to a watch re-attached instead.
+        detach_watch(&mut e, conn);
+        drop(peer);
+        settle(&mut e);
+        assert!(matches!(
+            e.submit(conn, Op::Watch),
+            Some(Done::Watch(Xfer::Eof))
+        ));
+        close_clean(&mut e, conn, Linger::Graceful);
+    }
+
+    #[test]
+    fn closing_with_a_fired_detached_watch_leaks_nothing() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        detach_watch(&mut e, conn);
+        peer.write_all(b"unasked").expect("write");
+        settle(&mut e);
+        assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
+        close_clean(&mut e, conn, Linger::Reset);
     }
 }
 

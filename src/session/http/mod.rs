@@ -1219,10 +1219,11 @@ impl HttpSession {
         }
         let head = x.up_head.as_ref()?;
         let n = x.up_head_len as usize;
+        // A copy is new work: not from the pool's reserve.
         let mut out = if n > cx.pool.buffer_size() {
             cx.pool.checkout_large()?
         } else {
-            cx.pool.checkout()?
+            cx.pool.checkout_new()?
         };
         let copied = match cx.pool.data_and_spare(head, &mut out) {
             Some((src, dst)) if src.len() >= n && dst.len() >= n => {

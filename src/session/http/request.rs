@@ -50,7 +50,13 @@ impl HttpSession {
             None => None,
         };
         self.down_reading = true;
-        Want::Io(Side::Downstream, Op::Recv(partial))
+        // The first bytes of a request are new work: they wait while the pool is down to its
+        // reserve (the rest of a head already begun is work in progress).
+        let op = match partial {
+            Some(b) => Op::Recv(Some(b)),
+            None => Op::RecvNew,
+        };
+        Want::Io(Side::Downstream, op)
     }
 
     /// A request head filled its buffer without ending. Below the listener's limit it moves to
@@ -105,14 +111,15 @@ impl HttpSession {
         // The rewritten head goes into its own buffer and stays there until the exchange ends.
         // A head that nearly fills a regular buffer is rewritten into a large one. Without a
         // buffer nothing has happened yet: the head is parsed again when buffers come back.
+        // A new request whose head is in: it takes at most half of the pool's reserve.
         let big = h.head_len + 1024 > cx.pool.buffer_size() && cx.pool.large_size() > 0;
         let up = if big {
             cx.pool.checkout_large()
         } else {
-            cx.pool.checkout()
+            cx.pool.checkout_begun()
         };
         let Some(mut up) = up else {
-            return Want::Buffer;
+            return if big { Want::Buffer } else { Want::BufferNew };
         };
         cx.http.requests += 1;
         self.head_started = false;

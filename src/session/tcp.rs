@@ -50,6 +50,8 @@ pub struct TcpSession {
     ops: u32,
     /// The client's address is still to come (a PROXY header): no upstream until then.
     awaiting_client: bool,
+    /// Some of the client's bytes went upstream (before the last [`TcpSession::take_moved`]).
+    sent_up: bool,
 }
 
 impl TcpSession {
@@ -75,6 +77,7 @@ impl TcpSession {
             pending: Some(Signal::Upstream(Up::Need)),
             ops: 0,
             awaiting_client: false,
+            sent_up: false,
         }
     }
 
@@ -129,6 +132,7 @@ impl TcpSession {
             self.down.moved,
             u32::from(self.up.splice_starts) + u32::from(self.down.splice_starts),
         );
+        self.sent_up |= self.up.moved > 0;
         self.up.moved = 0;
         self.down.moved = 0;
         self.up.splice_starts = 0;
@@ -224,7 +228,7 @@ impl TcpSession {
             // Until the client's first bytes went upstream, reading them is new work: it
             // waits while the buffer pool is down to its reserve.
             let op = match op {
-                Op::Recv(None) if self.total_up == 0 && self.up.moved == 0 => Op::RecvNew,
+                Op::Recv(None) if !self.sent_up && self.up.moved == 0 => Op::RecvNew,
                 op => op,
             };
             return Want::Io(side, op);

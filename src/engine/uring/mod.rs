@@ -1615,10 +1615,7 @@ mod tests {
         assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
         close_clean(&mut e, conn, Linger::Reset);
     }
-}
 
-#[cfg(test)]
-mod tests {
     /// Every idle connection's receive holds an op entry, as large as the largest kind: a
     /// two-slice send keeps its second slice aside.
     #[test]

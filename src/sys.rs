@@ -1,6 +1,7 @@
 //! Operating-system facts. Everything that needs `unsafe` or raw libc lives here; the rest of
-//! the crate denies `unsafe`. The one unsafe operation is taking ownership of a descriptor
-//! number handed to us from outside (socket activation, binary upgrades).
+//! the crate denies `unsafe`. The unsafe operations: taking ownership of a descriptor number
+//! handed to us from outside (socket activation, binary upgrades), and the buffer pools'
+//! memory ([`Region`]: an anonymous mapping whose unused pages can be given back).
 
 use std::fs;
 use std::io;
@@ -105,4 +106,115 @@ pub fn somaxconn() -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Zeroed memory for a buffer pool: one anonymous private mapping, page-aligned, so the kernel
+/// backs a page only once it is first written, and [`Region::release`] can give pages back
+/// (they read as zeros again and take no memory until written).
+pub struct Region {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone (no aliases are handed out beyond borrows of
+// `self`), so moving it to another thread moves that ownership with it.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// `len` zeroed bytes (none resident yet). Aborts only if the address space is
+    /// exhausted, as a failed `vec!` would (at start-up, where the pool is created).
+    pub fn new(len: usize) -> Region {
+        Region::try_new(len).unwrap_or_else(|_| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(len, 4096)
+                    .unwrap_or(std::alloc::Layout::new::<u8>()),
+            )
+        })
+    }
+
+    /// `len` zeroed bytes, or the mapping's error.
+    pub fn try_new(len: usize) -> io::Result<Region> {
+        if len == 0 {
+            return Ok(Region {
+                ptr: std::ptr::NonNull::dangling(),
+                len: 0,
+            });
+        }
+        // SAFETY: a new anonymous private mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Region { ptr, len })
+    }
+
+    /// Gives back the memory of the whole pages inside bytes `[start, end)` (a page that
+    /// reaches outside the range is kept: its other bytes may be in use). The bytes read as
+    /// zeros afterwards. Returns how many bytes were released (0 if the kernel refused: the
+    /// memory then simply stays resident).
+    pub fn release(&mut self, start: usize, end: usize) -> usize {
+        const PAGE: usize = 4096;
+        let end = end.min(self.len);
+        let (lo, hi) = (start.next_multiple_of(PAGE), end - end % PAGE);
+        if lo >= hi {
+            return 0;
+        }
+        // SAFETY: `[lo, hi)` lies inside this mapping (`hi <= len`, both page-aligned as the
+        // mapping's start is) and `&mut self` guarantees no borrow of these bytes is alive;
+        // MADV_DONTNEED on private anonymous memory only replaces the pages with zero pages.
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(lo).cast(),
+                hi - lo,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r == 0 {
+            hi - lo
+        } else {
+            0
+        }
+    }
+}
+
+impl std::ops::Deref for Region {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` bytes (a live mapping, or dangling with `len` 0),
+        // initialized (zero pages at first), and only borrowed through `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Region {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping was created by `new` with this length and is unmapped once;
+            // no borrow outlives `self`. An engine whose kernel ops still name this memory
+            // drains them before its pool drops (see `engine::uring`).
+            unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            }
+        }
+    }
 }

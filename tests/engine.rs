@@ -651,3 +651,108 @@ backends = ["{}"]
     assert!(n >= 1.0, "{line}");
     assert!(m.contains("switchyard_engine_loop_max_seconds "), "{m}");
 }
+
+/// A burst of uploads warms many pool buffers (each held full while its backend does not
+/// read); once the proxy is idle again the worker's trim gives their pages back: the
+/// `buffers_warm` gauge drops to what the engine keeps lent (io_uring's buffer ring after it
+/// shrank back) and the process's RSS falls by at least half of the buffers' memory.
+#[test]
+fn an_idle_proxy_gives_back_the_buffer_memory_of_a_burst() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 48;
+    const BUF: u64 = 16 * 1024;
+    let release = Arc::new(AtomicBool::new(false));
+    let hold = release.clone();
+    // Takes the uploads' connections and reads nothing until told to let go.
+    let backend = Backend::spawn(Arc::new(move |s: TcpStream, _: &BackendState| {
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4096);
+        let d = Deadline::after(Duration::from_secs(30));
+        while !hold.load(Ordering::SeqCst) && !d.expired() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }));
+    let p = Proxy::start(&simple_config(
+        "workers = 1\nbuffers_per_worker = 256\nbuffer_size = \"16KiB\"\nsplice_pipes_per_worker = 0",
+        "connect_timeout = \"2s\"",
+        &[backend.addr],
+    ));
+    baseline(&p);
+    let addr = p.addr("front");
+    let uploads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            spawn_small("upload", move || {
+                let Ok(mut c) = TcpStream::connect(addr) else {
+                    return;
+                };
+                let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+                let chunk = payload(i as u64, 64 * 1024);
+                // Until the socket stays full (the proxy holds a full buffer by then).
+                for _ in 0..64 {
+                    if c.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                // Until the proxy closes the connection (the backend let go).
+                let _ = c.set_read_timeout(Some(Duration::from_millis(50)));
+                let d = Deadline::after(Duration::from_secs(30));
+                let mut b = [0u8; 1];
+                while !d.expired() {
+                    match c.read(&mut b) {
+                        Ok(0) => break,
+                        Err(e)
+                            if !matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            break
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let d = Deadline::after(Duration::from_secs(20));
+    loop {
+        let st = p.stats();
+        if u64_at(&st, "/engine/buffers_in_use") >= CLIENTS as u64 * 3 / 4 {
+            break;
+        }
+        assert!(
+            !d.expired(),
+            "the uploads hold no buffers: {}",
+            st["engine"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let peak_rss = p.rss_kib();
+    let peak_warm = u64_at(&p.stats(), "/engine/buffers_warm");
+    assert!(peak_warm >= CLIENTS as u64 * 3 / 4, "{}", p.stats());
+    // The burst ends: the backend lets go, the proxy closes both sides.
+    release.store(true, Ordering::SeqCst);
+    for u in uploads {
+        join_timeout(u, Duration::from_secs(40), "upload client");
+    }
+    wait_until(Duration::from_secs(15), "sessions closed", || {
+        p.tcp("active") == 0
+    });
+    // Idle: the trim runs every second; what stayed unused for a whole interval goes.
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(15), "warm buffers given back", || {
+        last = p.stats();
+        let e = &last["engine"];
+        u64_at(e, "/buffers_warm") <= u64_at(e, "/buffers_provided") + 2
+    });
+    let warm = u64_at(&last["engine"], "/buffers_warm");
+    let given_back_kib = (peak_warm - warm) * BUF / 1024;
+    let idle_rss = p.rss_kib();
+    assert!(
+        idle_rss + given_back_kib / 2 <= peak_rss,
+        "RSS {peak_rss} KiB with {peak_warm} warm buffers, {idle_rss} KiB idle with {warm}: \
+         less than half of {given_back_kib} KiB given back ({last})"
+    );
+    assert!(p.try_wait().is_none());
+}

@@ -175,6 +175,10 @@ pub struct Gauges {
     pub buffers_in_use: u64,
     /// Pool buffers lent to the kernel for receives into engine-provided buffers (io_uring).
     pub buffers_provided: u64,
+    /// Pool buffers that may hold memory: in use, lent, or free but used since their pages
+    /// were last given back (trimming gives back those that stay unused; see
+    /// [`crate::io::buffer`]).
+    pub buffers_warm: u64,
     /// Splice pipes out of the pool.
     pub pipes_in_use: u64,
     /// Empty splice pipes kept open in the pool for reuse (two descriptors each).
@@ -196,6 +200,7 @@ impl Gauges {
         self.ops_in_flight += o.ops_in_flight;
         self.buffers_in_use += o.buffers_in_use;
         self.buffers_provided += o.buffers_provided;
+        self.buffers_warm += o.buffers_warm;
         self.pipes_in_use += o.pipes_in_use;
         self.pipes_idle += o.pipes_idle;
         self.loop_max_us = self.loop_max_us.max(o.loop_max_us);
@@ -269,6 +274,14 @@ pub trait Engine: Send + Sized {
     /// to its reserve (shown as `buffer_reserve_waits`).
     fn take_reserve_waits(&mut self) -> u64 {
         0
+    }
+
+    /// Gives back memory an idle worker no longer needs: the pages of pool buffers that stayed
+    /// unused for a whole interval (and, on io_uring, the buffer ring's share beyond what
+    /// recent receives used). Called by the worker every [`crate::io::buffer::TRIM_INTERVAL`];
+    /// says what the pool gave back.
+    fn trim(&mut self) -> crate::io::buffer::Trimmed {
+        self.pools().0.trim()
     }
 
     /// What the engine holds now (stats flushes only: may walk its tables). The default

@@ -1,9 +1,21 @@
 //! Per-worker pool of fixed-size buffers, preallocated as one region.
 //!
-//! The region is allocated zeroed in one call, so the kernel backs pages only when a buffer is
-//! first used; the free list is LIFO so the same warm buffers are reused. A [`Buf`] is a small
-//! handle (index + fill window), held by a session only while bytes are in flight: an idle
-//! connection holds none. `checkout` returning `None` is back-pressure, never a panic.
+//! The region is one anonymous mapping ([`crate::sys::Region`]), so the kernel backs pages
+//! only when a buffer is first used; the free list is LIFO so the same warm buffers are reused.
+//! A [`Buf`] is a small handle (index + fill window), held by a session only while bytes are in
+//! flight: an idle connection holds none. `checkout` returning `None` is back-pressure, never a
+//! panic.
+//!
+//! Trimming: a burst (a connection storm, many uploads at once) warms many buffers that an
+//! idle proxy no longer needs. [`BufferPool::trim`], called by the worker once per
+//! [`TRIM_INTERVAL`], gives back the pages of the buffers that stayed at the bottom of the free
+//! list for the whole interval (below the list's low-water mark since the last trim) and were
+//! used since their pages were last given back. Because the list is LIFO, the bottom entries
+//! sit above nothing that moved: the free list's bottom `clean` entries are known to hold no
+//! memory (fresh at start, or given back), everything above may. A checkout lowers the
+//! low-water mark (one `min`); the trim lowers `clean` to it, gives back at most
+//! [`TRIM_BATCH`] buffers above `clean` (adjacent ones in one call) and raises `clean` past
+//! them. The hot set (what was checked out during the interval) is never touched.
 //!
 //! The last `reserve` free regular buffers are kept for work already in progress (HAProxy's
 //! `tune.buffers.reserve`): [`BufferPool::checkout_new`], for new work (the next request's
@@ -15,6 +27,11 @@
 //! begun, and work in progress keeps the other half.
 //!
 //! Hot path: no allocation after `new`.
+
+/// How often the worker trims its pool (and the io_uring engine its buffer ring).
+pub const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most buffers given back per trim (a few ms of `madvise` at most).
+pub const TRIM_BATCH: usize = 1024;
 
 /// A checked-out buffer: index into the pool plus the window `[start, end)` of pending bytes.
 /// Deliberately neither `Clone` nor `Copy`: it must go back through [`BufferPool::release`].
@@ -55,14 +72,36 @@ impl Buf {
 /// `large_size` (for HTTP request heads that outgrow a regular buffer). A handle's index says
 /// its class; every accessor below works for both.
 pub struct BufferPool {
-    mem: Box<[u8]>,
+    mem: crate::sys::Region,
     size: usize,
     free: Vec<u32>,
     count: usize,
     large_size: usize,
+    large_count: usize,
     large_free: Vec<u32>,
     /// Free regular buffers only work in progress may take.
     reserve: usize,
+    /// Trim bookkeeping of each class (see the module doc).
+    trim: [TrimMarks; 2],
+    /// Scratch for one trim's indices (sorted to coalesce runs); capacity [`TRIM_BATCH`].
+    scratch: Vec<u32>,
+}
+
+/// One class's trim marks: `clean` bottom entries of its free list hold no memory; `low` is
+/// the list's shortest length since the last trim.
+#[derive(Debug, Clone, Copy)]
+struct TrimMarks {
+    clean: usize,
+    low: usize,
+}
+
+/// What one [`BufferPool::trim`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Buffers whose pages were given back.
+    pub buffers: usize,
+    /// Bytes given back (whole pages).
+    pub bytes: usize,
 }
 
 impl BufferPool {
@@ -78,15 +117,81 @@ impl BufferPool {
     ) -> BufferPool {
         let total = size * count + large_size * large_count;
         BufferPool {
-            mem: vec![0u8; total].into_boxed_slice(),
+            mem: crate::sys::Region::new(total),
             size,
             // Highest index last: LIFO hands out buffer 0 first and keeps the hot set small.
             free: (0..count as u32).rev().collect(),
             count,
             large_size,
+            large_count,
             large_free: (count as u32..(count + large_count) as u32).rev().collect(),
+            // Fresh memory: every free buffer is clean.
+            trim: [
+                TrimMarks {
+                    clean: count,
+                    low: count,
+                },
+                TrimMarks {
+                    clean: large_count,
+                    low: large_count,
+                },
+            ],
+            scratch: Vec::with_capacity(TRIM_BATCH),
             reserve: 0,
         }
+    }
+
+    /// Gives back the pages of buffers that stayed unused at the bottom of the free lists
+    /// since the last trim (at most [`TRIM_BATCH`] buffers; the rest at the next trim), and
+    /// starts a new interval. Called by the worker every [`TRIM_INTERVAL`].
+    pub fn trim(&mut self) -> Trimmed {
+        let mut done = Trimmed::default();
+        for class in 0..2 {
+            let list_len = if class == 0 {
+                self.free.len()
+            } else {
+                self.large_free.len()
+            };
+            let m = &mut self.trim[class];
+            m.clean = m.clean.min(m.low);
+            let end = m.low.min(m.clean + (TRIM_BATCH - done.buffers));
+            let from = m.clean;
+            m.clean = end;
+            m.low = list_len;
+            if end == from {
+                continue;
+            }
+            let list = if class == 0 {
+                &self.free
+            } else {
+                &self.large_free
+            };
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&list[from..end]);
+            self.scratch.sort_unstable();
+            done.buffers += end - from;
+            let mut i = 0;
+            while i < self.scratch.len() {
+                let first = self.scratch[i];
+                let mut last = first;
+                while i + 1 < self.scratch.len() && self.scratch[i + 1] == last + 1 {
+                    i += 1;
+                    last = self.scratch[i];
+                }
+                i += 1;
+                let (start, _) = self.slot(first);
+                let (lstart, lcap) = self.slot(last);
+                done.bytes += self.mem.release(start, lstart + lcap);
+            }
+        }
+        done
+    }
+
+    /// Buffers that may hold memory: checked out, or free but used since their pages were
+    /// last given back (`/stats` `buffers_warm`).
+    pub fn warm(&self) -> usize {
+        let [small, large] = self.trim;
+        (self.count - small.clean.min(small.low)) + (self.large_count - large.clean.min(large.low))
     }
 
     /// The default reserve of a pool of `count` buffers: an eighth, at least 32, and never
@@ -147,7 +252,10 @@ impl BufferPool {
     /// A buffer of the large class; `None` when there is no large class or all are in use.
     #[inline]
     pub fn checkout_large(&mut self) -> Option<Buf> {
-        self.large_free.pop().map(|idx| Buf {
+        let idx = self.large_free.pop()?;
+        let m = &mut self.trim[1];
+        m.low = m.low.min(self.large_free.len());
+        Some(Buf {
             idx,
             start: 0,
             end: 0,
@@ -169,7 +277,10 @@ impl BufferPool {
 
     #[inline]
     pub fn checkout(&mut self) -> Option<Buf> {
-        self.free.pop().map(|idx| Buf {
+        let idx = self.free.pop()?;
+        let m = &mut self.trim[0];
+        m.low = m.low.min(self.free.len());
+        Some(Buf {
             idx,
             start: 0,
             end: 0,
@@ -204,6 +315,27 @@ impl BufferPool {
         } else {
             debug_assert!(!self.large_free.contains(&b.idx));
             self.large_free.push(b.idx);
+        }
+    }
+
+    /// Gives back a buffer that was not used during the current trim interval (one the
+    /// io_uring buffer ring lent and takes back unused): when nothing was drawn from its
+    /// class since the last trim, it joins the part the next trim gives back.
+    pub fn release_idle(&mut self, b: Buf) {
+        let class = usize::from(b.idx as usize >= self.count);
+        let untouched = self.trim[class].low == self.class_len(class);
+        self.release(b);
+        if untouched {
+            self.trim[class].low = self.class_len(class);
+        }
+    }
+
+    #[inline]
+    fn class_len(&self, class: usize) -> usize {
+        if class == 0 {
+            self.free.len()
+        } else {
+            self.large_free.len()
         }
     }
 
@@ -330,6 +462,131 @@ mod tests {
             p.checkout_large().is_some(),
             "a released large buffer goes back to its class"
         );
+    }
+
+    /// Checks out `n` buffers, writes into each, and gives them back (LIFO: the same `n`
+    /// buffers each time).
+    fn churn(p: &mut BufferPool, n: usize) {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let mut b = p.checkout().expect("buffer");
+            p.spare(&mut b)[0] = 0xaa;
+            b.fill(1);
+            held.push(b);
+        }
+        for b in held {
+            p.release(b);
+        }
+    }
+
+    #[test]
+    fn trim_gives_back_what_stayed_unused_for_a_whole_interval() {
+        let mut p = BufferPool::new(4096, 8);
+        assert_eq!(p.trim(), Trimmed::default(), "fresh memory is clean");
+        assert_eq!(p.warm(), 0);
+        churn(&mut p, 3);
+        assert_eq!(p.warm(), 3);
+        // Used during this interval: the hot set, kept.
+        assert_eq!(p.trim(), Trimmed::default());
+        assert_eq!(p.warm(), 3);
+        // Unused for a whole interval: given back, page by page.
+        assert_eq!(
+            p.trim(),
+            Trimmed {
+                buffers: 3,
+                bytes: 3 * 4096
+            }
+        );
+        assert_eq!(p.warm(), 0);
+        assert_eq!(p.trim(), Trimmed::default(), "nothing twice");
+        let mut b = p.checkout().expect("buffer");
+        assert!(
+            p.spare(&mut b).iter().all(|&x| x == 0),
+            "given-back pages read as zeros"
+        );
+        p.release(b);
+    }
+
+    #[test]
+    fn trim_keeps_the_hot_set_and_takes_the_rest_of_a_burst() {
+        let mut p = BufferPool::new(4096, 16);
+        churn(&mut p, 10); // a burst
+        p.trim();
+        churn(&mut p, 2); // steady traffic: the two top buffers
+        assert_eq!(p.trim().buffers, 8, "the burst's other 8 buffers");
+        assert_eq!(p.warm(), 2);
+        churn(&mut p, 2);
+        assert_eq!(p.trim().buffers, 0, "the hot set stays");
+        assert_eq!(p.trim().buffers, 2, "until it cools down");
+        assert_eq!(p.warm(), 0);
+    }
+
+    #[test]
+    fn trim_is_bounded_per_call() {
+        let n = TRIM_BATCH + 10;
+        let mut p = BufferPool::new(4096, n);
+        churn(&mut p, n);
+        p.trim();
+        assert_eq!(p.trim().buffers, TRIM_BATCH);
+        assert_eq!(p.warm(), 10);
+        assert_eq!(p.trim().buffers, 10, "the rest at the next trim");
+        assert_eq!(p.warm(), 0);
+    }
+
+    #[test]
+    fn trim_keeps_pages_shared_with_buffers_in_use() {
+        // Four 1 KiB buffers per page.
+        let mut p = BufferPool::new(1024, 8);
+        churn(&mut p, 8);
+        let mut keep = p.checkout().expect("buffer 0");
+        p.spare(&mut keep)[..2].copy_from_slice(b"hi");
+        keep.fill(2);
+        p.trim();
+        let t = p.trim();
+        assert_eq!(t.buffers, 7);
+        assert_eq!(t.bytes, 4096, "only the page without a buffer in use");
+        assert_eq!(p.data(&keep), b"hi");
+        p.release(keep);
+    }
+
+    #[test]
+    fn buffers_given_back_unused_join_the_cold_part() {
+        let mut p = BufferPool::new(4096, 8);
+        // Lent (say to the kernel) during a burst, used, and back.
+        churn(&mut p, 4);
+        let lent: Vec<Buf> = (0..2).map(|_| p.checkout().expect("buffer")).collect();
+        p.trim();
+        // A quiet interval: nothing drawn; the lent buffers come back unused.
+        for b in lent {
+            p.release_idle(b);
+        }
+        assert_eq!(p.trim().buffers, 4, "all four warm buffers at once");
+        assert_eq!(p.warm(), 0);
+        // Not so when the interval drew from the pool: then they are the hot set.
+        let b = p.checkout().expect("buffer");
+        let c = p.checkout().expect("buffer");
+        p.release(b);
+        p.release_idle(c);
+        assert_eq!(p.trim().buffers, 0);
+    }
+
+    #[test]
+    fn trim_covers_the_large_class() {
+        let mut p = BufferPool::with_large(4096, 2, 8192, 2);
+        let a = p.checkout_large().expect("large");
+        let b = p.checkout_large().expect("large");
+        p.release(a);
+        p.release(b);
+        assert_eq!(p.warm(), 2);
+        p.trim();
+        assert_eq!(
+            p.trim(),
+            Trimmed {
+                buffers: 2,
+                bytes: 2 * 8192
+            }
+        );
+        assert_eq!(p.warm(), 0);
     }
 
     #[test]

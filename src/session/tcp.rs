@@ -15,7 +15,6 @@ use crate::engine::{ConnId, Done, Op};
 use crate::io::Xfer;
 use crate::snapshot::Snapshot;
 use crate::stats::FooCounts;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,19 +50,13 @@ pub struct TcpSession {
     ops: u32,
     /// The client's address is still to come (a PROXY header): no upstream until then.
     awaiting_client: bool,
-    /// The client (its PROXY header's address once read), for the connection log.
-    pub client: SocketAddr,
-    /// When the connection was accepted.
-    pub opened: Instant,
-    /// Bytes moved each way before the last [`TcpSession::take_moved`].
-    total_up: u64,
-    total_down: u64,
+    /// Some of the client's bytes went upstream (before the last [`TcpSession::take_moved`]).
+    sent_up: bool,
 }
 
 impl TcpSession {
     pub fn new(
         downstream: ConnId,
-        client: SocketAddr,
         snapshot: Arc<Snapshot>,
         listener: u32,
         target: Target,
@@ -84,10 +77,7 @@ impl TcpSession {
             pending: Some(Signal::Upstream(Up::Need)),
             ops: 0,
             awaiting_client: false,
-            client,
-            opened: now,
-            total_up: 0,
-            total_down: 0,
+            sent_up: false,
         }
     }
 
@@ -142,8 +132,7 @@ impl TcpSession {
             self.down.moved,
             u32::from(self.up.splice_starts) + u32::from(self.down.splice_starts),
         );
-        self.total_up += self.up.moved;
-        self.total_down += self.down.moved;
+        self.sent_up |= self.up.moved > 0;
         self.up.moved = 0;
         self.down.moved = 0;
         self.up.splice_starts = 0;
@@ -151,12 +140,10 @@ impl TcpSession {
         r
     }
 
-    /// Bytes moved so far (downstream → upstream, upstream → downstream).
-    pub fn moved_total(&self) -> (u64, u64) {
-        (
-            self.total_up + self.up.moved,
-            self.total_down + self.down.moved,
-        )
+    /// Bytes moved (downstream → upstream, upstream → downstream) since the last
+    /// [`TcpSession::take_moved`].
+    pub fn moved_pending(&self) -> (u64, u64) {
+        (self.up.moved, self.down.moved)
     }
 
     /// A new upstream connect started (the previous upstream, if any, is the worker's).
@@ -241,7 +228,7 @@ impl TcpSession {
             // Until the client's first bytes went upstream, reading them is new work: it
             // waits while the buffer pool is down to its reserve.
             let op = match op {
-                Op::Recv(None) if self.total_up == 0 && self.up.moved == 0 => Op::RecvNew,
+                Op::Recv(None) if !self.sent_up && self.up.moved == 0 => Op::RecvNew,
                 op => op,
             };
             return Want::Io(side, op);
@@ -320,7 +307,6 @@ mod tests {
     fn session(kit: &mut Kit) -> TcpSession {
         TcpSession::new(
             1,
-            "127.0.0.1:40000".parse().unwrap(),
             kit.snapshot(),
             0,
             Target::new(0, None, kit.now),

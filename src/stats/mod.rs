@@ -1611,6 +1611,7 @@ impl Aggregator {
         m.insert("ops_in_flight".into(), Value::from(g.ops_in_flight));
         m.insert("buffers_in_use".into(), Value::from(g.buffers_in_use));
         m.insert("buffers_provided".into(), Value::from(g.buffers_provided));
+        m.insert("buffers_warm".into(), Value::from(g.buffers_warm));
         m.insert("pipes_in_use".into(), Value::from(g.pipes_in_use));
         m.insert("pipes_idle".into(), Value::from(g.pipes_idle));
         m.insert(

@@ -295,6 +295,11 @@ pub fn render(a: &Aggregator) -> String {
             g.buffers_provided,
             "Pool buffers lent to the kernel for receives (io_uring).",
         ),
+        (
+            "buffers_warm",
+            g.buffers_warm,
+            "Pool buffers that may hold memory (used since their pages were last given back).",
+        ),
         ("pipes_in_use", g.pipes_in_use, "Splice pipes in use."),
         (
             "pipes_idle",

@@ -3,7 +3,9 @@
 //!
 //! HOT PATH (per connection). No lock, blocking call or info-level log.
 
-use super::{is_resource_exhaustion, listener_closed, Entry, Waiting, Worker, ACCEPT_BATCH};
+use super::{
+    is_resource_exhaustion, listener_closed, ConnFacts, Entry, Waiting, Worker, ACCEPT_BATCH,
+};
 use crate::balance::hash_ip;
 use crate::config::{BalanceKind, HashOn, Protocol};
 use crate::engine::{Accepted, ConnId, Engine, Linger, Op, Slice};
@@ -166,11 +168,11 @@ impl<E: Engine> Worker<E> {
         let session = match route.protocol {
             Protocol::Http => {
                 let timeouts = ListenerTimeouts {
-                    request_header: route.http.request_header_timeout,
-                    request_body: route.http.request_body_timeout,
-                    buffering: route.http.request_buffering,
-                    keepalive: route.http.keepalive_timeout,
-                    tunnel_idle: route.idle_timeout,
+                    request_header: route.http.request_header_timeout.into(),
+                    request_body: route.http.request_body_timeout.into(),
+                    buffering: u32::try_from(route.http.request_buffering).unwrap_or(u32::MAX),
+                    keepalive: route.http.keepalive_timeout.into(),
+                    tunnel_idle: route.idle_timeout.into(),
                 };
                 let mut s = HttpSession::new(
                     conn,
@@ -201,7 +203,6 @@ impl<E: Engine> Worker<E> {
                 let is_foo = route.protocol == Protocol::Foo;
                 let mut s = TcpSession::new(
                     conn,
-                    peer,
                     snap.clone(),
                     li as u32,
                     Target::new(ci as u32, hash, self.env.now),
@@ -235,6 +236,21 @@ impl<E: Engine> Worker<E> {
             queued: false,
             waiting: Waiting::No,
         });
+        let logged = self.connection_log.as_ref().is_some_and(|l| l.enabled())
+            && matches!(self.sessions[key].session, Session::Tcp(_));
+        if logged {
+            if key >= self.conn_facts.len() {
+                self.conn_facts.resize(key + 1, None);
+            }
+            self.conn_facts[key] = Some(ConnFacts {
+                client: peer,
+                opened: self.env.now,
+                up: 0,
+                down: 0,
+            });
+        } else if let Some(f) = self.conn_facts.get_mut(key) {
+            *f = None;
+        }
         // The transport first: `own` puts a plain connection under its listener's toxics.
         self.meta(conn).transport = transport;
         self.own(conn, key, Side::Downstream);

@@ -96,6 +96,10 @@ impl<E: Engine> Worker<E> {
         {
             let (up, down, splices) = s.take_moved();
             if up | down != 0 {
+                if let Some(Some(f)) = self.conn_facts.get_mut(key) {
+                    f.up += up;
+                    f.down += down;
+                }
                 self.env.conns.bytes_client_to_backend += up;
                 self.env.conns.bytes_backend_to_client += down;
                 self.obs.bytes(
@@ -248,7 +252,10 @@ impl<E: Engine> Worker<E> {
         else {
             return;
         };
-        let mut rec = crate::connlog::ConnRecord::new(s.client, why);
+        let Some(Some(f)) = self.conn_facts.get_mut(key).map(Option::take) else {
+            return;
+        };
+        let mut rec = crate::connlog::ConnRecord::new(f.client, why);
         let wall = self.wall_start + self.env.now.saturating_duration_since(self.started);
         rec.time_ms = wall
             .duration_since(std::time::UNIX_EPOCH)
@@ -264,8 +271,9 @@ impl<E: Engine> Worker<E> {
                 .and_then(|i| c.backends.get(i as usize))
                 .map(|b| b.addr);
         }
-        (rec.bytes_client_to_backend, rec.bytes_backend_to_client) = s.moved_total();
-        rec.duration_us = self.env.now.saturating_duration_since(s.opened).as_micros() as u64;
+        let (up, down) = s.moved_pending();
+        (rec.bytes_client_to_backend, rec.bytes_backend_to_client) = (f.up + up, f.down + down);
+        rec.duration_us = self.env.now.saturating_duration_since(f.opened).as_micros() as u64;
         rec.worker = self.id as u16;
         if tx.try_send(rec).is_err() {
             self.env.conns.connection_log_dropped += 1;
@@ -300,9 +308,8 @@ impl<E: Engine> Worker<E> {
     /// Owner bookkeeping for a connection handed to session `key`.
     #[inline]
     pub(super) fn own(&mut self, conn: crate::engine::ConnId, key: usize, side: Side) {
-        let m = self.meta(conn);
-        m.owner = Owner::Session(key as u32, side);
-        m.deadline = 0;
+        self.meta(conn).owner = Owner::Session(key as u32, side);
+        self.clear_pool_deadline(conn);
         self.attach_toxics(conn, key, side);
     }
 }

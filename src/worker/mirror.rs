@@ -167,9 +167,8 @@ impl<E: Engine> Worker<E> {
             },
         };
         backend.live.active.fetch_add(1, Ordering::Relaxed);
-        let m = self.meta(conn);
-        m.owner = Owner::Mirror(mk as u32);
-        m.deadline = 0;
+        self.meta(conn).owner = Owner::Mirror(mk as u32);
+        self.clear_pool_deadline(conn);
         let now = self.env.now;
         if let Some(m) = self.mirrors.get_mut(mk) {
             m.set_conn(conn, ci as u32, bi as u32, reused, now);

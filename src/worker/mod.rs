@@ -266,16 +266,34 @@ enum Owner {
 
 /// The worker's bookkeeping of one connection, for every connection it has (a TCP pair has
 /// two): kept small, as it is paid per idle connection. What only some connections need
-/// lives behind the transport's box (TLS, PROXY) or in the toxics table.
+/// lives behind the transport's box (TLS, PROXY), in the toxics table, or (pooled upstream
+/// connections) in [`Worker::pooled`].
 #[derive(Debug, Default)]
 struct ConnMeta {
     owner: Owner,
     transport: Transport,
-    /// Pooled connections' idle deadline and the time of their armed timer entry, as
-    /// [`Stamp`]s (0: none).
+}
+
+/// A pooled upstream connection's idle deadline and the time of its armed timer entry, as
+/// [`Stamp`]s (0: none), kept beside [`ConnMeta`] by connection id for connections that were
+/// pooled at least once (a TCP pair never is).
+#[derive(Debug, Default, Clone, Copy)]
+struct PoolTimes {
     deadline: Stamp,
     timer_at: Stamp,
     timer_gen: u32,
+}
+
+/// A TCP session's facts for its connection-log record ([`Worker::conn_facts`]).
+#[derive(Debug, Clone, Copy)]
+struct ConnFacts {
+    /// The client (its PROXY header's address once read).
+    client: SocketAddr,
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Bytes moved each way up to the session's last `take_moved`.
+    up: u64,
+    down: u64,
 }
 
 /// A point in time as nanoseconds after the worker started, plus one (0 means none): half
@@ -329,6 +347,8 @@ pub struct Worker<E: Engine> {
     /// Mirror exchanges of release strategy `concurrent` ([`mirror`]).
     mirrors: Slab<crate::session::mirror::Mirror>,
     conns: Vec<ConnMeta>,
+    /// [`PoolTimes`] by connection id, grown only as far as the highest id ever pooled.
+    pooled: Vec<PoolTimes>,
     /// Idle upstream connections per backend address.
     upstream_pool: UpstreamPool,
     /// What sessions borrow besides the pools: the clock, counters, request ids, the shared
@@ -347,6 +367,10 @@ pub struct Worker<E: Engine> {
     fd_waiters: VecDeque<usize>,
     access_log: Option<crate::accesslog::Sink>,
     connection_log: Option<crate::accesslog::Sink<crate::connlog::ConnRecord>>,
+    /// What the connection log records about each TCP session, by session key: kept only for
+    /// sessions accepted while the log is on (idle connections would otherwise all pay for
+    /// it). A session accepted while the log was off is not logged (README `connection_log`).
+    conn_facts: Vec<Option<ConnFacts>>,
     /// Wall-clock time at `started` (for access-log timestamps without a syscall each).
     wall_start: std::time::SystemTime,
     started: Instant,
@@ -359,6 +383,9 @@ pub struct Worker<E: Engine> {
     obs: WorkerStats,
     stats_tx: StatsSender,
     last_flush: Instant,
+    /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
+    /// loop turn.
+    next_trim: Instant,
     /// The longest loop turn so far (poll return to the next poll), µs, and how many turns
     /// took [`SLOW_TURN`] or longer: a worker stall shows here first (reported with the
     /// engine gauges).
@@ -417,6 +444,7 @@ impl<E: Engine> Worker<E> {
             sessions: Slab::with_capacity(1024),
             mirrors: Slab::new(),
             conns: Vec::with_capacity(2048),
+            pooled: Vec::new(),
             upstream_pool: UpstreamPool::default(),
             // Request ids: the worker id in the top byte, the start time below, so ids differ
             // across workers and restarts.
@@ -437,6 +465,7 @@ impl<E: Engine> Worker<E> {
             fd_waiters: VecDeque::new(),
             access_log: settings.access_log,
             connection_log: settings.connection_log,
+            conn_facts: Vec::new(),
             wall_start: std::time::SystemTime::now(),
             started: now,
             max_sessions: settings.max_sessions,
@@ -447,6 +476,7 @@ impl<E: Engine> Worker<E> {
             obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
+            next_trim: now + crate::io::buffer::TRIM_INTERVAL,
             loop_max_us: 0,
             slow_turns: 0,
             accept_again: Vec::new(),
@@ -492,6 +522,12 @@ impl<E: Engine> Worker<E> {
             if self.env.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
                 self.flush_stats(0);
             }
+            if self.env.now >= self.next_trim {
+                self.next_trim = self.env.now + crate::io::buffer::TRIM_INTERVAL;
+                if self.engine.trim().buffers > 0 {
+                    self.after_burst();
+                }
+            }
             if let Some(deadline) = self.shutdown {
                 if self.sessions.is_empty() && !self.engine.retiring() {
                     break;
@@ -504,6 +540,22 @@ impl<E: Engine> Worker<E> {
         }
         self.flush_stats(0);
         Ok(())
+    }
+
+    /// A burst is over (the buffer trim gave pages back): the per-turn lists shrink back to
+    /// their start-up size (a storm's completions can fill tens of thousands of events in
+    /// one turn); the allocator (jemalloc, [`crate::heap`]) returns the freed pages to the
+    /// kernel on its own decay timer.
+    fn after_burst(&mut self) {
+        const KEEP: usize = 1024;
+        self.events.shrink_to(KEEP);
+        self.expired.shrink_to(KEEP);
+        if self.ready.is_empty() {
+            self.ready.shrink_to(KEEP);
+        }
+        if self.starved.is_empty() {
+            self.starved.shrink_to(KEEP);
+        }
     }
 
     /// Times the loop turn that just ended (from the last poll's return to now): one clock read
@@ -586,6 +638,7 @@ impl<E: Engine> Worker<E> {
         let detail = self.obs.take_delta();
         let mut gauges = self.engine.gauges();
         gauges.loop_max_us = self.loop_max_us;
+        gauges.buffers_warm = self.engine.pools().0.warm() as u64;
         gauges.slow_turns = self.slow_turns;
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {
@@ -611,8 +664,30 @@ impl<E: Engine> Worker<E> {
         &mut self.conns[i]
     }
 
+    /// The pool times of connection `conn` (grown on first use of a new id).
+    #[inline]
+    fn pool_times(&mut self, conn: ConnId) -> &mut PoolTimes {
+        let i = conn as usize;
+        if i >= self.pooled.len() {
+            self.pooled.resize(i + 1, PoolTimes::default());
+        }
+        &mut self.pooled[i]
+    }
+
+    /// `conn` is not (or no longer) pooled: no idle deadline.
+    #[inline]
+    fn clear_pool_deadline(&mut self, conn: ConnId) {
+        if let Some(t) = self.pooled.get_mut(conn as usize) {
+            t.deadline = 0;
+        }
+    }
+
     /// Closes a connection and forgets who owned it.
     fn close_conn(&mut self, conn: ConnId, linger: crate::engine::Linger) {
+        if let Some(t) = self.pooled.get_mut(conn as usize) {
+            // Its timer entry (if any) goes stale.
+            *t = PoolTimes::default();
+        }
         let mut m = std::mem::take(self.meta(conn));
         if !matches!(m.transport, Transport::Plain) {
             let toxic = m.transport.toxic();
@@ -668,14 +743,14 @@ impl<E: Engine> Worker<E> {
     /// Arms the idle timer of a pooled connection, unless an entry that fires no later is
     /// armed already (it is re-checked when it fires).
     fn arm_pooled_timer(&mut self, conn: ConnId) {
-        let m = self.meta(conn);
+        let m = self.pool_times(conn);
         let deadline = m.deadline;
         if deadline == 0 || (m.timer_at != 0 && m.timer_at <= deadline) {
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let m = self.meta(conn);
+        let m = self.pool_times(conn);
         m.timer_gen = gen;
         m.timer_at = deadline;
         let at = self.instant(deadline);
@@ -723,12 +798,15 @@ impl<E: Engine> Worker<E> {
                 }
                 TimerKey::Pooled(conn) => {
                     let now = self.stamp(self.env.now);
-                    let m = self.meta(conn);
-                    if m.timer_gen != gen || m.timer_at == 0 {
+                    let Some(t) = self.pooled.get_mut(conn as usize) else {
+                        continue;
+                    };
+                    if t.timer_gen != gen || t.timer_at == 0 {
                         continue;
                     }
-                    m.timer_at = 0;
-                    match (m.owner, m.deadline) {
+                    t.timer_at = 0;
+                    let deadline = t.deadline;
+                    match (self.meta(conn).owner, deadline) {
                         (Owner::Pooled(_), d) if d > now => self.arm_pooled_timer(conn),
                         (Owner::Pooled(_), _) => self.drop_pooled(conn),
                         // Lent to a session (whose own timer covers it): the entry is spent.
@@ -984,14 +1062,26 @@ mod tests {
             size_of::<super::Owner>()
         );
         assert!(
-            size_of::<super::ConnMeta>() <= 56,
+            size_of::<super::ConnMeta>() <= 32,
             "ConnMeta: {}",
             size_of::<super::ConnMeta>()
         );
         assert!(
-            size_of::<super::Entry>() <= 328,
+            size_of::<super::Entry>() <= 248,
             "session slab entry: {}",
             size_of::<super::Entry>()
+        );
+        // The entry is as large as the larger of the two: neither may outgrow the other's
+        // budget unnoticed.
+        assert!(
+            size_of::<crate::session::tcp::TcpSession>() <= 224,
+            "TcpSession: {}",
+            size_of::<crate::session::tcp::TcpSession>()
+        );
+        assert!(
+            size_of::<crate::session::http::HttpSession>() <= 224,
+            "HttpSession: {}",
+            size_of::<crate::session::http::HttpSession>()
         );
         assert!(
             size_of::<crate::session::flow::Flow>() <= 56,

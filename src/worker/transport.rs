@@ -177,8 +177,9 @@ impl<E: Engine> Worker<E> {
                 }
             }
             Session::Tcp(s) if start => {
-                if let Some((client, _)) = proxied {
-                    s.client = client;
+                if let (Some((client, _)), Some(Some(f))) = (proxied, self.conn_facts.get_mut(key))
+                {
+                    f.client = client;
                 }
                 let ip = proxied.map(|(c, _)| c.ip());
                 let snap = s.snapshot.clone();

@@ -481,9 +481,8 @@ impl<E: Engine> Worker<E> {
             conn,
             Slot::Read,
         );
-        let m = self.meta(conn);
-        m.owner = Owner::None;
-        m.deadline = 0;
+        self.meta(conn).owner = Owner::None;
+        self.clear_pool_deadline(conn);
         Some(conn)
     }
 
@@ -545,9 +544,8 @@ impl<E: Engine> Worker<E> {
         }
         list.push(conn);
         let deadline = self.stamp(self.env.now + cluster.pool_idle_timeout);
-        let m = self.meta(conn);
-        m.owner = Owner::Pooled(slot);
-        m.deadline = deadline;
+        self.meta(conn).owner = Owner::Pooled(slot);
+        self.pool_times(conn).deadline = deadline;
         // A backend closing an idle connection (or sending what it should not) ends it.
         let watched = self.conns[conn as usize].transport.submit(
             &mut self.engine,

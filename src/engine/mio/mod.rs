@@ -34,6 +34,8 @@ use std::time::Duration;
 const STARVED_BATCH: usize = 256;
 /// `EINTR` retries of one syscall before the op is parked (and retried at the next edge).
 const EINTR_RETRIES: usize = 4;
+/// A parked send without a second slice.
+const NO_SLICE: u32 = u32::MAX;
 
 /// An op parked in a connection's read slot.
 #[derive(Debug)]
@@ -50,7 +52,10 @@ enum ReadOp {
 #[derive(Debug)]
 enum WriteOp {
     None,
-    Send(Slice, Option<Slice>),
+    /// The second slice of a two-slice send waits in the engine's `aside` table (this index,
+    /// or [`NO_SLICE`]): a parked op is paid by every connection's entry, a second slice is
+    /// rare.
+    Send(Slice, u32),
     SpliceOut(crate::io::Pipe, u32),
     /// The non-blocking connect is in progress.
     Connect,
@@ -77,6 +82,8 @@ pub struct MioEngine {
     /// Receives of new work waiting for the pool to rise above its reserve.
     starved_new: VecDeque<ConnId>,
     buffer_waits: u64,
+    /// Second slices of parked two-slice sends ([`WriteOp::Send`]).
+    aside: Slab<Slice>,
     reserve_waits: u64,
 }
 
@@ -103,6 +110,7 @@ impl MioEngine {
             starved: VecDeque::new(),
             starved_new: VecDeque::new(),
             buffer_waits: 0,
+            aside: Slab::new(),
             reserve_waits: 0,
         })
     }
@@ -159,7 +167,7 @@ impl MioEngine {
         if c.ready != Ready::EMPTY && !matches!(c.write, WriteOp::None) {
             match std::mem::replace(&mut c.write, WriteOp::None) {
                 WriteOp::None => {}
-                op => match run_write(c, op, &self.pool) {
+                op => match run_write(c, op, &self.pool, &mut self.aside) {
                     Ok(done) => out.push(Event::Done(id, done)),
                     Err(parked) => c.write = parked,
                 },
@@ -353,18 +361,23 @@ fn recv(c: &mut Conn, buf: Option<Buf>, pool: &mut BufferPool, new: bool) -> Res
 }
 
 /// Runs a write-slot op: `Ok(done)`, or `Err(op)` to park it again.
-fn run_write(c: &mut Conn, op: WriteOp, pool: &BufferPool) -> Result<Done, WriteOp> {
+fn run_write(
+    c: &mut Conn,
+    op: WriteOp,
+    pool: &BufferPool,
+    aside: &mut Slab<Slice>,
+) -> Result<Done, WriteOp> {
     match op {
         WriteOp::None => Err(WriteOp::None),
         WriteOp::Connect => connect_result(c),
         _ if !c.ready.contains(Ready::WRITABLE) => Err(op),
-        WriteOp::Send(a, b) => match send_now(c, &a, b.as_ref(), pool) {
+        WriteOp::Send(a, bi) => match send_now(c, &a, aside.get(bi as usize), pool) {
             Some(res) => Ok(Done::Send {
                 a: a.buf,
-                b: b.map(|s| s.buf),
+                b: aside.try_remove(bi as usize).map(|s| s.buf),
                 res,
             }),
-            None => Err(WriteOp::Send(a, b)),
+            None => Err(WriteOp::Send(a, bi)),
         },
         WriteOp::SpliceOut(pipe, len) => {
             for _ in 0..EINTR_RETRIES {
@@ -619,17 +632,23 @@ impl Engine for MioEngine {
                         });
                     }
                 }
-                c.write = WriteOp::Send(a, b);
+                let bi = b.map_or(NO_SLICE, |s| self.aside.insert(s) as u32);
+                c.write = WriteOp::Send(a, bi);
                 None
             }
-            Op::SpliceOut { pipe, len } => run_write(c, WriteOp::SpliceOut(pipe, len), &self.pool)
-                .map_or_else(
-                    |parked| {
-                        c.write = parked;
-                        None
-                    },
-                    Some,
-                ),
+            Op::SpliceOut { pipe, len } => run_write(
+                c,
+                WriteOp::SpliceOut(pipe, len),
+                &self.pool,
+                &mut self.aside,
+            )
+            .map_or_else(
+                |parked| {
+                    c.write = parked;
+                    None
+                },
+                Some,
+            ),
             Op::Shutdown => Some(Done::Shutdown(match c.sock.shutdown(Shutdown::Write) {
                 Ok(()) => Xfer::Bytes(0),
                 Err(e) => Xfer::failed(&e),
@@ -657,9 +676,9 @@ impl Engine for MioEngine {
                 }
             }
             Slot::Write => match std::mem::replace(&mut c.write, WriteOp::None) {
-                WriteOp::Send(a, b) => {
+                WriteOp::Send(a, bi) => {
                     self.pool.release(a.buf);
-                    if let Some(b) = b {
+                    if let Some(b) = self.aside.try_remove(bi as usize) {
                         self.pool.release(b.buf);
                     }
                 }
@@ -817,5 +836,20 @@ mod tests {
         e.close(new, Linger::Graceful);
         e.close(old, Linger::Graceful);
         assert_eq!(e.gauges().buffers_in_use, 0);
+    }
+
+    /// Every connection pays for its entry, parked ops included: a two-slice send keeps its
+    /// second slice aside.
+    #[test]
+    fn connection_entry_stays_small() {
+        use std::mem::size_of;
+        // (The socket itself is 4 bytes in release builds, more with debug assertions.)
+        let ops = size_of::<super::ReadOp>() + size_of::<super::WriteOp>();
+        assert!(ops <= 52, "parked ops: {ops}");
+        assert!(
+            size_of::<super::Conn>() - size_of::<mio::net::TcpStream>() <= 56,
+            "mio Conn: {}",
+            size_of::<super::Conn>()
+        );
     }
 }

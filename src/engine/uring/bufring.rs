@@ -13,7 +13,8 @@
 //! The ring lends only what recent traffic needed: it starts with a few buffers and doubles its
 //! share each time a receive found it empty (`ENOBUFS`), up to a quarter of the pool. Its
 //! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
-//! engine reports them apart (`buffers_provided`).
+//! engine reports them apart (`buffers_provided`). When traffic falls (a connection storm is
+//! over), [`BufRing::shrink`] lends fewer from then on; what is lent stays lent until used.
 
 use crate::io::{Buf, BufferPool};
 use io_uring::types::BufRingEntry;
@@ -35,7 +36,10 @@ const MAX_ENTRIES: usize = 4096;
 
 pub(super) struct BufRing {
     base: NonNull<BufRingEntry>,
-    map_len: usize,
+    /// The mapping `base` points into (unmapped when the ring drops: the kernel no longer
+    /// uses it by then, unregistered or its ring closed; a registered ring's pages are pinned
+    /// by the kernel until then, so unmapping early could not corrupt memory either).
+    _map: crate::sys::Region,
     mask: u16,
     /// Our tail (published to the kernel after each addition).
     tail: u16,
@@ -51,6 +55,10 @@ pub(super) struct BufRing {
     bgid: u16,
     /// The first buffer id.
     bid_base: u16,
+    /// Buffers the kernel used since the last [`BufRing::shrink`], and whether a receive found
+    /// the ring empty meanwhile.
+    used: usize,
+    grew: bool,
 }
 
 // SAFETY: the mapping is owned by this struct alone (the kernel only reads it); moving the
@@ -65,25 +73,12 @@ impl BufRing {
         let cap = (pool_count / 4).clamp(1, MAX_ENTRIES);
         let entries = 1usize << (usize::BITS - 1 - cap.leading_zeros());
         let map_len = (entries * std::mem::size_of::<BufRingEntry>()).next_multiple_of(4096);
-        // SAFETY: an anonymous private mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<BufRingEntry>())
+        let mut map = crate::sys::Region::try_new(map_len)?;
+        let base = NonNull::new(map.as_mut_ptr().cast::<BufRingEntry>())
             .ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(BufRing {
             base,
-            map_len,
+            _map: map,
             mask: (entries - 1) as u16,
             tail: 0,
             slots: (0..entries).map(|_| None).collect(),
@@ -93,6 +88,8 @@ impl BufRing {
             registered: false,
             bgid,
             bid_base: if bgid == GROUP_NEW { NEW_BID_BASE } else { 0 },
+            used: 0,
+            grew: false,
         })
     }
 
@@ -129,6 +126,26 @@ impl BufRing {
     /// A receive found the ring empty: lend more from now on.
     pub(super) fn grow(&mut self) {
         self.want = (self.want * 2).min(self.slots.len());
+        self.grew = true;
+    }
+
+    /// Lends fewer buffers from now on when the receives since the last call used less than
+    /// half of the share (and none found the ring empty): the share drops to twice what they
+    /// used (at least the starting share). Buffers already lent stay lent until the kernel
+    /// uses them (taking them back means unregistering the ring under armed receives, which
+    /// starved receives in testing; not done).
+    pub(super) fn shrink(&mut self) {
+        let (used, grew) = (
+            std::mem::take(&mut self.used),
+            std::mem::take(&mut self.grew),
+        );
+        let floor = START.min(self.slots.len());
+        let want = (used * 2)
+            .next_power_of_two()
+            .clamp(floor, self.slots.len());
+        if !grew && want < self.want {
+            self.want = want;
+        }
     }
 
     /// Lends the ring buffers from the pool until it holds what it should, or the pool is
@@ -194,6 +211,7 @@ impl BufRing {
         let b = self.slots.get_mut(i as usize)?.take()?;
         self.free.push(i);
         self.lent -= 1;
+        self.used += 1;
         Some(b)
     }
 
@@ -210,16 +228,5 @@ impl BufRing {
             }
         }
         self.lent = 0;
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created by `new` with this length and is unmapped once; the
-        // kernel no longer uses it (unregistered, or its ring is closed: a registered ring's
-        // pages are pinned by the kernel until then, so unmapping early cannot corrupt memory).
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.map_len);
-        }
     }
 }

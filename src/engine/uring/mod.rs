@@ -125,8 +125,10 @@ enum Kind {
         buf: Option<Buf>,
         res: i32,
     },
-    /// A send; the argument-table entry of a two-slice send.
-    Send(Slice, Option<Slice>, u32),
+    /// A send; the argument-table entry of a two-slice send; where its second slice waits in
+    /// the engine's `aside` table ([`NONE`]: none). Every connection's idle receive takes an
+    /// op entry as large as the largest kind, and a second slice is rare.
+    Send(Slice, u32, u32),
     /// A splice to the socket waiting for writability.
     SpliceOut(Pipe, u32),
     Shutdown,
@@ -229,6 +231,8 @@ pub struct UringEngine {
     /// `Drop` is draining the ring: completions are not re-armed.
     draining: bool,
     buffer_waits: u64,
+    /// Second slices of two-slice sends in flight ([`Kind::Send`]).
+    aside: Slab<Slice>,
     reserve_waits: u64,
     pool: BufferPool,
     pipes: PipePool,
@@ -278,6 +282,7 @@ impl UringEngine {
             woken: false,
             draining: false,
             buffer_waits: 0,
+            aside: Slab::new(),
             reserve_waits: 0,
             pool,
             pipes,
@@ -479,9 +484,9 @@ impl UringEngine {
     fn recycle(&mut self, kind: Kind) {
         match kind {
             Kind::Recv(b) => self.pool.release(b),
-            Kind::Send(a, b, args) => {
+            Kind::Send(a, args, bi) => {
                 self.pool.release(a.buf);
-                if let Some(b) = b {
+                if let Some(b) = self.aside.try_remove(bi as usize) {
                     self.pool.release(b.buf);
                 }
                 if args != NONE {
@@ -829,13 +834,13 @@ impl UringEngine {
                 };
                 Done::Recv { buf: Some(b), res }
             }
-            Kind::Send(a, b, args) => {
+            Kind::Send(a, args, bi) => {
                 if args != NONE {
                     self.args.release(args);
                 }
                 Done::Send {
                     a: a.buf,
-                    b: b.map(|s| s.buf),
+                    b: self.aside.try_remove(bi as usize).map(|s| s.buf),
                     res: xfer(res),
                 }
             }
@@ -1254,7 +1259,8 @@ impl Engine for UringEngine {
                         )
                     }
                 };
-                self.start_op(conn, Slot::Write, Kind::Send(a, b, args), e);
+                let bi = b.map_or(NONE, |s| self.aside.insert(s) as u32);
+                self.start_op(conn, Slot::Write, Kind::Send(a, args, bi), e);
                 None
             }
             // Never waits (see the module doc): `Bytes(0)` when nothing can move now.
@@ -1409,6 +1415,13 @@ impl Engine for UringEngine {
 
     fn take_reserve_waits(&mut self) -> u64 {
         std::mem::take(&mut self.reserve_waits)
+    }
+
+    /// The rings lend fewer when receives slowed down; then the pool.
+    fn trim(&mut self) -> crate::io::buffer::Trimmed {
+        self.bufring.shrink();
+        self.bufring_new.shrink();
+        self.pool.trim()
     }
 
     fn gauges(&self) -> Gauges {
@@ -1601,5 +1614,22 @@ mod tests {
         settle(&mut e);
         assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
         close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// Every idle connection's receive holds an op entry, as large as the largest kind: a
+    /// two-slice send keeps its second slice aside.
+    #[test]
+    fn op_entries_stay_small() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<super::InFlight>() <= 40,
+            "InFlight: {}",
+            size_of::<super::InFlight>()
+        );
+        assert!(
+            size_of::<super::Conn>() <= 16,
+            "Conn: {}",
+            size_of::<super::Conn>()
+        );
     }
 }

@@ -55,19 +55,48 @@ pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// reset that could destroy the response before the client reads it (nginx's lingering
 /// close).
 const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: u32 = 1 << 20;
 
-/// Client-side timeouts of the listener.
+/// Client-side timeouts of the listener (in every connection's session: [`Nanos`], half the
+/// size of a `Duration`).
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerTimeouts {
-    pub request_header: Duration,
+    pub request_header: Nanos,
     /// A request body that stalls this long gets 408.
-    pub request_body: Duration,
-    /// Bodies up to this size are read whole before an upstream is asked for (0: never).
-    pub buffering: usize,
-    pub keepalive: Duration,
+    pub request_body: Nanos,
+    /// Bodies up to this size are read whole before an upstream is asked for (0: never; at
+    /// most 1 MiB, `request_buffering`).
+    pub buffering: u32,
+    pub keepalive: Nanos,
     /// After an upgrade (WebSocket): the tunnel closes when idle this long.
-    pub tunnel_idle: Duration,
+    pub tunnel_idle: Nanos,
+}
+
+/// A duration of up to 584 years in nanoseconds: 8 bytes where a `Duration` takes 16.
+/// `Instant + Nanos` is an `Instant`, as with a `Duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nanos(u64);
+
+impl From<Duration> for Nanos {
+    #[inline]
+    fn from(d: Duration) -> Nanos {
+        Nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Nanos {
+    #[inline]
+    pub fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+}
+
+impl std::ops::Add<Nanos> for Instant {
+    type Output = Instant;
+    #[inline]
+    fn add(self, d: Nanos) -> Instant {
+        self + d.get()
+    }
 }
 
 /// Where the connection stands.
@@ -101,8 +130,8 @@ pub struct HttpSession {
     pub listener: u32,
     client_ip: IpAddr,
     /// `client_ip` as text, written once per connection for every request's
-    /// `X-Forwarded-For`.
-    client_text: [u8; 48],
+    /// `X-Forwarded-For` (an IPv6 address takes at most 39 characters).
+    client_text: [u8; 40],
     client_text_len: u8,
     phase: Phase,
     /// Client bytes not yet consumed: a partial head, request body bytes, or pipelined
@@ -119,9 +148,10 @@ pub struct HttpSession {
     close_after: bool,
     /// The worker drains: every response from now on says `Connection: close`.
     draining: bool,
-    /// After a local answer: reading and dropping what the client still sends until then.
-    linger_until: Option<Instant>,
-    lingered: usize,
+    /// After a local answer: reading and dropping what the client still sends, until
+    /// `phase_started + LINGER_TIME` (the local phase's start) or `LINGER_BYTES`.
+    lingering: bool,
+    lingered: u32,
     timeouts: ListenerTimeouts,
     /// Start of the current phase (head, wait for first byte, local response).
     phase_started: Instant,
@@ -142,7 +172,7 @@ impl HttpSession {
         timeouts: ListenerTimeouts,
         now: Instant,
     ) -> HttpSession {
-        let mut client_text = [0u8; 48];
+        let mut client_text = [0u8; 40];
         let client_text_len =
             crate::http::rewrite::write_ip(client_ip, &mut client_text).unwrap_or(0) as u8;
         HttpSession {
@@ -160,7 +190,7 @@ impl HttpSession {
             head_started: false,
             close_after: false,
             draining: false,
-            linger_until: None,
+            lingering: false,
             lingered: 0,
             timeouts,
             phase_started: now,
@@ -249,7 +279,7 @@ impl HttpSession {
     /// with that request, so the close rides on a response where it can.
     pub fn drain(&mut self) {
         self.draining = true;
-        self.timeouts.keepalive = self.timeouts.keepalive.min(DRAIN_IDLE);
+        self.timeouts.keepalive = self.timeouts.keepalive.min(DRAIN_IDLE.into());
         // Between requests `close_after` would mean "close now": the next request's head sets
         // it instead (see `start_request`).
         if self.exchange().is_some_and(|x| !x.resp_started) {
@@ -366,9 +396,8 @@ impl HttpSession {
                 };
                 x.answer_at.map_or(d, |a| d.min(a))
             }
-            Phase::Local(_) => self
-                .linger_until
-                .unwrap_or(self.phase_started + LOCAL_RESPONSE_TIMEOUT),
+            Phase::Local(_) if self.lingering => self.phase_started + LINGER_TIME,
+            Phase::Local(_) => self.phase_started + LOCAL_RESPONSE_TIMEOUT,
             Phase::Tunnel(_) => self.last_active + t.tunnel_idle,
         }
     }
@@ -390,9 +419,7 @@ impl HttpSession {
                 cx.conns.idle_timeouts += 1;
                 Some(Signal::Close(CloseReason::Done))
             }
-            Phase::Local(_) if self.linger_until.is_some() => {
-                Some(Signal::Close(CloseReason::Done))
-            }
+            Phase::Local(_) if self.lingering => Some(Signal::Close(CloseReason::Done)),
             Phase::Local(_) | Phase::Tunnel(_) => {
                 cx.conns.idle_timeouts += 1;
                 Some(Signal::Close(CloseReason::Done))
@@ -845,8 +872,8 @@ impl HttpSession {
         }
         // The answer is out: FIN, then read and drop what the client still sends for a
         // while, so our close does not reset it before it has read the answer.
-        if self.linger_until.is_none() {
-            self.linger_until = Some(self.phase_started + LINGER_TIME);
+        if !self.lingering {
+            self.lingering = true;
             self.down_writing = true;
             return Want::Io(Side::Downstream, Op::Shutdown);
         }
@@ -875,10 +902,10 @@ impl HttpSession {
             Done::Recv { buf, res } => {
                 self.down_reading = false;
                 if let Some(b) = buf {
-                    self.lingered += b.len();
+                    self.lingered = self.lingered.saturating_add(b.len() as u32);
                     cx.pool.release(b);
                 }
-                if self.linger_until.is_none() {
+                if !self.lingering {
                     // A read from before the answer: its bytes are dropped too.
                     return;
                 }

@@ -331,7 +331,7 @@ impl HttpSession {
             }
             None => (false, 0, false),
         };
-        let mut proceed = complete || have >= limit;
+        let mut proceed = complete || have >= limit as usize;
         if !proceed && full {
             // Move to a large buffer when the limit needs one; without one, stream.
             let grown = match self.req_in.take() {

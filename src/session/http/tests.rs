@@ -22,11 +22,11 @@ fn session(kit: &mut Kit) -> HttpSession {
         1,
         "192.0.2.7".parse().expect("ip"),
         ListenerTimeouts {
-            request_header: Duration::from_secs(5),
-            request_body: Duration::from_secs(30),
+            request_header: Duration::from_secs(5).into(),
+            request_body: Duration::from_secs(30).into(),
             buffering: 0,
-            keepalive: Duration::from_secs(60),
-            tunnel_idle: Duration::from_secs(60),
+            keepalive: Duration::from_secs(60).into(),
+            tunnel_idle: Duration::from_secs(60).into(),
         },
         kit.now,
     )
@@ -718,11 +718,11 @@ fn bounded_buffering_reads_the_body_before_asking_for_an_upstream() {
         1,
         "192.0.2.7".parse().expect("ip"),
         ListenerTimeouts {
-            request_header: Duration::from_secs(5),
-            request_body: Duration::from_secs(30),
+            request_header: Duration::from_secs(5).into(),
+            request_body: Duration::from_secs(30).into(),
             buffering: 4096,
-            keepalive: Duration::from_secs(60),
-            tunnel_idle: Duration::from_secs(60),
+            keepalive: Duration::from_secs(60).into(),
+            tunnel_idle: Duration::from_secs(60).into(),
         },
         kit.now,
     );

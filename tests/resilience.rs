@@ -240,33 +240,37 @@ fn a_backend_that_dies_with_many_requests_in_flight_gets_its_gets_retried() {
     let dead = Arc::new(AtomicBool::new(false));
     let held = Arc::new(AtomicUsize::new(0));
     let (a, d, h) = (Arc::clone(&armed), Arc::clone(&dead), Arc::clone(&held));
-    let hold = Backend::spawn(Arc::new(move |mut s: std::net::TcpStream, _st: &BackendState| {
-        let mut buf = Vec::new();
-        let mut b = [0u8; 4096];
-        loop {
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut b) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&b[..n]),
+    let hold = Backend::spawn(Arc::new(
+        move |mut s: std::net::TcpStream, _st: &BackendState| {
+            let mut buf = Vec::new();
+            let mut b = [0u8; 4096];
+            loop {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                buf.clear();
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+                if a.load(Ordering::SeqCst) {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let end = Instant::now() + Duration::from_secs(20);
+                    while !d.load(Ordering::SeqCst) && Instant::now() < end {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    return;
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhold\n")
+                    .is_err()
+                {
+                    return;
                 }
             }
-            buf.clear();
-            if d.load(Ordering::SeqCst) {
-                return;
-            }
-            if a.load(Ordering::SeqCst) {
-                h.fetch_add(1, Ordering::SeqCst);
-                let end = Instant::now() + Duration::from_secs(20);
-                while !d.load(Ordering::SeqCst) && Instant::now() < end {
-                    thread::sleep(Duration::from_millis(5));
-                }
-                return;
-            }
-            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhold\n").is_err() {
-                return;
-            }
-        }
-    }));
+        },
+    ));
     let good = demo("good");
     let p = proxy(
         &[hold.addr, good.addr("demo-backend")],
@@ -291,15 +295,20 @@ fn a_backend_that_dies_with_many_requests_in_flight_gets_its_gets_retried() {
         })
         .collect();
     let warmed: usize = warm.into_iter().map(|t| t.join().expect("warm-up")).sum();
-    assert!(warmed > 600, "warm-up too slow to test the budget: {warmed} requests");
+    assert!(
+        warmed > 600,
+        "warm-up too slow to test the budget: {warmed} requests"
+    );
     armed.store(true, Ordering::SeqCst);
     let retries_before = http_stat(&p, "retries");
     let burst: Vec<_> = (0..300)
         .map(|_| thread::spawn(move || call(web, "GET", "/", None).status))
         .collect();
-    wait_until(Duration::from_secs(20), "half the burst held by the backend", || {
-        held.load(Ordering::SeqCst) >= 140
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "half the burst held by the backend",
+        || held.load(Ordering::SeqCst) >= 140,
+    );
     dead.store(true, Ordering::SeqCst);
     let statuses: Vec<u16> = burst
         .into_iter()

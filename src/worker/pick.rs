@@ -418,7 +418,11 @@ mod tests {
             b.earn(1, 0.2);
         }
         assert_eq!(spend_all(&mut b, 0), 1000);
-        assert_eq!(spend_all(&mut b, 1), 100, "a quiet cluster keeps the minimum");
+        assert_eq!(
+            spend_all(&mut b, 1),
+            100,
+            "a quiet cluster keeps the minimum"
+        );
         // A quiet period lowers the cap again, and what it held above it.
         b.roll_budgets();
         b.roll_budgets();

@@ -81,7 +81,7 @@ impl<E: Engine> Worker<E> {
                 let bi = snap
                     .clusters
                     .get(ci)
-                    .and_then(|c| self.balancers.index_for(snap.version, c, ci));
+                    .and_then(|c| self.balancers.budget_index(snap.version, c, ci));
                 if !bi.is_some_and(|bi| self.balancers.spend(bi)) {
                     // Gated at hand-over; only a snapshot change in between gets here.
                     return self.no_upstream(key, 502);
@@ -198,7 +198,9 @@ impl<E: Engine> Worker<E> {
             }
             // The balancers' index of this cluster: its own, or, for a session that started
             // before a config change, the same cluster in the newer snapshot when its backends
-            // are unchanged (so a request that began before a weight change keeps its retries).
+            // are unchanged (picks then follow the new weights). Its retry budget is found by
+            // the cluster's name alone (`budget`): a request that began before a weight change
+            // or a health verdict keeps its retries.
             let bi = self.balancers.index_for(snap.version, cluster, ci);
             let pick = if let Some(bi) = bi {
                 let ctx = PickCtx { hash };
@@ -240,8 +242,9 @@ impl<E: Engine> Worker<E> {
             // up for another backend.
             if let Session::Http(s) = &mut e.session {
                 if let Some(x) = s.exchange_mut() {
-                    if let (Some(bi), 0, 0) = (bi, x.target.attempts, x.retry.used) {
-                        self.balancers.earn(bi, cluster.retry.budget);
+                    let budget = self.balancers.budget_index(snap.version, cluster, ci);
+                    if let (Some(b), 0, 0) = (budget, x.target.attempts, x.retry.used) {
+                        self.balancers.earn(b, cluster.retry.budget);
                     }
                     let policy = &cluster.retry;
                     let another = (0..cluster.backends.len())
@@ -249,7 +252,7 @@ impl<E: Engine> Worker<E> {
                     let allowed = x.retry.used < policy.retries
                         && another
                         && (policy.non_idempotent || x.method.is_idempotent())
-                        && bi.is_some_and(|bi| self.balancers.has_budget(bi));
+                        && budget.is_some_and(|b| self.balancers.has_budget(b));
                     // Release strategy `concurrent`: an older version may answer instead.
                     let fall_back = crate::release::can_fall_back(&x.release_tag);
                     x.retry = Retry {

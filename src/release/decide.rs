@@ -166,9 +166,12 @@ pub fn decide_into(
     now: Instant,
     tag: &mut Tag,
 ) -> usize {
+    // Every field but `transition`, which means something only with `new_transition` (and
+    // is written with it): 12 bytes fewer to clear per request.
     *tag = Tag {
         service: index as u16,
         version: svc.newest,
+        transition: tag.transition,
         ..Tag::NONE
     };
     // A tester's header names any version, even a rolled-back one; no cookie is set, so the
@@ -241,7 +244,7 @@ fn gradual(svc: &Service, req: &Request<'_>, had: Option<u16>, tag: &mut Tag, no
     if known.is_none() {
         // A new client: its id is the service's prefix and 48 random bits.
         tag.new_transition = true;
-        tag.transition = cookie::IdMaker::suffix(cookie::mix(req.random));
+        tag.transition = cookie::IdMaker::suffix(cookie::draw(req.random));
     }
     // Its bucket: hashed from its id, or on from the prefix's FNV state for a new client.
     let bucket = || match known {
@@ -562,8 +565,8 @@ mod tests {
         let mut out = [0u8; 512];
         let n = write_cookies(&s, &c.tag, &mut out).unwrap();
         let text = std::str::from_utf8(&out[..n]).unwrap();
-        assert_eq!(c.tag.transition, cookie::IdMaker::suffix(cookie::mix(42)));
-        let id = s.ids.id(cookie::mix(42));
+        assert_eq!(c.tag.transition, cookie::IdMaker::suffix(cookie::draw(42)));
+        let id = s.ids.id(cookie::draw(42));
         let version = &s.versions[c.tag.version as usize].id;
         assert_eq!(
             text,

@@ -227,3 +227,100 @@ fn all_backends_down_is_a_clear_counted_503() {
     let mut s = connect(p.addr("web"));
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
 }
+
+#[test]
+fn a_backend_that_dies_with_many_requests_in_flight_gets_its_gets_retried() {
+    // Backend "hold" answers normally until armed; then it holds every request it gets and,
+    // once many are held, dies with them (closes every connection without an answer), as a
+    // killed process would. The GETs it held go to "good": a busy cluster's retry budget
+    // saves up a second's worth of its earnings, not a fixed 100 tokens.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let armed = Arc::new(AtomicBool::new(false));
+    let dead = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let (a, d, h) = (Arc::clone(&armed), Arc::clone(&dead), Arc::clone(&held));
+    let hold = Backend::spawn(Arc::new(
+        move |mut s: std::net::TcpStream, _st: &BackendState| {
+            let mut buf = Vec::new();
+            let mut b = [0u8; 4096];
+            loop {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                buf.clear();
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+                if a.load(Ordering::SeqCst) {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let end = Instant::now() + Duration::from_secs(20);
+                    while !d.load(Ordering::SeqCst) && Instant::now() < end {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    return;
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhold\n")
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        },
+    ));
+    let good = demo("good");
+    let p = proxy(
+        &[hold.addr, good.addr("demo-backend")],
+        "balance = \"round_robin\"\nretries = 1\nretry_budget = 1.0",
+        "",
+    );
+    let web = p.addr("web");
+    // A busy second or two: the cluster earns a token per request.
+    let warm: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = Client::new(web);
+                let end = Instant::now() + Duration::from_millis(2500);
+                let mut n = 0;
+                while Instant::now() < end {
+                    let r = c.request("GET", "/", &[], None).expect("warm-up GET");
+                    assert_eq!(r.status, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let warmed: usize = warm.into_iter().map(|t| t.join().expect("warm-up")).sum();
+    assert!(
+        warmed > 600,
+        "warm-up too slow to test the budget: {warmed} requests"
+    );
+    armed.store(true, Ordering::SeqCst);
+    let retries_before = http_stat(&p, "retries");
+    let burst: Vec<_> = (0..300)
+        .map(|_| thread::spawn(move || call(web, "GET", "/", None).status))
+        .collect();
+    wait_until(
+        Duration::from_secs(20),
+        "half the burst held by the backend",
+        || held.load(Ordering::SeqCst) >= 140,
+    );
+    dead.store(true, Ordering::SeqCst);
+    let statuses: Vec<u16> = burst
+        .into_iter()
+        .map(|t| t.join().expect("burst client"))
+        .collect();
+    let failed = statuses.iter().filter(|&&s| s != 200).count();
+    let retried = http_stat(&p, "retries") - retries_before;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of 300 GETs failed; {} held, {retried} retried",
+        held.load(Ordering::SeqCst)
+    );
+    assert!(retried >= 140, "{retried}");
+}

@@ -524,6 +524,7 @@ impl<E: Engine> Worker<E> {
             }
             if self.env.now >= self.next_trim {
                 self.next_trim = self.env.now + crate::io::buffer::TRIM_INTERVAL;
+                self.balancers.roll_budgets();
                 if self.engine.trim().buffers > 0 {
                     self.after_burst();
                 }

@@ -21,8 +21,8 @@ pub(super) struct Balancers {
     pub(super) version: u64,
     /// Indexed like the clusters of snapshot `version`.
     pub(super) by_cluster: Vec<PickState>,
-    /// Retry budget tokens per cluster.
-    budgets: Vec<f64>,
+    /// Retry budget per cluster.
+    budgets: Vec<Budget>,
 }
 
 /// The outcome of a pick.
@@ -40,8 +40,29 @@ pub(super) enum Pick {
 
 /// Retry tokens a cluster starts with (so a worker that just started may retry a little).
 const BUDGET_START: f64 = 3.0;
-/// Most tokens a cluster can save up.
-const BUDGET_CAP: f64 = 100.0;
+/// Fewest tokens a cluster may save up; busier clusters save up what they earned in the last
+/// [`Balancers::roll_budgets`] period (a second): a backend that dies with a second's worth
+/// of requests in flight gets them all retried, while a backend that keeps failing still
+/// costs at most the budget's fraction of extra requests.
+const BUDGET_CAP_MIN: f64 = 100.0;
+
+/// One cluster's retry budget on one worker: a token bucket.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    tokens: f64,
+    /// Tokens earned since the last roll.
+    earned: f64,
+    /// Most tokens it may hold: what it earned in the last period, at least `BUDGET_CAP_MIN`.
+    cap: f64,
+}
+
+impl Budget {
+    const START: Budget = Budget {
+        tokens: BUDGET_START,
+        earned: 0.0,
+        cap: BUDGET_CAP_MIN,
+    };
+}
 
 impl Balancers {
     /// Balancers for `snap`, carrying over the pick state, outlier state and retry budgets
@@ -86,7 +107,7 @@ impl Balancers {
     /// (by name), new clusters start fresh.
     #[cold]
     fn regroup(&mut self, snap: &Snapshot) {
-        let mut moved: Vec<Option<(PickState, f64)>> = Vec::new();
+        let mut moved: Vec<Option<(PickState, Budget)>> = Vec::new();
         moved.resize_with(snap.clusters.len(), || None);
         for (s, budget) in self.by_cluster.drain(..).zip(self.budgets.drain(..)) {
             if let Some(&i) = snap.cluster_index.get(s.table().cluster()) {
@@ -99,7 +120,7 @@ impl Balancers {
             let (s, budget) = m.unwrap_or_else(|| {
                 (
                     PickState::new(c.table.clone(), c.outlier.as_ref()),
-                    BUDGET_START,
+                    Budget::START,
                 )
             });
             self.by_cluster.push(s);
@@ -223,26 +244,37 @@ impl Balancers {
     /// Earns retry tokens for one request routed to cluster `ci` (`budget` per request).
     #[inline]
     pub(super) fn earn(&mut self, ci: usize, budget: f64) {
-        if let Some(t) = self.budgets.get_mut(ci) {
-            *t = (*t + budget).min(BUDGET_CAP);
+        if let Some(b) = self.budgets.get_mut(ci) {
+            b.tokens = (b.tokens + budget).min(b.cap);
+            b.earned += budget;
         }
     }
 
     /// Whether cluster `ci` has a retry token to spend.
     #[inline]
     pub(super) fn has_budget(&self, ci: usize) -> bool {
-        self.budgets.get(ci).is_some_and(|&t| t >= 1.0)
+        self.budgets.get(ci).is_some_and(|b| b.tokens >= 1.0)
     }
 
     /// Spends one retry token of cluster `ci`; false when the budget is used up.
     #[inline]
     pub(super) fn spend(&mut self, ci: usize) -> bool {
         match self.budgets.get_mut(ci) {
-            Some(t) if *t >= 1.0 => {
-                *t -= 1.0;
+            Some(b) if b.tokens >= 1.0 => {
+                b.tokens -= 1.0;
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Once a period (the worker's one-second housekeeping tick): each cluster may save up
+    /// what it earned during the period, at least `BUDGET_CAP_MIN` tokens.
+    pub(super) fn roll_budgets(&mut self) {
+        for b in &mut self.budgets {
+            b.cap = b.earned.max(BUDGET_CAP_MIN);
+            b.tokens = b.tokens.min(b.cap);
+            b.earned = 0.0;
         }
     }
 
@@ -351,6 +383,53 @@ mod tests {
         let s4 = snap(4, &c4, Some(&s3));
         b.update(&s4);
         assert_eq!(b.index_for(1, &s1.clusters[1], 1), None);
+    }
+
+    #[test]
+    fn a_busy_cluster_saves_up_a_period_of_retry_tokens() {
+        let c = config(&[("a", "round_robin", &[1, 2]), ("b", "round_robin", &[3, 4])]);
+        let mut b = Balancers::build(&snap(1, &c, None), None);
+        let spend_all = |b: &mut Balancers, ci| {
+            let mut n = 0;
+            while b.spend(ci) {
+                n += 1;
+            }
+            n
+        };
+        // Before any period: at most BUDGET_CAP_MIN.
+        for _ in 0..5000 {
+            b.earn(0, 0.2);
+            b.earn(1, 0.2);
+        }
+        assert_eq!(spend_all(&mut b, 0), 100);
+        // a earned 1,000 tokens in the period: it may hold that many now; b earns little.
+        b.roll_budgets();
+        for _ in 0..5000 {
+            b.earn(0, 0.2);
+        }
+        for _ in 0..100 {
+            b.earn(1, 0.2);
+        }
+        b.roll_budgets();
+        for _ in 0..10_000 {
+            b.earn(0, 0.2);
+        }
+        for _ in 0..10_000 {
+            b.earn(1, 0.2);
+        }
+        assert_eq!(spend_all(&mut b, 0), 1000);
+        assert_eq!(
+            spend_all(&mut b, 1),
+            100,
+            "a quiet cluster keeps the minimum"
+        );
+        // A quiet period lowers the cap again, and what it held above it.
+        b.roll_budgets();
+        b.roll_budgets();
+        for _ in 0..10_000 {
+            b.earn(0, 0.2);
+        }
+        assert_eq!(spend_all(&mut b, 0), 100);
     }
 
     #[test]

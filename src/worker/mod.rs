@@ -282,6 +282,9 @@ struct PoolTimes {
     deadline: Stamp,
     timer_at: Stamp,
     timer_gen: u32,
+    /// The index of the connection's backend address's list in [`UpstreamPool`], plus one
+    /// (0: not looked up yet): pooling it again costs no hash look-up.
+    slot: u32,
 }
 
 /// A TCP session's facts for its connection-log record ([`Worker::conn_facts`]).

@@ -161,7 +161,15 @@ pub struct HttpSession {
     ops: u32,
     /// Response bodies may be spliced to the client (not to a TLS client).
     splice_ok: bool,
+    /// The upstream connection this session last gave back to the pool ([`NO_CONN`]: none):
+    /// a hint the worker tries first when the next request goes to the same backend (no
+    /// search of the pool). It may be stale (taken by another session, closed, its id
+    /// reused): the worker checks it is still pooled to that backend before using it.
+    last_upstream: ConnId,
 }
+
+/// No connection (for [`HttpSession::last_upstream`]).
+const NO_CONN: ConnId = ConnId::MAX;
 
 impl HttpSession {
     pub fn new(
@@ -198,6 +206,7 @@ impl HttpSession {
             pending: None,
             ops: 0,
             splice_ok: true,
+            last_upstream: NO_CONN,
         }
     }
 
@@ -328,6 +337,19 @@ impl HttpSession {
         } else {
             Phase::Connecting(x)
         };
+    }
+
+    /// The upstream connection this session last gave back to the pool, if any (a hint:
+    /// it may have been taken or closed since; see the field).
+    #[inline]
+    pub fn last_upstream(&self) -> Option<ConnId> {
+        (self.last_upstream != NO_CONN).then_some(self.last_upstream)
+    }
+
+    /// The worker pooled this session's upstream connection `conn` (`None`: forget the hint).
+    #[inline]
+    pub fn set_last_upstream(&mut self, conn: Option<ConnId>) {
+        self.last_upstream = conn.unwrap_or(NO_CONN);
     }
 
     /// The worker takes the upstream connection away (to close or pool it). Ops still in

@@ -143,7 +143,7 @@ impl<E: Engine> Worker<E> {
             return false;
         };
         let (conn, reused) = match (!fresh)
-            .then(|| self.take_pooled(backend.addr, cluster, None, None))
+            .then(|| self.take_pooled(&backend.addr, cluster, None, None))
             .flatten()
         {
             Some(conn) => {

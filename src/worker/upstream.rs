@@ -282,7 +282,7 @@ impl<E: Engine> Worker<E> {
             let proxy = self.proxy_header_for(key, cluster);
             // A pooled connection to this backend?
             if http && !fresh {
-                if let Some(conn) = self.take_pooled(backend.addr, cluster, proxy, hint) {
+                if let Some(conn) = self.take_pooled(&backend.addr, cluster, proxy.as_ref(), hint) {
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     self.env.http.upstream_reused += 1;
                     self.own(conn, key, Side::Upstream);
@@ -466,9 +466,9 @@ impl<E: Engine> Worker<E> {
     /// else the newest fitting one.
     pub(super) fn take_pooled(
         &mut self,
-        addr: std::net::SocketAddr,
+        addr: &std::net::SocketAddr,
         cluster: &crate::snapshot::Cluster,
-        proxy: Option<ProxyHeader>,
+        proxy: Option<&ProxyHeader>,
         hint: Option<ConnId>,
     ) -> Option<ConnId> {
         let conns = &self.conns;
@@ -484,7 +484,7 @@ impl<E: Engine> Worker<E> {
                 return None;
             };
             let (a, list) = self.upstream_pool.lists.get_mut(slot as usize)?;
-            if *a != addr || !fits(&h) {
+            if a != addr || !fits(&h) {
                 return None;
             }
             let at = list.iter().rposition(|&c| c == h)?;
@@ -498,7 +498,7 @@ impl<E: Engine> Worker<E> {
         let conn = match hinted {
             Some(c) => c,
             None => {
-                let list = self.upstream_pool.get_mut(&addr)?;
+                let list = self.upstream_pool.get_mut(addr)?;
                 // The newest fitting one (most likely still open at the backend).
                 let at = list.iter().rposition(fits)?;
                 list.remove(at)

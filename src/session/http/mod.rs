@@ -43,8 +43,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Ops handed out per drive before yielding to other sessions.
-const MAX_OPS: u32 = 64;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// While the worker drains (shutdown, binary upgrade), an idle keep-alive client is closed
@@ -158,7 +156,6 @@ pub struct HttpSession {
     last_active: Instant,
     /// Something for the worker, said at the next [`HttpSession::next`].
     pending: Option<Signal>,
-    ops: u32,
     /// Response bodies may be spliced to the client (not to a TLS client).
     splice_ok: bool,
     /// The upstream connection this session last gave back to the pool ([`NO_CONN`]: none):
@@ -204,7 +201,6 @@ impl HttpSession {
             phase_started: now,
             last_active: now,
             pending: None,
-            ops: 0,
             splice_ok: true,
             last_upstream: NO_CONN,
         }
@@ -508,15 +504,14 @@ impl HttpSession {
 
     // ------------------------------------------------------------------ driving
 
+    /// What the session wants next. (The worker bounds the steps of one drive,
+    /// [`crate::worker`]'s `MAX_STEPS`: no count here, so the want is built where it is
+    /// returned.)
     pub fn next(&mut self, cx: &mut Cx<'_>) -> Want {
         if let Some(w) = self.pending.take() {
             return w.into();
         }
-        if self.ops >= MAX_OPS {
-            self.ops = 0;
-            return Want::Yield;
-        }
-        let w = match self.phase {
+        match self.phase {
             Phase::Head => self.next_head(cx),
             Phase::Buffering(_) => self.next_buffering(cx),
             Phase::Exchange(_) => self.next_exchange(cx),
@@ -524,13 +519,7 @@ impl HttpSession {
             Phase::Tunnel(_) => self.next_tunnel(cx),
             Phase::Routed(_) | Phase::Connecting(_) | Phase::Finished(_) => Want::Idle,
             Phase::Taken => Want::Close(CloseReason::Done),
-        };
-        match w {
-            Want::Io(..) => self.ops += 1,
-            Want::Idle => self.ops = 0,
-            _ => {}
         }
-        w
     }
 
     pub fn complete(&mut self, side: Side, done: Done, cx: &mut Cx<'_>) {

@@ -269,11 +269,9 @@ impl HeaderSpans {
     #[inline]
     fn push(&mut self, buf: &[u8], name: &[u8], value: &[u8]) {
         let i = self.n as usize;
-        let (Some(slot), Some(n), Some(v)) = (
-            self.spans.get_mut(i),
-            span(buf, name),
-            span(buf, value),
-        ) else {
+        let (Some(slot), Some(n), Some(v)) =
+            (self.spans.get_mut(i), span(buf, name), span(buf, value))
+        else {
             self.n = u8::MAX;
             return;
         };
@@ -344,7 +342,9 @@ impl<'a> Iterator for Headers<'a> {
         let (n, v) = (s.name as usize, s.value as usize);
         Some((
             self.buf.get(n..n + s.name_len as usize).unwrap_or_default(),
-            self.buf.get(v..v + s.value_len as usize).unwrap_or_default(),
+            self.buf
+                .get(v..v + s.value_len as usize)
+                .unwrap_or_default(),
         ))
     }
 }
@@ -2628,7 +2628,9 @@ mod tests {
                 }
             };
             let mut scanned = Vec::new();
-            for_each_header(&buf, head_len, |n, v| scanned.push((n.to_vec(), v.to_vec())));
+            for_each_header(&buf, head_len, |n, v| {
+                scanned.push((n.to_vec(), v.to_vec()))
+            });
             let mut spans = Vec::new();
             headers.for_each(&buf, head_len, |n, v| spans.push((n.to_vec(), v.to_vec())));
             assert_eq!(spans, scanned, "{:?}", String::from_utf8_lossy(&buf));
@@ -2678,7 +2680,9 @@ mod tests {
             }
             if let Ok(Some(h)) = parse_request(&buf, &limits) {
                 let mut scanned = Vec::new();
-                for_each_header(&buf, h.head_len, |n, v| scanned.push((n.to_vec(), v.to_vec())));
+                for_each_header(&buf, h.head_len, |n, v| {
+                    scanned.push((n.to_vec(), v.to_vec()))
+                });
                 let spans: Vec<_> = h
                     .headers
                     .iter(&buf, h.head_len)
@@ -2690,10 +2694,13 @@ mod tests {
             if let Ok(Some(h)) = parse_response(&buf, Method::Get, &limits) {
                 // The recorded header spans say what a scan of the lines says.
                 let mut scanned = Vec::new();
-                for_each_header(&buf, h.head_len, |n, v| scanned.push((n.to_vec(), v.to_vec())));
+                for_each_header(&buf, h.head_len, |n, v| {
+                    scanned.push((n.to_vec(), v.to_vec()))
+                });
                 let mut spans = Vec::new();
-                h.headers
-                    .for_each(&buf, h.head_len, |n, v| spans.push((n.to_vec(), v.to_vec())));
+                h.headers.for_each(&buf, h.head_len, |n, v| {
+                    spans.push((n.to_vec(), v.to_vec()))
+                });
                 assert_eq!(spans, scanned, "{:?}", String::from_utf8_lossy(&buf));
             }
             for_each_header(&buf, buf.len(), |_, _| {});

@@ -570,7 +570,15 @@ impl<E: Engine> Worker<E> {
         // is to one address), else looked up once.
         let known = self.pool_times(conn).slot;
         let slot = match known.checked_sub(1) {
-            Some(s) if self.upstream_pool.lists.get(s as usize).is_some_and(|l| l.0 == addr) => s,
+            Some(s)
+                if self
+                    .upstream_pool
+                    .lists
+                    .get(s as usize)
+                    .is_some_and(|l| l.0 == addr) =>
+            {
+                s
+            }
             _ => {
                 let s = self.upstream_pool.slot(addr);
                 self.pool_times(conn).slot = s + 1;

@@ -309,8 +309,12 @@ impl<R: Line> Sink<R> {
 
 enum Ctl {
     Reopen,
-    Set(Option<AccessLogConfig>),
+    /// The new setting, and where to say it is in effect.
+    Set(Option<AccessLogConfig>, Sender<()>),
 }
+
+/// How long a reload waits for the writer to switch files (an open on a slow disk).
+const SWITCH_WAIT: Duration = Duration::from_secs(2);
 
 /// The control end, for the signal thread and reloads.
 #[derive(Clone)]
@@ -323,9 +327,18 @@ impl AccessLog {
     pub fn reopen(&self) {
         let _ = self.ctl.send(Ctl::Reopen);
     }
-    /// Switches to another file or format, or off (a reload changed `access_log`).
+    /// Switches to another file or format, or off (a reload changed `access_log`), and waits
+    /// (at most [`SWITCH_WAIT`]) until the writer has: requests that begin after a reload's
+    /// answer are logged by the new setting.
     pub fn set(&self, cfg: Option<AccessLogConfig>) {
-        let _ = self.ctl.send(Ctl::Set(cfg));
+        let (done, applied) = crossbeam_channel::bounded(1);
+        // Disconnected: the writer dropped the sender (done, or gone) — nothing to wait for.
+        if self.ctl.send(Ctl::Set(cfg, done)).is_ok()
+            && applied.recv_timeout(SWITCH_WAIT)
+                == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        {
+            log::warn!("log switch: the writer did not answer within {SWITCH_WAIT:?}");
+        }
     }
 }
 
@@ -447,13 +460,16 @@ impl<R: Line> Writer<R> {
                     ),
                 }
             }
-            Ctl::Set(None) => {
+            Ctl::Set(None, done) => {
                 if self.out.take().is_some() {
                     log::info!("{}: off", R::WHAT);
                 }
                 self.on.store(false, Ordering::Relaxed);
+                let _ = done.send(());
             }
-            Ctl::Set(Some(cfg)) => {
+            Ctl::Set(Some(cfg), done) => {
+                // Answered however this ends: the sender is dropped on every path.
+                let _done = done;
                 if self.out.as_ref().is_some_and(|(_, c)| *c == cfg) {
                     return;
                 }

@@ -99,6 +99,60 @@ fn logrotate_with_sighup_loses_no_line() {
     rotate_with(Signal::SIGHUP);
 }
 
+/// A request whose head arrived while the access log was off, and which ends after a reload
+/// turned it on, is not logged half-filled (an empty path): only requests that began with the
+/// log on are written.
+#[test]
+fn a_request_begun_before_the_log_was_turned_on_is_not_logged_half_filled() {
+    use std::io::{Read, Write};
+    let b = demo();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let p = Proxy::start(&config(b.addr("demo-backend"), ""));
+    let path = p.config_path.clone().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut c = std::net::TcpStream::connect(p.addr("web")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"POST /?begun-off HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(
+        &path,
+        text.replace(
+            "[server]\n",
+            &format!("[server]\naccess_log = {:?}\n", log.display().to_string()),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        call(p.addr("admin"), "POST", "/v1/reload", None).status,
+        200
+    );
+    wait_until(Duration::from_secs(5), "the log on", || {
+        p.stderr_text().contains("access log: ") && log.exists()
+    });
+    c.write_all(b"cd").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = c.read(&mut buf).expect("the first response");
+        assert!(n > 0, "closed before the first response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(c);
+    send(p.addr("web"), "begun-on", 1);
+    wait_until(Duration::from_secs(5), "one line", || {
+        !lines(&log).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        paths_of(&lines(&log)),
+        vec!["/?begun-on/0".to_string()],
+        "{:?}",
+        lines(&log)
+    );
+}
+
 #[test]
 fn access_log_and_log_level_change_on_reload() {
     let b = demo();

@@ -203,7 +203,8 @@ impl<E: Engine> Worker<E> {
         let Session::Http(s) = &e.session else {
             return;
         };
-        let Some(x) = s.exchange() else {
+        let Some(x) = s.exchange().filter(|x| x.log_started) else {
+            // Off when the request began (a reload turned it on since): no facts to log.
             return;
         };
         let mut rec = x.log;

@@ -171,6 +171,9 @@ pub struct Exchange {
     pub log: Record,
     /// The request was logged (or is not to be).
     pub logged: bool,
+    /// The access log was on when this request's head arrived, so `log` holds its facts.
+    /// A reload that turns the log on mid-request must not queue a half-filled record.
+    pub log_started: bool,
     /// Release strategy: the service version this request went to, and the cookies its
     /// response sets ([`crate::release`]).
     pub release_tag: crate::release::Tag,
@@ -296,6 +299,7 @@ impl Exchange {
             first_byte_at: now,
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
+            log_started: false,
             release_tag: crate::release::Tag::NONE,
             mirror: None,
             body_len: 0,

@@ -156,6 +156,7 @@ impl HttpSession {
             x.log.reset(self.client_ip);
             x.log.set_request(method, target, host);
         }
+        x.log_started = cx.access_log;
         x.logged = false;
         let lookup = |name: &[u8]| {
             h.headers

@@ -174,6 +174,31 @@ pub fn decide_fresh(
     decide_into(index, svc, &req, now, tag)
 }
 
+/// [`decide_into`] for a returning client whose `Cookie` header starts with the cookie of
+/// version `r` of [`Service::returning`]: the same tag and cluster, without the request's
+/// view, the cookie search or the strategy's match (the table holds only versions such a
+/// cookie is decided to; gradual by request still counts the request as routed).
+#[inline]
+pub fn decide_returning(
+    index: usize,
+    svc: &Service,
+    r: &super::service::Returning,
+    tag: &mut Tag,
+) -> usize {
+    *tag = Tag {
+        service: index as u16,
+        version: r.version,
+        set_version: true,
+        own_stats: r.own_stats,
+        transition: tag.transition,
+        ..Tag::NONE
+    };
+    if svc.returning_counts {
+        svc.live.routed.fetch_add(1, Ordering::Relaxed);
+    }
+    r.cluster
+}
+
 /// [`decide`], written straight into the tag the session keeps (no intermediate copy of
 /// it); returns the cluster to use.
 ///
@@ -690,6 +715,108 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_returning_client_is_decided_at_a_glance_as_any_other() {
+        let ids = [
+            "1.1",
+            "1.10",
+            "a;b",
+            "\"q\"",
+            "x ",
+            "12345678",
+            "1234567",
+            "long-uuid-like-id-0001",
+        ];
+        let mut services = Vec::new();
+        for strategy in [
+            Strategy::Instant,
+            Strategy::Session,
+            Strategy::Gradual,
+            Strategy::Concurrent,
+            Strategy::Canary,
+        ] {
+            for variant in 0..5 {
+                // Ids as the DSU API and operators write them, rotated through the versions.
+                let k = services.len();
+                let s = service(
+                    strategy,
+                    &[("1.0", false), ("1.1", false), ("1.2", variant == 1)],
+                    |c| {
+                        c.force_header = (variant == 2).then(|| "x-version".into());
+                        c.promoted = (variant == 3).then_some(0);
+                        c.ramp = Some(if variant == 4 {
+                            Ramp::Over(Duration::from_secs(100))
+                        } else {
+                            Ramp::PerRequest(0.7)
+                        });
+                        c.weights = vec![1, 0, 2];
+                        for (i, v) in c.versions.iter_mut().enumerate() {
+                            v.id = ids[(k + i) % ids.len()].into();
+                        }
+                    },
+                );
+                services.push(s);
+            }
+        }
+        let now = Instant::now();
+        let mut quick = 0;
+        for s in &services {
+            let mut headers = Vec::new();
+            for v in s
+                .versions
+                .iter()
+                .map(|v| String::from_utf8_lossy(&v.id).into_owned())
+            {
+                for after in [
+                    "",
+                    ";",
+                    "; transition=952c8557-2088-11e4-87e3-600308a8245e",
+                    "0",
+                    " ; a=1",
+                    ";a",
+                    "\"",
+                ] {
+                    headers.push(format!("dynsoftup={v}{after}"));
+                    headers.push(format!("dynsoftup=\"{v}\"{after}"));
+                    headers.push(format!("a=1; dynsoftup={v}{after}"));
+                    headers.push(format!("DYNSOFTUP={v}{after}"));
+                }
+                for cut in 0..v.len() {
+                    headers.push(format!("dynsoftup={}", &v[..cut]));
+                    headers.push(format!("dynsoftup={}; b=2", &v[..cut]));
+                }
+            }
+            headers.extend(["dynsoftup", "dynsoftup=", "x", ""].map(String::from));
+            for c in &headers {
+                let buf = format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {c}\r\n\r\n");
+                let buf = buf.as_bytes();
+                let Ok(Some(h)) = crate::http::head::parse_request(buf, &Default::default()) else {
+                    continue;
+                };
+                let value = h.cookie.clone().map_or(&b""[..], |r| &buf[r]);
+                let routed = s.live.routed.load(Ordering::Relaxed);
+                let mut want = Tag::NONE;
+                let cluster = decide_into(3, s, &Request::from_head(s, buf, &h, 5), now, &mut want);
+                let counted = s.live.routed.load(Ordering::Relaxed);
+                s.live.routed.store(routed, Ordering::Relaxed);
+                if let Some(r) = s.returning(value) {
+                    quick += 1;
+                    let mut tag = Tag::NONE;
+                    assert_eq!(
+                        (decide_returning(3, s, r, &mut tag), tag),
+                        (cluster, want),
+                        "{:?} {c:?}",
+                        s.strategy
+                    );
+                    assert_eq!(s.live.routed.load(Ordering::Relaxed), counted, "{c:?}");
+                    s.live.routed.store(routed, Ordering::Relaxed);
+                }
+            }
+        }
+        // Session, gradual's newest and canary's weighted versions with plain ids.
+        assert!(quick > 30, "{quick}");
     }
 
     #[test]

@@ -80,9 +80,35 @@ pub fn route(
 }
 
 /// [`route`] for a request whose head has cookies or a forcing header to read. Out of line,
-/// like [`decide::decide_fresh`]: each gets registers for its own path.
+/// like [`decide::decide_fresh`]: each gets registers for its own path. A returning client
+/// whose one `Cookie` header starts with its version's cookie is decided at a glance
+/// ([`decide::decide_returning`]); the others by [`route_any`].
 #[inline(never)]
 fn route_head(
+    service: usize,
+    svc: &Service,
+    buf: &[u8],
+    h: &crate::http::head::RequestHead,
+    random: u64,
+    now: Instant,
+    tag: &mut Tag,
+) -> usize {
+    if h.cookie_headers == 1 {
+        if let Some(r) = h
+            .cookie
+            .clone()
+            .and_then(|c| buf.get(c))
+            .and_then(|c| svc.returning(c))
+        {
+            return decide::decide_returning(service, svc, r, tag);
+        }
+    }
+    route_any(service, svc, buf, h, random, now, tag)
+}
+
+/// The whole decision for a request with cookies or a forcing header.
+#[inline(never)]
+fn route_any(
     service: usize,
     svc: &Service,
     buf: &[u8],

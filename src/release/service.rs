@@ -81,7 +81,29 @@ pub struct Service {
     /// The live versions whose cookie ids are at most 8 bytes: (id packed little-endian, id
     /// length, version), for [`Service::live_by_id`] without a byte loop per version.
     live_short: Box<[(u64, u8, u16)]>,
+    /// A returning client's decision at a glance ([`Service::returning`]): the versions a
+    /// `Cookie` header starting with `dynsoftup=<id>` is decided to without anything else
+    /// read, newest first. Empty when every request needs the whole decision (a forcing
+    /// header to look for, a promoted version, instant and concurrent).
+    pub returning: Box<[Returning]>,
+    /// gradual by request: a returning client's request counts as routed too.
+    pub returning_counts: bool,
     pub live: Arc<ServiceLive>,
+}
+
+/// One version a returning client's cookie may name and be decided to at once: its id
+/// (1 to 8 bytes with nothing [`cookie`]'s reading would trim or split off) as a
+/// little-endian word and a mask of its length, so a `Cookie` header is compared with one
+/// load, an `and` and a compare instead of being searched, cleaned and packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returning {
+    key: u64,
+    mask: u64,
+    len: usize,
+    pub version: u16,
+    /// The version's [`Version::shares_cluster`] (set by [`mark_shared`]).
+    pub own_stats: bool,
+    pub cluster: usize,
 }
 
 impl Service {
@@ -164,7 +186,7 @@ impl Service {
                 newest_id,
             }),
         };
-        Some(Service {
+        let mut svc = Service {
             name: cfg.name.clone(),
             strategy: cfg.strategy,
             versions,
@@ -183,7 +205,86 @@ impl Service {
                 _ => 0.0,
             }),
             live_short,
+            returning: Box::new([]),
+            returning_counts: false,
             live: live_state,
+        };
+        svc.returning = svc.returning_versions();
+        svc.returning_counts = svc.strategy == Strategy::Gradual
+            && matches!(svc.ramp, Some(Ramp::PerRequest(_)))
+            && !svc.promoted;
+        Some(svc)
+    }
+
+    /// [`Service::returning`]'s table: the versions whose cookie alone decides a request,
+    /// exactly as [`super::decide::decide_into`] would (session: any live version; gradual:
+    /// the newest, whose clients never move back; canary: a live version with a weight).
+    fn returning_versions(&self) -> Box<[Returning]> {
+        if self.promoted || self.force_header.is_some() {
+            return Box::new([]);
+        }
+        let wanted = |i: usize| match self.strategy {
+            Strategy::Session => true,
+            Strategy::Gradual => i == usize::from(self.newest),
+            Strategy::Canary => self.versions[i].weight > 0,
+            Strategy::Instant | Strategy::Concurrent => false,
+        };
+        (0..self.versions.len())
+            .rev()
+            .filter(|&i| wanted(i))
+            .filter_map(|i| {
+                let id = &self.versions[i].id;
+                // Read back as it is written: 1 to 8 bytes, no `;` (the value would end
+                // there), nothing `cookie::clean` would take off.
+                let plain = (1..=8).contains(&id.len())
+                    && !id.contains(&b';')
+                    && cookie::clean(id) == &id[..];
+                // The version a cookie of this id names (the first of equal ids).
+                let v = self
+                    .live_by_id(id)
+                    .filter(|&v| plain && usize::from(v) == i)?;
+                let mut word = [0u8; 8];
+                word[..id.len()].copy_from_slice(id);
+                Some(Returning {
+                    key: u64::from_le_bytes(word),
+                    mask: u64::MAX >> (8 * (8 - id.len())),
+                    len: id.len(),
+                    version: v,
+                    own_stats: self.versions[i].shares_cluster,
+                    cluster: self.versions[i].cluster,
+                })
+            })
+            .collect()
+    }
+
+    /// The entry of [`Service::returning`] a `Cookie` header value names when it starts
+    /// with `dynsoftup=<id>` followed by `;` or its end; `None`: the whole decision is
+    /// needed (another first cookie, an id not in the table, more to clean).
+    ///
+    /// HOT PATH: one load of the id's 8 bytes, a compare per entry (usually the first).
+    #[inline]
+    pub fn returning(&self, header: &[u8]) -> Option<&Returning> {
+        if self.returning.is_empty() {
+            return None;
+        }
+        let (name, rest) = header.split_first_chunk::<10>()?;
+        if name != b"dynsoftup=" {
+            return None;
+        }
+        let word = match rest.first_chunk::<8>() {
+            Some(w) => u64::from_le_bytes(*w),
+            // A short value at the header's end: its last 8 bytes, shifted down to it.
+            None if !rest.is_empty() => {
+                u64::from_le_bytes(*header.last_chunk::<8>()?) >> (8 * (8 - rest.len()))
+            }
+            None => return None,
+        };
+        self.returning.iter().find(|r| {
+            word & r.mask == r.key
+                && match rest.get(r.len) {
+                    Some(&b) => b == b';',
+                    None => rest.len() == r.len,
+                }
         })
     }
 
@@ -306,6 +407,14 @@ pub fn mark_shared(services: &mut [Service], direct: &[bool]) {
         for v in &mut s.versions {
             v.shares_cluster = direct.get(v.cluster).copied().unwrap_or(true)
                 || uses.get(v.cluster).copied().unwrap_or(0) > 1;
+        }
+        let Service {
+            versions,
+            returning,
+            ..
+        } = s;
+        for r in returning.iter_mut() {
+            r.own_stats = versions[usize::from(r.version)].shares_cluster;
         }
     }
 }

@@ -6,7 +6,7 @@
 //! HOT PATH: no allocation, lock, system call or log.
 
 use super::cookie;
-use super::service::{Service, NONE};
+use super::service::{Service, NONE, SET_COOKIE_BLOCK};
 use crate::config::services::{Ramp, Strategy};
 use crate::http::head::{HeaderLines, RequestHead};
 use crate::http::rewrite::{Out, Overflow};
@@ -361,14 +361,35 @@ pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
 /// Writes the `Set-Cookie` lines a tag asks for into `out`, then the empty line that ends a
 /// head. Returns the bytes written.
 ///
-/// HOT PATH: one copy of bytes built with the snapshot (and, for a new gradual client, its
-/// 12 hex digits written over their placeholder).
+/// HOT PATH: one copy of bytes built with the snapshot: usually the version's whole
+/// [`Version::set_cookie_block`](super::service::Version::set_cookie_block), a fixed-size
+/// copy without a call (the bytes past the line land in the buffer's spare room, written
+/// over later or never sent), so this stays a leaf that saves no registers; otherwise (a new
+/// gradual client, a long id, a full buffer) [`write_cookies_by_length`].
 #[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
     if !tag.set_version {
         return write_transition_only(svc, tag, out);
     }
     let v = svc.versions.get(tag.version as usize).ok_or(Overflow)?;
+    let len = v.set_cookie_end.len();
+    if !tag.new_transition && len <= SET_COOKIE_BLOCK {
+        if let Some(dst) = out.first_chunk_mut::<SET_COOKIE_BLOCK>() {
+            *dst = v.set_cookie_block;
+            return Ok(len);
+        }
+    }
+    write_cookies_by_length(v, tag, out)
+}
+
+/// [`write_cookies`] with the version cookie, copied by its length (a new gradual client's
+/// 12 hex digits written over their placeholder).
+#[inline(never)]
+fn write_cookies_by_length(
+    v: &super::service::Version,
+    tag: &Tag,
+    out: &mut [u8],
+) -> Result<usize, Overflow> {
     let bytes: &[u8] = if tag.new_transition {
         &v.set_both_end
     } else {
@@ -511,6 +532,29 @@ mod tests {
             b"Set-Cookie: dynsoftup=1.0; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\r\n"
         );
         assert!(write_cookies(&s, &c.tag, &mut out[..10]).is_err());
+        // Less room than the whole block, but enough for the line: the same bytes.
+        let mut exact = [0u8; 73];
+        assert_eq!(write_cookies(&s, &c.tag, &mut exact).unwrap(), 73);
+        assert_eq!(exact[..], out[..n]);
+        assert!(write_cookies(&s, &c.tag, &mut exact[..72]).is_err());
+        // A uuid id fits the block; a longer id is copied by its length.
+        for id in ["a37a290f-2088-11e4-b3a6-600308a8245e", &"x".repeat(100)] {
+            let s = service(Strategy::Session, &[("1.0", false)], |c| {
+                c.versions[0].id = id.into()
+            });
+            let c = decide(0, &s, &req(Some(id), None, 1), now);
+            for room in [256, 180] {
+                let mut out = vec![b'?'; room];
+                let n = write_cookies(&s, &c.tag, &mut out).unwrap();
+                assert_eq!(
+                    &out[..n],
+                    format!(
+                        "Set-Cookie: dynsoftup={id}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\r\n"
+                    )
+                    .as_bytes()
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@ use std::time::Instant;
 /// Marks "no service" / "no version" in a [`super::Tag`].
 pub const NONE: u16 = u16::MAX;
 
+/// Size of [`Version::set_cookie_block`]: a version cookie's line and the empty line fit
+/// with ids up to uuids' 36 bytes (`Set-Cookie: dynsoftup=` 22, the attributes up to 52,
+/// the empty line 2).
+pub const SET_COOKIE_BLOCK: usize = 128;
+
 #[derive(Debug)]
 pub struct Version {
     /// The version string as written.
@@ -31,6 +36,10 @@ pub struct Version {
     /// What a response head of this version ends with when it sets the version cookie:
     /// `set_cookie` and the head's empty line.
     pub set_cookie_end: Box<[u8]>,
+    /// `set_cookie_end` padded with zeros to [`SET_COOKIE_BLOCK`] bytes (all zeros when it is
+    /// longer): copied whole, a fixed-size copy the compiler writes out in a few moves
+    /// instead of a `memcpy` call of its length.
+    pub set_cookie_block: [u8; SET_COOKIE_BLOCK],
     /// Likewise with a new transition cookie too (gradual), the client's part of the id
     /// ([`cookie::ID_SUFFIX_LEN`] bytes at [`Version::suffix_at`]) to be filled in.
     pub set_both_end: Box<[u8]>,
@@ -125,7 +134,11 @@ impl Service {
         for &i in &order {
             let v = &cfg.versions[i];
             let set_cookie = cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age);
-            let set_cookie_end = [&set_cookie[..], b"\r\n"].concat().into();
+            let set_cookie_end: Box<[u8]> = [&set_cookie[..], b"\r\n"].concat().into();
+            let mut set_cookie_block = [0u8; SET_COOKIE_BLOCK];
+            if let Some(b) = set_cookie_block.get_mut(..set_cookie_end.len()) {
+                b.copy_from_slice(&set_cookie_end);
+            }
             let suffix_at = set_cookie.len() + cookie::NEW_TRANSITION.len() + cookie::ID_PREFIX_LEN;
             let set_both_end = [
                 &set_cookie[..],
@@ -146,6 +159,7 @@ impl Service {
                 weight: cfg.weights.get(i).copied().unwrap_or(0),
                 set_cookie,
                 set_cookie_end,
+                set_cookie_block,
                 set_both_end,
                 suffix_at,
                 shares_cluster: true,

@@ -6,7 +6,7 @@
 //! HOT PATH: no allocation, lock, system call or log.
 
 use super::cookie;
-use super::service::{Service, NONE, SET_COOKIE_BLOCK};
+use super::service::{Service, NONE, SET_BOTH_BLOCK, SET_COOKIE_BLOCK};
 use crate::config::services::{Ramp, Strategy};
 use crate::http::head::{HeaderLines, RequestHead};
 use crate::http::rewrite::{Out, Overflow};
@@ -174,17 +174,20 @@ pub fn decide_fresh(
     decide_into(index, svc, &req, now, tag)
 }
 
-/// [`decide_into`] for a returning client whose `Cookie` header starts with the cookie of
-/// version `r` of [`Service::returning`]: the same tag and cluster, without the request's
-/// view, the cookie search or the strategy's match (the table holds only versions such a
-/// cookie is decided to; gradual by request still counts the request as routed).
-#[inline]
+/// [`decide_into`] for a returning client whose `Cookie` header value `header` starts with
+/// the cookie of a version of [`Service::returning`]: the same tag and cluster, without the
+/// request's view, the cookie search or the strategy's match (the table holds only versions
+/// such a cookie is decided to; gradual by request still counts the request as routed).
+/// `None` (and `tag` untouched): the whole decision is needed. Out of line, like
+/// [`decide_fresh`].
+#[inline(never)]
 pub fn decide_returning(
     index: usize,
     svc: &Service,
-    r: &super::service::Returning,
+    header: &[u8],
     tag: &mut Tag,
-) -> usize {
+) -> Option<usize> {
+    let r = svc.returning(header)?;
     *tag = Tag {
         service: index as u16,
         version: r.version,
@@ -196,7 +199,7 @@ pub fn decide_returning(
     if svc.returning_counts {
         svc.live.routed.fetch_add(1, Ordering::Relaxed);
     }
-    r.cluster
+    Some(r.cluster)
 }
 
 /// [`decide`], written straight into the tag the session keeps (no intermediate copy of
@@ -362,21 +365,39 @@ pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
 /// head. Returns the bytes written.
 ///
 /// HOT PATH: one copy of bytes built with the snapshot: usually the version's whole
-/// [`Version::set_cookie_block`](super::service::Version::set_cookie_block), a fixed-size
-/// copy without a call (the bytes past the line land in the buffer's spare room, written
-/// over later or never sent), so this stays a leaf that saves no registers; otherwise (a new
-/// gradual client, a long id, a full buffer) [`write_cookies_by_length`].
+/// [`Version::set_cookie_block`](super::service::Version::set_cookie_block) (or, for a new
+/// gradual client, `set_both_block` and its 12 hex digits), a fixed-size copy without a
+/// call (the bytes past the lines land in the buffer's spare room, written over later or
+/// never sent), so this stays a leaf that saves no registers; otherwise (a long id, a full
+/// buffer) [`write_cookies_by_length`].
 #[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
     if !tag.set_version {
         return write_transition_only(svc, tag, out);
     }
     let v = svc.versions.get(tag.version as usize).ok_or(Overflow)?;
-    let len = v.set_cookie_end.len();
-    if !tag.new_transition && len <= SET_COOKIE_BLOCK {
-        if let Some(dst) = out.first_chunk_mut::<SET_COOKIE_BLOCK>() {
-            *dst = v.set_cookie_block;
-            return Ok(len);
+    if tag.new_transition {
+        let len = v.set_both_end.len();
+        if len <= SET_BOTH_BLOCK {
+            if let Some(dst) = out.first_chunk_mut::<SET_BOTH_BLOCK>() {
+                // In two halves: one copy this long would be a `memcpy` call.
+                let (lo, hi) = dst.split_at_mut(SET_COOKIE_BLOCK);
+                let (blo, bhi) = v.set_both_block.split_at(SET_COOKIE_BLOCK);
+                lo.copy_from_slice(blo);
+                hi.copy_from_slice(bhi);
+                if let Some(d) = dst.get_mut(v.suffix_at..v.suffix_at + cookie::ID_SUFFIX_LEN) {
+                    d.copy_from_slice(&tag.transition);
+                    return Ok(len);
+                }
+            }
+        }
+    } else {
+        let len = v.set_cookie_end.len();
+        if len <= SET_COOKIE_BLOCK {
+            if let Some(dst) = out.first_chunk_mut::<SET_COOKIE_BLOCK>() {
+                *dst = v.set_cookie_block;
+                return Ok(len);
+            }
         }
     }
     write_cookies_by_length(v, tag, out)
@@ -678,6 +699,10 @@ mod tests {
             "{text}"
         );
         assert!(write_cookies(&s, &c.tag, &mut out[..n - 1]).is_err());
+        // Less room than the whole block, but enough for the lines: the same bytes.
+        let mut exact = vec![0u8; n];
+        assert_eq!(write_cookies(&s, &c.tag, &mut exact).unwrap(), n);
+        assert_eq!(exact[..], out[..n]);
         // A transition cookie alone (no strategy asks for it today) and nothing at all.
         let t = Tag {
             set_version: false,
@@ -726,16 +751,18 @@ mod tests {
         }
     }
 
+    const STRATEGIES: [Strategy; 5] = [
+        Strategy::Instant,
+        Strategy::Session,
+        Strategy::Gradual,
+        Strategy::Concurrent,
+        Strategy::Canary,
+    ];
+
     #[test]
     fn a_fresh_request_is_decided_as_any_other() {
         let now = Instant::now();
-        for strategy in [
-            Strategy::Instant,
-            Strategy::Session,
-            Strategy::Gradual,
-            Strategy::Concurrent,
-            Strategy::Canary,
-        ] {
+        for strategy in STRATEGIES {
             let s = service(strategy, &[("1.0", false), ("1.1", false)], |c| {
                 c.weights = vec![50, 50];
                 c.ramp = Some(Ramp::PerRequest(0.7));
@@ -774,13 +801,7 @@ mod tests {
             "long-uuid-like-id-0001",
         ];
         let mut services = Vec::new();
-        for strategy in [
-            Strategy::Instant,
-            Strategy::Session,
-            Strategy::Gradual,
-            Strategy::Concurrent,
-            Strategy::Canary,
-        ] {
+        for strategy in STRATEGIES {
             for variant in 0..5 {
                 // Ids as the DSU API and operators write them, rotated through the versions.
                 let k = services.len();
@@ -845,17 +866,15 @@ mod tests {
                 let cluster = decide_into(3, s, &Request::from_head(s, buf, &h, 5), now, &mut want);
                 let counted = s.live.routed.load(Ordering::Relaxed);
                 s.live.routed.store(routed, Ordering::Relaxed);
-                if let Some(r) = s.returning(value) {
+                let mut tag = Tag::NONE;
+                if let Some(got) = decide_returning(3, s, value, &mut tag) {
                     quick += 1;
-                    let mut tag = Tag::NONE;
-                    assert_eq!(
-                        (decide_returning(3, s, r, &mut tag), tag),
-                        (cluster, want),
-                        "{:?} {c:?}",
-                        s.strategy
-                    );
+                    assert_eq!((got, tag), (cluster, want), "{:?} {c:?}", s.strategy);
                     assert_eq!(s.live.routed.load(Ordering::Relaxed), counted, "{c:?}");
                     s.live.routed.store(routed, Ordering::Relaxed);
+                } else {
+                    assert_eq!(tag, Tag::NONE, "untouched");
+                    assert_eq!(s.live.routed.load(Ordering::Relaxed), routed, "{c:?}");
                 }
             }
         }

@@ -18,6 +18,18 @@ pub const NONE: u16 = u16::MAX;
 /// with ids up to uuids' 36 bytes (`Set-Cookie: dynsoftup=` 22, the attributes up to 52,
 /// the empty line 2).
 pub const SET_COOKIE_BLOCK: usize = 128;
+/// Size of [`Version::set_both_block`]: both cookies' lines and the empty line (the
+/// transition line is 110 bytes); copied in two halves of [`SET_COOKIE_BLOCK`].
+pub const SET_BOTH_BLOCK: usize = 2 * SET_COOKIE_BLOCK;
+
+/// `bytes` padded with zeros to `N` (all zeros when longer: they are then copied by length).
+fn block<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(b) = out.get_mut(..bytes.len()) {
+        b.copy_from_slice(bytes);
+    }
+    out
+}
 
 #[derive(Debug)]
 pub struct Version {
@@ -43,6 +55,8 @@ pub struct Version {
     /// Likewise with a new transition cookie too (gradual), the client's part of the id
     /// ([`cookie::ID_SUFFIX_LEN`] bytes at [`Version::suffix_at`]) to be filled in.
     pub set_both_end: Box<[u8]>,
+    /// `set_both_end` padded with zeros to [`SET_BOTH_BLOCK`] bytes (all zeros when longer).
+    pub set_both_block: [u8; SET_BOTH_BLOCK],
     pub suffix_at: usize,
     /// Its cluster serves something else too (a listener, a route, FaaS routing, another
     /// version): its counters and latency are kept on their own. Otherwise the cluster's
@@ -135,12 +149,9 @@ impl Service {
             let v = &cfg.versions[i];
             let set_cookie = cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age);
             let set_cookie_end: Box<[u8]> = [&set_cookie[..], b"\r\n"].concat().into();
-            let mut set_cookie_block = [0u8; SET_COOKIE_BLOCK];
-            if let Some(b) = set_cookie_block.get_mut(..set_cookie_end.len()) {
-                b.copy_from_slice(&set_cookie_end);
-            }
+            let set_cookie_block = block(&set_cookie_end);
             let suffix_at = set_cookie.len() + cookie::NEW_TRANSITION.len() + cookie::ID_PREFIX_LEN;
-            let set_both_end = [
+            let set_both_end: Box<[u8]> = [
                 &set_cookie[..],
                 cookie::NEW_TRANSITION,
                 &ids.prefix,
@@ -150,6 +161,7 @@ impl Service {
             ]
             .concat()
             .into();
+            let set_both_block = block(&set_both_end);
             versions.push(Version {
                 version: v.version.clone(),
                 id: v.id.as_bytes().into(),
@@ -161,6 +173,7 @@ impl Service {
                 set_cookie_end,
                 set_cookie_block,
                 set_both_end,
+                set_both_block,
                 suffix_at,
                 shares_cluster: true,
             });

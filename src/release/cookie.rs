@@ -25,7 +25,7 @@ pub const ID_LEN: usize = 36;
 
 /// A cookie value without surrounding whitespace and quotes.
 #[inline]
-fn clean(v: &[u8]) -> &[u8] {
+pub fn clean(v: &[u8]) -> &[u8] {
     let v = v.trim_ascii_end();
     v.strip_prefix(b"\"")
         .and_then(|x| x.strip_suffix(b"\""))

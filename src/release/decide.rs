@@ -6,7 +6,7 @@
 //! HOT PATH: no allocation, lock, system call or log.
 
 use super::cookie;
-use super::service::{Service, NONE};
+use super::service::{Service, NONE, SET_BOTH_BLOCK, SET_COOKIE_BLOCK};
 use crate::config::services::{Ramp, Strategy};
 use crate::http::head::{HeaderLines, RequestHead};
 use crate::http::rewrite::{Out, Overflow};
@@ -174,6 +174,34 @@ pub fn decide_fresh(
     decide_into(index, svc, &req, now, tag)
 }
 
+/// [`decide_into`] for a returning client whose `Cookie` header value `header` starts with
+/// the cookie of a version of [`Service::returning`]: the same tag and cluster, without the
+/// request's view, the cookie search or the strategy's match (the table holds only versions
+/// such a cookie is decided to; gradual by request still counts the request as routed).
+/// `None` (and `tag` untouched): the whole decision is needed. Out of line, like
+/// [`decide_fresh`].
+#[inline(never)]
+pub fn decide_returning(
+    index: usize,
+    svc: &Service,
+    header: &[u8],
+    tag: &mut Tag,
+) -> Option<usize> {
+    let r = svc.returning(header)?;
+    *tag = Tag {
+        service: index as u16,
+        version: r.version,
+        set_version: true,
+        own_stats: r.own_stats,
+        transition: tag.transition,
+        ..Tag::NONE
+    };
+    if svc.returning_counts {
+        svc.live.routed.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(r.cluster)
+}
+
 /// [`decide`], written straight into the tag the session keeps (no intermediate copy of
 /// it); returns the cluster to use.
 ///
@@ -336,14 +364,53 @@ pub fn mirror(svc: &Service, tag: &Tag) -> Option<(usize, Tag)> {
 /// Writes the `Set-Cookie` lines a tag asks for into `out`, then the empty line that ends a
 /// head. Returns the bytes written.
 ///
-/// HOT PATH: one copy of bytes built with the snapshot (and, for a new gradual client, its
-/// 12 hex digits written over their placeholder).
+/// HOT PATH: one copy of bytes built with the snapshot: usually the version's whole
+/// [`Version::set_cookie_block`](super::service::Version::set_cookie_block) (or, for a new
+/// gradual client, `set_both_block` and its 12 hex digits), a fixed-size copy without a
+/// call (the bytes past the lines land in the buffer's spare room, written over later or
+/// never sent), so this stays a leaf that saves no registers; otherwise (a long id, a full
+/// buffer) [`write_cookies_by_length`].
 #[inline]
 pub fn write_cookies(svc: &Service, tag: &Tag, out: &mut [u8]) -> Result<usize, Overflow> {
     if !tag.set_version {
         return write_transition_only(svc, tag, out);
     }
     let v = svc.versions.get(tag.version as usize).ok_or(Overflow)?;
+    if tag.new_transition {
+        let len = v.set_both_end.len();
+        if len <= SET_BOTH_BLOCK {
+            if let Some(dst) = out.first_chunk_mut::<SET_BOTH_BLOCK>() {
+                // In two halves: one copy this long would be a `memcpy` call.
+                let (lo, hi) = dst.split_at_mut(SET_COOKIE_BLOCK);
+                let (blo, bhi) = v.set_both_block.split_at(SET_COOKIE_BLOCK);
+                lo.copy_from_slice(blo);
+                hi.copy_from_slice(bhi);
+                if let Some(d) = dst.get_mut(v.suffix_at..v.suffix_at + cookie::ID_SUFFIX_LEN) {
+                    d.copy_from_slice(&tag.transition);
+                    return Ok(len);
+                }
+            }
+        }
+    } else {
+        let len = v.set_cookie_end.len();
+        if len <= SET_COOKIE_BLOCK {
+            if let Some(dst) = out.first_chunk_mut::<SET_COOKIE_BLOCK>() {
+                *dst = v.set_cookie_block;
+                return Ok(len);
+            }
+        }
+    }
+    write_cookies_by_length(v, tag, out)
+}
+
+/// [`write_cookies`] with the version cookie, copied by its length (a new gradual client's
+/// 12 hex digits written over their placeholder).
+#[inline(never)]
+fn write_cookies_by_length(
+    v: &super::service::Version,
+    tag: &Tag,
+    out: &mut [u8],
+) -> Result<usize, Overflow> {
     let bytes: &[u8] = if tag.new_transition {
         &v.set_both_end
     } else {
@@ -486,6 +553,29 @@ mod tests {
             b"Set-Cookie: dynsoftup=1.0; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\r\n"
         );
         assert!(write_cookies(&s, &c.tag, &mut out[..10]).is_err());
+        // Less room than the whole block, but enough for the line: the same bytes.
+        let mut exact = [0u8; 73];
+        assert_eq!(write_cookies(&s, &c.tag, &mut exact).unwrap(), 73);
+        assert_eq!(exact[..], out[..n]);
+        assert!(write_cookies(&s, &c.tag, &mut exact[..72]).is_err());
+        // A uuid id fits the block; a longer id is copied by its length.
+        for id in ["a37a290f-2088-11e4-b3a6-600308a8245e", &"x".repeat(100)] {
+            let s = service(Strategy::Session, &[("1.0", false)], |c| {
+                c.versions[0].id = id.into()
+            });
+            let c = decide(0, &s, &req(Some(id), None, 1), now);
+            for room in [256, 180] {
+                let mut out = vec![b'?'; room];
+                let n = write_cookies(&s, &c.tag, &mut out).unwrap();
+                assert_eq!(
+                    &out[..n],
+                    format!(
+                        "Set-Cookie: dynsoftup={id}; Path=/; Max-Age=60; HttpOnly; SameSite=Lax\r\n\r\n"
+                    )
+                    .as_bytes()
+                );
+            }
+        }
     }
 
     #[test]
@@ -609,6 +699,10 @@ mod tests {
             "{text}"
         );
         assert!(write_cookies(&s, &c.tag, &mut out[..n - 1]).is_err());
+        // Less room than the whole block, but enough for the lines: the same bytes.
+        let mut exact = vec![0u8; n];
+        assert_eq!(write_cookies(&s, &c.tag, &mut exact).unwrap(), n);
+        assert_eq!(exact[..], out[..n]);
         // A transition cookie alone (no strategy asks for it today) and nothing at all.
         let t = Tag {
             set_version: false,
@@ -657,16 +751,18 @@ mod tests {
         }
     }
 
+    const STRATEGIES: [Strategy; 5] = [
+        Strategy::Instant,
+        Strategy::Session,
+        Strategy::Gradual,
+        Strategy::Concurrent,
+        Strategy::Canary,
+    ];
+
     #[test]
     fn a_fresh_request_is_decided_as_any_other() {
         let now = Instant::now();
-        for strategy in [
-            Strategy::Instant,
-            Strategy::Session,
-            Strategy::Gradual,
-            Strategy::Concurrent,
-            Strategy::Canary,
-        ] {
+        for strategy in STRATEGIES {
             let s = service(strategy, &[("1.0", false), ("1.1", false)], |c| {
                 c.weights = vec![50, 50];
                 c.ramp = Some(Ramp::PerRequest(0.7));
@@ -690,6 +786,100 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_returning_client_is_decided_at_a_glance_as_any_other() {
+        let ids = [
+            "1.1",
+            "1.10",
+            "a;b",
+            "\"q\"",
+            "x ",
+            "12345678",
+            "1234567",
+            "long-uuid-like-id-0001",
+        ];
+        let mut services = Vec::new();
+        for strategy in STRATEGIES {
+            for variant in 0..5 {
+                // Ids as the DSU API and operators write them, rotated through the versions.
+                let k = services.len();
+                let s = service(
+                    strategy,
+                    &[("1.0", false), ("1.1", false), ("1.2", variant == 1)],
+                    |c| {
+                        c.force_header = (variant == 2).then(|| "x-version".into());
+                        c.promoted = (variant == 3).then_some(0);
+                        c.ramp = Some(if variant == 4 {
+                            Ramp::Over(Duration::from_secs(100))
+                        } else {
+                            Ramp::PerRequest(0.7)
+                        });
+                        c.weights = vec![1, 0, 2];
+                        for (i, v) in c.versions.iter_mut().enumerate() {
+                            v.id = ids[(k + i) % ids.len()].into();
+                        }
+                    },
+                );
+                services.push(s);
+            }
+        }
+        let now = Instant::now();
+        let mut quick = 0;
+        for s in &services {
+            let mut headers = Vec::new();
+            for v in s
+                .versions
+                .iter()
+                .map(|v| String::from_utf8_lossy(&v.id).into_owned())
+            {
+                for after in [
+                    "",
+                    ";",
+                    "; transition=952c8557-2088-11e4-87e3-600308a8245e",
+                    "0",
+                    " ; a=1",
+                    ";a",
+                    "\"",
+                ] {
+                    headers.push(format!("dynsoftup={v}{after}"));
+                    headers.push(format!("dynsoftup=\"{v}\"{after}"));
+                    headers.push(format!("a=1; dynsoftup={v}{after}"));
+                    headers.push(format!("DYNSOFTUP={v}{after}"));
+                }
+                for cut in 0..v.len() {
+                    headers.push(format!("dynsoftup={}", &v[..cut]));
+                    headers.push(format!("dynsoftup={}; b=2", &v[..cut]));
+                }
+            }
+            headers.extend(["dynsoftup", "dynsoftup=", "x", ""].map(String::from));
+            for c in &headers {
+                let buf = format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {c}\r\n\r\n");
+                let buf = buf.as_bytes();
+                let Ok(Some(h)) = crate::http::head::parse_request(buf, &Default::default()) else {
+                    continue;
+                };
+                let value = h.cookie.clone().map_or(&b""[..], |r| &buf[r]);
+                let routed = s.live.routed.load(Ordering::Relaxed);
+                let mut want = Tag::NONE;
+                let cluster = decide_into(3, s, &Request::from_head(s, buf, &h, 5), now, &mut want);
+                let counted = s.live.routed.load(Ordering::Relaxed);
+                s.live.routed.store(routed, Ordering::Relaxed);
+                let mut tag = Tag::NONE;
+                if let Some(got) = decide_returning(3, s, value, &mut tag) {
+                    quick += 1;
+                    assert_eq!((got, tag), (cluster, want), "{:?} {c:?}", s.strategy);
+                    assert_eq!(s.live.routed.load(Ordering::Relaxed), counted, "{c:?}");
+                    s.live.routed.store(routed, Ordering::Relaxed);
+                } else {
+                    assert_eq!(tag, Tag::NONE, "untouched");
+                    assert_eq!(s.live.routed.load(Ordering::Relaxed), routed, "{c:?}");
+                }
+            }
+        }
+        // Session, gradual's newest and canary's weighted versions with plain ids.
+        assert!(quick > 30, "{quick}");
     }
 
     #[test]

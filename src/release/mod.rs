@@ -54,7 +54,8 @@ use std::time::Instant;
 ///
 /// HOT PATH: no allocation; the cookies come from the header the parser located. A request
 /// without cookies and without a forcing header to look for (a new client) takes
-/// [`decide::decide_fresh`]; the others [`route_head`]. Always inlined into the session:
+/// [`decide::decide_fresh`]; a returning client whose cookie alone decides it
+/// [`decide::decide_returning`]; the others [`route_head`]. Always inlined into the session:
 /// what is left here is a few tests and one call.
 #[inline(always)]
 pub fn route(
@@ -76,11 +77,20 @@ pub fn route(
             service, svc, idempotent, random, now, tag,
         ));
     }
+    if h.cookie_headers == 1 {
+        // A returning client whose one `Cookie` header starts with its version's cookie.
+        if let Some(c) = h.cookie.clone().and_then(|c| buf.get(c)) {
+            if let Some(cluster) = decide::decide_returning(service, svc, c, tag) {
+                return Some(cluster);
+            }
+        }
+    }
     Some(route_head(service, svc, buf, h, random, now, tag))
 }
 
-/// [`route`] for a request whose head has cookies or a forcing header to read. Out of line,
-/// like [`decide::decide_fresh`]: each gets registers for its own path.
+/// [`route`] for a request whose head has cookies or a forcing header to read and that
+/// [`decide::decide_returning`] did not decide. Out of line, like [`decide::decide_fresh`]:
+/// each gets registers for its own path.
 #[inline(never)]
 fn route_head(
     service: usize,

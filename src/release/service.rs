@@ -14,6 +14,23 @@ use std::time::Instant;
 /// Marks "no service" / "no version" in a [`super::Tag`].
 pub const NONE: u16 = u16::MAX;
 
+/// Size of [`Version::set_cookie_block`]: a version cookie's line and the empty line fit
+/// with ids up to uuids' 36 bytes (`Set-Cookie: dynsoftup=` 22, the attributes up to 52,
+/// the empty line 2).
+pub const SET_COOKIE_BLOCK: usize = 128;
+/// Size of [`Version::set_both_block`]: both cookies' lines and the empty line (the
+/// transition line is 110 bytes); copied in two halves of [`SET_COOKIE_BLOCK`].
+pub const SET_BOTH_BLOCK: usize = 2 * SET_COOKIE_BLOCK;
+
+/// `bytes` padded with zeros to `N` (all zeros when longer: they are then copied by length).
+fn block<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(b) = out.get_mut(..bytes.len()) {
+        b.copy_from_slice(bytes);
+    }
+    out
+}
+
 #[derive(Debug)]
 pub struct Version {
     /// The version string as written.
@@ -31,9 +48,15 @@ pub struct Version {
     /// What a response head of this version ends with when it sets the version cookie:
     /// `set_cookie` and the head's empty line.
     pub set_cookie_end: Box<[u8]>,
+    /// `set_cookie_end` padded with zeros to [`SET_COOKIE_BLOCK`] bytes (all zeros when it is
+    /// longer): copied whole, a fixed-size copy the compiler writes out in a few moves
+    /// instead of a `memcpy` call of its length.
+    pub set_cookie_block: [u8; SET_COOKIE_BLOCK],
     /// Likewise with a new transition cookie too (gradual), the client's part of the id
     /// ([`cookie::ID_SUFFIX_LEN`] bytes at [`Version::suffix_at`]) to be filled in.
     pub set_both_end: Box<[u8]>,
+    /// `set_both_end` padded with zeros to [`SET_BOTH_BLOCK`] bytes (all zeros when longer).
+    pub set_both_block: [u8; SET_BOTH_BLOCK],
     pub suffix_at: usize,
     /// Its cluster serves something else too (a listener, a route, FaaS routing, another
     /// version): its counters and latency are kept on their own. Otherwise the cluster's
@@ -81,7 +104,29 @@ pub struct Service {
     /// The live versions whose cookie ids are at most 8 bytes: (id packed little-endian, id
     /// length, version), for [`Service::live_by_id`] without a byte loop per version.
     live_short: Box<[(u64, u8, u16)]>,
+    /// A returning client's decision at a glance ([`Service::returning`]): the versions a
+    /// `Cookie` header starting with `dynsoftup=<id>` is decided to without anything else
+    /// read, newest first. Empty when every request needs the whole decision (a forcing
+    /// header to look for, a promoted version, instant and concurrent).
+    pub returning: Box<[Returning]>,
+    /// gradual by request: a returning client's request counts as routed too.
+    pub returning_counts: bool,
     pub live: Arc<ServiceLive>,
+}
+
+/// One version a returning client's cookie may name and be decided to at once: its id
+/// (1 to 8 bytes with nothing [`cookie`]'s reading would trim or split off) as a
+/// little-endian word and a mask of its length, so a `Cookie` header is compared with one
+/// load, an `and` and a compare instead of being searched, cleaned and packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returning {
+    key: u64,
+    mask: u64,
+    len: usize,
+    pub version: u16,
+    /// The version's [`Version::shares_cluster`] (set by [`mark_shared`]).
+    pub own_stats: bool,
+    pub cluster: usize,
 }
 
 impl Service {
@@ -103,9 +148,10 @@ impl Service {
         for &i in &order {
             let v = &cfg.versions[i];
             let set_cookie = cookie::set_cookie_line(cookie::VERSION, v.id.as_bytes(), max_age);
-            let set_cookie_end = [&set_cookie[..], b"\r\n"].concat().into();
+            let set_cookie_end: Box<[u8]> = [&set_cookie[..], b"\r\n"].concat().into();
+            let set_cookie_block = block(&set_cookie_end);
             let suffix_at = set_cookie.len() + cookie::NEW_TRANSITION.len() + cookie::ID_PREFIX_LEN;
-            let set_both_end = [
+            let set_both_end: Box<[u8]> = [
                 &set_cookie[..],
                 cookie::NEW_TRANSITION,
                 &ids.prefix,
@@ -115,6 +161,7 @@ impl Service {
             ]
             .concat()
             .into();
+            let set_both_block = block(&set_both_end);
             versions.push(Version {
                 version: v.version.clone(),
                 id: v.id.as_bytes().into(),
@@ -124,7 +171,9 @@ impl Service {
                 weight: cfg.weights.get(i).copied().unwrap_or(0),
                 set_cookie,
                 set_cookie_end,
+                set_cookie_block,
                 set_both_end,
+                set_both_block,
                 suffix_at,
                 shares_cluster: true,
             });
@@ -164,7 +213,7 @@ impl Service {
                 newest_id,
             }),
         };
-        Some(Service {
+        let mut svc = Service {
             name: cfg.name.clone(),
             strategy: cfg.strategy,
             versions,
@@ -183,7 +232,86 @@ impl Service {
                 _ => 0.0,
             }),
             live_short,
+            returning: Box::new([]),
+            returning_counts: false,
             live: live_state,
+        };
+        svc.returning = svc.returning_versions();
+        svc.returning_counts = svc.strategy == Strategy::Gradual
+            && matches!(svc.ramp, Some(Ramp::PerRequest(_)))
+            && !svc.promoted;
+        Some(svc)
+    }
+
+    /// [`Service::returning`]'s table: the versions whose cookie alone decides a request,
+    /// exactly as [`super::decide::decide_into`] would (session: any live version; gradual:
+    /// the newest, whose clients never move back; canary: a live version with a weight).
+    fn returning_versions(&self) -> Box<[Returning]> {
+        if self.promoted || self.force_header.is_some() {
+            return Box::new([]);
+        }
+        let wanted = |i: usize| match self.strategy {
+            Strategy::Session => true,
+            Strategy::Gradual => i == usize::from(self.newest),
+            Strategy::Canary => self.versions[i].weight > 0,
+            Strategy::Instant | Strategy::Concurrent => false,
+        };
+        (0..self.versions.len())
+            .rev()
+            .filter(|&i| wanted(i))
+            .filter_map(|i| {
+                let id = &self.versions[i].id;
+                // Read back as it is written: 1 to 8 bytes, no `;` (the value would end
+                // there), nothing `cookie::clean` would take off.
+                let plain = (1..=8).contains(&id.len())
+                    && !id.contains(&b';')
+                    && cookie::clean(id) == &id[..];
+                // The version a cookie of this id names (the first of equal ids).
+                let v = self
+                    .live_by_id(id)
+                    .filter(|&v| plain && usize::from(v) == i)?;
+                let mut word = [0u8; 8];
+                word[..id.len()].copy_from_slice(id);
+                Some(Returning {
+                    key: u64::from_le_bytes(word),
+                    mask: u64::MAX >> (8 * (8 - id.len())),
+                    len: id.len(),
+                    version: v,
+                    own_stats: self.versions[i].shares_cluster,
+                    cluster: self.versions[i].cluster,
+                })
+            })
+            .collect()
+    }
+
+    /// The entry of [`Service::returning`] a `Cookie` header value names when it starts
+    /// with `dynsoftup=<id>` followed by `;` or its end; `None`: the whole decision is
+    /// needed (another first cookie, an id not in the table, more to clean).
+    ///
+    /// HOT PATH: one load of the id's 8 bytes, a compare per entry (usually the first).
+    #[inline]
+    pub fn returning(&self, header: &[u8]) -> Option<&Returning> {
+        if self.returning.is_empty() {
+            return None;
+        }
+        let (name, rest) = header.split_first_chunk::<10>()?;
+        if name != b"dynsoftup=" {
+            return None;
+        }
+        let word = match rest.first_chunk::<8>() {
+            Some(w) => u64::from_le_bytes(*w),
+            // A short value at the header's end: its last 8 bytes, shifted down to it.
+            None if !rest.is_empty() => {
+                u64::from_le_bytes(*header.last_chunk::<8>()?) >> (8 * (8 - rest.len()))
+            }
+            None => return None,
+        };
+        self.returning.iter().find(|r| {
+            word & r.mask == r.key
+                && match rest.get(r.len) {
+                    Some(&b) => b == b';',
+                    None => rest.len() == r.len,
+                }
         })
     }
 
@@ -306,6 +434,14 @@ pub fn mark_shared(services: &mut [Service], direct: &[bool]) {
         for v in &mut s.versions {
             v.shares_cluster = direct.get(v.cluster).copied().unwrap_or(true)
                 || uses.get(v.cluster).copied().unwrap_or(0) > 1;
+        }
+        let Service {
+            versions,
+            returning,
+            ..
+        } = s;
+        for r in returning.iter_mut() {
+            r.own_stats = versions[usize::from(r.version)].shares_cluster;
         }
     }
 }

@@ -122,7 +122,7 @@ impl<E: Engine> Worker<E> {
         if !self.sessions.contains(key) {
             return;
         }
-        self.log_request(key);
+        let _ = self.log_request(key);
         self.log_connection(key, why);
         // A mirror of the request in flight goes on alone (nobody compares it now).
         self.mirror_primary_done(key, false);
@@ -178,33 +178,30 @@ impl<E: Engine> Worker<E> {
         }
     }
 
-    /// Queues the access-log record of the session's current request, once (HTTP).
-    pub(super) fn log_request(&mut self, key: usize) {
-        let Some(e) = self.sessions.get_mut(key) else {
-            return;
-        };
+    /// Queues the access-log record of the session's current request, once (HTTP). Returns
+    /// the request's latency when it was counted now (the balancer's feedback reuses it).
+    pub(super) fn log_request(&mut self, key: usize) -> Option<std::time::Duration> {
+        let e = self.sessions.get_mut(key)?;
         let Session::Http(s) = &mut e.session else {
-            return;
+            return None;
         };
-        let Some(x) = s.exchange_mut() else {
-            return;
-        };
+        let x = s.exchange_mut()?;
         if x.logged {
-            return;
+            return None;
         }
         x.logged = true;
-        self.obs_request_done(key);
+        let latency = self.obs_request_done(key);
         let (Some(tx), Some(e)) = (
             self.access_log.as_ref().filter(|l| l.enabled()),
             self.sessions.get(key),
         ) else {
-            return;
+            return latency;
         };
         let Session::Http(s) = &e.session else {
-            return;
+            return latency;
         };
         let Some(x) = s.exchange() else {
-            return;
+            return latency;
         };
         let mut rec = x.log;
         rec.status = x.status;
@@ -236,6 +233,7 @@ impl<E: Engine> Worker<E> {
         if tx.try_send(rec).is_err() {
             self.env.http.access_log_dropped += 1;
         }
+        latency
     }
 
     /// Queues the connection-log record of a closing TCP/Foo session (when the log is on).

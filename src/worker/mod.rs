@@ -386,6 +386,10 @@ pub struct Worker<E: Engine> {
     obs: WorkerStats,
     stats_tx: StatsSender,
     last_flush: Instant,
+    /// `last_flush + FLUSH_INTERVAL`: the loop compares, it does not subtract, every turn.
+    next_flush: Instant,
+    /// `env.now` as a [`Stamp`], worked out at its first use in a loop turn (0: not yet).
+    now_stamp: Stamp,
     /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
     /// loop turn.
     next_trim: Instant,
@@ -479,6 +483,8 @@ impl<E: Engine> Worker<E> {
             obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
+            next_flush: now + FLUSH_INTERVAL,
+            now_stamp: 0,
             next_trim: now + crate::io::buffer::TRIM_INTERVAL,
             loop_max_us: 0,
             slow_turns: 0,
@@ -507,6 +513,7 @@ impl<E: Engine> Worker<E> {
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
             self.env.now = Instant::now();
+            self.now_stamp = 0;
             self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             crate::sd::watchdog::beat(self.id);
             for ev in events.drain(..) {
@@ -522,7 +529,7 @@ impl<E: Engine> Worker<E> {
             if !self.toxics.is_idle() {
                 self.fire_toxics();
             }
-            if self.env.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+            if self.env.now >= self.next_flush {
                 self.flush_stats(0);
             }
             if self.env.now >= self.next_trim {
@@ -634,6 +641,7 @@ impl<E: Engine> Worker<E> {
         self.env.conns.buffer_waits += self.engine.take_buffer_waits();
         self.env.conns.buffer_reserve_waits += self.engine.take_reserve_waits();
         let since = std::mem::replace(&mut self.last_flush, self.env.now);
+        self.next_flush = self.env.now + FLUSH_INTERVAL;
         if self.env.conns.is_zero() && self.env.http.is_zero() && self.obs.is_zero() && seq == 0 {
             return;
         }
@@ -735,13 +743,14 @@ impl<E: Engine> Worker<E> {
     /// operation.
     #[inline]
     fn rearm_if_earlier(&mut self, key: usize) {
-        let arm = match (self.sessions.get(key), self.session_deadline(key)) {
-            (Some(e), Some((deadline, _))) => !e.timer_armed || deadline < e.timer_at,
-            _ => false,
+        // One look-up of the entry; the deadline is worked out again only to arm (rare).
+        let Some(e) = self.sessions.get(key) else {
+            return;
         };
-        if arm {
-            self.arm_timer(key);
+        if e.timer_armed && transport::entry_deadline(e, &self.conns).0 >= e.timer_at {
+            return;
         }
+        self.arm_timer(key);
     }
 
     /// Arms the idle timer of a pooled connection, unless an entry that fires no later is
@@ -765,6 +774,16 @@ impl<E: Engine> Worker<E> {
     #[inline]
     fn stamp(&self, t: Instant) -> Stamp {
         (t.saturating_duration_since(self.started).as_nanos() as u64).saturating_add(1)
+    }
+
+    /// `env.now` as a [`Stamp`]: one conversion per loop turn, however many connections
+    /// are pooled in it.
+    #[inline]
+    fn now_stamp(&mut self) -> Stamp {
+        if self.now_stamp == 0 {
+            self.now_stamp = self.stamp(self.env.now);
+        }
+        self.now_stamp
     }
 
     /// The time a (non-zero) [`Stamp`] stands for.
@@ -801,7 +820,7 @@ impl<E: Engine> Worker<E> {
                     }
                 }
                 TimerKey::Pooled(conn) => {
-                    let now = self.stamp(self.env.now);
+                    let now = self.now_stamp();
                     let Some(t) = self.pooled.get_mut(conn as usize) else {
                         continue;
                     };

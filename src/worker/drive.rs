@@ -87,9 +87,21 @@ impl<E: Engine> Worker<E> {
         self.queue(key, Queue::Ready);
     }
 
-    /// Stats of what a drive moved (TCP bytes, Foo messages).
+    /// Stats of what a drive moved (TCP bytes, Foo messages): nothing for an HTTP session.
     #[inline]
     fn after_drive(&mut self, key: usize) {
+        if let Some(Entry {
+            session: Session::Tcp(_),
+            ..
+        }) = self.sessions.get(key)
+        {
+            self.after_tcp_drive(key);
+        }
+    }
+
+    /// [`Worker::after_drive`] of a TCP session.
+    #[inline(never)]
+    fn after_tcp_drive(&mut self, key: usize) {
         if let Some(Entry {
             session: Session::Tcp(s),
             ..

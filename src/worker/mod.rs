@@ -514,6 +514,7 @@ impl<E: Engine> Worker<E> {
             self.engine.poll(timeout, &mut events)?;
             self.env.now = Instant::now();
             self.now_stamp = 0;
+            self.env.shared_version = self.env.shared.load().version;
             self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             crate::sd::watchdog::beat(self.id);
             for ev in events.drain(..) {
@@ -671,9 +672,16 @@ impl<E: Engine> Worker<E> {
     fn meta(&mut self, conn: ConnId) -> &mut ConnMeta {
         let i = conn as usize;
         if i >= self.conns.len() {
-            self.conns.resize_with(i + 1, ConnMeta::default);
+            self.grow_conns(i);
         }
         &mut self.conns[i]
+    }
+
+    /// The table grows to hold connection `i` (out of line: once per new highest id).
+    #[cold]
+    #[inline(never)]
+    fn grow_conns(&mut self, i: usize) {
+        self.conns.resize_with(i + 1, ConnMeta::default);
     }
 
     /// The pool times of connection `conn` (grown on first use of a new id).
@@ -681,9 +689,16 @@ impl<E: Engine> Worker<E> {
     fn pool_times(&mut self, conn: ConnId) -> &mut PoolTimes {
         let i = conn as usize;
         if i >= self.pooled.len() {
-            self.pooled.resize(i + 1, PoolTimes::default());
+            self.grow_pooled(i);
         }
         &mut self.pooled[i]
+    }
+
+    /// The pool times grow to hold connection `i` (out of line: once per new highest id).
+    #[cold]
+    #[inline(never)]
+    fn grow_pooled(&mut self, i: usize) {
+        self.pooled.resize(i + 1, PoolTimes::default());
     }
 
     /// `conn` is not (or no longer) pooled: no idle deadline.
@@ -755,12 +770,20 @@ impl<E: Engine> Worker<E> {
 
     /// Arms the idle timer of a pooled connection, unless an entry that fires no later is
     /// armed already (it is re-checked when it fires).
+    #[inline]
     fn arm_pooled_timer(&mut self, conn: ConnId) {
         let m = self.pool_times(conn);
         let deadline = m.deadline;
         if deadline == 0 || (m.timer_at != 0 && m.timer_at <= deadline) {
             return;
         }
+        self.insert_pooled_timer(conn, deadline);
+    }
+
+    /// [`Worker::arm_pooled_timer`]'s wheel insert (out of line: an entry usually stays
+    /// armed across reuses).
+    #[inline(never)]
+    fn insert_pooled_timer(&mut self, conn: ConnId, deadline: Stamp) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let m = self.pool_times(conn);

@@ -17,13 +17,36 @@ pub(super) const MAX_STEPS: usize = 128;
 impl<E: Engine> Worker<E> {
     /// Runs session `key` until it has nothing to do now.
     pub(super) fn drive(&mut self, key: usize) {
-        for _ in 0..MAX_STEPS {
+        let mut steps = 0;
+        while steps < MAX_STEPS {
             let Some(e) = self.sessions.get_mut(key) else {
                 return;
             };
-            let want = {
-                let mut cx = cx!(self);
-                e.session.next(&mut cx)
+            // Ops on plain connections (the common case) go straight to the engine with the
+            // session at hand: no look-up of it per want, no transport news to check (the
+            // engine does not change a connection's transport).
+            let want = loop {
+                steps += 1;
+                let want = {
+                    let mut cx = cx!(self);
+                    e.session.next(&mut cx)
+                };
+                let Want::Io(side, op) = want else {
+                    break want;
+                };
+                let plain = e.session.conn(side).filter(|&c| {
+                    matches!(
+                        self.conns.get(c as usize).map(|m| &m.transport),
+                        Some(Transport::Plain)
+                    )
+                });
+                let (Some(conn), true) = (plain, steps < MAX_STEPS) else {
+                    break Want::Io(side, op);
+                };
+                if let Some(done) = self.engine.submit(conn, op) {
+                    let mut cx = cx!(self);
+                    e.session.complete(side, done, &mut cx);
+                }
             };
             match want {
                 Want::Io(side, op) => {

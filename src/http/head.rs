@@ -882,6 +882,17 @@ fn classify_target(
 /// `uri-host [":" port]` of RFC 3986: an IP-literal in brackets or a reg-name (which also
 /// covers IPv4), port digits only. An empty value is valid for `Host` (RFC 9112 §3.2).
 fn valid_host_port(v: &[u8], require_port: bool) -> bool {
+    if v.first() != Some(&b'[') {
+        // A reg-name (or IPv4 address) and maybe a port, in one pass: the first byte that
+        // is not a reg-name byte is the port's colon, or makes the value invalid.
+        return match v.iter().position(|&b| !REG_NAME[b as usize]) {
+            None => !require_port,
+            Some(colon) if v.get(colon) == Some(&b':') => {
+                valid_port(v.get(colon + 1..).unwrap_or_default(), require_port)
+            }
+            Some(_) => false,
+        };
+    }
     let Some((host, port)) = split_host_port(v) else {
         return false;
     };
@@ -896,11 +907,14 @@ fn valid_host_port(v: &[u8], require_port: bool) -> bool {
     };
     let port_ok = match port {
         None => !require_port,
-        Some(p) => {
-            p.len() <= 5 && p.iter().all(u8::is_ascii_digit) && !(require_port && p.is_empty())
-        }
+        Some(p) => valid_port(p, require_port),
     };
     host_ok && port_ok
+}
+
+/// The digits after a host's colon (empty only when no port is required).
+fn valid_port(p: &[u8], require_port: bool) -> bool {
+    p.len() <= 5 && p.iter().all(u8::is_ascii_digit) && !(require_port && p.is_empty())
 }
 
 /// [`is_reg_name_char`] by byte: one load per byte of every request's Host.
@@ -2803,6 +2817,80 @@ mod tests {
                 })
                 .collect();
             assert_eq!(eq_lower(&v, lower), v.eq_ignore_ascii_case(lower));
+        }
+    }
+
+    /// The one-pass check of a reg-name Host answers what splitting at the colon and
+    /// checking both parts did (the reference below), on the shapes and on noise.
+    #[test]
+    fn valid_host_port_matches_split_then_check() {
+        fn reference(v: &[u8], require_port: bool) -> bool {
+            let Some((host, port)) = split_host_port(v) else {
+                return false;
+            };
+            let host_ok = match host {
+                [b'[', inner @ .., b']'] => {
+                    !inner.is_empty()
+                        && inner
+                            .iter()
+                            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                }
+                _ => host.iter().all(|&b| is_reg_name_char(b)),
+            };
+            let port_ok = match port {
+                None => !require_port,
+                Some(p) => {
+                    p.len() <= 5
+                        && p.iter().all(u8::is_ascii_digit)
+                        && !(require_port && p.is_empty())
+                }
+            };
+            host_ok && port_ok
+        }
+        let shapes: [&[u8]; 16] = [
+            b"",
+            b"h",
+            b"h:",
+            b":",
+            b":80",
+            b"h:80",
+            b"h:123456",
+            b"127.0.0.1:8080",
+            b"a.b-c_d~e%41!$&'()*+,;=:1",
+            b"h:8a",
+            b"h:80:90",
+            b"h p:80",
+            b"[::1]:80",
+            b"[::1]",
+            b"[::1",
+            b"\xffhost",
+        ];
+        for v in shapes {
+            for require_port in [false, true] {
+                assert_eq!(
+                    valid_host_port(v, require_port),
+                    reference(v, require_port),
+                    "{v:?}"
+                );
+            }
+        }
+        let alphabet = b"ab.-:9[]% \t/@";
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        for _ in 0..50_000 {
+            let len = (next() % 12) as usize;
+            let v: Vec<u8> = (0..len)
+                .map(|_| match next() % 8 {
+                    0 => next() as u8,
+                    _ => alphabet[(next() % alphabet.len() as u64) as usize],
+                })
+                .collect();
+            for require_port in [false, true] {
+                assert_eq!(
+                    valid_host_port(&v, require_port),
+                    reference(&v, require_port),
+                    "{v:?}"
+                );
+            }
         }
     }
 }

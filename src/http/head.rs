@@ -893,23 +893,15 @@ fn valid_host_port(v: &[u8], require_port: bool) -> bool {
             Some(_) => false,
         };
     }
-    let Some((host, port)) = split_host_port(v) else {
+    // An IP-literal in brackets, maybe a port.
+    let Some(([b'[', inner @ .., b']'], port)) = split_host_port(v) else {
         return false;
     };
-    let host_ok = match host {
-        [b'[', inner @ .., b']'] => {
-            !inner.is_empty()
-                && inner
-                    .iter()
-                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        }
-        _ => host.iter().all(|&b| REG_NAME[b as usize]),
-    };
-    let port_ok = match port {
-        None => !require_port,
-        Some(p) => valid_port(p, require_port),
-    };
-    host_ok && port_ok
+    let literal_ok = !inner.is_empty()
+        && inner
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    literal_ok && port.map_or(!require_port, |p| valid_port(p, require_port))
 }
 
 /// The digits after a host's colon (empty only when no port is required).

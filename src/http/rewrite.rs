@@ -282,7 +282,7 @@ enum Class {
 impl Class {
     fn of(name: &[u8]) -> Class {
         // Dispatch on length first: most headers are compared against nothing.
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        let is = |n: &[u8]| super::head::eq_lower(name, n);
         match name.len() {
             2 if is(b"te") => Class::HopByHop,
             4 if is(b"host") => Class::Host,

@@ -173,6 +173,11 @@ pub struct Env {
     pub request_ids: u64,
     /// The live routing state: each HTTP request is routed on the latest snapshot.
     pub shared: SharedSnapshot,
+    /// The version `shared` held when the worker last looked (once per loop turn, after its
+    /// poll: a request read in this turn arrived after every snapshot published before
+    /// that), or `u64::MAX`: unknown, look. A session whose snapshot has this version skips
+    /// loading `shared`.
+    pub shared_version: u64,
     /// Recycled per-request state (no allocation per request).
     pub exchanges: http::ExchangePool,
     /// An access log wants records (else their fields are not filled in).
@@ -187,6 +192,7 @@ impl Env {
             http: HttpCounters::default(),
             request_ids,
             shared,
+            shared_version: u64::MAX,
             exchanges: http::ExchangePool::default(),
             access_log: false,
         }
@@ -305,6 +311,7 @@ impl Session {
 
     /// The worker hands over an upstream connection to backend `backend`: a connect in
     /// progress, or (HTTP) a pooled connection, already connected.
+    #[inline]
     pub fn set_upstream(&mut self, conn: ConnId, backend: u32, reused: bool, cx: &mut Cx<'_>) {
         match self {
             Session::Tcp(s) => s.set_upstream(conn, backend, cx.now),
@@ -322,6 +329,7 @@ impl Session {
 
     /// The worker takes the upstream connection away (to close or pool it). The session
     /// forgets it; in-flight ops on it are the worker's to cancel.
+    #[inline]
     pub fn take_upstream(&mut self) -> Option<ConnId> {
         match self {
             Session::Tcp(s) => s.take_upstream(),

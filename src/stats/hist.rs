@@ -84,6 +84,12 @@ const fn index_of(v: u64) -> usize {
     (((bucket as u64 + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub - SUB_BUCKET_HALF) as usize
 }
 
+/// Where a [`Recorder`] counts duration `d` (its microseconds, clamped to the range).
+#[inline]
+pub fn index(d: Duration) -> usize {
+    index_of((d.as_micros() as u64).clamp(1, MAX_US))
+}
+
 /// The highest value counted at `index` (what hdrhistogram's iterators report for it).
 const fn value_of(index: usize) -> u64 {
     let bucket = (index >> SUB_BUCKET_HALF_MAGNITUDE) as u64;
@@ -119,8 +125,13 @@ impl Recorder {
 
     #[inline]
     pub fn record(&mut self, kind: HistKind, d: Duration) {
-        let us = (d.as_micros() as u64).clamp(1, MAX_US);
-        let i = index_of(us);
+        self.record_index(kind, index(d));
+    }
+
+    /// [`Recorder::record`] of a duration whose [`index`] is `i` (one computed for several
+    /// recorders).
+    #[inline]
+    pub fn record_index(&mut self, kind: HistKind, i: usize) {
         let k = kind as usize;
         if let Some(c) = self.counts.get_mut(k * LEN + i) {
             *c = c.saturating_add(1);

@@ -428,6 +428,22 @@ impl StatSet {
         self.backends.get_mut(c as usize)?.get_mut(b as usize)
     }
 
+    /// [`StatSet::record`] of a duration whose [`hist::index`] is `i`.
+    #[inline]
+    fn record_index(&mut self, cluster: u32, kind: HistKind, i: usize) {
+        if let Some(slot) = self.hists.get_mut(cluster as usize) {
+            slot.get_or_insert_with(Box::default).record_index(kind, i);
+        }
+    }
+
+    /// [`StatSet::record_listener`] of a duration whose [`hist::index`] is `i`.
+    #[inline]
+    fn record_listener_index(&mut self, l: u32, kind: HistKind, i: usize) {
+        if let Some(slot) = self.listener_hists.get_mut(l as usize) {
+            slot.get_or_insert_with(Box::default).record_index(kind, i);
+        }
+    }
+
     #[inline]
     pub fn record(&mut self, cluster: u32, kind: HistKind, d: Duration) {
         if let Some(slot) = self.hists.get_mut(cluster as usize) {
@@ -733,11 +749,14 @@ impl WorkerStats {
         if let Some(t) = set.listener(r.listener) {
             count(t);
         }
-        if r.status != 0 {
-            set.record_listener(r.listener, HistKind::Request, r.latency);
+        // Each latency's histogram index is worked out once for the listener and the cluster.
+        let latency = (r.status != 0).then(|| hist::index(r.latency));
+        let ttfb = r.ttfb.map(hist::index);
+        if let Some(i) = latency {
+            set.record_listener_index(r.listener, HistKind::Request, i);
         }
-        if let Some(d) = r.ttfb {
-            set.record_listener(r.listener, HistKind::Ttfb, d);
+        if let Some(i) = ttfb {
+            set.record_listener_index(r.listener, HistKind::Ttfb, i);
         }
         let Some(c) = r.cluster else {
             return;
@@ -748,11 +767,11 @@ impl WorkerStats {
         if let Some(t) = r.backend.and_then(|b| set.backend(c, b)) {
             count(t);
         }
-        if r.status != 0 {
-            set.record(c, HistKind::Request, r.latency);
+        if let Some(i) = latency {
+            set.record_index(c, HistKind::Request, i);
         }
-        if let Some(d) = r.ttfb {
-            set.record(c, HistKind::Ttfb, d);
+        if let Some(i) = ttfb {
+            set.record_index(c, HistKind::Ttfb, i);
         }
     }
 

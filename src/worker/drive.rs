@@ -17,13 +17,36 @@ pub(super) const MAX_STEPS: usize = 128;
 impl<E: Engine> Worker<E> {
     /// Runs session `key` until it has nothing to do now.
     pub(super) fn drive(&mut self, key: usize) {
-        for _ in 0..MAX_STEPS {
+        let mut steps = 0;
+        while steps < MAX_STEPS {
             let Some(e) = self.sessions.get_mut(key) else {
                 return;
             };
-            let want = {
-                let mut cx = cx!(self);
-                e.session.next(&mut cx)
+            // Ops on plain connections (the common case) go straight to the engine with the
+            // session at hand: no look-up of it per want, no transport news to check (the
+            // engine does not change a connection's transport).
+            let want = loop {
+                steps += 1;
+                let want = {
+                    let mut cx = cx!(self);
+                    e.session.next(&mut cx)
+                };
+                let Want::Io(side, op) = want else {
+                    break want;
+                };
+                let plain = e.session.conn(side).filter(|&c| {
+                    matches!(
+                        self.conns.get(c as usize).map(|m| &m.transport),
+                        Some(Transport::Plain)
+                    )
+                });
+                let (Some(conn), true) = (plain, steps < MAX_STEPS) else {
+                    break Want::Io(side, op);
+                };
+                if let Some(done) = self.engine.submit(conn, op) {
+                    let mut cx = cx!(self);
+                    e.session.complete(side, done, &mut cx);
+                }
             };
             match want {
                 Want::Io(side, op) => {
@@ -87,9 +110,21 @@ impl<E: Engine> Worker<E> {
         self.queue(key, Queue::Ready);
     }
 
-    /// Stats of what a drive moved (TCP bytes, Foo messages).
+    /// Stats of what a drive moved (TCP bytes, Foo messages): nothing for an HTTP session.
     #[inline]
     fn after_drive(&mut self, key: usize) {
+        if let Some(Entry {
+            session: Session::Tcp(_),
+            ..
+        }) = self.sessions.get(key)
+        {
+            self.after_tcp_drive(key);
+        }
+    }
+
+    /// [`Worker::after_drive`] of a TCP session.
+    #[inline(never)]
+    fn after_tcp_drive(&mut self, key: usize) {
         if let Some(Entry {
             session: Session::Tcp(s),
             ..
@@ -122,7 +157,7 @@ impl<E: Engine> Worker<E> {
         if !self.sessions.contains(key) {
             return;
         }
-        self.log_request(key);
+        let _ = self.log_request(key);
         self.log_connection(key, why);
         // A mirror of the request in flight goes on alone (nobody compares it now).
         self.mirror_primary_done(key, false);
@@ -178,34 +213,31 @@ impl<E: Engine> Worker<E> {
         }
     }
 
-    /// Queues the access-log record of the session's current request, once (HTTP).
-    pub(super) fn log_request(&mut self, key: usize) {
-        let Some(e) = self.sessions.get_mut(key) else {
-            return;
-        };
+    /// Queues the access-log record of the session's current request, once (HTTP). Returns
+    /// the request's latency when it was counted now (the balancer's feedback reuses it).
+    pub(super) fn log_request(&mut self, key: usize) -> Option<std::time::Duration> {
+        let e = self.sessions.get_mut(key)?;
         let Session::Http(s) = &mut e.session else {
-            return;
+            return None;
         };
-        let Some(x) = s.exchange_mut() else {
-            return;
-        };
+        let x = s.exchange_mut()?;
         if x.logged {
-            return;
+            return None;
         }
         x.logged = true;
-        self.obs_request_done(key);
+        let latency = self.obs_request_done(key);
         let (Some(tx), Some(e)) = (
             self.access_log.as_ref().filter(|l| l.enabled()),
             self.sessions.get(key),
         ) else {
-            return;
+            return latency;
         };
         let Session::Http(s) = &e.session else {
-            return;
+            return latency;
         };
         let Some(x) = s.exchange().filter(|x| x.log_started) else {
             // Off when the request began (a reload turned it on since): no facts to log.
-            return;
+            return latency;
         };
         let mut rec = x.log;
         rec.status = x.status;
@@ -237,6 +269,7 @@ impl<E: Engine> Worker<E> {
         if tx.try_send(rec).is_err() {
             self.env.http.access_log_dropped += 1;
         }
+        latency
     }
 
     /// Queues the connection-log record of a closing TCP/Foo session (when the log is on).

@@ -386,6 +386,10 @@ pub struct Worker<E: Engine> {
     obs: WorkerStats,
     stats_tx: StatsSender,
     last_flush: Instant,
+    /// `last_flush + FLUSH_INTERVAL`: the loop compares, it does not subtract, every turn.
+    next_flush: Instant,
+    /// `env.now` as a [`Stamp`], worked out at its first use in a loop turn (0: not yet).
+    now_stamp: Stamp,
     /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
     /// loop turn.
     next_trim: Instant,
@@ -479,6 +483,8 @@ impl<E: Engine> Worker<E> {
             obs: WorkerStats::new(settings.stats_minimal),
             stats_tx,
             last_flush: now,
+            next_flush: now + FLUSH_INTERVAL,
+            now_stamp: 0,
             next_trim: now + crate::io::buffer::TRIM_INTERVAL,
             loop_max_us: 0,
             slow_turns: 0,
@@ -507,6 +513,8 @@ impl<E: Engine> Worker<E> {
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
             self.env.now = Instant::now();
+            self.now_stamp = 0;
+            self.env.shared_version = self.env.shared.load().version;
             self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             crate::sd::watchdog::beat(self.id);
             for ev in events.drain(..) {
@@ -522,7 +530,7 @@ impl<E: Engine> Worker<E> {
             if !self.toxics.is_idle() {
                 self.fire_toxics();
             }
-            if self.env.now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+            if self.env.now >= self.next_flush {
                 self.flush_stats(0);
             }
             if self.env.now >= self.next_trim {
@@ -634,6 +642,7 @@ impl<E: Engine> Worker<E> {
         self.env.conns.buffer_waits += self.engine.take_buffer_waits();
         self.env.conns.buffer_reserve_waits += self.engine.take_reserve_waits();
         let since = std::mem::replace(&mut self.last_flush, self.env.now);
+        self.next_flush = self.env.now + FLUSH_INTERVAL;
         if self.env.conns.is_zero() && self.env.http.is_zero() && self.obs.is_zero() && seq == 0 {
             return;
         }
@@ -663,9 +672,16 @@ impl<E: Engine> Worker<E> {
     fn meta(&mut self, conn: ConnId) -> &mut ConnMeta {
         let i = conn as usize;
         if i >= self.conns.len() {
-            self.conns.resize_with(i + 1, ConnMeta::default);
+            self.grow_conns(i);
         }
         &mut self.conns[i]
+    }
+
+    /// The table grows to hold connection `i` (out of line: once per new highest id).
+    #[cold]
+    #[inline(never)]
+    fn grow_conns(&mut self, i: usize) {
+        self.conns.resize_with(i + 1, ConnMeta::default);
     }
 
     /// The pool times of connection `conn` (grown on first use of a new id).
@@ -673,9 +689,16 @@ impl<E: Engine> Worker<E> {
     fn pool_times(&mut self, conn: ConnId) -> &mut PoolTimes {
         let i = conn as usize;
         if i >= self.pooled.len() {
-            self.pooled.resize(i + 1, PoolTimes::default());
+            self.grow_pooled(i);
         }
         &mut self.pooled[i]
+    }
+
+    /// The pool times grow to hold connection `i` (out of line: once per new highest id).
+    #[cold]
+    #[inline(never)]
+    fn grow_pooled(&mut self, i: usize) {
+        self.pooled.resize(i + 1, PoolTimes::default());
     }
 
     /// `conn` is not (or no longer) pooled: no idle deadline.
@@ -735,23 +758,32 @@ impl<E: Engine> Worker<E> {
     /// operation.
     #[inline]
     fn rearm_if_earlier(&mut self, key: usize) {
-        let arm = match (self.sessions.get(key), self.session_deadline(key)) {
-            (Some(e), Some((deadline, _))) => !e.timer_armed || deadline < e.timer_at,
-            _ => false,
+        // One look-up of the entry; the deadline is worked out again only to arm (rare).
+        let Some(e) = self.sessions.get(key) else {
+            return;
         };
-        if arm {
-            self.arm_timer(key);
+        if e.timer_armed && transport::entry_deadline(e, &self.conns).0 >= e.timer_at {
+            return;
         }
+        self.arm_timer(key);
     }
 
     /// Arms the idle timer of a pooled connection, unless an entry that fires no later is
     /// armed already (it is re-checked when it fires).
+    #[inline]
     fn arm_pooled_timer(&mut self, conn: ConnId) {
         let m = self.pool_times(conn);
         let deadline = m.deadline;
         if deadline == 0 || (m.timer_at != 0 && m.timer_at <= deadline) {
             return;
         }
+        self.insert_pooled_timer(conn, deadline);
+    }
+
+    /// [`Worker::arm_pooled_timer`]'s wheel insert (out of line: an entry usually stays
+    /// armed across reuses).
+    #[inline(never)]
+    fn insert_pooled_timer(&mut self, conn: ConnId, deadline: Stamp) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let m = self.pool_times(conn);
@@ -765,6 +797,16 @@ impl<E: Engine> Worker<E> {
     #[inline]
     fn stamp(&self, t: Instant) -> Stamp {
         (t.saturating_duration_since(self.started).as_nanos() as u64).saturating_add(1)
+    }
+
+    /// `env.now` as a [`Stamp`]: one conversion per loop turn, however many connections
+    /// are pooled in it.
+    #[inline]
+    fn now_stamp(&mut self) -> Stamp {
+        if self.now_stamp == 0 {
+            self.now_stamp = self.stamp(self.env.now);
+        }
+        self.now_stamp
     }
 
     /// The time a (non-zero) [`Stamp`] stands for.
@@ -801,7 +843,7 @@ impl<E: Engine> Worker<E> {
                     }
                 }
                 TimerKey::Pooled(conn) => {
-                    let now = self.stamp(self.env.now);
+                    let now = self.now_stamp();
                     let Some(t) = self.pooled.get_mut(conn as usize) else {
                         continue;
                     };

@@ -7,6 +7,7 @@ use crate::engine::Engine;
 use crate::session::http::Phase;
 use crate::session::Session;
 use crate::stats::RequestDone;
+use std::time::Duration;
 
 impl<E: Engine> Worker<E> {
     /// An upstream connect ended (success, failure or timeout). HTTP failures count only
@@ -55,29 +56,29 @@ impl<E: Engine> Worker<E> {
     }
 
     /// An HTTP request ended (answered, failed or abandoned); called once per request.
-    pub(super) fn obs_request_done(&mut self, key: usize) {
-        let Some(e) = self.sessions.get(key) else {
-            return;
-        };
+    /// Returns how long it took (from the request's start to now), which the balancer's
+    /// feedback reuses.
+    pub(super) fn obs_request_done(&mut self, key: usize) -> Option<Duration> {
+        let e = self.sessions.get(key)?;
         let Session::Http(s) = &e.session else {
-            return;
+            return None;
         };
-        let Some(x) = s.exchange() else {
-            return;
-        };
+        let x = s.exchange()?;
         let tried = x.target.backend.is_some() || x.target.attempts > 0;
+        let latency = self.env.now.saturating_duration_since(x.request_started);
         let r = RequestDone {
             listener: s.listener,
             cluster: tried.then_some(x.target.cluster),
             backend: x.target.backend,
             status: x.status,
             bytes_out: x.sent,
-            latency: self.env.now.saturating_duration_since(x.request_started),
+            latency,
             ttfb: x
                 .got_response_byte
                 .then(|| x.first_byte_at.saturating_duration_since(x.request_started)),
             release: x.release_tag,
         };
         self.obs.request_done(&s.snapshot, &r);
+        Some(latency)
     }
 }

@@ -6,7 +6,7 @@
 //! HOT PATH. For plain connections each hook is one match on the transport; no allocation
 //! (one box per TLS or PROXY connection), lock or info-level log.
 
-use super::Worker;
+use super::{ConnMeta, Entry, Worker};
 use crate::engine::{ConnId, Engine};
 use crate::proto::proxy_protocol::Version;
 use crate::session::{Session, Side};
@@ -203,21 +203,27 @@ impl<E: Engine> Worker<E> {
     #[inline]
     pub(super) fn session_deadline(&self, key: usize) -> Option<(Instant, bool)> {
         let e = self.sessions.get(key)?;
-        let own = e.session.deadline();
-        let t = e
-            .session
-            .conn(Side::Downstream)
-            .and_then(|c| self.conns.get(c as usize))
-            .and_then(|m| m.transport.deadline());
-        Some(match t {
-            Some(t) if t < own => (t, true),
-            _ => (own, false),
-        })
+        Some(entry_deadline(e, &self.conns))
     }
 
     /// A handshake or PROXY header did not finish in time.
     pub(super) fn transport_timed_out(&mut self, key: usize) {
         self.env.conns.tls_handshake_timeouts += 1;
         self.close(key, crate::session::CloseReason::Timeout);
+    }
+}
+
+/// [`Worker::session_deadline`] of session entry `e`, its connections described by `conns`.
+#[inline]
+pub(super) fn entry_deadline(e: &Entry, conns: &[ConnMeta]) -> (Instant, bool) {
+    let own = e.session.deadline();
+    let t = e
+        .session
+        .conn(Side::Downstream)
+        .and_then(|c| conns.get(c as usize))
+        .and_then(|m| m.transport.deadline());
+    match t {
+        Some(t) if t < own => (t, true),
+        _ => (own, false),
     }
 }

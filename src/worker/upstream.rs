@@ -98,7 +98,7 @@ impl<E: Engine> Worker<E> {
                 self.drop_upstream(key, Linger::Graceful);
             }
             Up::Release { reusable } => {
-                self.log_request(key);
+                let latency = self.log_request(key);
                 self.mirror_primary_done(key, true);
                 // 5xx answers count against the backend, like failures.
                 let failed = matches!(
@@ -110,7 +110,7 @@ impl<E: Engine> Worker<E> {
                 } else {
                     Outcome::Success
                 };
-                self.observe(key, outcome, Since::Request);
+                self.observe(key, outcome, Since::Request(latency));
                 self.release_upstream(key, reusable);
                 let Some(e) = self.sessions.get_mut(key) else {
                     return;
@@ -599,7 +599,8 @@ impl<E: Engine> Worker<E> {
             return false;
         }
         list.push(conn);
-        let deadline = self.stamp(self.env.now + cluster.pool_idle_timeout);
+        let idle = u64::try_from(cluster.pool_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let deadline = self.now_stamp().saturating_add(idle);
         self.meta(conn).owner = Owner::Pooled(slot);
         self.pool_times(conn).deadline = deadline;
         // A backend closing an idle connection (or sending what it should not) ends it.
@@ -660,13 +661,18 @@ impl<E: Engine> Worker<E> {
             (Session::Tcp(_), _, _) => (t.started, true),
             // HTTP: a finished exchange is measured from the request's start; a connect
             // success is not a verdict on the backend yet (its answer may be a 5xx).
-            (Session::Http(s), Since::Request, _) => {
+            (Session::Http(s), Since::Request(None), _) => {
                 (s.exchange().map_or(t.started, |x| x.request_started), true)
             }
+            (Session::Http(_), Since::Request(Some(_)), _) => (t.started, true),
             (Session::Http(_), Since::Upstream, Outcome::Failure) => (t.started, true),
             (Session::Http(_), Since::Upstream, Outcome::Success) => (t.started, false),
         };
-        let rtt = self.env.now.saturating_duration_since(from);
+        let rtt = match since {
+            // Measured already (the request's latency, counted in the stats just before).
+            Since::Request(Some(d)) if matches!(e.session, Session::Http(_)) => d,
+            _ => self.env.now.saturating_duration_since(from),
+        };
         if let Some(d) =
             self.balancers
                 .observe(ci, idx as usize, rtt, outcome, self.env.now, verdict)
@@ -700,6 +706,7 @@ impl<E: Engine> Worker<E> {
 enum Since {
     /// The start of the upstream attempt (connect or hand-over).
     Upstream,
-    /// The start of the request (a finished HTTP exchange).
-    Request,
+    /// The start of the request (a finished HTTP exchange); the time since, when the
+    /// caller measured it already.
+    Request(Option<Duration>),
 }

@@ -656,6 +656,7 @@ impl Engine for MioEngine {
         }
     }
 
+    #[inline]
     fn cancel(&mut self, conn: ConnId, slot: Slot) {
         let Some(c) = self.conns.get_mut(conn as usize) else {
             return;

@@ -384,6 +384,10 @@ impl HttpSession {
     /// since this connection was accepted may have left its slot to another listener: then the
     /// connection keeps the snapshot of its own listener.
     fn refresh_snapshot(&mut self, cx: &mut Cx<'_>) {
+        // Unchanged since the worker looked this turn (the common case): no load.
+        if cx.shared_version == self.snapshot.version {
+            return;
+        }
         let cur = cx.shared.load();
         if cur.version != self.snapshot.version {
             let li = self.listener as usize;

@@ -1156,7 +1156,9 @@ fn a_config_without_listeners_is_valid() {
     let only_server = dir.path().join("lb.toml");
     std::fs::write(
         &only_server,
-        "[server]\nworkers = 1\n[lbaas]\nbind = \"127.0.0.1\"\n",
+        // The admin on a port of its own: `check` tries the address, and the default 8088
+        // may be taken by another Switchyard on this machine (a benchmark's).
+        "[server]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n[lbaas]\nbind = \"127.0.0.1\"\n",
     )
     .unwrap();
     let out = run_to_exit(

@@ -545,8 +545,8 @@ impl<E: Engine> Worker<E> {
 
     /// A burst is over (the buffer trim gave pages back): the per-turn lists shrink back to
     /// their start-up size (a storm's completions can fill tens of thousands of events in
-    /// one turn); the allocator (jemalloc, [`crate::heap`]) returns the freed pages to the
-    /// kernel on its own decay timer.
+    /// one turn), and the allocator (jemalloc, [`crate::heap`]) returns its free pages (the
+    /// storm's grown tables' old copies) to the kernel now rather than after its decay time.
     fn after_burst(&mut self) {
         const KEEP: usize = 1024;
         self.events.shrink_to(KEEP);
@@ -557,6 +557,7 @@ impl<E: Engine> Worker<E> {
         if self.starved.is_empty() {
             self.starved.shrink_to(KEEP);
         }
+        crate::heap::purge();
     }
 
     /// Times the loop turn that just ended (from the last poll's return to now): one clock read
@@ -639,7 +640,7 @@ impl<E: Engine> Worker<E> {
         let detail = self.obs.take_delta();
         let mut gauges = self.engine.gauges();
         gauges.loop_max_us = self.loop_max_us;
-        gauges.buffers_warm = self.engine.pools().0.warm() as u64;
+        gauges.buffers_warm = self.engine.warm_buffers() as u64;
         gauges.slow_turns = self.slow_turns;
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {

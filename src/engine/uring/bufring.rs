@@ -15,6 +15,15 @@
 //! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
 //! engine reports them apart (`buffers_provided`). When traffic falls (a connection storm is
 //! over), [`BufRing::shrink`] lends fewer from then on; what is lent stays lent until used.
+//!
+//! Lent buffers that no receive used for a whole trim interval keep no memory:
+//! [`BufRing::give_back_idle`] asks the kernel for the ring's head (`PBUF_STATUS`, 6.8+): the
+//! entries from the head to our tail are the ones it has not taken, and those among them that
+//! were lent before the previous call have waited a whole interval. Their pages are given back
+//! (`MADV_DONTNEED`) while they stay in the ring: the kernel writes into them only after it
+//! takes them, and a page given back is simply zero-filled again by that write. Only with
+//! `DEFER_TASKRUN`, where the kernel takes ring buffers only inside this thread's
+//! `io_uring_enter` (so not between reading the head and giving the pages back).
 
 use crate::io::{Buf, BufferPool};
 use io_uring::types::BufRingEntry;
@@ -59,6 +68,19 @@ pub(super) struct BufRing {
     /// the ring empty meanwhile.
     used: usize,
     grew: bool,
+    /// The buffer id at each ring position (what `refill` wrote there).
+    at: Vec<u16>,
+    /// Our tail at the last [`BufRing::give_back_idle`]: entries before it were lent before.
+    mark: u16,
+    /// By buffer id: lent, and its pages given back since.
+    cold: Vec<bool>,
+    /// How many lent buffers are cold.
+    cold_count: usize,
+    /// Whether [`BufRing::give_back_idle`] may run (see the module doc); off for good once the
+    /// kernel refuses `PBUF_STATUS` or the head moved outside an enter.
+    idle_trim: bool,
+    /// Scratch: the buffers one [`BufRing::give_back_idle`] gives back (capacity: the ring).
+    scratch: Vec<u16>,
 }
 
 // SAFETY: the mapping is owned by this struct alone (the kernel only reads it); moving the
@@ -90,6 +112,12 @@ impl BufRing {
             bid_base: if bgid == GROUP_NEW { NEW_BID_BASE } else { 0 },
             used: 0,
             grew: false,
+            at: vec![0; entries],
+            mark: 0,
+            cold: vec![false; entries],
+            cold_count: 0,
+            idle_trim: false,
+            scratch: Vec::with_capacity(entries),
         })
     }
 
@@ -116,6 +144,122 @@ impl BufRing {
 
     pub(super) fn set_registered(&mut self) {
         self.registered = true;
+    }
+
+    /// Lets [`BufRing::give_back_idle`] give back the pages of idle lent buffers: only when the
+    /// ring is set up with `DEFER_TASKRUN` (see the module doc).
+    pub(super) fn set_idle_trim(&mut self, on: bool) {
+        self.idle_trim = on;
+    }
+
+    /// Lent buffers whose pages were given back (they hold no memory until used).
+    #[inline]
+    pub(super) fn cold(&self) -> usize {
+        self.cold_count
+    }
+
+    /// The kernel's head of this ring: the next entry it will take (`PBUF_STATUS`).
+    fn kernel_head(&self, ring: &IoUring) -> io::Result<u16> {
+        /// `struct io_uring_buf_status` (the crate has no call for it).
+        #[repr(C)]
+        struct BufStatus {
+            buf_group: u32,
+            head: u32,
+            resv: [u32; 8],
+        }
+        const IORING_REGISTER_PBUF_STATUS: libc::c_long = 26;
+        let mut st = BufStatus {
+            buf_group: u32::from(self.bgid),
+            head: 0,
+            resv: [0; 8],
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: `st` is a valid, writable `io_uring_buf_status` that outlives the call (the
+        // kernel copies it in and out during it); one argument, as `nr_args` says.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring.as_raw_fd(),
+                IORING_REGISTER_PBUF_STATUS,
+                &mut st as *mut BufStatus,
+                1 as libc::c_long,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.head as u16)
+    }
+
+    /// Gives back the pages of lent buffers that the kernel has not taken since before the
+    /// last call (a whole trim interval), at most `limit` of them; they stay lent. Returns how
+    /// many buffers and bytes. Called once per trim interval, between enters, on the thread
+    /// that enters the ring.
+    pub(super) fn give_back_idle(
+        &mut self,
+        ring: &IoUring,
+        pool: &mut BufferPool,
+        limit: usize,
+    ) -> crate::io::buffer::Trimmed {
+        let mut done = crate::io::buffer::Trimmed::default();
+        if !self.idle_trim || !self.registered {
+            return done;
+        }
+        let head = match self.kernel_head(ring) {
+            Ok(h) => h,
+            Err(e) => {
+                log::debug!("buffer ring status refused ({e}): lent buffers keep their pages");
+                self.idle_trim = false;
+                return done;
+            }
+        };
+        // Entries from `head` to our tail are lent and not taken; those before `mark` were
+        // lent before the last call. (`mark` behind `head`: all of them were taken since.)
+        let waiting = self.tail.wrapping_sub(head);
+        let old = self.mark.wrapping_sub(head);
+        self.mark = self.tail;
+        if old == 0 || old > waiting {
+            return done;
+        }
+        self.scratch.clear();
+        for i in 0..old {
+            let bid = self.at[(head.wrapping_add(i) & self.mask) as usize];
+            if self.cold[bid as usize] || self.slots[bid as usize].is_none() {
+                continue;
+            }
+            if self.scratch.len() == limit {
+                // The rest at the next call (they are before the new mark too).
+                break;
+            }
+            self.scratch.push(bid);
+        }
+        if self.scratch.is_empty() {
+            return done;
+        }
+        done.buffers = self.scratch.len();
+        done.bytes = pool.give_back_held(
+            self.scratch
+                .iter()
+                .filter_map(|&bid| self.slots[bid as usize].as_ref()),
+        );
+        for &bid in &self.scratch {
+            self.cold[bid as usize] = true;
+        }
+        self.cold_count += self.scratch.len();
+        // With DEFER_TASKRUN the head cannot have moved: the kernel takes buffers only inside
+        // our enters. If it did (a receive the kernel handed to its worker threads), stop
+        // here for good: such a receive may have written into a buffer whose pages were just
+        // given back.
+        match self.kernel_head(ring) {
+            Ok(h) if h == head => {}
+            _ => {
+                log::warn!(
+                    "buffer ring taken outside an enter: lent buffers keep their pages from now on"
+                );
+                self.idle_trim = false;
+            }
+        }
+        done
     }
 
     #[inline]
@@ -183,6 +327,7 @@ impl BufRing {
                 e.set_bid(self.bid_base | bid);
             }
             self.slots[bid as usize] = Some(b);
+            self.at[i] = bid;
             self.tail = self.tail.wrapping_add(1);
             self.lent += 1;
             added = true;
@@ -212,6 +357,9 @@ impl BufRing {
         self.free.push(i);
         self.lent -= 1;
         self.used += 1;
+        if std::mem::take(&mut self.cold[i as usize]) {
+            self.cold_count -= 1;
+        }
         Some(b)
     }
 
@@ -227,6 +375,8 @@ impl BufRing {
                 self.free.push(bid as u16);
             }
         }
+        self.cold.fill(false);
+        self.cold_count = 0;
         self.lent = 0;
     }
 }

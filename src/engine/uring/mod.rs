@@ -249,6 +249,10 @@ impl UringEngine {
         let mut bufring_new = BufRing::new(pool.available(), bufring::GROUP_NEW)?;
         bufring_new.register(&ring)?;
         bufring_new.set_registered();
+        // Idle lent buffers give their pages back only where the kernel takes ring buffers
+        // inside our enters alone (see `bufring`).
+        bufring.set_idle_trim(setup.defer_taskrun && !setup.sqpoll);
+        bufring_new.set_idle_trim(setup.defer_taskrun && !setup.sqpoll);
         // Blocking (no EFD_NONBLOCK): the ring's read of it then waits instead of failing.
         // SAFETY: a plain system call with no pointers.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -1417,11 +1421,32 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.reserve_waits)
     }
 
-    /// The rings lend fewer when receives slowed down; then the pool.
+    /// The rings lend fewer when receives slowed down; then the pool; then the pages of the
+    /// lent buffers no receive took for a whole interval (they stay lent).
     fn trim(&mut self) -> crate::io::buffer::Trimmed {
         self.bufring.shrink();
         self.bufring_new.shrink();
-        self.pool.trim()
+        let mut done = self.pool.trim();
+        if self.started {
+            for new in [false, true] {
+                let limit = crate::io::buffer::TRIM_BATCH.saturating_sub(done.buffers);
+                let ring = if new {
+                    &mut self.bufring_new
+                } else {
+                    &mut self.bufring
+                };
+                let t = ring.give_back_idle(&self.ring, &mut self.pool, limit);
+                done.buffers += t.buffers;
+                done.bytes += t.bytes;
+            }
+        }
+        done
+    }
+
+    fn warm_buffers(&mut self) -> usize {
+        self.pool
+            .warm()
+            .saturating_sub(self.bufring.cold() + self.bufring_new.cold())
     }
 
     fn gauges(&self) -> Gauges {
@@ -1618,6 +1643,55 @@ mod tests {
 
     /// Every idle connection's receive holds an op entry, as large as the largest kind: a
     /// two-slice send keeps its second slice aside.
+    /// The ring's lent buffers that no receive took for a whole trim interval give their
+    /// pages back and stay lent; receives that take them afterwards get their bytes intact,
+    /// and each one taken is warm again.
+    #[test]
+    fn idle_lent_buffers_give_their_pages_back_and_still_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        if !e.setup.defer_taskrun {
+            return; // lent buffers keep their pages there (see `bufring`)
+        }
+        // The ring lent its first buffers at the first poll (in `pair`); the first trim only
+        // marks them, the second finds them still untaken a whole interval later.
+        let lent = e.bufring.lent();
+        assert!(lent > 0);
+        e.trim();
+        assert_eq!(e.bufring.cold(), 0, "lent only just now");
+        let t = e.trim();
+        assert_eq!(e.bufring.cold(), lent, "{t:?}");
+        assert_eq!(e.bufring_new.cold(), e.bufring_new.lent(), "{t:?}");
+        assert!(t.bytes >= lent * 4096, "{t:?}");
+        assert_eq!(e.warm_buffers(), 0, "nothing holds memory now");
+        // Receives take the cold buffers in ring order: every byte arrives.
+        for round in 0..lent + 4 {
+            let msg: Vec<u8> = (0..1000).map(|i| (i * 7 + round * 13) as u8).collect();
+            peer.write_all(&msg).expect("write");
+            let mut got = Vec::new();
+            while got.len() < msg.len() {
+                let d = match e.submit(conn, Op::Recv(None)) {
+                    Some(d) => d,
+                    None => next_done(&mut e, conn).expect("received"),
+                };
+                got.extend(received(&mut e, d));
+            }
+            assert_eq!(got, msg, "round {round}");
+            if round < 2 {
+                assert!(
+                    e.bufring.cold() < lent - round,
+                    "round {round}: taken, warm again"
+                );
+            } else if round % 3 == 2 {
+                // Trims between receives: the buffers lent since are marked, then given back.
+                e.trim();
+            }
+        }
+        assert!(e.bufring.cold() > 0, "given back again after the trims");
+        close_clean(&mut e, conn, Linger::Reset);
+    }
+
     #[test]
     fn op_entries_stay_small() {
         use std::mem::size_of;

@@ -557,6 +557,19 @@ impl<E: Engine> Worker<E> {
         if self.starved.is_empty() {
             self.starved.shrink_to(KEEP);
         }
+        // The session and connection tables give back the capacity the storm's high tide
+        // left unused (down to their start-up sizes): the allocator reused freed pages for it,
+        // so it is resident although never written. Live keys stay.
+        if self.sessions.capacity() > KEEP && self.sessions.len() < self.sessions.capacity() / 4 * 3
+        {
+            self.sessions.shrink_to_fit();
+            if self.sessions.capacity() < KEEP {
+                self.sessions.reserve(KEEP - self.sessions.len());
+            }
+        }
+        if self.conns.len() < self.conns.capacity() / 4 * 3 {
+            self.conns.shrink_to(self.conns.len().max(2 * KEEP));
+        }
         crate::heap::purge();
     }
 

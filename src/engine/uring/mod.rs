@@ -1010,6 +1010,19 @@ fn slice_ptr(pool: &BufferPool, s: &Slice) -> (*const u8, usize) {
     (d[start..].as_ptr(), end - start)
 }
 
+/// Gives back the unused capacity of a table (past its highest entry in use) when a quarter
+/// or more of it is unused, down to no less than its start-up size. After a burst only: the
+/// next connections grow it again.
+fn shrink_table<T>(t: &mut Slab<T>) {
+    const KEEP: usize = 1024;
+    if t.capacity() > KEEP && t.len() < t.capacity() / 4 * 3 {
+        t.shrink_to_fit();
+        if t.capacity() < KEEP {
+            t.reserve(KEEP - t.len());
+        }
+    }
+}
+
 /// The `Done` of an op submitted on a connection that does not exist (or is closed, or whose
 /// slot is taken): a failure that gives back what the op carried.
 #[inline]
@@ -1440,6 +1453,13 @@ impl Engine for UringEngine {
                 done.bytes += t.bytes;
             }
         }
+        if done.buffers > 0 {
+            // A burst is over: the op and connection tables give back the capacity its high
+            // tide left unused (the allocator reuses freed pages for new capacity, so that
+            // capacity is resident although never written). The worker purges the heap next.
+            shrink_table(&mut self.ops);
+            shrink_table(&mut self.conns);
+        }
         done
     }
 
@@ -1690,6 +1710,38 @@ mod tests {
         }
         assert!(e.bufring.cold() > 0, "given back again after the trims");
         close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// After a burst a table gives back the capacity past its highest entry in use, keeps
+    /// every live key, and not below its start-up size.
+    #[test]
+    fn a_table_shrinks_after_a_burst_and_keeps_its_keys() {
+        let mut t: Slab<u64> = Slab::with_capacity(1024);
+        let keys: Vec<usize> = (0..5000u64).map(|i| t.insert(i)).collect();
+        for &k in &keys[1500..] {
+            t.remove(k);
+        }
+        for &k in keys[..1500].iter().step_by(3) {
+            t.remove(k);
+        }
+        let before = t.capacity();
+        shrink_table(&mut t);
+        assert!(t.capacity() < before / 2, "{} -> {}", before, t.capacity());
+        for (i, &k) in keys[..1500].iter().enumerate() {
+            assert_eq!(
+                t.get(k).copied(),
+                (i % 3 != 0).then_some(i as u64),
+                "key {k}"
+            );
+        }
+        // Freed keys are reused before the table grows again.
+        let k = t.insert(9);
+        assert!(k < 1500, "{k}");
+        // Small tables stay at their start-up size.
+        let mut small: Slab<u64> = Slab::with_capacity(1024);
+        small.insert(1);
+        shrink_table(&mut small);
+        assert!(small.capacity() >= 1024);
     }
 
     #[test]

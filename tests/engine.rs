@@ -652,6 +652,30 @@ backends = ["{}"]
     assert!(m.contains("switchyard_engine_loop_max_seconds "), "{m}");
 }
 
+/// Whether the proxy's io_uring ring gives back the pages of idle lent buffers (it runs with
+/// `DEFER_TASKRUN`: the start line says so).
+fn lent_buffers_cool(p: &Proxy) -> bool {
+    p.stderr_text().contains("defer_taskrun")
+}
+
+/// Waits until no more than two pool buffers may hold memory (plus, where lent buffers keep
+/// their pages, the lent ones); returns the stats then.
+fn wait_buffers_cold(p: &Proxy) -> Value {
+    let lent_cool = lent_buffers_cool(p);
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(15), "warm buffers given back", || {
+        last = p.stats();
+        let e = &last["engine"];
+        let lent = if lent_cool {
+            0
+        } else {
+            u64_at(e, "/buffers_provided")
+        };
+        u64_at(e, "/buffers_warm") <= lent + 2
+    });
+    last
+}
+
 /// A burst of uploads warms many pool buffers (each held full while its backend does not
 /// read); once the proxy is idle again the worker's trim gives their pages back: the
 /// `buffers_warm` gauge drops to what the engine keeps lent (io_uring's buffer ring after it
@@ -739,20 +763,8 @@ fn an_idle_proxy_gives_back_the_buffer_memory_of_a_burst() {
     wait_until(Duration::from_secs(15), "sessions closed", || {
         p.tcp("active") == 0
     });
-    // Idle: the trim runs every second; what stayed unused for a whole interval goes (on
-    // io_uring with DEFER_TASKRUN the pages of the buffers lent to the kernel too).
-    let lent_cool = p.stderr_text().contains("defer_taskrun");
-    let mut last = Value::Null;
-    wait_until(Duration::from_secs(15), "warm buffers given back", || {
-        last = p.stats();
-        let e = &last["engine"];
-        let lent = if lent_cool {
-            0
-        } else {
-            u64_at(e, "/buffers_provided")
-        };
-        u64_at(e, "/buffers_warm") <= lent + 2
-    });
+    // Idle: the trim runs every second; what stayed unused for a whole interval goes.
+    let last = wait_buffers_cold(&p);
     let warm = u64_at(&last["engine"], "/buffers_warm");
     let given_back_kib = (peak_warm - warm) * BUF / 1024;
     let idle_rss = p.rss_kib();
@@ -779,8 +791,7 @@ fn receives_into_lent_buffers_whose_pages_were_given_back_get_every_byte() {
     ));
     baseline(&p);
     let addr = p.addr("front");
-    // Lent buffers give their pages back only where the ring runs with DEFER_TASKRUN.
-    let lent_cool = p.stderr_text().contains("defer_taskrun");
+    let lent_cool = lent_buffers_cool(&p);
     for round in 0..3u64 {
         let payloads: Vec<Vec<u8>> = (0..96)
             .map(|i| payload(round * 1000 + i, 48 * 1024 + i as usize * 97))
@@ -789,17 +800,7 @@ fn receives_into_lent_buffers_whose_pages_were_given_back_get_every_byte() {
         wait_until(Duration::from_secs(15), "sessions closed", || {
             p.tcp("active") == 0
         });
-        let mut last = Value::Null;
-        wait_until(Duration::from_secs(15), "no buffer holding memory", || {
-            last = p.stats();
-            let e = &last["engine"];
-            let lent = if lent_cool {
-                0
-            } else {
-                u64_at(e, "/buffers_provided")
-            };
-            u64_at(e, "/buffers_warm") <= lent + 2
-        });
+        let last = wait_buffers_cold(&p);
         if lent_cool {
             assert!(
                 u64_at(&last, "/engine/buffers_provided") > 0,

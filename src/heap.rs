@@ -54,21 +54,24 @@ mod tests {
     #[test]
     fn figures_follow_a_live_allocation() {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        // Margins of 256 KiB: other threads of the test process allocate and free meanwhile.
-        let before = figures().expect("jemalloc reports its statistics");
-        let block = vec![7u8; 8 << 20];
-        let during = figures().expect("jemalloc reports its statistics");
-        assert!(
-            during.allocated >= before.allocated + (8 << 20) - (256 << 10),
-            "{before:?} -> {during:?}"
-        );
-        assert!(during.resident >= during.allocated / 2, "{during:?}");
-        drop(block);
-        let after = figures().expect("jemalloc reports its statistics");
-        assert!(
-            after.allocated + (8 << 20) - (256 << 10) <= during.allocated,
-            "{during:?} -> {after:?}"
-        );
+        // The figures are the whole process's, and the crate's other tests allocate and free
+        // meanwhile: up to five tries, and margins of 256 KiB.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let before = figures().expect("jemalloc reports its statistics");
+            let block = vec![7u8; 8 << 20];
+            let during = figures().expect("jemalloc reports its statistics");
+            drop(block);
+            let after = figures().expect("jemalloc reports its statistics");
+            if during.allocated + (256 << 10) >= before.allocated + (8 << 20)
+                && during.resident >= during.allocated / 2
+                && after.allocated + (8 << 20) <= during.allocated + (256 << 10)
+            {
+                return;
+            }
+            last = format!("{before:?} -> {during:?} -> {after:?}");
+        }
+        panic!("the figures did not follow an 8 MiB allocation: {last}");
     }
 
     #[test]

@@ -1372,6 +1372,71 @@ fn a_request_lost_across_a_config_change_is_still_retried() {
 }
 
 #[test]
+fn a_request_lost_after_its_backend_left_the_rotation_is_still_retried() {
+    // Backend 0 holds the request it gets on a fresh connection while the test drains it
+    // (the cluster's backend list changes), then closes without an answer. The request had
+    // started on the snapshot that still listed backend 0: it must go to backend 1 (a
+    // health check taking a backend down changes the list the same way).
+    use std::sync::atomic::AtomicBool;
+    let arrived = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let (a, g) = (Arc::clone(&arrived), Arc::clone(&go));
+    let b0 = Backend::spawn(Arc::new(move |mut s: TcpStream, _st: &BackendState| {
+        let mut pending = Vec::new();
+        if read_head(&mut s, &mut pending).is_none() {
+            return;
+        }
+        a.store(true, Ordering::SeqCst);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !g.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }));
+    let b1 = http_backend("b1", None);
+    let p = Proxy::start(&http_config(
+        "workers = 1",
+        "cluster = \"app\"",
+        &[(
+            "app",
+            &[b0.addr, b1.addr],
+            "balance = \"round_robin\"\nretries = 1",
+        )],
+    ));
+    let web = p.addr("web");
+    let client = std::thread::spawn(move || {
+        (0..2)
+            .map(|_| {
+                let r = util::client::call(web, "GET", "/", None);
+                (r.status, r.text())
+            })
+            .collect::<Vec<_>>()
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "a request held by backend 0",
+        || arrived.load(Ordering::SeqCst),
+    );
+    let r = util::client::call(
+        p.addr("admin"),
+        "PATCH",
+        &format!("/v1/clusters/app/backends/{}", b0.addr),
+        Some("{\"drain\":true}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A new connection makes the worker follow the new snapshot.
+    let _other = TcpStream::connect(web).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    go.store(true, Ordering::SeqCst);
+    let answers = join_timeout(client, Duration::from_secs(20), "client");
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "every GET answered: {answers:?}; {}",
+        p.stats()
+    );
+    assert!(http_stat(&p, "retries") >= 1, "{}", p.stats());
+}
+
+#[test]
 fn absolute_form_targets_and_http_1_0_keep_alive() {
     let b = http_backend("b1", None);
     let p = simple(&b);

@@ -178,6 +178,9 @@ pub struct RequestHead {
     pub cookie: Option<Range<usize>>,
     /// How many `Cookie` headers there are (clients send one).
     pub cookie_headers: u8,
+    /// Where the parser found the header lines (rewriting the head walks these instead of
+    /// scanning the lines again).
+    pub headers: HeaderSpans,
 }
 
 impl RequestHead {
@@ -224,6 +227,126 @@ pub struct ResponseHead {
     /// Some `Connection` header lists a token other than close/keep-alive/upgrade (see
     /// [`RequestHead::connection_names`]).
     pub connection_names: bool,
+    /// Where the parser found the header lines (rewriting the head walks these instead of
+    /// scanning the lines again).
+    pub headers: HeaderSpans,
+}
+
+/// How many header lines a [`HeaderSpans`] records; a head with more is scanned again
+/// ([`for_each_header`]) when rewritten.
+pub const HEADER_SPANS: usize = 24;
+
+/// The name and value of one header line: offsets and lengths in the head's buffer (a line
+/// past 64 KiB is not recorded: the head is scanned instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HeaderSpan {
+    name: u16,
+    name_len: u16,
+    value: u16,
+    value_len: u16,
+}
+
+/// The header lines of a parsed head as the parser found them, up to [`HEADER_SPANS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSpans {
+    spans: [HeaderSpan; HEADER_SPANS],
+    /// Lines recorded; `u8::MAX`: more than [`HEADER_SPANS`] (or one that could not be
+    /// recorded), so none are used.
+    n: u8,
+}
+
+impl Default for HeaderSpans {
+    fn default() -> Self {
+        HeaderSpans {
+            spans: [HeaderSpan::default(); HEADER_SPANS],
+            n: 0,
+        }
+    }
+}
+
+impl HeaderSpans {
+    /// Records a header line of `buf` (`name` and `value` are slices of it).
+    #[inline]
+    fn push(&mut self, buf: &[u8], name: &[u8], value: &[u8]) {
+        let i = self.n as usize;
+        let (Some(slot), Some(n), Some(v)) =
+            (self.spans.get_mut(i), span(buf, name), span(buf, value))
+        else {
+            self.n = u8::MAX;
+            return;
+        };
+        let (Ok(name), Ok(name_len), Ok(value), Ok(value_len)) = (
+            u16::try_from(n.start),
+            u16::try_from(n.len()),
+            u16::try_from(v.start),
+            u16::try_from(v.len()),
+        ) else {
+            self.n = u8::MAX;
+            return;
+        };
+        *slot = HeaderSpan {
+            name,
+            name_len,
+            value,
+            value_len,
+        };
+        self.n += 1;
+    }
+
+    /// Calls `f(name, value)` for each header line of the head in `buf` (`head_len` bytes), in
+    /// order, as [`for_each_header`] does: from the recorded spans, or by scanning the lines
+    /// when there were too many to record.
+    #[inline]
+    pub fn for_each(&self, buf: &[u8], head_len: usize, mut f: impl FnMut(&[u8], &[u8])) {
+        for (name, value) in self.iter(buf, head_len) {
+            f(name, value);
+        }
+    }
+
+    /// `(name, value)` of each header line of the head in `buf` (`head_len` bytes), in order,
+    /// as [`HeaderLines`] gives them (see [`HeaderSpans::for_each`]).
+    #[inline]
+    pub fn iter<'a>(&'a self, buf: &'a [u8], head_len: usize) -> Headers<'a> {
+        match self.spans.get(..self.n as usize) {
+            Some(spans) => Headers {
+                buf,
+                spans: spans.iter(),
+                scan: None,
+            },
+            None => Headers {
+                buf,
+                spans: [].iter(),
+                scan: Some(HeaderLines::new(buf, head_len)),
+            },
+        }
+    }
+}
+
+/// The header lines of a parsed head ([`HeaderSpans::iter`]).
+pub struct Headers<'a> {
+    buf: &'a [u8],
+    spans: std::slice::Iter<'a, HeaderSpan>,
+    /// Scanning the lines (more than [`HEADER_SPANS`] headers).
+    scan: Option<HeaderLines<'a>>,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(scan) = self.scan.as_mut() {
+            return scan.next();
+        }
+        let s = self.spans.next()?;
+        let (n, v) = (s.name as usize, s.value as usize);
+        Some((
+            self.buf.get(n..n + s.name_len as usize).unwrap_or_default(),
+            self.buf
+                .get(v..v + s.value_len as usize)
+                .unwrap_or_default(),
+        ))
+    }
 }
 
 /// Parses a request head at the start of `buf`.
@@ -277,8 +400,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     let mut has_forwarded_for = false;
     let mut cookie = None;
     let mut cookie_headers = 0u8;
+    let mut headers = HeaderSpans::default();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        headers.push(buf, name, h.value);
         if framing.take(name, h.value).map_err(Reject::Smuggling)? {
             continue;
         }
@@ -337,6 +462,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         has_forwarded_for,
         cookie,
         cookie_headers,
+        headers,
     }))
 }
 
@@ -380,8 +506,10 @@ pub fn parse_response(
     }
     let mut framing = Framing::default();
     let mut conn = ConnectionTokens::default();
+    let mut headers = HeaderSpans::default();
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
+        headers.push(buf, name, h.value);
         if !framing.take(name, h.value).map_err(Reject::BadResponse)?
             && name.eq_ignore_ascii_case(b"connection")
         {
@@ -433,6 +561,7 @@ pub fn parse_response(
         interim: (100..200).contains(&status) && status != 101,
         drop_content_length,
         connection_names: conn.other,
+        headers,
     }))
 }
 
@@ -2440,18 +2569,90 @@ mod tests {
         assert_eq!(split_host_port(b""), Some((&b""[..], None)));
     }
 
+    /// Deterministic pseudo-random numbers (xorshift64) for the noise tests.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// The header spans a response parse records give exactly what scanning the head's lines
+    /// gives (the response head rewrite uses them instead of a second scan): whitespace around
+    /// and inside values, LF or CRLF line ends, empty values, leading empty lines, more
+    /// headers than are recorded.
+    #[test]
+    fn header_spans_match_a_scan_of_the_lines() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        const NAMES: [&str; 6] = ["A", "Content-Type", "x-y", "Connection", "Set-Cookie", "Z9"];
+        const VALUES: [&str; 6] = ["", "v", "a b", "x:y", "close", "t\tu"];
+        const WS: [&str; 4] = ["", " ", "\t", " \t "];
+        let limits = Limits::default();
+        let mut buf = Vec::new();
+        let mut recorded = [0usize; 2];
+        for _ in 0..5_000 {
+            buf.clear();
+            let eol: &[u8] = if next() % 2 == 0 { b"\r\n" } else { b"\n" };
+            if next() % 5 == 0 {
+                buf.extend_from_slice(eol);
+            }
+            let request = next() % 2 == 0;
+            if request {
+                buf.extend_from_slice(b"GET / HTTP/1.1");
+                buf.extend_from_slice(eol);
+                buf.extend_from_slice(b"Host: h");
+            } else {
+                buf.extend_from_slice(b"HTTP/1.1 200 OK");
+            }
+            buf.extend_from_slice(eol);
+            let lines = (next() % (HEADER_SPANS as u64 + 6)) as usize;
+            for _ in 0..lines {
+                let r = next();
+                buf.extend_from_slice(NAMES[r as usize % NAMES.len()].as_bytes());
+                buf.push(b':');
+                buf.extend_from_slice(WS[(r >> 8) as usize % WS.len()].as_bytes());
+                buf.extend_from_slice(VALUES[(r >> 16) as usize % VALUES.len()].as_bytes());
+                buf.extend_from_slice(WS[(r >> 24) as usize % WS.len()].as_bytes());
+                buf.extend_from_slice(eol);
+            }
+            buf.extend_from_slice(b"Content-Length: 0");
+            buf.extend_from_slice(eol);
+            buf.extend_from_slice(eol);
+            let (head_len, headers) = if request {
+                match parse_request(&buf, &limits) {
+                    Ok(Some(h)) => (h.head_len, h.headers),
+                    _ => continue,
+                }
+            } else {
+                match parse_response(&buf, Method::Get, &limits) {
+                    Ok(Some(h)) => (h.head_len, h.headers),
+                    _ => continue,
+                }
+            };
+            let mut scanned = Vec::new();
+            for_each_header(&buf, head_len, |n, v| {
+                scanned.push((n.to_vec(), v.to_vec()))
+            });
+            let mut spans = Vec::new();
+            headers.for_each(&buf, head_len, |n, v| spans.push((n.to_vec(), v.to_vec())));
+            assert_eq!(spans, scanned, "{:?}", String::from_utf8_lossy(&buf));
+            let within = lines + 2 <= HEADER_SPANS;
+            recorded[usize::from(request)] += usize::from(within);
+        }
+        assert!(
+            recorded.iter().all(|&n| n > 300),
+            "too few heads within the recorded count: {recorded:?}"
+        );
+    }
+
     /// Deterministic pseudo-random bytes drawn mostly from HTTP's alphabet: the parsers must
     /// return, never panic.
     #[test]
     fn no_panic_on_noise() {
         const ALPHABET: &[u8] = b"GET HTTP/1.0 \r\n:;,\t\0\x7f\xff/?#[]@Host Content-Length Transfer-Encoding chunked 0123456789";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let limits = Limits {
             max_head_bytes: 300,
             max_headers: 8,
@@ -2476,10 +2677,30 @@ mod tests {
                 });
             }
             if let Ok(Some(h)) = parse_request(&buf, &limits) {
-                for_each_header(&buf, h.head_len, |_, _| {});
+                let mut scanned = Vec::new();
+                for_each_header(&buf, h.head_len, |n, v| {
+                    scanned.push((n.to_vec(), v.to_vec()))
+                });
+                let spans: Vec<_> = h
+                    .headers
+                    .iter(&buf, h.head_len)
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect();
+                assert_eq!(spans, scanned, "{:?}", String::from_utf8_lossy(&buf));
                 let _ = (h.path(&buf), h.query(&buf));
             }
-            let _ = parse_response(&buf, Method::Get, &limits);
+            if let Ok(Some(h)) = parse_response(&buf, Method::Get, &limits) {
+                // The recorded header spans say what a scan of the lines says.
+                let mut scanned = Vec::new();
+                for_each_header(&buf, h.head_len, |n, v| {
+                    scanned.push((n.to_vec(), v.to_vec()))
+                });
+                let mut spans = Vec::new();
+                h.headers.for_each(&buf, h.head_len, |n, v| {
+                    spans.push((n.to_vec(), v.to_vec()))
+                });
+                assert_eq!(spans, scanned, "{:?}", String::from_utf8_lossy(&buf));
+            }
             for_each_header(&buf, buf.len(), |_, _| {});
             let _ = head_may_be_complete(&buf, (next() % 200) as usize);
         }

@@ -82,7 +82,7 @@ pub fn write_request_head(
     let mut host_written = false;
     let mut length_written = false;
     let mut te_written = false;
-    for (name, value) in HeaderLines::new(buf, head.head_len) {
+    for (name, value) in head.headers.iter(buf, head.head_len) {
         match Class::of(name) {
             Class::Host => {
                 if !host_written {

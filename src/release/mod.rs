@@ -52,8 +52,11 @@ use std::time::Instant;
 /// seed here). `None` (and `tag` untouched) only for a service index the snapshot does not
 /// have.
 ///
-/// HOT PATH: no allocation; the cookies come from the header the parser located.
-#[inline]
+/// HOT PATH: no allocation; the cookies come from the header the parser located. A request
+/// without cookies and without a forcing header to look for (a new client) takes
+/// [`decide::decide_fresh`]; the others [`route_head`]. Always inlined into the session:
+/// what is left here is a few tests and one call.
+#[inline(always)]
 pub fn route(
     snap: &Snapshot,
     service: usize,
@@ -64,8 +67,32 @@ pub fn route(
     tag: &mut Tag,
 ) -> Option<usize> {
     let svc = snap.services.get(service)?;
-    let req = Request::from_head(svc, buf, h, random ^ svc.seed);
-    Some(decide::decide_into(service, svc, &req, now, tag))
+    let random = random ^ svc.seed;
+    if h.cookie_headers == 0 && svc.force_header.is_none() {
+        // No cookie and no forcing header to look for (a new client): nothing to read from
+        // the head but its method.
+        let idempotent = h.method.is_idempotent();
+        return Some(decide::decide_fresh(
+            service, svc, idempotent, random, now, tag,
+        ));
+    }
+    Some(route_head(service, svc, buf, h, random, now, tag))
+}
+
+/// [`route`] for a request whose head has cookies or a forcing header to read. Out of line,
+/// like [`decide::decide_fresh`]: each gets registers for its own path.
+#[inline(never)]
+fn route_head(
+    service: usize,
+    svc: &Service,
+    buf: &[u8],
+    h: &crate::http::head::RequestHead,
+    random: u64,
+    now: Instant,
+    tag: &mut Tag,
+) -> usize {
+    let req = Request::from_head(svc, buf, h, random);
+    decide::decide_into(service, svc, &req, now, tag)
 }
 
 /// Adds the tag's `Set-Cookie` lines to a response head written in `out[..n]` (ending with

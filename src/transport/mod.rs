@@ -297,7 +297,7 @@ impl Transport {
     pub fn reusable_for(
         &self,
         tls: Option<&std::sync::Arc<crate::tls::ClientTls>>,
-        proxy: Option<(
+        proxy: Option<&(
             crate::proto::proxy_protocol::Version,
             Option<(SocketAddr, SocketAddr)>,
         )>,
@@ -305,13 +305,13 @@ impl Transport {
         match self {
             Transport::Plain => tls.is_none() && proxy.is_none(),
             Transport::Tls(t, None) => {
-                t.sent_proxy == proxy
+                t.sent_proxy.as_ref() == proxy
                     && match (&t.client, tls) {
                         (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
                         _ => false,
                     }
             }
-            Transport::Proxy(p, None) => tls.is_none() && p.sent == proxy,
+            Transport::Proxy(p, None) => tls.is_none() && p.sent.as_ref() == proxy,
             // Never pooled: it carries its session's faults.
             Transport::Toxic(_) | Transport::Tls(_, Some(_)) | Transport::Proxy(_, Some(_)) => {
                 false

@@ -3,13 +3,20 @@
 
 use super::{cx, Owner, Worker};
 use crate::engine::{recycle, ConnId, Done, Engine};
+use crate::transport::Transport;
 
 impl<E: Engine> Worker<E> {
     /// An op of connection `conn` completed: through its transport, to its owner.
+    #[inline]
     pub(super) fn dispatch(&mut self, conn: ConnId, done: Done) {
-        let _ = self.meta(conn);
-        let meta = &mut self.conns[conn as usize];
+        let meta = self.meta(conn);
         let owner = meta.owner;
+        // A plain connection (the common case): no call into the transport layer, and the
+        // owner already at hand.
+        if let Transport::Plain = meta.transport {
+            return self.deliver_to(owner, conn, done);
+        }
+        let meta = &mut self.conns[conn as usize];
         let Some(done) = meta
             .transport
             .complete(&mut self.engine, &mut self.toxics, conn, done)
@@ -31,7 +38,13 @@ impl<E: Engine> Worker<E> {
 
     /// Hands a completion (past the transport) to the connection's owner.
     pub(super) fn deliver(&mut self, conn: ConnId, done: Done) {
-        match self.meta(conn).owner {
+        let owner = self.meta(conn).owner;
+        self.deliver_to(owner, conn, done)
+    }
+
+    /// [`Worker::deliver`] to `owner`, the connection's owner.
+    fn deliver_to(&mut self, owner: Owner, conn: ConnId, done: Done) {
+        match owner {
             Owner::Session(key, side) => {
                 let key = key as usize;
                 let Some(e) = self.sessions.get_mut(key) else {

@@ -9,9 +9,10 @@ use crate::session::{CloseReason, Session, Side, Want};
 use crate::transport::Transport;
 use std::sync::atomic::Ordering;
 
-/// Wants handled per drive before the session is queued for the next loop iteration (the
-/// sessions bound their own ops; this bounds everything else).
-pub(super) const MAX_STEPS: usize = 256;
+/// Wants handled per drive before the session is queued for the next loop iteration (TCP
+/// sessions also bound their own ops, 64; an HTTP session takes about two wants per op, so
+/// this lets it do about as many).
+pub(super) const MAX_STEPS: usize = 128;
 
 impl<E: Engine> Worker<E> {
     /// Runs session `key` until it has nothing to do now.

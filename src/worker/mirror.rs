@@ -143,7 +143,7 @@ impl<E: Engine> Worker<E> {
             return false;
         };
         let (conn, reused) = match (!fresh)
-            .then(|| self.take_pooled(backend.addr, cluster, None))
+            .then(|| self.take_pooled(&backend.addr, cluster, None, None))
             .flatten()
         {
             Some(conn) => {
@@ -308,7 +308,7 @@ impl<E: Engine> Worker<E> {
         backend.live.active.fetch_sub(1, Ordering::Relaxed);
         if reusable {
             // Pooled when there is room, else closed.
-            self.pool_conn(conn, cluster, backend.addr);
+            let _ = self.pool_conn(conn, cluster, backend.addr);
         } else {
             self.close_conn(conn, Linger::Graceful);
             self.wake_pending(&cluster.name);

@@ -12,8 +12,8 @@
 //! HOT PATH. No lock, no blocking call, no info-level log per connection or per request;
 //! allocation only when a slab, table or queue grows past its previous high-water mark.
 //!
-//! Every loop is bounded: accepts per wake-up ([`ACCEPT_BATCH`]), ops per session drive
-//! (the sessions' own bounds, then [`drive::MAX_STEPS`]) and sessions resumed per iteration
+//! Every loop is bounded: accepts per wake-up ([`ACCEPT_BATCH`]), wants per session drive
+//! ([`drive::MAX_STEPS`]; TCP sessions also bound their own ops) and sessions resumed per iteration
 //! ([`RESUME_BATCH`]); a bound hit is counted in `loop_bound_hits` and the rest is queued for
 //! the next iteration (poll with a zero timeout), so one busy connection cannot starve others.
 
@@ -282,6 +282,9 @@ struct PoolTimes {
     deadline: Stamp,
     timer_at: Stamp,
     timer_gen: u32,
+    /// The index of the connection's backend address's list in [`UpstreamPool`], plus one
+    /// (0: not looked up yet): pooling it again costs no hash look-up.
+    slot: u32,
 }
 
 /// A TCP session's facts for its connection-log record ([`Worker::conn_facts`]).

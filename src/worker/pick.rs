@@ -225,13 +225,7 @@ impl Balancers {
 
     #[cold]
     fn follow_index(&self, c: &Cluster, ci: usize) -> Option<usize> {
-        let i = match self.by_cluster.get(ci) {
-            Some(s) if s.table().cluster() == c.name => ci,
-            _ => self
-                .by_cluster
-                .iter()
-                .position(|s| s.table().cluster() == c.name)?,
-        };
+        let i = self.follow_name(&c.name, ci)?;
         let table = self.by_cluster.get(i)?.table();
         let same_backends = table.len() == c.backends.len()
             && c.backends
@@ -239,6 +233,28 @@ impl Balancers {
                 .enumerate()
                 .all(|(j, b)| table.addr(j) == Some(b.addr));
         same_backends.then_some(i)
+    }
+
+    /// The index, in these balancers, of cluster `c` (cluster `ci` of snapshot `version`) by
+    /// name alone, whatever happened to its backends (a health check took one out): what
+    /// the cluster's retry budget is found by.
+    #[inline]
+    pub(super) fn budget_index(&self, version: u64, c: &Cluster, ci: usize) -> Option<usize> {
+        if version == self.version {
+            return Some(ci);
+        }
+        self.follow_name(&c.name, ci)
+    }
+
+    #[cold]
+    fn follow_name(&self, name: &str, ci: usize) -> Option<usize> {
+        match self.by_cluster.get(ci) {
+            Some(s) if s.table().cluster() == name => Some(ci),
+            _ => self
+                .by_cluster
+                .iter()
+                .position(|s| s.table().cluster() == name),
+        }
     }
 
     /// Earns retry tokens for one request routed to cluster `ci` (`budget` per request).
@@ -377,12 +393,18 @@ mod tests {
         let s3 = snap(3, &c3, Some(&s2));
         b.update(&s3);
         assert_eq!(b.index_for(1, &s1.clusters[0], 0), None);
+        assert_eq!(
+            b.budget_index(1, &s1.clusters[0], 0),
+            Some(1),
+            "same budget"
+        );
         assert_eq!(b.index_for(1, &s1.clusters[1], 1), Some(0));
         // A cluster that is gone.
         let c4 = config(&[("a", "round_robin", &[2, 1])]);
         let s4 = snap(4, &c4, Some(&s3));
         b.update(&s4);
         assert_eq!(b.index_for(1, &s1.clusters[1], 1), None);
+        assert_eq!(b.budget_index(1, &s1.clusters[1], 1), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::balance::{Outcome, PickCtx};
 use crate::engine::{ConnId, Engine, Linger, Op, Slot};
 use crate::session::http::{Phase, Retry, UpstreamTimeouts};
 use crate::session::{Session, Side, Up};
+use crate::transport::Transport;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +82,7 @@ impl<E: Engine> Worker<E> {
                 let bi = snap
                     .clusters
                     .get(ci)
-                    .and_then(|c| self.balancers.index_for(snap.version, c, ci));
+                    .and_then(|c| self.balancers.budget_index(snap.version, c, ci));
                 if !bi.is_some_and(|bi| self.balancers.spend(bi)) {
                     // Gated at hand-over; only a snapshot change in between gets here.
                     return self.no_upstream(key, 502);
@@ -198,7 +199,9 @@ impl<E: Engine> Worker<E> {
             }
             // The balancers' index of this cluster: its own, or, for a session that started
             // before a config change, the same cluster in the newer snapshot when its backends
-            // are unchanged (so a request that began before a weight change keeps its retries).
+            // are unchanged (picks then follow the new weights). Its retry budget is found by
+            // the cluster's name alone (`budget`): a request that began before a weight change
+            // or a health verdict keeps its retries.
             let bi = self.balancers.index_for(snap.version, cluster, ci);
             let pick = if let Some(bi) = bi {
                 let ctx = PickCtx { hash };
@@ -240,8 +243,9 @@ impl<E: Engine> Worker<E> {
             // up for another backend.
             if let Session::Http(s) = &mut e.session {
                 if let Some(x) = s.exchange_mut() {
-                    if let (Some(bi), 0, 0) = (bi, x.target.attempts, x.retry.used) {
-                        self.balancers.earn(bi, cluster.retry.budget);
+                    let budget = self.balancers.budget_index(snap.version, cluster, ci);
+                    if let (Some(b), 0, 0) = (budget, x.target.attempts, x.retry.used) {
+                        self.balancers.earn(b, cluster.retry.budget);
                     }
                     let policy = &cluster.retry;
                     let another = (0..cluster.backends.len())
@@ -249,7 +253,7 @@ impl<E: Engine> Worker<E> {
                     let allowed = x.retry.used < policy.retries
                         && another
                         && (policy.non_idempotent || x.method.is_idempotent())
-                        && bi.is_some_and(|bi| self.balancers.has_budget(bi));
+                        && budget.is_some_and(|b| self.balancers.has_budget(b));
                     // Release strategy `concurrent`: an older version may answer instead.
                     let fall_back = crate::release::can_fall_back(&x.release_tag);
                     x.retry = Retry {
@@ -273,10 +277,15 @@ impl<E: Engine> Worker<E> {
             if t.attempts > 1 && !http {
                 self.env.conns.connect_retries += 1;
             }
+            // The connection this session pooled after its previous request.
+            let hint = match &e.session {
+                Session::Http(s) => s.last_upstream(),
+                Session::Tcp(_) => None,
+            };
             let proxy = self.proxy_header_for(key, cluster);
             // A pooled connection to this backend?
             if http && !fresh {
-                if let Some(conn) = self.take_pooled(backend.addr, cluster, proxy) {
+                if let Some(conn) = self.take_pooled(&backend.addr, cluster, proxy.as_ref(), hint) {
                     backend.live.active.fetch_add(1, Ordering::Relaxed);
                     self.env.http.upstream_reused += 1;
                     self.own(conn, key, Side::Upstream);
@@ -455,32 +464,56 @@ impl<E: Engine> Worker<E> {
     // ------------------------------------------------------------------ the pool
 
     /// An idle pooled connection to `addr` that fits `cluster` (its TLS config, and the PROXY
-    /// header `proxy` a new connection would send), taken out of the pool.
+    /// header `proxy` a new connection would send), taken out of the pool: `hint` (the one
+    /// the session gave back after its previous request) when it is still pooled to `addr`,
+    /// else the newest fitting one.
     pub(super) fn take_pooled(
         &mut self,
-        addr: std::net::SocketAddr,
+        addr: &std::net::SocketAddr,
         cluster: &crate::snapshot::Cluster,
-        proxy: Option<ProxyHeader>,
+        proxy: Option<&ProxyHeader>,
+        hint: Option<ConnId>,
     ) -> Option<ConnId> {
-        let list = self.upstream_pool.get_mut(&addr)?;
         let conns = &self.conns;
         let fits = |c: &ConnId| {
             conns
                 .get(*c as usize)
                 .is_some_and(|m| m.transport.reusable_for(cluster.tls.as_ref(), proxy))
         };
-        // The newest fitting one (most likely still open at the backend).
-        let at = list.iter().rposition(fits)?;
-        let conn = list.remove(at);
+        // The session's own previous connection: its list is found by index, not by a hash
+        // of the address (a keep-alive client whose requests go to the same backend).
+        let hinted = hint.and_then(|h| {
+            let Some(Owner::Pooled(slot)) = conns.get(h as usize).map(|m| m.owner) else {
+                return None;
+            };
+            let (a, list) = self.upstream_pool.lists.get_mut(slot as usize)?;
+            if a != addr || !fits(&h) {
+                return None;
+            }
+            let at = list.iter().rposition(|&c| c == h)?;
+            // Usually the newest (no shift).
+            if at + 1 == list.len() {
+                list.pop()
+            } else {
+                Some(list.remove(at))
+            }
+        });
+        let conn = match hinted {
+            Some(c) => c,
+            None => {
+                let list = self.upstream_pool.get_mut(addr)?;
+                // The newest fitting one (most likely still open at the backend).
+                let at = list.iter().rposition(fits)?;
+                list.remove(at)
+            }
+        };
         // Its watch is cancelled. Its pool timer entry stays in the wheel: when it fires while
         // the connection is lent it is dropped, otherwise re-checked; reuse costs no wheel
         // operation.
-        self.conns[conn as usize].transport.cancel(
-            &mut self.engine,
-            &mut self.toxics,
-            conn,
-            Slot::Read,
-        );
+        match &mut self.conns[conn as usize].transport {
+            Transport::Plain => self.engine.cancel(conn, Slot::Read),
+            t => t.cancel(&mut self.engine, &mut self.toxics, conn, Slot::Read),
+        }
         self.meta(conn).owner = Owner::None;
         self.clear_pool_deadline(conn);
         Some(conn)
@@ -521,38 +554,60 @@ impl<E: Engine> Worker<E> {
         };
         let _ = e.session.take_upstream();
         backend.live.active.fetch_sub(1, Ordering::Relaxed);
-        self.pool_conn(conn, cluster, backend.addr);
+        let pooled = self.pool_conn(conn, cluster, backend.addr);
+        if let Some(Session::Http(s)) = self.sessions.get_mut(key).map(|e| &mut e.session) {
+            s.set_last_upstream(pooled.then_some(conn));
+        }
     }
 
     /// Pools idle upstream connection `conn` to `addr` of `cluster`, watching for its backend
     /// closing it; closes it instead when the pool has no room (the cluster's
-    /// `pool_max_idle` per backend, none while shutting down).
+    /// `pool_max_idle` per backend, none while shutting down). True when it was pooled.
     pub(super) fn pool_conn(
         &mut self,
         conn: ConnId,
         cluster: &crate::snapshot::Cluster,
         addr: std::net::SocketAddr,
-    ) {
-        let slot = self.upstream_pool.slot(addr);
+    ) -> bool {
+        // The list of its address: remembered from the last time it was pooled (a connection
+        // is to one address), else looked up once.
+        let known = self.pool_times(conn).slot;
+        let slot = match known.checked_sub(1) {
+            Some(s)
+                if self
+                    .upstream_pool
+                    .lists
+                    .get(s as usize)
+                    .is_some_and(|l| l.0 == addr) =>
+            {
+                s
+            }
+            _ => {
+                let s = self.upstream_pool.slot(addr);
+                self.pool_times(conn).slot = s + 1;
+                s
+            }
+        };
         let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) else {
             self.close_conn(conn, Linger::Graceful);
-            return self.wake_pending(&cluster.name);
+            self.wake_pending(&cluster.name);
+            return false;
         };
         if self.shutdown.is_some() || list.len() >= cluster.pool_max_idle {
             self.close_conn(conn, Linger::Graceful);
-            return self.wake_pending(&cluster.name);
+            self.wake_pending(&cluster.name);
+            return false;
         }
         list.push(conn);
         let deadline = self.stamp(self.env.now + cluster.pool_idle_timeout);
         self.meta(conn).owner = Owner::Pooled(slot);
         self.pool_times(conn).deadline = deadline;
         // A backend closing an idle connection (or sending what it should not) ends it.
-        let watched = self.conns[conn as usize].transport.submit(
-            &mut self.engine,
-            &mut self.toxics,
-            conn,
-            Op::Watch,
-        );
+        let watched = match &mut self.conns[conn as usize].transport {
+            Transport::Plain => self.engine.submit(conn, Op::Watch),
+            t => t.submit(&mut self.engine, &mut self.toxics, conn, Op::Watch),
+        };
+        let pooled = watched.is_none();
         if let Some(done) = watched {
             // Closed (or talking) already: out of the pool again (rare).
             let (pool, pipes) = self.engine.pools();
@@ -565,6 +620,7 @@ impl<E: Engine> Worker<E> {
             self.arm_pooled_timer(conn);
         }
         self.wake_pending(&cluster.name);
+        pooled
     }
 
     /// Removes an idle pooled connection (closing it).

@@ -43,8 +43,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Ops handed out per drive before yielding to other sessions.
-const MAX_OPS: u32 = 64;
 /// A local response that cannot be written within this time is abandoned.
 const LOCAL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// While the worker drains (shutdown, binary upgrade), an idle keep-alive client is closed
@@ -158,10 +156,17 @@ pub struct HttpSession {
     last_active: Instant,
     /// Something for the worker, said at the next [`HttpSession::next`].
     pending: Option<Signal>,
-    ops: u32,
     /// Response bodies may be spliced to the client (not to a TLS client).
     splice_ok: bool,
+    /// The upstream connection this session last gave back to the pool ([`NO_CONN`]: none):
+    /// a hint the worker tries first when the next request goes to the same backend (no
+    /// search of the pool). It may be stale (taken by another session, closed, its id
+    /// reused): the worker checks it is still pooled to that backend before using it.
+    last_upstream: ConnId,
 }
+
+/// No connection (for [`HttpSession::last_upstream`]).
+const NO_CONN: ConnId = ConnId::MAX;
 
 impl HttpSession {
     pub fn new(
@@ -196,8 +201,8 @@ impl HttpSession {
             phase_started: now,
             last_active: now,
             pending: None,
-            ops: 0,
             splice_ok: true,
+            last_upstream: NO_CONN,
         }
     }
 
@@ -328,6 +333,19 @@ impl HttpSession {
         } else {
             Phase::Connecting(x)
         };
+    }
+
+    /// The upstream connection this session last gave back to the pool, if any (a hint:
+    /// it may have been taken or closed since; see the field).
+    #[inline]
+    pub fn last_upstream(&self) -> Option<ConnId> {
+        (self.last_upstream != NO_CONN).then_some(self.last_upstream)
+    }
+
+    /// The worker pooled this session's upstream connection `conn` (`None`: forget the hint).
+    #[inline]
+    pub fn set_last_upstream(&mut self, conn: Option<ConnId>) {
+        self.last_upstream = conn.unwrap_or(NO_CONN);
     }
 
     /// The worker takes the upstream connection away (to close or pool it). Ops still in
@@ -486,15 +504,14 @@ impl HttpSession {
 
     // ------------------------------------------------------------------ driving
 
+    /// What the session wants next. (The worker bounds the steps of one drive,
+    /// [`crate::worker`]'s `MAX_STEPS`: no count here, so the want is built where it is
+    /// returned.)
     pub fn next(&mut self, cx: &mut Cx<'_>) -> Want {
         if let Some(w) = self.pending.take() {
             return w.into();
         }
-        if self.ops >= MAX_OPS {
-            self.ops = 0;
-            return Want::Yield;
-        }
-        let w = match self.phase {
+        match self.phase {
             Phase::Head => self.next_head(cx),
             Phase::Buffering(_) => self.next_buffering(cx),
             Phase::Exchange(_) => self.next_exchange(cx),
@@ -502,13 +519,7 @@ impl HttpSession {
             Phase::Tunnel(_) => self.next_tunnel(cx),
             Phase::Routed(_) | Phase::Connecting(_) | Phase::Finished(_) => Want::Idle,
             Phase::Taken => Want::Close(CloseReason::Done),
-        };
-        match w {
-            Want::Io(..) => self.ops += 1,
-            Want::Idle => self.ops = 0,
-            _ => {}
         }
-        w
     }
 
     pub fn complete(&mut self, side: Side, done: Done, cx: &mut Cx<'_>) {

@@ -158,7 +158,8 @@ impl HttpSession {
         }
         x.logged = false;
         let lookup = |name: &[u8]| {
-            head::HeaderLines::new(data, head_len)
+            h.headers
+                .iter(data, head_len)
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v)
         };

@@ -220,7 +220,7 @@ pub(crate) fn write_response_head(
     o.put(b"\r\n")?;
     let chunked = h.body == BodyKind::Chunked;
     let mut result = Ok(());
-    head::for_each_header(src, h.head_len, |name, value| {
+    h.headers.for_each(src, h.head_len, |name, value| {
         if result.is_err() {
             return;
         }

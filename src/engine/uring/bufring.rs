@@ -236,6 +236,10 @@ impl BufRing {
         if self.scratch.is_empty() {
             return done;
         }
+        // The buffer-lifetime invariant this relies on: every buffer in `scratch` is at or
+        // past the kernel's head, so the kernel has not taken it and wrote nothing into it;
+        // with DEFER_TASKRUN it cannot take it before our next enter. Its bytes are no one's,
+        // and a later receive into it just faults in fresh zeroed pages.
         done.buffers = self.scratch.len();
         done.bytes = pool.give_back_held(
             self.scratch

@@ -22,6 +22,74 @@ pub fn purge() {
     }
 }
 
+/// The after-burst relief (per worker): shrinking tables the burst grew and purging the heap
+/// runs at most once per this interval. Under load that rises and falls, each second's trim
+/// gives buffer pages back, and without a limit the relief would copy the tables and have
+/// jemalloc give back (then fault in again) its free pages every second. Ten seconds is
+/// jemalloc's own decay time for free pages, so a purge more often than that would not keep
+/// the resident set much lower over time, and an idle proxy still gives a burst's memory back
+/// within about one interval.
+pub const RELIEF_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A table's unused capacity below this many bytes is not worth a copy of the table: 64 KiB
+/// is 16 pages, under 0.1% of a worker's buffer pool at the defaults, and a table whose slack
+/// is that small costs little to keep.
+pub const MIN_SLACK_BYTES: usize = 64 << 10;
+
+/// Whether a table of `capacity` entries of `entry_size` bytes, `len` of them in use, should
+/// give its unused capacity back (down to `keep` entries, its start-up size): a quarter or
+/// more of it unused, and at least [`MIN_SLACK_BYTES`] of it.
+pub fn slack_worth_giving_back(
+    len: usize,
+    capacity: usize,
+    entry_size: usize,
+    keep: usize,
+) -> bool {
+    let target = len.max(keep);
+    capacity > keep
+        && len < capacity / 4 * 3
+        && capacity.saturating_sub(target).saturating_mul(entry_size) >= MIN_SLACK_BYTES
+}
+
+/// When the after-burst relief may run: asked for ([`Relief::wanted`]) after a trim gave
+/// buffer memory back, run when asked for and at least [`RELIEF_INTERVAL`] after the last
+/// relief that did work. A request made too soon waits (it is not lost: the burst's slack
+/// goes once the interval is over, even if the proxy is idle by then). The time is passed
+/// in (the worker's loop clock), so tests need no sleeps.
+#[derive(Debug, Default)]
+pub struct Relief {
+    pending: bool,
+    last: Option<std::time::Instant>,
+}
+
+impl Relief {
+    /// A trim gave buffer memory back: a burst may be over.
+    pub fn wanted(&mut self) {
+        self.pending = true;
+    }
+
+    /// Whether the relief should run now; if so, the request is taken (call
+    /// [`Relief::ran`] after it).
+    pub fn due(&mut self, now: std::time::Instant) -> bool {
+        let due = self.pending
+            && self
+                .last
+                .is_none_or(|last| now.saturating_duration_since(last) >= RELIEF_INTERVAL);
+        if due {
+            self.pending = false;
+        }
+        due
+    }
+
+    /// The relief ran at `now`; `did_work`: it shrank something (and purged). A relief that
+    /// found nothing to do does not hold the next one back.
+    pub fn ran(&mut self, now: std::time::Instant, did_work: bool) {
+        if did_work {
+            self.last = Some(now);
+        }
+    }
+}
+
 /// jemalloc's view of the heap, bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeapFigures {
@@ -72,6 +140,58 @@ mod tests {
             last = format!("{before:?} -> {during:?} -> {after:?}");
         }
         panic!("the figures did not follow an 8 MiB allocation: {last}");
+    }
+
+    /// The relief runs when wanted, then not again within the interval however often it is
+    /// wanted (under fluctuating load: every second); a request made meanwhile waits for the
+    /// interval's end, and a relief that did nothing does not hold the next one back.
+    #[test]
+    fn the_relief_runs_at_most_once_per_interval() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let mut r = Relief::default();
+        assert!(!r.due(at(0)), "not wanted yet");
+        r.wanted();
+        assert!(r.due(at(0)));
+        r.ran(at(0), true);
+        assert!(!r.due(at(0)), "the request was taken");
+        // Wanted every second for the next 9 s: none runs.
+        for s in 1..10 {
+            r.wanted();
+            assert!(!r.due(at(s)), "second {s}");
+        }
+        // The request waits (no further `wanted`) and runs once the interval is over.
+        assert!(r.due(at(10)));
+        r.ran(at(10), false);
+        // That one found nothing to do: the next request runs at once.
+        r.wanted();
+        assert!(r.due(at(11)));
+        r.ran(at(11), true);
+        r.wanted();
+        assert!(!r.due(at(20)));
+        assert!(r.due(at(21)));
+        // A clock read out of order never panics or runs early.
+        r.ran(at(21), true);
+        r.wanted();
+        assert!(!r.due(at(5)));
+    }
+
+    /// Slack worth a copy: a quarter of the table unused and at least 64 KiB of it; never
+    /// below the start-up size.
+    #[test]
+    fn only_large_slack_is_worth_a_copy() {
+        // 8192 entries of 248 B, 5000 in use: 3192 unused (~773 KiB).
+        assert!(slack_worth_giving_back(5000, 8192, 248, 1024));
+        // The same table with 6200 in use: less than a quarter unused.
+        assert!(!slack_worth_giving_back(6200, 8192, 248, 1024));
+        // Small entries: 2048 of 16 B, 10 in use: ~16 KiB unused above the start-up size.
+        assert!(!slack_worth_giving_back(10, 2048, 16, 1024));
+        // At the start-up size: nothing to give back.
+        assert!(!slack_worth_giving_back(0, 1024, 4096, 1024));
+        // Only the part above the start-up size counts: 76 unused entries of 800 B (59 KiB)
+        // are not worth a copy; of 1 KiB (76 KiB) they are.
+        assert!(!slack_worth_giving_back(0, 1100, 800, 1024));
+        assert!(slack_worth_giving_back(0, 1100, 1024, 1024));
     }
 
     #[test]

@@ -284,6 +284,14 @@ pub trait Engine: Send + Sized {
         self.pools().0.trim()
     }
 
+    /// After a burst (at most once per [`crate::heap::RELIEF_INTERVAL`], by the worker): the
+    /// engine's tables give back the capacity the burst's high tide left unused, where that is
+    /// worth a copy ([`crate::heap::slack_worth_giving_back`]). Whether any did (the worker
+    /// then purges the heap). The default (mio, test engines): nothing.
+    fn shrink_tables(&mut self) -> bool {
+        false
+    }
+
     /// Pool buffers that may hold memory (`/stats` `buffers_warm`): the pool's warm ones,
     /// less (io_uring) the lent ones whose pages were given back.
     fn warm_buffers(&mut self) -> usize {

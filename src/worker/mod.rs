@@ -389,6 +389,8 @@ pub struct Worker<E: Engine> {
     /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
     /// loop turn.
     next_trim: Instant,
+    /// When the after-burst relief (table shrinks, heap purge) may run next.
+    relief: crate::heap::Relief,
     /// The longest loop turn so far (poll return to the next poll), µs, and how many turns
     /// took [`SLOW_TURN`] or longer: a worker stall shows here first (reported with the
     /// engine gauges).
@@ -480,6 +482,7 @@ impl<E: Engine> Worker<E> {
             stats_tx,
             last_flush: now,
             next_trim: now + crate::io::buffer::TRIM_INTERVAL,
+            relief: crate::heap::Relief::default(),
             loop_max_us: 0,
             slow_turns: 0,
             accept_again: Vec::new(),
@@ -529,7 +532,11 @@ impl<E: Engine> Worker<E> {
                 self.next_trim = self.env.now + crate::io::buffer::TRIM_INTERVAL;
                 self.balancers.roll_budgets();
                 if self.engine.trim().buffers > 0 {
-                    self.after_burst();
+                    self.relief.wanted();
+                }
+                if self.relief.due(self.env.now) {
+                    let shrank = self.after_burst();
+                    self.relief.ran(self.env.now, shrank);
                 }
             }
             if let Some(deadline) = self.shutdown {
@@ -546,12 +553,21 @@ impl<E: Engine> Worker<E> {
         Ok(())
     }
 
-    /// A burst is over (the buffer trim gave pages back): the per-turn lists shrink back to
-    /// their start-up size (a storm's completions can fill tens of thousands of events in
-    /// one turn), and the allocator (jemalloc, [`crate::heap`]) returns its free pages (the
-    /// storm's grown tables' old copies) to the kernel now rather than after its decay time.
-    fn after_burst(&mut self) {
+    /// A burst is over (the buffer trim gave pages back; at most once per
+    /// [`crate::heap::RELIEF_INTERVAL`], see [`crate::heap::Relief`]): the per-turn lists shrink
+    /// back to their start-up size (a storm's completions can fill tens of thousands of events
+    /// in one turn); the session and connection tables, and the engine's, give back the
+    /// capacity the storm's high tide left unused where that is worth a copy (the allocator
+    /// reused freed pages for it, so it is resident although never written; live keys stay);
+    /// and if anything shrank, the allocator (jemalloc, [`crate::heap`]) returns its free
+    /// pages (the old copies) to the kernel now rather than after its decay time. Whether
+    /// anything shrank.
+    fn after_burst(&mut self) -> bool {
         const KEEP: usize = 1024;
+        let lists = |w: &Self| {
+            w.events.capacity() + w.expired.capacity() + w.ready.capacity() + w.starved.capacity()
+        };
+        let before = lists(self);
         self.events.shrink_to(KEEP);
         self.expired.shrink_to(KEEP);
         if self.ready.is_empty() {
@@ -560,20 +576,27 @@ impl<E: Engine> Worker<E> {
         if self.starved.is_empty() {
             self.starved.shrink_to(KEEP);
         }
-        // The session and connection tables give back the capacity the storm's high tide
-        // left unused (down to their start-up sizes): the allocator reused freed pages for it,
-        // so it is resident although never written. Live keys stay.
-        if self.sessions.capacity() > KEEP && self.sessions.len() < self.sessions.capacity() / 4 * 3
-        {
+        let mut shrank = lists(self) < before;
+        let entry = std::mem::size_of::<Entry>();
+        let cap = self.sessions.capacity();
+        if crate::heap::slack_worth_giving_back(self.sessions.len(), cap, entry, KEEP) {
             self.sessions.shrink_to_fit();
             if self.sessions.capacity() < KEEP {
                 self.sessions.reserve(KEEP - self.sessions.len());
             }
+            shrank |= self.sessions.capacity() < cap;
         }
-        if self.conns.len() < self.conns.capacity() / 4 * 3 {
+        let meta = std::mem::size_of::<ConnMeta>();
+        let cap = self.conns.capacity();
+        if crate::heap::slack_worth_giving_back(self.conns.len(), cap, meta, 2 * KEEP) {
             self.conns.shrink_to(self.conns.len().max(2 * KEEP));
+            shrank |= self.conns.capacity() < cap;
         }
-        crate::heap::purge();
+        shrank |= self.engine.shrink_tables();
+        if shrank {
+            crate::heap::purge();
+        }
+        shrank
     }
 
     /// Times the loop turn that just ended (from the last poll's return to now): one clock read

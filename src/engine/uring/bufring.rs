@@ -22,8 +22,25 @@
 //! were lent before the previous call have waited a whole interval. Their pages are given back
 //! (`MADV_DONTNEED`) while they stay in the ring: the kernel writes into them only after it
 //! takes them, and a page given back is simply zero-filled again by that write. Only with
-//! `DEFER_TASKRUN`, where the kernel takes ring buffers only inside this thread's
-//! `io_uring_enter` (so not between reading the head and giving the pages back).
+//! `DEFER_TASKRUN`, where the kernel takes ring buffers (almost) only inside this thread's
+//! `io_uring_enter`.
+//!
+//! *Almost*: a receive the kernel runs on one of its io-wq threads takes (commits) its ring
+//! buffer when it selects it, outside any enter of ours (`io_uring/kbuf.c`,
+//! `io_should_commit`: `if (issue_flags & IO_URING_F_UNLOCKED) return true;`, then
+//! `bl->head++` in `io_ring_buffer_select`). Our receives are poll-first on sockets, so they
+//! reach io-wq only when arming their poll fails (`io_arm_apoll` returns `IO_APOLL_ABORTED`
+//! when `io_req_alloc_apoll` cannot allocate; `io_queue_async` then calls `io_queue_iowq`):
+//! rare, but possible under memory pressure. Such a receive could select a buffer between our
+//! head read and the `madvise`, and write part of its bytes into pages that are then dropped.
+//! So the head is read again after the `madvise` (head `H2`): every buffer given back in that
+//! call whose ring position lies in `[H, H2)` may have been taken in the window and is marked
+//! *tainted*. The kernel selects under the ring's lock and bumps the head before it writes a
+//! byte, and `PBUF_STATUS` reads the head under the same lock, so a receive not counted in
+//! `H2` selected its buffer after the `madvise` returned and writes into fresh pages only.
+//! A completion that delivers a tainted buffer fails its receive (`EIO`, see the engine's
+//! `op_done`) instead of handing on bytes that may be zeros, and the rings stop giving lent
+//! buffers' pages back for good. No silent corruption either way.
 
 use crate::io::{Buf, BufferPool};
 use io_uring::types::BufRingEntry;
@@ -74,6 +91,10 @@ pub(super) struct BufRing {
     mark: u16,
     /// By buffer id: lent, and its pages given back since.
     cold: Vec<bool>,
+    /// By buffer id: given back while the kernel may have been writing into it (its ring
+    /// position was passed by the head between the head read and the second one after the
+    /// `madvise`); a receive that delivers it fails (see the module doc).
+    tainted: Vec<bool>,
     /// How many lent buffers are cold.
     cold_count: usize,
     /// Whether [`BufRing::give_back_idle`] may run (see the module doc); off for good once the
@@ -81,6 +102,10 @@ pub(super) struct BufRing {
     idle_trim: bool,
     /// Scratch: the buffers one [`BufRing::give_back_idle`] gives back (capacity: the ring).
     scratch: Vec<u16>,
+    /// Tests only: what the head read after the `madvise` adds to the kernel's answer (a head
+    /// that moved in the window, without a real io-wq receive).
+    #[cfg(test)]
+    pub(super) fake_head_move: u16,
 }
 
 // SAFETY: the mapping is owned by this struct alone (the kernel only reads it); moving the
@@ -115,9 +140,12 @@ impl BufRing {
             at: vec![0; entries],
             mark: 0,
             cold: vec![false; entries],
+            tainted: vec![false; entries],
             cold_count: 0,
             idle_trim: false,
             scratch: Vec::with_capacity(entries),
+            #[cfg(test)]
+            fake_head_move: 0,
         })
     }
 
@@ -150,6 +178,18 @@ impl BufRing {
     /// ring is set up with `DEFER_TASKRUN` (see the module doc).
     pub(super) fn set_idle_trim(&mut self, on: bool) {
         self.idle_trim = on;
+    }
+
+    /// Whether [`BufRing::give_back_idle`] may still run (off for good once the kernel refused
+    /// `PBUF_STATUS` or the head moved in the window).
+    pub(super) fn idle_trim(&self) -> bool {
+        self.idle_trim
+    }
+
+    /// Tests only: how many lent buffers are tainted.
+    #[cfg(test)]
+    pub(super) fn tainted(&self) -> usize {
+        self.tainted.iter().filter(|&&t| t).count()
     }
 
     /// Lent buffers whose pages were given back (they hold no memory until used).
@@ -236,10 +276,10 @@ impl BufRing {
         if self.scratch.is_empty() {
             return done;
         }
-        // The buffer-lifetime invariant this relies on: every buffer in `scratch` is at or
-        // past the kernel's head, so the kernel has not taken it and wrote nothing into it;
-        // with DEFER_TASKRUN it cannot take it before our next enter. Its bytes are no one's,
-        // and a later receive into it just faults in fresh zeroed pages.
+        // The buffer-lifetime invariant this relies on: every buffer in `scratch` was at or
+        // past the kernel's head when we read it, so the kernel had not taken it and wrote
+        // nothing into it. With DEFER_TASKRUN it takes ring buffers inside our enters, except
+        // for a receive it runs on io-wq: the head read below catches those (module doc).
         done.buffers = self.scratch.len();
         done.bytes = pool.give_back_held(
             self.scratch
@@ -250,20 +290,41 @@ impl BufRing {
             self.cold[bid as usize] = true;
         }
         self.cold_count += self.scratch.len();
-        // With DEFER_TASKRUN the head cannot have moved: the kernel takes buffers only inside
-        // our enters. If it did (a receive the kernel handed to its worker threads), stop
-        // here for good: such a receive may have written into a buffer whose pages were just
-        // given back.
-        match self.kernel_head(ring) {
-            Ok(h) if h == head => {}
-            _ => {
-                log::warn!(
-                    "buffer ring taken outside an enter: lent buffers keep their pages from now on"
-                );
-                self.idle_trim = false;
-            }
+        // Entries the kernel took since the first read: `[head, head + moved)`. Unknown (the
+        // kernel refused the second read): all of them.
+        let moved = match self.kernel_head(ring) {
+            #[cfg(test)]
+            Ok(h) => h.wrapping_add(self.fake_head_move).wrapping_sub(head),
+            #[cfg(not(test))]
+            Ok(h) => h.wrapping_sub(head),
+            Err(_) => old,
+        };
+        if moved != 0 {
+            let n = self.taint(head, moved.min(old));
+            log::warn!(
+                "io_uring buffer ring taken outside an enter (a receive on the kernel's worker \
+                 threads) while lent buffers' pages were given back: {n} receive(s) into those \
+                 buffers will fail rather than deliver bytes that may be lost; lent buffers \
+                 keep their pages from now on"
+            );
+            self.idle_trim = false;
         }
         done
+    }
+
+    /// Marks the buffers given back in this call (`scratch`) at ring positions
+    /// `head .. head + n` as tainted; returns how many. Rare (the head moved in the window).
+    fn taint(&mut self, head: u16, n: u16) -> usize {
+        self.scratch.sort_unstable();
+        let mut count = 0;
+        for i in 0..n {
+            let bid = self.at[(head.wrapping_add(i) & self.mask) as usize];
+            if self.scratch.binary_search(&bid).is_ok() && !self.tainted[bid as usize] {
+                self.tainted[bid as usize] = true;
+                count += 1;
+            }
+        }
+        count
     }
 
     #[inline]
@@ -353,9 +414,11 @@ impl BufRing {
         bid & NEW_BID_BASE == self.bid_base
     }
 
-    /// The buffer the kernel used for a completion (buffer id `bid`, one of this ring's).
+    /// The buffer the kernel used for a completion (buffer id `bid`, one of this ring's), and
+    /// whether it is tainted: its pages were given back while the kernel may have been
+    /// writing into it, so its bytes must not be delivered (see the module doc).
     #[inline]
-    pub(super) fn take(&mut self, bid: u16) -> Option<Buf> {
+    pub(super) fn take(&mut self, bid: u16) -> Option<(Buf, bool)> {
         let i = bid & !NEW_BID_BASE;
         let b = self.slots.get_mut(i as usize)?.take()?;
         self.free.push(i);
@@ -364,7 +427,7 @@ impl BufRing {
         if std::mem::take(&mut self.cold[i as usize]) {
             self.cold_count -= 1;
         }
-        Some(b)
+        Some((b, std::mem::take(&mut self.tainted[i as usize])))
     }
 
     /// Unregisters the ring (the kernel lets go of it) and returns the buffers to the pool.
@@ -380,6 +443,7 @@ impl BufRing {
             }
         }
         self.cold.fill(false);
+        self.tainted.fill(false);
         self.cold_count = 0;
         self.lent = 0;
     }

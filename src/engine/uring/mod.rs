@@ -1731,15 +1731,7 @@ mod tests {
         // Receives take the cold buffers in ring order: every byte arrives.
         for round in 0..lent + 4 {
             let msg: Vec<u8> = (0..1000).map(|i| (i * 7 + round * 13) as u8).collect();
-            peer.write_all(&msg).expect("write");
-            let mut got = Vec::new();
-            while got.len() < msg.len() {
-                let d = match e.submit(conn, Op::Recv(None)) {
-                    Some(d) => d,
-                    None => next_done(&mut e, conn).expect("received"),
-                };
-                got.extend(received(&mut e, d));
-            }
+            let got = receive_all(&mut e, conn, &mut peer, &msg);
             assert_eq!(got, msg, "round {round}");
             if round < 2 {
                 assert!(
@@ -1783,6 +1775,21 @@ mod tests {
             Some(d) => d,
             None => next_done(e, conn).expect("receive completed"),
         }
+    }
+
+    /// The peer writes `msg`; receives (each into a ring buffer) until as many bytes arrived:
+    /// what they delivered.
+    fn receive_all(e: &mut UringEngine, conn: ConnId, peer: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+        peer.write_all(msg).expect("write");
+        let mut got = Vec::new();
+        while got.len() < msg.len() {
+            let d = match e.submit(conn, Op::Recv(None)) {
+                Some(d) => d,
+                None => next_done(e, conn).expect("received"),
+            };
+            got.extend(received(e, d));
+        }
+        got
     }
 
     /// A receive that takes a buffer given back while the kernel may have been writing into it
@@ -1832,15 +1839,7 @@ mod tests {
         }
         for round in 2..lent + 6 {
             let msg: Vec<u8> = (0..1000).map(|i| (i * 7 + round * 13) as u8 | 1).collect();
-            let d = receive_one(&mut e, conn, &mut peer, &msg);
-            let mut got = received(&mut e, d);
-            while got.len() < msg.len() {
-                let d = match e.submit(conn, Op::Recv(None)) {
-                    Some(d) => d,
-                    None => next_done(&mut e, conn).expect("received"),
-                };
-                got.extend(received(&mut e, d));
-            }
+            let got = receive_all(&mut e, conn, &mut peer, &msg);
             assert_eq!(got, msg, "round {round}");
             if round % 3 == 0 {
                 let cold = e.bufring.cold() + e.bufring_new.cold();

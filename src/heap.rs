@@ -28,8 +28,14 @@ pub fn purge() {
 /// jemalloc give back (then fault in again) its free pages every second. Ten seconds is
 /// jemalloc's own decay time for free pages, so a purge more often than that would not keep
 /// the resident set much lower over time, and an idle proxy still gives a burst's memory back
-/// within about one interval.
+/// within about one interval. A worker that was quiet for a whole trim interval (at most
+/// [`QUIET_EVENTS`] engine events: idle keep-alive connections, a health check) does not wait
+/// for it: the copy and the purge cost nothing that load would feel, and a proxy left idle
+/// after a burst gives its memory back within a few seconds.
 pub const RELIEF_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// At most this many engine events in a trim interval (a second) is a quiet worker.
+pub const QUIET_EVENTS: usize = 64;
 
 /// A table's unused capacity below this many bytes is not worth a copy of the table: 64 KiB
 /// is 16 pages, under 0.1% of a worker's buffer pool at the defaults, and a table whose slack
@@ -53,9 +59,9 @@ pub fn slack_worth_giving_back(
 
 /// When the after-burst relief may run: asked for ([`Relief::wanted`]) after a trim gave
 /// buffer memory back, run when asked for and at least [`RELIEF_INTERVAL`] after the last
-/// relief that did work. A request made too soon waits (it is not lost: the burst's slack
-/// goes once the interval is over, even if the proxy is idle by then). The time is passed
-/// in (the worker's loop clock), so tests need no sleeps.
+/// relief that did work, or at once when the worker was quiet. A request made too soon waits
+/// (it is not lost: the burst's slack goes once the interval is over or the worker is quiet).
+/// The time is passed in (the worker's loop clock), so tests need no sleeps.
 #[derive(Debug, Default)]
 pub struct Relief {
     pending: bool,
@@ -68,13 +74,15 @@ impl Relief {
         self.pending = true;
     }
 
-    /// Whether the relief should run now; if so, the request is taken (call
+    /// Whether the relief should run now (`quiet`: the worker handled at most
+    /// [`QUIET_EVENTS`] events since the last trim); if so, the request is taken (call
     /// [`Relief::ran`] after it).
-    pub fn due(&mut self, now: std::time::Instant) -> bool {
+    pub fn due(&mut self, now: std::time::Instant, quiet: bool) -> bool {
         let due = self.pending
-            && self
-                .last
-                .is_none_or(|last| now.saturating_duration_since(last) >= RELIEF_INTERVAL);
+            && (quiet
+                || self
+                    .last
+                    .is_none_or(|last| now.saturating_duration_since(last) >= RELIEF_INTERVAL));
         if due {
             self.pending = false;
         }
@@ -150,30 +158,38 @@ mod tests {
         let t0 = std::time::Instant::now();
         let at = |s: u64| t0 + std::time::Duration::from_secs(s);
         let mut r = Relief::default();
-        assert!(!r.due(at(0)), "not wanted yet");
+        assert!(!r.due(at(0), false), "not wanted yet");
         r.wanted();
-        assert!(r.due(at(0)));
+        assert!(r.due(at(0), false));
         r.ran(at(0), true);
-        assert!(!r.due(at(0)), "the request was taken");
+        assert!(!r.due(at(0), false), "the request was taken");
         // Wanted every second for the next 9 s: none runs.
         for s in 1..10 {
             r.wanted();
-            assert!(!r.due(at(s)), "second {s}");
+            assert!(!r.due(at(s), false), "second {s}");
         }
         // The request waits (no further `wanted`) and runs once the interval is over.
-        assert!(r.due(at(10)));
+        assert!(r.due(at(10), false));
         r.ran(at(10), false);
         // That one found nothing to do: the next request runs at once.
         r.wanted();
-        assert!(r.due(at(11)));
+        assert!(r.due(at(11), false));
         r.ran(at(11), true);
         r.wanted();
-        assert!(!r.due(at(20)));
-        assert!(r.due(at(21)));
+        assert!(!r.due(at(20), false));
+        assert!(r.due(at(21), false));
         // A clock read out of order never panics or runs early.
         r.ran(at(21), true);
         r.wanted();
-        assert!(!r.due(at(5)));
+        assert!(!r.due(at(5), false));
+        // A quiet worker does not wait for the interval (the request above still waits);
+        // a relief nobody wants never runs.
+        assert!(r.due(at(22), true), "quiet: at once");
+        r.ran(at(22), true);
+        assert!(!r.due(at(22), true), "not wanted");
+        r.wanted();
+        assert!(!r.due(at(23), false), "busy again: the interval holds");
+        assert!(r.due(at(24), true), "quiet again");
     }
 
     /// Slack worth a copy: a quarter of the table unused and at least 64 KiB of it; never

@@ -391,6 +391,8 @@ pub struct Worker<E: Engine> {
     next_trim: Instant,
     /// When the after-burst relief (table shrinks, heap purge) may run next.
     relief: crate::heap::Relief,
+    /// Engine events handled since the last buffer trim (whether the worker was quiet).
+    events_since_trim: usize,
     /// The longest loop turn so far (poll return to the next poll), µs, and how many turns
     /// took [`SLOW_TURN`] or longer: a worker stall shows here first (reported with the
     /// engine gauges).
@@ -483,6 +485,7 @@ impl<E: Engine> Worker<E> {
             last_flush: now,
             next_trim: now + crate::io::buffer::TRIM_INTERVAL,
             relief: crate::heap::Relief::default(),
+            events_since_trim: 0,
             loop_max_us: 0,
             slow_turns: 0,
             accept_again: Vec::new(),
@@ -512,6 +515,7 @@ impl<E: Engine> Worker<E> {
             self.env.now = Instant::now();
             self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             crate::sd::watchdog::beat(self.id);
+            self.events_since_trim += events.len();
             for ev in events.drain(..) {
                 match ev {
                     Event::Wake => self.handle_ctrl(),
@@ -534,7 +538,9 @@ impl<E: Engine> Worker<E> {
                 if self.engine.trim().buffers > 0 {
                     self.relief.wanted();
                 }
-                if self.relief.due(self.env.now) {
+                let quiet = self.events_since_trim <= crate::heap::QUIET_EVENTS;
+                self.events_since_trim = 0;
+                if self.relief.due(self.env.now, quiet) {
                     let shrank = self.after_burst();
                     self.relief.ran(self.env.now, shrank);
                 }

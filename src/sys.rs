@@ -99,6 +99,32 @@ pub fn wait_readable(fd: &impl std::os::fd::AsFd, timeout: std::time::Duration) 
     matches!(poll(&mut p, ms), Ok(n) if n > 0)
 }
 
+/// Makes jemalloc (the global allocator, [`crate::heap`]) give every free page of every arena
+/// back to the kernel now rather than on its decay timer (`arena.<MALLCTL_ARENAS_ALL>.purge`).
+/// Returns whether jemalloc did.
+pub fn purge_heap() -> bool {
+    // First this thread's cache of freed blocks (they go back to their arenas, and so are
+    // purged too), then every arena (`MALLCTL_ARENAS_ALL` is 4096).
+    jemalloc_action(c"thread.tcache.flush");
+    jemalloc_action(c"arena.4096.purge")
+}
+
+/// Runs a jemalloc control that takes and returns nothing; whether jemalloc did.
+fn jemalloc_action(name: &std::ffi::CStr) -> bool {
+    // SAFETY: a NUL-terminated control name; the controls passed here neither read nor write
+    // a value, so every pointer is null and the length 0, as jemalloc requires for them.
+    let r = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    r == 0
+}
+
 /// `net.core.somaxconn`: the kernel's cap on a listen backlog.
 pub fn somaxconn() -> Option<u32> {
     fs::read_to_string("/proc/sys/net/core/somaxconn")

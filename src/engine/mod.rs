@@ -175,9 +175,9 @@ pub struct Gauges {
     pub buffers_in_use: u64,
     /// Pool buffers lent to the kernel for receives into engine-provided buffers (io_uring).
     pub buffers_provided: u64,
-    /// Pool buffers that may hold memory: in use, lent, or free but used since their pages
-    /// were last given back (trimming gives back those that stay unused; see
-    /// [`crate::io::buffer`]).
+    /// Pool buffers that may hold memory: in use, lent (io_uring: unless their pages were
+    /// given back while lent), or free but used since their pages were last given back
+    /// (trimming gives back those that stay unused; see [`crate::io::buffer`]).
     pub buffers_warm: u64,
     /// Splice pipes out of the pool.
     pub pipes_in_use: u64,
@@ -282,6 +282,20 @@ pub trait Engine: Send + Sized {
     /// says what the pool gave back.
     fn trim(&mut self) -> crate::io::buffer::Trimmed {
         self.pools().0.trim()
+    }
+
+    /// After a burst (at most once per [`crate::heap::RELIEF_INTERVAL`], by the worker): the
+    /// engine's tables give back the capacity the burst's high tide left unused, where that is
+    /// worth a copy ([`crate::heap::slack_worth_giving_back`]). Whether any did (the worker
+    /// then purges the heap). The default (mio, test engines): nothing.
+    fn shrink_tables(&mut self) -> bool {
+        false
+    }
+
+    /// Pool buffers that may hold memory (`/stats` `buffers_warm`): the pool's warm ones,
+    /// less (io_uring) the lent ones whose pages were given back.
+    fn warm_buffers(&mut self) -> usize {
+        self.pools().0.warm()
     }
 
     /// What the engine holds now (stats flushes only: may walk its tables). The default

@@ -168,23 +168,41 @@ impl BufferPool {
             };
             self.scratch.clear();
             self.scratch.extend_from_slice(&list[from..end]);
-            self.scratch.sort_unstable();
             done.buffers += end - from;
-            let mut i = 0;
-            while i < self.scratch.len() {
-                let first = self.scratch[i];
-                let mut last = first;
-                while i + 1 < self.scratch.len() && self.scratch[i + 1] == last + 1 {
-                    i += 1;
-                    last = self.scratch[i];
-                }
-                i += 1;
-                let (start, _) = self.slot(first);
-                let (lstart, lcap) = self.slot(last);
-                done.bytes += self.mem.release(start, lstart + lcap);
-            }
+            done.bytes += self.release_scratch();
         }
         done
+    }
+
+    /// Gives back the pages of buffers that are checked out but hold nothing anyone will read
+    /// (the io_uring buffer ring's lent buffers that the kernel has not taken): their bytes
+    /// read as zeros afterwards, and writing into them takes fresh pages. At most
+    /// [`TRIM_BATCH`] buffers (the rest are ignored). Returns the bytes given back.
+    pub fn give_back_held<'a>(&mut self, bufs: impl Iterator<Item = &'a Buf>) -> usize {
+        self.scratch.clear();
+        self.scratch.extend(bufs.take(TRIM_BATCH).map(|b| b.idx));
+        self.release_scratch()
+    }
+
+    /// Gives back the pages of the buffers in `scratch` (sorted here; adjacent buffers in one
+    /// call). Returns the bytes given back.
+    fn release_scratch(&mut self) -> usize {
+        self.scratch.sort_unstable();
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < self.scratch.len() {
+            let first = self.scratch[i];
+            let mut last = first;
+            while i + 1 < self.scratch.len() && self.scratch[i + 1] == last + 1 {
+                i += 1;
+                last = self.scratch[i];
+            }
+            i += 1;
+            let (start, _) = self.slot(first);
+            let (lstart, lcap) = self.slot(last);
+            bytes += self.mem.release(start, lstart + lcap);
+        }
+        bytes
     }
 
     /// Buffers that may hold memory: checked out, or free but used since their pages were

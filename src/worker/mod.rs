@@ -393,6 +393,10 @@ pub struct Worker<E: Engine> {
     /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
     /// loop turn.
     next_trim: Instant,
+    /// When the after-burst relief (table shrinks, heap purge) may run next.
+    relief: crate::heap::Relief,
+    /// Engine events handled since the last buffer trim (whether the worker was quiet).
+    events_since_trim: usize,
     /// The longest loop turn so far (poll return to the next poll), µs, and how many turns
     /// took [`SLOW_TURN`] or longer: a worker stall shows here first (reported with the
     /// engine gauges).
@@ -486,6 +490,8 @@ impl<E: Engine> Worker<E> {
             next_flush: now + FLUSH_INTERVAL,
             now_stamp: 0,
             next_trim: now + crate::io::buffer::TRIM_INTERVAL,
+            relief: crate::heap::Relief::default(),
+            events_since_trim: 0,
             loop_max_us: 0,
             slow_turns: 0,
             accept_again: Vec::new(),
@@ -517,6 +523,7 @@ impl<E: Engine> Worker<E> {
             self.env.shared_version = self.env.shared.load().version;
             self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             crate::sd::watchdog::beat(self.id);
+            self.events_since_trim += events.len();
             for ev in events.drain(..) {
                 match ev {
                     Event::Wake => self.handle_ctrl(),
@@ -537,7 +544,13 @@ impl<E: Engine> Worker<E> {
                 self.next_trim = self.env.now + crate::io::buffer::TRIM_INTERVAL;
                 self.balancers.roll_budgets();
                 if self.engine.trim().buffers > 0 {
-                    self.after_burst();
+                    self.relief.wanted();
+                }
+                let quiet = self.events_since_trim <= crate::heap::QUIET_EVENTS;
+                self.events_since_trim = 0;
+                if self.relief.due(self.env.now, quiet) {
+                    let shrank = self.after_burst();
+                    self.relief.ran(self.env.now, shrank);
                 }
             }
             if let Some(deadline) = self.shutdown {
@@ -554,12 +567,21 @@ impl<E: Engine> Worker<E> {
         Ok(())
     }
 
-    /// A burst is over (the buffer trim gave pages back): the per-turn lists shrink back to
-    /// their start-up size (a storm's completions can fill tens of thousands of events in
-    /// one turn); the allocator (jemalloc, [`crate::heap`]) returns the freed pages to the
-    /// kernel on its own decay timer.
-    fn after_burst(&mut self) {
+    /// A burst is over (the buffer trim gave pages back; at most once per
+    /// [`crate::heap::RELIEF_INTERVAL`], see [`crate::heap::Relief`]): the per-turn lists shrink
+    /// back to their start-up size (a storm's completions can fill tens of thousands of events
+    /// in one turn); the session and connection tables, and the engine's, give back the
+    /// capacity the storm's high tide left unused where that is worth a copy (the allocator
+    /// reused freed pages for it, so it is resident although never written; live keys stay);
+    /// and if anything shrank, the allocator (jemalloc, [`crate::heap`]) returns its free
+    /// pages (the old copies) to the kernel now rather than after its decay time. Whether
+    /// anything shrank.
+    fn after_burst(&mut self) -> bool {
         const KEEP: usize = 1024;
+        let lists = |w: &Self| {
+            w.events.capacity() + w.expired.capacity() + w.ready.capacity() + w.starved.capacity()
+        };
+        let before = lists(self);
         self.events.shrink_to(KEEP);
         self.expired.shrink_to(KEEP);
         if self.ready.is_empty() {
@@ -568,6 +590,27 @@ impl<E: Engine> Worker<E> {
         if self.starved.is_empty() {
             self.starved.shrink_to(KEEP);
         }
+        let mut shrank = lists(self) < before;
+        let entry = std::mem::size_of::<Entry>();
+        let cap = self.sessions.capacity();
+        if crate::heap::slack_worth_giving_back(self.sessions.len(), cap, entry, KEEP) {
+            self.sessions.shrink_to_fit();
+            if self.sessions.capacity() < KEEP {
+                self.sessions.reserve(KEEP - self.sessions.len());
+            }
+            shrank |= self.sessions.capacity() < cap;
+        }
+        let meta = std::mem::size_of::<ConnMeta>();
+        let cap = self.conns.capacity();
+        if crate::heap::slack_worth_giving_back(self.conns.len(), cap, meta, 2 * KEEP) {
+            self.conns.shrink_to(self.conns.len().max(2 * KEEP));
+            shrank |= self.conns.capacity() < cap;
+        }
+        shrank |= self.engine.shrink_tables();
+        if shrank {
+            crate::heap::purge();
+        }
+        shrank
     }
 
     /// Times the loop turn that just ended (from the last poll's return to now): one clock read
@@ -651,7 +694,7 @@ impl<E: Engine> Worker<E> {
         let detail = self.obs.take_delta();
         let mut gauges = self.engine.gauges();
         gauges.loop_max_us = self.loop_max_us;
-        gauges.buffers_warm = self.engine.pools().0.warm() as u64;
+        gauges.buffers_warm = self.engine.warm_buffers() as u64;
         gauges.slow_turns = self.slow_turns;
         // The aggregator only disappears at exit; losing a delta then is harmless.
         let _ = self.stats_tx.send(StatsMsg::Delta {

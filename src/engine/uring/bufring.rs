@@ -15,6 +15,32 @@
 //! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
 //! engine reports them apart (`buffers_provided`). When traffic falls (a connection storm is
 //! over), [`BufRing::shrink`] lends fewer from then on; what is lent stays lent until used.
+//!
+//! Lent buffers that no receive used for a whole trim interval keep no memory:
+//! [`BufRing::give_back_idle`] asks the kernel for the ring's head (`PBUF_STATUS`, 6.8+): the
+//! entries from the head to our tail are the ones it has not taken, and those among them that
+//! were lent before the previous call have waited a whole interval. Their pages are given back
+//! (`MADV_DONTNEED`) while they stay in the ring: the kernel writes into them only after it
+//! takes them, and a page given back is simply zero-filled again by that write. Only with
+//! `DEFER_TASKRUN`, where the kernel takes ring buffers (almost) only inside this thread's
+//! `io_uring_enter`.
+//!
+//! *Almost*: a receive the kernel runs on one of its io-wq threads takes (commits) its ring
+//! buffer when it selects it, outside any enter of ours (`io_uring/kbuf.c`,
+//! `io_should_commit`: `if (issue_flags & IO_URING_F_UNLOCKED) return true;`, then
+//! `bl->head++` in `io_ring_buffer_select`). Our receives are poll-first on sockets, so they
+//! reach io-wq only when arming their poll fails (`io_arm_apoll` returns `IO_APOLL_ABORTED`
+//! when `io_req_alloc_apoll` cannot allocate; `io_queue_async` then calls `io_queue_iowq`):
+//! rare, but possible under memory pressure. Such a receive could select a buffer between our
+//! head read and the `madvise`, and write part of its bytes into pages that are then dropped.
+//! So the head is read again after the `madvise` (head `H2`): every buffer given back in that
+//! call whose ring position lies in `[H, H2)` may have been taken in the window and is marked
+//! *tainted*. The kernel selects under the ring's lock and bumps the head before it writes a
+//! byte, and `PBUF_STATUS` reads the head under the same lock, so a receive not counted in
+//! `H2` selected its buffer after the `madvise` returned and writes into fresh pages only.
+//! A completion that delivers a tainted buffer fails its receive (`EIO`, see the engine's
+//! `op_done`) instead of handing on bytes that may be zeros, and the rings stop giving lent
+//! buffers' pages back for good. No silent corruption either way.
 
 use crate::io::{Buf, BufferPool};
 use io_uring::types::BufRingEntry;
@@ -59,6 +85,27 @@ pub(super) struct BufRing {
     /// the ring empty meanwhile.
     used: usize,
     grew: bool,
+    /// The buffer id at each ring position (what `refill` wrote there).
+    at: Vec<u16>,
+    /// Our tail at the last [`BufRing::give_back_idle`]: entries before it were lent before.
+    mark: u16,
+    /// By buffer id: lent, and its pages given back since.
+    cold: Vec<bool>,
+    /// By buffer id: given back while the kernel may have been writing into it (its ring
+    /// position was passed by the head between the head read and the second one after the
+    /// `madvise`); a receive that delivers it fails (see the module doc).
+    tainted: Vec<bool>,
+    /// How many lent buffers are cold.
+    cold_count: usize,
+    /// Whether [`BufRing::give_back_idle`] may run (see the module doc); off for good once the
+    /// kernel refuses `PBUF_STATUS` or the head moved outside an enter.
+    idle_trim: bool,
+    /// Scratch: the buffers one [`BufRing::give_back_idle`] gives back (capacity: the ring).
+    scratch: Vec<u16>,
+    /// Tests only: what the head read after the `madvise` adds to the kernel's answer (a head
+    /// that moved in the window, without a real io-wq receive).
+    #[cfg(test)]
+    pub(super) fake_head_move: u16,
 }
 
 // SAFETY: the mapping is owned by this struct alone (the kernel only reads it); moving the
@@ -90,6 +137,15 @@ impl BufRing {
             bid_base: if bgid == GROUP_NEW { NEW_BID_BASE } else { 0 },
             used: 0,
             grew: false,
+            at: vec![0; entries],
+            mark: 0,
+            cold: vec![false; entries],
+            tainted: vec![false; entries],
+            cold_count: 0,
+            idle_trim: false,
+            scratch: Vec::with_capacity(entries),
+            #[cfg(test)]
+            fake_head_move: 0,
         })
     }
 
@@ -116,6 +172,159 @@ impl BufRing {
 
     pub(super) fn set_registered(&mut self) {
         self.registered = true;
+    }
+
+    /// Lets [`BufRing::give_back_idle`] give back the pages of idle lent buffers: only when the
+    /// ring is set up with `DEFER_TASKRUN` (see the module doc).
+    pub(super) fn set_idle_trim(&mut self, on: bool) {
+        self.idle_trim = on;
+    }
+
+    /// Whether [`BufRing::give_back_idle`] may still run (off for good once the kernel refused
+    /// `PBUF_STATUS` or the head moved in the window).
+    pub(super) fn idle_trim(&self) -> bool {
+        self.idle_trim
+    }
+
+    /// Tests only: how many lent buffers are tainted.
+    #[cfg(test)]
+    pub(super) fn tainted(&self) -> usize {
+        self.tainted.iter().filter(|&&t| t).count()
+    }
+
+    /// Lent buffers whose pages were given back (they hold no memory until used).
+    #[inline]
+    pub(super) fn cold(&self) -> usize {
+        self.cold_count
+    }
+
+    /// The kernel's head of this ring: the next entry it will take (`PBUF_STATUS`).
+    fn kernel_head(&self, ring: &IoUring) -> io::Result<u16> {
+        /// `struct io_uring_buf_status` (the crate has no call for it).
+        #[repr(C)]
+        struct BufStatus {
+            buf_group: u32,
+            head: u32,
+            resv: [u32; 8],
+        }
+        const IORING_REGISTER_PBUF_STATUS: libc::c_long = 26;
+        let mut st = BufStatus {
+            buf_group: u32::from(self.bgid),
+            head: 0,
+            resv: [0; 8],
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: `st` is a valid, writable `io_uring_buf_status` that outlives the call (the
+        // kernel copies it in and out during it); one argument, as `nr_args` says.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring.as_raw_fd(),
+                IORING_REGISTER_PBUF_STATUS,
+                &mut st as *mut BufStatus,
+                1 as libc::c_long,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.head as u16)
+    }
+
+    /// Gives back the pages of lent buffers that the kernel has not taken since before the
+    /// last call (a whole trim interval), at most `limit` of them; they stay lent. Returns how
+    /// many buffers and bytes. Called once per trim interval, between enters, on the thread
+    /// that enters the ring.
+    pub(super) fn give_back_idle(
+        &mut self,
+        ring: &IoUring,
+        pool: &mut BufferPool,
+        limit: usize,
+    ) -> crate::io::buffer::Trimmed {
+        let mut done = crate::io::buffer::Trimmed::default();
+        if !self.idle_trim || !self.registered {
+            return done;
+        }
+        let head = match self.kernel_head(ring) {
+            Ok(h) => h,
+            Err(e) => {
+                log::debug!("buffer ring status refused ({e}): lent buffers keep their pages");
+                self.idle_trim = false;
+                return done;
+            }
+        };
+        // Entries from `head` to our tail are lent and not taken; those before `mark` were
+        // lent before the last call. (`mark` behind `head`: all of them were taken since.)
+        let waiting = self.tail.wrapping_sub(head);
+        let old = self.mark.wrapping_sub(head);
+        self.mark = self.tail;
+        if old == 0 || old > waiting {
+            return done;
+        }
+        self.scratch.clear();
+        for i in 0..old {
+            let bid = self.at[(head.wrapping_add(i) & self.mask) as usize];
+            if self.cold[bid as usize] || self.slots[bid as usize].is_none() {
+                continue;
+            }
+            if self.scratch.len() == limit {
+                // The rest at the next call (they are before the new mark too).
+                break;
+            }
+            self.scratch.push(bid);
+        }
+        if self.scratch.is_empty() {
+            return done;
+        }
+        // The buffer-lifetime invariant this relies on: every buffer in `scratch` was at or
+        // past the kernel's head when we read it, so the kernel had not taken it and wrote
+        // nothing into it. With DEFER_TASKRUN it takes ring buffers inside our enters, except
+        // for a receive it runs on io-wq: the head read below catches those (module doc).
+        done.buffers = self.scratch.len();
+        done.bytes = pool.give_back_held(
+            self.scratch
+                .iter()
+                .filter_map(|&bid| self.slots[bid as usize].as_ref()),
+        );
+        for &bid in &self.scratch {
+            self.cold[bid as usize] = true;
+        }
+        self.cold_count += self.scratch.len();
+        // Entries the kernel took since the first read: `[head, head + moved)`. Unknown (the
+        // kernel refused the second read): all of them.
+        let moved = match self.kernel_head(ring) {
+            #[cfg(test)]
+            Ok(h) => h.wrapping_add(self.fake_head_move).wrapping_sub(head),
+            #[cfg(not(test))]
+            Ok(h) => h.wrapping_sub(head),
+            Err(_) => old,
+        };
+        if moved != 0 {
+            let n = self.taint(head, moved.min(old));
+            log::warn!(
+                "io_uring buffer ring taken outside an enter (a receive on the kernel's worker \
+                 threads) while lent buffers' pages were given back: {n} receive(s) into those \
+                 buffers will fail rather than deliver bytes that may be lost; lent buffers \
+                 keep their pages from now on"
+            );
+            self.idle_trim = false;
+        }
+        done
+    }
+
+    /// Marks the buffers given back in this call (`scratch`) at ring positions
+    /// `head .. head + n` as tainted; returns how many. Rare (the head moved in the window).
+    fn taint(&mut self, head: u16, n: u16) -> usize {
+        self.scratch.sort_unstable();
+        let mut count = 0;
+        for i in 0..n {
+            let bid = self.at[(head.wrapping_add(i) & self.mask) as usize];
+            if self.scratch.binary_search(&bid).is_ok() && !self.tainted[bid as usize] {
+                self.tainted[bid as usize] = true;
+                count += 1;
+            }
+        }
+        count
     }
 
     #[inline]
@@ -183,6 +392,7 @@ impl BufRing {
                 e.set_bid(self.bid_base | bid);
             }
             self.slots[bid as usize] = Some(b);
+            self.at[i] = bid;
             self.tail = self.tail.wrapping_add(1);
             self.lent += 1;
             added = true;
@@ -204,15 +414,20 @@ impl BufRing {
         bid & NEW_BID_BASE == self.bid_base
     }
 
-    /// The buffer the kernel used for a completion (buffer id `bid`, one of this ring's).
+    /// The buffer the kernel used for a completion (buffer id `bid`, one of this ring's), and
+    /// whether it is tainted: its pages were given back while the kernel may have been
+    /// writing into it, so its bytes must not be delivered (see the module doc).
     #[inline]
-    pub(super) fn take(&mut self, bid: u16) -> Option<Buf> {
+    pub(super) fn take(&mut self, bid: u16) -> Option<(Buf, bool)> {
         let i = bid & !NEW_BID_BASE;
         let b = self.slots.get_mut(i as usize)?.take()?;
         self.free.push(i);
         self.lent -= 1;
         self.used += 1;
-        Some(b)
+        if std::mem::take(&mut self.cold[i as usize]) {
+            self.cold_count -= 1;
+        }
+        Some((b, std::mem::take(&mut self.tainted[i as usize])))
     }
 
     /// Unregisters the ring (the kernel lets go of it) and returns the buffers to the pool.
@@ -227,6 +442,9 @@ impl BufRing {
                 self.free.push(bid as u16);
             }
         }
+        self.cold.fill(false);
+        self.tainted.fill(false);
+        self.cold_count = 0;
         self.lent = 0;
     }
 }

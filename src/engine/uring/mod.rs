@@ -234,6 +234,8 @@ pub struct UringEngine {
     /// Second slices of two-slice sends in flight ([`Kind::Send`]).
     aside: Slab<Slice>,
     reserve_waits: u64,
+    /// Receives failed because their ring buffer was tainted (see `bufring`).
+    tainted_receives: u64,
     pool: BufferPool,
     pipes: PipePool,
 }
@@ -249,6 +251,10 @@ impl UringEngine {
         let mut bufring_new = BufRing::new(pool.available(), bufring::GROUP_NEW)?;
         bufring_new.register(&ring)?;
         bufring_new.set_registered();
+        // Idle lent buffers give their pages back only where the kernel takes ring buffers
+        // inside our enters alone (see `bufring`).
+        bufring.set_idle_trim(setup.defer_taskrun && !setup.sqpoll);
+        bufring_new.set_idle_trim(setup.defer_taskrun && !setup.sqpoll);
         // Blocking (no EFD_NONBLOCK): the ring's read of it then waits instead of failing.
         // SAFETY: a plain system call with no pointers.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -284,6 +290,7 @@ impl UringEngine {
             buffer_waits: 0,
             aside: Slab::new(),
             reserve_waits: 0,
+            tainted_receives: 0,
             pool,
             pipes,
         })
@@ -664,7 +671,7 @@ impl UringEngine {
             _ => {
                 // A cancel or close that failed (the op had completed already, or the
                 // descriptor was gone): nothing to do. A provided buffer never rides on these.
-                if let Some(b) =
+                if let Some((b, _)) =
                     cqueue::buffer_select(flags).and_then(|bid| self.take_provided(bid))
                 {
                     self.pool.release(b);
@@ -747,7 +754,19 @@ impl UringEngine {
 
     /// An op completed: deliver its `Done`, or give back what it carried if nobody wants it.
     fn op_done(&mut self, idx: u32, res: i32, flags: u32, out: &mut Vec<Event>) {
-        let provided = cqueue::buffer_select(flags).and_then(|bid| self.take_provided(bid));
+        let (provided, res) = match cqueue::buffer_select(flags).and_then(|b| self.take_provided(b))
+        {
+            Some((b, true)) if res > 0 => {
+                // Its pages were given back while the kernel may have been writing into it
+                // (`bufring` module doc): its bytes may be zeros. The receive fails instead,
+                // and the session closes the connection as on any receive error.
+                self.pool.release(b);
+                self.tainted_receive();
+                (None, -libc::EIO)
+            }
+            Some((b, _)) => (Some(b), res),
+            None => (None, res),
+        };
         let Some(op) = self.ops.get_mut(idx as usize) else {
             if let Some(b) = provided {
                 self.pool.release(b);
@@ -884,9 +903,27 @@ impl UringEngine {
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
     }
 
-    /// The ring buffer a completion names (buffer id `bid`, of either ring).
+    /// A receive delivered a tainted ring buffer and was failed: both rings stop giving lent
+    /// buffers' pages back (the one that saw the head move already did), and the first such
+    /// receive is logged.
+    #[cold]
+    fn tainted_receive(&mut self) {
+        self.bufring.set_idle_trim(false);
+        self.bufring_new.set_idle_trim(false);
+        self.tainted_receives += 1;
+        if self.tainted_receives == 1 {
+            log::warn!(
+                "io_uring: a receive landed in a lent buffer whose pages were being given back \
+                 (the kernel ran it on its worker threads); its bytes may be lost, so it fails \
+                 (EIO) and its connection closes; lent buffers keep their pages from now on"
+            );
+        }
+    }
+
+    /// The ring buffer a completion names (buffer id `bid`, of either ring), and whether it is
+    /// tainted (see `bufring`).
     #[inline]
-    fn take_provided(&mut self, bid: u16) -> Option<Buf> {
+    fn take_provided(&mut self, bid: u16) -> Option<(Buf, bool)> {
         if self.bufring.owns(bid) {
             self.bufring.take(bid)
         } else {
@@ -1004,6 +1041,23 @@ fn slice_ptr(pool: &BufferPool, s: &Slice) -> (*const u8, usize) {
     let start = (s.off as usize).min(d.len());
     let end = (s.off as usize + s.len as usize).min(d.len());
     (d[start..].as_ptr(), end - start)
+}
+
+/// Gives back the unused capacity of a table (past its highest entry in use) when that is
+/// worth a copy ([`crate::heap::slack_worth_giving_back`]: a quarter or more unused, and at
+/// least 64 KiB), down to no less than its start-up size. After a burst only (rate-limited
+/// by the worker): the next connections grow it again. Whether it shrank.
+fn shrink_table<T>(t: &mut Slab<T>) -> bool {
+    const KEEP: usize = 1024;
+    let before = t.capacity();
+    if !crate::heap::slack_worth_giving_back(t.len(), before, std::mem::size_of::<T>(), KEEP) {
+        return false;
+    }
+    t.shrink_to_fit();
+    if t.capacity() < KEEP {
+        t.reserve(KEEP - t.len());
+    }
+    t.capacity() < before
 }
 
 /// The `Done` of an op submitted on a connection that does not exist (or is closed, or whose
@@ -1417,11 +1471,47 @@ impl Engine for UringEngine {
         std::mem::take(&mut self.reserve_waits)
     }
 
-    /// The rings lend fewer when receives slowed down; then the pool.
+    /// The rings lend fewer when receives slowed down; then the pool; then the pages of the
+    /// lent buffers no receive took for a whole interval (they stay lent).
     fn trim(&mut self) -> crate::io::buffer::Trimmed {
         self.bufring.shrink();
         self.bufring_new.shrink();
-        self.pool.trim()
+        let mut done = self.pool.trim();
+        if self.started {
+            for new in [false, true] {
+                let limit = crate::io::buffer::TRIM_BATCH.saturating_sub(done.buffers);
+                let ring = if new {
+                    &mut self.bufring_new
+                } else {
+                    &mut self.bufring
+                };
+                let t = ring.give_back_idle(&self.ring, &mut self.pool, limit);
+                done.buffers += t.buffers;
+                done.bytes += t.bytes;
+            }
+        }
+        if !self.bufring.idle_trim() || !self.bufring_new.idle_trim() {
+            // One ring saw its head move in the window (or the kernel refused the status
+            // read): the other stops too.
+            self.bufring.set_idle_trim(false);
+            self.bufring_new.set_idle_trim(false);
+        }
+        done
+    }
+
+    /// The op and connection tables give back the capacity a burst's high tide left unused
+    /// (the allocator reuses freed pages for new capacity, so that capacity is resident
+    /// although never written). The worker purges the heap next.
+    fn shrink_tables(&mut self) -> bool {
+        let ops = shrink_table(&mut self.ops);
+        let conns = shrink_table(&mut self.conns);
+        ops || conns
+    }
+
+    fn warm_buffers(&mut self) -> usize {
+        self.pool
+            .warm()
+            .saturating_sub(self.bufring.cold() + self.bufring_new.cold())
     }
 
     fn gauges(&self) -> Gauges {
@@ -1614,6 +1704,203 @@ mod tests {
         settle(&mut e);
         assert_eq!(e.gauges().buffers_in_use, 1, "the bytes wait in a buffer");
         close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// The ring's lent buffers that no receive took for a whole trim interval give their
+    /// pages back and stay lent; receives that take them afterwards get their bytes intact,
+    /// and each one taken is warm again.
+    #[test]
+    fn idle_lent_buffers_give_their_pages_back_and_still_receive() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        if !e.setup.defer_taskrun {
+            return; // lent buffers keep their pages there (see `bufring`)
+        }
+        // The ring lent its first buffers at the first poll (in `pair`); the first trim only
+        // marks them, the second finds them still untaken a whole interval later.
+        let lent = e.bufring.lent();
+        assert!(lent > 0);
+        e.trim();
+        assert_eq!(e.bufring.cold(), 0, "lent only just now");
+        let t = e.trim();
+        assert_eq!(e.bufring.cold(), lent, "{t:?}");
+        assert_eq!(e.bufring_new.cold(), e.bufring_new.lent(), "{t:?}");
+        assert!(t.bytes >= lent * 4096, "{t:?}");
+        assert_eq!(e.warm_buffers(), 0, "nothing holds memory now");
+        // Receives take the cold buffers in ring order: every byte arrives.
+        for round in 0..lent + 4 {
+            let msg: Vec<u8> = (0..1000).map(|i| (i * 7 + round * 13) as u8).collect();
+            let got = receive_all(&mut e, conn, &mut peer, &msg);
+            assert_eq!(got, msg, "round {round}");
+            if round < 2 {
+                assert!(
+                    e.bufring.cold() < lent - round,
+                    "round {round}: taken, warm again"
+                );
+            } else if round % 3 == 2 {
+                // Trims between receives: the buffers lent since are marked, then given back.
+                e.trim();
+            }
+        }
+        assert!(e.bufring.cold() > 0, "given back again after the trims");
+        close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// A pair whose lent buffers were given back in a trim whose second head read reported
+    /// `moved` buffers taken in the window (the test hook; as a receive on io-wq would), and
+    /// how many buffers were lent. `None` where lent buffers keep their pages.
+    fn given_back_in_window(moved: u16) -> Option<(UringEngine, ConnId, TcpStream, usize)> {
+        let (mut e, conn, peer) = pair()?;
+        if !e.setup.defer_taskrun {
+            return None; // lent buffers keep their pages there (see `bufring`)
+        }
+        let lent = e.bufring.lent();
+        assert!(lent > moved as usize);
+        e.trim(); // marks the lent buffers
+        e.bufring.fake_head_move = moved;
+        let t = e.trim(); // gives them back; the head "moved" in the window
+        assert_eq!(e.bufring.cold(), lent, "{t:?}");
+        assert!(
+            !e.bufring.idle_trim() && !e.bufring_new.idle_trim(),
+            "both rings stop giving lent buffers' pages back"
+        );
+        Some((e, conn, peer, lent))
+    }
+
+    /// One receive of a small message written by the peer: its `Done`.
+    fn receive_one(e: &mut UringEngine, conn: ConnId, peer: &mut TcpStream, msg: &[u8]) -> Done {
+        peer.write_all(msg).expect("write");
+        match e.submit(conn, Op::Recv(None)) {
+            Some(d) => d,
+            None => next_done(e, conn).expect("receive completed"),
+        }
+    }
+
+    /// The peer writes `msg`; receives (each into a ring buffer) until as many bytes arrived:
+    /// what they delivered.
+    fn receive_all(e: &mut UringEngine, conn: ConnId, peer: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+        peer.write_all(msg).expect("write");
+        let mut got = Vec::new();
+        while got.len() < msg.len() {
+            let d = match e.submit(conn, Op::Recv(None)) {
+                Some(d) => d,
+                None => next_done(e, conn).expect("received"),
+            };
+            got.extend(received(e, d));
+        }
+        got
+    }
+
+    /// A receive that takes a buffer given back while the kernel may have been writing into it
+    /// (its ring position passed by the head between the two head reads) fails with EIO: it
+    /// never delivers bytes (which could be zeros where data was); the buffer goes back to the
+    /// pool.
+    #[test]
+    fn a_receive_into_a_buffer_given_back_in_the_window_fails_rather_than_deliver_zeros() {
+        let Some((mut e, conn, mut peer, _)) = given_back_in_window(3) else {
+            return;
+        };
+        for round in 0..3u8 {
+            let msg = vec![round + 1; 100];
+            match receive_one(&mut e, conn, &mut peer, &msg) {
+                Done::Recv {
+                    buf: None,
+                    res: Xfer::Failed(libc::EIO),
+                } => {}
+                d => panic!("round {round}: a tainted buffer's receive must fail: {d:?}"),
+            }
+        }
+        assert_eq!(e.tainted_receives, 3);
+        assert_eq!(e.bufring.tainted(), 0, "no buffer stays tainted");
+        close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// The buffers given back in the same call but outside the window (past the moved head)
+    /// deliver their bytes intact, and so do the ones lent after; no trim gives lent buffers'
+    /// pages back any more.
+    #[test]
+    fn buffers_given_back_outside_the_window_deliver_every_byte() {
+        let Some((mut e, conn, mut peer, lent)) = given_back_in_window(2) else {
+            return;
+        };
+        for round in 0..2u8 {
+            let d = receive_one(&mut e, conn, &mut peer, &[round; 100]);
+            assert!(
+                matches!(
+                    d,
+                    Done::Recv {
+                        buf: None,
+                        res: Xfer::Failed(libc::EIO)
+                    }
+                ),
+                "{d:?}"
+            );
+        }
+        for round in 2..lent + 6 {
+            let msg: Vec<u8> = (0..1000).map(|i| (i * 7 + round * 13) as u8 | 1).collect();
+            let got = receive_all(&mut e, conn, &mut peer, &msg);
+            assert_eq!(got, msg, "round {round}");
+            if round % 3 == 0 {
+                let cold = e.bufring.cold() + e.bufring_new.cold();
+                let t = e.trim();
+                assert!(e.bufring.cold() + e.bufring_new.cold() <= cold, "{t:?}");
+            }
+        }
+        assert_eq!(e.tainted_receives, 2);
+        assert_eq!(
+            e.bufring.cold(),
+            0,
+            "the feature stays off: nothing given back again"
+        );
+        close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// After a burst a table gives back the capacity past its highest entry in use, keeps
+    /// every live key, and not below its start-up size; a table whose slack is small (under
+    /// 64 KiB) is left alone.
+    #[test]
+    fn a_table_shrinks_after_a_burst_and_keeps_its_keys() {
+        // 64 B entries, as large as the engine's (`InFlight` is up to 40 B, `Conn` more).
+        let mut t: Slab<[u64; 8]> = Slab::with_capacity(1024);
+        let keys: Vec<usize> = (0..5000u64).map(|i| t.insert([i; 8])).collect();
+        for &k in &keys[1500..] {
+            t.remove(k);
+        }
+        for &k in keys[..1500].iter().step_by(3) {
+            t.remove(k);
+        }
+        let before = t.capacity();
+        assert!(shrink_table(&mut t));
+        assert!(t.capacity() < before / 2, "{} -> {}", before, t.capacity());
+        for (i, &k) in keys[..1500].iter().enumerate() {
+            assert_eq!(
+                t.get(k).copied(),
+                (i % 3 != 0).then_some([i as u64; 8]),
+                "key {k}"
+            );
+        }
+        // Freed keys are reused before the table grows again.
+        let k = t.insert([9; 8]);
+        assert!(k < 1500, "{k}");
+        // Nothing more to give back: no copy.
+        let cap = t.capacity();
+        assert!(!shrink_table(&mut t));
+        assert_eq!(t.capacity(), cap);
+        // Small tables stay at their start-up size.
+        let mut small: Slab<[u64; 8]> = Slab::with_capacity(1024);
+        small.insert([1; 8]);
+        assert!(!shrink_table(&mut small));
+        assert!(small.capacity() >= 1024);
+        // Small slack is not worth a copy: 8 B entries, ~56 KiB unused above the start-up size.
+        let mut narrow: Slab<u64> = Slab::with_capacity(1024);
+        let keys: Vec<usize> = (0..5000u64).map(|i| narrow.insert(i)).collect();
+        for &k in &keys[10..] {
+            narrow.remove(k);
+        }
+        let cap = narrow.capacity();
+        assert!(!shrink_table(&mut narrow));
+        assert_eq!(narrow.capacity(), cap);
     }
 
     /// Every idle connection's receive holds an op entry, as large as the largest kind: a

@@ -147,24 +147,23 @@ impl MioEngine {
         let Some(c) = self.conns.get_mut(id as usize) else {
             return;
         };
+        let mut starved = false;
         if c.ready.contains(Ready::READABLE) && !c.starved && !matches!(c.read, ReadOp::None) {
-            match std::mem::replace(&mut c.read, ReadOp::None) {
-                ReadOp::None => {}
-                op => match run_read(c, op, &mut self.pool) {
-                    Ok(done) => out.push(Event::Done(id, done)),
-                    Err(parked) => {
-                        c.read = parked;
-                        if c.starved {
-                            self.starve(id);
-                        }
-                    }
-                },
+            // A parked receive (the common case) runs here; the other read ops out of line.
+            let ran = match std::mem::replace(&mut c.read, ReadOp::None) {
+                ReadOp::Recv(buf) => recv(c, buf, &mut self.pool, false),
+                ReadOp::RecvNew => recv(c, None, &mut self.pool, true),
+                op => run_read(c, op, &mut self.pool),
+            };
+            match ran {
+                Ok(done) => out.push(Event::Done(id, done)),
+                Err(parked) => {
+                    c.read = parked;
+                    starved = c.starved;
+                }
             }
         }
-        let Some(c) = self.conns.get_mut(id as usize) else {
-            return;
-        };
-        if c.ready != Ready::EMPTY && !matches!(c.write, WriteOp::None) {
+        if !matches!(c.write, WriteOp::None) && c.ready != Ready::EMPTY {
             match std::mem::replace(&mut c.write, WriteOp::None) {
                 WriteOp::None => {}
                 op => match run_write(c, op, &self.pool, &mut self.aside) {
@@ -172,6 +171,9 @@ impl MioEngine {
                     Err(parked) => c.write = parked,
                 },
             }
+        }
+        if starved {
+            self.starve(id);
         }
     }
 
@@ -226,6 +228,7 @@ impl MioEngine {
 }
 
 /// Runs a read-slot op: `Ok(done)`, or `Err(op)` to park it again.
+#[inline(never)]
 fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, ReadOp> {
     match op {
         ReadOp::None => Err(ReadOp::None),

@@ -247,6 +247,13 @@ pub trait Engine: Send + Sized {
     /// Submits `op` on `conn`. `Some` when it completed at once.
     fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done>;
 
+    /// `submit(conn, Op::Watch)`: an engine may give the watch of every pooled connection a
+    /// path of its own.
+    #[inline]
+    fn watch(&mut self, conn: ConnId) -> Option<Done> {
+        self.submit(conn, Op::Watch)
+    }
+
     /// Cancels the op in `slot` of `conn`, if any (its `Done` is never delivered).
     fn cancel(&mut self, conn: ConnId, slot: Slot);
 

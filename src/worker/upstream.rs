@@ -605,7 +605,7 @@ impl<E: Engine> Worker<E> {
         self.pool_times(conn).deadline = deadline;
         // A backend closing an idle connection (or sending what it should not) ends it.
         let watched = match &mut self.conns[conn as usize].transport {
-            Transport::Plain => self.engine.submit(conn, Op::Watch),
+            Transport::Plain => self.engine.watch(conn),
             t => t.submit(&mut self.engine, &mut self.toxics, conn, Op::Watch),
         };
         let pooled = watched.is_none();

@@ -659,6 +659,19 @@ impl Engine for MioEngine {
         }
     }
 
+    /// A pooled connection's watch: it parks until the next readable edge (the receive of
+    /// the response before it drained the socket), so no call through `submit`'s match.
+    #[inline]
+    fn watch(&mut self, conn: ConnId) -> Option<Done> {
+        match self.conns.get_mut(conn as usize) {
+            Some(c) if !c.ready.contains(Ready::READABLE) => {
+                c.read = ReadOp::Watch;
+                None
+            }
+            _ => self.submit(conn, Op::Watch),
+        }
+    }
+
     #[inline]
     fn cancel(&mut self, conn: ConnId, slot: Slot) {
         let Some(c) = self.conns.get_mut(conn as usize) else {

@@ -466,7 +466,8 @@ impl<E: Engine> Worker<E> {
     /// An idle pooled connection to `addr` that fits `cluster` (its TLS config, and the PROXY
     /// header `proxy` a new connection would send), taken out of the pool: `hint` (the one
     /// the session gave back after its previous request) when it is still pooled to `addr`,
-    /// else the newest fitting one.
+    /// else the last fitting one in its list (roughly the newest: lists are kept in order of
+    /// pooling only as far as taking connections out without shifting allows).
     pub(super) fn take_pooled(
         &mut self,
         addr: &std::net::SocketAddr,
@@ -491,20 +492,19 @@ impl<E: Engine> Worker<E> {
                 return None;
             }
             let at = list.iter().rposition(|&c| c == h)?;
-            // Usually the newest (no shift).
-            if at + 1 == list.len() {
-                list.pop()
-            } else {
-                Some(list.remove(at))
-            }
+            // Taken out without shifting the newer ones down: the last (newest) fills its
+            // place, so "newest last" holds only roughly once hints are taken (the sessions
+            // of a keep-alive load take their own connections back, in any order).
+            Some(list.swap_remove(at))
         });
         let conn = match hinted {
             Some(c) => c,
             None => {
                 let list = self.upstream_pool.get_mut(addr)?;
-                // The newest fitting one (most likely still open at the backend).
+                // The last fitting one (roughly the newest, most likely still open at the
+                // backend).
                 let at = list.iter().rposition(fits)?;
-                list.remove(at)
+                list.swap_remove(at)
             }
         };
         // Its watch is cancelled. Its pool timer entry stays in the wheel: when it fires while

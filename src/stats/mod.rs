@@ -260,17 +260,26 @@ impl Traffic {
 
     #[inline]
     pub fn count_status(&mut self, status: u16) {
-        match status / 100 {
+        self.count_class(status / 100, status);
+    }
+
+    /// [`Traffic::count_status`] with the status's class (`status / 100`) worked out by the
+    /// caller: once for a request's listener, cluster and backend.
+    #[inline]
+    fn count_class(&mut self, class: u16, status: u16) {
+        match class {
             1 => self.responses_1xx += 1,
             2 => self.responses_2xx += 1,
             3 => self.responses_3xx += 1,
             4 => self.responses_4xx += 1,
-            5 => self.responses_5xx += 1,
-            _ => {}
-        }
-        match status {
-            502 => self.upstream_errors += 1,
-            504 => self.timeouts += 1,
+            5 => {
+                self.responses_5xx += 1;
+                match status {
+                    502 => self.upstream_errors += 1,
+                    504 => self.timeouts += 1,
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
@@ -741,9 +750,10 @@ impl WorkerStats {
         if minimal {
             return;
         }
+        let class = r.status / 100;
         let count = |t: &mut Traffic| {
             t.requests += 1;
-            t.count_status(r.status);
+            t.count_class(class, r.status);
             t.bytes_out += r.bytes_out;
         };
         if let Some(t) = set.listener(r.listener) {

@@ -805,7 +805,12 @@ impl<E: Engine> Worker<E> {
         let Some(e) = self.sessions.get(key) else {
             return;
         };
-        if e.timer_armed && transport::entry_deadline(e, &self.conns).0 >= e.timer_at {
+        // `entry_deadline(e) >= timer_at`, without building the pair: the session's own
+        // deadline, then its client connection's transport's (none on a plain connection).
+        if e.timer_armed
+            && e.session.deadline() >= e.timer_at
+            && transport::deadline_not_before(e, &self.conns, e.timer_at)
+        {
             return;
         }
         self.arm_timer(key);

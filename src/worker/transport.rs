@@ -213,6 +213,17 @@ impl<E: Engine> Worker<E> {
     }
 }
 
+/// Whether the deadline of the transport of `e`'s client connection, if it has one, is not
+/// before `at` (the other half of [`entry_deadline`]`(e).0 >= at`).
+#[inline]
+pub(super) fn deadline_not_before(e: &Entry, conns: &[ConnMeta], at: Instant) -> bool {
+    e.session
+        .conn(Side::Downstream)
+        .and_then(|c| conns.get(c as usize))
+        .and_then(|m| m.transport.deadline())
+        .is_none_or(|t| t >= at)
+}
+
 /// [`Worker::session_deadline`] of session entry `e`, its connections described by `conns`.
 #[inline]
 pub(super) fn entry_deadline(e: &Entry, conns: &[ConnMeta]) -> (Instant, bool) {

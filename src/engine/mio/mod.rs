@@ -672,7 +672,8 @@ impl Engine for MioEngine {
         }
     }
 
-    #[inline]
+    // Inlined: callers name the slot (a pooled connection's watch is cancelled per reuse).
+    #[inline(always)]
     fn cancel(&mut self, conn: ConnId, slot: Slot) {
         let Some(c) = self.conns.get_mut(conn as usize) else {
             return;

@@ -637,6 +637,10 @@ fn connection_log_rotates_and_changes_on_reload() {
     let rotated = dir.path().join("conn.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     tcp_exchange(db, 8, false);
+    // The proxy logs a connection when it has closed both sides, which may be just after the
+    // client saw its answer: wait for that line (in the renamed file, still the open one)
+    // before the reopen, or it would rightly go to the new file.
+    json_lines(&rotated, 4);
     p.signal(Signal::SIGUSR1);
     wait_until(Duration::from_secs(15), "the new file", || log.exists());
     let after = tcp_exchange(db, 9, false);

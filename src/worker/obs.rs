@@ -73,9 +73,15 @@ impl<E: Engine> Worker<E> {
             status: x.status,
             bytes_out: x.sent,
             latency,
-            ttfb: x
-                .got_response_byte
-                .then(|| x.first_byte_at.saturating_duration_since(x.request_started)),
+            // A response whose first byte came in this loop turn (a small one, read whole):
+            // its time to first byte is the latency, without a second subtraction.
+            ttfb: x.got_response_byte.then(|| {
+                if x.first_byte_at == self.env.now {
+                    latency
+                } else {
+                    x.first_byte_at.saturating_duration_since(x.request_started)
+                }
+            }),
             release: x.release_tag,
         };
         self.obs.request_done(&s.snapshot, &r);

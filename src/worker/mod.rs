@@ -943,8 +943,9 @@ impl<E: Engine> Worker<E> {
             return;
         };
         match e.waiting {
-            Waiting::Slot => {
-                // Waited its connect timeout for a connection slot.
+            Waiting::Slot | Waiting::Woken => {
+                // Waited its connect timeout for a connection slot (woken for one at the
+                // last moment, but not resumed yet: the same).
                 let _ = self.unqueue_pending(key);
                 self.env.conns.limit_rejects += 1;
                 self.no_upstream(key, 503);
@@ -957,16 +958,7 @@ impl<E: Engine> Worker<E> {
             }
             // The mirror's own deadline ends the wait.
             Waiting::Mirror => {}
-            Waiting::Woken => {
-                // Woken for a slot, not resumed yet: out of the queue.
-                let _ = self.unqueue_pending(key);
-                if let Some(e) = self.sessions.get_mut(key) {
-                    let mut cx = cx!(self);
-                    e.session.timed_out(&mut cx);
-                }
-            }
             Waiting::No => {
-                e.waiting = Waiting::No;
                 let mut cx = cx!(self);
                 e.session.timed_out(&mut cx);
             }

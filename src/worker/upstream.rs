@@ -466,43 +466,37 @@ impl<E: Engine> Worker<E> {
     /// worker that holds it.
     #[inline(never)]
     fn wake_oldest(&mut self, cluster: &crate::snapshot::Cluster) {
-        match cluster.queue.oldest() {
-            Some(w) if w == self.id => {
-                if let Some(p) = self.pending.get_mut(cluster.name.as_str()) {
-                    wake_first(
-                        p,
-                        &mut self.sessions,
-                        &mut self.ready,
-                        &mut self.waiting_for_slot,
-                        self.id,
-                        self.peers.len(),
-                    );
+        match self.pending.get_mut(cluster.name.as_str()) {
+            Some(p) => hand_over(
+                p,
+                &mut self.sessions,
+                &mut self.ready,
+                &mut self.waiting_for_slot,
+                &self.peers,
+                self.id,
+            ),
+            // Nobody ever waited here: the oldest is another worker's.
+            None => {
+                if let Some(w) = cluster.queue.oldest() {
+                    self.peers.poke(w);
                 }
             }
-            Some(w) => self.peers.poke(w),
-            None => {}
         }
     }
 
     /// Another worker freed a slot of a cluster this one held the oldest waiter of: wake the
     /// oldest (here, or pass the poke on when another worker holds it by now).
     pub(super) fn serve_poke(&mut self) {
-        let workers = self.peers.len();
         for p in self.pending.values_mut() {
-            if !p.has_unwoken() {
-                continue;
-            }
-            match p.shared.oldest() {
-                Some(w) if w == self.id => wake_first(
+            if p.has_unwoken() {
+                hand_over(
                     p,
                     &mut self.sessions,
                     &mut self.ready,
                     &mut self.waiting_for_slot,
+                    &self.peers,
                     self.id,
-                    workers,
-                ),
-                Some(w) => self.peers.poke(w),
-                None => {}
+                );
             }
         }
     }
@@ -510,7 +504,6 @@ impl<E: Engine> Worker<E> {
     /// Periodically while sessions wait: a cluster with room and an unwoken waiter (a
     /// release and a wait that crossed between threads) wakes its oldest one.
     pub(super) fn check_slot_queues(&mut self) {
-        let workers = self.peers.len();
         for p in self.pending.values_mut() {
             let Some(first) = p.waiters.iter().find(|w| !w.woken) else {
                 continue;
@@ -522,20 +515,15 @@ impl<E: Engine> Worker<E> {
                     .and_then(|t| snap.clusters.get(t.cluster as usize))
                     .is_some_and(has_room)
             });
-            if !room {
-                continue;
-            }
-            match p.shared.oldest() {
-                Some(w) if w == self.id => wake_first(
+            if room {
+                hand_over(
                     p,
                     &mut self.sessions,
                     &mut self.ready,
                     &mut self.waiting_for_slot,
+                    &self.peers,
                     self.id,
-                    workers,
-                ),
-                Some(w) => self.peers.poke(w),
-                None => {}
+                );
             }
         }
     }
@@ -817,6 +805,23 @@ impl<E: Engine> Worker<E> {
             self.id,
             addr.map_or_else(|| "?".to_string(), |a| a.to_string())
         );
+    }
+}
+
+/// Wakes the oldest unwoken waiter of `p`'s cluster: here (worker `id`) when it is one of
+/// `p`'s, else by poking the worker that holds it.
+fn hand_over(
+    p: &mut Pending,
+    sessions: &mut slab::Slab<super::Entry>,
+    ready: &mut std::collections::VecDeque<usize>,
+    waiting_for_slot: &mut usize,
+    peers: &super::Peers,
+    id: usize,
+) {
+    match p.shared.oldest() {
+        Some(w) if w == id => wake_first(p, sessions, ready, waiting_for_slot, id, peers.len()),
+        Some(w) => peers.poke(w),
+        None => {}
     }
 }
 

@@ -210,28 +210,9 @@ fn fd_exhaustion_pauses_accepting_and_recovers() {
 fn waiting_requests_are_served_oldest_first_across_workers() {
     const CLIENTS: usize = 16;
     const SENDING: Duration = Duration::from_secs(5);
-    let demo = Proxy::start_args(
-        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "slow"],
-        &["demo-backend"],
-    );
-    let cfg = format!(
-        r#"[server]
-workers = 2
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-cluster = "app"
-
-[[clusters]]
-name = "app"
-backends = ["{}"]
-max_connections_per_backend = 1
-max_pending = 1000
-connect_timeout = "3s"
-"#,
-        demo.addr("demo-backend")
+    let (_demo, cfg) = slow_demo_config(
+        "workers = 2",
+        "max_connections_per_backend = 1\nmax_pending = 1000\nconnect_timeout = \"3s\"",
     );
     let proxy = Proxy::start(&cfg);
     let web = proxy.addr("web");

@@ -558,7 +558,7 @@ impl<E: Engine> Worker<E> {
             self.expire_timers();
             if self.waiting_for_slot > 0 && self.env.now >= self.next_slot_check {
                 self.next_slot_check = self.env.now + SLOT_CHECK;
-                self.check_slot_queues();
+                self.hand_over_all(true);
             }
             if !self.toxics.is_idle() {
                 self.fire_toxics();
@@ -678,7 +678,7 @@ impl<E: Engine> Worker<E> {
 
     fn handle_ctrl(&mut self) {
         if self.peers.take_poke(self.id) {
-            self.serve_poke();
+            self.hand_over_all(false);
         }
         while let Ok(msg) = self.ctrl.try_recv() {
             match msg {

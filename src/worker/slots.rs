@@ -149,11 +149,6 @@ impl Pending {
         }
     }
 
-    /// Whether a waiter is not woken yet.
-    pub(super) fn has_unwoken(&self) -> bool {
-        self.published.is_some()
-    }
-
     /// Publishes this worker's oldest unwoken ticket (after any change to the queue); one
     /// shared store only when it changed.
     pub(super) fn publish(&mut self, worker: usize, workers: usize) {

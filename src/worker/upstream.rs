@@ -484,37 +484,24 @@ impl<E: Engine> Worker<E> {
         }
     }
 
-    /// Another worker freed a slot of a cluster this one held the oldest waiter of: wake the
-    /// oldest (here, or pass the poke on when another worker holds it by now).
-    pub(super) fn serve_poke(&mut self) {
-        for p in self.pending.values_mut() {
-            if p.has_unwoken() {
-                hand_over(
-                    p,
-                    &mut self.sessions,
-                    &mut self.ready,
-                    &mut self.waiting_for_slot,
-                    &self.peers,
-                    self.id,
-                );
-            }
-        }
-    }
-
-    /// Periodically while sessions wait: a cluster with room and an unwoken waiter (a
-    /// release and a wait that crossed between threads) wakes its oldest one.
-    pub(super) fn check_slot_queues(&mut self) {
+    /// Per cluster with an unwoken waiter here: the oldest waiter of all wakes (here, or its
+    /// worker is poked). After a poke (another worker freed a slot this one held the oldest
+    /// waiter for; passed on when another worker holds it by now), or, `if_room`, for the
+    /// clusters with a free slot only: the periodic check for a release and a wait that
+    /// crossed between threads.
+    pub(super) fn hand_over_all(&mut self, if_room: bool) {
         for p in self.pending.values_mut() {
             let Some(first) = p.waiters.iter().find(|w| !w.woken) else {
                 continue;
             };
-            let room = self.sessions.get(first.key).is_some_and(|e| {
-                let snap = e.session.snapshot();
-                e.session
-                    .target()
-                    .and_then(|t| snap.clusters.get(t.cluster as usize))
-                    .is_some_and(has_room)
-            });
+            let room = !if_room
+                || self.sessions.get(first.key).is_some_and(|e| {
+                    let snap = e.session.snapshot();
+                    e.session
+                        .target()
+                        .and_then(|t| snap.clusters.get(t.cluster as usize))
+                        .is_some_and(has_room)
+                });
             if room {
                 hand_over(
                     p,

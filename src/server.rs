@@ -480,6 +480,10 @@ fn start(
         setups.push(setup);
         handles.push(handle);
     }
+    let peers = worker::Peers::new(handles.iter().map(|h| h.waker.clone()).collect());
+    for s in &mut setups {
+        s.peers = peers.clone();
+    }
 
     // Quick mode passes -recovery-path; config mode keeps stats next to the runtime state.
     let stats_opts = StatsConfig {

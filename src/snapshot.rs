@@ -100,6 +100,9 @@ pub struct Cluster {
     pub outlier: Option<crate::config::resilience::OutlierConfig>,
     pub retry: crate::config::resilience::RetryPolicy,
     pub limits: crate::config::resilience::ClusterLimits,
+    /// The queue for connection slots (`limits`) every worker shares; kept across snapshots
+    /// by cluster name.
+    pub queue: Arc<crate::worker::SlotQueue>,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
     pub first_byte_timeout: Duration,
@@ -271,6 +274,7 @@ impl Snapshot {
                     outlier: c.outlier.clone(),
                     retry: c.retry.clone(),
                     limits: c.limits.clone(),
+                    queue: before.map(|b| b.queue.clone()).unwrap_or_default(),
                     tls: rt.tls.clusters.get(&c.name).cloned(),
                     send_proxy: c.send_proxy,
                 }

@@ -188,29 +188,9 @@ fn exhausted_buffer_pool_is_back_pressure_not_failure() {
 fn more_waiting_requests_than_buffers_slow_down_not_stall() {
     const CLIENTS: usize = 48;
     const ROUNDS: usize = 3;
-    let demo = Proxy::start_args(
-        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "slow"],
-        &["demo-backend"],
-    );
-    let cfg = format!(
-        r#"[server]
-workers = 1
-buffers_per_worker = 16
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-cluster = "app"
-
-[[clusters]]
-name = "app"
-backends = ["{}"]
-max_connections_per_backend = 2
-max_pending = 1000
-connect_timeout = "20s"
-"#,
-        demo.addr("demo-backend")
+    let (_demo, cfg) = slow_demo_config(
+        "workers = 1\nbuffers_per_worker = 16",
+        "max_connections_per_backend = 2\nmax_pending = 1000\nconnect_timeout = \"20s\"",
     );
     let proxy = Proxy::start(&cfg);
     let web = proxy.addr("web");

@@ -162,7 +162,9 @@ impl<E: Engine> Worker<E> {
         // A mirror of the request in flight goes on alone (nobody compares it now).
         self.mirror_primary_done(key, false);
         match self.sessions.get(key).map(|e| e.waiting) {
-            Some(Waiting::Slot) => self.unqueue_pending(key),
+            Some(Waiting::Slot | Waiting::Woken) => {
+                let _ = self.unqueue_pending(key);
+            }
             Some(Waiting::Descriptor) => self.fd_waiters.retain(|&k| k != key),
             _ => {}
         }
@@ -335,7 +337,7 @@ impl<E: Engine> Worker<E> {
                 if let Some(b) = c.backends.get(bi as usize) {
                     b.live.active.fetch_sub(1, Ordering::Relaxed);
                 }
-                self.wake_pending(&c.name);
+                self.wake_pending(c);
             }
         }
     }

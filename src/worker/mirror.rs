@@ -311,7 +311,7 @@ impl<E: Engine> Worker<E> {
             let _ = self.pool_conn(conn, cluster, backend.addr);
         } else {
             self.close_conn(conn, Linger::Graceful);
-            self.wake_pending(&cluster.name);
+            self.wake_pending(cluster);
         }
     }
 

@@ -24,8 +24,11 @@ mod faults;
 mod mirror;
 mod obs;
 mod pick;
+mod slots;
 mod transport;
 mod upstream;
+
+pub use slots::{Peers, SlotQueue};
 
 use crate::engine::token::TimerKey;
 use crate::engine::{AnyEngine, Choice, ConnId, Engine, Event, Wake};
@@ -55,6 +58,9 @@ pub const ACCEPT_BATCH: usize = 64;
 const RESUME_BATCH: usize = 256;
 /// Longest poll sleep, so periodic duties (stats, shutdown deadline) run.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// While sessions wait for a connection slot, how often a worker checks that none waits
+/// for a slot that is free (a release and a wait that crossed in two threads).
+const SLOT_CHECK: Duration = Duration::from_millis(100);
 
 /// A multiplicative (FxHash-style) hasher for the upstream pool, which is looked up once or
 /// twice per HTTP request. Its keys are backend addresses from the config, never chosen by
@@ -176,6 +182,9 @@ pub struct WorkerSetup {
     pub listeners: Vec<std::net::TcpListener>,
     pub snapshot: SharedSnapshot,
     pub stats_tx: StatsSender,
+    /// Every worker's waker (set once all workers are prepared), for the slot queues'
+    /// pokes ([`slots`]).
+    pub peers: Arc<Peers>,
 }
 
 /// Creates the engine (of the kind chosen at start-up) and control channel for one worker.
@@ -204,6 +213,7 @@ pub fn prepare(
             listeners,
             snapshot,
             stats_tx,
+            peers: Arc::default(),
         },
         WorkerHandle { tx, waker },
     ))
@@ -363,9 +373,17 @@ pub struct Worker<E: Engine> {
     starved: VecDeque<usize>,
     /// Sessions waiting for a buffer for new work already begun (`Want::BufferNew`).
     starved_new: VecDeque<usize>,
-    /// Sessions waiting for a connection slot, per cluster name, and how many in all.
-    pending: HashMap<String, VecDeque<usize>>,
+    /// Sessions waiting for a connection slot, per cluster name, and how many in all (not
+    /// counting woken ones).
+    pending: HashMap<String, slots::Pending>,
     waiting_for_slot: usize,
+    /// Every worker's waker, for pokes when a freed slot belongs to another worker's waiter.
+    peers: Arc<Peers>,
+    /// The ticket of the woken waiter trying for a slot now (`Worker::serve_woken`): it
+    /// does not queue behind the others, and goes back to its place if there is no slot.
+    slot_ticket: Option<u64>,
+    /// When the slot queues are next checked for a slot nobody was woken for.
+    next_slot_check: Instant,
     /// Sessions waiting for a descriptor to connect upstream.
     fd_waiters: VecDeque<usize>,
     access_log: Option<crate::accesslog::Sink>,
@@ -439,6 +457,7 @@ impl<E: Engine> Worker<E> {
         listeners: Vec<std::net::TcpListener>,
         snapshot: SharedSnapshot,
         stats_tx: StatsSender,
+        peers: Arc<Peers>,
     ) -> io::Result<Worker<E>> {
         let mut listening = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
@@ -473,6 +492,9 @@ impl<E: Engine> Worker<E> {
             starved_new: VecDeque::new(),
             pending: HashMap::new(),
             waiting_for_slot: 0,
+            peers,
+            slot_ticket: None,
+            next_slot_check: now,
             fd_waiters: VecDeque::new(),
             access_log: settings.access_log,
             connection_log: settings.connection_log,
@@ -534,6 +556,10 @@ impl<E: Engine> Worker<E> {
             self.events = events;
             self.resume_queued();
             self.expire_timers();
+            if self.waiting_for_slot > 0 && self.env.now >= self.next_slot_check {
+                self.next_slot_check = self.env.now + SLOT_CHECK;
+                self.hand_over_all(true);
+            }
             if !self.toxics.is_idle() {
                 self.fire_toxics();
             }
@@ -651,6 +677,9 @@ impl<E: Engine> Worker<E> {
     }
 
     fn handle_ctrl(&mut self) {
+        if self.peers.take_poke(self.id) {
+            self.hand_over_all(false);
+        }
         while let Ok(msg) = self.ctrl.try_recv() {
             match msg {
                 Ctrl::FlushStats(seq) => self.flush_stats(seq),
@@ -919,9 +948,10 @@ impl<E: Engine> Worker<E> {
             return;
         };
         match e.waiting {
-            Waiting::Slot => {
-                // Waited its connect timeout for a connection slot.
-                self.unqueue_pending(key);
+            Waiting::Slot | Waiting::Woken => {
+                // Waited its connect timeout for a connection slot (woken for one at the
+                // last moment, but not resumed yet: the same).
+                let _ = self.unqueue_pending(key);
                 self.env.conns.limit_rejects += 1;
                 self.no_upstream(key, 503);
             }
@@ -933,8 +963,7 @@ impl<E: Engine> Worker<E> {
             }
             // The mirror's own deadline ends the wait.
             Waiting::Mirror => {}
-            Waiting::No | Waiting::Woken => {
-                e.waiting = Waiting::No;
+            Waiting::No => {
                 let mut cx = cx!(self);
                 e.session.timed_out(&mut cx);
             }
@@ -1022,8 +1051,7 @@ impl<E: Engine> Worker<E> {
         };
         e.queued = false;
         if e.waiting == Waiting::Woken {
-            e.waiting = Waiting::No;
-            self.connect_upstream(key, false);
+            self.serve_woken(key);
         }
         self.drive(key);
     }
@@ -1128,14 +1156,15 @@ pub fn spawn(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<io::Resul
                 listeners,
                 snapshot,
                 stats_tx,
+                peers,
             } = setup;
             // Monomorphized per engine: no dynamic dispatch on the hot path.
             match engine {
                 AnyEngine::Mio(e) => {
-                    Worker::new(settings, e, ctrl, listeners, snapshot, stats_tx)?.run()
+                    Worker::new(settings, e, ctrl, listeners, snapshot, stats_tx, peers)?.run()
                 }
                 AnyEngine::Uring(e) => {
-                    Worker::new(settings, e, ctrl, listeners, snapshot, stats_tx)?.run()
+                    Worker::new(settings, e, ctrl, listeners, snapshot, stats_tx, peers)?.run()
                 }
             }
         })

@@ -7,6 +7,7 @@
 
 use super::mirror::FallBack;
 use super::pick::Pick;
+use super::slots::Pending;
 use super::{cx, is_resource_exhaustion, Owner, Waiting, Worker};
 use crate::balance::{Outcome, PickCtx};
 use crate::engine::{ConnId, Engine, Linger, Op, Slot};
@@ -193,6 +194,11 @@ impl<E: Engine> Worker<E> {
                     FallBack::No => return self.no_upstream(key, 502),
                 }
             }
+            if cluster.queue.has_waiters() && self.slot_ticket.is_none() {
+                // Requests wait for a slot of this cluster (in some worker): this one waits
+                // behind them, not ahead.
+                return self.wait_for_slot(key);
+            }
             if self.balancers.version < snap.version {
                 // A session routed on a snapshot newer than the balancers.
                 self.balancers.update(&snap);
@@ -372,9 +378,12 @@ impl<E: Engine> Worker<E> {
 
     // ------------------------------------------------------------------ queues
 
-    /// The cluster (or every candidate backend) is at its connection limit: wait for a slot
-    /// (up to the connect timeout), or, when the cluster's queue is full, give up at once.
+    /// The cluster (or every candidate backend) is at its connection limit, or others wait
+    /// for a slot already: wait for a slot (up to the connect timeout), or, when the
+    /// cluster's queue is full, give up at once. A woken session that found no slot after all
+    /// goes back to its place ([`Worker::serve_woken`]).
     fn wait_for_slot(&mut self, key: usize) {
+        let again = self.slot_ticket.take();
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
@@ -387,64 +396,149 @@ impl<E: Engine> Worker<E> {
             return self.no_upstream(key, 503);
         };
         let max = cluster.limits.max_pending as usize;
-        let queue = match self.pending.get_mut(cluster.name.as_str()) {
-            Some(q) => q,
+        let p = match self.pending.get_mut(cluster.name.as_str()) {
+            Some(p) => p,
             // Allocates once per cluster that ever hits its limit.
-            None => self.pending.entry(cluster.name.clone()).or_default(),
+            None => self
+                .pending
+                .entry(cluster.name.clone())
+                .or_insert_with(|| Pending::new(Arc::clone(&cluster.queue))),
         };
-        if queue.len() < max {
-            queue.push_back(key);
-            e.waiting = Waiting::Slot;
-            self.waiting_for_slot += 1;
-            return self.arm_timer(key);
+        if p.waiters.is_empty() && !Arc::ptr_eq(&p.shared, &cluster.queue) {
+            // The cluster was removed and added again since.
+            p.shared = Arc::clone(&cluster.queue);
         }
-        self.env.conns.limit_rejects += 1;
-        self.no_upstream(key, 503);
+        let ticket = match again {
+            Some(t) => {
+                p.shared.rejoin();
+                t
+            }
+            None if p.waiters.len() < max => p.shared.join(),
+            None => {
+                self.env.conns.limit_rejects += 1;
+                return self.no_upstream(key, 503);
+            }
+        };
+        p.insert(key, ticket);
+        p.publish(self.id, self.peers.len());
+        e.waiting = Waiting::Slot;
+        self.waiting_for_slot += 1;
+        self.arm_timer(key)
     }
 
-    /// Removes session `key` from its cluster's slot queue.
-    pub(super) fn unqueue_pending(&mut self, key: usize) {
-        let Some(e) = self.sessions.get_mut(key) else {
+    /// Removes session `key` from its cluster's slot queue (waiting or woken): its ticket.
+    pub(super) fn unqueue_pending(&mut self, key: usize) -> Option<u64> {
+        let e = self.sessions.get_mut(key)?;
+        let queued = match e.waiting {
+            Waiting::Slot => {
+                self.waiting_for_slot -= 1;
+                true
+            }
+            Waiting::Woken => true,
+            _ => false,
+        };
+        e.waiting = Waiting::No;
+        if !queued {
+            return None;
+        }
+        let snap = e.session.snapshot();
+        let c = e
+            .session
+            .target()
+            .and_then(|t| snap.clusters.get(t.cluster as usize))?;
+        let p = self.pending.get_mut(c.name.as_str())?;
+        let ticket = p.remove(key);
+        p.publish(self.id, self.peers.len());
+        ticket
+    }
+
+    /// A connection slot of `cluster` freed up: the oldest session waiting for one (in any
+    /// worker) tries again, at its worker's next resume (not nested in whoever freed it).
+    #[inline]
+    pub(super) fn wake_pending(&mut self, cluster: &crate::snapshot::Cluster) {
+        // Nobody waits (the common case): one relaxed load.
+        if cluster.queue.has_waiters() {
+            self.wake_oldest(cluster);
+        }
+    }
+
+    /// Wakes the oldest unwoken waiter for a slot of `cluster`: here, or (poked) in the
+    /// worker that holds it.
+    #[inline(never)]
+    fn wake_oldest(&mut self, cluster: &crate::snapshot::Cluster) {
+        match self.pending.get_mut(cluster.name.as_str()) {
+            Some(p) => hand_over(
+                p,
+                &mut self.sessions,
+                &mut self.ready,
+                &mut self.waiting_for_slot,
+                &self.peers,
+                self.id,
+            ),
+            // Nobody ever waited here: the oldest is another worker's.
+            None => {
+                if let Some(w) = cluster.queue.oldest() {
+                    self.peers.poke(w);
+                }
+            }
+        }
+    }
+
+    /// Per cluster with an unwoken waiter here: the oldest waiter of all wakes (here, or its
+    /// worker is poked). After a poke (another worker freed a slot this one held the oldest
+    /// waiter for; passed on when another worker holds it by now), or, `if_room`, for the
+    /// clusters with a free slot only: the periodic check for a release and a wait that
+    /// crossed between threads.
+    pub(super) fn hand_over_all(&mut self, if_room: bool) {
+        for p in self.pending.values_mut() {
+            let Some(first) = p.waiters.iter().find(|w| !w.woken) else {
+                continue;
+            };
+            let room = !if_room
+                || self.sessions.get(first.key).is_some_and(|e| {
+                    let snap = e.session.snapshot();
+                    e.session
+                        .target()
+                        .and_then(|t| snap.clusters.get(t.cluster as usize))
+                        .is_some_and(has_room)
+                });
+            if room {
+                hand_over(
+                    p,
+                    &mut self.sessions,
+                    &mut self.ready,
+                    &mut self.waiting_for_slot,
+                    &self.peers,
+                    self.id,
+                );
+            }
+        }
+    }
+
+    /// A woken session tries for a slot, ahead of the sessions still waiting; when there is
+    /// none after all it goes back to its place in the queue. When it got one and there is
+    /// room for more, the next oldest waiter is woken too (several slots may have freed
+    /// while one poke was pending).
+    pub(super) fn serve_woken(&mut self, key: usize) {
+        self.slot_ticket = self.unqueue_pending(key);
+        self.connect_upstream(key, false);
+        // Taken by `wait_for_slot` when it queued again.
+        if self.slot_ticket.take().is_none() {
+            return;
+        }
+        let Some(e) = self.sessions.get(key) else {
             return;
         };
-        if e.waiting == Waiting::Slot {
-            self.waiting_for_slot -= 1;
-        }
-        e.waiting = Waiting::No;
-        let snap = e.session.snapshot();
-        if let Some(c) = e
+        let snap = Arc::clone(e.session.snapshot());
+        let Some(c) = e
             .session
             .target()
             .and_then(|t| snap.clusters.get(t.cluster as usize))
-        {
-            if let Some(q) = self.pending.get_mut(c.name.as_str()) {
-                q.retain(|&k| k != key);
-            }
-        }
-    }
-
-    /// A connection slot of cluster `name` freed up: its oldest waiting session tries again
-    /// (at the next resume, not nested in whoever freed the slot).
-    pub(super) fn wake_pending(&mut self, name: &str) {
-        // Nobody waits (the common case): no hash of the name.
-        if self.waiting_for_slot == 0 {
-            return;
-        }
-        let Some(q) = self.pending.get_mut(name) else {
+        else {
             return;
         };
-        while let Some(key) = q.pop_front() {
-            if let Some(e) = self.sessions.get_mut(key) {
-                if e.waiting == Waiting::Slot {
-                    e.waiting = Waiting::Woken;
-                    self.waiting_for_slot -= 1;
-                    if !e.queued {
-                        e.queued = true;
-                        self.ready.push_back(key);
-                    }
-                    return;
-                }
-            }
+        if c.queue.has_waiters() && has_room(c) {
+            self.wake_oldest(c);
         }
     }
 
@@ -590,12 +684,12 @@ impl<E: Engine> Worker<E> {
         };
         let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) else {
             self.close_conn(conn, Linger::Graceful);
-            self.wake_pending(&cluster.name);
+            self.wake_pending(cluster);
             return false;
         };
         if self.shutdown.is_some() || list.len() >= cluster.pool_max_idle {
             self.close_conn(conn, Linger::Graceful);
-            self.wake_pending(&cluster.name);
+            self.wake_pending(cluster);
             return false;
         }
         list.push(conn);
@@ -620,7 +714,7 @@ impl<E: Engine> Worker<E> {
         } else {
             self.arm_pooled_timer(conn);
         }
-        self.wake_pending(&cluster.name);
+        self.wake_pending(cluster);
         pooled
     }
 
@@ -698,6 +792,66 @@ impl<E: Engine> Worker<E> {
             self.id,
             addr.map_or_else(|| "?".to_string(), |a| a.to_string())
         );
+    }
+}
+
+/// Wakes the oldest unwoken waiter of `p`'s cluster: here (worker `id`) when it is one of
+/// `p`'s, else by poking the worker that holds it.
+fn hand_over(
+    p: &mut Pending,
+    sessions: &mut slab::Slab<super::Entry>,
+    ready: &mut std::collections::VecDeque<usize>,
+    waiting_for_slot: &mut usize,
+    peers: &super::Peers,
+    id: usize,
+) {
+    match p.shared.oldest() {
+        Some(w) if w == id => wake_first(p, sessions, ready, waiting_for_slot, id, peers.len()),
+        Some(w) => peers.poke(w),
+        None => {}
+    }
+}
+
+/// Marks the oldest unwoken waiter of `p` woken and queues it to resume (one with no session
+/// waiting for a slot behind it is dropped from the queue).
+fn wake_first(
+    p: &mut Pending,
+    sessions: &mut slab::Slab<super::Entry>,
+    ready: &mut std::collections::VecDeque<usize>,
+    waiting_for_slot: &mut usize,
+    id: usize,
+    workers: usize,
+) {
+    while let Some(key) = p.wake_first() {
+        match sessions.get_mut(key) {
+            Some(e) if e.waiting == Waiting::Slot => {
+                e.waiting = Waiting::Woken;
+                *waiting_for_slot -= 1;
+                if !e.queued {
+                    e.queued = true;
+                    ready.push_back(key);
+                }
+                break;
+            }
+            _ => {
+                p.remove(key);
+            }
+        }
+    }
+    p.publish(id, workers);
+}
+
+/// Whether `c` has a connection slot free (its limits; not who may use it).
+fn has_room(c: &crate::snapshot::Cluster) -> bool {
+    let active = |b: &crate::snapshot::Backend| b.live.active.load(Ordering::Relaxed);
+    if let Some(max) = c.limits.max_connections {
+        if c.backends.iter().map(active).sum::<u32>() >= max {
+            return false;
+        }
+    }
+    match c.limits.max_connections_per_backend {
+        Some(m) => c.backends.iter().any(|b| active(b) < m),
+        None => true,
     }
 }
 

@@ -1538,6 +1538,34 @@ backends = [{}]
     )
 }
 
+/// A demo backend (`demo-backend --id slow`, which answers `?delay_ms=` requests that late)
+/// and the config of a proxy in front of it: HTTP listener `web` → cluster `app`, with
+/// `server` and `cluster` added to those tables.
+pub fn slow_demo_config(server: &str, cluster: &str) -> (Proxy, String) {
+    let demo = Proxy::start_args(
+        &["demo-backend", "--listen", "127.0.0.1:0", "--id", "slow"],
+        &["demo-backend"],
+    );
+    let cfg = format!(
+        r#"[server]
+{server}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+cluster = "app"
+
+[[clusters]]
+name = "app"
+backends = ["{}"]
+{cluster}
+"#,
+        demo.addr("demo-backend")
+    );
+    (demo, cfg)
+}
+
 /// `promtool check metrics` (Debian package `prometheus`; .ci/run installs it).
 pub fn promtool_check(text: &str) {
     use std::process::{Command, Stdio};

@@ -301,6 +301,13 @@ impl Session {
         }
     }
 
+    /// The cluster of the current target, in the session's snapshot.
+    #[inline]
+    pub fn target_cluster(&self) -> Option<&crate::snapshot::Cluster> {
+        let t = self.target()?;
+        self.snapshot().clusters.get(t.cluster as usize)
+    }
+
     #[inline]
     pub fn target_mut(&mut self) -> Option<&mut Target> {
         match self {

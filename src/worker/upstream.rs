@@ -441,11 +441,7 @@ impl<E: Engine> Worker<E> {
         if !queued {
             return None;
         }
-        let snap = e.session.snapshot();
-        let c = e
-            .session
-            .target()
-            .and_then(|t| snap.clusters.get(t.cluster as usize))?;
+        let c = e.session.target_cluster()?;
         let p = self.pending.get_mut(c.name.as_str())?;
         let ticket = p.remove(key);
         p.publish(self.id, self.peers.len());
@@ -495,13 +491,11 @@ impl<E: Engine> Worker<E> {
                 continue;
             };
             let room = !if_room
-                || self.sessions.get(first.key).is_some_and(|e| {
-                    let snap = e.session.snapshot();
-                    e.session
-                        .target()
-                        .and_then(|t| snap.clusters.get(t.cluster as usize))
-                        .is_some_and(has_room)
-                });
+                || self
+                    .sessions
+                    .get(first.key)
+                    .and_then(|e| e.session.target_cluster())
+                    .is_some_and(has_room);
             if room {
                 hand_over(
                     p,

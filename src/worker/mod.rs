@@ -295,6 +295,10 @@ struct PoolTimes {
     /// The index of the connection's backend address's list in [`UpstreamPool`], plus one
     /// (0: not looked up yet): pooling it again costs no hash look-up.
     slot: u32,
+    /// While pooled: its position in that list, so taking it out (a session's own connection
+    /// back, a backend closing it, its idle timeout) costs no scan of a list that may hold
+    /// thousands.
+    pos: u32,
 }
 
 /// A TCP session's facts for its connection-log record ([`Worker::conn_facts`]).
@@ -322,13 +326,6 @@ struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// The list of `addr`'s idle connections, if it has one.
-    #[inline]
-    fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut Vec<ConnId>> {
-        let i = *self.index.get(addr)?;
-        self.lists.get_mut(i as usize).map(|(_, l)| l)
-    }
-
     /// The index of `addr`'s list (made on first use; lists are never removed, there is one
     /// per backend address ever pooled to).
     fn slot(&mut self, addr: SocketAddr) -> u32 {
@@ -339,6 +336,51 @@ impl UpstreamPool {
         self.lists.push((addr, Vec::new()));
         self.index.insert(addr, i);
         i
+    }
+
+    /// Appends `conn` to list `slot`, remembering its position in `pooled`.
+    fn push(&mut self, pooled: &mut [PoolTimes], slot: u32, conn: ConnId) -> bool {
+        let (Some((_, list)), Some(t)) = (
+            self.lists.get_mut(slot as usize),
+            pooled.get_mut(conn as usize),
+        ) else {
+            return false;
+        };
+        t.pos = list.len() as u32;
+        list.push(conn);
+        true
+    }
+
+    /// Takes the connection at position `at` out of list `slot` without shifting the others:
+    /// the last one fills its place and learns its new position.
+    fn take_at(&mut self, pooled: &mut [PoolTimes], slot: u32, at: usize) -> Option<ConnId> {
+        let (_, list) = self.lists.get_mut(slot as usize)?;
+        if at >= list.len() {
+            return None;
+        }
+        let conn = list.swap_remove(at);
+        if let Some(t) = list
+            .get(at)
+            .and_then(|&moved| pooled.get_mut(moved as usize))
+        {
+            t.pos = at as u32;
+        }
+        Some(conn)
+    }
+
+    /// Where pooled connection `conn` of list `slot` is, if it is there (its remembered
+    /// position, checked).
+    fn position(&self, pooled: &[PoolTimes], slot: u32, conn: ConnId) -> Option<usize> {
+        let at = pooled.get(conn as usize)?.pos as usize;
+        let (_, list) = self.lists.get(slot as usize)?;
+        (list.get(at) == Some(&conn)).then_some(at)
+    }
+
+    /// Takes `conn` out of list `slot` (no-op when it is not there).
+    fn remove(&mut self, pooled: &mut [PoolTimes], slot: u32, conn: ConnId) {
+        if let Some(at) = self.position(pooled, slot, conn) {
+            self.take_at(pooled, slot, at);
+        }
     }
 
     /// Every pooled connection.
@@ -1211,5 +1253,67 @@ mod tests {
             "Flow: {}",
             size_of::<crate::session::flow::Flow>()
         );
+    }
+
+    /// The pool's lists and the positions remembered for their connections agree after any
+    /// mix of pooling, taking a connection back by its position, taking the newest, and
+    /// removing one (the look-ups that replaced scans of lists of thousands).
+    #[test]
+    fn pooled_positions_stay_right_through_takes_and_removals() {
+        use super::{PoolTimes, UpstreamPool};
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let mut pool = UpstreamPool::default();
+        let mut times = vec![PoolTimes::default(); 512];
+        let slot = pool.slot(addr);
+        let mut pooled: Vec<u32> = Vec::new();
+        let mut next = 0u32;
+        // A deterministic mix (xorshift): push, take by position, take the newest, remove.
+        let mut x = 0x9e37_79b9_u32;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let pick = |n: usize| (x as usize / 4) % n.max(1);
+            match x % 4 {
+                0 | 1 if next < 512 => {
+                    assert!(pool.push(&mut times, slot, next));
+                    pooled.push(next);
+                    next += 1;
+                }
+                2 if !pooled.is_empty() => {
+                    let c = pooled.swap_remove(pick(pooled.len()));
+                    let at = pool.position(&times, slot, c).expect("pooled is found");
+                    assert_eq!(pool.take_at(&mut times, slot, at), Some(c));
+                }
+                3 if !pooled.is_empty() => {
+                    let c = pooled.swap_remove(pick(pooled.len()));
+                    pool.remove(&mut times, slot, c);
+                    assert_eq!(pool.position(&times, slot, c), None, "removed");
+                }
+                _ => {
+                    let len = pool.lists[slot as usize].1.len();
+                    if let Some(c) = len
+                        .checked_sub(1)
+                        .and_then(|at| pool.take_at(&mut times, slot, at))
+                    {
+                        pooled.retain(|&p| p != c);
+                    }
+                }
+            }
+            let (_, list) = &pool.lists[slot as usize];
+            assert_eq!(list.len(), pooled.len());
+            for (i, &c) in list.iter().enumerate() {
+                assert_eq!(times[c as usize].pos as usize, i, "connection {c}");
+            }
+        }
+        // Not pooled (any more): not found, and removing it changes nothing.
+        let before = pool.lists[slot as usize].1.clone();
+        let gone = (0..next)
+            .find(|c| !before.contains(c))
+            .expect("one was taken");
+        assert_eq!(pool.position(&times, slot, gone), None);
+        pool.remove(&mut times, slot, gone);
+        pool.remove(&mut times, slot, 600);
+        assert_eq!(pool.lists[slot as usize].1, before);
     }
 }

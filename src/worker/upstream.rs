@@ -571,28 +571,30 @@ impl<E: Engine> Worker<E> {
         };
         // The session's own previous connection: its list is found by index, not by a hash
         // of the address (a keep-alive client whose requests go to the same backend).
+        // Found at its remembered position (no scan), and taken out without shifting the
+        // newer ones down: the last (newest) fills its place, so "newest last" holds only
+        // roughly once hints are taken (the sessions of a keep-alive load take their own
+        // connections back, in any order).
         let hinted = hint.and_then(|h| {
             let Some(Owner::Pooled(slot)) = conns.get(h as usize).map(|m| m.owner) else {
                 return None;
             };
-            let (a, list) = self.upstream_pool.lists.get_mut(slot as usize)?;
+            let (a, _) = self.upstream_pool.lists.get(slot as usize)?;
             if a != addr || !fits(&h) {
                 return None;
             }
-            let at = list.iter().rposition(|&c| c == h)?;
-            // Taken out without shifting the newer ones down: the last (newest) fills its
-            // place, so "newest last" holds only roughly once hints are taken (the sessions
-            // of a keep-alive load take their own connections back, in any order).
-            Some(list.swap_remove(at))
+            let at = self.upstream_pool.position(&self.pooled, slot, h)?;
+            self.upstream_pool.take_at(&mut self.pooled, slot, at)
         });
         let conn = match hinted {
             Some(c) => c,
             None => {
-                let list = self.upstream_pool.get_mut(addr)?;
+                let slot = *self.upstream_pool.index.get(addr)?;
+                let (_, list) = self.upstream_pool.lists.get(slot as usize)?;
                 // The last fitting one (roughly the newest, most likely still open at the
                 // backend).
                 let at = list.iter().rposition(fits)?;
-                list.swap_remove(at)
+                self.upstream_pool.take_at(&mut self.pooled, slot, at)?
             }
         };
         // Its watch is cancelled. Its pool timer entry stays in the wheel: when it fires while
@@ -676,17 +678,19 @@ impl<E: Engine> Worker<E> {
                 s
             }
         };
-        let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) else {
-            self.close_conn(conn, Linger::Graceful);
-            self.wake_pending(cluster);
-            return false;
-        };
-        if self.shutdown.is_some() || list.len() >= cluster.pool_max_idle {
+        let room = self
+            .upstream_pool
+            .lists
+            .get(slot as usize)
+            .is_some_and(|(_, list)| list.len() < cluster.pool_max_idle);
+        if self.shutdown.is_some()
+            || !room
+            || !self.upstream_pool.push(&mut self.pooled, slot, conn)
+        {
             self.close_conn(conn, Linger::Graceful);
             self.wake_pending(cluster);
             return false;
         }
-        list.push(conn);
         let idle = u64::try_from(cluster.pool_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         let deadline = self.now_stamp().saturating_add(idle);
         self.meta(conn).owner = Owner::Pooled(slot);
@@ -701,9 +705,7 @@ impl<E: Engine> Worker<E> {
             // Closed (or talking) already: out of the pool again (rare).
             let (pool, pipes) = self.engine.pools();
             crate::engine::recycle(done, pool, pipes);
-            if let Some(list) = self.upstream_pool.get_mut(&addr) {
-                list.retain(|&c| c != conn);
-            }
+            self.upstream_pool.remove(&mut self.pooled, slot, conn);
             self.close_conn(conn, Linger::Graceful);
         } else {
             self.arm_pooled_timer(conn);
@@ -717,9 +719,7 @@ impl<E: Engine> Worker<E> {
         let Owner::Pooled(slot) = self.meta(conn).owner else {
             return;
         };
-        if let Some((_, list)) = self.upstream_pool.lists.get_mut(slot as usize) {
-            list.retain(|&c| c != conn);
-        }
+        self.upstream_pool.remove(&mut self.pooled, slot, conn);
         self.close_conn(conn, Linger::Graceful);
     }
 

@@ -40,6 +40,13 @@
 //!   the kernel has let go of it. A closed connection's id is reused only after the next poll,
 //!   so a completion already handed out in this turn can never reach a new connection.
 //! - Timeouts stay on the worker's timer wheel: `poll`'s timeout is the enter's wait limit.
+//! - Connection sockets are registered files: a sparse table registered at start, one slot
+//!   per connection id (up to [`FIXED_FILES_MAX`] and the descriptor limit); a connection's
+//!   socket is installed in its slot by a `FILES_UPDATE` entry queued ahead of its ops
+//!   (`install`), its ops name the slot (no descriptor look-up and reference count per op),
+//!   and its close removes the slot before closing the descriptor. Connections without a
+//!   slot, accepts, the eventfd and splices name descriptors. The ring's own descriptor is
+//!   registered too (`register_ring`): enters name its index.
 //!
 //! The unsafe code of this engine is here and in [`bufring`] and [`args`]: it hands the kernel
 //! pointers into the buffer pool, the buffer ring and the argument table. The invariant each

@@ -40,6 +40,13 @@
 //!   the kernel has let go of it. A closed connection's id is reused only after the next poll,
 //!   so a completion already handed out in this turn can never reach a new connection.
 //! - Timeouts stay on the worker's timer wheel: `poll`'s timeout is the enter's wait limit.
+//! - Connection sockets are registered files: a sparse table registered at start, one slot
+//!   per connection id (up to [`FIXED_FILES_MAX`] and the descriptor limit); a connection's
+//!   socket is installed in its slot by a `FILES_UPDATE` entry queued ahead of its ops
+//!   (`install`), its ops name the slot (no descriptor look-up and reference count per op),
+//!   and its close removes the slot before closing the descriptor. Connections without a
+//!   slot, accepts, the eventfd and splices name descriptors. The ring's own descriptor is
+//!   registered too (`register_ring`): enters name its index.
 //!
 //! The unsafe code of this engine is here and in [`bufring`] and [`args`]: it hands the kernel
 //! pointers into the buffer pool, the buffer ring and the argument table. The invariant each
@@ -87,6 +94,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 const ENTER_GETEVENTS: u32 = 1;
 const ENTER_SQ_WAKEUP: u32 = 2;
 const ENTER_EXT_ARG: u32 = 8;
+const ENTER_REGISTERED_RING: u32 = 16;
+// `io_uring_register` opcodes (kernel ABI).
+const REGISTER_RING_FDS: libc::c_uint = 20;
+const UNREGISTER_RING_FDS: libc::c_uint = 21;
 /// `IORING_RECVSEND_POLL_FIRST` (in the entry's `ioprio`).
 const RECV_POLL_FIRST: u16 = 1;
 
@@ -100,6 +111,34 @@ const TAG_IGNORE: u64 = 4;
 const LOW: u64 = (1 << TAG_SHIFT) - 1;
 
 const NONE: u32 = u32::MAX;
+/// Most slots of the registered (fixed) file table; connections with higher ids name their
+/// descriptors. 8 bytes of kernel memory per slot, per worker.
+const FIXED_FILES_MAX: u32 = 1 << 15;
+
+/// What an entry names a connection's socket by: its slot in the registered file table (no
+/// descriptor look-up and reference count per op) or its descriptor.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// `$e` with `$f` bound to `types::Fd` or `types::Fixed` as target `$t` says (the opcodes
+/// take either type, not a value that is one or the other).
+macro_rules! on_target {
+    ($t:expr, |$f:ident| $e:expr) => {
+        match $t {
+            Target::Fd(fd) => {
+                let $f = types::Fd(fd);
+                $e
+            }
+            Target::Fixed(i) => {
+                let $f = types::Fixed(i);
+                $e
+            }
+        }
+    };
+}
 
 #[inline]
 fn ud(tag: u64, v: u64) -> u64 {
@@ -154,6 +193,21 @@ struct Conn {
     watch: u32,
 }
 
+impl Conn {
+    /// What entries name this connection's socket by (`None`: closed): its slot in the
+    /// registered file table when its id has one (`fixed`: the table's size; every open
+    /// connection with a lower id is installed, see `insert` and `start`), else its descriptor.
+    #[inline]
+    fn target(&self, id: ConnId, fixed: usize) -> Option<Target> {
+        let fd = self.sock.as_ref()?.as_raw_fd();
+        Some(if (id as usize) < fixed {
+            Target::Fixed(id)
+        } else {
+            Target::Fd(fd)
+        })
+    }
+}
+
 /// A listener's accepts: single-shot `ACCEPT`s, at most `credit` in the kernel at once.
 struct Listener {
     sock: std::net::TcpListener,
@@ -197,10 +251,18 @@ pub struct UringEngine {
     setup: Setup,
     /// The ring is enabled and owned by the polling thread.
     started: bool,
+    /// The ring's index in the polling thread's registered-ring table (`REGISTER_RING_FDS`),
+    /// which every enter names instead of the descriptor (no descriptor look-up per enter);
+    /// `None`: not registered (enters name the descriptor).
+    ring_index: Option<(u32, std::thread::ThreadId)>,
     bufring: BufRing,
     /// The ring of receives of new work (refilled only above the pool's reserve).
     bufring_new: BufRing,
     args: Args,
+    /// The descriptors installed in the registered file table, by slot (a `FILES_UPDATE`
+    /// entry reads its slot's from here; empty: no table). Zeroed memory: pages are touched
+    /// only as connections use them.
+    fixed_fds: Box<[RawFd]>,
     ops: Slab<InFlight>,
     conns: Slab<Conn>,
     /// Closed connections whose ids are freed at the next poll.
@@ -267,9 +329,11 @@ impl UringEngine {
             ring,
             setup,
             started: false,
+            ring_index: None,
             bufring,
             bufring_new,
             args: Args::new(),
+            fixed_fds: Box::default(),
             ops: Slab::with_capacity(2048),
             conns: Slab::with_capacity(1024),
             dead: Vec::with_capacity(256),
@@ -307,8 +371,27 @@ impl UringEngine {
         if self.setup.single_issuer || self.setup.defer_taskrun {
             self.ring.submitter().register_enable_rings()?;
         }
-        // Optional (5.18): a registered ring fd saves a descriptor lookup per enter.
-        let _ = self.ring.submitter().register_ring_fd();
+        // Optional (5.18): a registered ring fd saves a descriptor look-up per enter. Done
+        // here, not with the crate's `Submitter::register_ring_fd`: the index it keeps lives
+        // in that (temporary) `Submitter`, and every other `submitter()` enters by descriptor.
+        self.ring_index =
+            register_ring(self.ring.as_raw_fd()).map(|i| (i, std::thread::current().id()));
+        // Optional: a sparse registered file table, one slot per connection id below its size
+        // (sockets are installed as connections come, see `insert`).
+        let slots = fixed_table_size();
+        if slots > 0 && self.ring.submitter().register_files_sparse(slots).is_ok() {
+            self.fixed_fds = vec![0; slots as usize].into_boxed_slice();
+            // Connections made before (a connect before the first poll) are installed too.
+            let early: Vec<(usize, RawFd)> = self
+                .conns
+                .iter()
+                .filter_map(|(id, c)| Some((id, c.sock.as_ref()?.as_raw_fd())))
+                .filter(|&(id, _)| id < slots as usize)
+                .collect();
+            for (id, fd) in early {
+                self.install(id, fd);
+            }
+        }
         self.started = true;
         self.bufring.refill(&mut self.pool);
         self.bufring_new.refill(&mut self.pool);
@@ -406,13 +489,33 @@ impl UringEngine {
         if id >= token::FIRST_RESERVED || id > ConnId::MAX as usize {
             return Err(io::Error::from_raw_os_error(libc::EMFILE));
         }
+        let raw = sock.as_raw_fd();
         entry.insert(Conn {
             sock: Some(sock),
             read: NONE,
             write: NONE,
             watch: NONE,
         });
+        if id < self.fixed_fds.len() {
+            self.install(id, raw);
+        }
         Ok(id as ConnId)
+    }
+
+    /// Installs descriptor `fd` in slot `id` of the registered file table. The kernel does it
+    /// before any later entry (entries are issued in order and a files update never waits),
+    /// reading the descriptor from `fixed_fds`, which keeps it until the slot is reused: after
+    /// the connection's close was submitted (ids are freed at a poll, whose enter submits what
+    /// is queued, see `reap_dead`). If it fails, the connection's ops fail (`EBADF`) and its
+    /// session closes it.
+    fn install(&mut self, id: usize, fd: RawFd) {
+        self.fixed_fds[id] = fd;
+        let e = opcode::FilesUpdate::new(&self.fixed_fds[id], 1)
+            .offset(id as i32)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(TAG_IGNORE, 0));
+        self.push(e);
     }
 
     /// Starts op `kind` on `conn` in `slot` with entry `e` (its user data is set here).
@@ -434,17 +537,17 @@ impl UringEngine {
 
     /// The entry of a provided-buffer receive (`new`: from the ring of new work).
     #[inline]
-    fn recv_provided_entry(fd: RawFd, new: bool) -> squeue::Entry {
+    fn recv_provided_entry(t: Target, new: bool) -> squeue::Entry {
         let group = if new {
             bufring::GROUP_NEW
         } else {
             bufring::GROUP_ANY
         };
-        opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+        on_target!(t, |f| opcode::Recv::new(f, std::ptr::null_mut(), 0)
             .buf_group(group)
             .ioprio(RECV_POLL_FIRST)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
+            .build())
+        .flags(squeue::Flags::BUFFER_SELECT)
     }
 
     /// Takes op `idx` out of its connection's slot (it completed or is being cancelled).
@@ -513,6 +616,11 @@ impl UringEngine {
 
     /// Frees the ids of connections closed during the last turn.
     fn reap_dead(&mut self) {
+        if !self.backlog.is_empty() {
+            // Entries naming these ids (their closes, a files update reading `fixed_fds`)
+            // may still wait there: the ids stay taken until the kernel has them.
+            return;
+        }
         for id in self.dead.drain(..) {
             if self.conns.contains(id as usize) {
                 self.conns.remove(id as usize);
@@ -558,13 +666,13 @@ impl UringEngine {
                         // now, of the other class: it is in the other queue.)
                         && matches!(op.kind, Kind::RecvProvided { starved: true, new: n } if n == new) =>
                 {
-                    match c.sock.as_ref() {
-                        Some(s) => {
+                    match c.target(conn, self.fixed_fds.len()) {
+                        Some(t) => {
                             op.kind = Kind::RecvProvided {
                                 starved: false,
                                 new,
                             };
-                            s.as_raw_fd()
+                            t
                         }
                         None => continue,
                     }
@@ -597,18 +705,10 @@ impl UringEngine {
             let args = types::SubmitArgs::new().timespec(&ts);
             // SAFETY: `args` (and the timespec it points to) outlive the call; the entries
             // submitted name memory that stays valid until their completions (see `push`).
-            unsafe {
-                self.ring
-                    .submitter()
-                    .enter(to_submit, 1, flags | ENTER_EXT_ARG, Some(&args))
-            }
+            unsafe { self.enter_raw(to_submit, 1, flags | ENTER_EXT_ARG, Some(&args)) }
         } else {
             // SAFETY: as above, without an argument.
-            unsafe {
-                self.ring
-                    .submitter()
-                    .enter::<libc::sigset_t>(to_submit, 0, flags, None)
-            }
+            unsafe { self.enter_raw::<libc::sigset_t>(to_submit, 0, flags, None) }
         };
         match r {
             Ok(_) => Ok(()),
@@ -620,6 +720,55 @@ impl UringEngine {
                 Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
                 _ => Err(e),
             },
+        }
+    }
+
+    /// `io_uring_enter` through the registered ring index when there is one (see `start`),
+    /// else through the crate (by descriptor).
+    ///
+    /// # Safety
+    /// As `Submitter::enter`: `arg` is what `flags` say it is, and the entries being submitted
+    /// name memory that stays valid until their completions.
+    #[inline]
+    unsafe fn enter_raw<T>(
+        &self,
+        to_submit: u32,
+        min_complete: u32,
+        flags: u32,
+        arg: Option<&T>,
+    ) -> io::Result<usize> {
+        let Some((index, _)) = self.ring_index else {
+            // SAFETY: the caller's contract.
+            return unsafe {
+                self.ring
+                    .submitter()
+                    .enter(to_submit, min_complete, flags, arg)
+            };
+        };
+        let (ptr, size) = match arg {
+            Some(a) => (
+                (a as *const T).cast::<libc::c_void>(),
+                std::mem::size_of::<T>(),
+            ),
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: the caller's contract; `index` names this ring in this thread's table (the
+        // ring is single-issuer: only the thread that registered it enters it).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                index as libc::c_long,
+                to_submit as libc::c_long,
+                min_complete as libc::c_long,
+                (flags | ENTER_REGISTERED_RING) as libc::c_long,
+                ptr,
+                size,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
         }
     }
 
@@ -884,20 +1033,20 @@ impl UringEngine {
         let Some(op) = self.ops.get_mut(idx as usize) else {
             return;
         };
-        let Some(fd) = self
+        let Some(t) = self
             .conns
             .get(op.conn as usize)
-            .and_then(|c| c.sock.as_ref())
-            .map(AsRawFd::as_raw_fd)
+            .and_then(|c| c.target(op.conn, self.fixed_fds.len()))
         else {
             return;
         };
         let e = match &mut op.kind {
             Kind::Recv(b) => {
                 let spare = self.pool.spare(b);
-                opcode::Recv::new(types::Fd(fd), spare.as_mut_ptr(), spare.len() as u32).build()
+                let (p, len) = (spare.as_mut_ptr(), spare.len() as u32);
+                on_target!(t, |f| opcode::Recv::new(f, p, len).build())
             }
-            Kind::RecvProvided { new, .. } => Self::recv_provided_entry(fd, *new),
+            Kind::RecvProvided { new, .. } => Self::recv_provided_entry(t, *new),
             _ => return,
         };
         self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
@@ -938,7 +1087,8 @@ impl UringEngine {
         let Kind::SpliceOut(pipe, len) = &op.kind else {
             return None;
         };
-        let sock = self.conns.get(conn as usize)?.sock.as_ref()?;
+        let c = self.conns.get(conn as usize)?;
+        let (sock, t) = (c.sock.as_ref()?, c.target(conn, self.fixed_fds.len())?);
         match splice_drain(pipe, sock, *len) {
             Some(res) => {
                 let op = self.ops.remove(idx as usize);
@@ -949,7 +1099,7 @@ impl UringEngine {
                 }
             }
             None => {
-                let e = poll_out(sock.as_raw_fd());
+                let e = poll_out(t);
                 self.push(e.user_data(ud(TAG_OP, u64::from(idx))));
                 None
             }
@@ -1017,8 +1167,8 @@ fn watch_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
 }
 
 #[inline]
-fn poll_out(fd: RawFd) -> squeue::Entry {
-    opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build()
+fn poll_out(t: Target) -> squeue::Entry {
+    on_target!(t, |f| opcode::PollAdd::new(f, libc::POLLOUT as u32).build())
 }
 
 /// Pipe → socket, non-blocking: `None` when the socket cannot take bytes now.
@@ -1194,20 +1344,28 @@ impl Engine for UringEngine {
         })?;
         sock.set_nodelay(true)?;
         let fd: OwnedFd = sock.into();
-        let raw = fd.as_raw_fd();
         let id = self.insert(fd)?;
+        let fixed = self.fixed_fds.len();
+        let Some(t) = self
+            .conns
+            .get(id as usize)
+            .and_then(|c| c.target(id, fixed))
+        else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
         let a = self.args.alloc();
         let (sa, len) = self.args.sockaddr(a, addr);
-        let e = opcode::Connect::new(types::Fd(raw), sa, len).build();
+        let e = on_target!(t, |f| opcode::Connect::new(f, sa, len).build());
         self.start_op(id, Slot::Write, Kind::Connect(a), e);
         Ok(id)
     }
 
     fn submit(&mut self, conn: ConnId, op: Op) -> Option<Done> {
+        let fixed = self.fixed_fds.len();
         let Some(c) = self.conns.get_mut(conn as usize) else {
             return Some(failed(op));
         };
-        let Some(fd) = c.sock.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(t) = c.target(conn, fixed) else {
             return Some(failed(op));
         };
         if c.watch != NONE && matches!(op, Op::Recv(Some(_)) | Op::SpliceIn { .. }) {
@@ -1253,7 +1411,7 @@ impl Engine for UringEngine {
                     }
                 }
                 let new = matches!(op, Op::RecvNew);
-                let e = Self::recv_provided_entry(fd, new);
+                let e = Self::recv_provided_entry(t, new);
                 let kind = Kind::RecvProvided {
                     starved: false,
                     new,
@@ -1275,7 +1433,7 @@ impl Engine for UringEngine {
                 }
                 // SAFETY (of the pointer handed over): the spare tail of `b`, which travels
                 // inside the op until its completion; the pool region never moves.
-                let e = opcode::Recv::new(types::Fd(fd), p, len as u32).build();
+                let e = on_target!(t, |f| opcode::Recv::new(f, p, len as u32).build());
                 self.start_op(conn, Slot::Read, Kind::Recv(b), e);
                 None
             }
@@ -1291,9 +1449,9 @@ impl Engine for UringEngine {
                         let i = self.args.alloc();
                         let msg = self.args.sendmsg(i, first, second);
                         (
-                            opcode::SendMsg::new(types::Fd(fd), msg)
+                            on_target!(t, |f| opcode::SendMsg::new(f, msg)
                                 .flags(flags as u32)
-                                .build(),
+                                .build()),
                             i,
                         )
                     }
@@ -1306,9 +1464,9 @@ impl Engine for UringEngine {
                             });
                         }
                         (
-                            opcode::Send::new(types::Fd(fd), first.0, first.1 as u32)
+                            on_target!(t, |f| opcode::Send::new(f, first.0, first.1 as u32)
                                 .flags(flags)
-                                .build(),
+                                .build()),
                             NONE,
                         )
                     }
@@ -1350,7 +1508,7 @@ impl Engine for UringEngine {
                 match splice_drain(&pipe, sock, len) {
                     Some(res) => Some(Done::SpliceOut { pipe, res }),
                     None => {
-                        let e = poll_out(fd);
+                        let e = poll_out(t);
                         self.start_op(conn, Slot::Write, Kind::SpliceOut(pipe, len), e);
                         None
                     }
@@ -1360,7 +1518,7 @@ impl Engine for UringEngine {
                 if c.write != NONE {
                     return Some(failed(Op::Shutdown));
                 }
-                let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build();
+                let e = on_target!(t, |f| opcode::Shutdown::new(f, libc::SHUT_WR).build());
                 self.start_op(conn, Slot::Write, Kind::Shutdown, e);
                 None
             }
@@ -1386,7 +1544,7 @@ impl Engine for UringEngine {
                         }
                     }
                 }
-                let e = Self::recv_provided_entry(fd, false);
+                let e = Self::recv_provided_entry(t, false);
                 self.start_op(conn, Slot::Read, Kind::Watch, e);
                 None
             }
@@ -1422,6 +1580,7 @@ impl Engine for UringEngine {
         let Some(sock) = c.sock.take() else {
             return;
         };
+        let fixed = (conn as usize) < self.fixed_fds.len();
         let ops = [
             std::mem::replace(&mut c.read, NONE),
             std::mem::replace(&mut c.write, NONE),
@@ -1438,6 +1597,15 @@ impl Engine for UringEngine {
         }
         if linger == Linger::Reset {
             let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+        }
+        if fixed {
+            // The table's reference goes first (the socket lives until both are gone; the
+            // ops cancelled above hold their own until they complete).
+            let e = opcode::Close::new(types::Fixed(conn))
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(ud(TAG_IGNORE, 0));
+            self.push(e);
         }
         let e = opcode::Close::new(types::Fd(sock.into_raw_fd()))
             .build()
@@ -1577,7 +1745,85 @@ impl Drop for UringEngine {
         let (ring, pool) = (&self.ring, &mut self.pool);
         self.bufring.unregister(ring, pool);
         self.bufring_new.unregister(ring, pool);
+        // The table's references now, not when the ring's teardown gets to them: connections
+        // still open close when their descriptors drop with the engine.
+        if !self.fixed_fds.is_empty() {
+            let _ = self.ring.submitter().unregister_files();
+        }
+        // The registered-ring table holds a reference to the ring: without this the ring
+        // (and the buffers it pins) would live on until the thread exits. Only on the thread
+        // that registered it: the table is per thread, and another thread's index is another
+        // ring's.
+        if let Some((index, thread)) = self.ring_index.take() {
+            if thread == std::thread::current().id() {
+                unregister_ring(self.ring.as_raw_fd(), index);
+            }
+        }
     }
+}
+
+/// Slots of the registered file table: as many as descriptors the process may have (the
+/// kernel's limit too), at most [`FIXED_FILES_MAX`] and no more than connection ids.
+fn fixed_table_size() -> u32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid `rlimit` for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    let ids = token::FIRST_RESERVED.min(ConnId::MAX as usize) as u64;
+    lim.rlim_cur.min(u64::from(FIXED_FILES_MAX)).min(ids) as u32
+}
+
+/// Registers ring descriptor `fd` in the calling thread's registered-ring table: its index,
+/// or `None` if the kernel refuses (before 5.18, or the table is full).
+fn register_ring(fd: RawFd) -> Option<u32> {
+    // `offset` u32::MAX: the kernel picks the index.
+    let mut up = RsrcUpdate {
+        offset: u32::MAX,
+        resv: 0,
+        data: fd as u64,
+    };
+    // SAFETY: `up` is a valid `io_uring_rsrc_update` that outlives the call; one entry.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd as libc::c_long,
+            REGISTER_RING_FDS as libc::c_long,
+            (&mut up as *mut RsrcUpdate).cast::<libc::c_void>(),
+            1 as libc::c_long,
+        )
+    };
+    (r == 1).then_some(up.offset)
+}
+
+/// Takes index `index` out of the calling thread's registered-ring table (through ring `fd`).
+fn unregister_ring(fd: RawFd, index: u32) {
+    let mut up = RsrcUpdate {
+        offset: index,
+        resv: 0,
+        data: 0,
+    };
+    // SAFETY: as in `register_ring`.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd as libc::c_long,
+            UNREGISTER_RING_FDS as libc::c_long,
+            (&mut up as *mut RsrcUpdate).cast::<libc::c_void>(),
+            1 as libc::c_long,
+        )
+    };
+}
+
+/// `struct io_uring_rsrc_update` (kernel ABI).
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
 }
 
 #[cfg(test)]
@@ -1599,6 +1845,67 @@ mod tests {
         assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
         let (peer, _) = l.accept().expect("accept");
         Some((e, conn, peer))
+    }
+
+    /// With the registered file table (the engine started before the connection came),
+    /// a connection's ops name its slot: bytes go both ways, and closing it lets go of the
+    /// socket (the peer sees the end), i.e. the table's reference goes with it.
+    #[test]
+    fn fixed_file_connections_move_bytes_and_close() {
+        let Ok(setup) = probe::probe(false) else {
+            return;
+        };
+        let mut e =
+            UringEngine::new(BufferPool::new(4096, 64), PipePool::new(4), setup).expect("engine");
+        let mut out = Vec::new();
+        e.poll(Duration::ZERO, &mut out).expect("poll");
+        if e.fixed_fds.is_empty() {
+            return; // the kernel refused the table: descriptors are named instead
+        }
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let conn = e.connect(l.local_addr().expect("addr")).expect("connect");
+        assert!((conn as usize) < e.fixed_fds.len(), "in the table");
+        let d = next_done(&mut e, conn).expect("connected");
+        assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
+        let (mut peer, _) = l.accept().expect("accept");
+        peer.write_all(b"ping").expect("write");
+        assert!(e.submit(conn, Op::Recv(None)).is_none());
+        match next_done(&mut e, conn).expect("received") {
+            Done::Recv {
+                buf: Some(b),
+                res: Xfer::Bytes(4),
+            } => {
+                assert_eq!(e.pool.data(&b), b"ping");
+                e.pool.release(b);
+            }
+            d => panic!("{d:?}"),
+        }
+        let mut b = e.pool.checkout().expect("buffer");
+        e.pool.spare(&mut b)[..4].copy_from_slice(b"pong");
+        b.fill(4);
+        let a = Slice {
+            buf: b,
+            off: 0,
+            len: 4,
+        };
+        assert!(e.submit(conn, Op::Send(a, None)).is_none());
+        match next_done(&mut e, conn).expect("sent") {
+            Done::Send {
+                a,
+                b: None,
+                res: Xfer::Bytes(4),
+            } => e.pool.release(a),
+            d => panic!("{d:?}"),
+        }
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut peer, &mut got).expect("read");
+        assert_eq!(&got, b"pong");
+        e.close(conn, Linger::Graceful);
+        settle(&mut e);
+        peer.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let n = std::io::Read::read(&mut peer, &mut got).expect("the end, not a timeout");
+        assert_eq!(n, 0, "the socket closed");
     }
 
     /// Polls until `conn`'s next `Done` (at most ~2 s).

@@ -753,6 +753,10 @@ impl<E: Engine> Worker<E> {
         }) else {
             return;
         };
+        if !self.balancers.learns(ci) {
+            // Neither a latency-aware balancer nor outlier detection: nothing to tell.
+            return;
+        }
         let (from, verdict) = match (&e.session, since, outcome) {
             // TCP: the connect is the verdict (and its time P2C's latency sample).
             (Session::Tcp(_), _, _) => (t.started, true),

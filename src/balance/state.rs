@@ -107,6 +107,14 @@ impl PickState {
         &self.table
     }
 
+    /// Whether [`PickState::observe`] or [`PickState::verdict`] may change anything: a
+    /// latency-aware balancer learns, outlier detection counts, or the state still waits to
+    /// be carried over (which either would do first). When false both are no-ops.
+    #[inline]
+    pub fn learns(&self) -> bool {
+        matches!(self.algo, AlgoState::P2c(_)) || self.outliers.is_some() || self.is_behind()
+    }
+
     /// Whether the state still waits to be carried over to the current table's numbering.
     pub fn is_behind(&self) -> bool {
         !Arc::ptr_eq(&self.table, &self.numbered_for)

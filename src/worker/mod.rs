@@ -448,8 +448,6 @@ pub struct Worker<E: Engine> {
     last_flush: Instant,
     /// `last_flush + FLUSH_INTERVAL`: the loop compares, it does not subtract, every turn.
     next_flush: Instant,
-    /// `env.now` as a [`Stamp`], worked out at its first use in a loop turn (0: not yet).
-    now_stamp: Stamp,
     /// When the engine next trims its buffer memory ([`Engine::trim`]): one comparison per
     /// loop turn.
     next_trim: Instant,
@@ -552,7 +550,6 @@ impl<E: Engine> Worker<E> {
             stats_tx,
             last_flush: now,
             next_flush: now + FLUSH_INTERVAL,
-            now_stamp: 0,
             next_trim: now + crate::io::buffer::TRIM_INTERVAL,
             relief: crate::heap::Relief::default(),
             events_since_trim: 0,
@@ -577,13 +574,14 @@ impl<E: Engine> Worker<E> {
     /// Runs until shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         self.env.now = Instant::now();
+        self.env.now_ns = self.ns_since_start(self.env.now);
         loop {
             self.note_turn();
             let timeout = self.poll_timeout();
             let mut events = std::mem::take(&mut self.events);
             self.engine.poll(timeout, &mut events)?;
             self.env.now = Instant::now();
-            self.now_stamp = 0;
+            self.env.now_ns = self.ns_since_start(self.env.now);
             self.env.shared_version = self.env.shared.load().version;
             self.env.access_log = self.access_log.as_ref().is_some_and(|l| l.enabled());
             crate::sd::watchdog::beat(self.id);
@@ -912,20 +910,16 @@ impl<E: Engine> Worker<E> {
         self.timers.insert(TimerKey::Pooled(conn).encode(), gen, at);
     }
 
-    /// `t` as a [`Stamp`].
+    /// `env.now` as a [`Stamp`] (worked out once per loop turn, with `env.now`).
     #[inline]
-    fn stamp(&self, t: Instant) -> Stamp {
-        (t.saturating_duration_since(self.started).as_nanos() as u64).saturating_add(1)
+    fn now_stamp(&self) -> Stamp {
+        self.env.now_ns.saturating_add(1)
     }
 
-    /// `env.now` as a [`Stamp`]: one conversion per loop turn, however many connections
-    /// are pooled in it.
+    /// Nanoseconds from the worker's start to `t` ([`Env::now_ns`](crate::session::Env)).
     #[inline]
-    fn now_stamp(&mut self) -> Stamp {
-        if self.now_stamp == 0 {
-            self.now_stamp = self.stamp(self.env.now);
-        }
-        self.now_stamp
+    fn ns_since_start(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_nanos() as u64
     }
 
     /// The time a (non-zero) [`Stamp`] stands for.

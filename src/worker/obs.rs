@@ -65,7 +65,8 @@ impl<E: Engine> Worker<E> {
         };
         let x = s.exchange()?;
         let tried = x.target.backend.is_some() || x.target.attempts > 0;
-        let latency = self.env.now.saturating_duration_since(x.request_started);
+        // The same as `now - request_started`, in integers (both are stamps of the same clock).
+        let latency = Duration::from_nanos(self.env.now_ns.saturating_sub(x.request_started_ns));
         let r = RequestDone {
             listener: s.listener,
             cluster: tried.then_some(x.target.cluster),

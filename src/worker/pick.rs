@@ -210,6 +210,14 @@ impl Balancers {
         }
     }
 
+    /// Whether feedback on cluster `ci`'s backends ([`Balancers::observe`]) may change
+    /// anything (a latency-aware balancer, outlier detection): most clusters have neither,
+    /// and their per-request feedback is skipped.
+    #[inline]
+    pub(super) fn learns(&self, ci: usize) -> bool {
+        self.by_cluster.get(ci).is_some_and(PickState::learns)
+    }
+
     /// The index, in these balancers, of cluster `c`: cluster `ci` of snapshot `version`,
     /// which may be older than these balancers' (a request that started before a config
     /// change). `Some` when the cluster is still there with the same backends in the same

@@ -564,11 +564,14 @@ impl<E: Engine> Worker<E> {
         hint: Option<ConnId>,
     ) -> Option<ConnId> {
         let conns = &self.conns;
-        let fits = |c: &ConnId| {
-            conns
-                .get(*c as usize)
-                .is_some_and(|m| m.transport.reusable_for(cluster.tls.as_ref(), proxy))
+        // A plain connection fits a cluster without TLS or PROXY header (what
+        // `reusable_for` answers for it), without the call.
+        let plain_fits = cluster.tls.is_none() && proxy.is_none();
+        let fits_meta = |m: &super::ConnMeta| match &m.transport {
+            Transport::Plain => plain_fits,
+            t => t.reusable_for(cluster.tls.as_ref(), proxy),
         };
+        let fits = |c: &ConnId| conns.get(*c as usize).is_some_and(fits_meta);
         // The session's own previous connection: its list is found by index, not by a hash
         // of the address (a keep-alive client whose requests go to the same backend).
         // Found at its remembered position (no scan), and taken out without shifting the
@@ -576,11 +579,12 @@ impl<E: Engine> Worker<E> {
         // roughly once hints are taken (the sessions of a keep-alive load take their own
         // connections back, in any order).
         let hinted = hint.and_then(|h| {
-            let Some(Owner::Pooled(slot)) = conns.get(h as usize).map(|m| m.owner) else {
+            let m = conns.get(h as usize)?;
+            let Owner::Pooled(slot) = m.owner else {
                 return None;
             };
             let (a, _) = self.upstream_pool.lists.get(slot as usize)?;
-            if a != addr || !fits(&h) {
+            if a != addr || !fits_meta(m) {
                 return None;
             }
             let at = self.upstream_pool.position(&self.pooled, slot, h)?;
@@ -672,11 +676,7 @@ impl<E: Engine> Worker<E> {
             {
                 s
             }
-            _ => {
-                let s = self.upstream_pool.slot(addr);
-                self.pool_times(conn).slot = s + 1;
-                s
-            }
+            _ => self.pool_slot(conn, addr),
         };
         let room = self
             .upstream_pool
@@ -714,6 +714,15 @@ impl<E: Engine> Worker<E> {
         pooled
     }
 
+    /// The index of `addr`'s pool list, remembered for `conn` (out of line: once per
+    /// connection, at its first pooling).
+    #[inline(never)]
+    fn pool_slot(&mut self, conn: ConnId, addr: std::net::SocketAddr) -> u32 {
+        let s = self.upstream_pool.slot(addr);
+        self.pool_times(conn).slot = s + 1;
+        s
+    }
+
     /// Removes an idle pooled connection (closing it).
     pub(super) fn drop_pooled(&mut self, conn: ConnId) {
         let Owner::Pooled(slot) = self.meta(conn).owner else {
@@ -744,6 +753,10 @@ impl<E: Engine> Worker<E> {
         }) else {
             return;
         };
+        if !self.balancers.learns(ci) {
+            // Neither a latency-aware balancer nor outlier detection: nothing to tell.
+            return;
+        }
         let (from, verdict) = match (&e.session, since, outcome) {
             // TCP: the connect is the verdict (and its time P2C's latency sample).
             (Session::Tcp(_), _, _) => (t.started, true),

@@ -166,6 +166,8 @@ pub struct Exchange {
     pub sent: u64,
     // ------------------------------------------------------------- times and the log
     pub request_started: Instant,
+    /// `request_started` as the worker's [`crate::session::Env::now_ns`].
+    pub request_started_ns: u64,
     pub first_byte_at: Instant,
     /// Access-log facts (method, path, bytes sent).
     pub log: Record,
@@ -203,7 +205,7 @@ pub struct Exchange {
 impl Exchange {
     /// Readies a recycled exchange for a new request: field by field, so the access-log
     /// record's byte arrays are not cleared (their lengths are) and nothing is copied whole.
-    fn reset(&mut self, now: Instant) {
+    fn reset(&mut self, now: Instant, now_ns: u64) {
         self.target = Target::new(0, None, now);
         self.method = Method::Get;
         self.client_keep_alive = true;
@@ -240,6 +242,7 @@ impl Exchange {
         self.status = 0;
         self.sent = 0;
         self.request_started = now;
+        self.request_started_ns = now_ns;
         self.first_byte_at = now;
         self.logged = true;
         self.release_tag = crate::release::Tag::NONE;
@@ -257,7 +260,7 @@ impl Exchange {
         }
     }
 
-    fn new(now: Instant) -> Exchange {
+    fn new(now: Instant, now_ns: u64) -> Exchange {
         Exchange {
             target: Target::new(0, None, now),
             method: Method::Get,
@@ -296,6 +299,7 @@ impl Exchange {
             status: 0,
             sent: 0,
             request_started: now,
+            request_started_ns: now_ns,
             first_byte_at: now,
             log: Record::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             logged: true,
@@ -391,13 +395,13 @@ const POOL_KEEP: usize = 4096;
 impl ExchangePool {
     /// A fresh exchange (recycled when one is free).
     #[inline]
-    pub fn take(&mut self, now: Instant) -> Box<Exchange> {
+    pub fn take(&mut self, now: Instant, now_ns: u64) -> Box<Exchange> {
         match self.free.pop() {
             Some(mut x) => {
-                x.reset(now);
+                x.reset(now, now_ns);
                 x
             }
-            None => Box::new(Exchange::new(now)),
+            None => Box::new(Exchange::new(now, now_ns)),
         }
     }
 

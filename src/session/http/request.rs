@@ -125,8 +125,8 @@ impl HttpSession {
         self.head_started = false;
         self.refresh_snapshot(cx);
         let mut x = {
-            let now = cx.now;
-            cx.exchanges.take(now)
+            let (now, now_ns) = (cx.now, cx.now_ns);
+            cx.exchanges.take(now, now_ns)
         };
         x.method = h.method;
         x.client_keep_alive = h.keep_alive;
@@ -432,8 +432,8 @@ impl HttpSession {
             | Phase::Tunnel(x) => x,
             // A request refused before it was routed: not logged.
             Phase::Head | Phase::Taken => {
-                let now = cx.now;
-                cx.exchanges.take(now)
+                let (now, now_ns) = (cx.now, cx.now_ns);
+                cx.exchanges.take(now, now_ns)
             }
         };
         if x.answered || self.down_writing {

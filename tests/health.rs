@@ -45,15 +45,17 @@ fn state(admin: SocketAddr, cluster: &str, addr: &str) -> String {
 fn http_checks_with_a_wrong_status_or_a_timeout_take_backends_down() {
     let good = demo_at("good", "127.0.0.1:0");
     let bad = fixed_backend("bad", 500, Duration::ZERO);
-    let slow = fixed_backend("slow", 200, Duration::from_millis(400));
+    // The check timeout leaves the 500 backend plenty of time on a busy machine (a check of
+    // it that timed out would be "down" for the wrong reason), and the slow one none.
+    let slow = fixed_backend("slow", 200, Duration::from_millis(1500));
     let g = good.addr("demo-backend");
     let p = Proxy::start(&format!(
         "[server]\nworkers = 2\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ncluster = \"app\"\n\
          [[clusters]]\nname = \"app\"\nbackends = [\"{g}\", \"{bad}\", \"{slow}\"]\n\
-         [clusters.health]\nprotocol = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 2\nfall = 2\n"
+         [clusters.health]\nprotocol = \"http\"\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\nrise = 2\nfall = 2\n"
     ));
     let admin = p.addr("admin");
-    wait_until(Duration::from_secs(5), "bad and slow marked down", || {
+    wait_until(Duration::from_secs(8), "bad and slow marked down", || {
         state(admin, "app", &bad.to_string()) == "down"
             && state(admin, "app", &slow.to_string()) == "down"
     });

@@ -711,8 +711,11 @@ fn an_idle_proxy_gives_back_the_buffer_memory_of_a_burst() {
                 };
                 let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
                 let chunk = payload(i as u64, 64 * 1024);
-                // Until the socket stays full (the proxy holds a full buffer by then).
-                for _ in 0..64 {
+                // Until the socket stays full (the proxy holds a full buffer by then): up to
+                // 16 MiB, more than the kernel's buffers between here and the backend can
+                // take (the proxy's upstream send buffer alone grows to 4 MiB, `tcp_wmem`), or
+                // the proxy could pass everything on and hold nothing.
+                for _ in 0..256 {
                     if c.write_all(&chunk).is_err() {
                         break;
                     }

@@ -12,7 +12,7 @@
 //!
 //! Rules both engines keep (the sessions rely on them):
 //! - a connection has at most one op in flight in each slot: the *read* slot (receive,
-//!   splice in, watch) and the *write* slot (send, splice out, shutdown, connect);
+//!   splice in, readable, watch) and the *write* slot (send, splice out, shutdown, connect);
 //! - `submit` may complete an op at once (`Some(Done)`), which is what makes the readiness
 //!   engine as cheap as calling the syscall directly; otherwise the `Done` arrives later as an
 //!   [`Event`];
@@ -84,6 +84,11 @@ pub enum Op {
     SpliceOut { pipe: Pipe, len: u32 },
     /// Write slot. Shut down the sending side (FIN).
     Shutdown,
+    /// Read slot. Complete when the connection has bytes (or an EOF, or an error) to read,
+    /// reading nothing and holding no buffer or pipe while it waits: a spliced body whose
+    /// socket went dry waits with this, then takes a pipe and splices again (instead of
+    /// continuing through buffers). Completes as [`Done::Readable`].
+    Readable,
     /// Read slot. Complete when the connection becomes readable (bytes or EOF): an idle pooled
     /// upstream connection watches for its backend closing. What arrived may be consumed (the
     /// io_uring engine receives it): a connection is not read after its watch fired. A watch
@@ -119,6 +124,9 @@ pub enum Done {
     /// The non-blocking connect started by [`Engine::connect`] finished.
     Connect(Xfer),
     Watch(Xfer),
+    /// `Bytes(1)`: readable (what is there may also be an EOF or an error: the next read
+    /// says); `Failed`: the wait itself failed.
+    Readable(Xfer),
 }
 
 /// Which of a connection's two op slots.
@@ -425,6 +433,7 @@ pub fn failed(op: Op, errno: i32) -> Done {
         Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
         Op::Shutdown => Done::Shutdown(res),
         Op::Watch => Done::Watch(res),
+        Op::Readable => Done::Readable(res),
     }
 }
 
@@ -444,7 +453,7 @@ pub fn recycle(done: Done, pool: &mut BufferPool, pipes: &mut PipePool) {
         }
         // A pipe that may hold bytes must not carry them into another connection.
         Done::SpliceIn { pipe, .. } | Done::SpliceOut { pipe, .. } => pipes.discard(pipe),
-        Done::Shutdown(_) | Done::Connect(_) | Done::Watch(_) => {}
+        Done::Shutdown(_) | Done::Connect(_) | Done::Watch(_) | Done::Readable(_) => {}
     }
 }
 
@@ -470,6 +479,6 @@ pub fn recycle_op(op: Op, pool: &mut BufferPool, pipes: &mut PipePool) {
             }
         }
         Op::SpliceOut { pipe, .. } => pipes.discard(pipe),
-        Op::RecvNew | Op::Shutdown | Op::Watch => {}
+        Op::RecvNew | Op::Shutdown | Op::Watch | Op::Readable => {}
     }
 }

@@ -8,8 +8,10 @@
 //! is asked for, the kernel's buffers fill and TCP flow control slows the sender.
 //!
 //! A flow that keeps filling whole buffers is a bulk transfer: it switches to a kernel pipe
-//! (`splice`, no copy through user space) until it goes quiet, then back to buffers and the
-//! pipe back to the pool.
+//! (`splice`, no copy through user space) until the source runs dry, and the pipe goes back
+//! to the pool. If that splice run had [`BULK_READS`] splices of a buffer's worth, the flow
+//! waits for the source to be readable again (`Op::Readable`, holding no buffer or pipe) and
+//! splices on; otherwise it goes back to buffers.
 //!
 //! A FIN from the source becomes a shutdown of the destination's sending side once every byte
 //! before it is out; the other direction keeps flowing.
@@ -45,20 +47,23 @@ pub struct Flow {
     eof: bool,
     /// FIN passed on: the destination's sending side is shut.
     shut: bool,
-    /// Whole-buffer reads in a row (bulk detection).
+    /// Whole-buffer reads in a row (bulk detection); while spliced, splices of at least a
+    /// buffer's worth in this run.
     full_reads: u8,
     /// Present while the flow is spliced (`None` also while it travels in an op); `piped`
     /// bytes sit in it.
     pipe: Option<Pipe>,
     spliced: bool,
     piped: u32,
+    /// A bulk splice run went dry: wait for readability, then splice again.
+    dry: bool,
     /// Foo sessions: the analyzer sees every byte read (such flows never splice). Boxed:
     /// allocated once at accept for Foo connections only, so other flows pay a pointer.
     pub sniff: Option<Box<LineSniffer>>,
     /// Bytes written to the destination since the worker last took them (stats).
     pub moved: u64,
     /// Pipes taken since the worker last looked (stats).
-    pub splice_starts: u16,
+    pub splice_starts: u8,
 }
 
 impl Flow {
@@ -130,7 +135,12 @@ impl Flow {
                 return self.next_spliced(dst_open);
             }
         }
-        // 3. Receive when nothing is buffered or being sent (one buffer per flow).
+        // 3. A bulk flow whose source ran dry waits for its next bytes without a buffer.
+        if drained && self.dry && !self.eof && dst_open {
+            self.reading = true;
+            return Some((End::Source, Op::Readable));
+        }
+        // 4. Receive when nothing is buffered or being sent (one buffer per flow).
         if drained && !self.eof {
             self.reading = true;
             return Some((End::Source, Op::Recv(None)));
@@ -232,10 +242,17 @@ impl Flow {
                     Xfer::Bytes(0) => {
                         self.pipe = Some(pipe);
                         self.leave_pipe_if_quiet(pipes);
+                        if !self.spliced {
+                            self.dry = self.full_reads >= BULK_READS;
+                            self.full_reads = 0;
+                        }
                         Ok(())
                     }
                     Xfer::Bytes(n) => {
                         self.piped += n;
+                        if n as usize >= pool.buffer_size() {
+                            self.full_reads = self.full_reads.saturating_add(1);
+                        }
                         self.pipe = Some(pipe);
                         Ok(())
                     }
@@ -300,6 +317,18 @@ impl Flow {
                     Xfer::Failed(_) => Err(End::Destination),
                     _ => {
                         self.shut = true;
+                        Ok(())
+                    }
+                }
+            }
+            Done::Readable(res) => {
+                self.reading = false;
+                self.dry = false;
+                match res {
+                    Xfer::Failed(_) => Err(End::Source),
+                    // Straight back to a pipe.
+                    _ => {
+                        self.full_reads = BULK_READS;
                         Ok(())
                     }
                 }
@@ -537,5 +566,143 @@ mod tests {
             Some((End::Source, Op::Recv(None)))
         ));
         assert!(pipes.get().is_some(), "the pipe is back in the pool");
+    }
+
+    /// Two whole-buffer reads, then a pipe: the flow is spliced.
+    fn spliced_flow(pool: &mut BufferPool, pipes: &mut PipePool) -> (Flow, Pipe) {
+        let mut f = Flow::default();
+        for _ in 0..2 {
+            let _ = f.next(pool, Some(&mut *pipes), true);
+            f.complete(recv_done(pool, b"12345678"), pool, pipes)
+                .expect("ok");
+            let Some((_, Op::Send(s, _))) = f.next(pool, Some(&mut *pipes), true) else {
+                panic!("send")
+            };
+            let done = Done::Send {
+                a: s.buf,
+                b: None,
+                res: Xfer::Bytes(8),
+            };
+            f.complete(done, pool, pipes).expect("ok");
+        }
+        let Some((End::Source, Op::SpliceIn { pipe, .. })) = f.next(pool, Some(&mut *pipes), true)
+        else {
+            panic!("a pipe")
+        };
+        (f, pipe)
+    }
+
+    /// Moves `n` bytes through the pipe (in, then out) and asks for the next splice in.
+    fn splice_through(
+        f: &mut Flow,
+        pipe: Pipe,
+        n: u32,
+        pool: &mut BufferPool,
+        pipes: &mut PipePool,
+    ) -> Pipe {
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(n),
+        };
+        f.complete(done, pool, pipes).expect("ok");
+        let Some((End::Destination, Op::SpliceOut { pipe, len })) =
+            f.next(pool, Some(&mut *pipes), true)
+        else {
+            panic!("splice out")
+        };
+        assert_eq!(len, n);
+        let done = Done::SpliceOut {
+            pipe,
+            res: Xfer::Bytes(n),
+        };
+        f.complete(done, pool, pipes).expect("ok");
+        let Some((End::Source, Op::SpliceIn { pipe, piped: 0, .. })) =
+            f.next(pool, Some(&mut *pipes), true)
+        else {
+            panic!("splice in")
+        };
+        pipe
+    }
+
+    #[test]
+    fn a_bulk_flow_that_runs_dry_waits_for_readability_and_splices_again() {
+        let mut pool = BufferPool::new(8, 4);
+        let mut pipes = PipePool::new(1);
+        let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
+        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
+        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
+        // Dry after a bulk run: the pipe goes back and the flow waits without a buffer.
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(0),
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        assert!(matches!(
+            f.next(&mut pool, Some(&mut pipes), true),
+            Some((End::Source, Op::Readable))
+        ));
+        assert_eq!(pool.in_use(), 0, "no buffer while it waits");
+        let Some(p) = pipes.get() else {
+            panic!("the pipe is back in the pool while the flow waits")
+        };
+        pipes.put(p);
+        f.complete(Done::Readable(Xfer::Bytes(1)), &mut pool, &mut pipes)
+            .expect("ok");
+        let Some((End::Source, Op::SpliceIn { pipe, piped: 0, .. })) =
+            f.next(&mut pool, Some(&mut pipes), true)
+        else {
+            panic!("readable: straight back to a pipe")
+        };
+        assert_eq!(f.splice_starts, 2);
+        // Readable, yet the splice moves nothing (a small run): buffers, not another wait.
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(0),
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        assert!(matches!(
+            f.next(&mut pool, Some(&mut pipes), true),
+            Some((End::Source, Op::Recv(None)))
+        ));
+    }
+
+    #[test]
+    fn a_short_splice_run_that_runs_dry_goes_back_to_buffers() {
+        let mut pool = BufferPool::new(8, 4);
+        let mut pipes = PipePool::new(1);
+        let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
+        let pipe = splice_through(&mut f, pipe, 3, &mut pool, &mut pipes);
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(0),
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        assert!(matches!(
+            f.next(&mut pool, Some(&mut pipes), true),
+            Some((End::Source, Op::Recv(None)))
+        ));
+    }
+
+    #[test]
+    fn a_failed_readability_wait_breaks_the_source() {
+        let mut pool = BufferPool::new(8, 4);
+        let mut pipes = PipePool::new(1);
+        let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
+        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
+        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(0),
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        let _ = f.next(&mut pool, Some(&mut pipes), true);
+        assert_eq!(
+            f.complete(
+                Done::Readable(Xfer::Failed(libc::ECONNRESET)),
+                &mut pool,
+                &mut pipes
+            ),
+            Err(End::Source)
+        );
     }
 }

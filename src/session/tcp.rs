@@ -268,7 +268,10 @@ impl TcpSession {
             }
             return;
         }
-        let read_slot = matches!(done, Done::Recv { .. } | Done::SpliceIn { .. });
+        let read_slot = matches!(
+            done,
+            Done::Recv { .. } | Done::SpliceIn { .. } | Done::Readable(_)
+        );
         // Reads on a side feed the flow leaving it; writes, the flow arriving at it.
         let (flow, reverse) = match (side, read_slot) {
             (Side::Downstream, true) | (Side::Upstream, false) => (&mut self.up, false),

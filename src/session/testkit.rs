@@ -25,6 +25,9 @@ pub struct Peer {
     window: usize,
     /// At most this many bytes per receive (0: as many as fit).
     pub chunk: usize,
+    /// Splices from this peer move its bytes (into [`Kit::piped`]); otherwise they move
+    /// nothing, as if the socket never had bytes for a pipe.
+    pub splice: bool,
     parked_read: Option<Op>,
     parked_write: Option<Op>,
 }
@@ -75,6 +78,8 @@ pub struct Kit {
     pub upstream: Peer,
     /// The kinds of op the session asked for, in order.
     pub ops: Vec<&'static str>,
+    /// What sits in the (one) splice pipe: spliced in from a peer, not yet out to the other.
+    pub piped: Vec<u8>,
 }
 
 /// A config with one tcp listener, one http listener and one cluster of two backends.
@@ -136,6 +141,7 @@ impl Kit {
             downstream: Peer::new(),
             upstream: Peer::new(),
             ops: Vec::new(),
+            piped: Vec::new(),
         }
     }
 
@@ -168,13 +174,14 @@ impl Kit {
             Op::SpliceOut { .. } => "splice_out",
             Op::Shutdown => "shutdown",
             Op::Watch => "watch",
+            Op::Readable => "readable",
         });
         match self.run(side, op) {
             Ok(done) => Some(done),
             Err(op) => {
                 let p = self.peer(side);
                 match op {
-                    Op::Recv(_) | Op::RecvNew | Op::SpliceIn { .. } | Op::Watch => {
+                    Op::Recv(_) | Op::RecvNew | Op::SpliceIn { .. } | Op::Watch | Op::Readable => {
                         p.parked_read = Some(op)
                     }
                     _ => p.parked_write = Some(op),
@@ -214,9 +221,9 @@ impl Kit {
     }
 
     fn run(&mut self, side: Side, op: Op) -> Result<Done, Op> {
-        let (pool, p) = match side {
-            Side::Downstream => (&mut self.pool, &mut self.downstream),
-            Side::Upstream => (&mut self.pool, &mut self.upstream),
+        let (pool, p, piped) = match side {
+            Side::Downstream => (&mut self.pool, &mut self.downstream, &mut self.piped),
+            Side::Upstream => (&mut self.pool, &mut self.upstream, &mut self.piped),
         };
         let failed = Xfer::Failed(libc::ECONNRESET);
         // A receive of new work is a provided-buffer receive that stops at the reserve.
@@ -315,11 +322,49 @@ impl Kit {
                 Ok(Done::Shutdown(Xfer::Bytes(0)))
             }
             Op::Watch => Err(Op::Watch),
-            Op::SpliceIn { pipe, .. } => Ok(Done::SpliceIn {
-                pipe,
-                res: Xfer::Bytes(0),
-            }),
-            Op::SpliceOut { pipe, .. } => Ok(Done::SpliceOut { pipe, res: failed }),
+            // The peer has something for the next read: bytes, an EOF or a reset.
+            Op::Readable if p.reset || p.eof || p.pos < p.input.len() => {
+                Ok(Done::Readable(Xfer::Bytes(1)))
+            }
+            Op::Readable => Err(Op::Readable),
+            // Never waits: `Bytes(0)` when nothing can move now.
+            Op::SpliceIn { pipe, max, .. } => {
+                let res = if p.reset {
+                    failed
+                } else if !p.splice {
+                    Xfer::Bytes(0)
+                } else if p.pos < p.input.len() {
+                    let mut n = (max as usize).min(p.input.len() - p.pos);
+                    if p.chunk > 0 {
+                        n = n.min(p.chunk);
+                    }
+                    piped.extend_from_slice(&p.input[p.pos..p.pos + n]);
+                    p.pos += n;
+                    Xfer::Bytes(n as u32)
+                } else if p.eof {
+                    Xfer::Eof
+                } else {
+                    Xfer::Bytes(0)
+                };
+                Ok(Done::SpliceIn { pipe, res })
+            }
+            Op::SpliceOut { pipe, len } => {
+                if p.reset {
+                    return Ok(Done::SpliceOut { pipe, res: failed });
+                }
+                let n = (len as usize).min(piped.len()).min(p.window);
+                if n == 0 && len > 0 {
+                    return Err(Op::SpliceOut { pipe, len });
+                }
+                p.output.extend(piped.drain(..n));
+                if p.window != usize::MAX {
+                    p.window -= n;
+                }
+                Ok(Done::SpliceOut {
+                    pipe,
+                    res: Xfer::Bytes(n as u32),
+                })
+            }
         }
     }
 }

@@ -149,7 +149,7 @@ impl Engine for MemEngine {
         match op {
             Op::Recv(buf) if self.readable(c) && !self.dry[c] => Some(self.recv(c, buf)),
             Op::RecvNew if self.readable(c) && !self.dry[c] => Some(self.recv(c, None)),
-            op @ (Op::Recv(_) | Op::RecvNew | Op::Watch) => {
+            op @ (Op::Recv(_) | Op::RecvNew | Op::Watch | Op::Readable) => {
                 assert!(self.parked[c].is_none(), "one op per slot");
                 self.parked[c] = Some(op);
                 None

@@ -274,6 +274,8 @@ impl TlsConn {
                     res: Xfer::Failed(libc::EOPNOTSUPP),
                 })
             }
+            // Only spliced flows wait for readability without reading.
+            Op::Readable => return Some(Done::Readable(Xfer::Failed(libc::EOPNOTSUPP))),
         }
         self.pump(engine, conn);
         self.take_ready()

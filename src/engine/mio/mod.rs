@@ -46,6 +46,8 @@ enum ReadOp {
     RecvNew,
     SpliceIn(crate::io::Pipe, u32, u32),
     Watch,
+    /// `Op::Readable`: completes at the next readable edge, reading nothing.
+    Readable,
 }
 
 /// An op parked in a connection's write slot.
@@ -275,6 +277,7 @@ fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, Rea
                 res: Xfer::Bytes(0),
             })
         }
+        ReadOp::Readable => Ok(Done::Readable(Xfer::Bytes(1))),
         ReadOp::Watch => {
             let mut probe = [0u8; 1];
             match c.sock.peek(&mut probe) {
@@ -612,6 +615,14 @@ impl Engine for MioEngine {
                 }
                 run_read(c, ReadOp::SpliceIn(pipe, piped, max), &mut self.pool).ok()
             }
+            // Readiness says it (a splice that found the socket dry cleared it); no syscall.
+            Op::Readable => {
+                if !c.ready.contains(Ready::READABLE) {
+                    c.read = ReadOp::Readable;
+                    return None;
+                }
+                Some(Done::Readable(Xfer::Bytes(1)))
+            }
             Op::Watch => {
                 if !c.ready.contains(Ready::READABLE) {
                     c.read = ReadOp::Watch;
@@ -690,7 +701,11 @@ impl Engine for MioEngine {
                             self.pipes.discard(p)
                         }
                     }
-                    ReadOp::Recv(None) | ReadOp::RecvNew | ReadOp::Watch | ReadOp::None => {}
+                    ReadOp::Recv(None)
+                    | ReadOp::RecvNew
+                    | ReadOp::Watch
+                    | ReadOp::Readable
+                    | ReadOp::None => {}
                 }
             }
             Slot::Write => match std::mem::replace(&mut c.write, WriteOp::None) {
@@ -854,6 +869,37 @@ mod tests {
         e.close(new, Linger::Graceful);
         e.close(old, Linger::Graceful);
         assert_eq!(e.gauges().buffers_in_use, 0);
+    }
+
+    /// `Readable` waits for bytes and reads none of them: the next receive gets them all.
+    #[test]
+    fn readable_waits_for_bytes_and_leaves_them_to_read() {
+        let mut e = MioEngine::new(BufferPool::new(1024, 4), PipePool::new(0)).expect("engine");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let conn = e.connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut peer, _) = l.accept().expect("accept");
+        let d = done_of(&mut e, conn, Duration::from_secs(5));
+        assert!(matches!(d, Some(Done::Connect(Xfer::Bytes(0)))), "{d:?}");
+        // Drain the first readiness: nothing to read, the receive parks; take it back.
+        assert!(e.submit(conn, Op::Recv(None)).is_none());
+        e.cancel(conn, Slot::Read);
+        assert!(
+            e.submit(conn, Op::Readable).is_none(),
+            "nothing to read yet"
+        );
+        assert!(done_of(&mut e, conn, Duration::from_millis(100)).is_none());
+        peer.write_all(b"later").expect("write");
+        let d = done_of(&mut e, conn, Duration::from_secs(5));
+        assert!(matches!(d, Some(Done::Readable(Xfer::Bytes(1)))), "{d:?}");
+        assert_eq!(e.gauges().buffers_in_use, 0, "no buffer taken");
+        let Some(Done::Recv { buf: Some(b), res }) = e.submit(conn, Op::Recv(None)) else {
+            panic!("the bytes are still there")
+        };
+        assert_eq!(res, Xfer::Bytes(5));
+        assert_eq!(e.pools().0.data(&b), b"later");
+        e.pools().0.release(b);
+        e.close(conn, Linger::Graceful);
+        assert_eq!(e.gauges().connections, 0);
     }
 
     /// Every connection pays for its entry, parked ops included: a two-slice send keeps its

@@ -18,7 +18,8 @@
 //! - Splices stay direct, non-blocking system calls as in the mio engine: io_uring runs
 //!   `SPLICE` on its worker threads only, and `SpliceIn` must never wait (`Bytes(0)` when
 //!   nothing is readable now). A `SpliceOut` the socket cannot take waits on a `POLL_ADD` for
-//!   writability, then splices again.
+//!   writability, then splices again; `Readable` (a spliced flow whose socket went dry) is a
+//!   one-shot `POLL_ADD` for readability.
 //! - `Watch` is a poll-first receive into a ring buffer, like `Recv(None)`: it completes when
 //!   bytes or an EOF arrive (and gives the buffer back: a watched connection is not read after
 //!   its watch fired). Cancelling it (a pooled upstream connection being reused) does not go to
@@ -170,6 +171,8 @@ enum Kind {
     Send(Slice, u32, u32),
     /// A splice to the socket waiting for writability.
     SpliceOut(Pipe, u32),
+    /// `Op::Readable`: a one-shot `POLL_ADD` for readability.
+    Readable,
     Shutdown,
     /// A connect; its argument-table entry (the address).
     Connect(u32),
@@ -610,7 +613,7 @@ impl UringEngine {
                     self.pool.release(b);
                 }
             }
-            Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch => {}
+            Kind::RecvProvided { .. } | Kind::Shutdown | Kind::Watch | Kind::Readable => {}
         }
     }
 
@@ -1017,6 +1020,12 @@ impl UringEngine {
                 res: xfer(res),
             },
             Kind::Shutdown => Done::Shutdown(xfer(res)),
+            // `res`: the poll's revents (readable, hung up or an error: the next read says).
+            Kind::Readable => Done::Readable(if res >= 0 {
+                Xfer::Bytes(1)
+            } else {
+                Xfer::Failed(-res)
+            }),
             Kind::Connect(args) => {
                 self.args.release(args);
                 Done::Connect(xfer(res))
@@ -1169,6 +1178,15 @@ fn watch_done(res: i32, provided: Option<Buf>, pool: &mut BufferPool) -> Done {
 #[inline]
 fn poll_out(t: Target) -> squeue::Entry {
     on_target!(t, |f| opcode::PollAdd::new(f, libc::POLLOUT as u32).build())
+}
+
+#[inline]
+fn poll_in(t: Target) -> squeue::Entry {
+    on_target!(t, |f| opcode::PollAdd::new(
+        f,
+        (libc::POLLIN | libc::POLLRDHUP) as u32
+    )
+    .build())
 }
 
 /// Pipe → socket, non-blocking: `None` when the socket cannot take bytes now.
@@ -1368,7 +1386,7 @@ impl Engine for UringEngine {
         let Some(t) = c.target(conn, fixed) else {
             return Some(failed(op));
         };
-        if c.watch != NONE && matches!(op, Op::Recv(Some(_)) | Op::SpliceIn { .. }) {
+        if c.watch != NONE && matches!(op, Op::Recv(Some(_)) | Op::SpliceIn { .. } | Op::Readable) {
             // A detached watch is a receive still armed: only a provided-buffer receive may
             // take it over (a reused connection's first read is one), any other read could
             // race it for the same bytes. Fail safe rather than lose or reorder them.
@@ -1513,6 +1531,14 @@ impl Engine for UringEngine {
                         None
                     }
                 }
+            }
+            Op::Readable => {
+                if c.read != NONE {
+                    return Some(failed(Op::Readable));
+                }
+                let e = poll_in(t);
+                self.start_op(conn, Slot::Read, Kind::Readable, e);
+                None
             }
             Op::Shutdown => {
                 if c.write != NONE {
@@ -1960,6 +1986,34 @@ mod tests {
         let v = e.pool.data(&b).to_vec();
         e.pool.release(b);
         v
+    }
+
+    /// `Readable` waits for bytes, reads none of them (the next receive gets them all), and
+    /// a wait cancelled by a close leaks nothing.
+    #[test]
+    fn readable_waits_for_bytes_and_leaves_them_to_read() {
+        let Some((mut e, conn, mut peer)) = pair() else {
+            return;
+        };
+        assert!(
+            e.submit(conn, Op::Readable).is_none(),
+            "nothing to read yet"
+        );
+        settle(&mut e);
+        peer.write_all(b"later").expect("write");
+        let d = next_done(&mut e, conn).expect("readable");
+        assert!(matches!(d, Done::Readable(Xfer::Bytes(1))), "{d:?}");
+        assert_eq!(e.gauges().buffers_in_use, 0, "no buffer taken");
+        let d = match e.submit(conn, Op::Recv(None)) {
+            Some(d) => d,
+            None => next_done(&mut e, conn).expect("received"),
+        };
+        assert_eq!(received(&mut e, d), b"later");
+        assert!(
+            e.submit(conn, Op::Readable).is_none(),
+            "drained: waits again"
+        );
+        close_clean(&mut e, conn, Linger::Reset);
     }
 
     #[test]

@@ -69,6 +69,22 @@ impl Body {
     }
 }
 
+/// What a spliced response body does after its upstream ran dry (a splice moved nothing and
+/// its pipe went back to the pool).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dry {
+    /// Splice when it is worth it.
+    #[default]
+    No,
+    /// Wait for the upstream to be readable (`Op::Readable`: no buffer, no pipe), then splice.
+    Wait,
+    /// It became readable: the next splice should move bytes.
+    Woke,
+    /// A splice right after readability moved nothing: the body goes through buffers until
+    /// bytes arrive (a poll and a splice that disagree never spin).
+    Buffers,
+}
+
 /// On what the current attempt may be abandoned for another backend (set by the worker from
 /// the cluster's retry policy and budget when it hands over an upstream), and how many
 /// retries the request has used.
@@ -149,9 +165,8 @@ pub struct Exchange {
     pub resp_pipe: Option<Pipe>,
     pub resp_piped: u32,
     pub splicing: bool,
-    /// The last splice found the backend quiet: the body goes on through buffers (a receive
-    /// waits for the next bytes) until they show it is worth a pipe again.
-    pub splice_dry: bool,
+    /// After the upstream ran dry during a splice (see [`Dry`]).
+    pub splice_dry: Dry,
     /// The upstream connection can splice (not TLS).
     pub up_splice_ok: bool,
     /// A 101 is being written: the tunnel starts once it is out.
@@ -235,7 +250,7 @@ impl Exchange {
         self.resp_pipe = None;
         self.resp_piped = 0;
         self.splicing = false;
-        self.splice_dry = false;
+        self.splice_dry = Dry::No;
         self.upgrading = false;
         self.upstream_close = false;
         self.answered = false;
@@ -291,7 +306,7 @@ impl Exchange {
             resp_pipe: None,
             resp_piped: 0,
             splicing: false,
-            splice_dry: false,
+            splice_dry: Dry::No,
             up_splice_ok: true,
             upgrading: false,
             upstream_close: false,

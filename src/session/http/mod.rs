@@ -558,6 +558,15 @@ impl HttpSession {
                     }
                 }
             }
+            (Side::Upstream, Done::Readable(res)) => {
+                let Some(x) = self.exchange_mut() else { return };
+                x.up_reading = false;
+                x.splice_dry = exchange::Dry::Woke;
+                if let Xfer::Failed(_) = res {
+                    cx.http.upstream_errors += 1;
+                    self.close(CloseReason::UpstreamReset);
+                }
+            }
             (Side::Upstream, Done::Connect(res)) => self.upstream_connected(res, cx),
             (Side::Upstream, Done::Send { a, b, res }) => self.upstream_sent(a, b, res, cx),
             (Side::Upstream, Done::Recv { buf, res }) => self.upstream_read(buf, res, cx),
@@ -570,18 +579,23 @@ impl HttpSession {
                     Xfer::Bytes(0) => {
                         x.resp_pipe = Some(pipe);
                         if x.resp_piped == 0 {
-                            // Quiet: the pipe goes back; the body continues through buffers
-                            // until it is worth a pipe again.
+                            // Dry: the pipe goes back while the session waits for the
+                            // upstream to be readable (`Op::Readable`), then splices again.
                             if let Some(p) = x.resp_pipe.take() {
                                 cx.pipes.put(p);
                             }
                             x.splicing = false;
-                            x.splice_dry = true;
+                            x.splice_dry = if x.splice_dry == exchange::Dry::Woke {
+                                exchange::Dry::Buffers
+                            } else {
+                                exchange::Dry::Wait
+                            };
                         }
                     }
                     Xfer::Bytes(n) => {
                         x.resp_piped += n;
                         x.resp_pipe = Some(pipe);
+                        x.splice_dry = exchange::Dry::No;
                         if let exchange::Body::Length(left) = x.resp_body {
                             x.resp_body = if u64::from(n) < left {
                                 exchange::Body::Length(left - u64::from(n))
@@ -789,7 +803,7 @@ impl HttpSession {
                 if !x.got_response_byte {
                     x.first_byte_at = cx.now;
                 }
-                x.splice_dry = false;
+                x.splice_dry = exchange::Dry::No;
                 x.got_response_byte = true;
                 if let Some(b) = buf {
                     match x.resp_in.take() {
@@ -1075,11 +1089,13 @@ impl HttpSession {
         let body_left = !x.resp_started || !x.resp_body.done();
         if !x.up_reading && x.upstream.is_some() && body_left && !x.upgrading {
             // A long Content-Length body, once everything buffered before it is out, goes
-            // backend → pipe → client with splice(2): no copy through user space.
+            // backend → pipe → client with splice(2): no copy through user space. When the
+            // upstream runs dry the pipe goes back, and the session waits for it to be
+            // readable again without a buffer or a pipe (a quiet body holds neither).
             if !x.splicing
                 && self.splice_ok
                 && x.up_splice_ok
-                && !x.splice_dry
+                && x.splice_dry != exchange::Dry::Buffers
                 && x.corrupt_left == 0
                 && x.mirror.is_none()
                 && x.resp_started
@@ -1089,6 +1105,10 @@ impl HttpSession {
                 && !self.down_writing
                 && matches!(x.resp_body, exchange::Body::Length(left) if left >= 2 * cx.pool.buffer_size() as u64)
             {
+                if x.splice_dry == exchange::Dry::Wait {
+                    x.up_reading = true;
+                    return Want::Io(Side::Upstream, Op::Readable);
+                }
                 if let Some(p) = cx.pipes.get() {
                     x.resp_pipe = Some(p);
                     x.splicing = true;
@@ -1398,7 +1418,10 @@ impl HttpSession {
         let Phase::Tunnel(x) = &mut self.phase else {
             return;
         };
-        let read_slot = matches!(done, Done::Recv { .. } | Done::SpliceIn { .. });
+        let read_slot = matches!(
+            done,
+            Done::Recv { .. } | Done::SpliceIn { .. } | Done::Readable(_)
+        );
         let (flow, reverse) = match (side, read_slot) {
             (Side::Downstream, true) | (Side::Upstream, false) => (&mut x.tun_up, false),
             (Side::Upstream, true) | (Side::Downstream, false) => (&mut x.tun_down, true),

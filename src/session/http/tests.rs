@@ -810,3 +810,78 @@ fn draining_keeps_an_idle_client_and_closes_it_with_its_next_response() {
         "{down}"
     );
 }
+
+/// A response of `len` body bytes after its head: (the whole response, the head's length).
+fn long_response(len: usize) -> (Vec<u8>, usize) {
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    let head = resp.len();
+    resp.extend((0..len).map(|i| (i % 251) as u8));
+    (resp, head)
+}
+
+#[test]
+fn a_spliced_body_whose_backend_pauses_waits_holding_nothing_then_splices_on() {
+    let mut kit = Kit::new();
+    kit.pipes = crate::io::PipePool::new(2);
+    kit.upstream.splice = true;
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (resp, head) = long_response(20_000);
+    // The head and 8,000 body bytes, then the backend pauses.
+    kit.upstream.incoming(&resp[..head + 8000]);
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert!(kit.ops.contains(&"splice_in"), "{:?}", kit.ops);
+    assert_eq!(kit.ops.last(), Some(&"readable"), "{:?}", kit.ops);
+    assert_eq!(kit.downstream.sent(), &resp[..head + 8000]);
+    assert_eq!(kit.pool.in_use(), 0, "no buffer while it waits");
+    assert_eq!(kit.pipes.in_use(), 0, "no pipe while it waits");
+    let before = kit.ops.len();
+    kit.upstream.incoming(&resp[head + 8000..]);
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert_eq!(
+        kit.ops.get(before),
+        Some(&"splice_in"),
+        "readable: straight back to a pipe, not through a buffer: {:?}",
+        &kit.ops[before..]
+    );
+    assert_eq!(kit.downstream.sent(), &resp[..]);
+    assert_eq!(seen.released, vec![true]);
+    assert_eq!(kit.pool.in_use(), 0);
+    assert_eq!(kit.pipes.in_use(), 0);
+}
+
+#[test]
+fn readability_without_spliceable_bytes_falls_back_to_buffers_without_spinning() {
+    let mut kit = Kit::new();
+    kit.pipes = crate::io::PipePool::new(2);
+    // The upstream is readable, yet its splices never move a byte.
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (resp, _) = long_response(20_000);
+    kit.upstream.incoming(&resp);
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert_eq!(kit.downstream.sent(), &resp[..]);
+    assert_eq!(seen.released, vec![true]);
+    let readable = kit.ops.iter().filter(|o| **o == "readable").count();
+    let recv = kit.ops.iter().filter(|o| **o == "recv").count();
+    assert!(
+        readable > 0 && readable <= recv,
+        "each wait for readability is followed by buffered reads, not another wait: {:?}",
+        kit.ops
+    );
+    assert_eq!(kit.pool.in_use(), 0);
+    assert_eq!(kit.pipes.in_use(), 0);
+}

@@ -233,6 +233,7 @@ impl<E: Engine> Worker<E> {
             timer_gen: 0,
             timer_at: Instant::now(),
             timer_armed: false,
+            transport_deadline: !plain,
             queued: false,
             waiting: Waiting::No,
         });

@@ -76,6 +76,14 @@ impl<E: Engine> Worker<E> {
                     self.transport_news(key, side, conn);
                 }
                 Want::Idle => {
+                    // An HTTP session (no drive stats to take) still at hand: its timer
+                    // checked without another look-up of it (the common end of a drive).
+                    if let Session::Http(_) = e.session {
+                        if e.timer_covers(&self.conns) {
+                            return;
+                        }
+                        return self.arm_timer(key);
+                    }
                     self.after_drive(key);
                     return self.rearm_if_earlier(key);
                 }

@@ -227,9 +227,26 @@ pub(crate) struct Entry {
     /// When the armed entry fires (deadlines that move later are re-armed lazily).
     timer_at: Instant,
     timer_armed: bool,
+    /// The client connection's transport may have a deadline of its own (a TLS handshake or
+    /// PROXY header, from accept on): false for a connection accepted plain, which never
+    /// gets one (toxics put under it later have none), so its timer checks skip the look-up.
+    transport_deadline: bool,
     /// Already in the ready or starved queue.
     queued: bool,
     waiting: Waiting,
+}
+
+impl Entry {
+    /// The armed timer entry fires no later than the session's deadline: nothing to arm
+    /// ([`Worker::rearm_if_earlier`]). That is `entry_deadline(e) >= timer_at` without
+    /// building the pair: the session's own deadline, then its client connection's
+    /// transport's (none on a plain connection).
+    #[inline]
+    fn timer_covers(&self, conns: &[ConnMeta]) -> bool {
+        self.timer_armed
+            && self.session.deadline() >= self.timer_at
+            && transport::deadline_not_before(self, conns, self.timer_at)
+    }
 }
 
 /// A session waiting in one of the worker's queues for an upstream.
@@ -848,7 +865,9 @@ impl<E: Engine> Worker<E> {
     // ------------------------------------------------------------------ timers
 
     /// Arms a new timer entry for session `key` at its deadline (the previous one goes
-    /// stale).
+    /// stale). Out of line: [`Worker::rearm_if_earlier`] calls it rarely, and inlined it
+    /// costs that check register saves on every call.
+    #[inline(never)]
     fn arm_timer(&mut self, key: usize) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
@@ -874,12 +893,7 @@ impl<E: Engine> Worker<E> {
         let Some(e) = self.sessions.get(key) else {
             return;
         };
-        // `entry_deadline(e) >= timer_at`, without building the pair: the session's own
-        // deadline, then its client connection's transport's (none on a plain connection).
-        if e.timer_armed
-            && e.session.deadline() >= e.timer_at
-            && transport::deadline_not_before(e, &self.conns, e.timer_at)
-        {
+        if e.timer_covers(&self.conns) {
             return;
         }
         self.arm_timer(key);

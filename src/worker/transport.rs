@@ -214,14 +214,16 @@ impl<E: Engine> Worker<E> {
 }
 
 /// Whether the deadline of the transport of `e`'s client connection, if it has one, is not
-/// before `at` (the other half of [`entry_deadline`]`(e).0 >= at`).
+/// before `at` (the other half of [`entry_deadline`]`(e).0 >= at`). No look-up for a client
+/// connection accepted plain.
 #[inline]
 pub(super) fn deadline_not_before(e: &Entry, conns: &[ConnMeta], at: Instant) -> bool {
-    e.session
-        .conn(Side::Downstream)
-        .and_then(|c| conns.get(c as usize))
-        .and_then(|m| m.transport.deadline())
-        .is_none_or(|t| t >= at)
+    !e.transport_deadline
+        || e.session
+            .conn(Side::Downstream)
+            .and_then(|c| conns.get(c as usize))
+            .and_then(|m| m.transport.deadline())
+            .is_none_or(|t| t >= at)
 }
 
 /// [`Worker::session_deadline`] of session entry `e`, its connections described by `conns`.
@@ -229,8 +231,9 @@ pub(super) fn deadline_not_before(e: &Entry, conns: &[ConnMeta], at: Instant) ->
 pub(super) fn entry_deadline(e: &Entry, conns: &[ConnMeta]) -> (Instant, bool) {
     let own = e.session.deadline();
     let t = e
-        .session
-        .conn(Side::Downstream)
+        .transport_deadline
+        .then(|| e.session.conn(Side::Downstream))
+        .flatten()
         .and_then(|c| conns.get(c as usize))
         .and_then(|m| m.transport.deadline());
     match t {

@@ -26,7 +26,7 @@ impl HttpSession {
         if let Some(b) = self.req_in.as_ref() {
             if !b.is_empty() {
                 match head::parse_request(cx.pool.data(b), &limits) {
-                    Ok(Some(h)) => return self.start_request(cx, &h),
+                    Ok(Some(ref h)) => return self.start_request(cx, h),
                     Ok(None) => {
                         if b.len() >= cx.pool.capacity(b) {
                             if let Some(w) = self.grow_head_buffer(cx, &limits) {

@@ -41,7 +41,7 @@ impl HttpSession {
         }
         let b = x.resp_in.as_ref().filter(|b| !b.is_empty())?;
         match head::parse_response(cx.pool.data(b), x.method, &limits) {
-            Ok(Some(h)) => self.start_response(cx, &h),
+            Ok(Some(ref h)) => self.start_response(cx, h),
             Ok(None) if b.len() >= cx.pool.buffer_size() => Some(self.fail_now(cx, 502)),
             Ok(None) => None,
             Err(_) => Some(self.fail_now(cx, 502)),

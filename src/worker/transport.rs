@@ -216,7 +216,7 @@ impl<E: Engine> Worker<E> {
 /// Whether the deadline of the transport of `e`'s client connection, if it has one, is not
 /// before `at` (the other half of [`entry_deadline`]`(e).0 >= at`). No look-up for a client
 /// connection accepted plain.
-#[inline]
+#[inline(always)]
 pub(super) fn deadline_not_before(e: &Entry, conns: &[ConnMeta], at: Instant) -> bool {
     !e.transport_deadline
         || e.session

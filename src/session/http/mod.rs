@@ -391,7 +391,9 @@ impl HttpSession {
         self.last_active = cx.now;
     }
 
-    /// When the current timeout expires.
+    /// When the current timeout expires. Inlined: the worker checks it at the end of every
+    /// drive (`Entry::timer_covers`).
+    #[inline(always)]
     pub fn deadline(&self) -> Instant {
         let t = &self.timeouts;
         match &self.phase {

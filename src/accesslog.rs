@@ -497,6 +497,19 @@ impl<R: Line> Writer<R> {
             .unwrap_or_default()
     }
 
+    /// Writes what the workers have queued so far (bounded: what is queued now, not what
+    /// keeps arriving).
+    fn drain(&mut self, receivers: &[Receiver<R>]) {
+        for r in receivers {
+            for _ in 0..r.len() {
+                match r.try_recv() {
+                    Ok(rec) => self.write(&rec),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
     fn run(mut self, mut receivers: Vec<Receiver<R>>, ctl: Receiver<Ctl>) {
         let mut ctl_open = true;
         while !receivers.is_empty() {
@@ -509,7 +522,12 @@ impl<R: Line> Writer<R> {
                 let ctl_index = ctl_open.then(|| sel.recv(&ctl));
                 match sel.select_timeout(Duration::from_millis(200)) {
                     Ok(op) if Some(op.index()) == ctl_index => match op.recv(&ctl) {
-                        Ok(c) => self.control(c),
+                        Ok(c) => {
+                            // The select picks among ready queues at random: the records
+                            // queued before the switch go to the old file first.
+                            self.drain(&receivers);
+                            self.control(c)
+                        }
                         Err(_) => ctl_open = false,
                     },
                     Ok(op) => {
@@ -534,6 +552,41 @@ impl<R: Line> Writer<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reopen that finds records queued (logrotate renamed the file, then signalled) writes
+    /// them to the old file first: the writer's select would otherwise pick the reopen or a
+    /// record at random.
+    #[test]
+    fn records_queued_before_a_reopen_go_to_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let cfg = AccessLogConfig {
+            path: path.clone(),
+            format: LogFormat::Json,
+        };
+        let file = open("access log", &path).unwrap();
+        let on = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_LEN);
+        for i in 0..50 {
+            let mut r = Record::new("127.0.0.1".parse().unwrap());
+            r.set_request(b"GET", format!("/{i}").as_bytes(), b"h");
+            tx.try_send(r).unwrap();
+        }
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+        ctl_tx.send(Ctl::Reopen).unwrap();
+        drop((tx, ctl_tx));
+        Writer::<Record>::new(Some((file, cfg)), on).run(vec![rx], ctl_rx);
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        assert_eq!(
+            old.lines().count(),
+            50,
+            "every queued record in the old file"
+        );
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(new, "", "the new file starts empty");
+    }
 
     #[test]
     fn a_torn_last_line_is_ended_before_appending() {

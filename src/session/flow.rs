@@ -624,19 +624,30 @@ mod tests {
         pipe
     }
 
-    #[test]
-    fn a_bulk_flow_that_runs_dry_waits_for_readability_and_splices_again() {
-        let mut pool = BufferPool::new(8, 4);
-        let mut pipes = PipePool::new(1);
-        let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
-        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
-        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
-        // Dry after a bulk run: the pipe goes back and the flow waits without a buffer.
+    /// The source has nothing now: the splice moves no byte.
+    fn run_dry(f: &mut Flow, pipe: Pipe, pool: &mut BufferPool, pipes: &mut PipePool) {
         let done = Done::SpliceIn {
             pipe,
             res: Xfer::Bytes(0),
         };
-        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        f.complete(done, pool, pipes).expect("ok");
+    }
+
+    /// A spliced flow after a bulk run (two splices of a whole buffer) that went dry.
+    fn bulk_run_gone_dry(pool: &mut BufferPool, pipes: &mut PipePool) -> Flow {
+        let (mut f, pipe) = spliced_flow(pool, pipes);
+        let pipe = splice_through(&mut f, pipe, 8, pool, pipes);
+        let pipe = splice_through(&mut f, pipe, 8, pool, pipes);
+        run_dry(&mut f, pipe, pool, pipes);
+        f
+    }
+
+    #[test]
+    fn a_bulk_flow_that_runs_dry_waits_for_readability_and_splices_again() {
+        let mut pool = BufferPool::new(8, 4);
+        let mut pipes = PipePool::new(1);
+        // Dry after a bulk run: the pipe goes back and the flow waits without a buffer.
+        let mut f = bulk_run_gone_dry(&mut pool, &mut pipes);
         assert!(matches!(
             f.next(&mut pool, Some(&mut pipes), true),
             Some((End::Source, Op::Readable))
@@ -655,11 +666,7 @@ mod tests {
         };
         assert_eq!(f.splice_starts, 2);
         // Readable, yet the splice moves nothing (a small run): buffers, not another wait.
-        let done = Done::SpliceIn {
-            pipe,
-            res: Xfer::Bytes(0),
-        };
-        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        run_dry(&mut f, pipe, &mut pool, &mut pipes);
         assert!(matches!(
             f.next(&mut pool, Some(&mut pipes), true),
             Some((End::Source, Op::Recv(None)))
@@ -672,11 +679,7 @@ mod tests {
         let mut pipes = PipePool::new(1);
         let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
         let pipe = splice_through(&mut f, pipe, 3, &mut pool, &mut pipes);
-        let done = Done::SpliceIn {
-            pipe,
-            res: Xfer::Bytes(0),
-        };
-        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        run_dry(&mut f, pipe, &mut pool, &mut pipes);
         assert!(matches!(
             f.next(&mut pool, Some(&mut pipes), true),
             Some((End::Source, Op::Recv(None)))
@@ -687,14 +690,7 @@ mod tests {
     fn a_failed_readability_wait_breaks_the_source() {
         let mut pool = BufferPool::new(8, 4);
         let mut pipes = PipePool::new(1);
-        let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
-        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
-        let pipe = splice_through(&mut f, pipe, 8, &mut pool, &mut pipes);
-        let done = Done::SpliceIn {
-            pipe,
-            res: Xfer::Bytes(0),
-        };
-        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        let mut f = bulk_run_gone_dry(&mut pool, &mut pipes);
         let _ = f.next(&mut pool, Some(&mut pipes), true);
         assert_eq!(
             f.complete(

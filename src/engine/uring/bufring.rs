@@ -10,11 +10,16 @@
 //! buffer ids differ (the new group's have the top bit set), so a completion's buffer id alone
 //! says which ring it came from.
 //!
-//! The ring lends only what recent traffic needed: it starts with a few buffers and doubles its
-//! share each time a receive found it empty (`ENOBUFS`), up to a quarter of the pool. Its
-//! buffers stay checked out of the pool while lent, so `BufferPool::in_use` counts them; the
-//! engine reports them apart (`buffers_provided`). When traffic falls (a connection storm is
-//! over), [`BufRing::shrink`] lends fewer from then on; what is lent stays lent until used.
+//! The ring lends only what one loop turn needs ([`Share`]): the kernel takes lent buffers in
+//! the order they were lent, so each buffer lent beyond a turn's needs makes every receive land
+//! in a buffer used longer ago, whose lines and pages have left the caches (with 8,192 lent, the
+//! kernel's copy into them cost 3–5× what it costs into a buffer just used: perf/RESULTS.md,
+//! 2026-12-01 15:00). It starts with a few buffers; a turn in which receives found it empty
+//! (`ENOBUFS`) raises the share once, to cover that turn's demand (used + starved) with
+//! room to spare, up to a quarter of the pool; each trim interval it falls to what the busiest
+//! turn of the interval needed. Its buffers stay checked out of the pool while lent, so
+//! `BufferPool::in_use` counts them; the engine reports them apart (`buffers_provided`). When
+//! the share falls, what is lent stays lent until used.
 //!
 //! Lent buffers that no receive used for a whole trim interval keep no memory:
 //! [`BufRing::give_back_idle`] asks the kernel for the ring's head (`PBUF_STATUS`, 6.8+): the
@@ -74,17 +79,13 @@ pub(super) struct BufRing {
     free: Vec<u16>,
     /// Buffers lent now.
     lent: usize,
-    /// How many to keep lent.
-    want: usize,
     registered: bool,
     /// The buffer group.
     bgid: u16,
     /// The first buffer id.
     bid_base: u16,
-    /// Buffers the kernel used since the last [`BufRing::shrink`], and whether a receive found
-    /// the ring empty meanwhile.
-    used: usize,
-    grew: bool,
+    /// How many to keep lent ([`Share`]).
+    share: Share,
     /// The buffer id at each ring position (what `refill` wrote there).
     at: Vec<u16>,
     /// Our tail at the last [`BufRing::give_back_idle`]: entries before it were lent before.
@@ -131,12 +132,10 @@ impl BufRing {
             slots: (0..entries).map(|_| None).collect(),
             free: (0..entries as u16).rev().collect(),
             lent: 0,
-            want: START.min(entries),
+            share: Share::new(START.min(entries), entries),
             registered: false,
             bgid,
             bid_base: if bgid == GROUP_NEW { NEW_BID_BASE } else { 0 },
-            used: 0,
-            grew: false,
             at: vec![0; entries],
             mark: 0,
             cold: vec![false; entries],
@@ -332,39 +331,27 @@ impl BufRing {
         self.lent
     }
 
-    /// A receive found the ring empty: lend more from now on.
-    pub(super) fn grow(&mut self) {
-        self.want = (self.want * 2).min(self.slots.len());
-        self.grew = true;
+    /// A receive found the ring empty: the turn's demand counts it (see [`Share`]).
+    #[inline]
+    pub(super) fn starved(&mut self) {
+        self.share.starved();
     }
 
-    /// Lends fewer buffers from now on when the receives since the last call used less than
-    /// half of the share (and none found the ring empty): the share drops to twice what they
-    /// used (at least the starting share). Buffers already lent stay lent until the kernel
-    /// uses them (taking them back means unregistering the ring under armed receives, which
-    /// starved receives in testing; not done).
+    /// The trim interval is over: lend what its busiest turn needed from now on (see [`Share`]).
     pub(super) fn shrink(&mut self) {
-        let (used, grew) = (
-            std::mem::take(&mut self.used),
-            std::mem::take(&mut self.grew),
-        );
-        let floor = START.min(self.slots.len());
-        let want = (used * 2)
-            .next_power_of_two()
-            .clamp(floor, self.slots.len());
-        if !grew && want < self.want {
-            self.want = want;
-        }
+        self.share.interval();
     }
 
     /// Lends the ring buffers from the pool until it holds what it should, or the pool is
     /// empty, or (the new group's ring) down to its reserve.
+    /// Called once per loop turn, before the enter: also ends the turn's demand ([`Share`]).
     pub(super) fn refill(&mut self, pool: &mut BufferPool) {
+        self.share.turn();
         if !self.registered {
             return;
         }
         let mut added = false;
-        while self.lent < self.want {
+        while self.lent < self.share.want {
             let b = if self.bgid == GROUP_NEW {
                 pool.checkout_new()
             } else {
@@ -423,7 +410,7 @@ impl BufRing {
         let b = self.slots.get_mut(i as usize)?.take()?;
         self.free.push(i);
         self.lent -= 1;
-        self.used += 1;
+        self.share.taken();
         if std::mem::take(&mut self.cold[i as usize]) {
             self.cold_count -= 1;
         }
@@ -446,5 +433,134 @@ impl BufRing {
         self.tainted.fill(false);
         self.cold_count = 0;
         self.lent = 0;
+    }
+}
+
+/// How many buffers a ring keeps lent: what its busiest recent loop turn needed, no more (the
+/// module doc says why). The kernel takes ring buffers inside the worker's enter only
+/// (`DEFER_TASKRUN`), so a turn's demand is the buffers its completions used plus the receives
+/// that found the ring empty.
+#[derive(Debug)]
+struct Share {
+    /// Buffers to keep lent.
+    want: usize,
+    /// Never below this (the starting share) nor above `cap` (the ring's entries).
+    floor: usize,
+    cap: usize,
+    /// This turn so far: buffers the kernel used, receives that found the ring empty.
+    turn_used: usize,
+    turn_starved: usize,
+    /// The busiest turn's demand since the last interval, and whether a receive starved.
+    peak: usize,
+    grew: bool,
+}
+
+impl Share {
+    fn new(floor: usize, cap: usize) -> Share {
+        Share {
+            want: floor,
+            floor,
+            cap,
+            turn_used: 0,
+            turn_starved: 0,
+            peak: 0,
+            grew: false,
+        }
+    }
+
+    #[inline]
+    fn taken(&mut self) {
+        self.turn_used += 1;
+    }
+
+    #[inline]
+    fn starved(&mut self) {
+        self.turn_starved += 1;
+    }
+
+    /// A loop turn is over (the ring is about to be refilled). If receives found the ring
+    /// empty, the share grows once: to twice itself or to the turn's demand, whichever is more
+    /// (a power of two), so a burst of starved receives grows it to what the burst needed, not
+    /// doubling once per receive.
+    #[inline]
+    fn turn(&mut self) {
+        let demand = self.turn_used + self.turn_starved;
+        self.peak = self.peak.max(demand);
+        if self.turn_starved > 0 {
+            self.want = (self.want * 2)
+                .max(demand.next_power_of_two())
+                .min(self.cap);
+            self.grew = true;
+        }
+        self.turn_used = 0;
+        self.turn_starved = 0;
+    }
+
+    /// A trim interval is over: unless a receive starved in it, the share falls to the busiest
+    /// turn's demand (a power of two, at least the floor).
+    fn interval(&mut self) {
+        let (peak, grew) = (
+            std::mem::take(&mut self.peak),
+            std::mem::take(&mut self.grew),
+        );
+        let want = peak.next_power_of_two().clamp(self.floor, self.cap);
+        if !grew && want < self.want {
+            self.want = want;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Share;
+
+    fn turn(s: &mut Share, used: usize, starved: usize) {
+        for _ in 0..used {
+            s.taken();
+        }
+        for _ in 0..starved {
+            s.starved();
+        }
+        s.turn();
+    }
+
+    #[test]
+    fn a_burst_of_starved_receives_grows_the_share_once_to_its_demand() {
+        let mut s = Share::new(16, 4096);
+        // 16 used, 57 found the ring empty in one turn: 73 wanted, not 16 << 57.
+        turn(&mut s, 16, 57);
+        assert_eq!(s.want, 128);
+        // One starved receive in a turn: double.
+        turn(&mut s, 128, 1);
+        assert_eq!(s.want, 256);
+        // Turns that starve nothing leave it.
+        turn(&mut s, 200, 0);
+        assert_eq!(s.want, 256);
+        // Never above the ring.
+        turn(&mut s, 4000, 3000);
+        assert_eq!(s.want, 4096);
+    }
+
+    #[test]
+    fn the_share_falls_to_the_busiest_turn_of_an_interval() {
+        let mut s = Share::new(16, 4096);
+        turn(&mut s, 16, 300);
+        assert_eq!(s.want, 512);
+        // The interval in which it grew keeps it.
+        s.interval();
+        assert_eq!(s.want, 512);
+        // A steady load needing at most 21 buffers a turn: 32.
+        for n in [10, 21, 7, 19] {
+            turn(&mut s, n, 0);
+        }
+        s.interval();
+        assert_eq!(s.want, 32);
+        // An idle interval: the floor.
+        s.interval();
+        assert_eq!(s.want, 16);
+        // A busier interval does not raise it (only starved receives do).
+        turn(&mut s, 16, 0);
+        s.interval();
+        assert_eq!(s.want, 16);
     }
 }

@@ -958,13 +958,13 @@ impl UringEngine {
                 self.buffer_waits += 1;
                 if new {
                     self.starved_new.push_back((conn, idx));
-                    self.bufring_new.grow();
+                    self.bufring_new.starved();
                     if !self.pool.above_reserve() {
                         self.reserve_waits += 1;
                     }
                 } else {
                     self.starved.push_back((conn, idx));
-                    self.bufring.grow();
+                    self.bufring.starved();
                 }
                 return;
             }

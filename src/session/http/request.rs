@@ -25,19 +25,22 @@ impl HttpSession {
         let limits = self.limits();
         if let Some(b) = self.req_in.as_ref() {
             if !b.is_empty() {
-                match head::parse_request(cx.pool.data(b), &limits) {
-                    Ok(Some(ref h)) => return self.start_request(cx, h),
-                    Ok(None) => {
-                        if b.len() >= cx.pool.capacity(b) {
-                            if let Some(w) = self.grow_head_buffer(cx, &limits) {
-                                return w;
-                            }
-                        }
+                // Parsed in the worker's slot: the head is neither set up nor copied out.
+                let mut h = cx.heads.take_request();
+                let w = match head::parse_request_into(cx.pool.data(b), &limits, &mut h) {
+                    Ok(true) => Some(self.start_request(cx, &h)),
+                    Ok(false) if b.len() >= cx.pool.capacity(b) => {
+                        self.grow_head_buffer(cx, &limits)
                     }
+                    Ok(false) => None,
                     Err(r) => {
                         cx.http.bad_requests += 1;
-                        return self.reject(cx, r);
+                        Some(self.reject(cx, r))
                     }
+                };
+                cx.heads.put_request(h);
+                if let Some(w) = w {
+                    return w;
                 }
             }
         }

@@ -26,21 +26,28 @@ impl HttpSession {
         if let Some(b) = self.req_in.as_ref() {
             if !b.is_empty() {
                 // Parsed in the worker's slot: the head is neither set up nor copied out.
+                // Each arm gives the slot back itself: the common one returns what
+                // `start_request` returns as it is (no `Option<Want>` in between).
                 let mut h = cx.heads.take_request();
-                let w = match head::parse_request_into(cx.pool.data(b), &limits, &mut h) {
-                    Ok(true) => Some(self.start_request(cx, &h)),
-                    Ok(false) if b.len() >= cx.pool.capacity(b) => {
-                        self.grow_head_buffer(cx, &limits)
+                match head::parse_request_into(cx.pool.data(b), &limits, &mut h) {
+                    Ok(true) => {
+                        let w = self.start_request(cx, &h);
+                        cx.heads.put_request(h);
+                        return w;
                     }
-                    Ok(false) => None,
+                    Ok(false) => {
+                        cx.heads.put_request(h);
+                        if b.len() >= cx.pool.capacity(b) {
+                            if let Some(w) = self.grow_head_buffer(cx, &limits) {
+                                return w;
+                            }
+                        }
+                    }
                     Err(r) => {
+                        cx.heads.put_request(h);
                         cx.http.bad_requests += 1;
-                        Some(self.reject(cx, r))
+                        return self.reject(cx, r);
                     }
-                };
-                cx.heads.put_request(h);
-                if let Some(w) = w {
-                    return w;
                 }
             }
         }
@@ -64,6 +71,8 @@ impl HttpSession {
 
     /// A request head filled its buffer without ending. Below the listener's limit it moves to
     /// a large buffer; past it, or when no large buffer is left, the request is refused.
+    #[cold]
+    #[inline(never)]
     fn grow_head_buffer(&mut self, cx: &mut Cx<'_>, limits: &Limits) -> Option<Want> {
         let small = self.req_in.take()?;
         let can_grow =
@@ -95,6 +104,8 @@ impl HttpSession {
     }
 
     /// A malformed head: whatever follows it cannot be framed, so answer and close.
+    #[cold]
+    #[inline(never)]
     fn reject(&mut self, cx: &mut Cx<'_>, r: Reject) -> Want {
         if let Some(b) = self.req_in.take() {
             cx.pool.release(b);

@@ -183,6 +183,8 @@ pub struct Env {
     pub shared_version: u64,
     /// Recycled per-request state (no allocation per request).
     pub exchanges: http::ExchangePool,
+    /// Where request and response heads are parsed (no head set up or copied per request).
+    pub heads: http::HeadSlots,
     /// An access log wants records (else their fields are not filled in).
     pub access_log: bool,
 }
@@ -198,6 +200,7 @@ impl Env {
             shared,
             shared_version: u64::MAX,
             exchanges: http::ExchangePool::default(),
+            heads: http::HeadSlots::default(),
             access_log: false,
         }
     }

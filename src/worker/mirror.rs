@@ -47,7 +47,24 @@ impl<E: Engine> Worker<E> {
     /// Session `key` asked for an upstream for a new request: when its release tag says
     /// `concurrent` (an idempotent request, two live versions), the request is mirrored to
     /// the previous version.
+    #[inline]
     pub(super) fn start_mirror(&mut self, key: usize) {
+        // The common case (nothing to mirror) is this check, inlined where a request asks for
+        // its upstream; the mirroring itself is out of line.
+        let wanted = matches!(
+            self.sessions.get(key).map(|e| &e.session),
+            Some(Session::Http(s)) if s.exchange().is_some_and(|x| {
+                crate::release::can_fall_back(&x.release_tag) && x.mirror.is_none()
+            })
+        );
+        if wanted {
+            self.mirror_now(key);
+        }
+    }
+
+    /// [`Worker::start_mirror`] for a request that may be mirrored.
+    #[inline(never)]
+    fn mirror_now(&mut self, key: usize) {
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };

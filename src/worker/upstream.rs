@@ -25,13 +25,31 @@ type ProxyHeader = (
 );
 
 impl<E: Engine> Worker<E> {
-    /// Acts on an upstream step a session asked for.
+    /// Acts on an upstream step a session asked for. Inlined into [`Worker::drive`] with only
+    /// the `Need` of every request: the end of a request and the rare steps are calls, which
+    /// keeps `drive`'s frame (and the prologue of its calls) small.
+    #[inline(always)]
     pub(super) fn upstream_step(&mut self, key: usize, up: Up) {
         match up {
             Up::Need => {
                 self.start_mirror(key);
                 self.connect_upstream(key, false)
             }
+            Up::Release { reusable } => self.release_step(key, reusable),
+            up => self.upstream_rare(key, up),
+        }
+    }
+
+    /// The upstream steps other than `Need` and `Release`: connected, failed, retry, drop.
+    #[inline(never)]
+    fn upstream_rare(&mut self, key: usize, up: Up) {
+        match up {
+            // Taken by `upstream_step`; here for completeness.
+            Up::Need => {
+                self.start_mirror(key);
+                self.connect_upstream(key, false)
+            }
+            Up::Release { reusable } => self.release_step(key, reusable),
             Up::Connected => {
                 self.obs_connect(key, Outcome::Success);
                 self.observe(key, Outcome::Success, Since::Upstream);
@@ -98,32 +116,36 @@ impl<E: Engine> Worker<E> {
                 }
                 self.drop_upstream(key, Linger::Graceful);
             }
-            Up::Release { reusable } => {
-                let latency = self.log_request(key);
-                self.mirror_primary_done(key, true);
-                // 5xx answers count against the backend, like failures.
-                let failed = matches!(
-                    self.sessions.get(key).map(|e| &e.session),
-                    Some(Session::Http(s)) if s.exchange().is_some_and(|x| x.status >= 500)
-                );
-                let outcome = if failed {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                self.observe(key, outcome, Since::Request(latency));
-                self.release_upstream(key, reusable);
-                let Some(e) = self.sessions.get_mut(key) else {
-                    return;
-                };
-                if let Session::Http(s) = &mut e.session {
-                    let mut cx = cx!(self);
-                    s.end_exchange(&mut cx);
-                }
-                // Draining (shutdown, upgrade): the session closes itself after a response
-                // that said `Connection: close`, or after DRAIN_IDLE of silence.
-            }
         }
+    }
+
+    /// The exchange of session `key` is over (`Up::Release`): log it, tell the balancer,
+    /// pool or close the upstream connection, and end the exchange.
+    #[inline(never)]
+    fn release_step(&mut self, key: usize, reusable: bool) {
+        let latency = self.log_request(key);
+        self.mirror_primary_done(key, true);
+        // 5xx answers count against the backend, like failures.
+        let failed = matches!(
+            self.sessions.get(key).map(|e| &e.session),
+            Some(Session::Http(s)) if s.exchange().is_some_and(|x| x.status >= 500)
+        );
+        let outcome = if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        self.observe(key, outcome, Since::Request(latency));
+        self.release_upstream(key, reusable);
+        let Some(e) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if let Session::Http(s) = &mut e.session {
+            let mut cx = cx!(self);
+            s.end_exchange(&mut cx);
+        }
+        // Draining (shutdown, upgrade): the session closes itself after a response
+        // that said `Connection: close`, or after DRAIN_IDLE of silence.
     }
 
     /// Release strategy `concurrent`: the newest version failed this request (5xx,

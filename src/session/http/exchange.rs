@@ -8,7 +8,7 @@
 use crate::accesslog::Record;
 use crate::engine::ConnId;
 use crate::http::chunked::{ChunkError, Chunked};
-use crate::http::head::{BodyKind, Method};
+use crate::http::head::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::io::{Buf, BufferPool, Pipe, PipePool};
 use crate::session::flow::Flow;
 use crate::session::Target;
@@ -427,4 +427,61 @@ impl ExchangePool {
             self.free.push(x);
         }
     }
+}
+
+/// Where a worker's sessions have their heads parsed
+/// ([`parse_request_into`](crate::http::head::parse_request_into),
+/// [`parse_response_into`](crate::http::head::parse_response_into)), kept from one request to the next: a head (~350 bytes with
+/// its header spans) is built in place, neither set up empty nor copied out per request. Boxed,
+/// so a session takes one out and gives it back by moving a pointer while it works with the
+/// worker's [`Cx`](crate::session::Cx). Both are allocated with the worker; a slot not given
+/// back (never on the hot path) is replaced by a new one at the next take.
+pub struct HeadSlots {
+    request: Option<Box<RequestHead>>,
+    response: Option<Box<ResponseHead>>,
+}
+
+impl Default for HeadSlots {
+    fn default() -> Self {
+        HeadSlots {
+            request: Some(Box::default()),
+            response: Some(Box::default()),
+        }
+    }
+}
+
+impl HeadSlots {
+    #[inline]
+    pub fn take_request(&mut self) -> Box<RequestHead> {
+        match self.request.take() {
+            Some(h) => h,
+            None => new_slot(),
+        }
+    }
+
+    #[inline]
+    pub fn put_request(&mut self, h: Box<RequestHead>) {
+        self.request = Some(h);
+    }
+
+    #[inline]
+    pub fn take_response(&mut self) -> Box<ResponseHead> {
+        match self.response.take() {
+            Some(h) => h,
+            None => new_slot(),
+        }
+    }
+
+    #[inline]
+    pub fn put_response(&mut self, h: Box<ResponseHead>) {
+        self.response = Some(h);
+    }
+}
+
+/// A head slot to replace one not given back (out of line: the taking stays small where it
+/// is inlined).
+#[cold]
+#[inline(never)]
+fn new_slot<T: Default>() -> Box<T> {
+    Box::default()
 }

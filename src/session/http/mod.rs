@@ -31,7 +31,7 @@ mod response;
 #[cfg(test)]
 mod tests;
 
-pub use exchange::{Body, Exchange, ExchangePool, Retry, UpstreamTimeouts};
+pub use exchange::{Body, Exchange, ExchangePool, HeadSlots, Retry, UpstreamTimeouts};
 
 use super::flow::End;
 use super::{CloseReason, Cx, Side, Signal, Target, Up, Want};

@@ -25,9 +25,18 @@ impl HttpSession {
         let limits = self.limits();
         if let Some(b) = self.req_in.as_ref() {
             if !b.is_empty() {
-                match head::parse_request(cx.pool.data(b), &limits) {
-                    Ok(Some(ref h)) => return self.start_request(cx, h),
-                    Ok(None) => {
+                // Parsed in the worker's slot: the head is neither set up nor copied out.
+                // Each arm gives the slot back itself: the common one returns what
+                // `start_request` returns as it is (no `Option<Want>` in between).
+                let mut h = cx.heads.take_request();
+                match head::parse_request_into(cx.pool.data(b), &limits, &mut h) {
+                    Ok(true) => {
+                        let w = self.start_request(cx, &h);
+                        cx.heads.put_request(h);
+                        return w;
+                    }
+                    Ok(false) => {
+                        cx.heads.put_request(h);
                         if b.len() >= cx.pool.capacity(b) {
                             if let Some(w) = self.grow_head_buffer(cx, &limits) {
                                 return w;
@@ -35,6 +44,7 @@ impl HttpSession {
                         }
                     }
                     Err(r) => {
+                        cx.heads.put_request(h);
                         cx.http.bad_requests += 1;
                         return self.reject(cx, r);
                     }
@@ -61,6 +71,8 @@ impl HttpSession {
 
     /// A request head filled its buffer without ending. Below the listener's limit it moves to
     /// a large buffer; past it, or when no large buffer is left, the request is refused.
+    #[cold]
+    #[inline(never)]
     fn grow_head_buffer(&mut self, cx: &mut Cx<'_>, limits: &Limits) -> Option<Want> {
         let small = self.req_in.take()?;
         let can_grow =
@@ -92,6 +104,8 @@ impl HttpSession {
     }
 
     /// A malformed head: whatever follows it cannot be framed, so answer and close.
+    #[cold]
+    #[inline(never)]
     fn reject(&mut self, cx: &mut Cx<'_>, r: Reject) -> Want {
         if let Some(b) = self.req_in.take() {
             cx.pool.release(b);

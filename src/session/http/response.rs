@@ -40,12 +40,16 @@ impl HttpSession {
             return None;
         }
         let b = x.resp_in.as_ref().filter(|b| !b.is_empty())?;
-        match head::parse_response(cx.pool.data(b), x.method, &limits) {
-            Ok(Some(ref h)) => self.start_response(cx, h),
-            Ok(None) if b.len() >= cx.pool.buffer_size() => Some(self.fail_now(cx, 502)),
-            Ok(None) => None,
+        // Parsed in the worker's slot: the head is neither set up nor copied out.
+        let mut h = cx.heads.take_response();
+        let w = match head::parse_response_into(cx.pool.data(b), x.method, &limits, &mut h) {
+            Ok(true) => self.start_response(cx, &h),
+            Ok(false) if b.len() >= cx.pool.buffer_size() => Some(self.fail_now(cx, 502)),
+            Ok(false) => None,
             Err(_) => Some(self.fail_now(cx, 502)),
-        }
+        };
+        cx.heads.put_response(h);
+        w
     }
 
     /// A response head was parsed. `Some(want)` ends the step.

@@ -28,6 +28,8 @@ echo "$SWITCHYARD_ACTION $SWITCHYARD_CLUSTER $SWITCHYARD_BACKENDS" >> "$dir/call
 case "$SWITCHYARD_ACTION" in
 scale_up)
   log="$dir/demo-$$.log"
+  # Created here: the background job opens it only after the fork, and sed must not miss it.
+  : > "$log"
   "$SWITCHYARD_EXE" demo-backend --listen 127.0.0.1:0 --id scaled >/dev/null 2>"$log" </dev/null &
   pid=$!
   addr=""

@@ -44,12 +44,8 @@ impl<E: Engine> Worker<E> {
     #[inline(never)]
     fn upstream_rare(&mut self, key: usize, up: Up) {
         match up {
-            // Taken by `upstream_step`; here for completeness.
-            Up::Need => {
-                self.start_mirror(key);
-                self.connect_upstream(key, false)
-            }
-            Up::Release { reusable } => self.release_step(key, reusable),
+            // Taken by `upstream_step` before it calls here.
+            Up::Need | Up::Release { .. } => self.upstream_step(key, up),
             Up::Connected => {
                 self.obs_connect(key, Outcome::Success);
                 self.observe(key, Outcome::Success, Since::Upstream);

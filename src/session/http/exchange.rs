@@ -453,10 +453,7 @@ impl Default for HeadSlots {
 impl HeadSlots {
     #[inline]
     pub fn take_request(&mut self) -> Box<RequestHead> {
-        match self.request.take() {
-            Some(h) => h,
-            None => new_slot(),
-        }
+        self.request.take().unwrap_or_else(new_slot)
     }
 
     #[inline]
@@ -466,10 +463,7 @@ impl HeadSlots {
 
     #[inline]
     pub fn take_response(&mut self) -> Box<ResponseHead> {
-        match self.response.take() {
-            Some(h) => h,
-            None => new_slot(),
-        }
+        self.response.take().unwrap_or_else(new_slot)
     }
 
     #[inline]

@@ -947,6 +947,9 @@ impl HttpSession {
 
     /// One step of a request/response exchange.
     fn next_exchange(&mut self, cx: &mut Cx<'_>) -> Want {
+        if let Some(w) = self.next_splice() {
+            return w;
+        }
         // 0. The response is out.
         {
             let Phase::Exchange(x) = &mut self.phase else {
@@ -1169,6 +1172,50 @@ impl HttpSession {
             return Want::Io(Side::Downstream, Op::Recv(None));
         }
         Want::Idle
+    }
+
+    /// The common step of a spliced response body, taken without walking the steps of
+    /// [`HttpSession::next_exchange`]: each splice comes back here twice, and a 1 MiB download
+    /// is about ten splices. It applies only where those steps could choose nothing else —
+    /// the request is all out, no head or injected delay is pending, the body is not done —
+    /// and makes the same choices in the same order: pipe → client (step 3), then backend →
+    /// pipe (step 4). Anything else (`None`) takes the general path.
+    #[inline]
+    fn next_splice(&mut self) -> Option<Want> {
+        let Phase::Exchange(x) = &mut self.phase else {
+            return None;
+        };
+        let exchange::Body::Length(left) = x.resp_body else {
+            return None;
+        };
+        if !x.splicing
+            || !x.resp_started
+            || x.upgrading
+            || x.down.is_some()
+            || x.answer_at.is_some()
+            || x.req_ready > 0
+            || x.up_head_sent < x.up_head_len
+            || !x.req_body.done()
+        {
+            return None;
+        }
+        if !self.down_writing && x.resp_piped > 0 {
+            let pipe = x.resp_pipe.take()?;
+            self.down_writing = true;
+            let len = x.resp_piped;
+            return Some(Want::Io(Side::Downstream, Op::SpliceOut { pipe, len }));
+        }
+        if !x.up_reading && x.upstream.is_some() {
+            let room = x.resp_pipe.as_ref()?.capacity.saturating_sub(x.resp_piped);
+            if room > 0 {
+                let pipe = x.resp_pipe.take()?;
+                x.up_reading = true;
+                let max = u64::from(room).min(left) as u32;
+                let piped = x.resp_piped;
+                return Some(Want::Io(Side::Upstream, Op::SpliceIn { pipe, piped, max }));
+            }
+        }
+        None
     }
 
     /// The response is out: say so to the worker, which logs the request and pools (or

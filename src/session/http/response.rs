@@ -7,6 +7,7 @@ use super::exchange::Body;
 use super::{HttpSession, Phase};
 use crate::http::head::{self, BodyKind, ResponseHead};
 use crate::http::rewrite;
+use crate::io::Buf;
 use crate::session::{CloseReason, Cx, Up, Want};
 
 /// A cursor over an output slice for building heads without allocation.
@@ -31,14 +32,23 @@ impl HttpSession {
     /// Parses a response head if one is buffered and none is being answered yet. `Some` ends
     /// the step with what to do.
     pub(super) fn parse_response(&mut self, cx: &mut Cx<'_>) -> Option<Want> {
+        // Nothing to parse (every step of an exchange asks): settled before the listener's
+        // limits are looked up in the snapshot.
+        let Phase::Exchange(x) = &self.phase else {
+            return None;
+        };
+        if x.resp_started
+            || x.down.is_some()
+            || self.down_writing
+            || x.up_reading
+            || x.resp_in.as_ref().is_none_or(Buf::is_empty)
+        {
+            return None;
+        }
         let limits = self.limits();
-        let down_writing = self.down_writing;
         let Phase::Exchange(x) = &mut self.phase else {
             return None;
         };
-        if x.resp_started || x.down.is_some() || down_writing || x.up_reading {
-            return None;
-        }
         let b = x.resp_in.as_ref().filter(|b| !b.is_empty())?;
         // Parsed in the worker's slot: the head is neither set up nor copied out.
         let mut h = cx.heads.take_response();

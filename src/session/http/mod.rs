@@ -1205,17 +1205,14 @@ impl HttpSession {
             let len = x.resp_piped;
             return Some(Want::Io(Side::Downstream, Op::SpliceOut { pipe, len }));
         }
-        if !x.up_reading && x.upstream.is_some() {
-            let room = x.resp_pipe.as_ref()?.capacity.saturating_sub(x.resp_piped);
-            if room > 0 {
-                let pipe = x.resp_pipe.take()?;
-                x.up_reading = true;
-                let max = u64::from(room).min(left) as u32;
-                let piped = x.resp_piped;
-                return Some(Want::Io(Side::Upstream, Op::SpliceIn { pipe, piped, max }));
-            }
+        if x.up_reading || x.upstream.is_none() {
+            return None;
         }
-        None
+        let piped = x.resp_piped;
+        let pipe = x.resp_pipe.take_if(|p| p.capacity > piped)?;
+        x.up_reading = true;
+        let max = u64::from(pipe.capacity - piped).min(left) as u32;
+        Some(Want::Io(Side::Upstream, Op::SpliceIn { pipe, piped, max }))
     }
 
     /// The response is out: say so to the worker, which logs the request and pools (or

@@ -79,7 +79,20 @@ pub enum Op {
     /// Read slot. Socket → pipe, at most `max` bytes, without waiting: `Bytes(0)` when nothing
     /// can move now (the socket is dry, or the pipe is full: `piped` bytes are in it already),
     /// so a quiet flow gives its pipe back instead of holding it.
-    SpliceIn { pipe: Pipe, piped: u32, max: u32 },
+    ///
+    /// `forward: Some(c)`: when bytes arrive, the engine at once splices what the pipe then
+    /// holds out to connection `c`, in the same call and without waiting, and says how much
+    /// left the pipe in [`Done::SpliceIn`]'s `sent`. A socket that cannot take bytes now, or
+    /// an error, moves nothing and is not reported: the session's next `SpliceOut` meets it.
+    /// This saves a spliced body a session step per chunk. The session asks it only while
+    /// `c`'s write slot is free, the worker only when both connections are plain (no
+    /// transport in between), and an engine that cannot do it may ignore it (`sent: 0`).
+    SpliceIn {
+        pipe: Pipe,
+        piped: u32,
+        max: u32,
+        forward: Option<ConnId>,
+    },
     /// Write slot. Pipe → socket, `len` bytes.
     SpliceOut { pipe: Pipe, len: u32 },
     /// Write slot. Shut down the sending side (FIN).
@@ -112,9 +125,11 @@ pub enum Done {
         b: Option<Buf>,
         res: Xfer,
     },
+    /// `sent`: bytes the op's `forward` moved on out of the pipe (after `res`'s came in).
     SpliceIn {
         pipe: Pipe,
         res: Xfer,
+        sent: u32,
     },
     SpliceOut {
         pipe: Pipe,
@@ -429,7 +444,7 @@ pub fn failed(op: Op, errno: i32) -> Done {
             b: b.map(|s| s.buf),
             res,
         },
-        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res },
+        Op::SpliceIn { pipe, .. } => Done::SpliceIn { pipe, res, sent: 0 },
         Op::SpliceOut { pipe, .. } => Done::SpliceOut { pipe, res },
         Op::Shutdown => Done::Shutdown(res),
         Op::Watch => Done::Watch(res),

@@ -169,6 +169,7 @@ impl Flow {
                         pipe,
                         piped: self.piped,
                         max,
+                        forward: None,
                     },
                 ));
             }
@@ -236,7 +237,7 @@ impl Flow {
                     }
                 }
             }
-            Done::SpliceIn { pipe, res } => {
+            Done::SpliceIn { pipe, res, .. } => {
                 self.reading = false;
                 match res {
                     Xfer::Bytes(0) => {
@@ -556,6 +557,7 @@ mod tests {
             Done::SpliceIn {
                 pipe,
                 res: Xfer::Bytes(0),
+                sent: 0,
             },
             &mut pool,
             &mut pipes,
@@ -603,6 +605,7 @@ mod tests {
         let done = Done::SpliceIn {
             pipe,
             res: Xfer::Bytes(n),
+            sent: 0,
         };
         f.complete(done, pool, pipes).expect("ok");
         let Some((End::Destination, Op::SpliceOut { pipe, len })) =
@@ -629,6 +632,7 @@ mod tests {
         let done = Done::SpliceIn {
             pipe,
             res: Xfer::Bytes(0),
+            sent: 0,
         };
         f.complete(done, pool, pipes).expect("ok");
     }

@@ -221,9 +221,19 @@ impl Kit {
     }
 
     fn run(&mut self, side: Side, op: Op) -> Result<Done, Op> {
-        let (pool, p, piped) = match side {
-            Side::Downstream => (&mut self.pool, &mut self.downstream, &mut self.piped),
-            Side::Upstream => (&mut self.pool, &mut self.upstream, &mut self.piped),
+        let (pool, p, other, piped) = match side {
+            Side::Downstream => (
+                &mut self.pool,
+                &mut self.downstream,
+                &mut self.upstream,
+                &mut self.piped,
+            ),
+            Side::Upstream => (
+                &mut self.pool,
+                &mut self.upstream,
+                &mut self.downstream,
+                &mut self.piped,
+            ),
         };
         let failed = Xfer::Failed(libc::ECONNRESET);
         // A receive of new work is a provided-buffer receive that stops at the reserve.
@@ -328,7 +338,9 @@ impl Kit {
             }
             Op::Readable => Err(Op::Readable),
             // Never waits: `Bytes(0)` when nothing can move now.
-            Op::SpliceIn { pipe, max, .. } => {
+            Op::SpliceIn {
+                pipe, max, forward, ..
+            } => {
                 let res = if p.reset {
                     failed
                 } else if !p.splice {
@@ -346,7 +358,20 @@ impl Kit {
                 } else {
                     Xfer::Bytes(0)
                 };
-                Ok(Done::SpliceIn { pipe, res })
+                // The forward: what the pipe holds, on to the other peer as far as it
+                // takes bytes now (never waiting, as the engines do).
+                let sent = match (forward, res) {
+                    (Some(_), Xfer::Bytes(n)) if n > 0 && !other.reset => {
+                        let m = piped.len().min(other.window);
+                        other.output.extend(piped.drain(..m));
+                        if other.window != usize::MAX {
+                            other.window -= m;
+                        }
+                        m as u32
+                    }
+                    _ => 0,
+                };
+                Ok(Done::SpliceIn { pipe, res, sent })
             }
             Op::SpliceOut { pipe, len } => {
                 if p.reset {

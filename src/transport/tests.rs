@@ -167,6 +167,7 @@ impl Engine for MemEngine {
             Op::SpliceIn { pipe, .. } => Some(Done::SpliceIn {
                 pipe,
                 res: Xfer::Bytes(0),
+                sent: 0,
             }),
             Op::SpliceOut { pipe, .. } => Some(Done::SpliceOut {
                 pipe,

@@ -266,6 +266,7 @@ impl TlsConn {
                 return Some(Done::SpliceIn {
                     pipe,
                     res: Xfer::Bytes(0),
+                    sent: 0,
                 })
             }
             Op::SpliceOut { pipe, .. } => {

@@ -4,7 +4,7 @@
 //! HOT PATH. No allocation, lock, blocking call or info-level log.
 
 use super::{cx, listener_closed, Entry, Owner, Queue, Waiting, Worker};
-use crate::engine::{recycle_op, Engine, Linger};
+use crate::engine::{recycle_op, Engine, Linger, Op};
 use crate::session::{CloseReason, Session, Side, Want};
 use crate::transport::Transport;
 use std::sync::atomic::Ordering;
@@ -31,9 +31,24 @@ impl<E: Engine> Worker<E> {
                     let mut cx = cx!(self);
                     e.session.next(&mut cx)
                 };
-                let Want::Io(side, op) = want else {
+                let Want::Io(side, mut op) = want else {
                     break want;
                 };
+                // A splice's forward bypasses transports: only to a plain connection.
+                if let Op::SpliceIn {
+                    forward: forward @ Some(_),
+                    ..
+                } = &mut op
+                {
+                    if !forward.is_some_and(|to| {
+                        matches!(
+                            self.conns.get(to as usize).map(|m| &m.transport),
+                            Some(Transport::Plain)
+                        )
+                    }) {
+                        *forward = None;
+                    }
+                }
                 let plain = e.session.conn(side).filter(|&c| {
                     matches!(
                         self.conns.get(c as usize).map(|m| &m.transport),

@@ -98,6 +98,37 @@ impl Wake for MioWaker {
 }
 
 impl MioEngine {
+    /// `Op::SpliceIn`'s `forward`: the pipe's `len` bytes out to `to`, now or not at all (a
+    /// socket known not to take bytes, or a busy write slot, is not tried; an error is left
+    /// for the session's next `SpliceOut` to meet). Bytes that left the pipe.
+    #[inline]
+    fn forward(&mut self, to: ConnId, pipe: &crate::io::Pipe, len: u32) -> u32 {
+        let Some(c) = self.conns.get_mut(to as usize) else {
+            return 0;
+        };
+        if !c.ready.contains(Ready::WRITABLE) || !matches!(c.write, WriteOp::None) {
+            return 0;
+        }
+        for _ in 0..EINTR_RETRIES {
+            match splice::drain(pipe, &c.sock, len as usize) {
+                Ok(n) => {
+                    if n < len as usize {
+                        c.ready.remove(Ready::WRITABLE);
+                    }
+                    return n as u32;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() == ErrorKind::WouldBlock {
+                        c.ready.remove(Ready::WRITABLE);
+                    }
+                    return 0;
+                }
+            }
+        }
+        0
+    }
+
     pub fn new(pool: BufferPool, pipes: PipePool) -> io::Result<MioEngine> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), mio::Token(token::WAKER))?;
@@ -243,12 +274,14 @@ fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, Rea
                         return Ok(Done::SpliceIn {
                             pipe,
                             res: Xfer::Eof,
+                            sent: 0,
                         })
                     }
                     Ok(n) => {
                         return Ok(Done::SpliceIn {
                             pipe,
                             res: Xfer::Bytes(n as u32),
+                            sent: 0,
                         })
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -261,6 +294,7 @@ fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, Rea
                         return Ok(Done::SpliceIn {
                             pipe,
                             res: Xfer::Bytes(0),
+                            sent: 0,
                         });
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -268,6 +302,7 @@ fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, Rea
                         return Ok(Done::SpliceIn {
                             pipe,
                             res: Xfer::failed(&e),
+                            sent: 0,
                         })
                     }
                 }
@@ -275,6 +310,7 @@ fn run_read(c: &mut Conn, op: ReadOp, pool: &mut BufferPool) -> Result<Done, Rea
             Ok(Done::SpliceIn {
                 pipe,
                 res: Xfer::Bytes(0),
+                sent: 0,
             })
         }
         ReadOp::Readable => Ok(Done::Readable(Xfer::Bytes(1))),
@@ -606,14 +642,38 @@ impl Engine for MioEngine {
             }
             // Never parks: a splice that cannot move bytes now gives its pipe back at once
             // (`Bytes(0)`), so a quiet flow does not hold a pipe.
-            Op::SpliceIn { pipe, piped, max } => {
+            Op::SpliceIn {
+                pipe,
+                piped,
+                max,
+                forward,
+            } => {
                 if !c.ready.contains(Ready::READABLE) {
                     return Some(Done::SpliceIn {
                         pipe,
                         res: Xfer::Bytes(0),
+                        sent: 0,
                     });
                 }
-                run_read(c, ReadOp::SpliceIn(pipe, piped, max), &mut self.pool).ok()
+                let done = run_read(c, ReadOp::SpliceIn(pipe, piped, max), &mut self.pool).ok();
+                match (forward, done) {
+                    (
+                        Some(to),
+                        Some(Done::SpliceIn {
+                            pipe,
+                            res: Xfer::Bytes(n),
+                            ..
+                        }),
+                    ) if n > 0 => {
+                        let sent = self.forward(to, &pipe, piped + n);
+                        Some(Done::SpliceIn {
+                            pipe,
+                            res: Xfer::Bytes(n),
+                            sent,
+                        })
+                    }
+                    (_, done) => done,
+                }
             }
             // Readiness says it (a splice that found the socket dry cleared it); no syscall.
             Op::Readable => {
@@ -900,6 +960,77 @@ mod tests {
         e.pools().0.release(b);
         e.close(conn, Linger::Graceful);
         assert_eq!(e.gauges().connections, 0);
+    }
+
+    /// `SpliceIn`'s forward: what came in goes on out to the other connection in the same
+    /// call; forwarded to a connection that is not there, it stays in the pipe.
+    #[test]
+    fn a_splice_in_forwards_what_came_in_to_the_other_connection() {
+        use std::io::Read;
+        let mut e = MioEngine::new(BufferPool::new(1024, 4), PipePool::new(2)).expect("engine");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut open = || {
+            let c = e.connect(l.local_addr().expect("addr")).expect("connect");
+            let d = done_of(&mut e, c, Duration::from_secs(5));
+            assert!(matches!(d, Some(Done::Connect(Xfer::Bytes(0)))), "{d:?}");
+            (c, l.accept().expect("accept").0)
+        };
+        let (a, mut pa) = open();
+        let (b, mut pb) = open();
+        let mut pipe = e.pools().1.get().expect("pipe");
+        let splice_in = |e: &mut MioEngine, mut pipe, forward| {
+            for _ in 0..50 {
+                let op = Op::SpliceIn {
+                    pipe,
+                    piped: 0,
+                    max: 4096,
+                    forward,
+                };
+                match e.submit(a, op) {
+                    Some(Done::SpliceIn {
+                        pipe: p,
+                        res: Xfer::Bytes(0),
+                        ..
+                    }) => {
+                        pipe = p;
+                        // Not here yet: wait for it.
+                        if e.submit(a, Op::Readable).is_none() {
+                            let d = done_of(e, a, Duration::from_secs(5));
+                            assert!(matches!(d, Some(Done::Readable(_))), "{d:?}");
+                        }
+                    }
+                    Some(Done::SpliceIn { pipe, res, sent }) => return (pipe, res, sent),
+                    d => panic!("{d:?}"),
+                }
+            }
+            panic!("nothing came in");
+        };
+        pa.write_all(b"through").expect("write");
+        let (p, res, sent) = splice_in(&mut e, pipe, Some(b));
+        assert_eq!((res, sent), (Xfer::Bytes(7), 7));
+        let mut got = [0u8; 7];
+        pb.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"through");
+        pa.write_all(b"again").expect("write");
+        let (p, res, sent) = splice_in(&mut e, p, Some(999));
+        assert_eq!((res, sent), (Xfer::Bytes(5), 0), "no such connection");
+        let d = e.submit(b, Op::SpliceOut { pipe: p, len: 5 });
+        let Some(Done::SpliceOut {
+            pipe: p,
+            res: Xfer::Bytes(5),
+        }) = d
+        else {
+            panic!("{d:?}")
+        };
+        pipe = p;
+        let mut got = [0u8; 5];
+        pb.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"again");
+        e.pools().1.put(pipe);
+        e.close(a, Linger::Graceful);
+        e.close(b, Linger::Graceful);
+        let g = e.gauges();
+        assert_eq!((g.connections, g.ops_in_flight, g.pipes_in_use), (0, 0, 0));
     }
 
     /// Every connection pays for its entry, parked ops included: a two-slice send keeps its

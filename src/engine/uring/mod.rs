@@ -306,6 +306,25 @@ pub struct UringEngine {
 }
 
 impl UringEngine {
+    /// `Op::SpliceIn`'s `forward`: the pipe's `len` bytes out to `to`, now or not at all (a
+    /// write slot in use is not tried; a socket that cannot take bytes, or an error, moves
+    /// nothing and is left for the session's next `SpliceOut` to meet). Bytes that left the
+    /// pipe.
+    #[inline]
+    fn forward(&self, to: ConnId, pipe: &Pipe, len: u32) -> u32 {
+        match self.conns.get(to as usize) {
+            Some(Conn {
+                sock: Some(sock),
+                write: NONE,
+                ..
+            }) => match splice_drain(pipe, sock, len) {
+                Some(Xfer::Bytes(n)) => n,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
     /// A ring set up as the probe found the kernel allows (`probe::probe`). Its buffer ring is
     /// registered here; the ring itself is enabled by the thread that polls it first.
     pub fn new(pool: BufferPool, pipes: PipePool, setup: Setup) -> io::Result<UringEngine> {
@@ -1494,11 +1513,17 @@ impl Engine for UringEngine {
                 None
             }
             // Never waits (see the module doc): `Bytes(0)` when nothing can move now.
-            Op::SpliceIn { pipe, max, .. } => {
+            Op::SpliceIn {
+                pipe,
+                piped,
+                max,
+                forward,
+            } => {
                 let Some(sock) = c.sock.as_ref() else {
                     return Some(Done::SpliceIn {
                         pipe,
                         res: Xfer::Failed(libc::EBADF),
+                        sent: 0,
                     });
                 };
                 for _ in 0..EINTR_RETRIES {
@@ -1509,11 +1534,16 @@ impl Engine for UringEngine {
                         Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                         Err(e) => Xfer::failed(&e),
                     };
-                    return Some(Done::SpliceIn { pipe, res });
+                    let sent = match (forward, res) {
+                        (Some(to), Xfer::Bytes(n)) if n > 0 => self.forward(to, &pipe, piped + n),
+                        _ => 0,
+                    };
+                    return Some(Done::SpliceIn { pipe, res, sent });
                 }
                 Some(Done::SpliceIn {
                     pipe,
                     res: Xfer::Bytes(0),
+                    sent: 0,
                 })
             }
             Op::SpliceOut { pipe, len } => {
@@ -2014,6 +2044,75 @@ mod tests {
             "drained: waits again"
         );
         close_clean(&mut e, conn, Linger::Reset);
+    }
+
+    /// `SpliceIn`'s forward: what came in goes on out to the other connection in the same
+    /// call; forwarded to a connection that is not there, it stays in the pipe.
+    #[test]
+    fn a_splice_in_forwards_what_came_in_to_the_other_connection() {
+        use std::io::Read;
+        let Some((mut e, a, mut pa)) = pair() else {
+            return;
+        };
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = e.connect(l.local_addr().expect("addr")).expect("connect");
+        let d = next_done(&mut e, b).expect("connected");
+        assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
+        let (mut pb, _) = l.accept().expect("accept");
+        let splice_in = |e: &mut UringEngine, mut pipe, forward| {
+            for _ in 0..50 {
+                let op = Op::SpliceIn {
+                    pipe,
+                    piped: 0,
+                    max: 4096,
+                    forward,
+                };
+                match e.submit(a, op) {
+                    Some(Done::SpliceIn {
+                        pipe: p,
+                        res: Xfer::Bytes(0),
+                        ..
+                    }) => {
+                        pipe = p;
+                        // Not here yet: wait for it.
+                        assert!(e.submit(a, Op::Readable).is_none());
+                        let d = next_done(e, a);
+                        assert!(matches!(d, Some(Done::Readable(_))), "{d:?}");
+                    }
+                    Some(Done::SpliceIn { pipe, res, sent }) => return (pipe, res, sent),
+                    d => panic!("{d:?}"),
+                }
+            }
+            panic!("nothing came in");
+        };
+        let pipe = e.pools().1.get().expect("pipe");
+        pa.write_all(b"through").expect("write");
+        let (p, res, sent) = splice_in(&mut e, pipe, Some(b));
+        assert_eq!((res, sent), (Xfer::Bytes(7), 7));
+        let mut got = [0u8; 7];
+        pb.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"through");
+        pa.write_all(b"again").expect("write");
+        let (p, res, sent) = splice_in(&mut e, p, Some(999));
+        assert_eq!((res, sent), (Xfer::Bytes(5), 0), "no such connection");
+        let d = match e.submit(b, Op::SpliceOut { pipe: p, len: 5 }) {
+            Some(d) => d,
+            None => next_done(&mut e, b).expect("spliced out"),
+        };
+        let Done::SpliceOut {
+            pipe,
+            res: Xfer::Bytes(5),
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        let mut got = [0u8; 5];
+        pb.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"again");
+        e.pools().1.put(pipe);
+        e.close(b, Linger::Graceful);
+        close_clean(&mut e, a, Linger::Graceful);
+        assert_eq!(e.gauges().pipes_in_use, 0);
     }
 
     #[test]

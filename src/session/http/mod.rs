@@ -572,7 +572,7 @@ impl HttpSession {
             (Side::Upstream, Done::Connect(res)) => self.upstream_connected(res, cx),
             (Side::Upstream, Done::Send { a, b, res }) => self.upstream_sent(a, b, res, cx),
             (Side::Upstream, Done::Recv { buf, res }) => self.upstream_read(buf, res, cx),
-            (Side::Upstream, Done::SpliceIn { pipe, res }) => {
+            (Side::Upstream, Done::SpliceIn { pipe, res, sent }) => {
                 let Some(x) = self.exchange_mut() else {
                     return cx.pipes.discard(pipe);
                 };
@@ -605,6 +605,11 @@ impl HttpSession {
                                 exchange::Body::None
                             };
                         }
+                        // The forward's part: out to the client already.
+                        let sent = sent.min(x.resp_piped);
+                        x.resp_piped -= sent;
+                        x.sent += u64::from(sent);
+                        x.answered |= sent > 0;
                         self.last_active = cx.now;
                     }
                     // Closed or broken before the body was complete.
@@ -1127,12 +1132,18 @@ impl HttpSession {
                     if room > 0 {
                         x.up_reading = true;
                         let max = (u64::from(room)).min(left) as u32;
+                        // Straight on out (`Op::SpliceIn`'s `forward`) when nothing else
+                        // is to go to the client first.
+                        let forward =
+                            (!self.down_writing && x.down.is_none() && x.answer_at.is_none())
+                                .then_some(self.downstream);
                         return Want::Io(
                             Side::Upstream,
                             Op::SpliceIn {
                                 pipe,
                                 piped: x.resp_piped,
                                 max,
+                                forward,
                             },
                         );
                     }
@@ -1212,7 +1223,18 @@ impl HttpSession {
         let pipe = x.resp_pipe.take_if(|p| p.capacity > piped)?;
         x.up_reading = true;
         let max = u64::from(pipe.capacity - piped).min(left) as u32;
-        Some(Want::Io(Side::Upstream, Op::SpliceIn { pipe, piped, max }))
+        // What comes in goes straight on out in the same engine call while the client's
+        // write slot is free (`Op::SpliceIn`'s `forward`).
+        let forward = (!self.down_writing).then_some(self.downstream);
+        Some(Want::Io(
+            Side::Upstream,
+            Op::SpliceIn {
+                pipe,
+                piped,
+                max,
+                forward,
+            },
+        ))
     }
 
     /// The response is out: say so to the worker, which logs the request and pools (or

@@ -859,6 +859,47 @@ fn a_spliced_body_whose_backend_pauses_waits_holding_nothing_then_splices_on() {
 }
 
 #[test]
+fn a_spliced_body_goes_on_to_the_client_in_the_call_that_brings_it_in() {
+    let mut kit = Kit::new();
+    kit.pipes = crate::io::PipePool::new(2);
+    kit.upstream.splice = true;
+    kit.upstream.chunk = 3000;
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (resp, head) = long_response(20_000);
+    kit.upstream.incoming(&resp);
+    // The client takes the head and 10,000 body bytes, then its window closes.
+    kit.downstream.window(head + 10_000);
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert_eq!(kit.downstream.sent(), &resp[..head + 10_000]);
+    let count = |kit: &Kit, op| kit.ops.iter().filter(|o| **o == op).count();
+    // Chunks of 3,000: the first three go on out in the call that brings them in; the
+    // fourth goes out only in part and the rest waits in the pipe for the client, in a
+    // splice out of its own.
+    assert_eq!(count(&kit, "splice_in"), 4, "{:?}", kit.ops);
+    assert_eq!(count(&kit, "splice_out"), 1, "{:?}", kit.ops);
+    assert_eq!(kit.ops.last(), Some(&"splice_out"), "{:?}", kit.ops);
+    kit.downstream.window(usize::MAX);
+    for (side, done) in kit.poll() {
+        let mut cx = kit.cx();
+        s.complete(side, done, &mut cx);
+    }
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert_eq!(kit.downstream.sent(), &resp[..]);
+    assert_eq!(seen.released, vec![true]);
+    assert_eq!(kit.pool.in_use(), 0);
+    assert_eq!(kit.pipes.in_use(), 0);
+}
+
+#[test]
 fn readability_without_spliceable_bytes_falls_back_to_buffers_without_spinning() {
     let mut kit = Kit::new();
     kit.pipes = crate::io::PipePool::new(2);

@@ -497,3 +497,47 @@ pub fn recycle_op(op: Op, pool: &mut BufferPool, pipes: &mut PipePool) {
         Op::RecvNew | Op::Shutdown | Op::Watch | Op::Readable => {}
     }
 }
+
+/// Helpers the engines' own tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{ConnId, Done, Engine, Op, Xfer};
+    use crate::io::Pipe;
+
+    /// `Op::SpliceIn` on `conn` (with `forward`) until bytes come in, waiting for readability
+    /// (`wait`: the engine's next `Done` for `conn`) while there are none: the pipe, what came
+    /// in and what the forward sent.
+    pub fn splice_in_until<E: Engine>(
+        e: &mut E,
+        conn: ConnId,
+        mut pipe: Pipe,
+        forward: Option<ConnId>,
+        mut wait: impl FnMut(&mut E) -> Option<Done>,
+    ) -> (Pipe, Xfer, u32) {
+        for _ in 0..50 {
+            let op = Op::SpliceIn {
+                pipe,
+                piped: 0,
+                max: 4096,
+                forward,
+            };
+            match e.submit(conn, op) {
+                Some(Done::SpliceIn {
+                    pipe: p,
+                    res: Xfer::Bytes(0),
+                    ..
+                }) => {
+                    pipe = p;
+                    // Not here yet: wait for it.
+                    if e.submit(conn, Op::Readable).is_none() {
+                        let d = wait(e);
+                        assert!(matches!(d, Some(Done::Readable(_))), "{d:?}");
+                    }
+                }
+                Some(Done::SpliceIn { pipe, res, sent }) => return (pipe, res, sent),
+                d => panic!("{d:?}"),
+            }
+        }
+        panic!("nothing came in");
+    }
+}

@@ -103,30 +103,12 @@ impl MioEngine {
     /// for the session's next `SpliceOut` to meet). Bytes that left the pipe.
     #[inline]
     fn forward(&mut self, to: ConnId, pipe: &crate::io::Pipe, len: u32) -> u32 {
-        let Some(c) = self.conns.get_mut(to as usize) else {
-            return 0;
-        };
-        if !c.ready.contains(Ready::WRITABLE) || !matches!(c.write, WriteOp::None) {
-            return 0;
-        }
-        for _ in 0..EINTR_RETRIES {
-            match splice::drain(pipe, &c.sock, len as usize) {
-                Ok(n) => {
-                    if n < len as usize {
-                        c.ready.remove(Ready::WRITABLE);
-                    }
-                    return n as u32;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if e.kind() == ErrorKind::WouldBlock {
-                        c.ready.remove(Ready::WRITABLE);
-                    }
-                    return 0;
-                }
+        match self.conns.get_mut(to as usize) {
+            Some(c) if c.ready.contains(Ready::WRITABLE) && matches!(c.write, WriteOp::None) => {
+                drain_now(c, pipe, len).unwrap_or(0)
             }
+            _ => 0,
         }
-        0
     }
 
     pub fn new(pool: BufferPool, pipes: PipePool) -> io::Result<MioEngine> {
@@ -421,34 +403,46 @@ fn run_write(
             }),
             None => Err(WriteOp::Send(a, bi)),
         },
-        WriteOp::SpliceOut(pipe, len) => {
-            for _ in 0..EINTR_RETRIES {
-                match splice::drain(&pipe, &c.sock, len as usize) {
-                    Ok(n) => {
-                        if n < len as usize {
-                            c.ready.remove(Ready::WRITABLE);
-                        }
-                        return Ok(Done::SpliceOut {
-                            pipe,
-                            res: Xfer::Bytes(n as u32),
-                        });
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        c.ready.remove(Ready::WRITABLE);
-                        return Err(WriteOp::SpliceOut(pipe, len));
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Ok(Done::SpliceOut {
-                            pipe,
-                            res: Xfer::failed(&e),
-                        })
-                    }
-                }
+        WriteOp::SpliceOut(pipe, len) => match drain_now(c, &pipe, len) {
+            Ok(n) => Ok(Done::SpliceOut {
+                pipe,
+                res: Xfer::Bytes(n),
+            }),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                Err(WriteOp::SpliceOut(pipe, len))
             }
-            Err(WriteOp::SpliceOut(pipe, len))
+            Err(e) => Ok(Done::SpliceOut {
+                pipe,
+                res: Xfer::failed(&e),
+            }),
+        },
+    }
+}
+
+/// Pipe → socket, `len` bytes, now: the bytes that left the pipe, or the error (`WouldBlock`
+/// when the socket cannot take bytes, `Interrupted` after the retries). A short or refused
+/// splice clears the socket's writability until its next edge.
+#[inline]
+fn drain_now(c: &mut Conn, pipe: &crate::io::Pipe, len: u32) -> io::Result<u32> {
+    let mut last = io::Error::from(ErrorKind::Interrupted);
+    for _ in 0..EINTR_RETRIES {
+        match splice::drain(pipe, &c.sock, len as usize) {
+            Ok(n) => {
+                if n < len as usize {
+                    c.ready.remove(Ready::WRITABLE);
+                }
+                return Ok(n as u32);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => last = e,
+            Err(e) => {
+                if e.kind() == ErrorKind::WouldBlock {
+                    c.ready.remove(Ready::WRITABLE);
+                }
+                return Err(e);
+            }
         }
     }
+    Err(last)
 }
 
 /// One vectored write of the two slices: `Some(result)`, or `None` when the socket cannot
@@ -978,32 +972,10 @@ mod tests {
         let (a, mut pa) = open();
         let (b, mut pb) = open();
         let mut pipe = e.pools().1.get().expect("pipe");
-        let splice_in = |e: &mut MioEngine, mut pipe, forward| {
-            for _ in 0..50 {
-                let op = Op::SpliceIn {
-                    pipe,
-                    piped: 0,
-                    max: 4096,
-                    forward,
-                };
-                match e.submit(a, op) {
-                    Some(Done::SpliceIn {
-                        pipe: p,
-                        res: Xfer::Bytes(0),
-                        ..
-                    }) => {
-                        pipe = p;
-                        // Not here yet: wait for it.
-                        if e.submit(a, Op::Readable).is_none() {
-                            let d = done_of(e, a, Duration::from_secs(5));
-                            assert!(matches!(d, Some(Done::Readable(_))), "{d:?}");
-                        }
-                    }
-                    Some(Done::SpliceIn { pipe, res, sent }) => return (pipe, res, sent),
-                    d => panic!("{d:?}"),
-                }
-            }
-            panic!("nothing came in");
+        let splice_in = |e: &mut MioEngine, pipe, forward| {
+            crate::engine::testing::splice_in_until(e, a, pipe, forward, |e| {
+                done_of(e, a, Duration::from_secs(5))
+            })
         };
         pa.write_all(b"through").expect("write");
         let (p, res, sent) = splice_in(&mut e, pipe, Some(b));

@@ -2059,31 +2059,8 @@ mod tests {
         let d = next_done(&mut e, b).expect("connected");
         assert!(matches!(d, Done::Connect(Xfer::Bytes(_))), "{d:?}");
         let (mut pb, _) = l.accept().expect("accept");
-        let splice_in = |e: &mut UringEngine, mut pipe, forward| {
-            for _ in 0..50 {
-                let op = Op::SpliceIn {
-                    pipe,
-                    piped: 0,
-                    max: 4096,
-                    forward,
-                };
-                match e.submit(a, op) {
-                    Some(Done::SpliceIn {
-                        pipe: p,
-                        res: Xfer::Bytes(0),
-                        ..
-                    }) => {
-                        pipe = p;
-                        // Not here yet: wait for it.
-                        assert!(e.submit(a, Op::Readable).is_none());
-                        let d = next_done(e, a);
-                        assert!(matches!(d, Some(Done::Readable(_))), "{d:?}");
-                    }
-                    Some(Done::SpliceIn { pipe, res, sent }) => return (pipe, res, sent),
-                    d => panic!("{d:?}"),
-                }
-            }
-            panic!("nothing came in");
+        let splice_in = |e: &mut UringEngine, pipe, forward| {
+            crate::engine::testing::splice_in_until(e, a, pipe, forward, |e| next_done(e, a))
         };
         let pipe = e.pools().1.get().expect("pipe");
         pa.write_all(b"through").expect("write");

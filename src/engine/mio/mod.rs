@@ -424,7 +424,6 @@ fn run_write(
 /// splice clears the socket's writability until its next edge.
 #[inline]
 fn drain_now(c: &mut Conn, pipe: &crate::io::Pipe, len: u32) -> io::Result<u32> {
-    let mut last = io::Error::from(ErrorKind::Interrupted);
     for _ in 0..EINTR_RETRIES {
         match splice::drain(pipe, &c.sock, len as usize) {
             Ok(n) => {
@@ -433,7 +432,7 @@ fn drain_now(c: &mut Conn, pipe: &crate::io::Pipe, len: u32) -> io::Result<u32> 
                 }
                 return Ok(n as u32);
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => last = e,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 if e.kind() == ErrorKind::WouldBlock {
                     c.ready.remove(Ready::WRITABLE);
@@ -442,7 +441,7 @@ fn drain_now(c: &mut Conn, pipe: &crate::io::Pipe, len: u32) -> io::Result<u32> 
             }
         }
     }
-    Err(last)
+    Err(ErrorKind::Interrupted.into())
 }
 
 /// One vectored write of the two slices: `Some(result)`, or `None` when the socket cannot

@@ -169,7 +169,8 @@ impl Kit {
     pub fn io(&mut self, side: Side, op: Op) -> Option<Done> {
         self.ops.push(match &op {
             Op::Recv(_) | Op::RecvNew => "recv",
-            Op::Send(..) => "send",
+            Op::Send(_, None) => "send",
+            Op::Send(_, Some(_)) => "sendv",
             Op::SpliceIn { .. } => "splice_in",
             Op::SpliceOut { .. } => "splice_out",
             Op::Shutdown => "shutdown",

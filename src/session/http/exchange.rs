@@ -6,12 +6,12 @@
 //! HOT PATH. No allocation beyond pool growth, lock or log.
 
 use crate::accesslog::Record;
-use crate::engine::ConnId;
+use crate::engine::{ConnId, Slice};
 use crate::http::chunked::{ChunkError, Chunked};
 use crate::http::head::{BodyKind, Method, RequestHead, ResponseHead};
 use crate::io::{Buf, BufferPool, Pipe, PipePool};
 use crate::session::flow::Flow;
-use crate::session::Target;
+use crate::session::{CloseReason, Cx, Target, Want};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -365,6 +365,45 @@ impl Exchange {
     pub fn body_out(&mut self, bytes: &[u8]) {
         self.body_len += bytes.len() as u64;
         self.body_hash = crate::session::mirror::hash_bytes(self.body_hash, bytes);
+    }
+
+    /// The response body bytes that are to go to the client now, out of `resp_in` (which
+    /// then travels in the send: `resp_out`). Claims them from the framing first if none are
+    /// claimed (counting and hashing them for a mirror); flips bytes while a corruption
+    /// fault has some left. A framing error (`Err`) closes the connection.
+    pub fn body_out_slice(&mut self, cx: &mut Cx<'_>) -> Result<Option<Slice>, Want> {
+        if self.resp_ready == 0 && !self.up_reading {
+            if let Some(b) = self.resp_in.as_ref() {
+                match self.resp_body.take(cx.pool.data(b)) {
+                    Ok(n) => {
+                        self.resp_ready = n as u32;
+                        if self.mirror.is_some() {
+                            let d = cx.pool.data(b);
+                            let bytes = &d[..n.min(d.len())];
+                            self.body_out(bytes);
+                        }
+                    }
+                    Err(_) => {
+                        cx.http.upstream_errors += 1;
+                        return Err(Want::Close(CloseReason::UpstreamReset));
+                    }
+                }
+            }
+        }
+        if self.resp_ready == 0 {
+            return Ok(None);
+        }
+        let Some(r) = self.resp_in.take() else {
+            return Ok(None);
+        };
+        self.resp_out = true;
+        let n = self.resp_ready as usize;
+        if self.corrupt_left > 0 {
+            let d = cx.pool.data_mut(&r);
+            let n = n.min(d.len());
+            super::fault::corrupt(&mut d[..n], &mut self.corrupt_left);
+        }
+        Ok(Some(Slice::head(r, n)))
     }
 
     /// Returns every buffer and pipe the exchange holds (outside in-flight ops) to the pools.

@@ -532,12 +532,7 @@ impl HttpSession {
         }
         match (side, done) {
             (Side::Downstream, Done::Recv { buf, res }) => self.downstream_read(buf, res, cx),
-            (Side::Downstream, Done::Send { a, b, res }) => {
-                if let Some(b) = b {
-                    cx.pool.release(b);
-                }
-                self.downstream_sent(a, res, cx)
-            }
+            (Side::Downstream, Done::Send { a, b, res }) => self.downstream_sent(a, b, res, cx),
             (Side::Downstream, Done::SpliceOut { pipe, res }) => {
                 self.down_writing = false;
                 let Some(x) = self.exchange_mut() else {
@@ -688,35 +683,59 @@ impl HttpSession {
         }
     }
 
-    fn downstream_sent(&mut self, a: Buf, res: Xfer, cx: &mut Cx<'_>) {
+    /// A send to the client came back: `a` alone is either `down` (a head, an error answer)
+    /// or, with `resp_out`, response body bytes from `resp_in`; with `b`, `a` is the head and
+    /// `b` the body bytes behind it.
+    fn downstream_sent(&mut self, a: Buf, b: Option<Buf>, res: Xfer, cx: &mut Cx<'_>) {
         self.down_writing = false;
         let Some(x) = self.exchange_mut() else {
+            if let Some(b) = b {
+                cx.pool.release(b);
+            }
             return cx.pool.release(a);
         };
         if let Xfer::Failed(_) = res {
             cx.pool.release(a);
+            if let Some(b) = b {
+                cx.pool.release(b);
+            }
             x.resp_out = false;
             x.resp_ready = 0;
             return self.close(CloseReason::DownstreamReset);
         }
-        let mut a = a;
-        let n = res.bytes().min(a.len());
-        a.consume(n);
+        let mut n = res.bytes();
         x.sent += n as u64;
         x.answered |= n > 0;
-        if x.resp_out {
-            // It was response body bytes from `resp_in`.
-            x.resp_out = false;
-            x.resp_ready -= (n as u32).min(x.resp_ready);
-            if a.is_empty() {
-                cx.pool.release(a);
+        let (head, body) = match b {
+            Some(b) => (Some(a), Some(b)),
+            None if x.resp_out => (None, Some(a)),
+            None => (Some(a), None),
+        };
+        if let Some(mut h) = head {
+            let to_head = n.min(h.len());
+            h.consume(to_head);
+            n -= to_head;
+            if h.is_empty() {
+                cx.pool.release(h);
             } else {
-                x.resp_in = Some(a);
+                x.down = Some(h);
             }
-        } else if a.is_empty() {
-            cx.pool.release(a);
-        } else {
-            x.down = Some(a);
+        }
+        if let Some(mut r) = body {
+            if !x.resp_out {
+                cx.pool.release(r);
+            } else {
+                // Response body bytes from `resp_in`.
+                x.resp_out = false;
+                let to_body = n.min(x.resp_ready as usize).min(r.len());
+                r.consume(to_body);
+                x.resp_ready -= to_body as u32;
+                if r.is_empty() {
+                    cx.pool.release(r);
+                } else {
+                    x.resp_in = Some(r);
+                }
+            }
         }
         self.last_active = cx.now;
     }
@@ -919,12 +938,7 @@ impl HttpSession {
     /// Completions on the client connection while a local answer goes out or lingers.
     fn complete_local(&mut self, done: Done, cx: &mut Cx<'_>) {
         match done {
-            Done::Send { a, b, res } => {
-                if let Some(b) = b {
-                    cx.pool.release(b);
-                }
-                self.downstream_sent(a, res, cx);
-            }
+            Done::Send { a, b, res } => self.downstream_sent(a, b, res, cx),
             Done::Shutdown(res) => {
                 self.down_writing = false;
                 if let Xfer::Failed(_) = res {
@@ -1029,13 +1043,25 @@ impl HttpSession {
                 }
             }
         }
-        // 3. The response to the client: the head first, then body bytes as claimed (held
-        // while an injected answer delay runs).
+        // 3. The response to the client: the head first (with the body bytes that came in
+        // behind it, in the same vectored write), then body bytes as claimed (held while an
+        // injected answer delay runs).
         if !self.down_writing && x.answer_at.is_none_or(|t| cx.now >= t) {
             if let Some(d) = x.down.take() {
+                let body = if x.resp_in.is_some() && x.resp_started && !x.upgrading && !x.splicing {
+                    match x.body_out_slice(cx) {
+                        Ok(b) => b,
+                        Err(w) => {
+                            cx.pool.release(d);
+                            return w;
+                        }
+                    }
+                } else {
+                    None
+                };
                 let n = d.len();
                 self.down_writing = true;
-                return Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), None));
+                return Want::Io(Side::Downstream, Op::Send(Slice::head(d, n), body));
             }
             if x.resp_started && !x.upgrading {
                 if x.splicing {
@@ -1051,36 +1077,15 @@ impl HttpSession {
                             );
                         }
                     }
-                } else {
-                    if x.resp_ready == 0 && !x.up_reading {
-                        if let Some(b) = x.resp_in.as_ref() {
-                            match x.resp_body.take(cx.pool.data(b)) {
-                                Ok(n) => {
-                                    x.resp_ready = n as u32;
-                                    if x.mirror.is_some() {
-                                        let d = cx.pool.data(b);
-                                        x.body_out(&d[..n.min(d.len())]);
-                                    }
-                                }
-                                Err(_) => {
-                                    cx.http.upstream_errors += 1;
-                                    return Want::Close(CloseReason::UpstreamReset);
-                                }
-                            }
-                        }
-                    }
-                    if x.resp_ready > 0 {
-                        if let Some(r) = x.resp_in.take() {
+                } else if x.resp_in.is_some() {
+                    match x.body_out_slice(cx) {
+                        Ok(Some(body)) => {
                             self.down_writing = true;
-                            x.resp_out = true;
-                            let n = x.resp_ready as usize;
-                            if x.corrupt_left > 0 {
-                                let d = cx.pool.data_mut(&r);
-                                let n = n.min(d.len());
-                                fault::corrupt(&mut d[..n], &mut x.corrupt_left);
-                            }
-                            return Want::Io(Side::Downstream, Op::Send(Slice::head(r, n), None));
+                            // Sent alone: the body slice goes first.
+                            return Want::Io(Side::Downstream, Op::Send(body, None));
                         }
+                        Ok(None) => {}
+                        Err(w) => return w,
                     }
                     // Drained leftovers of a finished body stay for the reuse check.
                     if x.resp_in.as_ref().is_some_and(Buf::is_empty) {

@@ -10,6 +10,11 @@ use crate::http::rewrite;
 use crate::io::Buf;
 use crate::session::{CloseReason, Cx, Up, Want};
 
+/// Response body bytes that came in with the head are copied behind it in its buffer up to a
+/// quarter of a buffer (4 KiB of the default 16: one plain send, and the copy is cheap); more
+/// go behind it uncopied, as the second slice of a vectored send.
+const COPY_BEHIND_HEAD_DIV: usize = 4;
+
 /// A cursor over an output slice for building heads without allocation.
 struct Out<'a> {
     buf: &'a mut [u8],
@@ -138,9 +143,12 @@ impl HttpSession {
             b.consume(h.head_len.min(b.len()));
         }
         // Body bytes already here go out in the same write as the head: for small responses
-        // that is one send instead of two. Only what fits is claimed from the framing.
+        // that is one send instead of two. Up to a quarter of a buffer is copied behind the head (a plain send);
+        // more stay where they are and go behind it as a second slice of a vectored send
+        // (`next_exchange`, step 3), not copied. Only what fits is claimed from the framing.
         if !h.interim {
-            if let Some(src) = x.resp_in.as_mut() {
+            let copy_max = cx.pool.buffer_size() / COPY_BEHIND_HEAD_DIV;
+            if let Some(src) = x.resp_in.as_mut().filter(|b| b.len() <= copy_max) {
                 let mut claimed = Ok(0);
                 if let Some((d, spare)) = cx.pool.data_and_spare(src, &mut out) {
                     let room = spare.len().min(d.len());

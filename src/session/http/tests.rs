@@ -900,6 +900,49 @@ fn a_spliced_body_goes_on_to_the_client_in_the_call_that_brings_it_in() {
 }
 
 #[test]
+fn body_bytes_that_come_with_the_head_go_behind_it_in_one_vectored_send() {
+    let mut kit = Kit::new();
+    let mut s = session(&mut kit);
+    let mut seen = Seen::default();
+    kit.downstream
+        .incoming(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n");
+    // The first receive brings the head and a buffer's worth of body behind it: more than a
+    // quarter of a buffer, so it is not copied behind the head but sent as a second slice.
+    let (resp, head) = long_response(3000);
+    kit.upstream.incoming(&resp);
+    // The client takes half the head, then stalls: the send comes back short.
+    kit.downstream.window(head / 2);
+    assert!(matches!(
+        serve(&mut kit, &mut s, false, &mut seen),
+        Want::Idle
+    ));
+    assert_eq!(kit.downstream.sent(), &resp[..head / 2]);
+    // The rest of the head goes again with the body behind it (waiting for the window).
+    assert_eq!(kit.ops, ["recv", "send", "recv", "sendv", "sendv"]);
+    // Then it takes the rest of the head and 100 body bytes: short again, now in the body.
+    for window in [head - head / 2 + 100, usize::MAX] {
+        kit.downstream.window(window);
+        for (side, done) in kit.poll() {
+            let mut cx = kit.cx();
+            s.complete(side, done, &mut cx);
+        }
+        assert!(matches!(
+            serve(&mut kit, &mut s, false, &mut seen),
+            Want::Idle
+        ));
+    }
+    assert_eq!(kit.downstream.sent(), &resp[..]);
+    assert_eq!(seen.released, vec![true]);
+    // The head never went out alone. The rest of the body came in by buffers and went out
+    // alone; the last receive waits for the next request.
+    assert_eq!(
+        kit.ops[5..],
+        ["send", "recv", "send", "recv", "send", "recv"]
+    );
+    assert_eq!(kit.pool.in_use(), 0);
+}
+
+#[test]
 fn readability_without_spliceable_bytes_falls_back_to_buffers_without_spinning() {
     let mut kit = Kit::new();
     kit.pipes = crate::io::PipePool::new(2);

@@ -11,14 +11,16 @@
 //! (`splice`, no copy through user space) until the source runs dry, and the pipe goes back
 //! to the pool. If that splice run had [`BULK_READS`] splices of a buffer's worth, the flow
 //! waits for the source to be readable again (`Op::Readable`, holding no buffer or pipe) and
-//! splices on; otherwise it goes back to buffers.
+//! splices on; otherwise it goes back to buffers. A splice in asks the engine to forward what
+//! it brings straight on out to the destination (`Op::SpliceIn`'s `forward`): a chunk then
+//! takes one step instead of two.
 //!
 //! A FIN from the source becomes a shutdown of the destination's sending side once every byte
 //! before it is out; the other direction keeps flowing.
 //!
 //! HOT PATH. No allocation, lock, blocking call or log.
 
-use crate::engine::{Done, Op, Slice};
+use crate::engine::{ConnId, Done, Op, Slice};
 use crate::io::{Buf, BufferPool, Pipe, PipePool, Xfer};
 use crate::proto::foo::LineSniffer;
 
@@ -101,17 +103,19 @@ impl Flow {
         !self.reading && !self.writing && self.buf.is_none() && self.piped == 0
     }
 
-    /// The next op this flow wants, if any: `(end, op)`. `dst_open`: the destination is
-    /// connected (bytes read before it is are held, not sent). `pipes`: `None` when this flow
-    /// must see its bytes (analyzers, tunnels) and so may not splice.
+    /// The next op this flow wants, if any: `(end, op)`. `dst`: the destination connection,
+    /// once it is connected (bytes read before it is are held, not sent); a splice in forwards
+    /// to it (`Op::SpliceIn`'s `forward`) while its write slot is free. `pipes`: `None` when
+    /// this flow must see its bytes (analyzers, tunnels) and so may not splice.
     pub fn next(
         &mut self,
         pool: &mut BufferPool,
         pipes: Option<&mut PipePool>,
-        dst_open: bool,
+        dst: Option<ConnId>,
     ) -> Option<(End, Op)> {
+        let dst_open = dst.is_some();
         if self.spliced {
-            return self.next_spliced(dst_open);
+            return self.next_spliced(dst);
         }
         // 1. Send what is buffered.
         if !self.writing && dst_open {
@@ -132,7 +136,7 @@ impl Flow {
                 self.spliced = true;
                 self.full_reads = 0;
                 self.splice_starts = self.splice_starts.saturating_add(1);
-                return self.next_spliced(dst_open);
+                return self.next_spliced(dst);
             }
         }
         // 3. A bulk flow whose source ran dry waits for its next bytes without a buffer.
@@ -148,7 +152,8 @@ impl Flow {
         self.next_fin(dst_open)
     }
 
-    fn next_spliced(&mut self, dst_open: bool) -> Option<(End, Op)> {
+    fn next_spliced(&mut self, dst: Option<ConnId>) -> Option<(End, Op)> {
+        let dst_open = dst.is_some();
         if let Some(pipe) = self.pipe.take() {
             if self.piped > 0 && !self.writing && dst_open {
                 self.writing = true;
@@ -169,7 +174,8 @@ impl Flow {
                         pipe,
                         piped: self.piped,
                         max,
-                        forward: None,
+                        // Straight on out (nothing is being written).
+                        forward: dst,
                     },
                 ));
             }
@@ -237,7 +243,7 @@ impl Flow {
                     }
                 }
             }
-            Done::SpliceIn { pipe, res, .. } => {
+            Done::SpliceIn { pipe, res, sent } => {
                 self.reading = false;
                 match res {
                     Xfer::Bytes(0) => {
@@ -250,7 +256,10 @@ impl Flow {
                         Ok(())
                     }
                     Xfer::Bytes(n) => {
-                        self.piped += n;
+                        // What the engine forwarded already left the pipe.
+                        let sent = sent.min(self.piped + n);
+                        self.piped = self.piped + n - sent;
+                        self.moved += u64::from(sent);
                         if n as usize >= pool.buffer_size() {
                             self.full_reads = self.full_reads.saturating_add(1);
                         }
@@ -381,6 +390,9 @@ impl Flow {
 mod tests {
     use super::*;
 
+    /// The destination connection, connected.
+    const DST: Option<ConnId> = Some(1);
+
     fn recv_done(pool: &mut BufferPool, bytes: &[u8]) -> Done {
         let mut b = pool.checkout().expect("buffer");
         pool.spare(&mut b)[..bytes.len()].copy_from_slice(bytes);
@@ -397,21 +409,18 @@ mod tests {
         let mut pipes = PipePool::new(0);
         let mut f = Flow::default();
         assert!(matches!(
-            f.next(&mut pool, None, true),
+            f.next(&mut pool, None, DST),
             Some((End::Source, Op::Recv(None)))
         ));
-        assert!(
-            f.next(&mut pool, None, true).is_none(),
-            "one read at a time"
-        );
+        assert!(f.next(&mut pool, None, DST).is_none(), "one read at a time");
         f.complete(recv_done(&mut pool, b"hello"), &mut pool, &mut pipes)
             .expect("ok");
-        let Some((End::Destination, Op::Send(s, None))) = f.next(&mut pool, None, true) else {
+        let Some((End::Destination, Op::Send(s, None))) = f.next(&mut pool, None, DST) else {
             panic!("a send")
         };
         assert_eq!(pool.data(&s.buf), b"hello");
         assert!(
-            f.next(&mut pool, None, true).is_none(),
+            f.next(&mut pool, None, DST).is_none(),
             "no read while sending"
         );
         // A short write: the rest goes next.
@@ -425,7 +434,7 @@ mod tests {
             &mut pipes,
         )
         .expect("ok");
-        let Some((End::Destination, Op::Send(s, None))) = f.next(&mut pool, None, true) else {
+        let Some((End::Destination, Op::Send(s, None))) = f.next(&mut pool, None, DST) else {
             panic!("the rest")
         };
         assert_eq!(pool.data(&s.buf), b"llo");
@@ -441,7 +450,7 @@ mod tests {
         .expect("ok");
         assert_eq!(f.moved, 5);
         assert_eq!(pool.in_use(), 0, "the drained buffer went back");
-        let Some((End::Source, Op::Recv(None))) = f.next(&mut pool, None, true) else {
+        let Some((End::Source, Op::Recv(None))) = f.next(&mut pool, None, DST) else {
             panic!("next read")
         };
         f.complete(
@@ -454,13 +463,13 @@ mod tests {
         )
         .expect("eof");
         assert!(matches!(
-            f.next(&mut pool, None, true),
+            f.next(&mut pool, None, DST),
             Some((End::Destination, Op::Shutdown))
         ));
         f.complete(Done::Shutdown(Xfer::Bytes(0)), &mut pool, &mut pipes)
             .expect("shut");
         assert!(f.finished());
-        assert!(f.next(&mut pool, None, true).is_none());
+        assert!(f.next(&mut pool, None, DST).is_none());
     }
 
     #[test]
@@ -468,15 +477,12 @@ mod tests {
         let mut pool = BufferPool::new(64, 4);
         let mut pipes = PipePool::new(0);
         let mut f = Flow::default();
-        let _ = f.next(&mut pool, None, false);
+        let _ = f.next(&mut pool, None, None);
         f.complete(recv_done(&mut pool, b"early"), &mut pool, &mut pipes)
             .expect("ok");
-        assert!(
-            f.next(&mut pool, None, false).is_none(),
-            "held while closed"
-        );
+        assert!(f.next(&mut pool, None, None).is_none(), "held while closed");
         assert!(matches!(
-            f.next(&mut pool, None, true),
+            f.next(&mut pool, None, DST),
             Some((End::Destination, Op::Send(..)))
         ));
     }
@@ -486,7 +492,7 @@ mod tests {
         let mut pool = BufferPool::new(64, 4);
         let mut pipes = PipePool::new(0);
         let mut f = Flow::default();
-        let _ = f.next(&mut pool, None, true);
+        let _ = f.next(&mut pool, None, DST);
         assert_eq!(
             f.complete(
                 Done::Recv {
@@ -499,10 +505,10 @@ mod tests {
             Err(End::Source)
         );
         let mut f = Flow::default();
-        let _ = f.next(&mut pool, None, true);
+        let _ = f.next(&mut pool, None, DST);
         f.complete(recv_done(&mut pool, b"x"), &mut pool, &mut pipes)
             .expect("ok");
-        let Some((_, Op::Send(s, _))) = f.next(&mut pool, None, true) else {
+        let Some((_, Op::Send(s, _))) = f.next(&mut pool, None, DST) else {
             panic!("send")
         };
         assert_eq!(
@@ -526,13 +532,13 @@ mod tests {
         let mut pipes = PipePool::new(1);
         let mut f = Flow::default();
         for _ in 0..2 {
-            let Some((End::Source, Op::Recv(None))) = f.next(&mut pool, Some(&mut pipes), true)
+            let Some((End::Source, Op::Recv(None))) = f.next(&mut pool, Some(&mut pipes), DST)
             else {
                 panic!("read")
             };
             f.complete(recv_done(&mut pool, b"12345678"), &mut pool, &mut pipes)
                 .expect("ok");
-            let Some((_, Op::Send(s, _))) = f.next(&mut pool, Some(&mut pipes), true) else {
+            let Some((_, Op::Send(s, _))) = f.next(&mut pool, Some(&mut pipes), DST) else {
                 panic!("send")
             };
             f.complete(
@@ -547,7 +553,7 @@ mod tests {
             .expect("ok");
         }
         let Some((End::Source, Op::SpliceIn { pipe, piped: 0, .. })) =
-            f.next(&mut pool, Some(&mut pipes), true)
+            f.next(&mut pool, Some(&mut pipes), DST)
         else {
             panic!("two full buffers in a row: a pipe")
         };
@@ -564,7 +570,7 @@ mod tests {
         )
         .expect("ok");
         assert!(matches!(
-            f.next(&mut pool, Some(&mut pipes), true),
+            f.next(&mut pool, Some(&mut pipes), DST),
             Some((End::Source, Op::Recv(None)))
         ));
         assert!(pipes.get().is_some(), "the pipe is back in the pool");
@@ -574,10 +580,10 @@ mod tests {
     fn spliced_flow(pool: &mut BufferPool, pipes: &mut PipePool) -> (Flow, Pipe) {
         let mut f = Flow::default();
         for _ in 0..2 {
-            let _ = f.next(pool, Some(&mut *pipes), true);
+            let _ = f.next(pool, Some(&mut *pipes), DST);
             f.complete(recv_done(pool, b"12345678"), pool, pipes)
                 .expect("ok");
-            let Some((_, Op::Send(s, _))) = f.next(pool, Some(&mut *pipes), true) else {
+            let Some((_, Op::Send(s, _))) = f.next(pool, Some(&mut *pipes), DST) else {
                 panic!("send")
             };
             let done = Done::Send {
@@ -587,9 +593,14 @@ mod tests {
             };
             f.complete(done, pool, pipes).expect("ok");
         }
-        let Some((End::Source, Op::SpliceIn { pipe, .. })) = f.next(pool, Some(&mut *pipes), true)
+        let Some((
+            End::Source,
+            Op::SpliceIn {
+                pipe, forward: DST, ..
+            },
+        )) = f.next(pool, Some(&mut *pipes), DST)
         else {
-            panic!("a pipe")
+            panic!("a pipe, forwarding")
         };
         (f, pipe)
     }
@@ -609,7 +620,7 @@ mod tests {
         };
         f.complete(done, pool, pipes).expect("ok");
         let Some((End::Destination, Op::SpliceOut { pipe, len })) =
-            f.next(pool, Some(&mut *pipes), true)
+            f.next(pool, Some(&mut *pipes), DST)
         else {
             panic!("splice out")
         };
@@ -620,7 +631,7 @@ mod tests {
         };
         f.complete(done, pool, pipes).expect("ok");
         let Some((End::Source, Op::SpliceIn { pipe, piped: 0, .. })) =
-            f.next(pool, Some(&mut *pipes), true)
+            f.next(pool, Some(&mut *pipes), DST)
         else {
             panic!("splice in")
         };
@@ -653,7 +664,7 @@ mod tests {
         // Dry after a bulk run: the pipe goes back and the flow waits without a buffer.
         let mut f = bulk_run_gone_dry(&mut pool, &mut pipes);
         assert!(matches!(
-            f.next(&mut pool, Some(&mut pipes), true),
+            f.next(&mut pool, Some(&mut pipes), DST),
             Some((End::Source, Op::Readable))
         ));
         assert_eq!(pool.in_use(), 0, "no buffer while it waits");
@@ -664,7 +675,7 @@ mod tests {
         f.complete(Done::Readable(Xfer::Bytes(1)), &mut pool, &mut pipes)
             .expect("ok");
         let Some((End::Source, Op::SpliceIn { pipe, piped: 0, .. })) =
-            f.next(&mut pool, Some(&mut pipes), true)
+            f.next(&mut pool, Some(&mut pipes), DST)
         else {
             panic!("readable: straight back to a pipe")
         };
@@ -672,7 +683,7 @@ mod tests {
         // Readable, yet the splice moves nothing (a small run): buffers, not another wait.
         run_dry(&mut f, pipe, &mut pool, &mut pipes);
         assert!(matches!(
-            f.next(&mut pool, Some(&mut pipes), true),
+            f.next(&mut pool, Some(&mut pipes), DST),
             Some((End::Source, Op::Recv(None)))
         ));
     }
@@ -685,9 +696,57 @@ mod tests {
         let pipe = splice_through(&mut f, pipe, 3, &mut pool, &mut pipes);
         run_dry(&mut f, pipe, &mut pool, &mut pipes);
         assert!(matches!(
-            f.next(&mut pool, Some(&mut pipes), true),
+            f.next(&mut pool, Some(&mut pipes), DST),
             Some((End::Source, Op::Recv(None)))
         ));
+    }
+
+    #[test]
+    fn a_spliced_flow_forwards_what_comes_in_and_splices_out_only_what_the_engine_left() {
+        let mut pool = BufferPool::new(8, 4);
+        let mut pipes = PipePool::new(1);
+        let (mut f, pipe) = spliced_flow(&mut pool, &mut pipes);
+        let moved = f.moved;
+        // The engine forwarded all 8 bytes it brought in: no splice out, straight on in.
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(8),
+            sent: 8,
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        assert_eq!(f.moved, moved + 8);
+        let Some((
+            End::Source,
+            Op::SpliceIn {
+                pipe,
+                piped: 0,
+                forward: DST,
+                ..
+            },
+        )) = f.next(&mut pool, Some(&mut pipes), DST)
+        else {
+            panic!("straight on in, forwarding")
+        };
+        // It forwarded 3 of 8 (the destination took no more): the rest goes by a splice out.
+        let done = Done::SpliceIn {
+            pipe,
+            res: Xfer::Bytes(8),
+            sent: 3,
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        assert_eq!(f.moved, moved + 11);
+        let Some((End::Destination, Op::SpliceOut { pipe, len: 5 })) =
+            f.next(&mut pool, Some(&mut pipes), DST)
+        else {
+            panic!("the rest goes out")
+        };
+        let done = Done::SpliceOut {
+            pipe,
+            res: Xfer::Bytes(5),
+        };
+        f.complete(done, &mut pool, &mut pipes).expect("ok");
+        assert_eq!(f.moved, moved + 16);
+        assert!(f.quiet());
     }
 
     #[test]
@@ -695,7 +754,7 @@ mod tests {
         let mut pool = BufferPool::new(8, 4);
         let mut pipes = PipePool::new(1);
         let mut f = bulk_run_gone_dry(&mut pool, &mut pipes);
-        let _ = f.next(&mut pool, Some(&mut pipes), true);
+        let _ = f.next(&mut pool, Some(&mut pipes), DST);
         assert_eq!(
             f.complete(
                 Done::Readable(Xfer::Failed(libc::ECONNRESET)),

@@ -219,7 +219,8 @@ impl TcpSession {
         }
         let streaming = self.phase == Phase::Streaming;
         let pipes = self.splice_ok.then_some(&mut *cx.pipes);
-        if let Some((end, op)) = self.up.next(cx.pool, pipes, streaming) {
+        let up = self.upstream.filter(|_| streaming);
+        if let Some((end, op)) = self.up.next(cx.pool, pipes, up) {
             self.ops += 1;
             let side = match end {
                 End::Source => Side::Downstream,
@@ -235,7 +236,7 @@ impl TcpSession {
         }
         if streaming {
             let pipes = self.splice_ok.then_some(&mut *cx.pipes);
-            if let Some((end, op)) = self.down.next(cx.pool, pipes, true) {
+            if let Some((end, op)) = self.down.next(cx.pool, pipes, Some(self.downstream)) {
                 self.ops += 1;
                 let side = match end {
                     End::Source => Side::Upstream,

@@ -1467,14 +1467,14 @@ impl HttpSession {
         let Phase::Tunnel(x) = &mut self.phase else {
             return Want::Idle;
         };
-        if let Some((end, op)) = x.tun_up.next(cx.pool, None, true) {
+        if let Some((end, op)) = x.tun_up.next(cx.pool, None, x.upstream) {
             let side = match end {
                 End::Source => Side::Downstream,
                 End::Destination => Side::Upstream,
             };
             return Want::Io(side, op);
         }
-        if let Some((end, op)) = x.tun_down.next(cx.pool, None, true) {
+        if let Some((end, op)) = x.tun_down.next(cx.pool, None, Some(self.downstream)) {
             let side = match end {
                 End::Source => Side::Upstream,
                 End::Destination => Side::Downstream,

@@ -752,8 +752,11 @@ fn concurrent_mirrors_reuse_one_keepalive_connection() {
         let r = c.request("GET", "/", &[], None).unwrap();
         assert_eq!(r.text().trim(), "new");
     }
+    // The old version saw every mirror; the proxy counts one once its answer is in and
+    // compared, a moment later.
     wait_until(Duration::from_secs(10), "every mirror", || {
         old.requests() == n
+            && p.stats()["services"]["shop"]["versions"]["1.0"]["mirrored"] == n as u64
     });
     assert_eq!(new.requests(), n);
     // A mirror still running when the next request comes takes a second connection: a few at

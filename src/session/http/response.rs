@@ -143,9 +143,10 @@ impl HttpSession {
             b.consume(h.head_len.min(b.len()));
         }
         // Body bytes already here go out in the same write as the head: for small responses
-        // that is one send instead of two. Up to a quarter of a buffer is copied behind the head (a plain send);
-        // more stay where they are and go behind it as a second slice of a vectored send
-        // (`next_exchange`, step 3), not copied. Only what fits is claimed from the framing.
+        // that is one send instead of two. Up to a quarter of a buffer is copied behind the
+        // head (a plain send); more stay where they are and go behind it as a second slice of
+        // a vectored send (`next_exchange`, step 3), not copied. Only what fits is claimed
+        // from the framing.
         if !h.interim {
             let copy_max = cx.pool.buffer_size() / COPY_BEHIND_HEAD_DIV;
             if let Some(src) = x.resp_in.as_mut().filter(|b| b.len() <= copy_max) {

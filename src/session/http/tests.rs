@@ -812,6 +812,15 @@ fn draining_keeps_an_idle_client_and_closes_it_with_its_next_response() {
 }
 
 /// A response of `len` body bytes after its head: (the whole response, the head's length).
+/// Completes the parked ops that can run now (after a peer's window opened), then serves on.
+fn resume(kit: &mut Kit, s: &mut HttpSession, seen: &mut Seen) -> Want {
+    for (side, done) in kit.poll() {
+        let mut cx = kit.cx();
+        s.complete(side, done, &mut cx);
+    }
+    serve(kit, s, false, seen)
+}
+
 fn long_response(len: usize) -> (Vec<u8>, usize) {
     let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
     let head = resp.len();
@@ -885,14 +894,7 @@ fn a_spliced_body_goes_on_to_the_client_in_the_call_that_brings_it_in() {
     assert_eq!(count(&kit, "splice_out"), 1, "{:?}", kit.ops);
     assert_eq!(kit.ops.last(), Some(&"splice_out"), "{:?}", kit.ops);
     kit.downstream.window(usize::MAX);
-    for (side, done) in kit.poll() {
-        let mut cx = kit.cx();
-        s.complete(side, done, &mut cx);
-    }
-    assert!(matches!(
-        serve(&mut kit, &mut s, false, &mut seen),
-        Want::Idle
-    ));
+    assert!(matches!(resume(&mut kit, &mut s, &mut seen), Want::Idle));
     assert_eq!(kit.downstream.sent(), &resp[..]);
     assert_eq!(seen.released, vec![true]);
     assert_eq!(kit.pool.in_use(), 0);
@@ -922,14 +924,7 @@ fn body_bytes_that_come_with_the_head_go_behind_it_in_one_vectored_send() {
     // Then it takes the rest of the head and 100 body bytes: short again, now in the body.
     for window in [head - head / 2 + 100, usize::MAX] {
         kit.downstream.window(window);
-        for (side, done) in kit.poll() {
-            let mut cx = kit.cx();
-            s.complete(side, done, &mut cx);
-        }
-        assert!(matches!(
-            serve(&mut kit, &mut s, false, &mut seen),
-            Want::Idle
-        ));
+        assert!(matches!(resume(&mut kit, &mut s, &mut seen), Want::Idle));
     }
     assert_eq!(kit.downstream.sent(), &resp[..]);
     assert_eq!(seen.released, vec![true]);
